@@ -1,0 +1,196 @@
+"""Every setting of the gateway: one default each, overlaid by ``GATEWAY_*`` env vars.
+
+``Settings.from_env()`` parses and validates at start-up; a bad value fails loudly with the
+name of the variable. The README's configuration table lists the same names and defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+MiB = 1024 * 1024
+PREFIX = "GATEWAY_"
+S3_MIN_PART_SIZE = 5 * MiB
+S3_MAX_PARTS = 10_000
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the env var."""
+
+
+def _env_name(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where objects go: "s3://bucket/prefix" or a local directory (the embedded default).
+    storage_url: str = "var/media"
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_part_size: int = 8 * MiB
+    s3_parts_in_flight: int = 2
+    s3_max_pool_connections: int = 64
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 60.0
+    s3_max_attempts: int = 5
+    # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
+    records_url: str = "sqlite:///var/gateway.db"
+    dynamodb_endpoint_url: str = ""
+    # A durable journal of objects that could not be rolled back; the sweeper reads it.
+    orphan_journal: str = "var/orphans.jsonl"
+
+    jwt_secret: str = field(default="", repr=False)
+    jwt_public_key: str = field(default="", repr=False)
+    jwt_private_key: str = field(default="", repr=False)  # only for `flask token` with RS256
+    jwt_algorithm: str = ""  # HS256 with a secret, RS256 with a public key
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway: int = 30
+
+    cdn_base_url: str = ""
+    cloudfront_key_id: str = ""
+    cloudfront_private_key: str = field(default="", repr=False)
+    cloudfront_url_ttl: int = 3600
+    public_base_url: str = ""  # embedded mode: absolute base for media URLs (else the request's)
+    trusted_proxies: int = 0  # X-Forwarded-* hops to trust (1 behind the bundled nginx)
+
+    max_upload_bytes: int = 500 * MiB
+    allowed_types: tuple[str, ...] = ("image/*", "video/*")
+    max_files: int = 10
+    max_fields: int = 20
+    max_field_bytes: int = 4096
+    max_part_header_bytes: int = 8192
+    max_filename_chars: int = 255
+    read_size: int = 1 * MiB
+
+    idempotency_ttl: int = 24 * 3600
+    idempotency_lock_timeout: int = 3600
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = _env_name(f.name)
+            if name in environ:
+                values[f.name] = _parse(f, environ[name])
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ConfigError(f"{_env_name(name)}: {why}")
+
+        for name in ("s3_part_size", "s3_parts_in_flight", "s3_max_pool_connections",
+                     "s3_max_attempts", "max_upload_bytes", "max_files", "max_fields",
+                     "max_field_bytes", "max_part_header_bytes", "max_filename_chars",
+                     "read_size", "cloudfront_url_ttl", "idempotency_ttl",
+                     "idempotency_lock_timeout"):
+            if getattr(self, name) <= 0:
+                fail(name, "must be a positive number")
+        if self.s3_part_size < S3_MIN_PART_SIZE:
+            fail("s3_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
+        if self.jwt_leeway < 0 or self.trusted_proxies < 0:
+            fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
+
+        storage = urlparse(self.storage_url)
+        if storage.scheme == "s3":
+            if not storage.netloc:
+                fail("storage_url", "s3:// URL needs a bucket: s3://bucket/prefix")
+        elif storage.scheme not in ("", "file"):
+            fail("storage_url", "must be s3://bucket/prefix or a local directory")
+        records = urlparse(self.records_url)
+        if records.scheme == "sqlite":
+            if not self.records_url.startswith("sqlite:///") or len(self.records_url) <= 10:
+                fail("records_url", "sqlite URL must look like sqlite:///path/to/file.db")
+        elif records.scheme == "dynamodb":
+            if not records.netloc:
+                fail("records_url", "dynamodb URL must name a table: dynamodb://table")
+        else:
+            fail("records_url", "must be sqlite:///path or dynamodb://table")
+
+        algorithm = self.effective_jwt_algorithm
+        if self.jwt_secret and self.jwt_public_key:
+            fail("jwt_secret", "set either GATEWAY_JWT_SECRET or GATEWAY_JWT_PUBLIC_KEY, not both")
+        if algorithm == "HS256":
+            if len(self.jwt_secret.encode()) < 32:
+                fail("jwt_secret", "required for HS256, at least 32 bytes")
+        elif algorithm == "RS256":
+            if not self.jwt_public_key_pem.startswith("-----BEGIN"):
+                fail("jwt_public_key", "required for RS256: a PEM public key, or a path to one")
+        else:
+            fail("jwt_algorithm", "must be HS256 or RS256")
+
+        for pattern in self.allowed_types:
+            major, _, minor = pattern.partition("/")
+            if not major or not minor or "*" in major:
+                fail("allowed_types", f"{pattern!r} is not a MIME type or type/* pattern")
+        if self.cdn_base_url and urlparse(self.cdn_base_url).scheme not in ("http", "https"):
+            fail("cdn_base_url", "must be an http(s) URL")
+        if self.public_base_url and urlparse(self.public_base_url).scheme not in ("http", "https"):
+            fail("public_base_url", "must be an http(s) URL")
+        if bool(self.cloudfront_key_id) != bool(self.cloudfront_private_key):
+            fail("cloudfront_key_id", "CloudFront signing needs both the key id and the private key")
+        if self.cloudfront_key_id and not self.cdn_base_url:
+            fail("cdn_base_url", "required when CloudFront URL signing is configured")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def effective_jwt_algorithm(self) -> str:
+        if self.jwt_algorithm:
+            return self.jwt_algorithm.upper()
+        return "RS256" if self.jwt_public_key else "HS256"
+
+    @property
+    def jwt_public_key_pem(self) -> str:
+        return _pem_or_file(self.jwt_public_key)
+
+    @property
+    def jwt_private_key_pem(self) -> str:
+        return _pem_or_file(self.jwt_private_key)
+
+    @property
+    def cloudfront_private_key_pem(self) -> str:
+        return _pem_or_file(self.cloudfront_private_key)
+
+    @property
+    def effective_part_size(self) -> int:
+        """The configured part size, raised if needed so a max-size file fits in S3's 10,000 parts."""
+        needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
+        return max(self.s3_part_size, needed)
+
+    def replace(self, **changes: Any) -> "Settings":
+        settings = dataclasses.replace(self, **changes)
+        settings.validate()
+        return settings
+
+
+def _pem_or_file(value: str) -> str:
+    if not value or value.lstrip().startswith("-----BEGIN"):
+        return value.strip().replace("\\n", "\n")
+    path = Path(value)
+    return path.read_text().strip() if path.is_file() else value
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    name = _env_name(f.name)
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw.strip())
+        if kind == "float":
+            return float(raw.strip())
+        if kind.startswith("tuple"):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a valid {kind}") from None
+    return raw.strip()

@@ -1,0 +1,123 @@
+"""A local directory as the object store (the embedded default).
+
+Bytes go to a hidden temporary file beside the final path and are renamed into place on
+commit, so a reader never sees a partial file under a key.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import StorageError
+from . import ObjectInfo, PendingUpload, StoredObject
+
+TEMP_PREFIX = ".partial-"
+
+
+class LocalObjectWriter:
+    def __init__(self, final_path: Path, key: str) -> None:
+        self.key = key
+        self.bytes_written = 0
+        self._final = final_path
+        self._temp = final_path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final_path.name}")
+        self._file = open(self._temp, "xb")
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.bytes_written += len(data)
+
+    def spill(self) -> None:
+        self._file.flush()
+
+    def commit(self, *, sha256: str) -> StoredObject:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp, self._final)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"Could not store the file: {exc.strerror}") from exc
+        self._done = True
+        return StoredObject(self.key, self.bytes_written)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+
+class LocalObjectStore:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"key escapes the store: {key!r}")
+        return path
+
+    def open_writer(self, key: str, *, content_type: str, metadata: dict[str, str],
+                    content_disposition: str = "") -> LocalObjectWriter:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return LocalObjectWriter(path, key)
+        except OSError as exc:
+            raise StorageError(f"Could not store the file: {exc.strerror}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"Could not delete the file: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def path_of(self, key: str) -> Path:
+        return self._path(key)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):
+                raise StorageError("The media directory is not writable.", retryable=True)
+        except OSError as exc:
+            raise StorageError(f"The media directory is unusable: {exc.strerror}",
+                               retryable=True) from exc
+
+    def direct_url(self, key: str) -> str | None:
+        return None
+
+    def _walk(self) -> Iterator[tuple[Path, os.stat_result]]:
+        if not self.root.is_dir():
+            return
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                path = Path(dirpath) / name
+                try:
+                    yield path, path.stat()
+                except FileNotFoundError:
+                    continue
+
+    def pending_uploads(self) -> Iterator[PendingUpload]:
+        for path, stat in self._walk():
+            if path.name.startswith(TEMP_PREFIX):
+                yield PendingUpload(key=str(path.relative_to(self.root)), upload_id=path.name,
+                                    started=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+
+    def abort_pending(self, upload: PendingUpload) -> None:
+        (self.root / upload.key).unlink(missing_ok=True)
+
+    def objects(self) -> Iterator[ObjectInfo]:
+        for path, stat in self._walk():
+            if not path.name.startswith(TEMP_PREFIX):
+                yield ObjectInfo(key=path.relative_to(self.root).as_posix(), size=stat.st_size,
+                                 modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc))

@@ -1,0 +1,287 @@
+"""S3 (or any S3-compatible endpoint) as the object store, on boto3's multipart API.
+
+Why not smart_open's writer (measured, see README and bench/writers.py): it sends one part at a
+time from the caller's thread, so the client's bytes stop flowing while each part uploads; it
+makes three requests for a 1 KiB file; and a plain ``close()`` after an error completes the
+partial object. This writer keeps ``parts_in_flight`` parts uploading on a shared thread pool
+while the caller keeps reading, sends a file smaller than one part as a single PutObject, and
+only ever completes in ``commit()``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import StorageError
+from . import ObjectInfo, PendingUpload, StoredObject
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Error codes that mean "slow down / try later" once botocore's own retries are spent.
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestTimeout",
+    "RequestTimeTooSkewed", "InternalError", "503",
+})
+
+
+def make_s3_client(settings) -> Any:
+    config = Config(
+        region_name=settings.s3_region,
+        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        max_pool_connections=settings.s3_max_pool_connections,
+        # Parts carry a CRC32 checksum that S3 verifies, so the payload need not be SHA-256
+        # signed as well (boto3 already skips it on https; this makes plain-http endpoints match).
+        s3={"payload_signing_enabled": False,
+            "addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
+
+
+def translate(exc: Exception, action: str) -> StorageError:
+    """Turn a botocore failure into the gateway's StorageError (503 when worth retrying)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        retryable = code in RETRYABLE_CODES or status == 503
+        return StorageError(f"Object store error while {action}: {code or status}.",
+                            retryable=retryable)
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"Object store unreachable while {action}.")
+    raise exc
+
+
+def _call(action: str, fn: Callable[..., T], **kwargs: Any) -> T:
+    try:
+        return fn(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise translate(exc, action) from exc
+
+
+class S3ObjectWriter:
+    def __init__(self, store: "S3ObjectStore", key: str, *, content_type: str,
+                 metadata: dict[str, str], content_disposition: str) -> None:
+        self.key = key
+        self._object_key = store.full_key(key)
+        self._headers = {"ContentType": content_type, "Metadata": metadata}
+        if content_disposition:
+            self._headers["ContentDisposition"] = content_disposition
+        self.bytes_written = 0
+        self._store = store
+        self._client = store.client
+        self._metadata = metadata
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: deque[Future] = deque()
+        self._closed = False
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.bytes_written += len(data)
+        part_size = self._store.part_size
+        while len(self._buffer) >= part_size:
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:part_size])
+            del self._buffer[:part_size]
+            self._send_part(part)
+
+    def spill(self) -> None:
+        if self._buffer:
+            self._send_part(bytes(self._buffer))
+            self._buffer = bytearray()
+        self._drain(0)
+
+    def _send_part(self, data: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = _call("starting a multipart upload",
+                                    self._client.create_multipart_upload,
+                                    Bucket=self._store.bucket, Key=self._object_key,
+                                    ChecksumAlgorithm="CRC32", **self._headers)["UploadId"]
+        self._drain(self._store.parts_in_flight - 1)
+        number = len(self._parts) + 1
+        part: dict[str, Any] = {"PartNumber": number}
+        self._parts.append(part)
+        self._in_flight.append(self._store.executor.submit(self._upload_part, part, data))
+
+    def _upload_part(self, part: dict[str, Any], data: bytes) -> None:
+        response = _call("uploading a part", self._client.upload_part,
+                         Bucket=self._store.bucket, Key=self._object_key,
+                         UploadId=self._upload_id,
+                         PartNumber=part["PartNumber"], Body=data, ChecksumAlgorithm="CRC32")
+        part["ETag"] = response["ETag"]
+        if "ChecksumCRC32" in response:
+            part["ChecksumCRC32"] = response["ChecksumCRC32"]
+
+    def _drain(self, keep: int) -> None:
+        """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
+        while len(self._in_flight) > keep:
+            self._in_flight.popleft().result()
+
+    # -- ending ----------------------------------------------------------------------------
+    def commit(self, *, sha256: str) -> StoredObject:
+        if self._closed:
+            raise StorageError("The writer is already closed.")
+        try:
+            if self._upload_id is None:
+                self._put_whole(sha256)
+            else:
+                self._complete(sha256)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._buffer = bytearray()
+        return StoredObject(self.key, self.bytes_written)
+
+    def _put_whole(self, sha256: str) -> None:
+        checksum = base64.b64encode(binascii.unhexlify(sha256)).decode()
+        _call("storing the object", self._client.put_object,
+              Bucket=self._store.bucket, Key=self._object_key, Body=bytes(self._buffer),
+              ChecksumSHA256=checksum,
+              **{**self._headers, "Metadata": {**self._metadata, "sha256": sha256}})
+
+    def _complete(self, sha256: str) -> None:
+        if self._buffer:
+            self._send_part(bytes(self._buffer))
+            self._buffer = bytearray()
+        self._drain(0)
+        _call("completing the multipart upload", self._client.complete_multipart_upload,
+              Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id,
+              MultipartUpload={"Parts": self._parts})
+        self._upload_id = None  # completed: nothing left to abort
+        if self._metadata.get("sha256") != sha256:
+            # Metadata is fixed when a multipart upload starts, before the hash is known;
+            # a tag carries it instead.
+            try:
+                _call("tagging the object", self._client.put_object_tagging,
+                      Bucket=self._store.bucket, Key=self._object_key,
+                      Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]})
+            except StorageError:
+                self._store.delete(self.key)
+                raise
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer = bytearray()
+        for future in self._in_flight:
+            future.cancel()
+        for future in self._in_flight:
+            if not future.cancelled():
+                future.exception()  # wait; its error no longer matters
+        self._in_flight.clear()
+        if self._upload_id is not None:
+            try:
+                self._client.abort_multipart_upload(Bucket=self._store.bucket,
+                                                    Key=self._object_key,
+                                                    UploadId=self._upload_id)
+            except (ClientError, BotoCoreError):
+                log.warning("abort of multipart upload %s for %s failed; the sweeper will "
+                            "abort it", self._upload_id, self.key, exc_info=True)
+
+
+class S3ObjectStore:
+    def __init__(self, client: Any, *, bucket: str, prefix: str = "", settings=None,
+                 part_size: int | None = None, parts_in_flight: int | None = None,
+                 executor: ThreadPoolExecutor | None = None) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.part_size = part_size or (settings.effective_part_size if settings else 8 << 20)
+        self.parts_in_flight = parts_in_flight or (settings.s3_parts_in_flight if settings else 2)
+        self.endpoint_url = (settings.s3_endpoint_url if settings else "") or ""
+        self.region = settings.s3_region if settings else "us-east-1"
+        pool = settings.s3_max_pool_connections if settings else 32
+        self.executor = executor or ThreadPoolExecutor(pool, thread_name_prefix="s3-part")
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _store_key(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+
+    def open_writer(self, key: str, *, content_type: str, metadata: dict[str, str],
+                    content_disposition: str = "") -> S3ObjectWriter:
+        return S3ObjectWriter(self, key, content_type=content_type, metadata=metadata,
+                              content_disposition=content_disposition)
+
+    def delete(self, key: str) -> None:
+        _call("deleting an object", self.client.delete_object, Bucket=self.bucket,
+              Key=self.full_key(key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise translate(exc, "looking up an object") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "looking up an object") from exc
+
+    def check(self) -> None:
+        _call("checking the bucket", self.client.head_bucket, Bucket=self.bucket)
+
+    def direct_url(self, key: str) -> str:
+        full = self.full_key(key)
+        if self.endpoint_url:
+            return f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{full}"
+        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{full}"
+
+    def pending_uploads(self) -> Iterator[PendingUpload]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        kwargs = {"Bucket": self.bucket}
+        if self.prefix:
+            kwargs["Prefix"] = self.prefix + "/"
+        try:
+            for page in paginator.paginate(**kwargs):
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(key=self._store_key(upload["Key"]),
+                                        upload_id=upload["UploadId"],
+                                        started=upload["Initiated"])
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "listing multipart uploads") from exc
+
+    def abort_pending(self, upload: PendingUpload) -> None:
+        _call("aborting a multipart upload", self.client.abort_multipart_upload,
+              Bucket=self.bucket, Key=self.full_key(upload.key), UploadId=upload.upload_id)
+
+    def objects(self) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs = {"Bucket": self.bucket}
+        if self.prefix:
+            kwargs["Prefix"] = self.prefix + "/"
+        try:
+            for page in paginator.paginate(**kwargs):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(key=self._store_key(item["Key"]), size=item["Size"],
+                                     modified=item["LastModified"])
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "listing objects") from exc
+
+    def create_bucket(self) -> None:
+        try:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if self.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            self.client.create_bucket(**kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou",
+                                                      "BucketAlreadyExists"):
+                raise translate(exc, "creating the bucket") from exc

@@ -1,0 +1,43 @@
+"""Public URLs for stored objects: CloudFront-signed, CDN, the store's own, or the gateway's."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+from urllib.parse import quote
+
+from botocore.signers import CloudFrontSigner
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from .config import Settings
+from .storage import ObjectStore
+
+
+class PublicUrls:
+    def __init__(self, settings: Settings, store: ObjectStore,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.cdn_base = settings.cdn_base_url.rstrip("/")
+        self.public_base = settings.public_base_url.rstrip("/")
+        self.ttl = timedelta(seconds=settings.cloudfront_url_ttl)
+        self.store = store
+        self.clock = clock
+        self.signer = None
+        if settings.cloudfront_key_id:
+            key = serialization.load_pem_private_key(
+                settings.cloudfront_private_key_pem.encode(), password=None)
+            self.signer = CloudFrontSigner(
+                settings.cloudfront_key_id,
+                lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA1()))
+
+    def url(self, key: str, *, request_base: str = "") -> str:
+        """``request_base`` (the request's own root URL) is used only in embedded mode."""
+        path = quote(key)
+        if self.cdn_base:
+            url = f"{self.cdn_base}/{path}"
+            if self.signer is not None:
+                url = self.signer.generate_presigned_url(url, date_less_than=self.clock() + self.ttl)
+            return url
+        direct = self.store.direct_url(key)
+        if direct is not None:
+            return direct
+        return f"{self.public_base or request_base.rstrip('/')}/media/{path}"
