@@ -69,7 +69,8 @@ def authenticate() -> Principal:
     except jwt.ExpiredSignatureError:
         raise Unauthorized("The token has expired.", code="token_expired") from None
     except (JWTExtendedException, jwt.PyJWTError) as exc:
-        raise Unauthorized(_describe(exc), code="invalid_token") from None
+        code = "missing_token" if type(exc).__name__ == "NoAuthorizationError" else "invalid_token"
+        raise Unauthorized(_describe(exc), code=code) from None
     if "exp" not in claims:
         raise Unauthorized("The token must carry an expiry (exp).", code="invalid_token")
     subject = claims.get("sub")

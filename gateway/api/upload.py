@@ -33,6 +33,7 @@ def upload():
             records = svc.uploads.ingest(request.stream, upload_request, stats)
         finally:
             note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
+        note(outcome="stored")
         files = [media_json(record) for record in records]
         body = {"success": True, **(files[0] if len(files) == 1 else {}), "files": files}
         return 201, body

@@ -1,0 +1,27 @@
+"""gunicorn settings for the gateway: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+Worker class gthread: an upload holds its thread while the client sends (slow clients
+included), and parts go to S3 from a thread pool meanwhile. Measured against gevent on this
+workload it gave the same throughput without monkey-patching boto3 and SQLite (README).
+"""
+import multiprocessing
+import os
+
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
+# Concurrent requests per worker; each in-flight upload holds one thread.
+threads = int(os.environ.get("GATEWAY_THREADS", "32"))
+# gthread's heartbeat, not a request limit: long uploads are fine.
+timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "120"))
+# No keep-alive: a refused upload (401, 413, ...) answers without reading its body, and
+# gunicorn would otherwise read and discard that whole body to reuse the connection.
+# nginx opens one upstream connection per request anyway.
+keepalive = 0
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = None  # the app writes one JSON line per request
+errorlog = "-"
+loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()

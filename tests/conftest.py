@@ -1,0 +1,89 @@
+"""Shared fixtures: a moto server process, settings per backend, an app and its client."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway import create_app  # noqa: E402
+from gateway.config import Settings  # noqa: E402
+from gateway.services import Services  # noqa: E402
+
+from support import JWT_SECRET, env_for_aws, start_moto_server, stop, unique  # noqa: E402
+
+os.environ.update(env_for_aws())
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    """A moto server process on a free loopback port, shared by the session."""
+    proc, url = start_moto_server()
+    yield url
+    stop(proc)
+
+
+def make_settings(tmp_path: Path, *, backend: str = "local", moto_url: str | None = None,
+                  **overrides) -> Settings:
+    values = dict(jwt_secret=JWT_SECRET, orphan_journal=str(tmp_path / "orphans.jsonl"),
+                  storage_url=str(tmp_path / "media"),
+                  records_url=f"sqlite:///{tmp_path / 'records.db'}")
+    if backend in ("s3", "s3+dynamodb"):
+        values.update(storage_url=f"s3://{unique('bucket')}/uploads", s3_endpoint_url=moto_url)
+    if backend == "s3+dynamodb":
+        values.update(records_url=f"dynamodb://{unique('media')}", dynamodb_endpoint_url=moto_url)
+    values.update(overrides)
+    return Settings(**values).replace()
+
+
+def init_stores(svc: Services) -> None:
+    svc.records.create_schema()
+    if hasattr(svc.store, "create_bucket"):
+        svc.store.create_bucket()
+
+
+@pytest.fixture(params=["local", "s3", "s3+dynamodb"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def settings(tmp_path, backend, request):
+    moto = request.getfixturevalue("moto_url") if backend != "local" else None
+    return make_settings(tmp_path, backend=backend, moto_url=moto)
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    init_stores(app.extensions["gateway"])
+    return app
+
+
+@pytest.fixture
+def svc(app) -> Services:
+    return app.extensions["gateway"]
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def token(app):
+    def make(sub: str = "alice", **kwargs) -> str:
+        from gateway.auth import mint_token
+
+        with app.app_context():
+            return mint_token(sub, **kwargs)
+    return make
+
+
+@pytest.fixture
+def auth(token):
+    return {"Authorization": f"Bearer {token()}"}
