@@ -20,6 +20,8 @@ from werkzeug.sansio import multipart as wz
 _BOUNDARY_RE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 MAX_PREAMBLE_BYTES = 1024
 MAX_EPILOGUE_BYTES = 1024
+# Room for a delimiter's tail after the boundary: "--", transport padding, line break.
+DELIMITER_TAIL_BYTES = 64
 
 
 class FormDataError(Exception):
@@ -91,6 +93,24 @@ class _Decoder(wz.MultipartDecoder):
         except UnicodeDecodeError:
             data = bytes(data).decode("latin-1").encode("utf-8")
         return super()._parse_headers(data)
+
+    def _last_partial_boundary_index(self, data: bytes | bytearray) -> int:
+        # werkzeug keeps back at most one boundary's length of possible delimiter. When the
+        # buffer ends inside a delimiter whose tail ("--" or the line break) has not arrived,
+        # e.g. b"...\r\n--B-", that is too short and the delimiter's leading CR is emitted as
+        # file data (a one-byte corruption at unlucky read offsets; pallets/werkzeug#3285,
+        # open at 3.1.9). Keep back the whole
+        # delimiter when "--B" sits near the end of the buffer.
+        index = super()._last_partial_boundary_index(data)
+        marker = b"--" + self.boundary
+        pos = data.rfind(marker, max(0, len(data) - len(marker) - DELIMITER_TAIL_BYTES))
+        if pos != -1:
+            if pos > 0 and data[pos - 1] == 0x0A:
+                pos -= 1
+            if pos > 0 and data[pos - 1] == 0x0D:
+                pos -= 1
+            index = min(index, pos)
+        return index
 
 
 class FormDataParser:
