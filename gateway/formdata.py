@@ -85,7 +85,13 @@ def boundary_from_content_type(content_type: str | None) -> bytes:
 
 
 class _Decoder(wz.MultipartDecoder):
+    def __init__(self, boundary: bytes, max_header_bytes: int) -> None:
+        super().__init__(boundary)
+        self.max_header_bytes = max_header_bytes
+
     def _parse_headers(self, data: bytes | bytearray) -> Headers:
+        if len(data) > self.max_header_bytes:  # all of it arrived in one read
+            raise FormDataError("Part headers are too large.", limit=True)
         # Legacy forms may send filenames in the page's 8-bit charset. werkzeug decodes part
         # headers as strict UTF-8; read anything else as Latin-1 (lossless) instead of failing.
         try:
@@ -117,7 +123,7 @@ class FormDataParser:
     """Feed body bytes with ``feed``; call ``finish`` at the end of the body."""
 
     def __init__(self, boundary: bytes, limits: FormLimits = FormLimits()) -> None:
-        self._decoder = _Decoder(boundary)
+        self._decoder = _Decoder(boundary, limits.max_part_header_bytes)
         self._limits = limits
         self._files = 0
         self._fields = 0
@@ -147,6 +153,8 @@ class FormDataParser:
                 event = decoder.next_event()
             except RequestEntityTooLarge:
                 raise FormDataError("Too many parts.", limit=True) from None
+            except FormDataError:
+                raise
             except ValueError as exc:  # includes UnicodeDecodeError
                 if decoder.complete:
                     raise FormDataError("The body ended before the closing boundary.") from None
