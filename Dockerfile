@@ -1,0 +1,23 @@
+# upload-gateway: gunicorn (gthread) serving the Flask app; put nginx/gateway.conf in front.
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GATEWAY_BIND=0.0.0.0:8000 \
+    GATEWAY_TRUSTED_PROXIES=1
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gateway \
+    && mkdir -p /app/var && chown gateway /app/var
+
+COPY --chown=root:root wsgi.py gunicorn.conf.py ./
+COPY --chown=root:root gateway ./gateway
+
+USER gateway
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

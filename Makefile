@@ -1,0 +1,51 @@
+# upload-gateway: `make run` (embedded defaults, no AWS) and `make test` (installs and passes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BIND   ?= 127.0.0.1:8000
+DEV_SECRET := var/dev-jwt-secret
+DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
+
+.PHONY: run token test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+$(DEV_SECRET):
+	mkdir -p var
+	$(BIN)/python -c "import secrets; print(secrets.token_urlsafe(48))" > $@
+	chmod 600 $@
+
+# Local storage in var/media, SQLite in var/gateway.db; a dev JWT secret in var/.
+run: $(VENV)/.runtime $(DEV_SECRET)
+	$(DEV_ENV) $(BIN)/flask --app wsgi init
+	@echo "Gateway on http://$(BIND). Get a token:  make token"
+	@echo "Upload:  curl -H \"Authorization: Bearer \$$(make -s token)\" -F projectId=demo -F file=@photo.jpg http://$(BIND)/api/upload"
+	$(DEV_ENV) GATEWAY_BIND=$(BIND) exec $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+token: $(VENV)/.runtime $(DEV_SECRET)
+	@$(DEV_ENV) $(BIN)/flask --app wsgi token --sub dev
+
+# System packages the end-to-end tests drive (Debian's nginx and curl), then the suite.
+test: $(VENV)/.dev
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
+	@command -v curl >/dev/null 2>&1 || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl)
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
