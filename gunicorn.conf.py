@@ -8,7 +8,7 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
-worker_class = "gthread"
+worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gthread")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # Concurrent requests per worker; each in-flight upload holds one thread.
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
