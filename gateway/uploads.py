@@ -95,9 +95,9 @@ class UploadService:
         except FormDataError as exc:
             raise errors.MalformedBody(str(exc), code="bad_content_type") from None
 
-    def ingest(self, stream: BinaryIO, request: UploadRequest,
+    def ingest(self, stream: BinaryIO, request: UploadRequest, *, boundary: bytes,
                stats: UploadStats | None = None) -> list[MediaRecord]:
-        boundary = self.precheck(request)
+        """Stream the body into objects and records; ``boundary`` comes from ``precheck``."""
         batch = _Batch(self, request, stats or UploadStats())
         try:
             self._consume(stream, FormDataParser(boundary, self.limits), batch, request)

@@ -25,12 +25,13 @@ def upload():
                                    content_length=request.content_length,
                                    query_project_id=request.args.get("projectId"))
     svc = services()
-    svc.uploads.precheck(upload_request)
+    boundary = svc.uploads.precheck(upload_request)
     stats = UploadStats()
 
     def run() -> tuple[int, dict]:
         try:
-            records = svc.uploads.ingest(request.stream, upload_request, stats)
+            records = svc.uploads.ingest(request.stream, upload_request, boundary=boundary,
+                                         stats=stats)
         finally:
             note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
         note(outcome="stored")
