@@ -1,0 +1,339 @@
+"""One contract for every RecordStore/IdempotencyStore: SQLite (a file) and DynamoDB (moto server).
+
+Records: create_many is all-or-nothing and never overwrites; get raises RecordNotFound; list is
+newest first, paged by an opaque cursor, and scoped to one tenant and project; delete is
+idempotent. Idempotency: claim/save/release as gateway/records/__init__.py describes.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from gateway.errors import BadRequest, Conflict, RecordExists, RecordNotFound, RecordStoreError
+from gateway.records import MediaRecord, SavedResponse
+from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
+from gateway.records.sqlite import SqliteRecordStore
+
+from conftest import make_settings
+from support import record_ids, unique
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def dynamodb_client(moto_url, tmp_path_factory):
+    """One client (the gateway's own factory) for the module; each test gets its own table."""
+    settings = make_settings(tmp_path_factory.mktemp("ddb"), backend="s3+dynamodb",
+                             moto_url=moto_url)
+    return make_dynamodb_client(settings)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def records(request, tmp_path):
+    if request.param == "sqlite":
+        store = SqliteRecordStore(str(tmp_path / "records.db"))
+    else:
+        client = request.getfixturevalue("dynamodb_client")
+        store = DynamoRecordStore(client, table=unique("contract"))
+    store.create_schema()
+    store.check()
+    return store
+
+
+def record(*, tenant: str = "t1", project_id: str = "p1",
+           created_at: str = "2026-01-01T00:00:00.000000+00:00", media_id: str | None = None,
+           **extra) -> MediaRecord:
+    media_id = media_id or uuid.uuid4().hex
+    prefix = f"{tenant}/" if tenant else ""
+    values = dict(media_id=media_id, project_id=project_id, tenant=tenant, owner="alice",
+                  original_name="cat.png", file_type="image", mime_type="image/png",
+                  s3_key=f"{prefix}projects/{project_id}/media/{media_id}.png",
+                  size=1234, sha256="ab" * 32, created_at=created_at,
+                  metadata={"caption": "a cat"})
+    values.update(extra)
+    return MediaRecord(**values)
+
+
+def stamp(i: int) -> str:
+    return f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}.000000+00:00"
+
+
+def all_pages(records, *, tenant: str, project_id: str, limit: int) -> list[list[MediaRecord]]:
+    pages, cursor = [], None
+    for _ in range(100):
+        page = records.list(tenant=tenant, project_id=project_id, cursor=cursor, limit=limit)
+        assert len(page.items) <= limit
+        pages.append(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            return pages
+    raise AssertionError("paging never ended")
+
+
+# -- records --------------------------------------------------------------------------------------
+def test_create_then_get_round_trips(records):
+    r = record()
+    records.create_many([r])
+    assert records.get(r.media_id) == r
+
+
+def test_get_missing_raises_record_not_found(records):
+    with pytest.raises(RecordNotFound) as info:
+        records.get(uuid.uuid4().hex)
+    assert info.value.status == 404 and info.value.code == "media_not_found"
+
+
+def test_create_never_overwrites(records):
+    first = record()
+    records.create_many([first])
+    with pytest.raises(RecordExists):
+        records.create_many([record(media_id=first.media_id, original_name="other.png",
+                                    s3_key="projects/p1/media/other.png")])
+    assert records.get(first.media_id) == first
+
+
+def test_create_many_is_all_or_nothing(records):
+    existing = record()
+    records.create_many([existing])
+    fresh = [record(), record()]
+    clash = record(media_id=existing.media_id, s3_key="projects/p1/media/clash.png")
+    with pytest.raises(RecordExists):
+        records.create_many([fresh[0], clash, fresh[1]])
+    for r in fresh:
+        with pytest.raises(RecordNotFound):
+            records.get(r.media_id)
+    assert records.get(existing.media_id) == existing
+    assert sorted(record_ids(records)) == sorted(_ids(records, [existing]))
+
+
+def _ids(records, rs: list[MediaRecord]) -> list[str]:
+    """What record_ids() reports for these records on this backend."""
+    prefix = "media#" if isinstance(records, DynamoRecordStore) else ""
+    return [prefix + r.media_id for r in rs]
+
+
+def test_create_many_inserts_a_batch(records):
+    batch = [record(created_at=stamp(1)) for _ in range(5)]
+    records.create_many(batch)
+    for r in batch:
+        assert records.get(r.media_id) == r
+
+
+def test_list_is_newest_first_and_pages_with_a_cursor(records):
+    # 7 singles and a batch of 3 sharing one created_at (as one request's files do).
+    mine = [record(created_at=stamp(i)) for i in range(7)]
+    for r in mine:
+        records.create_many([r])
+    batch = [record(created_at=stamp(3)) for _ in range(3)]
+    records.create_many(batch)
+    mine += batch
+    # Neighbours that must never show up: other tenant, other project, no tenant.
+    records.create_many([record(tenant="t2", created_at=stamp(i)) for i in range(3)])
+    records.create_many([record(project_id="p2", created_at=stamp(i)) for i in range(3)])
+    records.create_many([record(tenant="", created_at=stamp(i)) for i in range(3)])
+
+    expected = sorted(mine, key=lambda r: (r.created_at, r.media_id), reverse=True)
+    for limit in (1, 3, 4, 10, 25):
+        pages = all_pages(records, tenant="t1", project_id="p1", limit=limit)
+        flat = [r for page in pages for r in page]
+        assert flat == expected, f"limit={limit}"
+        assert all(pages[:-1]), f"an empty page before the end (limit={limit})"
+    first = records.list(tenant="t1", project_id="p1", cursor=None, limit=4)
+    assert first.next_cursor is not None and first.items == expected[:4]
+
+
+def test_list_is_scoped_to_tenant_and_project(records):
+    a = record(tenant="t1", project_id="p1")
+    b = record(tenant="t2", project_id="p1")
+    c = record(tenant="t1", project_id="p2")
+    d = record(tenant="", project_id="p1")
+    records.create_many([a, b, c, d])
+    assert records.list(tenant="t1", project_id="p1", cursor=None, limit=10).items == [a]
+    assert records.list(tenant="t2", project_id="p1", cursor=None, limit=10).items == [b]
+    assert records.list(tenant="t1", project_id="p2", cursor=None, limit=10).items == [c]
+    assert records.list(tenant="", project_id="p1", cursor=None, limit=10).items == [d]
+    assert records.list(tenant="t3", project_id="p1", cursor=None, limit=10).items == []
+
+
+def test_a_cursor_from_one_scope_shows_nothing_of_another(records):
+    mine = [record(tenant="t1", created_at=stamp(i)) for i in range(4)]
+    theirs = [record(tenant="t2", created_at=stamp(i)) for i in range(4)]
+    records.create_many(mine)
+    records.create_many(theirs)
+    cursor = records.list(tenant="t1", project_id="p1", cursor=None, limit=2).next_cursor
+    assert cursor is not None
+    seen = records.list(tenant="t2", project_id="p1", cursor=cursor, limit=10).items
+    assert not {r.media_id for r in seen} & {r.media_id for r in mine}
+
+
+def test_list_of_an_empty_project(records):
+    page = records.list(tenant="t1", project_id="nothing-here", cursor=None, limit=5)
+    assert page.items == [] and page.next_cursor is None
+
+
+def test_a_bad_cursor_is_a_bad_request(records):
+    with pytest.raises(BadRequest) as info:
+        records.list(tenant="t1", project_id="p1", cursor="not-a-cursor!", limit=5)
+    assert info.value.code == "invalid_cursor"
+
+
+def test_delete_is_idempotent(records):
+    r, other = record(), record()
+    records.create_many([r, other])
+    records.delete(r.media_id)
+    with pytest.raises(RecordNotFound):
+        records.get(r.media_id)
+    records.delete(r.media_id)
+    records.delete(uuid.uuid4().hex)
+    assert records.get(other.media_id) == other
+    assert records.list(tenant="t1", project_id="p1", cursor=None, limit=10).items == [other]
+
+
+def test_a_deleted_id_can_be_created_again(records):
+    r = record()
+    records.create_many([r])
+    records.delete(r.media_id)
+    records.create_many([r])
+    assert records.get(r.media_id) == r
+
+
+# -- idempotency ----------------------------------------------------------------------------------
+T0 = 1_800_000_000.0
+LOCK, TTL = 60.0, 3600.0
+ANSWER = SavedResponse(201, {"success": True, "mediaId": "abc", "files": [{"size": 3}]})
+
+
+def claim(records, key: str = "k1", *, at: float, scope: str = "t1#alice",
+          lock: float = LOCK, ttl: float = TTL):
+    return records.claim(scope, key, now=at, lock_timeout=lock, ttl=ttl)
+
+
+def test_first_claim_is_free_second_conflicts_while_running(records):
+    assert claim(records, at=T0) is None
+    with pytest.raises(Conflict) as info:
+        claim(records, at=T0 + 5)
+    assert info.value.status == 409 and info.value.code == "idempotency_in_progress"
+    with pytest.raises(Conflict):
+        claim(records, at=T0 + LOCK - 1)  # still fresh
+
+
+def test_saved_answer_is_replayed(records):
+    assert claim(records, at=T0) is None
+    records.save("t1#alice", "k1", ANSWER, now=T0 + 2, ttl=TTL)
+    assert claim(records, at=T0 + 3) == ANSWER
+    # A saved answer is not "abandoned": it is replayed long after the lock timeout too.
+    assert claim(records, at=T0 + LOCK * 10) == ANSWER
+    # release() only frees running claims, never a saved answer.
+    records.release("t1#alice", "k1")
+    assert claim(records, at=T0 + LOCK * 10 + 1) == ANSWER
+
+
+def test_release_makes_the_key_claimable_again(records):
+    assert claim(records, at=T0) is None
+    records.release("t1#alice", "k1")
+    assert claim(records, at=T0 + 1) is None
+    with pytest.raises(Conflict):
+        claim(records, at=T0 + 2)
+
+
+def test_release_of_an_unknown_key_is_harmless(records):
+    records.release("t1#alice", "never-claimed")
+    assert claim(records, "never-claimed", at=T0) is None
+
+
+def test_an_abandoned_claim_can_be_taken_over(records):
+    assert claim(records, at=T0) is None  # its request died without release
+    assert claim(records, at=T0 + LOCK + 5) is None  # taken over
+    with pytest.raises(Conflict):  # and the new claim is fresh again
+        claim(records, at=T0 + LOCK + 6)
+
+
+def test_an_expired_claim_can_be_taken(records):
+    assert claim(records, at=T0, lock=3600, ttl=10) is None
+    with pytest.raises(Conflict):
+        claim(records, at=T0 + 5, lock=3600, ttl=10)
+    assert claim(records, at=T0 + 20, lock=3600, ttl=10) is None
+
+
+def test_an_expired_answer_is_not_replayed(records):
+    assert claim(records, at=T0, ttl=10) is None
+    records.save("t1#alice", "k1", ANSWER, now=T0 + 1, ttl=10)
+    assert claim(records, at=T0 + 5, ttl=10) == ANSWER
+    assert claim(records, at=T0 + 30, ttl=10) is None
+
+
+def test_keys_are_scoped(records):
+    assert claim(records, at=T0, scope="t1#alice") is None
+    assert claim(records, at=T0, scope="t1#bob") is None
+    assert claim(records, at=T0, scope="t2#alice") is None
+    assert claim(records, "k2", at=T0, scope="t1#alice") is None
+    records.save("t1#alice", "k1", ANSWER, now=T0, ttl=TTL)
+    with pytest.raises(Conflict):
+        claim(records, at=T0 + 1, scope="t1#bob")
+
+
+def test_idempotency_entries_are_not_media(records):
+    assert claim(records, at=T0) is None
+    records.save("t1#alice", "k1", ANSWER, now=T0, ttl=TTL)
+    assert record_ids(records) == []
+    assert records.list(tenant="t1", project_id="p1", cursor=None, limit=10).items == []
+
+
+# -- SQLite under threads -------------------------------------------------------------------------
+def test_sqlite_from_many_threads(tmp_path):
+    store = SqliteRecordStore(str(tmp_path / "threads.db"))
+    store.create_schema()
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(20):
+                batch = [record(project_id=f"p{n}", created_at=stamp(i)) for _ in range(2)]
+                store.create_many(batch)
+                assert store.get(batch[0].media_id) == batch[0]
+                store.list(tenant="t1", project_id=f"p{n}", cursor=None, limit=5)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(record_ids(store)) == 8 * 20 * 2
+    for n in range(8):
+        flat = [r for page in all_pages(store, tenant="t1", project_id=f"p{n}", limit=7)
+                for r in page]
+        assert len(flat) == 40
+
+
+def test_sqlite_concurrent_claims_have_one_winner(tmp_path):
+    store = SqliteRecordStore(str(tmp_path / "claims.db"))
+    store.create_schema()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        try:
+            result = store.claim("t1#alice", "race", now=T0, lock_timeout=LOCK, ttl=TTL)
+            outcome = "won" if result is None else "replayed"
+        except Conflict:
+            outcome = "conflict"
+        except RecordStoreError as exc:
+            outcome = f"error: {exc}"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
