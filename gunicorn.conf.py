@@ -22,6 +22,7 @@ keepalive = 0
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+control_socket_disable = True  # gunicorn 27's control socket is unused here
 accesslog = None  # the app writes one JSON line per request
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()

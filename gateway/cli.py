@@ -16,6 +16,10 @@ _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _duration_option(ctx, param, value: str) -> timedelta:
+    return parse_duration(value)
+
+
 def parse_duration(text: str) -> timedelta:
     match = _DURATION_RE.match(text.strip())
     if not match:
@@ -29,11 +33,12 @@ def register(app: Flask) -> None:
     @click.option("--tenant", default="", help="Tenant claim: scopes keys and records.")
     @click.option("--projects", default=None,
                   help="Comma-separated projectIds the token may use (default: any).")
-    @click.option("--ttl", default="12h", show_default=True, help="Lifetime, e.g. 30m, 12h, 7d.")
-    def token(sub: str, tenant: str, projects: str | None, ttl: str) -> None:
+    @click.option("--ttl", default="12h", show_default=True, callback=_duration_option,
+                  help="Lifetime, e.g. 30m, 12h, 7d.")
+    def token(sub: str, tenant: str, projects: str | None, ttl: timedelta) -> None:
         """Print a signed token for local use."""
         listed = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
-        click.echo(mint_token(sub, tenant=tenant, projects=listed, ttl=parse_duration(ttl)))
+        click.echo(mint_token(sub, tenant=tenant, projects=listed, ttl=ttl))
 
     @app.cli.command("init")
     def init() -> None:
@@ -46,12 +51,12 @@ def register(app: Flask) -> None:
         click.echo("records and object store ready")
 
     @app.cli.command("sweep")
-    @click.option("--older-than", default="24h", show_default=True,
+    @click.option("--older-than", default="24h", show_default=True, callback=_duration_option,
                   help="Only touch uploads and unrecorded objects older than this.")
     @click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
-    def sweep_command(older_than: str, dry_run: bool) -> None:
+    def sweep_command(older_than: timedelta, dry_run: bool) -> None:
         """Abort stale multipart uploads; delete orphans and objects that have no record."""
-        report = sweep(services(), older_than=parse_duration(older_than), dry_run=dry_run)
+        report = sweep(services(), older_than=older_than, dry_run=dry_run)
         for line in report:
             click.echo(line)
         click.echo(f"{'would remove' if dry_run else 'removed'} {len(report)}")

@@ -62,7 +62,7 @@ class _IncomingFile:
     writer: ObjectWriter | None = None
     mime: str = ""
     file_type: str = ""
-    committed: bool = False
+    commit_started: bool = False
 
     @property
     def key(self) -> str:
@@ -156,6 +156,7 @@ class _Batch:
         self.next_sha256: str | None = None
         self.files: list[_IncomingFile] = []
         self.current: _IncomingFile | None = None
+        self.records: list[MediaRecord] = []  # written, or maybe written, by a failed commit
 
     # -- events --------------------------------------------------------------------------------
     def handle(self, event) -> None:
@@ -266,8 +267,8 @@ class _Batch:
             raise errors.BadRequest("The form has no file part ('file' or 'files').",
                                     code="no_file")
         for incoming in self.files:
+            incoming.commit_started = True
             incoming.writer.commit(sha256=incoming.hasher.hexdigest())
-            incoming.committed = True
         created_at = self.service.clock().isoformat(timespec="microseconds")
         principal = self.request.principal
         records = [MediaRecord(
@@ -277,18 +278,35 @@ class _Batch:
             created_at=created_at, metadata=dict(self.metadata)) for f in self.files]
         try:
             self.service.records.create_many(records)
+        except errors.RecordExists as exc:
+            # A retried write whose first answer was lost finds its own records: that is
+            # success. Anything else would be a foreign record (never delete those).
+            if not all(self._is_stored(record) for record in records):
+                raise errors.RecordStoreError() from exc
         except errors.GatewayError as exc:
+            self.records = records  # the write may have applied with its answer lost
             raise errors.RecordStoreError() from exc
         return records
 
+    def _is_stored(self, record: MediaRecord) -> bool:
+        try:
+            return self.service.records.get(record.media_id) == record
+        except errors.GatewayError:
+            return False
+
     def rollback(self) -> None:
+        for record in self.records:
+            try:
+                self.service.records.delete(record.media_id)
+            except Exception:
+                log.error("rollback could not delete record %s", record.media_id, exc_info=True)
         for incoming in self.files:
             if incoming.writer is None:
                 continue
-            if not incoming.committed:
-                incoming.writer.abort()
+            incoming.writer.abort()  # a no-op once committed
+            if not incoming.commit_started:
                 continue
-            try:
+            try:  # committed, or its commit failed with an unknown outcome
                 self.service.store.delete(incoming.key)
             except Exception:
                 log.error("rollback could not delete %s; journaled for the sweeper",

@@ -375,9 +375,7 @@ def gateway_stack(tmp: Path, *, mode: str = "embedded", moto_url: str | None = N
     log = open(tmp / "gunicorn.log", "ab")
     try:
         stack.procs["gunicorn"] = subprocess.Popen(
-            # gunicorn's control socket defaults to one shared path in $HOME; keep ours private.
-            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--control-socket",
-             str(tmp / "gunicorn.ctl"), wsgi_app], cwd=ROOT,
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", wsgi_app], cwd=ROOT,
             env={**_clean_env(), **env}, stdout=log, stderr=subprocess.STDOUT)
         wait_for_http(stack.gateway_url + "/healthz", proc=stack.procs["gunicorn"])
         stack.procs["nginx"] = start_nginx(run_dir, port=nginx_port,

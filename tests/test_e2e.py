@@ -289,10 +289,6 @@ def test_unauthenticated_large_upload_is_refused_before_the_body(stack):
     assert_nothing_left(stack.svc)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "gateway/gunicorn bug: an early refusal (401/413) of a body that is still streaming closes "
-    "the upstream socket with unread bytes (RST); nginx's next write fails with EPIPE and the "
-    "client gets 502 instead of the gateway's answer, in roughly 1 of 5 tries"))
 def test_early_refusal_of_a_fully_sent_large_body_keeps_its_status(embedded, files):
     path = write_file(files / "big.mp4", mp4_bytes(64), 100 * MiB)
     statuses = []

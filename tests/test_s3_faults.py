@@ -180,15 +180,11 @@ def test_persistent_slowdown_on_parts_is_503_and_nothing_is_left(gw, proxy):
     gw.assert_nothing_left()
 
 
-def test_persistent_internal_error_on_parts_is_5xx_and_nothing_is_left(gw, proxy):
-    """500 InternalError after every retry.
-
-    s3.py counts InternalError as retryable (RETRYABLE_CODES), so the gateway answers
-    503 storage_unavailable with Retry-After rather than 502 storage_error.
-    """
+def test_persistent_internal_error_on_parts_is_502_and_nothing_is_left(gw, proxy):
+    """500 InternalError, retried by botocore, then the store has failed: 502 storage_error."""
     proxy.add(fp.is_upload_part, "500")
     response = gw.upload([("file", "clip.mp4", mp4_bytes(BIG))])
-    assert (response.status_code, error_of(response)) == (503, "storage_unavailable")
+    assert (response.status_code, error_of(response)) == (502, "storage_error")
     assert min(attempts_per_part(proxy).values()) > 1
     gw.assert_nothing_left()
 
@@ -233,7 +229,7 @@ def test_s3_max_attempts_counts_every_attempt(gw, proxy):
     """
     rule = proxy.add(fp.is_put_object, "500")
     response = gw.upload([("file", "cat.png", png_bytes(60_000))])
-    assert (response.status_code, error_of(response)) == (503, "storage_unavailable")
+    assert (response.status_code, error_of(response)) == (502, "storage_error")
     gw.assert_nothing_left()
     assert gw.svc.settings.s3_max_attempts == MAX_ATTEMPTS
     assert rule.hits == MAX_ATTEMPTS, \
@@ -243,7 +239,7 @@ def test_s3_max_attempts_counts_every_attempt(gw, proxy):
 def test_complete_failing_persistently_leaves_nothing(gw, proxy):
     proxy.add(fp.is_complete_multipart, "500")
     response = gw.upload([("file", "clip.mp4", mp4_bytes(BIG))])
-    assert (response.status_code, error_of(response)) == (503, "storage_unavailable")
+    assert (response.status_code, error_of(response)) == (502, "storage_error")
     assert proxy.requests(fp.is_abort_multipart)
     gw.assert_nothing_left()
 

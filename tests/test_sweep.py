@@ -136,7 +136,7 @@ def test_local_sweep_splits_old_from_new_by_age(svc):
     backdate(svc, old_orphan, 2 * HOUR)
     old_writer = start_pending(svc, orphan_key())
     [old_upload] = pending(svc)
-    backdate(svc, old_upload.key, 2 * HOUR)
+    backdate(svc, old_upload.upload_id, 2 * HOUR)  # the temporary file
     new_writer = start_pending(svc, orphan_key())
 
     report = sweep(svc, older_than=HOUR)

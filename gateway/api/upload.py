@@ -6,12 +6,20 @@ from flask import Blueprint, jsonify, request
 from .. import idempotency
 from ..auth import authenticate
 from ..errors import LengthRequired
+from ..lingering import drain_after_response
 from ..services import services
 from ..uploads import UploadRequest, UploadStats
 from ..weblog import note
 from .present import media_json
 
 bp = Blueprint("upload", __name__)
+
+
+@bp.after_request
+def linger(response):
+    if response.status_code >= 400 or response.headers.get("Idempotent-Replayed"):
+        drain_after_response(response, request.environ)
+    return response
 
 
 @bp.post("/api/upload")

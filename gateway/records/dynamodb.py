@@ -24,7 +24,7 @@ _ser, _de = TypeSerializer(), TypeDeserializer()
 
 def make_dynamodb_client(settings) -> Any:
     config = Config(region_name=settings.s3_region,
-                    retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+                    retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
                     connect_timeout=settings.s3_connect_timeout,
                     read_timeout=settings.s3_read_timeout,
                     max_pool_connections=settings.s3_max_pool_connections)

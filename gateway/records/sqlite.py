@@ -131,7 +131,7 @@ class SqliteRecordStore:
                     if status is not None:
                         conn.execute("COMMIT")
                         return SavedResponse(status, json.loads(body))
-                    if claimed_at + lock_timeout > now:
+                    if claimed_at + lock_timeout >= now:
                         conn.execute("COMMIT")
                         raise Conflict("A request with this Idempotency-Key is still running.",
                                        code="idempotency_in_progress")

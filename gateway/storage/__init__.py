@@ -42,10 +42,17 @@ class ObjectWriter(Protocol):
         """Append bytes. May block while earlier parts are still being sent (backpressure)."""
 
     def spill(self) -> None:
-        """Make everything written so far durable but still invisible, freeing the buffers."""
+        """Make everything written so far durable but still invisible, freeing the buffers.
+
+        Only ``commit`` or ``abort`` may follow (S3 parts other than the last must be >= 5 MiB).
+        """
 
     def commit(self, *, sha256: str) -> StoredObject:
-        """Make the object visible under its key, recording its SHA-256 (hex)."""
+        """Make the object visible under its key, recording its SHA-256 (hex).
+
+        If it raises, the outcome is unknown (the request may have applied with its answer
+        lost): the caller must delete the key to be sure nothing stays.
+        """
 
     def abort(self) -> None:
         """Discard everything; idempotent, also after a failed commit."""

@@ -22,7 +22,7 @@ class LocalObjectWriter:
         self.key = key
         self.bytes_written = 0
         self._final = final_path
-        self._temp = final_path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final_path.name}")
+        self._temp = final_path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}-{final_path.name}")
         self._file = open(self._temp, "xb")
         self._done = False
 
@@ -110,11 +110,14 @@ class LocalObjectStore:
     def pending_uploads(self) -> Iterator[PendingUpload]:
         for path, stat in self._walk():
             if path.name.startswith(TEMP_PREFIX):
-                yield PendingUpload(key=str(path.relative_to(self.root)), upload_id=path.name,
-                                    started=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                final_name = path.name[len(TEMP_PREFIX) + 17:]  # drop ".partial-<16 hex>-"
+                yield PendingUpload(
+                    key=path.with_name(final_name).relative_to(self.root).as_posix(),
+                    upload_id=path.relative_to(self.root).as_posix(),
+                    started=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
     def abort_pending(self, upload: PendingUpload) -> None:
-        (self.root / upload.key).unlink(missing_ok=True)
+        self._path(upload.upload_id).unlink(missing_ok=True)
 
     def objects(self) -> Iterator[ObjectInfo]:
         for path, stat in self._walk():

@@ -26,17 +26,17 @@ from . import ObjectInfo, PendingUpload, StoredObject
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Error codes that mean "slow down / try later" once botocore's own retries are spent.
+# Error codes that mean "slow down / try later" (answered 503 with Retry-After) once
+# botocore's own retries are spent; any other failure of the store answers 502.
 RETRYABLE_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestTimeout",
-    "RequestTimeTooSkewed", "InternalError", "503",
+    "SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestTimeout", "503",
 })
 
 
 def make_s3_client(settings) -> Any:
     config = Config(
         region_name=settings.s3_region,
-        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=settings.s3_max_pool_connections,
@@ -166,13 +166,9 @@ class S3ObjectWriter:
         if self._metadata.get("sha256") != sha256:
             # Metadata is fixed when a multipart upload starts, before the hash is known;
             # a tag carries it instead.
-            try:
-                _call("tagging the object", self._client.put_object_tagging,
-                      Bucket=self._store.bucket, Key=self._object_key,
-                      Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]})
-            except StorageError:
-                self._store.delete(self.key)
-                raise
+            _call("tagging the object", self._client.put_object_tagging,
+                  Bucket=self._store.bucket, Key=self._object_key,
+                  Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]})
 
     def abort(self) -> None:
         if self._closed:
