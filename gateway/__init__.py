@@ -28,10 +28,11 @@ def create_app(config: Settings | Mapping[str, Any] | None = None,
     app.extensions["gateway"] = services or Services.from_settings(settings)
     weblog.init_app(app, settings)
 
-    from .api import health, media, upload
+    from .api import direct, health, media, upload
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
+    app.register_blueprint(direct.bp)
     app.register_blueprint(media.bp)
     from .cli import register
 

@@ -65,8 +65,16 @@ def register(app: Flask) -> None:
 def sweep(svc: Services, *, older_than: timedelta, dry_run: bool = False,
           now: datetime | None = None) -> list[str]:
     """The sweeper's work, one line per thing removed (or to remove, with ``dry_run``)."""
-    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    now = now or datetime.now(timezone.utc)
+    cutoff = now - older_than
     report: list[str] = []
+    if svc.direct.direct is not None:
+        if dry_run:
+            overdue = svc.records.expired_pending(now=now.isoformat(timespec="seconds"), limit=500)
+            report += [f"expire direct upload {r.media_id}" for r in overdue]
+        else:
+            report += [f"expire direct upload {media_id}"
+                       for media_id in svc.direct.expire_overdue(now=now)]
     for upload in svc.store.pending_uploads():
         if upload.started < cutoff:
             report.append(f"abort upload {upload.key} ({upload.upload_id})")
@@ -95,10 +103,12 @@ def sweep(svc: Services, *, older_than: timedelta, dry_run: bool = False,
 
 
 def _has_record(svc: Services, key: str) -> bool:
+    """Whether a live record (stored, or a direct upload still pending) owns the key."""
     media_id = media_id_of_key(key)
     if media_id is None:
         return True  # not ours: never delete it
     try:
-        return svc.records.get(media_id).s3_key == key
+        record = svc.records.get(media_id)
     except RecordNotFound:
         return False
+    return record.s3_key == key and record.status in ("stored", "pending")

@@ -68,6 +68,13 @@ class Settings:
     max_filename_chars: int = 255
     read_size: int = 1 * MiB
 
+    # Direct-to-S3 uploads (presigned): at or under the threshold one PUT/POST, above it multipart.
+    direct_single_put_max: int = 5 * MiB
+    direct_max_bytes: int = 5 * 1024 * MiB
+    direct_max_files: int = 20
+    direct_part_size: int = 8 * MiB
+    direct_url_ttl: int = 3600
+
     idempotency_ttl: int = 24 * 3600
     idempotency_lock_timeout: int = 3600
     log_level: str = "INFO"
@@ -93,11 +100,20 @@ class Settings:
                      "s3_max_attempts", "max_upload_bytes", "max_files", "max_fields",
                      "max_field_bytes", "max_part_header_bytes", "max_filename_chars",
                      "read_size", "cloudfront_url_ttl", "idempotency_ttl",
-                     "idempotency_lock_timeout"):
+                     "idempotency_lock_timeout", "direct_single_put_max", "direct_max_bytes",
+                     "direct_max_files", "direct_part_size", "direct_url_ttl"):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
         if self.s3_part_size < S3_MIN_PART_SIZE:
             fail("s3_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
+        if self.direct_single_put_max > 5 * 1024 * MiB:
+            fail("direct_single_put_max", "S3 accepts at most 5 GiB in one PUT")
+        if self.direct_part_size < S3_MIN_PART_SIZE:
+            fail("direct_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
+        if self.direct_max_files > 100:
+            fail("direct_max_files", "at most 100 (one DynamoDB transaction)")
+        if self.max_files > 100:
+            fail("max_files", "at most 100 (one DynamoDB transaction)")
         if self.jwt_leeway < 0 or self.trusted_proxies < 0:
             fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
 
@@ -167,6 +183,11 @@ class Settings:
         """The configured part size, raised if needed so a max-size file fits in S3's 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
+
+    def direct_part_size_for(self, size: int) -> int:
+        """A part size (whole MiB) that fits ``size`` in S3's 10,000 parts."""
+        needed = -(-size // S3_MAX_PARTS)
+        return max(self.direct_part_size, -(-needed // MiB) * MiB)
 
     def replace(self, **changes: Any) -> "Settings":
         settings = dataclasses.replace(self, **changes)

@@ -17,7 +17,7 @@ bp = Blueprint("media", __name__)
 def _visible_record(media_id: str) -> MediaRecord:
     principal = authenticate()
     record = services().records.get(media_id)
-    if not principal.may_see(record.tenant, record.project_id):
+    if record.status != "stored" or not principal.may_see(record.tenant, record.project_id):
         raise RecordNotFound()  # not 403: do not reveal that it exists
     return record
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
@@ -24,6 +25,16 @@ class MediaRecord:
     created_at: str  # ISO 8601 UTC, sortable
     metadata: dict[str, str] = field(default_factory=dict)
     status: str = "stored"  # direct-to-S3 uploads add pending / rejected / aborted / expired
+    # Direct-to-S3 uploads: what was promised and how the bytes travel (see gateway/direct.py).
+    upload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expires_at(self) -> str:
+        """When a pending direct upload expires (ISO 8601), or "" for any other record."""
+        return self.upload.get("expiresAt", "") if self.status == "pending" else ""
+
+    def evolve(self, **changes: Any) -> "MediaRecord":
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +65,19 @@ class RecordStore(Protocol):
         """Raises RecordNotFound."""
 
     def list(self, *, tenant: str, project_id: str, cursor: str | None, limit: int) -> Page:
-        """Newest first."""
+        """Stored media, newest first."""
 
     def delete(self, media_id: str) -> None:
         """Idempotent."""
+
+    def replace(self, record: MediaRecord, *, expected_status: str) -> bool:
+        """Overwrite the record iff its stored status is still ``expected_status``.
+
+        False when another request moved it first (compare-and-set on the status).
+        """
+
+    def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
+        """Pending direct uploads whose expiry (ISO 8601) is before ``now``."""
 
     def check(self) -> None:
         """Raise RecordStoreError unless reachable (readiness)."""

@@ -1,7 +1,9 @@
 """DynamoDB record store (production).
 
-One table, partition key ``pk``. Media items: ``pk = media#<id>`` with ``scope = <tenant>#<project>``
-and ``sk = <createdAt>#<id>`` projected into the ``by_scope`` index for listing a project.
+One table, partition key ``pk``. Media items: ``pk = media#<id>`` and ``status``; stored ones also
+carry ``scope = <tenant>#<project>`` and ``sk = <createdAt>#<id>`` (the sparse ``by_scope`` index
+lists a project's stored media); pending direct uploads carry ``pendingShard`` and ``expiresAt``
+(the sparse ``pending_by_expiry`` index feeds the sweeper).
 Idempotency items: ``pk = idem#<scope>#<key>``, expired by DynamoDB's TTL on ``ttl``.
 Every write is conditional, so nothing is ever overwritten by accident.
 """
@@ -19,6 +21,7 @@ from ..errors import Conflict, RecordExists, RecordNotFound, RecordStoreError
 from . import MediaRecord, Page, SavedResponse, decode_cursor, encode_cursor
 
 INDEX = "by_scope"
+PENDING_INDEX = "pending_by_expiry"
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
 
@@ -63,13 +66,17 @@ class DynamoRecordStore:
             self.client.create_table(
                 TableName=self.table, BillingMode="PAY_PER_REQUEST",
                 AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"}
-                                      for n in ("pk", "scope", "sk")],
+                                      for n in ("pk", "scope", "sk", "pendingShard", "expiresAt")],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                GlobalSecondaryIndexes=[{
-                    "IndexName": INDEX,
-                    "KeySchema": [{"AttributeName": "scope", "KeyType": "HASH"},
-                                  {"AttributeName": "sk", "KeyType": "RANGE"}],
-                    "Projection": {"ProjectionType": "ALL"}}])
+                GlobalSecondaryIndexes=[
+                    {"IndexName": INDEX,
+                     "KeySchema": [{"AttributeName": "scope", "KeyType": "HASH"},
+                                   {"AttributeName": "sk", "KeyType": "RANGE"}],
+                     "Projection": {"ProjectionType": "ALL"}},
+                    {"IndexName": PENDING_INDEX,
+                     "KeySchema": [{"AttributeName": "pendingShard", "KeyType": "HASH"},
+                                   {"AttributeName": "expiresAt", "KeyType": "RANGE"}],
+                     "Projection": {"ProjectionType": "ALL"}}])
             self.client.get_waiter("table_exists").wait(TableName=self.table)
             self.client.update_time_to_live(
                 TableName=self.table,
@@ -81,11 +88,17 @@ class DynamoRecordStore:
     def check(self) -> None:
         self._call(self.client.describe_table, TableName=self.table)
 
+    def _media_item(self, r: MediaRecord) -> dict[str, Any]:
+        values = {"pk": f"media#{r.media_id}", "status": r.status, "body": json.dumps(r.to_dict())}
+        if r.status == "stored":
+            values.update(scope=_scope(r.tenant, r.project_id), sk=f"{r.created_at}#{r.media_id}")
+        elif r.status == "pending":
+            values.update(pendingShard="pending", expiresAt=r.expires_at)
+        return _item(values)
+
     def create_many(self, records: Sequence[MediaRecord]) -> None:
         items = [{"Put": {
-            "TableName": self.table,
-            "Item": _item({"pk": f"media#{r.media_id}", "scope": _scope(r.tenant, r.project_id),
-                           "sk": f"{r.created_at}#{r.media_id}", "body": json.dumps(r.to_dict())}),
+            "TableName": self.table, "Item": self._media_item(r),
             "ConditionExpression": "attribute_not_exists(pk)"}} for r in records]
         try:
             if len(items) == 1:
@@ -129,6 +142,27 @@ class DynamoRecordStore:
     def delete(self, media_id: str) -> None:
         self._call(self.client.delete_item, TableName=self.table,
                    Key=_item({"pk": f"media#{media_id}"}))
+
+    def replace(self, record: MediaRecord, *, expected_status: str) -> bool:
+        try:
+            self.client.put_item(TableName=self.table, Item=self._media_item(record),
+                                 ConditionExpression="#status = :expected",
+                                 ExpressionAttributeNames={"#status": "status"},
+                                 ExpressionAttributeValues=_item({":expected": expected_status}))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise RecordStoreError("The record store failed.") from exc
+        except BotoCoreError as exc:
+            raise RecordStoreError("The record store is unreachable.") from exc
+
+    def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
+        response = self._call(
+            self.client.query, TableName=self.table, IndexName=PENDING_INDEX, Limit=limit,
+            KeyConditionExpression="pendingShard = :shard AND expiresAt < :now",
+            ExpressionAttributeValues=_item({":shard": "pending", ":now": now}))
+        return [MediaRecord.from_dict(json.loads(_plain(i)["body"])) for i in response["Items"]]
 
     # -- idempotency -------------------------------------------------------------------------
     @staticmethod

@@ -21,9 +21,13 @@ CREATE TABLE IF NOT EXISTS media (
     project_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
     s3_key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS media_by_project ON media (tenant, project_id, created_at, media_id);
+CREATE INDEX IF NOT EXISTS media_by_project
+    ON media (tenant, project_id, status, created_at, media_id);
+CREATE INDEX IF NOT EXISTS media_pending ON media (expires_at) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -75,10 +79,10 @@ class SqliteRecordStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
-                    "INSERT INTO media (media_id, tenant, project_id, created_at, s3_key, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(r.media_id, r.tenant, r.project_id, r.created_at, r.s3_key,
-                      json.dumps(r.to_dict())) for r in records])
+                    "INSERT INTO media (media_id, tenant, project_id, created_at, s3_key,"
+                    " status, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r.media_id, r.tenant, r.project_id, r.created_at, r.s3_key, r.status,
+                      r.expires_at, json.dumps(r.to_dict())) for r in records])
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -99,7 +103,7 @@ class SqliteRecordStore:
         return MediaRecord.from_dict(json.loads(row[0]))
 
     def list(self, *, tenant: str, project_id: str, cursor: str | None, limit: int) -> Page:
-        sql = "SELECT body FROM media WHERE tenant = ? AND project_id = ?"
+        sql = "SELECT body FROM media WHERE tenant = ? AND project_id = ? AND status = 'stored'"
         args: list = [tenant, project_id]
         if cursor:
             created_at, media_id = decode_cursor(cursor)
@@ -116,6 +120,19 @@ class SqliteRecordStore:
 
     def delete(self, media_id: str) -> None:
         self._run(lambda conn: conn.execute("DELETE FROM media WHERE media_id = ?", (media_id,)))
+
+    def replace(self, record: MediaRecord, *, expected_status: str) -> bool:
+        cursor = self._run(lambda conn: conn.execute(
+            "UPDATE media SET status = ?, expires_at = ?, body = ? WHERE media_id = ? AND status = ?",
+            (record.status, record.expires_at, json.dumps(record.to_dict()), record.media_id,
+             expected_status)))
+        return cursor.rowcount == 1
+
+    def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT body FROM media WHERE status = 'pending' AND expires_at < ?"
+            " ORDER BY expires_at LIMIT ?", (now, limit)).fetchall())
+        return [MediaRecord.from_dict(json.loads(row[0])) for row in rows]
 
     # -- idempotency -------------------------------------------------------------------------
     def claim(self, scope: str, key: str, *, now: float, lock_timeout: float,

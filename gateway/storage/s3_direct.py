@@ -1,0 +1,140 @@
+"""Direct-to-S3 uploads: presigned PUT/POST and multipart part URLs, and what S3 really holds.
+
+A capability of the S3 store only (the embedded local store has no public upload endpoint).
+Everything a client sends is checked again by the gateway before it is accepted: these calls
+report what S3 holds, they do not trust the client.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import StorageError
+from .s3 import S3ObjectStore, _call, translate
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    size: int
+    content_type: str
+
+
+class S3DirectUploads:
+    def __init__(self, store: S3ObjectStore) -> None:
+        self.store = store
+        self.client = store.client
+        self.bucket = store.bucket
+
+    def _key(self, key: str) -> str:
+        return self.store.full_key(key)
+
+    # -- handing out permission ------------------------------------------------------------------
+    def presign_put(self, key: str, *, content_type: str, size: int, sha256_b64: str | None,
+                    expires_in: int) -> dict[str, Any]:
+        """A PUT URL bound to the type, the length and (when promised) the SHA-256."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key),
+                                  "ContentType": content_type, "ContentLength": size}
+        headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        if sha256_b64:
+            params["ChecksumSHA256"] = sha256_b64
+            headers["x-amz-checksum-sha256"] = sha256_b64
+        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
+        return {"url": url, "headers": headers}
+
+    def presign_post(self, key: str, *, content_type: str, size: int,
+                     expires_in: int) -> dict[str, Any]:
+        """A POST policy with exact content-length-range and content type conditions."""
+        fields = {"Content-Type": content_type}
+        conditions: list[Any] = [{"Content-Type": content_type},
+                                 ["content-length-range", size, size]]
+        post = self.client.generate_presigned_post(self.bucket, self._key(key), Fields=fields,
+                                                   Conditions=conditions, ExpiresIn=expires_in)
+        return {"url": post["url"], "fields": post["fields"]}
+
+    def start_multipart(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str:
+        return _call("starting a multipart upload", self.client.create_multipart_upload,
+                     Bucket=self.bucket, Key=self._key(key), ContentType=content_type,
+                     Metadata=metadata)["UploadId"]
+
+    def presign_parts(self, key: str, upload_id: str, count: int,
+                      expires_in: int) -> list[dict[str, Any]]:
+        return [{"partNumber": number, "url": self.client.generate_presigned_url(
+            "upload_part", ExpiresIn=expires_in,
+            Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
+                    "PartNumber": number})} for number in range(1, count + 1)]
+
+    # -- what S3 holds ------------------------------------------------------------------------------
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo] | None:
+        """The parts S3 has received, or None when the multipart upload no longer exists."""
+        parts: list[PartInfo] = []
+        try:
+            paginator = self.client.get_paginator("list_parts")
+            for page in paginator.paginate(Bucket=self.bucket, Key=self._key(key),
+                                           UploadId=upload_id):
+                parts += [PartInfo(p["PartNumber"], p["Size"], p["ETag"].strip('"'))
+                          for p in page.get("Parts", [])]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return None
+            raise translate(exc, "listing parts") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "listing parts") from exc
+        return parts
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
+        _call("completing the multipart upload", self.client.complete_multipart_upload,
+              Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+              MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'}
+                                         for p in parts]})
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key),
+                                               UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise translate(exc, "aborting a multipart upload") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "aborting a multipart upload") from exc
+
+    def head(self, key: str) -> ObjectHead | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise translate(exc, "looking up an object") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "looking up an object") from exc
+        return ObjectHead(size=response["ContentLength"],
+                          content_type=response.get("ContentType", ""))
+
+    def read_head(self, key: str, size: int) -> bytes:
+        response = _call("reading an object", self.client.get_object, Bucket=self.bucket,
+                         Key=self._key(key), Range=f"bytes=0-{size - 1}")
+        return response["Body"].read()
+
+    def sha256(self, key: str) -> str:
+        """Hash the object as S3 holds it (streamed; the gateway never holds it whole)."""
+        digest = hashlib.sha256()
+        response = _call("reading an object", self.client.get_object, Bucket=self.bucket,
+                         Key=self._key(key))
+        try:
+            for chunk in response["Body"].iter_chunks(1 << 20):
+                digest.update(chunk)
+        except (BotoCoreError, OSError) as exc:
+            raise StorageError("Object store failed while reading an object.") from exc
+        return digest.hexdigest()
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
