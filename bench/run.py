@@ -1,6 +1,6 @@
 """Upload gateway benchmark: real gunicorn + moto on loopback vs boto3 straight to the same moto.
 
-    .venv/bin/python bench/run.py            # full run (~5-10 min on 2 cores)
+    .venv/bin/python bench/run.py            # full run (~2-6 min on 2 cores)
     .venv/bin/python bench/run.py --quick    # small sizes, a sanity run (~1 min)
 
 Prints the tables (see bench/README.md for what every number means) and writes everything it
