@@ -32,7 +32,7 @@ class Settings:
     storage_url: str = "var/media"
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
-    s3_part_size: int = 8 * MiB
+    s3_part_size: int = 6 * MiB
     s3_parts_in_flight: int = 2
     s3_max_pool_connections: int = 64
     s3_connect_timeout: float = 5.0
