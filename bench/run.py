@@ -349,6 +349,9 @@ def main() -> int:
     parser.add_argument("--skip-local", action="store_true", help="skip the local-storage RSS test")
     parser.add_argument("--skip-writers", action="store_true", help="skip the writer comparison")
     parser.add_argument("--only", default="abc", help="S3 scenarios to run, e.g. 'a' or 'bc'")
+    parser.add_argument("--worker-class", default=None,
+                        help="gunicorn worker class for the gateway (GATEWAY_WORKER_CLASS; "
+                             "default: gunicorn.conf.py's gthread), e.g. gevent to compare")
     parser.add_argument("--tmp", default=None, help="scratch directory (the 2 GiB file goes here)")
     parser.add_argument("--reps", type=int, default=None,
                         help="runs of each path per scenario, interleaved; medians are reported "
@@ -392,6 +395,8 @@ def main() -> int:
         biggest = max((sc.size for sc in scs), default=64 * MiB)
         env = gateway_env(s3_tmp, storage_url=f"s3://{BUCKET}/up", moto_url=moto_url,
                           jwt_secret=JWT_SECRET, max_upload=max(biggest + 64 * MiB, 1 * GiB))
+        if args.worker_class:
+            env["GATEWAY_WORKER_CLASS"] = args.worker_class
         flask_cmd(env, "init")
         token = flask_cmd(env, "token", "--sub", "bench", "--ttl", "2h")
         settings = Settings.from_env(env)
