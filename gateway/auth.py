@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,8 +15,8 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 
 from .config import Settings
 from .errors import Forbidden, Unauthorized
+from .naming import PROJECT_ID_RE  # tenants follow the same rule: they become key segments
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 jwt_manager = JWTManager()
 
 
@@ -77,7 +76,7 @@ def authenticate() -> Principal:
     if not isinstance(subject, str) or not subject:
         raise Unauthorized("The token has no subject (sub).", code="invalid_token")
     tenant = claims.get("tenant") or ""
-    if tenant and (not isinstance(tenant, str) or not ID_RE.match(tenant)):
+    if tenant and (not isinstance(tenant, str) or not PROJECT_ID_RE.match(tenant)):
         raise Unauthorized("The token's tenant claim is not valid.", code="invalid_token")
     projects = claims.get("projects")
     if projects is not None:
@@ -88,19 +87,19 @@ def authenticate() -> Principal:
     return Principal(subject=subject, tenant=tenant, projects=projects)
 
 
+_REASONS = {
+    "NoAuthorizationError": "A bearer token is required in the Authorization header.",
+    "InvalidAudienceError": "The token's audience is not accepted.",
+    "InvalidIssuerError": "The token's issuer is not accepted.",
+    "ImmatureSignatureError": "The token is not valid yet.",
+    "InvalidAlgorithmError": "The token's algorithm is not accepted.",
+    "InvalidSignatureError": "The token's signature is not valid.",
+    "DecodeError": "The token cannot be decoded.",
+}
+
+
 def _describe(exc: Exception) -> str:
-    name = type(exc).__name__
-    if name == "NoAuthorizationError":
-        return "A bearer token is required in the Authorization header."
-    if name in ("InvalidAudienceError", "InvalidIssuerError", "ImmatureSignatureError",
-                "InvalidAlgorithmError", "InvalidSignatureError", "DecodeError"):
-        return {"InvalidAudienceError": "The token's audience is not accepted.",
-                "InvalidIssuerError": "The token's issuer is not accepted.",
-                "ImmatureSignatureError": "The token is not valid yet.",
-                "InvalidAlgorithmError": "The token's algorithm is not accepted.",
-                "InvalidSignatureError": "The token's signature is not valid.",
-                "DecodeError": "The token cannot be decoded."}[name]
-    return "The token is not valid."
+    return _REASONS.get(type(exc).__name__, "The token is not valid.")
 
 
 def mint_token(subject: str, *, tenant: str = "", projects: list[str] | None = None,

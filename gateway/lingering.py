@@ -14,7 +14,8 @@ from typing import Any
 
 from flask import Response
 
-LINGER_SECONDS = 2.0
+LINGER_SECONDS = 1.0  # bounded: each lingering refusal holds a worker thread this long at most
+LINGER_BYTES = 16 * 1024 * 1024
 READ_SIZE = 256 * 1024
 
 
@@ -25,18 +26,21 @@ def drain_after_response(response: Response, environ: dict[str, Any]) -> None:
         return
 
     def drain() -> None:
-        deadline = time.monotonic() + LINGER_SECONDS
-        previous = None
+        deadline, budget = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+        is_socket = isinstance(sock, socket.socket)
+        previous = sock.gettimeout() if is_socket else None
         try:
-            if isinstance(sock, socket.socket):
-                previous = sock.gettimeout()
+            if is_socket:
                 sock.settimeout(0.25)
-            while time.monotonic() < deadline and stream.read(READ_SIZE):
-                pass
+            while budget > 0 and time.monotonic() < deadline:
+                chunk = stream.read(READ_SIZE)
+                if not chunk:
+                    break
+                budget -= len(chunk)
         except Exception:  # the peer closed or timed out: either way we are done
             pass
         finally:
-            if previous is not None or isinstance(sock, socket.socket):
+            if is_socket:
                 try:
                     sock.settimeout(previous)
                 except OSError:

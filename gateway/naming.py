@@ -37,7 +37,9 @@ def media_id_of_key(key: str) -> str | None:
 def display_name(filename: str, *, max_chars: int) -> str:
     """The client's filename reduced to a safe display name: no path, no control characters."""
     name = unicodedata.normalize("NFC", filename.replace("\\", "/").rsplit("/", 1)[-1])
-    name = _UNSAFE.sub("_", name).strip(" .")
+    # Control and format characters (C1 controls, bidi overrides such as U+202E) can spoof.
+    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name)
+    name = _UNSAFE.sub("_", name).strip(" ._")
     if len(name) > max_chars:
         stem, dot, ext = name.rpartition(".")
         if dot and 0 < len(ext) <= 16:

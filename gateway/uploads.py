@@ -31,7 +31,6 @@ from .storage import ObjectStore, ObjectWriter
 log = logging.getLogger(__name__)
 FILE_FIELDS = ("file", "files")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-RESERVED_FIELDS = ("projectId", "sha256")
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ class _IncomingFile:
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     size: int = 0
     expected_sha256: str | None = None
+    unselected: bool = False  # sent with filename="" (maybe an empty file input)
     writer: ObjectWriter | None = None
     mime: str = ""
     file_type: str = ""
@@ -207,7 +207,7 @@ class _Batch:
         self.current = _IncomingFile(
             media_id=new_media_id(),
             original_name=display_name(event.filename, max_chars=self.settings.max_filename_chars),
-            expected_sha256=self.next_sha256)
+            expected_sha256=self.next_sha256, unselected=event.filename == "")
         self.next_sha256 = None
         self.files.append(self.current)
         self.stats.files = len(self.files)
@@ -228,6 +228,10 @@ class _Batch:
         incoming = self.current
         assert incoming is not None
         self.current = None
+        if incoming.size == 0 and incoming.unselected:
+            self.files.remove(incoming)  # a form's file input left empty: no file at all
+            self.stats.files = len(self.files)
+            return
         if incoming.size == 0:
             raise errors.Unprocessable("Empty files are not accepted.", code="empty_file")
         if incoming.writer is None:
@@ -266,6 +270,9 @@ class _Batch:
         if not self.files:
             raise errors.BadRequest("The form has no file part ('file' or 'files').",
                                     code="no_file")
+        if self.next_sha256 is not None:
+            raise errors.BadRequest("A sha256 field must come before the file it describes.",
+                                    code="invalid_sha256")
         for incoming in self.files:
             incoming.commit_started = True
             incoming.writer.commit(sha256=incoming.hasher.hexdigest())
@@ -295,20 +302,32 @@ class _Batch:
             return False
 
     def rollback(self) -> None:
+        """Undo everything; each step on its own, so one failure cannot stop the others."""
+        kept: set[str] = set()  # media whose record may still exist: keep object, journal it
         for record in self.records:
             try:
                 self.service.records.delete(record.media_id)
             except Exception:
                 log.error("rollback could not delete record %s", record.media_id, exc_info=True)
+                kept.add(record.media_id)
         for incoming in self.files:
             if incoming.writer is None:
                 continue
-            incoming.writer.abort()  # a no-op once committed
+            try:
+                incoming.writer.abort()  # a no-op once committed
+            except Exception:
+                log.error("rollback could not abort %s", incoming.key, exc_info=True)
             if not incoming.commit_started:
                 continue
-            try:  # committed, or its commit failed with an unknown outcome
-                self.service.store.delete(incoming.key)
+            # Committed, or its commit failed with an unknown outcome: delete it, unless its
+            # record may exist (then the sweeper decides, once the record store answers).
+            if incoming.media_id not in kept:
+                try:
+                    self.service.store.delete(incoming.key)
+                    continue
+                except Exception:
+                    log.error("rollback could not delete %s", incoming.key, exc_info=True)
+            try:
+                self.service.journal.add(incoming.key, "rollback incomplete")
             except Exception:
-                log.error("rollback could not delete %s; journaled for the sweeper",
-                          incoming.key, exc_info=True)
-                self.service.journal.add(incoming.key, "rollback delete failed")
+                log.critical("could not journal %s for the sweeper", incoming.key, exc_info=True)

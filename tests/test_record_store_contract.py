@@ -337,3 +337,26 @@ def test_sqlite_concurrent_claims_have_one_winner(tmp_path):
     for t in threads:
         t.join(60)
     assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
+
+
+def test_idempotency_scopes_cannot_collide_through_separators(records):
+    """(scope "t1#a", key "b#k") and (scope "t1#a#b", key "k") are different callers' keys."""
+    assert claim(records, "b#k", at=T0, scope="t1#a") is None
+    records.save("t1#a", "b#k", ANSWER, now=T0, ttl=TTL)
+    assert claim(records, "k", at=T0 + 1, scope="t1#a#b") is None  # not the other's answer
+
+
+def test_replace_is_a_compare_and_set_on_status(records):
+    pending = record().evolve(status="pending", upload={"expiresAt": "2026-01-01T00:00:00+00:00"})
+    records.create_many([pending])
+    assert records.expired_pending(now="2026-01-02T00:00:00+00:00", limit=10) == [pending]
+    assert records.expired_pending(now="2025-12-31T00:00:00+00:00", limit=10) == []
+    listed = records.list(tenant=pending.tenant, project_id=pending.project_id, cursor=None, limit=10)
+    assert listed.items == []  # pending media are not listed
+    stored = pending.evolve(status="stored")
+    assert records.replace(stored, expected_status="pending") is True
+    assert records.replace(pending.evolve(status="aborted"), expected_status="pending") is False
+    assert records.get(pending.media_id).status == "stored"
+    assert records.expired_pending(now="2026-01-02T00:00:00+00:00", limit=10) == []
+    listed = records.list(tenant=pending.tenant, project_id=pending.project_id, cursor=None, limit=10)
+    assert [r.media_id for r in listed.items] == [pending.media_id]

@@ -351,3 +351,81 @@ def test_request_id_is_echoed_or_made(client):
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     made = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"}).headers["X-Request-ID"]
     assert made and made != "bad id <script>"
+
+
+# -- review fixes: rollback edges, deletes, embedded serving, forms ----------------------------------
+def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(client, auth, svc, monkeypatch):
+    """The record write may have applied (answer lost) and its delete failed too: the object is
+    kept (a record may point at it) and journaled; the sweeper settles it once records answer."""
+    from datetime import timedelta
+    from gateway import errors
+    from gateway.cli import sweep
+
+    def fail(*args, **kwargs):
+        raise errors.RecordStoreError()
+
+    monkeypatch.setattr(svc.records, "create_many", fail)
+    monkeypatch.setattr(svc.records, "delete", fail)
+    response = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth)
+    assert response.status_code == 503 and error_code(response) == "records_unavailable"
+    [key] = leftovers(svc)["objects"]
+    assert svc.journal.keys() == [key]
+    monkeypatch.undo()
+    assert sweep(svc, older_than=timedelta(hours=1)) == [f"delete journaled orphan {key}"]
+    assert_nothing_left(svc)
+    assert svc.journal.keys() == []
+
+
+def test_delete_media_whose_object_delete_fails_journals_it(client, auth, svc, monkeypatch):
+    from datetime import timedelta
+    from gateway import errors
+    from gateway.cli import sweep
+
+    media = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth).get_json()
+
+    def fail(key):
+        raise errors.StorageError()
+
+    monkeypatch.setattr(svc.store, "delete", fail)
+    assert client.delete(f"/api/media/{media['mediaId']}", headers=auth).status_code == 204
+    assert client.get(f"/api/media/{media['mediaId']}", headers=auth).status_code == 404
+    assert svc.journal.keys() == [media["s3Key"]]
+    monkeypatch.undo()
+    sweep(svc, older_than=timedelta(hours=1))
+    assert_nothing_left(svc)
+
+
+@pytest.mark.parametrize("backend", ["local"])
+def test_embedded_media_route_serves_only_gateway_keys(client, svc):
+    svc.store.root.mkdir(parents=True, exist_ok=True)
+    (svc.store.root / "secret.txt").write_text("not for you")
+    (svc.store.root / "projects").mkdir(exist_ok=True)
+    assert client.get("/media/secret.txt").status_code == 404
+    assert client.get("/media/../records.db").status_code == 404
+    assert client.get("/media/projects/p1/media/" + "a" * 32 + ".png").status_code == 404
+
+
+def test_sha256_after_the_last_file_is_refused(client, auth, svc):
+    late = (b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
+            b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+            + png_bytes() + b'\r\n--bnd\r\nContent-Disposition: form-data; name="sha256"\r\n\r\n'
+            + b"0" * 64 + b"\r\n--bnd--\r\n")
+    response = post(client, (late, "multipart/form-data; boundary=bnd"), auth)
+    assert response.status_code == 400 and error_code(response) == "invalid_sha256"
+    assert_nothing_left(svc)
+
+
+def test_an_empty_optional_file_input_is_ignored(client, auth, svc):
+    """Browsers send an unselected <input type=file> as filename="" with no bytes."""
+    content = png_bytes()
+    form = form_body([("projectId", "p1")], [("files", "a.png", content), ("files", "", b"")])
+    response = post(client, form, auth)
+    assert response.status_code == 201, response.get_json()
+    assert len(response.get_json()["files"]) == 1
+    assert_stored(svc, response.get_json(), content)
+
+
+def test_bidi_and_control_characters_leave_display_names(client, auth):
+    form = form_body([("projectId", "p1")], [("file", "x\u202egnp.exe\u0085.png", png_bytes())])
+    name = post(client, form, auth).get_json()["originalName"]
+    assert "\u202e" not in name and "\u0085" not in name and name.endswith(".png")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request, send_file
 
 from ..auth import authenticate
-from ..errors import BadRequest, NotFound, RecordNotFound
-from ..naming import check_project_id
+from ..errors import BadRequest, GatewayError, NotFound, RecordNotFound
+from ..naming import check_project_id, media_id_of_key
 from ..records import MediaRecord
 from ..services import services
 from ..storage.local import TEMP_PREFIX, LocalObjectStore
@@ -31,8 +31,13 @@ def get_media(media_id: str):
 def delete_media(media_id: str):
     record = _visible_record(media_id)
     svc = services()
-    svc.store.delete(record.s3_key)  # object first: a failure here changes nothing visible
+    # Record first: once it is gone the media is gone for every reader. An object left behind
+    # has no record, which the sweeper deletes; the journal makes that quick.
     svc.records.delete(record.media_id)
+    try:
+        svc.store.delete(record.s3_key)
+    except GatewayError:
+        svc.journal.add(record.s3_key, "media delete: object delete failed")
     return "", 204
 
 
@@ -59,8 +64,8 @@ def list_media():
 def serve_local(key: str):
     """Embedded mode only: stored files at the URL the upload returned (nginx may serve these)."""
     store = services().store
-    if not isinstance(store, LocalObjectStore) or TEMP_PREFIX in key:
-        raise NotFound()
+    if not isinstance(store, LocalObjectStore) or TEMP_PREFIX in key or not media_id_of_key(key):
+        raise NotFound()  # only the gateway's own keys, never other files under the root
     try:
         path = store.path_of(key)
     except ValueError:

@@ -9,6 +9,7 @@ Every write is conditional, so nothing is ever overwritten by accident.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Sequence
 
@@ -167,7 +168,8 @@ class DynamoRecordStore:
     # -- idempotency -------------------------------------------------------------------------
     @staticmethod
     def _idem_pk(scope: str, key: str) -> str:
-        return f"idem#{scope}#{key}"
+        # Both parts may contain "#": hash an unambiguous encoding so callers cannot collide.
+        return "idem#" + hashlib.sha256(json.dumps([scope, key]).encode()).hexdigest()
 
     def claim(self, scope: str, key: str, *, now: float, lock_timeout: float,
               ttl: float) -> SavedResponse | None:

@@ -83,10 +83,11 @@ class SqliteRecordStore:
                     " status, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(r.media_id, r.tenant, r.project_id, r.created_at, r.s3_key, r.status,
                       r.expires_at, json.dumps(r.to_dict())) for r in records])
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
         try:
             self._run(insert)
@@ -157,8 +158,9 @@ class SqliteRecordStore:
                     " VALUES (?, ?, ?, ?)", (scope, key, now, now + ttl))
                 conn.execute("COMMIT")
                 return None
-            except sqlite3.Error:
-                conn.execute("ROLLBACK")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
         return self._run(claim)

@@ -27,11 +27,17 @@ class LocalObjectWriter:
         self._done = False
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise StorageError(f"Could not store the file: {exc.strerror}") from exc
         self.bytes_written += len(data)
 
     def spill(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise StorageError(f"Could not store the file: {exc.strerror}") from exc
 
     def commit(self, *, sha256: str) -> StoredObject:
         try:
@@ -49,8 +55,12 @@ class LocalObjectWriter:
         if self._done:
             return
         self._done = True
-        self._file.close()
-        self._temp.unlink(missing_ok=True)
+        try:
+            self._file.close()  # may fail (disk full flushing): the file goes regardless
+        except OSError:
+            pass
+        finally:
+            self._temp.unlink(missing_ok=True)
 
 
 class LocalObjectStore:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import logging
 import threading
+import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, TypeVar
@@ -37,12 +38,13 @@ RETRYABLE_CODES = frozenset({
 def make_s3_client(settings) -> Any:
     config = Config(
         region_name=settings.s3_region,
+        signature_version="s3v4",  # presigned URLs too (SigV2 signs no Content-Length)
         retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=settings.s3_max_pool_connections,
-        # Parts carry a CRC32 checksum that S3 verifies, so the payload need not be SHA-256
-        # signed as well (boto3 already skips it on https; this makes plain-http endpoints match).
+        # Parts carry a CRC32 checksum (computed here) that S3 verifies, so the payload need not
+        # be SHA-256 signed as well (boto3 skips it on https; this makes plain http match).
         s3={"payload_signing_enabled": False,
             "addressing_style": "path" if settings.s3_endpoint_url else "auto"},
     )
@@ -61,7 +63,7 @@ def translate(exc: Exception, action: str) -> StorageError:
                             retryable=retryable)
     if isinstance(exc, BotoCoreError):
         return StorageError(f"Object store unreachable while {action}.")
-    raise exc
+    raise TypeError(f"not a botocore error: {exc!r}")
 
 
 def _call(action: str, fn: Callable[..., T], **kwargs: Any) -> T:
@@ -77,7 +79,8 @@ class PartBuffers:
     Growing a bytearray per part and copying each part out of it fragments the heap across
     worker threads (measured: 47-50 MiB RSS per in-flight upload instead of the ~26 MiB of
     buffers actually live). Filling preallocated buffers and sending them as they are keeps RSS
-    at what is in use; botocore sends a bytearray body without copying it.
+    at what is in use; botocore sends a bytearray body without copying it. The pool keeps a
+    few free buffers for reuse; it bounds nothing (a busy worker allocates more).
     """
 
     def __init__(self, size: int, keep: int) -> None:
@@ -161,17 +164,19 @@ class S3ObjectWriter:
         self._in_flight.append(self._store.executor.submit(self._upload_part, part, data))
 
     def _upload_part(self, part: dict[str, Any], data: bytes | bytearray) -> None:
+        # The checksum is computed here and sent as a header: left to botocore, an https request
+        # would carry it as a trailer, for which botocore copies the body into a BytesIO.
+        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
         try:
             response = _call("uploading a part", self._client.upload_part,
                              Bucket=self._store.bucket, Key=self._object_key,
                              UploadId=self._upload_id, PartNumber=part["PartNumber"], Body=data,
-                             ChecksumAlgorithm="CRC32")
+                             ChecksumCRC32=crc)
         finally:
             if isinstance(data, bytearray):
                 self._store.buffers.give(data)
         part["ETag"] = response["ETag"]
-        if "ChecksumCRC32" in response:
-            part["ChecksumCRC32"] = response["ChecksumCRC32"]
+        part["ChecksumCRC32"] = crc
 
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
@@ -250,7 +255,7 @@ class S3ObjectStore:
         self.region = settings.s3_region if settings else "us-east-1"
         pool = settings.s3_max_pool_connections if settings else 32
         self.executor = executor or ThreadPoolExecutor(pool, thread_name_prefix="s3-part")
-        self.buffers = PartBuffers(self.part_size, keep=self.parts_in_flight + 2)
+        self.buffers = PartBuffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
