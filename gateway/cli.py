@@ -8,8 +8,9 @@ import click
 from flask import Flask
 
 from .auth import mint_token
+from .direct import parse_key, staging_key
 from .errors import RecordNotFound
-from .naming import media_id_of_key
+from .records import MediaRecord
 from .services import Services, services
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
@@ -76,7 +77,7 @@ def sweep(svc: Services, *, older_than: timedelta, dry_run: bool = False,
             report += [f"expire direct upload {media_id}"
                        for media_id in svc.direct.expire_overdue(now=now)]
     for upload in svc.store.pending_uploads():
-        if upload.started < cutoff:
+        if upload.started < cutoff and not _is_live_direct_upload(svc, upload.key):
             report.append(f"abort upload {upload.key} ({upload.upload_id})")
             if not dry_run:
                 svc.store.abort_pending(upload)
@@ -94,21 +95,40 @@ def sweep(svc: Services, *, older_than: timedelta, dry_run: bool = False,
     for obj in svc.store.objects():
         if obj.key in journaled or obj.modified >= cutoff:
             continue
-        if media_id_of_key(obj.key) is None or _has_record(svc, obj.key):
-            continue  # not the gateway's key, or recorded
+        if parse_key(obj.key)[0] is None or _has_record(svc, obj.key):
+            continue  # not the gateway's key, or recorded (or a pending upload's staging key)
         report.append(f"delete unrecorded object {obj.key}")
         if not dry_run:
             svc.store.delete(obj.key)
     return report
 
 
+def _record_of(svc: Services, media_id: str) -> MediaRecord | None:
+    try:
+        return svc.records.get(media_id)
+    except RecordNotFound:
+        return None
+
+
+def _is_live_direct_upload(svc: Services, key: str) -> bool:
+    """Whether a multipart upload to ``key`` is a direct upload still pending: those are the
+    client's to finish until ``expiresAt`` (expire_overdue above cleans up the overdue ones)."""
+    media_id, staging = parse_key(key)
+    if media_id is None or staging:
+        return False
+    record = _record_of(svc, media_id)
+    return record is not None and record.s3_key == key and record.status == "pending"
+
+
 def _has_record(svc: Services, key: str) -> bool:
-    """Whether a live record (stored, or a direct upload still pending) owns the key."""
-    media_id = media_id_of_key(key)
+    """Whether a live record owns the key: the record's own key while it is stored or a direct
+    upload still pending; a staging key (``<key>.upload``) only while its upload is pending."""
+    media_id, staging = parse_key(key)
     if media_id is None:
         return True  # not ours: never delete it
-    try:
-        record = svc.records.get(media_id)
-    except RecordNotFound:
+    record = _record_of(svc, media_id)
+    if record is None:
         return False
+    if staging:
+        return staging_key(record.s3_key) == key and record.status == "pending"
     return record.s3_key == key and record.status in ("stored", "pending")

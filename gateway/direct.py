@@ -5,6 +5,12 @@ and presigned URLs (one PUT/POST at or under the threshold, multipart parts abov
 complete: the gateway checks S3 itself — the parts or the object, the total size, the type
 its first bytes sniff as, the checksum when promised — and only then marks the record
 ``stored``; anything else is removed from S3 and the record marked ``rejected``.
+
+A single PUT/POST URL stays valid until ``expiresAt``, so it never targets the final key: it
+writes the staging key (final key + ``.upload``), and ``complete`` copies exactly the version
+it checked (IfMatch / CopySourceIfMatch on its ETag) to the final key. Whatever the client
+sends later lands in the staging key only, which the sweeper removes. Multipart part URLs are
+bound to an S3 upload id that completing ends, so multipart uploads target the final key.
 No Flask in here.
 """
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -22,14 +27,28 @@ import filetype
 from . import errors
 from .auth import Principal
 from .config import Settings
-from .naming import check_project_id, display_name, new_media_id, object_key
+from .naming import check_project_id, display_name, media_id_of_key, new_media_id, object_key
 from .records import MediaRecord, RecordStore
-from .sniff import SNIFF_BYTES, is_allowed, sniff
-from .storage.s3_direct import PartInfo, S3DirectUploads
+from .sniff import SNIFF_BYTES, SniffedType, is_allowed, sniff
+from .storage.s3_direct import ObjectHead, PartInfo, S3DirectUploads
+from .uploads import SHA256_RE
 
 log = logging.getLogger(__name__)
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TERMINAL = ("stored", "rejected", "aborted", "expired")
+STAGING_SUFFIX = ".upload"
+
+
+def staging_key(key: str) -> str:
+    """Where a single PUT/POST writes; ``complete`` copies it to ``key`` once checked."""
+    return key + STAGING_SUFFIX
+
+
+def parse_key(key: str) -> tuple[str | None, bool]:
+    """(media id, whether it is a staging key) of a gateway-made key; (None, False) otherwise."""
+    if key.endswith(STAGING_SUFFIX):
+        media_id = media_id_of_key(key[: -len(STAGING_SUFFIX)])
+        return (media_id, True) if media_id else (None, False)
+    return media_id_of_key(key), False
 
 
 @dataclass(frozen=True)
@@ -131,11 +150,12 @@ class DirectUploadService:
             sha_b64 = (base64.b64encode(binascii.unhexlify(promise.sha256)).decode()
                        if promise.sha256 else None)
             upload["method"] = "put"
+            staging = staging_key(key)
             instructions = {
                 "method": "put",
-                "put": direct.presign_put(key, content_type=promise.content_type,
+                "put": direct.presign_put(staging, content_type=promise.content_type,
                                           size=promise.size, sha256_b64=sha_b64, expires_in=ttl),
-                "post": direct.presign_post(key, content_type=promise.content_type,
+                "post": direct.presign_post(staging, content_type=promise.content_type,
                                             size=promise.size, expires_in=ttl)}
         else:
             part_size = self.settings.direct_part_size_for(promise.size)
@@ -145,29 +165,30 @@ class DirectUploadService:
                 metadata={"media-id": media_id, "project-id": project_id})
             upload.update(method="multipart", s3UploadId=s3_upload_id, partSize=part_size,
                           partCount=count)
+            sizes = [part_size] * (count - 1) + [promise.size - part_size * (count - 1)]
             instructions = {"method": "multipart", "multipart": {
                 "partSize": part_size, "partCount": count,
-                "parts": direct.presign_parts(key, s3_upload_id, count, ttl)}}
+                "parts": direct.presign_parts(key, s3_upload_id, sizes, ttl)}}
         if promise.sha256:
             upload["promisedSha256"] = promise.sha256
         record = MediaRecord(
             media_id=media_id, project_id=project_id, tenant=principal.tenant,
             owner=principal.subject, original_name=promise.filename,
-            file_type=promise.content_type.split("/")[0] if promise.content_type.split("/")[0]
-            in ("image", "video") else "other",
+            file_type=SniffedType(promise.content_type, extension).file_type,
             mime_type=promise.content_type, s3_key=key, size=promise.size, sha256="",
             created_at=now.isoformat(timespec="microseconds"), status="pending", upload=upload)
         return Initiated(record, {**instructions, "expiresAt": expires_at})
 
     # -- the upload's life --------------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
-        """The caller's own direct upload (others' are 404, as if they did not exist)."""
+        """The caller's own direct upload, in a project its token may use (others' are 404, as if
+        they did not exist)."""
         try:
             record = self.records.get(upload_id)
         except errors.RecordNotFound:
             raise errors.NotFound("No such upload.", code="upload_not_found") from None
         if (not record.upload or record.owner != principal.subject
-                or record.tenant != principal.tenant):
+                or not principal.may_see(record.tenant, record.project_id)):
             raise errors.NotFound("No such upload.", code="upload_not_found")
         return record
 
@@ -227,23 +248,44 @@ class DirectUploadService:
     def _verify(self, direct: S3DirectUploads, record: MediaRecord, payload: Any) -> str | None:
         """None when S3 holds exactly what was promised (then the object is complete), else why not."""
         upload = record.upload
+        source, head = record.s3_key, None
         if upload["method"] == "multipart":
             reason = self._verify_parts(direct, record, payload)
             if reason is not None:
                 return reason
-        head = direct.head(record.s3_key)
+        else:
+            source = staging_key(record.s3_key)
+            head = direct.head(source)
+            if head is None:
+                # An earlier complete copied the bytes and failed before the record said so:
+                # only the gateway writes the final key, so go on from there.
+                source = record.s3_key
+        head = head or direct.head(source)
         if head is None:
             raise errors.Conflict("Nothing has been uploaded yet.", code="upload_incomplete")
+        reason = self._check_object(direct, record, source, head)
+        if reason is None and source != record.s3_key:
+            direct.copy(source, record.s3_key, if_match=head.etag)
+            try:
+                direct.delete(source)
+            except errors.GatewayError:  # the record is stored soon: the sweeper removes it
+                log.warning("could not delete %s; the sweeper will", source, exc_info=True)
+        return reason
+
+    def _check_object(self, direct: S3DirectUploads, record: MediaRecord, key: str,
+                      head: ObjectHead) -> str | None:
+        """Check the object version ``head`` describes (every read is IfMatch its ETag)."""
         if head.size != record.size:
             return f"S3 holds {head.size} bytes; {record.size} were promised."
-        sniffed = sniff(direct.read_head(record.s3_key, min(SNIFF_BYTES, record.size)))
+        sniffed = sniff(direct.read_head(key, min(SNIFF_BYTES, record.size),
+                                         if_match=head.etag or None))
         if sniffed is None or sniffed.mime != record.mime_type:
             found = sniffed.mime if sniffed else "unrecognized content"
             return f"The content is {found}; {record.mime_type} was promised."
         if not is_allowed(sniffed.mime, self.settings.allowed_types):
             return f"The content type {sniffed.mime} is not allowed."
-        promised = upload.get("promisedSha256")
-        if promised and direct.sha256(record.s3_key) != promised:
+        promised = record.upload.get("promisedSha256")
+        if promised and direct.sha256(key, if_match=head.etag or None) != promised:
             return "The SHA-256 of what S3 holds differs from the one promised."
         return None
 
@@ -258,6 +300,10 @@ class DirectUploadService:
                                     code="invalid_parts")
         held = direct.list_parts(record.s3_key, upload["s3UploadId"])
         if held is None:
+            # Gone: either aborted, or completed by an earlier complete (or a concurrent one)
+            # that failed before the record said so. The object decides; its checks follow.
+            if direct.head(record.s3_key) is not None:
+                return None
             raise errors.Conflict("The multipart upload no longer exists.", code="upload_aborted")
         expected = list(range(1, upload["partCount"] + 1))
         if [p.number for p in held] != expected:
@@ -288,7 +334,9 @@ class DirectUploadService:
         try:
             if record.upload.get("method") == "multipart":
                 direct.abort_multipart(record.s3_key, record.upload["s3UploadId"])
-            direct.delete(record.s3_key)  # a single PUT, or a multipart upload completed
+            else:
+                direct.delete(staging_key(record.s3_key))  # what the PUT/POST URL wrote
+            direct.delete(record.s3_key)  # a copied single upload, or a completed multipart
         except errors.GatewayError:
             # The record no longer says pending or stored, so the sweeper removes these.
             log.warning("could not remove %s from S3; the sweeper will", record.s3_key,

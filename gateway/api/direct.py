@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..auth import authenticate
 from ..errors import BadRequest, TooLarge, Unprocessable
@@ -17,10 +18,19 @@ MAX_JSON_BYTES = 256 * 1024
 
 
 def _json_body(*, required: bool) -> Any:
+    """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (then cut as it grows)."""
+    request.max_content_length = MAX_JSON_BYTES  # werkzeug limits the chunked stream too
     if (request.content_length or 0) > MAX_JSON_BYTES:
         raise TooLarge("The JSON body is too large.")
-    if not request.content_length and not required:
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not request.content_length and not chunked and not required:
         return {}
+    try:
+        data = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise TooLarge("The JSON body is too large.") from None
+    if not data and not required:
+        return {}  # an empty chunked body: as if none was sent
     body = request.get_json(silent=True)  # None on bad JSON: answered below, never ignored
     if body is None:
         raise BadRequest("The body must be JSON (Content-Type: application/json).",

@@ -117,7 +117,8 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 def open_records(settings):
-    """The backend named by ``GATEWAY_RECORDS_URL``: (RecordStore, IdempotencyStore)."""
+    """The backend named by ``GATEWAY_RECORDS_URL`` (a RecordStore that is also the
+    IdempotencyStore)."""
     if settings.records_url.startswith("dynamodb://"):
         from .dynamodb import DynamoRecordStore, make_dynamodb_client
 

@@ -53,6 +53,18 @@ class DynamoRecordStore:
         self.client = client
         self.table = table
 
+    def _conditional(self, fn, **kwargs) -> bool:
+        """Run a conditional write: False when its condition did not hold."""
+        try:
+            fn(**kwargs)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise RecordStoreError("The record store failed.") from exc
+        except BotoCoreError as exc:
+            raise RecordStoreError("The record store is unreachable.") from exc
+
     def _call(self, fn, **kwargs):
         try:
             return fn(**kwargs)
@@ -145,18 +157,11 @@ class DynamoRecordStore:
                    Key=_item({"pk": f"media#{media_id}"}))
 
     def replace(self, record: MediaRecord, *, expected_status: str) -> bool:
-        try:
-            self.client.put_item(TableName=self.table, Item=self._media_item(record),
-                                 ConditionExpression="#status = :expected",
-                                 ExpressionAttributeNames={"#status": "status"},
-                                 ExpressionAttributeValues=_item({":expected": expected_status}))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise RecordStoreError("The record store failed.") from exc
-        except BotoCoreError as exc:
-            raise RecordStoreError("The record store is unreachable.") from exc
+        return self._conditional(
+            self.client.put_item, TableName=self.table, Item=self._media_item(record),
+            ConditionExpression="#status = :expected",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=_item({":expected": expected_status}))
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         response = self._call(
@@ -174,22 +179,16 @@ class DynamoRecordStore:
     def claim(self, scope: str, key: str, *, now: float, lock_timeout: float,
               ttl: float) -> SavedResponse | None:
         pk = self._idem_pk(scope, key)
-        try:
-            self.client.put_item(
-                TableName=self.table,
-                Item=_item({"pk": pk, "claimedAt": int(now), "ttl": int(now + ttl)}),
-                # Free, expired, or an abandoned claim (its request died) may be taken over.
-                ConditionExpression="attribute_not_exists(pk) OR #ttl < :now"
-                                    " OR (attribute_not_exists(#status) AND claimedAt < :stale)",
-                ExpressionAttributeNames={"#ttl": "ttl", "#status": "status"},
-                ExpressionAttributeValues=_item({":now": int(now),
-                                                 ":stale": int(now - lock_timeout)}))
+        claimed = self._conditional(
+            self.client.put_item, TableName=self.table,
+            Item=_item({"pk": pk, "claimedAt": int(now), "ttl": int(now + ttl)}),
+            # Free, expired, or an abandoned claim (its request died) may be taken over.
+            ConditionExpression="attribute_not_exists(pk) OR #ttl < :now"
+                                " OR (attribute_not_exists(#status) AND claimedAt < :stale)",
+            ExpressionAttributeNames={"#ttl": "ttl", "#status": "status"},
+            ExpressionAttributeValues=_item({":now": int(now), ":stale": int(now - lock_timeout)}))
+        if claimed:
             return None
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise RecordStoreError("The record store failed.") from exc
-        except BotoCoreError as exc:
-            raise RecordStoreError("The record store is unreachable.") from exc
         response = self._call(self.client.get_item, TableName=self.table, ConsistentRead=True,
                               Key=_item({"pk": pk}))
         item = _plain(response.get("Item", {}))
@@ -209,12 +208,7 @@ class DynamoRecordStore:
                                                     ":ttl": int(now + ttl)}))
 
     def release(self, scope: str, key: str) -> None:
-        try:
-            self.client.delete_item(TableName=self.table, Key=_item({"pk": self._idem_pk(scope, key)}),
-                                    ConditionExpression="attribute_not_exists(#status)",
-                                    ExpressionAttributeNames={"#status": "status"})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise RecordStoreError("The record store failed.") from exc
-        except BotoCoreError as exc:
-            raise RecordStoreError("The record store is unreachable.") from exc
+        self._conditional(self.client.delete_item, TableName=self.table,
+                          Key=_item({"pk": self._idem_pk(scope, key)}),
+                          ConditionExpression="attribute_not_exists(#status)",
+                          ExpressionAttributeNames={"#status": "status"})

@@ -66,7 +66,7 @@ class SqliteRecordStore:
         try:
             return fn(self._connect())
         except sqlite3.Error as exc:
-            raise RecordStoreError(f"The record store failed: {exc.__class__.__name__}.") from exc
+            raise RecordStoreError() from exc  # the cause is logged, never sent
 
     def create_schema(self) -> None:
         self._run(lambda conn: conn.executescript(SCHEMA))

@@ -2,7 +2,8 @@
 
 Contract shared by every backend: nothing written through a writer is visible under its key
 until ``commit()``; ``abort()`` leaves nothing behind. A writer is never committed implicitly:
-it has no finalizer, and only the ``writer()`` context manager commits, on a clean exit.
+it has no finalizer and is not an ``io.IOBase`` (whose ``close()`` on garbage collection would
+complete a partial multipart upload); only an explicit ``commit()`` makes an object visible.
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ class ObjectStore(Protocol):
 @contextlib.contextmanager
 def writer(store: ObjectStore, key: str, *, content_type: str, metadata: dict[str, str],
            sha256: str) -> Iterator[ObjectWriter]:
-    """Commit on a clean exit, abort on any exception (for single-object callers)."""
+    """DESIGN's ``with`` form for a single object: commit on a clean exit, abort on any
+    exception. The upload service drives writers explicitly, committing a request's objects
+    together only after its closing boundary."""
     w = store.open_writer(key, content_type=content_type, metadata=metadata)
     try:
         yield w

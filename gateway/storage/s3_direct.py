@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import StorageError
+from ..errors import Conflict, StorageError
 from .s3 import S3ObjectStore, _call, translate
 
 
@@ -27,6 +27,18 @@ class PartInfo:
 class ObjectHead:
     size: int
     content_type: str
+    etag: str  # as S3 sends it (quoted): for IfMatch / CopySourceIfMatch
+
+
+def _changed(exc: ClientError) -> bool:
+    """S3's answer to a failed IfMatch / CopySourceIfMatch: the object was replaced meanwhile."""
+    return (exc.response.get("Error", {}).get("Code") == "PreconditionFailed"
+            or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
+
+
+def _changed_conflict() -> Conflict:
+    return Conflict("The uploaded object changed while it was being checked; complete again.",
+                    code="upload_changed")
 
 
 class S3DirectUploads:
@@ -66,12 +78,14 @@ class S3DirectUploads:
                      Bucket=self.bucket, Key=self._key(key), ContentType=content_type,
                      Metadata=metadata)["UploadId"]
 
-    def presign_parts(self, key: str, upload_id: str, count: int,
+    def presign_parts(self, key: str, upload_id: str, sizes: list[int],
                       expires_in: int) -> list[dict[str, Any]]:
-        return [{"partNumber": number, "url": self.client.generate_presigned_url(
+        """One URL per part, each bound (SigV4 signed header) to that part's exact length."""
+        return [{"partNumber": number, "size": size, "url": self.client.generate_presigned_url(
             "upload_part", ExpiresIn=expires_in,
             Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
-                    "PartNumber": number})} for number in range(1, count + 1)]
+                    "PartNumber": number, "ContentLength": size})}
+            for number, size in enumerate(sizes, start=1)]
 
     # -- what S3 holds ------------------------------------------------------------------------------
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo] | None:
@@ -117,24 +131,49 @@ class S3DirectUploads:
         except BotoCoreError as exc:
             raise translate(exc, "looking up an object") from exc
         return ObjectHead(size=response["ContentLength"],
-                          content_type=response.get("ContentType", ""))
+                          content_type=response.get("ContentType", ""),
+                          etag=response.get("ETag", ""))
 
-    def read_head(self, key: str, size: int) -> bytes:
-        response = _call("reading an object", self.client.get_object, Bucket=self.bucket,
-                         Key=self._key(key), Range=f"bytes=0-{size - 1}")
+    def _get(self, key: str, if_match: str | None, **kwargs: Any) -> dict[str, Any]:
+        """get_object, only of the version whose ETag is ``if_match`` (when given)."""
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)
+        except ClientError as exc:
+            if if_match and _changed(exc):
+                raise _changed_conflict() from exc
+            raise translate(exc, "reading an object") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "reading an object") from exc
+
+    def read_head(self, key: str, size: int, *, if_match: str | None = None) -> bytes:
+        response = self._get(key, if_match, Range=f"bytes=0-{size - 1}")
         return response["Body"].read()
 
-    def sha256(self, key: str) -> str:
+    def sha256(self, key: str, *, if_match: str | None = None) -> str:
         """Hash the object as S3 holds it (streamed; the gateway never holds it whole)."""
         digest = hashlib.sha256()
-        response = _call("reading an object", self.client.get_object, Bucket=self.bucket,
-                         Key=self._key(key))
+        response = self._get(key, if_match)
         try:
             for chunk in response["Body"].iter_chunks(1 << 20):
                 digest.update(chunk)
         except (BotoCoreError, OSError) as exc:
             raise StorageError("Object store failed while reading an object.") from exc
         return digest.hexdigest()
+
+    def copy(self, source: str, target: str, *, if_match: str) -> None:
+        """Server-side copy of exactly the version checked (CopySourceIfMatch)."""
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(target),
+                                    CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+                                    CopySourceIfMatch=if_match, MetadataDirective="COPY")
+        except ClientError as exc:
+            if _changed(exc):
+                raise _changed_conflict() from exc
+            raise translate(exc, "copying an object") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "copying an object") from exc
 
     def delete(self, key: str) -> None:
         self.store.delete(key)
