@@ -208,7 +208,15 @@ class DirectUploadService:
         if self._expired(record):
             self._finish(direct, record, "expired", "The upload expired before it was completed.")
             raise errors.Conflict("The upload has expired.", code="upload_expired")
-        reason = self._verify(direct, record, payload)
+        try:
+            reason = self._verify(direct, record, payload)
+        except errors.Conflict as exc:
+            if exc.code != "upload_changed":
+                raise
+            current = self.records.get(record.media_id)  # a concurrent complete won?
+            if current.status in ("stored", "rejected"):
+                return current
+            raise
         if reason is not None:
             return self._finish(direct, record, "rejected", reason)
         stored = record.evolve(status="stored", sha256=record.upload.get("promisedSha256", ""),

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from gateway import create_app
+from gateway.direct import staging_key
 
 from conftest import init_stores, make_settings
 from support import MiB, jpeg_bytes, mp4_bytes, png_bytes
@@ -71,28 +72,35 @@ def complete(client, headers, upload_id, parts=None):
                        json={"parts": parts} if parts is not None else None)
 
 
+def read(svc, key):
+    """The object's bytes, or None."""
+    store = svc.store
+    try:
+        return store.client.get_object(Bucket=store.bucket, Key=store.full_key(key))["Body"].read()
+    except store.client.exceptions.NoSuchKey:
+        return None
+
+
 def s3_state(svc, key):
     """(object bytes or None, open multipart uploads for the key)."""
     store = svc.store
     full = store.full_key(key)
-    try:
-        body = store.client.get_object(Bucket=store.bucket, Key=full)["Body"].read()
-    except store.client.exceptions.NoSuchKey:
-        body = None
     uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
-    return body, [u for u in uploads if u["Key"] == full]
+    return read(svc, key), [u for u in uploads if u["Key"] == full]
 
 
 def assert_gone(svc, upload, status):
     record = svc.records.get(upload["uploadId"])
     assert record.status == status
     assert s3_state(svc, upload["s3Key"]) == (None, [])
+    assert read(svc, staging_key(upload["s3Key"])) is None
 
 
 def assert_stored(client, headers, svc, upload, content):
     record = svc.records.get(upload["uploadId"])
     assert record.status == "stored" and record.size == len(content)
     assert s3_state(svc, upload["s3Key"]) == (content, [])
+    assert read(svc, staging_key(upload["s3Key"])) is None
     media = client.get(f"/api/media/{upload['uploadId']}", headers=headers).get_json()
     assert media["mediaId"] == upload["uploadId"] and media["size"] == len(content)
     assert media["status"] == "stored" and media["s3Key"] == upload["s3Key"]
@@ -172,7 +180,7 @@ def test_more_bytes_than_promised(client, auth, svc):
     bigger = content + b"x" * 5_000_000
     requests.put(upload["put"]["url"], data=bigger,
                  headers={"Content-Type": "image/png"}, timeout=60)  # S3 refuses this; moto may not
-    if s3_state(svc, upload["s3Key"])[0] is None:   # real S3 behaviour: nothing landed
+    if read(svc, staging_key(upload["s3Key"])) is None:   # real S3 behaviour: nothing landed
         response = complete(client, auth, upload["uploadId"])
         assert response.status_code == 409
         assert svc.records.get(upload["uploadId"]).status == "pending"
@@ -357,3 +365,194 @@ def test_embedded_mode_answers_501(tmp_path):
     response = initiate(app.test_client(), headers, [promise(png_bytes(100), "image/png")])
     assert response.status_code == 501
     assert response.get_json()["error"]["code"] == "direct_uploads_unavailable"
+
+
+# -- review findings ---------------------------------------------------------------------------
+def sweep_now(svc, older_than=timedelta(0)):
+    from datetime import datetime, timezone
+    from gateway.cli import sweep
+    return sweep(svc, older_than=older_than, now=datetime.now(timezone.utc) + timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("send", [send_put, send_post], ids=["put", "post"])
+def test_single_upload_cannot_be_overwritten_after_complete(client, auth, svc, send):
+    content = png_bytes(300_000)
+    [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
+    assert upload["s3Key"].endswith(".png")
+    assert send(upload, content).status_code in (200, 204)
+    done = complete(client, auth, upload["uploadId"])
+    assert done.status_code == 200, done.get_json()
+    assert_stored(client, auth, svc, upload, content)
+    # The URL is still valid until expiresAt: other bytes of the same size and type.
+    other = png_bytes(300_000, seed=5)
+    assert other != content
+    assert send(upload, other).status_code in (200, 204)
+    assert read(svc, upload["s3Key"]) == content
+    assert read(svc, staging_key(upload["s3Key"])) == other  # landed beside it, not on it
+    again = complete(client, auth, upload["uploadId"])
+    assert again.status_code == 200 and again.get_json()["media"] == done.get_json()["media"]
+    assert read(svc, upload["s3Key"]) == content
+    # The sweeper removes the stale staging object of a stored record, never the object.
+    assert sweep_now(svc) == [f"delete unrecorded object {staging_key(upload['s3Key'])}"]
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_staging_object_of_a_pending_upload_is_live_for_the_sweeper(client, auth, svc):
+    content = png_bytes(50_000)
+    [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
+    send_put(upload, content)
+    assert read(svc, staging_key(upload["s3Key"])) == content
+    assert sweep_now(svc) == []
+    assert read(svc, staging_key(upload["s3Key"])) == content
+    assert complete(client, auth, upload["uploadId"]).status_code == 200
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_sweep_deletes_stale_staging_of_a_rejected_upload(client, auth, svc):
+    content = png_bytes(50_000)
+    [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
+    svc.records.replace(svc.records.get(upload["uploadId"]).evolve(status="rejected"),
+                        expected_status="pending")  # as if its cleanup had failed
+    send_put(upload, content)
+    key = staging_key(upload["s3Key"])
+    assert sweep_now(svc, older_than=timedelta(hours=1)) == []  # not stale yet
+    assert sweep_now(svc) == [f"delete unrecorded object {key}"]
+    assert read(svc, key) is None
+
+
+@pytest.mark.parametrize("method", ["put", "multipart"])
+def test_complete_retried_after_a_failure_past_the_s3_step(client, auth, svc, monkeypatch, method):
+    from gateway.errors import StorageError
+
+    content = mp4_bytes(2 * PART + 10) if method == "multipart" else mp4_bytes(100_000)
+    [upload] = initiate(client, auth, [promise(content, "video/mp4", sha256=True)]
+                        ).get_json()["uploads"]
+    assert upload["method"] == method
+    parts = send_parts(upload, content) if method == "multipart" else None
+    if method == "put":
+        send_put(upload, content)
+    direct = svc.direct.direct
+    real = direct.read_head
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageError("Object store error while reading an object: 500.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(direct, "read_head", flaky)
+    first = complete(client, auth, upload["uploadId"], parts)
+    assert first.status_code == 502, first.get_json()
+    assert svc.records.get(upload["uploadId"]).status == "pending"
+    retry = complete(client, auth, upload["uploadId"], parts)
+    assert retry.status_code == 200, retry.get_json()
+    assert retry.get_json()["status"] == "stored"
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_sweep_leaves_live_direct_multipart_uploads(client, auth, svc):
+    content = mp4_bytes(PART + 10)
+    [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
+    parts = send_parts(upload, content)
+    # moto dates every multipart upload 2010: "older than 0" covers it.
+    assert sweep_now(svc) == []
+    assert len(s3_state(svc, upload["s3Key"])[1]) == 1
+    done = complete(client, auth, upload["uploadId"], parts)
+    assert done.status_code == 200, done.get_json()
+    assert_stored(client, auth, svc, upload, content)
+
+
+def signed_headers(url: str) -> set[str]:
+    from urllib.parse import parse_qs, urlsplit
+    query = parse_qs(urlsplit(url).query)
+    assert query.get("X-Amz-Algorithm") == ["AWS4-HMAC-SHA256"], url  # SigV4
+    return set(query["X-Amz-SignedHeaders"][0].split(";"))
+
+
+def test_presigned_urls_bind_length_type_and_checksum(client, auth, svc, monkeypatch):
+    direct = svc.direct.direct
+    presigned = []
+    real = direct.client.generate_presigned_url
+
+    def spy(operation, **kwargs):
+        presigned.append((operation, kwargs["Params"]))
+        return real(operation, **kwargs)
+
+    monkeypatch.setattr(direct.client, "generate_presigned_url", spy)
+    small, big = png_bytes(10_000), mp4_bytes(2 * PART + 123)
+    a, b = initiate(client, auth, [promise(small, "image/png", sha256=True),
+                                   promise(big, "video/mp4")]).get_json()["uploads"]
+    assert {"content-length", "content-type", "x-amz-checksum-sha256"} <= signed_headers(
+        a["put"]["url"])
+    assert a["put"]["headers"]["Content-Length"] == str(len(small))
+    parts = b["multipart"]["parts"]
+    assert [p["size"] for p in parts] == [PART, PART, 123]
+    for part in parts:
+        assert "content-length" in signed_headers(part["url"])
+    assert [params["ContentLength"] for op, params in presigned if op == "upload_part"] == \
+        [PART, PART, 123]
+    uploaded = send_parts(b, big)
+    assert complete(client, auth, b["uploadId"], uploaded).status_code == 200
+    assert_stored(client, auth, svc, b, big)
+
+
+def test_oversized_chunked_json_is_our_413(client, auth, svc):
+    import io
+    import json
+    from support import record_ids
+    body = json.dumps({"projectId": "p1", "files": [promise(png_bytes(100), "image/png")],
+                       "padding": "x" * 300_000}).encode()
+    response = client.post("/api/uploads/initiate", input_stream=io.BytesIO(body), headers={
+        **auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413 and response.is_json, response.data[:200]
+    assert response.get_json()["error"]["code"] == "too_large"
+    assert record_ids(svc.records) == []
+
+
+def test_chunked_complete_body_is_parsed(client, auth, svc):
+    import io
+    import json
+    content = mp4_bytes(PART + 10)
+    [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
+    parts = send_parts(upload, content)
+
+    def chunked(body: bytes):
+        return client.post(f"/api/uploads/{upload['uploadId']}/complete",
+                           input_stream=io.BytesIO(body), headers={
+                               **auth, "Content-Type": "application/json",
+                               "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+
+    bad = chunked(b"{not json")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_json"
+    done = chunked(json.dumps({"parts": parts}).encode())
+    assert done.status_code == 200, done.get_json()
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_token_narrowed_to_other_projects_cannot_touch_the_upload(client, auth, token, svc):
+    content = png_bytes(10_000)
+    [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
+    send_put(upload, content)
+    headers = {"Authorization": f"Bearer {token('alice', projects=['p2'])}"}
+    for call in (lambda: complete(client, headers, upload["uploadId"]),
+                 lambda: client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=headers),
+                 lambda: client.get(f"/api/uploads/{upload['uploadId']}", headers=headers)):
+        response = call()
+        assert response.status_code == 404, response.get_json()
+        assert response.get_json()["error"]["code"] == "upload_not_found"
+    assert svc.records.get(upload["uploadId"]).status == "pending"
+    narrowed_ok = {"Authorization": f"Bearer {token('alice', projects=['p1'])}"}
+    assert complete(client, narrowed_ok, upload["uploadId"]).status_code == 200
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_no_second_copy_of_shared_rules():
+    import inspect
+    import gateway.direct
+    import gateway.uploads
+    source = inspect.getsource(gateway.direct)
+    assert gateway.direct.SHA256_RE is gateway.uploads.SHA256_RE
+    assert "re.compile" not in source and '("image", "video")' not in source

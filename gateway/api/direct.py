@@ -1,6 +1,7 @@
 """Direct-to-S3 uploads: initiate (presigned URLs), complete (verified), abort, status."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -18,20 +19,29 @@ MAX_JSON_BYTES = 256 * 1024
 
 
 def _json_body(*, required: bool) -> Any:
-    """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (then cut as it grows)."""
-    request.max_content_length = MAX_JSON_BYTES  # werkzeug limits the chunked stream too
+    """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows)."""
     if (request.content_length or 0) > MAX_JSON_BYTES:
         raise TooLarge("The JSON body is too large.")
-    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if not request.content_length and not chunked and not required:
-        return {}
+    # werkzeug limits a chunked stream to this (a sized one to its Content-Length); one byte
+    # more than allowed so that a body of exactly MAX_JSON_BYTES can end cleanly.
+    request.max_content_length = MAX_JSON_BYTES + 1
+    data = bytearray()
     try:
-        data = request.get_data(cache=True)
+        while len(data) <= MAX_JSON_BYTES:
+            chunk = request.stream.read(MAX_JSON_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
     except RequestEntityTooLarge:
         raise TooLarge("The JSON body is too large.") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise TooLarge("The JSON body is too large.")
     if not data and not required:
-        return {}  # an empty chunked body: as if none was sent
-    body = request.get_json(silent=True)  # None on bad JSON: answered below, never ignored
+        return {}  # no body (none sent, or an empty chunked one)
+    try:  # bad JSON is answered, never ignored
+        body = json.loads(data) if request.is_json else None
+    except ValueError:
+        body = None
     if body is None:
         raise BadRequest("The body must be JSON (Content-Type: application/json).",
                          code="invalid_json")

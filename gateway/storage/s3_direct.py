@@ -31,9 +31,10 @@ class ObjectHead:
 
 
 def _changed(exc: ClientError) -> bool:
-    """S3's answer to a failed IfMatch / CopySourceIfMatch: the object was replaced meanwhile."""
-    return (exc.response.get("Error", {}).get("Code") == "PreconditionFailed"
-            or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
+    """S3's answer to a read or copy of one ETag (IfMatch / CopySourceIfMatch) when that version
+    is no longer there: replaced (412) or deleted (404, e.g. by a concurrent complete)."""
+    return (exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey")
+            or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (412, 404))
 
 
 def _changed_conflict() -> Conflict:
