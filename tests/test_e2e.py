@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import socket
+import subprocess
 
 import pytest
 import requests
@@ -379,3 +380,36 @@ def test_client_cannot_spoof_forwarded_headers(embedded, files):
     assert result.status == 201, result.body
     body = result.json()
     assert body["url"] == f"{embedded.url}/media/{body['s3Key']}"
+
+
+def test_many_concurrent_uploads_and_a_stalled_client(stack, files):
+    """24 curl uploads at once through nginx while another client has stopped halfway through its
+    body: every one of them is stored exactly (no 5xx) while the stalled upload still holds its
+    worker thread; then the stalled client sends the rest and is stored exactly too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow_content = mp4_bytes(20 * MiB, seed=9)  # half of it is more than one part
+    body, content_type = form_body([("projectId", "p1")], [("file", "slow.mp4", slow_content)])
+    half = len(body) // 2
+    with socket.create_connection(("127.0.0.1", stack.nginx_port), timeout=120) as slow:
+        slow.sendall(request_head(content_type=content_type, length=len(body),
+                                  headers={"Authorization": f"Bearer {stack.token}"}))
+        slow.sendall(body[:half])
+        # The stalled upload has begun writing (a multipart upload on S3, a temporary file
+        # locally) before the others start.
+        assert poll(lambda: leftovers(stack.svc)["pending_uploads"], timeout=30)
+        contents = {f"f{i}.png": png_bytes(200_000 + i * 65_537, seed=i) for i in range(24)}
+        for name, content in contents.items():
+            (files / name).write_bytes(content)
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(
+                lambda name: (name, stack.curl("-F", "projectId=p1",
+                                               "-F", f"file=@{files / name};type=image/png")),
+                contents))
+        assert [r.status for _, r in results] == [201] * len(results), \
+            [r.body for _, r in results if r.status != 201]
+        slow.sendall(body[half:])
+        reply = read_response(slow)
+    assert reply.status == 201, reply.body
+    assert_only(stack.svc, [(r.json(), contents[name]) for name, r in results]
+                + [(reply.json(), slow_content)])
