@@ -1,7 +1,6 @@
 """Test helpers: form bodies, sample files, servers on free ports, and the "nothing left" rule."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import socket
-import subprocess
 
 import pytest
 import requests

@@ -137,7 +137,6 @@ def raw_post(client, body: bytes, headers: dict, content_length: int | None):
 
 
 def test_no_length_and_not_chunked_is_411(client, auth, svc):
-    import io
     body, content_type = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
     response = raw_post(client, body, {**auth, "Content-Type": content_type}, None)
     assert response.status_code == 411 and error_code(response) == "length_required"
@@ -146,7 +145,6 @@ def test_no_length_and_not_chunked_is_411(client, auth, svc):
 
 def test_short_body_is_never_committed(client, auth, svc):
     """A client that stops sending halfway: fewer bytes than its Content-Length."""
-    import io
     body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", mp4_bytes(20 * MiB))])
     for cut in (len(body) // 2, len(body) - 3):  # mid-file, and just before the closing boundary ends
         response = raw_post(client, body[:cut], {**auth, "Content-Type": content_type}, len(body))

@@ -272,16 +272,19 @@ class S3ObjectStore:
         _call("deleting an object", self.client.delete_object, Bucket=self.bucket,
               Key=self.full_key(key))
 
-    def exists(self, key: str) -> bool:
+    def head(self, key: str) -> dict[str, Any] | None:
+        """S3's HeadObject answer for the key, or None when there is no such object."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
-            return True
+            return self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
+                return None
             raise translate(exc, "looking up an object") from exc
         except BotoCoreError as exc:
             raise translate(exc, "looking up an object") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
 
     def check(self) -> None:
         _call("checking the bucket", self.client.head_bucket, Bucket=self.bucket)

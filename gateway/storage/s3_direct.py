@@ -123,14 +123,9 @@ class S3DirectUploads:
             raise translate(exc, "aborting a multipart upload") from exc
 
     def head(self, key: str) -> ObjectHead | None:
-        try:
-            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return None
-            raise translate(exc, "looking up an object") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "looking up an object") from exc
+        response = self.store.head(key)
+        if response is None:
+            return None
         return ObjectHead(size=response["ContentLength"],
                           content_type=response.get("ContentType", ""),
                           etag=response.get("ETag", ""))
