@@ -34,7 +34,6 @@ from .storage.s3_direct import ObjectHead, PartInfo, S3DirectUploads
 from .uploads import SHA256_RE
 
 log = logging.getLogger(__name__)
-TERMINAL = ("stored", "rejected", "aborted", "expired")
 STAGING_SUFFIX = ".upload"
 
 

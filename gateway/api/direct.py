@@ -22,8 +22,8 @@ def _json_body(*, required: bool) -> Any:
     """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows)."""
     if (request.content_length or 0) > MAX_JSON_BYTES:
         raise TooLarge("The JSON body is too large.")
-    # werkzeug limits a chunked stream to this (a sized one to its Content-Length); one byte
-    # more than allowed so that a body of exactly MAX_JSON_BYTES can end cleanly.
+    # werkzeug limits a chunked stream to this (a sized one to its Content-Length) but ends
+    # it silently at the limit, so read one byte past the allowance to tell "too large" apart.
     request.max_content_length = MAX_JSON_BYTES + 1
     data = bytearray()
     try:
