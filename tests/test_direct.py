@@ -556,3 +556,42 @@ def test_no_second_copy_of_shared_rules():
     source = inspect.getsource(gateway.direct)
     assert gateway.direct.SHA256_RE is gateway.uploads.SHA256_RE
     assert "re.compile" not in source and '("image", "video")' not in source
+
+
+def test_object_replaced_during_checks_is_409_and_stays_pending(client, auth, svc, monkeypatch):
+    """The staging object changes between the gateway's HeadObject and its reads: the reads are
+    pinned to the first ETag, so nothing is copied; the upload stays pending for a retry."""
+    content, other = png_bytes(40_000, seed=1), png_bytes(40_000, seed=2)
+    [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
+    send_put(upload, content)
+    direct = svc.direct.direct
+    original = direct.read_head
+
+    def swap_then_read(*args, **kwargs):
+        monkeypatch.setattr(direct, "read_head", original)
+        assert send_put(upload, other).status_code == 200  # a second PUT with the same URL
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(direct, "read_head", swap_then_read)
+    response = complete(client, auth, upload["uploadId"])
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["error"]["code"] == "upload_changed"
+    assert svc.records.get(upload["uploadId"]).status == "pending"
+    assert s3_state(svc, upload["s3Key"]) == (None, [])  # nothing reached the final key
+    done = complete(client, auth, upload["uploadId"])  # the retry checks what is there now
+    assert done.status_code == 200
+    assert_stored(client, auth, svc, upload, other)
+
+
+@pytest.mark.parametrize("body", [None, {"parts": "all of them"}, {"parts": [{"partNumber": "1"}]}])
+def test_malformed_parts_list_is_400_and_stays_pending(client, auth, svc, body):
+    content = mp4_bytes(PART + 10)
+    [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
+    send_parts(upload, content)
+    response = client.post(f"/api/uploads/{upload['uploadId']}/complete", headers=auth, json=body)
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_parts"
+    assert svc.records.get(upload["uploadId"]).status == "pending"
+    assert s3_state(svc, upload["s3Key"])[0] is None  # not completed
+    aborted = client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=auth)
+    assert aborted.status_code == 200
+    assert_gone(svc, upload, "aborted")
