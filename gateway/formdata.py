@@ -1,35 +1,59 @@
-"""Incremental multipart/form-data parsing: bytes in, events out.
+"""Incremental multipart/form-data parsing: bytes in, events out. No Flask, no storage, no I/O.
 
-Wraps werkzeug's sans-I/O ``MultipartDecoder`` and adds what an upload gateway needs on top:
-limits on parts, fields and header sizes, whole text fields as one event, file parts as a
-start / data... / end sequence, and a strict end: ``finish()`` raises unless the closing
-boundary was seen. No Flask, no storage, no I/O.
+A small strict parser of its own (README, *Parser*): the werkzeug decoder it replaces, and
+python-multipart, gave answers that depend on where the body is split into reads.
+
+Why the parse is a function of the bytes alone, however they are split: the parser consumes the
+body strictly from the front, and every decision about the byte at position *p* reads at most a
+bounded window after *p*. When that window has not fully arrived, it waits (or, at the end of the
+body, decides with the end as part of the window). No decision ever depends on how much happens to
+be buffered, so every split of a body yields the same events and the same error. Data held back
+is only a possible delimiter prefix (at most ``len(delimiter) - 1`` bytes) or an incomplete
+header block (at most the header limit).
+
+The grammar (RFC 2046 section 5.1.1 and RFC 7578), with the choices made where it allows them:
+- The line break is CRLF, or LF throughout when the first boundary line ends in LF (some
+  hand-written clients); the first boundary line fixes it for the whole body. CR alone is refused.
+- Before the first boundary: whitespace only, at most ``MAX_PREAMBLE_BYTES``. After the closing
+  boundary: whitespace only, at most ``MAX_EPILOGUE_BYTES``. Anything else is refused.
+- A delimiter is ``<line break>--<boundary>``; the boundary must not occur in a part (RFC 2046),
+  so once that sequence appears it *is* a delimiter and must be followed by ``--`` (the end) or by
+  transport padding (spaces and tabs, at most ``MAX_PADDING_BYTES``) and a line break.
+- A part whose body is empty may end its header block directly with the next ``--<boundary>``
+  (the header block's last line break doubles as the delimiter's).
+- Each part has a ``Content-Disposition: form-data`` header with a ``name``; a ``filename``
+  parameter (even empty) makes it a file. Header bytes that are not UTF-8 are read as Latin-1.
 """
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from typing import Union
 
-from werkzeug.datastructures import Headers
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
-from werkzeug.sansio import multipart as wz
 
 # RFC 2046 section 5.1.1: 1-70 characters from bcharsnospace plus inner spaces.
-_BOUNDARY_RE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PADDING_RE = re.compile(rb"[ \t]*")
+WHITESPACE = b" \t\r\n"
 MAX_PREAMBLE_BYTES = 1024
 MAX_EPILOGUE_BYTES = 1024
-# Room for a delimiter's tail after the boundary: "--", transport padding, line break.
-DELIMITER_TAIL_BYTES = 64
+MAX_PADDING_BYTES = 1024
+CRLF, LF = b"\r\n", b"\n"
 
 
 class FormDataError(Exception):
-    """The body is not acceptable multipart/form-data. ``limit`` marks a size/count limit."""
+    """The body is not acceptable multipart/form-data. ``limit`` marks a size/count limit.
+
+    ``events`` holds what the failing call had produced before the error.
+    """
 
     def __init__(self, message: str, *, limit: bool = False) -> None:
         super().__init__(message)
         self.limit = limit
+        self.events: list[Event] = []
 
 
 @dataclass(frozen=True)
@@ -47,7 +71,7 @@ class FileStart:
 
 @dataclass(frozen=True)
 class FileData:
-    data: bytes
+    data: memoryview  # a view of the bytes fed in: use it before the next ``feed``
 
 
 @dataclass(frozen=True)
@@ -74,156 +98,273 @@ class FormLimits:
 def boundary_from_content_type(content_type: str | None) -> bytes:
     """The boundary of a multipart/form-data Content-Type, validated per RFC 2046."""
     mimetype, options = parse_options_header(content_type or "")
-    if mimetype != "multipart/form-data":
+    if mimetype.lower() != "multipart/form-data":
         raise FormDataError("Content-Type must be multipart/form-data.")
     boundary = options.get("boundary", "")
     if not boundary:
         raise FormDataError("The multipart/form-data Content-Type has no boundary.")
-    if not _BOUNDARY_RE.match(boundary):
+    if not _BOUNDARY_RE.fullmatch(boundary):
         raise FormDataError("The multipart boundary is not valid (RFC 2046).")
     return boundary.encode("ascii")
 
 
-class _Decoder(wz.MultipartDecoder):
-    def __init__(self, boundary: bytes, max_header_bytes: int) -> None:
-        super().__init__(boundary)
-        self.max_header_bytes = max_header_bytes
+class _State(enum.Enum):
+    PREAMBLE = enum.auto()
+    DELIMITER = enum.auto()  # after "--boundary": "--", or padding and a line break
+    HEADERS = enum.auto()
+    BODY_START = enum.auto()  # the body may be empty with the delimiter right here
+    BODY = enum.auto()
+    EPILOGUE = enum.auto()
 
-    def _parse_headers(self, data: bytes | bytearray) -> Headers:
-        if len(data) > self.max_header_bytes:  # all of it arrived in one read
-            raise FormDataError("Part headers are too large.", limit=True)
-        # Legacy forms may send filenames in the page's 8-bit charset. werkzeug decodes part
-        # headers as strict UTF-8; read anything else as Latin-1 (lossless) instead of failing.
-        try:
-            bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            data = bytes(data).decode("latin-1").encode("utf-8")
-        return super()._parse_headers(data)
 
-    def _last_partial_boundary_index(self, data: bytes | bytearray) -> int:
-        # werkzeug keeps back at most one boundary's length of possible delimiter. When the
-        # buffer ends inside a delimiter whose tail ("--" or the line break) has not arrived,
-        # e.g. b"...\r\n--B-", that is too short and the delimiter's leading CR is emitted as
-        # file data (a one-byte corruption at unlucky read offsets; pallets/werkzeug#3285,
-        # open at 3.1.9). Keep back the whole
-        # delimiter when "--B" sits near the end of the buffer.
-        index = super()._last_partial_boundary_index(data)
-        marker = b"--" + self.boundary
-        pos = data.rfind(marker, max(0, len(data) - len(marker) - DELIMITER_TAIL_BYTES))
-        if pos != -1:
-            if pos > 0 and data[pos - 1] == 0x0A:
-                pos -= 1
-            if pos > 0 and data[pos - 1] == 0x0D:
-                pos -= 1
-            index = min(index, pos)
-        return index
+class _Wait(Exception):
+    """The window for the next decision has not arrived: keep the buffer from ``pos`` on."""
+
+    def __init__(self, pos: int) -> None:
+        super().__init__(pos)
+        self.pos = pos
 
 
 class FormDataParser:
     """Feed body bytes with ``feed``; call ``finish`` at the end of the body."""
 
     def __init__(self, boundary: bytes, limits: FormLimits = FormLimits()) -> None:
-        self._decoder = _Decoder(boundary, limits.max_part_header_bytes)
+        self._dash_boundary = b"--" + boundary
         self._limits = limits
+        self._state = _State.PREAMBLE
+        self._line_break: bytes | None = None  # fixed by the first boundary line
+        self._delimiter = b""  # line break + dash boundary, once the line break is known
+        self._buffer = b""
+        self._eof = False
+        self._skipped = 0  # preamble or epilogue bytes so far
         self._files = 0
         self._fields = 0
-        self._field: tuple[str, bytearray] | None = None
-        self._in_file = False
-        self.complete = False
+        self._field: tuple[str, bytearray] | None = None  # a text field being read
+        self._in_part = False  # a part ended by the delimiter just read
+        self.complete = False  # the closing boundary was seen
 
     def feed(self, data: bytes) -> list[Event]:
-        if self.complete:
-            self._check_epilogue(len(self._decoder.buffer) + len(data))
-        self._decoder.receive_data(data)
-        return self._drain()
+        if self._eof:
+            raise RuntimeError("feed() after finish()")
+        self._buffer = self._buffer + data if self._buffer else bytes(data)
+        return self._run()
 
     def finish(self) -> list[Event]:
         """Signal the end of the body; raises if the form did not end with its closing boundary."""
-        self._decoder.receive_data(None)
-        events = self._drain()
-        if not self.complete:
-            raise FormDataError("The body ended before the closing boundary.")
+        self._eof = True
+        return self._run()
+
+    # -- the machine -------------------------------------------------------------------------------
+    def _run(self) -> list[Event]:
+        events: list[Event] = []
+        buffer, pos = self._buffer, 0
+        steps = {
+            _State.PREAMBLE: self._preamble, _State.DELIMITER: self._delimiter_line,
+            _State.HEADERS: self._headers, _State.BODY_START: self._body_start,
+            _State.BODY: self._body, _State.EPILOGUE: self._epilogue,
+        }
+        try:
+            while True:
+                step = steps[self._state]
+                try:
+                    pos = step(buffer, pos, events)
+                except _Wait as wait:
+                    if self._eof:
+                        raise FormDataError("The body ended before the closing boundary.") from None
+                    pos = wait.pos
+                    break
+                if self._state is _State.EPILOGUE and pos == len(buffer):
+                    break
+        except FormDataError as exc:
+            exc.events = events
+            self._buffer = b""
+            raise
+        self._buffer = buffer[pos:]
         return events
 
-    def _drain(self) -> list[Event]:
-        events: list[Event] = []
-        decoder = self._decoder
-        while True:
-            try:
-                event = decoder.next_event()
-            except RequestEntityTooLarge:
-                raise FormDataError("Too many parts.", limit=True) from None
-            except FormDataError:
-                raise
-            except ValueError as exc:  # includes UnicodeDecodeError
-                if decoder.complete:
-                    raise FormDataError("The body ended before the closing boundary.") from None
-                raise FormDataError(f"Malformed part: {exc}") from None
-            if isinstance(event, wz.NeedData):
-                self._check_buffer()
-                return events
-            if isinstance(event, wz.Preamble):
-                if event.data.strip():
-                    raise FormDataError("Unexpected bytes before the first boundary.")
-                self._mark_complete()  # an empty form: the first boundary is the closing one
-            elif isinstance(event, wz.Field):
-                self._fields += 1
-                if self._fields > self._limits.max_fields:
-                    raise FormDataError("Too many text fields.", limit=True)
-                self._field = (event.name or "", bytearray())
-            elif isinstance(event, wz.File):
-                self._files += 1
-                if self._files > self._limits.max_files:
-                    raise FormDataError("Too many files.", limit=True)
-                self._in_file = True
-                events.append(FileStart(event.name or "", event.filename or "",
-                                        event.headers.get("Content-Type", "")))
-            elif isinstance(event, wz.Data):
-                self._on_data(event, events)
-            elif isinstance(event, wz.Epilogue):
-                if event.data.strip():
-                    raise FormDataError("Unexpected bytes after the closing boundary.")
-                self.complete = True
-                events.append(FormEnd())
-                return events
-
-    def _on_data(self, event: wz.Data, events: list[Event]) -> None:
-        if self._in_file:
-            if event.data:
-                events.append(FileData(event.data))
-            if not event.more_data:
-                self._in_file = False
-                events.append(FileEnd(last=self._decoder.state == wz.State.EPILOGUE))
-                self._mark_complete()
-            return
-        assert self._field is not None
-        name, value = self._field
-        value += event.data
-        if len(value) > self._limits.max_field_bytes:
-            raise FormDataError(f"Text field {name!r} is too long.", limit=True)
-        if not event.more_data:
-            self._field = None
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FormDataError(f"Text field {name!r} is not UTF-8.") from None
-            events.append(TextField(name, text))
-            self._mark_complete()
-
-    def _mark_complete(self) -> None:
-        if self._decoder.state == wz.State.EPILOGUE:
-            self.complete = True
-
-    def _check_buffer(self) -> None:
-        state, size = self._decoder.state, len(self._decoder.buffer)
-        if state == wz.State.PREAMBLE and size > MAX_PREAMBLE_BYTES:
-            raise FormDataError("No multipart boundary at the start of the body.")
-        if state == wz.State.PART and size > self._limits.max_part_header_bytes:
-            raise FormDataError("Part headers are too large.", limit=True)
-        if state == wz.State.EPILOGUE:
-            self._check_epilogue(size)
+    def _preamble(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+        start = pos
+        end = len(buffer)
+        while pos < end and buffer[pos] in WHITESPACE:
+            pos += 1
+        self._skipped += pos - start
+        if self._skipped > MAX_PREAMBLE_BYTES:
+            raise self._no_boundary()
+        window = buffer[pos:pos + len(self._dash_boundary)]
+        if window == self._dash_boundary:
+            self._state = _State.DELIMITER
+            return pos + len(self._dash_boundary)
+        if not self._dash_boundary.startswith(window):
+            raise self._no_boundary()
+        raise _Wait(pos)  # only a prefix of the boundary so far (or nothing)
 
     @staticmethod
-    def _check_epilogue(size: int) -> None:
-        if size > MAX_EPILOGUE_BYTES:
+    def _no_boundary() -> FormDataError:
+        return FormDataError("The body does not start with the multipart boundary.")
+
+    def _delimiter_line(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+        if buffer[pos:pos + 1] == b"-":
+            if len(buffer) < pos + 2:
+                raise _Wait(pos)
+            if buffer[pos + 1:pos + 2] != b"-":
+                raise FormDataError("A boundary is followed by unexpected bytes.")
+            self._end_part(events, last=True)
+            self.complete = True
+            events.append(FormEnd())
+            self._state = _State.EPILOGUE
+            return pos + 2
+        padding = _PADDING_RE.match(buffer, pos)
+        assert padding is not None
+        after = padding.end()
+        if after - pos > MAX_PADDING_BYTES:
+            raise FormDataError("A boundary is followed by too much padding.")
+        line_break = self._line_break
+        if line_break is None:  # the first boundary line decides: CRLF or LF
+            window = buffer[after:after + 2]
+            if window[:1] == b"\r" and len(window) < 2:
+                raise _Wait(pos)
+            if window == CRLF:
+                line_break = CRLF
+            elif window[:1] == LF:
+                line_break = LF
+            elif window[:1] == b"\r":
+                raise FormDataError("Line breaks must be CRLF (or LF), not CR alone.")
+            elif not window:
+                raise _Wait(pos)
+            else:
+                raise FormDataError("A boundary is followed by unexpected bytes.")
+            self._line_break, self._delimiter = line_break, line_break + self._dash_boundary
+        window = buffer[after:after + len(line_break)]
+        if window != line_break:
+            if line_break.startswith(window):
+                raise _Wait(pos)
+            raise FormDataError("A boundary is followed by unexpected bytes.")
+        self._end_part(events, last=False)
+        self._state = _State.HEADERS
+        return after + len(line_break)
+
+    def _headers(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+        line_break = self._line_break
+        assert line_break is not None
+        cap = self._limits.max_part_header_bytes
+        if buffer.startswith(line_break, pos):
+            raise FormDataError("Malformed part: no 'Content-Disposition: form-data' header.")
+        found = buffer.find(line_break + line_break, pos, pos + cap + 1)
+        if found == -1:
+            if len(buffer) - pos > cap:
+                raise FormDataError("Part headers are too large.", limit=True)
+            raise _Wait(pos)
+        end = found + 2 * len(line_break)
+        if end - pos > cap:
+            raise FormDataError("Part headers are too large.", limit=True)
+        self._start_part(self._parse_headers(buffer[pos:end - 2 * len(line_break)]), events)
+        self._state = _State.BODY_START
+        return end
+
+    def _body_start(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+        window = buffer[pos:pos + len(self._dash_boundary)]
+        if window == self._dash_boundary:
+            self._state = _State.DELIMITER  # an empty body: "...<CRLF><CRLF>--boundary"
+            return pos + len(self._dash_boundary)
+        if self._dash_boundary.startswith(window) and not self._eof:
+            raise _Wait(pos)
+        self._state = _State.BODY
+        return pos
+
+    def _body(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+        delimiter = self._delimiter
+        found = buffer.find(delimiter, pos)
+        if found != -1:
+            self._data(buffer, pos, found, events)
+            self._state = _State.DELIMITER
+            return found + len(delimiter)
+        safe = _possible_prefix_start(buffer, max(pos, len(buffer) - len(delimiter) + 1),
+                                      delimiter)
+        self._data(buffer, pos, safe, events)
+        raise _Wait(safe)
+
+    def _epilogue(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+        rest = buffer[pos:]
+        self._skipped += len(rest)
+        if rest.strip(WHITESPACE) or self._skipped > MAX_EPILOGUE_BYTES:
             raise FormDataError("Unexpected bytes after the closing boundary.")
+        return len(buffer)
+
+    # -- parts -------------------------------------------------------------------------------------
+    def _parse_headers(self, block: bytes) -> dict[str, str]:
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            # Legacy forms may send filenames in the page's 8-bit charset: Latin-1 is lossless.
+            text = block.decode("latin-1")
+        assert self._line_break is not None
+        headers: dict[str, str] = {}
+        last = ""
+        for line in text.split(self._line_break.decode()) if text else []:
+            if "\r" in line or "\n" in line:
+                raise FormDataError("Malformed part: a header line contains a stray line break.")
+            if line[:1] in (" ", "\t") and last:  # obsolete line folding
+                headers[last] += " " + line.strip()
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not _HEADER_NAME_RE.fullmatch(name):
+                raise FormDataError("Malformed part: a header line is not 'Name: value'.")
+            last = name.lower()
+            headers.setdefault(last, value.strip(" \t"))
+        return headers
+
+    def _start_part(self, headers: dict[str, str], events: list[Event]) -> None:
+        disposition, params = parse_options_header(headers.get("content-disposition", ""))
+        if disposition.lower() != "form-data":
+            raise FormDataError("Malformed part: no 'Content-Disposition: form-data' header.")
+        name = params.get("name")
+        if name is None:
+            raise FormDataError("Malformed part: Content-Disposition has no name.")
+        self._in_part = True
+        if "filename" in params:
+            self._files += 1
+            if self._files > self._limits.max_files:
+                raise FormDataError("Too many files.", limit=True)
+            events.append(FileStart(name, params["filename"], headers.get("content-type", "")))
+        else:
+            self._fields += 1
+            if self._fields > self._limits.max_fields:
+                raise FormDataError("Too many text fields.", limit=True)
+            self._field = (name, bytearray())
+
+    def _data(self, buffer: bytes, start: int, end: int, events: list[Event]) -> None:
+        if end <= start:
+            return
+        if self._field is None:
+            events.append(FileData(memoryview(buffer)[start:end]))
+            return
+        name, value = self._field
+        if len(value) + end - start > self._limits.max_field_bytes:
+            raise FormDataError(f"Text field {name!r} is too long.", limit=True)
+        value += buffer[start:end]
+
+    def _end_part(self, events: list[Event], *, last: bool) -> None:
+        if not self._in_part:
+            return  # the first boundary: no part before it
+        self._in_part = False
+        if self._field is None:
+            events.append(FileEnd(last=last))
+            return
+        name, value = self._field
+        self._field = None
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormDataError(f"Text field {name!r} is not UTF-8.") from None
+        events.append(TextField(name, text))
+
+
+def _possible_prefix_start(buffer: bytes, start: int, delimiter: bytes) -> int:
+    """Where the buffer's tail from ``start`` on begins a possible delimiter (else its length)."""
+    first = delimiter[:1]
+    index = buffer.find(first, start)
+    while index != -1:
+        if delimiter.startswith(buffer[index:]):
+            return index
+        index = buffer.find(first, index + 1)
+    return len(buffer)

@@ -6,6 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: a few hundred cases each in the suite; HYPOTHESIS_PROFILE=fuzz for a long run.
+_PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                        HealthCheck.data_too_large])
+settings.register_profile("suite", max_examples=300, **_PROPERTY)
+settings.register_profile("fuzz", max_examples=50_000, **_PROPERTY)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -253,6 +253,51 @@ def test_chunked_transfer_encoding(stack, files):
     assert_only(stack.svc, [(result.json(), content)])
 
 
+def _unlucky_body(case: str) -> tuple[bytes, bytes, list[bytes], dict[str, str]]:
+    """(boundary, body, stored file contents, metadata) with the parser's hardest spot at the
+    gateway's 1 MiB read boundary (GATEWAY_READ_SIZE): gunicorn hands the body in exact reads."""
+    disposition = b'Content-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    if case == "all-dash boundary, read ends inside the closing dashes":
+        boundary = b"------"
+        head = b"--" + boundary + b"\r\n" + disposition
+        tail = b"\r\n--" + boundary + b"--\r\n"
+        content = png_bytes(MiB - len(head) - len(tail) + 3)  # ...\r\n---------|-\r\n
+        return boundary, head + content + tail, [content], {}
+    boundary = b"gatewayB"
+    dash = b"--" + boundary
+    if case == "read ends inside transport padding":
+        head = dash + b"\r\n" + disposition
+        after = dash + b" " * 100 + b'\r\nContent-Disposition: form-data; name="caption"\r\n\r\nv\r\n'
+        content = png_bytes(MiB - len(head) - 2 - len(dash) - 90)
+        return boundary, head + content + b"\r\n" + after + dash + b"--\r\n", [content], \
+            {"caption": "v"}
+    # An empty text part in compact form; the read ends right after its blank line.
+    empty = dash + b'\r\nContent-Disposition: form-data; name="caption"\r\n\r\n'
+    head = dash + b"\r\n" + disposition
+    second = png_bytes(70_000, seed=5)
+    first = png_bytes(MiB - len(head) - 2 - len(empty), seed=4)
+    body = (head + first + b"\r\n" + empty + dash + b"\r\n" + disposition + second + b"\r\n"
+            + dash + b"--\r\n")
+    return boundary, body, [first, second], {"caption": ""}
+
+
+@pytest.mark.parametrize("case", ["all-dash boundary, read ends inside the closing dashes",
+                                  "read ends inside transport padding",
+                                  "empty compact part, read ends after its blank line"])
+def test_unlucky_read_offsets_store_the_exact_bytes(stack, files, case):
+    boundary, body, contents, metadata = _unlucky_body(case)
+    assert all(b"\r\n--" + boundary not in content for content in contents)
+    assert stack.settings.read_size == MiB
+    (files / "body").write_bytes(body)
+    result = stack.curl("-H", f"Content-Type: multipart/form-data; boundary={boundary.decode()}",
+                        "--data-binary", f"@{files / 'body'}", path="/api/upload?projectId=p1")
+    assert result.status == 201, result.body
+    stored = result.json()["files"]
+    assert [f["sha256"] for f in stored] == [hashlib.sha256(c).hexdigest() for c in contents]
+    assert all(f["metadata"] == metadata for f in stored)
+    assert_only(stack.svc, list(zip(stored, contents)))
+
+
 # -- faults ----------------------------------------------------------------------------------------
 def test_client_that_disconnects_halfway_leaves_nothing(stack):
     content = mp4_bytes(10 * MiB)

@@ -1,0 +1,116 @@
+"""Multipart bodies for parser tests: a model of a form, its rendering, and the parse outcome.
+
+``render`` writes a form as bytes with every freedom the grammar allows (line break, transport
+padding, compact empty parts, preamble and epilogue whitespace); ``expected_events`` is what a
+correct parser must report for it; ``outcome`` parses a body fed in given pieces and returns the
+events (file data joined) and the error, so a whole parse and a split one compare directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from gateway.formdata import (Event, FileData, FileEnd, FileStart, FormDataError, FormDataParser,
+                              FormEnd, FormLimits, TextField)
+
+BCHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'()+_,-./:=? "
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    filename: str | None  # None: a text field
+    content: bytes
+    content_type: str | None = None
+    compact: bool = False  # an empty body written as "<headers><LB><LB>--boundary"
+    padding: bytes = b""  # transport padding after the delimiter that opens this part
+
+
+@dataclass(frozen=True)
+class Form:
+    boundary: bytes
+    parts: Sequence[Part]
+    line_break: bytes = b"\r\n"
+    preamble: bytes = b""
+    epilogue: bytes = b"\r\n"  # after "--boundary--"
+
+
+def quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(form: Form) -> bytes:
+    lb, dash = form.line_break, b"--" + form.boundary
+    out = [form.preamble, dash]
+    for part in form.parts:
+        disposition = f"Content-Disposition: form-data; name={quoted(part.name)}"
+        if part.filename is not None:
+            disposition += f"; filename={quoted(part.filename)}"
+        out += [part.padding, lb, disposition.encode(), lb]
+        if part.content_type is not None:
+            out += [f"Content-Type: {part.content_type}".encode(), lb]
+        out.append(lb)
+        if part.compact and not part.content:
+            out.append(dash)
+        else:
+            out += [part.content, lb, dash]
+    out += [b"--", form.epilogue]
+    return b"".join(out)
+
+
+def expected_events(form: Form) -> list[Event]:
+    events: list[Event] = []
+    for index, part in enumerate(form.parts):
+        if part.filename is None:
+            events.append(TextField(part.name, part.content.decode()))
+            continue
+        events.append(FileStart(part.name, part.filename, part.content_type or ""))
+        if part.content:
+            events.append(FileData(memoryview(part.content)))
+        events.append(FileEnd(last=index == len(form.parts) - 1))
+    events.append(FormEnd())
+    return events
+
+
+def joined(events: Sequence[Event]) -> list[Event]:
+    """Consecutive FileData joined into one (as bytes), so read sizes do not matter."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, FileData):
+            data = bytes(event.data)
+            if out and isinstance(out[-1], FileData):
+                data = bytes(out[-1].data) + data
+                out.pop()
+            out.append(FileData(memoryview(data)))
+        else:
+            out.append(event)
+    return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    events: list[Event]
+    error: tuple[str, bool] | None  # (message, limit)
+
+
+def outcome(body: bytes, cuts: Sequence[int] = (), *, boundary: bytes,
+            limits: FormLimits = FormLimits()) -> Outcome:
+    """Parse ``body`` fed in the pieces that ``cuts`` (offsets) make; never raises."""
+    parser = FormDataParser(boundary, limits)
+    events: list[Event] = []
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(body))), len(body)]
+    try:
+        for start, end in zip(bounds, bounds[1:]):
+            for event in parser.feed(body[start:end]):
+                # Views are valid until the next feed: copy, as a consumer would use them.
+                events.append(FileData(memoryview(bytes(event.data)))
+                              if isinstance(event, FileData) else event)
+        events += parser.finish()
+    except FormDataError as exc:
+        events += exc.events
+        return Outcome(joined(events), (str(exc), exc.limit))
+    return Outcome(joined(events), None)
+
+
+def every_size(body: bytes, size: int) -> list[int]:
+    return list(range(size, len(body), size))
