@@ -6,6 +6,18 @@ workload it gave the same throughput without monkey-patching boto3 and SQLite (R
 """
 import multiprocessing
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gateway.config import ConfigError, Settings  # noqa: E402
+
+# Fail here, in the master, with one line naming the variable: a worker that cannot load the
+# app would only be respawned by the master, over and over.
+try:
+    Settings.from_env()
+except ConfigError as _error:
+    print(f"upload-gateway: configuration error: {_error}", file=sys.stderr)
+    sys.exit(2)
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gthread")

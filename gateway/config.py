@@ -74,6 +74,9 @@ class Settings:
     direct_max_files: int = 20
     direct_part_size: int = 8 * MiB
     direct_url_ttl: int = 3600
+    direct_max_batch_bytes: int = 10 * 1024 * MiB  # bytes one initiate may promise in all
+    direct_max_pending: int = 100  # pending direct uploads per caller (more: 429)
+    direct_part_urls_per_page: int = 100  # part URLs per answer (more: GET .../parts)
 
     idempotency_ttl: int = 24 * 3600
     idempotency_lock_timeout: int = 3600
@@ -101,7 +104,8 @@ class Settings:
                      "max_field_bytes", "max_part_header_bytes", "max_filename_chars",
                      "read_size", "cloudfront_url_ttl", "idempotency_ttl",
                      "idempotency_lock_timeout", "direct_single_put_max", "direct_max_bytes",
-                     "direct_max_files", "direct_part_size", "direct_url_ttl"):
+                     "direct_max_files", "direct_part_size", "direct_url_ttl",
+                     "direct_max_batch_bytes", "direct_max_pending", "direct_part_urls_per_page"):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
         if self.s3_part_size < S3_MIN_PART_SIZE:
@@ -112,8 +116,8 @@ class Settings:
             fail("direct_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
         if self.direct_max_files > 100:
             fail("direct_max_files", "at most 100 (one DynamoDB transaction)")
-        if self.max_files > 100:
-            fail("max_files", "at most 100 (one DynamoDB transaction)")
+        if self.max_files > 99:
+            fail("max_files", "at most 99 (one DynamoDB transaction, with the idempotent answer)")
         if self.jwt_leeway < 0 or self.trusted_proxies < 0:
             fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
 

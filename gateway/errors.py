@@ -1,33 +1,61 @@
-"""The one error vocabulary: every refusal has a stable code, a message and an HTTP status.
+"""The one error vocabulary: every refusal the gateway gives, declared once, here.
 
-Services raise these; ``render`` is the only place that turns one into a response body.
+Each class is one stable ``code`` with its HTTP ``status`` and default message (as tusd declares
+``ErrNotFound = NewError(...)``). Code elsewhere raises these classes, optionally with a more
+specific message; it never invents a code. ``CATALOGUE`` lists them all: the README's error table
+is checked against it. ``weblog.render`` is the only place that turns one into a response.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class GatewayError(Exception):
-    status = 500
-    code = "internal_error"
-    message = "Internal server error."
+    """The base, and the answer to anything unexpected (500 ``internal_error``, no details).
 
-    def __init__(self, message: str | None = None, *, code: str | None = None,
-                 status: int | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
-        if code:
-            self.code = code
-        if status:
-            self.status = status
-        self.headers = headers or {}
+    A subclass that sets ``abstract = True`` in its body only groups codes (never raised).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    message: str = "Internal server error."
+    headers: dict[str, str]
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.message = message or type(self).message
+        super().__init__(self.message)
+        self.headers = {**self.default_headers(), **(headers or {})}
+
+    def default_headers(self) -> dict[str, str]:
+        return {}
 
     def body(self, request_id: str | None) -> dict[str, Any]:
-        return {"success": False, "error": {"code": self.code, "message": self.message},
-                "requestId": request_id}
+        return {
+            "success": False,
+            "error": {"code": self.code, "message": self.message},
+            "requestId": request_id,
+        }
 
 
+CATALOGUE: dict[str, type[GatewayError]] = {"internal_error": GatewayError}
+
+
+def _declare(cls: type[GatewayError]) -> type[GatewayError]:
+    if cls.code in CATALOGUE:
+        raise TypeError(f"error code {cls.code!r} declared twice")
+    CATALOGUE[cls.code] = cls
+    return cls
+
+
+class _Retryable(GatewayError):
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+# -- 400: the request is malformed ---------------------------------------------------------------
 class BadRequest(GatewayError):
+    abstract = True
     status, code, message = 400, "bad_request", "The request is malformed."
 
 
@@ -35,30 +63,176 @@ class MalformedBody(BadRequest):
     code, message = "malformed_body", "The multipart/form-data body is malformed."
 
 
+class BadContentType(BadRequest):
+    code, message = "bad_content_type", "Content-Type must be multipart/form-data with a boundary."
+
+
 class ClientDisconnected(BadRequest):
     code, message = "client_disconnected", "The body ended before it was complete."
 
 
+class InvalidJson(BadRequest):
+    code, message = "invalid_json", "The body must be a JSON object (Content-Type: application/json)."
+
+
+class MissingProjectId(BadRequest):
+    code, message = "missing_project_id", "projectId is required."
+
+
+class InvalidProjectId(BadRequest):
+    code, message = "invalid_project_id", "projectId must be 1-64 letters, digits, '.', '_' or '-'."
+
+
+class InvalidSha256(BadRequest):
+    code, message = "invalid_sha256", "sha256 must be 64 hexadecimal characters."
+
+
+class NoFile(BadRequest):
+    code, message = "no_file", "The form has no file part ('file' or 'files')."
+
+
+class UnexpectedFileField(BadRequest):
+    code, message = "unexpected_file_field", "File parts must be named 'file' or 'files'."
+
+
+class InvalidFiles(BadRequest):
+    code, message = "invalid_files", "files must be a non-empty list of file objects."
+
+
+class InvalidParts(BadRequest):
+    code, message = "invalid_parts", "parts must be a list of {partNumber, etag}."
+
+
+class InvalidPartRange(BadRequest):
+    code, message = "invalid_part_range", "The requested part numbers are not valid."
+
+
+class InvalidLimit(BadRequest):
+    code, message = "invalid_limit", "limit must be between 1 and 100."
+
+
+class InvalidCursor(BadRequest):
+    code, message = "invalid_cursor", "The cursor is not valid."
+
+
+class InvalidStatusFilter(BadRequest):
+    code, message = "invalid_status", "status must be one of the media statuses."
+
+
+class InvalidIdempotencyKey(BadRequest):
+    code, message = "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters."
+
+
+# -- 401 / 403 / 404: who may do what -----------------------------------------------------------
 class Unauthorized(GatewayError):
+    abstract = True
     status, code, message = 401, "unauthorized", "A valid bearer token is required."
 
-    def __init__(self, message: str | None = None, **kw: Any) -> None:
-        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="upload-gateway"'})
-        super().__init__(message, **kw)
+    def default_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="upload-gateway"'}
+
+
+class MissingToken(Unauthorized):
+    code, message = "missing_token", "A bearer token is required in the Authorization header."
+
+
+class InvalidToken(Unauthorized):
+    code, message = "invalid_token", "The token is not valid."
+
+
+class TokenExpired(Unauthorized):
+    code, message = "token_expired", "The token has expired."
 
 
 class Forbidden(GatewayError):
+    abstract = True
     status, code, message = 403, "forbidden", "The token does not allow this."
+
+
+class ProjectForbidden(Forbidden):
+    code, message = "project_forbidden", "The token does not allow this project."
+
+
+class DeleteForbidden(Forbidden):
+    code, message = "delete_forbidden", "Only the uploader or an admin may delete this media."
 
 
 class NotFound(GatewayError):
     status, code, message = 404, "not_found", "Not found."
 
 
+class MediaNotFound(NotFound):
+    code, message = "media_not_found", "No such media."
+
+
+class UploadNotFound(NotFound):
+    code, message = "upload_not_found", "No such upload."
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, message = 405, "method_not_allowed", "The method is not allowed for this URL."
+
+
+class RequestRejected(GatewayError):
+    """Another HTTP-level refusal of the web framework (its status is kept)."""
+
+    status, code, message = 400, "request_rejected", "The request was rejected."
+
+    def __init__(self, message: str | None = None, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]
+
+
+class BodyTimeout(GatewayError):
+    status, code, message = 408, "body_timeout", "The body arrived too slowly; nothing was kept."
+
+
+# -- 409 / 410: state ----------------------------------------------------------------------------
 class Conflict(GatewayError):
-    status, code, message = 409, "conflict", "The request conflicts with one in progress."
+    abstract = True
+    status, code, message = 409, "conflict", "The request conflicts with the current state."
 
 
+class IdempotencyInProgress(Conflict):
+    code, message = "idempotency_in_progress", "A request with this Idempotency-Key is still running."
+
+
+class RecordExists(Conflict):
+    code, message = "record_exists", "A record with this id already exists."
+
+
+class UploadChanged(Conflict):
+    code, message = (
+        "upload_changed",
+        "The uploaded object changed while it was being checked; complete again.",
+    )
+
+
+class UploadIncomplete(Conflict):
+    code, message = "upload_incomplete", "Nothing has been uploaded yet."
+
+
+class UploadAborted(Conflict):
+    code, message = "upload_aborted", "The upload was aborted."
+
+
+class UploadExpired(Conflict):
+    code, message = "upload_expired", "The upload has expired."
+
+
+class UploadStored(Conflict):
+    code, message = "upload_stored", "The upload is already stored."
+
+
+class UploadAlreadyRejected(Conflict):
+    code, message = "upload_already_rejected", "The upload was already rejected."
+
+
+class IllegalTransition(Conflict):
+    code, message = "illegal_transition", "The media cannot move to that status from its current one."
+
+
+# -- 411 / 413 / 415 / 422 / 429: the upload itself ---------------------------------------------
 class LengthRequired(GatewayError):
     status, code, message = 411, "length_required", "Content-Length or chunked encoding is required."
 
@@ -67,38 +241,73 @@ class TooLarge(GatewayError):
     status, code, message = 413, "too_large", "The upload is larger than allowed."
 
 
+class FormLimit(TooLarge):
+    code, message = "form_limit", "The form has more parts, fields or header bytes than allowed."
+
+
 class UnsupportedType(GatewayError):
     status, code, message = 415, "unsupported_type", "The file type is not allowed."
 
 
 class Unprocessable(GatewayError):
+    abstract = True
     status, code, message = 422, "unprocessable", "The upload could not be accepted."
 
 
-class StorageError(GatewayError):
-    """The object store failed; ``retryable`` errors (throttling, unavailability) answer 503."""
+class EmptyFile(Unprocessable):
+    code, message = "empty_file", "Empty files are not accepted."
 
+
+class ChecksumMismatch(Unprocessable):
+    code, message = "checksum_mismatch", "The file's SHA-256 does not match the sha256 field."
+
+
+class InvalidSize(Unprocessable):
+    code, message = "invalid_size", "size must be a positive integer (empty files are refused)."
+
+
+class UploadRejected(Unprocessable):
+    code, message = "upload_rejected", "What S3 holds is not what was promised."
+
+
+class IdempotencyKeyMismatch(Unprocessable):
+    code, message = (
+        "idempotency_key_mismatch",
+        "This Idempotency-Key was used for a different request.",
+    )
+
+
+class TooManyPending(GatewayError):
+    status, code, message = 429, "too_many_pending", "Too many direct uploads are pending; finish some first."
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "60"}
+
+
+# -- 5xx: the gateway's dependencies -------------------------------------------------------------
+class DirectUploadsUnavailable(GatewayError):
+    status, code, message = (
+        501,
+        "direct_uploads_unavailable",
+        "Direct uploads need S3 storage (GATEWAY_STORAGE_URL=s3://...).",
+    )
+
+
+class StorageError(GatewayError):
     status, code, message = 502, "storage_error", "The object store failed; nothing was kept."
 
-    def __init__(self, message: str | None = None, *, retryable: bool = False, **kw: Any) -> None:
-        if retryable:
-            kw.setdefault("status", 503)
-            kw.setdefault("code", "storage_unavailable")
-            kw.setdefault("headers", {"Retry-After": "5"})
-        super().__init__(message, **kw)
+
+class StorageUnavailable(StorageError, _Retryable):
+    """Throttling or unavailability, once retries are spent: worth retrying later."""
+
+    status, code, message = 503, "storage_unavailable", "The object store is unavailable; retry later."
 
 
-class RecordStoreError(GatewayError):
+class RecordStoreError(_Retryable):
     status, code, message = 503, "records_unavailable", "The record store failed; nothing was kept."
 
-    def __init__(self, message: str | None = None, **kw: Any) -> None:
-        kw.setdefault("headers", {"Retry-After": "5"})
-        super().__init__(message, **kw)
 
-
-class RecordNotFound(NotFound):
-    code, message = "media_not_found", "No such media."
-
-
-class RecordExists(Conflict):
-    code, message = "record_exists", "A record with this id already exists."
+for _cls in list(globals().values()):
+    if (isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls is not GatewayError
+            and not _cls.__name__.startswith("_") and not _cls.__dict__.get("abstract")):
+        _declare(_cls)

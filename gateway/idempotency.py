@@ -1,17 +1,75 @@
-"""Idempotency-Key handling: a replay by the same caller gets the first answer, stored once."""
+"""Idempotency-Key handling (IETF draft "The Idempotency-Key HTTP Header Field").
+
+A retry with the same key and the same request gets the first answer, and nothing is stored
+twice. The same key with a different request is refused (422 ``idempotency_key_mismatch``).
+"The same request" is its ``Fingerprint``: the query's projectId, every text field (name and
+value, in order), and every file part (field name, filename and SHA-256 of its bytes, in order).
+The boundary, header order, chunking and Content-Length do not count, so a client library that
+rebuilds the body with a new boundary on retry is still recognised.
+
+The first answer is saved in the same atomic write as the records it reports
+(``RecordStore.create_many(answer=...)``): it cannot be lost after a success, so a key is never
+left locked by a request that did succeed. A request that fails releases its claim.
+"""
+
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .errors import BadRequest
-from .records import IdempotencyStore, SavedResponse
+from . import errors
+from .records import IdempotencyStore, IdempotentAnswer, MediaRecord, SavedResponse
 
 log = logging.getLogger(__name__)
-KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.fullmatch(key):
+        raise errors.InvalidIdempotencyKey()
+    return key
+
+
+class Fingerprint:
+    """What identifies a form upload request, built from its parsed parts."""
+
+    def __init__(self, query_project_id: str | None) -> None:
+        self._parts: list[Any] = [["query", query_project_id]]
+
+    def field(self, name: str, value: str) -> None:
+        self._parts.append(["field", name, value])
+
+    def file(self, name: str, filename: str, sha256: str) -> None:
+        self._parts.append(["file", name, filename, sha256])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(json.dumps(self._parts).encode()).hexdigest()
+
+
+Render = Callable[[list[MediaRecord]], tuple[int, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class AnswerPlan:
+    """How the upload service saves the first answer with its records."""
+
+    scope: str
+    key: str
+    ttl: float
+    render: Render
+    clock: Callable[[], float] = time.time
+
+    def answer(self, records: list[MediaRecord], fingerprint: str) -> tuple[IdempotentAnswer, int, dict[str, Any]]:
+        status, body = self.render(records)
+        saved = IdempotentAnswer(self.scope, self.key, SavedResponse(status, body, fingerprint),
+                                 expires_at=self.clock() + self.ttl)
+        return saved, status, body
 
 
 @dataclass(frozen=True)
@@ -21,36 +79,29 @@ class Outcome:
     replayed: bool
 
 
-def check_key(key: str) -> str:
-    if not KEY_RE.match(key):
-        raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters.",
-                         code="invalid_idempotency_key")
-    return key
+def run_once(
+    store: IdempotencyStore, plan: AnswerPlan, *, lock_timeout: float,
+    first: Callable[[AnswerPlan], tuple[int, dict[str, Any]]],
+    fingerprint_of_retry: Callable[[], str],
+) -> Outcome:
+    """Run ``first`` unless this (scope, key) already succeeded; a failed run is forgotten.
 
-
-def run_once(store: IdempotencyStore, scope: str, key: str, *, ttl: float, lock_timeout: float,
-             produce: Callable[[], tuple[int, dict[str, Any]]],
-             clock: Callable[[], float] = time.time) -> Outcome:
-    """Run ``produce`` unless this (scope, key) already succeeded; a failed run is forgotten.
-
-    A claim held by a request still running makes ``claim`` raise Conflict (409).
+    ``first`` must save its answer through the plan; a retry's fingerprint must match the saved
+    one. A claim held by a request still running raises IdempotencyInProgress (409).
     """
-    saved = store.claim(scope, key, now=clock(), lock_timeout=lock_timeout, ttl=ttl)
+    saved = store.claim(plan.scope, plan.key, now=plan.clock(), lock_timeout=lock_timeout,
+                        ttl=plan.ttl)
     if saved is not None:
+        if fingerprint_of_retry() != saved.fingerprint:
+            raise errors.IdempotencyKeyMismatch()
         return Outcome(saved.status, saved.body, replayed=True)
     try:
-        status, body = produce()
+        status, body = first(plan)
     except BaseException:
         try:
-            store.release(scope, key)
+            store.release(plan.scope, plan.key)
         except Exception:
             log.error("could not release idempotency key %s; it frees itself after %ss",
-                      key, lock_timeout, exc_info=True)
+                      plan.key, lock_timeout, exc_info=True)
         raise
-    try:
-        store.save(scope, key, SavedResponse(status, body), now=clock(), ttl=ttl)
-    except Exception:
-        # The upload itself succeeded and is recorded; failing the answer now would only make
-        # the client retry a stored upload. Log it and answer.
-        log.error("could not save the answer for idempotency key %s", key, exc_info=True)
     return Outcome(status, body, replayed=False)

@@ -1,4 +1,5 @@
 """Server-generated keys and sanitized display names. Client text never reaches a key."""
+
 from __future__ import annotations
 
 import re
@@ -6,10 +7,14 @@ import unicodedata
 import uuid
 from urllib.parse import quote
 
-from .errors import BadRequest
+from . import errors
 
-PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# projectId and the tenant claim: they become key segments. Always matched whole (fullmatch).
+IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MEDIA_ID_RE = re.compile(r"[0-9a-f]{32}")
+_KEY_RE = re.compile(r"(?:^|/)projects/[^/]+/media/([0-9a-f]{32})(?:\.[A-Za-z0-9]+)?")
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|]+')
+_MAX_EXTENSION_CHARS = 16
 
 
 def new_media_id() -> str:
@@ -17,9 +22,8 @@ def new_media_id() -> str:
 
 
 def check_project_id(project_id: str) -> str:
-    if not PROJECT_ID_RE.match(project_id) or ".." in project_id:
-        raise BadRequest("projectId must be 1-64 letters, digits, '.', '_' or '-'.",
-                         code="invalid_project_id")
+    if not IDENTIFIER_RE.fullmatch(project_id) or ".." in project_id:
+        raise errors.InvalidProjectId()
     return project_id
 
 
@@ -30,8 +34,8 @@ def object_key(*, tenant: str, project_id: str, media_id: str, extension: str) -
 
 def media_id_of_key(key: str) -> str | None:
     """The media id a gateway-made key carries, or None for a key the gateway did not make."""
-    match = re.search(r"(?:^|/)projects/[^/]+/media/([0-9a-f]{32})(?:\.[A-Za-z0-9]+)?$", key)
-    return match.group(1) if match else None
+    match = _KEY_RE.search(key)
+    return match.group(1) if match and match.end() == len(key) else None
 
 
 def display_name(filename: str, *, max_chars: int) -> str:
@@ -41,9 +45,9 @@ def display_name(filename: str, *, max_chars: int) -> str:
     name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name)
     name = _UNSAFE.sub("_", name).strip(" ._")
     if len(name) > max_chars:
-        stem, dot, ext = name.rpartition(".")
-        if dot and 0 < len(ext) <= 16:
-            name = stem[: max_chars - len(ext) - 1] + "." + ext
+        stem, dot, extension = name.rpartition(".")
+        if dot and stem and 0 < len(extension) <= _MAX_EXTENSION_CHARS:
+            name = stem[: max_chars - len(extension) - 1] + "." + extension
         else:
             name = name[:max_chars]
     return name or "unnamed"

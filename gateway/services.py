@@ -1,17 +1,16 @@
-"""The gateway's long-lived collaborators, built once per process from the settings."""
+"""The gateway's long-lived collaborators, built once per process from the settings. No Flask."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app
-
 from .config import Settings
 from .direct import DirectUploadService
+from .events import Announcer, LogPublisher, Publisher
 from .orphans import OrphanJournal
-from .records import RecordStore, open_records
-from .storage import ObjectStore, open_store
-from .storage.s3 import S3ObjectStore
-from .storage.s3_direct import S3DirectUploads
+from .records import MediaStore, open_records
+from .storage import ObjectStore, Storage, open_storage
+from .sweeper import Sweeper
 from .uploads import UploadService
 from .urls import PublicUrls
 
@@ -19,27 +18,40 @@ from .urls import PublicUrls
 @dataclass
 class Services:
     settings: Settings
-    store: ObjectStore
-    records: RecordStore  # also the IdempotencyStore
+    storage: Storage
+    records: MediaStore  # also the IdempotencyStore
     journal: OrphanJournal
+    announcer: Announcer
     uploads: UploadService
-    direct: DirectUploadService
+    direct: DirectUploadService | None  # None when the store cannot presign
     urls: PublicUrls
+    sweeper: Sweeper
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.storage.objects
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, store: ObjectStore | None = None,
-                      records: RecordStore | None = None) -> "Services":
-        store = store or open_store(settings)
+    def from_settings(cls, settings: Settings, *, storage: Storage | None = None,
+                      records: MediaStore | None = None,
+                      publisher: Publisher | None = None) -> Services:
+        storage = storage or open_storage(settings)
         records = records or open_records(settings)
         journal = OrphanJournal(settings.orphan_journal)
-        direct = None
-        if isinstance(store, S3ObjectStore):
-            direct = S3DirectUploads(store)
-        return cls(settings=settings, store=store, records=records, journal=journal,
-                   uploads=UploadService(settings, store, records, journal),
-                   direct=DirectUploadService(settings, direct, records),
-                   urls=PublicUrls(settings, store))
+        announcer = Announcer(publisher or LogPublisher())
+        direct = (DirectUploadService(settings, storage.direct, records, announcer)
+                  if storage.direct is not None else None)
+        return cls(
+            settings=settings, storage=storage, records=records, journal=journal,
+            announcer=announcer,
+            uploads=UploadService(settings, storage.objects, records, journal, announcer),
+            direct=direct, urls=PublicUrls(settings, storage.objects),
+            sweeper=Sweeper(store=storage.objects, listing=storage.listing, records=records,
+                            journal=journal, direct=direct),
+        )
 
-
-def services() -> Services:
-    return current_app.extensions["gateway"]
+    def provision(self) -> None:
+        """Create what the backends need: the record schema, the bucket."""
+        self.records.create_schema()
+        if self.storage.provision is not None:
+            self.storage.provision()

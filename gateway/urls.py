@@ -1,8 +1,8 @@
 """Public URLs for stored objects: CloudFront-signed, CDN, the store's own, or the gateway's."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from botocore.signers import CloudFrontSigner
@@ -15,7 +15,7 @@ from .storage import ObjectStore
 
 class PublicUrls:
     def __init__(self, settings: Settings, store: ObjectStore,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.cdn_base = settings.cdn_base_url.rstrip("/")
         self.public_base = settings.public_base_url.rstrip("/")
         self.ttl = timedelta(seconds=settings.cloudfront_url_ttl)
@@ -30,14 +30,16 @@ class PublicUrls:
                 lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA1()))
 
     def url(self, key: str, *, request_base: str = "") -> str:
-        """``request_base`` (the request's own root URL) is used only in embedded mode."""
-        path = quote(key)
+        """``request_base`` (the request's own root URL) is used only in embedded mode.
+
+        A CDN serves the bucket at its root: its path is the object's full key (prefix included).
+        """
         if self.cdn_base:
-            url = f"{self.cdn_base}/{path}"
+            url = f"{self.cdn_base}/{quote(self.store.full_key(key))}"
             if self.signer is not None:
                 url = self.signer.generate_presigned_url(url, date_less_than=self.clock() + self.ttl)
             return url
         direct = self.store.direct_url(key)
         if direct is not None:
             return direct
-        return f"{self.public_base or request_base.rstrip('/')}/media/{path}"
+        return f"{self.public_base or request_base.rstrip('/')}/media/{quote(key)}"

@@ -1,4 +1,5 @@
 """Request ids, the one JSON error renderer, and one structured log line per request."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,22 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import GatewayError
+from . import errors
+from .config import Settings
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("gateway.access")
 error_log = logging.getLogger("gateway.error")
+
+# The web framework's own refusals, in the gateway's vocabulary (anything else: request_rejected).
+_HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
+    404: errors.NotFound, 405: errors.MethodNotAllowed, 413: errors.TooLarge,
+}
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -28,7 +36,7 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line)
 
 
-def init_app(app: Flask, settings) -> None:
+def init_app(app: Flask, settings: Settings) -> None:
     root = logging.getLogger("gateway")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -40,45 +48,48 @@ def init_app(app: Flask, settings) -> None:
     @app.before_request
     def start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
         g.started = time.monotonic()
         g.log = {}
 
     @app.after_request
-    def finish(response):
+    def finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        started = g.get("started", time.monotonic())
         line = {"event": "request", "requestId": g.get("request_id"), "method": request.method,
                 "path": request.path, "status": response.status_code,
-                "durationMs": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
-                **g.get("log", {})}
+                "durationMs": round((time.monotonic() - started) * 1000, 1), **g.get("log", {})}
         access_log.info(line)
         return response
 
-    @app.errorhandler(GatewayError)
-    def gateway_error(exc: GatewayError):
-        g.setdefault("log", {})["outcome"] = exc.code
+    @app.errorhandler(errors.GatewayError)
+    def gateway_error(exc: errors.GatewayError) -> Response:
+        if exc.status >= 500:
+            error_log.error("request %s failed: %s", g.get("request_id"), exc.code,
+                            exc_info=exc.__cause__ is not None)
         return render(exc)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        g.setdefault("log", {})["outcome"] = code
-        return render(GatewayError(exc.description, code=code, status=exc.code or 500))
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 400
+        known = _HTTP_ERRORS.get(status)
+        return render(known() if known else errors.RequestRejected(exc.description,
+                                                                   status=status))
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
+    def unexpected(exc: Exception) -> Response:
         error_log.exception("unhandled error, request %s", g.get("request_id"))
-        g.setdefault("log", {})["outcome"] = "internal_error"
-        return render(GatewayError())
+        return render(errors.GatewayError())
 
 
-def render(exc: GatewayError):
+def render(exc: errors.GatewayError) -> Response:
+    g.setdefault("log", {})["outcome"] = exc.code
     response = jsonify(exc.body(g.get("request_id")))
     response.status_code = exc.status
     response.headers.update(exc.headers)
     return response
 
 
-def note(**fields) -> None:
+def note(**fields: Any) -> None:
     """Add fields to this request's log line."""
     g.setdefault("log", {}).update({k: v for k, v in fields.items() if v is not None})

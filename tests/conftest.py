@@ -48,9 +48,7 @@ def make_settings(tmp_path: Path, *, backend: str = "local", moto_url: str | Non
 
 
 def init_stores(svc: Services) -> None:
-    svc.records.create_schema()
-    if hasattr(svc.store, "create_bucket"):
-        svc.store.create_bucket()
+    svc.provision()
 
 
 @pytest.fixture(params=["local", "s3", "s3+dynamodb"])

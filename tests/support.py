@@ -104,9 +104,11 @@ def unique(prefix: str) -> str:
 
 # -- the rule: nothing left behind ----------------------------------------------------------------
 def leftovers(svc) -> dict[str, list]:
-    """Every object, pending upload and record the stores hold (should be empty after a refusal)."""
-    return {"objects": [o.key for o in svc.store.objects()],
-            "pending_uploads": [u.key for u in svc.store.pending_uploads()],
+    """Every object, pending upload (by full key, as answers report them) and record the stores
+    hold (should be empty after a refusal)."""
+    listing, full = svc.storage.listing, svc.store.full_key
+    return {"objects": [full(o.key) for o in listing.objects()],
+            "pending_uploads": [full(u.key) for u in listing.pending_uploads()],
             "records": record_ids(svc.records)}
 
 

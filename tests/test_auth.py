@@ -202,12 +202,38 @@ def test_tenant_scopes_keys_and_visibility(client, token, svc):
     response = client.post("/api/upload", data=body, headers={"Content-Type": content_type, **acme})
     assert response.status_code == 201
     media = response.get_json()
-    assert media["s3Key"].startswith("acme/projects/p1/media/")
+    assert media["s3Key"] == f"uploads/acme/projects/p1/media/{media['mediaId']}.png"
     other = {"Authorization": f"Bearer {token(tenant='globex')}"}
     assert client.get(f"/api/media/{media['mediaId']}", headers=other).status_code == 404
     assert client.get("/api/media?projectId=p1", headers=other).get_json()["items"] == []
     assert client.delete(f"/api/media/{media['mediaId']}", headers=other).status_code == 404
     assert client.get(f"/api/media/{media['mediaId']}", headers=acme).status_code == 200
+
+
+@pytest.mark.parametrize("bad", [
+    {"projects": None}, {"projects": "p1"}, {"projects": [1]}, {"projects": {"p1": True}},
+    {"tenant": False}, {"tenant": 0}, {"tenant": {}}, {"tenant": None}, {"tenant": ""},
+    {"tenant": "acme\n"}, {"tenant": "a/b"}, {"tenant": "-acme"}, {"tenant": "x" * 65},
+    {"admin": "yes"}, {"admin": 1}, {"admin": None},
+    {"sub": ""}, {"sub": 7},
+])
+def test_claims_of_the_wrong_type_fail_closed(client, svc, bad):
+    calls = s3_calls(svc)
+    token = jwt.encode({**claims(), **bad}, JWT_SECRET, "HS256")
+    response, stream = upload_with(client, {"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, (bad, response.get_json())
+    assert response.get_json()["error"]["code"] == "invalid_token"
+    assert stream.bytes_read == 0 and calls == []
+    assert_nothing_left(svc)
+
+
+@pytest.mark.parametrize("good_claims", [{"tenant": "acme"}, {"projects": []}, {"admin": True},
+                                         {"admin": False}, {"tenant": "A" + "x" * 63}])
+def test_claims_of_the_right_type_are_accepted(client, good_claims):
+    token = jwt.encode({**claims(), **good_claims}, JWT_SECRET, "HS256")
+    response, _ = upload_with(client, {"Authorization": f"Bearer {token}"}, body_size=10_000)
+    expected = 403 if good_claims == {"projects": []} else 201
+    assert response.status_code == expected, response.get_json()
 
 
 def test_the_token_command_mints_a_usable_token(app, client):

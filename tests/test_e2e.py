@@ -196,9 +196,10 @@ def test_one_file_as_a_form_sends_it_s3(s3, files):
     # Without a CDN configured, the URL is the store's own (here: moto's path-style URL). The
     # bucket is private, so fetch that same object URL with a signature.
     store = s3.svc.store
-    assert body["url"] == f"{s3.settings.s3_endpoint_url}/{store.bucket}/uploads/{body['s3Key']}"
+    assert body["s3Key"] == f"uploads/projects/p1/media/{body['mediaId']}.jpg"  # the bucket's key
+    assert body["url"] == f"{s3.settings.s3_endpoint_url}/{store.bucket}/{body['s3Key']}"
     signed = store.client.generate_presigned_url(
-        "get_object", Params={"Bucket": store.bucket, "Key": store.full_key(body["s3Key"])})
+        "get_object", Params={"Bucket": store.bucket, "Key": body["s3Key"]})
     assert signed.split("?")[0] == body["url"]
     served = requests.get(signed, timeout=30)
     assert served.status_code == 200 and served.content == content
@@ -231,7 +232,7 @@ def test_a_200_mib_file_through_nginx_to_s3(s3, files):
     record = s3.svc.records.get(body["mediaId"])
     assert (record.size, record.sha256) == (200 * MiB, digest)
     store = s3.svc.store
-    obj = store.client.get_object(Bucket=store.bucket, Key=store.full_key(body["s3Key"]))
+    obj = store.client.get_object(Bucket=store.bucket, Key=body["s3Key"])
     assert obj["ContentLength"] == 200 * MiB
     hasher = hashlib.sha256()
     for chunk in obj["Body"].iter_chunks(4 * MiB):

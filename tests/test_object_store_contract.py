@@ -37,8 +37,11 @@ def s3_client(moto_url, tmp_path_factory):
 
 
 def s3_store_for(client) -> S3ObjectStore:
+    from concurrent.futures import ThreadPoolExecutor
+
     s3 = S3ObjectStore(client, bucket=unique("contract"), prefix="uploads", part_size=PART,
-                       parts_in_flight=2)
+                       parts_in_flight=2, endpoint_url=client.meta.endpoint_url,
+                       region="us-east-1", executor=ThreadPoolExecutor(8))
     s3.create_bucket()
     return s3
 
@@ -342,22 +345,3 @@ def test_garbage_collection_never_commits(store, size):
     for upload in list(store.pending_uploads()):  # what a killed worker leaves: the sweeper's job
         store.abort_pending(upload)
     assert_empty(store)
-
-
-def test_context_manager_commits_on_clean_exit_and_aborts_on_error(store):
-    from gateway.storage import writer as managed
-
-    good, data = make_key(), png_bytes(7_000)
-    with managed(store, good, content_type="image/png", metadata={}, sha256=sha(data)) as w:
-        w.write(data)
-    assert read_object(store, good) == data
-
-    bad = make_key()
-    with pytest.raises(RuntimeError):
-        with managed(store, bad, content_type="image/png", metadata={},
-                     sha256=sha(data)) as w:
-            w.write(png_bytes(PART + 3))
-            raise RuntimeError("boom")
-    assert not store.exists(bad)
-    assert visible_keys(store) == [good]
-    assert raw_pending(store) == []

@@ -1,6 +1,6 @@
 """One contract for every RecordStore/IdempotencyStore: SQLite (a file) and DynamoDB (moto server).
 
-Records: create_many is all-or-nothing and never overwrites; get raises RecordNotFound; list is
+Records: create_many is all-or-nothing and never overwrites; get raises MediaNotFound; list is
 newest first, paged by an opaque cursor, and scoped to one tenant and project; delete is
 idempotent. Idempotency: claim/save/release as gateway/records/__init__.py describes.
 """
@@ -11,8 +11,10 @@ import uuid
 
 import pytest
 
-from gateway.errors import BadRequest, Conflict, RecordExists, RecordNotFound, RecordStoreError
-from gateway.records import MediaRecord, SavedResponse
+from gateway.errors import (Conflict, IdempotencyInProgress, IllegalTransition, InvalidCursor,
+                            MediaNotFound, RecordExists, RecordStoreError)
+from gateway.lifecycle import TRANSITIONS, VISIBLE, Status
+from gateway.records import DirectUpload, IdempotentAnswer, MediaRecord, SavedResponse
 from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
 from gateway.records.sqlite import SqliteRecordStore
 
@@ -63,7 +65,7 @@ def stamp(i: int) -> str:
 def all_pages(records, *, tenant: str, project_id: str, limit: int) -> list[list[MediaRecord]]:
     pages, cursor = [], None
     for _ in range(100):
-        page = records.list(tenant=tenant, project_id=project_id, cursor=cursor, limit=limit)
+        page = records.list_media(tenant=tenant, project_id=project_id, cursor=cursor, limit=limit)
         assert len(page.items) <= limit
         pages.append(page.items)
         cursor = page.next_cursor
@@ -80,7 +82,7 @@ def test_create_then_get_round_trips(records):
 
 
 def test_get_missing_raises_record_not_found(records):
-    with pytest.raises(RecordNotFound) as info:
+    with pytest.raises(MediaNotFound) as info:
         records.get(uuid.uuid4().hex)
     assert info.value.status == 404 and info.value.code == "media_not_found"
 
@@ -102,7 +104,7 @@ def test_create_many_is_all_or_nothing(records):
     with pytest.raises(RecordExists):
         records.create_many([fresh[0], clash, fresh[1]])
     for r in fresh:
-        with pytest.raises(RecordNotFound):
+        with pytest.raises(MediaNotFound):
             records.get(r.media_id)
     assert records.get(existing.media_id) == existing
     assert sorted(record_ids(records)) == sorted(_ids(records, [existing]))
@@ -140,7 +142,7 @@ def test_list_is_newest_first_and_pages_with_a_cursor(records):
         flat = [r for page in pages for r in page]
         assert flat == expected, f"limit={limit}"
         assert all(pages[:-1]), f"an empty page before the end (limit={limit})"
-    first = records.list(tenant="t1", project_id="p1", cursor=None, limit=4)
+    first = records.list_media(tenant="t1", project_id="p1", cursor=None, limit=4)
     assert first.next_cursor is not None and first.items == expected[:4]
 
 
@@ -150,11 +152,11 @@ def test_list_is_scoped_to_tenant_and_project(records):
     c = record(tenant="t1", project_id="p2")
     d = record(tenant="", project_id="p1")
     records.create_many([a, b, c, d])
-    assert records.list(tenant="t1", project_id="p1", cursor=None, limit=10).items == [a]
-    assert records.list(tenant="t2", project_id="p1", cursor=None, limit=10).items == [b]
-    assert records.list(tenant="t1", project_id="p2", cursor=None, limit=10).items == [c]
-    assert records.list(tenant="", project_id="p1", cursor=None, limit=10).items == [d]
-    assert records.list(tenant="t3", project_id="p1", cursor=None, limit=10).items == []
+    assert records.list_media(tenant="t1", project_id="p1", cursor=None, limit=10).items == [a]
+    assert records.list_media(tenant="t2", project_id="p1", cursor=None, limit=10).items == [b]
+    assert records.list_media(tenant="t1", project_id="p2", cursor=None, limit=10).items == [c]
+    assert records.list_media(tenant="", project_id="p1", cursor=None, limit=10).items == [d]
+    assert records.list_media(tenant="t3", project_id="p1", cursor=None, limit=10).items == []
 
 
 def test_a_cursor_from_one_scope_shows_nothing_of_another(records):
@@ -162,33 +164,34 @@ def test_a_cursor_from_one_scope_shows_nothing_of_another(records):
     theirs = [record(tenant="t2", created_at=stamp(i)) for i in range(4)]
     records.create_many(mine)
     records.create_many(theirs)
-    cursor = records.list(tenant="t1", project_id="p1", cursor=None, limit=2).next_cursor
+    cursor = records.list_media(tenant="t1", project_id="p1", cursor=None, limit=2).next_cursor
     assert cursor is not None
-    seen = records.list(tenant="t2", project_id="p1", cursor=cursor, limit=10).items
+    seen = records.list_media(tenant="t2", project_id="p1", cursor=cursor, limit=10).items
     assert not {r.media_id for r in seen} & {r.media_id for r in mine}
 
 
 def test_list_of_an_empty_project(records):
-    page = records.list(tenant="t1", project_id="nothing-here", cursor=None, limit=5)
+    page = records.list_media(tenant="t1", project_id="nothing-here", cursor=None, limit=5)
     assert page.items == [] and page.next_cursor is None
 
 
 def test_a_bad_cursor_is_a_bad_request(records):
-    with pytest.raises(BadRequest) as info:
-        records.list(tenant="t1", project_id="p1", cursor="not-a-cursor!", limit=5)
-    assert info.value.code == "invalid_cursor"
+    for cursor in ("not-a-cursor!", "NQ", "bnVsbA", "WyJhIl0", "WzEsMl0", "é"):
+        with pytest.raises(InvalidCursor) as info:
+            records.list_media(tenant="t1", project_id="p1", cursor=cursor, limit=5)
+        assert (info.value.status, info.value.code) == (400, "invalid_cursor")
 
 
 def test_delete_is_idempotent(records):
     r, other = record(), record()
     records.create_many([r, other])
     records.delete(r.media_id)
-    with pytest.raises(RecordNotFound):
+    with pytest.raises(MediaNotFound):
         records.get(r.media_id)
     records.delete(r.media_id)
     records.delete(uuid.uuid4().hex)
     assert records.get(other.media_id) == other
-    assert records.list(tenant="t1", project_id="p1", cursor=None, limit=10).items == [other]
+    assert records.list_media(tenant="t1", project_id="p1", cursor=None, limit=10).items == [other]
 
 
 def test_a_deleted_id_can_be_created_again(records):
@@ -202,7 +205,14 @@ def test_a_deleted_id_can_be_created_again(records):
 # -- idempotency ----------------------------------------------------------------------------------
 T0 = 1_800_000_000.0
 LOCK, TTL = 60.0, 3600.0
-ANSWER = SavedResponse(201, {"success": True, "mediaId": "abc", "files": [{"size": 3}]})
+ANSWER = SavedResponse(201, {"success": True, "mediaId": "abc", "files": [{"size": 3}]}, "f" * 64)
+
+
+def save(records, scope: str, key: str, response: SavedResponse, *, now: float, ttl: float,
+         with_records=()):
+    """Complete a claim the only way the gateway does: with the records it answers about."""
+    records.create_many(list(with_records),
+                        answer=IdempotentAnswer(scope, key, response, expires_at=now + ttl))
 
 
 def claim(records, key: str = "k1", *, at: float, scope: str = "t1#alice",
@@ -212,7 +222,7 @@ def claim(records, key: str = "k1", *, at: float, scope: str = "t1#alice",
 
 def test_first_claim_is_free_second_conflicts_while_running(records):
     assert claim(records, at=T0) is None
-    with pytest.raises(Conflict) as info:
+    with pytest.raises(IdempotencyInProgress) as info:
         claim(records, at=T0 + 5)
     assert info.value.status == 409 and info.value.code == "idempotency_in_progress"
     with pytest.raises(Conflict):
@@ -221,7 +231,7 @@ def test_first_claim_is_free_second_conflicts_while_running(records):
 
 def test_saved_answer_is_replayed(records):
     assert claim(records, at=T0) is None
-    records.save("t1#alice", "k1", ANSWER, now=T0 + 2, ttl=TTL)
+    save(records, "t1#alice", "k1", ANSWER, now=T0 + 2, ttl=TTL)
     assert claim(records, at=T0 + 3) == ANSWER
     # A saved answer is not "abandoned": it is replayed long after the lock timeout too.
     assert claim(records, at=T0 + LOCK * 10) == ANSWER
@@ -259,7 +269,7 @@ def test_an_expired_claim_can_be_taken(records):
 
 def test_an_expired_answer_is_not_replayed(records):
     assert claim(records, at=T0, ttl=10) is None
-    records.save("t1#alice", "k1", ANSWER, now=T0 + 1, ttl=10)
+    save(records, "t1#alice", "k1", ANSWER, now=T0 + 1, ttl=10)
     assert claim(records, at=T0 + 5, ttl=10) == ANSWER
     assert claim(records, at=T0 + 30, ttl=10) is None
 
@@ -269,16 +279,16 @@ def test_keys_are_scoped(records):
     assert claim(records, at=T0, scope="t1#bob") is None
     assert claim(records, at=T0, scope="t2#alice") is None
     assert claim(records, "k2", at=T0, scope="t1#alice") is None
-    records.save("t1#alice", "k1", ANSWER, now=T0, ttl=TTL)
+    save(records, "t1#alice", "k1", ANSWER, now=T0, ttl=TTL)
     with pytest.raises(Conflict):
         claim(records, at=T0 + 1, scope="t1#bob")
 
 
 def test_idempotency_entries_are_not_media(records):
     assert claim(records, at=T0) is None
-    records.save("t1#alice", "k1", ANSWER, now=T0, ttl=TTL)
+    save(records, "t1#alice", "k1", ANSWER, now=T0, ttl=TTL)
     assert record_ids(records) == []
-    assert records.list(tenant="t1", project_id="p1", cursor=None, limit=10).items == []
+    assert records.list_media(tenant="t1", project_id="p1", cursor=None, limit=10).items == []
 
 
 # -- SQLite under threads -------------------------------------------------------------------------
@@ -295,7 +305,7 @@ def test_sqlite_from_many_threads(tmp_path):
                 batch = [record(project_id=f"p{n}", created_at=stamp(i)) for _ in range(2)]
                 store.create_many(batch)
                 assert store.get(batch[0].media_id) == batch[0]
-                store.list(tenant="t1", project_id=f"p{n}", cursor=None, limit=5)
+                store.list_media(tenant="t1", project_id=f"p{n}", cursor=None, limit=5)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -342,21 +352,116 @@ def test_sqlite_concurrent_claims_have_one_winner(tmp_path):
 def test_idempotency_scopes_cannot_collide_through_separators(records):
     """(scope "t1#a", key "b#k") and (scope "t1#a#b", key "k") are different callers' keys."""
     assert claim(records, "b#k", at=T0, scope="t1#a") is None
-    records.save("t1#a", "b#k", ANSWER, now=T0, ttl=TTL)
+    save(records, "t1#a", "b#k", ANSWER, now=T0, ttl=TTL)
     assert claim(records, "k", at=T0 + 1, scope="t1#a#b") is None  # not the other's answer
 
 
-def test_replace_is_a_compare_and_set_on_status(records):
-    pending = record().evolve(status="pending", upload={"expiresAt": "2026-01-01T00:00:00+00:00"})
+def _pending(**extra) -> MediaRecord:
+    upload = DirectUpload(method="put", expires_at="2026-01-01T00:00:00+00:00")
+    return record(status=Status.PENDING, upload=upload, **extra)
+
+
+def test_update_is_a_compare_and_set_on_the_version(records):
+    pending = _pending()
     records.create_many([pending])
     assert records.expired_pending(now="2026-01-02T00:00:00+00:00", limit=10) == [pending]
     assert records.expired_pending(now="2025-12-31T00:00:00+00:00", limit=10) == []
-    listed = records.list(tenant=pending.tenant, project_id=pending.project_id, cursor=None, limit=10)
+    listed = records.list_media(tenant=pending.tenant, project_id=pending.project_id,
+                                cursor=None, limit=10)
     assert listed.items == []  # pending media are not listed
-    stored = pending.evolve(status="stored")
-    assert records.replace(stored, expected_status="pending") is True
-    assert records.replace(pending.evolve(status="aborted"), expected_status="pending") is False
-    assert records.get(pending.media_id).status == "stored"
+    stored = records.update(pending.evolve(status=Status.STORED), expected=pending)
+    assert stored == pending.evolve(status=Status.STORED, version=1)
+    # A second writer that read the same version loses, whatever it wanted.
+    assert records.update(pending.evolve(status=Status.ABORTED), expected=pending) is None
+    assert records.get(pending.media_id) == stored
     assert records.expired_pending(now="2026-01-02T00:00:00+00:00", limit=10) == []
-    listed = records.list(tenant=pending.tenant, project_id=pending.project_id, cursor=None, limit=10)
-    assert [r.media_id for r in listed.items] == [pending.media_id]
+    listed = records.list_media(tenant=pending.tenant, project_id=pending.project_id,
+                                cursor=None, limit=10)
+    assert listed.items == [stored]
+    ready = records.update(stored.evolve(status=Status.PROCESSING), expected=stored)
+    assert ready is not None and ready.version == 2
+    assert records.update(stored.evolve(status=Status.READY), expected=stored) is None
+
+
+@pytest.mark.parametrize("current", list(Status))
+def test_update_enforces_the_transition_table(records, current):
+    start = record(status=current, upload=DirectUpload(method="put", expires_at="2026-01-01T00:00:00+00:00"))
+    records.create_many([start])
+    for target in Status:
+        if target is current:
+            continue
+        if target in TRANSITIONS[current]:
+            continue
+        with pytest.raises(IllegalTransition) as info:
+            records.update(start.evolve(status=target), expected=start)
+        assert (info.value.status, info.value.code) == (409, "illegal_transition")
+    assert records.get(start.media_id) == start
+    for target in TRANSITIONS[current]:
+        moved = records.update(start.evolve(status=target), expected=start)
+        assert moved is not None and moved.status is target
+        break
+
+
+def test_update_keeps_fields_and_may_keep_the_status(records):
+    pending = _pending()
+    records.create_many([pending])
+    changed = records.update(pending.evolve(reason="halfway", size=99), expected=pending)
+    assert changed == pending.evolve(reason="halfway", size=99, version=1)
+    assert records.get(pending.media_id) == changed
+
+
+def test_every_visible_status_is_listed_and_filterable(records):
+    rows = {status: record(status=status, created_at=stamp(i))
+            for i, status in enumerate(Status)
+            if status is not Status.PENDING}
+    records.create_many(list(rows.values()))
+    listed = records.list_media(tenant="t1", project_id="p1", cursor=None, limit=50).items
+    assert {r.status for r in listed} == set(VISIBLE)
+    for status in VISIBLE:
+        page = records.list_media(tenant="t1", project_id="p1", cursor=None, limit=50,
+                                  status=status)
+        assert page.items == [rows[status]] and page.next_cursor is None
+
+
+def test_a_status_filter_pages_through_sparse_matches(records):
+    ready = [record(status=Status.READY, created_at=stamp(i * 3)) for i in range(5)]
+    others = [record(status=Status.STORED, created_at=stamp(i * 3 + 1)) for i in range(10)]
+    records.create_many(ready + others)
+    pages = []
+    cursor = None
+    while True:
+        page = records.list_media(tenant="t1", project_id="p1", cursor=cursor, limit=2,
+                                  status=Status.READY)
+        pages.append([r.media_id for r in page.items])
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert [m for p in pages for m in p] == [r.media_id for r in reversed(ready)]
+    assert all(len(p) == 2 for p in pages[:-1])
+
+
+def test_count_pending_counts_one_callers_pending_uploads(records):
+    mine = [_pending() for _ in range(3)]
+    records.create_many(mine + [_pending(owner="bob"), _pending(tenant="t2"), record()])
+    assert records.count_pending(tenant="t1", owner="alice", at_most=10) == 3
+    assert records.count_pending(tenant="t1", owner="alice", at_most=1) == 2  # stops past it
+    assert records.count_pending(tenant="t1", owner="bob", at_most=10) == 1
+    assert records.count_pending(tenant="t2", owner="alice", at_most=10) == 1
+    records.update(mine[0].evolve(status=Status.ABORTED), expected=mine[0])
+    assert records.count_pending(tenant="t1", owner="alice", at_most=10) == 2
+
+
+def test_the_answer_is_saved_with_its_records_or_not_at_all(records):
+    existing = record()
+    records.create_many([existing])
+    assert claim(records, at=T0) is None
+    fresh = record()
+    with pytest.raises(RecordExists):
+        save(records, "t1#alice", "k1", ANSWER, now=T0, ttl=TTL, with_records=[fresh, existing])
+    with pytest.raises(MediaNotFound):
+        records.get(fresh.media_id)
+    with pytest.raises(IdempotencyInProgress):  # still a running claim: no answer was saved
+        claim(records, at=T0 + 1)
+    save(records, "t1#alice", "k1", ANSWER, now=T0, ttl=TTL, with_records=[fresh])
+    assert records.get(fresh.media_id) == fresh
+    assert claim(records, at=T0 + 2) == ANSWER

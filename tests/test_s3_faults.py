@@ -15,7 +15,6 @@ from botocore.config import Config
 
 from gateway import create_app
 from gateway.auth import mint_token
-from gateway.cli import sweep
 from gateway.errors import RecordStoreError, StorageError
 from gateway.records.dynamodb import DynamoRecordStore
 
@@ -159,7 +158,7 @@ def test_transient_fault_is_retried_and_the_upload_is_exact(gw, proxy, match, ac
     body = response.get_json()
     assert rule.hits == times and rule.seen > times  # faulted, then retried through
     assert_stored(gw.svc, body, content)
-    assert gw.leftovers() == {"objects": [gw.full_key(body["s3Key"])], "uploads": [],
+    assert gw.leftovers() == {"objects": [body["s3Key"]], "uploads": [],
                               "records": [body["mediaId"]]}
     if size > 8 * MiB and match is fp.is_upload_part:
         counts = attempts_per_part(proxy)
@@ -368,7 +367,8 @@ def test_record_failure_with_failing_delete_journals_then_sweep_removes(any_gw, 
     assert any_gw.records() == [] and any_gw.uploads() == []
 
     monkeypatch.undo()  # the store can delete again
-    report = sweep(svc, older_than=timedelta(0))
-    assert sorted(report) == sorted(f"delete journaled orphan {k}" for k in journaled)
+    report = svc.sweeper.sweep(older_than=timedelta(0))
+    assert report.failed == []
+    assert sorted(report.done) == sorted(f"delete journaled orphan {k}" for k in journaled)
     assert svc.journal.keys() == []
     any_gw.assert_nothing_left()

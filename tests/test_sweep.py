@@ -1,4 +1,4 @@
-"""The sweeper (gateway.cli.sweep and `flask sweep`), on the local and the S3 (moto) backends.
+"""The sweeper (gateway.sweeper and `flask sweep`), on the local and the S3 (moto) backends.
 
 It aborts multipart uploads older than the threshold, deletes journaled orphans and objects
 older than the threshold that have no record, and leaves alone recorded objects, newer things,
@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gateway.cli import sweep
 from gateway.naming import new_media_id, object_key
 from gateway.storage.local import LocalObjectStore
 
@@ -80,6 +79,18 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def sweep(svc, **kwargs) -> list[str]:
+    """What one run removed (or would remove); it must not have failed anywhere."""
+    report = svc.sweeper.sweep(**kwargs)
+    assert report.failed == []
+    return report.done
+
+
+def key_of(svc, media: dict) -> str:
+    """The store's key of an uploaded media item (answers show the full key)."""
+    return svc.records.get(media["mediaId"]).s3_key
+
+
 # -- what is removed, what stays ------------------------------------------------------------------
 def test_sweep_removes_stale_uploads_and_unrecorded_objects_only(client, auth, svc):
     content = png_bytes(20_000)
@@ -95,7 +106,7 @@ def test_sweep_removes_stale_uploads_and_unrecorded_objects_only(client, auth, s
     assert sorted(report) == sorted([f"abort upload {stale.key} ({stale.upload_id})"]
                                     + [f"delete unrecorded object {k}" for k in orphans])
     assert pending(svc) == []
-    assert objects(svc) == {recorded["s3Key"], FOREIGN, "projects/p1/media/not-a-media-id.png"}
+    assert objects(svc) == {key_of(svc, recorded), FOREIGN, "projects/p1/media/not-a-media-id.png"}
     assert_stored(svc, recorded, content)
     assert read_object(svc.store, FOREIGN) == b"not ours"
     writer.abort()
@@ -104,7 +115,7 @@ def test_sweep_removes_stale_uploads_and_unrecorded_objects_only(client, auth, s
 def test_sweep_with_nothing_to_do(client, auth, svc):
     recorded = upload(client, auth, png_bytes(5_000))
     assert sweep(svc, older_than=timedelta(0)) == []
-    assert objects(svc) == {recorded["s3Key"]}
+    assert objects(svc) == {key_of(svc, recorded)}
 
 
 def test_unrecorded_objects_newer_than_the_threshold_stay(svc):
@@ -167,7 +178,7 @@ def test_journaled_orphans_are_deleted_and_forgotten(client, auth, svc):
     recorded = upload(client, auth, png_bytes(8_000))
     orphan = put(svc, orphan_key())
     svc.journal.add(orphan, "rollback delete failed")
-    svc.journal.add(recorded["s3Key"], "journaled, but the record exists after all")
+    svc.journal.add(key_of(svc, recorded), "journaled, but the record exists after all")
     gone = orphan_key()
     svc.journal.add(gone, "already gone")
 
@@ -177,8 +188,8 @@ def test_journaled_orphans_are_deleted_and_forgotten(client, auth, svc):
     assert sorted(report) == sorted([f"delete journaled orphan {orphan}",
                                      f"delete journaled orphan {gone}"])
     assert svc.journal.keys() == []
-    assert objects(svc) == {recorded["s3Key"]}
-    assert svc.records.get(recorded["mediaId"]).s3_key == recorded["s3Key"]
+    assert objects(svc) == {key_of(svc, recorded)}
+    assert svc.records.get(recorded["mediaId"]).s3_key == key_of(svc, recorded)
 
 
 # -- dry run --------------------------------------------------------------------------------------
@@ -197,7 +208,7 @@ def test_dry_run_reports_but_removes_nothing(client, auth, svc):
     assert f"delete unrecorded object {orphan}" in report
     assert (objects(svc), [u.upload_id for u in pending(svc)], record_ids(svc.records)) == before
     assert svc.journal.keys() == [journaled]
-    assert recorded["s3Key"] in objects(svc)
+    assert key_of(svc, recorded) in objects(svc)
 
     # The real run removes exactly what the dry run listed.
     assert sorted(sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))) == \
@@ -224,7 +235,7 @@ def test_cli_sweep(app, client, auth, svc):
     assert result.exit_code == 0, result.output
     assert f"delete unrecorded object {orphan}" in result.output
     assert result.output.strip().endswith("removed 2")
-    assert objects(svc) == {recorded["s3Key"], FOREIGN}
+    assert objects(svc) == {key_of(svc, recorded), FOREIGN}
     assert pending(svc) == []
 
     again = runner.invoke(args=["sweep", "--older-than", "0s"])
@@ -246,4 +257,65 @@ def test_cli_sweep_refuses_a_bad_duration(app, svc, bad):
     result = app.test_cli_runner().invoke(args=["sweep", "--older-than", bad])
     assert result.exit_code == 2
     assert "use a number and s, m, h or d" in result.output
+    assert orphan in objects(svc)
+
+
+# -- one failure does not stop a run --------------------------------------------------------------
+def _failing_delete(svc, monkeypatch, bad: set[str]) -> None:
+    from gateway.errors import StorageError
+
+    real = svc.store.delete
+
+    def delete(key: str) -> None:
+        if key in bad:
+            raise StorageError("injected")
+        real(key)
+
+    monkeypatch.setattr(svc.store, "delete", delete)
+
+
+def test_a_failing_delete_is_reported_and_the_run_goes_on(svc, monkeypatch):
+    orphans = sorted(put(svc, orphan_key()) for _ in range(3))
+    journaled_ok, journaled_bad = put(svc, orphan_key()), put(svc, orphan_key())
+    svc.journal.add(journaled_ok, "rollback incomplete")
+    svc.journal.add(journaled_bad, "rollback incomplete")
+    _failing_delete(svc, monkeypatch, {orphans[1], journaled_bad})
+    report = svc.sweeper.sweep(older_than=timedelta(0), now=now() + timedelta(seconds=1))
+    assert sorted(report.failed) == sorted([f"delete unrecorded object {orphans[1]}",
+                                            f"delete journaled orphan {journaled_bad}"])
+    assert sorted(report.done) == sorted([f"delete unrecorded object {orphans[0]}",
+                                          f"delete unrecorded object {orphans[2]}",
+                                          f"delete journaled orphan {journaled_ok}"])
+    assert objects(svc) == {orphans[1], journaled_bad}
+    assert svc.journal.keys() == [journaled_bad]  # kept for the next run
+    monkeypatch.undo()
+    assert sorted(sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))) == \
+        sorted([f"delete unrecorded object {orphans[1]}",
+                f"delete journaled orphan {journaled_bad}"])
+    assert objects(svc) == set() and svc.journal.keys() == []
+
+
+def test_cli_sweep_exits_nonzero_only_after_trying_everything(app, svc, monkeypatch):
+    bad, good = put(svc, orphan_key()), put(svc, orphan_key())
+    _failing_delete(svc, monkeypatch, {bad})
+    time.sleep(0.01)
+    result = app.test_cli_runner().invoke(args=["sweep", "--older-than", "0s"])
+    assert result.exit_code == 1, result.output
+    assert f"FAILED delete unrecorded object {bad}" in result.output
+    assert f"delete unrecorded object {good}" in result.output
+    assert result.output.strip().endswith("removed 1, failed 1")
+    assert objects(svc) == {bad}
+
+
+def test_a_record_store_outage_keeps_every_object(svc, monkeypatch):
+    from gateway.errors import RecordStoreError
+
+    orphan = put(svc, orphan_key())
+
+    def down(media_id):
+        raise RecordStoreError()
+
+    monkeypatch.setattr(svc.records, "get", down)
+    report = svc.sweeper.sweep(older_than=timedelta(0), now=now() + timedelta(seconds=1))
+    assert report.done == [] and report.failed == [f"look up the record of {orphan}"]
     assert orphan in objects(svc)

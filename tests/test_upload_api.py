@@ -22,7 +22,7 @@ def test_one_small_file_is_stored_with_its_record(client, auth, svc):
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert body["success"] is True and body["contentType"] == "image/png"
-    assert body["s3Key"] == f"projects/p1/media/{body['mediaId']}.png"
+    assert body["s3Key"] == svc.store.full_key(f"projects/p1/media/{body['mediaId']}.png")
     assert body["metadata"] == {"caption": "a cat"} and body["originalName"] == "cat.png"
     assert_stored(svc, body, content)
 
@@ -62,7 +62,7 @@ def test_declared_sha256_is_verified(client, auth, svc):
     good = hashlib.sha256(content).hexdigest()
     ok = post(client, form_body([("projectId", "p1"), ("sha256", good)], [("file", "a.png", content)]), auth)
     assert ok.status_code == 201 and ok.get_json()["sha256"] == good
-    svc.store.delete(ok.get_json()["s3Key"])
+    svc.store.delete(svc.records.get(ok.get_json()["mediaId"]).s3_key)
     svc.records.delete(ok.get_json()["mediaId"])
     bad = post(client, form_body([("projectId", "p1"), ("sha256", "0" * 64)], [("file", "a.png", content)]), auth)
     assert bad.status_code == 422 and bad.get_json()["error"]["code"] == "checksum_mismatch"
@@ -243,7 +243,7 @@ def test_hostile_filenames_never_reach_the_key(client, auth, svc, filename, show
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert body["originalName"] == shown
-    assert body["s3Key"] == f"projects/p1/media/{body['mediaId']}.png"
+    assert body["s3Key"] == svc.store.full_key(f"projects/p1/media/{body['mediaId']}.png")
     assert_stored(svc, body, content)
 
 
@@ -357,7 +357,6 @@ def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(c
     kept (a record may point at it) and journaled; the sweeper settles it once records answer."""
     from datetime import timedelta
     from gateway import errors
-    from gateway.cli import sweep
 
     def fail(*args, **kwargs):
         raise errors.RecordStoreError()
@@ -366,10 +365,11 @@ def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(c
     monkeypatch.setattr(svc.records, "delete", fail)
     response = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth)
     assert response.status_code == 503 and error_code(response) == "records_unavailable"
-    [key] = leftovers(svc)["objects"]
-    assert svc.journal.keys() == [key]
+    [key] = svc.journal.keys()
+    assert leftovers(svc)["objects"] == [svc.store.full_key(key)]
     monkeypatch.undo()
-    assert sweep(svc, older_than=timedelta(hours=1)) == [f"delete journaled orphan {key}"]
+    report = svc.sweeper.sweep(older_than=timedelta(hours=1))
+    assert (report.done, report.failed) == ([f"delete journaled orphan {key}"], [])
     assert_nothing_left(svc)
     assert svc.journal.keys() == []
 
@@ -377,7 +377,6 @@ def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(c
 def test_delete_media_whose_object_delete_fails_journals_it(client, auth, svc, monkeypatch):
     from datetime import timedelta
     from gateway import errors
-    from gateway.cli import sweep
 
     media = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth).get_json()
 
@@ -387,9 +386,9 @@ def test_delete_media_whose_object_delete_fails_journals_it(client, auth, svc, m
     monkeypatch.setattr(svc.store, "delete", fail)
     assert client.delete(f"/api/media/{media['mediaId']}", headers=auth).status_code == 204
     assert client.get(f"/api/media/{media['mediaId']}", headers=auth).status_code == 404
-    assert svc.journal.keys() == [media["s3Key"]]
+    assert [svc.store.full_key(k) for k in svc.journal.keys()] == [media["s3Key"]]
     monkeypatch.undo()
-    sweep(svc, older_than=timedelta(hours=1))
+    svc.sweeper.sweep(older_than=timedelta(hours=1))
     assert_nothing_left(svc)
 
 

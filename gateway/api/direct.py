@@ -1,27 +1,38 @@
-"""Direct-to-S3 uploads: initiate (presigned URLs), complete (verified), abort, status."""
+"""Direct-to-S3 uploads: initiate (presigned URLs), complete (verified), abort, status, parts."""
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .. import errors
 from ..auth import authenticate
-from ..errors import BadRequest, TooLarge, Unprocessable
-from ..records import MediaRecord
-from ..services import services
+from ..direct import DirectUploadService
+from ..lifecycle import Status, is_visible
+from ..records import DirectUpload, MediaRecord
+from ..storage.s3_direct import PartInfo
 from ..weblog import note
+from . import services
 from .present import media_json
 
 bp = Blueprint("direct", __name__)
 MAX_JSON_BYTES = 256 * 1024
 
 
+def _service() -> DirectUploadService:
+    direct = services().direct
+    if direct is None:
+        raise errors.DirectUploadsUnavailable()
+    return direct
+
+
 def _json_body(*, required: bool) -> Any:
     """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows)."""
     if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise TooLarge("The JSON body is too large.")
+        raise errors.TooLarge("The JSON body is too large.")
     # werkzeug limits a chunked stream to this (a sized one to its Content-Length) but ends
     # it silently at the limit, so read one byte past the allowance to tell "too large" apart.
     request.max_content_length = MAX_JSON_BYTES + 1
@@ -33,44 +44,44 @@ def _json_body(*, required: bool) -> Any:
                 break
             data += chunk
     except RequestEntityTooLarge:
-        raise TooLarge("The JSON body is too large.") from None
+        raise errors.TooLarge("The JSON body is too large.") from None
     if len(data) > MAX_JSON_BYTES:
-        raise TooLarge("The JSON body is too large.")
+        raise errors.TooLarge("The JSON body is too large.")
     if not data and not required:
         return {}  # no body (none sent, or an empty chunked one)
     try:  # bad JSON is answered, never ignored
         body = json.loads(data) if request.is_json else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         body = None
     if body is None:
-        raise BadRequest("The body must be JSON (Content-Type: application/json).",
-                         code="invalid_json")
+        raise errors.InvalidJson()
     return body
 
 
-def upload_json(record: MediaRecord, *, parts: list | None = None) -> dict[str, Any]:
+def upload_json(record: MediaRecord, *, parts: list[PartInfo] | None = None) -> dict[str, Any]:
     upload = record.upload
+    assert isinstance(upload, DirectUpload)
     view: dict[str, Any] = {
-        "uploadId": record.media_id, "mediaId": record.media_id, "status": record.status,
-        "method": upload.get("method"), "projectId": record.project_id,
+        "uploadId": record.media_id, "mediaId": record.media_id, "status": record.status.value,
+        "method": upload.method, "projectId": record.project_id,
         "filename": record.original_name, "contentType": record.mime_type, "size": record.size,
-        "s3Key": record.s3_key, "expiresAt": upload.get("expiresAt")}
-    if "reason" in upload:
-        view["reason"] = upload["reason"]
+        "s3Key": services().store.full_key(record.s3_key), "expiresAt": upload.expires_at}
+    if record.reason:
+        view["reason"] = record.reason
     if parts is not None:
         view["partsReceived"] = [{"partNumber": p.number, "size": p.size, "etag": p.etag}
                                  for p in parts]
         view["bytesReceived"] = sum(p.size for p in parts)
-    if record.status == "stored":
+    if is_visible(record.status):
         view["media"] = media_json(record)
         view["url"] = view["media"]["url"]
     return view
 
 
 @bp.post("/api/uploads/initiate")
-def initiate():
+def initiate() -> tuple[Response, int]:
     principal = authenticate()
-    svc = services().direct
+    svc = _service()
     project_id, promises = svc.parse_promises(_json_body(required=True))
     note(user=principal.subject, project=project_id, files=len(promises))
     started = svc.initiate(principal, project_id, promises)
@@ -79,23 +90,38 @@ def initiate():
 
 
 @bp.get("/api/uploads/<upload_id>")
-def status(upload_id: str):
-    svc = services().direct
-    record = svc.get(authenticate(), upload_id)
+def status(upload_id: str) -> Response:
+    principal = authenticate()
+    svc = _service()
+    record = svc.get(principal, upload_id)
     return jsonify(success=True, **upload_json(record, parts=svc.received(record)))
 
 
-@bp.post("/api/uploads/<upload_id>/complete")
-def complete(upload_id: str):
+@bp.get("/api/uploads/<upload_id>/parts")
+def parts(upload_id: str) -> Response:
+    """More presigned part URLs: ``?first=<part number>&count=<at most a page>``."""
     principal = authenticate()
-    record = services().direct.complete(principal, upload_id, _json_body(required=False))
-    note(user=principal.subject, project=record.project_id, outcome=record.status)
-    if record.status == "rejected":
-        raise Unprocessable(record.upload.get("reason"), code="upload_rejected")
+    try:
+        first = int(request.args.get("first", "1"))
+        count = int(request.args.get("count", str(services().settings.direct_part_urls_per_page)))
+    except ValueError:
+        raise errors.InvalidPartRange("first and count must be integers.") from None
+    urls = _service().part_urls(principal, upload_id, first=first, count=count)
+    return jsonify(success=True, uploadId=upload_id, parts=urls)
+
+
+@bp.post("/api/uploads/<upload_id>/complete")
+def complete(upload_id: str) -> Response:
+    principal = authenticate()
+    record = _service().complete(principal, upload_id, _json_body(required=False))
+    note(user=principal.subject, project=record.project_id, outcome=record.status.value)
+    if record.status is Status.REJECTED:
+        raise errors.UploadRejected(record.reason)
     return jsonify(success=True, **upload_json(record))
 
 
 @bp.post("/api/uploads/<upload_id>/abort")
-def abort(upload_id: str):
-    record = services().direct.abort(authenticate(), upload_id)
+def abort(upload_id: str) -> Response:
+    principal = authenticate()
+    record = _service().abort(principal, upload_id)
     return jsonify(success=True, **upload_json(record))

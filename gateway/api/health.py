@@ -1,24 +1,27 @@
+"""Liveness and readiness."""
+
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 
 from ..errors import GatewayError
-from ..services import services
+from . import services
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> tuple[Response, int]:
     checks, ready = {}, True
-    for name, component in (("objectStore", services().store), ("recordStore", services().records)):
+    svc = services()
+    for name, check in (("objectStore", svc.store.check), ("recordStore", svc.records.check)):
         try:
-            component.check()
+            check()
             checks[name] = "ok"
         except GatewayError as exc:
             checks[name], ready = exc.message, False

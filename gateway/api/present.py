@@ -1,4 +1,5 @@
 """How a media record looks on the wire (camelCase, with its public URL)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,11 +7,12 @@ from typing import Any
 from flask import request
 
 from ..records import MediaRecord
-from ..services import services
+from . import services
 
 
 def media_json(record: MediaRecord) -> dict[str, Any]:
-    return {
+    svc = services()
+    view: dict[str, Any] = {
         "mediaId": record.media_id,
         "projectId": record.project_id,
         "tenant": record.tenant or None,
@@ -18,11 +20,14 @@ def media_json(record: MediaRecord) -> dict[str, Any]:
         "originalName": record.original_name,
         "fileType": record.file_type,
         "contentType": record.mime_type,
-        "s3Key": record.s3_key,
-        "url": services().urls.url(record.s3_key, request_base=request.host_url),
+        "s3Key": svc.store.full_key(record.s3_key),
+        "url": svc.urls.url(record.s3_key, request_base=request.host_url),
         "size": record.size,
         "sha256": record.sha256,
         "metadata": record.metadata,
-        "status": record.status,
+        "status": record.status.value,
         "createdAt": record.created_at,
     }
+    if record.reason:
+        view["reason"] = record.reason
+    return view

@@ -1,63 +1,79 @@
 """POST /api/upload: the streaming multipart/form-data route."""
+
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Any
 
-from .. import idempotency
+from flask import Blueprint, Response, jsonify, request
+
+from .. import errors, idempotency
 from ..auth import authenticate
-from ..errors import LengthRequired
+from ..bodies import StreamBody
 from ..lingering import drain_after_response
-from ..services import services
+from ..records import MediaRecord
 from ..uploads import UploadRequest, UploadStats
 from ..weblog import note
+from . import services
 from .present import media_json
 
 bp = Blueprint("upload", __name__)
 
 
 @bp.after_request
-def linger(response):
-    if response.status_code >= 400 or response.headers.get("Idempotent-Replayed"):
+def linger(response: Response) -> Response:
+    if response.status_code >= 400:
         drain_after_response(response, request.environ)
     return response
 
 
+def _answer(records: list[MediaRecord]) -> tuple[int, dict[str, Any]]:
+    files = [media_json(record) for record in records]
+    return 201, {"success": True, **(files[0] if len(files) == 1 else {}), "files": files}
+
+
 @bp.post("/api/upload")
-def upload():
+def upload() -> Response:
     principal = authenticate()  # before a single body byte is read
     note(user=principal.subject, tenant=principal.tenant or None)
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if request.content_length is None and not chunked:
-        raise LengthRequired()
+        raise errors.LengthRequired()
     upload_request = UploadRequest(principal=principal, content_type=request.content_type,
                                    content_length=request.content_length,
                                    query_project_id=request.args.get("projectId"))
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
+    body = StreamBody(request.stream)
     stats = UploadStats()
 
-    def run() -> tuple[int, dict]:
+    def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
         try:
-            records = svc.uploads.ingest(request.stream, upload_request, boundary=boundary,
-                                         stats=stats)
+            stored = svc.uploads.ingest(body, upload_request, boundary=boundary, stats=stats,
+                                        answer=plan)
         finally:
             note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
         note(outcome="stored")
-        files = [media_json(record) for record in records]
-        body = {"success": True, **(files[0] if len(files) == 1 else {}), "files": files}
-        return 201, body
+        return (stored.status, stored.body) if plan is not None else _answer(stored.records)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, body = run()
-        return jsonify(body), status
+        status, answer = first(None)
+        return _json(answer, status)
+    plan = idempotency.AnswerPlan(scope=f"{principal.tenant}#{principal.subject}",
+                                  key=idempotency.check_key(key),
+                                  ttl=svc.settings.idempotency_ttl, render=_answer)
     outcome = idempotency.run_once(
-        svc.records, f"{principal.tenant}#{principal.subject}", idempotency.check_key(key),
-        ttl=svc.settings.idempotency_ttl, lock_timeout=svc.settings.idempotency_lock_timeout,
-        produce=run)
-    response = jsonify(outcome.body)
-    response.status_code = outcome.status
+        svc.records, plan, lock_timeout=svc.settings.idempotency_lock_timeout, first=first,
+        fingerprint_of_retry=lambda: svc.uploads.fingerprint(body, upload_request,
+                                                             boundary=boundary))
+    response = _json(outcome.body, outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
         note(outcome="replayed")
+    return response
+
+
+def _json(body: dict[str, Any], status: int) -> Response:
+    response = jsonify(body)
+    response.status_code = status
     return response

@@ -1,13 +1,46 @@
-"""Media records and idempotency entries behind small protocols; SQLite and DynamoDB backends."""
+"""Media records and idempotency entries behind small protocols; SQLite and DynamoDB backends.
+
+Both backends pass one contract suite (tests/test_record_store_contract.py). The rules:
+- ``create_many`` writes all records or none and never overwrites; with ``answer`` it also
+  completes an idempotency claim in the same atomic write.
+- ``update`` is the only way a record changes: a compare-and-set on the record's ``version``
+  that also enforces the lifecycle's transition table (``lifecycle.TRANSITIONS``).
+- ``list_media`` shows visible records only (``lifecycle.VISIBLE``), newest first.
+"""
+
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import BadRequest
+from .. import errors
+from ..lifecycle import Status, may_move
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+
+@dataclass(frozen=True)
+class DirectUpload:
+    """How the bytes of a direct-to-S3 upload travel, and what was promised (gateway/direct.py)."""
+
+    method: Literal["put", "multipart"]
+    expires_at: str  # ISO 8601 UTC, seconds
+    s3_upload_id: str = ""  # multipart only
+    part_size: int = 0
+    part_count: int = 0
+    promised_sha256: str = ""
+    completed_at: str = ""
+
+    protocol: Literal["direct"] = "direct"
+
+
+UploadState = DirectUpload  # the next protocols add their own state types here
 
 
 @dataclass(frozen=True)
@@ -19,30 +52,40 @@ class MediaRecord:
     original_name: str
     file_type: str  # image | video | other
     mime_type: str
-    s3_key: str
+    s3_key: str  # the store's key (the S3 store adds its prefix: ObjectStore.full_key)
     size: int
     sha256: str
     created_at: str  # ISO 8601 UTC, sortable
     metadata: dict[str, str] = field(default_factory=dict)
-    status: str = "stored"  # direct-to-S3 uploads add pending / rejected / aborted / expired
-    # Direct-to-S3 uploads: what was promised and how the bytes travel (see gateway/direct.py).
-    upload: dict[str, Any] = field(default_factory=dict)
+    status: Status = Status.STORED
+    reason: str = ""  # why it ended rejected, aborted, expired or failed
+    upload: UploadState | None = None  # set while (and after) a protocol receives the bytes
+    version: int = 0  # bumped by every update: the compare-and-set token
 
     @property
     def expires_at(self) -> str:
-        """When a pending direct upload expires (ISO 8601), or "" for any other record."""
-        return self.upload.get("expiresAt", "") if self.status == "pending" else ""
+        """When a pending upload expires (ISO 8601), or "" for any other record."""
+        if self.status is Status.PENDING and self.upload is not None:
+            return self.upload.expires_at
+        return ""
 
-    def evolve(self, **changes: Any) -> "MediaRecord":
+    def evolve(self, **changes: Any) -> MediaRecord:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MediaRecord":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict[str, Any]) -> MediaRecord:
+        values = dict(data)
+        values["status"] = Status(values["status"])
+        upload = values.get("upload")
+        if upload is not None:
+            values["upload"] = _UPLOAD_TYPES[upload["protocol"]](**upload)
+        return cls(**values)
+
+
+_UPLOAD_TYPES: dict[str, type[UploadState]] = {"direct": DirectUpload}
 
 
 @dataclass(frozen=True)
@@ -53,31 +96,51 @@ class Page:
 
 @dataclass(frozen=True)
 class SavedResponse:
+    """The first answer to an idempotent request, and what identifies that request."""
+
     status: int
     body: dict[str, Any]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    """Completes an idempotency claim in the same atomic write as the records it answers with."""
+
+    scope: str
+    key: str
+    response: SavedResponse
+    expires_at: float  # epoch seconds
 
 
 class RecordStore(Protocol):
-    def create_many(self, records: Sequence[MediaRecord]) -> None:
-        """Insert all records or none; never overwrites (raises RecordExists)."""
+    def create_many(
+        self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
+    ) -> None:
+        """Insert all records (and save ``answer``) or none; never overwrites (RecordExists)."""
 
     def get(self, media_id: str) -> MediaRecord:
-        """Raises RecordNotFound."""
+        """Raises MediaNotFound."""
 
-    def list(self, *, tenant: str, project_id: str, cursor: str | None, limit: int) -> Page:
-        """Stored media, newest first."""
+    def list_media(
+        self, *, tenant: str, project_id: str, cursor: str | None, limit: int,
+        status: Status | None = None,
+    ) -> Page:
+        """Visible media of one project, newest first; ``status`` narrows it to one status."""
 
     def delete(self, media_id: str) -> None:
         """Idempotent."""
 
-    def replace(self, record: MediaRecord, *, expected_status: str) -> bool:
-        """Overwrite the record iff its stored status is still ``expected_status``.
-
-        False when another request moved it first (compare-and-set on the status).
-        """
+    def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
+        """Write ``record`` iff the stored one is still ``expected`` (same version), and only
+        along an allowed transition (else IllegalTransition). The written record, with its
+        version bumped, or None when another request changed it first."""
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
-        """Pending direct uploads whose expiry (ISO 8601) is before ``now``."""
+        """Pending uploads whose expiry (ISO 8601) is before ``now``."""
+
+    def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
+        """How many uploads of this caller are pending (counting stops past ``at_most``)."""
 
     def check(self) -> None:
         """Raise RecordStoreError unless reachable (readiness)."""
@@ -86,18 +149,31 @@ class RecordStore(Protocol):
 
 
 class IdempotencyStore(Protocol):
-    def claim(self, scope: str, key: str, *, now: float, lock_timeout: float,
-              ttl: float) -> SavedResponse | None:
+    def claim(
+        self, scope: str, key: str, *, now: float, lock_timeout: float, ttl: float
+    ) -> SavedResponse | None:
         """Claim the key for a new request (None), or return the saved first answer.
 
-        Raises Conflict while another request holds a fresh claim on it.
+        Raises IdempotencyInProgress while another request holds a fresh claim on it.
         """
-
-    def save(self, scope: str, key: str, response: SavedResponse, *, now: float,
-             ttl: float) -> None: ...
 
     def release(self, scope: str, key: str) -> None:
         """Forget a claim whose request failed, so a retry can run."""
+
+
+class MediaStore(RecordStore, IdempotencyStore, Protocol):
+    """What each backend is: both stores in one (one transaction can touch both)."""
+
+
+def checked_update(current: MediaRecord, new: MediaRecord) -> MediaRecord:
+    """The record ``update`` writes: the transition checked, the version bumped."""
+    if new.media_id != current.media_id:
+        raise ValueError("update must keep the media id")
+    if new.status is not current.status and not may_move(current.status, new.status):
+        raise errors.IllegalTransition(
+            f"A media item cannot move from {current.status} to {new.status}."
+        )
+    return new.evolve(version=current.version + 1)
 
 
 def encode_cursor(created_at: str, media_id: str) -> str:
@@ -108,24 +184,24 @@ def encode_cursor(created_at: str, media_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, media_id = json.loads(base64.urlsafe_b64decode(padded))
-        if not isinstance(created_at, str) or not isinstance(media_id, str):
-            raise ValueError
-        return created_at, media_id
-    except ValueError:
-        raise BadRequest("The cursor is not valid.", code="invalid_cursor") from None
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        raise errors.InvalidCursor() from None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(part, str) for part in value)):
+        raise errors.InvalidCursor()
+    return value[0], value[1]
 
 
-def open_records(settings):
-    """The backend named by ``GATEWAY_RECORDS_URL`` (a RecordStore that is also the
-    IdempotencyStore)."""
+def open_records(settings: Settings) -> MediaStore:
+    """The backend named by ``GATEWAY_RECORDS_URL``."""
     if settings.records_url.startswith("dynamodb://"):
         from .dynamodb import DynamoRecordStore, make_dynamodb_client
 
-        store = DynamoRecordStore(make_dynamodb_client(settings),
-                                  table=settings.records_url[len("dynamodb://"):].strip("/"))
-    else:
-        from .sqlite import SqliteRecordStore
+        return DynamoRecordStore(
+            make_dynamodb_client(settings),
+            table=settings.records_url[len("dynamodb://") :].strip("/"),
+        )
+    from .sqlite import SqliteRecordStore
 
-        store = SqliteRecordStore(settings.records_url[len("sqlite:///"):])
-    return store
+    return SqliteRecordStore(settings.records_url[len("sqlite:///") :])

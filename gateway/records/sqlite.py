@@ -3,31 +3,41 @@
 WAL mode and a busy timeout make it safe for several gunicorn workers and threads: each thread
 keeps its own connection, writers queue on SQLite's lock instead of failing.
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any, TypeVar
 
-from ..errors import Conflict, RecordExists, RecordNotFound, RecordStoreError
-from . import MediaRecord, Page, SavedResponse, decode_cursor, encode_cursor
+from .. import errors
+from ..lifecycle import VISIBLE, Status
+from . import IdempotentAnswer, MediaRecord, Page, SavedResponse, checked_update, decode_cursor, encode_cursor
 
-SCHEMA = """
+T = TypeVar("T")
+_VISIBLE_SQL = ", ".join(f"'{status.value}'" for status in sorted(VISIBLE))
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS media (
     media_id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
     project_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
     created_at TEXT NOT NULL,
     s3_key TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL,
+    version INTEGER NOT NULL,
     expires_at TEXT NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS media_by_project
-    ON media (tenant, project_id, status, created_at, media_id);
+CREATE INDEX IF NOT EXISTS media_visible
+    ON media (tenant, project_id, created_at, media_id) WHERE status IN ({_VISIBLE_SQL});
 CREATE INDEX IF NOT EXISTS media_pending ON media (expires_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS media_pending_by_owner ON media (tenant, owner)
+    WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -35,6 +45,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at REAL NOT NULL,
     status INTEGER,
     body TEXT,
+    fingerprint TEXT,
     PRIMARY KEY (scope, key)
 );
 """
@@ -47,12 +58,13 @@ class SqliteRecordStore:
         self._schema_ready = False
 
     def _connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=10, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
@@ -62,11 +74,25 @@ class SqliteRecordStore:
             self._schema_ready = True
         return conn
 
-    def _run(self, fn):
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return fn(self._connect())
         except sqlite3.Error as exc:
-            raise RecordStoreError() from exc  # the cause is logged, never sent
+            raise errors.RecordStoreError() from exc  # the cause is logged, never sent
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return self._run(run)
 
     def create_schema(self) -> None:
         self._run(lambda conn: conn.executescript(SCHEMA))
@@ -74,38 +100,53 @@ class SqliteRecordStore:
     def check(self) -> None:
         self._run(lambda conn: conn.execute("SELECT 1 FROM media LIMIT 1").fetchall())
 
-    def create_many(self, records: Sequence[MediaRecord]) -> None:
+    @staticmethod
+    def _row(r: MediaRecord) -> tuple[Any, ...]:
+        return (r.media_id, r.tenant, r.project_id, r.owner, r.created_at, r.s3_key,
+                r.status.value, r.version, r.expires_at, json.dumps(r.to_dict()))
+
+    def create_many(
+        self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
+    ) -> None:
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT INTO media (media_id, tenant, project_id, created_at, s3_key,"
-                    " status, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r.media_id, r.tenant, r.project_id, r.created_at, r.s3_key, r.status,
-                      r.expires_at, json.dumps(r.to_dict())) for r in records])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            conn.executemany(
+                "INSERT INTO media (media_id, tenant, project_id, owner, created_at, s3_key,"
+                " status, version, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [self._row(r) for r in records],
+            )
+            if answer is not None:
+                response = answer.response
+                conn.execute(
+                    "UPDATE idempotency SET status = ?, body = ?, fingerprint = ?, expires_at = ?"
+                    " WHERE scope = ? AND key = ?",
+                    (response.status, json.dumps(response.body), response.fingerprint,
+                     answer.expires_at, answer.scope, answer.key),
+                )
 
         try:
-            self._run(insert)
-        except RecordStoreError as exc:
+            self._transaction(insert)
+        except errors.RecordStoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise RecordExists() from exc.__cause__
+                raise errors.RecordExists() from exc.__cause__
             raise
 
     def get(self, media_id: str) -> MediaRecord:
         row = self._run(lambda conn: conn.execute(
             "SELECT body FROM media WHERE media_id = ?", (media_id,)).fetchone())
         if row is None:
-            raise RecordNotFound()
+            raise errors.MediaNotFound()
         return MediaRecord.from_dict(json.loads(row[0]))
 
-    def list(self, *, tenant: str, project_id: str, cursor: str | None, limit: int) -> Page:
-        sql = "SELECT body FROM media WHERE tenant = ? AND project_id = ? AND status = 'stored'"
-        args: list = [tenant, project_id]
+    def list_media(
+        self, *, tenant: str, project_id: str, cursor: str | None, limit: int,
+        status: Status | None = None,
+    ) -> Page:
+        sql = (f"SELECT body FROM media WHERE tenant = ? AND project_id = ?"
+               f" AND status IN ({_VISIBLE_SQL})")
+        args: list[Any] = [tenant, project_id]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status.value)
         if cursor:
             created_at, media_id = decode_cursor(cursor)
             sql += " AND (created_at, media_id) < (?, ?)"
@@ -122,12 +163,14 @@ class SqliteRecordStore:
     def delete(self, media_id: str) -> None:
         self._run(lambda conn: conn.execute("DELETE FROM media WHERE media_id = ?", (media_id,)))
 
-    def replace(self, record: MediaRecord, *, expected_status: str) -> bool:
+    def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
+        new = checked_update(expected, record)
         cursor = self._run(lambda conn: conn.execute(
-            "UPDATE media SET status = ?, expires_at = ?, body = ? WHERE media_id = ? AND status = ?",
-            (record.status, record.expires_at, json.dumps(record.to_dict()), record.media_id,
-             expected_status)))
-        return cursor.rowcount == 1
+            "UPDATE media SET status = ?, version = ?, expires_at = ?, body = ?"
+            " WHERE media_id = ? AND version = ?",
+            (new.status.value, new.version, new.expires_at, json.dumps(new.to_dict()),
+             new.media_id, expected.version)))
+        return new if cursor.rowcount == 1 else None
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         rows = self._run(lambda conn: conn.execute(
@@ -135,42 +178,32 @@ class SqliteRecordStore:
             " ORDER BY expires_at LIMIT ?", (now, limit)).fetchall())
         return [MediaRecord.from_dict(json.loads(row[0])) for row in rows]
 
+    def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
+        row = self._run(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM media WHERE status = 'pending' AND tenant = ?"
+            " AND owner = ? LIMIT ?)", (tenant, owner, at_most + 1)).fetchone())
+        return int(row[0])
+
     # -- idempotency -------------------------------------------------------------------------
-    def claim(self, scope: str, key: str, *, now: float, lock_timeout: float,
-              ttl: float) -> SavedResponse | None:
+    def claim(
+        self, scope: str, key: str, *, now: float, lock_timeout: float, ttl: float
+    ) -> SavedResponse | None:
         def claim(conn: sqlite3.Connection) -> SavedResponse | None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT claimed_at, expires_at, status, body FROM idempotency"
-                    " WHERE scope = ? AND key = ?", (scope, key)).fetchone()
-                if row is not None and row[1] > now:
-                    claimed_at, _, status, body = row
-                    if status is not None:
-                        conn.execute("COMMIT")
-                        return SavedResponse(status, json.loads(body))
-                    if claimed_at + lock_timeout >= now:
-                        conn.execute("COMMIT")
-                        raise Conflict("A request with this Idempotency-Key is still running.",
-                                       code="idempotency_in_progress")
-                conn.execute(
-                    "INSERT OR REPLACE INTO idempotency (scope, key, claimed_at, expires_at)"
-                    " VALUES (?, ?, ?, ?)", (scope, key, now, now + ttl))
-                conn.execute("COMMIT")
-                return None
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            row = conn.execute(
+                "SELECT claimed_at, expires_at, status, body, fingerprint FROM idempotency"
+                " WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+            if row is not None and row[1] > now:
+                claimed_at, _, status, body, fingerprint = row
+                if status is not None:
+                    return SavedResponse(status, json.loads(body), fingerprint)
+                if claimed_at + lock_timeout >= now:
+                    raise errors.IdempotencyInProgress()
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency (scope, key, claimed_at, expires_at)"
+                " VALUES (?, ?, ?, ?)", (scope, key, now, now + ttl))
+            return None
 
-        return self._run(claim)
-
-    def save(self, scope: str, key: str, response: SavedResponse, *, now: float,
-             ttl: float) -> None:
-        self._run(lambda conn: conn.execute(
-            "UPDATE idempotency SET status = ?, body = ?, expires_at = ?"
-            " WHERE scope = ? AND key = ?",
-            (response.status, json.dumps(response.body), now + ttl, scope, key)))
+        return self._transaction(claim)
 
     def release(self, scope: str, key: str) -> None:
         self._run(lambda conn: conn.execute(

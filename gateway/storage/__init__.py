@@ -1,16 +1,26 @@
-"""Object storage behind one small protocol, with S3 and a local directory as backends.
+"""Object storage: one small core protocol, optional capabilities beside it, two backends.
 
 Contract shared by every backend: nothing written through a writer is visible under its key
 until ``commit()``; ``abort()`` leaves nothing behind. A writer is never committed implicitly:
 it has no finalizer and is not an ``io.IOBase`` (whose ``close()`` on garbage collection would
 complete a partial multipart upload); only an explicit ``commit()`` makes an object visible.
+
+Capabilities (as tusd composes optional store interfaces) are explicit in ``Storage``: a backend
+that cannot do a thing simply has ``None`` there, and the features built on it are absent.
 """
+
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .s3_direct import S3DirectUploads
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class ObjectWriter(Protocol):
     key: str
     bytes_written: int
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append bytes. May block while earlier parts are still being sent (backpressure)."""
 
     def spill(self) -> None:
@@ -72,10 +82,16 @@ class ObjectStore(Protocol):
     def check(self) -> None:
         """Raise ``StorageError`` unless the store is reachable (readiness)."""
 
+    def full_key(self, key: str) -> str:
+        """The object's own name in the backend (the S3 store adds its prefix)."""
+
     def direct_url(self, key: str) -> str | None:
         """The store's own URL for the key, or None when the gateway itself serves it."""
 
-    # Sweeper support.
+
+class ObjectListing(Protocol):
+    """What the sweeper needs: unfinished uploads and every object, with their ages."""
+
     def pending_uploads(self) -> Iterator[PendingUpload]: ...
 
     def abort_pending(self, upload: PendingUpload) -> None: ...
@@ -83,32 +99,36 @@ class ObjectStore(Protocol):
     def objects(self) -> Iterator[ObjectInfo]: ...
 
 
-@contextlib.contextmanager
-def writer(store: ObjectStore, key: str, *, content_type: str, metadata: dict[str, str],
-           sha256: str) -> Iterator[ObjectWriter]:
-    """DESIGN's ``with`` form for a single object: commit on a clean exit, abort on any
-    exception. The upload service drives writers explicitly, committing a request's objects
-    together only after its closing boundary."""
-    w = store.open_writer(key, content_type=content_type, metadata=metadata)
-    try:
-        yield w
-    except BaseException:
-        w.abort()
-        raise
-    w.commit(sha256=sha256)
+class LocalFiles(Protocol):
+    """A store whose objects are files the gateway can serve itself (the embedded mode)."""
+
+    def path_of(self, key: str) -> Path: ...
+
+    def is_servable(self, key: str) -> bool:
+        """A committed object under a gateway-made key (never a temporary file)."""
 
 
-def open_store(settings) -> ObjectStore:
-    """The backend named by ``GATEWAY_STORAGE_URL``."""
-    from urllib.parse import urlparse
+@dataclass(frozen=True)
+class Storage:
+    objects: ObjectStore
+    listing: ObjectListing
+    provision: Callable[[], None] | None  # creates what the backend needs (the S3 bucket)
+    direct: S3DirectUploads | None  # presigned uploads straight to the backend
+    local: LocalFiles | None  # files the gateway serves at /media/
 
+
+def open_storage(settings: Settings) -> Storage:
+    """The backend named by ``GATEWAY_STORAGE_URL``, with the capabilities it has."""
     url = urlparse(settings.storage_url)
     if url.scheme == "s3":
         from .s3 import S3ObjectStore, make_s3_client
+        from .s3_direct import S3DirectUploads
 
-        return S3ObjectStore(make_s3_client(settings), bucket=url.netloc,
-                             prefix=url.path.strip("/"), settings=settings)
+        s3 = S3ObjectStore.from_settings(make_s3_client(settings), bucket=url.netloc,
+                                         prefix=url.path.strip("/"), settings=settings)
+        return Storage(objects=s3, listing=s3, provision=s3.create_bucket,
+                       direct=S3DirectUploads(s3), local=None)
     from .local import LocalObjectStore
 
-    path = url.path if url.scheme == "file" else settings.storage_url
-    return LocalObjectStore(path)
+    local = LocalObjectStore(url.path if url.scheme == "file" else settings.storage_url)
+    return Storage(objects=local, listing=local, provision=None, direct=None, local=local)

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StorageError
+from ..errors import StorageError, StorageUnavailable
+from ..naming import media_id_of_key
 from . import ObjectInfo, PendingUpload, StoredObject
 
 TEMP_PREFIX = ".partial-"
@@ -26,7 +27,7 @@ class LocalObjectWriter:
         self._file = open(self._temp, "xb")
         self._done = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         try:
             self._file.write(data)
         except OSError as exc:
@@ -91,17 +92,27 @@ class LocalObjectStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def full_key(self, key: str) -> str:
+        return key
+
     def path_of(self, key: str) -> Path:
         return self._path(key)
+
+    def is_servable(self, key: str) -> bool:
+        if TEMP_PREFIX in key or media_id_of_key(key) is None:
+            return False
+        try:
+            return self._path(key).is_file()
+        except ValueError:
+            return False
 
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if not os.access(self.root, os.W_OK):
-                raise StorageError("The media directory is not writable.", retryable=True)
+                raise StorageUnavailable("The media directory is not writable.")
         except OSError as exc:
-            raise StorageError(f"The media directory is unusable: {exc.strerror}",
-                               retryable=True) from exc
+            raise StorageUnavailable(f"The media directory is unusable: {exc.strerror}") from exc
 
     def direct_url(self, key: str) -> str | None:
         return None

@@ -16,14 +16,18 @@ import threading
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import StorageError
+from ..errors import StorageError, StorageUnavailable
 from . import ObjectInfo, PendingUpload, StoredObject
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,7 +39,7 @@ RETRYABLE_CODES = frozenset({
 })
 
 
-def make_s3_client(settings) -> Any:
+def make_s3_client(settings: Settings) -> Any:
     config = Config(
         region_name=settings.s3_region,
         signature_version="s3v4",  # presigned URLs too (SigV2 signs no Content-Length)
@@ -58,9 +62,9 @@ def translate(exc: Exception, action: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        retryable = code in RETRYABLE_CODES or status == 503
-        return StorageError(f"Object store error while {action}: {code or status}.",
-                            retryable=retryable)
+        if code in RETRYABLE_CODES or status == 503:
+            return StorageUnavailable(f"Object store unavailable while {action}: {code or status}.")
+        return StorageError(f"Object store error while {action}: {code or status}.")
     if isinstance(exc, BotoCoreError):
         return StorageError(f"Object store unreachable while {action}.")
     raise TypeError(f"not a botocore error: {exc!r}")
@@ -121,7 +125,7 @@ class S3ObjectWriter:
         self._closed = False
 
     # -- writing ---------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         self.bytes_written += len(view)
         size = self._store.part_size
@@ -243,19 +247,29 @@ class S3ObjectWriter:
 
 
 class S3ObjectStore:
-    def __init__(self, client: Any, *, bucket: str, prefix: str = "", settings=None,
-                 part_size: int | None = None, parts_in_flight: int | None = None,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+    """Every value comes from the caller (``from_settings``): one default per setting, in config."""
+
+    def __init__(self, client: Any, *, bucket: str, prefix: str, part_size: int,
+                 parts_in_flight: int, endpoint_url: str, region: str,
+                 executor: ThreadPoolExecutor) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.part_size = part_size or (settings.effective_part_size if settings else 8 << 20)
-        self.parts_in_flight = parts_in_flight or (settings.s3_parts_in_flight if settings else 2)
-        self.endpoint_url = (settings.s3_endpoint_url if settings else "") or ""
-        self.region = settings.s3_region if settings else "us-east-1"
-        pool = settings.s3_max_pool_connections if settings else 32
-        self.executor = executor or ThreadPoolExecutor(pool, thread_name_prefix="s3-part")
+        self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.executor = executor
         self.buffers = PartBuffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
+
+    @classmethod
+    def from_settings(cls, client: Any, *, bucket: str, prefix: str,
+                      settings: Settings) -> S3ObjectStore:
+        return cls(client, bucket=bucket, prefix=prefix, part_size=settings.effective_part_size,
+                   parts_in_flight=settings.s3_parts_in_flight,
+                   endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                   executor=ThreadPoolExecutor(settings.s3_max_pool_connections,
+                                               thread_name_prefix="s3-part"))
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -297,7 +311,7 @@ class S3ObjectStore:
 
     def pending_uploads(self) -> Iterator[PendingUpload]:
         paginator = self.client.get_paginator("list_multipart_uploads")
-        kwargs = {"Bucket": self.bucket}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.prefix:
             kwargs["Prefix"] = self.prefix + "/"
         try:
@@ -315,7 +329,7 @@ class S3ObjectStore:
 
     def objects(self) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
-        kwargs = {"Bucket": self.bucket}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.prefix:
             kwargs["Prefix"] = self.prefix + "/"
         try:

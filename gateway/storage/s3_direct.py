@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import Conflict, StorageError
+from ..errors import StorageError, UploadChanged
 from .s3 import S3ObjectStore, _call, translate
 
 
@@ -35,11 +35,6 @@ def _changed(exc: ClientError) -> bool:
     is no longer there: replaced (412) or deleted (404, e.g. by a concurrent complete)."""
     return (exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey")
             or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (412, 404))
-
-
-def _changed_conflict() -> Conflict:
-    return Conflict("The uploaded object changed while it was being checked; complete again.",
-                    code="upload_changed")
 
 
 class S3DirectUploads:
@@ -74,19 +69,20 @@ class S3DirectUploads:
                                                    Conditions=conditions, ExpiresIn=expires_in)
         return {"url": post["url"], "fields": post["fields"]}
 
-    def start_multipart(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str:
-        return _call("starting a multipart upload", self.client.create_multipart_upload,
-                     Bucket=self.bucket, Key=self._key(key), ContentType=content_type,
-                     Metadata=metadata)["UploadId"]
+    def start_multipart(self, key: str, *, content_type: str, content_disposition: str,
+                        metadata: dict[str, str]) -> str:
+        return str(_call("starting a multipart upload", self.client.create_multipart_upload,
+                         Bucket=self.bucket, Key=self._key(key), ContentType=content_type,
+                         ContentDisposition=content_disposition, Metadata=metadata)["UploadId"])
 
-    def presign_parts(self, key: str, upload_id: str, sizes: list[int],
+    def presign_parts(self, key: str, upload_id: str, parts: list[tuple[int, int]],
                       expires_in: int) -> list[dict[str, Any]]:
-        """One URL per part, each bound (SigV4 signed header) to that part's exact length."""
+        """One URL per (number, size), each bound (SigV4 signed header) to that exact length."""
         return [{"partNumber": number, "size": size, "url": self.client.generate_presigned_url(
             "upload_part", ExpiresIn=expires_in,
             Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
                     "PartNumber": number, "ContentLength": size})}
-            for number, size in enumerate(sizes, start=1)]
+            for number, size in parts]
 
     # -- what S3 holds ------------------------------------------------------------------------------
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo] | None:
@@ -138,7 +134,7 @@ class S3DirectUploads:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)
         except ClientError as exc:
             if if_match and _changed(exc):
-                raise _changed_conflict() from exc
+                raise UploadChanged() from exc
             raise translate(exc, "reading an object") from exc
         except BotoCoreError as exc:
             raise translate(exc, "reading an object") from exc
@@ -158,15 +154,19 @@ class S3DirectUploads:
             raise StorageError("Object store failed while reading an object.") from exc
         return digest.hexdigest()
 
-    def copy(self, source: str, target: str, *, if_match: str) -> None:
-        """Server-side copy of exactly the version checked (CopySourceIfMatch)."""
+    def copy(self, source: str, target: str, *, if_match: str, content_type: str,
+             content_disposition: str, metadata: dict[str, str]) -> None:
+        """Server-side copy of exactly the version checked (CopySourceIfMatch), carrying only
+        the headers and metadata given here: whatever the client sent with its PUT stays behind."""
         try:
             self.client.copy_object(Bucket=self.bucket, Key=self._key(target),
                                     CopySource={"Bucket": self.bucket, "Key": self._key(source)},
-                                    CopySourceIfMatch=if_match, MetadataDirective="COPY")
+                                    CopySourceIfMatch=if_match, MetadataDirective="REPLACE",
+                                    ContentType=content_type,
+                                    ContentDisposition=content_disposition, Metadata=metadata)
         except ClientError as exc:
             if _changed(exc):
-                raise _changed_conflict() from exc
+                raise UploadChanged() from exc
             raise translate(exc, "copying an object") from exc
         except BotoCoreError as exc:
             raise translate(exc, "copying an object") from exc

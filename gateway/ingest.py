@@ -1,0 +1,159 @@
+"""The per-file ingest step every protocol shares: sniff -> allow-list -> writer -> SHA-256 ->
+record draft. No Flask, no wire format: a protocol hands bytes (or, for direct uploads, the
+first bytes of what the store holds) and gets checked content, an object and a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from . import errors
+from .lifecycle import Status
+from .naming import content_disposition, object_key
+from .principal import Principal
+from .records import MediaRecord, UploadState
+from .sniff import SNIFF_BYTES, SniffedType, is_allowed, sniff
+from .storage import ObjectStore, ObjectWriter
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+
+def checked_type(head: bytes, allowed_types: tuple[str, ...], *, name: str) -> SniffedType:
+    """The type the first bytes say, if the allow-list admits it (else UnsupportedType)."""
+    sniffed = sniff(head)
+    if sniffed is None or not is_allowed(sniffed.mime, allowed_types):
+        what = sniffed.mime if sniffed else "unrecognized content"
+        raise errors.UnsupportedType(
+            f"File {name!r} is {what}; allowed: {', '.join(allowed_types)}."
+        )
+    return sniffed
+
+
+def object_metadata(
+    *, media_id: str, project_id: str, owner: str, original_name: str, sha256: str = ""
+) -> dict[str, str]:
+    """The metadata every object carries (ASCII: it travels as HTTP headers)."""
+    metadata = {
+        "media-id": media_id,
+        "project-id": project_id,
+        "owner": quote(owner, safe=""),
+        "original-name": quote(original_name, safe=""),
+    }
+    if sha256:
+        metadata["sha256"] = sha256
+    return metadata
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Who uploads, into which project: everything a key and a record need besides the file."""
+
+    principal: Principal
+    project_id: str
+
+    def key(self, media_id: str, sniffed: SniffedType) -> str:
+        return object_key(tenant=self.principal.tenant, project_id=self.project_id,
+                          media_id=media_id, extension=sniffed.extension)
+
+    def draft(
+        self, *, media_id: str, original_name: str, sniffed: SniffedType, size: int,
+        sha256: str, created_at: str, metadata: dict[str, str], status: Status = Status.STORED,
+        upload: UploadState | None = None,
+    ) -> MediaRecord:
+        return MediaRecord(
+            media_id=media_id, project_id=self.project_id, tenant=self.principal.tenant,
+            owner=self.principal.subject, original_name=original_name,
+            file_type=sniffed.file_type, mime_type=sniffed.mime,
+            s3_key=self.key(media_id, sniffed), size=size, sha256=sha256,
+            created_at=created_at, metadata=dict(metadata), status=status, upload=upload,
+        )
+
+
+@dataclass
+class IncomingFile:
+    """One file whose bytes stream through the gateway.
+
+    The first ``SNIFF_BYTES`` are held until the type is known, so a refused type never opens a
+    writer (no S3 call); after that every byte is hashed and written as it arrives.
+    """
+
+    store: ObjectStore
+    destination: Destination
+    allowed_types: tuple[str, ...]
+    media_id: str
+    original_name: str
+    expected_sha256: str | None = None
+    size: int = 0
+    writer: ObjectWriter | None = None
+    sniffed: SniffedType | None = None
+    commit_started: bool = False
+    _head: bytearray = field(default_factory=bytearray)
+    _hasher: _Hash = field(default_factory=hashlib.sha256)
+
+    @property
+    def key(self) -> str:
+        assert self.sniffed is not None
+        return self.destination.key(self.media_id, self.sniffed)
+
+    @property
+    def sha256(self) -> str:
+        return self._hasher.hexdigest()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        self._hasher.update(data)
+        if self.writer is not None:
+            self.writer.write(data)
+            return
+        self._head += data
+        if len(self._head) >= SNIFF_BYTES:
+            self._open()
+
+    def finish(self, *, more_follow: bool) -> None:
+        """The last byte arrived: refuse an empty file or a wrong checksum, free the buffers
+        when more files follow in the same request."""
+        if self.size == 0:
+            raise errors.EmptyFile()
+        if self.writer is None:
+            self._open()
+        assert self.writer is not None
+        if self.expected_sha256 is not None and self.expected_sha256 != self.sha256:
+            raise errors.ChecksumMismatch()
+        if more_follow:
+            self.writer.spill()
+
+    def _open(self) -> None:
+        head = bytes(self._head)
+        self.sniffed = checked_type(head, self.allowed_types, name=self.original_name)
+        metadata = object_metadata(
+            media_id=self.media_id, project_id=self.destination.project_id,
+            owner=self.destination.principal.subject, original_name=self.original_name,
+            sha256=self.expected_sha256 or "",
+        )
+        self.writer = self.store.open_writer(
+            self.key, content_type=self.sniffed.mime, metadata=metadata,
+            content_disposition=content_disposition(self.original_name),
+        )
+        self._head = bytearray()
+        self.writer.write(head)
+
+    def commit(self) -> None:
+        assert self.writer is not None
+        self.commit_started = True
+        self.writer.commit(sha256=self.sha256)
+
+    def abort(self) -> None:
+        """Discard what was written; a no-op once committed."""
+        if self.writer is not None:
+            self.writer.abort()
+
+    def draft(self, *, created_at: str, metadata: dict[str, str]) -> MediaRecord:
+        assert self.sniffed is not None
+        return self.destination.draft(
+            media_id=self.media_id, original_name=self.original_name, sniffed=self.sniffed,
+            size=self.size, sha256=self.sha256, created_at=created_at, metadata=metadata,
+        )

@@ -1,0 +1,161 @@
+"""The sweeper: removes what failed requests, killed workers and abandoned clients left behind.
+
+One run: expire overdue direct uploads; abort stale multipart (or local temporary) uploads that
+no pending upload owns; delete journaled orphans and gateway-made objects that no record owns.
+Every item is handled on its own: a failure is logged and counted and the run goes on, so one
+undeletable object cannot stop every later sweep. Nothing here knows Flask or click.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from . import errors
+from .direct import DirectUploadService, parse_key, staging_key
+from .lifecycle import OWNS_OBJECT, Status
+from .orphans import OrphanJournal
+from .records import MediaRecord, RecordStore
+from .storage import ObjectListing, ObjectStore, PendingUpload
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class SweepReport:
+    done: list[str] = field(default_factory=list)  # one line per thing removed (or to remove)
+    failed: list[str] = field(default_factory=list)  # one line per thing that could not be
+
+
+class Sweeper:
+    def __init__(self, *, store: ObjectStore, listing: ObjectListing, records: RecordStore,
+                 journal: OrphanJournal, direct: DirectUploadService | None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.listing = listing
+        self.records = records
+        self.journal = journal
+        self.direct = direct
+        self.clock = clock
+
+    def sweep(self, *, older_than: timedelta, dry_run: bool = False,
+              now: datetime | None = None) -> SweepReport:
+        now = now or self.clock()
+        cutoff = now - older_than
+        report = SweepReport()
+        self._expire_direct_uploads(now, dry_run, report)
+        self._each(report, "abort upload", self._stale_uploads(cutoff), dry_run,
+                   lambda upload: self.listing.abort_pending(upload),
+                   lambda upload: f"{upload.key} ({upload.upload_id})")
+        journaled = self._journaled(report)
+        undeleted = self._each(report, "delete journaled orphan",
+                               [key for key in sorted(journaled) if not self._owned(key, report)],
+                               dry_run, self.store.delete, str)
+        if journaled and not dry_run:
+            try:
+                self.journal.forget(journaled - set(undeleted))
+            except Exception:
+                log.error("could not rewrite the orphan journal", exc_info=True)
+                report.failed.append("rewrite the orphan journal")
+        self._each(report, "delete unrecorded object",
+                   self._unrecorded_objects(cutoff, journaled, report), dry_run,
+                   self.store.delete, str)
+        return report
+
+    # -- the parts -------------------------------------------------------------------------------
+    def _expire_direct_uploads(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
+        if self.direct is None:
+            return
+        try:
+            if dry_run:
+                overdue = self.records.expired_pending(now=now.isoformat(timespec="seconds"),
+                                                       limit=500)
+                report.done += [f"expire direct upload {r.media_id}" for r in overdue]
+            else:
+                report.done += [f"expire direct upload {media_id}"
+                                for media_id in self.direct.expire_overdue(now=now)]
+        except Exception:
+            log.error("could not expire overdue direct uploads", exc_info=True)
+            report.failed.append("expire direct uploads")
+
+    def _stale_uploads(self, cutoff: datetime) -> Iterable[PendingUpload]:
+        for upload in self.listing.pending_uploads():
+            if upload.started < cutoff and not self._is_live_direct_upload(upload.key):
+                yield upload
+
+    def _journaled(self, report: SweepReport) -> set[str]:
+        try:
+            return set(self.journal.keys())
+        except Exception:
+            log.error("could not read the orphan journal", exc_info=True)
+            report.failed.append("read the orphan journal")
+            return set()
+
+    def _unrecorded_objects(self, cutoff: datetime, journaled: set[str],
+                            report: SweepReport) -> Iterable[str]:
+        for obj in self.listing.objects():
+            if obj.key in journaled or obj.modified >= cutoff:
+                continue
+            if parse_key(obj.key)[0] is not None and not self._owned(obj.key, report):
+                yield obj.key
+
+    def _each(self, report: SweepReport, action: str, items: Iterable[T], dry_run: bool,
+              act: Callable[[T], object], describe: Callable[[T], str]) -> list[T]:
+        """Act on every item, each on its own; the items whose action failed."""
+        failed: list[T] = []
+        try:
+            for item in items:
+                line = f"{action} {describe(item)}"
+                if dry_run:
+                    report.done.append(line)
+                    continue
+                try:
+                    act(item)
+                    report.done.append(line)
+                except Exception:
+                    log.error("sweep could not %s", line, exc_info=True)
+                    report.failed.append(line)
+                    failed.append(item)
+        except Exception:
+            log.error("sweep could not list what to %s", action, exc_info=True)
+            report.failed.append(f"list for {action}")
+        return failed
+
+    # -- ownership -------------------------------------------------------------------------------
+    def _record_of(self, media_id: str) -> MediaRecord | None:
+        try:
+            return self.records.get(media_id)
+        except errors.MediaNotFound:
+            return None
+
+    def _is_live_direct_upload(self, key: str) -> bool:
+        """Whether a multipart upload to ``key`` is a direct upload still pending: those are the
+        client's to finish until ``expiresAt`` (expiry cleans up the overdue ones)."""
+        media_id, staging = parse_key(key)
+        if media_id is None or staging:
+            return False
+        record = self._record_of(media_id)
+        return record is not None and record.s3_key == key and record.status is Status.PENDING
+
+    def _owned(self, key: str, report: SweepReport) -> bool:
+        """Whether a live record owns the key (never delete those, nor keys the gateway did not
+        make): the record's own key while its status owns an object; a staging key
+        (``<key>.upload``) only while its upload is pending. When the record store cannot
+        answer, the key counts as owned (and the failure is reported)."""
+        media_id, staging = parse_key(key)
+        if media_id is None:
+            return True
+        try:
+            record = self._record_of(media_id)
+        except errors.GatewayError:
+            report.failed.append(f"look up the record of {key}")
+            return True
+        if record is None:
+            return False
+        if staging:
+            return staging_key(record.s3_key) == key and record.status is Status.PENDING
+        return record.s3_key == key and record.status in OWNS_OBJECT
