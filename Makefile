@@ -7,7 +7,9 @@ BIND   ?= 127.0.0.1:8000
 DEV_SECRET := var/dev-jwt-secret
 DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
-.PHONY: run token test bench clean
+LINTED := gateway tests bench wsgi.py gunicorn.conf.py
+
+.PHONY: run token lint test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +38,23 @@ run: $(VENV)/.runtime $(DEV_SECRET)
 token: $(VENV)/.runtime $(DEV_SECRET)
 	@$(DEV_ENV) $(BIN)/flask --app wsgi token --sub dev
 
-# System packages the end-to-end tests drive (Debian's nginx and curl), then the suite.
-test: $(VENV)/.dev
+# The gate: lint, format, types.
+lint: $(VENV)/.dev
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+
+# System packages the end-to-end tests drive (Debian's nginx and curl), the gate, then the suite.
+test: $(VENV)/.dev lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl)
 	$(BIN)/pytest
+
+# The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
+test-fast: $(VENV)/.dev
+	$(BIN)/pytest -m "not slow"
 
 # Prints PASS/MISS per target (run.py exits 1 on a miss; direct.py runs regardless).
 bench: $(VENV)/.dev

@@ -4,12 +4,13 @@ Worker class gthread: an upload holds its thread while the client sends (slow cl
 included), and parts go to S3 from a thread pool meanwhile. Measured against gevent on this
 workload it gave the same throughput without monkey-patching boto3 and SQLite (README).
 """
+
 import multiprocessing
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gateway.config import ConfigError, Settings  # noqa: E402
+from gateway.config import ConfigError, Settings
 
 # Fail here, in the master, with one line naming the variable: a worker that cannot load the
 # app would only be respawned by the master, over and over.

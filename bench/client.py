@@ -6,6 +6,7 @@ and every file is that block repeated, cut to size. Nothing holds a whole file i
 HTTP body is a sequence of memoryview slices of the block, sent with an explicit Content-Length
 (no chunked encoding), and boto3 reads from a file-like object over the same bytes.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -14,9 +15,10 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 MiB = 1 << 20
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -32,9 +34,9 @@ class Payload:
         rnd = random.Random(seed)
         self.block = PNG_HEAD + rnd.randbytes(block_size - len(PNG_HEAD))
         marker = b"\r\n--" + BOUNDARY.encode()
-        assert marker not in self.block + self.block[:len(marker)]
+        assert marker not in self.block + self.block[: len(marker)]
         view = memoryview(self.block)
-        self.pieces = [view[i:i + PIECE] for i in range(0, block_size, PIECE)]
+        self.pieces = [view[i : i + PIECE] for i in range(0, block_size, PIECE)]
 
     def chunks(self, size: int) -> Iterator[memoryview]:
         """``size`` bytes of file content as memoryview slices (no copies)."""
@@ -42,7 +44,7 @@ class Payload:
         while sent < size:
             piece = self.pieces[i % n]
             if sent + len(piece) > size:
-                piece = piece[:size - sent]
+                piece = piece[: size - sent]
             yield piece
             sent += len(piece)
             i += 1
@@ -52,15 +54,15 @@ class Payload:
         block, size = self.block, len(self.block)
         start = offset % size
         if start + n <= size:
-            return block[start:start + n]
+            return block[start : start + n]
         out = bytearray()
         while len(out) < n:
             take = min(n - len(out), size - start)
-            out += block[start:start + take]
+            out += block[start : start + take]
             start = 0
         return bytes(out)
 
-    def reader(self, size: int) -> "PayloadReader":
+    def reader(self, size: int) -> PayloadReader:
         return PayloadReader(self, size)
 
 
@@ -95,14 +97,24 @@ class UploadResult:
 
 
 def form_parts(size: int, name: str) -> tuple[bytes, bytes, int]:
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{name}"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode()
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
     return head, tail, len(head) + size + len(tail)
 
 
-def upload_http(host: str, port: int, token: str, payload: Payload, size: int, name: str,
-                project: str = "bench", timeout: float = 600.0) -> UploadResult:
+def upload_http(
+    host: str,
+    port: int,
+    token: str,
+    payload: Payload,
+    size: int,
+    name: str,
+    project: str = "bench",
+    timeout: float = 600.0,
+) -> UploadResult:
     """One POST /api/upload, the body streamed from the payload; timed until the response."""
     head, tail, length = form_parts(size, name)
     started = time.perf_counter()
@@ -158,12 +170,20 @@ class RunResult:
         return percentile(self.latencies, q)
 
     def summary(self) -> dict[str, Any]:
-        return {"count": self.count, "size": self.size, "concurrency": self.concurrency,
-                "bytes": self.bytes, "wall_s": round(self.wall_s, 3),
-                "mib_s": round(self.mib_s, 1), "p50_s": round(self.pct(50), 3),
-                "p95_s": round(self.pct(95), 3), "max_s": round(max(self.latencies, default=0), 3),
-                "mean_s": round(statistics.fmean(self.latencies), 3) if self.latencies else 0,
-                "errors": len(self.errors), "first_errors": self.errors[:3]}
+        return {
+            "count": self.count,
+            "size": self.size,
+            "concurrency": self.concurrency,
+            "bytes": self.bytes,
+            "wall_s": round(self.wall_s, 3),
+            "mib_s": round(self.mib_s, 1),
+            "p50_s": round(self.pct(50), 3),
+            "p95_s": round(self.pct(95), 3),
+            "max_s": round(max(self.latencies, default=0), 3),
+            "mean_s": round(statistics.fmean(self.latencies), 3) if self.latencies else 0,
+            "errors": len(self.errors),
+            "first_errors": self.errors[:3],
+        }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -177,8 +197,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def run_many(count: int, size: int, concurrency: int,
-             one: Callable[[int], tuple[bool, float, str]]) -> RunResult:
+def run_many(
+    count: int, size: int, concurrency: int, one: Callable[[int], tuple[bool, float, str]]
+) -> RunResult:
     """Call ``one(i)`` for i in range(count) on ``concurrency`` threads; wall time for all."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -201,8 +222,9 @@ def run_many(count: int, size: int, concurrency: int,
     return RunResult(count, size, concurrency, wall, latencies, errors)
 
 
-def gateway_one(base_url: str, token: str, payload: Payload, size: int, tag: str
-                ) -> Callable[[int], tuple[bool, float, str]]:
+def gateway_one(
+    base_url: str, token: str, payload: Payload, size: int, tag: str
+) -> Callable[[int], tuple[bool, float, str]]:
     host, port = base_url.removeprefix("http://").split(":")
 
     def one(i: int) -> tuple[bool, float, str]:
@@ -212,14 +234,20 @@ def gateway_one(base_url: str, token: str, payload: Payload, size: int, tag: str
     return one
 
 
-def boto3_one(client, bucket: str, payload: Payload, size: int, tag: str, transfer_config
-              ) -> Callable[[int], tuple[bool, float, str]]:
+def boto3_one(
+    client, bucket: str, payload: Payload, size: int, tag: str, transfer_config
+) -> Callable[[int], tuple[bool, float, str]]:
     """boto3's own managed upload (upload_fileobj) of the same bytes, from a streaming reader."""
 
     def one(i: int) -> tuple[bool, float, str]:
         started = time.perf_counter()
-        client.upload_fileobj(payload.reader(size), bucket, f"baseline/{tag}-{i}.png",
-                              ExtraArgs={"ContentType": "image/png"}, Config=transfer_config)
+        client.upload_fileobj(
+            payload.reader(size),
+            bucket,
+            f"baseline/{tag}-{i}.png",
+            ExtraArgs={"ContentType": "image/png"},
+            Config=transfer_config,
+        )
         return True, time.perf_counter() - started, ""
 
     return one

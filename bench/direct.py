@@ -11,6 +11,7 @@
    completes, and sniffs the first bytes), against boto3's upload_fileobj of the same bytes to the
    same moto server (4 threads, same part size), in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client import percentile  # noqa: E402
-from procs import Procs, aws_env, start_moto  # noqa: E402
+from client import percentile
+from procs import Procs, aws_env, start_moto
 
 MiB = 1024 * 1024
 PART = 8 * MiB
@@ -58,11 +59,15 @@ def main() -> int:
         tmp = Path(tmp_dir)
         try:
             _, moto_url = start_moto(procs, tmp / "moto.log")
-            settings = Settings(storage_url="s3://bench-direct/up", s3_endpoint_url=moto_url,
-                                records_url=f"sqlite:///{tmp / 'records.db'}",
-                                orphan_journal=str(tmp / "orphans.jsonl"),
-                                jwt_secret="bench-" + "s" * 40, direct_part_size=PART,
-                                log_level="WARNING").replace()
+            settings = Settings(
+                storage_url="s3://bench-direct/up",
+                s3_endpoint_url=moto_url,
+                records_url=f"sqlite:///{tmp / 'records.db'}",
+                orphan_journal=str(tmp / "orphans.jsonl"),
+                jwt_secret="bench-" + "s" * 40,
+                direct_part_size=PART,
+                log_level="WARNING",
+            ).replace()
             app = create_app(settings)
             svc = app.extensions["gateway"]
             svc.records.create_schema()
@@ -72,8 +77,11 @@ def main() -> int:
             client = app.test_client()
 
             def initiate(files):
-                response = client.post("/api/uploads/initiate", headers=headers,
-                                       json={"projectId": "bench", "files": files})
+                response = client.post(
+                    "/api/uploads/initiate",
+                    headers=headers,
+                    json={"projectId": "bench", "files": files},
+                )
                 assert response.status_code == 201, response.get_json()
                 return response.get_json()["uploads"]
 
@@ -81,12 +89,16 @@ def main() -> int:
             large = {"filename": "v.mp4", "contentType": "video/mp4", "size": 256 * MiB}
             n = 50 if args.quick else 300
             rows = []
-            for label, files, calls in (("1 file (PUT+POST)", [small], n),
-                                        ("20 files (PUT+POST)", [small] * 20, n // 5),
-                                        ("1 file (multipart, 32 parts)", [large], n // 3)):
+            for label, files, calls in (
+                ("1 file (PUT+POST)", [small], n),
+                ("20 files (PUT+POST)", [small] * 20, n // 5),
+                ("1 file (multipart, 32 parts)", [large], n // 3),
+            ):
                 initiate(files)  # warm
-                times = timed(lambda: initiate(files), calls)
-                rows.append((label, calls, percentile(times, 50) * 1000, percentile(times, 95) * 1000))
+                times = timed(lambda files=files: initiate(files), calls)
+                rows.append(
+                    (label, calls, percentile(times, 50) * 1000, percentile(times, 95) * 1000)
+                )
             print("Initiate latency, in-process (ms)")
             print(f"{'batch':32} {'calls':>6} {'p50':>8} {'p95':>8}  target p95 (1 file) < 10 ms")
             for label, calls, p50, p95 in rows:
@@ -98,15 +110,23 @@ def main() -> int:
             direct_s = presigned_upload(initiate, client, headers, content)
             s3 = make_s3_client(settings)
             from boto3.s3.transfer import TransferConfig
+
             start = time.perf_counter()
-            s3.upload_fileobj(io.BytesIO(content), "bench-direct", "baseline.mp4",
-                              Config=TransferConfig(multipart_chunksize=PART, max_concurrency=4,
-                                                    multipart_threshold=PART))
+            s3.upload_fileobj(
+                io.BytesIO(content),
+                "bench-direct",
+                "baseline.mp4",
+                Config=TransferConfig(
+                    multipart_chunksize=PART, max_concurrency=4, multipart_threshold=PART
+                ),
+            )
             boto_s = time.perf_counter() - start
             mib = size / MiB
             print(f"\n{mib:.0f} MiB upload (4 parts in flight, {PART // MiB} MiB parts)")
             print(f"{'path':44} {'seconds':>8} {'MiB/s':>8}")
-            print(f"{'presigned part URLs + gateway complete':44} {direct_s:8.2f} {mib / direct_s:8.1f}")
+            print(
+                f"{'presigned part URLs + gateway complete':44} {direct_s:8.2f} {mib / direct_s:8.1f}"
+            )
             print(f"{'boto3 upload_fileobj (same moto)':44} {boto_s:8.2f} {mib / boto_s:8.1f}")
             print(f"{'ratio':44} {'':8} {boto_s / direct_s:8.2f}")
         finally:
@@ -123,7 +143,7 @@ def presigned_upload(initiate, client, headers, content: bytes) -> float:
 
     def put(part):
         n = part["partNumber"]
-        body = memoryview(content)[(n - 1) * part_size:n * part_size]
+        body = memoryview(content)[(n - 1) * part_size : n * part_size]
         response = session.put(part["url"], data=body, timeout=120)
         response.raise_for_status()
         return {"partNumber": n, "etag": response.headers["ETag"]}
@@ -131,8 +151,9 @@ def presigned_upload(initiate, client, headers, content: bytes) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         parts = list(pool.map(put, upload["multipart"]["parts"]))
-    done = client.post(f"/api/uploads/{upload['uploadId']}/complete", headers=headers,
-                       json={"parts": parts})
+    done = client.post(
+        f"/api/uploads/{upload['uploadId']}/complete", headers=headers, json={"parts": parts}
+    )
     elapsed = time.perf_counter() - start
     assert done.status_code == 200, done.get_json()
     return elapsed

@@ -7,18 +7,19 @@ Each parser consumes the body and touches every data chunk it reports (a length 
 upload path would hand it to the hasher and the writer. Prints the best of ``--reps`` runs:
 MB/s and CPU seconds per GiB, for one large file and for 2,000 small parts.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.formdata import FileData, FormDataParser, TextField  # noqa: E402
+from gateway.formdata import FileData, FormDataParser, TextField
 
 BOUNDARY = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
 MiB = 1 << 20
@@ -27,15 +28,22 @@ MiB = 1 << 20
 def large_body(size: int) -> bytes:
     block = os.urandom(MiB - 64) + b"\r\n--" + BOUNDARY[:-3] + b"\r\n-" * 20
     data = (block * (size // len(block) + 1))[:size]
-    head = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n--'
-            + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n")
+    head = (
+        b"--"
+        + BOUNDARY
+        + b'\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n--'
+        + BOUNDARY
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
     return head + data + b"\r\n--" + BOUNDARY + b"--\r\n"
 
 
 def small_parts_body(count: int, size: int) -> bytes:
-    part = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
-            b"\r\n" + os.urandom(size) + b"\r\n")
+    part = (
+        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
+        b"\r\n" + os.urandom(size) + b"\r\n"
+    )
     return part * count + b"--" + BOUNDARY + b"--\r\n"
 
 
@@ -45,7 +53,7 @@ def ours(body: bytes, read: int) -> int:
     parser = FormDataParser(BOUNDARY, FormLimits(max_files=100_000))
     total = 0
     for i in range(0, len(body), read):
-        for event in parser.feed(body[i:i + read]):
+        for event in parser.feed(body[i : i + read]):
             if isinstance(event, FileData):
                 total += len(event.data)
             elif isinstance(event, TextField):
@@ -60,7 +68,7 @@ def werkzeug(body: bytes, read: int) -> int:
     decoder = MultipartDecoder(BOUNDARY, max_form_memory_size=None, max_parts=100_000)
     total = 0
     for i in range(0, len(body) + read, read):
-        chunk = body[i:i + read] if i < len(body) else None
+        chunk = body[i : i + read] if i < len(body) else None
         decoder.receive_data(chunk)
         event = decoder.next_event()
         while not isinstance(event, (NeedData, Epilogue)):
@@ -82,12 +90,14 @@ def python_multipart(body: bytes, read: int) -> int:
 
     parser = MultipartParser(BOUNDARY, {"on_part_data": on_part_data})
     for i in range(0, len(body), read):
-        parser.write(body[i:i + read])
+        parser.write(body[i : i + read])
     parser.finalize()
     return total[0]
 
 
-def measure(fn: Callable[[bytes, int], int], body: bytes, read: int, reps: int) -> tuple[float, float]:
+def measure(
+    fn: Callable[[bytes, int], int], body: bytes, read: int, reps: int
+) -> tuple[float, float]:
     """Best (MB/s, CPU s/GiB) of ``reps`` runs."""
     best_wall, best_cpu = float("inf"), float("inf")
     for _ in range(reps):
@@ -105,10 +115,15 @@ def main() -> None:
     options.add_argument("--reps", type=int, default=5)
     args = options.parse_args()
     read = args.read_kib * 1024
-    bodies = {f"1 x {args.mib} MiB file": large_body(args.mib * MiB),
-              "2,000 x 4 KiB parts": small_parts_body(2000, 4096)}
-    parsers = {"gateway.formdata": ours, "werkzeug MultipartDecoder": werkzeug,
-               "python-multipart": python_multipart}
+    bodies = {
+        f"1 x {args.mib} MiB file": large_body(args.mib * MiB),
+        "2,000 x 4 KiB parts": small_parts_body(2000, 4096),
+    }
+    parsers = {
+        "gateway.formdata": ours,
+        "werkzeug MultipartDecoder": werkzeug,
+        "python-multipart": python_multipart,
+    }
     print(f"reads of {args.read_kib} KiB, best of {args.reps}")
     print(f"{'body':<22} {'parser':<27} {'MB/s':>8} {'CPU s/GiB':>10}")
     for label, body in bodies.items():

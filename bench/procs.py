@@ -4,6 +4,7 @@ Everything started here is recorded in a ``Procs`` and stopped by PID in ``stop_
 calls it from ``finally``). No psutil: CPU is utime+stime from /proc/<pid>/stat, memory is VmRSS
 from /proc/<pid>/status, children come from /proc/<pid>/task/<pid>/children (or a /proc scan).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def proc_cpu(pid: int) -> float | None:
             raw = f.read()
     except OSError:
         return None
-    fields = raw[raw.rindex(b")") + 2:].split()
+    fields = raw[raw.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
@@ -65,7 +66,7 @@ def children(pid: int) -> list[int]:
                     raw = f.read()
             except OSError:
                 continue
-            if int(raw[raw.rindex(b")") + 2:].split()[1]) == pid:
+            if int(raw[raw.rindex(b")") + 2 :].split()[1]) == pid:
                 found.append(int(name))
     return found
 
@@ -86,8 +87,9 @@ def system_busy() -> float:
 QUIET = {"wait": 20.0, "budget": 120.0, "waited": 0.0}
 
 
-def wait_quiet(max_wait: float | None = None, threshold: float = 0.25,
-               window: float = 0.5) -> float:
+def wait_quiet(
+    max_wait: float | None = None, threshold: float = 0.25, window: float = 0.5
+) -> float:
     """Wait (up to ``max_wait`` s) until the machine's other load is below ``threshold`` cores.
 
     Called while none of the benchmark's own processes is working, so everything busy is
@@ -137,7 +139,7 @@ class Sampler:
         self.rss_trace: list[tuple[float, int]] = []
         self._t0 = 0.0
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._t0 = time.monotonic()
         for pid in [self.master, *children(self.master)]:
             cpu = proc_cpu(pid)
@@ -177,7 +179,7 @@ class Sampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def stop(self) -> "Sampler":
+    def stop(self) -> Sampler:
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -200,15 +202,16 @@ class CpuMeter:
         self.include_self = include_self
         self.cpu: dict[str, float] = {}
 
-    def start(self) -> "CpuMeter":
+    def start(self) -> CpuMeter:
         self._first = {name: proc_cpu(pid) or 0.0 for name, pid in self.pids.items()}
         self._self_first = self_cpu()
         self._sys0, self._wall0 = system_busy(), time.monotonic()
         return self
 
-    def stop(self) -> "CpuMeter":
-        self.cpu = {name: (proc_cpu(pid) or 0.0) - self._first[name]
-                    for name, pid in self.pids.items()}
+    def stop(self) -> CpuMeter:
+        self.cpu = {
+            name: (proc_cpu(pid) or 0.0) - self._first[name] for name, pid in self.pids.items()
+        }
         if self.include_self:
             self.cpu["self"] = self_cpu() - self._self_first
         self.system_cpu = system_busy() - self._sys0
@@ -285,31 +288,49 @@ def start_moto(procs: Procs, log_path: Path) -> tuple[subprocess.Popen, str]:
     # temporary file; its default (5 MiB - 1 KiB) puts every 8 MiB part on disk. 16 MiB keeps
     # parts and small files in memory: a cheaper, steadier stand-in for S3 for both paths.
     env = {**os.environ, **aws_env(), "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(MOTO_KEY_BUFFER)}
-    proc = procs.popen("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                "-p", str(port)],
-                       stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    proc = procs.popen(
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/moto-api/", proc)
     return proc, url
 
 
 def aws_env() -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
-def gateway_env(tmp: Path, *, storage_url: str, moto_url: str = "", jwt_secret: str,
-                max_upload: int, workers: int | None = None) -> dict[str, str]:
+def gateway_env(
+    tmp: Path,
+    *,
+    storage_url: str,
+    moto_url: str = "",
+    jwt_secret: str,
+    max_upload: int,
+    workers: int | None = None,
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AWS_"))}
     env.update(aws_env())
-    env.update({
-        "GATEWAY_STORAGE_URL": storage_url,
-        "GATEWAY_RECORDS_URL": f"sqlite:///{tmp / 'records.db'}",
-        "GATEWAY_ORPHAN_JOURNAL": str(tmp / "orphans.jsonl"),
-        "GATEWAY_JWT_SECRET": jwt_secret,
-        "GATEWAY_MAX_UPLOAD_BYTES": str(max_upload),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "GATEWAY_STORAGE_URL": storage_url,
+            "GATEWAY_RECORDS_URL": f"sqlite:///{tmp / 'records.db'}",
+            "GATEWAY_ORPHAN_JOURNAL": str(tmp / "orphans.jsonl"),
+            "GATEWAY_JWT_SECRET": jwt_secret,
+            "GATEWAY_MAX_UPLOAD_BYTES": str(max_upload),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if moto_url:
         env["GATEWAY_S3_ENDPOINT_URL"] = moto_url
     if workers is not None:
@@ -328,8 +349,9 @@ def snapshot_source(dest: Path) -> tuple[Path, str]:
     import shutil
 
     dest.mkdir(parents=True)
-    shutil.copytree(ROOT / "gateway", dest / "gateway",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "gateway", dest / "gateway", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     for name in ("wsgi.py", "gunicorn.conf.py"):
         shutil.copy2(ROOT / name, dest / name)
     digest = hashlib.sha256()
@@ -342,18 +364,32 @@ SOURCE = {"dir": ROOT}  # where gunicorn and flask run from: the snapshot once o
 
 
 def flask_cmd(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=SOURCE["dir"], env=env,
-                         check=True, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", *args],
+        cwd=SOURCE["dir"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return out.stdout.strip()
 
 
-def start_gunicorn(procs: Procs, env: dict[str, str], log_path: Path,
-                   config: str = "gunicorn.conf.py") -> tuple[subprocess.Popen, str]:
+def start_gunicorn(
+    procs: Procs, env: dict[str, str], log_path: Path, config: str = "gunicorn.conf.py"
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
     log = open(log_path, "ab")
-    proc = procs.popen("gunicorn", [str(BIN / "gunicorn"), "-c", config, "wsgi:app"],
-                       cwd=SOURCE["dir"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = procs.popen(
+        "gunicorn",
+        [str(BIN / "gunicorn"), "-c", config, "wsgi:app"],
+        cwd=SOURCE["dir"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", proc)
     want = int(env.get("GATEWAY_WORKERS", os.cpu_count() or 1))

@@ -7,6 +7,7 @@ Prints the tables (see bench/README.md for what every number means) and writes e
 measured to bench/results/<timestamp>[-quick].json. Every process it starts (moto, gunicorn
 masters; their workers through the master) is stopped by PID, also on error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,30 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from boto3.s3.transfer import TransferConfig  # noqa: E402
-
-from client import (MiB, Payload, boto3_one, gateway_one, run_many,  # noqa: E402
-                    upload_http)
-from procs import (QUIET, SOURCE, CpuMeter, Procs, Sampler, aws_env, flask_cmd,  # noqa: E402
-                   gateway_env, snapshot_source, start_gunicorn, start_moto, wait_quiet)
 from writers import format_writers, run_writers  # noqa: E402
+
+from client import (  # noqa: E402
+    MiB,
+    Payload,
+    boto3_one,
+    gateway_one,
+    run_many,
+    upload_http,
+)
+from procs import (  # noqa: E402
+    QUIET,
+    SOURCE,
+    CpuMeter,
+    Procs,
+    Sampler,
+    aws_env,
+    flask_cmd,
+    gateway_env,
+    snapshot_source,
+    start_gunicorn,
+    start_moto,
+    wait_quiet,
+)
 
 GiB = 1 << 30
 BUCKET = "bench"
@@ -54,12 +73,16 @@ class Scenario:
 
 def scenarios(quick: bool) -> list[Scenario]:
     if quick:
-        return [Scenario("a", "(a) 1 x 64 MiB", 1, 64 * MiB, 1, 0.9, 4.5),
-                Scenario("b", "(b) 8 x 16 MiB @8", 8, 16 * MiB, 8, 0.9, 4.5),
-                Scenario("c", "(c) 128 x 1 MiB @64", 128, 1 * MiB, 64, 0.7, 10.0)]
-    return [Scenario("a", "(a) 1 x 512 MiB", 1, 512 * MiB, 1, 0.9, 4.5),
-            Scenario("b", "(b) 8 x 64 MiB @8", 8, 64 * MiB, 8, 0.9, 4.5),
-            Scenario("c", "(c) 256 x 1 MiB @64", 256, 1 * MiB, 64, 0.7, 10.0)]
+        return [
+            Scenario("a", "(a) 1 x 64 MiB", 1, 64 * MiB, 1, 0.9, 4.5),
+            Scenario("b", "(b) 8 x 16 MiB @8", 8, 16 * MiB, 8, 0.9, 4.5),
+            Scenario("c", "(c) 128 x 1 MiB @64", 128, 1 * MiB, 64, 0.7, 10.0),
+        ]
+    return [
+        Scenario("a", "(a) 1 x 512 MiB", 1, 512 * MiB, 1, 0.9, 4.5),
+        Scenario("b", "(b) 8 x 64 MiB @8", 8, 64 * MiB, 8, 0.9, 4.5),
+        Scenario("c", "(c) 256 x 1 MiB @64", 256, 1 * MiB, 64, 0.7, 10.0),
+    ]
 
 
 MAX_RSS_PER_UPLOAD = 24 * MiB
@@ -85,14 +108,18 @@ def empty_bucket(client, bucket: str) -> int:
 
 
 def stored_sizes(client, bucket: str, prefix: str) -> list[int]:
-    return [o["Size"] for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+    return [
+        o["Size"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
 
 
 def warm_up(base_url: str, token: str, payload: Payload, workers: int) -> None:
     """Load every lazily-imported path (multipart included) in each worker before measuring."""
-    run = run_many(workers * 2, 9 * MiB, workers * 2,
-                   gateway_one(base_url, token, payload, 9 * MiB, "warmup"))
+    run = run_many(
+        workers * 2, 9 * MiB, workers * 2, gateway_one(base_url, token, payload, 9 * MiB, "warmup")
+    )
     if run.errors:
         raise RuntimeError(f"warm-up uploads failed: {run.errors[:2]}")
     time.sleep(0.5)
@@ -102,9 +129,23 @@ def mib(n: float) -> float:
     return round(n / MiB, 1)
 
 
-MEDIAN_KEYS = ("wall_s", "mib_s", "p50_s", "p95_s", "max_s", "mean_s", "cpu_s", "cpu_s_per_gib",
-               "moto_cpu_s_per_gib", "client_cpu_s_per_gib", "busy_cores", "foreign_cores",
-               "load_before", "idle_workers_rss_mib", "master_rss_mib")
+MEDIAN_KEYS = (
+    "wall_s",
+    "mib_s",
+    "p50_s",
+    "p95_s",
+    "max_s",
+    "mean_s",
+    "cpu_s",
+    "cpu_s_per_gib",
+    "moto_cpu_s_per_gib",
+    "client_cpu_s_per_gib",
+    "busy_cores",
+    "foreign_cores",
+    "load_before",
+    "idle_workers_rss_mib",
+    "master_rss_mib",
+)
 MAX_KEYS = ("peak_workers_rss_mib", "peak_worker_rss_mib", "rss_growth_per_upload_mib")
 
 
@@ -126,15 +167,25 @@ def aggregate(runs: list[dict]) -> dict:
 
 def warm_moto(client, payload: Payload) -> None:
     """moto's first large uploads are slower (its heap grows): pay that before measuring."""
-    config = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB,
-                            max_concurrency=2)
+    config = TransferConfig(
+        multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2
+    )
     run_many(4, 64 * MiB, 4, boto3_one(client, BUCKET, payload, 64 * MiB, "moto-warmup", config))
     empty_bucket(client, BUCKET)
 
 
 # -- the S3 scenarios ---------------------------------------------------------------------------------
-def run_gateway(sc: Scenario, *, procs: Procs, env: dict, tmp: Path, token: str, payload: Payload,
-                client, moto_pid: int) -> dict:
+def run_gateway(
+    sc: Scenario,
+    *,
+    procs: Procs,
+    env: dict,
+    tmp: Path,
+    token: str,
+    payload: Payload,
+    client,
+    moto_pid: int,
+) -> dict:
     gunicorn, base_url = start_gunicorn(procs, env, tmp / "gunicorn.log")
     try:
         workers = int(env.get("GATEWAY_WORKERS", os.cpu_count() or 1))
@@ -143,8 +194,12 @@ def run_gateway(sc: Scenario, *, procs: Procs, env: dict, tmp: Path, token: str,
         quiet = wait_quiet()
         sampler = Sampler(gunicorn.pid, extra={"moto": moto_pid}).start()
         client_cpu0 = os.times()
-        run = run_many(sc.count, sc.size, sc.concurrency,
-                       gateway_one(base_url, token, payload, sc.size, sc.key))
+        run = run_many(
+            sc.count,
+            sc.size,
+            sc.concurrency,
+            gateway_one(base_url, token, payload, sc.size, sc.key),
+        )
         sampler.stop()
         client_cpu1 = os.times()
     finally:
@@ -157,34 +212,51 @@ def run_gateway(sc: Scenario, *, procs: Procs, env: dict, tmp: Path, token: str,
     gib = run.bytes / GiB
     client_cpu = (client_cpu1.user + client_cpu1.system) - (client_cpu0.user + client_cpu0.system)
     own = sampler.cpu_s + sampler.extra_cpu["moto"] + client_cpu
-    return {**run.summary(), "errors": len(errors), "first_errors": errors[:3],
-            "load_before": round(quiet, 2),
-            "foreign_cores": round(max(0.0, sampler.system_cpu - own) / sampler.wall, 2),
-            "cpu_s": round(sampler.cpu_s, 2), "cpu_s_per_gib": round(sampler.cpu_s / gib, 2),
-            "moto_cpu_s_per_gib": round(sampler.extra_cpu["moto"] / gib, 2),
-            "client_cpu_s_per_gib": round(client_cpu / gib, 2),
-            "busy_cores": round((sampler.cpu_s + sampler.extra_cpu["moto"] + client_cpu)
-                                / run.wall_s, 2),
-            "idle_workers_rss_mib": mib(sampler.idle_workers_rss),
-            "peak_workers_rss_mib": mib(sampler.peak_workers_rss),
-            "peak_worker_rss_mib": mib(sampler.peak_worker_rss),
-            "master_rss_mib": mib(sampler.peak_master_rss),
-            "rss_growth_per_upload_mib": mib((sampler.peak_workers_rss - sampler.idle_workers_rss)
-                                             / sc.concurrency),
-            "workers_seen": len(sampler.workers_seen), "rss_samples": sampler.samples}
+    return {
+        **run.summary(),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "load_before": round(quiet, 2),
+        "foreign_cores": round(max(0.0, sampler.system_cpu - own) / sampler.wall, 2),
+        "cpu_s": round(sampler.cpu_s, 2),
+        "cpu_s_per_gib": round(sampler.cpu_s / gib, 2),
+        "moto_cpu_s_per_gib": round(sampler.extra_cpu["moto"] / gib, 2),
+        "client_cpu_s_per_gib": round(client_cpu / gib, 2),
+        "busy_cores": round(
+            (sampler.cpu_s + sampler.extra_cpu["moto"] + client_cpu) / run.wall_s, 2
+        ),
+        "idle_workers_rss_mib": mib(sampler.idle_workers_rss),
+        "peak_workers_rss_mib": mib(sampler.peak_workers_rss),
+        "peak_worker_rss_mib": mib(sampler.peak_worker_rss),
+        "master_rss_mib": mib(sampler.peak_master_rss),
+        "rss_growth_per_upload_mib": mib(
+            (sampler.peak_workers_rss - sampler.idle_workers_rss) / sc.concurrency
+        ),
+        "workers_seen": len(sampler.workers_seen),
+        "rss_samples": sampler.samples,
+    }
 
 
-def run_boto3(sc: Scenario, *, client, payload: Payload, moto_pid: int, parts_in_flight: int,
-              part_size: int) -> dict:
-    config = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size,
-                            max_concurrency=parts_in_flight, use_threads=True)
+def run_boto3(
+    sc: Scenario, *, client, payload: Payload, moto_pid: int, parts_in_flight: int, part_size: int
+) -> dict:
+    config = TransferConfig(
+        multipart_threshold=part_size,
+        multipart_chunksize=part_size,
+        max_concurrency=parts_in_flight,
+        use_threads=True,
+    )
     # Warm the same paths (single PutObject and multipart) outside the measurement.
     run_many(2, 9 * MiB, 2, boto3_one(client, BUCKET, payload, 9 * MiB, "warmup", config))
     empty_bucket(client, BUCKET)
     quiet = wait_quiet()
     meter = CpuMeter({"moto": moto_pid}).start()
-    run = run_many(sc.count, sc.size, sc.concurrency,
-                   boto3_one(client, BUCKET, payload, sc.size, sc.key, config))
+    run = run_many(
+        sc.count,
+        sc.size,
+        sc.concurrency,
+        boto3_one(client, BUCKET, payload, sc.size, sc.key, config),
+    )
     meter.stop()
     sizes = stored_sizes(client, BUCKET, "baseline/")
     errors = list(run.errors)
@@ -192,11 +264,16 @@ def run_boto3(sc: Scenario, *, client, payload: Payload, moto_pid: int, parts_in
         errors.append(f"bucket holds {len(sizes)} objects, sizes {sorted(set(sizes))}")
     empty_bucket(client, BUCKET)
     gib = run.bytes / GiB
-    return {**run.summary(), "errors": len(errors), "first_errors": errors[:3],
-            "load_before": round(quiet, 2), "foreign_cores": round(meter.foreign_cores, 2),
-            "cpu_s_per_gib": round(meter.cpu["self"] / gib, 2),
-            "moto_cpu_s_per_gib": round(meter.cpu["moto"] / gib, 2),
-            "busy_cores": round((meter.cpu["self"] + meter.cpu["moto"]) / run.wall_s, 2)}
+    return {
+        **run.summary(),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "load_before": round(quiet, 2),
+        "foreign_cores": round(meter.foreign_cores, 2),
+        "cpu_s_per_gib": round(meter.cpu["self"] / gib, 2),
+        "moto_cpu_s_per_gib": round(meter.cpu["moto"] / gib, 2),
+        "busy_cores": round((meter.cpu["self"] + meter.cpu["moto"]) / run.wall_s, 2),
+    }
 
 
 # -- local storage: peak RSS does not grow with the file size ------------------------------------------
@@ -204,8 +281,13 @@ def run_local(sizes: list[int], *, procs: Procs, tmp: Path, payload: Payload) ->
     media = tmp / "local-media"
     local_tmp = tmp / "local"
     local_tmp.mkdir()
-    env = gateway_env(local_tmp, storage_url=str(media), jwt_secret=JWT_SECRET,
-                      max_upload=max(sizes) + 64 * MiB, workers=1)
+    env = gateway_env(
+        local_tmp,
+        storage_url=str(media),
+        jwt_secret=JWT_SECRET,
+        max_upload=max(sizes) + 64 * MiB,
+        workers=1,
+    )
     flask_cmd(env, "init")
     token = flask_cmd(env, "token", "--sub", "bench", "--ttl", "2h")
     gunicorn, base_url = start_gunicorn(procs, env, tmp / "gunicorn-local.log")
@@ -221,21 +303,32 @@ def run_local(sizes: list[int], *, procs: Procs, tmp: Path, payload: Payload) ->
             sampler.stop()
             stored = sum(p.stat().st_size for p in media.rglob("*") if p.is_file())
             ok = result.ok and stored == size
-            rows.append({"size": size, "ok": ok,
-                         "error": "" if ok else (result.error or f"stored {stored} bytes"),
-                         "seconds": round(result.seconds, 2),
-                         "mib_s": round(size / MiB / result.seconds, 1),
-                         "cpu_s_per_gib": round(sampler.cpu_s / (size / GiB), 2),
-                         "idle_worker_rss_mib": mib(sampler.idle_workers_rss),
-                         "peak_worker_rss_mib": mib(sampler.peak_worker_rss)})
-            log(f"local {size // MiB} MiB: peak worker RSS {rows[-1]['peak_worker_rss_mib']} MiB, "
-                f"{rows[-1]['mib_s']} MiB/s")
+            rows.append(
+                {
+                    "size": size,
+                    "ok": ok,
+                    "error": "" if ok else (result.error or f"stored {stored} bytes"),
+                    "seconds": round(result.seconds, 2),
+                    "mib_s": round(size / MiB / result.seconds, 1),
+                    "cpu_s_per_gib": round(sampler.cpu_s / (size / GiB), 2),
+                    "idle_worker_rss_mib": mib(sampler.idle_workers_rss),
+                    "peak_worker_rss_mib": mib(sampler.peak_worker_rss),
+                }
+            )
+            log(
+                f"local {size // MiB} MiB: peak worker RSS {rows[-1]['peak_worker_rss_mib']} MiB, "
+                f"{rows[-1]['mib_s']} MiB/s"
+            )
             shutil.rmtree(media, ignore_errors=True)  # the 2 GiB file: free the disk at once
     finally:
         procs.stop(gunicorn)
         shutil.rmtree(media, ignore_errors=True)
-    return {"rows": rows,
-            "peak_delta_mib": round(rows[-1]["peak_worker_rss_mib"] - rows[0]["peak_worker_rss_mib"], 1)}
+    return {
+        "rows": rows,
+        "peak_delta_mib": round(
+            rows[-1]["peak_worker_rss_mib"] - rows[0]["peak_worker_rss_mib"], 1
+        ),
+    }
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -244,51 +337,69 @@ def verdict(ok: bool) -> str:
 
 
 def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
-    head = (f"{'scenario':<20} {'path':<8} {'MiB/s':>6} {'p50 s':>6} {'p95 s':>6} "
-            f"{'CPU s/GiB':>9} {'moto s/GiB':>10} {'busy':>5} {'other':>5} "
-            f"{'RSS idle':>8} {'RSS peak':>8} {'max wkr':>7} {'+MiB/upl':>8} {'err':>3}  "
-            f"MiB/s of each run")
-    lines = [f"S3 scenarios: median of {reps} interleaved runs per path (RSS: largest); "
-             "RSS in MiB, summed over the gunicorn workers", head, "-" * len(head)]
+    head = (
+        f"{'scenario':<20} {'path':<8} {'MiB/s':>6} {'p50 s':>6} {'p95 s':>6} "
+        f"{'CPU s/GiB':>9} {'moto s/GiB':>10} {'busy':>5} {'other':>5} "
+        f"{'RSS idle':>8} {'RSS peak':>8} {'max wkr':>7} {'+MiB/upl':>8} {'err':>3}  "
+        f"MiB/s of each run"
+    )
+    lines = [
+        f"S3 scenarios: median of {reps} interleaved runs per path (RSS: largest); "
+        "RSS in MiB, summed over the gunicorn workers",
+        head,
+        "-" * len(head),
+    ]
     for sc in scs:
         g, b = results[sc.key]["gateway"], results[sc.key]["boto3"]
-        lines.append(f"{sc.label:<20} {'gateway':<8} {g['mib_s']:>6.1f} {g['p50_s']:>6.2f} "
-                     f"{g['p95_s']:>6.2f} {g['cpu_s_per_gib']:>9.2f} "
-                     f"{g['moto_cpu_s_per_gib']:>10.2f} {g['busy_cores']:>5.2f} "
-                     f"{g['foreign_cores']:>5.2f} {g['idle_workers_rss_mib']:>8.1f} "
-                     f"{g['peak_workers_rss_mib']:>8.1f} {g['peak_worker_rss_mib']:>7.1f} "
-                     f"{g['rss_growth_per_upload_mib']:>8.1f} {g['errors']:>3}  "
-                     + "/".join(f"{v:.0f}" for v in g["mib_s_runs"]))
-        lines.append(f"{'':<20} {'boto3':<8} {b['mib_s']:>6.1f} {b['p50_s']:>6.2f} "
-                     f"{b['p95_s']:>6.2f} {b['cpu_s_per_gib']:>9.2f} "
-                     f"{b['moto_cpu_s_per_gib']:>10.2f} {b['busy_cores']:>5.2f} "
-                     f"{b['foreign_cores']:>5.2f} {'':>8} {'':>8} {'':>7} {'':>8} "
-                     f"{b['errors']:>3}  " + "/".join(f"{v:.0f}" for v in b["mib_s_runs"]))
+        lines.append(
+            f"{sc.label:<20} {'gateway':<8} {g['mib_s']:>6.1f} {g['p50_s']:>6.2f} "
+            f"{g['p95_s']:>6.2f} {g['cpu_s_per_gib']:>9.2f} "
+            f"{g['moto_cpu_s_per_gib']:>10.2f} {g['busy_cores']:>5.2f} "
+            f"{g['foreign_cores']:>5.2f} {g['idle_workers_rss_mib']:>8.1f} "
+            f"{g['peak_workers_rss_mib']:>8.1f} {g['peak_worker_rss_mib']:>7.1f} "
+            f"{g['rss_growth_per_upload_mib']:>8.1f} {g['errors']:>3}  "
+            + "/".join(f"{v:.0f}" for v in g["mib_s_runs"])
+        )
+        lines.append(
+            f"{'':<20} {'boto3':<8} {b['mib_s']:>6.1f} {b['p50_s']:>6.2f} "
+            f"{b['p95_s']:>6.2f} {b['cpu_s_per_gib']:>9.2f} "
+            f"{b['moto_cpu_s_per_gib']:>10.2f} {b['busy_cores']:>5.2f} "
+            f"{b['foreign_cores']:>5.2f} {'':>8} {'':>8} {'':>7} {'':>8} "
+            f"{b['errors']:>3}  " + "/".join(f"{v:.0f}" for v in b["mib_s_runs"])
+        )
         ratio = results[sc.key]["ratio"]
         p50 = f"{g['p50_s'] / b['p50_s']:.2f}" if b["p50_s"] else "-"
         p95 = f"{g['p95_s'] / b['p95_s']:.2f}" if b["p95_s"] else "-"
         cpu = f"{g['cpu_s_per_gib'] / b['cpu_s_per_gib']:.2f}" if b["cpu_s_per_gib"] else "-"
-        lines.append(f"{'':<20} {'gw/boto3':<8} {ratio:>6.2f} {p50:>6} {p95:>6} {cpu:>9}"
-                     f"   if CPU-bound: {results[sc.key]['cpu_bound_ratio']:.2f}")
-    lines += ["  CPU s/GiB: gateway = user+sys of the gunicorn master + workers; boto3 = the "
-              "process running upload_fileobj.",
-              "  moto s/GiB: the S3 stand-in's CPU. busy: cores used by gateway (or boto3) + moto "
-              "+ load client, over wall time.",
-              "  other: cores used meanwhile by processes outside the benchmark (noise). "
-              "+MiB/upl: (peak - idle RSS) / uploads in flight.",
-              "  if CPU-bound: the throughput ratio expected when the cores are full, = (boto3 + "
-              "its moto CPU) / (gateway + its moto + load client CPU), per GiB."]
+        lines.append(
+            f"{'':<20} {'gw/boto3':<8} {ratio:>6.2f} {p50:>6} {p95:>6} {cpu:>9}"
+            f"   if CPU-bound: {results[sc.key]['cpu_bound_ratio']:.2f}"
+        )
+    lines += [
+        "  CPU s/GiB: gateway = user+sys of the gunicorn master + workers; boto3 = the "
+        "process running upload_fileobj.",
+        "  moto s/GiB: the S3 stand-in's CPU. busy: cores used by gateway (or boto3) + moto "
+        "+ load client, over wall time.",
+        "  other: cores used meanwhile by processes outside the benchmark (noise). "
+        "+MiB/upl: (peak - idle RSS) / uploads in flight.",
+        "  if CPU-bound: the throughput ratio expected when the cores are full, = (boto3 + "
+        "its moto CPU) / (gateway + its moto + load client CPU), per GiB.",
+    ]
     return "\n".join(lines)
 
 
 def format_local(local: dict) -> str:
-    lines = ["Local storage (GATEWAY_WORKERS=1, one upload at a time; RSS of the worker, MiB)",
-             f"{'file':>8} {'MiB/s':>7} {'CPU s/GiB':>9} {'RSS idle':>8} {'RSS peak':>8} ok"]
+    lines = [
+        "Local storage (GATEWAY_WORKERS=1, one upload at a time; RSS of the worker, MiB)",
+        f"{'file':>8} {'MiB/s':>7} {'CPU s/GiB':>9} {'RSS idle':>8} {'RSS peak':>8} ok",
+    ]
     for r in local["rows"]:
         name = f"{r['size'] // GiB} GiB" if r["size"] >= GiB else f"{r['size'] // MiB} MiB"
-        lines.append(f"{name:>8} {r['mib_s']:>7} {r['cpu_s_per_gib']:>9} "
-                     f"{r['idle_worker_rss_mib']:>8} {r['peak_worker_rss_mib']:>8} "
-                     f"{'yes' if r['ok'] else 'NO ' + r['error'][:60]}")
+        lines.append(
+            f"{name:>8} {r['mib_s']:>7} {r['cpu_s_per_gib']:>9} "
+            f"{r['idle_worker_rss_mib']:>8} {r['peak_worker_rss_mib']:>8} "
+            f"{'yes' if r['ok'] else 'NO ' + r['error'][:60]}"
+        )
     return "\n".join(lines)
 
 
@@ -297,49 +408,83 @@ def targets(results: dict, scs: list[Scenario], local: dict | None) -> list[dict
     for sc in scs:
         r = results[sc.key]
         valid = not r["gateway"]["errors"] and not r["boto3"]["errors"]
-        rows.append({"target": f"{sc.label}: throughput gateway/boto3", "value": r["ratio"],
-                     "limit": f">= {sc.min_ratio}", "ok": valid and r["ratio"] >= sc.min_ratio})
+        rows.append(
+            {
+                "target": f"{sc.label}: throughput gateway/boto3",
+                "value": r["ratio"],
+                "limit": f">= {sc.min_ratio}",
+                "ok": valid and r["ratio"] >= sc.min_ratio,
+            }
+        )
         cpu = r["gateway"]["cpu_s_per_gib"]
-        rows.append({"target": f"{sc.label}: gateway CPU s/GiB", "value": cpu,
-                     "limit": f"<= {sc.max_cpu}", "ok": valid and cpu <= sc.max_cpu})
+        rows.append(
+            {
+                "target": f"{sc.label}: gateway CPU s/GiB",
+                "value": cpu,
+                "limit": f"<= {sc.max_cpu}",
+                "ok": valid and cpu <= sc.max_cpu,
+            }
+        )
     for sc in scs:
         if sc.concurrency > 1:
             growth = results[sc.key]["gateway"]["rss_growth_per_upload_mib"]
-            rows.append({"target": f"{sc.label}: RSS growth per in-flight upload, MiB",
-                         "value": growth, "limit": f"<= {MAX_RSS_PER_UPLOAD // MiB}",
-                         "ok": growth <= MAX_RSS_PER_UPLOAD / MiB})
+            rows.append(
+                {
+                    "target": f"{sc.label}: RSS growth per in-flight upload, MiB",
+                    "value": growth,
+                    "limit": f"<= {MAX_RSS_PER_UPLOAD // MiB}",
+                    "ok": growth <= MAX_RSS_PER_UPLOAD / MiB,
+                }
+            )
     if local and local["rows"]:
         small, big = local["rows"][0], local["rows"][-1]
-        names = [f"{r['size'] // GiB} GiB" if r["size"] >= GiB else f"{r['size'] // MiB} MiB"
-                 for r in (big, small)]
-        rows.append({"target": f"local: peak RSS {names[0]} - {names[1]}, MiB",
-                     "value": local["peak_delta_mib"], "limit": f"<= {MAX_LOCAL_RSS_DELTA // MiB}",
-                     "ok": small["ok"] and big["ok"]
-                     and local["peak_delta_mib"] <= MAX_LOCAL_RSS_DELTA / MiB})
+        names = [
+            f"{r['size'] // GiB} GiB" if r["size"] >= GiB else f"{r['size'] // MiB} MiB"
+            for r in (big, small)
+        ]
+        rows.append(
+            {
+                "target": f"local: peak RSS {names[0]} - {names[1]}, MiB",
+                "value": local["peak_delta_mib"],
+                "limit": f"<= {MAX_LOCAL_RSS_DELTA // MiB}",
+                "ok": small["ok"]
+                and big["ok"]
+                and local["peak_delta_mib"] <= MAX_LOCAL_RSS_DELTA / MiB,
+            }
+        )
     return rows
 
 
 def format_targets(rows: list[dict]) -> str:
     lines = ["Targets", f"{'target':<58} {'value':>8} {'limit':>8}  verdict"]
-    for r in rows:
-        lines.append(f"{r['target']:<58} {r['value']:>8} {r['limit']:>8}  {verdict(r['ok'])}")
+    lines += [
+        f"{r['target']:<58} {r['value']:>8} {r['limit']:>8}  {verdict(r['ok'])}" for r in rows
+    ]
     return "\n".join(lines)
 
 
 def environment() -> dict:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except OSError:
             return ""
 
     from importlib.metadata import version
-    return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--", "gateway", "gunicorn.conf.py")),
-            "packages": {p: version(p) for p in ("gunicorn", "flask", "werkzeug", "boto3",
-                                                 "botocore", "moto", "smart_open")}}
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "gateway", "gunicorn.conf.py")),
+        "packages": {
+            p: version(p)
+            for p in ("gunicorn", "flask", "werkzeug", "boto3", "botocore", "moto", "smart_open")
+        },
+    }
 
 
 # -- main --------------------------------------------------------------------------------------------
@@ -349,19 +494,34 @@ def main() -> int:
     parser.add_argument("--skip-local", action="store_true", help="skip the local-storage RSS test")
     parser.add_argument("--skip-writers", action="store_true", help="skip the writer comparison")
     parser.add_argument("--only", default="abc", help="S3 scenarios to run, e.g. 'a' or 'bc'")
-    parser.add_argument("--worker-class", default=None,
-                        help="gunicorn worker class for the gateway (GATEWAY_WORKER_CLASS; "
-                             "default: gunicorn.conf.py's gthread), e.g. gevent to compare")
+    parser.add_argument(
+        "--worker-class",
+        default=None,
+        help="gunicorn worker class for the gateway (GATEWAY_WORKER_CLASS; "
+        "default: gunicorn.conf.py's gthread), e.g. gevent to compare",
+    )
     parser.add_argument("--tmp", default=None, help="scratch directory (the 2 GiB file goes here)")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="runs of each path per scenario, interleaved; medians are reported "
-                             "(default 3, --quick 2)")
-    parser.add_argument("--quiet-wait", type=float, default=None,
-                        help="before each measured run, wait up to this many seconds for other "
-                             "processes' load to fall below 0.25 cores (default 15, --quick 3; "
-                             "0: don't wait)")
-    parser.add_argument("--quiet-budget", type=float, default=180.0,
-                        help="at most this many seconds of such waiting in the whole run")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="runs of each path per scenario, interleaved; medians are reported "
+        "(default 3, --quick 2)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="before each measured run, wait up to this many seconds for other "
+        "processes' load to fall below 0.25 cores (default 15, --quick 3; "
+        "0: don't wait)",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=180.0,
+        help="at most this many seconds of such waiting in the whole run",
+    )
     args = parser.parse_args()
     os.environ.update(aws_env())
     # A plain `kill` must still run the finally below that stops moto and gunicorn.
@@ -376,8 +536,15 @@ def main() -> int:
     writer_paced = (16 * MiB, 100.0) if args.quick else (64 * MiB, 100.0)
 
     started = time.time()
-    out: dict = {"quick": args.quick, "reps": reps, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "environment": environment(), "scenarios": {}, "local": None, "writers": None}
+    out: dict = {
+        "quick": args.quick,
+        "reps": reps,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "environment": environment(),
+        "scenarios": {},
+        "local": None,
+        "writers": None,
+    }
     procs = Procs()
     payload = Payload()
     tmp_root = Path(tempfile.mkdtemp(prefix="upload-gateway-bench-", dir=args.tmp))
@@ -386,6 +553,7 @@ def main() -> int:
         sys.path.insert(0, str(SOURCE["dir"]))
         from gateway.config import Settings
         from gateway.storage.s3 import make_s3_client
+
         assert Path(sys.modules["gateway"].__file__).is_relative_to(SOURCE["dir"])
 
         moto, moto_url = start_moto(procs, tmp_root / "moto.log")
@@ -393,19 +561,26 @@ def main() -> int:
         s3_tmp = tmp_root / "s3"
         s3_tmp.mkdir()
         biggest = max((sc.size for sc in scs), default=64 * MiB)
-        env = gateway_env(s3_tmp, storage_url=f"s3://{BUCKET}/up", moto_url=moto_url,
-                          jwt_secret=JWT_SECRET, max_upload=max(biggest + 64 * MiB, 1 * GiB))
+        env = gateway_env(
+            s3_tmp,
+            storage_url=f"s3://{BUCKET}/up",
+            moto_url=moto_url,
+            jwt_secret=JWT_SECRET,
+            max_upload=max(biggest + 64 * MiB, 1 * GiB),
+        )
         if args.worker_class:
             env["GATEWAY_WORKER_CLASS"] = args.worker_class
         flask_cmd(env, "init")
         token = flask_cmd(env, "token", "--sub", "bench", "--ttl", "2h")
         settings = Settings.from_env(env)
         client = make_s3_client(settings)
-        out["gateway_settings"] = {"part_size": settings.effective_part_size,
-                                   "parts_in_flight": settings.s3_parts_in_flight,
-                                   "read_size": settings.read_size,
-                                   "workers": int(env.get("GATEWAY_WORKERS", os.cpu_count())),
-                                   "threads": int(env.get("GATEWAY_THREADS", 32))}
+        out["gateway_settings"] = {
+            "part_size": settings.effective_part_size,
+            "parts_in_flight": settings.s3_parts_in_flight,
+            "read_size": settings.read_size,
+            "workers": int(env.get("GATEWAY_WORKERS", os.cpu_count())),
+            "threads": int(env.get("GATEWAY_THREADS", 32)),
+        }
 
         if scs:
             warm_moto(client, payload)
@@ -415,41 +590,70 @@ def main() -> int:
                 order = ("gateway", "boto3") if rep % 2 == 0 else ("boto3", "gateway")
                 for path in order:
                     if path == "gateway":
-                        g = run_gateway(sc, procs=procs, env=env, tmp=tmp_root, token=token,
-                                        payload=payload, client=client, moto_pid=moto.pid)
+                        g = run_gateway(
+                            sc,
+                            procs=procs,
+                            env=env,
+                            tmp=tmp_root,
+                            token=token,
+                            payload=payload,
+                            client=client,
+                            moto_pid=moto.pid,
+                        )
                         g_runs.append(g)
-                        log(f"{sc.label} #{rep + 1}: gateway {g['mib_s']} MiB/s, "
+                        log(
+                            f"{sc.label} #{rep + 1}: gateway {g['mib_s']} MiB/s, "
                             f"{g['cpu_s_per_gib']} CPU s/GiB, +{g['rss_growth_per_upload_mib']} "
                             f"MiB/upload, other load {g['foreign_cores']} cores, "
-                            f"errors {g['errors']} {g['first_errors'][:1]}")
+                            f"errors {g['errors']} {g['first_errors'][:1]}"
+                        )
                     else:
-                        b = run_boto3(sc, client=client, payload=payload, moto_pid=moto.pid,
-                                      parts_in_flight=settings.s3_parts_in_flight,
-                                      part_size=settings.effective_part_size)
+                        b = run_boto3(
+                            sc,
+                            client=client,
+                            payload=payload,
+                            moto_pid=moto.pid,
+                            parts_in_flight=settings.s3_parts_in_flight,
+                            part_size=settings.effective_part_size,
+                        )
                         b_runs.append(b)
-                        log(f"{sc.label} #{rep + 1}: boto3 {b['mib_s']} MiB/s, "
+                        log(
+                            f"{sc.label} #{rep + 1}: boto3 {b['mib_s']} MiB/s, "
                             f"{b['cpu_s_per_gib']} CPU s/GiB, other load {b['foreign_cores']} "
-                            f"cores, errors {b['errors']} {b['first_errors'][:1]}")
+                            f"cores, errors {b['errors']} {b['first_errors'][:1]}"
+                        )
             g, b = aggregate(g_runs), aggregate(b_runs)
             ratio = round(g["mib_s"] / b["mib_s"], 2) if b["mib_s"] else 0.0
             # With every core busy, throughput is inversely proportional to the CPU each GiB
             # costs on this machine, whoever spends it.
             g_total = g["cpu_s_per_gib"] + g["moto_cpu_s_per_gib"] + g["client_cpu_s_per_gib"]
             b_total = b["cpu_s_per_gib"] + b["moto_cpu_s_per_gib"]
-            out["scenarios"][sc.key] = {"label": sc.label, "gateway": g, "boto3": b,
-                                        "ratio": ratio,
-                                        "cpu_bound_ratio": round(b_total / g_total, 2)}
+            out["scenarios"][sc.key] = {
+                "label": sc.label,
+                "gateway": g,
+                "boto3": b,
+                "ratio": ratio,
+                "cpu_bound_ratio": round(b_total / g_total, 2),
+            }
 
         if not args.skip_writers:
             log("writer comparison ...")
-            out["writers"] = run_writers(moto_url, moto.pid, sizes=writer_sizes,
-                                         paced=writer_paced, small_reps=5 if args.quick else 20,
-                                         log=log, quiet=lambda: wait_quiet())
+            out["writers"] = run_writers(
+                moto_url,
+                moto.pid,
+                sizes=writer_sizes,
+                paced=writer_paced,
+                small_reps=5 if args.quick else 20,
+                log=log,
+                quiet=wait_quiet,
+            )
         if not args.skip_local:
             free = shutil.disk_usage(tmp_root).free
             if free < max(local_sizes) + 1 * GiB:
-                raise SystemExit(f"local test needs {mib(max(local_sizes) + GiB)} MiB free in "
-                                 f"{tmp_root}; {mib(free)} MiB free")
+                raise SystemExit(
+                    f"local test needs {mib(max(local_sizes) + GiB)} MiB free in "
+                    f"{tmp_root}; {mib(free)} MiB free"
+                )
             log("local storage ...")
             out["local"] = run_local(local_sizes, procs=procs, tmp=tmp_root, payload=payload)
     except BaseException:
@@ -457,8 +661,11 @@ def main() -> int:
         for name in ("gunicorn.log", "gunicorn-local.log"):
             path = tmp_root / name
             if path.exists():
-                print(f"--- tail of {name} ---\n" + "\n".join(
-                    path.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
+                print(
+                    f"--- tail of {name} ---\n"
+                    + "\n".join(path.read_text(errors="replace").splitlines()[-20:]),
+                    file=sys.stderr,
+                )
         raise
     finally:
         procs.stop_all()
@@ -467,13 +674,15 @@ def main() -> int:
     out["elapsed_s"] = round(time.time() - started, 1)
     out["quiet_waited_s"] = round(QUIET["waited"], 1)
     out["targets"] = targets(out["scenarios"], scs, out["local"])
-    text = [f"upload-gateway bench{' --quick (NOT the benchmark sizes)' if args.quick else ''}: "
-            f"{out['environment']['cpus']} CPUs, Python {out['environment']['python']}, "
-            f"commit {out['environment']['commit'][:10]}"
-            f"{' + local changes' if out['environment']['dirty'] else ''} "
-            f"(code snapshot {out['environment'].get('source_sha256', '')[:10]}), "
-            f"{out['elapsed_s']} s",
-            ""]
+    text = [
+        f"upload-gateway bench{' --quick (NOT the benchmark sizes)' if args.quick else ''}: "
+        f"{out['environment']['cpus']} CPUs, Python {out['environment']['python']}, "
+        f"commit {out['environment']['commit'][:10]}"
+        f"{' + local changes' if out['environment']['dirty'] else ''} "
+        f"(code snapshot {out['environment'].get('source_sha256', '')[:10]}), "
+        f"{out['elapsed_s']} s",
+        "",
+    ]
     if scs:
         text += [format_scenarios(out["scenarios"], scs, reps), ""]
     if out["local"]:

@@ -13,6 +13,7 @@ threads) and of moto, and this process's peak RSS growth (VmHWM after resetting 
 
     .venv/bin/python bench/writers.py [--quick]      # starts its own moto server
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import smart_open  # noqa: E402
+import smart_open
 
-from client import MiB, Payload, percentile  # noqa: E402
-from procs import CpuMeter, Procs, aws_env, start_moto  # noqa: E402
+from client import MiB, Payload, percentile
+from procs import CpuMeter, Procs, aws_env, start_moto
 
 KiB = 1024
-SHORT = {"CreateMultipartUpload": "create", "UploadPart": "part",
-         "CompleteMultipartUpload": "complete", "PutObject": "put", "PutObjectTagging": "tag"}
+SHORT = {
+    "CreateMultipartUpload": "create",
+    "UploadPart": "part",
+    "CompleteMultipartUpload": "complete",
+    "PutObject": "put",
+    "PutObjectTagging": "tag",
+}
 BUCKET = "bench-writers"
 
 
@@ -87,13 +93,22 @@ def _paced(payload: Payload, size: int, rate_mib_s: float | None):
         sent += len(piece)
 
 
-def smart_open_write(client, key: str, payload: Payload, size: int, *, part_size: int,
-                     rate: float | None = None, sha256: str = "") -> float:
+def smart_open_write(
+    client,
+    key: str,
+    payload: Payload,
+    size: int,
+    *,
+    part_size: int,
+    rate: float | None = None,
+    sha256: str = "",
+) -> float:
     """Returns the longest single write() call (s): how long the caller could not read."""
     stall = 0.0
     params = {"client": client, "min_part_size": part_size}
-    with smart_open.open(f"s3://{BUCKET}/{key}", "wb", compression="disable",
-                         transport_params=params) as f:
+    with smart_open.open(
+        f"s3://{BUCKET}/{key}", "wb", compression="disable", transport_params=params
+    ) as f:
         for piece in _paced(payload, size, rate):
             t = time.perf_counter()
             f.write(piece)
@@ -101,8 +116,9 @@ def smart_open_write(client, key: str, payload: Payload, size: int, *, part_size
     return stall
 
 
-def gateway_write(store, key: str, payload: Payload, size: int, *,
-                  rate: float | None = None, sha256: str) -> float:
+def gateway_write(
+    store, key: str, payload: Payload, size: int, *, rate: float | None = None, sha256: str
+) -> float:
     stall = 0.0
     writer = store.open_writer(key, content_type="image/png", metadata={})
     try:
@@ -117,8 +133,16 @@ def gateway_write(store, key: str, payload: Payload, size: int, *,
     return stall
 
 
-def run_writers(moto_url: str, moto_pid: int, *, sizes: list[int], small_reps: int = 20,
-                paced: tuple[int, float] | None = None, log=print, quiet=None) -> dict:
+def run_writers(
+    moto_url: str,
+    moto_pid: int,
+    *,
+    sizes: list[int],
+    small_reps: int = 20,
+    paced: tuple[int, float] | None = None,
+    log=print,
+    quiet=None,
+) -> dict:
     """All writer measurements against the moto server at ``moto_url``; returns rows."""
     from gateway.config import Settings  # the snapshot's, when run.py took one
     from gateway.storage.s3 import S3ObjectStore, make_s3_client
@@ -131,12 +155,14 @@ def run_writers(moto_url: str, moto_pid: int, *, sizes: list[int], small_reps: i
     payload = Payload()
     writers = {
         "smart_open, 8 MiB parts": lambda key, size, rate, sha: smart_open_write(
-            client, key, payload, size, part_size=8 * MiB, rate=rate),
+            client, key, payload, size, part_size=8 * MiB, rate=rate
+        ),
         "smart_open, default 50 MiB parts": lambda key, size, rate, sha: smart_open_write(
-            client, key, payload, size, part_size=smart_open.s3.DEFAULT_PART_SIZE, rate=rate),
-        f"gateway S3ObjectWriter, {store.part_size // MiB} MiB x {store.parts_in_flight} in flight":
-            lambda key, size, rate, sha: gateway_write(store, key, payload, size, rate=rate,
-                                                       sha256=sha),
+            client, key, payload, size, part_size=smart_open.s3.DEFAULT_PART_SIZE, rate=rate
+        ),
+        f"gateway S3ObjectWriter, {store.part_size // MiB} MiB x {store.parts_in_flight} in flight": lambda key, size, rate, sha: (
+            gateway_write(store, key, payload, size, rate=rate, sha256=sha)
+        ),
     }
     rows = []
 
@@ -169,15 +195,23 @@ def run_writers(moto_url: str, moto_pid: int, *, sizes: list[int], small_reps: i
             times.append(time.perf_counter() - t)
         meter.stop()
         counts = counter.take()
-        rows.append({"writer": name, "size": 1 * KiB, "files": small_reps,
-                     "requests_per_file": sum(counts.values()) / small_reps,
-                     "requests": {k: v / small_reps for k, v in counts.items()},
-                     "p50_ms": round(statistics.median(times) * 1000, 2),
-                     "p95_ms": round(percentile(times, 95) * 1000, 2),
-                     "cpu_ms_per_file": round(meter.cpu["self"] * 1000 / small_reps, 2),
-                     "moto_cpu_ms_per_file": round(meter.cpu["moto"] * 1000 / small_reps, 2)})
-        log(f"  writers: {name} 1 KiB: {rows[-1]['requests_per_file']:.0f} requests, "
-            f"p50 {rows[-1]['p50_ms']} ms")
+        rows.append(
+            {
+                "writer": name,
+                "size": 1 * KiB,
+                "files": small_reps,
+                "requests_per_file": sum(counts.values()) / small_reps,
+                "requests": {k: v / small_reps for k, v in counts.items()},
+                "p50_ms": round(statistics.median(times) * 1000, 2),
+                "p95_ms": round(percentile(times, 95) * 1000, 2),
+                "cpu_ms_per_file": round(meter.cpu["self"] * 1000 / small_reps, 2),
+                "moto_cpu_ms_per_file": round(meter.cpu["moto"] * 1000 / small_reps, 2),
+            }
+        )
+        log(
+            f"  writers: {name} 1 KiB: {rows[-1]['requests_per_file']:.0f} requests, "
+            f"p50 {rows[-1]['p50_ms']} ms"
+        )
         clean()
 
     cases = [(size, None) for size in sizes]
@@ -197,43 +231,65 @@ def run_writers(moto_url: str, moto_pid: int, *, sizes: list[int], small_reps: i
             growth = peak_rss() - base
             counts = counter.take()
             gib = size / (1 << 30)
-            rows.append({"writer": name, "size": size, "source_mib_s": rate,
-                         "requests": counts, "requests_total": sum(counts.values()),
-                         "wall_s": round(wall, 3), "mib_s": round(size / MiB / wall, 1),
-                         "cpu_s_per_gib": round(meter.cpu["self"] / gib, 2),
-                         "moto_cpu_s_per_gib": round(meter.cpu["moto"] / gib, 2),
-                         "max_write_stall_s": round(stall, 3),
-                         "other_cores": round(meter.foreign_cores, 2),
-                         "peak_rss_growth_mib": round(growth / MiB, 1)})
+            rows.append(
+                {
+                    "writer": name,
+                    "size": size,
+                    "source_mib_s": rate,
+                    "requests": counts,
+                    "requests_total": sum(counts.values()),
+                    "wall_s": round(wall, 3),
+                    "mib_s": round(size / MiB / wall, 1),
+                    "cpu_s_per_gib": round(meter.cpu["self"] / gib, 2),
+                    "moto_cpu_s_per_gib": round(meter.cpu["moto"] / gib, 2),
+                    "max_write_stall_s": round(stall, 3),
+                    "other_cores": round(meter.foreign_cores, 2),
+                    "peak_rss_growth_mib": round(growth / MiB, 1),
+                }
+            )
             r = rows[-1]
-            log(f"  writers: {name} {size // MiB} MiB{f' @ {rate:g} MiB/s' if rate else ''}: "
-                f"{r['mib_s']} MiB/s, {r['cpu_s_per_gib']} CPU s/GiB")
+            log(
+                f"  writers: {name} {size // MiB} MiB{f' @ {rate:g} MiB/s' if rate else ''}: "
+                f"{r['mib_s']} MiB/s, {r['cpu_s_per_gib']} CPU s/GiB"
+            )
             clean()
     return {"rows": rows}
 
 
 def format_writers(result: dict) -> str:
-    lines = ["Writer comparison (same bytes, same botocore client, moto on loopback)",
-             f"{'writer':<44} {'file':>14} {'requests':>26} {'p50 ms':>7} {'MiB/s':>7} "
-             f"{'CPU s/GiB':>9} {'moto s/GiB':>10} {'max stall s':>11} {'RSS +MiB':>8} {'other':>5}"]
+    lines = [
+        "Writer comparison (same bytes, same botocore client, moto on loopback)",
+        f"{'writer':<44} {'file':>14} {'requests':>26} {'p50 ms':>7} {'MiB/s':>7} "
+        f"{'CPU s/GiB':>9} {'moto s/GiB':>10} {'max stall s':>11} {'RSS +MiB':>8} {'other':>5}",
+    ]
     for r in result["rows"]:
         if r["size"] < MiB:
             reqs = f"{r['requests_per_file']:g}: " + "+".join(
-                SHORT.get(k, k) for k, v in r["requests"].items() for _ in range(round(v)))
-            lines.append(f"{r['writer']:<44} {'1 KiB':>14} {reqs:>26} {r['p50_ms']:>7} "
-                         f"{'':>7} {'':>9} {'':>10} {'':>11} {'':>8}")
+                SHORT.get(k, k) for k, v in r["requests"].items() for _ in range(round(v))
+            )
+            lines.append(
+                f"{r['writer']:<44} {'1 KiB':>14} {reqs:>26} {r['p50_ms']:>7} "
+                f"{'':>7} {'':>9} {'':>10} {'':>11} {'':>8}"
+            )
         else:
-            file = f"{r['size'] // MiB} MiB" + (f" @{r['source_mib_s']:g}/s"
-                                                if r["source_mib_s"] else "")
+            file = f"{r['size'] // MiB} MiB" + (
+                f" @{r['source_mib_s']:g}/s" if r["source_mib_s"] else ""
+            )
             reqs = str(r["requests_total"])
-            lines.append(f"{r['writer']:<44} {file:>14} {reqs:>26} {'':>7} {r['mib_s']:>7} "
-                         f"{r['cpu_s_per_gib']:>9} {r['moto_cpu_s_per_gib']:>10} "
-                         f"{r['max_write_stall_s']:>11} {r['peak_rss_growth_mib']:>8} "
-                         f"{r['other_cores']:>5}")
-    lines.append("  requests: HTTP requests botocore sent (retries included); @N/s: the source "
-                 "delivers N MiB/s (a client), so time spent blocked in write() is lost;")
-    lines.append("  max stall: the longest single write() call; RSS +MiB: this process's peak "
-                 "RSS growth during the write; other: cores used by other processes meanwhile.")
+            lines.append(
+                f"{r['writer']:<44} {file:>14} {reqs:>26} {'':>7} {r['mib_s']:>7} "
+                f"{r['cpu_s_per_gib']:>9} {r['moto_cpu_s_per_gib']:>10} "
+                f"{r['max_write_stall_s']:>11} {r['peak_rss_growth_mib']:>8} "
+                f"{r['other_cores']:>5}"
+            )
+    lines.append(
+        "  requests: HTTP requests botocore sent (retries included); @N/s: the source "
+        "delivers N MiB/s (a client), so time spent blocked in write() is lost;"
+    )
+    lines.append(
+        "  max stall: the longest single write() call; RSS +MiB: this process's peak "
+        "RSS growth during the write; other: cores used by other processes meanwhile."
+    )
     return "\n".join(lines)
 
 
@@ -242,6 +298,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a sanity run")
     args = parser.parse_args()
     import os
+
     os.environ.update(aws_env())
     sizes = [16 * MiB, 32 * MiB] if args.quick else [64 * MiB, 256 * MiB]
     paced = (16 * MiB, 100.0) if args.quick else (64 * MiB, 100.0)
@@ -249,8 +306,9 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-writers-") as tmp:
             moto, url = start_moto(procs, Path(tmp) / "moto.log")
-            result = run_writers(url, moto.pid, sizes=sizes, paced=paced,
-                                 small_reps=5 if args.quick else 20)
+            result = run_writers(
+                url, moto.pid, sizes=sizes, paced=paced, small_reps=5 if args.quick else 20
+            )
             print(format_writers(result))
             out = Path(__file__).resolve().parent / "results"
             out.mkdir(exist_ok=True)

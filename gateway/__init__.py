@@ -1,46 +1,19 @@
-"""upload-gateway: a streaming multipart/form-data to S3 gateway."""
+"""upload-gateway: a streaming multipart/form-data to S3 gateway.
+
+Importing the package (or any of its domain modules) does not import Flask: only the app
+factory (``gateway.app``) and the HTTP edge (``gateway.api``, ``auth``, ``weblog``) do.
+"""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
-
-from . import auth, weblog
-from .config import Settings
-from .services import Services
+if TYPE_CHECKING:
+    from flask import Flask
 
 
-def create_app(config: Settings | Mapping[str, Any] | None = None,
-               services: Services | None = None) -> Flask:
-    """Build the app. ``config``: a Settings, or overrides on top of the environment."""
-    settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
-    app = Flask(__name__)
-    app.config["SECRET_KEY"] = secrets.token_hex(32)  # sessions are unused; never the JWT key
-    app.config["GATEWAY"] = settings
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+def create_app(*args: Any, **kwargs: Any) -> Flask:
+    """``gateway.app.create_app``, imported on first use."""
+    from .app import create_app as factory
 
-    auth.init_app(app, settings)
-    svc = services or Services.from_settings(settings)
-    app.extensions["gateway"] = svc
-    weblog.init_app(app, settings)
-
-    from .api import direct, health, media, upload
-
-    app.register_blueprint(health.bp)
-    app.register_blueprint(upload.bp)
-    app.register_blueprint(direct.bp)
-    app.register_blueprint(media.bp)
-    if svc.storage.local is not None:
-        app.register_blueprint(media.local_bp)
-    from .cli import register
-
-    register(app)
-    if settings.trusted_proxies:
-        hops = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
-    return app
+    return factory(*args, **kwargs)

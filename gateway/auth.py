@@ -88,4 +88,4 @@ def mint_token(
         claims["projects"] = projects
     if admin:
         claims["admin"] = True
-    return create_access_token(identity=subject, additional_claims=claims, expires_delta=ttl)
+    return str(create_access_token(identity=subject, additional_claims=claims, expires_delta=ttl))

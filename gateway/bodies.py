@@ -8,7 +8,7 @@ Errors the server's reader does raise (bad chunk framing, a closed socket) becom
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 
 class BodyReader(Protocol):
@@ -17,7 +17,7 @@ class BodyReader(Protocol):
 
 
 class StreamBody:
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
 
     def read(self, size: int) -> bytes:
@@ -27,6 +27,7 @@ class StreamBody:
             return self.stream.read(size)
         except errors.GatewayError:
             raise
-        except Exception as exc:  # the server's body reader: bad framing, socket closed...
+        except Exception as exc:  # noqa: BLE001 - any failure of the server's body reader
             raise errors.ClientDisconnected(
-                f"The body could not be read ({type(exc).__name__}).") from None
+                f"The body could not be read ({type(exc).__name__})."
+            ) from None

@@ -30,11 +30,19 @@ def register(app: Flask) -> None:
     @app.cli.command("token")
     @click.option("--sub", default="dev", show_default=True, help="The uploader (sub claim).")
     @click.option("--tenant", default="", help="Tenant claim: scopes keys and records.")
-    @click.option("--projects", default=None,
-                  help="Comma-separated projectIds the token may use (default: any).")
+    @click.option(
+        "--projects",
+        default=None,
+        help="Comma-separated projectIds the token may use (default: any).",
+    )
     @click.option("--admin", is_flag=True, help="admin claim: may delete others' media.")
-    @click.option("--ttl", default="12h", show_default=True, callback=_duration_option,
-                  help="Lifetime, e.g. 30m, 12h, 7d.")
+    @click.option(
+        "--ttl",
+        default="12h",
+        show_default=True,
+        callback=_duration_option,
+        help="Lifetime, e.g. 30m, 12h, 7d.",
+    )
     def token(sub: str, tenant: str, projects: str | None, admin: bool, ttl: timedelta) -> None:
         """Print a signed token for local use."""
         listed = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
@@ -47,8 +55,13 @@ def register(app: Flask) -> None:
         click.echo("records and object store ready")
 
     @app.cli.command("sweep")
-    @click.option("--older-than", default="24h", show_default=True, callback=_duration_option,
-                  help="Only touch uploads and unrecorded objects older than this.")
+    @click.option(
+        "--older-than",
+        default="24h",
+        show_default=True,
+        callback=_duration_option,
+        help="Only touch uploads and unrecorded objects older than this.",
+    )
     @click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
     def sweep_command(older_than: timedelta, dry_run: bool) -> None:
         """Abort stale multipart uploads; delete orphans and objects that have no record."""
@@ -57,7 +70,9 @@ def register(app: Flask) -> None:
             click.echo(line)
         for line in report.failed:
             click.echo(f"FAILED {line}", err=True)
-        click.echo(f"{'would remove' if dry_run else 'removed'} {len(report.done)}"
-                   + (f", failed {len(report.failed)}" if report.failed else ""))
+        click.echo(
+            f"{'would remove' if dry_run else 'removed'} {len(report.done)}"
+            + (f", failed {len(report.failed)}" if report.failed else "")
+        )
         if report.failed:
             raise SystemExit(1)

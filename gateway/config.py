@@ -3,13 +3,15 @@
 ``Settings.from_env()`` parses and validates at start-up; a bad value fails loudly with the
 name of the variable. The README's configuration table lists the same names and defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 MiB = 1024 * 1024
@@ -83,7 +85,7 @@ class Settings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -99,13 +101,30 @@ class Settings:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"{_env_name(name)}: {why}")
 
-        for name in ("s3_part_size", "s3_parts_in_flight", "s3_max_pool_connections",
-                     "s3_max_attempts", "max_upload_bytes", "max_files", "max_fields",
-                     "max_field_bytes", "max_part_header_bytes", "max_filename_chars",
-                     "read_size", "cloudfront_url_ttl", "idempotency_ttl",
-                     "idempotency_lock_timeout", "direct_single_put_max", "direct_max_bytes",
-                     "direct_max_files", "direct_part_size", "direct_url_ttl",
-                     "direct_max_batch_bytes", "direct_max_pending", "direct_part_urls_per_page"):
+        for name in (
+            "s3_part_size",
+            "s3_parts_in_flight",
+            "s3_max_pool_connections",
+            "s3_max_attempts",
+            "max_upload_bytes",
+            "max_files",
+            "max_fields",
+            "max_field_bytes",
+            "max_part_header_bytes",
+            "max_filename_chars",
+            "read_size",
+            "cloudfront_url_ttl",
+            "idempotency_ttl",
+            "idempotency_lock_timeout",
+            "direct_single_put_max",
+            "direct_max_bytes",
+            "direct_max_files",
+            "direct_part_size",
+            "direct_url_ttl",
+            "direct_max_batch_bytes",
+            "direct_max_pending",
+            "direct_part_urls_per_page",
+        ):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
         if self.s3_part_size < S3_MIN_PART_SIZE:
@@ -113,7 +132,9 @@ class Settings:
         if self.direct_single_put_max > 5 * 1024 * MiB:
             fail("direct_single_put_max", "S3 accepts at most 5 GiB in one PUT")
         if self.direct_part_size < S3_MIN_PART_SIZE:
-            fail("direct_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
+            fail(
+                "direct_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)"
+            )
         if self.direct_max_files > 100:
             fail("direct_max_files", "at most 100 (one DynamoDB transaction)")
         if self.max_files > 99:
@@ -158,7 +179,9 @@ class Settings:
         if self.public_base_url and urlparse(self.public_base_url).scheme not in ("http", "https"):
             fail("public_base_url", "must be an http(s) URL")
         if bool(self.cloudfront_key_id) != bool(self.cloudfront_private_key):
-            fail("cloudfront_key_id", "CloudFront signing needs both the key id and the private key")
+            fail(
+                "cloudfront_key_id", "CloudFront signing needs both the key id and the private key"
+            )
         if self.cloudfront_key_id and not self.cdn_base_url:
             fail("cdn_base_url", "required when CloudFront URL signing is configured")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -184,7 +207,7 @@ class Settings:
 
     @property
     def effective_part_size(self) -> int:
-        """The configured part size, raised if needed so a max-size file fits in S3's 10,000 parts."""
+        """The configured part size, raised so that a max-size file fits in 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
 
@@ -193,7 +216,7 @@ class Settings:
         needed = -(-size // S3_MAX_PARTS)
         return max(self.direct_part_size, -(-needed // MiB) * MiB)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)
         settings.validate()
         return settings
@@ -206,7 +229,7 @@ def _pem_or_file(value: str) -> str:
     return path.read_text().strip() if path.is_file() else value
 
 
-def _parse(f: dataclasses.Field, raw: str) -> Any:
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     name = _env_name(f.name)
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:

@@ -33,7 +33,13 @@ from .config import Settings
 from .events import Announcer, EventType
 from .ingest import Destination, checked_type, object_metadata
 from .lifecycle import Status, is_visible
-from .naming import check_project_id, content_disposition, display_name, media_id_of_key, new_media_id
+from .naming import (
+    check_project_id,
+    content_disposition,
+    display_name,
+    media_id_of_key,
+    new_media_id,
+)
 from .principal import Principal
 from .records import DirectUpload, MediaRecord, MediaStore
 from .sniff import SNIFF_BYTES, SniffedType, is_allowed
@@ -80,9 +86,14 @@ class Initiated:
 
 
 class DirectUploadService:
-    def __init__(self, settings: Settings, direct: S3DirectUploads, records: MediaStore,
-                 announcer: Announcer,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        direct: S3DirectUploads,
+        records: MediaStore,
+        announcer: Announcer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
         self.direct = direct
         self.records = records
@@ -119,34 +130,46 @@ class DirectUploadService:
             raise errors.InvalidSize()
         if size > self.settings.direct_max_bytes:
             raise errors.TooLarge(
-                f"{size} bytes is over the limit of {self.settings.direct_max_bytes}.")
-        if (not isinstance(content_type, str) or filetype.get_type(mime=content_type) is None
-                or not is_allowed(content_type, self.settings.allowed_types)):
-            raise errors.UnsupportedType(f"contentType {content_type!r} is not allowed; allowed: "
-                                         f"{', '.join(self.settings.allowed_types)}.")
-        if sha256 is not None and (not isinstance(sha256, str)
-                                   or not SHA256_RE.fullmatch(sha256)):
+                f"{size} bytes is over the limit of {self.settings.direct_max_bytes}."
+            )
+        if (
+            not isinstance(content_type, str)
+            or filetype.get_type(mime=content_type) is None
+            or not is_allowed(content_type, self.settings.allowed_types)
+        ):
+            raise errors.UnsupportedType(
+                f"contentType {content_type!r} is not allowed; allowed: "
+                f"{', '.join(self.settings.allowed_types)}."
+            )
+        if sha256 is not None and (not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256)):
             raise errors.InvalidSha256("sha256 must be 64 lowercase hexadecimal characters.")
-        return Promise(display_name(filename, max_chars=self.settings.max_filename_chars),
-                       content_type, size, sha256)
+        return Promise(
+            display_name(filename, max_chars=self.settings.max_filename_chars),
+            content_type,
+            size,
+            sha256,
+        )
 
-    def initiate(self, principal: Principal, project_id: str,
-                 promises: list[Promise]) -> list[Initiated]:
+    def initiate(
+        self, principal: Principal, project_id: str, promises: list[Promise]
+    ) -> list[Initiated]:
         principal.check_project(project_id)
         cap = self.settings.direct_max_pending
-        pending = self.records.count_pending(tenant=principal.tenant, owner=principal.subject,
-                                             at_most=cap)
+        pending = self.records.count_pending(
+            tenant=principal.tenant, owner=principal.subject, at_most=cap
+        )
         if pending + len(promises) > cap:
             raise errors.TooManyPending(
-                f"{pending} direct uploads are pending; at most {cap} may be.")
+                f"{pending} direct uploads are pending; at most {cap} may be."
+            )
         now = self.clock()
         expires_at = (now + timedelta(seconds=self.settings.direct_url_ttl)).isoformat(
-            timespec="seconds")
+            timespec="seconds"
+        )
         destination = Destination(principal, project_id)
         started: list[Initiated] = []
         try:
-            for promise in promises:
-                started.append(self._start(destination, promise, now, expires_at))
+            started += (self._start(destination, p, now, expires_at) for p in promises)
             self.records.create_many([i.record for i in started])
         except BaseException:
             for item in started:  # nothing of a refused batch stays
@@ -159,8 +182,9 @@ class DirectUploadService:
             raise
         return started
 
-    def _start(self, destination: Destination, promise: Promise, now: datetime,
-               expires_at: str) -> Initiated:
+    def _start(
+        self, destination: Destination, promise: Promise, now: datetime, expires_at: str
+    ) -> Initiated:
         media_id = new_media_id()
         kind = filetype.get_type(mime=promise.content_type)
         sniffed = SniffedType(promise.content_type, "." + kind.extension)
@@ -168,51 +192,90 @@ class DirectUploadService:
         ttl = self.settings.direct_url_ttl
         instructions: dict[str, Any]
         if promise.size <= self.settings.direct_single_put_max:
-            sha_b64 = (base64.b64encode(binascii.unhexlify(promise.sha256)).decode()
-                       if promise.sha256 else None)
-            upload = DirectUpload(method="put", expires_at=expires_at,
-                                  promised_sha256=promise.sha256 or "")
+            sha_b64 = (
+                base64.b64encode(binascii.unhexlify(promise.sha256)).decode()
+                if promise.sha256
+                else None
+            )
+            upload = DirectUpload(
+                method="put", expires_at=expires_at, promised_sha256=promise.sha256 or ""
+            )
             staging = staging_key(key)
             instructions = {
                 "method": "put",
-                "put": self.direct.presign_put(staging, content_type=promise.content_type,
-                                               size=promise.size, sha256_b64=sha_b64,
-                                               expires_in=ttl),
-                "post": self.direct.presign_post(staging, content_type=promise.content_type,
-                                                 size=promise.size, expires_in=ttl)}
+                "put": self.direct.presign_put(
+                    staging,
+                    content_type=promise.content_type,
+                    size=promise.size,
+                    sha256_b64=sha_b64,
+                    expires_in=ttl,
+                ),
+                "post": self.direct.presign_post(
+                    staging, content_type=promise.content_type, size=promise.size, expires_in=ttl
+                ),
+            }
         else:
             part_size = self.settings.direct_part_size_for(promise.size)
             count = -(-promise.size // part_size)
             s3_upload_id = self.direct.start_multipart(
-                key, content_type=promise.content_type,
+                key,
+                content_type=promise.content_type,
                 content_disposition=content_disposition(promise.filename),
-                metadata=object_metadata(media_id=media_id, project_id=destination.project_id,
-                                         owner=destination.principal.subject,
-                                         original_name=promise.filename,
-                                         sha256=promise.sha256 or ""))
-            upload = DirectUpload(method="multipart", expires_at=expires_at,
-                                  s3_upload_id=s3_upload_id, part_size=part_size,
-                                  part_count=count, promised_sha256=promise.sha256 or "")
-            instructions = {"method": "multipart", "multipart": {
-                "partSize": part_size, "partCount": count,
-                "parts": self._part_urls(key, upload, promise.size, 1,
-                                         self.settings.direct_part_urls_per_page)}}
+                metadata=object_metadata(
+                    media_id=media_id,
+                    project_id=destination.project_id,
+                    owner=destination.principal.subject,
+                    original_name=promise.filename,
+                    sha256=promise.sha256 or "",
+                ),
+            )
+            upload = DirectUpload(
+                method="multipart",
+                expires_at=expires_at,
+                s3_upload_id=s3_upload_id,
+                part_size=part_size,
+                part_count=count,
+                promised_sha256=promise.sha256 or "",
+            )
+            instructions = {
+                "method": "multipart",
+                "multipart": {
+                    "partSize": part_size,
+                    "partCount": count,
+                    "parts": self._part_urls(
+                        key, upload, promise.size, 1, self.settings.direct_part_urls_per_page
+                    ),
+                },
+            }
         record = destination.draft(
-            media_id=media_id, original_name=promise.filename, sniffed=sniffed,
-            size=promise.size, sha256="", created_at=now.isoformat(timespec="microseconds"),
-            metadata={}, status=Status.PENDING, upload=upload)
+            media_id=media_id,
+            original_name=promise.filename,
+            sniffed=sniffed,
+            size=promise.size,
+            sha256="",
+            created_at=now.isoformat(timespec="microseconds"),
+            metadata={},
+            status=Status.PENDING,
+            upload=upload,
+        )
         return Initiated(record, {**instructions, "expiresAt": expires_at})
 
-    def _part_urls(self, key: str, upload: DirectUpload, size: int, first: int,
-                   count: int) -> list[dict[str, Any]]:
+    def _part_urls(
+        self, key: str, upload: DirectUpload, size: int, first: int, count: int
+    ) -> list[dict[str, Any]]:
         last = min(upload.part_count, first + count - 1)
         numbers = range(first, last + 1)
         sizes = [min(upload.part_size, size - (n - 1) * upload.part_size) for n in numbers]
-        return self.direct.presign_parts(key, upload.s3_upload_id, list(zip(numbers, sizes)),
-                                         self.settings.direct_url_ttl)
+        return self.direct.presign_parts(
+            key,
+            upload.s3_upload_id,
+            list(zip(numbers, sizes, strict=True)),
+            self.settings.direct_url_ttl,
+        )
 
-    def part_urls(self, principal: Principal, upload_id: str, *, first: int,
-                  count: int) -> list[dict[str, Any]]:
+    def part_urls(
+        self, principal: Principal, upload_id: str, *, first: int, count: int
+    ) -> list[dict[str, Any]]:
         """More part URLs of a pending multipart upload (initiate hands out the first page)."""
         record = self.get(principal, upload_id)
         upload = self._upload(record)
@@ -223,10 +286,11 @@ class DirectUploadService:
         per_page = self.settings.direct_part_urls_per_page
         if not 1 <= first <= upload.part_count or not 1 <= count <= per_page:
             raise errors.InvalidPartRange(
-                f"first must be 1-{upload.part_count} and count 1-{per_page}.")
+                f"first must be 1-{upload.part_count} and count 1-{per_page}."
+            )
         return self._part_urls(record.s3_key, upload, record.size, first, count)
 
-    # -- the upload's life --------------------------------------------------------------------------
+    # -- the upload's life -----------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
         """A direct upload the caller may act on: its own, or any it may see when it is an
         admin (others' are 404, as if they did not exist)."""
@@ -235,7 +299,8 @@ class DirectUploadService:
         except errors.MediaNotFound:
             raise errors.UploadNotFound() from None
         if not isinstance(record.upload, DirectUpload) or not principal.may_modify(
-                tenant=record.tenant, project_id=record.project_id, owner=record.owner):
+            tenant=record.tenant, project_id=record.project_id, owner=record.owner
+        ):
             raise errors.UploadNotFound()
         return record
 
@@ -273,10 +338,12 @@ class DirectUploadService:
             return self._finish(record, Status.REJECTED, reason)
         upload = self._upload(record)
         completed = dataclasses.replace(
-            upload, completed_at=self.clock().isoformat(timespec="seconds"))
+            upload, completed_at=self.clock().isoformat(timespec="seconds")
+        )
         stored = self.records.update(
             record.evolve(status=Status.STORED, sha256=upload.promised_sha256, upload=completed),
-            expected=record)
+            expected=record,
+        )
         if stored is None:
             # Aborted or expired while we verified: the object we completed must not stay.
             return self._after_race(record, remove=True)
@@ -301,7 +368,7 @@ class DirectUploadService:
             done.append(record.media_id)
         return done
 
-    # -- internals -----------------------------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------------
     @staticmethod
     def _require_pending(record: MediaRecord) -> None:
         if record.status is not Status.PENDING:
@@ -309,7 +376,7 @@ class DirectUploadService:
 
     @staticmethod
     def _decided(current: MediaRecord) -> MediaRecord:
-        """Answer with what another request decided: stored or rejected as they are, the rest 409."""
+        """Answer with what another request decided: stored or rejected as is, the rest 409."""
         if current.status is Status.REJECTED or is_visible(current.status):
             return current
         raise _NOT_PENDING.get(current.status, errors.UploadStored)()
@@ -318,7 +385,7 @@ class DirectUploadService:
         return self._upload(record).expires_at < self.clock().isoformat(timespec="seconds")
 
     def _verify(self, record: MediaRecord, payload: Any) -> str | None:
-        """None when S3 holds exactly what was promised (then the object is complete), else why not."""
+        """None when S3 holds exactly what was promised (the object is then complete), else why."""
         upload = self._upload(record)
         source, head = record.s3_key, None
         if upload.method == "multipart":
@@ -338,11 +405,19 @@ class DirectUploadService:
         reason = self._check_object(record, source, head)
         if reason is None and source != record.s3_key:
             self.direct.copy(
-                source, record.s3_key, if_match=head.etag, content_type=record.mime_type,
+                source,
+                record.s3_key,
+                if_match=head.etag,
+                content_type=record.mime_type,
                 content_disposition=content_disposition(record.original_name),
-                metadata=object_metadata(media_id=record.media_id, project_id=record.project_id,
-                                         owner=record.owner, original_name=record.original_name,
-                                         sha256=upload.promised_sha256))
+                metadata=object_metadata(
+                    media_id=record.media_id,
+                    project_id=record.project_id,
+                    owner=record.owner,
+                    original_name=record.original_name,
+                    sha256=upload.promised_sha256,
+                ),
+            )
             try:
                 self.direct.delete(source)
             except errors.GatewayError:  # the record is stored soon: the sweeper removes it
@@ -353,11 +428,13 @@ class DirectUploadService:
         """Check the object version ``head`` describes (every read is IfMatch its ETag)."""
         if head.size != record.size:
             return f"S3 holds {head.size} bytes; {record.size} were promised."
-        first_bytes = self.direct.read_head(key, min(SNIFF_BYTES, record.size),
-                                            if_match=head.etag or None)
+        first_bytes = self.direct.read_head(
+            key, min(SNIFF_BYTES, record.size), if_match=head.etag or None
+        )
         try:
-            sniffed = checked_type(first_bytes, self.settings.allowed_types,
-                                   name=record.original_name)
+            sniffed = checked_type(
+                first_bytes, self.settings.allowed_types, name=record.original_name
+            )
         except errors.UnsupportedType as exc:
             return exc.message
         if sniffed.mime != record.mime_type:
@@ -371,9 +448,12 @@ class DirectUploadService:
         upload = self._upload(record)
         claimed = payload.get("parts") if isinstance(payload, dict) else None
         if not isinstance(claimed, list) or not all(
-                isinstance(p, dict) and isinstance(p.get("partNumber"), int)
-                and not isinstance(p.get("partNumber"), bool)
-                and isinstance(p.get("etag"), str) for p in claimed):
+            isinstance(p, dict)
+            and isinstance(p.get("partNumber"), int)
+            and not isinstance(p.get("partNumber"), bool)
+            and isinstance(p.get("etag"), str)
+            for p in claimed
+        ):
             raise errors.InvalidParts()
         held = self.direct.list_parts(record.s3_key, upload.s3_upload_id)
         if held is None:
@@ -384,10 +464,13 @@ class DirectUploadService:
             raise errors.UploadAborted("The multipart upload no longer exists.")
         expected = list(range(1, upload.part_count + 1))
         if [p.number for p in held] != expected:
-            return (f"S3 holds parts {[p.number for p in held]}; "
-                    f"parts 1-{upload.part_count} were expected.")
-        if sorted((p["partNumber"], p["etag"].strip('"')) for p in claimed) != \
-                [(p.number, p.etag) for p in held]:
+            return (
+                f"S3 holds parts {[p.number for p in held]}; "
+                f"parts 1-{upload.part_count} were expected."
+            )
+        if sorted((p["partNumber"], p["etag"].strip('"')) for p in claimed) != [
+            (p.number, p.etag) for p in held
+        ]:
             return "The parts and ETags sent do not match what S3 received."
         total = sum(p.size for p in held)
         if total != record.size:
@@ -416,8 +499,9 @@ class DirectUploadService:
             self.direct.delete(record.s3_key)  # a copied single upload, or a completed multipart
         except errors.GatewayError:
             # The record no longer says pending or stored, so the sweeper removes these.
-            log.warning("could not remove %s from S3; the sweeper will", record.s3_key,
-                        exc_info=True)
+            log.warning(
+                "could not remove %s from S3; the sweeper will", record.s3_key, exc_info=True
+            )
 
     def _after_race(self, record: MediaRecord, *, remove: bool) -> MediaRecord:
         """Another request moved the record first: answer with what it decided."""

@@ -22,7 +22,9 @@ class GatewayError(Exception):
     message: str = "Internal server error."
     headers: dict[str, str]
 
-    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
         self.message = message or type(self).message
         super().__init__(self.message)
         self.headers = {**self.default_headers(), **(headers or {})}
@@ -72,7 +74,10 @@ class ClientDisconnected(BadRequest):
 
 
 class InvalidJson(BadRequest):
-    code, message = "invalid_json", "The body must be a JSON object (Content-Type: application/json)."
+    code, message = (
+        "invalid_json",
+        "The body must be a JSON object (Content-Type: application/json).",
+    )
 
 
 class MissingProjectId(BadRequest):
@@ -120,7 +125,10 @@ class InvalidStatusFilter(BadRequest):
 
 
 class InvalidIdempotencyKey(BadRequest):
-    code, message = "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters."
+    code, message = (
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1-255 visible ASCII characters.",
+    )
 
 
 # -- 401 / 403 / 404: who may do what -----------------------------------------------------------
@@ -194,7 +202,10 @@ class Conflict(GatewayError):
 
 
 class IdempotencyInProgress(Conflict):
-    code, message = "idempotency_in_progress", "A request with this Idempotency-Key is still running."
+    code, message = (
+        "idempotency_in_progress",
+        "A request with this Idempotency-Key is still running.",
+    )
 
 
 class RecordExists(Conflict):
@@ -229,12 +240,19 @@ class UploadAlreadyRejected(Conflict):
 
 
 class IllegalTransition(Conflict):
-    code, message = "illegal_transition", "The media cannot move to that status from its current one."
+    code, message = (
+        "illegal_transition",
+        "The media cannot move to that status from its current one.",
+    )
 
 
 # -- 411 / 413 / 415 / 422 / 429: the upload itself ---------------------------------------------
 class LengthRequired(GatewayError):
-    status, code, message = 411, "length_required", "Content-Length or chunked encoding is required."
+    status, code, message = (
+        411,
+        "length_required",
+        "Content-Length or chunked encoding is required.",
+    )
 
 
 class TooLarge(GatewayError):
@@ -278,7 +296,11 @@ class IdempotencyKeyMismatch(Unprocessable):
 
 
 class TooManyPending(GatewayError):
-    status, code, message = 429, "too_many_pending", "Too many direct uploads are pending; finish some first."
+    status, code, message = (
+        429,
+        "too_many_pending",
+        "Too many direct uploads are pending; finish some first.",
+    )
 
     def default_headers(self) -> dict[str, str]:
         return {"Retry-After": "60"}
@@ -300,7 +322,11 @@ class StorageError(GatewayError):
 class StorageUnavailable(StorageError, _Retryable):
     """Throttling or unavailability, once retries are spent: worth retrying later."""
 
-    status, code, message = 503, "storage_unavailable", "The object store is unavailable; retry later."
+    status, code, message = (
+        503,
+        "storage_unavailable",
+        "The object store is unavailable; retry later.",
+    )
 
 
 class RecordStoreError(_Retryable):
@@ -308,6 +334,11 @@ class RecordStoreError(_Retryable):
 
 
 for _cls in list(globals().values()):
-    if (isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls is not GatewayError
-            and not _cls.__name__.startswith("_") and not _cls.__dict__.get("abstract")):
+    if (
+        isinstance(_cls, type)
+        and issubclass(_cls, GatewayError)
+        and _cls is not GatewayError
+        and not _cls.__name__.startswith("_")
+        and not _cls.__dict__.get("abstract")
+    ):
         _declare(_cls)

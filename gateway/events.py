@@ -43,9 +43,16 @@ class MediaEvent:
 
     @classmethod
     def of(cls, type: EventType, record: MediaRecord, *, at: datetime) -> MediaEvent:
-        return cls(type=type, media_id=record.media_id, tenant=record.tenant,
-                   project_id=record.project_id, owner=record.owner, key=record.s3_key,
-                   status=record.status.value, occurred_at=at.isoformat(timespec="microseconds"))
+        return cls(
+            type=type,
+            media_id=record.media_id,
+            tenant=record.tenant,
+            project_id=record.project_id,
+            owner=record.owner,
+            key=record.s3_key,
+            status=record.status.value,
+            occurred_at=at.isoformat(timespec="microseconds"),
+        )
 
 
 class Publisher(Protocol):
@@ -61,15 +68,22 @@ class LogPublisher:
 
     def publish(self, events: Sequence[MediaEvent]) -> None:
         for event in events:
-            self.logger.info({"event": event.type.value, "mediaId": event.media_id,
-                              "projectId": event.project_id, "status": event.status})
+            self.logger.info(
+                {
+                    "event": event.type.value,
+                    "mediaId": event.media_id,
+                    "projectId": event.project_id,
+                    "status": event.status,
+                }
+            )
 
 
 class Announcer:
     """Builds the events of a state change and publishes them without ever raising."""
 
-    def __init__(self, publisher: Publisher,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, publisher: Publisher, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.publisher = publisher
         self.clock = clock
 
@@ -79,6 +93,10 @@ class Announcer:
         try:
             self.publisher.publish(events)
         except Exception:
-            log.error("could not publish %s for %s", type.value,
-                      [e.media_id for e in events], exc_info=True)
+            log.error(
+                "could not publish %s for %s",
+                type.value,
+                [e.media_id for e in events],
+                exc_info=True,
+            )
         return events

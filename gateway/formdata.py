@@ -24,12 +24,12 @@ The grammar (RFC 2046 section 5.1.1 and RFC 7578), with the choices made where i
 - Each part has a ``Content-Disposition: form-data`` header with a ``name``; a ``filename``
   parameter (even empty) makes it a file. Header bytes that are not UTF-8 are read as Latin-1.
 """
+
 from __future__ import annotations
 
 import enum
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from werkzeug.http import parse_options_header
 
@@ -84,7 +84,7 @@ class FormEnd:
     pass
 
 
-Event = Union[TextField, FileStart, FileData, FileEnd, FormEnd]
+Event = TextField | FileStart | FileData | FileEnd | FormEnd
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,12 @@ class FormDataParser:
         events: list[Event] = []
         buffer, pos = self._buffer, 0
         steps = {
-            _State.PREAMBLE: self._preamble, _State.DELIMITER: self._delimiter_line,
-            _State.HEADERS: self._headers, _State.BODY_START: self._body_start,
-            _State.BODY: self._body, _State.EPILOGUE: self._epilogue,
+            _State.PREAMBLE: self._preamble,
+            _State.DELIMITER: self._delimiter_line,
+            _State.HEADERS: self._headers,
+            _State.BODY_START: self._body_start,
+            _State.BODY: self._body,
+            _State.EPILOGUE: self._epilogue,
         }
         try:
             while True:
@@ -190,7 +193,7 @@ class FormDataParser:
         self._skipped += pos - start
         if self._skipped > MAX_PREAMBLE_BYTES:
             raise self._no_boundary()
-        window = buffer[pos:pos + len(self._dash_boundary)]
+        window = buffer[pos : pos + len(self._dash_boundary)]
         if window == self._dash_boundary:
             self._state = _State.DELIMITER
             return pos + len(self._dash_boundary)
@@ -203,10 +206,10 @@ class FormDataParser:
         return FormDataError("The body does not start with the multipart boundary.")
 
     def _delimiter_line(self, buffer: bytes, pos: int, events: list[Event]) -> int:
-        if buffer[pos:pos + 1] == b"-":
+        if buffer[pos : pos + 1] == b"-":
             if len(buffer) < pos + 2:
                 raise _Wait(pos)
-            if buffer[pos + 1:pos + 2] != b"-":
+            if buffer[pos + 1 : pos + 2] != b"-":
                 raise FormDataError("A boundary is followed by unexpected bytes.")
             self._end_part(events, last=True)
             self.complete = True
@@ -220,7 +223,7 @@ class FormDataParser:
             raise FormDataError("A boundary is followed by too much padding.")
         line_break = self._line_break
         if line_break is None:  # the first boundary line decides: CRLF or LF
-            window = buffer[after:after + 2]
+            window = buffer[after : after + 2]
             if window[:1] == b"\r" and len(window) < 2:
                 raise _Wait(pos)
             if window == CRLF:
@@ -234,7 +237,7 @@ class FormDataParser:
             else:
                 raise FormDataError("A boundary is followed by unexpected bytes.")
             self._line_break, self._delimiter = line_break, line_break + self._dash_boundary
-        window = buffer[after:after + len(line_break)]
+        window = buffer[after : after + len(line_break)]
         if window != line_break:
             if line_break.startswith(window):
                 raise _Wait(pos)
@@ -257,12 +260,12 @@ class FormDataParser:
         end = found + 2 * len(line_break)
         if end - pos > cap:
             raise FormDataError("Part headers are too large.", limit=True)
-        self._start_part(self._parse_headers(buffer[pos:end - 2 * len(line_break)]), events)
+        self._start_part(self._parse_headers(buffer[pos : end - 2 * len(line_break)]), events)
         self._state = _State.BODY_START
         return end
 
     def _body_start(self, buffer: bytes, pos: int, events: list[Event]) -> int:
-        window = buffer[pos:pos + len(self._dash_boundary)]
+        window = buffer[pos : pos + len(self._dash_boundary)]
         if window == self._dash_boundary:
             self._state = _State.DELIMITER  # an empty body: "...<CRLF><CRLF>--boundary"
             return pos + len(self._dash_boundary)
@@ -278,8 +281,7 @@ class FormDataParser:
             self._data(buffer, pos, found, events)
             self._state = _State.DELIMITER
             return found + len(delimiter)
-        safe = _possible_prefix_start(buffer, max(pos, len(buffer) - len(delimiter) + 1),
-                                      delimiter)
+        safe = _possible_prefix_start(buffer, max(pos, len(buffer) - len(delimiter) + 1), delimiter)
         self._data(buffer, pos, safe, events)
         raise _Wait(safe)
 

@@ -65,10 +65,16 @@ class AnswerPlan:
     render: Render
     clock: Callable[[], float] = time.time
 
-    def answer(self, records: list[MediaRecord], fingerprint: str) -> tuple[IdempotentAnswer, int, dict[str, Any]]:
+    def answer(
+        self, records: list[MediaRecord], fingerprint: str
+    ) -> tuple[IdempotentAnswer, int, dict[str, Any]]:
         status, body = self.render(records)
-        saved = IdempotentAnswer(self.scope, self.key, SavedResponse(status, body, fingerprint),
-                                 expires_at=self.clock() + self.ttl)
+        saved = IdempotentAnswer(
+            self.scope,
+            self.key,
+            SavedResponse(status, body, fingerprint),
+            expires_at=self.clock() + self.ttl,
+        )
         return saved, status, body
 
 
@@ -80,7 +86,10 @@ class Outcome:
 
 
 def run_once(
-    store: IdempotencyStore, plan: AnswerPlan, *, lock_timeout: float,
+    store: IdempotencyStore,
+    plan: AnswerPlan,
+    *,
+    lock_timeout: float,
     first: Callable[[AnswerPlan], tuple[int, dict[str, Any]]],
     fingerprint_of_retry: Callable[[], str],
 ) -> Outcome:
@@ -89,8 +98,9 @@ def run_once(
     ``first`` must save its answer through the plan; a retry's fingerprint must match the saved
     one. A claim held by a request still running raises IdempotencyInProgress (409).
     """
-    saved = store.claim(plan.scope, plan.key, now=plan.clock(), lock_timeout=lock_timeout,
-                        ttl=plan.ttl)
+    saved = store.claim(
+        plan.scope, plan.key, now=plan.clock(), lock_timeout=lock_timeout, ttl=plan.ttl
+    )
     if saved is not None:
         if fingerprint_of_retry() != saved.fingerprint:
             raise errors.IdempotencyKeyMismatch()
@@ -101,7 +111,11 @@ def run_once(
         try:
             store.release(plan.scope, plan.key)
         except Exception:
-            log.error("could not release idempotency key %s; it frees itself after %ss",
-                      plan.key, lock_timeout, exc_info=True)
+            log.error(
+                "could not release idempotency key %s; it frees itself after %ss",
+                plan.key,
+                lock_timeout,
+                exc_info=True,
+            )
         raise
     return Outcome(status, body, replayed=False)

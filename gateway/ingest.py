@@ -56,20 +56,41 @@ class Destination:
     project_id: str
 
     def key(self, media_id: str, sniffed: SniffedType) -> str:
-        return object_key(tenant=self.principal.tenant, project_id=self.project_id,
-                          media_id=media_id, extension=sniffed.extension)
+        return object_key(
+            tenant=self.principal.tenant,
+            project_id=self.project_id,
+            media_id=media_id,
+            extension=sniffed.extension,
+        )
 
     def draft(
-        self, *, media_id: str, original_name: str, sniffed: SniffedType, size: int,
-        sha256: str, created_at: str, metadata: dict[str, str], status: Status = Status.STORED,
+        self,
+        *,
+        media_id: str,
+        original_name: str,
+        sniffed: SniffedType,
+        size: int,
+        sha256: str,
+        created_at: str,
+        metadata: dict[str, str],
+        status: Status = Status.STORED,
         upload: UploadState | None = None,
     ) -> MediaRecord:
         return MediaRecord(
-            media_id=media_id, project_id=self.project_id, tenant=self.principal.tenant,
-            owner=self.principal.subject, original_name=original_name,
-            file_type=sniffed.file_type, mime_type=sniffed.mime,
-            s3_key=self.key(media_id, sniffed), size=size, sha256=sha256,
-            created_at=created_at, metadata=dict(metadata), status=status, upload=upload,
+            media_id=media_id,
+            project_id=self.project_id,
+            tenant=self.principal.tenant,
+            owner=self.principal.subject,
+            original_name=original_name,
+            file_type=sniffed.file_type,
+            mime_type=sniffed.mime,
+            s3_key=self.key(media_id, sniffed),
+            size=size,
+            sha256=sha256,
+            created_at=created_at,
+            metadata=dict(metadata),
+            status=status,
+            upload=upload,
         )
 
 
@@ -130,12 +151,16 @@ class IncomingFile:
         head = bytes(self._head)
         self.sniffed = checked_type(head, self.allowed_types, name=self.original_name)
         metadata = object_metadata(
-            media_id=self.media_id, project_id=self.destination.project_id,
-            owner=self.destination.principal.subject, original_name=self.original_name,
+            media_id=self.media_id,
+            project_id=self.destination.project_id,
+            owner=self.destination.principal.subject,
+            original_name=self.original_name,
             sha256=self.expected_sha256 or "",
         )
         self.writer = self.store.open_writer(
-            self.key, content_type=self.sniffed.mime, metadata=metadata,
+            self.key,
+            content_type=self.sniffed.mime,
+            metadata=metadata,
             content_disposition=content_disposition(self.original_name),
         )
         self._head = bytearray()
@@ -154,6 +179,11 @@ class IncomingFile:
     def draft(self, *, created_at: str, metadata: dict[str, str]) -> MediaRecord:
         assert self.sniffed is not None
         return self.destination.draft(
-            media_id=self.media_id, original_name=self.original_name, sniffed=self.sniffed,
-            size=self.size, sha256=self.sha256, created_at=created_at, metadata=metadata,
+            media_id=self.media_id,
+            original_name=self.original_name,
+            sniffed=self.sniffed,
+            size=self.size,
+            sha256=self.sha256,
+            created_at=created_at,
+            metadata=metadata,
         )

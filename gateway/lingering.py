@@ -6,6 +6,7 @@ still relaying the body (nginx with request buffering off) fails its next write 
 502 instead of our answer. So after the answer has gone out, read and discard what is left,
 for a bounded time: a proxy closes as soon as it has the answer, so this ends almost at once.
 """
+
 from __future__ import annotations
 
 import socket
@@ -27,20 +28,19 @@ def drain_after_response(response: Response, environ: dict[str, Any]) -> None:
 
     def drain() -> None:
         deadline, budget = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
-        is_socket = isinstance(sock, socket.socket)
-        previous = sock.gettimeout() if is_socket else None
+        previous = sock.gettimeout() if isinstance(sock, socket.socket) else None
         try:
-            if is_socket:
+            if isinstance(sock, socket.socket):
                 sock.settimeout(0.25)
             while budget > 0 and time.monotonic() < deadline:
                 chunk = stream.read(READ_SIZE)
                 if not chunk:
                     break
                 budget -= len(chunk)
-        except Exception:  # the peer closed or timed out: either way we are done
+        except Exception:  # noqa: BLE001, S110 - the peer closed or timed out: we are done
             pass
         finally:
-            if is_socket:
+            if isinstance(sock, socket.socket):
                 try:
                     sock.settimeout(previous)
                 except OSError:

@@ -32,9 +32,7 @@ class Principal:
         if not isinstance(subject, str) or not subject:
             raise errors.InvalidToken("The token has no subject (sub).")
         tenant = claims.get("tenant", "")
-        if "tenant" in claims and not (
-            isinstance(tenant, str) and IDENTIFIER_RE.fullmatch(tenant)
-        ):
+        if "tenant" in claims and not (isinstance(tenant, str) and IDENTIFIER_RE.fullmatch(tenant)):
             raise errors.InvalidToken("The token's tenant claim is not a valid identifier.")
         projects = claims.get("projects")
         if "projects" in claims and not (

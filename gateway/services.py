@@ -32,22 +32,39 @@ class Services:
         return self.storage.objects
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, storage: Storage | None = None,
-                      records: MediaStore | None = None,
-                      publisher: Publisher | None = None) -> Services:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        storage: Storage | None = None,
+        records: MediaStore | None = None,
+        publisher: Publisher | None = None,
+    ) -> Services:
         storage = storage or open_storage(settings)
         records = records or open_records(settings)
         journal = OrphanJournal(settings.orphan_journal)
         announcer = Announcer(publisher or LogPublisher())
-        direct = (DirectUploadService(settings, storage.direct, records, announcer)
-                  if storage.direct is not None else None)
+        direct = (
+            DirectUploadService(settings, storage.direct, records, announcer)
+            if storage.direct is not None
+            else None
+        )
         return cls(
-            settings=settings, storage=storage, records=records, journal=journal,
+            settings=settings,
+            storage=storage,
+            records=records,
+            journal=journal,
             announcer=announcer,
             uploads=UploadService(settings, storage.objects, records, journal, announcer),
-            direct=direct, urls=PublicUrls(settings, storage.objects),
-            sweeper=Sweeper(store=storage.objects, listing=storage.listing, records=records,
-                            journal=journal, direct=direct),
+            direct=direct,
+            urls=PublicUrls(settings, storage.objects),
+            sweeper=Sweeper(
+                store=storage.objects,
+                listing=storage.listing,
+                records=records,
+                journal=journal,
+                direct=direct,
+            ),
         )
 
     def provision(self) -> None:

@@ -1,4 +1,5 @@
 """Content sniffing: the type of a file is what its first bytes say, never what the client says."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -32,9 +32,16 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, *, store: ObjectStore, listing: ObjectListing, records: RecordStore,
-                 journal: OrphanJournal, direct: DirectUploadService | None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        listing: ObjectListing,
+        records: RecordStore,
+        journal: OrphanJournal,
+        direct: DirectUploadService | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.store = store
         self.listing = listing
         self.records = records
@@ -42,28 +49,44 @@ class Sweeper:
         self.direct = direct
         self.clock = clock
 
-    def sweep(self, *, older_than: timedelta, dry_run: bool = False,
-              now: datetime | None = None) -> SweepReport:
+    def sweep(
+        self, *, older_than: timedelta, dry_run: bool = False, now: datetime | None = None
+    ) -> SweepReport:
         now = now or self.clock()
         cutoff = now - older_than
         report = SweepReport()
         self._expire_direct_uploads(now, dry_run, report)
-        self._each(report, "abort upload", self._stale_uploads(cutoff), dry_run,
-                   lambda upload: self.listing.abort_pending(upload),
-                   lambda upload: f"{upload.key} ({upload.upload_id})")
+        self._each(
+            report,
+            "abort upload",
+            self._stale_uploads(cutoff),
+            dry_run,
+            self.listing.abort_pending,
+            lambda upload: f"{upload.key} ({upload.upload_id})",
+        )
         journaled = self._journaled(report)
-        undeleted = self._each(report, "delete journaled orphan",
-                               [key for key in sorted(journaled) if not self._owned(key, report)],
-                               dry_run, self.store.delete, str)
+        undeleted = self._each(
+            report,
+            "delete journaled orphan",
+            [key for key in sorted(journaled) if not self._owned(key, report)],
+            dry_run,
+            self.store.delete,
+            str,
+        )
         if journaled and not dry_run:
             try:
                 self.journal.forget(journaled - set(undeleted))
             except Exception:
                 log.error("could not rewrite the orphan journal", exc_info=True)
                 report.failed.append("rewrite the orphan journal")
-        self._each(report, "delete unrecorded object",
-                   self._unrecorded_objects(cutoff, journaled, report), dry_run,
-                   self.store.delete, str)
+        self._each(
+            report,
+            "delete unrecorded object",
+            self._unrecorded_objects(cutoff, journaled, report),
+            dry_run,
+            self.store.delete,
+            str,
+        )
         return report
 
     # -- the parts -------------------------------------------------------------------------------
@@ -72,12 +95,15 @@ class Sweeper:
             return
         try:
             if dry_run:
-                overdue = self.records.expired_pending(now=now.isoformat(timespec="seconds"),
-                                                       limit=500)
+                overdue = self.records.expired_pending(
+                    now=now.isoformat(timespec="seconds"), limit=500
+                )
                 report.done += [f"expire direct upload {r.media_id}" for r in overdue]
             else:
-                report.done += [f"expire direct upload {media_id}"
-                                for media_id in self.direct.expire_overdue(now=now)]
+                report.done += [
+                    f"expire direct upload {media_id}"
+                    for media_id in self.direct.expire_overdue(now=now)
+                ]
         except Exception:
             log.error("could not expire overdue direct uploads", exc_info=True)
             report.failed.append("expire direct uploads")
@@ -89,22 +115,30 @@ class Sweeper:
 
     def _journaled(self, report: SweepReport) -> set[str]:
         try:
-            return set(self.journal.keys())
+            return set(self.journal.list_keys())
         except Exception:
             log.error("could not read the orphan journal", exc_info=True)
             report.failed.append("read the orphan journal")
             return set()
 
-    def _unrecorded_objects(self, cutoff: datetime, journaled: set[str],
-                            report: SweepReport) -> Iterable[str]:
+    def _unrecorded_objects(
+        self, cutoff: datetime, journaled: set[str], report: SweepReport
+    ) -> Iterable[str]:
         for obj in self.listing.objects():
             if obj.key in journaled or obj.modified >= cutoff:
                 continue
             if parse_key(obj.key)[0] is not None and not self._owned(obj.key, report):
                 yield obj.key
 
-    def _each(self, report: SweepReport, action: str, items: Iterable[T], dry_run: bool,
-              act: Callable[[T], object], describe: Callable[[T], str]) -> list[T]:
+    def _each(
+        self,
+        report: SweepReport,
+        action: str,
+        items: Iterable[T],
+        dry_run: bool,
+        act: Callable[[T], object],
+        describe: Callable[[T], str],
+    ) -> list[T]:
         """Act on every item, each on its own; the items whose action failed."""
         failed: list[T] = []
         try:

@@ -21,8 +21,17 @@ from . import errors
 from .bodies import BodyReader
 from .config import Settings
 from .events import Announcer, EventType
-from .formdata import (Event, FileData, FileEnd, FileStart, FormDataError, FormDataParser,
-                       FormLimits, TextField, boundary_from_content_type)
+from .formdata import (
+    Event,
+    FileData,
+    FileEnd,
+    FileStart,
+    FormDataError,
+    FormDataParser,
+    FormLimits,
+    TextField,
+    boundary_from_content_type,
+)
 from .idempotency import AnswerPlan, Fingerprint
 from .ingest import Destination, IncomingFile
 from .naming import check_project_id, display_name, new_media_id
@@ -62,18 +71,27 @@ class Stored:
 
 
 class UploadService:
-    def __init__(self, settings: Settings, store: ObjectStore, records: MediaStore,
-                 journal: OrphanJournal, announcer: Announcer,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        records: MediaStore,
+        journal: OrphanJournal,
+        announcer: Announcer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
         self.store = store
         self.records = records
         self.journal = journal
         self.announcer = announcer
         self.clock = clock
-        self.limits = FormLimits(max_files=settings.max_files, max_fields=settings.max_fields,
-                                 max_field_bytes=settings.max_field_bytes,
-                                 max_part_header_bytes=settings.max_part_header_bytes)
+        self.limits = FormLimits(
+            max_files=settings.max_files,
+            max_fields=settings.max_fields,
+            max_field_bytes=settings.max_field_bytes,
+            max_part_header_bytes=settings.max_part_header_bytes,
+        )
 
     def precheck(self, request: UploadRequest) -> bytes:
         """Everything decidable from headers alone, before the body is read or S3 is called."""
@@ -87,8 +105,15 @@ class UploadService:
         except FormDataError as exc:
             raise errors.BadContentType(str(exc)) from None
 
-    def ingest(self, body: BodyReader, request: UploadRequest, *, boundary: bytes,
-               stats: UploadStats | None = None, answer: AnswerPlan | None = None) -> Stored:
+    def ingest(
+        self,
+        body: BodyReader,
+        request: UploadRequest,
+        *,
+        boundary: bytes,
+        stats: UploadStats | None = None,
+        answer: AnswerPlan | None = None,
+    ) -> Stored:
         """Stream the body into objects and records; ``boundary`` comes from ``precheck``."""
         batch = _Batch(self, request, stats or UploadStats())
         try:
@@ -117,8 +142,9 @@ class UploadService:
                 fingerprint.file(file[0], file[1], file[2].hexdigest())
         return fingerprint.hexdigest()
 
-    def _events(self, body: BodyReader, request: UploadRequest, boundary: bytes,
-                stats: UploadStats) -> Iterator[Event]:
+    def _events(
+        self, body: BodyReader, request: UploadRequest, boundary: bytes, stats: UploadStats
+    ) -> Iterator[Event]:
         """Parser events of the whole body: reads, caps the size, requires the exact length."""
         parser = FormDataParser(boundary, self.limits)
         cap, read_size = self.settings.max_upload_bytes, self.settings.read_size
@@ -196,7 +222,8 @@ class _Batch:
             project_id = form if form is not None else query
             if project_id is None:
                 raise errors.MissingProjectId(
-                    "projectId is required, in the query string or as a field before the files.")
+                    "projectId is required, in the query string or as a field before the files."
+                )
             self.request.principal.check_project(check_project_id(project_id))
             self.destination = Destination(self.request.principal, project_id)
             self.stats.project_id = project_id
@@ -205,12 +232,16 @@ class _Batch:
     def _on_file_start(self, event: FileStart) -> None:
         if event.name not in FILE_FIELDS:
             raise errors.UnexpectedFileField(
-                f"File parts must be named 'file' or 'files', not {event.name!r}.")
+                f"File parts must be named 'file' or 'files', not {event.name!r}."
+            )
         incoming = IncomingFile(
-            store=self.service.store, destination=self._resolve_destination(),
-            allowed_types=self.settings.allowed_types, media_id=new_media_id(),
+            store=self.service.store,
+            destination=self._resolve_destination(),
+            allowed_types=self.settings.allowed_types,
+            media_id=new_media_id(),
             original_name=display_name(event.filename, max_chars=self.settings.max_filename_chars),
-            expected_sha256=self.next_sha256)
+            expected_sha256=self.next_sha256,
+        )
         self.next_sha256 = None
         self.current = (event, incoming)
         self.files.append(incoming)

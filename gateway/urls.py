@@ -1,4 +1,5 @@
 """Public URLs for stored objects: CloudFront-signed, CDN, the store's own, or the gateway's."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,15 +8,19 @@ from urllib.parse import quote
 
 from botocore.signers import CloudFrontSigner
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .storage import ObjectStore
 
 
 class PublicUrls:
-    def __init__(self, settings: Settings, store: ObjectStore,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.cdn_base = settings.cdn_base_url.rstrip("/")
         self.public_base = settings.public_base_url.rstrip("/")
         self.ttl = timedelta(seconds=settings.cloudfront_url_ttl)
@@ -24,10 +29,15 @@ class PublicUrls:
         self.signer = None
         if settings.cloudfront_key_id:
             key = serialization.load_pem_private_key(
-                settings.cloudfront_private_key_pem.encode(), password=None)
+                settings.cloudfront_private_key_pem.encode(), password=None
+            )
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise ConfigError("GATEWAY_CLOUDFRONT_PRIVATE_KEY: must be an RSA private key")
             self.signer = CloudFrontSigner(
                 settings.cloudfront_key_id,
-                lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA1()))
+                # CloudFront's signed URLs are RSA-SHA1 by its specification.
+                lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA1()),  # noqa: S303
+            )
 
     def url(self, key: str, *, request_base: str = "") -> str:
         """``request_base`` (the request's own root URL) is used only in embedded mode.
@@ -37,7 +47,9 @@ class PublicUrls:
         if self.cdn_base:
             url = f"{self.cdn_base}/{quote(self.store.full_key(key))}"
             if self.signer is not None:
-                url = self.signer.generate_presigned_url(url, date_less_than=self.clock() + self.ttl)
+                url = self.signer.generate_presigned_url(
+                    url, date_less_than=self.clock() + self.ttl
+                )
             return url
         direct = self.store.direct_url(key)
         if direct is not None:

@@ -22,7 +22,9 @@ error_log = logging.getLogger("gateway.error")
 
 # The web framework's own refusals, in the gateway's vocabulary (anything else: request_rejected).
 _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
-    404: errors.NotFound, 405: errors.MethodNotAllowed, 413: errors.TooLarge,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.TooLarge,
 }
 
 
@@ -56,25 +58,34 @@ def init_app(app: Flask, settings: Settings) -> None:
     def finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         started = g.get("started", time.monotonic())
-        line = {"event": "request", "requestId": g.get("request_id"), "method": request.method,
-                "path": request.path, "status": response.status_code,
-                "durationMs": round((time.monotonic() - started) * 1000, 1), **g.get("log", {})}
+        line = {
+            "event": "request",
+            "requestId": g.get("request_id"),
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "durationMs": round((time.monotonic() - started) * 1000, 1),
+            **g.get("log", {}),
+        }
         access_log.info(line)
         return response
 
     @app.errorhandler(errors.GatewayError)
     def gateway_error(exc: errors.GatewayError) -> Response:
         if exc.status >= 500:
-            error_log.error("request %s failed: %s", g.get("request_id"), exc.code,
-                            exc_info=exc.__cause__ is not None)
+            error_log.error(
+                "request %s failed: %s",
+                g.get("request_id"),
+                exc.code,
+                exc_info=exc.__cause__ is not None,
+            )
         return render(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 400
         known = _HTTP_ERRORS.get(status)
-        return render(known() if known else errors.RequestRejected(exc.description,
-                                                                   status=status))
+        return render(known() if known else errors.RequestRejected(exc.description, status=status))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

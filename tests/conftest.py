@@ -1,4 +1,5 @@
 """Shared fixtures: a moto server process, settings per backend, an app and its client."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # Property tests: a few hundred cases each in the suite; HYPOTHESIS_PROFILE=fuzz for a long run.
-_PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                        HealthCheck.data_too_large])
+_PROPERTY = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
 settings.register_profile("suite", max_examples=300, **_PROPERTY)
 settings.register_profile("fuzz", max_examples=50_000, **_PROPERTY)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
@@ -26,6 +29,18 @@ from support import JWT_SECRET, env_for_aws, start_moto_server, stop, unique  # 
 os.environ.update(env_for_aws())
 
 
+SLOW_FIXTURES = {"moto_url", "embedded_stack", "s3_stack"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what needs real servers (moto, gunicorn, nginx) as slow: `make test-fast` skips it."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        remote = callspec is not None and callspec.params.get("backend", "local") != "local"
+        if remote or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def moto_url():
     """A moto server process on a free loopback port, shared by the session."""
@@ -34,11 +49,15 @@ def moto_url():
     stop(proc)
 
 
-def make_settings(tmp_path: Path, *, backend: str = "local", moto_url: str | None = None,
-                  **overrides) -> Settings:
-    values = dict(jwt_secret=JWT_SECRET, orphan_journal=str(tmp_path / "orphans.jsonl"),
-                  storage_url=str(tmp_path / "media"),
-                  records_url=f"sqlite:///{tmp_path / 'records.db'}")
+def make_settings(
+    tmp_path: Path, *, backend: str = "local", moto_url: str | None = None, **overrides
+) -> Settings:
+    values = {
+        "jwt_secret": JWT_SECRET,
+        "orphan_journal": str(tmp_path / "orphans.jsonl"),
+        "storage_url": str(tmp_path / "media"),
+        "records_url": f"sqlite:///{tmp_path / 'records.db'}",
+    }
     if backend in ("s3", "s3+dynamodb"):
         values.update(storage_url=f"s3://{unique('bucket')}/uploads", s3_endpoint_url=moto_url)
     if backend == "s3+dynamodb":
@@ -87,6 +106,7 @@ def token(app):
 
         with app.app_context():
             return mint_token(sub, **kwargs)
+
     return make
 
 

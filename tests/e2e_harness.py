@@ -12,6 +12,7 @@ same env (``Settings.from_env``) lets tests inspect the object store and the rec
 nginx is installed with apt-get when it is missing (and curl likewise), so a fresh machine runs
 these tests instead of skipping them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import requests
 
@@ -45,12 +46,21 @@ def _apt_install(packages: Iterable[str]) -> None:
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     # RUNLEVEL=1: the package's postinst must not start a system-wide nginx on port 80.
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
-    subprocess.run([*sudo, "apt-get", "update"], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [*sudo, "apt-get", "update"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     errors = []
     for package in packages:
-        done = subprocess.run([*sudo, "apt-get", "install", "-y", "--no-install-recommends",
-                               package], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "--no-install-recommends", package],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode == 0:
             return
         errors.append(f"{package}: {done.stderr.strip()[-500:]}")
@@ -60,7 +70,8 @@ def _apt_install(packages: Iterable[str]) -> None:
 def _find(binary: str) -> str | None:
     return shutil.which(binary) or next(
         (str(p) for p in (Path("/usr/sbin") / binary, Path("/usr/bin") / binary) if p.exists()),
-        None)
+        None,
+    )
 
 
 def ensure_nginx() -> str:
@@ -85,13 +96,17 @@ def ensure_curl() -> str:
 
 
 # -- nginx config ----------------------------------------------------------------------------------
-def render_gateway_conf(*, listen: str, upstream: str, media_root: Path | str,
-                        access_log: Path | str) -> str:
+def render_gateway_conf(
+    *, listen: str, upstream: str, media_root: Path | str, access_log: Path | str
+) -> str:
     """The production template with its placeholders filled in (the same values as sed would)."""
     text = NGINX_TEMPLATE.read_text()
-    for name, value in (("LISTEN", listen), ("UPSTREAM", upstream),
-                        ("MEDIA_ROOT", str(media_root).rstrip("/")),
-                        ("ACCESS_LOG", str(access_log))):
+    for name, value in (
+        ("LISTEN", listen),
+        ("UPSTREAM", upstream),
+        ("MEDIA_ROOT", str(media_root).rstrip("/")),
+        ("ACCESS_LOG", str(access_log)),
+    ):
         text = text.replace("{{" + name + "}}", value)
     left = PLACEHOLDER_RE.findall(text)
     if left:
@@ -100,22 +115,29 @@ def render_gateway_conf(*, listen: str, upstream: str, media_root: Path | str,
 
 
 def _mime_types_include() -> str:
-    for candidate in (Path("/etc/nginx/mime.types"), Path("/usr/local/etc/nginx/mime.types"),
-                      Path("/usr/local/nginx/conf/mime.types")):
+    for candidate in (
+        Path("/etc/nginx/mime.types"),
+        Path("/usr/local/etc/nginx/mime.types"),
+        Path("/usr/local/nginx/conf/mime.types"),
+    ):
         if candidate.is_file():
             return f"include {candidate};"
     return "types { image/png png; image/jpeg jpg jpeg; video/mp4 mp4; }"
 
 
-def write_test_nginx_conf(run_dir: Path, *, listen: str, upstream: str,
-                          media_root: Path) -> Path:
+def write_test_nginx_conf(run_dir: Path, *, listen: str, upstream: str, media_root: Path) -> Path:
     """A main nginx.conf for an unprivileged-path instance: everything under ``run_dir``."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (run_dir / "temp" / sub).mkdir(parents=True, exist_ok=True)
     server = run_dir / "gateway.conf"
-    server.write_text(render_gateway_conf(listen=listen, upstream=upstream,
-                                          media_root=media_root,
-                                          access_log=run_dir / "access.log"))
+    server.write_text(
+        render_gateway_conf(
+            listen=listen,
+            upstream=upstream,
+            media_root=media_root,
+            access_log=run_dir / "access.log",
+        )
+    )
     # As root, nginx would drop its workers to "nobody", who cannot read pytest's 0700 tmp
     # dirs; keep them as the current user instead.
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
@@ -126,17 +148,17 @@ daemon off;
 master_process on;
 worker_processes 1;
 {user}
-pid {run_dir / 'nginx.pid'};
-error_log {run_dir / 'error.log'} info;
+pid {run_dir / "nginx.pid"};
+error_log {run_dir / "error.log"} info;
 events {{ worker_connections 256; }}
 http {{
     {_mime_types_include()}
     default_type application/octet-stream;
-    client_body_temp_path {temp / 'client_body'};
-    proxy_temp_path {temp / 'proxy'};
-    fastcgi_temp_path {temp / 'fastcgi'};
-    uwsgi_temp_path {temp / 'uwsgi'};
-    scgi_temp_path {temp / 'scgi'};
+    client_body_temp_path {temp / "client_body"};
+    proxy_temp_path {temp / "proxy"};
+    fastcgi_temp_path {temp / "fastcgi"};
+    uwsgi_temp_path {temp / "uwsgi"};
+    scgi_temp_path {temp / "scgi"};
     include {server};
 }}
 """)
@@ -144,8 +166,11 @@ http {{
 
 
 def nginx_check(nginx: str, conf: Path, run_dir: Path) -> None:
-    done = subprocess.run([nginx, "-t", "-p", str(run_dir), "-e", str(run_dir / "error.log"),
-                           "-c", str(conf)], capture_output=True, text=True)
+    done = subprocess.run(
+        [nginx, "-t", "-p", str(run_dir), "-e", str(run_dir / "error.log"), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"nginx -t failed:\n{done.stderr}")
 
@@ -155,12 +180,12 @@ def nginx_check(nginx: str, conf: Path, run_dir: Path) -> None:
 class Stack:
     mode: str
     tmp: Path
-    env: dict[str, str]            # the GATEWAY_* (and AWS_*) env gunicorn runs with
-    settings: object               # gateway.config.Settings from that same env
-    svc: object                    # gateway.services.Services from those settings
-    token: str                     # `flask token --sub alice --projects p1`
-    gateway_url: str               # gunicorn, direct
-    url: str                       # nginx in front of it
+    env: dict[str, str]  # the GATEWAY_* (and AWS_*) env gunicorn runs with
+    settings: object  # gateway.config.Settings from that same env
+    svc: object  # gateway.services.Services from those settings
+    token: str  # `flask token --sub alice --projects p1`
+    gateway_url: str  # gunicorn, direct
+    url: str  # nginx in front of it
     nginx_port: int
     media_root: Path
     run_dir: Path
@@ -172,29 +197,59 @@ class Stack:
         return {"Authorization": f"Bearer {self.token}"}
 
     # -- requests ---------------------------------------------------------------------------
-    def curl(self, *args: str, path: str = "/api/upload", token: str | None = "default",
-             headers: dict[str, str] | None = None, timeout: float = 120) -> "CurlResult":
+    def curl(
+        self,
+        *args: str,
+        path: str = "/api/upload",
+        token: str | None = "default",
+        headers: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> CurlResult:
         """Run real curl against nginx: ``curl -sS <args> [-H auth] URL``; status, headers, body."""
         out = self.tmp / f"curl-{unique('out')}"
-        cmd = [self.curl_bin, "-sS", "-o", str(out), "-D", str(out) + ".h",
-               "-w", "%{http_code}", "--max-time", str(int(timeout))]
+        cmd = [
+            self.curl_bin,
+            "-sS",
+            "-o",
+            str(out),
+            "-D",
+            str(out) + ".h",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            str(int(timeout)),
+        ]
         if token is not None:
             cmd += ["-H", f"Authorization: Bearer {self.token if token == 'default' else token}"]
         for name, value in (headers or {}).items():
             cmd += ["-H", f"{name}: {value}"]
         cmd += [*args, self.url + path]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
-        raw_headers = Path(str(out) + ".h").read_text(errors="replace") \
-            if Path(str(out) + ".h").exists() else ""
+        raw_headers = (
+            Path(str(out) + ".h").read_text(errors="replace")
+            if Path(str(out) + ".h").exists()
+            else ""
+        )
         body = out.read_bytes() if out.exists() else b""
         for leftover in (out, Path(str(out) + ".h")):
             leftover.unlink(missing_ok=True)
-        return CurlResult(returncode=done.returncode, status=int(done.stdout or 0),
-                          headers=_last_header_block(raw_headers), body=body,
-                          stderr=done.stderr, command=cmd)
+        return CurlResult(
+            returncode=done.returncode,
+            status=int(done.stdout or 0),
+            headers=_last_header_block(raw_headers),
+            body=body,
+            stderr=done.stderr,
+            command=cmd,
+        )
 
-    def raw(self, head: bytes, body_chunks: Iterable[bytes] = (), *, read_reply: bool = True,
-            timeout: float = 30) -> "RawResult | None":
+    def raw(
+        self,
+        head: bytes,
+        body_chunks: Iterable[bytes] = (),
+        *,
+        read_reply: bool = True,
+        timeout: float = 30,
+    ) -> RawResult | None:
         """Send bytes on a plain socket to nginx, then (optionally) read one HTTP response."""
         with socket.create_connection(("127.0.0.1", self.nginx_port), timeout=timeout) as sock:
             sock.sendall(head)
@@ -240,7 +295,7 @@ class Stack:
 class CurlResult:
     returncode: int
     status: int
-    headers: dict[str, str]        # lower-cased names, last response only (not 100 Continue)
+    headers: dict[str, str]  # lower-cased names, last response only (not 100 Continue)
     body: bytes
     stderr: str
     command: list[str]
@@ -249,7 +304,9 @@ class CurlResult:
         try:
             return json.loads(self.body)
         except ValueError:
-            raise AssertionError(f"not JSON ({self.status}): {self.body[:500]!r} {self.stderr}")
+            raise AssertionError(
+                f"not JSON ({self.status}): {self.body[:500]!r} {self.stderr}"
+            ) from None
 
 
 @dataclass
@@ -262,7 +319,7 @@ class RawResult:
         try:
             return json.loads(self.body)
         except ValueError:
-            raise AssertionError(f"not JSON ({self.status}): {self.body[:500]!r}")
+            raise AssertionError(f"not JSON ({self.status}): {self.body[:500]!r}") from None
 
 
 def _last_header_block(raw: str) -> dict[str, str]:
@@ -311,16 +368,22 @@ def _clean_env() -> dict[str, str]:
 
 
 def _flask(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT,
-                          env={**_clean_env(), **env}, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", *args],
+        cwd=ROOT,
+        env={**_clean_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"flask {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
 
 
-def stack_env(tmp: Path, *, mode: str, gateway_port: int, moto_url: str | None = None,
-              **overrides: str) -> dict[str, str]:
+def stack_env(
+    tmp: Path, *, mode: str, gateway_port: int, moto_url: str | None = None, **overrides: str
+) -> dict[str, str]:
     env = {
         "GATEWAY_BIND": f"127.0.0.1:{gateway_port}",
         "GATEWAY_WORKERS": "2",
@@ -334,8 +397,9 @@ def stack_env(tmp: Path, *, mode: str, gateway_port: int, moto_url: str | None =
         if not moto_url:
             raise ValueError("S3 mode needs a moto server URL")
         env.update(env_for_aws())
-        env.update(GATEWAY_STORAGE_URL=f"s3://{unique('e2e')}/uploads",
-                   GATEWAY_S3_ENDPOINT_URL=moto_url)
+        env.update(
+            GATEWAY_STORAGE_URL=f"s3://{unique('e2e')}/uploads", GATEWAY_S3_ENDPOINT_URL=moto_url
+        )
     elif mode != "embedded":
         raise ValueError(f"unknown mode {mode!r}")
     env.update(overrides)
@@ -343,8 +407,14 @@ def stack_env(tmp: Path, *, mode: str, gateway_port: int, moto_url: str | None =
 
 
 @contextlib.contextmanager
-def gateway_stack(tmp: Path, *, mode: str = "embedded", moto_url: str | None = None,
-                  wsgi_app: str = "wsgi:app", **overrides: str) -> Iterator[Stack]:
+def gateway_stack(
+    tmp: Path,
+    *,
+    mode: str = "embedded",
+    moto_url: str | None = None,
+    wsgi_app: str = "wsgi:app",
+    **overrides: str,
+) -> Iterator[Stack]:
     """gunicorn + nginx for ``mode`` ("embedded": local dir + SQLite; "s3": moto + SQLite).
 
     ``overrides``: more GATEWAY_* env vars; ``wsgi_app``: gunicorn's app spec (for experiments).
@@ -368,19 +438,37 @@ def gateway_stack(tmp: Path, *, mode: str = "embedded", moto_url: str | None = N
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("GATEWAY_")})
     svc = Services.from_settings(settings)
 
-    stack = Stack(mode=mode, tmp=tmp, env=env, settings=settings, svc=svc, token=token,
-                  gateway_url=f"http://127.0.0.1:{gateway_port}",
-                  url=f"http://127.0.0.1:{nginx_port}", nginx_port=nginx_port,
-                  media_root=media_root, run_dir=run_dir, curl_bin=curl_bin)
+    stack = Stack(
+        mode=mode,
+        tmp=tmp,
+        env=env,
+        settings=settings,
+        svc=svc,
+        token=token,
+        gateway_url=f"http://127.0.0.1:{gateway_port}",
+        url=f"http://127.0.0.1:{nginx_port}",
+        nginx_port=nginx_port,
+        media_root=media_root,
+        run_dir=run_dir,
+        curl_bin=curl_bin,
+    )
     log = open(tmp / "gunicorn.log", "ab")
     try:
         stack.procs["gunicorn"] = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", wsgi_app], cwd=ROOT,
-            env={**_clean_env(), **env}, stdout=log, stderr=subprocess.STDOUT)
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", wsgi_app],
+            cwd=ROOT,
+            env={**_clean_env(), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_http(stack.gateway_url + "/healthz", proc=stack.procs["gunicorn"])
-        stack.procs["nginx"] = start_nginx(run_dir, port=nginx_port,
-                                           upstream=f"127.0.0.1:{gateway_port}",
-                                           media_root=media_root, nginx=nginx)
+        stack.procs["nginx"] = start_nginx(
+            run_dir,
+            port=nginx_port,
+            upstream=f"127.0.0.1:{gateway_port}",
+            media_root=media_root,
+            nginx=nginx,
+        )
         _wait_ok(stack.url + "/healthz", stack.procs["nginx"])
         yield stack
     finally:
@@ -393,18 +481,22 @@ def gateway_stack(tmp: Path, *, mode: str = "embedded", moto_url: str | None = N
             executor.shutdown(wait=False)
 
 
-def start_nginx(run_dir: Path, *, port: int, upstream: str, media_root: Path,
-                nginx: str | None = None) -> subprocess.Popen:
+def start_nginx(
+    run_dir: Path, *, port: int, upstream: str, media_root: Path, nginx: str | None = None
+) -> subprocess.Popen:
     """nginx on 127.0.0.1:``port`` with the rendered production server block; checked first."""
     nginx = nginx or ensure_nginx()
     run_dir.mkdir(parents=True, exist_ok=True)
-    conf = write_test_nginx_conf(run_dir, listen=f"127.0.0.1:{port}", upstream=upstream,
-                                 media_root=media_root)
+    conf = write_test_nginx_conf(
+        run_dir, listen=f"127.0.0.1:{port}", upstream=upstream, media_root=media_root
+    )
     nginx_check(nginx, conf, run_dir)
     with open(run_dir / "nginx.out", "ab") as out:
         proc = subprocess.Popen(
             [nginx, "-p", str(run_dir), "-e", str(run_dir / "error.log"), "-c", str(conf)],
-            stdout=out, stderr=subprocess.STDOUT)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     wait_for_port(port, proc)
     return proc
 
@@ -445,7 +537,7 @@ def write_file(path: Path, head: bytes, size: int, *, block: int = 4 * MiB) -> P
         out.write(head)
         left = size - len(head)
         while left > 0:
-            out.write(filler[:min(left, block)])
+            out.write(filler[: min(left, block)])
             left -= block
     return path
 
@@ -460,11 +552,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def request_head(*, path: str = "/api/upload", content_type: str, length: int | None,
-                 headers: dict[str, str] | None = None, host: str = "127.0.0.1") -> bytes:
+def request_head(
+    *,
+    path: str = "/api/upload",
+    content_type: str,
+    length: int | None,
+    headers: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+) -> bytes:
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Type: {content_type}"]
-    lines.append(f"Content-Length: {length}" if length is not None
-                 else "Transfer-Encoding: chunked")
+    lines.append(
+        f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    )
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 

@@ -15,6 +15,7 @@ Actions:
                      the answer is lost, as after a timeout or a dropped connection
 Everything that matches no active rule is forwarded unchanged. Listens on 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -23,13 +24,21 @@ import socket
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-              "transfer-encoding", "upgrade", "expect"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+}
 
 S3_ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -79,8 +88,12 @@ def is_upload_part(r: Request) -> bool:
 
 
 def is_put_object(r: Request) -> bool:
-    return (r.method == "PUT" and "partNumber" not in r.query and "tagging" not in r.query
-            and r.path.count("/") >= 2)
+    return (
+        r.method == "PUT"
+        and "partNumber" not in r.query
+        and "tagging" not in r.query
+        and r.path.count("/") >= 2
+    )
 
 
 def is_create_multipart(r: Request) -> bool:
@@ -119,9 +132,9 @@ class _State:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and "Expect: 100-continue" is answered for us
     timeout = 60
-    server: "_Server"
+    server: _Server
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args) -> None:
         pass
 
     def setup(self) -> None:
@@ -140,8 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         body = self._read_body()
         split = urlsplit(self.path)
-        request = Request(self.command, split.path, parse_qs(split.query, keep_blank_values=True),
-                          {k.lower(): v for k, v in self.headers.items()})
+        request = Request(
+            self.command,
+            split.path,
+            parse_qs(split.query, keep_blank_values=True),
+            {k.lower(): v for k, v in self.headers.items()},
+        )
         action = None
         with state.lock:
             state.log.append(request)
@@ -181,8 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         host, port = self.server.state.upstream
         upstream = http.client.HTTPConnection(host, port, timeout=120)
         try:
-            upstream.putrequest(self.command, self.path, skip_host=True,
-                                skip_accept_encoding=True)
+            upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             for name, value in self.headers.items():
                 if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                     upstream.putheader(name, value)
@@ -204,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             self.send_header(name, value)
         if self.command == "HEAD":
-            length = dict((k.lower(), v) for k, v in headers).get("content-length", "0")
+            length = {k.lower(): v for k, v in headers}.get("content-length", "0")
             self.send_header("Content-Length", length)
             self.end_headers()
         else:
@@ -214,9 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _s3_error(self, status: int, code: str, message: str) -> None:
         request_id = uuid.uuid4().hex[:16].upper()
-        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-                f"<Error><Code>{code}</Code><Message>{message}</Message>"
-                f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>").encode()
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{message}</Message>"
+            f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("x-amz-request-id", request_id)
@@ -260,11 +278,14 @@ class FaultProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._server = _Server(self._state)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="faultproxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="faultproxy",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

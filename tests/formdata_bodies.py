@@ -5,13 +5,24 @@ padding, compact empty parts, preamble and epilogue whitespace); ``expected_even
 correct parser must report for it; ``outcome`` parses a body fed in given pieces and returns the
 events (file data joined) and the error, so a whole parse and a split one compare directly.
 """
+
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from gateway.formdata import (Event, FileData, FileEnd, FileStart, FormDataError, FormDataParser,
-                              FormEnd, FormLimits, TextField)
+from gateway.formdata import (
+    Event,
+    FileData,
+    FileEnd,
+    FileStart,
+    FormDataError,
+    FormDataParser,
+    FormEnd,
+    FormLimits,
+    TextField,
+)
 
 BCHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'()+_,-./:=? "
 
@@ -93,18 +104,20 @@ class Outcome:
     error: tuple[str, bool] | None  # (message, limit)
 
 
-def outcome(body: bytes, cuts: Sequence[int] = (), *, boundary: bytes,
-            limits: FormLimits = FormLimits()) -> Outcome:
+def outcome(
+    body: bytes, cuts: Sequence[int] = (), *, boundary: bytes, limits: FormLimits = FormLimits()
+) -> Outcome:
     """Parse ``body`` fed in the pieces that ``cuts`` (offsets) make; never raises."""
     parser = FormDataParser(boundary, limits)
     events: list[Event] = []
-    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(body))), len(body)]
+    bounds = [0, *sorted({c for c in cuts if 0 < c < len(body)}), len(body)]
     try:
-        for start, end in zip(bounds, bounds[1:]):
-            for event in parser.feed(body[start:end]):
-                # Views are valid until the next feed: copy, as a consumer would use them.
-                events.append(FileData(memoryview(bytes(event.data)))
-                              if isinstance(event, FileData) else event)
+        for start, end in itertools.pairwise(bounds):
+            # Views are valid until the next feed: copy, as a consumer would use them.
+            events += (
+                FileData(memoryview(bytes(event.data))) if isinstance(event, FileData) else event
+                for event in parser.feed(body[start:end])
+            )
         events += parser.finish()
     except FormDataError as exc:
         events += exc.events

@@ -1,4 +1,5 @@
 """Test helpers: form bodies, sample files, servers on free ports, and the "nothing left" rule."""
+
 from __future__ import annotations
 
 import signal
@@ -7,8 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import requests
 
@@ -41,19 +42,27 @@ def _filler(size: int, seed: int) -> bytes:
 
 
 # -- multipart bodies ----------------------------------------------------------------------------
-def form_body(fields: Sequence[tuple[str, str]] = (),
-              files: Sequence[tuple[str, str, bytes]] = (),
-              boundary: str = "----gatewaytestboundary7MA4YWxkTrZu0gW",
-              file_type: str = "application/octet-stream") -> tuple[bytes, str]:
+def form_body(
+    fields: Sequence[tuple[str, str]] = (),
+    files: Sequence[tuple[str, str, bytes]] = (),
+    boundary: str = "----gatewaytestboundary7MA4YWxkTrZu0gW",
+    file_type: str = "application/octet-stream",
+) -> tuple[bytes, str]:
     """(body, content_type) as a browser sends it: fields first, then files."""
     out = []
     for name, value in fields:
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                   .encode() + value.encode() + b"\r\n")
+        out.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + value.encode()
+            + b"\r\n"
+        )
     for name, filename, content in files:
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                   f'filename="{filename}"\r\nContent-Type: {file_type}\r\n\r\n'.encode()
-                   + content + b"\r\n")
+        out.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: {file_type}\r\n\r\n'.encode()
+            + content
+            + b"\r\n"
+        )
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out), f"multipart/form-data; boundary={boundary}"
 
@@ -91,8 +100,11 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def start_moto_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_for_http(url + "/moto-api/", proc=proc)
     return proc, url
@@ -107,9 +119,11 @@ def leftovers(svc) -> dict[str, list]:
     """Every object, pending upload (by full key, as answers report them) and record the stores
     hold (should be empty after a refusal)."""
     listing, full = svc.storage.listing, svc.store.full_key
-    return {"objects": [full(o.key) for o in listing.objects()],
-            "pending_uploads": [full(u.key) for u in listing.pending_uploads()],
-            "records": record_ids(svc.records)}
+    return {
+        "objects": [full(o.key) for o in listing.objects()],
+        "pending_uploads": [full(u.key) for u in listing.pending_uploads()],
+        "records": record_ids(svc.records),
+    }
 
 
 def assert_nothing_left(svc) -> None:
@@ -124,8 +138,12 @@ def record_ids(records) -> list[str]:
         return [row[0] for row in records._connect().execute("SELECT media_id FROM media")]
     if isinstance(records, DynamoRecordStore):
         pages = records.client.get_paginator("scan").paginate(TableName=records.table)
-        return [item["pk"]["S"] for page in pages for item in page["Items"]
-                if item["pk"]["S"].startswith("media#")]
+        return [
+            item["pk"]["S"]
+            for page in pages
+            for item in page["Items"]
+            if item["pk"]["S"].startswith("media#")
+        ]
     raise TypeError(records)
 
 
@@ -148,10 +166,14 @@ def read_object(store, key: str) -> bytes:
 
 
 def env_for_aws() -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 def iter_chunks(data: bytes, size: int) -> Iterable[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]

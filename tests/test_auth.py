@@ -1,4 +1,5 @@
 """Auth comes first: every bad token is refused before one body byte is read or S3 is called."""
+
 from __future__ import annotations
 
 import io
@@ -14,10 +15,12 @@ from gateway import create_app
 from conftest import init_stores, make_settings
 from support import JWT_SECRET, assert_nothing_left, form_body, png_bytes
 
+pytestmark = pytest.mark.slow  # a moto server: "no S3 call" is counted on a real client
+
 
 @pytest.fixture
 def backend():
-    return "s3"  # so "no S3 call" can be counted on a real client
+    return "s3"
 
 
 class CountingStream(io.BytesIO):
@@ -38,16 +41,20 @@ class CountingStream(io.BytesIO):
 
 def s3_calls(svc) -> list:
     calls = []
-    svc.store.client.meta.events.register("before-call.s3.*", lambda **kw: calls.append(kw["model"].name))
+    svc.store.client.meta.events.register(
+        "before-call.s3.*", lambda **kw: calls.append(kw["model"].name)
+    )
     return calls
 
 
 def upload_with(client, headers, body_size=5 * 1024 * 1024, query="?projectId=p1"):
     body, content_type = form_body([], [("file", "a.png", png_bytes(body_size))])
     stream = CountingStream(body)
-    response = client.post(f"/api/upload{query}", input_stream=stream,
-                           headers={"Content-Type": content_type, "Content-Length": str(len(body)),
-                                    **headers})
+    response = client.post(
+        f"/api/upload{query}",
+        input_stream=stream,
+        headers={"Content-Type": content_type, "Content-Length": str(len(body)), **headers},
+    )
     return response, stream
 
 
@@ -62,10 +69,14 @@ def good(**extra):
 
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_PRIVATE = RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode()
-RSA_PUBLIC = RSA_KEY.public_key().public_bytes(
-    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+RSA_PRIVATE = RSA_KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+).decode()
+RSA_PUBLIC = (
+    RSA_KEY.public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
 
 
 def _none_token():
@@ -77,32 +88,71 @@ HS_CASES = {
     "not bearer": ({"Authorization": "Basic YWxpY2U6cHc="}, "missing_token"),
     "malformed": ({"Authorization": "Bearer not.a.jwt"}, "invalid_token"),
     "garbage": ({"Authorization": "Bearer %%%"}, "invalid_token"),
-    "wrong secret": ({"Authorization": "Bearer " + jwt.encode(good(), "x" * 40, "HS256")},
-                     "invalid_token"),
-    "expired": ({"Authorization": "Bearer " + jwt.encode(good(exp=int(time.time()) - 3600),
-                                                          JWT_SECRET, "HS256")}, "token_expired"),
-    "not yet valid": ({"Authorization": "Bearer " + jwt.encode(good(nbf=int(time.time()) + 3600),
-                                                                JWT_SECRET, "HS256")}, "invalid_token"),
-    "no exp": ({"Authorization": "Bearer " + jwt.encode({"sub": "alice", "aud": "gateway", "iss": "issuer-1"}, JWT_SECRET, "HS256")},
-               "invalid_token"),
+    "wrong secret": (
+        {"Authorization": "Bearer " + jwt.encode(good(), "x" * 40, "HS256")},
+        "invalid_token",
+    ),
+    "expired": (
+        {
+            "Authorization": "Bearer "
+            + jwt.encode(good(exp=int(time.time()) - 3600), JWT_SECRET, "HS256")
+        },
+        "token_expired",
+    ),
+    "not yet valid": (
+        {
+            "Authorization": "Bearer "
+            + jwt.encode(good(nbf=int(time.time()) + 3600), JWT_SECRET, "HS256")
+        },
+        "invalid_token",
+    ),
+    "no exp": (
+        {
+            "Authorization": "Bearer "
+            + jwt.encode({"sub": "alice", "aud": "gateway", "iss": "issuer-1"}, JWT_SECRET, "HS256")
+        },
+        "invalid_token",
+    ),
     "alg none": ({"Authorization": "Bearer " + _none_token()}, "invalid_token"),
     "RS256 when HS256 configured": (
-        {"Authorization": "Bearer " + jwt.encode(good(), RSA_PRIVATE, "RS256")}, "invalid_token"),
+        {"Authorization": "Bearer " + jwt.encode(good(), RSA_PRIVATE, "RS256")},
+        "invalid_token",
+    ),
     "HS512 (another algorithm)": (
-        {"Authorization": "Bearer " + jwt.encode(good(), JWT_SECRET + "x" * 20, "HS512")}, "invalid_token"),
-    "wrong audience": ({"Authorization": "Bearer " + jwt.encode(claims(aud="other", iss="issuer-1"),
-                                                                 JWT_SECRET, "HS256")}, "invalid_token"),
-    "wrong issuer": ({"Authorization": "Bearer " + jwt.encode(claims(aud="gateway", iss="evil"),
-                                                               JWT_SECRET, "HS256")}, "invalid_token"),
-    "bad projects claim": ({"Authorization": "Bearer " + jwt.encode(
-        claims(aud="gateway", iss="issuer-1", projects="p1"), JWT_SECRET, "HS256")}, "invalid_token"),
+        {"Authorization": "Bearer " + jwt.encode(good(), JWT_SECRET + "x" * 20, "HS512")},
+        "invalid_token",
+    ),
+    "wrong audience": (
+        {
+            "Authorization": "Bearer "
+            + jwt.encode(claims(aud="other", iss="issuer-1"), JWT_SECRET, "HS256")
+        },
+        "invalid_token",
+    ),
+    "wrong issuer": (
+        {
+            "Authorization": "Bearer "
+            + jwt.encode(claims(aud="gateway", iss="evil"), JWT_SECRET, "HS256")
+        },
+        "invalid_token",
+    ),
+    "bad projects claim": (
+        {
+            "Authorization": "Bearer "
+            + jwt.encode(claims(aud="gateway", iss="issuer-1", projects="p1"), JWT_SECRET, "HS256")
+        },
+        "invalid_token",
+    ),
 }
 
 
 @pytest.fixture
 def hs_app(tmp_path, moto_url):
-    app = create_app(make_settings(tmp_path, backend="s3", moto_url=moto_url,
-                                   jwt_audience="gateway", jwt_issuer="issuer-1"))
+    app = create_app(
+        make_settings(
+            tmp_path, backend="s3", moto_url=moto_url, jwt_audience="gateway", jwt_issuer="issuer-1"
+        )
+    )
     init_stores(app.extensions["gateway"])
     return app
 
@@ -125,8 +175,9 @@ def test_bad_tokens_are_refused_before_reading_or_s3(hs_app, case):
 
 def test_a_valid_token_with_audience_and_issuer_is_accepted(hs_app):
     token = jwt.encode(claims(aud="gateway", iss="issuer-1"), JWT_SECRET, "HS256")
-    response, stream = upload_with(hs_app.test_client(), {"Authorization": f"Bearer {token}"},
-                                   body_size=10_000)
+    response, stream = upload_with(
+        hs_app.test_client(), {"Authorization": f"Bearer {token}"}, body_size=10_000
+    )
     assert response.status_code == 201, response.get_json()
     assert stream.bytes_read > 0
 
@@ -147,16 +198,25 @@ def test_token_outside_the_authorization_header_is_ignored(hs_app, where):
 
 @pytest.fixture
 def rs_app(tmp_path, moto_url):
-    app = create_app(make_settings(tmp_path, backend="s3", moto_url=moto_url, jwt_secret="",
-                                   jwt_public_key=RSA_PUBLIC, jwt_private_key=RSA_PRIVATE))
+    app = create_app(
+        make_settings(
+            tmp_path,
+            backend="s3",
+            moto_url=moto_url,
+            jwt_secret="",
+            jwt_public_key=RSA_PUBLIC,
+            jwt_private_key=RSA_PRIVATE,
+        )
+    )
     init_stores(app.extensions["gateway"])
     return app
 
 
 def test_rs256_token_is_accepted(rs_app):
     token = jwt.encode(claims(), RSA_PRIVATE, "RS256")
-    response, _ = upload_with(rs_app.test_client(), {"Authorization": f"Bearer {token}"},
-                              body_size=10_000)
+    response, _ = upload_with(
+        rs_app.test_client(), {"Authorization": f"Bearer {token}"}, body_size=10_000
+    )
     assert response.status_code == 201, response.get_json()
 
 
@@ -164,16 +224,27 @@ def test_algorithm_confusion_is_refused(rs_app):
     """HS256 tokens keyed with the RSA public key, or with the app's own secret key."""
     svc = rs_app.extensions["gateway"]
     calls = s3_calls(svc)
-    import hmac, hashlib, base64, json as _json
+    import base64
+    import hashlib
+    import hmac
+    import json as _json
 
     def hs256_with(key: bytes) -> str:  # PyJWT refuses to sign with a PEM key: do it by hand
         enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-        signing_input = enc(_json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + \
-            enc(_json.dumps(claims()).encode())
-        return (signing_input + b"." + enc(hmac.new(key, signing_input, hashlib.sha256).digest())).decode()
+        signing_input = (
+            enc(_json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+            + b"."
+            + enc(_json.dumps(claims()).encode())
+        )
+        return (
+            signing_input + b"." + enc(hmac.new(key, signing_input, hashlib.sha256).digest())
+        ).decode()
 
-    for token in (hs256_with(RSA_PUBLIC.encode()), hs256_with(rs_app.config["SECRET_KEY"].encode()),
-                  jwt.encode(claims(), JWT_SECRET, "HS256")):
+    for token in (
+        hs256_with(RSA_PUBLIC.encode()),
+        hs256_with(rs_app.config["SECRET_KEY"].encode()),
+        jwt.encode(claims(), JWT_SECRET, "HS256"),
+    ):
         response, stream = upload_with(rs_app.test_client(), {"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
         assert response.get_json()["error"]["code"] == "invalid_token"
@@ -191,7 +262,9 @@ def test_projects_claim_limits_the_project(client, token, svc):
     assert stream.bytes_read == 0 and calls == []
     # The same project named as a form field: refused before any S3 call.
     body, content_type = form_body([("projectId", "p2")], [("file", "a.png", png_bytes(10_000))])
-    response = client.post("/api/upload", data=body, headers={"Content-Type": content_type, **headers})
+    response = client.post(
+        "/api/upload", data=body, headers={"Content-Type": content_type, **headers}
+    )
     assert response.status_code == 403 and calls == []
     assert_nothing_left(svc)
 
@@ -210,13 +283,29 @@ def test_tenant_scopes_keys_and_visibility(client, token, svc):
     assert client.get(f"/api/media/{media['mediaId']}", headers=acme).status_code == 200
 
 
-@pytest.mark.parametrize("bad", [
-    {"projects": None}, {"projects": "p1"}, {"projects": [1]}, {"projects": {"p1": True}},
-    {"tenant": False}, {"tenant": 0}, {"tenant": {}}, {"tenant": None}, {"tenant": ""},
-    {"tenant": "acme\n"}, {"tenant": "a/b"}, {"tenant": "-acme"}, {"tenant": "x" * 65},
-    {"admin": "yes"}, {"admin": 1}, {"admin": None},
-    {"sub": ""}, {"sub": 7},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"projects": None},
+        {"projects": "p1"},
+        {"projects": [1]},
+        {"projects": {"p1": True}},
+        {"tenant": False},
+        {"tenant": 0},
+        {"tenant": {}},
+        {"tenant": None},
+        {"tenant": ""},
+        {"tenant": "acme\n"},
+        {"tenant": "a/b"},
+        {"tenant": "-acme"},
+        {"tenant": "x" * 65},
+        {"admin": "yes"},
+        {"admin": 1},
+        {"admin": None},
+        {"sub": ""},
+        {"sub": 7},
+    ],
+)
 def test_claims_of_the_wrong_type_fail_closed(client, svc, bad):
     calls = s3_calls(svc)
     token = jwt.encode({**claims(), **bad}, JWT_SECRET, "HS256")
@@ -227,8 +316,16 @@ def test_claims_of_the_wrong_type_fail_closed(client, svc, bad):
     assert_nothing_left(svc)
 
 
-@pytest.mark.parametrize("good_claims", [{"tenant": "acme"}, {"projects": []}, {"admin": True},
-                                         {"admin": False}, {"tenant": "A" + "x" * 63}])
+@pytest.mark.parametrize(
+    "good_claims",
+    [
+        {"tenant": "acme"},
+        {"projects": []},
+        {"admin": True},
+        {"admin": False},
+        {"tenant": "A" + "x" * 63},
+    ],
+)
 def test_claims_of_the_right_type_are_accepted(client, good_claims):
     token = jwt.encode({**claims(), **good_claims}, JWT_SECRET, "HS256")
     response, _ = upload_with(client, {"Authorization": f"Bearer {token}"}, body_size=10_000)
@@ -237,9 +334,12 @@ def test_claims_of_the_right_type_are_accepted(client, good_claims):
 
 
 def test_the_token_command_mints_a_usable_token(app, client):
-    result = app.test_cli_runner().invoke(args=["token", "--sub", "bob", "--tenant", "t1",
-                                                "--projects", "a,b", "--ttl", "5m"])
+    result = app.test_cli_runner().invoke(
+        args=["token", "--sub", "bob", "--tenant", "t1", "--projects", "a,b", "--ttl", "5m"]
+    )
     assert result.exit_code == 0, result.output
     decoded = jwt.decode(result.output.strip(), JWT_SECRET, algorithms=["HS256"])
-    assert decoded["sub"] == "bob" and decoded["tenant"] == "t1" and decoded["projects"] == ["a", "b"]
+    assert (
+        decoded["sub"] == "bob" and decoded["tenant"] == "t1" and decoded["projects"] == ["a", "b"]
+    )
     assert 0 < decoded["exp"] - time.time() <= 300

@@ -1,4 +1,5 @@
 """Settings: env overlay, and start-up validation that names the variable at fault."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,10 +21,15 @@ def test_defaults_are_the_embedded_mode():
 
 
 def test_env_values_are_parsed():
-    settings = Settings.from_env({**BASE, "GATEWAY_MAX_UPLOAD_BYTES": "1048576",
-                                  "GATEWAY_ALLOWED_TYPES": "image/png, video/mp4",
-                                  "GATEWAY_STORAGE_URL": "s3://bucket/prefix",
-                                  "GATEWAY_S3_READ_TIMEOUT": "2.5"})
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "GATEWAY_MAX_UPLOAD_BYTES": "1048576",
+            "GATEWAY_ALLOWED_TYPES": "image/png, video/mp4",
+            "GATEWAY_STORAGE_URL": "s3://bucket/prefix",
+            "GATEWAY_S3_READ_TIMEOUT": "2.5",
+        }
+    )
     assert settings.max_upload_bytes == 1 << 20
     assert settings.allowed_types == ("image/png", "video/mp4")
     assert settings.s3_read_timeout == 2.5
@@ -34,23 +40,26 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
     assert settings.effective_part_size * 10_000 >= settings.max_upload_bytes
 
 
-@pytest.mark.parametrize("env, variable", [
-    ({}, "GATEWAY_JWT_SECRET"),
-    ({"GATEWAY_JWT_SECRET": "short"}, "GATEWAY_JWT_SECRET"),
-    ({"GATEWAY_JWT_ALGORITHM": "HS512"}, "GATEWAY_JWT_ALGORITHM"),
-    ({"GATEWAY_JWT_ALGORITHM": "RS256"}, "GATEWAY_JWT_PUBLIC_KEY"),
-    ({"GATEWAY_MAX_UPLOAD_BYTES": "lots"}, "GATEWAY_MAX_UPLOAD_BYTES"),
-    ({"GATEWAY_MAX_UPLOAD_BYTES": "0"}, "GATEWAY_MAX_UPLOAD_BYTES"),
-    ({"GATEWAY_S3_PART_SIZE": "1024"}, "GATEWAY_S3_PART_SIZE"),
-    ({"GATEWAY_STORAGE_URL": "s3://"}, "GATEWAY_STORAGE_URL"),
-    ({"GATEWAY_STORAGE_URL": "gs://bucket"}, "GATEWAY_STORAGE_URL"),
-    ({"GATEWAY_RECORDS_URL": "postgres://x"}, "GATEWAY_RECORDS_URL"),
-    ({"GATEWAY_RECORDS_URL": "dynamodb://"}, "GATEWAY_RECORDS_URL"),
-    ({"GATEWAY_ALLOWED_TYPES": "image"}, "GATEWAY_ALLOWED_TYPES"),
-    ({"GATEWAY_CDN_BASE_URL": "cdn.example.com"}, "GATEWAY_CDN_BASE_URL"),
-    ({"GATEWAY_CLOUDFRONT_KEY_ID": "K1"}, "GATEWAY_CLOUDFRONT_KEY_ID"),
-    ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
-])
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({}, "GATEWAY_JWT_SECRET"),
+        ({"GATEWAY_JWT_SECRET": "short"}, "GATEWAY_JWT_SECRET"),
+        ({"GATEWAY_JWT_ALGORITHM": "HS512"}, "GATEWAY_JWT_ALGORITHM"),
+        ({"GATEWAY_JWT_ALGORITHM": "RS256"}, "GATEWAY_JWT_PUBLIC_KEY"),
+        ({"GATEWAY_MAX_UPLOAD_BYTES": "lots"}, "GATEWAY_MAX_UPLOAD_BYTES"),
+        ({"GATEWAY_MAX_UPLOAD_BYTES": "0"}, "GATEWAY_MAX_UPLOAD_BYTES"),
+        ({"GATEWAY_S3_PART_SIZE": "1024"}, "GATEWAY_S3_PART_SIZE"),
+        ({"GATEWAY_STORAGE_URL": "s3://"}, "GATEWAY_STORAGE_URL"),
+        ({"GATEWAY_STORAGE_URL": "gs://bucket"}, "GATEWAY_STORAGE_URL"),
+        ({"GATEWAY_RECORDS_URL": "postgres://x"}, "GATEWAY_RECORDS_URL"),
+        ({"GATEWAY_RECORDS_URL": "dynamodb://"}, "GATEWAY_RECORDS_URL"),
+        ({"GATEWAY_ALLOWED_TYPES": "image"}, "GATEWAY_ALLOWED_TYPES"),
+        ({"GATEWAY_CDN_BASE_URL": "cdn.example.com"}, "GATEWAY_CDN_BASE_URL"),
+        ({"GATEWAY_CLOUDFRONT_KEY_ID": "K1"}, "GATEWAY_CLOUDFRONT_KEY_ID"),
+        ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+    ],
+)
 def test_invalid_settings_fail_naming_the_variable(env, variable):
     merged = env if not env or "GATEWAY_JWT_SECRET" in env else {**BASE, **env}
     with pytest.raises(ConfigError, match=variable):
@@ -65,15 +74,24 @@ def test_cloudfront_signed_urls(tmp_path):
     from gateway.urls import PublicUrls
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    settings = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com/",
-                                  "GATEWAY_CLOUDFRONT_KEY_ID": "KABC",
-                                  "GATEWAY_CLOUDFRONT_PRIVATE_KEY": pem})
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "GATEWAY_CDN_BASE_URL": "https://cdn.example.com/",
+            "GATEWAY_CLOUDFRONT_KEY_ID": "KABC",
+            "GATEWAY_CLOUDFRONT_PRIVATE_KEY": pem,
+        }
+    )
     url = PublicUrls(settings, LocalObjectStore(tmp_path)).url("projects/p/media/x.png")
     assert url.startswith("https://cdn.example.com/projects/p/media/x.png?Expires=")
     assert "Signature=" in url and "Key-Pair-Id=KABC" in url
     plain = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com"})
-    assert PublicUrls(plain, LocalObjectStore(tmp_path)).url("a b.png") == "https://cdn.example.com/a%20b.png"
+    assert (
+        PublicUrls(plain, LocalObjectStore(tmp_path)).url("a b.png")
+        == "https://cdn.example.com/a%20b.png"
+    )
     embedded = PublicUrls(Settings.from_env(BASE), LocalObjectStore(tmp_path))
     assert embedded.url("k.png", request_base="http://h:1/") == "http://h:1/media/k.png"

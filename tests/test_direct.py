@@ -3,10 +3,11 @@
 Every case asserts the answer, the record's state, and what S3 holds: after a refusal, no
 object and no multipart upload is left for that key.
 """
+
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 import requests
@@ -27,13 +28,19 @@ def backend(request):
 
 @pytest.fixture
 def settings(tmp_path, backend, moto_url):
-    return make_settings(tmp_path, backend=backend, moto_url=moto_url, direct_part_size=PART,
-                         direct_single_put_max=PART)
+    return make_settings(
+        tmp_path,
+        backend=backend,
+        moto_url=moto_url,
+        direct_part_size=PART,
+        direct_single_put_max=PART,
+    )
 
 
 def initiate(client, headers, files, project="p1"):
-    return client.post("/api/uploads/initiate", headers=headers,
-                       json={"projectId": project, "files": files})
+    return client.post(
+        "/api/uploads/initiate", headers=headers, json={"projectId": project, "files": files}
+    )
 
 
 def promise(content: bytes, content_type: str, name="f", sha256=False):
@@ -50,8 +57,9 @@ def send_put(upload, content: bytes) -> requests.Response:
 
 def send_post(upload, content: bytes) -> requests.Response:
     post = upload["post"]
-    return requests.post(post["url"], data=post["fields"], files={"file": ("f", content)},
-                         timeout=60)
+    return requests.post(
+        post["url"], data=post["fields"], files={"file": ("f", content)}, timeout=60
+    )
 
 
 def send_parts(upload, content: bytes, *, skip=()) -> list[dict]:
@@ -61,15 +69,18 @@ def send_parts(upload, content: bytes, *, skip=()) -> list[dict]:
         n = part["partNumber"]
         if n in skip:
             continue
-        response = requests.put(part["url"], data=content[(n - 1) * size:n * size], timeout=60)
+        response = requests.put(part["url"], data=content[(n - 1) * size : n * size], timeout=60)
         assert response.status_code == 200, response.text
         parts.append({"partNumber": n, "etag": response.headers["ETag"]})
     return parts
 
 
 def complete(client, headers, upload_id, parts=None):
-    return client.post(f"/api/uploads/{upload_id}/complete", headers=headers,
-                       json={"parts": parts} if parts is not None else None)
+    return client.post(
+        f"/api/uploads/{upload_id}/complete",
+        headers=headers,
+        json={"parts": parts} if parts is not None else None,
+    )
 
 
 def read(svc, key):
@@ -92,7 +103,7 @@ def store_key(svc, key):
     """The store's own key (the records' and the sweeper's) of a full key."""
     prefix = svc.store.prefix + "/"
     assert key.startswith(prefix)
-    return key[len(prefix):]
+    return key[len(prefix) :]
 
 
 def assert_gone(svc, upload, status):
@@ -143,7 +154,9 @@ def test_post_policy(client, auth, svc):
 
 def test_three_part_multipart_with_status_on_the_way(client, auth, svc):
     content = mp4_bytes(2 * PART + 123_456)
-    [upload] = initiate(client, auth, [promise(content, "video/mp4", "clip.mp4")]).get_json()["uploads"]
+    [upload] = initiate(client, auth, [promise(content, "video/mp4", "clip.mp4")]).get_json()[
+        "uploads"
+    ]
     assert upload["method"] == "multipart"
     assert upload["multipart"]["partCount"] == 3 and len(upload["multipart"]["parts"]) == 3
     parts = send_parts(upload, content, skip={3})
@@ -184,9 +197,10 @@ def test_more_bytes_than_promised(client, auth, svc):
     content = png_bytes(100_000)
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
     bigger = content + b"x" * 5_000_000
-    requests.put(upload["put"]["url"], data=bigger,
-                 headers={"Content-Type": "image/png"}, timeout=60)  # S3 refuses this; moto may not
-    if read(svc, staging_key(upload["s3Key"])) is None:   # real S3 behaviour: nothing landed
+    requests.put(
+        upload["put"]["url"], data=bigger, headers={"Content-Type": "image/png"}, timeout=60
+    )  # S3 refuses this; moto may not
+    if read(svc, staging_key(upload["s3Key"])) is None:  # real S3 behaviour: nothing landed
         response = complete(client, auth, upload["uploadId"])
         assert response.status_code == 409
         assert svc.records.get(upload["uploadId"]).status == "pending"
@@ -235,7 +249,7 @@ def test_missing_part(client, auth, svc):
 def test_extra_part_claimed(client, auth, svc):
     content = mp4_bytes(PART + 10)
     [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
-    parts = send_parts(upload, content) + [{"partNumber": 3, "etag": '"abc"'}]
+    parts = [*send_parts(upload, content), {"partNumber": 3, "etag": '"abc"'}]
     rejected(complete(client, auth, upload["uploadId"], parts), "do not match")
     assert_gone(svc, upload, "rejected")
 
@@ -253,11 +267,15 @@ def test_someone_elses_upload_is_404(client, auth, token, svc):
     content = png_bytes(10_000)
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
     send_put(upload, content)
-    for headers in ({"Authorization": f"Bearer {token('mallory')}"},
-                    {"Authorization": f"Bearer {token('alice', tenant='other')}"}):
-        for call in (lambda: complete(client, headers, upload["uploadId"]),
-                     lambda: client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=headers),
-                     lambda: client.get(f"/api/uploads/{upload['uploadId']}", headers=headers)):
+    for headers in (
+        {"Authorization": f"Bearer {token('mallory')}"},
+        {"Authorization": f"Bearer {token('alice', tenant='other')}"},
+    ):
+        for call in (
+            lambda: complete(client, headers, upload["uploadId"]),
+            lambda: client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=headers),
+            lambda: client.get(f"/api/uploads/{upload['uploadId']}", headers=headers),
+        ):
             response = call()
             assert response.status_code == 404
             assert response.get_json()["error"]["code"] == "upload_not_found"
@@ -265,36 +283,50 @@ def test_someone_elses_upload_is_404(client, auth, token, svc):
     assert complete(client, auth, upload["uploadId"]).status_code == 200
 
 
-@pytest.mark.parametrize("claims, project, code", [
-    ({"projects": ["p1"]}, "p2", "project_forbidden"),
-])
+@pytest.mark.parametrize(
+    "claims, project, code",
+    [
+        ({"projects": ["p1"]}, "p2", "project_forbidden"),
+    ],
+)
 def test_project_the_token_does_not_allow(client, token, svc, claims, project, code):
     headers = {"Authorization": f"Bearer {token(**claims)}"}
     response = initiate(client, headers, [promise(png_bytes(10_000), "image/png")], project=project)
     assert response.status_code == 403 and response.get_json()["error"]["code"] == code
     from support import record_ids
+
     assert record_ids(svc.records) == []
     assert svc.store.client.list_multipart_uploads(Bucket=svc.store.bucket).get("Uploads", []) == []
 
 
 def test_tenant_scopes_direct_keys(client, token, svc):
     headers = {"Authorization": f"Bearer {token(tenant='acme')}"}
-    [upload] = initiate(client, headers, [promise(png_bytes(10_000), "image/png")]).get_json()["uploads"]
+    [upload] = initiate(client, headers, [promise(png_bytes(10_000), "image/png")]).get_json()[
+        "uploads"
+    ]
     assert upload["s3Key"].startswith("uploads/acme/projects/p1/media/")
 
 
-@pytest.mark.parametrize("item, status, code", [
-    ({"filename": "a", "contentType": "application/pdf", "size": 10}, 415, "unsupported_type"),
-    ({"filename": "a", "contentType": "image/png", "size": 0}, 422, "invalid_size"),
-    ({"filename": "a", "contentType": "image/png", "size": "10"}, 422, "invalid_size"),
-    ({"filename": "a", "contentType": "image/png", "size": 6 * 1024 ** 3}, 413, "too_large"),
-    ({"filename": "a", "contentType": "image/png", "size": 10, "sha256": "xyz"}, 400, "invalid_sha256"),
-])
+@pytest.mark.parametrize(
+    "item, status, code",
+    [
+        ({"filename": "a", "contentType": "application/pdf", "size": 10}, 415, "unsupported_type"),
+        ({"filename": "a", "contentType": "image/png", "size": 0}, 422, "invalid_size"),
+        ({"filename": "a", "contentType": "image/png", "size": "10"}, 422, "invalid_size"),
+        ({"filename": "a", "contentType": "image/png", "size": 6 * 1024**3}, 413, "too_large"),
+        (
+            {"filename": "a", "contentType": "image/png", "size": 10, "sha256": "xyz"},
+            400,
+            "invalid_sha256",
+        ),
+    ],
+)
 def test_initiate_validation_creates_nothing(client, auth, svc, item, status, code):
     good = promise(mp4_bytes(PART + 1), "video/mp4")  # would start a multipart upload
     response = initiate(client, auth, [good, item])
     assert response.status_code == status and response.get_json()["error"]["code"] == code
     from support import record_ids
+
     assert record_ids(svc.records) == []
     assert svc.store.client.list_multipart_uploads(Bucket=svc.store.bucket).get("Uploads", []) == []
 
@@ -302,15 +334,20 @@ def test_initiate_validation_creates_nothing(client, auth, svc, item, status, co
 def test_batch_cap_and_bad_json(client, auth):
     files = [promise(png_bytes(100), "image/png")] * 21
     assert initiate(client, auth, files).status_code == 413
-    bad = client.post("/api/uploads/initiate", headers={**auth, "Content-Type": "application/json"},
-                      data=b"{not json")
+    bad = client.post(
+        "/api/uploads/initiate",
+        headers={**auth, "Content-Type": "application/json"},
+        data=b"{not json",
+    )
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_json"
 
 
 def test_complete_before_any_bytes_is_409_and_stays_pending(client, auth, svc):
     [upload] = initiate(client, auth, [promise(png_bytes(1000), "image/png")]).get_json()["uploads"]
     response = complete(client, auth, upload["uploadId"])
-    assert response.status_code == 409 and response.get_json()["error"]["code"] == "upload_incomplete"
+    assert (
+        response.status_code == 409 and response.get_json()["error"]["code"] == "upload_incomplete"
+    )
     assert svc.records.get(upload["uploadId"]).status == "pending"
 
 
@@ -345,7 +382,7 @@ def test_complete_after_expiry(client, auth, svc):
 
 
 def test_sweep_expires_overdue_pending_uploads(app, client, auth, svc):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def sweep(svc, **kwargs):
         report = svc.sweeper.sweep(**kwargs)
@@ -353,15 +390,17 @@ def test_sweep_expires_overdue_pending_uploads(app, client, auth, svc):
         return report.done
 
     big, small = mp4_bytes(PART + 10), png_bytes(10_000)
-    a, b = initiate(client, auth, [promise(big, "video/mp4"), promise(small, "image/png")]
-                    ).get_json()["uploads"]
+    a, b = initiate(
+        client, auth, [promise(big, "video/mp4"), promise(small, "image/png")]
+    ).get_json()["uploads"]
     send_parts(a, big)
     send_put(b, small)
     assert not [line for line in sweep(svc, older_than=timedelta(hours=24)) if "expire" in line]
-    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    later = datetime.now(UTC) + timedelta(hours=2)
     report = sweep(svc, older_than=timedelta(hours=24), now=later)
     assert sorted(line for line in report if "expire" in line) == sorted(
-        f"expire direct upload {u['uploadId']}" for u in (a, b))
+        f"expire direct upload {u['uploadId']}" for u in (a, b)
+    )
     assert_gone(svc, a, "expired")
     assert_gone(svc, b, "expired")
 
@@ -371,6 +410,7 @@ def test_embedded_mode_answers_501(tmp_path):
     init_stores(app.extensions["gateway"])
     with app.app_context():
         from gateway.auth import mint_token
+
         headers = {"Authorization": f"Bearer {mint_token('alice')}"}
     response = initiate(app.test_client(), headers, [promise(png_bytes(100), "image/png")])
     assert response.status_code == 501
@@ -379,9 +419,9 @@ def test_embedded_mode_answers_501(tmp_path):
 
 # -- review findings ---------------------------------------------------------------------------
 def sweep_now(svc, older_than=timedelta(0)):
-    from datetime import datetime, timezone
-    report = svc.sweeper.sweep(older_than=older_than,
-                               now=datetime.now(timezone.utc) + timedelta(seconds=1))
+    from datetime import datetime
+
+    report = svc.sweeper.sweep(older_than=older_than, now=datetime.now(UTC) + timedelta(seconds=1))
     assert report.failed == []
     return report.done
 
@@ -406,7 +446,8 @@ def test_single_upload_cannot_be_overwritten_after_complete(client, auth, svc, s
     assert read(svc, upload["s3Key"]) == content
     # The sweeper removes the stale staging object of a stored record, never the object.
     assert sweep_now(svc) == [
-        f"delete unrecorded object {staging_key(store_key(svc, upload['s3Key']))}"]
+        f"delete unrecorded object {staging_key(store_key(svc, upload['s3Key']))}"
+    ]
     assert_stored(client, auth, svc, upload, content)
 
 
@@ -425,9 +466,11 @@ def test_sweep_deletes_stale_staging_of_a_rejected_upload(client, auth, svc):
     content = png_bytes(50_000)
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
     from gateway.lifecycle import Status
+
     record = svc.records.get(upload["uploadId"])
-    svc.records.update(record.evolve(status=Status.REJECTED),
-                       expected=record)  # as if its cleanup had failed
+    svc.records.update(
+        record.evolve(status=Status.REJECTED), expected=record
+    )  # as if its cleanup had failed
     send_put(upload, content)
     key = staging_key(upload["s3Key"])
     assert sweep_now(svc, older_than=timedelta(hours=1)) == []  # not stale yet
@@ -440,8 +483,9 @@ def test_complete_retried_after_a_failure_past_the_s3_step(client, auth, svc, mo
     from gateway.errors import StorageError
 
     content = mp4_bytes(2 * PART + 10) if method == "multipart" else mp4_bytes(100_000)
-    [upload] = initiate(client, auth, [promise(content, "video/mp4", sha256=True)]
-                        ).get_json()["uploads"]
+    [upload] = initiate(client, auth, [promise(content, "video/mp4", sha256=True)]).get_json()[
+        "uploads"
+    ]
     assert upload["method"] == method
     parts = send_parts(upload, content) if method == "multipart" else None
     if method == "put":
@@ -480,6 +524,7 @@ def test_sweep_leaves_live_direct_multipart_uploads(client, auth, svc):
 
 def signed_headers(url: str) -> set[str]:
     from urllib.parse import parse_qs, urlsplit
+
     query = parse_qs(urlsplit(url).query)
     assert query.get("X-Amz-Algorithm") == ["AWS4-HMAC-SHA256"], url  # SigV4
     return set(query["X-Amz-SignedHeaders"][0].split(";"))
@@ -496,17 +541,22 @@ def test_presigned_urls_bind_length_type_and_checksum(client, auth, svc, monkeyp
 
     monkeypatch.setattr(direct.client, "generate_presigned_url", spy)
     small, big = png_bytes(10_000), mp4_bytes(2 * PART + 123)
-    a, b = initiate(client, auth, [promise(small, "image/png", sha256=True),
-                                   promise(big, "video/mp4")]).get_json()["uploads"]
+    a, b = initiate(
+        client, auth, [promise(small, "image/png", sha256=True), promise(big, "video/mp4")]
+    ).get_json()["uploads"]
     assert {"content-length", "content-type", "x-amz-checksum-sha256"} <= signed_headers(
-        a["put"]["url"])
+        a["put"]["url"]
+    )
     assert a["put"]["headers"]["Content-Length"] == str(len(small))
     parts = b["multipart"]["parts"]
     assert [p["size"] for p in parts] == [PART, PART, 123]
     for part in parts:
         assert "content-length" in signed_headers(part["url"])
-    assert [params["ContentLength"] for op, params in presigned if op == "upload_part"] == \
-        [PART, PART, 123]
+    assert [params["ContentLength"] for op, params in presigned if op == "upload_part"] == [
+        PART,
+        PART,
+        123,
+    ]
     uploaded = send_parts(b, big)
     assert complete(client, auth, b["uploadId"], uploaded).status_code == 200
     assert_stored(client, auth, svc, b, big)
@@ -515,12 +565,22 @@ def test_presigned_urls_bind_length_type_and_checksum(client, auth, svc, monkeyp
 def test_oversized_chunked_json_is_our_413(client, auth, svc):
     import io
     import json
+
     from support import record_ids
-    body = json.dumps({"projectId": "p1", "files": [promise(png_bytes(100), "image/png")],
-                       "padding": "x" * 300_000}).encode()
-    response = client.post("/api/uploads/initiate", input_stream=io.BytesIO(body), headers={
-        **auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True})
+
+    body = json.dumps(
+        {
+            "projectId": "p1",
+            "files": [promise(png_bytes(100), "image/png")],
+            "padding": "x" * 300_000,
+        }
+    ).encode()
+    response = client.post(
+        "/api/uploads/initiate",
+        input_stream=io.BytesIO(body),
+        headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert response.status_code == 413 and response.is_json, response.data[:200]
     assert response.get_json()["error"]["code"] == "too_large"
     assert record_ids(svc.records) == []
@@ -529,16 +589,18 @@ def test_oversized_chunked_json_is_our_413(client, auth, svc):
 def test_chunked_complete_body_is_parsed(client, auth, svc):
     import io
     import json
+
     content = mp4_bytes(PART + 10)
     [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
     parts = send_parts(upload, content)
 
     def chunked(body: bytes):
-        return client.post(f"/api/uploads/{upload['uploadId']}/complete",
-                           input_stream=io.BytesIO(body), headers={
-                               **auth, "Content-Type": "application/json",
-                               "Transfer-Encoding": "chunked"},
-                           environ_overrides={"wsgi.input_terminated": True})
+        return client.post(
+            f"/api/uploads/{upload['uploadId']}/complete",
+            input_stream=io.BytesIO(body),
+            headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
 
     bad = chunked(b"{not json")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_json"
@@ -552,9 +614,11 @@ def test_token_narrowed_to_other_projects_cannot_touch_the_upload(client, auth, 
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
     send_put(upload, content)
     headers = {"Authorization": f"Bearer {token('alice', projects=['p2'])}"}
-    for call in (lambda: complete(client, headers, upload["uploadId"]),
-                 lambda: client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=headers),
-                 lambda: client.get(f"/api/uploads/{upload['uploadId']}", headers=headers)):
+    for call in (
+        lambda: complete(client, headers, upload["uploadId"]),
+        lambda: client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=headers),
+        lambda: client.get(f"/api/uploads/{upload['uploadId']}", headers=headers),
+    ):
         response = call()
         assert response.status_code == 404, response.get_json()
         assert response.get_json()["error"]["code"] == "upload_not_found"

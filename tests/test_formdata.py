@@ -1,17 +1,37 @@
 """The incremental parser on raw bytes: every read offset, every malformed case, exact limits,
 generated bodies (whole and split must agree), and a second parser on valid bodies."""
+
 from __future__ import annotations
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.formdata import (MAX_EPILOGUE_BYTES, MAX_PADDING_BYTES, MAX_PREAMBLE_BYTES, FileData,
-                              FileEnd, FileStart, FormDataError, FormDataParser, FormEnd,
-                              FormLimits, TextField, boundary_from_content_type)
+from gateway.formdata import (
+    MAX_EPILOGUE_BYTES,
+    MAX_PADDING_BYTES,
+    MAX_PREAMBLE_BYTES,
+    FileData,
+    FileEnd,
+    FileStart,
+    FormDataError,
+    FormDataParser,
+    FormEnd,
+    FormLimits,
+    TextField,
+    boundary_from_content_type,
+)
 
-from formdata_bodies import (BCHARS, Form, Outcome, Part, every_size, expected_events, outcome,
-                             render)
+from formdata_bodies import (
+    BCHARS,
+    Form,
+    Outcome,
+    Part,
+    every_size,
+    expected_events,
+    outcome,
+    render,
+)
 from support import form_body, png_bytes
 
 BOUNDARY = b"----gatewaytestboundary7MA4YWxkTrZu0gW"
@@ -19,18 +39,24 @@ DISPOSITION = b'Content-Disposition: form-data; name="a"'
 FILE_DISPOSITION = b'Content-Disposition: form-data; name="file"; filename="a"'
 
 
-def parse(body: bytes, split: int | None = None, limits: FormLimits = FormLimits(),
-          boundary: bytes = BOUNDARY) -> list:
+def parse(
+    body: bytes,
+    split: int | None = None,
+    limits: FormLimits = FormLimits(),
+    boundary: bytes = BOUNDARY,
+) -> list:
     """Events of ``body`` fed in pieces of ``split`` bytes (whole if None); raises on error."""
-    result = outcome(body, every_size(body, split) if split else (), boundary=boundary,
-                     limits=limits)
+    result = outcome(
+        body, every_size(body, split) if split else (), boundary=boundary, limits=limits
+    )
     if result.error is not None:
         raise FormDataError(result.error[0], limit=result.error[1])
     return result.events
 
 
-def same_for_every_cut(body: bytes, boundary: bytes = BOUNDARY,
-                       limits: FormLimits = FormLimits()) -> Outcome:
+def same_for_every_cut(
+    body: bytes, boundary: bytes = BOUNDARY, limits: FormLimits = FormLimits()
+) -> Outcome:
     """The whole parse, after checking that a single cut at any offset gives the same."""
     whole = outcome(body, boundary=boundary, limits=limits)
     for cut in range(1, len(body)):
@@ -40,28 +66,42 @@ def same_for_every_cut(body: bytes, boundary: bytes = BOUNDARY,
 
 def test_fields_then_files_as_events():
     a, b = png_bytes(3000), png_bytes(5000, seed=3)
-    body, _ = form_body([("projectId", "p1"), ("caption", "héllo")],
-                        [("files", "a.png", a), ("files", "b.png", b)])
+    body, _ = form_body(
+        [("projectId", "p1"), ("caption", "héllo")], [("files", "a.png", a), ("files", "b.png", b)]
+    )
     assert parse(body) == [
-        TextField("projectId", "p1"), TextField("caption", "héllo"),
-        FileStart("files", "a.png", "application/octet-stream"), FileData(memoryview(a)),
+        TextField("projectId", "p1"),
+        TextField("caption", "héllo"),
+        FileStart("files", "a.png", "application/octet-stream"),
+        FileData(memoryview(a)),
         FileEnd(last=False),
-        FileStart("files", "b.png", "application/octet-stream"), FileData(memoryview(b)),
-        FileEnd(last=True), FormEnd()]
+        FileStart("files", "b.png", "application/octet-stream"),
+        FileData(memoryview(b)),
+        FileEnd(last=True),
+        FormEnd(),
+    ]
 
 
 def test_a_text_field_after_a_file():
     body, _ = form_body([], [("file", "a.png", b"PNG")])
-    body = body.replace(b"--" + BOUNDARY + b"--", b"--" + BOUNDARY + b"\r\n" + DISPOSITION
-                        + b"\r\n\r\nlate\r\n--" + BOUNDARY + b"--")
-    assert parse(body) == [FileStart("file", "a.png", "application/octet-stream"),
-                           FileData(memoryview(b"PNG")), FileEnd(last=False),
-                           TextField("a", "late"), FormEnd()]
+    body = body.replace(
+        b"--" + BOUNDARY + b"--",
+        b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\nlate\r\n--" + BOUNDARY + b"--",
+    )
+    assert parse(body) == [
+        FileStart("file", "a.png", "application/octet-stream"),
+        FileData(memoryview(b"PNG")),
+        FileEnd(last=False),
+        TextField("a", "late"),
+        FormEnd(),
+    ]
 
 
 def test_boundary_split_at_every_read_offset_keeps_bytes_exact():
     # Content full of CR, LF, '-' and a near-boundary, so every split point is awkward.
-    content = b"\r\n--" + BOUNDARY[:-1] + b"\r\n\r\n-\r" + png_bytes(600) + b"\r\n--" + BOUNDARY[:10]
+    content = (
+        b"\r\n--" + BOUNDARY[:-1] + b"\r\n\r\n-\r" + png_bytes(600) + b"\r\n--" + BOUNDARY[:10]
+    )
     body, _ = form_body([("projectId", "p1")], [("file", "x.png", content)])
     expected = parse(body)
     assert expected[2] == FileData(memoryview(content))
@@ -72,30 +112,59 @@ def test_boundary_split_at_every_read_offset_keeps_bytes_exact():
 
 def test_lf_only_line_breaks_are_accepted_at_every_offset():
     content = b"\r\nDA\rTA\r\n-\n-" + BOUNDARY[:5]
-    body = (b"--" + BOUNDARY + b"\n" + FILE_DISPOSITION + b"\n\n" + content + b"\n--" + BOUNDARY
-            + b"\n" + DISPOSITION + b"\n\nv\r\n--" + BOUNDARY + b"--\n")
+    body = (
+        b"--"
+        + BOUNDARY
+        + b"\n"
+        + FILE_DISPOSITION
+        + b"\n\n"
+        + content
+        + b"\n--"
+        + BOUNDARY
+        + b"\n"
+        + DISPOSITION
+        + b"\n\nv\r\n--"
+        + BOUNDARY
+        + b"--\n"
+    )
     whole = same_for_every_cut(body)
-    assert whole == Outcome([FileStart("file", "a", ""), FileData(memoryview(content)),
-                             FileEnd(last=False), TextField("a", "v\r"), FormEnd()], None)
+    assert whole == Outcome(
+        [
+            FileStart("file", "a", ""),
+            FileData(memoryview(content)),
+            FileEnd(last=False),
+            TextField("a", "v\r"),
+            FormEnd(),
+        ],
+        None,
+    )
     for split in (1, 2, 3, 7):
         assert parse(body, split) == whole.events
 
 
 def test_rfc2231_and_latin1_filenames():
-    body = (b"--" + BOUNDARY + b"\r\nContent-Disposition: form-data; name=\"file\"; "
-            b"filename*=UTF-8''%E2%82%AC.png\r\n\r\nX\r\n--" + BOUNDARY + b"\r\n"
-            b"Content-Disposition: form-data; name=\"file\"; filename=\"caf\xe9.png\"\r\n\r\nY\r\n--"
-            + BOUNDARY + b"--\r\n")
+    body = (
+        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; '
+        b"filename*=UTF-8''%E2%82%AC.png\r\n\r\nX\r\n--" + BOUNDARY + b"\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="caf\xe9.png"\r\n\r\nY\r\n--'
+        + BOUNDARY
+        + b"--\r\n"
+    )
     starts = [e for e in parse(body) if isinstance(e, FileStart)]
     assert [s.filename for s in starts] == ["€.png", "café.png"]
 
 
 def test_header_names_are_case_insensitive_and_folded_lines_join():
-    body = (b"--B\r\ncontent-disposition: Form-Data;\r\n name=\"file\"; filename=\"a.png\"\r\n"
-            b"CONTENT-TYPE: image/png\r\n\r\nX\r\n--B--")
-    assert parse(body, boundary=b"B") == [FileStart("file", "a.png", "image/png"),
-                                          FileData(memoryview(b"X")), FileEnd(last=True),
-                                          FormEnd()]
+    body = (
+        b'--B\r\ncontent-disposition: Form-Data;\r\n name="file"; filename="a.png"\r\n'
+        b"CONTENT-TYPE: image/png\r\n\r\nX\r\n--B--"
+    )
+    assert parse(body, boundary=b"B") == [
+        FileStart("file", "a.png", "image/png"),
+        FileData(memoryview(b"X")),
+        FileEnd(last=True),
+        FormEnd(),
+    ]
 
 
 # -- the reproductions of issue 12, at their exact offsets ------------------------------------------
@@ -107,20 +176,41 @@ def test_an_all_dash_boundary_never_leaks_the_delimiter_cr():
 
 
 def test_transport_padding_after_a_delimiter_is_accepted_at_any_split():
-    body = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nDATA\r\n--B'
-            + b" " * 100 + b'\r\nContent-Disposition: form-data; name="c"\r\n\r\nv\r\n--B--\r\n')
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nDATA\r\n--B'
+        + b" " * 100
+        + b'\r\nContent-Disposition: form-data; name="c"\r\n\r\nv\r\n--B--\r\n'
+    )
     whole = same_for_every_cut(body, boundary=b"B")
-    assert whole == Outcome([FileStart("file", "a", ""), FileData(memoryview(b"DATA")),
-                             FileEnd(last=False), TextField("c", "v"), FormEnd()], None)
+    assert whole == Outcome(
+        [
+            FileStart("file", "a", ""),
+            FileData(memoryview(b"DATA")),
+            FileEnd(last=False),
+            TextField("c", "v"),
+            FormEnd(),
+        ],
+        None,
+    )
     assert outcome(body, [174], boundary=b"B") == whole
 
 
 def test_an_empty_part_in_compact_form_does_not_swallow_the_next():
-    body = (b'--B\r\nContent-Disposition: form-data; name="c"\r\n\r\n--B\r\nContent-Disposition:'
-            b' form-data; name="file"; filename="a"\r\n\r\nX\r\n--B--\r\n')
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="c"\r\n\r\n--B\r\nContent-Disposition:'
+        b' form-data; name="file"; filename="a"\r\n\r\nX\r\n--B--\r\n'
+    )
     whole = same_for_every_cut(body, boundary=b"B")
-    assert whole == Outcome([TextField("c", ""), FileStart("file", "a", ""),
-                             FileData(memoryview(b"X")), FileEnd(last=True), FormEnd()], None)
+    assert whole == Outcome(
+        [
+            TextField("c", ""),
+            FileStart("file", "a", ""),
+            FileData(memoryview(b"X")),
+            FileEnd(last=True),
+            FormEnd(),
+        ],
+        None,
+    )
     assert outcome(body, [49], boundary=b"B") == whole
 
 
@@ -133,9 +223,17 @@ def test_cr_only_line_breaks_are_refused_at_any_split():
 
 @pytest.mark.parametrize("blank", [MAX_PREAMBLE_BYTES, MAX_PREAMBLE_BYTES + 1])
 def test_a_blank_preamble_has_one_limit_whole_or_split(blank):
-    body = b"\r\n" * (blank // 2) + b" " * (blank % 2) + b"--B\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--B--"
-    results = [outcome(body, cuts, boundary=b"B")
-               for cuts in ([], [1], [blank - 1], [blank], [blank + 1], every_size(body, 100))]
+    body = (
+        b"\r\n" * (blank // 2)
+        + b" " * (blank % 2)
+        + b"--B\r\n"
+        + DISPOSITION
+        + b"\r\n\r\nv\r\n--B--"
+    )
+    results = [
+        outcome(body, cuts, boundary=b"B")
+        for cuts in ([], [1], [blank - 1], [blank], [blank + 1], every_size(body, 100))
+    ]
     if blank <= MAX_PREAMBLE_BYTES:
         expected = Outcome([TextField("a", "v"), FormEnd()], None)
     else:
@@ -144,63 +242,131 @@ def test_a_blank_preamble_has_one_limit_whole_or_split(blank):
 
 
 # -- malformed bodies -------------------------------------------------------------------------------
-@pytest.mark.parametrize("body, message", [
-    (b"", "The body ended before the closing boundary."),
-    (b"junk before\r\n--" + BOUNDARY + b"--\r\n",
-     "The body does not start with the multipart boundary."),
-    (b"--" + BOUNDARY + b"--\r\nand junk after", "Unexpected bytes after the closing boundary."),
-    (b"no boundary anywhere " * 100, "The body does not start with the multipart boundary."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\nvalue",
-     "The body ended before the closing boundary."),
-    (b"--" + BOUNDARY + b"\r\n" + FILE_DISPOSITION + b"\r\n\r\n" + b"x" * 5000,
-     "The body ended before the closing boundary."),
-    (b"--" + BOUNDARY + b"\r\nContent-Type: text/plain\r\n\r\nvalue\r\n--" + BOUNDARY + b"--\r\n",
-     "Malformed part: no 'Content-Disposition: form-data' header."),
-    (b"--" + BOUNDARY + b"\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\nv\r\n--" + BOUNDARY
-     + b"--", "Malformed part: no 'Content-Disposition: form-data' header."),
-    (b"--" + BOUNDARY + b"\r\n\r\nvalue\r\n--" + BOUNDARY + b"--",
-     "Malformed part: no 'Content-Disposition: form-data' header."),
-    (b"--" + BOUNDARY + b"\r\nContent-Disposition: form-data\r\n\r\nv\r\n--" + BOUNDARY + b"--",
-     "Malformed part: Content-Disposition has no name."),
-    (b"--" + BOUNDARY + b"\r\nno colon here\r\n\r\nv\r\n--" + BOUNDARY + b"--",
-     "Malformed part: a header line is not 'Name: value'."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\rX: y\r\n\r\nv\r\n--" + BOUNDARY + b"--",
-     "Malformed part: a header line contains a stray line break."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\n\xff\xfe\r\n--" + BOUNDARY + b"--\r\n",
-     "Text field 'a' is not UTF-8."),
-    (b"--wrongboundary\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--wrongboundary--\r\n",
-     "The body does not start with the multipart boundary."),
-    (b"--" + BOUNDARY + b"x\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--" + BOUNDARY + b"--",
-     "A boundary is followed by unexpected bytes."),
-    (b"--" + BOUNDARY + b"-\r\n", "A boundary is followed by unexpected bytes."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--" + BOUNDARY + b"zz--",
-     "A boundary is followed by unexpected bytes."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--" + BOUNDARY + b"\n" + DISPOSITION
-     + b"\r\n\r\nw\r\n--" + BOUNDARY + b"--", "A boundary is followed by unexpected bytes."),
-    (b"--" + BOUNDARY + b"-", "The body ended before the closing boundary."),
-    (b"--" + BOUNDARY, "The body ended before the closing boundary."),
-    (b"--" + BOUNDARY + b"\r", "The body ended before the closing boundary."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n",
-     "The body ended before the closing boundary."),
-    (b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\n--" + BOUNDARY[:5],
-     "The body ended before the closing boundary."),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "The body ended before the closing boundary."),
+        (
+            b"junk before\r\n--" + BOUNDARY + b"--\r\n",
+            "The body does not start with the multipart boundary.",
+        ),
+        (
+            b"--" + BOUNDARY + b"--\r\nand junk after",
+            "Unexpected bytes after the closing boundary.",
+        ),
+        (b"no boundary anywhere " * 100, "The body does not start with the multipart boundary."),
+        (
+            b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\nvalue",
+            "The body ended before the closing boundary.",
+        ),
+        (
+            b"--" + BOUNDARY + b"\r\n" + FILE_DISPOSITION + b"\r\n\r\n" + b"x" * 5000,
+            "The body ended before the closing boundary.",
+        ),
+        (
+            b"--"
+            + BOUNDARY
+            + b"\r\nContent-Type: text/plain\r\n\r\nvalue\r\n--"
+            + BOUNDARY
+            + b"--\r\n",
+            "Malformed part: no 'Content-Disposition: form-data' header.",
+        ),
+        (
+            b"--"
+            + BOUNDARY
+            + b'\r\nContent-Disposition: attachment; name="a"\r\n\r\nv\r\n--'
+            + BOUNDARY
+            + b"--",
+            "Malformed part: no 'Content-Disposition: form-data' header.",
+        ),
+        (
+            b"--" + BOUNDARY + b"\r\n\r\nvalue\r\n--" + BOUNDARY + b"--",
+            "Malformed part: no 'Content-Disposition: form-data' header.",
+        ),
+        (
+            b"--"
+            + BOUNDARY
+            + b"\r\nContent-Disposition: form-data\r\n\r\nv\r\n--"
+            + BOUNDARY
+            + b"--",
+            "Malformed part: Content-Disposition has no name.",
+        ),
+        (
+            b"--" + BOUNDARY + b"\r\nno colon here\r\n\r\nv\r\n--" + BOUNDARY + b"--",
+            "Malformed part: a header line is not 'Name: value'.",
+        ),
+        (
+            b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\rX: y\r\n\r\nv\r\n--" + BOUNDARY + b"--",
+            "Malformed part: a header line contains a stray line break.",
+        ),
+        (
+            b"--"
+            + BOUNDARY
+            + b"\r\n"
+            + DISPOSITION
+            + b"\r\n\r\n\xff\xfe\r\n--"
+            + BOUNDARY
+            + b"--\r\n",
+            "Text field 'a' is not UTF-8.",
+        ),
+        (
+            b"--wrongboundary\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--wrongboundary--\r\n",
+            "The body does not start with the multipart boundary.",
+        ),
+        (
+            b"--" + BOUNDARY + b"x\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--" + BOUNDARY + b"--",
+            "A boundary is followed by unexpected bytes.",
+        ),
+        (b"--" + BOUNDARY + b"-\r\n", "A boundary is followed by unexpected bytes."),
+        (
+            b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--" + BOUNDARY + b"zz--",
+            "A boundary is followed by unexpected bytes.",
+        ),
+        (
+            b"--"
+            + BOUNDARY
+            + b"\r\n"
+            + DISPOSITION
+            + b"\r\n\r\nv\r\n--"
+            + BOUNDARY
+            + b"\n"
+            + DISPOSITION
+            + b"\r\n\r\nw\r\n--"
+            + BOUNDARY
+            + b"--",
+            "A boundary is followed by unexpected bytes.",
+        ),
+        (b"--" + BOUNDARY + b"-", "The body ended before the closing boundary."),
+        (b"--" + BOUNDARY, "The body ended before the closing boundary."),
+        (b"--" + BOUNDARY + b"\r", "The body ended before the closing boundary."),
+        (
+            b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n",
+            "The body ended before the closing boundary.",
+        ),
+        (
+            b"--" + BOUNDARY + b"\r\n" + DISPOSITION + b"\r\n\r\n--" + BOUNDARY[:5],
+            "The body ended before the closing boundary.",
+        ),
+    ],
+)
 def test_malformed_bodies_are_refused_with_one_answer_at_every_split(body, message):
     result = same_for_every_cut(body)
     assert result.error == (message, False)
 
 
 def test_a_boundary_inside_a_part_is_refused_not_taken_as_data():
-    body = (b"--B\r\n" + FILE_DISPOSITION + b"\r\n\r\nDATA\r\n--Bnot-a-delimiter\r\n--B--")
+    body = b"--B\r\n" + FILE_DISPOSITION + b"\r\n\r\nDATA\r\n--Bnot-a-delimiter\r\n--B--"
     assert same_for_every_cut(body, boundary=b"B") == Outcome(
         [FileStart("file", "a", ""), FileData(memoryview(b"DATA"))],
-        ("A boundary is followed by unexpected bytes.", False))
+        ("A boundary is followed by unexpected bytes.", False),
+    )
 
 
 def test_the_closing_boundary_may_end_the_body_without_a_line_break():
     body = b"--B\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--B-- \t"
-    assert same_for_every_cut(body, boundary=b"B") == Outcome([TextField("a", "v"), FormEnd()],
-                                                              None)
+    assert same_for_every_cut(body, boundary=b"B") == Outcome(
+        [TextField("a", "v"), FormEnd()], None
+    )
 
 
 def test_feed_after_finish_is_a_programming_error():
@@ -212,18 +378,37 @@ def test_feed_after_finish_is_a_programming_error():
 
 
 # -- exact limits: on the limit is accepted, one past it is refused ----------------------------------
-def _one_field_body(*, preamble: int = 0, padding: int = 0, epilogue: int = 0,
-                    value: bytes = b"v", header_pad: int = 0) -> bytes:
+def _one_field_body(
+    *,
+    preamble: int = 0,
+    padding: int = 0,
+    epilogue: int = 0,
+    value: bytes = b"v",
+    header_pad: int = 0,
+) -> bytes:
     extra = b"\r\nX-Pad: " + b"p" * header_pad if header_pad else b""
-    return (b" " * preamble + b"--B" + b" " * padding + b"\r\n" + DISPOSITION + extra + b"\r\n\r\n"
-            + value + b"\r\n--B--" + b" " * epilogue)
+    return (
+        b" " * preamble
+        + b"--B"
+        + b" " * padding
+        + b"\r\n"
+        + DISPOSITION
+        + extra
+        + b"\r\n\r\n"
+        + value
+        + b"\r\n--B--"
+        + b" " * epilogue
+    )
 
 
-@pytest.mark.parametrize("kind, cap, message", [
-    ("preamble", MAX_PREAMBLE_BYTES, "The body does not start with the multipart boundary."),
-    ("padding", MAX_PADDING_BYTES, "A boundary is followed by too much padding."),
-    ("epilogue", MAX_EPILOGUE_BYTES, "Unexpected bytes after the closing boundary."),
-])
+@pytest.mark.parametrize(
+    "kind, cap, message",
+    [
+        ("preamble", MAX_PREAMBLE_BYTES, "The body does not start with the multipart boundary."),
+        ("padding", MAX_PADDING_BYTES, "A boundary is followed by too much padding."),
+        ("epilogue", MAX_EPILOGUE_BYTES, "Unexpected bytes after the closing boundary."),
+    ],
+)
 def test_blank_runs_are_bounded_exactly(kind, cap, message):
     ok = _one_field_body(**{kind: cap})
     assert same_for_every_cut(ok, boundary=b"B").error is None
@@ -242,7 +427,9 @@ def test_part_headers_exactly_at_the_limit():
     over = _one_field_body(header_pad=cap - header_block + 1)
     for cuts in ([], every_size(over, 1), every_size(over, 64)):
         assert outcome(over, cuts, boundary=b"B", limits=limits).error == (
-            "Part headers are too large.", True)
+            "Part headers are too large.",
+            True,
+        )
 
 
 def test_endless_part_headers_fail_before_the_body_ends():
@@ -293,8 +480,10 @@ def test_empty_form_is_complete_with_no_parts():
 
 def test_file_end_marks_whether_more_parts_follow():
     body, _ = form_body([], [("file", "a", b"1"), ("file", "b", b"2")])
-    assert [e for e in parse(body) if isinstance(e, FileEnd)] == [FileEnd(last=False),
-                                                                 FileEnd(last=True)]
+    assert [e for e in parse(body) if isinstance(e, FileEnd)] == [
+        FileEnd(last=False),
+        FileEnd(last=True),
+    ]
 
 
 def test_the_parser_is_complete_only_after_the_closing_boundary():
@@ -305,20 +494,23 @@ def test_the_parser_is_complete_only_after_the_closing_boundary():
     assert parser.complete
 
 
-@pytest.mark.parametrize("content_type, boundary", [
-    ("multipart/form-data; boundary=abc", b"abc"),
-    ("Multipart/Form-Data; boundary=abc", b"abc"),
-    ('multipart/form-data; boundary="with space ok"', b"with space ok"),
-    ("multipart/form-data; boundary=" + "a" * 70, b"a" * 70),
-    ("multipart/form-data", None),
-    ("multipart/form-data; boundary=", None),
-    ("multipart/form-data; boundary=" + "a" * 71, None),
-    ('multipart/form-data; boundary="ends with space "', None),
-    ('multipart/form-data; boundary="abc\n"', None),
-    ("multipart/mixed; boundary=abc", None),
-    ("application/json", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "content_type, boundary",
+    [
+        ("multipart/form-data; boundary=abc", b"abc"),
+        ("Multipart/Form-Data; boundary=abc", b"abc"),
+        ('multipart/form-data; boundary="with space ok"', b"with space ok"),
+        ("multipart/form-data; boundary=" + "a" * 70, b"a" * 70),
+        ("multipart/form-data", None),
+        ("multipart/form-data; boundary=", None),
+        ("multipart/form-data; boundary=" + "a" * 71, None),
+        ('multipart/form-data; boundary="ends with space "', None),
+        ('multipart/form-data; boundary="abc\n"', None),
+        ("multipart/mixed; boundary=abc", None),
+        ("application/json", None),
+        (None, None),
+    ],
+)
 def test_boundary_from_content_type(content_type, boundary):
     if boundary is not None:
         assert boundary_from_content_type(content_type) == boundary
@@ -330,15 +522,23 @@ def test_boundary_from_content_type(content_type, boundary):
 # -- generated bodies ---------------------------------------------------------------------------------
 boundaries = st.one_of(
     st.sampled_from([b"-", b"--", b"------", b"B", b"a b", BOUNDARY]),
-    st.text(BCHARS, min_size=1, max_size=70).filter(lambda b: not b.endswith(" "))
-    .map(str.encode))
+    st.text(BCHARS, min_size=1, max_size=70).filter(lambda b: not b.endswith(" ")).map(str.encode),
+)
 names = st.text(st.sampled_from("abcXYZ019 ._-éü€"), max_size=8)
 blanks = st.text(" \t", max_size=4).map(str.encode)
 
 
 def _content(boundary: bytes, *, text: bool) -> st.SearchStrategy[bytes]:
-    tricky = [b"\r", b"\n", b"\r\n", b"-", b"--", boundary, b"--" + boundary[:-1],
-              b"\r\n--" + boundary[: len(boundary) // 2]]
+    tricky = [
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"-",
+        b"--",
+        boundary,
+        b"--" + boundary[:-1],
+        b"\r\n--" + boundary[: len(boundary) // 2],
+    ]
     base = st.text(max_size=12).map(str.encode) if text else st.binary(max_size=24)
     raw = st.lists(st.one_of(st.sampled_from(tricky), base), max_size=10).map(b"".join)
 
@@ -358,17 +558,27 @@ def forms(draw, *, plain: bool = False) -> Form:
     for _ in range(draw(st.integers(0, 5))):
         is_file = draw(st.booleans())
         content = draw(_content(boundary, text=not is_file))
-        parts.append(Part(
-            name=draw(names), filename=draw(names) if is_file else None, content=content,
-            content_type=draw(st.sampled_from([None, "image/png", "application/octet-stream"]))
-            if is_file else None,
-            compact=not plain and not content and draw(st.booleans()),
-            padding=b"" if plain else draw(blanks)))
+        parts.append(
+            Part(
+                name=draw(names),
+                filename=draw(names) if is_file else None,
+                content=content,
+                content_type=draw(st.sampled_from([None, "image/png", "application/octet-stream"]))
+                if is_file
+                else None,
+                compact=not plain and not content and draw(st.booleans()),
+                padding=b"" if plain else draw(blanks),
+            )
+        )
     if plain:
         return Form(boundary, parts)
-    return Form(boundary, parts, line_break=draw(st.sampled_from([b"\r\n", b"\n"])),
-                preamble=draw(st.text(" \t\r\n", max_size=6).map(str.encode)),
-                epilogue=draw(st.text(" \t\r\n", max_size=6).map(str.encode)))
+    return Form(
+        boundary,
+        parts,
+        line_break=draw(st.sampled_from([b"\r\n", b"\n"])),
+        preamble=draw(st.text(" \t\r\n", max_size=6).map(str.encode)),
+        epilogue=draw(st.text(" \t\r\n", max_size=6).map(str.encode)),
+    )
 
 
 def _cuts(data, body: bytes) -> list[int]:
@@ -385,30 +595,42 @@ def test_valid_bodies_round_trip_byte_for_byte_however_split(form, data):
 
 mutations = st.one_of(
     st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 8)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000),
-              st.sampled_from([b"\r", b"\n", b"-", b"--", b" ", b"\r\n\r\n", b"x", b"\xff",
-                               b'"', b";"])),
+    st.tuples(
+        st.just("insert"),
+        st.integers(0, 10_000),
+        st.sampled_from([b"\r", b"\n", b"-", b"--", b" ", b"\r\n\r\n", b"x", b"\xff", b'"', b";"]),
+    ),
     st.tuples(st.just("duplicate"), st.integers(0, 10_000), st.integers(1, 40)),
 )
 
 
 def _mutate(body: bytes, boundary: bytes, steps) -> bytes:
-    for kind, at, arg in steps:
-        at = at % (len(body) + 1)
+    for kind, where, arg in steps:
+        at = where % (len(body) + 1)
         if kind == "delete":
-            body = body[:at] + body[at + arg:]
+            body = body[:at] + body[at + arg :]
         elif kind == "insert":
             body = body[:at] + (arg if arg != b"x" else b"\r\n--" + boundary) + body[at:]
         else:
-            body = body[:at] + body[at:at + arg] + body[at:]
+            body = body[:at] + body[at : at + arg] + body[at:]
     return body
 
 
-@given(forms(), st.lists(mutations, min_size=1, max_size=4), st.data(),
-       st.builds(FormLimits, max_files=st.integers(0, 4), max_fields=st.integers(0, 4),
-                 max_field_bytes=st.integers(0, 40), max_part_header_bytes=st.integers(30, 200)))
-@example(Form(b"B", [Part("a", None, b"")]), [("insert", 0, b"\r")], None,
-         FormLimits()).via("a CR before the first boundary")
+@given(
+    forms(),
+    st.lists(mutations, min_size=1, max_size=4),
+    st.data(),
+    st.builds(
+        FormLimits,
+        max_files=st.integers(0, 4),
+        max_fields=st.integers(0, 4),
+        max_field_bytes=st.integers(0, 40),
+        max_part_header_bytes=st.integers(30, 200),
+    ),
+)
+@example(Form(b"B", [Part("a", None, b"")]), [("insert", 0, b"\r")], None, FormLimits()).via(
+    "a CR before the first boundary"
+)
 def test_any_body_gives_one_answer_however_split(form, steps, data, limits):
     body = _mutate(render(form), form.boundary, steps)
     whole = outcome(body, boundary=form.boundary, limits=limits)
@@ -460,10 +682,16 @@ def _python_multipart_parts(body: bytes, boundary: bytes) -> list[tuple[str, str
     def on_part_data(data, start, end):
         parts[-1]["data"] += data[start:end]
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data})
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
     parser.write(body)
     parser.finalize()
     result = []

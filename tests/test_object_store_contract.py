@@ -4,6 +4,7 @@ The contract (gateway/storage/__init__.py): nothing written through a writer is 
 its key until commit(); commit makes the exact bytes visible; abort() leaves nothing behind, no
 object and no pending upload; a writer is never committed implicitly.
 """
+
 from __future__ import annotations
 
 import gc
@@ -31,17 +32,25 @@ def make_key(ext: str = ".png") -> str:
 @pytest.fixture(scope="module")
 def s3_client(moto_url, tmp_path_factory):
     """The gateway's own S3 client factory, pointed at moto; one client for the module."""
-    settings = make_settings(tmp_path_factory.mktemp("s3"), backend="s3", moto_url=moto_url,
-                             s3_max_attempts=2)
+    settings = make_settings(
+        tmp_path_factory.mktemp("s3"), backend="s3", moto_url=moto_url, s3_max_attempts=2
+    )
     return make_s3_client(settings)
 
 
 def s3_store_for(client) -> S3ObjectStore:
     from concurrent.futures import ThreadPoolExecutor
 
-    s3 = S3ObjectStore(client, bucket=unique("contract"), prefix="uploads", part_size=PART,
-                       parts_in_flight=2, endpoint_url=client.meta.endpoint_url,
-                       region="us-east-1", executor=ThreadPoolExecutor(8))
+    s3 = S3ObjectStore(
+        client,
+        bucket=unique("contract"),
+        prefix="uploads",
+        part_size=PART,
+        parts_in_flight=2,
+        endpoint_url=client.meta.endpoint_url,
+        region="us-east-1",
+        executor=ThreadPoolExecutor(8),
+    )
     s3.create_bucket()
     return s3
 
@@ -88,8 +97,9 @@ def raw_objects(store) -> list[str]:
     if is_s3(store):
         listed = store.client.list_objects_v2(Bucket=store.bucket).get("Contents", [])
         return sorted(item["Key"] for item in listed)
-    return sorted(p.relative_to(store.root).as_posix()
-                  for p in store.root.rglob("*") if p.is_file())
+    return sorted(
+        p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if p.is_file()
+    )
 
 
 def assert_empty(store) -> None:
@@ -100,8 +110,12 @@ def assert_empty(store) -> None:
 
 
 def open_writer(store, key: str, **kw):
-    return store.open_writer(key, content_type=kw.pop("content_type", "image/png"),
-                             metadata=kw.pop("metadata", {"media-id": "m1"}), **kw)
+    return store.open_writer(
+        key,
+        content_type=kw.pop("content_type", "image/png"),
+        metadata=kw.pop("metadata", {"media-id": "m1"}),
+        **kw,
+    )
 
 
 # -- visibility and commit ------------------------------------------------------------------------
@@ -110,7 +124,7 @@ def test_nothing_visible_before_commit_then_exact_bytes(store, size):
     key, data = make_key(), png_bytes(size)
     writer = open_writer(store, key)
     for i in range(0, len(data), 1 * MiB):
-        writer.write(data[i:i + MiB])
+        writer.write(data[i : i + MiB])
         assert not store.exists(key)
     assert writer.bytes_written == len(data)
     assert visible_keys(store) == []
@@ -129,11 +143,11 @@ def test_s3_multipart_path_is_really_taken(s3_store):
     store = s3_store
     key, data = make_key(".mp4"), mp4_bytes(3 * PART + 10)
     writer = open_writer(store, key, content_type="video/mp4")
-    writer.write(data[:PART + 1])  # one full part sent: a multipart upload exists now
+    writer.write(data[: PART + 1])  # one full part sent: a multipart upload exists now
     pending = raw_pending(store)
     assert [u["Key"] for u in pending] == [store.full_key(key)]
     assert not store.exists(key)
-    writer.write(data[PART + 1:])
+    writer.write(data[PART + 1 :])
     writer.commit(sha256=sha(data))
     head = store.client.head_object(Bucket=store.bucket, Key=store.full_key(key))
     assert head["ContentLength"] == len(data)
@@ -145,8 +159,9 @@ def test_s3_single_put_stores_headers_and_sha256_metadata(s3_store):
     store = s3_store
     key, data = make_key(), png_bytes(40_000)
     disposition = "inline; filename=\"cat.png\"; filename*=UTF-8''cat.png"
-    writer = open_writer(store, key, metadata={"media-id": "m1", "project-id": "p1"},
-                         content_disposition=disposition)
+    writer = open_writer(
+        store, key, metadata={"media-id": "m1", "project-id": "p1"}, content_disposition=disposition
+    )
     writer.write(data)
     writer.commit(sha256=sha(data))
     head = store.client.head_object(Bucket=store.bucket, Key=store.full_key(key))
@@ -160,9 +175,13 @@ def test_s3_multipart_stores_headers_and_sha256_tag(s3_store):
     store = s3_store
     key, data = make_key(".mp4"), mp4_bytes(2 * PART + 77)
     disposition = "inline; filename=\"clip.mp4\"; filename*=UTF-8''clip.mp4"
-    writer = open_writer(store, key, content_type="video/mp4",
-                         metadata={"media-id": "m2", "original-name": "clip.mp4"},
-                         content_disposition=disposition)
+    writer = open_writer(
+        store,
+        key,
+        content_type="video/mp4",
+        metadata={"media-id": "m2", "original-name": "clip.mp4"},
+        content_disposition=disposition,
+    )
     writer.write(data)
     writer.commit(sha256=sha(data))
     full = store.full_key(key)
@@ -249,8 +268,9 @@ def test_spill_then_commit(store, size):
     assert read_object(store, key) == data
     assert raw_pending(store) == []
     if is_s3(store):  # spilled: went multipart, so the checksum travels as a tag
-        tags = store.client.get_object_tagging(Bucket=store.bucket,
-                                               Key=store.full_key(key))["TagSet"]
+        tags = store.client.get_object_tagging(Bucket=store.bucket, Key=store.full_key(key))[
+            "TagSet"
+        ]
         assert tags == [{"Key": "sha256", "Value": sha(data)}]
 
 
@@ -311,8 +331,9 @@ def test_pending_uploads_lists_and_aborts_an_upload_left_behind(store):
     assert len(pending) == 1
     upload = pending[0]
     # S3 reports the object's key; the local store names its temporary file beside it.
-    assert upload.key == key or (upload.key.startswith("projects/p1/media/")
-                                 and upload.key.endswith(key.rsplit("/", 1)[1]))
+    assert upload.key == key or (
+        upload.key.startswith("projects/p1/media/") and upload.key.endswith(key.rsplit("/", 1)[1])
+    )
     assert upload.upload_id and upload.started.tzinfo is not None
     assert not store.exists(key) and visible_keys(store) == []
 

@@ -4,6 +4,7 @@ Records: create_many is all-or-nothing and never overwrites; get raises MediaNot
 newest first, paged by an opaque cursor, and scoped to one tenant and project; delete is
 idempotent. Idempotency: claim/save/release as gateway/records/__init__.py describes.
 """
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,15 @@ import uuid
 
 import pytest
 
-from gateway.errors import (Conflict, IdempotencyInProgress, IllegalTransition, InvalidCursor,
-                            MediaNotFound, RecordExists, RecordStoreError)
+from gateway.errors import (
+    Conflict,
+    IdempotencyInProgress,
+    IllegalTransition,
+    InvalidCursor,
+    MediaNotFound,
+    RecordExists,
+    RecordStoreError,
+)
 from gateway.lifecycle import TRANSITIONS, VISIBLE, Status
 from gateway.records import DirectUpload, IdempotentAnswer, MediaRecord, SavedResponse
 from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
@@ -27,8 +35,9 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 def dynamodb_client(moto_url, tmp_path_factory):
     """One client (the gateway's own factory) for the module; each test gets its own table."""
-    settings = make_settings(tmp_path_factory.mktemp("ddb"), backend="s3+dynamodb",
-                             moto_url=moto_url)
+    settings = make_settings(
+        tmp_path_factory.mktemp("ddb"), backend="s3+dynamodb", moto_url=moto_url
+    )
     return make_dynamodb_client(settings)
 
 
@@ -44,16 +53,30 @@ def records(request, tmp_path):
     return store
 
 
-def record(*, tenant: str = "t1", project_id: str = "p1",
-           created_at: str = "2026-01-01T00:00:00.000000+00:00", media_id: str | None = None,
-           **extra) -> MediaRecord:
+def record(
+    *,
+    tenant: str = "t1",
+    project_id: str = "p1",
+    created_at: str = "2026-01-01T00:00:00.000000+00:00",
+    media_id: str | None = None,
+    **extra,
+) -> MediaRecord:
     media_id = media_id or uuid.uuid4().hex
     prefix = f"{tenant}/" if tenant else ""
-    values = dict(media_id=media_id, project_id=project_id, tenant=tenant, owner="alice",
-                  original_name="cat.png", file_type="image", mime_type="image/png",
-                  s3_key=f"{prefix}projects/{project_id}/media/{media_id}.png",
-                  size=1234, sha256="ab" * 32, created_at=created_at,
-                  metadata={"caption": "a cat"})
+    values = {
+        "media_id": media_id,
+        "project_id": project_id,
+        "tenant": tenant,
+        "owner": "alice",
+        "original_name": "cat.png",
+        "file_type": "image",
+        "mime_type": "image/png",
+        "s3_key": f"{prefix}projects/{project_id}/media/{media_id}.png",
+        "size": 1234,
+        "sha256": "ab" * 32,
+        "created_at": created_at,
+        "metadata": {"caption": "a cat"},
+    }
     values.update(extra)
     return MediaRecord(**values)
 
@@ -91,8 +114,15 @@ def test_create_never_overwrites(records):
     first = record()
     records.create_many([first])
     with pytest.raises(RecordExists):
-        records.create_many([record(media_id=first.media_id, original_name="other.png",
-                                    s3_key="projects/p1/media/other.png")])
+        records.create_many(
+            [
+                record(
+                    media_id=first.media_id,
+                    original_name="other.png",
+                    s3_key="projects/p1/media/other.png",
+                )
+            ]
+        )
     assert records.get(first.media_id) == first
 
 
@@ -208,15 +238,31 @@ LOCK, TTL = 60.0, 3600.0
 ANSWER = SavedResponse(201, {"success": True, "mediaId": "abc", "files": [{"size": 3}]}, "f" * 64)
 
 
-def save(records, scope: str, key: str, response: SavedResponse, *, now: float, ttl: float,
-         with_records=()):
+def save(
+    records,
+    scope: str,
+    key: str,
+    response: SavedResponse,
+    *,
+    now: float,
+    ttl: float,
+    with_records=(),
+):
     """Complete a claim the only way the gateway does: with the records it answers about."""
-    records.create_many(list(with_records),
-                        answer=IdempotentAnswer(scope, key, response, expires_at=now + ttl))
+    records.create_many(
+        list(with_records), answer=IdempotentAnswer(scope, key, response, expires_at=now + ttl)
+    )
 
 
-def claim(records, key: str = "k1", *, at: float, scope: str = "t1#alice",
-          lock: float = LOCK, ttl: float = TTL):
+def claim(
+    records,
+    key: str = "k1",
+    *,
+    at: float,
+    scope: str = "t1#alice",
+    lock: float = LOCK,
+    ttl: float = TTL,
+):
     return records.claim(scope, key, now=at, lock_timeout=lock, ttl=ttl)
 
 
@@ -306,7 +352,7 @@ def test_sqlite_from_many_threads(tmp_path):
                 store.create_many(batch)
                 assert store.get(batch[0].media_id) == batch[0]
                 store.list_media(tenant="t1", project_id=f"p{n}", cursor=None, limit=5)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
@@ -317,8 +363,9 @@ def test_sqlite_from_many_threads(tmp_path):
     assert errors == []
     assert len(record_ids(store)) == 8 * 20 * 2
     for n in range(8):
-        flat = [r for page in all_pages(store, tenant="t1", project_id=f"p{n}", limit=7)
-                for r in page]
+        flat = [
+            r for page in all_pages(store, tenant="t1", project_id=f"p{n}", limit=7) for r in page
+        ]
         assert len(flat) == 40
 
 
@@ -366,8 +413,9 @@ def test_update_is_a_compare_and_set_on_the_version(records):
     records.create_many([pending])
     assert records.expired_pending(now="2026-01-02T00:00:00+00:00", limit=10) == [pending]
     assert records.expired_pending(now="2025-12-31T00:00:00+00:00", limit=10) == []
-    listed = records.list_media(tenant=pending.tenant, project_id=pending.project_id,
-                                cursor=None, limit=10)
+    listed = records.list_media(
+        tenant=pending.tenant, project_id=pending.project_id, cursor=None, limit=10
+    )
     assert listed.items == []  # pending media are not listed
     stored = records.update(pending.evolve(status=Status.STORED), expected=pending)
     assert stored == pending.evolve(status=Status.STORED, version=1)
@@ -375,8 +423,9 @@ def test_update_is_a_compare_and_set_on_the_version(records):
     assert records.update(pending.evolve(status=Status.ABORTED), expected=pending) is None
     assert records.get(pending.media_id) == stored
     assert records.expired_pending(now="2026-01-02T00:00:00+00:00", limit=10) == []
-    listed = records.list_media(tenant=pending.tenant, project_id=pending.project_id,
-                                cursor=None, limit=10)
+    listed = records.list_media(
+        tenant=pending.tenant, project_id=pending.project_id, cursor=None, limit=10
+    )
     assert listed.items == [stored]
     ready = records.update(stored.evolve(status=Status.PROCESSING), expected=stored)
     assert ready is not None and ready.version == 2
@@ -385,7 +434,9 @@ def test_update_is_a_compare_and_set_on_the_version(records):
 
 @pytest.mark.parametrize("current", list(Status))
 def test_update_enforces_the_transition_table(records, current):
-    start = record(status=current, upload=DirectUpload(method="put", expires_at="2026-01-01T00:00:00+00:00"))
+    start = record(
+        status=current, upload=DirectUpload(method="put", expires_at="2026-01-01T00:00:00+00:00")
+    )
     records.create_many([start])
     for target in Status:
         if target is current:
@@ -411,15 +462,18 @@ def test_update_keeps_fields_and_may_keep_the_status(records):
 
 
 def test_every_visible_status_is_listed_and_filterable(records):
-    rows = {status: record(status=status, created_at=stamp(i))
-            for i, status in enumerate(Status)
-            if status is not Status.PENDING}
+    rows = {
+        status: record(status=status, created_at=stamp(i))
+        for i, status in enumerate(Status)
+        if status is not Status.PENDING
+    }
     records.create_many(list(rows.values()))
     listed = records.list_media(tenant="t1", project_id="p1", cursor=None, limit=50).items
     assert {r.status for r in listed} == set(VISIBLE)
     for status in VISIBLE:
-        page = records.list_media(tenant="t1", project_id="p1", cursor=None, limit=50,
-                                  status=status)
+        page = records.list_media(
+            tenant="t1", project_id="p1", cursor=None, limit=50, status=status
+        )
         assert page.items == [rows[status]] and page.next_cursor is None
 
 
@@ -430,8 +484,9 @@ def test_a_status_filter_pages_through_sparse_matches(records):
     pages = []
     cursor = None
     while True:
-        page = records.list_media(tenant="t1", project_id="p1", cursor=cursor, limit=2,
-                                  status=Status.READY)
+        page = records.list_media(
+            tenant="t1", project_id="p1", cursor=cursor, limit=2, status=Status.READY
+        )
         pages.append([r.media_id for r in page.items])
         cursor = page.next_cursor
         if cursor is None:
@@ -442,7 +497,7 @@ def test_a_status_filter_pages_through_sparse_matches(records):
 
 def test_count_pending_counts_one_callers_pending_uploads(records):
     mine = [_pending() for _ in range(3)]
-    records.create_many(mine + [_pending(owner="bob"), _pending(tenant="t2"), record()])
+    records.create_many([*mine, _pending(owner="bob"), _pending(tenant="t2"), record()])
     assert records.count_pending(tenant="t1", owner="alice", at_most=10) == 3
     assert records.count_pending(tenant="t1", owner="alice", at_most=1) == 2  # stops past it
     assert records.count_pending(tenant="t1", owner="bob", at_most=10) == 1

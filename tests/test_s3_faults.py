@@ -5,6 +5,7 @@ connection for the requests a test picks. What is left behind is checked against
 directly (not through the proxy): no object, no open multipart upload, no record - or the object
 and its record, exact.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -35,8 +36,11 @@ def _fast_backoff(monkeypatch):
     scale that down to keep these tests quick. What is retried, and how often, is unchanged."""
     from botocore.retries.standard import ExponentialBackoff
 
-    config = dict(ExponentialBackoff._DEFAULT_BACKOFF_CONFIG, throttling_base_scale=0.02,
-                  non_throttling_base_scale=0.01)
+    config = dict(
+        ExponentialBackoff._DEFAULT_BACKOFF_CONFIG,
+        throttling_base_scale=0.02,
+        non_throttling_base_scale=0.01,
+    )
     monkeypatch.setattr(ExponentialBackoff, "_DEFAULT_BACKOFF_CONFIG", config)
 
 
@@ -57,16 +61,22 @@ def _clean_rules(request):
 @pytest.fixture(scope="module")
 def direct(moto_url):
     """boto3 clients to moto itself, bypassing the proxy: the ground truth."""
-    config = Config(region_name="us-east-1", s3={"addressing_style": "path"},
-                    retries={"mode": "standard", "max_attempts": 3})
-    return {"s3": boto3.client("s3", endpoint_url=moto_url, config=config),
-            "dynamodb": boto3.client("dynamodb", endpoint_url=moto_url, config=config)}
+    config = Config(
+        region_name="us-east-1",
+        s3={"addressing_style": "path"},
+        retries={"mode": "standard", "max_attempts": 3},
+    )
+    return {
+        "s3": boto3.client("s3", endpoint_url=moto_url, config=config),
+        "dynamodb": boto3.client("dynamodb", endpoint_url=moto_url, config=config),
+    }
 
 
 class Gateway:
     def __init__(self, tmp_path, backend: str, url: str | None, direct) -> None:
-        settings = make_settings(tmp_path, backend=backend, moto_url=url,
-                                 s3_max_attempts=MAX_ATTEMPTS)
+        settings = make_settings(
+            tmp_path, backend=backend, moto_url=url, s3_max_attempts=MAX_ATTEMPTS
+        )
         self.app = create_app(settings)
         self.app.config["TESTING"] = True
         self.svc = self.app.extensions["gateway"]
@@ -78,8 +88,9 @@ class Gateway:
 
     def upload(self, files, fields=(("projectId", "p1"),)):
         body, content_type = form_body(list(fields), files)
-        return self.client.post("/api/upload", data=body,
-                                headers={"Content-Type": content_type, **self.auth})
+        return self.client.post(
+            "/api/upload", data=body, headers={"Content-Type": content_type, **self.auth}
+        )
 
     # -- ground truth --------------------------------------------------------------------------
     @property
@@ -158,8 +169,11 @@ def test_transient_fault_is_retried_and_the_upload_is_exact(gw, proxy, match, ac
     body = response.get_json()
     assert rule.hits == times and rule.seen > times  # faulted, then retried through
     assert_stored(gw.svc, body, content)
-    assert gw.leftovers() == {"objects": [body["s3Key"]], "uploads": [],
-                              "records": [body["mediaId"]]}
+    assert gw.leftovers() == {
+        "objects": [body["s3Key"]],
+        "uploads": [],
+        "records": [body["mediaId"]],
+    }
     if size > 8 * MiB and match is fp.is_upload_part:
         counts = attempts_per_part(proxy)
         assert sorted(counts) == ["1", "2", "3"]
@@ -204,8 +218,11 @@ def test_persistent_connection_resets_on_parts_are_502_and_nothing_is_left(gw, p
     gw.assert_nothing_left()
 
 
-SINGLE_PUT = {"503": (503, "storage_unavailable"), "403": (502, "storage_error"),
-              "reset": (502, "storage_error")}  # 500: see test_s3_max_attempts_counts_every_attempt
+SINGLE_PUT = {
+    "503": (503, "storage_unavailable"),
+    "403": (502, "storage_error"),
+    "reset": (502, "storage_error"),
+}  # 500: see test_s3_max_attempts_counts_every_attempt
 
 
 @pytest.mark.parametrize("action", SINGLE_PUT, ids=[f"put-object-{a}" for a in SINGLE_PUT])
@@ -231,8 +248,9 @@ def test_s3_max_attempts_counts_every_attempt(gw, proxy):
     assert (response.status_code, error_of(response)) == (502, "storage_error")
     gw.assert_nothing_left()
     assert gw.svc.settings.s3_max_attempts == MAX_ATTEMPTS
-    assert rule.hits == MAX_ATTEMPTS, \
+    assert rule.hits == MAX_ATTEMPTS, (
         f"GATEWAY_S3_MAX_ATTEMPTS={MAX_ATTEMPTS} made {rule.hits} attempts"
+    )
 
 
 def test_complete_failing_persistently_leaves_nothing(gw, proxy):
@@ -309,7 +327,7 @@ def test_tagging_and_delete_both_failing_journal_the_object(gw, proxy):
     assert response.status_code == 503
     assert deletes.hits > 0  # the undo was tried, and failed
     assert gw.records() == [] and gw.uploads() == []
-    journaled = {gw.full_key(k) for k in gw.svc.journal.keys()}
+    journaled = {gw.full_key(k) for k in gw.svc.journal.list_keys()}
     assert set(gw.objects()) <= journaled, "an object outlives the request, unjournaled"
 
 
@@ -341,6 +359,7 @@ def two_files():
 def fail(exc: Exception):
     def raiser(*args, **kwargs):
         raise exc
+
     return raiser
 
 
@@ -351,7 +370,7 @@ def test_record_failure_deletes_the_objects(any_gw, monkeypatch):
     assert (response.status_code, error_of(response)) == (503, "records_unavailable")
     assert response.headers.get("Retry-After")
     any_gw.assert_nothing_left()
-    assert svc.journal.keys() == []
+    assert svc.journal.list_keys() == []
 
 
 def test_record_failure_with_failing_delete_journals_then_sweep_removes(any_gw, monkeypatch):
@@ -361,7 +380,7 @@ def test_record_failure_with_failing_delete_journals_then_sweep_removes(any_gw, 
     response = any_gw.upload(two_files())
     assert (response.status_code, error_of(response)) == (503, "records_unavailable")
 
-    journaled = svc.journal.keys()
+    journaled = svc.journal.list_keys()
     assert len(journaled) == 2
     assert sorted(any_gw.full_key(k) for k in journaled) == any_gw.objects()
     assert any_gw.records() == [] and any_gw.uploads() == []
@@ -370,5 +389,5 @@ def test_record_failure_with_failing_delete_journals_then_sweep_removes(any_gw, 
     report = svc.sweeper.sweep(older_than=timedelta(0))
     assert report.failed == []
     assert sorted(report.done) == sorted(f"delete journaled orphan {k}" for k in journaled)
-    assert svc.journal.keys() == []
+    assert svc.journal.list_keys() == []
     any_gw.assert_nothing_left()

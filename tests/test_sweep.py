@@ -7,11 +7,12 @@ and keys the gateway did not make. --dry-run only reports.
 Note: moto reports every multipart upload as initiated at 2010-11-10T20:48:33Z, so the age
 threshold for uploads is exercised with ``now`` placed relative to the upload's reported start.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -35,8 +36,7 @@ def backend(request):
 # -- helpers --------------------------------------------------------------------------------------
 def upload(client, auth, content: bytes) -> dict:
     body, content_type = form_body([("projectId", "p1")], [("file", "cat.png", content)])
-    response = client.post("/api/upload", data=body,
-                           headers={"Content-Type": content_type, **auth})
+    response = client.post("/api/upload", data=body, headers={"Content-Type": content_type, **auth})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
 
@@ -76,7 +76,7 @@ def backdate(svc, path_key: str, age: timedelta) -> None:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def sweep(svc, **kwargs) -> list[str]:
@@ -103,8 +103,10 @@ def test_sweep_removes_stale_uploads_and_unrecorded_objects_only(client, auth, s
 
     report = sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))
 
-    assert sorted(report) == sorted([f"abort upload {stale.key} ({stale.upload_id})"]
-                                    + [f"delete unrecorded object {k}" for k in orphans])
+    assert sorted(report) == sorted(
+        [f"abort upload {stale.key} ({stale.upload_id})"]
+        + [f"delete unrecorded object {k}" for k in orphans]
+    )
     assert pending(svc) == []
     assert objects(svc) == {key_of(svc, recorded), FOREIGN, "projects/p1/media/not-a-media-id.png"}
     assert_stored(svc, recorded, content)
@@ -152,8 +154,12 @@ def test_local_sweep_splits_old_from_new_by_age(svc):
 
     report = sweep(svc, older_than=HOUR)
 
-    assert sorted(report) == sorted([f"abort upload {old_upload.key} ({old_upload.upload_id})",
-                                     f"delete unrecorded object {old_orphan}"])
+    assert sorted(report) == sorted(
+        [
+            f"abort upload {old_upload.key} ({old_upload.upload_id})",
+            f"delete unrecorded object {old_orphan}",
+        ]
+    )
     assert objects(svc) == {new_orphan}
     assert [u.upload_id for u in pending(svc)] != [old_upload.upload_id]
     assert len(pending(svc)) == 1
@@ -185,9 +191,10 @@ def test_journaled_orphans_are_deleted_and_forgotten(client, auth, svc):
     # A journaled orphan goes whatever its age: the threshold is for unjournaled objects.
     report = sweep(svc, older_than=24 * HOUR)
 
-    assert sorted(report) == sorted([f"delete journaled orphan {orphan}",
-                                     f"delete journaled orphan {gone}"])
-    assert svc.journal.keys() == []
+    assert sorted(report) == sorted(
+        [f"delete journaled orphan {orphan}", f"delete journaled orphan {gone}"]
+    )
+    assert svc.journal.list_keys() == []
     assert objects(svc) == {key_of(svc, recorded)}
     assert svc.records.get(recorded["mediaId"]).s3_key == key_of(svc, recorded)
 
@@ -207,12 +214,13 @@ def test_dry_run_reports_but_removes_nothing(client, auth, svc):
     assert f"delete journaled orphan {journaled}" in report
     assert f"delete unrecorded object {orphan}" in report
     assert (objects(svc), [u.upload_id for u in pending(svc)], record_ids(svc.records)) == before
-    assert svc.journal.keys() == [journaled]
+    assert svc.journal.list_keys() == [journaled]
     assert key_of(svc, recorded) in objects(svc)
 
     # The real run removes exactly what the dry run listed.
-    assert sorted(sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))) == \
-        sorted(report)
+    assert sorted(sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))) == sorted(
+        report
+    )
     writer.abort()
 
 
@@ -281,18 +289,23 @@ def test_a_failing_delete_is_reported_and_the_run_goes_on(svc, monkeypatch):
     svc.journal.add(journaled_bad, "rollback incomplete")
     _failing_delete(svc, monkeypatch, {orphans[1], journaled_bad})
     report = svc.sweeper.sweep(older_than=timedelta(0), now=now() + timedelta(seconds=1))
-    assert sorted(report.failed) == sorted([f"delete unrecorded object {orphans[1]}",
-                                            f"delete journaled orphan {journaled_bad}"])
-    assert sorted(report.done) == sorted([f"delete unrecorded object {orphans[0]}",
-                                          f"delete unrecorded object {orphans[2]}",
-                                          f"delete journaled orphan {journaled_ok}"])
+    assert sorted(report.failed) == sorted(
+        [f"delete unrecorded object {orphans[1]}", f"delete journaled orphan {journaled_bad}"]
+    )
+    assert sorted(report.done) == sorted(
+        [
+            f"delete unrecorded object {orphans[0]}",
+            f"delete unrecorded object {orphans[2]}",
+            f"delete journaled orphan {journaled_ok}",
+        ]
+    )
     assert objects(svc) == {orphans[1], journaled_bad}
-    assert svc.journal.keys() == [journaled_bad]  # kept for the next run
+    assert svc.journal.list_keys() == [journaled_bad]  # kept for the next run
     monkeypatch.undo()
-    assert sorted(sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))) == \
-        sorted([f"delete unrecorded object {orphans[1]}",
-                f"delete journaled orphan {journaled_bad}"])
-    assert objects(svc) == set() and svc.journal.keys() == []
+    assert sorted(sweep(svc, older_than=timedelta(0), now=now() + timedelta(seconds=1))) == sorted(
+        [f"delete unrecorded object {orphans[1]}", f"delete journaled orphan {journaled_bad}"]
+    )
+    assert objects(svc) == set() and svc.journal.list_keys() == []
 
 
 def test_cli_sweep_exits_nonzero_only_after_trying_everything(app, svc, monkeypatch):

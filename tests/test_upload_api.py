@@ -1,24 +1,37 @@
 """POST /api/upload through the Flask test client, against every backend (local, S3, DynamoDB)."""
+
 from __future__ import annotations
 
 import hashlib
 
 import pytest
 
-from support import (MiB, assert_nothing_left, assert_stored, form_body, jpeg_bytes, leftovers,
-                     mp4_bytes, png_bytes)
+from support import (
+    MiB,
+    assert_nothing_left,
+    assert_stored,
+    form_body,
+    jpeg_bytes,
+    leftovers,
+    mp4_bytes,
+    png_bytes,
+)
 
 
 def post(client, body_and_type, headers=None, query=""):
     body, content_type = body_and_type
-    return client.post(f"/api/upload{query}", data=body,
-                       headers={"Content-Type": content_type, **(headers or {})})
+    return client.post(
+        f"/api/upload{query}", data=body, headers={"Content-Type": content_type, **(headers or {})}
+    )
 
 
 def test_one_small_file_is_stored_with_its_record(client, auth, svc):
     content = png_bytes(30_000)
-    response = post(client, form_body([("projectId", "p1"), ("caption", "a cat")],
-                                      [("file", "cat.png", content)]), auth)
+    response = post(
+        client,
+        form_body([("projectId", "p1"), ("caption", "a cat")], [("file", "cat.png", content)]),
+        auth,
+    )
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert body["success"] is True and body["contentType"] == "image/png"
@@ -44,7 +57,7 @@ def test_several_files_in_one_request(client, auth, svc):
     assert response.status_code == 201, response.get_json()
     listed = response.get_json()["files"]
     assert [f["contentType"] for f in listed] == ["image/png", "video/mp4", "image/jpeg"]
-    for body, content in zip(listed, contents):
+    for body, content in zip(listed, contents, strict=False):
         assert_stored(svc, body, content)
     assert leftovers(svc)["pending_uploads"] == []
 
@@ -60,11 +73,19 @@ def test_disallowed_second_file_leaves_nothing_of_the_first(client, auth, svc):
 def test_declared_sha256_is_verified(client, auth, svc):
     content = png_bytes(12 * MiB)
     good = hashlib.sha256(content).hexdigest()
-    ok = post(client, form_body([("projectId", "p1"), ("sha256", good)], [("file", "a.png", content)]), auth)
+    ok = post(
+        client,
+        form_body([("projectId", "p1"), ("sha256", good)], [("file", "a.png", content)]),
+        auth,
+    )
     assert ok.status_code == 201 and ok.get_json()["sha256"] == good
     svc.store.delete(svc.records.get(ok.get_json()["mediaId"]).s3_key)
     svc.records.delete(ok.get_json()["mediaId"])
-    bad = post(client, form_body([("projectId", "p1"), ("sha256", "0" * 64)], [("file", "a.png", content)]), auth)
+    bad = post(
+        client,
+        form_body([("projectId", "p1"), ("sha256", "0" * 64)], [("file", "a.png", content)]),
+        auth,
+    )
     assert bad.status_code == 422 and bad.get_json()["error"]["code"] == "checksum_mismatch"
     assert_nothing_left(svc)
 
@@ -77,30 +98,41 @@ def error_code(response):
 
 
 def test_declared_length_over_the_cap_is_refused_before_reading(tmp_path, backend, request):
-    from conftest import init_stores, make_settings
-    from gateway import create_app
     from test_auth import CountingStream
 
+    from gateway import create_app
+
+    from conftest import init_stores, make_settings
+
     moto = request.getfixturevalue("moto_url") if backend != "local" else None
-    app = create_app(make_settings(tmp_path, backend=backend, moto_url=moto, max_upload_bytes=1 << 20))
+    app = create_app(
+        make_settings(tmp_path, backend=backend, moto_url=moto, max_upload_bytes=1 << 20)
+    )
     svc = app.extensions["gateway"]
     init_stores(svc)
     with app.app_context():
         from gateway.auth import mint_token
+
         headers = {"Authorization": f"Bearer {mint_token('alice')}"}
     body, content_type = form_body([("projectId", "p1")], [("file", "a.png", png_bytes(2 << 20))])
     stream = CountingStream(body)
-    response = app.test_client().post("/api/upload", input_stream=stream, headers={
-        **headers, "Content-Type": content_type, "Content-Length": str(len(body))})
+    response = app.test_client().post(
+        "/api/upload",
+        input_stream=stream,
+        headers={**headers, "Content-Type": content_type, "Content-Length": str(len(body))},
+    )
     assert response.status_code == 413 and error_code(response) == "too_large"
     assert stream.bytes_read == 0
     assert_nothing_left(svc)
     # The same body sent chunked (no Content-Length) is refused once it grows past the cap,
     # after parts were already sent: the multipart upload is aborted.
     stream = CountingStream(body)
-    response = app.test_client().post("/api/upload", input_stream=stream, headers={
-        **headers, "Content-Type": content_type, "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True})
+    response = app.test_client().post(
+        "/api/upload",
+        input_stream=stream,
+        headers={**headers, "Content-Type": content_type, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert response.status_code == 413 and error_code(response) == "too_large"
     assert 0 < stream.bytes_read < len(body)
     assert_nothing_left(svc)
@@ -108,11 +140,15 @@ def test_declared_length_over_the_cap_is_refused_before_reading(tmp_path, backen
 
 def test_chunked_body_is_accepted(client, auth, svc):
     import io
+
     content = mp4_bytes(9 * MiB)
     body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", content)])
-    response = client.post("/api/upload", input_stream=io.BytesIO(body), headers={
-        **auth, "Content-Type": content_type, "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True})
+    response = client.post(
+        "/api/upload",
+        input_stream=io.BytesIO(body),
+        headers={**auth, "Content-Type": content_type, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert response.status_code == 201, response.get_json()
     assert_stored(svc, response.get_json(), content)
 
@@ -121,6 +157,7 @@ def raw_post(client, body: bytes, headers: dict, content_length: int | None):
     """POST with a Content-Length that need not match the body (or none at all), handed to the
     app as gunicorn does: a terminated input stream that simply ends early (a short read)."""
     import io
+
     from werkzeug.test import EnvironBuilder, run_wsgi_app
 
     headers = dict(headers)
@@ -146,7 +183,10 @@ def test_no_length_and_not_chunked_is_411(client, auth, svc):
 def test_short_body_is_never_committed(client, auth, svc):
     """A client that stops sending halfway: fewer bytes than its Content-Length."""
     body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", mp4_bytes(20 * MiB))])
-    for cut in (len(body) // 2, len(body) - 3):  # mid-file, and just before the closing boundary ends
+    for cut in (
+        len(body) // 2,
+        len(body) - 3,
+    ):  # mid-file, and just before the closing boundary ends
         response = raw_post(client, body[:cut], {**auth, "Content-Type": content_type}, len(body))
         assert response.status_code == 400 and error_code(response) == "client_disconnected"
         assert_nothing_left(svc)
@@ -160,16 +200,20 @@ def test_body_without_closing_boundary_is_never_committed(client, auth, svc):
     assert_nothing_left(svc)
 
 
-@pytest.mark.parametrize("content, code, status", [
-    (b"MZ\x90\x00" + b"\0" * 20_000, "unsupported_type", 415),             # an .exe named .png
-    (b"%PDF-1.7\n" + b"x" * 20_000, "unsupported_type", 415),              # allowed? no: not image/video
-    (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>" * 100, "unsupported_type", 415),
-    (b"plain text pretending", "unsupported_type", 415),
-    (b"", "empty_file", 422),
-])
+@pytest.mark.parametrize(
+    "content, code, status",
+    [
+        (b"MZ\x90\x00" + b"\0" * 20_000, "unsupported_type", 415),  # an .exe named .png
+        (b"%PDF-1.7\n" + b"x" * 20_000, "unsupported_type", 415),  # allowed? no: not image/video
+        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>" * 100, "unsupported_type", 415),
+        (b"plain text pretending", "unsupported_type", 415),
+        (b"", "empty_file", 422),
+    ],
+)
 def test_content_is_sniffed_not_trusted(client, auth, svc, content, code, status):
-    body, content_type = form_body([("projectId", "p1")], [("file", "photo.png", content)],
-                                   file_type="image/png")
+    body, content_type = form_body(
+        [("projectId", "p1")], [("file", "photo.png", content)], file_type="image/png"
+    )
     response = post(client, (body, content_type), auth)
     assert response.status_code == status and error_code(response) == code
     assert_nothing_left(svc)
@@ -177,22 +221,37 @@ def test_content_is_sniffed_not_trusted(client, auth, svc, content, code, status
 
 def test_type_refused_after_the_first_part_of_a_big_file_leaves_nothing(client, auth, svc):
     """Sniffing happens on the first bytes: a big disallowed file is refused before any S3 call."""
-    body, content_type = form_body([("projectId", "p1")], [("file", "a.pdf", b"%PDF-1.7\n" + b"x" * (12 * MiB))])
+    body, content_type = form_body(
+        [("projectId", "p1")], [("file", "a.pdf", b"%PDF-1.7\n" + b"x" * (12 * MiB))]
+    )
     response = post(client, (body, content_type), auth)
     assert response.status_code == 415
     assert_nothing_left(svc)
 
 
-@pytest.mark.parametrize("mutate, code, status", [
-    (lambda b, ct: (b, "multipart/form-data"), "bad_content_type", 400),
-    (lambda b, ct: (b, "application/json"), "bad_content_type", 400),
-    (lambda b, ct: (b, ct.replace("gatewaytest", "othertest")), "malformed_body", 400),
-    (lambda b, ct: (b"garbage before\r\n" + b, ct), "malformed_body", 400),
-    (lambda b, ct: (b + b"trailing junk", ct), "malformed_body", 400),
-    (lambda b, ct: (b.replace(b"Content-Disposition: form-data; name=\"file\"; ",
-                              b"X-Pad: " + b"p" * 20_000 + b"\r\nContent-Disposition: form-data; name=\"file\"; "), ct),
-     "form_limit", 413),
-])
+@pytest.mark.parametrize(
+    "mutate, code, status",
+    [
+        (lambda b, ct: (b, "multipart/form-data"), "bad_content_type", 400),
+        (lambda b, ct: (b, "application/json"), "bad_content_type", 400),
+        (lambda b, ct: (b, ct.replace("gatewaytest", "othertest")), "malformed_body", 400),
+        (lambda b, ct: (b"garbage before\r\n" + b, ct), "malformed_body", 400),
+        (lambda b, ct: (b + b"trailing junk", ct), "malformed_body", 400),
+        (
+            lambda b, ct: (
+                b.replace(
+                    b'Content-Disposition: form-data; name="file"; ',
+                    b"X-Pad: "
+                    + b"p" * 20_000
+                    + b'\r\nContent-Disposition: form-data; name="file"; ',
+                ),
+                ct,
+            ),
+            "form_limit",
+            413,
+        ),
+    ],
+)
 def test_malformed_multipart_is_refused(client, auth, svc, mutate, code, status):
     good = form_body([("projectId", "p1")], [("file", "a.png", png_bytes(9 * MiB))])
     response = post(client, mutate(*good), auth)
@@ -200,17 +259,39 @@ def test_malformed_multipart_is_refused(client, auth, svc, mutate, code, status)
     assert_nothing_left(svc)
 
 
-@pytest.mark.parametrize("fields, files, code, status", [
-    ([], [("file", "a.png", png_bytes())], "missing_project_id", 400),
-    ([("projectId", "../etc")], [("file", "a.png", png_bytes())], "invalid_project_id", 400),
-    ([("projectId", "p1")], [], "no_file", 400),
-    ([("projectId", "p1")], [("upload", "a.png", png_bytes())], "unexpected_file_field", 400),
-    ([("projectId", "p1"), ("sha256", "nothex")], [("file", "a.png", png_bytes())], "invalid_sha256", 400),
-    ([("projectId", "p1"), ("caption", "x" * 5000)], [("file", "a.png", png_bytes())], "form_limit", 413),
-    ([("projectId", "p1")] + [(f"f{i}", "v") for i in range(25)], [("file", "a.png", png_bytes())],
-     "form_limit", 413),
-    ([("projectId", "p1")], [("files", f"{i}.png", png_bytes(1000, i)) for i in range(11)], "form_limit", 413),
-])
+@pytest.mark.parametrize(
+    "fields, files, code, status",
+    [
+        ([], [("file", "a.png", png_bytes())], "missing_project_id", 400),
+        ([("projectId", "../etc")], [("file", "a.png", png_bytes())], "invalid_project_id", 400),
+        ([("projectId", "p1")], [], "no_file", 400),
+        ([("projectId", "p1")], [("upload", "a.png", png_bytes())], "unexpected_file_field", 400),
+        (
+            [("projectId", "p1"), ("sha256", "nothex")],
+            [("file", "a.png", png_bytes())],
+            "invalid_sha256",
+            400,
+        ),
+        (
+            [("projectId", "p1"), ("caption", "x" * 5000)],
+            [("file", "a.png", png_bytes())],
+            "form_limit",
+            413,
+        ),
+        (
+            [("projectId", "p1")] + [(f"f{i}", "v") for i in range(25)],
+            [("file", "a.png", png_bytes())],
+            "form_limit",
+            413,
+        ),
+        (
+            [("projectId", "p1")],
+            [("files", f"{i}.png", png_bytes(1000, i)) for i in range(11)],
+            "form_limit",
+            413,
+        ),
+    ],
+)
 def test_form_rules(client, auth, svc, fields, files, code, status):
     response = post(client, form_body(fields, files), auth)
     assert response.status_code == status and error_code(response) == code
@@ -219,24 +300,33 @@ def test_form_rules(client, auth, svc, fields, files, code, status):
 
 def test_project_in_query_string(client, auth, svc):
     content = png_bytes()
-    response = post(client, form_body([], [("file", "a.png", content)]), auth, query="?projectId=q1")
+    response = post(
+        client, form_body([], [("file", "a.png", content)]), auth, query="?projectId=q1"
+    )
     assert response.status_code == 201 and response.get_json()["projectId"] == "q1"
-    conflicting = post(client, form_body([("projectId", "p2")], [("file", "a.png", content)]), auth,
-                       query="?projectId=q1")
+    conflicting = post(
+        client,
+        form_body([("projectId", "p2")], [("file", "a.png", content)]),
+        auth,
+        query="?projectId=q1",
+    )
     assert conflicting.status_code == 400 and error_code(conflicting) == "invalid_project_id"
 
 
-@pytest.mark.parametrize("filename, shown", [
-    ("../../etc/passwd.png", "passwd.png"),
-    ("C:/Users/x/photo.png", "photo.png"),
-    ("C:\\Users\\x\\photo.png", "C_Usersxphoto.png"),  # a quoted-string: backslash escapes
-    ("evil%0D%0AX-Injected: 1.png", "evil%0D%0AX-Injected_ 1.png"),  # how browsers send CR LF
-    ("a\x00b.png", "a_b.png"),
-    ("quo%22te.png", "quo_te.png"),  # how browsers send a quote
-    ("", "unnamed"),
-    ("...", "unnamed"),
-    ("é" * 300 + ".png", "é" * 251 + ".png"),
-])
+@pytest.mark.parametrize(
+    "filename, shown",
+    [
+        ("../../etc/passwd.png", "passwd.png"),
+        ("C:/Users/x/photo.png", "photo.png"),
+        ("C:\\Users\\x\\photo.png", "C_Usersxphoto.png"),  # a quoted-string: backslash escapes
+        ("evil%0D%0AX-Injected: 1.png", "evil%0D%0AX-Injected_ 1.png"),  # how browsers send CR LF
+        ("a\x00b.png", "a_b.png"),
+        ("quo%22te.png", "quo_te.png"),  # how browsers send a quote
+        ("", "unnamed"),
+        ("...", "unnamed"),
+        ("é" * 300 + ".png", "é" * 251 + ".png"),
+    ],
+)
 def test_hostile_filenames_never_reach_the_key(client, auth, svc, filename, shown):
     content = png_bytes()
     response = post(client, form_body([("projectId", "p1")], [("file", filename, content)]), auth)
@@ -247,20 +337,28 @@ def test_hostile_filenames_never_reach_the_key(client, auth, svc, filename, show
     assert_stored(svc, body, content)
 
 
-@pytest.mark.parametrize("raw", [b'evil\r\nX-Injected: 1.png', b'a\x00\r\n\r\n.png'])
+@pytest.mark.parametrize("raw", [b"evil\r\nX-Injected: 1.png", b"a\x00\r\n\r\n.png"])
 def test_raw_line_breaks_in_part_headers_leave_nothing(client, auth, svc, raw):
-    body = (b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
-            b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="' + raw + b'"\r\n\r\n'
-            + png_bytes() + b"\r\n--bnd--\r\n")
+    body = (
+        b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
+        b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="'
+        + raw
+        + b'"\r\n\r\n'
+        + png_bytes()
+        + b"\r\n--bnd--\r\n"
+    )
     response = post(client, (body, "multipart/form-data; boundary=bnd"), auth)
     assert response.status_code in (400, 413) and error_code(response)
     assert_nothing_left(svc)
 
 
 def test_non_utf8_filename_is_kept_readably(client, auth, svc):
-    body = (b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
-            b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="caf\xe9.png"\r\n\r\n'
-            + png_bytes() + b"\r\n--bnd--\r\n")
+    body = (
+        b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
+        b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="caf\xe9.png"\r\n\r\n'
+        + png_bytes()
+        + b"\r\n--bnd--\r\n"
+    )
     response = post(client, (body, "multipart/form-data; boundary=bnd"), auth)
     assert response.status_code == 201 and response.get_json()["originalName"] == "café.png"
 
@@ -288,6 +386,7 @@ def test_idempotency_key_is_per_caller(client, token, svc):
 
 def test_replay_while_the_first_is_running_is_409(client, auth, svc):
     import time as _time
+
     svc.records.claim("#alice", "busy", now=_time.time(), lock_timeout=3600, ttl=3600)
     form = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
     response = post(client, form, {**auth, "Idempotency-Key": "busy"})
@@ -306,14 +405,18 @@ def test_failed_request_releases_its_idempotency_key(client, auth, svc):
 def test_get_list_and_delete_media(client, auth, svc):
     ids = []
     for i in range(5):
-        response = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes(1000, i))]), auth)
+        response = post(
+            client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes(1000, i))]), auth
+        )
         ids.append(response.get_json()["mediaId"])
     got = client.get(f"/api/media/{ids[0]}", headers=auth)
     assert got.status_code == 200 and got.get_json()["mediaId"] == ids[0]
     seen, cursor = [], None
     while True:
-        page = client.get("/api/media?projectId=p1&limit=2" + (f"&cursor={cursor}" if cursor else ""),
-                          headers=auth).get_json()
+        page = client.get(
+            "/api/media?projectId=p1&limit=2" + (f"&cursor={cursor}" if cursor else ""),
+            headers=auth,
+        ).get_json()
         seen += [item["mediaId"] for item in page["items"]]
         cursor = page["nextCursor"]
         if not cursor:
@@ -325,10 +428,15 @@ def test_get_list_and_delete_media(client, auth, svc):
     assert_nothing_left(svc)
 
 
-@pytest.mark.parametrize("query, code", [
-    ("", "missing_project_id"), ("?projectId=p1&limit=0", "invalid_limit"),
-    ("?projectId=p1&limit=abc", "invalid_limit"), ("?projectId=p1&cursor=%%%", "invalid_cursor"),
-])
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        ("", "missing_project_id"),
+        ("?projectId=p1&limit=0", "invalid_limit"),
+        ("?projectId=p1&limit=abc", "invalid_limit"),
+        ("?projectId=p1&cursor=%%%", "invalid_cursor"),
+    ],
+)
 def test_list_media_validation(client, auth, query, code):
     response = client.get(f"/api/media{query}", headers=auth)
     assert response.status_code == 400 and error_code(response) == code
@@ -346,16 +454,24 @@ def test_health_and_readiness(client):
 
 
 def test_request_id_is_echoed_or_made(client):
-    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
-    made = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"}).headers["X-Request-ID"]
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
+        == "abc-123"
+    )
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"}).headers[
+        "X-Request-ID"
+    ]
     assert made and made != "bad id <script>"
 
 
 # -- review fixes: rollback edges, deletes, embedded serving, forms ----------------------------------
-def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(client, auth, svc, monkeypatch):
+def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(
+    client, auth, svc, monkeypatch
+):
     """The record write may have applied (answer lost) and its delete failed too: the object is
     kept (a record may point at it) and journaled; the sweeper settles it once records answer."""
     from datetime import timedelta
+
     from gateway import errors
 
     def fail(*args, **kwargs):
@@ -363,22 +479,27 @@ def test_record_failure_whose_cleanup_also_fails_keeps_and_journals_the_object(c
 
     monkeypatch.setattr(svc.records, "create_many", fail)
     monkeypatch.setattr(svc.records, "delete", fail)
-    response = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth)
+    response = post(
+        client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth
+    )
     assert response.status_code == 503 and error_code(response) == "records_unavailable"
-    [key] = svc.journal.keys()
+    [key] = svc.journal.list_keys()
     assert leftovers(svc)["objects"] == [svc.store.full_key(key)]
     monkeypatch.undo()
     report = svc.sweeper.sweep(older_than=timedelta(hours=1))
     assert (report.done, report.failed) == ([f"delete journaled orphan {key}"], [])
     assert_nothing_left(svc)
-    assert svc.journal.keys() == []
+    assert svc.journal.list_keys() == []
 
 
 def test_delete_media_whose_object_delete_fails_journals_it(client, auth, svc, monkeypatch):
     from datetime import timedelta
+
     from gateway import errors
 
-    media = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth).get_json()
+    media = post(
+        client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth
+    ).get_json()
 
     def fail(key):
         raise errors.StorageError()
@@ -386,7 +507,7 @@ def test_delete_media_whose_object_delete_fails_journals_it(client, auth, svc, m
     monkeypatch.setattr(svc.store, "delete", fail)
     assert client.delete(f"/api/media/{media['mediaId']}", headers=auth).status_code == 204
     assert client.get(f"/api/media/{media['mediaId']}", headers=auth).status_code == 404
-    assert [svc.store.full_key(k) for k in svc.journal.keys()] == [media["s3Key"]]
+    assert [svc.store.full_key(k) for k in svc.journal.list_keys()] == [media["s3Key"]]
     monkeypatch.undo()
     svc.sweeper.sweep(older_than=timedelta(hours=1))
     assert_nothing_left(svc)
@@ -403,10 +524,14 @@ def test_embedded_media_route_serves_only_gateway_keys(client, svc):
 
 
 def test_sha256_after_the_last_file_is_refused(client, auth, svc):
-    late = (b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
-            b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-            + png_bytes() + b'\r\n--bnd\r\nContent-Disposition: form-data; name="sha256"\r\n\r\n'
-            + b"0" * 64 + b"\r\n--bnd--\r\n")
+    late = (
+        b'--bnd\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
+        b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        + png_bytes()
+        + b'\r\n--bnd\r\nContent-Disposition: form-data; name="sha256"\r\n\r\n'
+        + b"0" * 64
+        + b"\r\n--bnd--\r\n"
+    )
     response = post(client, (late, "multipart/form-data; boundary=bnd"), auth)
     assert response.status_code == 400 and error_code(response) == "invalid_sha256"
     assert_nothing_left(svc)

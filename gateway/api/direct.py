@@ -62,15 +62,23 @@ def upload_json(record: MediaRecord, *, parts: list[PartInfo] | None = None) -> 
     upload = record.upload
     assert isinstance(upload, DirectUpload)
     view: dict[str, Any] = {
-        "uploadId": record.media_id, "mediaId": record.media_id, "status": record.status.value,
-        "method": upload.method, "projectId": record.project_id,
-        "filename": record.original_name, "contentType": record.mime_type, "size": record.size,
-        "s3Key": services().store.full_key(record.s3_key), "expiresAt": upload.expires_at}
+        "uploadId": record.media_id,
+        "mediaId": record.media_id,
+        "status": record.status.value,
+        "method": upload.method,
+        "projectId": record.project_id,
+        "filename": record.original_name,
+        "contentType": record.mime_type,
+        "size": record.size,
+        "s3Key": services().store.full_key(record.s3_key),
+        "expiresAt": upload.expires_at,
+    }
     if record.reason:
         view["reason"] = record.reason
     if parts is not None:
-        view["partsReceived"] = [{"partNumber": p.number, "size": p.size, "etag": p.etag}
-                                 for p in parts]
+        view["partsReceived"] = [
+            {"partNumber": p.number, "size": p.size, "etag": p.etag} for p in parts
+        ]
         view["bytesReceived"] = sum(p.size for p in parts)
     if is_visible(record.status):
         view["media"] = media_json(record)

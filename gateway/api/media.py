@@ -37,8 +37,9 @@ def get_media(media_id: str) -> Response:
 def delete_media(media_id: str) -> tuple[str, int]:
     principal = authenticate()
     record = _visible_record(principal, media_id)
-    if not principal.may_modify(tenant=record.tenant, project_id=record.project_id,
-                                owner=record.owner):
+    if not principal.may_modify(
+        tenant=record.tenant, project_id=record.project_id, owner=record.owner
+    ):
         raise errors.DeleteForbidden()
     svc = services()
     # Record first: once it is gone the media is gone for every reader. An object left behind
@@ -68,13 +69,18 @@ def list_media() -> Response:
     status = request.args.get("status")
     if status is not None and status not in {s.value for s in VISIBLE}:
         raise errors.InvalidStatusFilter(
-            f"status must be one of {', '.join(sorted(s.value for s in VISIBLE))}.")
+            f"status must be one of {', '.join(sorted(s.value for s in VISIBLE))}."
+        )
     page = services().records.list_media(
-        tenant=principal.tenant, project_id=project_id, limit=limit,
+        tenant=principal.tenant,
+        project_id=project_id,
+        limit=limit,
         cursor=request.args.get("cursor") or None,
-        status=Status(status) if status is not None else None)
-    return jsonify(success=True, items=[media_json(r) for r in page.items],
-                   nextCursor=page.next_cursor)
+        status=Status(status) if status is not None else None,
+    )
+    return jsonify(
+        success=True, items=[media_json(r) for r in page.items], nextCursor=page.next_cursor
+    )
 
 
 @local_bp.get("/media/<path:key>")
@@ -86,4 +92,3 @@ def serve_local(key: str) -> Response:
     response = send_file(local.path_of(key), conditional=True, max_age=3600)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
-

@@ -38,9 +38,12 @@ def upload() -> Response:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if request.content_length is None and not chunked:
         raise errors.LengthRequired()
-    upload_request = UploadRequest(principal=principal, content_type=request.content_type,
-                                   content_length=request.content_length,
-                                   query_project_id=request.args.get("projectId"))
+    upload_request = UploadRequest(
+        principal=principal,
+        content_type=request.content_type,
+        content_length=request.content_length,
+        query_project_id=request.args.get("projectId"),
+    )
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
     body = StreamBody(request.stream)
@@ -48,8 +51,9 @@ def upload() -> Response:
 
     def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
         try:
-            stored = svc.uploads.ingest(body, upload_request, boundary=boundary, stats=stats,
-                                        answer=plan)
+            stored = svc.uploads.ingest(
+                body, upload_request, boundary=boundary, stats=stats, answer=plan
+            )
         finally:
             note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
         note(outcome="stored")
@@ -59,13 +63,21 @@ def upload() -> Response:
     if key is None:
         status, answer = first(None)
         return _json(answer, status)
-    plan = idempotency.AnswerPlan(scope=f"{principal.tenant}#{principal.subject}",
-                                  key=idempotency.check_key(key),
-                                  ttl=svc.settings.idempotency_ttl, render=_answer)
+    plan = idempotency.AnswerPlan(
+        scope=f"{principal.tenant}#{principal.subject}",
+        key=idempotency.check_key(key),
+        ttl=svc.settings.idempotency_ttl,
+        render=_answer,
+    )
     outcome = idempotency.run_once(
-        svc.records, plan, lock_timeout=svc.settings.idempotency_lock_timeout, first=first,
-        fingerprint_of_retry=lambda: svc.uploads.fingerprint(body, upload_request,
-                                                             boundary=boundary))
+        svc.records,
+        plan,
+        lock_timeout=svc.settings.idempotency_lock_timeout,
+        first=first,
+        fingerprint_of_retry=lambda: svc.uploads.fingerprint(
+            body, upload_request, boundary=boundary
+        ),
+    )
     response = _json(outcome.body, outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"

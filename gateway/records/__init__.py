@@ -123,7 +123,12 @@ class RecordStore(Protocol):
         """Raises MediaNotFound."""
 
     def list_media(
-        self, *, tenant: str, project_id: str, cursor: str | None, limit: int,
+        self,
+        *,
+        tenant: str,
+        project_id: str,
+        cursor: str | None,
+        limit: int,
         status: Status | None = None,
     ) -> Page:
         """Visible media of one project, newest first; ``status`` narrows it to one status."""
@@ -187,8 +192,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (ValueError, binascii.Error, UnicodeEncodeError):
         raise errors.InvalidCursor() from None
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(part, str) for part in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(part, str) for part in value)
+    ):
         raise errors.InvalidCursor()
     return value[0], value[1]
 

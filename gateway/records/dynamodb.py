@@ -23,7 +23,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import errors
 from ..lifecycle import VISIBLE, Status
-from . import IdempotentAnswer, MediaRecord, Page, SavedResponse, checked_update, decode_cursor, encode_cursor
+from . import (
+    IdempotentAnswer,
+    MediaRecord,
+    Page,
+    SavedResponse,
+    checked_update,
+    decode_cursor,
+    encode_cursor,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -124,14 +132,17 @@ class DynamoRecordStore:
 
     def _media_item(self, r: MediaRecord) -> dict[str, Any]:
         values: dict[str, Any] = {
-            "pk": f"media#{r.media_id}", "status": r.status.value, "version": r.version,
+            "pk": f"media#{r.media_id}",
+            "status": r.status.value,
+            "version": r.version,
             "body": json.dumps(r.to_dict()),
         }
         if r.status in VISIBLE:
             values.update(scope=_scope(r.tenant, r.project_id), sk=f"{r.created_at}#{r.media_id}")
         elif r.status is Status.PENDING:
-            values.update(pendingShard="pending", expiresAt=r.expires_at,
-                          pendingOwner=f"{r.tenant}#{r.owner}")
+            values.update(
+                pendingShard="pending", expiresAt=r.expires_at, pendingOwner=f"{r.tenant}#{r.owner}"
+            )
         return _item(values)
 
     @staticmethod
@@ -144,19 +155,33 @@ class DynamoRecordStore:
         return {
             "TableName": self.table,
             "Key": _item({"pk": self._idem_pk(answer.scope, answer.key)}),
-            "UpdateExpression": "SET #status = :status, body = :body, fingerprint = :fp, #ttl = :ttl",
+            "UpdateExpression": (
+                "SET #status = :status, body = :body, fingerprint = :fp, #ttl = :ttl"
+            ),
             "ExpressionAttributeNames": {"#status": "status", "#ttl": "ttl"},
-            "ExpressionAttributeValues": _item({
-                ":status": response.status, ":body": json.dumps(response.body),
-                ":fp": response.fingerprint, ":ttl": int(answer.expires_at)}),
+            "ExpressionAttributeValues": _item(
+                {
+                    ":status": response.status,
+                    ":body": json.dumps(response.body),
+                    ":fp": response.fingerprint,
+                    ":ttl": int(answer.expires_at),
+                }
+            ),
         }
 
     def create_many(
         self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
     ) -> None:
-        items: list[dict[str, Any]] = [{"Put": {
-            "TableName": self.table, "Item": self._media_item(r),
-            "ConditionExpression": "attribute_not_exists(pk)"}} for r in records]
+        items: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._media_item(r),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            for r in records
+        ]
         if answer is not None:
             items.append({"Update": self._answer_update(answer)})
         try:
@@ -174,18 +199,29 @@ class DynamoRecordStore:
             raise errors.RecordStoreError() from exc
 
     def get(self, media_id: str) -> MediaRecord:
-        response = self._call(self.client.get_item, TableName=self.table, ConsistentRead=True,
-                              Key=_item({"pk": f"media#{media_id}"}))
+        response = self._call(
+            self.client.get_item,
+            TableName=self.table,
+            ConsistentRead=True,
+            Key=_item({"pk": f"media#{media_id}"}),
+        )
         if "Item" not in response:
             raise errors.MediaNotFound()
         return _record(response["Item"])
 
     def list_media(
-        self, *, tenant: str, project_id: str, cursor: str | None, limit: int,
+        self,
+        *,
+        tenant: str,
+        project_id: str,
+        cursor: str | None,
+        limit: int,
         status: Status | None = None,
     ) -> Page:
         kwargs: dict[str, Any] = {
-            "TableName": self.table, "IndexName": INDEX, "ScanIndexForward": False,
+            "TableName": self.table,
+            "IndexName": INDEX,
+            "ScanIndexForward": False,
             "KeyConditionExpression": "#scope = :scope",
             "ExpressionAttributeNames": {"#scope": "scope"},
             "ExpressionAttributeValues": _item({":scope": _scope(tenant, project_id)}),
@@ -199,9 +235,13 @@ class DynamoRecordStore:
         while True:
             if start is not None:
                 created_at, media_id = start
-                kwargs["ExclusiveStartKey"] = _item({
-                    "pk": f"media#{media_id}", "scope": _scope(tenant, project_id),
-                    "sk": f"{created_at}#{media_id}"})
+                kwargs["ExclusiveStartKey"] = _item(
+                    {
+                        "pk": f"media#{media_id}",
+                        "scope": _scope(tenant, project_id),
+                        "sk": f"{created_at}#{media_id}",
+                    }
+                )
             # One more than asked for tells whether another page exists.
             kwargs["Limit"] = limit + 1 - len(items)
             response = self._call(self.client.query, **kwargs)
@@ -218,30 +258,42 @@ class DynamoRecordStore:
         return Page(items, next_cursor)
 
     def delete(self, media_id: str) -> None:
-        self._call(self.client.delete_item, TableName=self.table,
-                   Key=_item({"pk": f"media#{media_id}"}))
+        self._call(
+            self.client.delete_item, TableName=self.table, Key=_item({"pk": f"media#{media_id}"})
+        )
 
     def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
         new = checked_update(expected, record)
         written = self._conditional(
-            self.client.put_item, TableName=self.table, Item=self._media_item(new),
+            self.client.put_item,
+            TableName=self.table,
+            Item=self._media_item(new),
             ConditionExpression="version = :expected",
-            ExpressionAttributeValues=_item({":expected": expected.version}))
+            ExpressionAttributeValues=_item({":expected": expected.version}),
+        )
         return new if written else None
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         response = self._call(
-            self.client.query, TableName=self.table, IndexName=PENDING_INDEX, Limit=limit,
+            self.client.query,
+            TableName=self.table,
+            IndexName=PENDING_INDEX,
+            Limit=limit,
             KeyConditionExpression="pendingShard = :shard AND expiresAt < :now",
-            ExpressionAttributeValues=_item({":shard": "pending", ":now": now}))
+            ExpressionAttributeValues=_item({":shard": "pending", ":now": now}),
+        )
         return [_record(i) for i in response["Items"]]
 
     def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
         response = self._call(
-            self.client.query, TableName=self.table, IndexName=PENDING_OWNER_INDEX,
-            Select="COUNT", Limit=at_most + 1,
+            self.client.query,
+            TableName=self.table,
+            IndexName=PENDING_OWNER_INDEX,
+            Select="COUNT",
+            Limit=at_most + 1,
             KeyConditionExpression="pendingOwner = :owner",
-            ExpressionAttributeValues=_item({":owner": f"{tenant}#{owner}"}))
+            ExpressionAttributeValues=_item({":owner": f"{tenant}#{owner}"}),
+        )
         return int(response["Count"])
 
     # -- idempotency -------------------------------------------------------------------------
@@ -250,25 +302,32 @@ class DynamoRecordStore:
     ) -> SavedResponse | None:
         pk = self._idem_pk(scope, key)
         claimed = self._conditional(
-            self.client.put_item, TableName=self.table,
+            self.client.put_item,
+            TableName=self.table,
             Item=_item({"pk": pk, "claimedAt": int(now), "ttl": int(now + ttl)}),
             # Free, expired, or an abandoned claim (its request died) may be taken over.
             ConditionExpression="attribute_not_exists(pk) OR #ttl < :now"
-                                " OR (attribute_not_exists(#status) AND claimedAt < :stale)",
+            " OR (attribute_not_exists(#status) AND claimedAt < :stale)",
             ExpressionAttributeNames={"#ttl": "ttl", "#status": "status"},
-            ExpressionAttributeValues=_item({":now": int(now), ":stale": int(now - lock_timeout)}))
+            ExpressionAttributeValues=_item({":now": int(now), ":stale": int(now - lock_timeout)}),
+        )
         if claimed:
             return None
-        response = self._call(self.client.get_item, TableName=self.table, ConsistentRead=True,
-                              Key=_item({"pk": pk}))
+        response = self._call(
+            self.client.get_item, TableName=self.table, ConsistentRead=True, Key=_item({"pk": pk})
+        )
         item = _plain(response.get("Item", {}))
         if "status" in item:
-            return SavedResponse(int(item["status"]), json.loads(item["body"]),
-                                 str(item.get("fingerprint", "")))
+            return SavedResponse(
+                int(item["status"]), json.loads(item["body"]), str(item.get("fingerprint", ""))
+            )
         raise errors.IdempotencyInProgress()
 
     def release(self, scope: str, key: str) -> None:
-        self._conditional(self.client.delete_item, TableName=self.table,
-                          Key=_item({"pk": self._idem_pk(scope, key)}),
-                          ConditionExpression="attribute_not_exists(#status)",
-                          ExpressionAttributeNames={"#status": "status"})
+        self._conditional(
+            self.client.delete_item,
+            TableName=self.table,
+            Key=_item({"pk": self._idem_pk(scope, key)}),
+            ConditionExpression="attribute_not_exists(#status)",
+            ExpressionAttributeNames={"#status": "status"},
+        )

@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 
 from .. import errors
 from ..lifecycle import VISIBLE, Status
-from . import IdempotentAnswer, MediaRecord, Page, SavedResponse, checked_update, decode_cursor, encode_cursor
+from . import (
+    IdempotentAnswer,
+    MediaRecord,
+    Page,
+    SavedResponse,
+    checked_update,
+    decode_cursor,
+    encode_cursor,
+)
 
 T = TypeVar("T")
 _VISIBLE_SQL = ", ".join(f"'{status.value}'" for status in sorted(VISIBLE))
@@ -102,8 +110,18 @@ class SqliteRecordStore:
 
     @staticmethod
     def _row(r: MediaRecord) -> tuple[Any, ...]:
-        return (r.media_id, r.tenant, r.project_id, r.owner, r.created_at, r.s3_key,
-                r.status.value, r.version, r.expires_at, json.dumps(r.to_dict()))
+        return (
+            r.media_id,
+            r.tenant,
+            r.project_id,
+            r.owner,
+            r.created_at,
+            r.s3_key,
+            r.status.value,
+            r.version,
+            r.expires_at,
+            json.dumps(r.to_dict()),
+        )
 
     def create_many(
         self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
@@ -119,8 +137,14 @@ class SqliteRecordStore:
                 conn.execute(
                     "UPDATE idempotency SET status = ?, body = ?, fingerprint = ?, expires_at = ?"
                     " WHERE scope = ? AND key = ?",
-                    (response.status, json.dumps(response.body), response.fingerprint,
-                     answer.expires_at, answer.scope, answer.key),
+                    (
+                        response.status,
+                        json.dumps(response.body),
+                        response.fingerprint,
+                        answer.expires_at,
+                        answer.scope,
+                        answer.key,
+                    ),
                 )
 
         try:
@@ -131,18 +155,29 @@ class SqliteRecordStore:
             raise
 
     def get(self, media_id: str) -> MediaRecord:
-        row = self._run(lambda conn: conn.execute(
-            "SELECT body FROM media WHERE media_id = ?", (media_id,)).fetchone())
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT body FROM media WHERE media_id = ?", (media_id,)
+            ).fetchone()
+        )
         if row is None:
             raise errors.MediaNotFound()
         return MediaRecord.from_dict(json.loads(row[0]))
 
     def list_media(
-        self, *, tenant: str, project_id: str, cursor: str | None, limit: int,
+        self,
+        *,
+        tenant: str,
+        project_id: str,
+        cursor: str | None,
+        limit: int,
         status: Status | None = None,
     ) -> Page:
-        sql = (f"SELECT body FROM media WHERE tenant = ? AND project_id = ?"
-               f" AND status IN ({_VISIBLE_SQL})")
+        # _VISIBLE_SQL comes from the Status enum, never from input.
+        sql = (
+            "SELECT body FROM media WHERE tenant = ? AND project_id = ?"  # noqa: S608
+            f" AND status IN ({_VISIBLE_SQL})"
+        )
         args: list[Any] = [tenant, project_id]
         if status is not None:
             sql += " AND status = ?"
@@ -165,23 +200,40 @@ class SqliteRecordStore:
 
     def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
         new = checked_update(expected, record)
-        cursor = self._run(lambda conn: conn.execute(
-            "UPDATE media SET status = ?, version = ?, expires_at = ?, body = ?"
-            " WHERE media_id = ? AND version = ?",
-            (new.status.value, new.version, new.expires_at, json.dumps(new.to_dict()),
-             new.media_id, expected.version)))
+        cursor = self._run(
+            lambda conn: conn.execute(
+                "UPDATE media SET status = ?, version = ?, expires_at = ?, body = ?"
+                " WHERE media_id = ? AND version = ?",
+                (
+                    new.status.value,
+                    new.version,
+                    new.expires_at,
+                    json.dumps(new.to_dict()),
+                    new.media_id,
+                    expected.version,
+                ),
+            )
+        )
         return new if cursor.rowcount == 1 else None
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
-        rows = self._run(lambda conn: conn.execute(
-            "SELECT body FROM media WHERE status = 'pending' AND expires_at < ?"
-            " ORDER BY expires_at LIMIT ?", (now, limit)).fetchall())
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT body FROM media WHERE status = 'pending' AND expires_at < ?"
+                " ORDER BY expires_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
         return [MediaRecord.from_dict(json.loads(row[0])) for row in rows]
 
     def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
-        row = self._run(lambda conn: conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM media WHERE status = 'pending' AND tenant = ?"
-            " AND owner = ? LIMIT ?)", (tenant, owner, at_most + 1)).fetchone())
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM media WHERE status = 'pending' AND tenant = ?"
+                " AND owner = ? LIMIT ?)",
+                (tenant, owner, at_most + 1),
+            ).fetchone()
+        )
         return int(row[0])
 
     # -- idempotency -------------------------------------------------------------------------
@@ -191,7 +243,9 @@ class SqliteRecordStore:
         def claim(conn: sqlite3.Connection) -> SavedResponse | None:
             row = conn.execute(
                 "SELECT claimed_at, expires_at, status, body, fingerprint FROM idempotency"
-                " WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+                " WHERE scope = ? AND key = ?",
+                (scope, key),
+            ).fetchone()
             if row is not None and row[1] > now:
                 claimed_at, _, status, body, fingerprint = row
                 if status is not None:
@@ -200,12 +254,17 @@ class SqliteRecordStore:
                     raise errors.IdempotencyInProgress()
             conn.execute(
                 "INSERT OR REPLACE INTO idempotency (scope, key, claimed_at, expires_at)"
-                " VALUES (?, ?, ?, ?)", (scope, key, now, now + ttl))
+                " VALUES (?, ?, ?, ?)",
+                (scope, key, now, now + ttl),
+            )
             return None
 
         return self._transaction(claim)
 
     def release(self, scope: str, key: str) -> None:
-        self._run(lambda conn: conn.execute(
-            "DELETE FROM idempotency WHERE scope = ? AND key = ? AND status IS NULL",
-            (scope, key)))
+        self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM idempotency WHERE scope = ? AND key = ? AND status IS NULL",
+                (scope, key),
+            )
+        )

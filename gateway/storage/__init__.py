@@ -70,8 +70,14 @@ class ObjectWriter(Protocol):
 
 
 class ObjectStore(Protocol):
-    def open_writer(self, key: str, *, content_type: str, metadata: dict[str, str],
-                    content_disposition: str = "") -> ObjectWriter:
+    def open_writer(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str = "",
+    ) -> ObjectWriter:
         """Start an object; metadata values must be ASCII (they travel as HTTP headers)."""
 
     def delete(self, key: str) -> None:
@@ -124,10 +130,19 @@ def open_storage(settings: Settings) -> Storage:
         from .s3 import S3ObjectStore, make_s3_client
         from .s3_direct import S3DirectUploads
 
-        s3 = S3ObjectStore.from_settings(make_s3_client(settings), bucket=url.netloc,
-                                         prefix=url.path.strip("/"), settings=settings)
-        return Storage(objects=s3, listing=s3, provision=s3.create_bucket,
-                       direct=S3DirectUploads(s3), local=None)
+        s3 = S3ObjectStore.from_settings(
+            make_s3_client(settings),
+            bucket=url.netloc,
+            prefix=url.path.strip("/"),
+            settings=settings,
+        )
+        return Storage(
+            objects=s3,
+            listing=s3,
+            provision=s3.create_bucket,
+            direct=S3DirectUploads(s3),
+            local=None,
+        )
     from .local import LocalObjectStore
 
     local = LocalObjectStore(url.path if url.scheme == "file" else settings.storage_url)

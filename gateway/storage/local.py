@@ -3,13 +3,14 @@
 Bytes go to a hidden temporary file beside the final path and are renamed into place on
 commit, so a reader never sees a partial file under a key.
 """
+
 from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import StorageError, StorageUnavailable
 from ..naming import media_id_of_key
@@ -24,7 +25,7 @@ class LocalObjectWriter:
         self.bytes_written = 0
         self._final = final_path
         self._temp = final_path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}-{final_path.name}")
-        self._file = open(self._temp, "xb")
+        self._file = open(self._temp, "xb")  # noqa: SIM115 - open until commit() or abort()
         self._done = False
 
     def write(self, data: bytes | memoryview) -> None:
@@ -65,7 +66,7 @@ class LocalObjectWriter:
 
 
 class LocalObjectStore:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
 
     def _path(self, key: str) -> Path:
@@ -74,8 +75,14 @@ class LocalObjectStore:
             raise ValueError(f"key escapes the store: {key!r}")
         return path
 
-    def open_writer(self, key: str, *, content_type: str, metadata: dict[str, str],
-                    content_disposition: str = "") -> LocalObjectWriter:
+    def open_writer(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str = "",
+    ) -> LocalObjectWriter:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,11 +138,12 @@ class LocalObjectStore:
     def pending_uploads(self) -> Iterator[PendingUpload]:
         for path, stat in self._walk():
             if path.name.startswith(TEMP_PREFIX):
-                final_name = path.name[len(TEMP_PREFIX) + 17:]  # drop ".partial-<16 hex>-"
+                final_name = path.name[len(TEMP_PREFIX) + 17 :]  # drop ".partial-<16 hex>-"
                 yield PendingUpload(
                     key=path.with_name(final_name).relative_to(self.root).as_posix(),
                     upload_id=path.relative_to(self.root).as_posix(),
-                    started=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                    started=datetime.fromtimestamp(stat.st_mtime, UTC),
+                )
 
     def abort_pending(self, upload: PendingUpload) -> None:
         self._path(upload.upload_id).unlink(missing_ok=True)
@@ -143,5 +151,8 @@ class LocalObjectStore:
     def objects(self) -> Iterator[ObjectInfo]:
         for path, stat in self._walk():
             if not path.name.startswith(TEMP_PREFIX):
-                yield ObjectInfo(key=path.relative_to(self.root).as_posix(), size=stat.st_size,
-                                 modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                yield ObjectInfo(
+                    key=path.relative_to(self.root).as_posix(),
+                    size=stat.st_size,
+                    modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                )

@@ -7,6 +7,7 @@ partial object. This writer keeps ``parts_in_flight`` parts uploading on a share
 while the caller keeps reading, sends a file smaller than one part as a single PutObject, and
 only ever completes in ``commit()``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,8 +16,8 @@ import logging
 import threading
 import zlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -34,9 +35,16 @@ T = TypeVar("T")
 
 # Error codes that mean "slow down / try later" (answered 503 with Retry-After) once
 # botocore's own retries are spent; any other failure of the store answers 502.
-RETRYABLE_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestTimeout", "503",
-})
+RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "503",
+    }
+)
 
 
 def make_s3_client(settings: Settings) -> Any:
@@ -49,11 +57,14 @@ def make_s3_client(settings: Settings) -> Any:
         max_pool_connections=settings.s3_max_pool_connections,
         # Parts carry a CRC32 checksum (computed here) that S3 verifies, so the payload need not
         # be SHA-256 signed as well (boto3 skips it on https; this makes plain http match).
-        s3={"payload_signing_enabled": False,
-            "addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        s3={
+            "payload_signing_enabled": False,
+            "addressing_style": "path" if settings.s3_endpoint_url else "auto",
+        },
     )
     return boto3.session.Session().client(
-        "s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
+        "s3", endpoint_url=settings.s3_endpoint_url or None, config=config
+    )
 
 
 def translate(exc: Exception, action: str) -> StorageError:
@@ -106,8 +117,15 @@ class PartBuffers:
 
 
 class S3ObjectWriter:
-    def __init__(self, store: "S3ObjectStore", key: str, *, content_type: str,
-                 metadata: dict[str, str], content_disposition: str) -> None:
+    def __init__(
+        self,
+        store: S3ObjectStore,
+        key: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str,
+    ) -> None:
         self.key = key
         self._object_key = store.full_key(key)
         self._headers = {"ContentType": content_type, "Metadata": metadata}
@@ -121,7 +139,7 @@ class S3ObjectWriter:
         self._fill = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._in_flight: deque[Future] = deque()
+        self._in_flight: deque[Future[None]] = deque()
         self._closed = False
 
     # -- writing ---------------------------------------------------------------------------
@@ -133,7 +151,7 @@ class S3ObjectWriter:
             if self._part is None:
                 self._part, self._fill = self._store.buffers.take(), 0
             taken = min(size - self._fill, len(view))
-            self._part[self._fill:self._fill + taken] = view[:taken]
+            self._part[self._fill : self._fill + taken] = view[:taken]
             self._fill += taken
             view = view[taken:]
             if self._fill == size:
@@ -144,7 +162,7 @@ class S3ObjectWriter:
         """The bytes of the part being filled (shorter than a part); its buffer goes back."""
         if self._part is None:
             return b""
-        tail = bytes(memoryview(self._part)[:self._fill])
+        tail = bytes(memoryview(self._part)[: self._fill])
         self._store.buffers.give(self._part)
         self._part = None
         return tail
@@ -157,10 +175,14 @@ class S3ObjectWriter:
 
     def _send_part(self, data: bytes | bytearray) -> None:
         if self._upload_id is None:
-            self._upload_id = _call("starting a multipart upload",
-                                    self._client.create_multipart_upload,
-                                    Bucket=self._store.bucket, Key=self._object_key,
-                                    ChecksumAlgorithm="CRC32", **self._headers)["UploadId"]
+            self._upload_id = _call(
+                "starting a multipart upload",
+                self._client.create_multipart_upload,
+                Bucket=self._store.bucket,
+                Key=self._object_key,
+                ChecksumAlgorithm="CRC32",
+                **self._headers,
+            )["UploadId"]
         self._drain(self._store.parts_in_flight - 1)
         number = len(self._parts) + 1
         part: dict[str, Any] = {"PartNumber": number}
@@ -172,10 +194,16 @@ class S3ObjectWriter:
         # would carry it as a trailer, for which botocore copies the body into a BytesIO.
         crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
         try:
-            response = _call("uploading a part", self._client.upload_part,
-                             Bucket=self._store.bucket, Key=self._object_key,
-                             UploadId=self._upload_id, PartNumber=part["PartNumber"], Body=data,
-                             ChecksumCRC32=crc)
+            response = _call(
+                "uploading a part",
+                self._client.upload_part,
+                Bucket=self._store.bucket,
+                Key=self._object_key,
+                UploadId=self._upload_id,
+                PartNumber=part["PartNumber"],
+                Body=data,
+                ChecksumCRC32=crc,
+            )
         finally:
             if isinstance(data, bytearray):
                 self._store.buffers.give(data)
@@ -204,26 +232,40 @@ class S3ObjectWriter:
 
     def _put_whole(self, sha256: str) -> None:
         checksum = base64.b64encode(binascii.unhexlify(sha256)).decode()
-        _call("storing the object", self._client.put_object,
-              Bucket=self._store.bucket, Key=self._object_key, Body=self._take_tail(),
-              ChecksumSHA256=checksum,
-              **{**self._headers, "Metadata": {**self._metadata, "sha256": sha256}})
+        _call(
+            "storing the object",
+            self._client.put_object,
+            Bucket=self._store.bucket,
+            Key=self._object_key,
+            Body=self._take_tail(),
+            ChecksumSHA256=checksum,
+            **{**self._headers, "Metadata": {**self._metadata, "sha256": sha256}},
+        )
 
     def _complete(self, sha256: str) -> None:
         tail = self._take_tail()
         if tail:
             self._send_part(tail)
         self._drain(0)
-        _call("completing the multipart upload", self._client.complete_multipart_upload,
-              Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id,
-              MultipartUpload={"Parts": self._parts})
+        _call(
+            "completing the multipart upload",
+            self._client.complete_multipart_upload,
+            Bucket=self._store.bucket,
+            Key=self._object_key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
         self._upload_id = None  # completed: nothing left to abort
         if self._metadata.get("sha256") != sha256:
             # Metadata is fixed when a multipart upload starts, before the hash is known;
             # a tag carries it instead.
-            _call("tagging the object", self._client.put_object_tagging,
-                  Bucket=self._store.bucket, Key=self._object_key,
-                  Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]})
+            _call(
+                "tagging the object",
+                self._client.put_object_tagging,
+                Bucket=self._store.bucket,
+                Key=self._object_key,
+                Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]},
+            )
 
     def abort(self) -> None:
         if self._closed:
@@ -238,20 +280,33 @@ class S3ObjectWriter:
         self._in_flight.clear()
         if self._upload_id is not None:
             try:
-                self._client.abort_multipart_upload(Bucket=self._store.bucket,
-                                                    Key=self._object_key,
-                                                    UploadId=self._upload_id)
+                self._client.abort_multipart_upload(
+                    Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id
+                )
             except (ClientError, BotoCoreError):
-                log.warning("abort of multipart upload %s for %s failed; the sweeper will "
-                            "abort it", self._upload_id, self.key, exc_info=True)
+                log.warning(
+                    "abort of multipart upload %s for %s failed; the sweeper will abort it",
+                    self._upload_id,
+                    self.key,
+                    exc_info=True,
+                )
 
 
 class S3ObjectStore:
     """Every value comes from the caller (``from_settings``): one default per setting, in config."""
 
-    def __init__(self, client: Any, *, bucket: str, prefix: str, part_size: int,
-                 parts_in_flight: int, endpoint_url: str, region: str,
-                 executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str,
+        part_size: int,
+        parts_in_flight: int,
+        endpoint_url: str,
+        region: str,
+        executor: ThreadPoolExecutor,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -263,33 +318,59 @@ class S3ObjectStore:
         self.buffers = PartBuffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
 
     @classmethod
-    def from_settings(cls, client: Any, *, bucket: str, prefix: str,
-                      settings: Settings) -> S3ObjectStore:
-        return cls(client, bucket=bucket, prefix=prefix, part_size=settings.effective_part_size,
-                   parts_in_flight=settings.s3_parts_in_flight,
-                   endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                   executor=ThreadPoolExecutor(settings.s3_max_pool_connections,
-                                               thread_name_prefix="s3-part"))
+    def from_settings(
+        cls, client: Any, *, bucket: str, prefix: str, settings: Settings
+    ) -> S3ObjectStore:
+        return cls(
+            client,
+            bucket=bucket,
+            prefix=prefix,
+            part_size=settings.effective_part_size,
+            parts_in_flight=settings.s3_parts_in_flight,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            executor=ThreadPoolExecutor(
+                settings.s3_max_pool_connections, thread_name_prefix="s3-part"
+            ),
+        )
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _store_key(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
-    def open_writer(self, key: str, *, content_type: str, metadata: dict[str, str],
-                    content_disposition: str = "") -> S3ObjectWriter:
-        return S3ObjectWriter(self, key, content_type=content_type, metadata=metadata,
-                              content_disposition=content_disposition)
+    def open_writer(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str = "",
+    ) -> S3ObjectWriter:
+        return S3ObjectWriter(
+            self,
+            key,
+            content_type=content_type,
+            metadata=metadata,
+            content_disposition=content_disposition,
+        )
 
     def delete(self, key: str) -> None:
-        _call("deleting an object", self.client.delete_object, Bucket=self.bucket,
-              Key=self.full_key(key))
+        _call(
+            "deleting an object",
+            self.client.delete_object,
+            Bucket=self.bucket,
+            Key=self.full_key(key),
+        )
 
     def head(self, key: str) -> dict[str, Any] | None:
         """S3's HeadObject answer for the key, or None when there is no such object."""
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+            answer: dict[str, Any] = self.client.head_object(
+                Bucket=self.bucket, Key=self.full_key(key)
+            )
+            return answer
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
@@ -317,15 +398,22 @@ class S3ObjectStore:
         try:
             for page in paginator.paginate(**kwargs):
                 for upload in page.get("Uploads", []):
-                    yield PendingUpload(key=self._store_key(upload["Key"]),
-                                        upload_id=upload["UploadId"],
-                                        started=upload["Initiated"])
+                    yield PendingUpload(
+                        key=self._store_key(upload["Key"]),
+                        upload_id=upload["UploadId"],
+                        started=upload["Initiated"],
+                    )
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "listing multipart uploads") from exc
 
     def abort_pending(self, upload: PendingUpload) -> None:
-        _call("aborting a multipart upload", self.client.abort_multipart_upload,
-              Bucket=self.bucket, Key=self.full_key(upload.key), UploadId=upload.upload_id)
+        _call(
+            "aborting a multipart upload",
+            self.client.abort_multipart_upload,
+            Bucket=self.bucket,
+            Key=self.full_key(upload.key),
+            UploadId=upload.upload_id,
+        )
 
     def objects(self) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -335,8 +423,11 @@ class S3ObjectStore:
         try:
             for page in paginator.paginate(**kwargs):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(key=self._store_key(item["Key"]), size=item["Size"],
-                                     modified=item["LastModified"])
+                    yield ObjectInfo(
+                        key=self._store_key(item["Key"]),
+                        size=item["Size"],
+                        modified=item["LastModified"],
+                    )
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "listing objects") from exc
 
@@ -347,6 +438,8 @@ class S3ObjectStore:
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
             self.client.create_bucket(**kwargs)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou",
-                                                      "BucketAlreadyExists"):
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise translate(exc, "creating the bucket") from exc

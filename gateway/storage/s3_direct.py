@@ -4,6 +4,7 @@ A capability of the S3 store only (the embedded local store has no public upload
 Everything a client sends is checked again by the gateway before it is accepted: these calls
 report what S3 holds, they do not trust the client.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,10 @@ class ObjectHead:
 def _changed(exc: ClientError) -> bool:
     """S3's answer to a read or copy of one ETag (IfMatch / CopySourceIfMatch) when that version
     is no longer there: replaced (412) or deleted (404, e.g. by a concurrent complete)."""
-    return (exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey")
-            or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (412, 404))
+    return exc.response.get("Error", {}).get("Code") in (
+        "PreconditionFailed",
+        "NoSuchKey",
+    ) or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (412, 404)
 
 
 class S3DirectUploads:
@@ -47,11 +50,16 @@ class S3DirectUploads:
         return self.store.full_key(key)
 
     # -- handing out permission ------------------------------------------------------------------
-    def presign_put(self, key: str, *, content_type: str, size: int, sha256_b64: str | None,
-                    expires_in: int) -> dict[str, Any]:
+    def presign_put(
+        self, key: str, *, content_type: str, size: int, sha256_b64: str | None, expires_in: int
+    ) -> dict[str, Any]:
         """A PUT URL bound to the type, the length and (when promised) the SHA-256."""
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key),
-                                  "ContentType": content_type, "ContentLength": size}
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "ContentType": content_type,
+            "ContentLength": size,
+        }
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         if sha256_b64:
             params["ChecksumSHA256"] = sha256_b64
@@ -59,41 +67,71 @@ class S3DirectUploads:
         url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
         return {"url": url, "headers": headers}
 
-    def presign_post(self, key: str, *, content_type: str, size: int,
-                     expires_in: int) -> dict[str, Any]:
+    def presign_post(
+        self, key: str, *, content_type: str, size: int, expires_in: int
+    ) -> dict[str, Any]:
         """A POST policy with exact content-length-range and content type conditions."""
         fields = {"Content-Type": content_type}
-        conditions: list[Any] = [{"Content-Type": content_type},
-                                 ["content-length-range", size, size]]
-        post = self.client.generate_presigned_post(self.bucket, self._key(key), Fields=fields,
-                                                   Conditions=conditions, ExpiresIn=expires_in)
+        conditions: list[Any] = [
+            {"Content-Type": content_type},
+            ["content-length-range", size, size],
+        ]
+        post = self.client.generate_presigned_post(
+            self.bucket, self._key(key), Fields=fields, Conditions=conditions, ExpiresIn=expires_in
+        )
         return {"url": post["url"], "fields": post["fields"]}
 
-    def start_multipart(self, key: str, *, content_type: str, content_disposition: str,
-                        metadata: dict[str, str]) -> str:
-        return str(_call("starting a multipart upload", self.client.create_multipart_upload,
-                         Bucket=self.bucket, Key=self._key(key), ContentType=content_type,
-                         ContentDisposition=content_disposition, Metadata=metadata)["UploadId"])
+    def start_multipart(
+        self, key: str, *, content_type: str, content_disposition: str, metadata: dict[str, str]
+    ) -> str:
+        return str(
+            _call(
+                "starting a multipart upload",
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                ContentType=content_type,
+                ContentDisposition=content_disposition,
+                Metadata=metadata,
+            )["UploadId"]
+        )
 
-    def presign_parts(self, key: str, upload_id: str, parts: list[tuple[int, int]],
-                      expires_in: int) -> list[dict[str, Any]]:
+    def presign_parts(
+        self, key: str, upload_id: str, parts: list[tuple[int, int]], expires_in: int
+    ) -> list[dict[str, Any]]:
         """One URL per (number, size), each bound (SigV4 signed header) to that exact length."""
-        return [{"partNumber": number, "size": size, "url": self.client.generate_presigned_url(
-            "upload_part", ExpiresIn=expires_in,
-            Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
-                    "PartNumber": number, "ContentLength": size})}
-            for number, size in parts]
+        return [
+            {
+                "partNumber": number,
+                "size": size,
+                "url": self.client.generate_presigned_url(
+                    "upload_part",
+                    ExpiresIn=expires_in,
+                    Params={
+                        "Bucket": self.bucket,
+                        "Key": self._key(key),
+                        "UploadId": upload_id,
+                        "PartNumber": number,
+                        "ContentLength": size,
+                    },
+                ),
+            }
+            for number, size in parts
+        ]
 
-    # -- what S3 holds ------------------------------------------------------------------------------
+    # -- what S3 holds ---------------------------------------------------------------------------
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo] | None:
         """The parts S3 has received, or None when the multipart upload no longer exists."""
         parts: list[PartInfo] = []
         try:
             paginator = self.client.get_paginator("list_parts")
-            for page in paginator.paginate(Bucket=self.bucket, Key=self._key(key),
-                                           UploadId=upload_id):
-                parts += [PartInfo(p["PartNumber"], p["Size"], p["ETag"].strip('"'))
-                          for p in page.get("Parts", [])]
+            for page in paginator.paginate(
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+            ):
+                parts += [
+                    PartInfo(p["PartNumber"], p["Size"], p["ETag"].strip('"'))
+                    for p in page.get("Parts", [])
+                ]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                 return None
@@ -103,15 +141,22 @@ class S3DirectUploads:
         return parts
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
-        _call("completing the multipart upload", self.client.complete_multipart_upload,
-              Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
-              MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'}
-                                         for p in parts]})
+        _call(
+            "completing the multipart upload",
+            self.client.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in parts]
+            },
+        )
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key),
-                                               UploadId=upload_id)
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 raise translate(exc, "aborting a multipart upload") from exc
@@ -122,16 +167,21 @@ class S3DirectUploads:
         response = self.store.head(key)
         if response is None:
             return None
-        return ObjectHead(size=response["ContentLength"],
-                          content_type=response.get("ContentType", ""),
-                          etag=response.get("ETag", ""))
+        return ObjectHead(
+            size=response["ContentLength"],
+            content_type=response.get("ContentType", ""),
+            etag=response.get("ETag", ""),
+        )
 
     def _get(self, key: str, if_match: str | None, **kwargs: Any) -> dict[str, Any]:
         """get_object, only of the version whose ETag is ``if_match`` (when given)."""
         if if_match:
             kwargs["IfMatch"] = if_match
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)
+            answer: dict[str, Any] = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), **kwargs
+            )
+            return answer
         except ClientError as exc:
             if if_match and _changed(exc):
                 raise UploadChanged() from exc
@@ -141,7 +191,7 @@ class S3DirectUploads:
 
     def read_head(self, key: str, size: int, *, if_match: str | None = None) -> bytes:
         response = self._get(key, if_match, Range=f"bytes=0-{size - 1}")
-        return response["Body"].read()
+        return bytes(response["Body"].read())
 
     def sha256(self, key: str, *, if_match: str | None = None) -> str:
         """Hash the object as S3 holds it (streamed; the gateway never holds it whole)."""
@@ -154,16 +204,29 @@ class S3DirectUploads:
             raise StorageError("Object store failed while reading an object.") from exc
         return digest.hexdigest()
 
-    def copy(self, source: str, target: str, *, if_match: str, content_type: str,
-             content_disposition: str, metadata: dict[str, str]) -> None:
+    def copy(
+        self,
+        source: str,
+        target: str,
+        *,
+        if_match: str,
+        content_type: str,
+        content_disposition: str,
+        metadata: dict[str, str],
+    ) -> None:
         """Server-side copy of exactly the version checked (CopySourceIfMatch), carrying only
         the headers and metadata given here: whatever the client sent with its PUT stays behind."""
         try:
-            self.client.copy_object(Bucket=self.bucket, Key=self._key(target),
-                                    CopySource={"Bucket": self.bucket, "Key": self._key(source)},
-                                    CopySourceIfMatch=if_match, MetadataDirective="REPLACE",
-                                    ContentType=content_type,
-                                    ContentDisposition=content_disposition, Metadata=metadata)
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self._key(target),
+                CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+                CopySourceIfMatch=if_match,
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+                ContentDisposition=content_disposition,
+                Metadata=metadata,
+            )
         except ClientError as exc:
             if _changed(exc):
                 raise UploadChanged() from exc
