@@ -11,6 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway.config import ConfigError, Settings
+from gateway.serving import install_json_error_pages
 
 # Fail here, in the master, with one line naming the variable: a worker that cannot load the
 # app would only be respawned by the master, over and over.
@@ -19,6 +20,8 @@ try:
 except ConfigError as _error:
     print(f"upload-gateway: configuration error: {_error}", file=sys.stderr)
     sys.exit(2)
+
+install_json_error_pages()  # gunicorn's own 400/414/431/501 answers as JSON, not HTML
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gthread")

@@ -315,6 +315,12 @@ class DirectUploadsUnavailable(GatewayError):
     )
 
 
+class UpstreamUnavailable(GatewayError):
+    """Rendered by nginx (nginx/gateway.conf) when the gateway does not answer at all."""
+
+    status, code, message = 502, "upstream_unavailable", "The upload service is unavailable."
+
+
 class StorageError(GatewayError):
     status, code, message = 502, "storage_error", "The object store failed; nothing was kept."
 

@@ -249,9 +249,12 @@ class Stack:
         *,
         read_reply: bool = True,
         timeout: float = 30,
+        to_gunicorn: bool = False,
     ) -> RawResult | None:
-        """Send bytes on a plain socket to nginx, then (optionally) read one HTTP response."""
-        with socket.create_connection(("127.0.0.1", self.nginx_port), timeout=timeout) as sock:
+        """Send bytes on a plain socket to nginx (or gunicorn itself), then (optionally) read
+        one HTTP response."""
+        port = int(self.gateway_url.rsplit(":", 1)[1]) if to_gunicorn else self.nginx_port
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(head)
             for chunk in body_chunks:
                 sock.sendall(chunk)

@@ -70,3 +70,10 @@ def test_error_codes_are_unique_and_statuses_are_http_errors():
     for code, cls in errors.CATALOGUE.items():
         assert cls.code == code and 400 <= cls.status <= 599, code
         assert cls().body("r")["error"] == {"code": code, "message": cls.message}
+
+
+def test_nginx_renders_only_declared_codes():
+    config = (ROOT / "nginx" / "gateway.conf").read_text()
+    codes = set(re.findall(r'"code":"([a-z0-9_]+)"', config))
+    assert codes == {"request_rejected", "too_large", "upstream_unavailable"}
+    assert codes <= set(errors.CATALOGUE)

@@ -95,3 +95,42 @@ def test_cloudfront_signed_urls(tmp_path):
     )
     embedded = PublicUrls(Settings.from_env(BASE), LocalObjectStore(tmp_path))
     assert embedded.url("k.png", request_base="http://h:1/") == "http://h:1/media/k.png"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["flask", "--app", "wsgi", "token"], ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]],
+    ids=["flask", "gunicorn"],
+)
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"GATEWAY_JWT_SECRET": "short"}, "GATEWAY_JWT_SECRET"),
+        ({"GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_MAX_FILES": "many"}, "GATEWAY_MAX_FILES"),
+        ({"GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_MAX_FILES": "100"}, "GATEWAY_MAX_FILES"),
+    ],
+)
+def test_a_bad_setting_stops_the_process_with_one_line(tmp_path, command, env, variable):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support import ROOT, free_port
+
+    bin_dir = Path(sys.executable).parent
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    done = subprocess.run(
+        [str(bin_dir / command[0]), *command[1:]],
+        cwd=ROOT,
+        env={**clean, **env, "GATEWAY_BIND": f"127.0.0.1:{free_port()}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"upload-gateway: configuration error: {variable}:"
+    ), done.stderr
+    assert done.stdout == ""

@@ -478,6 +478,36 @@ def test_declared_length_over_nginx_limit_gets_the_json_error_shape(stack):
     assert_nothing_left(stack.svc)
 
 
+# -- refusals made before the app sees the request ---------------------------------------------------
+MALFORMED_REQUESTS = {
+    "content-length and chunked": b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "a header field over the limit": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+    + b"a" * 9000
+    + b"\r\n\r\n",
+    "a request line that is not one": b"NOT AN HTTP REQUEST\r\n\r\n",
+    "bad chunk framing": b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: multipart/form-data; boundary=b\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("to_gunicorn", [False, True], ids=["nginx", "gunicorn"])
+@pytest.mark.parametrize(
+    "request_bytes", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys()
+)
+def test_refusals_before_the_app_are_json_too(embedded, request_bytes, to_gunicorn):
+    """nginx's and gunicorn's own answers to broken HTTP use the gateway's error shape."""
+    from gateway.errors import CATALOGUE
+
+    result = embedded.raw(request_bytes, to_gunicorn=to_gunicorn)
+    assert 400 <= result.status < 500 or result.status == 501, (result.status, result.body)
+    assert result.headers.get("content-type", "").startswith("application/json"), result.body
+    body = result.json()
+    assert set(body) == ERROR_SHAPE_KEYS and body["success"] is False
+    assert body["error"]["code"] in CATALOGUE, body
+    assert_nothing_left(embedded.svc)
+
+
 # -- request ids and forwarded headers ----------------------------------------------------------
 def test_request_id_generated_by_nginx_reaches_the_gateway_and_the_client(embedded, files):
     path = files / "a.png"

@@ -401,6 +401,232 @@ def test_failed_request_releases_its_idempotency_key(client, auth, svc):
     assert post(client, good, {**auth, "Idempotency-Key": "retry-me"}).status_code == 201
 
 
+def test_first_answer_is_not_marked_replayed_and_a_replay_reads_its_body(client, auth, svc):
+    import io
+
+    content = png_bytes(40_000)
+    body, content_type = form_body([("projectId", "p1")], [("file", "a.png", content)])
+    headers = {**auth, "Idempotency-Key": "k-1", "Content-Type": content_type}
+    first = client.post("/api/upload", data=body, headers=headers)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    stream = io.BytesIO(body)
+    replay = client.post(
+        "/api/upload", input_stream=stream, headers={**headers, "Content-Length": str(len(body))}
+    )
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json() == first.get_json()
+    assert stream.tell() == len(body)  # the retry's body was read to compare it
+    assert_stored(svc, first.get_json(), content)
+    assert len(leftovers(svc)["records"]) == 1
+
+
+def test_a_retry_with_a_new_boundary_is_the_same_request(client, auth, svc):
+    fields, files = [("projectId", "p1"), ("caption", "c")], [("file", "a.png", png_bytes())]
+    first = post(client, form_body(fields, files, boundary="aaa"), {**auth, "Idempotency-Key": "k"})
+    again = post(
+        client, form_body(fields, files, boundary="bbbbbb"), {**auth, "Idempotency-Key": "k"}
+    )
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert len(leftovers(svc)["records"]) == 1
+
+
+@pytest.mark.parametrize(
+    "fields, files, query",
+    [
+        ([("projectId", "p1")], [("file", "a.png", png_bytes(seed=9))], ""),  # other bytes
+        ([("projectId", "p1")], [("file", "b.png", png_bytes())], ""),  # other filename
+        ([("projectId", "p1")], [("files", "a.png", png_bytes())], ""),  # other field name
+        ([("projectId", "p2")], [("file", "a.png", png_bytes())], ""),  # other project
+        ([("projectId", "p1"), ("caption", "x")], [("file", "a.png", png_bytes())], ""),
+        ([("projectId", "p1")], [("file", "a.png", png_bytes())] * 2, ""),  # one more file
+        ([], [("file", "a.png", png_bytes())], "?projectId=p1"),  # the project moved
+    ],
+)
+def test_the_same_key_for_another_request_is_refused(client, auth, svc, fields, files, query):
+    key = {**auth, "Idempotency-Key": "once"}
+    first = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), key)
+    assert first.status_code == 201
+    other = post(client, form_body(fields, files), key, query=query)
+    assert other.status_code == 422 and error_code(other) == "idempotency_key_mismatch"
+    assert "Idempotent-Replayed" not in other.headers
+    left = leftovers(svc)
+    assert left["records"] == [first.get_json()["mediaId"]] and left["pending_uploads"] == []
+    assert left["objects"] == [first.get_json()["s3Key"]]
+
+
+def test_a_malformed_retry_is_refused_as_malformed(client, auth, svc):
+    key = {**auth, "Idempotency-Key": "k"}
+    body, content_type = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
+    assert post(client, (body, content_type), key).status_code == 201
+    broken = post(client, (body[:-30], content_type), key)
+    assert broken.status_code == 400 and error_code(broken) == "malformed_body"
+    assert len(leftovers(svc)["records"]) == 1
+
+
+def test_the_answer_is_saved_with_the_records_so_it_cannot_be_lost(client, auth, svc, monkeypatch):
+    """The records and the idempotent answer are one atomic write: if it fails, neither exists
+    and the key is free again; there is no state where the upload is stored but the key is
+    locked for an hour without an answer."""
+    from gateway import errors
+
+    real = svc.records.create_many
+    calls = []
+
+    def flaky(records, *, answer=None):
+        calls.append(answer)
+        if len(calls) == 1:
+            raise errors.RecordStoreError()
+        return real(records, answer=answer)
+
+    monkeypatch.setattr(svc.records, "create_many", flaky)
+    form = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
+    failed = post(client, form, {**auth, "Idempotency-Key": "atomic"})
+    assert failed.status_code == 503 and error_code(failed) == "records_unavailable"
+    assert calls[0] is not None and calls[0].key == "atomic"
+    assert_nothing_left(svc)
+    ok = post(client, form, {**auth, "Idempotency-Key": "atomic"})
+    assert ok.status_code == 201 and "Idempotent-Replayed" not in ok.headers
+    replay = post(client, form, {**auth, "Idempotency-Key": "atomic"})
+    assert replay.get_json() == ok.get_json() and replay.headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.parametrize(
+    "key, ok",
+    [
+        ("k" * 255, True),
+        ("k" * 256, False),
+        ("a b", False),
+        ("é", False),
+        ("", False),
+        ("!~", True),
+    ],
+)
+def test_idempotency_key_format(client, auth, svc, key, ok):
+    form = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
+    response = post(client, form, {**auth, "Idempotency-Key": key})
+    if ok:
+        assert response.status_code == 201, response.get_json()
+    else:
+        assert response.status_code == 400 and error_code(response) == "invalid_idempotency_key"
+        assert_nothing_left(svc)
+
+
+def test_idempotency_keys_are_matched_whole():
+    from gateway import errors, idempotency
+
+    assert idempotency.check_key("abc") == "abc"
+    for bad in ("abc\n", "\nabc", "ab\x00c"):
+        with pytest.raises(errors.InvalidIdempotencyKey):
+            idempotency.check_key(bad)
+
+
+# -- a sha256 promise binds to the next non-empty file ----------------------------------------------
+def _raw_form(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    out = b""
+    for name, filename, value in parts:
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
+        out += f"--bnd\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return out + b"--bnd--\r\n", "multipart/form-data; boundary=bnd"
+
+
+def test_a_sha256_skips_an_empty_file_input_and_binds_to_the_next_file(client, auth, svc):
+    content = png_bytes()
+    wrong = "0" * 64
+    refused = post(
+        client,
+        _raw_form(
+            ("projectId", None, b"p1"),
+            ("sha256", None, wrong.encode()),
+            ("files", "", b""),
+            ("files", "a.png", content),
+        ),
+        auth,
+    )
+    assert refused.status_code == 422 and error_code(refused) == "checksum_mismatch"
+    assert_nothing_left(svc)
+    right = hashlib.sha256(content).hexdigest().encode()
+    ok = post(
+        client,
+        _raw_form(
+            ("projectId", None, b"p1"),
+            ("sha256", None, right),
+            ("files", "", b""),
+            ("files", "a.png", content),
+        ),
+        auth,
+    )
+    assert ok.status_code == 201 and ok.get_json()["sha256"] == right.decode()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        [("files", "", b"")],  # the promise's only "file" is an empty input
+        [],  # no file after the promise at all
+    ],
+)
+def test_a_sha256_without_a_file_after_it_is_refused(client, auth, svc, tail):
+    content = png_bytes()
+    form = _raw_form(
+        ("projectId", None, b"p1"),
+        ("files", "a.png", content),
+        ("sha256", None, hashlib.sha256(content).hexdigest().encode()),
+        *tail,
+    )
+    response = post(client, form, auth)
+    assert response.status_code == 400 and error_code(response) == "invalid_sha256"
+    assert_nothing_left(svc)
+
+
+def test_two_sha256_fields_in_a_row_are_refused(client, auth, svc):
+    content = png_bytes()
+    digest = hashlib.sha256(content).hexdigest().encode()
+    response = post(
+        client,
+        _raw_form(
+            ("projectId", None, b"p1"),
+            ("sha256", None, digest),
+            ("sha256", None, digest),
+            ("file", "a.png", content),
+        ),
+        auth,
+    )
+    assert response.status_code == 400 and error_code(response) == "invalid_sha256"
+    assert_nothing_left(svc)
+
+
+@pytest.mark.parametrize(
+    "value, status, code",
+    [
+        ("p9\n", 400, "invalid_project_id"),
+        ("\np9", 400, "invalid_project_id"),
+        ("p/9", 400, "invalid_project_id"),
+        ("-p9", 400, "invalid_project_id"),
+        ("a..b", 400, "invalid_project_id"),
+        ("x" * 65, 400, "invalid_project_id"),
+        ("", 400, "invalid_project_id"),
+        ("x" * 64, 201, None),
+        ("A.b_c-9", 201, None),
+    ],
+)
+def test_project_ids_are_matched_whole(client, auth, svc, value, status, code):
+    content = png_bytes()
+    response = post(
+        client, _raw_form(("projectId", None, value.encode()), ("file", "a.png", content)), auth
+    )
+    assert response.status_code == status, response.get_json()
+    if code:
+        assert error_code(response) == code
+        assert_nothing_left(svc)
+        listed = client.get("/api/media", query_string={"projectId": value}, headers=auth)
+        assert listed.status_code == 400 and error_code(listed) in (code, "missing_project_id")
+    else:
+        assert_stored(svc, response.get_json(), content)
+
+
 # -- media endpoints ------------------------------------------------------------------------------
 def test_get_list_and_delete_media(client, auth, svc):
     ids = []
@@ -551,3 +777,30 @@ def test_bidi_and_control_characters_leave_display_names(client, auth):
     form = form_body([("projectId", "p1")], [("file", "x\u202egnp.exe\u0085.png", png_bytes())])
     name = post(client, form, auth).get_json()["originalName"]
     assert "\u202e" not in name and "\u0085" not in name and name.endswith(".png")
+
+
+# -- who may delete ------------------------------------------------------------------------------
+def test_members_read_owners_and_admins_delete(client, token, svc):
+    content = png_bytes()
+    alice = {"Authorization": f"Bearer {token('alice', tenant='acme')}"}
+    bob = {"Authorization": f"Bearer {token('bob', tenant='acme')}"}
+    admin = {"Authorization": f"Bearer {token('carol', tenant='acme', admin=True)}"}
+    other_admin = {"Authorization": f"Bearer {token('dave', tenant='globex', admin=True)}"}
+    narrowed_admin = {
+        "Authorization": f"Bearer {token('erin', tenant='acme', admin=True, projects=['p2'])}"
+    }
+    form = form_body([("projectId", "p1")], [("file", "a.png", content)])
+    media = post(client, form, alice).get_json()
+    media_id = media["mediaId"]
+    assert client.get(f"/api/media/{media_id}", headers=bob).status_code == 200  # members read
+    refused = client.delete(f"/api/media/{media_id}", headers=bob)
+    assert refused.status_code == 403 and error_code(refused) == "delete_forbidden"
+    for stranger in (other_admin, narrowed_admin):  # admins only of what they may see
+        hidden = client.delete(f"/api/media/{media_id}", headers=stranger)
+        assert hidden.status_code == 404 and error_code(hidden) == "media_not_found"
+    assert_stored(svc, media, content)
+    assert client.delete(f"/api/media/{media_id}", headers=admin).status_code == 204
+    assert_nothing_left(svc)
+    mine = post(client, form, bob).get_json()
+    assert client.delete(f"/api/media/{mine['mediaId']}", headers=bob).status_code == 204
+    assert_nothing_left(svc)
