@@ -77,3 +77,15 @@ def test_nginx_renders_only_declared_codes():
     codes = set(re.findall(r'"code":"([a-z0-9_]+)"', config))
     assert codes == {"request_rejected", "too_large", "upstream_unavailable"}
     assert codes <= set(errors.CATALOGUE)
+
+
+def test_every_setting_is_in_the_readme_configuration_table():
+    import dataclasses
+
+    from gateway.config import Settings, _env_name
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(GATEWAY_[A-Z0-9_]+)`", table))
+    declared = {_env_name(f.name) for f in dataclasses.fields(Settings)}
+    assert declared - documented == set()
