@@ -1,4 +1,4 @@
-# upload-gateway: gunicorn (gthread) serving the Flask app; put nginx/gateway.conf in front.
+# upload-gateway: gunicorn (gevent) serving the Flask app; put nginx/gateway.conf in front.
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,8 +1,13 @@
 """gunicorn settings for the gateway: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Worker class gthread: an upload holds its thread while the client sends (slow clients
-included), and parts go to S3 from a thread pool meanwhile. Measured against gevent on this
-workload it gave the same throughput without monkey-patching boto3 and SQLite (README).
+Worker class gevent: an upload holds its connection for as long as the client sends, and slow
+clients are the norm for uploads. With gthread each one held one of workers x threads threads:
+100 clients sending a byte every 5 s took /healthz down, and more threads only move the limit
+(256 per worker: p95 9.7 s with 600 such clients; gevent: 0.2 s). gunicorn 27's gthread also
+lingers up to 2 s per closed connection on the worker's main loop, so clients that ignore
+their answer stall accepts. Bodies that stall or trickle are ended by the gateway itself
+(GATEWAY_BODY_* settings, gateway/bodies.py). Measurements in the README (*Deployment*).
+GATEWAY_WORKER_CLASS=gthread still works (then GATEWAY_THREADS is the concurrency).
 """
 
 import multiprocessing
@@ -24,11 +29,13 @@ except ConfigError as _error:
 install_json_error_pages()  # gunicorn's own 400/414/431/501 answers as JSON, not HTML
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
-worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gthread")
+worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gevent")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
-# Concurrent requests per worker; each in-flight upload holds one thread.
+# Concurrent connections per worker (gevent); beyond it a worker stops accepting.
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
+# gthread only: concurrent requests per worker; each in-flight upload holds one thread.
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
-# gthread's heartbeat, not a request limit: long uploads are fine.
+# The worker heartbeat, not a request limit: long uploads are fine.
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "120"))
 # No keep-alive: a refused upload (401, 413, ...) answers without reading its body, and

@@ -11,8 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from .bodies import BodyLimits
 
 MiB = 1024 * 1024
 PREFIX = "GATEWAY_"
@@ -69,6 +72,14 @@ class Settings:
     max_part_header_bytes: int = 8192
     max_filename_chars: int = 255
     read_size: int = 1 * MiB
+    # A slow body holds a worker connection: end it with 408 when no byte comes for
+    # body_idle_timeout seconds, or when it falls behind body_min_rate bytes per second of
+    # waiting (0: no rate check), with body_rate_grace seconds of credit at the start and at
+    # most that much banked (gateway/bodies.py). Keep the idle limit below nginx's
+    # client_body_timeout so that the gateway's JSON 408 is what the client sees.
+    body_idle_timeout: float = 30.0
+    body_min_rate: int = 1024
+    body_rate_grace: float = 30.0
 
     # Direct-to-S3 uploads (presigned): at or under the threshold one PUT/POST, above it multipart.
     direct_single_put_max: int = 5 * MiB
@@ -139,6 +150,12 @@ class Settings:
             fail("direct_max_files", "at most 100 (one DynamoDB transaction)")
         if self.max_files > 99:
             fail("max_files", "at most 99 (one DynamoDB transaction, with the idempotent answer)")
+        if self.body_idle_timeout <= 0:
+            fail("body_idle_timeout", "must be a positive number of seconds")
+        if self.body_min_rate < 0:
+            fail("body_min_rate", "must not be negative (0: no rate check)")
+        if self.body_min_rate and self.body_rate_grace <= 0:
+            fail("body_rate_grace", "must be a positive number of seconds")
         if self.jwt_leeway < 0 or self.trusted_proxies < 0:
             fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
 
@@ -186,6 +203,14 @@ class Settings:
             fail("cdn_base_url", "required when CloudFront URL signing is configured")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def body_limits(self) -> BodyLimits:
+        from .bodies import BodyLimits
+
+        return BodyLimits(
+            idle=self.body_idle_timeout, min_rate=self.body_min_rate, grace=self.body_rate_grace
+        )
 
     @property
     def effective_jwt_algorithm(self) -> str:

@@ -2,7 +2,7 @@
 
 ``gateway_stack(tmp, mode=...)`` starts, in order:
   1. ``flask --app wsgi init`` (schema, bucket) and ``flask --app wsgi token`` with the stack's env,
-  2. gunicorn (``gunicorn -c gunicorn.conf.py wsgi:app``, 2 gthread workers) on 127.0.0.1:<port>,
+  2. gunicorn (``gunicorn -c gunicorn.conf.py wsgi:app``, 2 gevent workers) on 127.0.0.1:<port>,
   3. nginx on 127.0.0.1:<port>, configured by the production template ``nginx/gateway.conf``
      rendered into the tmp dir (never a copy) and included from a small test nginx.conf whose
      pid, logs and temp paths all live in the tmp dir,
@@ -150,7 +150,7 @@ worker_processes 1;
 {user}
 pid {run_dir / "nginx.pid"};
 error_log {run_dir / "error.log"} info;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
     {_mime_types_include()}
     default_type application/octet-stream;

@@ -139,7 +139,7 @@ def record_ids(records) -> list[str]:
     if isinstance(records, DynamoRecordStore):
         pages = records.client.get_paginator("scan").paginate(TableName=records.table)
         return [
-            item["pk"]["S"]
+            item["pk"]["S"].removeprefix("media#")
             for page in pages
             for item in page["Items"]
             if item["pk"]["S"].startswith("media#")

@@ -141,9 +141,7 @@ def test_create_many_is_all_or_nothing(records):
 
 
 def _ids(records, rs: list[MediaRecord]) -> list[str]:
-    """What record_ids() reports for these records on this backend."""
-    prefix = "media#" if isinstance(records, DynamoRecordStore) else ""
-    return [prefix + r.media_id for r in rs]
+    return [r.media_id for r in rs]
 
 
 def test_create_many_inserts_a_batch(records):

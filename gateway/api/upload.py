@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from .. import errors, idempotency
 from ..auth import authenticate
-from ..bodies import StreamBody
+from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..records import MediaRecord
 from ..uploads import UploadRequest, UploadStats
@@ -46,38 +46,38 @@ def upload() -> Response:
     )
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
-    body = StreamBody(request.stream)
-    stats = UploadStats()
+    with guarded_body(request.environ, request.stream, svc.settings.body_limits) as body:
+        stats = UploadStats()
 
-    def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
-        try:
-            stored = svc.uploads.ingest(
-                body, upload_request, boundary=boundary, stats=stats, answer=plan
-            )
-        finally:
-            note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
-        note(outcome="stored")
-        return (stored.status, stored.body) if plan is not None else _answer(stored.records)
+        def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
+            try:
+                stored = svc.uploads.ingest(
+                    body, upload_request, boundary=boundary, stats=stats, answer=plan
+                )
+            finally:
+                note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
+            note(outcome="stored")
+            return (stored.status, stored.body) if plan is not None else _answer(stored.records)
 
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        status, answer = first(None)
-        return _json(answer, status)
-    plan = idempotency.AnswerPlan(
-        scope=f"{principal.tenant}#{principal.subject}",
-        key=idempotency.check_key(key),
-        ttl=svc.settings.idempotency_ttl,
-        render=_answer,
-    )
-    outcome = idempotency.run_once(
-        svc.records,
-        plan,
-        lock_timeout=svc.settings.idempotency_lock_timeout,
-        first=first,
-        fingerprint_of_retry=lambda: svc.uploads.fingerprint(
-            body, upload_request, boundary=boundary
-        ),
-    )
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            status, answer = first(None)
+            return _json(answer, status)
+        plan = idempotency.AnswerPlan(
+            scope=f"{principal.tenant}#{principal.subject}",
+            key=idempotency.check_key(key),
+            ttl=svc.settings.idempotency_ttl,
+            render=_answer,
+        )
+        outcome = idempotency.run_once(
+            svc.records,
+            plan,
+            lock_timeout=svc.settings.idempotency_lock_timeout,
+            first=first,
+            fingerprint_of_retry=lambda: svc.uploads.fingerprint(
+                body, upload_request, boundary=boundary
+            ),
+        )
     response = _json(outcome.body, outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
