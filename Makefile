@@ -7,9 +7,9 @@ BIND   ?= 127.0.0.1:8000
 DEV_SECRET := var/dev-jwt-secret
 DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
-LINTED := gateway tests bench wsgi.py gunicorn.conf.py
+LINTED := gateway tests bench .ci wsgi.py gunicorn.conf.py
 
-.PHONY: run token lint test test-fast bench clean
+.PHONY: run token lint test test-fast mutation bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ test: $(VENV)/.dev lint
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
 test-fast: $(VENV)/.dev
 	$(BIN)/pytest -m "not slow"
+
+# Mutation testing of the core modules (pyproject.toml [tool.mutmut]); not in CI: a full run
+# takes tens of minutes. MUTANTS="gateway.naming*" narrows it; scores per module at the end.
+MUTANTS ?=
+mutation: $(VENV)/.dev
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/python .ci/mutation_scores.py
 
 # Prints PASS/MISS per target (run.py exits 1 on a miss; direct.py runs regardless).
 bench: $(VENV)/.dev
