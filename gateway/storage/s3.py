@@ -390,21 +390,24 @@ class S3ObjectStore:
             return f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{full}"
         return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{full}"
 
-    def pending_uploads(self) -> Iterator[PendingUpload]:
-        paginator = self.client.get_paginator("list_multipart_uploads")
+    def _listing(self, operation: str, items: str, action: str) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated listing under the store's prefix."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.prefix:
             kwargs["Prefix"] = self.prefix + "/"
         try:
-            for page in paginator.paginate(**kwargs):
-                for upload in page.get("Uploads", []):
-                    yield PendingUpload(
-                        key=self._store_key(upload["Key"]),
-                        upload_id=upload["UploadId"],
-                        started=upload["Initiated"],
-                    )
+            for page in self.client.get_paginator(operation).paginate(**kwargs):
+                yield from page.get(items, [])
         except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, "listing multipart uploads") from exc
+            raise translate(exc, action) from exc
+
+    def pending_uploads(self) -> Iterator[PendingUpload]:
+        for upload in self._listing("list_multipart_uploads", "Uploads", "listing uploads"):
+            yield PendingUpload(
+                key=self._store_key(upload["Key"]),
+                upload_id=upload["UploadId"],
+                started=upload["Initiated"],
+            )
 
     def abort_pending(self, upload: PendingUpload) -> None:
         _call(
@@ -416,20 +419,10 @@ class S3ObjectStore:
         )
 
     def objects(self) -> Iterator[ObjectInfo]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        kwargs: dict[str, Any] = {"Bucket": self.bucket}
-        if self.prefix:
-            kwargs["Prefix"] = self.prefix + "/"
-        try:
-            for page in paginator.paginate(**kwargs):
-                for item in page.get("Contents", []):
-                    yield ObjectInfo(
-                        key=self._store_key(item["Key"]),
-                        size=item["Size"],
-                        modified=item["LastModified"],
-                    )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, "listing objects") from exc
+        for item in self._listing("list_objects_v2", "Contents", "listing objects"):
+            yield ObjectInfo(
+                key=self._store_key(item["Key"]), size=item["Size"], modified=item["LastModified"]
+            )
 
     def create_bucket(self) -> None:
         try:
