@@ -327,9 +327,15 @@ class DirectUploadService:
             raise errors.UploadExpired()
         try:
             reason = self._verify(record, payload)
-        except (errors.UploadChanged, errors.UploadAborted, errors.StorageError):
+        except (
+            errors.UploadChanged,
+            errors.UploadAborted,
+            errors.UploadIncomplete,
+            errors.StorageError,
+        ):
             # Another request (a concurrent complete, an abort, the sweeper) may have moved
-            # the upload on while S3 was being checked: its decision is the answer.
+            # the upload on while S3 was being checked: its decision is the answer. An abort
+            # that deleted the object before it was looked at leaves "nothing there" too.
             current = self.records.get(record.media_id)
             if current.status is Status.PENDING:
                 raise

@@ -665,3 +665,393 @@ def test_malformed_parts_list_is_400_and_stays_pending(client, auth, svc, body):
     aborted = client.post(f"/api/uploads/{upload['uploadId']}/abort", headers=auth)
     assert aborted.status_code == 200
     assert_gone(svc, upload, "aborted")
+
+
+# -- what the final object carries ------------------------------------------------------------
+EVIL_HEADERS = {
+    "Content-Disposition": "attachment; filename=evil.html",
+    "Cache-Control": "public, max-age=99999",
+    "Content-Encoding": "gzip",
+    "Content-Language": "xx",
+    "Expires": "Wed, 21 Oct 2037 07:28:00 GMT",
+    "x-amz-meta-evil": "1",
+    "x-amz-website-redirect-location": "/evil.html",
+    "x-amz-storage-class": "STANDARD_IA",
+}
+HEAD_FIELDS_NOT_CHOSEN = (
+    "CacheControl",
+    "ContentEncoding",
+    "ContentLanguage",
+    "Expires",
+    "WebsiteRedirectLocation",
+    "StorageClass",
+)
+
+
+def head_object(svc, key):
+    head = svc.store.client.head_object(Bucket=svc.store.bucket, Key=key)
+    head.pop("ResponseMetadata")
+    return head
+
+
+def send_put_with(upload, content, extra):
+    headers = {
+        **upload["put"]["headers"],
+        "Content-Length": str(len(content)),
+        "x-amz-acl": "public-read",
+        **extra,
+    }
+    return requests.put(upload["put"]["url"], data=content, headers=headers, timeout=60)
+
+
+def send_post_with(upload, content, extra):
+    post = upload["post"]
+    return requests.post(
+        post["url"],
+        data={**post["fields"], "acl": "public-read", **extra},
+        files={"file": ("f", content)},
+        timeout=60,
+    )
+
+
+def public_grants(svc, key):
+    acl = svc.store.client.get_object_acl(Bucket=svc.store.bucket, Key=key)
+    return [g for g in acl["Grants"] if "AllUsers" in g["Grantee"].get("URI", "")]
+
+
+@pytest.mark.parametrize(
+    "send, sha256",
+    [(send_put_with, True), (send_put_with, False), (send_post_with, False)],
+    ids=["put-sha256", "put", "post"],
+)
+def test_final_object_carries_only_the_gateways_headers(client, auth, svc, send, sha256):
+    content = png_bytes(60_000)
+    item = promise(content, "image/png", "my photo.png", sha256=sha256)
+    [upload] = initiate(client, auth, [item]).get_json()["uploads"]
+    assert send(upload, content, EVIL_HEADERS).status_code in (200, 204)
+    staged = head_object(svc, staging_key(upload["s3Key"]))  # moto kept them all: the test bites
+    assert staged["ContentDisposition"] == "attachment; filename=evil.html"
+    assert staged["CacheControl"] == "public, max-age=99999"
+    assert staged["ContentEncoding"] == "gzip" and staged["Metadata"] == {"evil": "1"}
+    assert public_grants(svc, staging_key(upload["s3Key"])) != []
+    done = complete(client, auth, upload["uploadId"])
+    assert done.status_code == 200, done.get_json()
+    assert_stored(client, auth, svc, upload, content)
+    final = head_object(svc, upload["s3Key"])
+    expected = {
+        "media-id": upload["uploadId"],
+        "project-id": "p1",
+        "owner": "alice",
+        "original-name": "my%20photo.png",
+    }
+    if sha256:
+        expected["sha256"] = hashlib.sha256(content).hexdigest()
+    assert final["Metadata"] == expected
+    assert final["ContentType"] == "image/png"
+    assert final["ContentDisposition"] == (
+        "inline; filename=\"my photo.png\"; filename*=UTF-8''my%20photo.png"
+    )
+    assert final["ContentLength"] == len(content)
+    assert {f: final[f] for f in HEAD_FIELDS_NOT_CHOSEN if f in final} == {}
+    assert public_grants(svc, upload["s3Key"]) == []
+
+
+def test_tags_the_client_added_do_not_reach_the_final_object(client, auth, svc):
+    content = png_bytes(20_000)
+    [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
+    assert send_put_with(upload, content, {"x-amz-tagging": "expire=now"}).status_code == 200
+    assert complete(client, auth, upload["uploadId"]).status_code == 200
+    assert_stored(client, auth, svc, upload, content)
+    tags = svc.store.client.get_object_tagging(Bucket=svc.store.bucket, Key=upload["s3Key"])
+    assert tags["TagSet"] == []
+
+
+# -- initiate amplification bounds ------------------------------------------------------------
+@pytest.fixture
+def custom(tmp_path, backend, moto_url):
+    """An app with some settings overridden: (client, svc, headers_for(sub, **claims))."""
+
+    def make(**overrides):
+        settings = make_settings(
+            tmp_path,
+            backend=backend,
+            moto_url=moto_url,
+            direct_part_size=PART,
+            direct_single_put_max=PART,
+            **overrides,
+        )
+        app = create_app(settings)
+        app.config["TESTING"] = True
+        init_stores(app.extensions["gateway"])
+
+        def headers_for(sub="alice", **claims):
+            from gateway.auth import mint_token
+
+            with app.app_context():
+                return {"Authorization": f"Bearer {mint_token(sub, **claims)}"}
+
+        return app.test_client(), app.extensions["gateway"], headers_for
+
+    return make
+
+
+def open_uploads(svc):
+    return svc.store.client.list_multipart_uploads(Bucket=svc.store.bucket).get("Uploads", [])
+
+
+def sized(size, content_type="video/mp4"):
+    return {"filename": "f", "contentType": content_type, "size": size}
+
+
+def test_batch_bytes_limit_is_exact(custom):
+    from support import leftovers, record_ids
+
+    client, svc, headers_for = custom(direct_max_batch_bytes=30 * MiB, direct_max_bytes=30 * MiB)
+    auth = headers_for()
+    over = initiate(client, auth, [sized(10 * MiB), sized(10 * MiB), sized(10 * MiB + 1)])
+    assert over.status_code == 413, over.get_json()
+    assert over.get_json()["error"]["code"] == "too_large"
+    assert leftovers(svc) == {"objects": [], "pending_uploads": [], "records": []}
+    assert open_uploads(svc) == []
+    one = initiate(client, auth, [sized(30 * MiB + 1)])  # one file over the batch limit too
+    assert one.status_code == 413 and one.get_json()["error"]["code"] == "too_large"
+    assert record_ids(svc.records) == [] and open_uploads(svc) == []
+    at = initiate(client, auth, [sized(10 * MiB), sized(10 * MiB), sized(10 * MiB)])
+    assert at.status_code == 201, at.get_json()
+    uploads = at.get_json()["uploads"]
+    assert [u["method"] for u in uploads] == ["multipart"] * 3
+    assert sorted(record_ids(svc.records)) == sorted(u["uploadId"] for u in uploads)
+    assert sorted(u["Key"] for u in open_uploads(svc)) == sorted(u["s3Key"] for u in uploads)
+
+
+def test_pending_uploads_per_caller_are_capped(custom):
+    from support import record_ids
+
+    client, svc, headers_for = custom(direct_max_pending=3)
+    alice, bob = headers_for("alice"), headers_for("bob")
+    alice_elsewhere = headers_for("alice", tenant="other")
+    small = png_bytes(10_000)
+    big = mp4_bytes(PART + 10)  # a refused request must not start its multipart upload
+
+    def refused(headers, files):
+        before_records, before_uploads = sorted(record_ids(svc.records)), open_uploads(svc)
+        response = initiate(client, headers, files)
+        assert response.status_code == 429, response.get_json()
+        assert response.get_json()["error"]["code"] == "too_many_pending"
+        assert response.headers["Retry-After"] == "60"
+        assert sorted(record_ids(svc.records)) == before_records
+        assert open_uploads(svc) == before_uploads
+
+    first = initiate(client, alice, [promise(small, "image/png"), promise(small, "image/png")])
+    assert first.status_code == 201
+    a1, a2 = first.get_json()["uploads"]
+    refused(alice, [promise(big, "video/mp4"), promise(small, "image/png")])  # 2 + 2 > 3
+    third = initiate(client, alice, [promise(big, "video/mp4")])  # exactly 3 pending
+    assert third.status_code == 201, third.get_json()
+    [a3] = third.get_json()["uploads"]
+    refused(alice, [promise(big, "video/mp4")])
+    for other in (bob, alice_elsewhere):  # per caller: another sub, another tenant
+        response = initiate(client, other, [promise(small, "image/png")] * 3)
+        assert response.status_code == 201, response.get_json()
+        refused(other, [promise(big, "video/mp4")])
+    send_put(a1, small)
+    assert complete(client, alice, a1["uploadId"]).status_code == 200  # stored: not pending
+    again = initiate(client, alice, [promise(small, "image/png")])
+    assert again.status_code == 201, again.get_json()
+    refused(alice, [promise(big, "video/mp4")])
+    aborted = client.post(f"/api/uploads/{a3['uploadId']}/abort", headers=alice)
+    assert aborted.status_code == 200
+    assert_gone(svc, a3, "aborted")
+    assert initiate(client, alice, [promise(big, "video/mp4")]).status_code == 201
+    refused(alice, [promise(big, "video/mp4")])
+    assert svc.records.get(a2["uploadId"]).status == "pending"
+
+
+def test_part_urls_come_in_pages(custom):
+    from urllib.parse import parse_qs, urlsplit
+
+    client, svc, headers_for = custom(direct_part_urls_per_page=2)
+    auth = headers_for()
+    content = mp4_bytes(4 * PART + 123)
+    [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
+    uid = upload["uploadId"]
+    assert upload["multipart"]["partCount"] == 5 and upload["multipart"]["partSize"] == PART
+    pages = [upload["multipart"]["parts"]]
+
+    def page(query, headers=auth):
+        return client.get(f"/api/uploads/{uid}/parts?{query}", headers=headers)
+
+    for query in ("first=3&count=2", "first=5&count=2"):
+        response = page(query)
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["uploadId"] == uid
+        pages.append(response.get_json()["parts"])
+    assert [[(p["partNumber"], p["size"]) for p in ps] for ps in pages] == [
+        [(1, PART), (2, PART)],
+        [(3, PART), (4, PART)],
+        [(5, 123)],
+    ]
+    every_part = [p for ps in pages for p in ps]
+    for part in every_part:
+        assert "content-length" in signed_headers(part["url"])
+        query = parse_qs(urlsplit(part["url"]).query)
+        assert query["partNumber"] == [str(part["partNumber"])]
+        assert urlsplit(part["url"]).path.endswith("/" + upload["s3Key"])
+    default = page("first=3")  # count defaults to a page
+    assert [p["partNumber"] for p in default.get_json()["parts"]] == [3, 4]
+    for query in ("first=0", "first=6", "first=-1", "count=0", "count=3", "first=1&count=-1"):
+        response = page(query)
+        assert response.status_code == 400, (query, response.get_json())
+        assert response.get_json()["error"]["code"] == "invalid_part_range"
+    for query in ("first=x", "count=1.5", "first=", "first=2.0"):
+        response = page(query)
+        assert response.status_code == 400, (query, response.get_json())
+        assert response.get_json()["error"]["code"] == "invalid_part_range"
+    for headers in (headers_for("mallory"), headers_for("alice", tenant="other")):
+        response = page("first=3&count=2", headers)
+        assert response.status_code == 404
+        assert response.get_json()["error"]["code"] == "upload_not_found"
+    parts = send_parts({"multipart": {**upload["multipart"], "parts": every_part}}, content)
+    done = complete(client, auth, uid, parts)
+    assert done.status_code == 200, done.get_json()
+    assert_stored(client, auth, svc, upload, content)
+    stored = page("first=1&count=1")
+    assert stored.status_code == 409 and stored.get_json()["error"]["code"] == "upload_stored"
+    # A single PUT/POST has no parts; an aborted upload has none left.
+    [single] = initiate(client, auth, [promise(png_bytes(1000), "image/png")]).get_json()["uploads"]
+    response = client.get(f"/api/uploads/{single['uploadId']}/parts?first=1", headers=auth)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_part_range"
+    [other] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]
+    assert client.post(f"/api/uploads/{other['uploadId']}/abort", headers=auth).status_code == 200
+    response = client.get(f"/api/uploads/{other['uploadId']}/parts?first=3", headers=auth)
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "upload_aborted"
+    assert_gone(svc, other, "aborted")
+
+
+# -- complete racing abort -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, step",
+    [
+        ("multipart", "list_parts"),  # aborted before the gateway lists the parts
+        ("multipart", "complete_multipart"),  # ... between listing and completing
+        ("multipart", "head"),  # ... after S3 completed it (the object is deleted)
+        ("put", "head"),  # ... before the staging object is looked at
+        ("put", "read_head"),  # ... while its first bytes are sniffed
+        ("put", "copy"),  # ... before the checked version is copied
+    ],
+)
+def test_complete_racing_abort_is_409_upload_aborted(client, auth, svc, monkeypatch, method, step):
+    from gateway.principal import Principal
+
+    content = mp4_bytes(PART + 10) if method == "multipart" else png_bytes(50_000)
+    kind = "video/mp4" if method == "multipart" else "image/png"
+    [upload] = initiate(client, auth, [promise(content, kind, sha256=True)]).get_json()["uploads"]
+    assert upload["method"] == method
+    parts = send_parts(upload, content) if method == "multipart" else None
+    if method == "put":
+        assert send_put(upload, content).status_code == 200
+    direct = svc.direct.direct
+    real = getattr(direct, step)
+    aborts = []
+
+    def abort_first(*args, **kwargs):
+        if not aborts:
+            alice = Principal(subject="alice", tenant="", projects=None)
+            aborts.append(svc.direct.abort(alice, upload["uploadId"]).status)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(direct, step, abort_first)
+    response = complete(client, auth, upload["uploadId"], parts)
+    assert aborts == ["aborted"]
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["error"]["code"] == "upload_aborted"
+    assert_gone(svc, upload, "aborted")
+    again = complete(client, auth, upload["uploadId"], parts)
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "upload_aborted"
+    assert_gone(svc, upload, "aborted")
+
+
+# -- strict identifiers in initiate ---------------------------------------------------------------
+SHA = hashlib.sha256(b"x").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "project, item, status, code",
+    [
+        ("p1\n", {}, 400, "invalid_project_id"),
+        ("p1", {"sha256": SHA + "\n"}, 400, "invalid_sha256"),
+        ("p1", {"sha256": SHA.upper()}, 400, "invalid_sha256"),
+        ("p1", {"sha256": SHA[:-1]}, 400, "invalid_sha256"),
+        ("p1", {"size": True}, 422, "invalid_size"),
+        ("p1", {"size": False}, 422, "invalid_size"),
+        ("p1", {"size": 1.5}, 422, "invalid_size"),
+        ("p1", {"size": 10.0}, 422, "invalid_size"),
+        ("p1", {"size": "10"}, 422, "invalid_size"),
+        ("p1", {"size": 0}, 422, "invalid_size"),
+        ("p1", {"size": -1}, 422, "invalid_size"),
+        ("p1", {"size": None}, 422, "invalid_size"),
+    ],
+)
+def test_initiate_identifiers_are_strict(client, auth, svc, project, item, status, code):
+    from support import leftovers
+
+    good = promise(mp4_bytes(PART + 1), "video/mp4")  # would start a multipart upload
+    bad = {"filename": "a.png", "contentType": "image/png", "size": 10, **item}
+    response = initiate(client, auth, [good, bad], project=project)
+    assert response.status_code == status, response.get_json()
+    assert response.get_json()["error"]["code"] == code
+    assert leftovers(svc) == {"objects": [], "pending_uploads": [], "records": []}
+    assert open_uploads(svc) == []
+    fixed = {**bad, "size": 10, "sha256": SHA}  # the same batch, identifiers fixed, is accepted
+    assert initiate(client, auth, [good, fixed]).status_code == 201
+
+
+# -- rights: admins of the tenant, nobody else ---------------------------------------------------
+def test_admin_of_the_tenant_may_act_on_others_uploads(client, token, svc):
+    def bearer(sub, **claims):
+        return {"Authorization": f"Bearer {token(sub, **claims)}"}
+
+    alice = bearer("alice", tenant="acme")
+    admin = bearer("boss", tenant="acme", admin=True)
+    content, big = png_bytes(10_000), mp4_bytes(PART + 10)
+    a, b = initiate(
+        client, alice, [promise(content, "image/png"), promise(big, "video/mp4")]
+    ).get_json()["uploads"]
+    send_put(a, content)
+    parts = send_parts(b, big)
+    for headers in (
+        bearer("mallory", tenant="acme"),  # same tenant, not an admin
+        bearer("boss", admin=True),  # an admin, but of no tenant
+        bearer("boss", tenant="other", admin=True),  # an admin of another tenant
+        bearer("alice", tenant="other", admin=True),  # ... even under the same subject
+        bearer("boss", tenant="acme", admin=True, projects=["p2"]),  # not allowed in p1
+    ):
+        for upload, body in ((a, None), (b, parts)):
+            uid = upload["uploadId"]
+            for call in (
+                lambda: complete(client, headers, uid, body),
+                lambda: client.post(f"/api/uploads/{uid}/abort", headers=headers),
+                lambda: client.get(f"/api/uploads/{uid}", headers=headers),
+                lambda: client.get(f"/api/uploads/{uid}/parts?first=1", headers=headers),
+            ):
+                response = call()
+                assert response.status_code == 404, response.get_json()
+                assert response.get_json()["error"]["code"] == "upload_not_found"
+    assert read(svc, staging_key(a["s3Key"])) == content  # nothing was touched
+    assert svc.records.get(a["uploadId"]).status == "pending"
+    assert svc.records.get(b["uploadId"]).status == "pending"
+    assert len(s3_state(svc, b["s3Key"])[1]) == 1
+    seen = client.get(f"/api/uploads/{b['uploadId']}", headers=admin)
+    assert seen.status_code == 200, seen.get_json()
+    assert seen.get_json()["status"] == "pending" and seen.get_json()["bytesReceived"] == len(big)
+    more = client.get(f"/api/uploads/{b['uploadId']}/parts?first=2", headers=admin)
+    assert more.status_code == 200 and [p["partNumber"] for p in more.get_json()["parts"]] == [2]
+    done = complete(client, admin, a["uploadId"])
+    assert done.status_code == 200, done.get_json()
+    assert svc.records.get(a["uploadId"]).owner == "alice"  # still alice's
+    assert_stored(client, alice, svc, a, content)
+    aborted = client.post(f"/api/uploads/{b['uploadId']}/abort", headers=admin)
+    assert aborted.status_code == 200 and aborted.get_json()["status"] == "aborted"
+    assert_gone(svc, b, "aborted")

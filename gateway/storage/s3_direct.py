@@ -223,6 +223,7 @@ class S3DirectUploads:
                 CopySource={"Bucket": self.bucket, "Key": self._key(source)},
                 CopySourceIfMatch=if_match,
                 MetadataDirective="REPLACE",
+                TaggingDirective="REPLACE",
                 ContentType=content_type,
                 ContentDisposition=content_disposition,
                 Metadata=metadata,
