@@ -42,10 +42,12 @@ class PublicUrls:
     def url(self, key: str, *, request_base: str = "") -> str:
         """``request_base`` (the request's own root URL) is used only in embedded mode.
 
-        A CDN serves the bucket at its root: its path is the object's full key (prefix included).
+        A CDN serves the storage prefix (CloudFront's origin path is the prefix of
+        ``GATEWAY_STORAGE_URL``), so its path is the store's key; anything kept outside the prefix
+        is out of its reach.
         """
         if self.cdn_base:
-            url = f"{self.cdn_base}/{quote(self.store.full_key(key))}"
+            url = f"{self.cdn_base}/{quote(key)}"
             if self.signer is not None:
                 url = self.signer.generate_presigned_url(
                     url, date_less_than=self.clock() + self.ttl

@@ -134,3 +134,34 @@ def test_a_bad_setting_stops_the_process_with_one_line(tmp_path, command, env, v
         f"upload-gateway: configuration error: {variable}:"
     ), done.stderr
     assert done.stdout == ""
+
+
+def test_cdn_urls_are_relative_to_the_storage_prefix():
+    """CloudFront's origin path is the storage prefix: the CDN path is the store's key, while
+    the answer's s3Key is the full key in the bucket."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+
+    from gateway.storage.s3 import S3ObjectStore
+    from gateway.urls import PublicUrls
+
+    client = boto3.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    store = S3ObjectStore(
+        client,
+        bucket="b",
+        prefix="uploads",
+        part_size=5 * MiB,
+        parts_in_flight=1,
+        endpoint_url="",
+        region="us-east-1",
+        executor=ThreadPoolExecutor(1),
+    )
+    settings = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com"})
+    key = "projects/p/media/x.png"
+    assert PublicUrls(settings, store).url(key) == f"https://cdn.example.com/{key}"
+    assert store.full_key(key) == f"uploads/{key}"
+    plain = Settings.from_env(BASE)
+    assert (
+        PublicUrls(plain, store).url(key) == f"https://b.s3.us-east-1.amazonaws.com/uploads/{key}"
+    )
