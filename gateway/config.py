@@ -91,6 +91,11 @@ class Settings:
     direct_max_pending: int = 100  # pending direct uploads per caller (more: 429)
     direct_part_urls_per_page: int = 100  # part URLs per answer (more: GET .../parts)
 
+    # The job queue of the processing pipeline: "sqlite:///path" (default) or "sqs://name".
+    queue_url: str = "sqlite:///var/queue.db"
+    sqs_endpoint_url: str = ""
+    queue_max_receives: int = 5  # deliveries of a failing job before its dead letter
+
     idempotency_ttl: int = 24 * 3600
     idempotency_lock_timeout: int = 3600
     log_level: str = "INFO"
@@ -135,6 +140,7 @@ class Settings:
             "direct_max_batch_bytes",
             "direct_max_pending",
             "direct_part_urls_per_page",
+            "queue_max_receives",
         ):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
@@ -165,6 +171,15 @@ class Settings:
                 fail("storage_url", "s3:// URL needs a bucket: s3://bucket/prefix")
         elif storage.scheme not in ("", "file"):
             fail("storage_url", "must be s3://bucket/prefix or a local directory")
+        queue = urlparse(self.queue_url)
+        if queue.scheme == "sqlite":
+            if not self.queue_url.startswith("sqlite:///") or len(self.queue_url) <= 10:
+                fail("queue_url", "sqlite URL must look like sqlite:///path/to/queue.db")
+        elif queue.scheme == "sqs":
+            if not queue.netloc:
+                fail("queue_url", "sqs URL must name a queue: sqs://name")
+        else:
+            fail("queue_url", "must be sqlite:///path or sqs://name")
         records = urlparse(self.records_url)
         if records.scheme == "sqlite":
             if not self.records_url.startswith("sqlite:///") or len(self.records_url) <= 10:
