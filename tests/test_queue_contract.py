@@ -112,11 +112,13 @@ def test_a_stale_receipt_cannot_delete_a_newer_delivery(tmp_path):
     assert queue.stats().in_flight == 0
 
 
-def _take_all(path: str, out) -> None:  # a separate process, as a second worker is
+def _take_all(path: str, start, out) -> None:  # a separate process, as a second worker is
     queue = SqliteQueue(path, max_receives=5)
+    queue.stats()  # connected before the start line
+    start.wait(30)
     taken = []
     while True:
-        batch = queue.receive(max_messages=7, wait=0.5, visibility=60)
+        batch = queue.receive(max_messages=2, wait=0.5, visibility=60)
         if not batch:
             break
         taken += [m.body["n"] for m in batch]
@@ -129,15 +131,15 @@ def test_two_processes_share_the_sqlite_queue_without_doubles(tmp_path):
     path = str(tmp_path / "shared.db")
     queue = SqliteQueue(path, max_receives=5)
     queue.create()
-    for n in range(400):
+    for n in range(2000):
         queue.send({"n": n})
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    workers = [ctx.Process(target=_take_all, args=(path, out)) for _ in range(2)]
+    out, start = ctx.Queue(), ctx.Barrier(2)
+    workers = [ctx.Process(target=_take_all, args=(path, start, out)) for _ in range(2)]
     for w in workers:
         w.start()
     results = [out.get(timeout=60) for _ in workers]
     for w in workers:
         w.join(30)
-    assert sorted(results[0] + results[1]) == list(range(400))
+    assert sorted(results[0] + results[1]) == list(range(2000))
     assert all(results)  # both took part
