@@ -44,12 +44,14 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# System packages the end-to-end tests drive (Debian's nginx and curl), the gate, then the suite.
+# System packages the tests drive (Debian's nginx, curl and clamd), the gate, then the suite.
 test: $(VENV)/.dev lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl)
+	@[ -x /usr/sbin/clamd ] || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends clamav-daemon)
 	$(BIN)/pytest
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.

@@ -29,7 +29,7 @@ from support import JWT_SECRET, env_for_aws, start_moto_server, stop, unique  # 
 os.environ.update(env_for_aws())
 
 
-SLOW_FIXTURES = {"moto_url", "embedded_stack", "s3_stack"}
+SLOW_FIXTURES = {"moto_url", "embedded_stack", "s3_stack", "clamd_url"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,6 +45,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def moto_url():
     """A moto server process on a free loopback port, shared by the session."""
     proc, url = start_moto_server()
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def clamd_url(tmp_path_factory):
+    """A real clamd on a free loopback port with the tests' own signatures, for the session."""
+    from clamd_harness import start_clamd
+
+    proc, url = start_clamd(tmp_path_factory.mktemp("clamd"))
     yield url
     stop(proc)
 
