@@ -42,7 +42,8 @@ def display_name(filename: str, *, max_chars: int) -> str:
     """The client's filename reduced to a safe display name: no path, no control characters."""
     name = unicodedata.normalize("NFC", filename.replace("\\", "/").rsplit("/", 1)[-1])
     # Control and format characters (C1 controls, bidi overrides such as U+202E) can spoof.
-    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name)
+    # Lone surrogates (Cs) cannot be encoded at all.
+    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf", "Cs") else ch for ch in name)
     name = _UNSAFE.sub("_", name).strip(" ._")
     if len(name) > max_chars:
         stem, dot, extension = name.rpartition(".")

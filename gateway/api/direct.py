@@ -55,7 +55,29 @@ def _json_body(*, required: bool) -> Any:
         body = None
     if body is None:
         raise errors.InvalidJson()
+    if _has_lone_surrogate(body):
+        # JSON may escape half a UTF-16 pair ("\ud800"): not text, and it cannot be encoded
+        # into the S3 headers, records and answers it would reach (I-JSON, RFC 7493, refuses it).
+        raise errors.InvalidJson("The JSON body holds an unpaired surrogate (\\ud800-\\udfff).")
     return body
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) in a parsed JSON document cannot be UTF-8 encoded."""
+    pending = [value]
+    while pending:  # no recursion: the document may be nested as deep as the parser allows
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return False
 
 
 def upload_json(record: MediaRecord, *, parts: list[PartInfo] | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import errors
 from ..lifecycle import Status, may_move
+from ..naming import MEDIA_ID_RE
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -190,12 +191,14 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeEncodeError):
+    except (ValueError, binascii.Error, UnicodeEncodeError, RecursionError):
         raise errors.InvalidCursor() from None
     if (
         not isinstance(value, list)
         or len(value) != 2
         or not all(isinstance(part, str) for part in value)
+        or not value[0].isascii()
+        or not MEDIA_ID_RE.fullmatch(value[1])
     ):
         raise errors.InvalidCursor()
     return value[0], value[1]
