@@ -64,6 +64,8 @@ def main() -> int:
                 s3_endpoint_url=moto_url,
                 records_url=f"sqlite:///{tmp / 'records.db'}",
                 orphan_journal=str(tmp / "orphans.jsonl"),
+                queue_url=f"sqlite:///{tmp / 'queue.db'}",
+                processing="off",
                 jwt_secret="bench-" + "s" * 40,
                 direct_part_size=PART,
                 log_level="WARNING",

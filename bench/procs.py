@@ -326,6 +326,8 @@ def gateway_env(
             "GATEWAY_STORAGE_URL": storage_url,
             "GATEWAY_RECORDS_URL": f"sqlite:///{tmp / 'records.db'}",
             "GATEWAY_ORPHAN_JOURNAL": str(tmp / "orphans.jsonl"),
+            "GATEWAY_QUEUE_URL": f"sqlite:///{tmp / 'queue.db'}",
+            "GATEWAY_PROCESSING": "off",  # the upload path alone (bench/pipeline.py: the rest)
             "GATEWAY_JWT_SECRET": jwt_secret,
             "GATEWAY_MAX_UPLOAD_BYTES": str(max_upload),
             "PYTHONUNBUFFERED": "1",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 from datetime import timedelta
 
 import click
@@ -10,6 +12,7 @@ from flask import Flask
 
 from .api import services
 from .auth import mint_token
+from .worker import Worker, WorkerOptions
 
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -53,6 +56,62 @@ def register(app: Flask) -> None:
         """Create the record schema (SQLite or the DynamoDB table) and the S3 bucket."""
         services().provision()
         click.echo("records and object store ready")
+
+    @app.cli.command("worker")
+    @click.option(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Jobs at once (default GATEWAY_WORKER_CONCURRENCY).",
+    )
+    def worker_command(concurrency: int | None) -> None:
+        """Process the queue until SIGTERM or SIGINT (running jobs finish first)."""
+        svc = services()
+        if svc.settings.processing != "on":
+            raise click.ClickException("GATEWAY_PROCESSING is off: there is nothing to do.")
+        options = WorkerOptions(
+            concurrency=concurrency or svc.settings.worker_concurrency,
+            visibility=svc.settings.job_lease_seconds,
+        )
+        worker = Worker(
+            svc.queue,
+            svc.pipeline.handle,
+            on_last_failure=svc.pipeline.on_last_failure,
+            options=options,
+        )
+
+        def stop(signum: int, frame: object) -> None:
+            worker.stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        click.echo(f"worker: {options.concurrency} at once on {svc.settings.queue_url}", err=True)
+        worker.run()
+
+    @app.cli.group("queue")
+    def queue_group() -> None:
+        """The processing queue."""
+
+    @queue_group.command("stats")
+    def queue_stats() -> None:
+        """Waiting, in flight and dead jobs, as JSON."""
+        stats = services().queue.stats()
+        click.echo(
+            json.dumps(
+                {
+                    "visible": stats.visible,
+                    "inFlight": stats.in_flight,
+                    "dead": stats.dead,
+                    "oldestAgeSeconds": stats.oldest_age,
+                }
+            )
+        )
+
+    @queue_group.command("redrive")
+    @click.option("--limit", type=int, default=1000, show_default=True)
+    def queue_redrive(limit: int) -> None:
+        """Move dead jobs back to the queue (after fixing what made them fail)."""
+        click.echo(f"redrove {services().queue.redrive(limit=limit)}")
 
     @app.cli.command("sweep")
     @click.option(

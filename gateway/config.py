@@ -95,6 +95,29 @@ class Settings:
     queue_url: str = "sqlite:///var/queue.db"
     sqs_endpoint_url: str = ""
     queue_max_receives: int = 5  # deliveries of a failing job before its dead letter
+    processing: str = "on"  # "off": uploads end at stored, nothing is queued
+    worker_concurrency: int = 2
+    job_lease_seconds: int = 60
+
+    # Scanning: with a clamd, new objects wait in the quarantine until scanned clean.
+    clamd_url: str = ""  # unix:///path or tcp://host:port
+    clamd_timeout: float = 60.0
+    quarantine_url: str = ""  # default: var/quarantine, or s3://<bucket>/<prefix>-quarantine
+    keep_infected: str = "off"  # "on": keep infected objects in the quarantine
+
+    # Describing and deriving (gateway/derive.py), in a sandboxed child process.
+    thumbnail_sizes: tuple[int, ...] = (320, 1280)
+    max_image_pixels: int = 50_000_000
+    strip_gps: str = "off"  # "on": also remove GPS from JPEG originals (variants never have it)
+    sandbox_memory: int = 1024 * MiB
+    sandbox_timeout: float = 120.0
+
+    # Webhooks (Standard Webhooks): media.stored/ready/failed/infected/deleted.
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)  # whsec_<base64>
+    webhook_timeout: float = 10.0
+    # Live status: open /api/media/<id>/events streams per worker process.
+    max_event_streams: int = 100
 
     idempotency_ttl: int = 24 * 3600
     idempotency_lock_timeout: int = 3600
@@ -141,6 +164,11 @@ class Settings:
             "direct_max_pending",
             "direct_part_urls_per_page",
             "queue_max_receives",
+            "worker_concurrency",
+            "job_lease_seconds",
+            "max_image_pixels",
+            "sandbox_memory",
+            "max_event_streams",
         ):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
@@ -162,6 +190,35 @@ class Settings:
             fail("body_min_rate", "must not be negative (0: no rate check)")
         if self.body_min_rate and self.body_rate_grace <= 0:
             fail("body_rate_grace", "must be a positive number of seconds")
+        for name in ("processing", "keep_infected", "strip_gps"):
+            if getattr(self, name) not in ("on", "off"):
+                fail(name, "must be on or off")
+        if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):
+            fail("thumbnail_sizes", "one or more sizes in pixels, 16-4096 each")
+        for name in ("clamd_timeout", "sandbox_timeout", "webhook_timeout"):
+            if getattr(self, name) <= 0:
+                fail(name, "must be a positive number of seconds")
+        if self.clamd_url:
+            clamd = urlparse(self.clamd_url)
+            if not (clamd.scheme == "unix" and clamd.path) and not (
+                clamd.scheme == "tcp" and clamd.hostname and clamd.port
+            ):
+                fail("clamd_url", "must be unix:///path/to/clamd.sock or tcp://host:port")
+            if (urlparse(self.storage_url).scheme == "s3") != (
+                urlparse(self.effective_quarantine_url).scheme == "s3"
+            ):
+                fail("quarantine_url", "must be on the same kind of storage as the media")
+            if self.cdn_base_url and not urlparse(self.storage_url).path.strip("/"):
+                fail(
+                    "storage_url",
+                    "with scanning and a CDN, needs a prefix (the CDN's origin"
+                    " path) so that the quarantine is out of the CDN's reach",
+                )
+        if self.webhook_url:
+            if urlparse(self.webhook_url).scheme not in ("http", "https"):
+                fail("webhook_url", "must be an http(s) URL")
+            if not self.webhook_secret.startswith("whsec_"):
+                fail("webhook_secret", "required with a webhook URL: whsec_<base64 secret>")
         if self.jwt_leeway < 0 or self.trusted_proxies < 0:
             fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
 
@@ -218,6 +275,17 @@ class Settings:
             fail("cdn_base_url", "required when CloudFront URL signing is configured")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def effective_quarantine_url(self) -> str:
+        if self.quarantine_url:
+            return self.quarantine_url
+        storage = urlparse(self.storage_url)
+        if storage.scheme == "s3":
+            prefix = storage.path.strip("/")
+            return f"s3://{storage.netloc}/{prefix + '-' if prefix else ''}quarantine"
+        root = Path(storage.path if storage.scheme == "file" else self.storage_url)
+        return str(root.parent / "quarantine")
 
     @property
     def body_limits(self) -> BodyLimits:
@@ -277,6 +345,8 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return int(raw.strip())
         if kind == "float":
             return float(raw.strip())
+        if kind.startswith("tuple[int"):
+            return tuple(int(item) for item in raw.split(",") if item.strip())
         if kind.startswith("tuple"):
             return tuple(item.strip() for item in raw.split(",") if item.strip())
     except ValueError:

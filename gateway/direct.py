@@ -93,9 +93,12 @@ class DirectUploadService:
         records: MediaStore,
         announcer: Announcer,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        quarantined: bool = False,
     ) -> None:
         self.settings = settings
-        self.direct = direct
+        self.direct = direct  # on the quarantine's prefix while scanning is on
+        self.quarantined = quarantined
         self.records = records
         self.announcer = announcer
         self.clock = clock
@@ -166,7 +169,7 @@ class DirectUploadService:
         expires_at = (now + timedelta(seconds=self.settings.direct_url_ttl)).isoformat(
             timespec="seconds"
         )
-        destination = Destination(principal, project_id)
+        destination = Destination(principal, project_id, quarantined=self.quarantined)
         started: list[Initiated] = []
         try:
             started += (self._start(destination, p, now, expires_at) for p in promises)
@@ -318,7 +321,32 @@ class DirectUploadService:
 
     def complete(self, principal: Principal, upload_id: str, payload: Any) -> MediaRecord:
         """Verify and commit; returns the record, ``stored`` or ``rejected`` (same on a repeat)."""
-        record = self.get(principal, upload_id)
+        return self._complete(self.get(principal, upload_id), payload)
+
+    def complete_from_event(self, media_id: str) -> MediaRecord | None:
+        """S3 said a single PUT/POST landed on its staging key: complete it as if the client
+        had asked (clients that never call ``complete`` are still stored and processed).
+        Nothing happens for an upload that is no longer pending or not a single PUT/POST."""
+        try:
+            record = self.records.get(media_id)
+        except errors.MediaNotFound:
+            return None
+        upload = record.upload
+        if not isinstance(upload, DirectUpload) or upload.method != "put":
+            return None
+        if record.status is not Status.PENDING:
+            return record
+        try:
+            return self._complete(record, None)
+        except (
+            errors.UploadIncomplete,
+            errors.UploadChanged,
+            errors.UploadExpired,
+            errors.UploadAborted,
+        ):
+            return None  # a later event, or the client, finishes it (or it has ended)
+
+    def _complete(self, record: MediaRecord, payload: Any) -> MediaRecord:
         if record.status is Status.REJECTED or is_visible(record.status):
             return record
         self._require_pending(record)

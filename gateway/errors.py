@@ -124,6 +124,10 @@ class InvalidStatusFilter(BadRequest):
     code, message = "invalid_status", "status must be one of the media statuses."
 
 
+class InvalidWait(BadRequest):
+    code, message = "invalid_wait", "waitForChange must be a version number and timeout 1-60 s."
+
+
 class InvalidIdempotencyKey(BadRequest):
     code, message = (
         "invalid_idempotency_key",
@@ -333,6 +337,10 @@ class StorageUnavailable(StorageError, _Retryable):
         "storage_unavailable",
         "The object store is unavailable; retry later.",
     )
+
+
+class TooManyStreams(_Retryable):
+    status, code, message = 503, "too_many_streams", "Too many live status streams; poll instead."
 
 
 class RecordStoreError(_Retryable):

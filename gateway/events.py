@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from .queue import Queue
 from .records import MediaRecord
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class MediaEvent:
     key: str
     status: str
     occurred_at: str  # ISO 8601 UTC
+    reason: str = ""
 
     @classmethod
     def of(cls, type: EventType, record: MediaRecord, *, at: datetime) -> MediaEvent:
@@ -52,7 +54,26 @@ class MediaEvent:
             key=record.s3_key,
             status=record.status.value,
             occurred_at=at.isoformat(timespec="microseconds"),
+            reason=record.reason,
         )
+
+    @property
+    def id(self) -> str:
+        """Stable per media and event type: a webhook receiver deduplicates by it."""
+        return f"{self.media_id}.{self.type.value}"
+
+    def payload(self) -> dict[str, object]:
+        """The webhook body (Standard Webhooks' type / timestamp / data envelope)."""
+        data: dict[str, object] = {
+            "mediaId": self.media_id,
+            "projectId": self.project_id,
+            "tenant": self.tenant or None,
+            "owner": self.owner,
+            "status": self.status,
+        }
+        if self.reason:
+            data["reason"] = self.reason
+        return {"type": self.type.value, "timestamp": self.occurred_at, "data": data}
 
 
 class Publisher(Protocol):
@@ -76,6 +97,25 @@ class LogPublisher:
                     "status": event.status,
                 }
             )
+
+
+class QueuePublisher:
+    """Turns events into jobs: ``media.stored`` into a processing job, and every event into a
+    webhook delivery when webhooks are configured; then hands them to ``then`` (the log)."""
+
+    def __init__(self, queue: Queue, *, processing: bool, webhooks: bool, then: Publisher) -> None:
+        self.queue = queue
+        self.processing = processing
+        self.webhooks = webhooks
+        self.then = then
+
+    def publish(self, events: Sequence[MediaEvent]) -> None:
+        for event in events:
+            if self.processing and event.type is EventType.STORED:
+                self.queue.send({"type": "media.process", "mediaId": event.media_id})
+            if self.webhooks:
+                self.queue.send({"type": "webhook", "id": event.id, "event": event.payload()})
+        self.then.publish(events)
 
 
 class Announcer:

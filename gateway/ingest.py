@@ -54,6 +54,7 @@ class Destination:
 
     principal: Principal
     project_id: str
+    quarantined: bool = False  # the bytes land in the quarantine (scanning is on)
 
     def key(self, media_id: str, sniffed: SniffedType) -> str:
         return object_key(
@@ -91,6 +92,7 @@ class Destination:
             metadata=dict(metadata),
             status=status,
             upload=upload,
+            quarantined=self.quarantined,
         )
 
 

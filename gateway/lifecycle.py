@@ -46,6 +46,12 @@ VISIBLE: frozenset[Status] = frozenset(
     {Status.STORED, Status.PROCESSING, Status.READY, Status.FAILED, Status.INFECTED}
 )
 
+# Where processing ends: a live status stream closes here.
+SETTLED: frozenset[Status] = frozenset({Status.READY, Status.FAILED, Status.INFECTED})
+
+# Media whose object public URLs may serve (when it is out of the quarantine, too).
+SERVABLE: frozenset[Status] = VISIBLE - {Status.INFECTED}
+
 # Statuses whose record owns its object key: the sweeper never deletes such an object.
 OWNS_OBJECT: frozenset[Status] = frozenset({Status.PENDING, *VISIBLE} - {Status.INFECTED})
 

@@ -12,7 +12,10 @@ from . import errors
 # projectId and the tenant claim: they become key segments. Always matched whole (fullmatch).
 IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MEDIA_ID_RE = re.compile(r"[0-9a-f]{32}")
-_KEY_RE = re.compile(r"(?:^|/)projects/[^/]+/media/([0-9a-f]{32})(?:\.[A-Za-z0-9]+)?")
+# .../media/<id>.<ext> (the original) or .../media/<id>/<variant>.webp (derived files)
+_KEY_RE = re.compile(
+    r"(?:^|/)projects/[^/]+/media/([0-9a-f]{32})(?:\.[A-Za-z0-9]+|/[a-z0-9-]{1,32}\.webp)?"
+)
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|]+')
 _MAX_EXTENSION_CHARS = 16
 
@@ -33,7 +36,8 @@ def object_key(*, tenant: str, project_id: str, media_id: str, extension: str) -
 
 
 def media_id_of_key(key: str) -> str | None:
-    """The media id a gateway-made key carries, or None for a key the gateway did not make."""
+    """The media id a gateway-made key (an original or a variant) carries, or None for a key
+    the gateway did not make."""
     match = _KEY_RE.search(key)
     return match.group(1) if match and match.end() == len(key) else None
 

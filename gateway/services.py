@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from urllib.parse import urlparse
 
 from .config import Settings
+from .derive import DeriveOptions
 from .direct import DirectUploadService
-from .events import Announcer, LogPublisher, Publisher
+from .events import Announcer, LogPublisher, Publisher, QueuePublisher
 from .orphans import OrphanJournal
+from .pipeline import Pipeline, PipelineOptions
+from .queue import Queue, open_queue
+from .queue.sqs import SqsQueue
 from .records import MediaStore, open_records
+from .scanner import ClamdScanner, Scanner
 from .storage import ObjectStore, Storage, open_storage
 from .sweeper import Sweeper
 from .uploads import UploadService
 from .urls import PublicUrls
+from .webhooks import WebhookSender
 
 
 @dataclass
@@ -21,6 +29,7 @@ class Services:
     storage: Storage
     records: MediaStore  # also the IdempotencyStore
     journal: OrphanJournal
+    queue: Queue
     announcer: Announcer
     uploads: UploadService
     direct: DirectUploadService | None  # None when the store cannot presign
@@ -38,14 +47,27 @@ class Services:
         *,
         storage: Storage | None = None,
         records: MediaStore | None = None,
+        queue: Queue | None = None,
         publisher: Publisher | None = None,
     ) -> Services:
         storage = storage or open_storage(settings)
         records = records or open_records(settings)
+        queue = queue or open_queue(settings)
         journal = OrphanJournal(settings.orphan_journal)
-        announcer = Announcer(publisher or LogPublisher())
+        announcer = Announcer(
+            publisher
+            or QueuePublisher(
+                queue,
+                processing=settings.processing == "on",
+                webhooks=bool(settings.webhook_url),
+                then=LogPublisher(),
+            )
+        )
+        quarantined = storage.quarantine is not None
         direct = (
-            DirectUploadService(settings, storage.direct, records, announcer)
+            DirectUploadService(
+                settings, storage.direct, records, announcer, quarantined=quarantined
+            )
             if storage.direct is not None
             else None
         )
@@ -54,8 +76,11 @@ class Services:
             storage=storage,
             records=records,
             journal=journal,
+            queue=queue,
             announcer=announcer,
-            uploads=UploadService(settings, storage.objects, records, journal, announcer),
+            uploads=UploadService(
+                settings, storage.landing, records, journal, announcer, quarantined=quarantined
+            ),
             direct=direct,
             urls=PublicUrls(settings, storage.objects),
             sweeper=Sweeper(
@@ -64,11 +89,50 @@ class Services:
                 records=records,
                 journal=journal,
                 direct=direct,
+                quarantine=storage.quarantine,
+                queue=queue if settings.processing == "on" else None,
             ),
         )
 
+    @cached_property
+    def scanner(self) -> Scanner | None:
+        s = self.settings
+        return ClamdScanner(s.clamd_url, timeout=s.clamd_timeout) if s.clamd_url else None
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        s = self.settings
+        storage_url = urlparse(s.storage_url)
+        return Pipeline(
+            records=self.records,
+            store=self.storage.objects,
+            quarantine=self.storage.quarantine,
+            scanner=self.scanner,
+            announcer=self.announcer,
+            options=PipelineOptions(
+                derive=DeriveOptions(
+                    thumbnail_sizes=s.thumbnail_sizes,
+                    max_pixels=s.max_image_pixels,
+                    strip_gps=s.strip_gps == "on",
+                ),
+                sandbox_memory=s.sandbox_memory,
+                sandbox_timeout=s.sandbox_timeout,
+                keep_infected=s.keep_infected == "on",
+            ),
+            webhooks=WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
+            if s.webhook_url
+            else None,
+            direct=self.direct,
+            storage_prefix=storage_url.path.strip("/") if storage_url.scheme == "s3" else "",
+        )
+
     def provision(self) -> None:
-        """Create what the backends need: the record schema, the bucket."""
+        """Create what the backends need: the record schema, the bucket, the queues."""
         self.records.create_schema()
         if self.storage.provision is not None:
             self.storage.provision()
+        if self.settings.processing == "on":
+            self.queue.create()
+            if isinstance(self.queue, SqsQueue) and self.storage.direct is not None:
+                self.queue.allow_s3(self.storage.direct.bucket)
+                self.storage.direct.notify(self.queue.queue_arn())

@@ -12,17 +12,19 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from . import errors
 from .direct import DirectUploadService, parse_key, staging_key
 from .lifecycle import OWNS_OBJECT, Status
 from .orphans import OrphanJournal
+from .queue import Queue
 from .records import MediaRecord, RecordStore
-from .storage import ObjectListing, ObjectStore, PendingUpload
+from .storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STALLED_AFTER = timedelta(minutes=10)  # stored this long and not processing: queue it again
 
 
 @dataclass
@@ -40,10 +42,14 @@ class Sweeper:
         records: RecordStore,
         journal: OrphanJournal,
         direct: DirectUploadService | None,
+        quarantine: Quarantine | None = None,
+        queue: Queue | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.listing = listing
+        self.quarantine = quarantine
+        self.queue = queue
         self.records = records
         self.journal = journal
         self.direct = direct
@@ -56,21 +62,23 @@ class Sweeper:
         cutoff = now - older_than
         report = SweepReport()
         self._expire_direct_uploads(now, dry_run, report)
-        self._each(
-            report,
-            "abort upload",
-            self._stale_uploads(cutoff),
-            dry_run,
-            self.listing.abort_pending,
-            lambda upload: f"{upload.key} ({upload.upload_id})",
-        )
+        self._requeue_stalled(now, dry_run, report)
+        for _store, listing in self._stores():
+            self._each(
+                report,
+                "abort upload",
+                self._stale_uploads(listing, cutoff),
+                dry_run,
+                listing.abort_pending,
+                lambda upload: f"{upload.key} ({upload.upload_id})",
+            )
         journaled = self._journaled(report)
         undeleted = self._each(
             report,
             "delete journaled orphan",
             [key for key in sorted(journaled) if not self._owned(key, report)],
             dry_run,
-            self.store.delete,
+            self._delete_everywhere,
             str,
         )
         if journaled and not dry_run:
@@ -79,15 +87,43 @@ class Sweeper:
             except Exception:
                 log.error("could not rewrite the orphan journal", exc_info=True)
                 report.failed.append("rewrite the orphan journal")
-        self._each(
-            report,
-            "delete unrecorded object",
-            self._unrecorded_objects(cutoff, journaled, report),
-            dry_run,
-            self.store.delete,
-            str,
-        )
+        for store, listing in self._stores():
+            where = " in the quarantine" if store is not self.store else ""
+            self._each(
+                report,
+                "delete unrecorded object",
+                self._unrecorded_objects(listing, cutoff, journaled, report),
+                dry_run,
+                store.delete,
+                _suffixed(where),
+            )
         return report
+
+    def _stores(self) -> list[tuple[ObjectStore, ObjectListing]]:
+        stores: list[tuple[ObjectStore, ObjectListing]] = [(self.store, self.listing)]
+        if self.quarantine is not None:
+            held = self.quarantine.store
+            stores.append((held, cast(ObjectListing, held)))
+        return stores
+
+    def _delete_everywhere(self, key: str) -> None:
+        for store, _ in self._stores():
+            store.delete(key)
+
+    def _requeue_stalled(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
+        """Media still ``stored`` well after their commit: the job announced then was lost
+        (the queue was down); queue it again (a duplicate is a no-op)."""
+        if self.queue is None:
+            return
+        before = (now - STALLED_AFTER).isoformat(timespec="microseconds")
+        try:
+            for record in self.records.stalled(created_before=before, limit=500):
+                report.done.append(f"queue processing again for {record.media_id}")
+                if not dry_run:
+                    self.queue.send({"type": "media.process", "mediaId": record.media_id})
+        except Exception:
+            log.error("could not queue stalled media again", exc_info=True)
+            report.failed.append("queue stalled media")
 
     # -- the parts -------------------------------------------------------------------------------
     def _expire_direct_uploads(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
@@ -108,8 +144,8 @@ class Sweeper:
             log.error("could not expire overdue direct uploads", exc_info=True)
             report.failed.append("expire direct uploads")
 
-    def _stale_uploads(self, cutoff: datetime) -> Iterable[PendingUpload]:
-        for upload in self.listing.pending_uploads():
+    def _stale_uploads(self, listing: ObjectListing, cutoff: datetime) -> Iterable[PendingUpload]:
+        for upload in listing.pending_uploads():
             if upload.started < cutoff and not self._is_live_direct_upload(upload.key):
                 yield upload
 
@@ -122,9 +158,9 @@ class Sweeper:
             return set()
 
     def _unrecorded_objects(
-        self, cutoff: datetime, journaled: set[str], report: SweepReport
+        self, listing: ObjectListing, cutoff: datetime, journaled: set[str], report: SweepReport
     ) -> Iterable[str]:
-        for obj in self.listing.objects():
+        for obj in listing.objects():
             if obj.key in journaled or obj.modified >= cutoff:
                 continue
             if parse_key(obj.key)[0] is not None and not self._owned(obj.key, report):
@@ -192,4 +228,10 @@ class Sweeper:
             return False
         if staging:
             return staging_key(record.s3_key) == key and record.status is Status.PENDING
-        return record.s3_key == key and record.status in OWNS_OBJECT
+        if record.status not in OWNS_OBJECT:
+            return False
+        return record.s3_key == key or key in {v.key for v in record.variants}
+
+
+def _suffixed(suffix: str) -> Callable[[str], str]:
+    return lambda key: key + suffix

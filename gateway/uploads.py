@@ -79,9 +79,12 @@ class UploadService:
         journal: OrphanJournal,
         announcer: Announcer,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        quarantined: bool = False,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # where new objects land: the quarantine while scanning is on
+        self.quarantined = quarantined
         self.records = records
         self.journal = journal
         self.announcer = announcer
@@ -225,7 +228,9 @@ class _Batch:
                     "projectId is required, in the query string or as a field before the files."
                 )
             self.request.principal.check_project(check_project_id(project_id))
-            self.destination = Destination(self.request.principal, project_id)
+            self.destination = Destination(
+                self.request.principal, project_id, quarantined=self.service.quarantined
+            )
             self.stats.project_id = project_id
         return self.destination
 

@@ -67,6 +67,7 @@ def make_settings(
         "orphan_journal": str(tmp_path / "orphans.jsonl"),
         "storage_url": str(tmp_path / "media"),
         "records_url": f"sqlite:///{tmp_path / 'records.db'}",
+        "queue_url": f"sqlite:///{tmp_path / 'queue.db'}",
     }
     if backend in ("s3", "s3+dynamodb"):
         values.update(storage_url=f"s3://{unique('bucket')}/uploads", s3_endpoint_url=moto_url)

@@ -260,6 +260,30 @@ class Stack:
                 sock.sendall(chunk)
             return read_response(sock) if read_reply else None
 
+    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen:
+        """``flask --app wsgi worker`` with the stack's settings (stopped with the stack)."""
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [str(BIN / "flask"), "--app", "wsgi", "worker"],
+            cwd=ROOT,
+            env={**_clean_env(), **self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def worker_log(self, name: str = "worker") -> list[dict]:
+        lines = []
+        path = self.tmp / f"{name}.log"
+        for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+            if line.startswith("{"):
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    pass
+        return lines
+
     # -- the stores -------------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the object store, pending uploads and records (between tests)."""
@@ -395,6 +419,7 @@ def stack_env(
         "GATEWAY_STORAGE_URL": str(tmp / "media"),
         "GATEWAY_RECORDS_URL": f"sqlite:///{tmp / 'records.db'}",
         "GATEWAY_ORPHAN_JOURNAL": str(tmp / "orphans.jsonl"),
+        "GATEWAY_QUEUE_URL": f"sqlite:///{tmp / 'queue.db'}",
     }
     if mode == "s3":
         if not moto_url:
@@ -475,6 +500,9 @@ def gateway_stack(
         _wait_ok(stack.url + "/healthz", stack.procs["nginx"])
         yield stack
     finally:
+        for name, proc in stack.procs.items():
+            if name not in ("nginx", "gunicorn"):
+                stop(proc, timeout=15)
         for name in ("nginx", "gunicorn"):
             if name in stack.procs:
                 stop(stack.procs[name], timeout=15)

@@ -518,3 +518,31 @@ def test_the_answer_is_saved_with_its_records_or_not_at_all(records):
     save(records, "t1#alice", "k1", ANSWER, now=T0, ttl=TTL, with_records=[fresh])
     assert records.get(fresh.media_id) == fresh
     assert claim(records, at=T0 + 2) == ANSWER
+
+
+def test_stalled_finds_old_stored_media_only(records):
+    old = [record(created_at=stamp(i)) for i in range(3)]
+    newer = record(created_at=stamp(50))
+    processing = record(created_at=stamp(1), status=Status.PROCESSING)
+    records.create_many([*old, newer, processing, _pending()])
+    found = records.stalled(created_before=stamp(10), limit=10)
+    assert sorted(r.media_id for r in found) == sorted(r.media_id for r in old)
+    assert len(records.stalled(created_before=stamp(10), limit=2)) == 2
+    moved = records.update(old[0].evolve(status=Status.PROCESSING), expected=old[0])
+    assert moved is not None
+    assert old[0].media_id not in {
+        r.media_id for r in records.stalled(created_before=stamp(10), limit=10)
+    }
+
+
+def test_processing_results_round_trip(records):
+    from gateway.records import VariantInfo
+
+    r = record(
+        quarantined=True,
+        stage="scan",
+        properties={"width": 4, "gpsFound": False},
+        variants=[VariantInfo("thumb-320", "k/thumb-320.webp", "image/webp", 320, 240, 99)],
+    )
+    records.create_many([r])
+    assert records.get(r.media_id) == r

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request, send_file
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 
 from .. import errors
 from ..auth import authenticate
 from ..events import EventType
-from ..lifecycle import VISIBLE, Status
+from ..lifecycle import SETTLED, VISIBLE, Status
 from ..naming import MEDIA_ID_RE, check_project_id
 from ..principal import Principal
 from ..records import MediaRecord
@@ -17,6 +22,32 @@ from .present import media_json
 bp = Blueprint("media", __name__)
 local_bp = Blueprint("local_media", __name__)  # registered only for the local store
 MAX_PAGE = 100
+MAX_WAIT = 60
+POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15
+
+
+class _StreamSlots:
+    """The open event streams of this process, bounded by GATEWAY_MAX_EVENT_STREAMS so that
+    they cannot take every connection from uploads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open = 0
+
+    def acquire(self, *, blocking: bool) -> bool:
+        with self._lock:
+            if self.open >= services().settings.max_event_streams:
+                return False
+            self.open += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+_streams = _StreamSlots()
 
 
 def _visible_record(principal: Principal, media_id: str) -> MediaRecord:
@@ -30,7 +61,60 @@ def _visible_record(principal: Principal, media_id: str) -> MediaRecord:
 
 @bp.get("/api/media/<media_id>")
 def get_media(media_id: str) -> Response:
-    return jsonify(success=True, **media_json(_visible_record(authenticate(), media_id)))
+    """``?waitForChange=<version>`` (a long poll): answer once the record's version differs,
+    or after ``timeout`` seconds (1-60, default 30) with it unchanged."""
+    principal = authenticate()
+    record = _visible_record(principal, media_id)
+    known = request.args.get("waitForChange")
+    if known is not None:
+        try:
+            version, timeout = int(known), float(request.args.get("timeout", "30"))
+        except ValueError:
+            raise errors.InvalidWait() from None
+        if not 1 <= timeout <= MAX_WAIT:
+            raise errors.InvalidWait()
+        deadline = time.monotonic() + timeout
+        while record.version == version and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            record = _visible_record(principal, media_id)
+    return jsonify(success=True, **media_json(record))
+
+
+@bp.get("/api/media/<media_id>/events")
+def media_events(media_id: str) -> Response:
+    """Server-Sent Events: the media as JSON each time it changes, until processing has
+    settled (ready, failed, infected); a comment line every 15 s keeps proxies from closing."""
+    principal = authenticate()
+    record = _visible_record(principal, media_id)
+    if not _streams.acquire(blocking=False):
+        raise errors.TooManyStreams()
+
+    def stream() -> Iterator[str]:
+        try:
+            current: MediaRecord | None = record
+            version, quiet_since = -1, time.monotonic()
+            while current is not None:
+                if current.version != version:
+                    version, quiet_since = current.version, time.monotonic()
+                    yield f"event: media\ndata: {json.dumps(media_json(current))}\n\n"
+                    if current.status in SETTLED:
+                        return
+                elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                time.sleep(POLL_SECONDS)
+                try:
+                    current = _visible_record(principal, media_id)
+                except errors.MediaNotFound:
+                    yield "event: deleted\ndata: {}\n\n"
+                    current = None
+        finally:
+            _streams.release()
+
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
 
 
 @bp.delete("/api/media/<media_id>")
@@ -45,10 +129,14 @@ def delete_media(media_id: str) -> tuple[str, int]:
     # Record first: once it is gone the media is gone for every reader. An object left behind
     # has no record, which the sweeper deletes; the journal makes that quick.
     svc.records.delete(record.media_id)
-    try:
-        svc.store.delete(record.s3_key)
-    except errors.GatewayError:
-        svc.journal.add(record.s3_key, "media delete: object delete failed")
+    held = svc.storage.quarantine
+    where = held.store if record.quarantined and held is not None else svc.store
+    targets = [(where, record.s3_key), *((svc.store, v.key) for v in record.variants)]
+    for store, key in targets:
+        try:
+            store.delete(key)
+        except errors.GatewayError:
+            svc.journal.add(key, "media delete: object delete failed")
     svc.announcer.announce(EventType.DELETED, [record])
     return "", 204
 

@@ -7,11 +7,24 @@ from typing import Any
 from flask import request
 
 from ..records import MediaRecord
+from ..services import Services
 from . import services
+
+
+def _url(svc: Services, record: MediaRecord, key: str) -> str | None:
+    """A public URL only for what may be served: never before a clean scan."""
+    if not record.servable:
+        return None
+    return svc.urls.url(key, request_base=request.host_url)
 
 
 def media_json(record: MediaRecord) -> dict[str, Any]:
     svc = services()
+    where = (
+        svc.storage.quarantine.store
+        if record.quarantined and svc.storage.quarantine is not None
+        else svc.store
+    )
     view: dict[str, Any] = {
         "mediaId": record.media_id,
         "projectId": record.project_id,
@@ -20,14 +33,30 @@ def media_json(record: MediaRecord) -> dict[str, Any]:
         "originalName": record.original_name,
         "fileType": record.file_type,
         "contentType": record.mime_type,
-        "s3Key": svc.store.full_key(record.s3_key),
-        "url": svc.urls.url(record.s3_key, request_base=request.host_url),
+        "s3Key": where.full_key(record.s3_key),
+        "url": _url(svc, record, record.s3_key),
         "size": record.size,
         "sha256": record.sha256,
         "metadata": record.metadata,
         "status": record.status.value,
+        "stage": record.stage or None,
+        "variants": [
+            {
+                "name": v.name,
+                "url": _url(svc, record, v.key),
+                "contentType": v.content_type,
+                "width": v.width,
+                "height": v.height,
+                "size": v.size,
+            }
+            for v in record.variants
+        ],
+        "properties": record.properties,
         "createdAt": record.created_at,
+        "version": record.version,
     }
     if record.reason:
         view["reason"] = record.reason
+        if record.status.value in ("failed", "infected"):
+            view["error"] = record.reason
     return view

@@ -69,6 +69,27 @@ class SqsQueue:
         )
         return str(attributes["Attributes"]["QueueArn"])
 
+    def allow_s3(self, bucket: str) -> None:
+        """Let the bucket's event notifications send to this queue (a queue policy)."""
+        arn = self.queue_arn()
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "s3.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": arn,
+                    "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+                }
+            ],
+        }
+        self._call(
+            self.client.set_queue_attributes,
+            QueueUrl=self._url(self.name),
+            Attributes={"Policy": json.dumps(policy)},
+        )
+
     def create(self) -> None:
         dlq = self._call(self.client.create_queue, QueueName=self.dlq_name)["QueueUrl"]
         dlq_arn = self._call(

@@ -6,6 +6,8 @@ Both backends pass one contract suite (tests/test_record_store_contract.py). The
 - ``update`` is the only way a record changes: a compare-and-set on the record's ``version``
   that also enforces the lifecycle's transition table (``lifecycle.TRANSITIONS``).
 - ``list_media`` shows visible records only (``lifecycle.VISIBLE``), newest first.
+- ``stalled`` finds media still ``stored`` after a while: the sweeper queues them again for
+  processing, in case the job announced at commit was lost.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import errors
-from ..lifecycle import Status, may_move
+from ..lifecycle import SERVABLE, Status, may_move
 from ..naming import MEDIA_ID_RE
 
 if TYPE_CHECKING:
@@ -45,6 +47,18 @@ UploadState = DirectUpload  # the next protocols add their own state types here
 
 
 @dataclass(frozen=True)
+class VariantInfo:
+    """A derived file stored next to the original (gateway/pipeline.py)."""
+
+    name: str  # thumb-320, thumb-1280, poster, preview
+    key: str
+    content_type: str
+    width: int
+    height: int
+    size: int
+
+
+@dataclass(frozen=True)
 class MediaRecord:
     media_id: str
     project_id: str
@@ -62,6 +76,17 @@ class MediaRecord:
     reason: str = ""  # why it ended rejected, aborted, expired or failed
     upload: UploadState | None = None  # set while (and after) a protocol receives the bytes
     version: int = 0  # bumped by every update: the compare-and-set token
+    # Processing (gateway/pipeline.py).
+    quarantined: bool = False  # the object waits in the quarantine for its scan
+    stage: str = ""  # the stage being worked on while processing
+    properties: dict[str, Any] = field(default_factory=dict)  # what describing found
+    variants: list[VariantInfo] = field(default_factory=list)
+
+    @property
+    def servable(self) -> bool:
+        """Whether any public URL may serve the object: committed, out of the quarantine (so
+        scanned clean when scanning is on), not infected."""
+        return not self.quarantined and self.status in SERVABLE
 
     @property
     def expires_at(self) -> str:
@@ -83,6 +108,7 @@ class MediaRecord:
         upload = values.get("upload")
         if upload is not None:
             values["upload"] = _UPLOAD_TYPES[upload["protocol"]](**upload)
+        values["variants"] = [VariantInfo(**v) for v in values.get("variants", [])]
         return cls(**values)
 
 
@@ -144,6 +170,9 @@ class RecordStore(Protocol):
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         """Pending uploads whose expiry (ISO 8601) is before ``now``."""
+
+    def stalled(self, *, created_before: str, limit: int) -> list[MediaRecord]:
+        """Media still ``stored`` (never picked up by processing) created before the time."""
 
     def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
         """How many uploads of this caller are pending (counting stops past ``at_most``)."""

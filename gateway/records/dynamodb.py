@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 INDEX = "by_scope"
 PENDING_INDEX = "pending_by_expiry"
 PENDING_OWNER_INDEX = "pending_by_owner"
+STORED_INDEX = "stored_by_time"
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
 
@@ -107,13 +108,23 @@ class DynamoRecordStore:
                 BillingMode="PAY_PER_REQUEST",
                 AttributeDefinitions=[
                     {"AttributeName": n, "AttributeType": "S"}
-                    for n in ("pk", "scope", "sk", "pendingShard", "expiresAt", "pendingOwner")
+                    for n in (
+                        "pk",
+                        "scope",
+                        "sk",
+                        "pendingShard",
+                        "expiresAt",
+                        "pendingOwner",
+                        "storedShard",
+                        "createdAt",
+                    )
                 ],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                 GlobalSecondaryIndexes=[
                     index(INDEX, "scope", "sk"),
                     index(PENDING_INDEX, "pendingShard", "expiresAt"),
                     index(PENDING_OWNER_INDEX, "pendingOwner"),
+                    index(STORED_INDEX, "storedShard", "createdAt"),
                 ],
             )
             self.client.get_waiter("table_exists").wait(TableName=self.table)
@@ -139,6 +150,8 @@ class DynamoRecordStore:
         }
         if r.status in VISIBLE:
             values.update(scope=_scope(r.tenant, r.project_id), sk=f"{r.created_at}#{r.media_id}")
+        if r.status is Status.STORED:
+            values.update(storedShard="stored", createdAt=r.created_at)
         elif r.status is Status.PENDING:
             values.update(
                 pendingShard="pending", expiresAt=r.expires_at, pendingOwner=f"{r.tenant}#{r.owner}"
@@ -281,6 +294,17 @@ class DynamoRecordStore:
             Limit=limit,
             KeyConditionExpression="pendingShard = :shard AND expiresAt < :now",
             ExpressionAttributeValues=_item({":shard": "pending", ":now": now}),
+        )
+        return [_record(i) for i in response["Items"]]
+
+    def stalled(self, *, created_before: str, limit: int) -> list[MediaRecord]:
+        response = self._call(
+            self.client.query,
+            TableName=self.table,
+            IndexName=STORED_INDEX,
+            Limit=limit,
+            KeyConditionExpression="storedShard = :shard AND createdAt < :before",
+            ExpressionAttributeValues=_item({":shard": "stored", ":before": created_before}),
         )
         return [_record(i) for i in response["Items"]]
 

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS media (
 CREATE INDEX IF NOT EXISTS media_visible
     ON media (tenant, project_id, created_at, media_id) WHERE status IN ({_VISIBLE_SQL});
 CREATE INDEX IF NOT EXISTS media_pending ON media (expires_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS media_stored ON media (created_at) WHERE status = 'stored';
 CREATE INDEX IF NOT EXISTS media_pending_by_owner ON media (tenant, owner)
     WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -222,6 +223,16 @@ class SqliteRecordStore:
                 "SELECT body FROM media WHERE status = 'pending' AND expires_at < ?"
                 " ORDER BY expires_at LIMIT ?",
                 (now, limit),
+            ).fetchall()
+        )
+        return [MediaRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    def stalled(self, *, created_before: str, limit: int) -> list[MediaRecord]:
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT body FROM media WHERE status = 'stored' AND created_at < ?"
+                " ORDER BY created_at LIMIT ?",
+                (created_before, limit),
             ).fetchall()
         )
         return [MediaRecord.from_dict(json.loads(row[0])) for row in rows]

@@ -85,6 +85,9 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def read(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in chunks (StorageError when it cannot be read)."""
+
     def check(self) -> None:
         """Raise ``StorageError`` unless the store is reachable (readiness)."""
 
@@ -114,6 +117,18 @@ class LocalFiles(Protocol):
         """A committed object under a gateway-made key (never a temporary file)."""
 
 
+class Quarantine(Protocol):
+    """Where new objects wait for their virus scan, out of reach of every public URL."""
+
+    @property
+    def store(self) -> ObjectStore:
+        """The quarantine's own location (an object store with listing)."""
+
+    def release(self, key: str) -> None:
+        """Move the object to the public store under the same key (idempotent: done when it
+        is no longer in the quarantine but is public)."""
+
+
 @dataclass(frozen=True)
 class Storage:
     objects: ObjectStore
@@ -121,29 +136,57 @@ class Storage:
     provision: Callable[[], None] | None  # creates what the backend needs (the S3 bucket)
     direct: S3DirectUploads | None  # presigned uploads straight to the backend
     local: LocalFiles | None  # files the gateway serves at /media/
+    quarantine: Quarantine | None = None  # when scanning is on: where uploads land first
+
+    @property
+    def landing(self) -> ObjectStore:
+        """Where protocols write new objects: the quarantine while scanning is on."""
+        return self.quarantine.store if self.quarantine is not None else self.objects
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The backend named by ``GATEWAY_STORAGE_URL``, with the capabilities it has."""
+    """The backend named by ``GATEWAY_STORAGE_URL``, with the capabilities it has; with
+    scanning on (``GATEWAY_CLAMD_URL``), the quarantine of ``GATEWAY_QUARANTINE_URL`` too."""
     url = urlparse(settings.storage_url)
     if url.scheme == "s3":
-        from .s3 import S3ObjectStore, make_s3_client
+        from .s3 import S3ObjectStore, S3Quarantine, make_s3_client
         from .s3_direct import S3DirectUploads
 
+        client = make_s3_client(settings)
         s3 = S3ObjectStore.from_settings(
-            make_s3_client(settings),
-            bucket=url.netloc,
-            prefix=url.path.strip("/"),
-            settings=settings,
+            client, bucket=url.netloc, prefix=url.path.strip("/"), settings=settings
         )
+        s3_quarantine = None
+        if settings.clamd_url:
+            held = urlparse(settings.effective_quarantine_url)
+            s3_quarantine = S3Quarantine(
+                s3,
+                S3ObjectStore.from_settings(
+                    client, bucket=held.netloc, prefix=held.path.strip("/"), settings=settings
+                ),
+            )
+        landing = s3_quarantine.store if s3_quarantine is not None else s3
         return Storage(
             objects=s3,
             listing=s3,
             provision=s3.create_bucket,
-            direct=S3DirectUploads(s3),
+            direct=S3DirectUploads(landing),
             local=None,
+            quarantine=s3_quarantine,
         )
-    from .local import LocalObjectStore
+    from .local import LocalObjectStore, LocalQuarantine
 
     local = LocalObjectStore(url.path if url.scheme == "file" else settings.storage_url)
-    return Storage(objects=local, listing=local, provision=None, direct=None, local=local)
+    local_quarantine = None
+    if settings.clamd_url:
+        local_quarantine = LocalQuarantine(
+            local, LocalObjectStore(settings.effective_quarantine_url)
+        )
+    return Storage(
+        objects=local,
+        listing=local,
+        provision=None,
+        direct=None,
+        local=local,
+        quarantine=local_quarantine,
+    )

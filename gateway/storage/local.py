@@ -17,6 +17,7 @@ from ..naming import media_id_of_key
 from . import ObjectInfo, PendingUpload, StoredObject
 
 TEMP_PREFIX = ".partial-"
+READ_CHUNK = 1024 * 1024
 
 
 class LocalObjectWriter:
@@ -102,6 +103,14 @@ class LocalObjectStore:
     def full_key(self, key: str) -> str:
         return key
 
+    def read(self, key: str) -> Iterator[bytes]:
+        try:
+            with open(self._path(key), "rb") as source:
+                while chunk := source.read(READ_CHUNK):
+                    yield chunk
+        except OSError as exc:
+            raise StorageError(f"Could not read the file: {exc.strerror}") from exc
+
     def path_of(self, key: str) -> Path:
         return self._path(key)
 
@@ -156,3 +165,23 @@ class LocalObjectStore:
                     size=stat.st_size,
                     modified=datetime.fromtimestamp(stat.st_mtime, UTC),
                 )
+
+
+class LocalQuarantine:
+    """A second directory, never served (not under the media root nginx and /media/ serve);
+    releasing renames the file into the media directory."""
+
+    def __init__(self, public: LocalObjectStore, quarantine: LocalObjectStore) -> None:
+        self.public = public
+        self.store = quarantine
+
+    def release(self, key: str) -> None:
+        held, target = self.store.path_of(key), self.public.path_of(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(held, target)
+        except FileNotFoundError:
+            if not target.is_file():
+                raise StorageError("The quarantined file is gone.") from None
+        except OSError as exc:
+            raise StorageError(f"Could not release the file: {exc.strerror}") from exc

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 log = logging.getLogger(__name__)
+READ_CHUNK = 1024 * 1024
 T = TypeVar("T")
 
 # Error codes that mean "slow down / try later" (answered 503 with Retry-After) once
@@ -378,6 +379,15 @@ class S3ObjectStore:
         except BotoCoreError as exc:
             raise translate(exc, "looking up an object") from exc
 
+    def read(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+            yield from body.iter_chunks(READ_CHUNK)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "reading an object") from exc
+        except OSError as exc:
+            raise StorageError("Object store failed while reading an object.") from exc
+
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
@@ -436,3 +446,29 @@ class S3ObjectStore:
                 "BucketAlreadyExists",
             ):
                 raise translate(exc, "creating the bucket") from exc
+
+
+class S3Quarantine:
+    """A second prefix of the bucket, outside the storage prefix that the CDN serves (its
+    origin path); releasing is a server-side copy (multipart past 5 GB, by boto3's managed
+    copy) and a delete."""
+
+    def __init__(self, public: S3ObjectStore, quarantine: S3ObjectStore) -> None:
+        self.public = public
+        self.store = quarantine
+
+    def release(self, key: str) -> None:
+        if self.store.head(key) is None:
+            if self.public.head(key) is None:
+                raise StorageError("The quarantined object is gone.")
+            return  # released already (a redelivered job)
+        try:
+            self.public.client.copy(
+                {"Bucket": self.store.bucket, "Key": self.store.full_key(key)},
+                self.public.bucket,
+                self.public.full_key(key),
+                ExtraArgs={"MetadataDirective": "COPY"},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "releasing an object from the quarantine") from exc
+        self.store.delete(key)

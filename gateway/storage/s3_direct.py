@@ -235,5 +235,28 @@ class S3DirectUploads:
         except BotoCoreError as exc:
             raise translate(exc, "copying an object") from exc
 
+    def notify(self, queue_arn: str) -> None:
+        """S3 event notifications for single PUT/POST uploads landing on their staging keys
+        (``<prefix>/....upload``) go to the queue: uploads whose client never calls
+        ``complete`` are completed by the worker."""
+        prefix = f"{self.store.prefix}/" if self.store.prefix else ""
+        rules = [{"Name": "suffix", "Value": ".upload"}]
+        if prefix:
+            rules.insert(0, {"Name": "prefix", "Value": prefix})
+        _call(
+            "configuring notifications",
+            self.client.put_bucket_notification_configuration,
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": queue_arn,
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": rules}},
+                    }
+                ]
+            },
+        )
+
     def delete(self, key: str) -> None:
         self.store.delete(key)

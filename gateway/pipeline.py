@@ -1,0 +1,243 @@
+"""The processing pipeline: what the worker does with each job. No Flask here.
+
+Jobs (queue message bodies):
+- ``{"type": "media.process", "mediaId"}``: scan -> describe and derive -> ready. Sent when
+  ``media.stored`` is announced (every protocol), and by the sweeper for media left ``stored``.
+- ``{"type": "webhook", "id", "event"}``: one Standard Webhooks delivery.
+- S3 event notifications (``{"Records": [...]}``, and the ``s3:TestEvent`` that comes first):
+  a direct upload's single PUT/POST landing on its staging key is verified and stored as if
+  the client had called ``complete`` (clients that never do are still processed).
+
+Every handler is idempotent, because delivery is at least once: each status change is a
+compare-and-set in the record store, so a duplicate, reordered or redelivered job finds the
+media already moved on and does nothing (or picks up where a killed worker stopped: the
+stages are pure functions of the stored bytes, their outputs have fixed keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+from . import errors
+from .derive import Derived, DeriveOptions, Variant, derive
+from .direct import DirectUploadService, parse_key
+from .events import Announcer, EventType
+from .lifecycle import Status
+from .queue import Message
+from .records import MediaRecord, RecordStore, VariantInfo
+from .sandbox import SandboxError, run
+from .scanner import ScanError, Scanner
+from .storage import ObjectStore, Quarantine
+from .webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+PROCESS = "media.process"
+WEBHOOK = "webhook"
+
+
+class Unfinished(RuntimeError):
+    """A job that must be tried again later (the worker backs off and redelivers it)."""
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    derive: DeriveOptions
+    sandbox_memory: int
+    sandbox_timeout: float
+    keep_infected: bool  # keep an infected object in the quarantine (else delete it)
+
+
+def variant_key(media_key: str, name: str) -> str:
+    """Variants live next to the original: ``media/<id>.jpg`` -> ``media/<id>/<name>.webp``."""
+    stem = media_key.rsplit(".", 1)[0] if "." in media_key.rsplit("/", 1)[-1] else media_key
+    return f"{stem}/{name}.webp"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        records: RecordStore,
+        store: ObjectStore,
+        quarantine: Quarantine | None,
+        scanner: Scanner | None,
+        announcer: Announcer,
+        options: PipelineOptions,
+        webhooks: WebhookSender | None = None,
+        direct: DirectUploadService | None = None,
+        storage_prefix: str = "",
+    ) -> None:
+        self.records = records
+        self.store = store
+        self.quarantine = quarantine
+        self.scanner = scanner
+        self.announcer = announcer
+        self.options = options
+        self.webhooks = webhooks
+        self.direct = direct
+        self.storage_prefix = storage_prefix.strip("/")
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def handle(self, message: Message) -> None:
+        body = message.body
+        kind = body.get("type")
+        if kind == PROCESS:
+            self.process(str(body["mediaId"]))
+        elif kind == WEBHOOK:
+            self.deliver_webhook(body)
+        elif "Records" in body or body.get("Event") == "s3:TestEvent":
+            self.s3_event(body)
+        else:
+            log.warning("dropping a message the pipeline does not know: %.200s", body)
+
+    def on_last_failure(self, message: Message, exc: BaseException) -> None:
+        """The job will not be tried again: its media ends failed, with the reason."""
+        if message.body.get("type") == PROCESS:
+            self._fail(str(message.body["mediaId"]), f"Processing failed: {exc}")
+
+    # -- media.process ---------------------------------------------------------------------------
+    def process(self, media_id: str) -> None:
+        record = self._get(media_id)
+        if record is None:
+            return  # deleted meanwhile
+        if record.status is Status.STORED or record.status is Status.FAILED:
+            record = self._move(record, status=Status.PROCESSING, stage="scan", reason="")
+            if record is None:
+                self.process(media_id)  # someone else moved it: look again
+                return
+        if record.status is not Status.PROCESSING:
+            return  # ready, infected, or not committed: nothing to do (a duplicate)
+        if record.quarantined:
+            record = self._scan(record)
+            if record is None or record.status is not Status.PROCESSING:
+                return
+        self._describe(record)
+
+    def _scan(self, record: MediaRecord) -> MediaRecord | None:
+        assert self.quarantine is not None
+        if self.scanner is None:
+            raise Unfinished("The media is quarantined but no scanner is configured.")
+        try:
+            verdict = self.scanner.scan(self.quarantine.store.read(record.s3_key))
+        except ScanError as exc:
+            raise Unfinished(f"The scan gave no verdict: {exc}") from exc
+        if not verdict.clean:
+            infected = self._move(
+                record, status=Status.INFECTED, stage="", reason=f"Infected: {verdict.signature}"
+            )
+            if infected is not None:
+                if not self.options.keep_infected:
+                    self.quarantine.store.delete(record.s3_key)
+                self.announcer.announce(EventType.INFECTED, [infected])
+            return None
+        self.quarantine.release(record.s3_key)
+        return self._move(record, quarantined=False, stage="describe")
+
+    def _describe(self, record: MediaRecord) -> None:
+        with tempfile.TemporaryDirectory(prefix="gateway-job-") as scratch:
+            path = Path(scratch) / "original"
+            with open(path, "wb") as out:
+                for chunk in self.store.read(record.s3_key):
+                    out.write(chunk)
+            try:
+                derived: Derived = run(
+                    derive,
+                    path,
+                    record.mime_type,
+                    self.options.derive,
+                    memory_bytes=self.options.sandbox_memory,
+                    timeout=self.options.sandbox_timeout,
+                )
+            except SandboxError as exc:
+                if exc.kind == "crashed":
+                    raise Unfinished(f"The decoder crashed: {exc}") from exc
+                self._fail(record.media_id, f"The file cannot be processed: {exc}")
+                return
+        variants = [self._store_variant(record, v) for v in derived.variants]
+        changes: dict[str, Any] = {"properties": derived.properties, "variants": variants}
+        if derived.cleaned_original is not None:
+            replaced = self._replace_original(record, derived.cleaned_original)
+            changes["properties"] = {
+                **derived.properties,
+                "uploadedSha256": replaced.pop("uploaded_sha256"),
+            }
+            changes.update(replaced)
+        ready = self._move(record, status=Status.READY, stage="", **changes)
+        if ready is not None:
+            self.announcer.announce(EventType.READY, [ready])
+
+    def _store_variant(self, record: MediaRecord, variant: Variant) -> VariantInfo:
+        key = variant_key(record.s3_key, variant.name)
+        writer = self.store.open_writer(
+            key, content_type=variant.content_type, metadata={"media-id": record.media_id}
+        )
+        writer.write(variant.data)
+        writer.commit(sha256=hashlib.sha256(variant.data).hexdigest())
+        return VariantInfo(
+            name=variant.name,
+            key=key,
+            content_type=variant.content_type,
+            width=variant.width,
+            height=variant.height,
+            size=len(variant.data),
+        )
+
+    def _replace_original(self, record: MediaRecord, data: bytes) -> dict[str, Any]:
+        """The original without its GPS position: the record follows (size, SHA-256)."""
+        digest = hashlib.sha256(data).hexdigest()
+        writer = self.store.open_writer(
+            record.s3_key,
+            content_type=record.mime_type,
+            metadata={"media-id": record.media_id, "sha256": digest},
+        )
+        writer.write(data)
+        writer.commit(sha256=digest)
+        return {"size": len(data), "sha256": digest, "uploaded_sha256": record.sha256}
+
+    def _fail(self, media_id: str, reason: str) -> None:
+        record = self._get(media_id)
+        while record is not None and record.status in (Status.STORED, Status.PROCESSING):
+            failed = self._move(record, status=Status.FAILED, stage="", reason=reason)
+            if failed is not None:
+                self.announcer.announce(EventType.FAILED, [failed])
+                return
+            record = self._get(media_id)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _get(self, media_id: str) -> MediaRecord | None:
+        try:
+            return self.records.get(media_id)
+        except errors.MediaNotFound:
+            return None
+
+    def _move(self, record: MediaRecord, **changes: Any) -> MediaRecord | None:
+        return self.records.update(record.evolve(**changes), expected=record)
+
+    # -- webhooks ----------------------------------------------------------------------------------
+    def deliver_webhook(self, body: dict[str, Any]) -> None:
+        if self.webhooks is None:
+            return
+        self.webhooks.deliver(str(body["id"]), body["event"])
+
+    # -- S3 notifications ------------------------------------------------------------------------
+    def s3_event(self, body: dict[str, Any]) -> None:
+        if body.get("Event") == "s3:TestEvent":
+            return
+        for event in body.get("Records", []):
+            name = str(event.get("eventName", ""))
+            if not name.startswith("ObjectCreated:"):
+                continue
+            full = unquote_plus(str(event.get("s3", {}).get("object", {}).get("key", "")))
+            if self.storage_prefix and not full.startswith(self.storage_prefix + "/"):
+                continue
+            key = full[len(self.storage_prefix) + 1 :] if self.storage_prefix else full
+            media_id, staging = parse_key(key)
+            if media_id is None or not staging or self.direct is None:
+                continue  # the gateway's own writes (completed uploads, variants): no news
+            self.direct.complete_from_event(media_id)
