@@ -31,9 +31,12 @@ $(DEV_SECRET):
 # Local storage in var/media, SQLite in var/gateway.db; a dev JWT secret in var/.
 run: $(VENV)/.runtime $(DEV_SECRET)
 	$(DEV_ENV) $(BIN)/flask --app wsgi init
-	@echo "Gateway on http://$(BIND). Get a token:  make token"
+	@echo "Gateway on http://$(BIND) with one processing worker. Get a token:  make token"
 	@echo "Upload:  curl -H \"Authorization: Bearer \$$(make -s token)\" -F projectId=demo -F file=@photo.jpg http://$(BIND)/api/upload"
-	$(DEV_ENV) GATEWAY_BIND=$(BIND) exec $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@# The worker runs beside gunicorn and stops with it (Ctrl-C or SIGTERM stops both).
+	$(DEV_ENV) sh -c '$(BIN)/flask --app wsgi worker & worker=$$!; \
+		trap "kill $$worker 2>/dev/null" EXIT INT TERM; \
+		GATEWAY_BIND=$(BIND) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app'
 
 token: $(VENV)/.runtime $(DEV_SECRET)
 	@$(DEV_ENV) $(BIN)/flask --app wsgi token --sub dev
