@@ -37,13 +37,20 @@ def _child(
 ) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     try:
-        conn.send(("ok", fn(*args)))
+        result = fn(*args)
+        conn.send(("ok", result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
     except MemoryError:
         conn.send(("memory", "out of memory"))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as text
         conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)))
     finally:
         conn.close()
+
+
+class Peak:
+    """The peak resident memory of the last child that finished (bytes), for measurements."""
+
+    rss = 0
 
 
 def run(fn: Callable[..., T], *args: Any, memory_bytes: int, timeout: float) -> T:
@@ -69,6 +76,7 @@ def run(fn: Callable[..., T], *args: Any, memory_bytes: int, timeout: float) -> 
             child.join()
     status = outcome[0]
     if status == "ok":
+        Peak.rss = outcome[2]
         return outcome[1]  # type: ignore[no-any-return]
     if status == "memory":
         raise SandboxError(f"used more than {memory_bytes >> 20} MiB", kind="memory")

@@ -191,3 +191,12 @@ def test_a_bomb_in_the_sandbox_fails_without_harming_the_caller(tmp_path):
         memory_bytes=512 << 20,
         timeout=60,
     ).variants
+
+
+def test_the_sandbox_reports_its_childs_peak_memory():
+    from gateway.sandbox import Peak
+
+    run(_allocate, 100, memory_bytes=512 << 20, timeout=30)
+    assert Peak.rss >= 100 << 20
+    run(_allocate, 1, memory_bytes=512 << 20, timeout=30)
+    assert Peak.rss < 100 << 20
