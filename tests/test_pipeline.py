@@ -400,3 +400,51 @@ def test_a_direct_upload_whose_client_never_completes_is_stored_by_its_s3_event(
     # The client's late complete gets the same answer as if it had called it first.
     late = client.post(f"/api/uploads/{item['uploadId']}/complete", headers=auth)
     assert late.status_code == 200 and late.get_json()["status"] == "ready"
+
+
+def test_foreign_and_duplicate_s3_events_are_no_ops(tmp_path, moto_url):
+    app, svc, auth = sqs_gateway(tmp_path, moto_url)
+    media = upload(app.test_client(), auth, samples.png())
+    work(svc, settled(svc, media["mediaId"]))
+    ready = svc.records.get(media["mediaId"])
+    prefix = svc.store.prefix
+    for body in (
+        {"Event": "s3:TestEvent", "Bucket": "b"},
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectRemoved:Delete",
+                    "s3": {"object": {"key": f"{prefix}/{ready.s3_key}.upload"}},
+                }
+            ]
+        },
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:CompleteMultipartUpload",
+                    "s3": {"object": {"key": f"{prefix}/{ready.s3_key}"}},
+                }
+            ]
+        },
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"object": {"key": f"{prefix}/{ready.s3_key}.upload"}},
+                }
+            ]
+        },
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"object": {"key": "elsewhere/some+file.png"}},
+                }
+            ]
+        },
+        {"something": "else"},
+    ):
+        svc.queue.send(body)
+    work(svc, lambda: svc.queue.stats().visible == 0 and svc.queue.stats().in_flight == 0)
+    assert svc.records.get(media["mediaId"]) == ready
+    assert svc.queue.stats().dead == 0

@@ -117,3 +117,28 @@ def test_a_worker_killed_mid_job_loses_nothing_and_the_job_is_done_once(tmp_path
         assert len(ready) == 1  # announced once: one compare-and-set moved it to ready
         stats = svc.queue.stats()
         assert (stats.visible, stats.in_flight, stats.dead) == (0, 0, 0)
+
+
+def test_two_worker_processes_share_the_queue_and_process_each_job_once(tmp_path):
+    with gateway_stack(tmp_path, mode="embedded", GATEWAY_WORKER_CONCURRENCY="1") as stack:
+        ids = []
+        for n in range(6):
+            photo = tmp_path / f"p{n}.png"
+            photo.write_bytes(samples.png(200 + n, 100))
+            result = stack.curl("-F", "projectId=p1", "-F", f"file=@{photo};type=image/png")
+            assert result.status == 201, result.body
+            ids.append(result.json()["mediaId"])
+        stack.start_worker("a")
+        stack.start_worker("b")
+        svc = stack.svc
+        assert poll(
+            lambda: all(svc.records.get(i).status is Status.READY for i in ids), timeout=120
+        )
+        jobs = [
+            line
+            for name in ("a", "b")
+            for line in stack.worker_log(name)
+            if line.get("event") == "job" and line.get("type") == "media.process"
+        ]
+        assert sorted(j["outcome"] for j in jobs) == ["done"] * 6
+        assert all(svc.records.get(i).version == 2 for i in ids)  # processing, then ready
