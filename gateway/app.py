@@ -29,12 +29,13 @@ def create_app(
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
 
-    from .api import direct, health, media, upload
+    from .api import direct, health, media, tus, upload
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
     app.register_blueprint(direct.bp)
     app.register_blueprint(media.bp)
+    app.register_blueprint(tus.bp)
     if svc.storage.local is not None:
         app.register_blueprint(media.local_bp)
     from .cli import register

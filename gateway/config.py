@@ -112,6 +112,13 @@ class Settings:
     sandbox_memory: int = 1024 * MiB
     sandbox_timeout: float = 120.0
 
+    # Resumable uploads (tus 1.0, /api/tus/).
+    tus_max_bytes: int = 5 * 1024 * MiB
+    tus_expiry_seconds: int = 24 * 3600  # an unfinished upload ends after this
+    tus_lock_seconds: int = 60  # a PATCH's lease on its upload (renewed while it runs)
+    tus_max_checksum_chunk: int = 64 * MiB  # a checksummed chunk is held until verified
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
+
     # Webhooks (Standard Webhooks): media.stored/ready/failed/infected/deleted.
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)  # whsec_<base64>
@@ -164,6 +171,10 @@ class Settings:
             "direct_max_pending",
             "direct_part_urls_per_page",
             "queue_max_receives",
+            "tus_max_bytes",
+            "tus_expiry_seconds",
+            "tus_lock_seconds",
+            "tus_max_checksum_chunk",
             "worker_concurrency",
             "job_lease_seconds",
             "max_image_pixels",

@@ -128,6 +128,14 @@ class InvalidWait(BadRequest):
     code, message = "invalid_wait", "waitForChange must be a version number and timeout 1-60 s."
 
 
+class InvalidTusHeader(BadRequest):
+    code, message = "invalid_tus_header", "A tus header (Upload-*) is not valid."
+
+
+class UnsupportedChecksum(BadRequest):
+    code, message = "unsupported_checksum", "Upload-Checksum supports md5, sha1 and sha256."
+
+
 class InvalidIdempotencyKey(BadRequest):
     code, message = (
         "invalid_idempotency_key",
@@ -165,6 +173,10 @@ class ProjectForbidden(Forbidden):
     code, message = "project_forbidden", "The token does not allow this project."
 
 
+class UploadFinal(Forbidden):
+    code, message = "upload_final", "A final (concatenated) upload takes no more bytes."
+
+
 class DeleteForbidden(Forbidden):
     code, message = "delete_forbidden", "Only the uploader or an admin may delete this media."
 
@@ -195,6 +207,29 @@ class RequestRejected(GatewayError):
         self.status = status  # type: ignore[misc]
 
 
+class UploadGone(GatewayError):
+    status, code, message = 410, "upload_gone", "The upload expired before it was finished."
+
+
+class TusVersionUnsupported(GatewayError):
+    status, code, message = 412, "tus_version_unsupported", "Tus-Resumable must be 1.0.0."
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Tus-Version": "1.0.0"}
+
+
+class UploadLocked(GatewayError):
+    status, code, message = 423, "upload_locked", "Another request is writing this upload."
+
+
+class TusChecksumMismatch(GatewayError):
+    status, code, message = (
+        460,
+        "tus_checksum_mismatch",
+        ("The chunk's checksum does not match Upload-Checksum; it was discarded."),
+    )
+
+
 class BodyTimeout(GatewayError):
     status, code, message = 408, "body_timeout", "The body arrived too slowly; nothing was kept."
 
@@ -203,6 +238,10 @@ class BodyTimeout(GatewayError):
 class Conflict(GatewayError):
     abstract = True
     status, code, message = 409, "conflict", "The request conflicts with the current state."
+
+
+class UploadOffsetMismatch(Conflict):
+    code, message = "upload_offset_mismatch", "Upload-Offset is not the upload's offset."
 
 
 class IdempotencyInProgress(Conflict):
@@ -274,6 +313,14 @@ class UnsupportedType(GatewayError):
 class Unprocessable(GatewayError):
     abstract = True
     status, code, message = 422, "unprocessable", "The upload could not be accepted."
+
+
+class TusContentType(GatewayError):
+    status, code, message = (
+        415,
+        "tus_content_type",
+        ("A PATCH body must be Content-Type: application/offset+octet-stream."),
+    )
 
 
 class EmptyFile(Unprocessable):

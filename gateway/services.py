@@ -18,6 +18,7 @@ from .records import MediaStore, open_records
 from .scanner import ClamdScanner, Scanner
 from .storage import ObjectStore, Storage, open_storage
 from .sweeper import Sweeper
+from .tus import TusService
 from .uploads import UploadService
 from .urls import PublicUrls
 from .webhooks import WebhookSender
@@ -35,6 +36,7 @@ class Services:
     direct: DirectUploadService | None  # None when the store cannot presign
     urls: PublicUrls
     sweeper: Sweeper
+    tus: TusService | None = None
 
     @property
     def store(self) -> ObjectStore:
@@ -71,7 +73,13 @@ class Services:
             if storage.direct is not None
             else None
         )
+        tus = (
+            TusService(settings, storage.chunks, records, announcer, quarantined=quarantined)
+            if storage.chunks is not None
+            else None
+        )
         return cls(
+            tus=tus,
             settings=settings,
             storage=storage,
             records=records,
@@ -91,6 +99,7 @@ class Services:
                 direct=direct,
                 quarantine=storage.quarantine,
                 queue=queue if settings.processing == "on" else None,
+                tus=tus,
             ),
         )
 

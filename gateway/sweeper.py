@@ -19,8 +19,9 @@ from .direct import DirectUploadService, parse_key, staging_key
 from .lifecycle import OWNS_OBJECT, Status
 from .orphans import OrphanJournal
 from .queue import Queue
-from .records import MediaRecord, RecordStore
+from .records import DirectUpload, MediaRecord, RecordStore, TusUpload
 from .storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
+from .tus import TusService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,12 +45,14 @@ class Sweeper:
         direct: DirectUploadService | None,
         quarantine: Quarantine | None = None,
         queue: Queue | None = None,
+        tus: TusService | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.listing = listing
         self.quarantine = quarantine
         self.queue = queue
+        self.tus = tus
         self.records = records
         self.journal = journal
         self.direct = direct
@@ -127,22 +130,29 @@ class Sweeper:
 
     # -- the parts -------------------------------------------------------------------------------
     def _expire_direct_uploads(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
-        if self.direct is None:
-            return
-        try:
-            if dry_run:
-                overdue = self.records.expired_pending(
-                    now=now.isoformat(timespec="seconds"), limit=500
-                )
-                report.done += [f"expire direct upload {r.media_id}" for r in overdue]
-            else:
-                report.done += [
-                    f"expire direct upload {media_id}"
-                    for media_id in self.direct.expire_overdue(now=now)
-                ]
-        except Exception:
-            log.error("could not expire overdue direct uploads", exc_info=True)
-            report.failed.append("expire direct uploads")
+        """Direct and tus uploads past their expiry: their bytes removed, the record expired."""
+        expirers = [("direct upload", self.direct), ("tus upload", self.tus)]
+        for label, service in expirers:
+            if service is None:
+                continue
+            try:
+                if dry_run:
+                    overdue = self.records.expired_pending(
+                        now=now.isoformat(timespec="seconds"), limit=500
+                    )
+                    kind = DirectUpload if label == "direct upload" else TusUpload
+                    report.done += [
+                        f"expire {label} {r.media_id}"
+                        for r in overdue
+                        if isinstance(r.upload, kind)
+                    ]
+                else:
+                    report.done += [
+                        f"expire {label} {media_id}" for media_id in service.expire_overdue(now=now)
+                    ]
+            except Exception:
+                log.error("could not expire overdue %ss", label, exc_info=True)
+                report.failed.append(f"expire {label}s")
 
     def _stale_uploads(self, listing: ObjectListing, cutoff: datetime) -> Iterable[PendingUpload]:
         for upload in listing.pending_uploads():

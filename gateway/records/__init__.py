@@ -16,7 +16,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -43,7 +43,40 @@ class DirectUpload:
     protocol: Literal["direct"] = "direct"
 
 
-UploadState = DirectUpload  # the next protocols add their own state types here
+@dataclass(frozen=True)
+class TusPart:
+    number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TusUpload:
+    """A tus 1.0 upload's state (gateway/tus.py): everything any gateway node needs to take
+    the next request. offset = the committed parts + the bytes held in ``pending_key``."""
+
+    expires_at: str  # ISO 8601 UTC, seconds
+    length: int | None  # None: deferred (creation-defer-length) until a request says it
+    part_size: int
+    offset: int = 0
+    parts: tuple[TusPart, ...] = ()
+    pending_key: str = ""  # the chunk object holding the bytes past the last part
+    pending_size: int = 0
+    s3_upload_id: str = ""  # the multipart upload of the final object, once started
+    sha256: str = ""  # when the whole upload arrived in one request
+    concat: str = ""  # "" | "partial" | "final"
+    partials: tuple[str, ...] = ()  # a final upload's partial uploads, in order
+    client_metadata: tuple[tuple[str, str], ...] = ()  # Upload-Metadata, as sent
+    lock_token: str = ""  # a request holding the upload (see tus.py), until lock_until
+    lock_until: float = 0.0
+    protocol: Literal["tus"] = "tus"
+
+    @property
+    def committed(self) -> int:
+        return sum(p.size for p in self.parts)
+
+
+UploadState = DirectUpload | TusUpload
 
 
 @dataclass(frozen=True)
@@ -112,7 +145,18 @@ class MediaRecord:
         return cls(**values)
 
 
-_UPLOAD_TYPES: dict[str, type[UploadState]] = {"direct": DirectUpload}
+def _tus_upload(values: dict[str, Any]) -> TusUpload:
+    values = dict(values)
+    values["parts"] = tuple(TusPart(**p) for p in values.get("parts", ()))
+    values["partials"] = tuple(values.get("partials", ()))
+    values["client_metadata"] = tuple(tuple(kv) for kv in values.get("client_metadata", ()))
+    return TusUpload(**values)
+
+
+_UPLOAD_TYPES: dict[str, Callable[..., UploadState]] = {
+    "direct": DirectUpload,
+    "tus": lambda **v: _tus_upload(v),
+}
 
 
 @dataclass(frozen=True)

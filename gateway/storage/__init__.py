@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from .chunks import ChunkStore
     from .s3_direct import S3DirectUploads
 
 
@@ -137,6 +138,7 @@ class Storage:
     direct: S3DirectUploads | None  # presigned uploads straight to the backend
     local: LocalFiles | None  # files the gateway serves at /media/
     quarantine: Quarantine | None = None  # when scanning is on: where uploads land first
+    chunks: ChunkStore | None = None  # resumable uploads' chunks and parts (in the landing store)
 
     @property
     def landing(self) -> ObjectStore:
@@ -165,6 +167,8 @@ def open_storage(settings: Settings) -> Storage:
                     client, bucket=held.netloc, prefix=held.path.strip("/"), settings=settings
                 ),
             )
+        from .chunks import S3Chunks
+
         landing = s3_quarantine.store if s3_quarantine is not None else s3
         return Storage(
             objects=s3,
@@ -173,7 +177,9 @@ def open_storage(settings: Settings) -> Storage:
             direct=S3DirectUploads(landing),
             local=None,
             quarantine=s3_quarantine,
+            chunks=S3Chunks(landing),
         )
+    from .chunks import LocalChunks
     from .local import LocalObjectStore, LocalQuarantine
 
     local = LocalObjectStore(url.path if url.scheme == "file" else settings.storage_url)
@@ -182,6 +188,7 @@ def open_storage(settings: Settings) -> Storage:
         local_quarantine = LocalQuarantine(
             local, LocalObjectStore(settings.effective_quarantine_url)
         )
+    landing_dir = local_quarantine.store if local_quarantine is not None else local
     return Storage(
         objects=local,
         listing=local,
@@ -189,4 +196,5 @@ def open_storage(settings: Settings) -> Storage:
         direct=None,
         local=local,
         quarantine=local_quarantine,
+        chunks=LocalChunks(landing_dir),
     )

@@ -1,0 +1,178 @@
+"""tus 1.0 at /api/tus/ (creation URL) and /api/tus/<id>: the wire format only (gateway/tus.py
+holds the protocol). CORS for browsers: GATEWAY_CORS_ORIGINS."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from .. import errors
+from ..auth import authenticate
+from ..bodies import guarded_body
+from ..lingering import drain_after_response
+from ..records import MediaRecord
+from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, encode_metadata, tus_state
+from ..weblog import note
+from . import services
+
+bp = Blueprint("tus", __name__)
+PATCH_TYPE = "application/offset+octet-stream"
+EXPOSED = (
+    "Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Concat, "
+    "Upload-Expires, Location, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, "
+    "Tus-Checksum-Algorithm, X-Request-ID"
+)
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Tus-Resumable, Upload-Offset, Upload-Length, "
+    "Upload-Defer-Length, Upload-Metadata, Upload-Concat, Upload-Checksum, "
+    "X-HTTP-Method-Override, X-Request-ID, Idempotency-Key"
+)
+
+
+def _service() -> TusService:
+    tus = services().tus
+    assert tus is not None  # both stores have chunk storage
+    return tus
+
+
+@bp.before_request
+def require_tus_resumable() -> None:
+    if request.method == "OPTIONS":
+        return
+    if request.headers.get("Tus-Resumable") != TUS_VERSION:
+        raise errors.TusVersionUnsupported()
+
+
+@bp.after_request
+def tus_headers(response: Response) -> Response:
+    response.headers["Tus-Resumable"] = TUS_VERSION
+    origin = request.headers.get("Origin")
+    allowed = services().settings.cors_origins
+    if origin and ("*" in allowed or origin in allowed):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED
+    if response.status_code >= 400:
+        drain_after_response(response, request.environ)
+    return response
+
+
+@bp.route("/api/tus/", methods=["OPTIONS"])
+@bp.route("/api/tus/<upload_id>", methods=["OPTIONS"])
+def options(upload_id: str | None = None) -> Response:
+    response = Response(status=204)
+    response.headers.update(
+        {
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": ",".join(EXTENSIONS),
+            "Tus-Max-Size": str(_service().max_size),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
+            "Access-Control-Allow-Methods": "POST, HEAD, PATCH, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+            "Access-Control-Max-Age": "86400",
+        }
+    )
+    return response
+
+
+def _method() -> str:
+    override = request.headers.get("X-HTTP-Method-Override", "").upper()
+    if request.method == "POST" and override in ("PATCH", "DELETE", "HEAD"):
+        return override
+    return request.method
+
+
+def _location(record: MediaRecord) -> str:
+    return f"{request.host_url.rstrip('/')}/api/tus/{record.media_id}"
+
+
+def _state_headers(response: Response, record: MediaRecord) -> Response:
+    upload = tus_state(record)
+    response.headers["Upload-Offset"] = str(upload.offset)
+    response.headers["Cache-Control"] = "no-store"
+    if upload.length is None:
+        response.headers["Upload-Defer-Length"] = "1"
+    else:
+        response.headers["Upload-Length"] = str(upload.length)
+    if upload.client_metadata:
+        response.headers["Upload-Metadata"] = encode_metadata(upload.client_metadata)
+    if upload.concat == "partial":
+        response.headers["Upload-Concat"] = "partial"
+    elif upload.concat == "final":
+        response.headers["Upload-Concat"] = "final;" + " ".join(
+            f"{request.host_url.rstrip('/')}/api/tus/{p}" for p in upload.partials
+        )
+    if record.status.value == "pending":
+        response.headers["Upload-Expires"] = _service().expires_header(record)
+    return response
+
+
+def _body_length() -> int | None:
+    return request.content_length
+
+
+@bp.post("/api/tus/")
+def create() -> Response:
+    principal = authenticate()
+    note(user=principal.subject, protocol="tus")
+    tus = _service()
+    record = tus.create(
+        principal,
+        length=request.headers.get("Upload-Length"),
+        defer=request.headers.get("Upload-Defer-Length"),
+        metadata=request.headers.get("Upload-Metadata"),
+        concat=request.headers.get("Upload-Concat"),
+    )
+    note(project=record.project_id, media=record.media_id)
+    has_body = (
+        bool(request.content_length)
+        or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    )
+    if has_body and tus_state(record).concat != "final":  # creation-with-upload
+        if request.mimetype != PATCH_TYPE:
+            raise errors.TusContentType()
+        with guarded_body(request.environ, request.stream, services().settings.body_limits) as body:
+            record = tus.patch(
+                principal,
+                record.media_id,
+                body,
+                offset="0",
+                length=None,
+                checksum=request.headers.get("Upload-Checksum"),
+                content_length=_body_length(),
+            )
+    response = _state_headers(Response(status=201), record)
+    response.headers["Location"] = _location(record)
+    return response
+
+
+@bp.route("/api/tus/<upload_id>", methods=["HEAD", "PATCH", "DELETE", "POST"])
+def upload(upload_id: str) -> Response:
+    principal = authenticate()
+    note(user=principal.subject, protocol="tus", media=upload_id)
+    tus = _service()
+    method = _method()
+    if method == "HEAD":
+        return _state_headers(Response(status=200), tus.live(principal, upload_id))
+    if method == "DELETE":
+        tus.terminate(principal, upload_id)
+        return Response(status=204)
+    if method != "PATCH":
+        raise errors.MethodNotAllowed()
+    if request.mimetype != PATCH_TYPE:
+        raise errors.TusContentType()
+    with guarded_body(request.environ, request.stream, services().settings.body_limits) as body:
+        record = tus.patch(
+            principal,
+            upload_id,
+            body,
+            offset=request.headers.get("Upload-Offset"),
+            length=request.headers.get("Upload-Length"),
+            checksum=request.headers.get("Upload-Checksum"),
+            content_length=_body_length(),
+        )
+    note(offset=tus_state(record).offset)
+    response = Response(status=204)
+    response.headers["Upload-Offset"] = str(tus_state(record).offset)
+    if record.status.value == "pending":
+        response.headers["Upload-Expires"] = tus.expires_header(record)
+    return response

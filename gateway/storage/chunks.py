@@ -1,0 +1,241 @@
+"""Chunk storage for resumable (tus) uploads: small chunk objects and the parts of the final
+object, behind one protocol, on S3 and on a local directory.
+
+S3 (as tusd's s3store): the final object is an S3 multipart upload; bytes past the last whole
+part wait in a small chunk object (S3 parts other than the last must be at least 5 MiB), so no
+upload state lives on one gateway node. Local: parts are files under ``<root>/.tus/`` (a dot
+directory: never served), joined on completion. Keys given here are store keys (the S3 store
+adds its prefix).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import StorageError
+from .local import LocalObjectStore
+from .s3 import S3ObjectStore, _call, translate
+
+CHUNK_DIR = ".tus"
+
+
+def chunk_key(media_id: str, name: str) -> str:
+    return f"{CHUNK_DIR}/{media_id}/{name}"
+
+
+class ChunkStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def read(self, key: str) -> Iterator[bytes]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def start(
+        self, key: str, *, content_type: str, metadata: dict[str, str], content_disposition: str
+    ) -> str:
+        """Begin the final object; its upload id."""
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Store part ``number`` (overwriting an earlier try); its ETag."""
+
+    def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
+        """Part ``number`` from a whole object of this store (server-side where possible)."""
+
+    def complete(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None: ...
+
+    def abort(self, key: str, upload_id: str) -> None:
+        """Idempotent."""
+
+    def put_object(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str,
+    ) -> None: ...
+
+
+class S3Chunks:
+    def __init__(self, store: S3ObjectStore) -> None:
+        self.store = store
+        self.client = store.client
+        self.bucket = store.bucket
+
+    def _key(self, key: str) -> str:
+        return self.store.full_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        _call(
+            "storing a chunk",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+        )
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.read(key))
+
+    def read(self, key: str) -> Iterator[bytes]:
+        return self.store.read(key)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def start(
+        self, key: str, *, content_type: str, metadata: dict[str, str], content_disposition: str
+    ) -> str:
+        return str(
+            _call(
+                "starting a multipart upload",
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                ContentType=content_type,
+                ContentDisposition=content_disposition,
+                Metadata=metadata,
+            )["UploadId"]
+        )
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        answer = _call(
+            "uploading a part",
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return str(answer["ETag"])
+
+    def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
+        answer = _call(
+            "copying a part",
+            self.client.upload_part_copy,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+        )
+        return str(answer["CopyPartResult"]["ETag"])
+
+    def complete(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None:
+        _call(
+            "completing the multipart upload",
+            self.client.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+        )
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise translate(exc, "aborting a multipart upload") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "aborting a multipart upload") from exc
+
+    def put_object(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str,
+    ) -> None:
+        _call(
+            "storing the object",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentType=content_type,
+            ContentDisposition=content_disposition,
+            Metadata=metadata,
+        )
+
+
+class LocalChunks:
+    """Parts as files in ``<root>/.tus/parts-<upload id>/``; completion joins them."""
+
+    def __init__(self, store: LocalObjectStore) -> None:
+        self.store = store
+
+    def put(self, key: str, data: bytes) -> None:
+        writer = self.store.open_writer(key, content_type="", metadata={})
+        writer.write(data)
+        writer.commit(sha256="")
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.read(key))
+
+    def read(self, key: str) -> Iterator[bytes]:
+        return self.store.read(key)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def _parts_dir(self, upload_id: str) -> str:
+        return f"{CHUNK_DIR}/parts-{upload_id}"
+
+    def start(
+        self, key: str, *, content_type: str, metadata: dict[str, str], content_disposition: str
+    ) -> str:
+        return uuid.uuid4().hex
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        self.put(f"{self._parts_dir(upload_id)}/{number:05d}", data)
+        return f"local-{number}-{len(data)}"
+
+    def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
+        target = self.store.path_of(f"{self._parts_dir(upload_id)}/{number:05d}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.store.path_of(source), target)
+        except OSError as exc:
+            raise StorageError(f"Could not copy a part: {exc.strerror}") from exc
+        return f"local-{number}"
+
+    def complete(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None:
+        writer = self.store.open_writer(key, content_type="", metadata={})
+        try:
+            for number, _ in parts:
+                for chunk in self.store.read(f"{self._parts_dir(upload_id)}/{number:05d}"):
+                    writer.write(chunk)
+            writer.commit(sha256="")
+        except BaseException:
+            writer.abort()
+            raise
+        self.abort(key, upload_id)
+
+    def abort(self, key: str, upload_id: str) -> None:
+        folder = self.store.path_of(f"{self._parts_dir(upload_id)}/x").parent
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def put_object(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str,
+    ) -> None:
+        self.put(key, data)

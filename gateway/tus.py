@@ -1,0 +1,745 @@
+"""Resumable uploads over tus 1.0 (tus.io): the protocol's state machine, Flask-free.
+
+Extensions: creation, creation-with-upload, creation-defer-length, termination, checksum (md5,
+sha1, sha256), expiration, concatenation. The same rules as every other path: the caller's JWT,
+``projectId`` (in Upload-Metadata) checked before anything is created, the size limit, content
+sniffed from the first bytes against the allow-list (415: the upload is terminated), server-made
+keys, a ``pending`` media record from creation that becomes ``stored`` on the last byte and goes
+through the processing pipeline.
+
+State lives in the record store and the object store only, so any gateway node can take the
+next request (tusd's s3store layout): the final object is an S3 multipart upload with parts of
+a fixed size, aligned to offsets (part n holds bytes [(n-1)·size, n·size)); bytes past the last
+whole part wait in a small chunk object. offset = the parts + that chunk. A request that writes
+first takes the upload with a lease (a compare-and-set in the record store, renewed while it
+runs): a second request at the same time gets 423, and the offset only ever moves by a
+compare-and-set, so two nodes cannot corrupt an upload.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+from . import errors
+from .bodies import BodyReader
+from .config import Settings
+from .events import Announcer, EventType
+from .ingest import Destination, checked_type, object_metadata
+from .lifecycle import Status, is_visible
+from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
+from .principal import Principal
+from .records import MediaRecord, MediaStore, TusPart, TusUpload
+from .sniff import SNIFF_BYTES, SniffedType
+from .storage.chunks import ChunkStore, chunk_key
+
+log = logging.getLogger(__name__)
+TUS_VERSION = "1.0.0"
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+    "expiration",
+    "concatenation",
+)
+CHECKSUMS: dict[str, Callable[[], Any]] = {
+    "md5": hashlib.md5,
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+}
+_KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+_INT_RE = re.compile(r"[0-9]{1,19}")
+RESERVED_METADATA = {"projectId", "filename", "name", "filetype", "type"}
+MAX_METADATA_VALUE = 4096
+
+
+@dataclass(frozen=True)
+class Created:
+    record: MediaRecord
+    offset: int
+
+
+def tus_state(record: MediaRecord) -> TusUpload:
+    assert isinstance(record.upload, TusUpload)
+    return record.upload
+
+
+def parse_int(value: str | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if not _INT_RE.fullmatch(value.strip()):
+        raise errors.InvalidTusHeader(f"{what} must be a non-negative integer.")
+    return int(value.strip())
+
+
+def parse_metadata(header: str | None) -> list[tuple[str, str]]:
+    """Upload-Metadata: ``key base64value`` pairs separated by commas (a value may be empty)."""
+    pairs: list[tuple[str, str]] = []
+    if not header or not header.strip():
+        return pairs
+    for item in header.split(","):
+        key, _, encoded = item.strip().partition(" ")
+        if not _KEY_RE.fullmatch(key) or any(k == key for k, _ in pairs):
+            raise errors.InvalidTusHeader("Upload-Metadata keys must be unique ASCII tokens.")
+        try:
+            value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise errors.InvalidTusHeader(
+                f"Upload-Metadata value of {key!r} is not base64 of UTF-8 text."
+            ) from None
+        if len(value) > MAX_METADATA_VALUE:
+            raise errors.InvalidTusHeader(f"Upload-Metadata value of {key!r} is too long.")
+        pairs.append((key, value))
+    return pairs
+
+
+def encode_metadata(pairs: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" if v else k for k, v in pairs)
+
+
+def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
+    if header is None:
+        return None
+    algorithm, _, encoded = header.strip().partition(" ")
+    if algorithm not in CHECKSUMS:
+        raise errors.UnsupportedChecksum(
+            f"Upload-Checksum algorithm {algorithm!r}; supported: {', '.join(CHECKSUMS)}."
+        )
+    try:
+        return algorithm, base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.InvalidTusHeader("Upload-Checksum must be '<algorithm> <base64>'.") from None
+
+
+class TusService:
+    def __init__(
+        self,
+        settings: Settings,
+        chunks: ChunkStore,
+        records: MediaStore,
+        announcer: Announcer,
+        *,
+        quarantined: bool,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.chunks = chunks
+        self.records = records
+        self.announcer = announcer
+        self.quarantined = quarantined
+        self.clock = clock
+
+    @property
+    def max_size(self) -> int:
+        return self.settings.tus_max_bytes
+
+    def expires_header(self, record: MediaRecord) -> str:
+        return format_datetime(datetime.fromisoformat(tus_state(record).expires_at), usegmt=True)
+
+    # -- creation ------------------------------------------------------------------------------
+    def create(
+        self,
+        principal: Principal,
+        *,
+        length: str | None,
+        defer: str | None,
+        metadata: str | None,
+        concat: str | None,
+    ) -> MediaRecord:
+        pairs = parse_metadata(metadata)
+        values = dict(pairs)
+        project_id = values.get("projectId")
+        if project_id is None:
+            raise errors.MissingProjectId("projectId is required in Upload-Metadata.")
+        principal.check_project(check_project_id(project_id))
+        kind, partial_urls = self._concat(concat)
+        upload_length = parse_int(length, "Upload-Length")
+        if kind == "final":
+            if upload_length is not None or defer is not None:
+                raise errors.InvalidTusHeader("A final upload takes no Upload-Length.")
+        elif upload_length is None:
+            if defer != "1":
+                raise errors.InvalidTusHeader(
+                    "Upload-Length or Upload-Defer-Length: 1 is required."
+                )
+        elif defer is not None:
+            raise errors.InvalidTusHeader(
+                "Upload-Length and Upload-Defer-Length exclude each other."
+            )
+        if upload_length is not None:
+            self._check_length(upload_length)
+        cap = self.settings.direct_max_pending
+        if (
+            self.records.count_pending(
+                tenant=principal.tenant, owner=principal.subject, at_most=cap
+            )
+            >= cap
+        ):
+            raise errors.TooManyPending(f"At most {cap} uploads may be pending at once.")
+        partials = [self._partial(principal, url) for url in partial_urls]
+        now = self.clock()
+        media_id = new_media_id()
+        upload = TusUpload(
+            expires_at=(now + timedelta(seconds=self.settings.tus_expiry_seconds)).isoformat(
+                timespec="seconds"
+            ),
+            length=upload_length,
+            part_size=self.settings.direct_part_size_for(upload_length or self.max_size),
+            concat=kind,
+            partials=tuple(p.media_id for p in partials),
+            client_metadata=tuple(pairs),
+        )
+        record = MediaRecord(
+            media_id=media_id,
+            project_id=project_id,
+            tenant=principal.tenant,
+            owner=principal.subject,
+            original_name=display_name(
+                values.get("filename") or values.get("name") or "",
+                max_chars=self.settings.max_filename_chars,
+            ),
+            file_type="other",
+            mime_type="",
+            s3_key=object_key(
+                tenant=principal.tenant, project_id=project_id, media_id=media_id, extension=""
+            ),
+            size=upload_length or 0,
+            sha256="",
+            created_at=now.isoformat(timespec="microseconds"),
+            metadata={k[:64]: v for k, v in pairs if k not in RESERVED_METADATA},
+            status=Status.PENDING,
+            upload=upload,
+            quarantined=self.quarantined,
+        )
+        self.records.create_many([record])
+        if kind == "final":
+            return self._concatenate(record, partials)
+        return record
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_size:
+            raise errors.TooLarge(f"Upload-Length {length} is over the limit of {self.max_size}.")
+        if length == 0:
+            raise errors.EmptyFile()
+
+    @staticmethod
+    def _concat(header: str | None) -> tuple[str, list[str]]:
+        if header is None:
+            return "", []
+        if header.strip() == "partial":
+            return "partial", []
+        if header.startswith("final;"):
+            urls = header[len("final;") :].split()
+            if not urls:
+                raise errors.InvalidTusHeader("Upload-Concat: final needs the partial uploads.")
+            return "final", urls
+        raise errors.InvalidTusHeader("Upload-Concat must be 'partial' or 'final;<urls>'.")
+
+    def _partial(self, principal: Principal, url: str) -> MediaRecord:
+        media_id = url.rstrip("/").rsplit("/", 1)[-1]
+        record = self.get(principal, media_id)
+        upload = tus_state(record)
+        if upload.concat != "partial" or upload.length is None or upload.offset != upload.length:
+            raise errors.InvalidTusHeader("Every partial upload must be a finished partial upload.")
+        return record
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, principal: Principal, upload_id: str) -> MediaRecord:
+        """A tus upload the caller may act on (its own, or an admin's): others are 404."""
+        try:
+            record = self.records.get(upload_id)
+        except errors.MediaNotFound:
+            raise errors.UploadNotFound() from None
+        if not isinstance(record.upload, TusUpload) or not principal.may_modify(
+            tenant=record.tenant, project_id=record.project_id, owner=record.owner
+        ):
+            raise errors.UploadNotFound()
+        return record
+
+    def live(self, principal: Principal, upload_id: str) -> MediaRecord:
+        """The upload, unless it has ended: expired (410) or terminated (404)."""
+        record = self.get(principal, upload_id)
+        if record.status is Status.EXPIRED:
+            raise errors.UploadGone()
+        if record.status in (Status.ABORTED, Status.REJECTED):
+            raise errors.UploadNotFound()
+        if record.status is Status.PENDING and self._expired(record):
+            self._end(record, Status.EXPIRED, "The upload expired before it was finished.")
+            raise errors.UploadGone()
+        return record
+
+    def _expired(self, record: MediaRecord) -> bool:
+        return tus_state(record).expires_at < self.clock().isoformat(timespec="seconds")
+
+    # -- PATCH ---------------------------------------------------------------------------------
+    def patch(
+        self,
+        principal: Principal,
+        upload_id: str,
+        body: BodyReader,
+        *,
+        offset: str | None,
+        length: str | None,
+        checksum: str | None,
+        content_length: int | None,
+    ) -> MediaRecord:
+        record = self.live(principal, upload_id)
+        upload = tus_state(record)
+        at = parse_int(offset, "Upload-Offset")
+        if at is None:
+            raise errors.InvalidTusHeader("Upload-Offset is required.")
+        if upload.concat == "final":
+            raise errors.UploadFinal()
+        if record.status is not Status.PENDING:
+            if at == upload.offset and not content_length:
+                return record  # a finished upload asked to go on with nothing: done already
+            raise errors.UploadOffsetMismatch(f"The upload is complete at {upload.offset}.")
+        if at != upload.offset:
+            raise errors.UploadOffsetMismatch(
+                f"Upload-Offset {at} is not the upload's offset, {upload.offset}."
+            )
+        declared = parse_int(length, "Upload-Length")
+        if declared is not None:
+            if upload.length is not None and declared != upload.length:
+                raise errors.InvalidTusHeader("Upload-Length cannot change.")
+            if declared < upload.offset:
+                raise errors.InvalidTusHeader("Upload-Length is below the offset.")
+            self._check_length(declared)
+        expected = parse_checksum(checksum)
+        if (
+            expected is not None
+            and content_length is not None
+            and (content_length > self.settings.tus_max_checksum_chunk)
+        ):
+            raise errors.TooLarge(
+                f"A checksummed chunk may be at most {self.settings.tus_max_checksum_chunk} bytes."
+            )
+        locked = self._lock(record)
+        writer = _Writer(self, locked, declared, expected)
+        try:
+            return writer.run(body, content_length)
+        finally:
+            writer.cleanup()
+
+    def _lock(self, record: MediaRecord) -> MediaRecord:
+        upload = tus_state(record)
+        now = time.time()
+        if upload.lock_token and upload.lock_until > now:
+            raise errors.UploadLocked()
+        locked = self.records.update(
+            record.evolve(
+                upload=dataclasses.replace(
+                    upload,
+                    lock_token=uuid.uuid4().hex,
+                    lock_until=now + self.settings.tus_lock_seconds,
+                )
+            ),
+            expected=record,
+        )
+        if locked is None:
+            raise errors.UploadLocked()
+        return locked
+
+    # -- termination and expiry ---------------------------------------------------------------
+    def terminate(self, principal: Principal, upload_id: str) -> None:
+        record = self.get(principal, upload_id)
+        if record.status is not Status.PENDING:
+            if is_visible(record.status):
+                raise errors.UploadStored("A finished upload is deleted through /api/media.")
+            return  # ended already
+        upload = tus_state(record)
+        if upload.lock_token and upload.lock_until > time.time():
+            raise errors.UploadLocked()
+        self._end(record, Status.ABORTED, "Terminated by the client.")
+
+    def expire_overdue(self, *, now: datetime | None = None, limit: int = 500) -> list[str]:
+        stamp = (now or self.clock()).isoformat(timespec="seconds")
+        done = []
+        for record in self.records.expired_pending(now=stamp, limit=limit):
+            if isinstance(record.upload, TusUpload):
+                self._end(record, Status.EXPIRED, "The upload expired before it was finished.")
+                done.append(record.media_id)
+        return done
+
+    def _end(self, record: MediaRecord, status: Status, reason: str) -> MediaRecord | None:
+        ended = self.records.update(record.evolve(status=status, reason=reason), expected=record)
+        if ended is not None:
+            self._remove(record)
+        return ended
+
+    def _remove(self, record: MediaRecord) -> None:
+        """Everything an unfinished upload holds: its multipart upload and chunk objects."""
+        upload = tus_state(record)
+        try:
+            if upload.s3_upload_id:
+                self.chunks.abort(self.object_key_of(record), upload.s3_upload_id)
+            if upload.pending_key:
+                self.chunks.delete(upload.pending_key)
+            self.chunks.delete(chunk_key(record.media_id, "whole"))
+        except errors.GatewayError:
+            log.warning(
+                "could not remove the chunks of %s; the sweeper will",
+                record.media_id,
+                exc_info=True,
+            )
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finished(self, record: MediaRecord) -> None:
+        if tus_state(record).concat != "partial":
+            self.announcer.announce(EventType.STORED, [record])
+
+    def _concatenate(self, final: MediaRecord, partials: list[MediaRecord]) -> MediaRecord:
+        """A final upload: the partial uploads' bytes, in order, as one object (S3: part copies
+        when every partial but the last is a valid S3 part, else re-chunked through memory)."""
+        total = sum(tus_state(p).length or 0 for p in partials)
+        try:
+            self._check_length(total)
+            first = b"".join(
+                _take(self.chunks.read(chunk_key(partials[0].media_id, "whole")), SNIFF_BYTES)
+            )
+            sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
+            record = self._with_type(final, sniffed)
+            upload = tus_state(record)
+            upload_id = self.chunks.start(
+                record.s3_key,
+                content_type=sniffed.mime,
+                metadata=self._object_metadata(record),
+                content_disposition=content_disposition(record.original_name),
+            )
+            parts = self._join(record, upload_id, partials)
+            self.chunks.complete(record.s3_key, upload_id, [(p.number, p.etag) for p in parts])
+        except BaseException:
+            self.records.delete(final.media_id)
+            raise
+        stored = self.records.update(
+            record.evolve(
+                status=Status.STORED,
+                size=total,
+                upload=dataclasses.replace(upload, length=total, offset=total, parts=tuple(parts)),
+            ),
+            expected=final,
+        )
+        if stored is None:
+            raise errors.UploadLocked()
+        for partial in partials:
+            self.chunks.delete(chunk_key(partial.media_id, "whole"))
+            self.records.delete(partial.media_id)
+        self.finished(stored)
+        return stored
+
+    def _join(
+        self, record: MediaRecord, upload_id: str, partials: list[MediaRecord]
+    ) -> list[TusPart]:
+        sizes = [tus_state(p).length or 0 for p in partials]
+        parts: list[TusPart] = []
+        if all(size >= MIN_S3_PART for size in sizes[:-1]):
+            for number, partial in enumerate(partials, start=1):
+                etag = self.chunks.copy_part(
+                    record.s3_key, upload_id, number, chunk_key(partial.media_id, "whole")
+                )
+                parts.append(TusPart(number, etag, sizes[number - 1]))
+            return parts
+        size = tus_state(record).part_size
+        buffer = bytearray()
+        for partial in partials:
+            for chunk in self.chunks.read(chunk_key(partial.media_id, "whole")):
+                buffer += chunk
+                while len(buffer) >= size:
+                    parts.append(
+                        self._part(record, upload_id, len(parts) + 1, bytes(buffer[:size]))
+                    )
+                    del buffer[:size]
+        if buffer or not parts:
+            parts.append(self._part(record, upload_id, len(parts) + 1, bytes(buffer)))
+        return parts
+
+    def _part(self, record: MediaRecord, upload_id: str, number: int, data: bytes) -> TusPart:
+        return TusPart(
+            number, self.chunks.upload_part(record.s3_key, upload_id, number, data), len(data)
+        )
+
+    def _with_type(self, record: MediaRecord, sniffed: SniffedType) -> MediaRecord:
+        destination = Destination(_principal_of(record), record.project_id)
+        return record.evolve(
+            mime_type=sniffed.mime,
+            file_type=sniffed.file_type,
+            s3_key=destination.key(record.media_id, sniffed),
+        )
+
+    @staticmethod
+    def object_key_of(record: MediaRecord) -> str:
+        """Where the upload's object is assembled: a partial upload's bytes wait at a chunk key
+        for its final upload; every other upload is the media object itself."""
+        if tus_state(record).concat == "partial":
+            return chunk_key(record.media_id, "whole")
+        return record.s3_key
+
+    @staticmethod
+    def _object_metadata(record: MediaRecord) -> dict[str, str]:
+        return object_metadata(
+            media_id=record.media_id,
+            project_id=record.project_id,
+            owner=record.owner,
+            original_name=record.original_name,
+        )
+
+
+MIN_S3_PART = 5 * 1024 * 1024
+PARTIAL_TYPE = "application/octet-stream"
+
+
+def _principal_of(record: MediaRecord) -> Principal:
+    return Principal(subject=record.owner, tenant=record.tenant, projects=None)
+
+
+def _take(chunks: Any, size: int) -> list[bytes]:
+    out, got = [], 0
+    for chunk in chunks:
+        out.append(chunk)
+        got += len(chunk)
+        if got >= size:
+            break
+    return out
+
+
+class _Writer:
+    """One PATCH: from the locked record to the next committed state (or nothing)."""
+
+    def __init__(
+        self,
+        service: TusService,
+        locked: MediaRecord,
+        declared: int | None,
+        expected: tuple[str, bytes] | None,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.chunks = service.chunks
+        self.locked = locked
+        self.record = locked
+        self.upload = tus_state(locked)
+        self.length = self.upload.length if self.upload.length is not None else declared
+        self.expected = expected
+        self.checksum = CHECKSUMS[expected[0]]() if expected else None
+        self.whole = hashlib.sha256() if self.upload.offset == 0 else None
+        self.parts = list(self.upload.parts)
+        self.upload_id = self.upload.s3_upload_id
+        self.buffer = bytearray()
+        self.received = 0
+        self.new_pending = ""
+        self.committed = False
+        self.last_renewal = time.monotonic()
+
+    @property
+    def needs_type(self) -> bool:
+        """A partial upload is not a file of its own: the final upload is sniffed."""
+        return not self.record.mime_type and tus_state(self.locked).concat != "partial"
+
+    @property
+    def target(self) -> str:
+        return self.service.object_key_of(self.record)
+
+    def run(self, body: BodyReader, content_length: int | None) -> MediaRecord:
+        if self.upload.pending_size:
+            self.buffer += self.chunks.get(self.upload.pending_key)
+        interrupted: errors.GatewayError | None = None
+        try:
+            self._read(body)
+        except (errors.ClientDisconnected, errors.BodyTimeout) as exc:
+            interrupted = exc
+        if interrupted is None and content_length is not None and self.received != content_length:
+            interrupted = errors.ClientDisconnected(
+                f"Received {self.received} of {content_length} bytes."
+            )
+        if self.checksum is not None and self.expected is not None:
+            if interrupted is not None:
+                self._release()
+                raise interrupted
+            if self.checksum.digest() != self.expected[1]:
+                self._release()
+                raise errors.TusChecksumMismatch()
+        offset = self.upload.offset + self.received
+        done = self.length is not None and offset == self.length
+        if interrupted is not None or (self.received == 0 and not done):
+            self.whole = None
+        if done and self.needs_type:
+            self._sniff(final=True)
+        self._flush(final=done)
+        record = self._commit(offset, done)
+        if interrupted is not None:
+            raise interrupted
+        return record
+
+    def _read(self, body: BodyReader) -> None:
+        limit = self.length if self.length is not None else self.service.max_size
+        while True:
+            chunk = body.read(self.settings.read_size)
+            if not chunk:
+                return
+            if self.upload.offset + self.received + len(chunk) > limit:
+                raise errors.TooLarge(
+                    "The chunk goes past Upload-Length."
+                    if self.length is not None
+                    else f"The upload grew past the limit of {limit} bytes."
+                )
+            self.received += len(chunk)
+            if self.checksum is not None and self.received > self.settings.tus_max_checksum_chunk:
+                raise errors.TooLarge(
+                    "A checksummed chunk may be at most "
+                    f"{self.settings.tus_max_checksum_chunk} bytes."
+                )
+            self.buffer += chunk
+            if self.checksum is not None:
+                self.checksum.update(chunk)
+            if self.whole is not None:
+                self.whole.update(chunk)
+            if self.needs_type and self.upload.committed + len(self.buffer) >= SNIFF_BYTES:
+                self._sniff(final=False)
+            if self.checksum is None:
+                self._flush(final=False)
+            self._renew()
+
+    def _sniff(self, *, final: bool) -> None:
+        """The type from the first bytes (the buffer starts the file: no part is written before
+        the type is known). A refused type ends the upload: 415, nothing left."""
+        head = bytes(self.buffer[:SNIFF_BYTES]) if not self.upload.parts else b""
+        try:
+            sniffed = checked_type(
+                head, self.settings.allowed_types, name=self.record.original_name
+            )
+        except errors.UnsupportedType:
+            self._reject()
+            raise
+        self.record = self.service._with_type(self.record, sniffed)
+
+    def _reject(self) -> None:
+        current = self.service.records.get(self.record.media_id)
+        self.service._remove(current)
+        self.service.records.delete(current.media_id)
+        self.committed = True  # nothing of this request remains to clean up
+
+    def _flush(self, *, final: bool) -> None:
+        size = self.upload.part_size
+        while len(self.buffer) >= size or (
+            final and self.buffer and (self.parts or self.upload_id)
+        ):
+            if not self.upload_id:
+                self.upload_id = self.chunks.start(
+                    self.target,
+                    content_type=self.record.mime_type or PARTIAL_TYPE,
+                    metadata=self.service._object_metadata(self.record),
+                    content_disposition=content_disposition(self.record.original_name),
+                )
+            data = bytes(self.buffer[:size])
+            number = len(self.parts) + 1  # = offset of its first byte // part size + 1
+            self.parts.append(
+                TusPart(
+                    number,
+                    self.chunks.upload_part(self.target, self.upload_id, number, data),
+                    len(data),
+                )
+            )
+            del self.buffer[: len(data)]
+
+    def _renew(self) -> None:
+        if time.monotonic() - self.last_renewal < self.settings.tus_lock_seconds / 3:
+            return
+        upload = tus_state(self.locked)
+        renewed = self.service.records.update(
+            self.locked.evolve(
+                upload=dataclasses.replace(
+                    upload, lock_until=time.time() + self.settings.tus_lock_seconds
+                )
+            ),
+            expected=self.locked,
+        )
+        if renewed is None:
+            raise errors.UploadLocked("The upload was taken over while this request ran.")
+        self.locked, self.last_renewal = renewed, time.monotonic()
+
+    def _commit(self, offset: int, done: bool) -> MediaRecord:
+        if done:
+            if self.parts:
+                self.chunks.complete(
+                    self.target, self.upload_id, [(p.number, p.etag) for p in self.parts]
+                )
+            else:
+                self.chunks.put_object(
+                    self.target,
+                    bytes(self.buffer),
+                    content_type=self.record.mime_type or PARTIAL_TYPE,
+                    metadata=self.service._object_metadata(self.record),
+                    content_disposition=content_disposition(self.record.original_name),
+                )
+            self.buffer.clear()
+        elif self.buffer:
+            self.new_pending = chunk_key(self.record.media_id, f"pending-{self.locked.version + 1}")
+            self.chunks.put(self.new_pending, bytes(self.buffer))
+        upload = dataclasses.replace(
+            tus_state(self.locked),
+            length=self.length,
+            offset=offset,
+            parts=tuple(self.parts),
+            pending_key=self.new_pending,
+            pending_size=len(self.buffer),
+            s3_upload_id=self.upload_id,
+            lock_token="",
+            lock_until=0.0,
+            sha256=self.whole.hexdigest() if done and self.whole is not None else "",
+        )
+        changes: dict[str, Any] = {
+            "upload": upload,
+            "mime_type": self.record.mime_type,
+            "file_type": self.record.file_type,
+            "s3_key": self.record.s3_key,
+            "size": self.length or 0,
+        }
+        partial = upload.concat == "partial"
+        if done and not partial:
+            changes.update(status=Status.STORED, sha256=upload.sha256)
+        saved = self.service.records.update(self.locked.evolve(**changes), expected=self.locked)
+        if saved is None:
+            raise errors.UploadLocked("The upload was taken over while this request ran.")
+        self.committed = True
+        if self.upload.pending_key and self.upload.pending_key != self.new_pending:
+            self._quietly(self.chunks.delete, self.upload.pending_key)
+        if done:
+            self.service.finished(saved)
+        return saved
+
+    def _release(self) -> None:
+        """Give the upload back unchanged (a refused chunk: the offset stays)."""
+        released = self.service.records.update(
+            self.locked.evolve(
+                upload=dataclasses.replace(tus_state(self.locked), lock_token="", lock_until=0.0)
+            ),
+            expected=self.locked,
+        )
+        self.committed = released is not None
+
+    def cleanup(self) -> None:
+        if self.committed:
+            return
+        if self.new_pending:
+            self._quietly(self.chunks.delete, self.new_pending)
+        self._quietly(self._release)
+
+    @staticmethod
+    def _quietly(fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.warning("tus cleanup step failed", exc_info=True)
