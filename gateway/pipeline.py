@@ -142,9 +142,11 @@ class Pipeline:
     def _describe(self, record: MediaRecord) -> None:
         with tempfile.TemporaryDirectory(prefix="gateway-job-") as scratch:
             path = Path(scratch) / "original"
+            digest = hashlib.sha256()
             with open(path, "wb") as out:
                 for chunk in self.store.read(record.s3_key):
                     out.write(chunk)
+                    digest.update(chunk)
             try:
                 derived: Derived = run(
                     derive,
@@ -161,6 +163,8 @@ class Pipeline:
                 return
         variants = [self._store_variant(record, v) for v in derived.variants]
         changes: dict[str, Any] = {"properties": derived.properties, "variants": variants}
+        if not record.sha256:  # arrived in pieces (tus) or without a promise (direct)
+            changes["sha256"] = digest.hexdigest()
         if derived.cleaned_original is not None:
             replaced = self._replace_original(record, derived.cleaned_original)
             changes["properties"] = {

@@ -448,3 +448,37 @@ def test_foreign_and_duplicate_s3_events_are_no_ops(tmp_path, moto_url):
     work(svc, lambda: svc.queue.stats().visible == 0 and svc.queue.stats().in_flight == 0)
     assert svc.records.get(media["mediaId"]) == ready
     assert svc.queue.stats().dead == 0
+
+
+def test_media_stored_without_a_sha256_get_it_from_processing(tmp_path):
+    import base64
+    import hashlib
+
+    app, svc, auth = gateway(tmp_path)
+    client = app.test_client()
+    data = samples.photo(1600, 1200)
+    tus = {"Tus-Resumable": "1.0.0", **auth}
+    meta = "projectId " + base64.b64encode(b"p1").decode()
+    created = client.post(
+        "/api/tus/", headers={**tus, "Upload-Length": str(len(data)), "Upload-Metadata": meta}
+    )
+    location = "/" + created.headers["Location"].split("://", 1)[1].split("/", 1)[1]
+    for offset in (0, 10_000):
+        end = 10_000 if offset == 0 else len(data)
+        assert (
+            client.patch(
+                location,
+                data=data[offset:end],
+                headers={
+                    **tus,
+                    "Upload-Offset": str(offset),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            ).status_code
+            == 204
+        )
+    media_id = location.rsplit("/", 1)[1]
+    assert svc.records.get(media_id).sha256 == ""
+    work(svc, settled(svc, media_id))
+    record = svc.records.get(media_id)
+    assert record.status is Status.READY and record.sha256 == hashlib.sha256(data).hexdigest()

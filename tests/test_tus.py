@@ -391,3 +391,17 @@ def test_a_client_gone_mid_chunk_keeps_what_arrived(client, auth, svc):
     assert offset == 4000
     assert patch(client, auth, location, offset, data[offset:]).status_code == 204
     assert stored_bytes(svc, location) == data
+
+
+def test_the_media_route_shows_a_tus_upload_in_progress_to_its_owner(client, auth, token):
+    data = samples.photo(1600, 1200)
+    location = path_of(create(client, auth, len(data)))
+    assert patch(client, auth, location, 0, data[:5000]).status_code == 204
+    media_id = location.rsplit("/", 1)[1]
+    view = client.get(f"/api/media/{media_id}", headers=auth).get_json()
+    assert view["status"] == "pending" and view["url"] is None
+    assert view["upload"]["offset"] == 5000 and view["upload"]["length"] == len(data)
+    bob = {"Authorization": f"Bearer {token('bob')}"}
+    assert client.get(f"/api/media/{media_id}", headers=bob).status_code == 404
+    listed = client.get("/api/media?projectId=p1", headers=auth).get_json()["items"]
+    assert listed == []  # not media yet

@@ -15,7 +15,7 @@ from ..events import EventType
 from ..lifecycle import SETTLED, VISIBLE, Status
 from ..naming import MEDIA_ID_RE, check_project_id
 from ..principal import Principal
-from ..records import MediaRecord
+from ..records import MediaRecord, TusUpload
 from . import services
 from .present import media_json
 
@@ -50,11 +50,25 @@ class _StreamSlots:
 _streams = _StreamSlots()
 
 
-def _visible_record(principal: Principal, media_id: str) -> MediaRecord:
+def _visible_record(
+    principal: Principal, media_id: str, *, in_progress: bool = False
+) -> MediaRecord:
+    """A committed media item the token may see; with ``in_progress``, also the caller's own
+    tus upload still arriving (its answer shows the offset)."""
     if not MEDIA_ID_RE.fullmatch(media_id):
         raise errors.MediaNotFound()
     record = services().records.get(media_id)
-    if record.status not in VISIBLE or not principal.may_see(record.tenant, record.project_id):
+    arriving = (
+        in_progress
+        and record.status is Status.PENDING
+        and isinstance(record.upload, TusUpload)
+        and principal.may_modify(
+            tenant=record.tenant, project_id=record.project_id, owner=record.owner
+        )
+    )
+    if not (record.status in VISIBLE or arriving) or not principal.may_see(
+        record.tenant, record.project_id
+    ):
         raise errors.MediaNotFound()  # not 403: do not reveal that it exists
     return record
 
@@ -64,7 +78,7 @@ def get_media(media_id: str) -> Response:
     """``?waitForChange=<version>`` (a long poll): answer once the record's version differs,
     or after ``timeout`` seconds (1-60, default 30) with it unchanged."""
     principal = authenticate()
-    record = _visible_record(principal, media_id)
+    record = _visible_record(principal, media_id, in_progress=True)
     known = request.args.get("waitForChange")
     if known is not None:
         try:
@@ -76,7 +90,7 @@ def get_media(media_id: str) -> Response:
         deadline = time.monotonic() + timeout
         while record.version == version and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-            record = _visible_record(principal, media_id)
+            record = _visible_record(principal, media_id, in_progress=True)
     return jsonify(success=True, **media_json(record))
 
 

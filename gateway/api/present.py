@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import request
 
-from ..records import MediaRecord
+from ..records import MediaRecord, TusUpload
 from ..services import Services
 from . import services
 
@@ -55,6 +55,13 @@ def media_json(record: MediaRecord) -> dict[str, Any]:
         "createdAt": record.created_at,
         "version": record.version,
     }
+    if isinstance(record.upload, TusUpload):
+        view["upload"] = {
+            "protocol": "tus",
+            "offset": record.upload.offset,
+            "length": record.upload.length,
+            "expiresAt": record.upload.expires_at,
+        }
     if record.reason:
         view["reason"] = record.reason
         if record.status.value in ("failed", "infected"):
