@@ -47,12 +47,16 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# System packages the tests drive (Debian's nginx, curl and clamd), the gate, then the suite.
+# What the tests drive: Debian's nginx, curl and clamd, Node's tus clients and reference server
+# (tests/node, lockfile-pinned); the gate, then the suite.
 test: $(VENV)/.dev lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl)
+	@command -v npm >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@[ -x /usr/sbin/clamd ] || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends clamav-daemon)
 	$(BIN)/pytest
