@@ -1,7 +1,8 @@
 """The sweeper: removes what failed requests, killed workers and abandoned clients left behind.
 
 One run: expire overdue direct uploads; abort stale multipart (or local temporary) uploads that
-no pending upload owns; delete journaled orphans and gateway-made objects that no record owns.
+no pending upload owns; delete journaled orphans, gateway-made objects that no record owns and
+the chunks of tus uploads no longer going on (a node killed mid-PATCH leaves some).
 Every item is handled on its own: a failure is logged and counted and the run goes on, so one
 undeletable object cannot stop every later sweep. Nothing here knows Flask or click.
 """
@@ -21,6 +22,7 @@ from .orphans import OrphanJournal
 from .queue import Queue
 from .records import DirectUpload, MediaRecord, RecordStore, TusUpload
 from .storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
+from .storage.chunks import chunk_owner
 from .tus import TusService
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ class Sweeper:
 
     def _stale_uploads(self, listing: ObjectListing, cutoff: datetime) -> Iterable[PendingUpload]:
         for upload in listing.pending_uploads():
-            if upload.started < cutoff and not self._is_live_direct_upload(upload.key):
+            if upload.started < cutoff and not self._is_live_upload(upload.key):
                 yield upload
 
     def _journaled(self, report: SweepReport) -> set[str]:
@@ -173,7 +175,8 @@ class Sweeper:
         for obj in listing.objects():
             if obj.key in journaled or obj.modified >= cutoff:
                 continue
-            if parse_key(obj.key)[0] is not None and not self._owned(obj.key, report):
+            ours = chunk_owner(obj.key) is not None or parse_key(obj.key)[0] is not None
+            if ours and not self._owned(obj.key, report):
                 yield obj.key
 
     def _each(
@@ -212,9 +215,11 @@ class Sweeper:
         except errors.MediaNotFound:
             return None
 
-    def _is_live_direct_upload(self, key: str) -> bool:
-        """Whether a multipart upload to ``key`` is a direct upload still pending: those are the
-        client's to finish until ``expiresAt`` (expiry cleans up the overdue ones)."""
+    def _is_live_upload(self, key: str) -> bool:
+        """Whether a multipart upload to ``key`` belongs to a direct or tus upload still pending:
+        those are the client's to finish until they expire (expiry cleans up the overdue ones)."""
+        if chunk_owner(key) is not None:
+            return self._owned(key, SweepReport())
         media_id, staging = parse_key(key)
         if media_id is None or staging:
             return False
@@ -226,7 +231,8 @@ class Sweeper:
         make): the record's own key while its status owns an object; a staging key
         (``<key>.upload``) only while its upload is pending. When the record store cannot
         answer, the key counts as owned (and the failure is reported)."""
-        media_id, staging = parse_key(key)
+        owner = chunk_owner(key)
+        media_id, staging = (owner, False) if owner is not None else parse_key(key)
         if media_id is None:
             return True
         try:
@@ -236,6 +242,8 @@ class Sweeper:
             return True
         if record is None:
             return False
+        if owner is not None:  # a tus upload's chunks and parts, while it is going on
+            return record.status is Status.PENDING
         if staging:
             return staging_key(record.s3_key) == key and record.status is Status.PENDING
         if record.status not in OWNS_OBJECT:

@@ -293,6 +293,43 @@ def test_the_sweeper_expires_overdue_uploads(client, auth, svc):
     assert leftovers(svc)["objects"] == []
 
 
+def test_the_sweeper_keeps_a_live_uploads_chunks_and_removes_strays_once_it_ends(client, auth, svc):
+    """A node killed mid-PATCH leaves a chunk object and parts (or a multipart upload) no record
+    names: kept while the upload goes on, swept once it has ended."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.storage.chunks import chunk_key
+
+    data = samples.photo(1600, 1200) + bytes(7 * MiB)
+    location = path_of(create(client, auth, len(data)))
+    media_id = location.rsplit("/", 1)[1]
+    assert patch(client, auth, location, 0, data[: 6 * MiB]).status_code == 204
+    chunks, target = svc.tus.chunks, svc.records.get(media_id).s3_key
+    chunks.put(chunk_key(media_id, "pending-99"), b"stray")
+    stray = chunks.start(target, content_type="image/jpeg", metadata={}, content_disposition="")
+    chunks.upload_part(target, stray, 2, bytes(1000))
+    before = leftovers(svc)
+
+    def sweep():
+        return svc.sweeper.sweep(
+            older_than=timedelta(hours=1), now=datetime.now(UTC) + timedelta(hours=2)
+        )
+
+    report = sweep()
+    assert (report.done, report.failed) == ([], [])
+    assert leftovers(svc) == before
+    assert patch(client, auth, location, 6 * MiB, data[6 * MiB :]).status_code == 204
+    report = sweep()
+    assert report.failed == []
+    assert f"delete unrecorded object {chunk_key(media_id, 'pending-99')}" in report.done
+    assert leftovers(svc) == {
+        "objects": [svc.store.full_key(target)],
+        "pending_uploads": [],
+        "records": [media_id],
+    }
+    assert stored_bytes(svc, location) == data
+
+
 def test_someone_elses_upload_is_404(client, auth, token):
     location = path_of(create(client, auth, 100))
     bob = {"Authorization": f"Bearer {token('bob')}"}

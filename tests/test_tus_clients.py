@@ -11,16 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
+import media_samples as samples
 import pytest
 import requests
 
-import media_samples as samples
-from e2e_harness import ROOT, gateway_stack, poll, write_file
 from gateway.lifecycle import Status
+
+from e2e_harness import ROOT, gateway_stack, poll, write_file
 from support import MiB, env_for_aws, free_port, record_ids, stop, unique, wait_for_http
 
 pytestmark = pytest.mark.timeout(300)
@@ -29,8 +29,9 @@ NODE = ROOT / "tests" / "node"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, moto_url):
-    with gateway_stack(tmp_path_factory.mktemp("tus"), mode="s3", moto_url=moto_url,
-                       GATEWAY_CORS_ORIGINS="*") as stack:
+    with gateway_stack(
+        tmp_path_factory.mktemp("tus"), mode="s3", moto_url=moto_url, GATEWAY_CORS_ORIGINS="*"
+    ) as stack:
         yield stack
         stack.reset()
 
@@ -57,7 +58,8 @@ def stored(stack, media_id: str) -> bytes:
     assert record.status is Status.STORED, record
     store = stack.svc.store
     return store.client.get_object(Bucket=store.bucket, Key=store.full_key(record.s3_key))[
-        "Body"].read()
+        "Body"
+    ].read()
 
 
 # -- tuspy ---------------------------------------------------------------------------------------
@@ -66,8 +68,11 @@ def test_tuspy_with_checksums(tus, tmp_path):
 
     path = media_file(tmp_path / "a.jpg", 20 * MiB + 123)
     uploader = client.TusClient(tus.url + "/api/tus/", headers=tus.auth).uploader(
-        file_path=str(path), chunk_size=3 * MiB, upload_checksum=True,
-        metadata={"projectId": "p1", "filename": "a.jpg"})
+        file_path=str(path),
+        chunk_size=3 * MiB,
+        upload_checksum=True,
+        metadata={"projectId": "p1", "filename": "a.jpg"},
+    )
     uploader.upload()
     media_id = uploader.url.rsplit("/", 1)[1]
     assert stored(tus, media_id) == path.read_bytes()
@@ -94,8 +99,15 @@ print("done", flush=True)
 def test_tuspy_killed_mid_upload_resumes_from_the_stored_url(tus, tmp_path):
     path = media_file(tmp_path / "big.jpg", 24 * MiB)
     storage = tmp_path / "urls.json"
-    argv = [sys.executable, "-c", TUSPY_SCRIPT, tus.url + "/api/tus/", tus.token, str(path),
-            str(storage)]
+    argv = [
+        sys.executable,
+        "-c",
+        TUSPY_SCRIPT,
+        tus.url + "/api/tus/",
+        tus.token,
+        str(path),
+        str(storage),
+    ]
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     media_id = first.stdout.readline().strip().rsplit("/", 1)[1]
 
@@ -116,21 +128,35 @@ def test_tuspy_killed_mid_upload_resumes_from_the_stored_url(tus, tmp_path):
 
 # -- tus-js-client on Node ------------------------------------------------------------------------
 def node_upload(stack, path: Path, **options) -> dict:
-    options = {"endpoint": stack.url + "/api/tus/", "token": stack.token, "file": str(path),
-               "metadata": {"projectId": "p1", "filename": path.name}, **options}
-    done = subprocess.run(["node", str(NODE / "tus_client.mjs"), json.dumps(options)], cwd=NODE,
-                          capture_output=True, text=True, timeout=240)
+    options = {
+        "endpoint": stack.url + "/api/tus/",
+        "token": stack.token,
+        "file": str(path),
+        "metadata": {"projectId": "p1", "filename": path.name},
+        **options,
+    }
+    done = subprocess.run(
+        ["node", str(NODE / "tus_client.mjs"), json.dumps(options)],
+        cwd=NODE,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert lines, done.stderr
     return json.loads(lines[-1])
 
 
-@pytest.mark.parametrize("options", [
-    {"chunkSize": 2 * MiB},
-    {"uploadDataDuringCreation": True},
-    {"uploadLengthDeferred": True, "chunkSize": 3 * MiB},
-    {"parallelUploads": 3, "metadataForPartialUploads": {"projectId": "p1"}},
-], ids=["chunked", "data-during-creation", "length-deferred", "parallel"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"chunkSize": 2 * MiB},
+        {"uploadDataDuringCreation": True},
+        {"uploadLengthDeferred": True, "chunkSize": 3 * MiB},
+        {"parallelUploads": 3, "metadataForPartialUploads": {"projectId": "p1"}},
+    ],
+    ids=["chunked", "data-during-creation", "length-deferred", "parallel"],
+)
 def test_tus_js_client(tus, tmp_path, options):
     path = media_file(tmp_path / "clip.jpg", 17 * MiB + 5)
     result = node_upload(tus, path, **options)
@@ -159,12 +185,15 @@ def test_tus_js_client_is_refused_a_disallowed_type(tus, tmp_path):
 def reference(moto_url, tmp_path_factory):
     bucket = unique("tusref")
     os.environ.update(env_for_aws())
-    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(
-        Bucket=bucket)
+    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket=bucket)
     port = free_port()
-    log = open(tmp_path_factory.mktemp("ref") / "tus-server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(["node", str(NODE / "tus_server.mjs"), str(port), moto_url, bucket],
-                            cwd=NODE, stdout=log, stderr=subprocess.STDOUT)
+    log = open(tmp_path_factory.mktemp("ref") / "tus-server.log", "w")
+    proc = subprocess.Popen(
+        ["node", str(NODE / "tus_server.mjs"), str(port), moto_url, bucket],
+        cwd=NODE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/files/"
     wait_for_http(url, proc=proc)
     yield url
@@ -175,39 +204,78 @@ def reference(moto_url, tmp_path_factory):
 def script(endpoint: str, headers: dict[str, str], data: bytes) -> list[tuple]:
     """One client script, step by step; what a tus client can observe of each step."""
     v = {"Tus-Resumable": "1.0.0", **headers}
-    meta = ("projectId " + base64.b64encode(b"p1").decode() + ",filename "
-            + base64.b64encode(b"a.jpg").decode())
+    meta = (
+        "projectId "
+        + base64.b64encode(b"p1").decode()
+        + ",filename "
+        + base64.b64encode(b"a.jpg").decode()
+    )
     seen = []
 
     def observe(name, answer, *fields):
-        seen.append((name, answer.status_code,
-                     tuple((f, answer.headers.get(f)) for f in fields)))
+        seen.append((name, answer.status_code, tuple((f, answer.headers.get(f)) for f in fields)))
         return answer
 
     observe("options", requests.options(endpoint, timeout=30), "Tus-Version", "Tus-Resumable")
-    created = observe("create", requests.post(endpoint, headers={
-        **v, "Upload-Length": str(len(data)), "Upload-Metadata": meta}, timeout=30),
-        "Tus-Resumable")
+    created = observe(
+        "create",
+        requests.post(
+            endpoint,
+            headers={**v, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
+            timeout=30,
+        ),
+        "Tus-Resumable",
+    )
     location = created.headers["Location"]
     if location.startswith("/"):
         location = endpoint.split("/", 3)[0] + "//" + endpoint.split("/", 3)[2] + location
-    observe("head-new", requests.head(location, headers=v, timeout=30), "Upload-Offset",
-            "Upload-Length")
+    observe(
+        "head-new", requests.head(location, headers=v, timeout=30), "Upload-Offset", "Upload-Length"
+    )
     octet = {**v, "Content-Type": "application/offset+octet-stream"}
-    observe("patch-1", requests.patch(location, data=data[:MiB], headers={
-        **octet, "Upload-Offset": "0"}, timeout=60), "Upload-Offset")
-    observe("patch-wrong-offset", requests.patch(location, data=data[:10], headers={
-        **octet, "Upload-Offset": "5"}, timeout=60))
-    observe("patch-no-version", requests.patch(location, data=data[:10], headers={
-        "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(MiB),
-        **headers}, timeout=60))
+    observe(
+        "patch-1",
+        requests.patch(
+            location, data=data[:MiB], headers={**octet, "Upload-Offset": "0"}, timeout=60
+        ),
+        "Upload-Offset",
+    )
+    observe(
+        "patch-wrong-offset",
+        requests.patch(
+            location, data=data[:10], headers={**octet, "Upload-Offset": "5"}, timeout=60
+        ),
+    )
+    observe(
+        "patch-no-version",
+        requests.patch(
+            location,
+            data=data[:10],
+            headers={
+                "Content-Type": "application/offset+octet-stream",
+                "Upload-Offset": str(MiB),
+                **headers,
+            },
+            timeout=60,
+        ),
+    )
     observe("head-progress", requests.head(location, headers=v, timeout=30), "Upload-Offset")
-    observe("patch-rest", requests.patch(location, data=data[MiB:], headers={
-        **octet, "Upload-Offset": str(MiB)}, timeout=120), "Upload-Offset")
-    observe("head-done", requests.head(location, headers=v, timeout=30), "Upload-Offset",
-            "Upload-Length")
-    second = requests.post(endpoint, headers={
-        **v, "Upload-Length": "100", "Upload-Metadata": meta}, timeout=30).headers["Location"]
+    observe(
+        "patch-rest",
+        requests.patch(
+            location, data=data[MiB:], headers={**octet, "Upload-Offset": str(MiB)}, timeout=120
+        ),
+        "Upload-Offset",
+    )
+    observe(
+        "head-done",
+        requests.head(location, headers=v, timeout=30),
+        "Upload-Offset",
+        "Upload-Length",
+    )
+    second = requests.post(
+        endpoint, headers={**v, "Upload-Length": "100", "Upload-Metadata": meta}, timeout=30
+    ).headers["Location"]
     if second.startswith("/"):
         second = endpoint.split("/", 3)[0] + "//" + endpoint.split("/", 3)[2] + second
     observe("delete", requests.delete(second, headers=v, timeout=30))
@@ -221,6 +289,9 @@ def test_the_protocol_behaves_as_the_reference_server(tus, reference):
     theirs = script(reference, {}, data)
     # Where this gateway is stricter on purpose (README, "tus"): none of these steps.
     assert ours == theirs
-    [record] = [r for r in (tus.svc.records.get(i) for i in record_ids(tus.svc.records))
-                if r.status is Status.STORED]
+    [record] = [
+        r
+        for r in (tus.svc.records.get(i) for i in record_ids(tus.svc.records))
+        if r.status is Status.STORED
+    ]
     assert stored(tus, record.media_id) == data

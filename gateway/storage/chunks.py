@@ -18,6 +18,7 @@ from typing import Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import StorageError
+from ..naming import media_id_of_key
 from .local import LocalObjectStore
 from .s3 import S3ObjectStore, _call, translate
 
@@ -26,6 +27,13 @@ CHUNK_DIR = ".tus"
 
 def chunk_key(media_id: str, name: str) -> str:
     return f"{CHUNK_DIR}/{media_id}/{name}"
+
+
+def chunk_owner(key: str) -> str | None:
+    """The media id whose upload a chunk-area key belongs to; None outside the chunk area."""
+    head, _, rest = key.partition("/")
+    owner, slash, _ = rest.partition("/")
+    return owner if head == CHUNK_DIR and slash and owner else None
 
 
 class ChunkStore(Protocol):
@@ -173,7 +181,8 @@ class S3Chunks:
 
 
 class LocalChunks:
-    """Parts as files in ``<root>/.tus/parts-<upload id>/``; completion joins them."""
+    """Parts as files in ``<root>/.tus/<media id>/parts-<upload id>/`` (in the upload's own
+    chunk folder, so the sweeper knows whose they are); completion joins them."""
 
     def __init__(self, store: LocalObjectStore) -> None:
         self.store = store
@@ -192,8 +201,12 @@ class LocalChunks:
     def delete(self, key: str) -> None:
         self.store.delete(key)
 
-    def _parts_dir(self, upload_id: str) -> str:
-        return f"{CHUNK_DIR}/parts-{upload_id}"
+    @staticmethod
+    def _parts_dir(key: str, upload_id: str) -> str:
+        owner = chunk_owner(key) or media_id_of_key(key)
+        if owner is None:
+            raise ValueError(f"not an upload's key: {key!r}")
+        return chunk_key(owner, f"parts-{upload_id}")
 
     def start(
         self, key: str, *, content_type: str, metadata: dict[str, str], content_disposition: str
@@ -201,11 +214,11 @@ class LocalChunks:
         return uuid.uuid4().hex
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        self.put(f"{self._parts_dir(upload_id)}/{number:05d}", data)
+        self.put(f"{self._parts_dir(key, upload_id)}/{number:05d}", data)
         return f"local-{number}-{len(data)}"
 
     def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
-        target = self.store.path_of(f"{self._parts_dir(upload_id)}/{number:05d}")
+        target = self.store.path_of(f"{self._parts_dir(key, upload_id)}/{number:05d}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.store.path_of(source), target)
@@ -217,7 +230,7 @@ class LocalChunks:
         writer = self.store.open_writer(key, content_type="", metadata={})
         try:
             for number, _ in parts:
-                for chunk in self.store.read(f"{self._parts_dir(upload_id)}/{number:05d}"):
+                for chunk in self.store.read(f"{self._parts_dir(key, upload_id)}/{number:05d}"):
                     writer.write(chunk)
             writer.commit(sha256="")
         except BaseException:
@@ -226,7 +239,7 @@ class LocalChunks:
         self.abort(key, upload_id)
 
     def abort(self, key: str, upload_id: str) -> None:
-        folder = self.store.path_of(f"{self._parts_dir(upload_id)}/x").parent
+        folder = self.store.path_of(f"{self._parts_dir(key, upload_id)}/x").parent
         shutil.rmtree(folder, ignore_errors=True)
 
     def put_object(
