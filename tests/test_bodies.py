@@ -307,3 +307,285 @@ def test_a_hundred_slow_clients_do_not_starve_health_checks_or_uploads(default_s
     # Their bodies ended short: every one rolled back, only the probes' uploads stay.
     assert poll(lambda: leftovers(stack.svc)["pending_uploads"] == [], timeout=30)
     assert len(leftovers(stack.svc)["records"]) == 6
+
+
+# -- the guard's edges, exactly (fake clock, recording socket) --------------------------------------
+class RecordingSocket:
+    """A socket stand-in that records what the guard asks of it."""
+
+    def __init__(self, clock: FakeClock, delay: float = 0.0, data: bytes | None = b"d") -> None:
+        self.clock, self.delay, self.data = clock, delay, data
+        self.timeouts: list[float | None] = []
+        self.calls: list[tuple] = []
+        self.family = "recording"
+
+    def settimeout(self, value):
+        self.timeouts.append(value)
+
+    def recv(self, size, *flags):
+        self.calls.append((size, *flags))
+        self.clock.now += self.delay
+        if self.data is None:
+            raise TimeoutError("timed out")
+        return self.data
+
+
+def test_the_idle_limit_decides_when_it_is_no_longer_than_the_credit():
+    g = guard(FakeClock(), idle=5.0, min_rate=100, grace=5.0)
+    assert g.budget() == (5.0, "idle")
+    g.waited = 0.5
+    assert g.budget() == (4.5, "rate")
+    assert guard(FakeClock(), idle=5.0, min_rate=0, grace=1.0).budget() == (5.0, "idle")
+
+
+def test_recv_passes_size_and_flags_and_counts_what_it_waited():
+    clock = FakeClock()
+    g = guard(clock)
+    raw = RecordingSocket(clock, delay=1.5, data=b"abc")
+    sock = _GuardedSocket(raw, g)
+    assert sock.recv(10, 2) == b"abc"
+    assert raw.calls == [(10, 2)] and raw.timeouts == [5.0]
+    assert (g.waited, g.received) == (1.5, 3)
+    assert sock.family == "recording"  # everything else is the socket's own
+
+
+def test_a_timed_out_recv_counts_the_wait_but_no_bytes():
+    clock = FakeClock()
+    clock.now = 100.0
+    g = guard(clock)
+    sock = _GuardedSocket(RecordingSocket(clock, delay=5.0, data=None), g)
+    with pytest.raises(BodyTimedOut) as caught:
+        sock.recv(10)
+    assert caught.value.args == ("idle",) and g.expired == "idle"
+    assert (g.waited, g.received) == (5.0, 0)
+    assert g.error().message == "No body bytes came for 5 s; nothing was kept."
+
+
+def test_recv_with_no_budget_left_expires_without_waiting():
+    clock = FakeClock()
+    g = guard(clock, idle=5.0, min_rate=100, grace=10.0)
+    g.waited = 10.0  # exactly the credit: nothing left
+    raw = RecordingSocket(clock)
+    with pytest.raises(BodyTimedOut) as caught:
+        _GuardedSocket(raw, g).recv(10)
+    assert caught.value.args == ("rate",) and g.expired == "rate"
+    assert raw.calls == [] and raw.timeouts == []
+
+
+def test_recv_with_a_fraction_of_a_second_left_still_waits_that_long():
+    clock = FakeClock()
+    g = guard(clock, idle=5.0, min_rate=100, grace=10.0)
+    g.waited = 9.5
+    raw = RecordingSocket(clock, delay=0.25, data=b"x" * 100)
+    assert _GuardedSocket(raw, g).recv(100) == b"x" * 100
+    assert raw.timeouts == [0.5] and g.expired is None
+
+
+def test_the_rate_message_says_how_slow_it_was():
+    clock = FakeClock()
+    g = guard(clock, min_rate=100, grace=10.0)
+    g.account(12.4, 30)
+    with pytest.raises(BodyTimedOut) as caught:
+        g.check_rate()
+    assert caught.value.args == ("rate",)
+    assert g.error().message == (
+        "The body came slower than 100 bytes/s (30 bytes in 12 s of waiting); nothing was kept."
+    )
+    assert (g.error().status, g.error().code) == (408, "body_timeout")
+
+
+def test_the_rate_is_checked_only_past_the_credit():
+    g = guard(FakeClock(), min_rate=100, grace=10.0)
+    g.account(10.0, 0)  # waited exactly the credit
+    g.check_rate()
+    assert g.expired is None
+    g.account(0.01, 0)
+    with pytest.raises(BodyTimedOut):
+        g.check_rate()
+
+
+def test_credit_grows_with_bytes_and_is_capped():
+    g = guard(FakeClock(), min_rate=100, grace=10.0)
+    g.account(1.0, 50)
+    assert g.credit == pytest.approx(10.5)
+    g.account(0.0, 10_000)
+    assert g.credit == pytest.approx(11.0)  # waited 1 + grace 10
+    no_rate = guard(FakeClock(), min_rate=0, grace=10.0)
+    no_rate.account(100.0, 1)
+    assert no_rate.credit == 10.0
+    no_rate.check_rate()
+
+
+def _chain(depth: int, *, via: str = "cause") -> Exception:
+    """A TimeoutError wrapped ``depth - 1`` times."""
+    exc: Exception = TimeoutError("timed out")
+    for i in range(depth - 1):
+        outer = OSError(f"wrapper {i}")
+        setattr(outer, "__cause__" if via == "cause" else "__context__", exc)
+        exc = outer
+    return exc
+
+
+@pytest.mark.parametrize(
+    "depth, via, timeout",
+    [
+        (1, "cause", True),
+        (5, "cause", True),  # four wrappers: still found
+        (5, "context", True),
+        (6, "cause", False),  # five wrappers: too deep, a disconnect
+        (6, "context", False),
+    ],
+)
+def test_a_timeout_is_found_through_at_most_four_wrappers(depth, via, timeout):
+    error = _chain(depth, via=via)
+
+    def read():
+        raise error
+
+    g = guard(FakeClock())
+    expected = errors.BodyTimeout if timeout else errors.ClientDisconnected
+    with pytest.raises(expected):
+        GuardedBody(_Stream(read), g, per_recv=False).read(10)
+    assert g.expired == ("idle" if timeout else None)
+
+
+def test_a_body_timed_out_error_is_a_timeout_too():
+    g = guard(FakeClock())
+
+    def read():
+        try:
+            raise BodyTimedOut("rate")
+        except BodyTimedOut as exc:
+            raise ValueError("wrapped") from exc
+
+    with pytest.raises(errors.BodyTimeout):
+        GuardedBody(_Stream(read), g, per_recv=False).read(10)
+
+
+def test_an_already_expired_guard_answers_with_its_own_reason():
+    g = guard(FakeClock())
+    g.expired = "rate"
+    g.account(20.0, 5)
+
+    def read():
+        raise OSError("socket closed by the guard")
+
+    with pytest.raises(errors.BodyTimeout) as caught:
+        GuardedBody(_Stream(read), g, per_recv=True).read(10)
+    assert caught.value.message.startswith("The body came slower than 100 bytes/s")
+
+
+def test_gateway_errors_from_the_stream_pass_unchanged():
+    def read():
+        raise errors.TooLarge("from the stream")
+
+    with pytest.raises(errors.TooLarge) as caught:
+        GuardedBody(_Stream(read), guard(FakeClock()), per_recv=False).read(10)
+    assert caught.value.message == "from the stream"
+
+
+def test_per_recv_reads_leave_the_accounting_to_the_socket():
+    clock = FakeClock()
+    g = guard(clock)
+
+    def slow():
+        clock.now += 50
+        return b"x"
+
+    body = GuardedBody(_Stream(slow), g, per_recv=True)
+    assert body.read(10) == b"x" and body.read(10) == b"x"
+    assert (g.waited, g.received, g.expired) == (0.0, 0, None)
+
+
+def test_between_reads_the_wait_and_the_bytes_are_counted():
+    clock = FakeClock()
+    g = guard(clock)
+
+    def chunk():
+        clock.now += 2
+        return b"x" * 300
+
+    body = GuardedBody(_Stream(chunk), g, per_recv=False)
+    assert body.read(300) == b"x" * 300
+    assert (g.waited, g.received) == (2.0, 300)
+
+
+# -- guarded_body: where the guard goes under gunicorn, and what is restored ------------------------
+class _Unreader:
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+
+class _Reader:
+    def __init__(self, unreader=None, req=None) -> None:
+        if unreader is not None:
+            self.unreader = unreader
+        if req is not None:
+            self.req = req
+
+
+class _Req:
+    def __init__(self, unreader) -> None:
+        self.unreader = unreader
+
+
+class _Input:
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+
+LIMITS = BodyLimits(idle=7.0, min_rate=100, grace=10.0)
+
+
+@pytest.mark.parametrize("shape", ["reader", "req"])
+def test_under_gunicorn_the_guard_wraps_the_readers_socket_and_restores_it(shape):
+    from gateway.bodies import guarded_body
+
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(3.0)
+        unreader = _Unreader(left)
+        reader = _Reader(unreader=unreader) if shape == "reader" else _Reader(req=_Req(unreader))
+        environ = {"gunicorn.socket": left, "wsgi.input": _Input(reader)}
+        with guarded_body(environ, _Input(reader), LIMITS) as body:  # type: ignore[arg-type]
+            assert isinstance(unreader.sock, _GuardedSocket)
+            assert unreader.sock._sock is left and unreader.sock._guard is body.guard
+            assert body._per_recv is True and body.guard.limits == LIMITS
+            right.sendall(b"hello")
+            assert unreader.sock.recv(5) == b"hello"
+            assert body.guard.received == 5
+        assert unreader.sock is left
+        assert left.gettimeout() == 3.0
+
+
+def test_under_gunicorn_without_its_reader_the_idle_limit_is_the_socket_timeout():
+    from gateway.bodies import guarded_body
+
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(None)
+        environ = {"gunicorn.socket": left, "wsgi.input": object()}
+        with guarded_body(environ, _Input(None), LIMITS) as body:  # type: ignore[arg-type]
+            assert body._per_recv is False
+            assert left.gettimeout() == 7.0
+        assert left.gettimeout() is None
+
+
+def test_a_reader_on_another_socket_is_not_wrapped():
+    from gateway.bodies import guarded_body
+
+    left, right = socket.socketpair()
+    with left, right:
+        unreader = _Unreader(right)
+        environ = {"gunicorn.socket": left, "wsgi.input": _Input(_Reader(unreader=unreader))}
+        with guarded_body(environ, _Input(None), LIMITS) as body:  # type: ignore[arg-type]
+            assert body._per_recv is False and unreader.sock is right
+            assert left.gettimeout() == 7.0
+
+
+def test_without_gunicorn_nothing_is_wrapped():
+    from gateway.bodies import guarded_body
+
+    stream = _Stream(lambda: b"")
+    with guarded_body({"wsgi.input": stream}, stream, LIMITS) as body:  # type: ignore[arg-type]
+        assert body._per_recv is False and body.read(10) == b""

@@ -699,3 +699,120 @@ def _python_multipart_parts(body: bytes, boundary: bytes) -> list[tuple[str, str
         _, params = parse_options_header(part["headers"]["content-disposition"])
         result.append((params["name"], params.get("filename"), part["data"]))
     return result
+
+
+# -- mutation-testing gaps: messages, exact windows and limits ---------------------------------------
+@pytest.mark.parametrize(
+    "content_type, message",
+    [
+        (None, "Content-Type must be multipart/form-data."),
+        ("text/plain; boundary=abc", "Content-Type must be multipart/form-data."),
+        ("multipart/form-data", "The multipart/form-data Content-Type has no boundary."),
+        (
+            'multipart/form-data; boundary=""',
+            "The multipart/form-data Content-Type has no boundary.",
+        ),
+        ('multipart/form-data; boundary="a{b"', "The multipart boundary is not valid (RFC 2046)."),
+    ],
+)
+def test_content_type_refusals_say_why(content_type, message):
+    with pytest.raises(FormDataError) as caught:
+        boundary_from_content_type(content_type)
+    assert str(caught.value) == message and caught.value.limit is False
+
+
+def test_an_error_outside_a_parse_carries_no_events():
+    with pytest.raises(FormDataError) as caught:
+        boundary_from_content_type("text/plain")
+    assert caught.value.events == [] and caught.value.limit is False
+
+
+def test_a_fresh_parser_is_not_complete_and_an_empty_body_ends_early():
+    parser = FormDataParser(b"B")
+    assert parser.complete is False
+    with pytest.raises(FormDataError) as caught:
+        parser.finish()  # nothing was fed at all
+    assert str(caught.value) == "The body ended before the closing boundary."
+
+
+def test_feed_after_finish_says_so():
+    parser = FormDataParser(b"B")
+    parser.feed(b"--B--")
+    parser.finish()
+    with pytest.raises(RuntimeError, match=r"^feed\(\) after finish\(\)$"):
+        parser.feed(b"")
+
+
+@pytest.mark.parametrize("line_break", [b"\r\n", b"\n"])
+def test_a_body_that_ends_right_after_part_headers_ended_early(line_break):
+    body = b"--B" + line_break + DISPOSITION + line_break + line_break
+    assert same_for_every_cut(body, boundary=b"B") == Outcome(
+        [], ("The body ended before the closing boundary.", False)
+    )
+
+
+def test_unterminated_part_headers_wait_until_one_byte_past_the_limit():
+    """Header bytes exactly at the limit may still end (the body ended early, 400); one more
+    without the blank line is over the limit (413), however the body is split."""
+    limits = FormLimits(max_part_header_bytes=100)
+    at_limit = b"--B\r\nX-A: " + b"a" * 95
+    over = at_limit + b"a"
+    for cuts in ([], every_size(at_limit, 1), every_size(at_limit, 7)):
+        assert outcome(at_limit, cuts, boundary=b"B", limits=limits).error == (
+            "The body ended before the closing boundary.",
+            False,
+        )
+    for cuts in ([], every_size(over, 1), every_size(over, 7)):
+        assert outcome(over, cuts, boundary=b"B", limits=limits).error == (
+            "Part headers are too large.",
+            True,
+        )
+
+
+def test_endless_part_headers_have_the_exact_limit_message():
+    parser = FormDataParser(BOUNDARY, FormLimits(max_part_header_bytes=50))
+    with pytest.raises(FormDataError) as caught:
+        parser.feed(b"--" + BOUNDARY + b"\r\nX-Endless: " + b"a" * 100)
+    assert (str(caught.value), caught.value.limit) == ("Part headers are too large.", True)
+
+
+@pytest.mark.parametrize("blank", [b"\x0b", b"\x0c", b"\x00"])
+def test_only_spaces_tabs_and_line_breaks_may_follow_the_closing_boundary(blank):
+    body = b"--B\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--B--\r\n" + blank
+    assert same_for_every_cut(body, boundary=b"B") == Outcome(
+        [TextField("a", "v"), FormEnd()], ("Unexpected bytes after the closing boundary.", False)
+    )
+
+
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        (b" folded: first line", "Malformed part: a header line is not 'Name: value'."),
+        (b"Bad Name: x", "Malformed part: a header line is not 'Name: value'."),
+        (b"NoColonHere", "Malformed part: a header line is not 'Name: value'."),
+        (b": no name", "Malformed part: a header line is not 'Name: value'."),
+        (DISPOSITION + b"\nX: y", "Malformed part: a header line contains a stray line break."),
+    ],
+)
+def test_malformed_header_lines_are_refused(headers, message):
+    body = b"--B\r\n" + headers + b"\r\n" + DISPOSITION + b"\r\n\r\nv\r\n--B--"
+    assert same_for_every_cut(body, boundary=b"B") == Outcome([], (message, False))
+
+
+def test_a_tab_folded_header_line_joins_the_previous_one():
+    body = (
+        b'--B\r\nContent-Disposition: form-data;\r\n\tname="file"; filename="a.png"\r\n'
+        b"\r\nX\r\n--B--"
+    )
+    assert parse(body, boundary=b"B") == [
+        FileStart("file", "a.png", ""),
+        FileData(memoryview(b"X")),
+        FileEnd(last=True),
+        FormEnd(),
+    ]
+
+
+def test_header_values_lose_only_spaces_and_tabs_around_them():
+    body = b"--B\r\n" + FILE_DISPOSITION + b"\r\nContent-Type: \t X-a/bX\x0b \t\r\n\r\nX\r\n--B--"
+    [start, *_] = parse(body, boundary=b"B")
+    assert start == FileStart("file", "a", "X-a/bX\x0b")

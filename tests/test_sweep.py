@@ -332,3 +332,504 @@ def test_a_record_store_outage_keeps_every_object(svc, monkeypatch):
     report = svc.sweeper.sweep(older_than=timedelta(0), now=now() + timedelta(seconds=1))
     assert report.done == [] and report.failed == [f"look up the record of {orphan}"]
     assert orphan in objects(svc)
+
+
+# -- the sweeper alone, on fakes: every branch, every failure, exact ages -------------------------
+import logging  # noqa: E402
+
+from gateway import errors as _errors  # noqa: E402
+from gateway.direct import DirectUploadService, staging_key  # noqa: E402
+from gateway.lifecycle import Status  # noqa: E402
+from gateway.records import DirectUpload, MediaRecord  # noqa: E402
+from gateway.storage import ObjectInfo, PendingUpload  # noqa: E402
+from gateway.sweeper import Sweeper  # noqa: E402
+
+NOW = datetime(2024, 5, 6, 12, 0, 0, 500000, tzinfo=UTC)
+OLD = NOW - 2 * HOUR
+
+
+def _key(n: int, extension: str = ".png") -> str:
+    return object_key(tenant="", project_id="p1", media_id=f"{n:032x}", extension=extension)
+
+
+def _record(key: str, status: Status = Status.STORED) -> MediaRecord:
+    from gateway.direct import parse_key
+
+    media_id = parse_key(key)[0]
+    assert media_id is not None
+    return MediaRecord(
+        media_id=media_id,
+        project_id="p1",
+        tenant="",
+        owner="alice",
+        original_name="a.png",
+        file_type="image",
+        mime_type="image/png",
+        s3_key=key,
+        size=1,
+        sha256="0" * 64,
+        created_at="2024-01-01T00:00:00.000000+00:00",
+        status=status,
+        upload=DirectUpload(method="multipart", expires_at="2024-01-01T00:00:00+00:00"),
+    )
+
+
+class FakeRecords:
+    def __init__(self, *records: MediaRecord) -> None:
+        self.by_id = {r.media_id: r for r in records}
+        self.down = False
+        self.expired_calls: list[tuple[str, int]] = []
+        self.stalled_calls: list[tuple[str, int]] = []
+        self.stalled_down = False
+
+    def get(self, media_id: str) -> MediaRecord:
+        if self.down:
+            raise _errors.RecordStoreError()
+        if media_id not in self.by_id:
+            raise _errors.MediaNotFound()
+        return self.by_id[media_id]
+
+    def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
+        self.expired_calls.append((now, limit))
+        return [r for r in self.by_id.values() if r.status is Status.PENDING]
+
+    def stalled(self, *, created_before: str, limit: int) -> list[MediaRecord]:
+        self.stalled_calls.append((created_before, limit))
+        if self.stalled_down:
+            raise _errors.RecordStoreError()
+        return [r for r in self.by_id.values() if r.status is Status.STORED]
+
+
+class FakeStorage:
+    """Store and listing in one: what exists, what was removed, what fails."""
+
+    def __init__(self, objects=(), uploads=(), fail=(), broken_listing_after=None) -> None:
+        self.objects_ = [ObjectInfo(key, 1, modified) for key, modified in objects]
+        self.uploads = [PendingUpload(key, f"id-{key}", started) for key, started in uploads]
+        self.fail = set(fail)
+        self.broken_listing_after = broken_listing_after
+        self.deleted: list[str] = []
+        self.aborted: list[str] = []
+
+    def pending_uploads(self):
+        return iter(self.uploads)
+
+    def abort_pending(self, upload: PendingUpload) -> None:
+        if upload.key in self.fail:
+            raise _errors.StorageError()
+        self.aborted.append(upload.key)
+
+    def objects(self):
+        for index, obj in enumerate(self.objects_):
+            if index == self.broken_listing_after:
+                raise _errors.StorageError("listing broke")
+            yield obj
+
+    def delete(self, key: str) -> None:
+        if key in self.fail:
+            raise _errors.StorageError()
+        self.deleted.append(key)
+
+
+class FakeJournal:
+    def __init__(self, *keys: str, unreadable=False, unwritable=False) -> None:
+        self.keys = list(keys)
+        self.unreadable, self.unwritable = unreadable, unwritable
+        self.forgotten: list[set[str]] = []
+
+    def list_keys(self) -> list[str]:
+        if self.unreadable:
+            raise OSError("journal unreadable")
+        return list(self.keys)
+
+    def forget(self, keys: set[str]) -> None:
+        if self.unwritable:
+            raise OSError("journal unwritable")
+        self.forgotten.append(set(keys))
+
+
+class FakeDirect:
+    def __init__(self, expired=(), broken=False) -> None:
+        self.expired, self.broken = list(expired), broken
+        self.calls: list[datetime | None] = []
+
+    def expire_overdue(self, *, now=None):
+        self.calls.append(now)
+        if self.broken:
+            raise _errors.RecordStoreError()
+        return self.expired
+
+
+class FakeQuarantine:
+    def __init__(self, storage: FakeStorage) -> None:
+        self.store = storage
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send(self, body, *, delay: float = 0) -> None:
+        self.sent.append(body)
+
+
+def _sweeper(
+    storage=None,
+    records=None,
+    journal=None,
+    direct=None,
+    clock=lambda: NOW,
+    quarantine=None,
+    queue=None,
+):
+    storage = storage or FakeStorage()
+    return Sweeper(
+        store=storage,
+        listing=storage,
+        records=records or FakeRecords(),
+        journal=journal or FakeJournal(),
+        direct=direct,
+        quarantine=quarantine,
+        queue=queue,
+        clock=clock,
+    )
+
+
+def test_overdue_direct_uploads_are_expired_with_the_sweeps_time():
+    direct = FakeDirect(expired=["m1", "m2"])
+    storage = FakeStorage(objects=[(_key(1), OLD)])
+    report = _sweeper(storage, direct=direct).sweep(older_than=HOUR, now=NOW)
+    assert direct.calls == [NOW]
+    assert report.done == [
+        "expire direct upload m1",
+        "expire direct upload m2",
+        f"delete unrecorded object {_key(1)}",
+    ]
+    assert report.failed == []
+
+
+def test_the_default_time_is_the_sweepers_clock():
+    direct = FakeDirect()
+    storage = FakeStorage(objects=[(_key(1), NOW - HOUR), (_key(2), NOW - HOUR * 1.01)])
+    report = _sweeper(storage, direct=direct).sweep(older_than=HOUR)
+    assert direct.calls == [NOW]
+    assert (report.done, storage.deleted) == ([f"delete unrecorded object {_key(2)}"], [_key(2)])
+
+
+def test_a_dry_run_lists_the_overdue_uploads_without_expiring_them():
+    import inspect
+
+    pending = _record(_key(3), Status.PENDING)
+    records = FakeRecords(pending, _record(_key(4)))
+    direct = FakeDirect(expired=["never"])
+    report = _sweeper(records=records, direct=direct).sweep(older_than=HOUR, dry_run=True, now=NOW)
+    assert direct.calls == []
+    default = inspect.signature(DirectUploadService.expire_overdue).parameters["limit"].default
+    assert records.expired_calls == [("2024-05-06T12:00:00+00:00", default)]
+    assert (report.done, report.failed) == ([f"expire direct upload {pending.media_id}"], [])
+
+
+def test_failing_expiry_is_reported_and_the_run_goes_on(caplog):
+    storage = FakeStorage(objects=[(_key(1), OLD)])
+    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+        report = _sweeper(storage, direct=FakeDirect(broken=True)).sweep(older_than=HOUR, now=NOW)
+    assert report.failed == ["expire direct uploads"]
+    assert report.done == [f"delete unrecorded object {_key(1)}"]
+    [entry] = caplog.records
+    assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
+    assert entry.getMessage() == "could not expire overdue direct uploads"
+
+
+def test_without_direct_uploads_nothing_is_expired():
+    records = FakeRecords(_record(_key(3), Status.PENDING))
+    report = _sweeper(records=records).sweep(older_than=HOUR, dry_run=True, now=NOW)
+    assert records.expired_calls == [] and report.done == [] and report.failed == []
+
+
+def test_uploads_started_exactly_at_the_cutoff_stay():
+    storage = FakeStorage(
+        uploads=[(_key(1), NOW - HOUR), (_key(2), NOW - HOUR - timedelta(microseconds=1))]
+    )
+    report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
+    assert storage.aborted == [_key(2)]
+    assert report.done == [f"abort upload {_key(2)} (id-{_key(2)})"]
+
+
+def test_only_a_live_direct_upload_keeps_its_stale_multipart_upload():
+    live, stored, elsewhere = _key(1), _key(2), _key(3)
+    records = FakeRecords(
+        _record(live, Status.PENDING),
+        _record(stored, Status.STORED),
+        _record(_key(3, ".mp4"), Status.PENDING),  # its record names another key
+    )
+    staging_of_live = staging_key(live)
+    unknown, foreign = _key(4), "other/upload.bin"
+    storage = FakeStorage(
+        uploads=[(k, OLD) for k in (live, stored, elsewhere, staging_of_live, unknown, foreign)]
+    )
+    report = _sweeper(storage, records).sweep(older_than=HOUR, now=NOW)
+    assert storage.aborted == [stored, elsewhere, staging_of_live, unknown, foreign]
+    assert report.failed == []
+
+
+def test_a_failing_abort_is_reported_and_the_others_still_aborted():
+    storage = FakeStorage(uploads=[(_key(1), OLD), (_key(2), OLD)], fail={_key(1)})
+    report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
+    assert storage.aborted == [_key(2)]
+    assert report.failed == [f"abort upload {_key(1)} (id-{_key(1)})"]
+
+
+def test_a_dry_run_lists_every_item_and_touches_nothing():
+    journaled = _key(9)
+    storage = FakeStorage(
+        objects=[(_key(1), OLD), (_key(2), OLD), (journaled, OLD)],
+        uploads=[(_key(5), OLD), (_key(6), OLD)],
+    )
+    journal = FakeJournal(journaled)
+    report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, dry_run=True, now=NOW)
+    assert report.done == [
+        f"abort upload {_key(5)} (id-{_key(5)})",
+        f"abort upload {_key(6)} (id-{_key(6)})",
+        f"delete journaled orphan {journaled}",
+        f"delete unrecorded object {_key(1)}",
+        f"delete unrecorded object {_key(2)}",
+    ]
+    assert (storage.deleted, storage.aborted, journal.forgotten) == ([], [], [])
+
+
+def test_objects_modified_exactly_at_the_cutoff_stay_and_the_listing_goes_on():
+    journaled = _key(9)
+    storage = FakeStorage(
+        objects=[
+            (journaled, OLD),  # handled as journaled, not twice
+            (_key(1), NOW - HOUR),  # exactly at the cutoff: stays
+            (_key(2), NOW - HOUR - timedelta(microseconds=1)),
+            ("other/thing.txt", OLD),  # not gateway-made
+            (_key(3), OLD),
+        ]
+    )
+    report = _sweeper(storage, journal=FakeJournal(journaled)).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [journaled, _key(2), _key(3)]
+    assert report.done == [
+        f"delete journaled orphan {journaled}",
+        f"delete unrecorded object {_key(2)}",
+        f"delete unrecorded object {_key(3)}",
+    ]
+
+
+def test_a_broken_object_listing_is_reported_after_what_it_listed(caplog):
+    storage = FakeStorage(objects=[(_key(1), OLD), (_key(2), OLD)], broken_listing_after=1)
+    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+        report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [_key(1)]
+    assert report.done == [f"delete unrecorded object {_key(1)}"]
+    assert report.failed == ["list for delete unrecorded object"]
+    [entry] = caplog.records
+    assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
+    assert entry.getMessage() == "sweep could not list what to delete unrecorded object"
+
+
+def test_a_failing_delete_is_logged_with_its_line(caplog):
+    storage = FakeStorage(objects=[(_key(1), OLD)], fail={_key(1)})
+    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+        report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
+    assert report.failed == [f"delete unrecorded object {_key(1)}"]
+    [entry] = caplog.records
+    assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
+    assert entry.getMessage() == f"sweep could not delete unrecorded object {_key(1)}"
+
+
+def test_journaled_keys_are_forgotten_except_those_not_deleted():
+    ok, bad, owned = _key(1), _key(2), _key(3)
+    storage = FakeStorage(fail={bad})
+    journal = FakeJournal(ok, bad, owned)
+    records = FakeRecords(_record(owned))
+    report = _sweeper(storage, records, journal).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [ok]
+    assert journal.forgotten == [{ok, owned}]  # an owned key is settled too: never deleted
+    assert report.failed == [f"delete journaled orphan {bad}"]
+
+
+def test_an_empty_journal_is_not_rewritten():
+    journal = FakeJournal()
+    _sweeper(journal=journal).sweep(older_than=HOUR, now=NOW)
+    assert journal.forgotten == []
+
+
+def test_an_unreadable_journal_is_reported_and_the_run_goes_on(caplog):
+    storage = FakeStorage(objects=[(_key(1), OLD)])
+    journal = FakeJournal(_key(2), unreadable=True)
+    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+        report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, now=NOW)
+    assert report.failed == ["read the orphan journal"]
+    assert report.done == [f"delete unrecorded object {_key(1)}"]
+    assert journal.forgotten == []
+    [entry] = caplog.records
+    assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
+    assert entry.getMessage() == "could not read the orphan journal"
+
+
+def test_an_unwritable_journal_is_reported(caplog):
+    storage = FakeStorage()
+    journal = FakeJournal(_key(1), unwritable=True)
+    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+        report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [_key(1)]
+    assert report.done == [f"delete journaled orphan {_key(1)}"]
+    assert report.failed == ["rewrite the orphan journal"]
+    [entry] = caplog.records
+    assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
+    assert entry.getMessage() == "could not rewrite the orphan journal"
+
+
+def test_a_journaled_key_whose_record_cannot_be_read_is_kept():
+    records = FakeRecords()
+    records.down = True
+    storage = FakeStorage()
+    journal = FakeJournal(_key(1))
+    report = _sweeper(storage, records, journal).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [] and report.done == []
+    assert report.failed == [f"look up the record of {_key(1)}"]
+    assert journal.forgotten == [{_key(1)}]  # stays owned; the record store decides later
+
+
+@pytest.mark.parametrize(
+    "status, owned",
+    [
+        (Status.PENDING, True),
+        (Status.STORED, True),
+        (Status.PROCESSING, True),
+        (Status.READY, True),
+        (Status.FAILED, True),
+        (Status.INFECTED, False),
+        (Status.REJECTED, False),
+        (Status.ABORTED, False),
+        (Status.EXPIRED, False),
+    ],
+)
+def test_a_record_owns_its_key_by_its_status(status, owned):
+    key = _key(1)
+    storage = FakeStorage(objects=[(key, OLD)])
+    _sweeper(storage, FakeRecords(_record(key, status))).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == ([] if owned else [key])
+
+
+def test_a_record_owns_only_its_own_key():
+    key, other = _key(1), _key(1, ".jpg")  # same media id, another key
+    storage = FakeStorage(objects=[(other, OLD)])
+    _sweeper(storage, FakeRecords(_record(key))).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [other]
+
+
+@pytest.mark.parametrize(
+    "status, owned", [(Status.PENDING, True), (Status.STORED, False), (Status.EXPIRED, False)]
+)
+def test_a_staging_key_is_owned_only_while_its_upload_is_pending(status, owned):
+    key = _key(1)
+    staged = staging_key(key)
+    storage = FakeStorage(objects=[(staged, OLD)])
+    _sweeper(storage, FakeRecords(_record(key, status))).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == ([] if owned else [staged])
+
+
+def test_a_staging_key_of_another_key_is_not_owned():
+    key = _key(1)
+    staged_other = staging_key(_key(1, ".jpg"))
+    storage = FakeStorage(objects=[(staged_other, OLD)])
+    _sweeper(storage, FakeRecords(_record(key, Status.PENDING))).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [staged_other]
+
+
+# -- processing that never started, the quarantine, derived files ---------------------------------
+def test_media_stored_long_ago_is_queued_for_processing_again():
+    stored, pending = _record(_key(1)), _record(_key(2), Status.PENDING)
+    records, queue = FakeRecords(stored, pending), FakeQueue()
+    report = _sweeper(records=records, queue=queue).sweep(older_than=HOUR, now=NOW)
+    assert records.stalled_calls == [("2024-05-06T11:50:00.500000+00:00", 500)]
+    assert queue.sent == [{"type": "media.process", "mediaId": stored.media_id}]
+    assert (report.done, report.failed) == ([f"queue processing again for {stored.media_id}"], [])
+
+
+def test_a_dry_run_lists_stalled_media_without_queueing():
+    stored = _record(_key(1))
+    queue = FakeQueue()
+    report = _sweeper(records=FakeRecords(stored), queue=queue).sweep(
+        older_than=HOUR, dry_run=True, now=NOW
+    )
+    assert queue.sent == [] and report.done == [f"queue processing again for {stored.media_id}"]
+
+
+def test_without_a_queue_nothing_is_queued_again():
+    records = FakeRecords(_record(_key(1)))
+    report = _sweeper(records=records).sweep(older_than=HOUR, now=NOW)
+    assert records.stalled_calls == [] and report.done == []
+
+
+def test_failing_to_queue_again_is_reported_and_the_run_goes_on(caplog):
+    records = FakeRecords(_record(_key(1)))
+    records.stalled_down = True
+    storage = FakeStorage(objects=[("other/x", OLD)], uploads=[(_key(5), OLD)])
+    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+        report = _sweeper(storage, records, queue=FakeQueue()).sweep(older_than=HOUR, now=NOW)
+    assert report.failed == ["queue stalled media"]
+    assert report.done == [f"abort upload {_key(5)} (id-{_key(5)})"]
+    [entry] = caplog.records
+    assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
+    assert entry.getMessage() == "could not queue stalled media again"
+
+
+def test_the_quarantine_is_swept_like_the_store():
+    public = FakeStorage(objects=[(_key(1), OLD)], uploads=[(_key(3), OLD)])
+    held = FakeStorage(objects=[(_key(2), OLD), (_key(6), NOW)], uploads=[(_key(4), OLD)])
+    report = _sweeper(public, quarantine=FakeQuarantine(held)).sweep(older_than=HOUR, now=NOW)
+    assert (public.aborted, held.aborted) == ([_key(3)], [_key(4)])
+    assert (public.deleted, held.deleted) == ([_key(1)], [_key(2)])
+    assert report.done == [
+        f"abort upload {_key(3)} (id-{_key(3)})",
+        f"abort upload {_key(4)} (id-{_key(4)})",
+        f"delete unrecorded object {_key(1)}",
+        f"delete unrecorded object {_key(2)} in the quarantine",
+    ]
+    assert report.failed == []
+
+
+def test_a_journaled_orphan_is_deleted_from_the_store_and_the_quarantine():
+    public, held = FakeStorage(), FakeStorage()
+    journal = FakeJournal(_key(1))
+    report = _sweeper(public, journal=journal, quarantine=FakeQuarantine(held)).sweep(
+        older_than=HOUR, now=NOW
+    )
+    assert (public.deleted, held.deleted) == ([_key(1)], [_key(1)])
+    assert report.done == [f"delete journaled orphan {_key(1)}"]
+    assert journal.forgotten == [{_key(1)}]
+
+
+def test_a_record_owns_its_derived_files_while_it_owns_its_object():
+    from gateway.records import VariantInfo
+
+    key = _key(1)
+    variant = key.removesuffix(".png") + "/thumb-320.webp"
+    stray = key.removesuffix(".png") + "/poster.webp"  # derived, but not listed in the record
+    info = VariantInfo("thumb-320", variant, "image/webp", 320, 200, 10)
+    for status, owned in ((Status.READY, True), (Status.INFECTED, False)):
+        ready = _record(key, status).evolve(variants=[info])
+        storage = FakeStorage(objects=[(variant, OLD), (stray, OLD)])
+        _sweeper(storage, FakeRecords(ready)).sweep(older_than=HOUR, now=NOW)
+        assert storage.deleted == ([stray] if owned else [variant, stray])
+
+
+def test_a_record_store_outage_aborts_no_upload():
+    records = FakeRecords()
+    records.down = True
+    storage = FakeStorage(uploads=[(_key(1), OLD)])
+    report = _sweeper(storage, records).sweep(older_than=HOUR, now=NOW)
+    assert storage.aborted == [] and report.done == []
+    assert report.failed == ["list for abort upload"]
+
+
+def test_a_journaled_key_the_gateway_did_not_make_is_never_deleted():
+    storage = FakeStorage()
+    journal = FakeJournal("other/thing.txt")
+    report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, now=NOW)
+    assert storage.deleted == [] and report.done == [] and report.failed == []
+    assert journal.forgotten == [{"other/thing.txt"}]
