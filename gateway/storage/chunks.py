@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from ..errors import StorageError
 from ..naming import media_id_of_key
 from .local import LocalObjectStore
-from .s3 import S3ObjectStore, _call, translate
+from .s3 import S3ObjectStore, _call
+from .s3_direct import PartInfo, S3DirectUploads
 
 CHUNK_DIR = ".tus"
 
@@ -75,6 +74,7 @@ class ChunkStore(Protocol):
 class S3Chunks:
     def __init__(self, store: S3ObjectStore) -> None:
         self.store = store
+        self.multipart = S3DirectUploads(store)  # the same multipart calls as direct uploads
         self.client = store.client
         self.bucket = store.bucket
 
@@ -102,16 +102,11 @@ class S3Chunks:
     def start(
         self, key: str, *, content_type: str, metadata: dict[str, str], content_disposition: str
     ) -> str:
-        return str(
-            _call(
-                "starting a multipart upload",
-                self.client.create_multipart_upload,
-                Bucket=self.bucket,
-                Key=self._key(key),
-                ContentType=content_type,
-                ContentDisposition=content_disposition,
-                Metadata=metadata,
-            )["UploadId"]
+        return self.multipart.start_multipart(
+            key,
+            content_type=content_type,
+            content_disposition=content_disposition,
+            metadata=metadata,
         )
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
@@ -139,25 +134,12 @@ class S3Chunks:
         return str(answer["CopyPartResult"]["ETag"])
 
     def complete(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None:
-        _call(
-            "completing the multipart upload",
-            self.client.complete_multipart_upload,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+        self.multipart.complete_multipart(
+            key, upload_id, [PartInfo(n, 0, etag.strip('"')) for n, etag in parts]
         )
 
     def abort(self, key: str, upload_id: str) -> None:
-        try:
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                raise translate(exc, "aborting a multipart upload") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "aborting a multipart upload") from exc
+        self.multipart.abort_multipart(key, upload_id)
 
     def put_object(
         self,
