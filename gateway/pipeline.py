@@ -159,7 +159,8 @@ class Pipeline:
             except SandboxError as exc:
                 if exc.kind == "crashed":
                     raise Unfinished(f"The decoder crashed: {exc}") from exc
-                self._fail(record.media_id, f"The file cannot be processed: {exc}")
+                hashed = {} if record.sha256 else {"sha256": digest.hexdigest()}
+                self._fail(record.media_id, f"The file cannot be processed: {exc}", **hashed)
                 return
         variants = [self._store_variant(record, v) for v in derived.variants]
         changes: dict[str, Any] = {"properties": derived.properties, "variants": variants}
@@ -204,10 +205,10 @@ class Pipeline:
         writer.commit(sha256=digest)
         return {"size": len(data), "sha256": digest, "uploaded_sha256": record.sha256}
 
-    def _fail(self, media_id: str, reason: str) -> None:
+    def _fail(self, media_id: str, reason: str, **changes: Any) -> None:
         record = self._get(media_id)
         while record is not None and record.status in (Status.STORED, Status.PROCESSING):
-            failed = self._move(record, status=Status.FAILED, stage="", reason=reason)
+            failed = self._move(record, status=Status.FAILED, stage="", reason=reason, **changes)
             if failed is not None:
                 self.announcer.announce(EventType.FAILED, [failed])
                 return

@@ -450,13 +450,15 @@ def test_foreign_and_duplicate_s3_events_are_no_ops(tmp_path, moto_url):
     assert svc.queue.stats().dead == 0
 
 
-def test_media_stored_without_a_sha256_get_it_from_processing(tmp_path):
+@pytest.mark.parametrize("decodable", [True, False], ids=["ready", "undecodable"])
+def test_media_stored_without_a_sha256_get_it_from_processing(tmp_path, decodable):
+    """Also when the file cannot be decoded: the media ends failed, with the hash of its bytes."""
     import base64
     import hashlib
 
     app, svc, auth = gateway(tmp_path)
     client = app.test_client()
-    data = samples.photo(1600, 1200)
+    data = samples.photo(1600, 1200) if decodable else samples.photo(1600, 1200)[:30_000]
     tus = {"Tus-Resumable": "1.0.0", **auth}
     meta = "projectId " + base64.b64encode(b"p1").decode()
     created = client.post(
@@ -481,4 +483,5 @@ def test_media_stored_without_a_sha256_get_it_from_processing(tmp_path):
     assert svc.records.get(media_id).sha256 == ""
     work(svc, settled(svc, media_id))
     record = svc.records.get(media_id)
-    assert record.status is Status.READY and record.sha256 == hashlib.sha256(data).hexdigest()
+    assert record.status is (Status.READY if decodable else Status.FAILED), record.reason
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
