@@ -816,3 +816,21 @@ def test_header_values_lose_only_spaces_and_tabs_around_them():
     body = b"--B\r\n" + FILE_DISPOSITION + b"\r\nContent-Type: \t X-a/bX\x0b \t\r\n\r\nX\r\n--B--"
     [start, *_] = parse(body, boundary=b"B")
     assert start == FileStart("file", "a", "X-a/bX\x0b")
+
+
+@pytest.mark.parametrize(
+    "data", [b"-", b"--", b"-B", b"\r", b"\r\n", b"\r\n-", b"-\r\n--", b"\r\r\n-", b"B--"]
+)
+def test_part_data_that_starts_like_a_delimiter_is_kept_however_split(data):
+    """Data right after the part headers (or ending a read) that could begin a delimiter is
+    held back, never re-emitted nor dropped: one cut anywhere, or reads of 1 to 4 bytes.
+    (``--B`` right after the blank line is the compact form of an empty part, not data.)"""
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+        + data
+        + b"\r\n--B--\r\n"
+    )
+    whole = same_for_every_cut(body, boundary=b"B")
+    assert _parts_of(whole.events) == [("file", "a", data)]
+    for size in range(1, 5):
+        assert _parts_of(parse(body, size, boundary=b"B")) == [("file", "a", data)]

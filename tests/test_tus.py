@@ -308,6 +308,9 @@ def test_the_sweeper_keeps_a_live_uploads_chunks_and_removes_strays_once_it_ends
     chunks.put(chunk_key(media_id, "pending-99"), b"stray")
     stray = chunks.start(target, content_type="image/jpeg", metadata={}, content_disposition="")
     chunks.upload_part(target, stray, 2, bytes(1000))
+    whole = chunk_key(media_id, "whole")  # where a partial upload assembles its bytes
+    in_chunk_area = chunks.start(whole, content_type="", metadata={}, content_disposition="")
+    chunks.upload_part(whole, in_chunk_area, 1, bytes(1000))
     before = leftovers(svc)
 
     def sweep():
