@@ -2,8 +2,7 @@
 
 Equivalent mutants (a change no test can tell apart, e.g. a log message's wording) are listed
 with the reason in .ci/mutation-equivalent.txt and left out of the score; a mutant that makes the
-tests time out counts as caught. Exit status 1 when a
-module is under the target.
+tests time out counts as caught. Exit status 1 when a module is under the target.
 """
 
 from __future__ import annotations
