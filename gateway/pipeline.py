@@ -71,7 +71,7 @@ class Pipeline:
         options: PipelineOptions,
         webhooks: WebhookSender | None = None,
         direct: DirectUploadService | None = None,
-        storage_prefix: str = "",
+        storage_prefixes: tuple[str, ...] = ("",),
     ) -> None:
         self.records = records
         self.store = store
@@ -81,7 +81,9 @@ class Pipeline:
         self.options = options
         self.webhooks = webhooks
         self.direct = direct
-        self.storage_prefix = storage_prefix.strip("/")
+        # where staging keys of direct uploads live: the media prefix, or the quarantine's
+        stripped = [prefix.strip("/") for prefix in storage_prefixes]
+        self.storage_prefixes = tuple(sorted(stripped, key=lambda prefix: not prefix))
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, message: Message) -> None:
@@ -239,10 +241,18 @@ class Pipeline:
             if not name.startswith("ObjectCreated:"):
                 continue
             full = unquote_plus(str(event.get("s3", {}).get("object", {}).get("key", "")))
-            if self.storage_prefix and not full.startswith(self.storage_prefix + "/"):
+            key = self._store_key(full)
+            if key is None:
                 continue
-            key = full[len(self.storage_prefix) + 1 :] if self.storage_prefix else full
             media_id, staging = parse_key(key)
             if media_id is None or not staging or self.direct is None:
                 continue  # the gateway's own writes (completed uploads, variants): no news
             self.direct.complete_from_event(media_id)
+
+    def _store_key(self, full: str) -> str | None:
+        for prefix in self.storage_prefixes:
+            if not prefix:
+                return full
+            if full.startswith(prefix + "/"):
+                return full[len(prefix) + 1 :]
+        return None

@@ -132,7 +132,11 @@ class Services:
             if s.webhook_url
             else None,
             direct=self.direct,
-            storage_prefix=storage_url.path.strip("/") if storage_url.scheme == "s3" else "",
+            storage_prefixes=(
+                (storage_url.path, urlparse(s.effective_quarantine_url).path)
+                if storage_url.scheme == "s3"
+                else ("",)
+            ),
         )
 
     def provision(self) -> None:

@@ -374,10 +374,15 @@ def test_on_s3_and_sqs_a_form_upload_becomes_ready(tmp_path, moto_url):
         assert read_object(svc.store, variant.key).startswith(b"RIFF")
 
 
-def test_a_direct_upload_whose_client_never_completes_is_stored_by_its_s3_event(tmp_path, moto_url):
+@pytest.mark.parametrize("scanned", [False, True], ids=["no-scanner", "quarantine"])
+def test_a_direct_upload_whose_client_never_completes_is_stored_by_its_s3_event(
+    tmp_path, moto_url, request, scanned
+):
+    """Also with scanning on, when staging keys live under the quarantine's prefix."""
     import requests
 
-    app, svc, auth = sqs_gateway(tmp_path, moto_url)
+    more = {"clamd_url": request.getfixturevalue("clamd_url")} if scanned else {}
+    app, svc, auth = sqs_gateway(tmp_path, moto_url, **more)
     client = app.test_client()
     content = samples.png(600, 400)
     answer = client.post(
