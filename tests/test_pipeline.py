@@ -349,6 +349,22 @@ def test_event_streams_are_bounded(tmp_path):
     first.close()
 
 
+def test_head_requests_and_unread_streams_give_their_slot_back(tmp_path):
+    app, _, auth = gateway(tmp_path, max_event_streams=1, processing="off")
+    client = app.test_client()
+    url = f"/api/media/{upload(client, auth, samples.png())['mediaId']}/events"
+    for _ in range(3):
+        head = client.head(url, headers=auth)
+        assert head.status_code == 200 and head.mimetype == "text/event-stream"
+    unread = client.get(url, headers=auth, buffered=False)
+    assert unread.status_code == 200
+    unread.close()  # the client went away before the first event
+    opened = client.get(url, headers=auth, buffered=False)
+    assert opened.status_code == 200
+    assert next(opened.response).startswith(b"event: media")
+    opened.close()
+
+
 # -- S3 and SQS (moto) -----------------------------------------------------------------------------------
 def sqs_gateway(tmp_path, moto_url, **overrides):
     from support import unique

@@ -100,8 +100,16 @@ def media_events(media_id: str) -> Response:
     settled (ready, failed, infected); a comment line every 15 s keeps proxies from closing."""
     principal = authenticate()
     record = _visible_record(principal, media_id)
+    if request.method == "HEAD":  # no body will be read: no stream, no slot
+        return _event_stream_response(iter(()))
     if not _streams.acquire(blocking=False):
         raise errors.TooManyStreams()
+    released = threading.Event()
+
+    def release() -> None:  # once: when the stream ends or the response is closed unstarted
+        if not released.is_set():
+            released.set()
+            _streams.release()
 
     def stream() -> Iterator[str]:
         try:
@@ -123,9 +131,15 @@ def media_events(media_id: str) -> Response:
                     yield "event: deleted\ndata: {}\n\n"
                     current = None
         finally:
-            _streams.release()
+            release()
 
-    response = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    response = _event_stream_response(stream_with_context(stream()))
+    response.call_on_close(release)
+    return response
+
+
+def _event_stream_response(events: Iterator[str]) -> Response:
+    response = Response(events, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
