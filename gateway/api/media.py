@@ -104,13 +104,6 @@ def media_events(media_id: str) -> Response:
         return _event_stream_response(iter(()))
     if not _streams.acquire(blocking=False):
         raise errors.TooManyStreams()
-    released = threading.Event()
-
-    def release() -> None:  # once: when the stream ends or the response is closed unstarted
-        if not released.is_set():
-            released.set()
-            _streams.release()
-
     def stream() -> Iterator[str]:
         try:
             current: MediaRecord | None = record
@@ -130,12 +123,10 @@ def media_events(media_id: str) -> Response:
                 except errors.MediaNotFound:
                     yield "event: deleted\ndata: {}\n\n"
                     current = None
-        finally:
-            release()
+        finally:  # stream_with_context starts the generator at once: this runs on close
+            _streams.release()
 
-    response = _event_stream_response(stream_with_context(stream()))
-    response.call_on_close(release)
-    return response
+    return _event_stream_response(stream_with_context(stream()))
 
 
 def _event_stream_response(events: Iterator[str]) -> Response:
