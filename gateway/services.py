@@ -100,6 +100,7 @@ class Services:
                 quarantine=storage.quarantine,
                 queue=queue if settings.processing == "on" else None,
                 tus=tus,
+                keep_infected=settings.keep_infected == "on",
             ),
         )
 

@@ -48,6 +48,7 @@ class Sweeper:
         quarantine: Quarantine | None = None,
         queue: Queue | None = None,
         tus: TusService | None = None,
+        keep_infected: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -55,6 +56,7 @@ class Sweeper:
         self.quarantine = quarantine
         self.queue = queue
         self.tus = tus
+        self.keep_infected = keep_infected  # infected originals kept in the quarantine on purpose
         self.records = records
         self.journal = journal
         self.direct = direct
@@ -228,7 +230,8 @@ class Sweeper:
 
     def _owned(self, key: str, report: SweepReport) -> bool:
         """Whether a live record owns the key (never delete those, nor keys the gateway did not
-        make): the record's own key while its status owns an object; a staging key
+        make): the record's own key while its status owns an object (an infected one's only when
+        infected files are kept); a staging key
         (``<key>.upload``) only while its upload is pending. When the record store cannot
         answer, the key counts as owned (and the failure is reported)."""
         owner = chunk_owner(key)
@@ -246,6 +249,8 @@ class Sweeper:
             return record.status is Status.PENDING
         if staging:
             return staging_key(record.s3_key) == key and record.status is Status.PENDING
+        if record.status is Status.INFECTED:
+            return self.keep_infected and record.s3_key == key
         if record.status not in OWNS_OBJECT:
             return False
         return record.s3_key == key or key in {v.key for v in record.variants}

@@ -260,6 +260,23 @@ def test_nothing_is_public_before_a_clean_scan(tmp_path, clamd_url, infected):
         assert not svc.storage.quarantine.store.exists(key)
 
 
+def test_an_infected_file_kept_in_the_quarantine_survives_the_sweeper(tmp_path, clamd_url):
+    from datetime import timedelta
+
+    app, svc, auth = gateway(tmp_path, clamd_url=clamd_url, keep_infected="on")
+    client = app.test_client()
+    photo = samples.photo(800, 600)
+    content = photo[:1000] + MARKER + photo[1000:]
+    media = upload(client, auth, content, "x.jpg")
+    work(svc, settled(svc, media["mediaId"]))
+    record = svc.records.get(media["mediaId"])
+    assert record.status is Status.INFECTED and record.variants == []
+    held = svc.storage.quarantine.store
+    report = svc.sweeper.sweep(older_than=timedelta(0))
+    assert report.failed == [] and report.done == []
+    assert read_object(held, record.s3_key) == content and not svc.store.exists(record.s3_key)
+
+
 def test_a_scanner_that_is_down_is_never_clean(tmp_path):
     from support import free_port
 

@@ -481,6 +481,7 @@ def _sweeper(
     clock=lambda: NOW,
     quarantine=None,
     queue=None,
+    keep_infected=False,
 ):
     storage = storage or FakeStorage()
     return Sweeper(
@@ -490,6 +491,7 @@ def _sweeper(
         journal=journal or FakeJournal(),
         direct=direct,
         quarantine=quarantine,
+        keep_infected=keep_infected,
         queue=queue,
         clock=clock,
     )
@@ -790,6 +792,17 @@ def test_the_quarantine_is_swept_like_the_store():
         f"delete unrecorded object {_key(1)}",
         f"delete unrecorded object {_key(2)} in the quarantine",
     ]
+    assert report.failed == []
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_an_infected_original_in_the_quarantine_stays_only_when_infected_files_are_kept(keep):
+    held = FakeStorage(objects=[(_key(1), OLD)])
+    infected = FakeRecords(_record(_key(1), Status.INFECTED))
+    report = _sweeper(records=infected, quarantine=FakeQuarantine(held), keep_infected=keep).sweep(
+        older_than=HOUR, now=NOW
+    )
+    assert held.deleted == ([] if keep else [_key(1)])
     assert report.failed == []
 
 
