@@ -498,7 +498,7 @@ def main() -> int:
         "--worker-class",
         default=None,
         help="gunicorn worker class for the gateway (GATEWAY_WORKER_CLASS; "
-        "default: gunicorn.conf.py's gthread), e.g. gevent to compare",
+        "default: gunicorn.conf.py's, gevent), e.g. gthread to compare",
     )
     parser.add_argument("--tmp", default=None, help="scratch directory (the 2 GiB file goes here)")
     parser.add_argument(

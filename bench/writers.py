@@ -5,7 +5,7 @@ go into S3 through
   * smart_open 9 ``smart_open.open('s3://bucket/key', 'wb', compression='disable',
     transport_params={'client': client, 'min_part_size': ...})`` with 8 MiB parts (the gateway's
     part size) and with its default 50 MiB parts;
-  * ``gateway.storage.s3.S3ObjectStore(client, bucket=..., settings=Settings(...))
+  * ``gateway.storage.s3.S3ObjectStore.from_settings(client, bucket=..., prefix="", settings=...)
     .open_writer(...)`` then ``write`` / ``commit`` (8 MiB parts, 2 in flight: the defaults).
 Both use the gateway's own botocore client (``make_s3_client``). Measured: HTTP requests sent
 (botocore ``before-send.s3.*`` events), wall time, CPU of this process (the writer and its part
@@ -150,7 +150,7 @@ def run_writers(
     settings = Settings(storage_url=f"s3://{BUCKET}", s3_endpoint_url=moto_url)
     client = make_s3_client(settings)
     counter = RequestCounter(client)
-    store = S3ObjectStore(client, bucket=BUCKET, settings=settings)
+    store = S3ObjectStore.from_settings(client, bucket=BUCKET, prefix="", settings=settings)
     store.create_bucket()
     payload = Payload()
     writers = {

@@ -215,6 +215,7 @@ class FormDataParser:
             self.complete = True
             events.append(FormEnd())
             self._state = _State.EPILOGUE
+            self._skipped = 0  # the epilogue has a limit of its own
             return pos + 2
         padding = _PADDING_RE.match(buffer, pos)
         assert padding is not None

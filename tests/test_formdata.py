@@ -834,3 +834,14 @@ def test_part_data_that_starts_like_a_delimiter_is_kept_however_split(data):
     assert _parts_of(whole.events) == [("file", "a", data)]
     for size in range(1, 5):
         assert _parts_of(parse(body, size, boundary=b"B")) == [("file", "a", data)]
+
+
+def test_the_preamble_and_the_epilogue_each_have_their_own_limit():
+    """1,000 blank bytes before the first boundary and 1,000 after the closing one: both fit."""
+    body = (
+        b" " * 1000
+        + b'\r\n--B\r\nContent-Disposition: form-data; name="c"\r\n\r\nv\r\n--B--\r\n'
+        + b" " * 1000
+    )
+    whole = same_for_every_cut(body, boundary=b"B")
+    assert whole == Outcome([TextField("c", "v"), FormEnd()], None)

@@ -104,6 +104,7 @@ def media_events(media_id: str) -> Response:
         return _event_stream_response(iter(()))
     if not _streams.acquire(blocking=False):
         raise errors.TooManyStreams()
+
     def stream() -> Iterator[str]:
         try:
             current: MediaRecord | None = record
