@@ -775,3 +775,85 @@ def test_deep_json_at_every_depth_near_the_recursion_limit(client, token):
             response = initiate_raw(client, token, body)
             check(response)
             assert response.status_code in (400, 413, 415), (depth, response.get_json())
+
+
+# -- tus -----------------------------------------------------------------------------------------
+TUS_METHODS = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET", "PUT"]
+
+
+def tus_b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()  # tus metadata: standard, padded base64
+
+
+@pytest.fixture
+def tus_world(client, world) -> World:
+    """Two tus uploads of alice's: one fresh, one with a chunk in."""
+    auth = {"Authorization": f"Bearer {world.tokens['alice']}", "Tus-Resumable": "1.0.0"}
+    ids = []
+    for chunk in (b"", png_bytes(4000)[:2000]):
+        created = client.post(
+            "/api/tus/",
+            headers={
+                **auth,
+                "Upload-Length": "4000",
+                "Upload-Metadata": "projectId " + tus_b64(b"p1"),
+            },
+        )
+        assert created.status_code == 201, created.get_data()
+        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+        if chunk:
+            done = client.patch(
+                f"/api/tus/{upload_id}",
+                data=chunk,
+                headers={
+                    **auth,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert done.status_code == 204, done.get_data()
+        ids.append(upload_id)
+    return World(tokens=world.tokens, media_ids=ids + world.media_ids)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_tus_routes_never_5xx(client, tus_world, data):
+    """Every tus header drawn valid, odd or missing, on either URL, with any method."""
+    draw = data.draw
+    upload = draw_id(draw, tus_world.media_ids)
+    path = draw(st.sampled_from(["/api/tus/", f"/api/tus/{upload}", f"/api/tus/{quote(upload)}"]))
+    headers = draw_headers(draw, tus_world)
+    numbers = often("0", int_text | st.sampled_from(["2000", "4000", "-1", "1e3", " 5"]))
+    optional = {
+        "Tus-Resumable": often("1.0.0", st.sampled_from(["0.2.2", "", "1.0"]) | header_text),
+        "Content-Type": often(
+            "application/offset+octet-stream", st.sampled_from(["text/plain", ""]) | header_text
+        ),
+        "Upload-Offset": numbers,
+        "Upload-Length": numbers,
+        "Upload-Defer-Length": st.sampled_from(["1", "0", "yes"]) | header_text,
+        "Upload-Metadata": often(
+            "projectId " + tus_b64(b"p1") + ",filename " + tus_b64(b"x.png"),
+            st.sampled_from(
+                ["projectId", "projectId !!!", "projectId " + tus_b64(b"../x"), ",", "a b c", ""]
+            )
+            | header_text,
+        ),
+        "Upload-Concat": st.sampled_from(["partial", "final;", f"final;/api/tus/{upload}"])
+        | header_text,
+        "Upload-Checksum": st.sampled_from(
+            ["sha256 " + tus_b64(b"x" * 32), "md5 !!", "crc32 AAAA", "sha1", ""]
+        )
+        | header_text,
+        "X-HTTP-Method-Override": st.sampled_from(["PATCH", "DELETE", "HEAD", "GET", "x"]),
+        "Origin": st.sampled_from(["https://app.example", "null"]),
+    }
+    for name, values in optional.items():
+        if name in ("Tus-Resumable", "Upload-Metadata") or draw(st.booleans()):
+            # what a header line can carry: Latin-1, no line breaks
+            value = draw(values).encode("latin-1", "replace").decode("latin-1")
+            headers.append((name, value.replace("\r", " ").replace("\n", " ")))
+    body = draw(st.one_of(st.none(), st.just(png_bytes(4000)[2000:]), st.binary(max_size=300)))
+    call = Call(draw(st.sampled_from(TUS_METHODS)), path, "", headers, body, draw(LENGTHS))
+    check(send(client, call))
