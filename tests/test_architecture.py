@@ -30,6 +30,17 @@ DOMAIN = [
     "gateway.idempotency",
     "gateway.bodies",
     "gateway.errors",
+    "gateway.tus",
+    "gateway.storage.chunks",
+    "gateway.pipeline",
+    "gateway.worker",
+    "gateway.queue",
+    "gateway.queue.sqlite",
+    "gateway.queue.sqs",
+    "gateway.derive",
+    "gateway.sandbox",
+    "gateway.scanner",
+    "gateway.webhooks",
 ]
 
 
