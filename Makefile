@@ -76,6 +76,7 @@ mutation: $(VENV)/.dev
 # Prints PASS/MISS per target (run.py exits 1 on a miss; direct.py runs regardless).
 bench: $(VENV)/.dev
 	-$(BIN)/python bench/run.py
+	-$(BIN)/python bench/tus.py
 	$(BIN)/python bench/direct.py
 
 clean:

@@ -643,7 +643,8 @@ class _Writer:
                     metadata=self.service._object_metadata(self.record),
                     content_disposition=content_disposition(self.record.original_name),
                 )
-            data = bytes(self.buffer[:size])
+            with memoryview(self.buffer) as view:  # one copy of the part, not two
+                data = bytes(view[:size])
             number = len(self.parts) + 1  # = offset of its first byte // part size + 1
             self.parts.append(
                 TusPart(
