@@ -455,8 +455,8 @@ def targets(results: dict, scs: list[Scenario], local: dict | None) -> list[dict
     return rows
 
 
-def format_targets(rows: list[dict]) -> str:
-    lines = ["Targets", f"{'target':<58} {'value':>8} {'limit':>8}  verdict"]
+def format_targets(rows: list[dict], title: str = "Targets") -> str:
+    lines = [title, f"{'target':<58} {'value':>8} {'limit':>8}  verdict"]
     lines += [
         f"{r['target']:<58} {r['value']:>8} {r['limit']:>8}  {verdict(r['ok'])}" for r in rows
     ]

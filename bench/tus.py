@@ -54,9 +54,9 @@ from run import (  # noqa: E402
     aggregate,
     empty_bucket,
     environment,
+    format_targets,
     log,
     mib,
-    verdict,
     warm_moto,
     warm_up,
 )
@@ -425,14 +425,6 @@ def targets(results: dict, scs: list[Scenario]) -> list[dict]:
     return rows
 
 
-def format_targets(rows: list[dict]) -> str:
-    lines = ["Targets (gateway tus vs @tus/server)", f"{'target':<58} {'value':>6} {'limit':>7}"]
-    lines += [
-        f"{r['target']:<58} {r['value']:>6} {r['limit']:>7}  {verdict(r['ok'])}" for r in rows
-    ]
-    return "\n".join(lines)
-
-
 def node_environment() -> dict:
     def version(package: str) -> str:
         meta = NODE_DIR / "node_modules" / package / "package.json"
@@ -579,7 +571,7 @@ def main() -> int:
             "",
             format_table(out["scenarios"], scs, reps),
             "",
-            format_targets(out["targets"]),
+            format_targets(out["targets"], "Targets (gateway tus vs @tus/server)"),
         ]
     )
     print(report)
