@@ -45,6 +45,8 @@ def require_tus_resumable() -> None:
 @bp.after_request
 def tus_headers(response: Response) -> Response:
     response.headers["Tus-Resumable"] = TUS_VERSION
+    if response.status_code < 300 and not response.is_streamed and not response.get_data():
+        response.headers.pop("Content-Type", None)  # an empty answer has no type (Flask adds one)
     origin = request.headers.get("Origin")
     allowed = services().settings.cors_origins
     if origin and ("*" in allowed or origin in allowed):
