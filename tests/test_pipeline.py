@@ -328,6 +328,7 @@ def test_the_event_stream_follows_the_media_until_ready(tmp_path):
         for line in b"".join(response.response).decode().splitlines()
         if line.startswith("data: ")
     ]
+    response.close()  # as every WSGI server does
     done.join()
     statuses = [e["status"] for e in events]
     assert statuses[0] == "stored" and statuses[-1] == "ready"
@@ -373,6 +374,7 @@ def test_head_requests_and_unread_streams_give_their_slot_back(tmp_path):
     for _ in range(3):
         head = client.head(url, headers=auth)
         assert head.status_code == 200 and head.mimetype == "text/event-stream"
+        head.close()  # as every WSGI server does
     unread = client.get(url, headers=auth, buffered=False)
     assert unread.status_code == 200
     unread.close()  # the client went away before the first event

@@ -100,40 +100,34 @@ def media_events(media_id: str) -> Response:
     settled (ready, failed, infected); a comment line every 15 s keeps proxies from closing."""
     principal = authenticate()
     record = _visible_record(principal, media_id)
-    if request.method == "HEAD":  # no body will be read: no stream, no slot
-        return _event_stream_response(iter(()))
     if not _streams.acquire(blocking=False):
         raise errors.TooManyStreams()
 
     def stream() -> Iterator[str]:
-        try:
-            current: MediaRecord | None = record
-            version, quiet_since = -1, time.monotonic()
-            while current is not None:
-                if current.version != version:
-                    version, quiet_since = current.version, time.monotonic()
-                    yield f"event: media\ndata: {json.dumps(media_json(current))}\n\n"
-                    if current.status in SETTLED:
-                        return
-                elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-                    quiet_since = time.monotonic()
-                    yield ": keep-alive\n\n"
-                time.sleep(POLL_SECONDS)
-                try:
-                    current = _visible_record(principal, media_id)
-                except errors.MediaNotFound:
-                    yield "event: deleted\ndata: {}\n\n"
-                    current = None
-        finally:  # stream_with_context starts the generator at once: this runs on close
-            _streams.release()
+        current: MediaRecord | None = record
+        version, quiet_since = -1, time.monotonic()
+        while current is not None:
+            if current.version != version:
+                version, quiet_since = current.version, time.monotonic()
+                yield f"event: media\ndata: {json.dumps(media_json(current))}\n\n"
+                if current.status in SETTLED:
+                    return
+            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            time.sleep(POLL_SECONDS)
+            try:
+                current = _visible_record(principal, media_id)
+            except errors.MediaNotFound:
+                yield "event: deleted\ndata: {}\n\n"
+                current = None
 
-    return _event_stream_response(stream_with_context(stream()))
-
-
-def _event_stream_response(events: Iterator[str]) -> Response:
-    response = Response(events, mimetype="text/event-stream")
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    # The server closes every response once, also a HEAD's or one whose client left before the
+    # first event (the generator never runs then): the slot goes back there.
+    response.call_on_close(_streams.release)
     return response
 
 
