@@ -41,7 +41,7 @@ from .naming import (
     new_media_id,
 )
 from .principal import Principal
-from .records import DirectUpload, MediaRecord, MediaStore
+from .records import DirectUpload, MediaRecord, MediaStore, owned_upload
 from .sniff import SNIFF_BYTES, SniffedType, is_allowed
 from .storage.s3_direct import ObjectHead, PartInfo, S3DirectUploads
 from .uploads import SHA256_RE
@@ -295,17 +295,8 @@ class DirectUploadService:
 
     # -- the upload's life -----------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
-        """A direct upload the caller may act on: its own, or any it may see when it is an
-        admin (others' are 404, as if they did not exist)."""
-        try:
-            record = self.records.get(upload_id)
-        except errors.MediaNotFound:
-            raise errors.UploadNotFound() from None
-        if not isinstance(record.upload, DirectUpload) or not principal.may_modify(
-            tenant=record.tenant, project_id=record.project_id, owner=record.owner
-        ):
-            raise errors.UploadNotFound()
-        return record
+        """A direct upload the caller may act on (others' are 404)."""
+        return owned_upload(self.records, principal, upload_id, DirectUpload)
 
     @staticmethod
     def _upload(record: MediaRecord) -> DirectUpload:

@@ -40,7 +40,7 @@ from .ingest import Destination, checked_type, object_metadata
 from .lifecycle import Status, is_visible
 from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
 from .principal import Principal
-from .records import MediaRecord, MediaStore, TusPart, TusUpload
+from .records import MediaRecord, MediaStore, TusPart, TusUpload, owned_upload
 from .sniff import SNIFF_BYTES, SniffedType
 from .storage.chunks import ChunkStore, chunk_key
 
@@ -258,16 +258,8 @@ class TusService:
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
-        """A tus upload the caller may act on (its own, or an admin's): others are 404."""
-        try:
-            record = self.records.get(upload_id)
-        except errors.MediaNotFound:
-            raise errors.UploadNotFound() from None
-        if not isinstance(record.upload, TusUpload) or not principal.may_modify(
-            tenant=record.tenant, project_id=record.project_id, owner=record.owner
-        ):
-            raise errors.UploadNotFound()
-        return record
+        """A tus upload the caller may act on (others' are 404)."""
+        return owned_upload(self.records, principal, upload_id, TusUpload)
 
     def live(self, principal: Principal, upload_id: str) -> MediaRecord:
         """The upload, unless it has ended: expired (410) or terminated (404)."""

@@ -26,6 +26,7 @@ from ..naming import MEDIA_ID_RE
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..principal import Principal
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,25 @@ class IdempotencyStore(Protocol):
 
 class MediaStore(RecordStore, IdempotencyStore, Protocol):
     """What each backend is: both stores in one (one transaction can touch both)."""
+
+
+def owned_upload(
+    records: RecordStore,
+    principal: Principal,
+    upload_id: str,
+    kind: type[DirectUpload] | type[TusUpload],
+) -> MediaRecord:
+    """An upload of ``kind`` the caller may act on: its own, or any it may see when it is an
+    admin (others' are 404, as if they did not exist)."""
+    try:
+        record = records.get(upload_id)
+    except errors.MediaNotFound:
+        raise errors.UploadNotFound() from None
+    if not isinstance(record.upload, kind) or not principal.may_modify(
+        tenant=record.tenant, project_id=record.project_id, owner=record.owner
+    ):
+        raise errors.UploadNotFound()
+    return record
 
 
 def checked_update(current: MediaRecord, new: MediaRecord) -> MediaRecord:
