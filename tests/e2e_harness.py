@@ -274,8 +274,12 @@ class Stack:
         return proc
 
     def worker_log(self, name: str = "worker") -> list[dict]:
+        return self.json_lines(f"{name}.log")
+
+    def json_lines(self, log_name: str) -> list[dict]:
+        """The JSON lines of one of the stack's logs (gunicorn.log, <worker>.log)."""
         lines = []
-        path = self.tmp / f"{name}.log"
+        path = self.tmp / log_name
         for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
             if line.startswith("{"):
                 try:

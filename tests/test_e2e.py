@@ -13,7 +13,6 @@ object, no pending (multipart) upload and no record.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import socket
 
@@ -127,14 +126,7 @@ def nothing_left(svc) -> bool:
 
 
 def gateway_log(stack) -> list[dict]:
-    lines = []
-    for line in (stack.tmp / "gunicorn.log").read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                pass
-    return lines
+    return stack.json_lines("gunicorn.log")
 
 
 # -- the config itself -----------------------------------------------------------------------------
