@@ -41,6 +41,7 @@ DOMAIN = [
     "gateway.sandbox",
     "gateway.scanner",
     "gateway.webhooks",
+    "gateway.sqlite_db",
 ]
 
 

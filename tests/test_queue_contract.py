@@ -124,6 +124,7 @@ def _take_all(path: str, start, out) -> None:  # a separate process, as a second
         taken += [m.body["n"] for m in batch]
         for m in batch:
             queue.delete(m)
+        time.sleep(0.001)  # a job's work between receives (else one loop can starve the other)
     out.put(taken)
 
 

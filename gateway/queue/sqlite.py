@@ -8,9 +8,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
+from ..sqlite_db import open_connection, write_transaction
 from . import Message, QueueStats
 
 T = TypeVar("T")
@@ -48,28 +48,13 @@ class SqliteQueue:
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=10, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn = open_connection(self.path)
             conn.executescript(SCHEMA)
             self._local.conn = conn
         return conn
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-            return result
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        return write_transaction(self._connect(), fn)
 
     def create(self) -> None:
         self._connect().executescript(SCHEMA)

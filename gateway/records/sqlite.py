@@ -10,11 +10,11 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import errors
 from ..lifecycle import VISIBLE, Status
+from ..sqlite_db import open_connection, write_transaction
 from . import (
     IdempotentAnswer,
     MediaRecord,
@@ -69,14 +69,7 @@ class SqliteRecordStore:
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=10, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn = open_connection(self.path)
             self._local.conn = conn
         if not self._schema_ready:
             conn.executescript(SCHEMA)
@@ -90,18 +83,7 @@ class SqliteRecordStore:
             raise errors.RecordStoreError() from exc  # the cause is logged, never sent
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        return self._run(run)
+        return self._run(lambda conn: write_transaction(conn, fn))
 
     def create_schema(self) -> None:
         self._run(lambda conn: conn.executescript(SCHEMA))
