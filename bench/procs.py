@@ -7,6 +7,7 @@ from /proc/<pid>/status, children come from /proc/<pid>/task/<pid>/children (or 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -363,6 +365,38 @@ def snapshot_source(dest: Path) -> tuple[Path, str]:
 
 
 SOURCE = {"dir": ROOT}  # where gunicorn and flask run from: the snapshot once one is taken
+
+
+def snapshot_rev(rev: str, dest: Path) -> tuple[Path, str]:
+    """The same files as ``snapshot_source`` at git revision ``rev``; returns the copy and the
+    full commit id."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "gateway", "wsgi.py", "gunicorn.conf.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest, commit
+
+
+@contextlib.contextmanager
+def running_from(source: Path) -> Iterator[None]:
+    """gunicorn and flask commands started inside run the code in ``source``."""
+    before = SOURCE["dir"]
+    SOURCE["dir"] = source
+    try:
+        yield
+    finally:
+        SOURCE["dir"] = before
 
 
 def flask_cmd(env: dict[str, str], *args: str) -> str:

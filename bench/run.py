@@ -49,6 +49,8 @@ from procs import (  # noqa: E402
     aws_env,
     flask_cmd,
     gateway_env,
+    running_from,
+    snapshot_rev,
     snapshot_source,
     start_gunicorn,
     start_moto,
@@ -87,6 +89,8 @@ def scenarios(quick: bool) -> list[Scenario]:
 
 MAX_RSS_PER_UPLOAD = 24 * MiB
 MAX_LOCAL_RSS_DELTA = 16 * MiB
+# Not worse than a baseline revision: CPU per GiB of repeated runs varies by about 5% here.
+MAX_CPU_OVER_BASELINE = 1.05
 
 
 def log(msg: str) -> None:
@@ -349,10 +353,10 @@ def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
         head,
         "-" * len(head),
     ]
-    for sc in scs:
-        g, b = results[sc.key]["gateway"], results[sc.key]["boto3"]
-        lines.append(
-            f"{sc.label:<20} {'gateway':<8} {g['mib_s']:>6.1f} {g['p50_s']:>6.2f} "
+
+    def gateway_row(label: str, path: str, g: dict) -> str:
+        return (
+            f"{label:<20} {path:<8} {g['mib_s']:>6.1f} {g['p50_s']:>6.2f} "
             f"{g['p95_s']:>6.2f} {g['cpu_s_per_gib']:>9.2f} "
             f"{g['moto_cpu_s_per_gib']:>10.2f} {g['busy_cores']:>5.2f} "
             f"{g['foreign_cores']:>5.2f} {g['idle_workers_rss_mib']:>8.1f} "
@@ -360,6 +364,10 @@ def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
             f"{g['rss_growth_per_upload_mib']:>8.1f} {g['errors']:>3}  "
             + "/".join(f"{v:.0f}" for v in g["mib_s_runs"])
         )
+
+    for sc in scs:
+        g, b = results[sc.key]["gateway"], results[sc.key]["boto3"]
+        lines.append(gateway_row(sc.label, "gateway", g))
         lines.append(
             f"{'':<20} {'boto3':<8} {b['mib_s']:>6.1f} {b['p50_s']:>6.2f} "
             f"{b['p95_s']:>6.2f} {b['cpu_s_per_gib']:>9.2f} "
@@ -375,6 +383,14 @@ def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
             f"{'':<20} {'gw/boto3':<8} {ratio:>6.2f} {p50:>6} {p95:>6} {cpu:>9}"
             f"   if CPU-bound: {results[sc.key]['cpu_bound_ratio']:.2f}"
         )
+        base = results[sc.key].get("baseline")
+        if base:
+            lines.append(gateway_row("", f"@{base['rev']}", base))
+            lines.append(
+                f"{'':<20} {'gw/@rev':<8} {g['mib_s'] / base['mib_s']:>6.2f} "
+                f"{g['p50_s'] / base['p50_s']:>6.2f} {g['p95_s'] / base['p95_s']:>6.2f} "
+                f"{g['cpu_s_per_gib'] / base['cpu_s_per_gib']:>9.2f}"
+            )
     lines += [
         "  CPU s/GiB: gateway = user+sys of the gunicorn master + workers; boto3 = the "
         "process running upload_fileobj.",
@@ -382,6 +398,8 @@ def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
         "+ load client, over wall time.",
         "  other: cores used meanwhile by processes outside the benchmark (noise). "
         "+MiB/upl: (peak - idle RSS) / uploads in flight.",
+        "  @rev (--baseline-rev): the gateway's code at that revision, same settings, same run; "
+        "gw/@rev: this code over that one.",
         "  if CPU-bound: the throughput ratio expected when the cores are full, = (boto3 + "
         "its moto CPU) / (gateway + its moto + load client CPU), per GiB.",
     ]
@@ -425,6 +443,17 @@ def targets(results: dict, scs: list[Scenario], local: dict | None) -> list[dict
                 "ok": valid and cpu <= sc.max_cpu,
             }
         )
+        base = r.get("baseline")
+        if base:
+            cpu_ratio = round(cpu / base["cpu_s_per_gib"], 2)
+            rows.append(
+                {
+                    "target": f"{sc.label}: CPU s/GiB over @{base['rev']}'s",
+                    "value": cpu_ratio,
+                    "limit": f"<= {MAX_CPU_OVER_BASELINE}",
+                    "ok": valid and not base["errors"] and cpu_ratio <= MAX_CPU_OVER_BASELINE,
+                }
+            )
     for sc in scs:
         if sc.concurrency > 1:
             growth = results[sc.key]["gateway"]["rss_growth_per_upload_mib"]
@@ -500,6 +529,12 @@ def main() -> int:
         help="gunicorn worker class for the gateway (GATEWAY_WORKER_CLASS; "
         "default: gunicorn.conf.py's, gevent), e.g. gthread to compare",
     )
+    parser.add_argument(
+        "--baseline-rev",
+        default=None,
+        help="also run the gateway at this git revision in every S3 scenario, interleaved "
+        "with the others in the same run (CPU and throughput of this code against that one)",
+    )
     parser.add_argument("--tmp", default=None, help="scratch directory (the 2 GiB file goes here)")
     parser.add_argument(
         "--reps",
@@ -574,6 +609,19 @@ def main() -> int:
         token = flask_cmd(env, "token", "--sub", "bench", "--ttl", "2h")
         settings = Settings.from_env(env)
         client = make_s3_client(settings)
+        baseline = None
+        if args.baseline_rev:
+            base_dir, base_commit = snapshot_rev(args.baseline_rev, tmp_root / "baseline-src")
+            out["environment"]["baseline_commit"] = base_commit
+            base_tmp = tmp_root / "s3-baseline"
+            base_tmp.mkdir()
+            base_env = {**env, "GATEWAY_RECORDS_URL": f"sqlite:///{base_tmp / 'records.db'}"}
+            base_env["GATEWAY_ORPHAN_JOURNAL"] = str(base_tmp / "orphans.jsonl")
+            base_env["GATEWAY_QUEUE_URL"] = f"sqlite:///{base_tmp / 'queue.db'}"
+            with running_from(base_dir):
+                flask_cmd(base_env, "init")
+                base_token = flask_cmd(base_env, "token", "--sub", "bench", "--ttl", "2h")
+            baseline = (base_dir, base_env, base_token, base_commit[:7])
         out["gateway_settings"] = {
             "part_size": settings.effective_part_size,
             "parts_in_flight": settings.s3_parts_in_flight,
@@ -584,12 +632,32 @@ def main() -> int:
 
         if scs:
             warm_moto(client, payload)
+        paths = ["gateway", "boto3"] + (["baseline"] if baseline else [])
         for sc in scs:
-            g_runs, b_runs = [], []
+            g_runs, b_runs, base_runs = [], [], []
             for rep in range(reps):
-                order = ("gateway", "boto3") if rep % 2 == 0 else ("boto3", "gateway")
-                for path in order:
-                    if path == "gateway":
+                shift = rep % len(paths)
+                for path in paths[shift:] + paths[:shift]:
+                    if path == "baseline" and baseline:
+                        base_dir, base_env, base_token, base_name = baseline
+                        with running_from(base_dir):
+                            r = run_gateway(
+                                sc,
+                                procs=procs,
+                                env=base_env,
+                                tmp=tmp_root,
+                                token=base_token,
+                                payload=payload,
+                                client=client,
+                                moto_pid=moto.pid,
+                            )
+                        base_runs.append(r)
+                        log(
+                            f"{sc.label} #{rep + 1}: gateway@{base_name} {r['mib_s']} MiB/s, "
+                            f"{r['cpu_s_per_gib']} CPU s/GiB, other load {r['foreign_cores']} "
+                            f"cores, errors {r['errors']} {r['first_errors'][:1]}"
+                        )
+                    elif path == "gateway":
                         g = run_gateway(
                             sc,
                             procs=procs,
@@ -635,6 +703,11 @@ def main() -> int:
                 "ratio": ratio,
                 "cpu_bound_ratio": round(b_total / g_total, 2),
             }
+            if baseline:
+                out["scenarios"][sc.key]["baseline"] = {
+                    **aggregate(base_runs),
+                    "rev": baseline[3],
+                }
 
         if not args.skip_writers:
             log("writer comparison ...")
