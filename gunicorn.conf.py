@@ -12,7 +12,9 @@ GATEWAY_WORKER_CLASS=gthread still works (then GATEWAY_THREADS is the concurrenc
 
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway.config import ConfigError, Settings
@@ -21,14 +23,29 @@ from gateway.serving import install_json_error_pages
 # Fail here, in the master, with one line naming the variable: a worker that cannot load the
 # app would only be respawned by the master, over and over.
 try:
-    Settings.from_env()
+    _settings = Settings.from_env()
 except ConfigError as _error:
     print(f"upload-gateway: configuration error: {_error}", file=sys.stderr)
     sys.exit(2)
 
 install_json_error_pages()  # gunicorn's own 400/414/431/501 answers as JSON, not HTML
 
-bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+bind = [os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")]
+if _settings.metrics_bind:
+    # /metrics answers on this listener only (gateway/api/health.py). Every worker writes its
+    # samples to a fresh directory that a scrape merges (prometheus-client's multiprocess mode).
+    bind.append(_settings.metrics_bind)
+    _metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+    def child_exit(server, worker):
+        from gateway.metrics import mark_process_dead
+
+        mark_process_dead(worker.pid)
+
+    def on_exit(server):
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+
 worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gevent")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # Concurrent connections per worker (gevent); beyond it a worker stops accepting.

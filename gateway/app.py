@@ -6,10 +6,10 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, weblog
+from . import auth, errors, weblog
 from .config import Settings
 from .services import Services
 
@@ -38,6 +38,9 @@ def create_app(
     app.register_blueprint(tus.bp)
     if svc.storage.local is not None:
         app.register_blueprint(media.local_bp)
+    if settings.metrics_port is not None:
+        app.register_blueprint(health.metrics_bp)
+        _serve_metrics_on_their_listener_only(app, settings.metrics_port)
     from .cli import register
 
     register(app)
@@ -47,3 +50,16 @@ def create_app(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
     return app
+
+
+def _serve_metrics_on_their_listener_only(app: Flask, port: int) -> None:
+    """/metrics answers only on the metrics listener, and nothing else does (404 both ways).
+    The listener is the connection's local port: unlike SERVER_PORT or Host, not client-chosen."""
+
+    @app.before_request
+    def by_listener() -> None:
+        sock = request.environ.get("gunicorn.socket")
+        local = sock.getsockname() if sock is not None else None
+        on_metrics_listener = isinstance(local, tuple) and local[1] == port
+        if on_metrics_listener != (request.endpoint == "metrics.scrape"):
+            raise errors.NotFound()

@@ -10,6 +10,7 @@ from datetime import timedelta
 import click
 from flask import Flask
 
+from . import metrics
 from .api import services
 from .auth import mint_token
 from .worker import Worker, WorkerOptions
@@ -85,6 +86,9 @@ def register(app: Flask) -> None:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if svc.settings.worker_metrics_bind:
+            host, _, port = svc.settings.worker_metrics_bind.rpartition(":")
+            metrics.serve(host.strip("[]"), int(port), metrics.QueueCollector(svc.queue.stats))
         click.echo(f"worker: {options.concurrency} at once on {svc.settings.queue_url}", err=True)
         worker.run()
 

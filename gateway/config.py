@@ -31,6 +31,13 @@ def _env_name(name: str) -> str:
     return PREFIX + name.upper()
 
 
+def _host_port(bind: str) -> tuple[str, int] | None:
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where objects go: "s3://bucket/prefix" or a local directory (the embedded default).
@@ -129,6 +136,10 @@ class Settings:
     idempotency_ttl: int = 24 * 3600
     idempotency_lock_timeout: int = 3600
     log_level: str = "INFO"
+    # Prometheus metrics at /metrics, only on this extra listener (host:port) of gunicorn, never
+    # on the public one; the processing worker serves its own on worker_metrics_bind. "": off.
+    metrics_bind: str = ""
+    worker_metrics_bind: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -233,6 +244,10 @@ class Settings:
         if self.jwt_leeway < 0 or self.trusted_proxies < 0:
             fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
 
+        for name in ("metrics_bind", "worker_metrics_bind"):
+            if getattr(self, name) and _host_port(getattr(self, name)) is None:
+                fail(name, "must be host:port, e.g. 127.0.0.1:9464")
+
         storage = urlparse(self.storage_url)
         if storage.scheme == "s3":
             if not storage.netloc:
@@ -323,6 +338,12 @@ class Settings:
     @property
     def cloudfront_private_key_pem(self) -> str:
         return _pem_or_file(self.cloudfront_private_key)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the metrics listener, when there is one."""
+        bound = _host_port(self.metrics_bind) if self.metrics_bind else None
+        return bound[1] if bound else None
 
     @property
     def effective_part_size(self) -> int:

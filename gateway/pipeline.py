@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-from . import errors
+from . import errors, metrics
 from .derive import Derived, DeriveOptions, Variant, derive
 from .direct import DirectUploadService, parse_key
 from .events import Announcer, EventType
@@ -116,10 +116,12 @@ class Pipeline:
         if record.status is not Status.PROCESSING:
             return  # ready, infected, or not committed: nothing to do (a duplicate)
         if record.quarantined:
-            record = self._scan(record)
+            with metrics.stage("scan"):
+                record = self._scan(record)
             if record is None or record.status is not Status.PROCESSING:
                 return
-        self._describe(record)
+        with metrics.stage("describe"):
+            self._describe(record)
 
     def _scan(self, record: MediaRecord) -> MediaRecord | None:
         assert self.quarantine is not None

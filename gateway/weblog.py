@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import errors
+from . import errors, metrics
 from .config import Settings
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -57,17 +57,29 @@ def init_app(app: Flask, settings: Settings) -> None:
     @app.after_request
     def finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        started = g.get("started", time.monotonic())
+        seconds = elapsed()
+        fields = g.get("log", {})
         line = {
             "event": "request",
             "requestId": g.get("request_id"),
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
-            "durationMs": round((time.monotonic() - started) * 1000, 1),
-            **g.get("log", {}),
+            "durationMs": round(seconds * 1000, 1),
+            **fields,
         }
         access_log.info(line)
+        outcome = str(fields.get("outcome", response.status_code))
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.observe_request(request.method, route, response.status_code, seconds, outcome)
+        upload = g.get("upload")
+        if upload is not None:
+            metrics.observe_upload(
+                upload["protocol"],
+                upload.get("outcome", outcome),
+                upload.get("bytes", 0),
+                upload.get("seconds"),
+            )
         return response
 
     @app.errorhandler(errors.GatewayError)
@@ -104,3 +116,15 @@ def render(exc: errors.GatewayError) -> Response:
 def note(**fields: Any) -> None:
     """Add fields to this request's log line."""
     g.setdefault("log", {}).update({k: v for k, v in fields.items() if v is not None})
+
+
+def elapsed() -> float:
+    """Seconds since this request started."""
+    started: float = g.get("started", time.monotonic())
+    return time.monotonic() - started
+
+
+def note_upload(protocol: str, **fields: Any) -> None:
+    """This request carries (part of) an upload: counted in the upload metrics when it ends,
+    with the outcome noted here (``outcome``, ``bytes``, ``seconds``) or else its error code."""
+    g.setdefault("upload", {"protocol": protocol}).update(fields)

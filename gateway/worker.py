@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import metrics
 from .queue import Message, Queue
 
 log = logging.getLogger("gateway.worker")
@@ -104,14 +105,17 @@ class Worker:
             self._quietly(self.queue.delete, message)
         else:
             outcome = self._failed(message, failure)
+        seconds = time.monotonic() - started
+        kind = str(message.body.get("type", "s3:event" if "Records" in message.body else "?"))
+        metrics.observe_job(kind, outcome, seconds)
         log.info(
             {
                 "event": "job",
                 "messageId": message.id,
-                "type": message.body.get("type", "?"),
+                "type": kind,
                 "receiveCount": message.receive_count,
                 "outcome": outcome,
-                "durationMs": round((time.monotonic() - started) * 1000, 1),
+                "durationMs": round(seconds * 1000, 1),
             }
         )
 

@@ -14,9 +14,9 @@ from ..direct import DirectUploadService
 from ..lifecycle import Status, is_visible
 from ..records import DirectUpload, MediaRecord
 from ..storage.s3_direct import PartInfo
-from ..weblog import note
+from ..weblog import note, note_upload
 from . import services
-from .present import media_json
+from .present import media_json, upload_seconds
 
 bp = Blueprint("direct", __name__)
 MAX_JSON_BYTES = 256 * 1024
@@ -114,7 +114,9 @@ def initiate() -> tuple[Response, int]:
     svc = _service()
     project_id, promises = svc.parse_promises(_json_body(required=True))
     note(user=principal.subject, project=project_id, files=len(promises))
+    note_upload("direct")
     started = svc.initiate(principal, project_id, promises)
+    note_upload("direct", outcome="initiated")
     uploads = [{**upload_json(item.record), **item.instructions} for item in started]
     return jsonify(success=True, uploads=uploads), 201
 
@@ -143,8 +145,10 @@ def parts(upload_id: str) -> Response:
 @bp.post("/api/uploads/<upload_id>/complete")
 def complete(upload_id: str) -> Response:
     principal = authenticate()
+    note_upload("direct")
     record = _service().complete(principal, upload_id, _json_body(required=False))
     note(user=principal.subject, project=record.project_id, outcome=record.status.value)
+    note_upload("direct", bytes=record.size or 0, seconds=upload_seconds(record))
     if record.status is Status.REJECTED:
         raise errors.UploadRejected(record.reason)
     return jsonify(success=True, **upload_json(record))

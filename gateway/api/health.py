@@ -1,13 +1,15 @@
-"""Liveness and readiness."""
+"""Liveness, readiness, and the Prometheus metrics (on the metrics listener only)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from .. import metrics
 from ..errors import GatewayError
 from . import services
 
 bp = Blueprint("health", __name__)
+metrics_bp = Blueprint("metrics", __name__)  # registered when GATEWAY_METRICS_BIND is set
 
 
 @bp.get("/healthz")
@@ -26,3 +28,10 @@ def readyz() -> tuple[Response, int]:
         except GatewayError as exc:
             checks[name], ready = exc.message, False
     return jsonify(ready=ready, checks=checks), 200 if ready else 503
+
+
+@metrics_bp.get("/metrics")
+def scrape() -> Response:
+    svc = services()
+    queue = [metrics.QueueCollector(svc.queue.stats)] if svc.settings.processing == "on" else []
+    return Response(metrics.scrape(queue), content_type=metrics.CONTENT_TYPE)

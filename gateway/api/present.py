@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import request
@@ -9,6 +10,12 @@ from flask import request
 from ..records import MediaRecord, TusUpload
 from ..services import Services
 from . import services
+
+
+def upload_seconds(record: MediaRecord) -> float:
+    """From the record's creation (tus creation, direct initiate) to now."""
+    created = datetime.fromisoformat(record.created_at)
+    return max(0.0, (datetime.now(UTC) - created).total_seconds())
 
 
 def _url(svc: Services, record: MediaRecord, key: str) -> str | None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from .. import errors
+from .. import errors, metrics
 from ..auth import authenticate
 from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..records import MediaRecord
 from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, encode_metadata, tus_state
-from ..weblog import note
+from ..weblog import note, note_upload
 from . import services
+from .present import upload_seconds
 
 bp = Blueprint("tus", __name__)
 PATCH_TYPE = "application/offset+octet-stream"
@@ -108,6 +109,16 @@ def _state_headers(response: Response, record: MediaRecord) -> Response:
     return response
 
 
+def _note_patched(record: MediaRecord, offset_before: int) -> None:
+    done = record.status.value != "pending"
+    note_upload(
+        "tus",
+        outcome="stored" if done else "partial",
+        bytes=tus_state(record).offset - offset_before,
+        seconds=upload_seconds(record) if done else None,
+    )
+
+
 def _body_length() -> int | None:
     return request.content_length
 
@@ -130,9 +141,13 @@ def create() -> Response:
         or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     )
     if has_body and tus_state(record).concat != "final":  # creation-with-upload
+        note_upload("tus")
         if request.mimetype != PATCH_TYPE:
             raise errors.TusContentType()
-        with guarded_body(request.environ, request.stream, services().settings.body_limits) as body:
+        with (
+            metrics.upload_in_flight("tus"),
+            guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
+        ):
             record = tus.patch(
                 principal,
                 record.media_id,
@@ -142,6 +157,7 @@ def create() -> Response:
                 checksum=request.headers.get("Upload-Checksum"),
                 content_length=_body_length(),
             )
+        _note_patched(record, 0)
     response = _state_headers(Response(status=201), record)
     response.headers["Location"] = _location(record)
     return response
@@ -160,19 +176,25 @@ def upload(upload_id: str) -> Response:
         return Response(status=204)
     if method != "PATCH":
         raise errors.MethodNotAllowed()
+    note_upload("tus")
     if request.mimetype != PATCH_TYPE:
         raise errors.TusContentType()
-    with guarded_body(request.environ, request.stream, services().settings.body_limits) as body:
+    offset = request.headers.get("Upload-Offset")
+    with (
+        metrics.upload_in_flight("tus"),
+        guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
+    ):
         record = tus.patch(
             principal,
             upload_id,
             body,
-            offset=request.headers.get("Upload-Offset"),
+            offset=offset,
             length=request.headers.get("Upload-Length"),
             checksum=request.headers.get("Upload-Checksum"),
             content_length=_body_length(),
         )
     note(offset=tus_state(record).offset)
+    _note_patched(record, int(offset or 0))  # tus.patch has checked the header
     response = Response(status=204)
     response.headers["Upload-Offset"] = str(tus_state(record).offset)
     if record.status.value == "pending":

@@ -6,13 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import errors, idempotency
+from .. import errors, idempotency, metrics
 from ..auth import authenticate
 from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..records import MediaRecord
 from ..uploads import UploadRequest, UploadStats
-from ..weblog import note
+from ..weblog import elapsed, note, note_upload
 from . import services
 from .present import media_json
 
@@ -35,6 +35,7 @@ def _answer(records: list[MediaRecord]) -> tuple[int, dict[str, Any]]:
 def upload() -> Response:
     principal = authenticate()  # before a single body byte is read
     note(user=principal.subject, tenant=principal.tenant or None)
+    note_upload("form")
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if request.content_length is None and not chunked:
         raise errors.LengthRequired()
@@ -46,7 +47,10 @@ def upload() -> Response:
     )
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
-    with guarded_body(request.environ, request.stream, svc.settings.body_limits) as body:
+    with (
+        metrics.upload_in_flight("form"),
+        guarded_body(request.environ, request.stream, svc.settings.body_limits) as body,
+    ):
         stats = UploadStats()
 
         def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
@@ -56,7 +60,9 @@ def upload() -> Response:
                 )
             finally:
                 note(project=stats.project_id, files=stats.files, bytes=stats.bytes_received)
+                note_upload("form", bytes=stats.bytes_received)
             note(outcome="stored")
+            note_upload("form", seconds=elapsed())
             return (stored.status, stored.body) if plan is not None else _answer(stored.records)
 
         key = request.headers.get("Idempotency-Key")

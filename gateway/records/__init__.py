@@ -299,13 +299,18 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 def open_records(settings: Settings) -> MediaStore:
     """The backend named by ``GATEWAY_RECORDS_URL``."""
+    from ..metrics import instrument_record_store
+
     if settings.records_url.startswith("dynamodb://"):
         from .dynamodb import DynamoRecordStore, make_dynamodb_client
 
-        return DynamoRecordStore(
+        store: MediaStore = DynamoRecordStore(
             make_dynamodb_client(settings),
             table=settings.records_url[len("dynamodb://") :].strip("/"),
         )
+        return instrument_record_store(store, "dynamodb")
     from .sqlite import SqliteRecordStore
 
-    return SqliteRecordStore(settings.records_url[len("sqlite:///") :])
+    return instrument_record_store(
+        SqliteRecordStore(settings.records_url[len("sqlite:///") :]), "sqlite"
+    )

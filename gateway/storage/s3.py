@@ -25,6 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import StorageError, StorageUnavailable
+from ..metrics import instrument_s3_client
 from . import ObjectInfo, PendingUpload, StoredObject
 
 if TYPE_CHECKING:
@@ -63,9 +64,11 @@ def make_s3_client(settings: Settings) -> Any:
             "addressing_style": "path" if settings.s3_endpoint_url else "auto",
         },
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=settings.s3_endpoint_url or None, config=config
     )
+    instrument_s3_client(client)
+    return client
 
 
 def translate(exc: Exception, action: str) -> StorageError:

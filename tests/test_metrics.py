@@ -1,0 +1,343 @@
+"""Prometheus metrics: the scrape through a real gunicorn (multiprocess), parsed with Prometheus's
+own parser; the listener rule; the instruments one by one."""
+
+from __future__ import annotations
+
+import base64
+import time
+from urllib.parse import urljoin
+
+import media_samples as samples
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics
+from gateway.app import create_app
+from gateway.queue import QueueStats
+
+from conftest import make_settings
+from e2e_harness import gateway_stack, poll
+from support import form_body, free_port, png_bytes
+
+
+def parse(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample as {(name, labels): value}."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples_: dict, name: str, **labels: str) -> float:
+    return samples_.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples_: dict, name: str, **labels: str) -> float:
+    """The sum over every sample of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples_.items() if n == name and want <= set(ls))
+
+
+# -- through real gunicorn + nginx ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, moto_url):
+    port = free_port()
+    with gateway_stack(
+        tmp_path_factory.mktemp("metrics"),
+        mode="s3",
+        moto_url=moto_url,
+        GATEWAY_METRICS_BIND=f"127.0.0.1:{port}",
+    ) as stack:
+        stack.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        yield stack
+
+
+def scrape(stack) -> dict:
+    response = requests.get(stack.metrics_url, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    return parse(response.text)
+
+
+def test_a_scrape_counts_uploads_bytes_and_rejections_of_every_worker(stack):
+    before = scrape(stack)
+    sent = 0
+    for n in range(6):  # 6 requests over 2 workers: the scrape merges both
+        body, content_type = form_body(
+            [("projectId", "p1")], [("file", f"m{n}.png", png_bytes(20_000 + n, seed=n))]
+        )
+        result = requests.post(
+            stack.url + "/api/upload",
+            data=body,
+            headers={**stack.auth, "Content-Type": content_type},
+            timeout=30,
+        )
+        assert result.status_code == 201, result.text
+        sent += len(body)
+    bad = stack.curl("-F", "projectId=p1", "-F", "file=@/etc/hostname;type=text/plain")
+    assert bad.status == 415, bad.body
+    code = bad.json()["error"]["code"]
+    after = scrape(stack)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("gateway_uploads_total", protocol="form", outcome="stored") == 6
+    assert delta("gateway_upload_bytes_total", protocol="form", outcome="stored") == sent
+    assert delta("gateway_uploads_total", protocol="form", outcome=code) == 1
+    assert delta("gateway_rejections_total", code=code, status="415") == 1
+    assert delta("gateway_upload_duration_seconds_count", protocol="form") == 6
+    assert (
+        delta(
+            "gateway_http_request_duration_seconds_count",
+            method="POST",
+            route="/api/upload",
+            status="201",
+        )
+        == 6
+    )
+    assert delta("gateway_s3_call_duration_seconds_count", operation="PutObject") >= 6
+    assert delta("gateway_record_store_call_duration_seconds_count", backend="sqlite") > 0
+    assert value(after, "gateway_uploads_in_flight", protocol="form") == 0
+    # Each stored file queued one media.process job; no worker runs here.
+    assert value(after, "gateway_queue_up") == 1
+    assert value(after, "gateway_queue_messages") - value(before, "gateway_queue_messages") == 6
+    assert value(after, "gateway_queue_dead_letter_messages") == 0
+    assert value(after, "gateway_queue_oldest_message_age_seconds") > 0
+
+
+def test_a_tus_upload_counts_its_patches_and_its_commit(stack):
+    before = scrape(stack)
+    data = png_bytes(300_000, seed=9)
+    meta = (
+        "filename "
+        + base64.b64encode(b"t.png").decode()
+        + ",projectId "
+        + (base64.b64encode(b"p1").decode())
+    )
+    head = {**stack.auth, "Tus-Resumable": "1.0.0"}
+    created = requests.post(
+        stack.gateway_url + "/api/tus/",
+        headers={**head, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    location = urljoin(stack.gateway_url + "/", created.headers["Location"])
+    for offset, chunk in ((0, data[:100_000]), (100_000, data[100_000:])):
+        patched = requests.patch(
+            location,
+            data=chunk,
+            headers={
+                **head,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            },
+            timeout=10,
+        )
+        assert patched.status_code == 204, patched.text
+    after = scrape(stack)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("gateway_uploads_total", protocol="tus", outcome="partial") == 1
+    assert delta("gateway_uploads_total", protocol="tus", outcome="stored") == 1
+    assert delta("gateway_upload_bytes_total", protocol="tus", outcome="partial") == 100_000
+    assert delta("gateway_upload_bytes_total", protocol="tus", outcome="stored") == 200_000
+    assert delta("gateway_upload_duration_seconds_count", protocol="tus") == 1
+
+
+def test_metrics_answer_only_on_their_own_listener(stack):
+    assert requests.get(stack.gateway_url + "/metrics", timeout=10).status_code == 404
+    assert requests.get(stack.url + "/metrics", timeout=10).status_code == 404  # via nginx
+    base = stack.metrics_url.removesuffix("/metrics")
+    health = requests.get(base + "/healthz", timeout=10)
+    assert health.status_code == 404
+    assert health.json()["error"]["code"] == "not_found"
+    upload = requests.post(base + "/api/upload", headers=stack.auth, timeout=10)
+    assert upload.status_code == 404
+    # A Host header naming the metrics port changes nothing on the public listener.
+    port = base.rsplit(":", 1)[1]
+    spoofed = requests.get(
+        stack.gateway_url + "/metrics", headers={"Host": f"127.0.0.1:{port}"}, timeout=10
+    )
+    assert spoofed.status_code == 404
+
+
+def test_the_worker_serves_job_and_stage_metrics(stack):
+    port = free_port()
+    path = stack.tmp / "w.png"
+    path.write_bytes(samples.png(64, 48))
+    result = stack.curl("-F", "projectId=p1", "-F", f"file=@{path};type=image/png")
+    assert result.status == 201, result.body
+    media_id = result.json()["mediaId"]
+    stack.start_worker("metrics-worker", GATEWAY_WORKER_METRICS_BIND=f"127.0.0.1:{port}")
+    svc = stack.svc
+    assert poll(lambda: svc.records.get(media_id).status.value == "ready", timeout=120)
+
+    def worker_samples() -> dict:
+        try:
+            return parse(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        except requests.ConnectionError:
+            return {}
+
+    assert poll(lambda: worker_samples().get(("gateway_queue_messages", frozenset())) == 0, 60)
+    got = worker_samples()
+    done = total(got, "gateway_jobs_total", type="media.process", outcome="done")
+    assert done >= 1  # this file's job, and those the earlier tests queued
+    assert total(got, "gateway_processing_stage_duration_seconds_count", stage="describe") == done
+    assert total(got, "gateway_processing_stage_duration_seconds_count", stage="scan") == 0
+    assert value(got, "gateway_queue_up") == 1
+
+
+# -- the app without gunicorn: the listener rule both ways ------------------------------------------
+class _Sock:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+@pytest.fixture
+def metrics_app(tmp_path):
+    return create_app(make_settings(tmp_path, metrics_bind="127.0.0.1:9464", processing="off"))
+
+
+def test_metrics_route_exists_only_with_a_metrics_bind(tmp_path):
+    plain = create_app(make_settings(tmp_path, processing="off")).test_client()
+    on_port = {"gunicorn.socket": _Sock(9464)}
+    assert plain.get("/metrics", environ_overrides=on_port).status_code == 404
+    assert plain.get("/healthz", environ_overrides=on_port).status_code == 200
+
+
+def test_the_metrics_listener_serves_metrics_and_nothing_else(metrics_app):
+    client = metrics_app.test_client()
+    on_metrics = {"gunicorn.socket": _Sock(9464)}
+    on_public = {"gunicorn.socket": _Sock(8000)}
+    page = client.get("/metrics", environ_overrides=on_metrics)
+    assert page.status_code == 200
+    assert "gateway_http_request_duration_seconds" in page.get_data(as_text=True)
+    assert "gateway_queue_up" not in page.get_data(as_text=True)  # processing off
+    assert client.get("/healthz", environ_overrides=on_metrics).status_code == 404
+    assert client.get("/metrics", environ_overrides=on_public).status_code == 404
+    assert client.get("/healthz", environ_overrides=on_public).status_code == 200
+    assert client.get("/metrics").status_code == 404  # no socket: not gunicorn's listener
+
+
+def test_a_unix_socket_listener_is_not_the_metrics_listener(metrics_app):
+    class UnixSock:
+        def getsockname(self) -> str:
+            return "/run/gateway.sock"
+
+    client = metrics_app.test_client()
+    assert client.get(
+        "/metrics", environ_overrides={"gunicorn.socket": UnixSock()}
+    ).status_code == (404)
+
+
+# -- the instruments ----------------------------------------------------------------------------------
+class FakeStore:
+    calls = 0
+
+    def get(self, key: str) -> str:
+        self.calls += 1
+        return key.upper()
+
+    def put(self, key: str) -> None:
+        raise KeyError(key)
+
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    def _private(self) -> int:
+        return 1
+
+
+def test_a_record_store_is_timed_per_method_and_its_errors_counted():
+    store = metrics.instrument_record_store(FakeStore(), "fake-backend")
+    before = parse(metrics.scrape().decode())
+    assert store.get("a") == "A"
+    assert store.get("b") == "B"
+    with pytest.raises(KeyError):
+        store.put("x")
+    assert store.name == "fake" and store._private() == 1
+    after = parse(metrics.scrape().decode())
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    count = "gateway_record_store_call_duration_seconds_count"
+    assert delta(count, backend="fake-backend", operation="get") == 2
+    assert delta(count, backend="fake-backend", operation="put") == 1
+    assert delta(count, backend="fake-backend", operation="name") == 0
+    errors = "gateway_record_store_call_errors_total"
+    assert delta(errors, backend="fake-backend", operation="put", error="KeyError") == 1
+    assert delta(errors, backend="fake-backend", operation="get") == 0
+
+
+def test_a_gateway_error_is_counted_by_its_code():
+    from gateway.errors import NotFound
+
+    class Store:
+        def get(self) -> None:
+            raise NotFound()
+
+    store = metrics.instrument_record_store(Store(), "code-backend")
+    with pytest.raises(NotFound):
+        store.get()
+    got = parse(metrics.scrape().decode())
+    labels = {"backend": "code-backend", "operation": "get", "error": "not_found"}
+    assert value(got, "gateway_record_store_call_errors_total", **labels) == 1
+
+
+def test_the_queue_collector_reports_stats_or_that_the_queue_did_not_answer():
+    stats = QueueStats(visible=3, in_flight=2, dead=1, oldest_age=12.5)
+    got = parse(metrics.scrape([metrics.QueueCollector(lambda: stats)]).decode())
+    assert value(got, "gateway_queue_up") == 1
+    assert value(got, "gateway_queue_messages") == 3
+    assert value(got, "gateway_queue_in_flight_messages") == 2
+    assert value(got, "gateway_queue_dead_letter_messages") == 1
+    assert value(got, "gateway_queue_oldest_message_age_seconds") == 12.5
+    no_age = parse(
+        metrics.scrape([metrics.QueueCollector(lambda: QueueStats(0, 0, 0, None))]).decode()
+    )
+    assert ("gateway_queue_oldest_message_age_seconds", frozenset()) not in no_age
+
+    def down() -> QueueStats:
+        raise OSError("unreachable")
+
+    failed = parse(metrics.scrape([metrics.QueueCollector(down)]).decode())
+    assert value(failed, "gateway_queue_up") == 0
+    assert ("gateway_queue_messages", frozenset()) not in failed
+
+
+def test_a_stage_is_timed_with_its_outcome():
+    before = parse(metrics.scrape().decode())
+    with metrics.stage("unit"):
+        time.sleep(0.001)
+    with pytest.raises(ValueError), metrics.stage("unit"):
+        raise ValueError("bad")
+    after = parse(metrics.scrape().decode())
+    count = "gateway_processing_stage_duration_seconds_count"
+    assert (
+        total(after, count, stage="unit", outcome="ok")
+        - total(before, count, stage="unit", outcome="ok")
+        == 1
+    )
+    assert (
+        total(after, count, stage="unit", outcome="ValueError")
+        - total(before, count, stage="unit", outcome="ValueError")
+        == 1
+    )
+
+
+def test_in_flight_goes_back_down_when_the_body_fails():
+    gauge = metrics.UPLOADS_IN_FLIGHT.labels("unit")
+    with pytest.raises(OSError), metrics.upload_in_flight("unit"):
+        assert gauge._value.get() == 1
+        raise OSError("client went away")
+    assert gauge._value.get() == 0
