@@ -15,8 +15,10 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gateway import shutdown
 from gateway.config import ConfigError, Settings
 from gateway.serving import install_json_error_pages
 
@@ -46,6 +48,7 @@ if _settings.metrics_bind:
     def on_exit(server):
         shutil.rmtree(_metrics_dir, ignore_errors=True)
 
+
 worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gevent")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # Concurrent connections per worker (gevent); beyond it a worker stops accepting.
@@ -55,6 +58,38 @@ threads = int(os.environ.get("GATEWAY_THREADS", "32"))
 # The worker heartbeat, not a request limit: long uploads are fine.
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "120"))
+# A worker is killed graceful_timeout seconds after its SIGTERM: an upload ended at the end of
+# its grace must still have time to roll back (abort its multipart upload, delete its objects).
+ROLLBACK_MARGIN = 15
+if graceful_timeout < _settings.shutdown_upload_grace + ROLLBACK_MARGIN:
+    print(
+        "upload-gateway: configuration error: GATEWAY_GRACEFUL_TIMEOUT: must be at least "
+        f"GATEWAY_SHUTDOWN_UPLOAD_GRACE + {ROLLBACK_MARGIN} s "
+        f"({_settings.shutdown_upload_grace:g} + {ROLLBACK_MARGIN})",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+def when_ready(server):
+    """SIGTERM (a deploy): /readyz answers 503 for GATEWAY_SHUTDOWN_DELAY seconds while the
+    workers keep serving, then gunicorn's graceful stop; upload bodies end at the upload grace
+    (gateway/shutdown.py). SIGINT and SIGQUIT still stop at once."""
+    stop_gracefully = server.handle_term
+
+    def handle_term():
+        shutdown.begin()
+        server.log.info(
+            "SIGTERM: not ready for %g s, then the listeners close; upload bodies end after %g s",
+            _settings.shutdown_delay,
+            _settings.shutdown_upload_grace,
+        )
+        time.sleep(_settings.shutdown_delay)
+        stop_gracefully()
+
+    server.handle_term = handle_term
+
+
 # No keep-alive: a refused upload (401, 413, ...) answers without reading its body, and
 # gunicorn would otherwise read and discard that whole body to reuse the connection.
 # nginx opens one upstream connection per request anyway.

@@ -330,6 +330,7 @@ def gateway_env(
             "GATEWAY_ORPHAN_JOURNAL": str(tmp / "orphans.jsonl"),
             "GATEWAY_QUEUE_URL": f"sqlite:///{tmp / 'queue.db'}",
             "GATEWAY_PROCESSING": "off",  # the upload path alone (bench/pipeline.py: the rest)
+            "GATEWAY_SHUTDOWN_DELAY": "0",  # no load balancer to drain between runs
             "GATEWAY_JWT_SECRET": jwt_secret,
             "GATEWAY_MAX_UPLOAD_BYTES": str(max_upload),
             "PYTHONUNBUFFERED": "1",

@@ -12,6 +12,9 @@ behind ``min_rate``: the body starts with ``grace`` seconds of credit, every byt
 hour of trickling, as an average since the start would). Only time spent waiting for the client
 counts: the gateway's own work (storage writes, its backpressure) is not held against it.
 
+A graceful stop (gateway/shutdown.py) is one more deadline: once the stop's upload grace has
+passed, the next read or wait ends the body with ``ShuttingDown`` (503), and the upload rolls back.
+
 Why per ``recv()``: gunicorn's ``Body.read(n)`` returns only once ``n`` bytes (or the end) have
 arrived, looping over ``recv()``. A socket timeout bounds each ``recv()``, which is exactly the
 idle limit, but a rate check between the service's 1 MiB reads would see nothing until a whole
@@ -35,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-from . import errors
+from . import errors, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class BodyLimits:
     idle: float  # seconds without a byte
     min_rate: int  # bytes per second of waiting; 0: no rate check
     grace: float  # seconds of credit at the start, and the most that can be banked
+    shutdown_grace: float = 60.0  # after a graceful stop begins, bodies end this much later
 
 
 class BodyTimedOut(TimeoutError):
@@ -70,7 +74,15 @@ class BodyGuard:
         wait, reason = self.limits.idle, "idle"
         if self.limits.min_rate and self.credit - self.waited < wait:
             wait, reason = self.credit - self.waited, "rate"
+        end = shutdown.uploads_end_at(self.limits.shutdown_grace)
+        if end is not None and end - self.clock() < wait:
+            wait, reason = end - self.clock(), "shutdown"
         return wait, reason
+
+    def check_shutdown(self) -> None:
+        end = shutdown.uploads_end_at(self.limits.shutdown_grace)
+        if end is not None and self.clock() >= end:
+            self.expire("shutdown")
 
     def account(self, waited: float, received: int) -> None:
         self.waited += waited
@@ -88,7 +100,9 @@ class BodyGuard:
         self.expired = reason
         raise BodyTimedOut(reason)
 
-    def error(self) -> errors.BodyTimeout:
+    def error(self) -> errors.BodyTimeout | errors.ShuttingDown:
+        if self.expired == "shutdown":
+            return errors.ShuttingDown()
         if self.expired == "idle":
             why = f"No body bytes came for {self.limits.idle:g} s"
         else:
@@ -135,6 +149,10 @@ class GuardedBody:
 
     def read(self, size: int) -> bytes:
         guard = self.guard
+        try:
+            guard.check_shutdown()
+        except BodyTimedOut:
+            raise guard.error() from None
         started = guard.clock()
         try:
             data = self._stream.read(size)

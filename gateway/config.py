@@ -87,6 +87,11 @@ class Settings:
     body_idle_timeout: float = 30.0
     body_min_rate: int = 1024
     body_rate_grace: float = 30.0
+    # A graceful stop (SIGTERM to gunicorn, gateway/shutdown.py): /readyz answers 503 for
+    # shutdown_delay seconds before the listeners close; upload bodies still arriving
+    # shutdown_upload_grace seconds after the SIGTERM end with 503 shutting_down (rolled back).
+    shutdown_delay: float = 5.0
+    shutdown_upload_grace: float = 60.0
 
     # Direct-to-S3 uploads (presigned): at or under the threshold one PUT/POST, above it multipart.
     direct_single_put_max: int = 5 * MiB
@@ -208,6 +213,11 @@ class Settings:
             fail("max_files", "at most 99 (one DynamoDB transaction, with the idempotent answer)")
         if self.body_idle_timeout <= 0:
             fail("body_idle_timeout", "must be a positive number of seconds")
+        if self.shutdown_delay < 0 or self.shutdown_upload_grace < 0:
+            fail(
+                "shutdown_delay" if self.shutdown_delay < 0 else "shutdown_upload_grace",
+                "must not be negative",
+            )
         if self.body_min_rate < 0:
             fail("body_min_rate", "must not be negative (0: no rate check)")
         if self.body_min_rate and self.body_rate_grace <= 0:
@@ -318,7 +328,10 @@ class Settings:
         from .bodies import BodyLimits
 
         return BodyLimits(
-            idle=self.body_idle_timeout, min_rate=self.body_min_rate, grace=self.body_rate_grace
+            idle=self.body_idle_timeout,
+            min_rate=self.body_min_rate,
+            grace=self.body_rate_grace,
+            shutdown_grace=self.shutdown_upload_grace,
         )
 
     @property

@@ -386,6 +386,16 @@ class StorageUnavailable(StorageError, _Retryable):
     )
 
 
+class ShuttingDown(_Retryable):
+    """A graceful stop ended the body (gateway/shutdown.py); another instance will take it."""
+
+    status, code, message = (
+        503,
+        "shutting_down",
+        "The gateway is restarting; nothing was kept. Retry the upload.",
+    )
+
+
 class TooManyStreams(_Retryable):
     status, code, message = 503, "too_many_streams", "Too many live status streams; poll instead."
 

@@ -424,6 +424,7 @@ def stack_env(
         "GATEWAY_RECORDS_URL": f"sqlite:///{tmp / 'records.db'}",
         "GATEWAY_ORPHAN_JOURNAL": str(tmp / "orphans.jsonl"),
         "GATEWAY_QUEUE_URL": f"sqlite:///{tmp / 'queue.db'}",
+        "GATEWAY_SHUTDOWN_DELAY": "0",  # stopping a stack needs no load balancer to drain
     }
     if mode == "s3":
         if not moto_url:

@@ -165,3 +165,49 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
     assert (
         PublicUrls(plain, store).url(key) == f"https://b.s3.us-east-1.amazonaws.com/uploads/{key}"
     )
+
+
+def test_gunicorn_refuses_a_graceful_timeout_that_leaves_no_time_to_roll_back(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support import ROOT, free_port
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = {
+        **clean,
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "GATEWAY_BIND": f"127.0.0.1:{free_port()}",
+        "GATEWAY_SHUTDOWN_UPLOAD_GRACE": "30",
+    }
+    gunicorn = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "-c",
+        "gunicorn.conf.py",
+        "--check-config",
+        "wsgi:app",
+    ]
+    short = subprocess.run(
+        gunicorn,
+        cwd=ROOT,
+        env={**env, "GATEWAY_GRACEFUL_TIMEOUT": "44"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert short.returncode == 2, short.stderr
+    assert short.stderr.strip().splitlines() == [
+        "upload-gateway: configuration error: GATEWAY_GRACEFUL_TIMEOUT: must be at least "
+        "GATEWAY_SHUTDOWN_UPLOAD_GRACE + 15 s (30 + 15)"
+    ]
+    enough = subprocess.run(
+        gunicorn,
+        cwd=ROOT,
+        env={**env, "GATEWAY_GRACEFUL_TIMEOUT": "45"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert enough.returncode == 0, enough.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from .. import metrics
+from .. import metrics, shutdown
 from ..errors import GatewayError
 from . import services
 
@@ -20,6 +20,8 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     checks, ready = {}, True
+    if shutdown.stopping():  # first, so that a load balancer stops sending requests here
+        checks["shutdown"], ready = "stopping: finishing the requests in flight", False
     svc = services()
     for name, check in (("objectStore", svc.store.check), ("recordStore", svc.records.check)):
         try:
