@@ -155,7 +155,7 @@ class Sampler:
         return self
 
     def _sample(self, first: bool = False) -> None:
-        workers = children(self.master)
+        workers = children(self.master) or [self.master]  # one process (Node): its own worker
         self.workers_seen.update(workers)
         total = 0
         for pid in workers:
@@ -300,6 +300,31 @@ def start_moto(procs: Procs, log_path: Path) -> tuple[subprocess.Popen, str]:
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/moto-api/", proc)
+    return proc, url
+
+
+def start_multer(
+    procs: Procs, moto_url: str, bucket: str, prefix: str, log_path: Path
+) -> tuple[subprocess.Popen, str]:
+    """express + multer + multer-s3 (bench/multer/server.mjs; `npm ci` there first)."""
+    here = ROOT / "bench" / "multer"
+    if not (here / "node_modules").is_dir():
+        raise RuntimeError("bench/multer has no node_modules: run `npm ci` there (make bench does)")
+    port = free_port()
+    env = {
+        **os.environ,
+        **aws_env(),
+        "PORT": str(port),
+        "S3_ENDPOINT": moto_url,
+        "BUCKET": bucket,
+        "PREFIX": prefix,
+    }
+    log = open(log_path, "ab")
+    proc = procs.popen(
+        "multer", ["node", "server.mjs"], cwd=here, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz", proc)
     return proc, url
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from procs import (  # noqa: E402
     snapshot_source,
     start_gunicorn,
     start_moto,
+    start_multer,
     wait_quiet,
 )
 
@@ -71,6 +73,7 @@ class Scenario:
     concurrency: int
     min_ratio: float  # gateway/boto3 throughput target
     max_cpu: float  # gateway CPU s/GiB target
+    max_cpu_vs_multer: float = 1.0  # gateway CPU s/GiB over multer-s3's
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -82,8 +85,8 @@ def scenarios(quick: bool) -> list[Scenario]:
         ]
     return [
         Scenario("a", "(a) 1 x 512 MiB", 1, 512 * MiB, 1, 0.9, 4.5),
-        Scenario("b", "(b) 8 x 64 MiB @8", 8, 64 * MiB, 8, 0.9, 4.5),
-        Scenario("c", "(c) 256 x 1 MiB @64", 256, 1 * MiB, 64, 0.7, 10.0),
+        Scenario("b", "(b) 8 x 64 MiB @8", 8, 64 * MiB, 8, 0.9, 4.5, 0.5),
+        Scenario("c", "(c) 256 x 1 MiB @64", 256, 1 * MiB, 64, 0.7, 10.0, 0.5),
     ]
 
 
@@ -119,11 +122,12 @@ def stored_sizes(client, bucket: str, prefix: str) -> list[int]:
     ]
 
 
-def warm_up(base_url: str, token: str, payload: Payload, workers: int) -> None:
+def warm_up(
+    base_url: str, token: str, payload: Payload, uploads: int, size_in_answer: bool = True
+) -> None:
     """Load every lazily-imported path (multipart included) in each worker before measuring."""
-    run = run_many(
-        workers * 2, 9 * MiB, workers * 2, gateway_one(base_url, token, payload, 9 * MiB, "warmup")
-    )
+    one = gateway_one(base_url, token, payload, 9 * MiB, "warmup", size_in_answer)
+    run = run_many(uploads, 9 * MiB, uploads, one)
     if run.errors:
         raise RuntimeError(f"warm-up uploads failed: {run.errors[:2]}")
     time.sleep(0.5)
@@ -190,10 +194,55 @@ def run_gateway(
     client,
     moto_pid: int,
 ) -> dict:
-    gunicorn, base_url = start_gunicorn(procs, env, tmp / "gunicorn.log")
+    workers = int(env.get("GATEWAY_WORKERS", os.cpu_count() or 1))
+    return run_server(
+        sc,
+        start=lambda: start_gunicorn(procs, env, tmp / "gunicorn.log"),
+        stop=procs.stop,
+        warm_uploads=workers * 2,
+        prefix="up/",
+        token=token,
+        payload=payload,
+        client=client,
+        moto_pid=moto_pid,
+    )
+
+
+def run_multer(
+    sc: Scenario, *, procs: Procs, moto_url: str, tmp: Path, payload: Payload, client, moto_pid: int
+) -> dict:
+    """The same load against express + multer + multer-s3 (bench/multer) on the same moto."""
+    return run_server(
+        sc,
+        start=lambda: start_multer(procs, moto_url, BUCKET, "multer", tmp / "multer.log"),
+        stop=procs.stop,
+        warm_uploads=4,
+        prefix="multer/",
+        token="unused",
+        size_in_answer=False,
+        payload=payload,
+        client=client,
+        moto_pid=moto_pid,
+    )
+
+
+def run_server(
+    sc: Scenario,
+    *,
+    start: Callable[[], tuple[subprocess.Popen, str]],
+    stop: Callable[[subprocess.Popen], None],
+    warm_uploads: int,
+    prefix: str,
+    token: str,
+    size_in_answer: bool = True,
+    payload: Payload,
+    client,
+    moto_pid: int,
+) -> dict:
+    """A fresh server (its process and its children measured), warmed up, then the scenario."""
+    gunicorn, base_url = start()
     try:
-        workers = int(env.get("GATEWAY_WORKERS", os.cpu_count() or 1))
-        warm_up(base_url, token, payload, workers)
+        warm_up(base_url, token, payload, warm_uploads, size_in_answer)
         empty_bucket(client, BUCKET)
         quiet = wait_quiet()
         sampler = Sampler(gunicorn.pid, extra={"moto": moto_pid}).start()
@@ -202,13 +251,13 @@ def run_gateway(
             sc.count,
             sc.size,
             sc.concurrency,
-            gateway_one(base_url, token, payload, sc.size, sc.key),
+            gateway_one(base_url, token, payload, sc.size, sc.key, size_in_answer),
         )
         sampler.stop()
         client_cpu1 = os.times()
     finally:
-        procs.stop(gunicorn)
-    sizes = stored_sizes(client, BUCKET, "up/")
+        stop(gunicorn)
+    sizes = stored_sizes(client, BUCKET, prefix)
     errors = list(run.errors)
     if not errors and (len(sizes) != sc.count or any(s != sc.size for s in sizes)):
         errors.append(f"bucket holds {len(sizes)} objects, sizes {sorted(set(sizes))}")
@@ -298,7 +347,7 @@ def run_local(sizes: list[int], *, procs: Procs, tmp: Path, payload: Payload) ->
     host, port = base_url.removeprefix("http://").split(":")
     rows = []
     try:
-        warm_up(base_url, token, payload, 1)
+        warm_up(base_url, token, payload, 2)
         shutil.rmtree(media, ignore_errors=True)
         for size in sizes:
             wait_quiet()
@@ -383,6 +432,14 @@ def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
             f"{'':<20} {'gw/boto3':<8} {ratio:>6.2f} {p50:>6} {p95:>6} {cpu:>9}"
             f"   if CPU-bound: {results[sc.key]['cpu_bound_ratio']:.2f}"
         )
+        multer = results[sc.key].get("multer")
+        if multer:
+            lines.append(gateway_row("", "multer", multer))
+            lines.append(
+                f"{'':<20} {'gw/mult':<8} {g['mib_s'] / multer['mib_s']:>6.2f} "
+                f"{g['p50_s'] / multer['p50_s']:>6.2f} {g['p95_s'] / multer['p95_s']:>6.2f} "
+                f"{g['cpu_s_per_gib'] / multer['cpu_s_per_gib']:>9.2f}"
+            )
         base = results[sc.key].get("baseline")
         if base:
             lines.append(gateway_row("", f"@{base['rev']}", base))
@@ -398,6 +455,8 @@ def format_scenarios(results: dict, scs: list[Scenario], reps: int) -> str:
         "+ load client, over wall time.",
         "  other: cores used meanwhile by processes outside the benchmark (noise). "
         "+MiB/upl: (peak - idle RSS) / uploads in flight.",
+        "  multer: express + multer + multer-s3 (bench/multer, Node) on the same moto with the "
+        "same client; gw/mult: gateway over multer-s3 (RSS: its one process, as 'max wkr').",
         "  @rev (--baseline-rev): the gateway's code at that revision, same settings, same run; "
         "gw/@rev: this code over that one.",
         "  if CPU-bound: the throughput ratio expected when the cores are full, = (boto3 + "
@@ -443,6 +502,27 @@ def targets(results: dict, scs: list[Scenario], local: dict | None) -> list[dict
                 "ok": valid and cpu <= sc.max_cpu,
             }
         )
+        multer = r.get("multer")
+        if multer:
+            valid_m = valid and not multer["errors"]
+            cpu_ratio = round(cpu / multer["cpu_s_per_gib"], 2)
+            rows.append(
+                {
+                    "target": f"{sc.label}: CPU s/GiB over multer-s3's",
+                    "value": cpu_ratio,
+                    "limit": f"<= {sc.max_cpu_vs_multer}",
+                    "ok": valid_m and cpu_ratio <= sc.max_cpu_vs_multer,
+                }
+            )
+            mib_ratio = round(r["gateway"]["mib_s"] / multer["mib_s"], 2)
+            rows.append(
+                {
+                    "target": f"{sc.label}: throughput over multer-s3's",
+                    "value": mib_ratio,
+                    "limit": ">= 1.0",
+                    "ok": valid_m and mib_ratio >= 1.0,
+                }
+            )
         base = r.get("baseline")
         if base:
             cpu_ratio = round(cpu / base["cpu_s_per_gib"], 2)
@@ -534,6 +614,11 @@ def main() -> int:
         default=None,
         help="also run the gateway at this git revision in every S3 scenario, interleaved "
         "with the others in the same run (CPU and throughput of this code against that one)",
+    )
+    parser.add_argument(
+        "--skip-multer",
+        action="store_true",
+        help="skip express + multer + multer-s3 (bench/multer, needs node and `npm ci` there)",
     )
     parser.add_argument("--tmp", default=None, help="scratch directory (the 2 GiB file goes here)")
     parser.add_argument(
@@ -633,12 +718,29 @@ def main() -> int:
         if scs:
             warm_moto(client, payload)
         paths = ["gateway", "boto3"] + (["baseline"] if baseline else [])
+        paths += [] if args.skip_multer else ["multer"]
         for sc in scs:
-            g_runs, b_runs, base_runs = [], [], []
+            g_runs, b_runs, base_runs, m_runs = [], [], [], []
             for rep in range(reps):
                 shift = rep % len(paths)
                 for path in paths[shift:] + paths[:shift]:
-                    if path == "baseline" and baseline:
+                    if path == "multer":
+                        r = run_multer(
+                            sc,
+                            procs=procs,
+                            moto_url=moto_url,
+                            tmp=tmp_root,
+                            payload=payload,
+                            client=client,
+                            moto_pid=moto.pid,
+                        )
+                        m_runs.append(r)
+                        log(
+                            f"{sc.label} #{rep + 1}: multer-s3 {r['mib_s']} MiB/s, "
+                            f"{r['cpu_s_per_gib']} CPU s/GiB, other load {r['foreign_cores']} "
+                            f"cores, errors {r['errors']} {r['first_errors'][:1]}"
+                        )
+                    elif path == "baseline" and baseline:
                         base_dir, base_env, base_token, base_name = baseline
                         with running_from(base_dir):
                             r = run_gateway(
@@ -708,6 +810,8 @@ def main() -> int:
                     **aggregate(base_runs),
                     "rev": baseline[3],
                 }
+            if m_runs:
+                out["scenarios"][sc.key]["multer"] = aggregate(m_runs)
 
         if not args.skip_writers:
             log("writer comparison ...")

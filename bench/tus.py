@@ -246,7 +246,7 @@ def run_path(path: str, sc: Scenario, ctx: Ctx) -> dict:
         bucket = BUCKET
         # the same warm-up for both gateway paths: multipart form uploads, then tus uploads,
         # each reaching every worker (so both start from the same heap)
-        warm_up(base_url, ctx.token, ctx.payload, ctx.workers)
+        warm_up(base_url, ctx.token, ctx.payload, ctx.workers * 2)
         n = 2 * ctx.workers
         warm = run_many(n, WARM_SIZE, n, tus_one(endpoint, headers, warm_file, WARM_SIZE, []))
     try:
