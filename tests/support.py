@@ -135,7 +135,8 @@ def record_ids(records) -> list[str]:
     from gateway.records.sqlite import SqliteRecordStore
 
     if isinstance(records, SqliteRecordStore):
-        return [row[0] for row in records._connect().execute("SELECT media_id FROM media")]
+        rows = records._run(lambda conn: conn.execute("SELECT media_id FROM media").fetchall())
+        return [row[0] for row in rows]
     if isinstance(records, DynamoRecordStore):
         pages = records.client.get_paginator("scan").paginate(TableName=records.table)
         return [

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..sqlite_db import open_connection, write_transaction
+from ..sqlite_db import Connections, write_transaction
 from . import Message, QueueStats
 
 T = TypeVar("T")
@@ -36,6 +35,10 @@ CREATE TABLE IF NOT EXISTS queue_dead (
 """
 
 
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
 class SqliteQueue:
     def __init__(
         self, path: str, *, max_receives: int, clock: Callable[[], float] = time.time
@@ -43,25 +46,23 @@ class SqliteQueue:
         self.path = path
         self.max_receives = max_receives
         self.clock = clock
-        self._local = threading.local()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = open_connection(self.path)
-            conn.executescript(SCHEMA)
-            self._local.conn = conn
-        return conn
+        self._connections = Connections(path, _create_schema)
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return write_transaction(self._connect(), fn)
+        with self._connections.use() as conn:
+            return write_transaction(conn, fn)
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._connections.use() as conn:
+            return conn.execute(sql, args).fetchall()
 
     def create(self) -> None:
-        self._connect().executescript(SCHEMA)
+        with self._connections.use() as conn:
+            _create_schema(conn)
 
     def send(self, body: dict[str, Any], *, delay: float = 0) -> None:
         now = self.clock()
-        self._connect().execute(
+        self._execute(
             "INSERT INTO queue_messages (id, body, sent_at, visible_at) VALUES (?, ?, ?, ?)",
             (uuid.uuid4().hex, json.dumps(body), now, now + delay),
         )
@@ -108,25 +109,24 @@ class SqliteQueue:
     def delete(self, message: Message) -> None:
         # Only the current lease may delete: a delivery whose lease ran out (and was taken by
         # another worker) must not delete the message from under it.
-        self._connect().execute(
+        self._execute(
             "DELETE FROM queue_messages WHERE id = ? AND receipt = ?", (message.id, message.receipt)
         )
 
     def retry_later(self, message: Message, *, delay: float) -> None:
-        self._connect().execute(
+        self._execute(
             "UPDATE queue_messages SET visible_at = ? WHERE id = ? AND receipt = ?",
             (self.clock() + delay, message.id, message.receipt),
         )
 
     def stats(self) -> QueueStats:
-        conn = self._connect()
         now = self.clock()
-        visible, in_flight, oldest = conn.execute(
+        [(visible, in_flight, oldest)] = self._execute(
             "SELECT SUM(visible_at <= ?), SUM(visible_at > ? AND receive_count > 0),"
             " MIN(CASE WHEN visible_at <= ? THEN sent_at END) FROM queue_messages",
             (now, now, now),
-        ).fetchone()
-        dead = conn.execute("SELECT COUNT(*) FROM queue_dead").fetchone()[0]
+        )
+        [(dead,)] = self._execute("SELECT COUNT(*) FROM queue_dead")
         return QueueStats(
             visible=int(visible or 0),
             in_flight=int(in_flight or 0),
@@ -135,13 +135,9 @@ class SqliteQueue:
         )
 
     def dead_letters(self, *, limit: int) -> list[Message]:
-        rows = (
-            self._connect()
-            .execute(
-                "SELECT id, body, receive_count, sent_at FROM queue_dead ORDER BY died_at LIMIT ?",
-                (limit,),
-            )
-            .fetchall()
+        rows = self._execute(
+            "SELECT id, body, receive_count, sent_at FROM queue_dead ORDER BY died_at LIMIT ?",
+            (limit,),
         )
         return [
             Message(id=r[0], body=json.loads(r[1]), receipt="", receive_count=r[2], sent_at=r[3])

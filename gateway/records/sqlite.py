@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .. import errors
 from ..lifecycle import VISIBLE, Status
-from ..sqlite_db import open_connection, write_transaction
+from ..sqlite_db import Connections, write_transaction
 from . import (
     IdempotentAnswer,
     MediaRecord,
@@ -63,22 +62,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
 class SqliteRecordStore:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
         self._schema_ready = False
+        self._connections = Connections(path, self._ensure_schema)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = open_connection(self.path)
-            self._local.conn = conn
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         if not self._schema_ready:
             conn.executescript(SCHEMA)
             self._schema_ready = True
-        return conn
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return fn(self._connect())
+            with self._connections.use() as conn:
+                return fn(conn)
         except sqlite3.Error as exc:
             raise errors.RecordStoreError() from exc  # the cause is logged, never sent
 

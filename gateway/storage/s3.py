@@ -14,7 +14,6 @@ import base64
 import binascii
 import logging
 import threading
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from crc32c import crc32c
 
 from ..errors import StorageError, StorageUnavailable
 from ..metrics import instrument_s3_client
@@ -57,7 +57,7 @@ def make_s3_client(settings: Settings) -> Any:
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=settings.s3_max_pool_connections,
-        # Parts carry a CRC32 checksum (computed here) that S3 verifies, so the payload need not
+        # Parts carry a CRC32C checksum (computed here) that S3 verifies, so the payload need not
         # be SHA-256 signed as well (boto3 skips it on https; this makes plain http match).
         s3={
             "payload_signing_enabled": False,
@@ -184,7 +184,7 @@ class S3ObjectWriter:
                 self._client.create_multipart_upload,
                 Bucket=self._store.bucket,
                 Key=self._object_key,
-                ChecksumAlgorithm="CRC32",
+                ChecksumAlgorithm="CRC32C",
                 **self._headers,
             )["UploadId"]
         self._drain(self._store.parts_in_flight - 1)
@@ -196,7 +196,8 @@ class S3ObjectWriter:
     def _upload_part(self, part: dict[str, Any], data: bytes | bytearray) -> None:
         # The checksum is computed here and sent as a header: left to botocore, an https request
         # would carry it as a trailer, for which botocore copies the body into a BytesIO.
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        # CRC32C: the CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32).
+        crc = base64.b64encode(crc32c(data).to_bytes(4, "big")).decode()
         try:
             response = _call(
                 "uploading a part",
@@ -206,13 +207,13 @@ class S3ObjectWriter:
                 UploadId=self._upload_id,
                 PartNumber=part["PartNumber"],
                 Body=data,
-                ChecksumCRC32=crc,
+                ChecksumCRC32C=crc,
             )
         finally:
             if isinstance(data, bytearray):
                 self._store.buffers.give(data)
         part["ETag"] = response["ETag"]
-        part["ChecksumCRC32"] = crc
+        part["ChecksumCRC32C"] = crc
 
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
