@@ -73,8 +73,12 @@ mutation: $(VENV)/.dev
 	$(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/python .ci/mutation_scores.py
 
-# Prints PASS/MISS per target (run.py exits 1 on a miss; direct.py runs regardless).
+# Prints PASS/MISS per target (run.py exits 1 on a miss; direct.py runs regardless). bench/multer
+# is the Node anchor (express + multer + multer-s3), lockfile-pinned.
 bench: $(VENV)/.dev
+	@command -v npm >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
+	cd bench/multer && npm ci --no-audit --no-fund --loglevel=error
 	-$(BIN)/python bench/run.py
 	-$(BIN)/python bench/tus.py
 	$(BIN)/python bench/direct.py
