@@ -341,3 +341,102 @@ def test_in_flight_goes_back_down_when_the_body_fails():
         assert gauge._value.get() == 1
         raise OSError("client went away")
     assert gauge._value.get() == 0
+
+
+class _Model:
+    name = "UnitOperation"
+
+
+class _Response:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+
+
+def test_the_s3_hooks_time_each_call_and_count_its_failures():
+    before = parse(metrics.scrape().decode())
+    ok: dict = {}
+    metrics._before_s3_call(context=ok)
+    metrics._after_s3_call(model=_Model(), context=ok, http_response=_Response(200), parsed={})
+    assert ok == {}  # the start time is taken out again
+    failed: dict = {}
+    metrics._before_s3_call(context=failed)
+    metrics._after_s3_call(
+        model=_Model(),
+        context=failed,
+        http_response=_Response(503),
+        parsed={"Error": {"Code": "SlowDown"}},
+    )
+    no_code: dict = {}
+    metrics._before_s3_call(context=no_code)
+    metrics._after_s3_call(model=_Model(), context=no_code, http_response=_Response(500))
+    not_modified: dict = {}
+    metrics._before_s3_call(context=not_modified)
+    metrics._after_s3_call(model=_Model(), context=not_modified, http_response=_Response(304))
+    raised: dict = {}
+    metrics._before_s3_call(context=raised)
+    metrics._after_s3_call_error(context=raised, exception=ConnectionError(), model=_Model())
+    metrics._after_s3_call(model=_Model(), context={}, http_response=_Response(200))  # no start
+    after = parse(metrics.scrape().decode())
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    count = "gateway_s3_call_duration_seconds_count"
+    assert delta(count, operation="UnitOperation") == 5
+    errors = "gateway_s3_call_errors_total"
+    assert delta(errors, operation="UnitOperation", code="SlowDown") == 1
+    assert delta(errors, operation="UnitOperation", code="500") == 1
+    assert delta(errors, operation="UnitOperation", code="ConnectionError") == 1
+    assert delta(errors, operation="UnitOperation") == 3  # 200 and 304 are no errors
+
+
+def test_an_observed_upload_counts_bytes_only_when_there_are_some():
+    before = parse(metrics.scrape().decode())
+    metrics.observe_upload("unit", "stored", 10, 1.5)
+    metrics.observe_upload("unit", "partial", 0, None)
+    after = parse(metrics.scrape().decode())
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("gateway_uploads_total", protocol="unit", outcome="stored") == 1
+    assert delta("gateway_uploads_total", protocol="unit", outcome="partial") == 1
+    assert delta("gateway_upload_bytes_total", protocol="unit", outcome="stored") == 10
+    assert (
+        "gateway_upload_bytes_total",
+        frozenset({("protocol", "unit"), ("outcome", "partial")}),
+    ) not in after
+    assert delta("gateway_upload_duration_seconds_count", protocol="unit") == 1
+    assert delta("gateway_upload_duration_seconds_sum", protocol="unit") == 1.5
+
+
+def test_a_request_is_a_rejection_only_from_400_on():
+    before = parse(metrics.scrape().decode())
+    metrics.observe_request("GET", "/unit", 399, 0.01, "fine")
+    metrics.observe_request("GET", "/unit", 400, 0.01, "unit_code")
+    metrics.observe_request("GET", "/unit", 500, 0.01, "")
+    after = parse(metrics.scrape().decode())
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("gateway_http_request_duration_seconds_count", route="/unit") == 3
+    assert delta("gateway_rejections_total", code="fine") == 0
+    assert delta("gateway_rejections_total", code="unit_code", status="400") == 1
+    assert delta("gateway_rejections_total", code="unknown", status="500") == 1
+
+
+def test_a_job_is_counted_and_timed():
+    before = parse(metrics.scrape().decode())
+    metrics.observe_job("unit.job", "retry", 0.25)
+    after = parse(metrics.scrape().decode())
+    assert (
+        total(after, "gateway_jobs_total", type="unit.job", outcome="retry")
+        - total(before, "gateway_jobs_total", type="unit.job", outcome="retry")
+        == 1
+    )
+    assert (
+        total(after, "gateway_job_duration_seconds_sum", type="unit.job")
+        - total(before, "gateway_job_duration_seconds_sum", type="unit.job")
+        == 0.25
+    )
