@@ -93,8 +93,14 @@ def sigterm_mid_upload(stack, upload: Upload) -> tuple[int, dict]:
     """Once 32 MiB are in, SIGTERM the master; return /readyz's answer during the delay."""
     assert poll(lambda: upload.sent >= 32 * MiB, timeout=60)
     stack.procs["gunicorn"].send_signal(signal.SIGTERM)
-    ready = requests.get(stack.gateway_url + "/readyz", timeout=10)
-    return ready.status_code, ready.json()
+    answers = []
+
+    def not_ready() -> bool:  # the master takes the signal from its loop, a moment later
+        answers.append(requests.get(stack.gateway_url + "/readyz", timeout=10))
+        return answers[-1].status_code == 503
+
+    poll(not_ready, timeout=1.5, interval=0.05)  # within the 2 s the listeners stay open
+    return answers[-1].status_code, answers[-1].json()
 
 
 @pytest.fixture
