@@ -168,7 +168,7 @@ _STARTED = "gateway_metrics_started"
 def instrument_s3_client(client: Any) -> None:
     """Time every call ``client`` makes (one registration per client, not per call)."""
     events = client.meta.events
-    events.register("before-call.s3", _before_s3_call)
+    events.register_first("before-call.s3", _before_s3_call)  # before any handler that answers
     events.register("after-call.s3", _after_s3_call)
     events.register("after-call-error.s3", _after_s3_call_error)
 

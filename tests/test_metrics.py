@@ -442,3 +442,114 @@ def test_a_job_is_counted_and_timed():
         - total(before, "gateway_job_duration_seconds_sum", type="unit.job")
         == 0.25
     )
+
+
+def test_a_real_s3_client_is_timed_per_call_and_its_errors_counted_by_code():
+    import boto3
+
+    s3 = boto3.session.Session().client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",  # never reached: the transport below answers
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    metrics.instrument_s3_client(s3)
+    answers = [
+        (_Response(200), {}),
+        (_Response(503), {"Error": {"Code": "SlowDown", "Message": "slow down"}}),
+    ]
+
+    def transport(**_: object) -> tuple:  # in place of the HTTP request, after our hook
+        return answers.pop(0)
+
+    s3.meta.events.register("before-call.s3", transport)
+    before = parse(metrics.scrape().decode())
+    s3.head_bucket(Bucket="stubbed")
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_bucket(Bucket="stubbed")
+    after = parse(metrics.scrape().decode())
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("gateway_s3_call_duration_seconds_count", operation="HeadBucket") == 2
+    assert 0 <= delta("gateway_s3_call_duration_seconds_sum", operation="HeadBucket") < 60
+    assert delta("gateway_s3_call_errors_total", operation="HeadBucket", code="SlowDown") == 1
+    assert delta("gateway_s3_call_errors_total", operation="HeadBucket") == 1
+
+
+def test_a_call_error_without_a_start_or_a_model_is_still_counted():
+    before = parse(metrics.scrape().decode())
+    metrics._after_s3_call_error(context={}, exception=TimeoutError())
+    metrics._after_s3_call(model=_Model(), context={"gateway_metrics_started": 0.0})
+    after = parse(metrics.scrape().decode())
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    labels = {"operation": "unknown", "code": "TimeoutError"}
+    assert delta("gateway_s3_call_errors_total", **labels) == 1
+    assert delta("gateway_s3_call_duration_seconds_count", operation="unknown") == 0
+    # No response object: not an error.
+    assert delta("gateway_s3_call_errors_total", operation="UnitOperation") == 0
+
+
+def test_a_failed_call_is_timed_from_its_start():
+    before = parse(metrics.scrape().decode())
+    context: dict = {}
+    metrics._before_s3_call(context=context)
+    metrics._after_s3_call_error(context=context, exception=OSError(), model=_Model())
+    after = parse(metrics.scrape().decode())
+    name = "gateway_s3_call_duration_seconds_sum"
+    assert (
+        0
+        <= total(after, name, operation="UnitOperation")
+        - total(before, name, operation="UnitOperation")
+        < 60
+    )
+
+
+def test_the_queue_metrics_say_what_they_count():
+    stats = QueueStats(visible=1, in_flight=0, dead=0, oldest_age=1.0)
+    text = metrics.scrape([metrics.QueueCollector(lambda: stats)]).decode()
+    helps = {line for line in text.splitlines() if line.startswith("# HELP gateway_queue")}
+    assert helps == {
+        "# HELP gateway_queue_up 1 when the queue answered this scrape.",
+        "# HELP gateway_queue_messages Jobs waiting to be received.",
+        "# HELP gateway_queue_in_flight_messages Jobs received by a worker and not yet done.",
+        "# HELP gateway_queue_dead_letter_messages Jobs that failed on their last delivery "
+        "(see `flask queue redrive`).",
+        "# HELP gateway_queue_oldest_message_age_seconds Age of the oldest waiting job "
+        "(SQLite queue only).",
+    }
+
+
+def test_multiprocess_mode_merges_what_other_processes_wrote(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, metrics.MULTIPROCESS_DIR_ENV: str(tmp_path)}
+    for _ in range(2):  # two "workers", each gone when the scrape comes
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from gateway import metrics; metrics.observe_job('mp', 'done', 0.5)",
+            ],
+            env=env,
+            check=True,
+        )
+    monkeypatch.setenv(metrics.MULTIPROCESS_DIR_ENV, str(tmp_path))
+    assert metrics.multiprocess_enabled()
+    merged = parse(metrics.scrape().decode())
+    assert value(merged, "gateway_jobs_total", type="mp", outcome="done") == 2
+    # This process's own in-memory samples are not what a multiprocess scrape reports.
+    assert ("python_gc_objects_collected_total", frozenset({("generation", "0")})) not in merged
+    monkeypatch.delenv(metrics.MULTIPROCESS_DIR_ENV)
+    assert not metrics.multiprocess_enabled()
+    assert (
+        value(parse(metrics.scrape().decode()), "gateway_jobs_total", type="mp", outcome="done")
+        == 0
+    )

@@ -206,3 +206,20 @@ def test_the_first_mark_of_a_stop_is_kept(stop_marked):
     shutdown.begin(now=50.0)
     shutdown.begin(now=80.0)
     assert shutdown.uploads_end_at(10) == 60.0
+
+
+def test_a_stop_marked_without_a_time_starts_now(stop_marked):
+    import time as clock
+
+    before = clock.monotonic()
+    shutdown.begin()
+    after = clock.monotonic()
+    end = shutdown.uploads_end_at(10)
+    assert end is not None and before + 10 <= end <= after + 10
+
+
+def test_a_stop_exactly_as_far_off_as_the_idle_limit_leaves_idle_in_charge(stop_marked):
+    clock = Clock()
+    guard = BodyGuard(BodyLimits(idle=30, min_rate=0, grace=30, shutdown_grace=30), clock)
+    shutdown.begin(now=clock.now)
+    assert guard.budget() == (30, "idle")
