@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .config import Settings
-from .derive import DeriveOptions
 from .direct import DirectUploadService
 from .events import Announcer, LogPublisher, Publisher, QueuePublisher
 from .orphans import OrphanJournal
-from .pipeline import Pipeline, PipelineOptions
 from .queue import Queue, open_queue
 from .queue.sqs import SqsQueue
 from .records import MediaStore, open_records
@@ -21,7 +20,9 @@ from .sweeper import Sweeper
 from .tus import TusService
 from .uploads import UploadService
 from .urls import PublicUrls
-from .webhooks import WebhookSender
+
+if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
+    from .pipeline import Pipeline
 
 
 @dataclass
@@ -111,6 +112,10 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
+        from .derive import DeriveOptions
+        from .pipeline import Pipeline, PipelineOptions
+        from .webhooks import WebhookSender
+
         s = self.settings
         storage_url = urlparse(s.storage_url)
         return Pipeline(

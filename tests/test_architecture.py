@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -63,6 +64,35 @@ def test_the_domain_layer_does_not_import_flask():
         check=True,
     )
     assert app.stdout.strip() == "True"
+
+
+def test_the_web_app_does_not_load_the_processing_libraries():
+    """Pillow and the webhook signer are the worker's; a web worker's memory stays without them."""
+    probe = "import sys, {}; print(sorted({{'PIL', 'standardwebhooks'}} & set(sys.modules)))"
+    env = {**os.environ, "GATEWAY_JWT_SECRET": "x" * 48}
+    web = subprocess.run(
+        [sys.executable, "-c", probe.format("wsgi")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert web.stdout.strip() == "[]"
+    worker = subprocess.run(  # ...and the check can fail: the pipeline does load them
+        [
+            sys.executable,
+            "-c",
+            probe.format("wsgi") + "; wsgi.app.extensions['gateway'].pipeline; "
+            "print(sorted({'PIL', 'standardwebhooks'} & set(sys.modules)))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert worker.stdout.strip().splitlines()[-1] == "['PIL', 'standardwebhooks']"
 
 
 def _readme_error_codes() -> set[str]:
