@@ -184,16 +184,21 @@ def _after_s3_call(
     if started is None:
         return
     S3_CALL_DURATION.labels(model.name).observe(time.monotonic() - started)
-    status = getattr(http_response, "status_code", 200)
+    if http_response is None:  # no answer object: nothing to count as an error
+        return
+    status = http_response.status_code
     if status >= 300 and status != 304:
         code = (parsed or {}).get("Error", {}).get("Code") or str(status)
         S3_CALL_ERRORS.labels(model.name, code).inc()
 
 
-def _after_s3_call_error(context: dict[str, Any], exception: BaseException, **kwargs: Any) -> None:
+def _after_s3_call_error(
+    context: dict[str, Any], exception: BaseException, event_name: str = "", **_: Any
+) -> None:
+    # botocore passes no model here: the operation is the last part of the event's name
+    # ("after-call-error.s3.PutObject").
+    name = event_name.rpartition(".")[2] or "unknown"
     started = context.pop(_STARTED, None)
-    model = kwargs.get("model")
-    name = getattr(model, "name", "unknown")
     if started is not None:
         S3_CALL_DURATION.labels(name).observe(time.monotonic() - started)
     S3_CALL_ERRORS.labels(name, type(exception).__name__).inc()

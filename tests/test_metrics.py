@@ -374,9 +374,17 @@ def test_the_s3_hooks_time_each_call_and_count_its_failures():
     not_modified: dict = {}
     metrics._before_s3_call(context=not_modified)
     metrics._after_s3_call(model=_Model(), context=not_modified, http_response=_Response(304))
+    redirect: dict = {}
+    metrics._before_s3_call(context=redirect)
+    metrics._after_s3_call(model=_Model(), context=redirect, http_response=_Response(300))
+    success: dict = {}
+    metrics._before_s3_call(context=success)
+    metrics._after_s3_call(model=_Model(), context=success, http_response=_Response(299))
     raised: dict = {}
     metrics._before_s3_call(context=raised)
-    metrics._after_s3_call_error(context=raised, exception=ConnectionError(), model=_Model())
+    metrics._after_s3_call_error(
+        context=raised, exception=ConnectionError(), event_name="after-call-error.s3.UnitOperation"
+    )
     metrics._after_s3_call(model=_Model(), context={}, http_response=_Response(200))  # no start
     after = parse(metrics.scrape().decode())
 
@@ -384,12 +392,13 @@ def test_the_s3_hooks_time_each_call_and_count_its_failures():
         return total(after, name, **labels) - total(before, name, **labels)
 
     count = "gateway_s3_call_duration_seconds_count"
-    assert delta(count, operation="UnitOperation") == 5
+    assert delta(count, operation="UnitOperation") == 7
     errors = "gateway_s3_call_errors_total"
     assert delta(errors, operation="UnitOperation", code="SlowDown") == 1
     assert delta(errors, operation="UnitOperation", code="500") == 1
+    assert delta(errors, operation="UnitOperation", code="300") == 1
     assert delta(errors, operation="UnitOperation", code="ConnectionError") == 1
-    assert delta(errors, operation="UnitOperation") == 3  # 200 and 304 are no errors
+    assert delta(errors, operation="UnitOperation") == 4  # 200, 299 and 304 are no errors
 
 
 def test_an_observed_upload_counts_bytes_only_when_there_are_some():
@@ -499,7 +508,9 @@ def test_a_failed_call_is_timed_from_its_start():
     before = parse(metrics.scrape().decode())
     context: dict = {}
     metrics._before_s3_call(context=context)
-    metrics._after_s3_call_error(context=context, exception=OSError(), model=_Model())
+    metrics._after_s3_call_error(
+        context=context, exception=OSError(), event_name="after-call-error.s3.UnitOperation"
+    )
     after = parse(metrics.scrape().decode())
     name = "gateway_s3_call_duration_seconds_sum"
     assert (
@@ -553,3 +564,27 @@ def test_multiprocess_mode_merges_what_other_processes_wrote(tmp_path, monkeypat
         value(parse(metrics.scrape().decode()), "gateway_jobs_total", type="mp", outcome="done")
         == 0
     )
+
+
+def test_a_call_that_never_got_an_answer_is_counted_by_its_exception():
+    import boto3
+    from botocore.config import Config
+
+    from support import free_port
+
+    s3 = boto3.session.Session().client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: refused at once
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
+    )
+    metrics.instrument_s3_client(s3)
+    before = parse(metrics.scrape().decode())
+    with pytest.raises(Exception, match="Could not connect"):
+        s3.head_bucket(Bucket="nowhere")
+    after = parse(metrics.scrape().decode())
+    name = "gateway_s3_call_errors_total"
+    labels = {"operation": "HeadBucket", "code": "EndpointConnectionError"}
+    assert total(after, name, **labels) - total(before, name, **labels) == 1
