@@ -719,79 +719,50 @@ def main() -> int:
             warm_moto(client, payload)
         paths = ["gateway", "boto3"] + (["baseline"] if baseline else [])
         paths += [] if args.skip_multer else ["multer"]
+        names = {"gateway": "gateway", "boto3": "boto3", "multer": "multer-s3"}
+        if baseline:
+            names["baseline"] = f"gateway@{baseline[3]}"
         for sc in scs:
-            g_runs, b_runs, base_runs, m_runs = [], [], [], []
+            common = {"payload": payload, "client": client, "moto_pid": moto.pid}
+            servers = {"procs": procs, "tmp": tmp_root, **common}
+
+            def run_baseline(sc: Scenario = sc, servers: dict = servers) -> dict:
+                assert baseline is not None
+                base_dir, base_env, base_token, _ = baseline
+                with running_from(base_dir):
+                    return run_gateway(sc, env=base_env, token=base_token, **servers)
+
+            runners = {
+                "gateway": lambda sc=sc, servers=servers: run_gateway(
+                    sc, env=env, token=token, **servers
+                ),
+                "boto3": lambda sc=sc, common=common: run_boto3(
+                    sc,
+                    parts_in_flight=settings.s3_parts_in_flight,
+                    part_size=settings.effective_part_size,
+                    **common,
+                ),
+                "baseline": run_baseline,
+                "multer": lambda sc=sc, servers=servers: run_multer(
+                    sc, moto_url=moto_url, **servers
+                ),
+            }
+            runs: dict[str, list[dict]] = {path: [] for path in paths}
             for rep in range(reps):
                 shift = rep % len(paths)
                 for path in paths[shift:] + paths[:shift]:
-                    if path == "multer":
-                        r = run_multer(
-                            sc,
-                            procs=procs,
-                            moto_url=moto_url,
-                            tmp=tmp_root,
-                            payload=payload,
-                            client=client,
-                            moto_pid=moto.pid,
-                        )
-                        m_runs.append(r)
-                        log(
-                            f"{sc.label} #{rep + 1}: multer-s3 {r['mib_s']} MiB/s, "
-                            f"{r['cpu_s_per_gib']} CPU s/GiB, other load {r['foreign_cores']} "
-                            f"cores, errors {r['errors']} {r['first_errors'][:1]}"
-                        )
-                    elif path == "baseline" and baseline:
-                        base_dir, base_env, base_token, base_name = baseline
-                        with running_from(base_dir):
-                            r = run_gateway(
-                                sc,
-                                procs=procs,
-                                env=base_env,
-                                tmp=tmp_root,
-                                token=base_token,
-                                payload=payload,
-                                client=client,
-                                moto_pid=moto.pid,
-                            )
-                        base_runs.append(r)
-                        log(
-                            f"{sc.label} #{rep + 1}: gateway@{base_name} {r['mib_s']} MiB/s, "
-                            f"{r['cpu_s_per_gib']} CPU s/GiB, other load {r['foreign_cores']} "
-                            f"cores, errors {r['errors']} {r['first_errors'][:1]}"
-                        )
-                    elif path == "gateway":
-                        g = run_gateway(
-                            sc,
-                            procs=procs,
-                            env=env,
-                            tmp=tmp_root,
-                            token=token,
-                            payload=payload,
-                            client=client,
-                            moto_pid=moto.pid,
-                        )
-                        g_runs.append(g)
-                        log(
-                            f"{sc.label} #{rep + 1}: gateway {g['mib_s']} MiB/s, "
-                            f"{g['cpu_s_per_gib']} CPU s/GiB, +{g['rss_growth_per_upload_mib']} "
-                            f"MiB/upload, other load {g['foreign_cores']} cores, "
-                            f"errors {g['errors']} {g['first_errors'][:1]}"
-                        )
-                    else:
-                        b = run_boto3(
-                            sc,
-                            client=client,
-                            payload=payload,
-                            moto_pid=moto.pid,
-                            parts_in_flight=settings.s3_parts_in_flight,
-                            part_size=settings.effective_part_size,
-                        )
-                        b_runs.append(b)
-                        log(
-                            f"{sc.label} #{rep + 1}: boto3 {b['mib_s']} MiB/s, "
-                            f"{b['cpu_s_per_gib']} CPU s/GiB, other load {b['foreign_cores']} "
-                            f"cores, errors {b['errors']} {b['first_errors'][:1]}"
-                        )
+                    r = runners[path]()
+                    runs[path].append(r)
+                    growth = r.get("rss_growth_per_upload_mib")
+                    log(
+                        f"{sc.label} #{rep + 1}: {names[path]} {r['mib_s']} MiB/s, "
+                        f"{r['cpu_s_per_gib']} CPU s/GiB, "
+                        + (f"+{growth} MiB/upload, " if path == "gateway" else "")
+                        + f"other load {r['foreign_cores']} cores, "
+                        f"errors {r['errors']} {r['first_errors'][:1]}"
+                    )
+            g_runs, b_runs = runs["gateway"], runs["boto3"]
+            base_runs, m_runs = runs.get("baseline", []), runs.get("multer", [])
             g, b = aggregate(g_runs), aggregate(b_runs)
             ratio = round(g["mib_s"] / b["mib_s"], 2) if b["mib_s"] else 0.0
             # With every core busy, throughput is inversely proportional to the CPU each GiB

@@ -189,25 +189,22 @@ def test_gunicorn_refuses_a_graceful_timeout_that_leaves_no_time_to_roll_back(tm
         "--check-config",
         "wsgi:app",
     ]
-    short = subprocess.run(
-        gunicorn,
-        cwd=ROOT,
-        env={**env, "GATEWAY_GRACEFUL_TIMEOUT": "44"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def check(graceful_timeout: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            gunicorn,
+            cwd=ROOT,
+            env={**env, "GATEWAY_GRACEFUL_TIMEOUT": graceful_timeout},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    short = check("44")
     assert short.returncode == 2, short.stderr
     assert short.stderr.strip().splitlines() == [
         "upload-gateway: configuration error: GATEWAY_GRACEFUL_TIMEOUT: must be at least "
         "GATEWAY_SHUTDOWN_UPLOAD_GRACE + 15 s (30 + 15)"
     ]
-    enough = subprocess.run(
-        gunicorn,
-        cwd=ROOT,
-        env={**env, "GATEWAY_GRACEFUL_TIMEOUT": "45"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    enough = check("45")
     assert enough.returncode == 0, enough.stderr
