@@ -580,3 +580,41 @@ def test_a_call_that_never_got_an_answer_is_counted_by_its_exception():
     name = "gateway_s3_call_errors_total"
     labels = {"operation": "HeadBucket", "code": "EndpointConnectionError"}
     assert total(after, name, **labels) - total(before, name, **labels) == 1
+
+
+def test_serve_exposes_this_process_and_the_given_collectors():
+    from support import free_port
+
+    port = free_port()
+    stats = QueueStats(visible=4, in_flight=0, dead=0, oldest_age=None)
+    collector = metrics.QueueCollector(lambda: stats)
+    metrics.serve("127.0.0.1", port, collector)  # a daemon thread, for the rest of the tests
+    try:
+        got = parse(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+    finally:
+        from prometheus_client import REGISTRY
+
+        REGISTRY.unregister(collector)
+    assert value(got, "gateway_queue_messages") == 4
+    assert ("python_gc_objects_collected_total", frozenset({("generation", "0")})) in got
+
+
+def test_a_dead_workers_live_gauge_stops_counting(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, metrics.MULTIPROCESS_DIR_ENV: str(tmp_path)}
+    code = (
+        "import os; from gateway import metrics; "
+        "metrics.UPLOADS_IN_FLIGHT.labels('mp').inc(); print(os.getpid())"
+    )
+    pid = int(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+        ).stdout
+    )
+    monkeypatch.setenv(metrics.MULTIPROCESS_DIR_ENV, str(tmp_path))
+    assert value(parse(metrics.scrape().decode()), "gateway_uploads_in_flight", protocol="mp") == 1
+    metrics.mark_process_dead(pid)  # what gunicorn's child_exit does
+    assert value(parse(metrics.scrape().decode()), "gateway_uploads_in_flight", protocol="mp") == 0
