@@ -37,6 +37,8 @@ if _settings.metrics_bind:
     # /metrics answers on this listener only (gateway/api/health.py). Every worker writes its
     # samples to a fresh directory that a scrape merges (prometheus-client's multiprocess mode).
     bind.append(_settings.metrics_bind)
+    # Set before anything imports prometheus-client (gateway.metrics does, in the workers): it
+    # picks its value store from this variable once, at import.
     _metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 

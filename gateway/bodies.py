@@ -75,8 +75,10 @@ class BodyGuard:
         if self.limits.min_rate and self.credit - self.waited < wait:
             wait, reason = self.credit - self.waited, "rate"
         end = shutdown.uploads_end_at(self.limits.shutdown_grace)
-        if end is not None and end - self.clock() < wait:
-            wait, reason = end - self.clock(), "shutdown"
+        if end is not None:
+            left = end - self.clock()
+            if left < wait:
+                wait, reason = left, "shutdown"
         return wait, reason
 
     def check_shutdown(self) -> None:

@@ -86,9 +86,9 @@ def register(app: Flask) -> None:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        if svc.settings.worker_metrics_bind:
-            host, _, port = svc.settings.worker_metrics_bind.rpartition(":")
-            metrics.serve(host.strip("[]"), int(port), metrics.QueueCollector(svc.queue.stats))
+        address = svc.settings.worker_metrics_address
+        if address is not None:
+            metrics.serve(*address, metrics.QueueCollector(svc.queue.stats))
         click.echo(f"worker: {options.concurrency} at once on {svc.settings.queue_url}", err=True)
         worker.run()
 

@@ -359,6 +359,11 @@ class Settings:
         return bound[1] if bound else None
 
     @property
+    def worker_metrics_address(self) -> tuple[str, int] | None:
+        """Where ``flask worker`` serves its metrics, when it does."""
+        return _host_port(self.worker_metrics_bind) if self.worker_metrics_bind else None
+
+    @property
     def effective_part_size(self) -> int:
         """The configured part size, raised so that a max-size file fits in 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
