@@ -19,6 +19,12 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
+# The offline-first client's command (gateway.outbox), runnable from anywhere.
+$(BIN)/outbox: | $(BIN)/python
+	printf '#!/bin/sh\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m gateway.outbox "$$@"\n' \
+		"$(CURDIR)" "$(CURDIR)/$(BIN)/python" > $@
+	chmod +x $@
+
 $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
@@ -29,7 +35,7 @@ $(DEV_SECRET):
 	chmod 600 $@
 
 # Local storage in var/media, SQLite in var/gateway.db; a dev JWT secret in var/.
-run: $(VENV)/.runtime $(DEV_SECRET)
+run: $(VENV)/.runtime $(BIN)/outbox $(DEV_SECRET)
 	$(DEV_ENV) $(BIN)/flask --app wsgi init
 	@echo "Gateway on http://$(BIND) with one processing worker. Get a token:  make token"
 	@echo "Upload:  curl -H \"Authorization: Bearer \$$(make -s token)\" -F projectId=demo -F file=@photo.jpg http://$(BIND)/api/upload"
@@ -49,7 +55,7 @@ lint: $(VENV)/.dev
 
 # What the tests drive: Debian's nginx, curl and clamd, Node's tus clients and reference server
 # (tests/node, lockfile-pinned); the gate, then the suite.
-test: $(VENV)/.dev lint
+test: $(VENV)/.dev $(BIN)/outbox lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \

@@ -13,6 +13,9 @@ Actions:
   "reset"            read the whole request, then reset the connection (SO_LINGER 0 + close)
   "forward_reset"    forward the request (it takes effect upstream), then reset the connection:
                      the answer is lost, as after a timeout or a dropped connection
+  "busy"             answer as a gateway does when it cannot take a request now: 503, a JSON
+                     error body and ``Retry-After: BUSY_RETRY_AFTER`` (to put it in front of
+                     the gateway itself), request not forwarded
 Everything that matches no active rule is forwarded unchanged. Listens on 127.0.0.1 only.
 """
 
@@ -23,6 +26,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,12 +51,16 @@ S3_ERRORS = {
 }
 
 
+BUSY_RETRY_AFTER = 2
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
+    at: float = field(default_factory=time.monotonic)  # when the proxy had read it
 
     @property
     def target(self) -> str:
@@ -173,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif action == "forward_reset":
             self._forward(body, answer=False)
             self._reset()
+        elif action == "busy":
+            self._busy()
         elif action in S3_ERRORS:
             self._s3_error(*S3_ERRORS[action])
         else:
@@ -243,6 +253,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _busy(self) -> None:
+        body = (
+            b'{"success": false, "error": {"code": "shutting_down", "message": "busy"},'
+            b' "requestId": "faultproxy"}'
+        )
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After", str(BUSY_RETRY_AFTER))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _reset(self) -> None:
         """Abort the TCP connection: SO_LINGER 0, then close, so the peer sees a RST."""
         self.close_connection = True
@@ -308,7 +330,7 @@ class FaultProxy:
 
     def add(self, match: Matcher, action: str, *, times: int | None = None) -> Rule:
         """Fault the first ``times`` matching requests (every one when None)."""
-        if action not in S3_ERRORS and action not in ("reset", "forward_reset"):
+        if action not in S3_ERRORS and action not in ("reset", "forward_reset", "busy"):
             raise ValueError(f"unknown action {action!r}")
         rule = Rule(match, action, times)
         with self._state.lock:

@@ -131,3 +131,17 @@ def test_every_setting_is_in_the_readme_configuration_table():
     documented = set(re.findall(r"`(GATEWAY_[A-Z0-9_]+)`", table))
     declared = {_env_name(f.name) for f in dataclasses.fields(Settings)}
     assert declared - documented == set()
+
+
+def test_the_outbox_client_imports_nothing_of_the_server():
+    """The client talks to the gateway over HTTP only: none of the gateway's own modules, no
+    Flask, no boto3 (a field app installs it without the server's dependencies)."""
+    code = (
+        "import sys, gateway.outbox.cli, gateway.outbox.sync; "
+        "print(sorted(m for m in sys.modules if m.startswith(('gateway', 'flask', 'boto'))"
+        " and not m.startswith('gateway.outbox')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "['gateway']"  # the package itself, which imports nothing

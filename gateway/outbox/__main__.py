@@ -1,0 +1,5 @@
+"""``python -m gateway.outbox``: the ``outbox`` command."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,588 @@
+"""The offline-first client without a gateway: the outbox on disk, its states and limits, the
+CLI's answers to a damaged or locked outbox, steps, backoff, Retry-After, advice.
+
+A few tests talk HTTP to a small loopback server standing in for the gateway (a stand-in: the
+answers under test, 503 with Retry-After and a 401, are what the real gateway sends; the
+real-gateway tests are in test_outbox_sync.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gateway.outbox import advise, steps
+from gateway.outbox.errors import (
+    DiskFull,
+    InvalidItem,
+    OutboxDamaged,
+    OutboxFull,
+    OutboxLocked,
+    Permanent,
+    TokenRefused,
+    Transient,
+)
+from gateway.outbox.report import JsonLines
+from gateway.outbox.store import Incoming, Outbox, State, StepSpec, Transport
+from gateway.outbox.sync import Backoff, Syncer
+from gateway.outbox.transport import GatewayClient, raise_for_answer, retry_after_seconds
+
+from support import ROOT, jpeg_bytes, png_bytes
+
+MiB = 1024 * 1024
+
+
+def outbox_cli(outbox_dir: Path, *args: str, env: dict[str, str] | None = None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.outbox", *args],
+        cwd=ROOT,
+        env={**os.environ, "OUTBOX_DIR": str(outbox_dir), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def box(tmp_path):
+    with Outbox(tmp_path / "outbox", disk_reserve=0) as outbox:
+        yield outbox
+
+
+def sample(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+# -- the outbox on disk ----------------------------------------------------------------------------
+def test_push_copies_the_file_so_a_later_edit_is_not_what_gets_sent(tmp_path, box):
+    original = sample(tmp_path, "cat.png", png_bytes(50_000))
+    item = box.push([Incoming(original, "cat.png")], project="p1", tus_threshold=MiB)
+    original.write_bytes(b"edited afterwards")
+    entry = item.files[0]
+    assert entry.path.read_bytes() == png_bytes(50_000)
+    assert entry.sha256 == hashlib.sha256(png_bytes(50_000)).hexdigest()
+    assert entry.size == 50_000
+    assert entry.path.parent == box.files_dir / item.id
+    assert item.state == State.QUEUED
+    assert item.idempotency_key == f"outbox-{item.id}"
+
+
+def test_files_larger_than_the_threshold_go_over_tus_and_the_rest_by_form(tmp_path, box):
+    at = sample(tmp_path, "at.png", png_bytes(4096))
+    over = sample(tmp_path, "over.png", png_bytes(4097))
+    item = box.push(
+        [Incoming(at, "at.png"), Incoming(over, "over.png")], project="p1", tus_threshold=4096
+    )
+    assert [f.transport for f in item.files] == [Transport.FORM, Transport.TUS]
+
+
+def test_fields_and_steps_come_back_as_they_went_in(tmp_path, box):
+    path = sample(tmp_path, "a.png", png_bytes())
+    spec = StepSpec("PATCH", "http://app/r/1", '{"k": "{{s3Key}}"}', (("X-A", "b"),))
+    item = box.push(
+        [Incoming(path, "a.png")],
+        project="p1",
+        fields=[("caption", "two words"), ("caption", "again")],
+        steps=[spec],
+        tus_threshold=MiB,
+    )
+    again = box.get(item.id)
+    assert again.fields == [("caption", "two words"), ("caption", "again")]
+    assert again.steps[0].spec == spec
+    assert not again.steps[0].done
+
+
+def test_a_push_of_nothing_or_of_a_missing_file_queues_nothing(tmp_path, box):
+    with pytest.raises(InvalidItem):
+        box.push([], project="p1", tus_threshold=MiB)
+    with pytest.raises(InvalidItem):
+        box.push([Incoming(tmp_path / "nope.png", "nope.png")], project="p1", tus_threshold=MiB)
+    assert box.items() == []
+    assert list(box.files_dir.iterdir()) == []
+
+
+def test_the_outbox_limit_is_exact(tmp_path):
+    path = sample(tmp_path, "a.png", png_bytes(1000))
+    with Outbox(tmp_path / "o", max_bytes=2000, disk_reserve=0) as box:
+        box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)  # 2000: at the limit
+        with pytest.raises(OutboxFull, match="2000"):
+            box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        assert len(box.items()) == 2
+        assert box.used_bytes() == 2000
+
+
+def test_a_push_that_would_leave_the_disk_below_its_reserve_is_refused(tmp_path):
+    path = sample(tmp_path, "a.png", png_bytes(1000))
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    with Outbox(tmp_path / "o", disk_reserve=free) as box:  # any copy goes below it
+        with pytest.raises(DiskFull):
+            box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        assert box.items() == []
+
+
+def test_a_push_killed_midway_is_forgotten_on_the_next_open_but_a_live_one_is_not(tmp_path):
+    root = tmp_path / "o"
+    path = sample(tmp_path, "a.png", png_bytes())
+    with Outbox(root, disk_reserve=0) as box:
+        kept = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    conn = sqlite3.connect(root / "outbox.db")
+    for item_id, pid in (("dead", dead.pid), ("alive", os.getpid())):
+        conn.execute(
+            "INSERT INTO items (id, project, fields, idempotency_key, state, next_attempt_at,"
+            " worker_pid, created_at, updated_at) VALUES (?, 'p1', '[]', ?, 'queuing', 0, ?, 0, 0)",
+            (item_id, "k-" + item_id, pid),
+        )
+        (root / "files" / item_id).mkdir()
+        (root / "files" / item_id / "0-a.png").write_bytes(b"half")
+    conn.commit()
+    conn.close()
+    with Outbox(root, disk_reserve=0) as box:
+        ids = {r[0] for r in box._conn.execute("SELECT id FROM items")}
+        assert ids == {kept.id, "alive"}
+        assert not (root / "files" / "dead").exists()
+        assert (root / "files" / "alive").exists()
+        assert [i.id for i in box.items()] == [kept.id]  # a push in progress is not listed
+
+
+def test_a_damaged_database_is_an_error_that_changes_nothing(tmp_path):
+    root = tmp_path / "o"
+    path = sample(tmp_path, "a.png", png_bytes())
+    with Outbox(root, disk_reserve=0) as box:
+        item = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+    db = root / "outbox.db"
+    for leftover in root.glob("outbox.db-*"):
+        leftover.unlink()
+    damaged = b"this is not a database" * 100
+    db.write_bytes(damaged)
+    with pytest.raises(OutboxDamaged, match=r"outbox\.db"):
+        Outbox(root)
+    done = outbox_cli(root, "queue")
+    assert done.returncode == 3
+    assert "damaged" in done.stderr and str(db) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert db.read_bytes() == damaged
+    assert (root / "files" / item.id / "0-a.png").read_bytes() == png_bytes()
+
+
+def test_a_database_damaged_inside_is_caught_by_the_check_on_open(tmp_path):
+    root = tmp_path / "o"
+    path = sample(tmp_path, "a.png", png_bytes())
+    with Outbox(root, disk_reserve=0) as box:
+        for _ in range(30):
+            box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = root / "outbox.db"
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 3 * page
+    data[page : page + 8] = b"\x0d\xff\xff\xff\xff\xff\xff\xff"  # page 2's b-tree header
+    db.write_bytes(bytes(data))
+    with pytest.raises(OutboxDamaged):
+        Outbox(root)
+
+
+def test_a_locked_outbox_refuses_a_push_clearly_and_leaves_no_half_item(tmp_path):
+    root = tmp_path / "o"
+    path = sample(tmp_path, "a.png", png_bytes())
+    with Outbox(root, disk_reserve=0) as box:
+        first = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+    holder = sqlite3.connect(root / "outbox.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with Outbox(root, disk_reserve=0, lock_timeout=0.2) as box:
+            assert [i.id for i in box.items()] == [first.id]  # reading goes on (WAL)
+            with pytest.raises(OutboxLocked, match="locked by another process"):
+                box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        done = outbox_cli(root, "--lock-timeout", "0.2", "push", str(path), "--project", "p1")
+        assert done.returncode == 3, done.stderr
+        assert "locked by another process" in done.stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with Outbox(root, disk_reserve=0) as box:
+        assert [i.id for i in box.items()] == [first.id]
+    assert sorted(p.name for p in (root / "files").iterdir()) == [first.id]
+
+
+def test_state_changes_follow_the_transition_table(tmp_path, box):
+    item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                    project="p1", tus_threshold=MiB)  # fmt: skip
+    with pytest.raises(ValueError, match="cannot go from queued to done"), box._write() as conn:
+        box._set_state(conn, item.id, State.QUEUED, State.DONE)
+    with pytest.raises(ValueError, match="no longer uploading"):
+        box.mark_stored(item)  # it is still queued
+    assert box.claim(item)
+    assert box.get(item.id).state == State.UPLOADING
+    box.mark_stored(item)
+    box.mark_done(item)
+    with pytest.raises(InvalidItem, match="not failed"):
+        box.retry(box.get(item.id))
+
+
+def test_retry_puts_a_failed_item_back_where_it_stopped(tmp_path, box):
+    path = sample(tmp_path, "a.png", png_bytes())
+    uploading = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+    box.claim(uploading)
+    box.mark_failed(uploading, "415 unsupported_type")
+    failed = box.get(uploading.id)
+    assert (failed.state, failed.last_error, failed.attempts) == (
+        State.FAILED, "415 unsupported_type", 1)  # fmt: skip
+    assert box.retry(failed).state == State.QUEUED
+
+    stepped = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB,
+                       steps=[StepSpec("POST", "http://x/")])  # fmt: skip
+    box.claim(stepped)
+    box.file_stored(stepped, [(stepped.files[0], {"mediaId": "m"})])
+    box.mark_stored(stepped)
+    box.mark_failed(stepped, "step 400")
+    again = box.retry(box.get(stepped.id))
+    assert (again.state, again.attempts) == (State.STORED, 0)
+
+
+def test_a_claim_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(tmp_path, box):
+    item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                    project="p1", tus_threshold=MiB)  # fmt: skip
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        box._conn.execute("UPDATE items SET worker_pid = ?", (sleeper.pid,))
+        assert box.due(box.clock()) == []
+        assert not box.claim(item)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [i.id for i in box.due(box.clock())] == [item.id]
+    assert box.claim(item)
+
+
+def test_stats_count_items_files_and_bytes_per_state(tmp_path, box):
+    a = sample(tmp_path, "a.png", png_bytes(1000))
+    b = sample(tmp_path, "b.png", png_bytes(3000))
+    one = box.push([Incoming(a, "a.png"), Incoming(b, "b.png")], project="p1", tus_threshold=MiB)
+    two = box.push([Incoming(a, "a.png")], project="p1", tus_threshold=MiB)
+    box.claim(two)
+    box.mark_failed(two, "x")
+    numbers = box.stats()
+    assert numbers.by_state[State.QUEUED].items == 1
+    assert numbers.by_state[State.QUEUED].files == 2
+    assert numbers.by_state[State.QUEUED].bytes == 4000
+    assert numbers.by_state[State.FAILED].bytes == 1000
+    assert numbers.by_state[State.DONE].items == 0
+    assert numbers.outbox_bytes == 5000
+    assert numbers.oldest_unfinished_at == one.created_at
+    assert numbers.disk_free > 0
+
+
+def test_purge_forgets_only_done_items_and_frees_their_copies(tmp_path, box):
+    path = sample(tmp_path, "a.png", png_bytes(1000))
+    done = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+    waiting = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+    box.claim(done)
+    box.mark_stored(done)
+    box.mark_done(done)
+    assert box.purge_done() == (1, 1000)
+    assert [i.id for i in box.items()] == [waiting.id]
+    assert not (box.files_dir / done.id).exists()
+    assert (box.files_dir / waiting.id).exists()
+
+
+# -- errors, backoff, Retry-After --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(401, TokenRefused), (408, Transient), (409, Transient), (423, Transient),
+     (425, Transient), (429, Transient), (500, Transient), (503, Transient),
+     (400, Permanent), (403, Permanent), (404, Permanent), (413, Permanent), (415, Permanent),
+     (422, Permanent)],
+)  # fmt: skip
+def test_every_answer_is_classified(status, error):
+    body = json.dumps({"error": {"code": "some_code", "message": "why"}}).encode()
+    with pytest.raises(error, match=f"{status} some_code why"):
+        raise_for_answer(status, {}, body, what="upload")
+
+
+def test_a_success_is_not_an_error():
+    for status in (200, 201, 204, 299):
+        raise_for_answer(status, {}, b"", what="x")
+
+
+def test_permanent_errors_keep_the_gateways_code():
+    with pytest.raises(Permanent) as caught:
+        raise_for_answer(415, {}, b'{"error": {"code": "unsupported_type"}}', what="upload")
+    assert caught.value.code == "unsupported_type"
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(" 0 ") == 0.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    now = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    assert retry_after_seconds(later, now=now.timestamp()) == 90.0
+    earlier = format_datetime(now - timedelta(seconds=90), usegmt=True)
+    assert retry_after_seconds(earlier, now=now.timestamp()) == 0.0
+    with pytest.raises(Transient) as caught:
+        raise_for_answer(503, {"Retry-After": "12"}, b"", what="x")
+    assert caught.value.retry_after == 12.0
+
+
+def test_backoff_doubles_with_equal_jitter_up_to_its_cap():
+    backoff = Backoff(base=1.0, cap=60.0)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (7, 60), (30, 60)]:
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert min(delays) >= ceiling / 2
+        assert max(delays) <= ceiling
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not fixed
+
+
+# -- steps -------------------------------------------------------------------------------------------
+def test_then_is_parsed_and_its_placeholders_checked_at_push():
+    spec = steps.parse_then('patch https://app/r/{{mediaId}} {"u": "{{url}}"}', files=2)
+    assert (spec.method, spec.url, spec.body) == ("PATCH", "https://app/r/{{mediaId}}",
+                                                  '{"u": "{{url}}"}')  # fmt: skip
+    assert steps.parse_then("POST http://x/{{files.1.s3Key}}", files=2).body is None
+    for bad in ("GET http://x/", "POST", "POST ftp://x/", "POST http://x/{{files.2.url}}",
+                "POST http://x/{{nope}}", "POST http://x/{{files.0.secret}}"):  # fmt: skip
+        with pytest.raises(InvalidItem):
+            steps.parse_then(bad, files=2)
+
+
+def test_placeholders_are_escaped_for_where_they_stand():
+    records = [{"url": 'http://g/a b"c', "s3Key": "p/k 1.png", "size": 5}, {"mediaId": "m2"}]
+    body = steps.render('{"u": "{{url}}", "n": {{size}}, "m": "{{files.1.mediaId}}"}', records,
+                        quote=steps._json_escape, env={})  # fmt: skip
+    assert json.loads(body) == {"u": 'http://g/a b"c', "n": 5, "m": "m2"}
+    url = steps.render("http://app/{{s3Key}}", records, quote=steps._url_escape, env={})
+    assert url == "http://app/p/k%201.png"
+    assert steps.render("{{env.TOKEN}}", records, quote=str, env={"TOKEN": "t"}) == "t"
+    with pytest.raises(Transient, match="no MISSING"):
+        steps.render("{{env.MISSING}}", records, quote=str, env={})
+
+
+# -- sync against a stand-in gateway ----------------------------------------------------------------
+class StandIn:
+    """Answers POST /api/upload from a script of (status, headers) and records what it got."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests: list[dict] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                stand_in.requests.append({"headers": dict(self.headers), "body": body})
+                status, headers = stand_in.script.pop(0)
+                answer = {"success": status < 300}
+                if status < 300:
+                    answer["files"] = [{"mediaId": f"m{len(stand_in.requests)}", "url": "u"}]
+                else:
+                    answer["error"] = {"code": "shutting_down", "message": "busy"}
+                payload = json.dumps(answer).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 1_000_000.0
+        self.sleeps: list[float] = []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_sync_waits_as_retry_after_says_then_sends_the_same_key_again(tmp_path):
+    stand_in = StandIn([(503, {"Retry-After": "7"}), (201, {})])
+    fake = FakeTime()
+    try:
+        with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+            item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                            project="p1", tus_threshold=MiB)  # fmt: skip
+            lines = io.StringIO()
+            syncer = Syncer(box, GatewayClient(stand_in.url, "tok"), JsonLines(lines),
+                            clock=fake.clock, sleep=fake.sleep, backoff=Backoff(base=100))  # fmt: skip
+            result = syncer.run(max_wait=60)
+            assert result.done == [item.id]
+            assert fake.sleeps == [7.0]
+            events = [json.loads(line) for line in lines.getvalue().splitlines()]
+            assert [e["waitSeconds"] for e in events if e["event"] == "retry"] == [7.0]
+            keys = [r["headers"]["Idempotency-Key"] for r in stand_in.requests]
+            assert keys == [item.idempotency_key] * 2
+            assert stand_in.requests[0]["body"] == stand_in.requests[1]["body"].replace(
+                stand_in.requests[1]["body"][2:34], stand_in.requests[0]["body"][2:34]
+            )  # the same form, whatever the boundary
+            assert box.get(item.id).state == State.DONE
+            assert box.get(item.id).attempts == 1
+    finally:
+        stand_in.close()
+
+
+def test_sync_without_retry_after_backs_off_and_gives_up_past_max_wait(tmp_path):
+    stand_in = StandIn([(500, {}), (500, {}), (500, {})])
+    fake = FakeTime()
+    try:
+        with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+            item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                            project="p1", tus_threshold=MiB)  # fmt: skip
+            syncer = Syncer(box, GatewayClient(stand_in.url, "tok"), JsonLines(io.StringIO()),
+                            clock=fake.clock, sleep=fake.sleep, backoff=Backoff(base=10, cap=40),
+                            rng=random.Random(1))  # fmt: skip
+            result = syncer.run(max_wait=14)
+            # attempt 1 fails -> wait in [5, 10]; attempt 2 fails -> [10, 20]: past 14 s.
+            assert len(stand_in.requests) == 2
+            assert len(fake.sleeps) == 1 and 5 <= fake.sleeps[0] <= 10
+            assert result.unfinished == 1 and result.done == []
+            again = box.get(item.id)
+            assert again.state == State.UPLOADING and again.attempts == 2
+            assert "500" in again.last_error
+    finally:
+        stand_in.close()
+
+
+def test_a_refused_token_stops_the_sync_and_keeps_the_item(tmp_path):
+    stand_in = StandIn([(401, {})])
+    try:
+        with Outbox(tmp_path / "o", disk_reserve=0) as box:
+            item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                            project="p1", tus_threshold=MiB)  # fmt: skip
+            syncer = Syncer(box, GatewayClient(stand_in.url, "bad"), JsonLines(io.StringIO()))
+            with pytest.raises(TokenRefused):
+                syncer.run()
+            again = box.get(item.id)
+            assert again.state == State.UPLOADING and again.attempts == 0
+            assert box.due(box.clock())  # still due: nothing was held against the item
+    finally:
+        stand_in.close()
+
+
+def test_the_cli_never_takes_a_token_from_the_command_line(tmp_path):
+    done = outbox_cli(tmp_path / "o", "sync", "--gateway", "http://127.0.0.1:9", "--token", "x")
+    assert done.returncode == 2
+    done = outbox_cli(tmp_path / "o", "sync", "--gateway", "http://127.0.0.1:9",
+                      env={"OUTBOX_TOKEN": ""})  # fmt: skip
+    assert done.returncode == 2 and "OUTBOX_TOKEN" in done.stderr
+
+
+def test_push_rejects_reserved_or_malformed_fields(tmp_path):
+    path = sample(tmp_path, "a.png", png_bytes())
+    for bad in ("projectId=x", "sha256=x", "no-equals", "sp ace=x"):
+        done = outbox_cli(tmp_path / "o", "push", str(path), "-p", "p1", "--field", bad)
+        assert done.returncode == 2, bad
+    assert outbox_cli(tmp_path / "o", "queue").stdout == ""
+
+
+# -- advice ------------------------------------------------------------------------------------------
+def photo(path: Path, size=(640, 480)) -> Path:
+    image = Image.effect_mandelbrot(size, (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    image.save(path, "PNG")
+    return path
+
+
+def test_advise_measures_each_encoding_and_leaves_the_file_alone(tmp_path):
+    path = photo(tmp_path / "m.png")
+    before = path.read_bytes()
+    found = advise.advise(path)
+    assert found is not None
+    assert [e.format for e in found] == sorted(["webp", "avif"], key=lambda f: next(
+        e.size for e in found if e.format == f))  # fmt: skip
+    for encoding in found:
+        assert 0 < encoding.size < encoding.original_size == len(before)
+        assert encoding.saving == pytest.approx(1 - encoding.size / len(before))
+    assert path.read_bytes() == before
+    assert advise.advise(sample(tmp_path, "x.png", png_bytes())) is None  # not decodable
+
+
+def test_push_optimize_queues_the_smaller_copy_and_keeps_the_original(tmp_path):
+    path = photo(tmp_path / "m.png")
+    before = path.read_bytes()
+    done = outbox_cli(tmp_path / "o", "push", str(path), "-p", "p1", "--optimize", "--json")
+    assert done.returncode == 0, done.stderr
+    item = json.loads(done.stdout)
+    queued = item["files"][0]
+    assert queued["name"].endswith((".webp", ".avif"))
+    assert queued["size"] < len(before) * (1 - advise.MIN_SAVING)
+    assert path.read_bytes() == before
+    with Image.open(next((tmp_path / "o" / "files" / item["id"]).iterdir())) as copy:
+        assert copy.size == (640, 480)
+
+
+def test_optimize_keeps_a_file_it_cannot_shrink(tmp_path):
+    tiny = tmp_path / "t.webp"
+    Image.new("RGB", (8, 8), "white").save(tiny, "WEBP", quality=10)
+    assert advise.optimize(tiny, tmp_path) is None
+    assert advise.optimize(sample(tmp_path, "j.jpg", jpeg_bytes()), tmp_path) is None
+
+
+# -- what a sync tells its user -----------------------------------------------------------------------
+def test_json_lines_report_progress_at_most_once_per_percent(tmp_path, box):
+    item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes(1000)), "a.png")],
+                    project="p1", tus_threshold=MiB)  # fmt: skip
+    out = io.StringIO()
+    report = JsonLines(out)
+    entry = item.files[0]
+    for sent in (0, 5, 9, 10, 15, 1000, 1000):
+        report.progress(item, entry, sent)
+    sent = [json.loads(line)["sent"] for line in out.getvalue().splitlines()]
+    assert sent == [0, 10, 1000]
+
+
+def test_the_terminal_shows_bars_and_says_what_happened(tmp_path, box):
+    from rich.console import Console
+
+    from gateway.outbox.report import Terminal
+
+    item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes(1000)), "a.png")],
+                    project="p1", tus_threshold=MiB)  # fmt: skip
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    report = Terminal(console)
+    report.item_started(item)
+    report.progress(item, item.files[0], 500)
+    assert report._progress.tasks[0].completed == 500  # everything
+    assert report._progress.tasks[1].completed == 500  # the file
+    item.files[0].record = {"url": "http://g/media/x.png"}
+    report.item_stored(item)
+    report.retry(item, 2.5, "503 busy")
+    report.close()
+    text = console.file.getvalue()
+    assert "stored" in text and "http://g/media/x.png" in text
+    assert "retry" in text and "2.5 s: 503 busy" in text
