@@ -221,6 +221,47 @@ def test_a_client_killed_between_the_answer_and_its_commit_does_not_store_twice(
     )
 
 
+def test_a_sync_killed_at_random_points_stores_every_file_exactly_once(tmp_path, stack):
+    run = uuid.uuid4().hex
+    env = cli_env(tmp_path / "outbox", stack)
+    files = []
+    for n in range(12):
+        path = tmp_path / f"f{n}.png"
+        path.write_bytes(png_bytes(20_000 + n * 7_000, seed=n))
+        files.append(path)
+    groups = [[p] for p in files[:9]] + [files[9:12]]
+    big = write_file(tmp_path / "big.mp4", MP4_HEAD, 6 * MiB + 123)
+    for group in [*groups, [big]]:
+        pushed = outbox(env, "push", *map(str, group), "-p", "p1", "-f", f"run={run}",
+                        "--tus-threshold", "1MiB")  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(8):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.outbox", "sync", "--json", "-j", "3",
+             "--chunk-size", "1MiB"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        last = rng.randrange(1, 25)  # dies after this many events: anywhere in the work
+        for seen, _line in enumerate(proc.stdout, start=1):
+            if seen == last:
+                kills += 1
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert kills >= 4  # most rounds died mid-work (the last ones may find little left)
+    final = outbox(env, "sync", "--json", "--chunk-size", "1MiB")
+    assert final.returncode == 0, final.stderr
+    records = media_of_run(stack, run)
+    assert sorted(r["originalName"] for r in records) == sorted(p.name for p in [*files, big])
+    for record in records:
+        assert stored_bytes_sha256(stack, record) == sha256_of(tmp_path / record["originalName"])
+    assert {i["state"] for i in json.loads(outbox(env, "queue", "--all", "--json").stdout)} == {
+        "done"
+    }
+
+
 # -- the gateway is busy ----------------------------------------------------------------------------
 def test_a_503_with_retry_after_is_waited_out_then_the_upload_goes_through(tmp_path, stack):
     run = uuid.uuid4().hex

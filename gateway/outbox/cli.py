@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -323,6 +324,9 @@ def sync(
 ) -> None:
     """Send everything that is due; retry with backoff; resume big files where they stopped."""
     client = GatewayClient(gateway, _token(token_file), chunk_size=chunk_size)
+    # tuspy sends its requests without a timeout; on a network that silently drops (a phone
+    # going out of range) a PATCH would wait forever. Sockets made without one get this.
+    socket.setdefaulttimeout(client.timeout)
     reporter: Reporter = JsonLines() if as_json else Terminal()
     with _open(ctx) as outbox:
         try:
