@@ -1,0 +1,376 @@
+"""The outbox's transport, steps and sync against the gateway app served in this process
+(werkzeug's threaded server, local storage): fast, and the same routes the CLI tests reach
+through gunicorn and nginx in test_outbox_sync.py."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from tusclient.exceptions import TusCommunicationError
+from werkzeug.serving import make_server
+
+from gateway import create_app
+from gateway.outbox.errors import Permanent, TokenRefused, Transient
+from gateway.outbox.report import JsonLines
+from gateway.outbox.steps import run_step
+from gateway.outbox.store import Incoming, Outbox, State, StepSpec
+from gateway.outbox.sync import Syncer
+from gateway.outbox.transport import GatewayClient
+
+from conftest import init_stores, make_settings
+from support import free_port, mp4_bytes, png_bytes
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """(base URL, a token, Services) of a gateway app served on loopback by werkzeug."""
+    app = create_app(make_settings(tmp_path / "gw"))
+    init_stores(app.extensions["gateway"])
+    from gateway.auth import mint_token
+
+    with app.app_context():
+        token = mint_token("alice")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}", token, app.extensions["gateway"]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def box(tmp_path):
+    with Outbox(tmp_path / "outbox", disk_reserve=0) as outbox:
+        yield outbox
+
+
+def push(box: Outbox, tmp_path: Path, *named: tuple[str, bytes], threshold=MiB, steps=()):
+    incoming = []
+    for name, data in named:
+        path = tmp_path / name
+        path.write_bytes(data)
+        incoming.append(Incoming(path, name))
+    return box.push(incoming, project="p1", fields=[("run", "x")], steps=steps,
+                    tus_threshold=threshold)  # fmt: skip
+
+
+def stored(svc, record: dict) -> bytes:
+    return (Path(svc.settings.storage_url) / record["s3Key"]).read_bytes()
+
+
+def sync(box: Outbox, url: str, token: str, **kwargs) -> tuple[list[dict], object]:
+    lines = io.StringIO()
+    client = GatewayClient(url, token, chunk_size=kwargs.pop("chunk_size", 64 * KiB))
+    result = Syncer(box, client, JsonLines(lines), **kwargs).run(max_wait=0)
+    return [json.loads(line) for line in lines.getvalue().splitlines()], result
+
+
+# -- the form path ------------------------------------------------------------------------------------
+def test_small_files_go_as_one_form_post_and_a_lost_answer_is_replayed_safely(
+    tmp_path, box, gateway
+):
+    url, token, svc = gateway
+    item = push(box, tmp_path, ("a.png", png_bytes(30_000)), ("b.png", png_bytes(40_000, seed=3)))
+    events, result = sync(box, url, token)
+    assert result.done == [item.id]
+    done = box.get(item.id)
+    assert done.state == State.DONE
+    first = [f.record for f in done.files]
+    assert [r["originalName"] for r in first] == ["a.png", "b.png"]
+    for entry, record in zip(done.files, first, strict=True):
+        assert record["sha256"] == entry.sha256
+        assert stored(svc, record) == entry.path.read_bytes()
+        assert record["metadata"] == {"run": "x"}
+    assert [e["event"] for e in events][-2:] == ["stored", "done"]
+    # As after a SIGKILL between the gateway's answer and the outbox's commit:
+    box._conn.execute("UPDATE files SET record = NULL")
+    box._conn.execute("UPDATE items SET state = 'uploading'")
+    sync(box, url, token)
+    assert [f.record["mediaId"] for f in box.get(item.id).files] == [r["mediaId"] for r in first]
+    page = svc.records.list_media(tenant="", project_id="p1", limit=100, cursor=None, status=None)
+    assert len(page.items) == 2
+
+
+def test_a_file_the_gateway_refuses_fails_its_item_with_the_gateways_code(tmp_path, box, gateway):
+    url, token, _ = gateway
+    item = push(box, tmp_path, ("notes.txt", b"plain text is not an allowed type"))
+    events, result = sync(box, url, token)
+    assert result.failed == [item.id]
+    failed = box.get(item.id)
+    assert failed.state == State.FAILED
+    assert "415 unsupported_type" in failed.last_error
+    assert events[-1]["event"] == "failed"
+
+
+def test_a_bad_token_stops_the_sync(tmp_path, box, gateway):
+    url, _, _ = gateway
+    push(box, tmp_path, ("a.png", png_bytes()))
+    with pytest.raises(TokenRefused, match="401"):
+        sync(box, url, "not-a-token")
+
+
+# -- the tus path ---------------------------------------------------------------------------------------
+def test_a_big_file_goes_over_tus_and_resumes_from_the_gateways_offset(tmp_path, box, gateway):
+    url, token, svc = gateway
+    data = mp4_bytes(700 * KiB)
+    item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
+    entry = item.files[0]
+    client = GatewayClient(url, token, chunk_size=128 * KiB)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two_chunks(_entry, sent):
+        box.set_sent(item, entry, sent)
+        if sent >= 256 * KiB:
+            raise Killed
+
+    with pytest.raises(Killed):
+        client.upload_tus(item, entry, on_url=lambda u: box.set_tus_url(item, entry, u),
+                          on_progress=die_after_two_chunks)  # fmt: skip
+    half = box.get(item.id).files[0]
+    assert half.tus_url and half.tus_url.startswith(url + "/api/tus/")
+    assert half.sent == 256 * KiB
+
+    events, result = sync(box, url, token, chunk_size=128 * KiB)
+    assert result.done == [item.id]
+    sent = [e["sent"] for e in events if e["event"] == "progress"]
+    assert sent[0] == 256 * KiB  # from where the gateway stood
+    record = box.get(item.id).files[0].record
+    assert record["mediaId"] == half.tus_url.rsplit("/", 1)[1]
+    assert stored(svc, record) == data
+
+
+def test_an_upload_url_the_gateway_no_longer_knows_starts_a_new_upload(tmp_path, box, gateway):
+    url, token, svc = gateway
+    data = mp4_bytes(300 * KiB)
+    item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
+    box.set_tus_url(item, item.files[0], url + "/api/tus/0123456789abcdef0123456789abcdef")
+    _, result = sync(box, url, token)
+    assert result.done == [item.id]
+    entry = box.get(item.id).files[0]
+    assert entry.tus_url != url + "/api/tus/0123456789abcdef0123456789abcdef"
+    assert stored(svc, entry.record) == data
+
+
+def test_tus_errors_are_classified_with_their_retry_after():
+    class Answer:
+        response_headers = {"retry-after": "3"}
+
+    class Uploader:
+        request = Answer()
+
+    locked = GatewayClient._tus_error(TusCommunicationError("", 423, b""), Uploader())
+    assert isinstance(locked, Transient) and locked.retry_after == 3.0
+    assert not locked.unreachable
+    down = GatewayClient._tus_error(TusCommunicationError("refused"), None)
+    assert isinstance(down, Transient) and down.unreachable
+    refused = GatewayClient._tus_error(
+        TusCommunicationError("", 415, b'{"error": {"code": "unsupported_type"}}'), None
+    )
+    assert isinstance(refused, Permanent) and refused.code == "unsupported_type"
+    text = GatewayClient._tus_error(TusCommunicationError("", 413, '{"error": {"code": "x"}}'),
+                                    None)  # fmt: skip
+    assert isinstance(text, Permanent) and text.code == "x"
+    token = GatewayClient._tus_error(TusCommunicationError("", 401, b""), None)
+    assert isinstance(token, TokenRefused)
+
+
+def test_healthy_means_a_200_from_healthz(gateway):
+    url, token, _ = gateway
+    assert GatewayClient(url, token).healthy()
+    assert not GatewayClient(f"http://127.0.0.1:{free_port()}", token).healthy()
+    assert not GatewayClient(url + "/nothing-here", token).healthy()
+
+
+def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway):
+    url, token, _ = gateway
+    item = push(box, tmp_path, ("a.png", png_bytes()))
+    sync(box, url, token)
+    media_id = box.get(item.id).files[0].record["mediaId"]
+    client = GatewayClient(url, token)
+    assert client.media(media_id)["mediaId"] == media_id
+    with pytest.raises(Permanent, match="404"):
+        client.media("0" * 32)
+    with pytest.raises(Transient) as caught:
+        GatewayClient(f"http://127.0.0.1:{free_port()}", token).media(media_id)
+    assert caught.value.unreachable
+
+
+# -- steps ----------------------------------------------------------------------------------------------
+class Target:
+    """A step's target: answers from a script of (status, headers), records every request."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.got: list[dict] = []
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                target.got.append({"method": self.command, "path": self.path,
+                                   "headers": dict(self.headers), "body": body})  # fmt: skip
+                status, headers = target.script.pop(0) if target.script else (200, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def target():
+    made = []
+
+    def make(*script):
+        made.append(Target(script))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+RECORDS = [{"mediaId": "m1", "s3Key": "projects/p1/media/m1.png", "url": "http://g/m1.png"}]
+
+
+def test_a_step_is_sent_rendered_with_its_key_and_without_the_gateways_token(target):
+    app = target((201, {}))
+    spec = StepSpec("PATCH", app.url + "/records/{{mediaId}}", '{"key": "{{s3Key}}"}',
+                    (("Authorization", "Bearer {{env.APP}}"),))  # fmt: skip
+    session = requests.Session()
+    status = run_step(session, spec, RECORDS, idempotency_key="k.step0", env={"APP": "s3cret"})
+    assert status == 201
+    got = app.got[0]
+    assert (got["method"], got["path"]) == ("PATCH", "/records/m1")
+    assert json.loads(got["body"]) == {"key": "projects/p1/media/m1.png"}
+    assert got["headers"]["Idempotency-Key"] == "k.step0"
+    assert got["headers"]["Content-Type"] == "application/json"
+    assert got["headers"]["Authorization"] == "Bearer s3cret"
+
+
+def test_a_step_with_a_text_body_or_none(target):
+    app = target()
+    run_step(requests.Session(), StepSpec("POST", app.url + "/t", "key={{s3Key}} done"), RECORDS,
+             idempotency_key="k", env={})  # fmt: skip
+    run_step(requests.Session(), StepSpec("DELETE", app.url + "/d"), RECORDS, idempotency_key="k",
+             env={})  # fmt: skip
+    assert app.got[0]["body"] == b"key=projects/p1/media/m1.png done"
+    assert app.got[0]["headers"]["Content-Type"] == "text/plain; charset=utf-8"
+    assert app.got[1]["body"] == b"" and "Content-Type" not in app.got[1]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "retry_after"),
+    [(503, {"Retry-After": "4"}, Transient, 4.0), (429, {}, Transient, None),
+     (401, {}, Transient, None), (500, {}, Transient, None), (404, {}, Permanent, None),
+     (400, {}, Permanent, None)],
+)  # fmt: skip
+def test_a_steps_failures_are_retried_or_final(target, status, headers, error, retry_after):
+    app = target((status, headers))
+    with pytest.raises(error, match=f"{status}") as caught:
+        run_step(requests.Session(), StepSpec("POST", app.url + "/x"), RECORDS,
+                 idempotency_key="k", env={})  # fmt: skip
+    if error is Transient:
+        assert caught.value.retry_after == retry_after
+
+
+def test_a_step_whose_target_is_down_is_transient_and_unreachable():
+    with pytest.raises(Transient) as caught:
+        run_step(requests.Session(), StepSpec("POST", f"http://127.0.0.1:{free_port()}/x"),
+                 RECORDS, idempotency_key="k", env={})  # fmt: skip
+    assert caught.value.unreachable
+
+
+def test_steps_resume_at_the_first_not_done_and_the_item_is_done_after_the_last(
+    tmp_path, box, gateway, target
+):
+    url, token, _ = gateway
+    app = target((200, {}), (503, {"Retry-After": "0"}))  # step 1 fails once, then all is 200
+    steps = [StepSpec("POST", app.url + "/one"), StepSpec("POST", app.url + "/two/{{mediaId}}")]
+    item = push(box, tmp_path, ("a.png", png_bytes()), steps=steps)
+    events, result = sync(box, url, token)
+    assert result.done == [item.id]
+    media_id = box.get(item.id).files[0].record["mediaId"]
+    assert [g["path"] for g in app.got] == ["/one", f"/two/{media_id}", f"/two/{media_id}"]
+    assert [g["headers"]["Idempotency-Key"] for g in app.got] == [
+        f"{item.idempotency_key}.step0", *[f"{item.idempotency_key}.step1"] * 2]  # fmt: skip
+    assert [s.answer_status for s in box.get(item.id).steps] == [200, 200]
+    assert [e["event"] for e in events].count("stored") == 1  # the upload went once
+    assert [e["waitSeconds"] for e in events if e["event"] == "retry"] == [0]
+
+
+# -- the outbox's bookkeeping ---------------------------------------------------------------------------
+def test_find_takes_an_id_or_a_unique_prefix_and_nothing_else(tmp_path, box):
+    one = push(box, tmp_path, ("a.png", png_bytes()))
+    two = push(box, tmp_path, ("b.png", png_bytes()))
+    assert box.find(one.id).id == one.id
+    assert box.find(one.id[:12]).id == one.id
+    common = next(n for n in range(len(one.id)) if one.id[n] != two.id[n])
+    from gateway.outbox.errors import NoSuchItem
+
+    if common > 0:
+        with pytest.raises(NoSuchItem, match="ambiguous: 2 match"):
+            box.find(one.id[:common])
+    with pytest.raises(NoSuchItem, match="ambiguous: 2 match"):
+        box.find("")
+    for wild in ("%", "_" * 32, "nope"):
+        with pytest.raises(NoSuchItem, match=f"no item {wild}"):
+            box.find(wild)
+
+
+def test_an_unreachable_gateway_wakes_what_waited_for_it(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()))
+    box.claim(item)
+    assert not box.has_unreachable()
+    box.schedule_retry(item, delay=300, error="ConnectionError", unreachable=True)
+    box.release(item)
+    again = box.get(item.id)
+    assert again.unreachable and again.attempts == 1
+    assert again.next_attempt_at == pytest.approx(box.clock() + 300, abs=5)
+    assert box.has_unreachable()
+    assert box.due(box.clock()) == []
+    assert box.wake_unreachable() == 1
+    assert [i.id for i in box.due(box.clock())] == [item.id]
+    box.schedule_retry(item, delay=300, error="503", unreachable=False)
+    assert not box.has_unreachable() and box.wake_unreachable() == 0
+
+
+def test_progress_and_urls_are_kept_per_file(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()), ("b.png", png_bytes(seed=2)), threshold=1)
+    a, b = item.files
+    box.set_tus_url(item, b, "http://g/api/tus/x")
+    box.set_sent(item, b, 1234)
+    again = box.get(item.id).files
+    assert (again[0].tus_url, again[0].sent) == (None, 0)
+    assert (again[1].tus_url, again[1].sent) == ("http://g/api/tus/x", 1234)
+    box.set_tus_url(item, b, None)  # a gone URL: its progress goes with it
+    assert (box.get(item.id).files[1].tus_url, box.get(item.id).files[1].sent) == (None, 0)
+    box.file_stored(item, [(a, {"mediaId": "m"})])
+    assert box.get(item.id).files[0].sent == a.size
+    assert box.get(item.id).files[0].record == {"mediaId": "m"}
+    assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.sha256
