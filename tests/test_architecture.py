@@ -117,7 +117,7 @@ def test_error_codes_are_unique_and_statuses_are_http_errors():
 def test_nginx_renders_only_declared_codes():
     config = (ROOT / "nginx" / "gateway.conf").read_text()
     codes = set(re.findall(r'"code":"([a-z0-9_]+)"', config))
-    assert codes == {"request_rejected", "too_large", "upstream_unavailable"}
+    assert codes == {"request_rejected", "too_large", "upstream_unavailable", "not_found"}
     assert codes <= set(errors.CATALOGUE)
 
 
