@@ -202,6 +202,9 @@ def test_nginx_never_serves_temporary_files(embedded):
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
         missing = requests.get(f"{embedded.url}/media/projects/p1/media/{'2' * 32}.png", timeout=10)
         assert missing.status_code == 404
+        for refused in (answer, missing):  # the gateway's JSON error, not nginx's page
+            assert refused.json()["error"]["code"] == "not_found"
+            assert refused.json()["requestId"] == refused.headers["X-Request-ID"]
     finally:
         partial.unlink()
 
