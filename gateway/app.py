@@ -29,13 +29,14 @@ def create_app(
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
 
-    from .api import direct, health, media, openapi, tus, upload
+    from .api import direct, health, media, openapi, stats, tus, upload
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
     app.register_blueprint(direct.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(tus.bp)
+    app.register_blueprint(stats.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(openapi.docs_blueprint())
     if svc.storage.local is not None:

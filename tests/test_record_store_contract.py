@@ -546,3 +546,127 @@ def test_processing_results_round_trip(records):
     )
     records.create_many([r])
     assert records.get(r.media_id) == r
+
+
+# -- usage counters ------------------------------------------------------------------------------------
+def usage_of(records, tenant="t1", project_id="p1") -> dict[tuple[str, str], tuple[int, int]]:
+    return {
+        (c.file_type, c.status.value): (c.files, c.bytes)
+        for c in records.usage(tenant=tenant, project_id=project_id)
+    }
+
+
+def test_usage_counts_files_and_bytes_by_type_and_status_per_project(records):
+    records.create_many(
+        [record(size=100), record(size=250), record(file_type="video", size=5000),
+         record(project_id="p2", size=7), record(tenant="t2", size=9)]
+    )  # fmt: skip
+    assert usage_of(records) == {("image", "stored"): (2, 350), ("video", "stored"): (1, 5000)}
+    assert usage_of(records, project_id="p2") == {("image", "stored"): (1, 7)}
+    assert usage_of(records, tenant="t2") == {("image", "stored"): (1, 9)}
+    assert usage_of(records, project_id="empty") == {}
+
+
+def test_usage_follows_every_update_and_delete(records):
+    pending = _pending(size=1000)
+    stored = record(size=40)
+    records.create_many([pending, stored])
+    assert usage_of(records) == {("image", "pending"): (1, 1000), ("image", "stored"): (1, 40)}
+    done = records.update(pending.evolve(status=Status.STORED, size=900), expected=pending)
+    assert usage_of(records) == {("image", "stored"): (2, 940)}
+    leased = records.update(done.evolve(stage="scan"), expected=done)  # no count changes
+    assert usage_of(records) == {("image", "stored"): (2, 940)}
+    assert records.update(done.evolve(status=Status.PROCESSING), expected=done) is None  # stale
+    assert usage_of(records) == {("image", "stored"): (2, 940)}
+    records.update(leased.evolve(status=Status.PROCESSING), expected=leased)
+    assert usage_of(records) == {("image", "processing"): (1, 900), ("image", "stored"): (1, 40)}
+    records.delete(stored.media_id)
+    records.delete(stored.media_id)  # idempotent: counted once
+    assert usage_of(records) == {("image", "processing"): (1, 900)}
+
+
+def test_a_refused_create_counts_nothing(records):
+    first = record(size=10)
+    records.create_many([first])
+    with pytest.raises(RecordExists):
+        records.create_many([record(size=20), record(media_id=first.media_id, size=30)])
+    assert usage_of(records) == {("image", "stored"): (1, 10)}
+
+
+def test_concurrent_writes_keep_exact_counts(records):
+    made = [record(size=n + 1) for n in range(24)]
+
+    def create(chunk):
+        for r in chunk:
+            records.create_many([r])
+
+    threads = [threading.Thread(target=create, args=(made[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert usage_of(records) == {("image", "stored"): (24, sum(range(1, 25)))}
+    deleters = [threading.Thread(target=lambda c=made[i::3]: [records.delete(r.media_id) for r in c])
+                for i in range(3)]  # fmt: skip
+    for t in deleters:
+        t.start()
+    for t in deleters:
+        t.join()
+    assert usage_of(records) == {}
+
+
+def test_sqlite_counts_what_an_older_store_already_holds(tmp_path):
+    """A store made before the counters existed: its first open counts its records once."""
+    import sqlite3
+
+    from gateway.records import sqlite as sqlite_store
+
+    path = str(tmp_path / "old.db")
+    old = SqliteRecordStore(path)
+    old.create_schema()
+    old.create_many([record(size=5), _pending(size=6)])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE usage")
+    conn.commit()
+    conn.close()
+    again = SqliteRecordStore(path)
+    again.create_schema()
+    assert usage_of(again) == {("image", "pending"): (1, 6), ("image", "stored"): (1, 5)}
+    SqliteRecordStore(path).create_schema()  # not counted twice
+    assert usage_of(SqliteRecordStore(path)) == usage_of(again)
+    assert "usage" in sqlite_store.USAGE_SCHEMA
+
+
+def test_dynamodb_retries_a_transaction_that_conflicted(monkeypatch):
+    """moto never makes two transactions conflict, so this one uses a stand-in client that
+    answers TransactionCanceledException (TransactionConflict) as DynamoDB does."""
+    from botocore.exceptions import ClientError
+
+    from gateway.records import dynamodb
+
+    monkeypatch.setattr(dynamodb.time, "sleep", lambda s: None)
+
+    class Client:
+        def __init__(self, conflicts: int, reason: str = "TransactionConflict") -> None:
+            self.conflicts, self.reason, self.calls = conflicts, reason, 0
+
+        def transact_write_items(self, **kwargs):
+            self.calls += 1
+            if self.calls <= self.conflicts:
+                raise ClientError(
+                    {"Error": {"Code": "TransactionCanceledException", "Message": "x"},
+                     "CancellationReasons": [{"Code": "None"}, {"Code": self.reason}]},
+                    "TransactWriteItems",
+                )  # fmt: skip
+
+    client = Client(conflicts=dynamodb.TRANSACTION_ATTEMPTS - 1)
+    store = DynamoRecordStore(client, table="t")
+    assert store._transact([{}]) is True
+    assert client.calls == dynamodb.TRANSACTION_ATTEMPTS
+    always = Client(conflicts=99)
+    with pytest.raises(RecordStoreError):
+        DynamoRecordStore(always, table="t")._transact([{}])
+    assert always.calls == dynamodb.TRANSACTION_ATTEMPTS
+    condition = Client(conflicts=1, reason="ConditionalCheckFailed")
+    assert DynamoRecordStore(condition, table="t")._transact([{}]) is False
+    assert condition.calls == 1

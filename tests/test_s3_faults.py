@@ -338,7 +338,7 @@ def test_record_written_but_its_answer_lost(tmp_path, proxy, direct):
     gw = Gateway(tmp_path, "s3+dynamodb", proxy.url, direct)
     proxy.clear()
     content = png_bytes(50_000)
-    lost = proxy.add(fp.is_dynamodb("PutItem"), "forward_reset", times=1)
+    lost = proxy.add(fp.is_dynamodb("TransactWriteItems"), "forward_reset", times=1)
     response = gw.upload([("file", "cat.png", content)])
     assert lost.hits == 1
     assert_rule_holds(gw, response, content)

@@ -263,6 +263,47 @@ def _schemas() -> dict[str, Any]:
                 "nextCursor": NULLABLE_STRING,
             },
         },
+        "Stats": {
+            "type": "object",
+            "required": [
+                "success",
+                "projectId",
+                "tenant",
+                "files",
+                "bytes",
+                "byType",
+                "byStatus",
+                "counts",
+            ],
+            "properties": {
+                "success": {"const": True},
+                "projectId": {"type": "string"},
+                "tenant": NULLABLE_STRING,
+                "files": {
+                    "type": "integer",
+                    "description": "stored, processing, ready, failed and infected files",
+                },
+                "bytes": {"type": "integer"},
+                "byType": {"type": "object", "additionalProperties": _ref("Count")},
+                "byStatus": {"type": "object", "additionalProperties": _ref("Count")},
+                "counts": {
+                    "type": "array",
+                    "items": {
+                        "allOf": [_ref("Count")],
+                        "required": ["fileType", "status"],
+                        "properties": {
+                            "fileType": {"type": "string"},
+                            "status": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "Count": {
+            "type": "object",
+            "required": ["files", "bytes"],
+            "properties": {"files": {"type": "integer"}, "bytes": {"type": "integer"}},
+        },
         "DirectUpload": direct,
         "PartUrl": {
             "type": "object",
@@ -403,6 +444,16 @@ def _paths() -> dict[str, Any]:
                     },
                     **ANSWERS_ERRORS,
                 },
+            }
+        },
+        "/api/stats": {
+            "get": {
+                "summary": "A project's files and bytes by type and status (kept as counters)",
+                "security": BEARER,
+                "parameters": [
+                    {**_query("projectId", {"type": "string"}, "The project."), "required": True},
+                ],
+                "responses": {"200": _ok("Stats", "The counts."), **ANSWERS_ERRORS},
             }
         },
         "/api/uploads/initiate": {

@@ -185,6 +185,44 @@ class IdempotentAnswer:
     expires_at: float  # epoch seconds
 
 
+@dataclass(frozen=True)
+class UsageCount:
+    """A project's records of one file type in one status: how many, and their bytes."""
+
+    file_type: str
+    status: Status
+    files: int
+    bytes: int
+
+
+UsageDeltas = dict[tuple[str, str], tuple[int, int]]
+
+
+def usage_deltas(old: MediaRecord | None, new: MediaRecord | None) -> UsageDeltas:
+    """What one write changes in its project's usage counters: (fileType, status) -> (files,
+    bytes); nothing for a write that changes neither status, type nor size. Every store
+    applies these in the same atomic write as the record itself."""
+    deltas: UsageDeltas = {}
+    for record, sign in ((old, -1), (new, 1)):
+        if record is None:
+            continue
+        key = (record.file_type, record.status.value)
+        files, size = deltas.get(key, (0, 0))
+        deltas[key] = (files + sign, size + sign * (record.size or 0))
+    return {key: change for key, change in deltas.items() if change != (0, 0)}
+
+
+def merge_deltas(records: Sequence[MediaRecord]) -> dict[tuple[str, str], UsageDeltas]:
+    """New records' deltas per (tenant, project)."""
+    merged: dict[tuple[str, str], UsageDeltas] = {}
+    for record in records:
+        project = merged.setdefault((record.tenant, record.project_id), {})
+        for key, (files, size) in usage_deltas(None, record).items():
+            had = project.get(key, (0, 0))
+            project[key] = (had[0] + files, had[1] + size)
+    return merged
+
+
 class RecordStore(Protocol):
     def create_many(
         self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
@@ -221,6 +259,10 @@ class RecordStore(Protocol):
 
     def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
         """How many uploads of this caller are pending (counting stops past ``at_most``)."""
+
+    def usage(self, *, tenant: str, project_id: str) -> list[UsageCount]:
+        """The project's counters (kept by every write, never counted by scanning), every
+        (file type, status) with at least one record."""
 
     def check(self) -> None:
         """Raise RecordStoreError unless reachable (readiness)."""

@@ -6,13 +6,20 @@ visible ones (``lifecycle.VISIBLE``) also carry ``scope = <tenant>#<project>`` a
 carry ``pendingShard`` and ``expiresAt`` (the sparse ``pending_by_expiry`` index feeds the
 sweeper) and ``pendingOwner = <tenant>#<owner>`` (the sparse ``pending_by_owner`` index counts a
 caller's pending uploads). Idempotency items: ``pk = idem#<hash of scope and key>``, expired by
-DynamoDB's TTL on ``ttl``. Every write is conditional, so nothing is ever overwritten by accident.
+DynamoDB's TTL on ``ttl``. Usage counters: ``USAGE_SHARDS`` items per project,
+``pk = usage#<tenant>#<project>#<shard>``, numbers ``n <type> <status>`` (files) and
+``b <type> <status>`` (bytes), changed with ``ADD`` in the same transaction as the media item on
+a random shard (one hot item would make concurrent uploads of a project conflict), summed on
+read. Every write is conditional, so nothing is ever
+overwritten by accident.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +35,13 @@ from . import (
     MediaRecord,
     Page,
     SavedResponse,
+    UsageCount,
+    UsageDeltas,
     checked_update,
     decode_cursor,
     encode_cursor,
+    merge_deltas,
+    usage_deltas,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +81,33 @@ def _scope(tenant: str, project_id: str) -> str:
 
 def _record(item: dict[str, Any]) -> MediaRecord:
     return MediaRecord.from_dict(json.loads(_plain(item)["body"]))
+
+
+USAGE_SHARDS = 8
+TRANSACTION_ATTEMPTS = 4
+
+
+def _usage_pk(tenant: str, project_id: str, shard: int) -> str:
+    return f"usage#{_scope(tenant, project_id)}#{shard}"
+
+
+def _cancellation_reasons(exc: ClientError) -> list[str]:
+    return [r.get("Code", "") for r in exc.response.get("CancellationReasons", [])]
+
+
+def _cancelled_by_condition(exc: ClientError) -> bool:
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code == "ConditionalCheckFailedException" or (
+        "ConditionalCheckFailed" in _cancellation_reasons(exc)
+    )
+
+
+def _conflicted(exc: ClientError) -> bool:
+    """Another transaction held one of the items: worth another try."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code == "TransactionConflictException" or (
+        "TransactionConflict" in _cancellation_reasons(exc)
+    )
 
 
 class DynamoRecordStore:
@@ -182,6 +220,45 @@ class DynamoRecordStore:
             ),
         }
 
+    def _usage_update(self, tenant: str, project_id: str, deltas: UsageDeltas) -> dict[str, Any]:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        adds = []
+        for n, ((file_type, status), (files, size)) in enumerate(sorted(deltas.items())):
+            names[f"#n{n}"], names[f"#b{n}"] = f"n {file_type} {status}", f"b {file_type} {status}"
+            values[f":n{n}"], values[f":b{n}"] = files, size
+            adds.append(f"#n{n} :n{n}, #b{n} :b{n}")
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": _item(
+                    {"pk": _usage_pk(tenant, project_id, random.randrange(USAGE_SHARDS))}  # noqa: S311
+                ),
+                "UpdateExpression": "ADD " + ", ".join(adds),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": _item(values),
+            }
+        }
+
+    def _transact(self, items: list[dict[str, Any]]) -> bool:
+        """One TransactWriteItems: False when a condition did not hold. A conflict with another
+        transaction (which botocore does not retry) is tried again after a short random pause:
+        a cancelled transaction wrote nothing. (Within one call, botocore's own retries keep its
+        ClientRequestToken, so a commit whose answer was lost is not done twice.)"""
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            try:
+                self.client.transact_write_items(TransactItems=items)
+                return True
+            except ClientError as exc:
+                if _cancelled_by_condition(exc):
+                    return False
+                if not _conflicted(exc) or attempt == TRANSACTION_ATTEMPTS - 1:
+                    raise errors.RecordStoreError() from exc
+                time.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 (jitter)
+            except BotoCoreError as exc:
+                raise errors.RecordStoreError() from exc
+        raise AssertionError("unreachable")
+
     def create_many(
         self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
     ) -> None:
@@ -197,19 +274,10 @@ class DynamoRecordStore:
         ]
         if answer is not None:
             items.append({"Update": self._answer_update(answer)})
-        try:
-            if len(items) == 1 and "Put" in items[0]:
-                self.client.put_item(**items[0]["Put"])
-            else:
-                self.client.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if code == "ConditionalCheckFailedException" or "ConditionalCheckFailed" in reasons:
-                raise errors.RecordExists() from exc
-            raise errors.RecordStoreError() from exc
-        except BotoCoreError as exc:
-            raise errors.RecordStoreError() from exc
+        for (tenant, project_id), deltas in merge_deltas(records).items():
+            items.append(self._usage_update(tenant, project_id, deltas))
+        if not self._transact(items):
+            raise errors.RecordExists()
 
     def get(self, media_id: str) -> MediaRecord:
         response = self._call(
@@ -271,20 +339,55 @@ class DynamoRecordStore:
         return Page(items, next_cursor)
 
     def delete(self, media_id: str) -> None:
-        self._call(
-            self.client.delete_item, TableName=self.table, Key=_item({"pk": f"media#{media_id}"})
-        )
+        while True:  # the record and its counters together; again if it changed meanwhile
+            try:
+                old = self.get(media_id)
+            except errors.MediaNotFound:
+                return
+            delete = {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": _item({"pk": f"media#{media_id}"}),
+                    "ConditionExpression": "version = :expected",
+                    "ExpressionAttributeValues": _item({":expected": old.version}),
+                }
+            }
+            usage = self._usage_update(old.tenant, old.project_id, usage_deltas(old, None))
+            if self._transact([delete, usage]):
+                return
 
     def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
         new = checked_update(expected, record)
-        written = self._conditional(
-            self.client.put_item,
-            TableName=self.table,
-            Item=self._media_item(new),
-            ConditionExpression="version = :expected",
-            ExpressionAttributeValues=_item({":expected": expected.version}),
-        )
-        return new if written else None
+        put = {
+            "TableName": self.table,
+            "Item": self._media_item(new),
+            "ConditionExpression": "version = :expected",
+            "ExpressionAttributeValues": _item({":expected": expected.version}),
+        }
+        deltas = usage_deltas(expected, new)
+        if not deltas:  # most updates (leases, offsets, stages): one conditional put
+            return new if self._conditional(self.client.put_item, **put) else None
+        usage = self._usage_update(new.tenant, new.project_id, deltas)
+        return new if self._transact([{"Put": put}, usage]) else None
+
+    def usage(self, *, tenant: str, project_id: str) -> list[UsageCount]:
+        keys = [_item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)]
+        request = {self.table: {"Keys": keys, "ConsistentRead": True}}
+        totals: dict[str, int] = {}
+        while request:
+            response = self._call(self.client.batch_get_item, RequestItems=request)
+            for item in response["Responses"].get(self.table, []):
+                for name, value in _plain(item).items():
+                    if name != "pk":
+                        totals[name] = totals.get(name, 0) + int(value)
+            request = response.get("UnprocessedKeys") or {}
+        counts = []
+        for name, files in totals.items():
+            kind, _, rest = name.partition(" ")
+            if kind == "n" and files:
+                file_type, status = rest.rsplit(" ", 1)
+                counts.append(UsageCount(file_type, Status(status), files, totals["b " + rest]))
+        return sorted(counts, key=lambda c: (c.file_type, c.status.value))
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         response = self._call(

@@ -19,9 +19,13 @@ from . import (
     MediaRecord,
     Page,
     SavedResponse,
+    UsageCount,
+    UsageDeltas,
     checked_update,
     decode_cursor,
     encode_cursor,
+    merge_deltas,
+    usage_deltas,
 )
 
 T = TypeVar("T")
@@ -59,6 +63,52 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 
+# Created once with the counts of the records already there (a store older than the counters).
+USAGE_SCHEMA = """
+CREATE TABLE usage (
+    tenant TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    file_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (tenant, project_id, file_type, status)
+)
+"""
+USAGE_BACKFILL = """
+INSERT INTO usage (tenant, project_id, file_type, status, files, bytes)
+SELECT tenant, project_id, json_extract(body, '$.file_type'), status, COUNT(*),
+       COALESCE(SUM(json_extract(body, '$.size')), 0)
+FROM media GROUP BY tenant, project_id, json_extract(body, '$.file_type'), status
+"""
+
+
+def _apply_usage(
+    conn: sqlite3.Connection, tenant: str, project_id: str, deltas: UsageDeltas
+) -> None:
+    conn.executemany(
+        "INSERT INTO usage (tenant, project_id, file_type, status, files, bytes)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, project_id, file_type, status)"
+        " DO UPDATE SET files = files + excluded.files, bytes = bytes + excluded.bytes",
+        [(tenant, project_id, ft, st, files, size) for (ft, st), (files, size) in deltas.items()],
+    )
+
+
+def _create_usage(conn: sqlite3.Connection) -> None:
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'"
+    if conn.execute(exists).fetchone() is not None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute(exists).fetchone() is None:  # another process may have been first
+            conn.execute(USAGE_SCHEMA)
+            conn.execute(USAGE_BACKFILL)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class SqliteRecordStore:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -68,6 +118,7 @@ class SqliteRecordStore:
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         if not self._schema_ready:
             conn.executescript(SCHEMA)
+            _create_usage(conn)
             self._schema_ready = True
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -81,7 +132,11 @@ class SqliteRecordStore:
         return self._run(lambda conn: write_transaction(conn, fn))
 
     def create_schema(self) -> None:
-        self._run(lambda conn: conn.executescript(SCHEMA))
+        def create(conn: sqlite3.Connection) -> None:
+            conn.executescript(SCHEMA)
+            _create_usage(conn)
+
+        self._run(create)
 
     def check(self) -> None:
         self._run(lambda conn: conn.execute("SELECT 1 FROM media LIMIT 1").fetchall())
@@ -110,6 +165,8 @@ class SqliteRecordStore:
                 " status, version, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [self._row(r) for r in records],
             )
+            for (tenant, project_id), deltas in merge_deltas(records).items():
+                _apply_usage(conn, tenant, project_id, deltas)
             if answer is not None:
                 response = answer.response
                 conn.execute(
@@ -174,12 +231,21 @@ class SqliteRecordStore:
         return Page(items, next_cursor)
 
     def delete(self, media_id: str) -> None:
-        self._run(lambda conn: conn.execute("DELETE FROM media WHERE media_id = ?", (media_id,)))
+        def delete(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT body FROM media WHERE media_id = ?", (media_id,)).fetchone()
+            if row is None:
+                return
+            old = MediaRecord.from_dict(json.loads(row[0]))
+            conn.execute("DELETE FROM media WHERE media_id = ?", (media_id,))
+            _apply_usage(conn, old.tenant, old.project_id, usage_deltas(old, None))
+
+        self._transaction(delete)
 
     def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
         new = checked_update(expected, record)
-        cursor = self._run(
-            lambda conn: conn.execute(
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
                 "UPDATE media SET status = ?, version = ?, expires_at = ?, body = ?"
                 " WHERE media_id = ? AND version = ?",
                 (
@@ -191,8 +257,23 @@ class SqliteRecordStore:
                     expected.version,
                 ),
             )
+            if cursor.rowcount != 1:
+                return False
+            # ``expected`` is what was stored: the version matched.
+            _apply_usage(conn, new.tenant, new.project_id, usage_deltas(expected, new))
+            return True
+
+        return new if self._transaction(update) else None
+
+    def usage(self, *, tenant: str, project_id: str) -> list[UsageCount]:
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT file_type, status, files, bytes FROM usage WHERE tenant = ?"
+                " AND project_id = ? AND files != 0 ORDER BY file_type, status",
+                (tenant, project_id),
+            ).fetchall()
         )
-        return new if cursor.rowcount == 1 else None
+        return [UsageCount(ft, Status(st), files, size) for ft, st, files, size in rows]
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         rows = self._run(
