@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from .records.quota import QuotaLimits
+
 if TYPE_CHECKING:
     from .bodies import BodyLimits
 
@@ -138,6 +140,16 @@ class Settings:
     # Live status: open /api/media/<id>/events streams per worker process.
     max_event_streams: int = 100
 
+    # Quotas (0: none): what one project, and one tenant in all, may hold (pending uploads at
+    # their promised size, and streamed uploads in flight, included). 413 quota_exceeded.
+    quota_project_bytes: int = 0
+    quota_project_files: int = 0
+    quota_tenant_bytes: int = 0
+    quota_tenant_files: int = 0
+    # A streamed upload's reservation lives this long past its last activity (renewed as its
+    # bytes arrive); one left by a process that died ends then.
+    quota_reservation_seconds: int = 300
+
     idempotency_ttl: int = 24 * 3600
     idempotency_lock_timeout: int = 3600
     log_level: str = "INFO"
@@ -145,6 +157,15 @@ class Settings:
     # on the public one; the processing worker serves its own on worker_metrics_bind. "": off.
     metrics_bind: str = ""
     worker_metrics_bind: str = ""
+
+    @property
+    def quota_limits(self) -> QuotaLimits:
+        return QuotaLimits(
+            project_bytes=self.quota_project_bytes,
+            project_files=self.quota_project_files,
+            tenant_bytes=self.quota_tenant_bytes,
+            tenant_files=self.quota_tenant_files,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -196,6 +217,7 @@ class Settings:
             "max_image_pixels",
             "sandbox_memory",
             "max_event_streams",
+            "quota_reservation_seconds",
         ):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
@@ -207,10 +229,10 @@ class Settings:
             fail(
                 "direct_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)"
             )
-        if self.direct_max_files > 100:
-            fail("direct_max_files", "at most 100 (one DynamoDB transaction)")
-        if self.max_files > 99:
-            fail("max_files", "at most 99 (one DynamoDB transaction, with the idempotent answer)")
+        if self.direct_max_files > 97:
+            fail("direct_max_files", "at most 97 (one DynamoDB transaction, with its counters)")
+        if self.max_files > 95:
+            fail("max_files", "at most 95 (one DynamoDB transaction, with its answer and counters)")
         if self.body_idle_timeout <= 0:
             fail("body_idle_timeout", "must be a positive number of seconds")
         if self.shutdown_delay < 0 or self.shutdown_upload_grace < 0:
@@ -251,6 +273,10 @@ class Settings:
                 fail("webhook_url", "must be an http(s) URL")
             if not self.webhook_secret.startswith("whsec_"):
                 fail("webhook_secret", "required with a webhook URL: whsec_<base64 secret>")
+        for name in ("quota_project_bytes", "quota_project_files", "quota_tenant_bytes",
+                     "quota_tenant_files"):  # fmt: skip
+            if getattr(self, name) < 0:
+                fail(name, "must not be negative (0: no quota)")
         if self.jwt_leeway < 0 or self.trusted_proxies < 0:
             fail("jwt_leeway" if self.jwt_leeway < 0 else "trusted_proxies", "must not be negative")
 

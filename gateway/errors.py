@@ -302,6 +302,10 @@ class TooLarge(GatewayError):
     status, code, message = 413, "too_large", "The upload is larger than allowed."
 
 
+class QuotaExceeded(TooLarge):
+    code, message = "quota_exceeded", "The quota of this project or tenant would be exceeded."
+
+
 class FormLimit(TooLarge):
     code, message = "form_limit", "The form has more parts, fields or header bytes than allowed."
 

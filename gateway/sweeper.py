@@ -69,6 +69,7 @@ class Sweeper:
         cutoff = now - older_than
         report = SweepReport()
         self._expire_direct_uploads(now, dry_run, report)
+        self._end_expired_reservations(now, dry_run, report)
         self._requeue_stalled(now, dry_run, report)
         for _store, listing in self._stores():
             self._each(
@@ -116,6 +117,19 @@ class Sweeper:
     def _delete_everywhere(self, key: str) -> None:
         for store, _ in self._stores():
             store.delete(key)
+
+    def _end_expired_reservations(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
+        """Quota reservations of streamed uploads whose process died: their space is free."""
+        if dry_run:
+            return
+        try:
+            ended = self.records.end_expired_reservations(now=now.timestamp(), limit=1000)
+        except Exception:
+            log.error("could not end expired quota reservations", exc_info=True)
+            report.failed.append("end expired quota reservations")
+            return
+        if ended:
+            report.done.append(f"end {ended} expired quota reservations")
 
     def _requeue_stalled(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
         """Media still ``stored`` well after their commit: the job announced then was lost

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,6 +173,59 @@ class UploadService:
             raise errors.MalformedBody(str(exc)) from None
 
 
+class _Reservation:
+    """What a streamed upload holds of its project's quota while its bytes arrive: its whole
+    Content-Length from its first file part on (or, chunked, the file bytes that arrived, in
+    ``CHUNKED_STEP`` steps), and a file per file part; renewed while the body is read, so that
+    it outlives a long upload but not a process that died (see records/quota.py)."""
+
+    CHUNKED_STEP = 1024 * 1024
+
+    def __init__(self, service: UploadService, request: UploadRequest) -> None:
+        self.records = service.records
+        self.ttl = service.settings.quota_reservation_seconds
+        self.active = service.settings.quota_limits.active
+        self.request = request
+        self.id = "upload-" + new_media_id()
+        self.bytes = 0
+        self.renewed = 0.0
+        self.started = False
+
+    def _add(self, project_id: str, *, files: int, size: int) -> None:
+        now = time.time()
+        self.records.reserve(
+            self.id,
+            tenant=self.request.principal.tenant,
+            project_id=project_id,
+            files=files,
+            bytes=size,
+            expires_at=now + self.ttl,
+        )
+        self.started, self.renewed, self.bytes = True, now, self.bytes + size
+
+    def file(self, project_id: str) -> None:
+        """A file part begins: one more file; the first also reserves the Content-Length."""
+        if not self.active:
+            return
+        length = self.request.content_length
+        self._add(project_id, files=1, size=0 if self.started or length is None else length)
+
+    def data(self, project_id: str, file_bytes: int) -> None:
+        """File bytes arrived (``file_bytes`` in all so far): a chunked body reserves them (a
+        step at a time); any body renews its reservation now and then."""
+        if not self.active or not self.started:
+            return
+        if file_bytes > self.bytes:
+            step = self.CHUNKED_STEP
+            self._add(project_id, files=0, size=-(-(file_bytes - self.bytes) // step) * step)
+        elif time.time() - self.renewed > self.ttl / 3:
+            self._add(project_id, files=0, size=0)
+
+    def end(self) -> None:
+        if self.started:
+            self.records.end_reservation(self.id)
+
+
 class _Batch:
     """The files of one request, from first byte to commit or rollback."""
 
@@ -188,11 +242,16 @@ class _Batch:
         self.files: list[IncomingFile] = []
         self.current: tuple[FileStart, IncomingFile] | None = None
         self.records: list[MediaRecord] = []  # written, or maybe written, by a failed commit
+        self.reservation = _Reservation(service, request)
+        self.file_bytes = 0
 
     # -- events --------------------------------------------------------------------------------
     def handle(self, event: Event) -> None:
         if isinstance(event, FileData):
             assert self.current is not None
+            self.file_bytes += len(event.data)
+            assert self.destination is not None
+            self.reservation.data(self.destination.project_id, self.file_bytes)
             self.current[1].write(event.data)
         elif isinstance(event, TextField):
             self._on_field(event)
@@ -239,9 +298,11 @@ class _Batch:
             raise errors.UnexpectedFileField(
                 f"File parts must be named 'file' or 'files', not {event.name!r}."
             )
+        destination = self._resolve_destination()
+        self.reservation.file(destination.project_id)
         incoming = IncomingFile(
             store=self.service.store,
-            destination=self._resolve_destination(),
+            destination=destination,
             allowed_types=self.settings.allowed_types,
             media_id=new_media_id(),
             original_name=display_name(event.filename, max_chars=self.settings.max_filename_chars),
@@ -287,12 +348,18 @@ class _Batch:
     def _write(self, records: list[MediaRecord], answer: IdempotentAnswer | None) -> None:
         store = self.service.records
         try:
-            store.create_many(records, answer=answer)
+            store.create_many(
+                records,
+                answer=answer,
+                reservation=self.reservation.id if self.reservation.started else None,
+            )
         except errors.RecordExists as exc:
             # A retried write whose first answer was lost finds its own records: that is
             # success. Anything else would be a foreign record (never delete those).
             if not all(self._is_stored(record) for record in records):
                 raise errors.RecordStoreError() from exc
+        except errors.QuotaExceeded:
+            raise  # refused as a whole: nothing was written
         except errors.GatewayError as exc:
             self.records = records  # the write may have applied with its answer lost
             raise errors.RecordStoreError() from exc
@@ -305,6 +372,10 @@ class _Batch:
 
     def rollback(self) -> None:
         """Undo everything; each step on its own, so one failure cannot stop the others."""
+        try:
+            self.reservation.end()
+        except Exception:  # it ends at its expiry anyway
+            log.error("rollback could not end quota reservation", exc_info=True)
         kept: set[str] = set()  # media whose record may still exist: keep object, journal it
         for record in self.records:
             try:

@@ -29,7 +29,7 @@ from support import JWT_SECRET, env_for_aws, start_moto_server, stop, unique  # 
 os.environ.update(env_for_aws())
 
 
-SLOW_FIXTURES = {"moto_url", "embedded_stack", "s3_stack", "clamd_url"}
+SLOW_FIXTURES = {"moto_url", "serial_moto_url", "embedded_stack", "s3_stack", "clamd_url"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,6 +45,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def moto_url():
     """A moto server process on a free loopback port, shared by the session."""
     proc, url = start_moto_server()
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def serial_moto_url():
+    """A moto server that handles one request at a time: DynamoDB's transaction isolation for
+    the concurrency tests (tests/serial_moto.py)."""
+    proc, url = start_moto_server(serial=True)
     yield url
     stop(proc)
 

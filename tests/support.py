@@ -98,10 +98,13 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def start_moto_server() -> tuple[subprocess.Popen, str]:
+def start_moto_server(*, serial: bool = False) -> tuple[subprocess.Popen, str]:
+    """A moto server on a free loopback port; ``serial``: one request at a time
+    (tests/serial_moto.py says why)."""
     port = free_port()
+    program = [str(ROOT / "tests" / "serial_moto.py")] if serial else ["-m", "moto.server"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *program, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -593,7 +593,8 @@ def test_a_refused_create_counts_nothing(records):
     assert usage_of(records) == {("image", "stored"): (1, 10)}
 
 
-def test_concurrent_writes_keep_exact_counts(records):
+def test_concurrent_writes_keep_exact_counts(limited):
+    records = limited(serial=True)
     made = [record(size=n + 1) for n in range(24)]
 
     def create(chunk):
@@ -661,12 +662,164 @@ def test_dynamodb_retries_a_transaction_that_conflicted(monkeypatch):
 
     client = Client(conflicts=dynamodb.TRANSACTION_ATTEMPTS - 1)
     store = DynamoRecordStore(client, table="t")
-    assert store._transact([{}]) is True
+    assert store._transact([{}]) is None  # committed
     assert client.calls == dynamodb.TRANSACTION_ATTEMPTS
     always = Client(conflicts=99)
     with pytest.raises(RecordStoreError):
         DynamoRecordStore(always, table="t")._transact([{}])
     assert always.calls == dynamodb.TRANSACTION_ATTEMPTS
     condition = Client(conflicts=1, reason="ConditionalCheckFailed")
-    assert DynamoRecordStore(condition, table="t")._transact([{}]) is False
+    assert DynamoRecordStore(condition, table="t")._transact([{}]) == [
+        "None", "ConditionalCheckFailed"]  # fmt: skip
     assert condition.calls == 1
+
+
+# -- quotas --------------------------------------------------------------------------------------------
+from gateway.errors import QuotaExceeded  # noqa: E402
+from gateway.records.quota import QuotaLimits  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def serial_dynamodb_client(serial_moto_url, tmp_path_factory):
+    settings = make_settings(
+        tmp_path_factory.mktemp("ddb"), backend="s3+dynamodb", moto_url=serial_moto_url
+    )
+    return make_dynamodb_client(settings)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def limited(request, tmp_path):
+    """A store factory: ``limited(**limits)`` (each call a new store, table or file); with
+    ``serial=True`` a DynamoDB table is on the serialized moto (tests/serial_moto.py)."""
+
+    def make(serial=False, **limits):
+        if request.param == "sqlite":
+            store = SqliteRecordStore(str(tmp_path / f"{uuid.uuid4().hex}.db"),
+                                      limits=QuotaLimits(**limits))  # fmt: skip
+        else:
+            client = request.getfixturevalue(
+                "serial_dynamodb_client" if serial else "dynamodb_client"
+            )
+            store = DynamoRecordStore(client, table=unique("quota"), limits=QuotaLimits(**limits))
+        store.create_schema()
+        return store
+
+    return make
+
+
+def test_a_project_may_hold_exactly_its_files_and_bytes(limited):
+    store = limited(project_files=3, project_bytes=1000)
+    store.create_many([record(size=400), record(size=400)])
+    store.create_many([record(size=200)])  # 3 files, 1000 bytes: exactly at both limits
+    for extra in (record(size=0), record(project_id="p1", size=1)):
+        with pytest.raises(QuotaExceeded) as info:
+            store.create_many([extra])
+        assert (info.value.status, info.value.code) == (413, "quota_exceeded")
+        with pytest.raises(MediaNotFound):
+            store.get(extra.media_id)
+    assert usage_of(store) == {("image", "stored"): (3, 1000)}
+    store.create_many([record(project_id="p2", size=1000)])  # another project: its own quota
+
+
+def test_one_write_over_the_limit_alone_is_refused(limited):
+    store = limited(project_bytes=100)
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(size=101)])
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(size=60), record(size=60)])  # together over it: none stored
+    assert usage_of(store) == {}
+    store.create_many([record(size=100)])
+
+
+def test_a_tenant_quota_covers_all_its_projects(limited):
+    store = limited(tenant_files=2)
+    store.create_many([record(project_id="p1"), record(project_id="p2")])
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(project_id="p3")])
+    store.create_many([record(tenant="t2", project_id="p3")])  # another tenant
+
+
+def test_pending_uploads_hold_their_promise_until_they_end(limited):
+    store = limited(project_bytes=1000)
+    pending = _pending(size=800)
+    store.create_many([pending])
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(size=300)])
+    aborted = store.update(pending.evolve(status=Status.ABORTED), expected=pending)
+    assert aborted is not None
+    store.create_many([record(size=300)])  # the abort released the promise
+    kept = record(size=700)
+    store.create_many([kept])
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(size=1)])
+    store.delete(kept.media_id)
+    store.create_many([record(size=700)])  # the delete released it
+
+
+def test_a_record_that_grows_past_the_limit_is_refused_and_unchanged(limited):
+    store = limited(project_bytes=1000)
+    pending = _pending(size=0)
+    store.create_many([pending])
+    with pytest.raises(QuotaExceeded):
+        store.update(pending.evolve(status=Status.STORED, size=1001), expected=pending)
+    assert store.get(pending.media_id) == pending
+    assert store.update(pending.evolve(status=Status.STORED, size=1000), expected=pending)
+
+
+def test_reservations_hold_space_until_their_records_replace_them(limited):
+    store = limited(project_bytes=1000, project_files=2)
+    store.reserve("r1", tenant="t1", project_id="p1", files=1, bytes=900, expires_at=2e9)
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(size=200)])
+    with pytest.raises(QuotaExceeded):
+        store.reserve("r2", tenant="t1", project_id="p1", files=1, bytes=101, expires_at=2e9)
+    store.reserve("r1", tenant="t1", project_id="p1", files=0, bytes=100, expires_at=2e9)
+    with pytest.raises(QuotaExceeded):  # r1 now holds all 1000 bytes
+        store.reserve("r1", tenant="t1", project_id="p1", files=0, bytes=1, expires_at=2e9)
+    # The upload ends smaller than its reservation: the records replace it, the rest is free.
+    store.create_many([record(size=600)], reservation="r1")
+    store.create_many([record(size=400)])
+    assert usage_of(store) == {("image", "stored"): (2, 1000)}
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record(size=0)])
+
+
+def test_an_ended_or_expired_reservation_frees_its_space(limited):
+    store = limited(project_files=1)
+    store.reserve("gone", tenant="t1", project_id="p1", files=1, bytes=0, expires_at=2e9)
+    with pytest.raises(QuotaExceeded):
+        store.create_many([record()])
+    store.end_reservation("gone")
+    store.end_reservation("gone")  # idempotent
+    store.reserve("dead", tenant="t1", project_id="p1", files=1, bytes=0, expires_at=5.0)
+    assert store.end_expired_reservations(now=4.0, limit=10) == 0
+    assert store.end_expired_reservations(now=6.0, limit=10) == 1
+    store.create_many([record()])
+
+
+def test_concurrent_creates_never_overshoot_a_quota(limited):
+    store = limited(serial=True, project_files=5, project_bytes=5 * 100)
+    outcomes: list[str] = []
+
+    def one():
+        try:
+            store.create_many([record(size=100)])
+            outcomes.append("stored")
+        except QuotaExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 11 + ["stored"] * 5
+    assert usage_of(store) == {("image", "stored"): (5, 500)}

@@ -381,6 +381,7 @@ class FakeRecords:
         self.expired_calls: list[tuple[str, int]] = []
         self.stalled_calls: list[tuple[str, int]] = []
         self.stalled_down = False
+        self.reservation_calls: list[tuple[float, int]] = []
 
     def get(self, media_id: str) -> MediaRecord:
         if self.down:
@@ -388,6 +389,10 @@ class FakeRecords:
         if media_id not in self.by_id:
             raise _errors.MediaNotFound()
         return self.by_id[media_id]
+
+    def end_expired_reservations(self, *, now: float, limit: int) -> int:
+        self.reservation_calls.append((now, limit))
+        return 0
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         self.expired_calls.append((now, limit))
@@ -846,3 +851,30 @@ def test_a_journaled_key_the_gateway_did_not_make_is_never_deleted():
     report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, now=NOW)
     assert storage.deleted == [] and report.done == [] and report.failed == []
     assert journal.forgotten == [{"other/thing.txt"}]
+
+
+def test_the_sweep_ends_quota_reservations_a_dead_process_left(tmp_path):
+    """A streamed upload whose process died keeps its reservation until its expiry; the sweep
+    then gives the space back (a dry run changes nothing)."""
+    from gateway import create_app
+    from gateway.errors import QuotaExceeded
+
+    from conftest import init_stores, make_settings
+
+    svc = create_app(make_settings(tmp_path, quota_project_files=1)).extensions["gateway"]
+    init_stores(svc)
+    records = svc.records
+    now = datetime.now(UTC)
+    records.reserve("dead", tenant="", project_id="p1", files=1, bytes=0,
+                    expires_at=(now - timedelta(seconds=1)).timestamp())  # fmt: skip
+    rows = lambda: records._run(lambda c: c.execute("SELECT COUNT(*) FROM reservations").fetchone())
+    assert svc.sweeper.sweep(older_than=timedelta(hours=1), dry_run=True, now=now).done == []
+    assert rows() == (1,)
+    report = svc.sweeper.sweep(older_than=timedelta(hours=1), now=now)
+    assert "end 1 expired quota reservations" in report.done
+    assert rows() == (0,)
+    records.reserve("live", tenant="", project_id="p1", files=1, bytes=0,
+                    expires_at=(now + timedelta(hours=1)).timestamp())  # fmt: skip
+    with pytest.raises(QuotaExceeded):
+        records.reserve("more", tenant="", project_id="p1", files=1, bytes=0,
+                        expires_at=(now + timedelta(hours=1)).timestamp())  # fmt: skip

@@ -473,11 +473,11 @@ def test_the_answer_is_saved_with_the_records_so_it_cannot_be_lost(client, auth,
     real = svc.records.create_many
     calls = []
 
-    def flaky(records, *, answer=None):
+    def flaky(records, *, answer=None, reservation=None):
         calls.append(answer)
         if len(calls) == 1:
             raise errors.RecordStoreError()
-        return real(records, answer=answer)
+        return real(records, answer=answer, reservation=reservation)
 
     monkeypatch.setattr(svc.records, "create_many", flaky)
     form = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
@@ -1150,8 +1150,8 @@ def test_records_written_with_the_answer_lost_are_rolled_back(client, auth, svc,
     real = svc.records.create_many
     written = []
 
-    def applied_then_lost(records, *, answer=None):
-        real(records, answer=answer)
+    def applied_then_lost(records, *, answer=None, reservation=None):
+        real(records, answer=answer, reservation=reservation)
         written.extend(r.media_id for r in records)
         raise errors.RecordStoreError()
 
@@ -1172,8 +1172,8 @@ def test_only_the_objects_whose_record_cannot_be_deleted_are_kept_and_journaled(
     real_create, real_delete = svc.records.create_many, svc.records.delete
     state: dict[str, list] = {"ids": []}
 
-    def applied_then_lost(records, *, answer=None):
-        real_create(records, answer=answer)
+    def applied_then_lost(records, *, answer=None, reservation=None):
+        real_create(records, answer=answer, reservation=reservation)
         state["ids"] = [r.media_id for r in records]
         raise errors.RecordStoreError()
 
@@ -1228,8 +1228,8 @@ def test_a_retried_write_that_finds_its_own_records_is_a_success(client, auth, s
 
     real = svc.records.create_many
 
-    def applied_then_exists(records, *, answer=None):
-        real(records, answer=answer)
+    def applied_then_exists(records, *, answer=None, reservation=None):
+        real(records, answer=answer, reservation=reservation)
         raise errors.RecordExists()
 
     monkeypatch.setattr(svc.records, "create_many", applied_then_exists)
@@ -1613,8 +1613,8 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     real_create = svc.records.create_many
     ids: list[str] = []
 
-    def applied_then_lost(records, *, answer=None):
-        real_create(records, answer=answer)
+    def applied_then_lost(records, *, answer=None, reservation=None):
+        real_create(records, answer=answer, reservation=reservation)
         ids.extend(r.media_id for r in records)
         raise errors.RecordStoreError()
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from .. import errors
 from ..lifecycle import SERVABLE, Status, may_move
 from ..naming import MEDIA_ID_RE
+from .quota import HELD, Held
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -212,6 +213,13 @@ def usage_deltas(old: MediaRecord | None, new: MediaRecord | None) -> UsageDelta
     return {key: change for key, change in deltas.items() if change != (0, 0)}
 
 
+def held_of(deltas: UsageDeltas) -> Held:
+    """The part of ``deltas`` that changes what a project holds (``quota.HELD`` statuses)."""
+    files = sum(f for (_, status), (f, _) in deltas.items() if Status(status) in HELD)
+    size = sum(b for (_, status), (_, b) in deltas.items() if Status(status) in HELD)
+    return Held(files, size)
+
+
 def merge_deltas(records: Sequence[MediaRecord]) -> dict[tuple[str, str], UsageDeltas]:
     """New records' deltas per (tenant, project)."""
     merged: dict[tuple[str, str], UsageDeltas] = {}
@@ -225,9 +233,15 @@ def merge_deltas(records: Sequence[MediaRecord]) -> dict[tuple[str, str], UsageD
 
 class RecordStore(Protocol):
     def create_many(
-        self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
+        self,
+        records: Sequence[MediaRecord],
+        *,
+        answer: IdempotentAnswer | None = None,
+        reservation: str | None = None,
     ) -> None:
-        """Insert all records (and save ``answer``) or none; never overwrites (RecordExists)."""
+        """Insert all records (and save ``answer``, and end ``reservation``) or none; never
+        overwrites (RecordExists); QuotaExceeded if the project or tenant would hold more than
+        its limits (what the reservation held is counted as released)."""
 
     def get(self, media_id: str) -> MediaRecord:
         """Raises MediaNotFound."""
@@ -259,6 +273,25 @@ class RecordStore(Protocol):
 
     def count_pending(self, *, tenant: str, owner: str, at_most: int) -> int:
         """How many uploads of this caller are pending (counting stops past ``at_most``)."""
+
+    def reserve(
+        self,
+        reservation: str,
+        *,
+        tenant: str,
+        project_id: str,
+        files: int,
+        bytes: int,
+        expires_at: float,
+    ) -> None:
+        """Add ``files`` and ``bytes`` to the reservation (creating it), valid until
+        ``expires_at`` (epoch seconds); QuotaExceeded, and nothing added, past a limit."""
+
+    def end_reservation(self, reservation: str) -> None:
+        """End a reservation (idempotent)."""
+
+    def end_expired_reservations(self, *, now: float, limit: int) -> int:
+        """End reservations past their expiry (a process that died holding them)."""
 
     def usage(self, *, tenant: str, project_id: str) -> list[UsageCount]:
         """The project's counters (kept by every write, never counted by scanning), every
@@ -349,10 +382,12 @@ def open_records(settings: Settings) -> MediaStore:
         store: MediaStore = DynamoRecordStore(
             make_dynamodb_client(settings),
             table=settings.records_url[len("dynamodb://") :].strip("/"),
+            limits=settings.quota_limits,
         )
         return instrument_record_store(store, "dynamodb")
     from .sqlite import SqliteRecordStore
 
     return instrument_record_store(
-        SqliteRecordStore(settings.records_url[len("sqlite:///") :]), "sqlite"
+        SqliteRecordStore(settings.records_url[len("sqlite:///") :], limits=settings.quota_limits),
+        "sqlite",
     )

@@ -21,6 +21,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -40,9 +41,11 @@ from . import (
     checked_update,
     decode_cursor,
     encode_cursor,
+    held_of,
     merge_deltas,
     usage_deltas,
 )
+from .quota import Held, QuotaLimits
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -51,6 +54,7 @@ INDEX = "by_scope"
 PENDING_INDEX = "pending_by_expiry"
 PENDING_OWNER_INDEX = "pending_by_owner"
 STORED_INDEX = "stored_by_time"
+RESERVATION_INDEX = "reservations_by_expiry"
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
 
@@ -111,9 +115,10 @@ def _conflicted(exc: ClientError) -> bool:
 
 
 class DynamoRecordStore:
-    def __init__(self, client: Any, *, table: str) -> None:
+    def __init__(self, client: Any, *, table: str, limits: QuotaLimits = QuotaLimits()) -> None:
         self.client = client
         self.table = table
+        self.limits = limits
 
     def _conditional(self, fn: Callable[..., Any], **kwargs: Any) -> bool:
         """Run a conditional write: False when its condition did not hold."""
@@ -155,6 +160,8 @@ class DynamoRecordStore:
                         "pendingOwner",
                         "storedShard",
                         "createdAt",
+                        "reservationShard",
+                        "reservationExpires",
                     )
                 ],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
@@ -163,6 +170,7 @@ class DynamoRecordStore:
                     index(PENDING_INDEX, "pendingShard", "expiresAt"),
                     index(PENDING_OWNER_INDEX, "pendingOwner"),
                     index(STORED_INDEX, "storedShard", "createdAt"),
+                    index(RESERVATION_INDEX, "reservationShard", "reservationExpires"),
                 ],
             )
             self.client.get_waiter("table_exists").wait(TableName=self.table)
@@ -240,18 +248,19 @@ class DynamoRecordStore:
             }
         }
 
-    def _transact(self, items: list[dict[str, Any]]) -> bool:
-        """One TransactWriteItems: False when a condition did not hold. A conflict with another
+    def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """One TransactWriteItems: None when it committed, else the cancellation reason of each
+        item ("ConditionalCheckFailed" where a condition did not hold). A conflict with another
         transaction (which botocore does not retry) is tried again after a short random pause:
         a cancelled transaction wrote nothing. (Within one call, botocore's own retries keep its
         ClientRequestToken, so a commit whose answer was lost is not done twice.)"""
         for attempt in range(TRANSACTION_ATTEMPTS):
             try:
                 self.client.transact_write_items(TransactItems=items)
-                return True
+                return None
             except ClientError as exc:
                 if _cancelled_by_condition(exc):
-                    return False
+                    return _cancellation_reasons(exc) or ["ConditionalCheckFailed"]
                 if not _conflicted(exc) or attempt == TRANSACTION_ATTEMPTS - 1:
                     raise errors.RecordStoreError() from exc
                 time.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 (jitter)
@@ -259,8 +268,135 @@ class DynamoRecordStore:
                 raise errors.RecordStoreError() from exc
         raise AssertionError("unreachable")
 
+    # -- quotas (only with limits: the ledger items are what a condition can check) ------------
+    def _ledger_updates(self, changes: dict[tuple[str, str], Held]) -> list[dict[str, Any]]:
+        """ADD each (tenant, project) change to its project's ledger item and, summed, to its
+        tenant's; where one grows, only if it stays within the limit (QuotaExceeded at once if
+        the change alone is over it)."""
+        if not self.limits.active:
+            return []
+        limits = self.limits
+        tenants: dict[str, Held] = {}
+        for (tenant, _), change in changes.items():
+            tenants[tenant] = tenants.get(tenant, Held()) + change
+        targets = [
+            (f"quota#p#{tenant}#{project_id}", change, limits.project_files, limits.project_bytes)
+            for (tenant, project_id), change in changes.items()
+        ] + [
+            (f"quota#t#{tenant}", change, limits.tenant_files, limits.tenant_bytes)
+            for tenant, change in tenants.items()
+        ]
+        updates = []
+        for pk, change, max_files, max_bytes in targets:
+            if change.files == 0 and change.bytes == 0:
+                continue
+            values: dict[str, Any] = {":f": change.files, ":b": change.bytes}
+            update: dict[str, Any] = {
+                "TableName": self.table,
+                "Key": _item({"pk": pk}),
+                "UpdateExpression": "ADD files :f, #b :b",
+                "ExpressionAttributeNames": {"#b": "bytes"},
+            }
+            conditions = []
+            if max_files and change.files > 0:
+                if change.files > max_files:
+                    raise errors.QuotaExceeded(f"At most {max_files} files may be held.")
+                conditions.append("(attribute_not_exists(files) OR files <= :mf)")
+                values[":mf"] = max_files - change.files
+            if max_bytes and change.bytes > 0:
+                if change.bytes > max_bytes:
+                    raise errors.QuotaExceeded(f"At most {max_bytes} bytes may be held.")
+                conditions.append("(attribute_not_exists(#b) OR #b <= :mb)")
+                values[":mb"] = max_bytes - change.bytes
+            if conditions:
+                update["ConditionExpression"] = " AND ".join(conditions)
+            update["ExpressionAttributeValues"] = _item(values)
+            updates.append({"Update": update})
+        return updates
+
+    @staticmethod
+    def _quota_refused(reasons: list[str], first_ledger: int) -> bool:
+        return any(r == "ConditionalCheckFailed" for r in reasons[first_ledger:])
+
+    def _reservation(self, reservation: str) -> dict[str, Any] | None:
+        response = self._call(
+            self.client.get_item,
+            TableName=self.table,
+            ConsistentRead=True,
+            Key=_item({"pk": f"reservation#{reservation}"}),
+        )
+        return _plain(response["Item"]) if "Item" in response else None
+
+    def reserve(
+        self, reservation: str, *, tenant: str, project_id: str, files: int, bytes: int,
+        expires_at: float,
+    ) -> None:  # fmt: skip
+        if not self.limits.active:
+            return
+        add = {
+            "Update": {
+                "TableName": self.table,
+                "Key": _item({"pk": f"reservation#{reservation}"}),
+                "UpdateExpression": "ADD files :f, #b :b SET tenant = :t, projectId = :p,"
+                " reservedUntil = :e, reservationShard = :shard, reservationExpires = :es",
+                "ExpressionAttributeNames": {"#b": "bytes"},
+                "ExpressionAttributeValues": _item(
+                    {":f": files, ":b": bytes, ":t": tenant, ":p": project_id,
+                     ":e": Decimal(str(expires_at)), ":shard": "r", ":es": f"{expires_at:020.6f}"}
+                ),
+            }
+        }  # fmt: skip
+        ledger = self._ledger_updates({(tenant, project_id): Held(files, bytes)})
+        reasons = self._transact([add, *ledger])
+        if reasons is not None:
+            raise errors.QuotaExceeded()
+
+    def end_reservation(self, reservation: str) -> None:
+        if not self.limits.active:
+            return
+        while True:
+            held = self._reservation(reservation)
+            if held is None:
+                return
+            delete = {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": _item({"pk": f"reservation#{reservation}"}),
+                    "ConditionExpression": "files = :f AND #b = :b",
+                    "ExpressionAttributeNames": {"#b": "bytes"},
+                    "ExpressionAttributeValues": _item({":f": held["files"], ":b": held["bytes"]}),
+                }
+            }
+            ledger = self._ledger_updates(
+                {(held["tenant"], held["projectId"]): -Held(int(held["files"]), int(held["bytes"]))}
+            )
+            if self._transact([delete, *ledger]) is None:
+                return
+
+    def end_expired_reservations(self, *, now: float, limit: int) -> int:
+        if not self.limits.active:
+            return 0
+        response = self._call(
+            self.client.query,
+            TableName=self.table,
+            IndexName=RESERVATION_INDEX,
+            Limit=limit,
+            KeyConditionExpression="reservationShard = :shard AND reservationExpires <= :now",
+            ExpressionAttributeValues=_item({":shard": "r", ":now": f"{now:020.6f}"}),
+        )
+        ended = 0
+        for item in response["Items"]:
+            self.end_reservation(_plain(item)["pk"].removeprefix("reservation#"))
+            ended += 1
+        return ended
+
+    # -- records -------------------------------------------------------------------------------
     def create_many(
-        self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
+        self,
+        records: Sequence[MediaRecord],
+        *,
+        answer: IdempotentAnswer | None = None,
+        reservation: str | None = None,
     ) -> None:
         items: list[dict[str, Any]] = [
             {
@@ -274,9 +410,30 @@ class DynamoRecordStore:
         ]
         if answer is not None:
             items.append({"Update": self._answer_update(answer)})
+        held = self._reservation(reservation) if reservation and self.limits.active else None
+        if held is not None:
+            items.append(
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": _item({"pk": f"reservation#{reservation}"}),
+                    }
+                }
+            )
+        first_ledger = len(items) + len(merge_deltas(records))
+        changes: dict[tuple[str, str], Held] = {}
         for (tenant, project_id), deltas in merge_deltas(records).items():
             items.append(self._usage_update(tenant, project_id, deltas))
-        if not self._transact(items):
+            changes[(tenant, project_id)] = held_of(deltas)
+        if held is not None:
+            scope = (held["tenant"], held["projectId"])
+            changes[scope] = changes.get(scope, Held()) + -Held(
+                int(held["files"]), int(held["bytes"])
+            )
+        reasons = self._transact(items + self._ledger_updates(changes))
+        if reasons is not None:
+            if self._quota_refused(reasons, first_ledger):
+                raise errors.QuotaExceeded()
             raise errors.RecordExists()
 
     def get(self, media_id: str) -> MediaRecord:
@@ -352,8 +509,10 @@ class DynamoRecordStore:
                     "ExpressionAttributeValues": _item({":expected": old.version}),
                 }
             }
-            usage = self._usage_update(old.tenant, old.project_id, usage_deltas(old, None))
-            if self._transact([delete, usage]):
+            deltas = usage_deltas(old, None)
+            usage = self._usage_update(old.tenant, old.project_id, deltas)
+            ledger = self._ledger_updates({(old.tenant, old.project_id): held_of(deltas)})
+            if self._transact([delete, usage, *ledger]) is None:
                 return
 
     def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
@@ -368,7 +527,13 @@ class DynamoRecordStore:
         if not deltas:  # most updates (leases, offsets, stages): one conditional put
             return new if self._conditional(self.client.put_item, **put) else None
         usage = self._usage_update(new.tenant, new.project_id, deltas)
-        return new if self._transact([{"Put": put}, usage]) else None
+        ledger = self._ledger_updates({(new.tenant, new.project_id): held_of(deltas)})
+        reasons = self._transact([{"Put": put}, usage, *ledger])
+        if reasons is None:
+            return new
+        if self._quota_refused(reasons, 2):
+            raise errors.QuotaExceeded()
+        return None
 
     def usage(self, *, tenant: str, project_id: str) -> list[UsageCount]:
         keys = [_item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)]

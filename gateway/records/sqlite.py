@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -24,11 +25,14 @@ from . import (
     checked_update,
     decode_cursor,
     encode_cursor,
+    held_of,
     merge_deltas,
     usage_deltas,
 )
+from .quota import HELD, Held, QuotaLimits, check
 
 T = TypeVar("T")
+_HELD_SQL = ", ".join(f"'{status.value}'" for status in sorted(HELD))
 _VISIBLE_SQL = ", ".join(f"'{status.value}'" for status in sorted(VISIBLE))
 
 SCHEMA = f"""
@@ -50,6 +54,15 @@ CREATE INDEX IF NOT EXISTS media_pending ON media (expires_at) WHERE status = 'p
 CREATE INDEX IF NOT EXISTS media_stored ON media (created_at) WHERE status = 'stored';
 CREATE INDEX IF NOT EXISTS media_pending_by_owner ON media (tenant, owner)
     WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS reservations (
+    reservation_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservations_by_scope ON reservations (tenant, project_id);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -110,8 +123,16 @@ def _create_usage(conn: sqlite3.Connection) -> None:
 
 
 class SqliteRecordStore:
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        limits: QuotaLimits = QuotaLimits(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
+        self.limits = limits
+        self.clock = clock
         self._schema_ready = False
         self._connections = Connections(path, self._ensure_schema)
 
@@ -156,8 +177,90 @@ class SqliteRecordStore:
             json.dumps(r.to_dict()),
         )
 
+    # -- quotas -----------------------------------------------------------------------------------
+    def _held(self, conn: sqlite3.Connection, tenant: str, project_id: str | None) -> Held:
+        """What a project (or, with None, the whole tenant) holds now: records and live
+        reservations, read inside the write transaction that is about to add to it."""
+        scope, args = " WHERE tenant = ?", [tenant]
+        if project_id is not None:
+            scope += " AND project_id = ?"
+            args.append(project_id)
+        files, size = conn.execute(
+            "SELECT COALESCE(SUM(files), 0), COALESCE(SUM(bytes), 0) FROM usage"  # noqa: S608
+            f"{scope} AND status IN ({_HELD_SQL})",
+            args,
+        ).fetchone()
+        r_files, r_size = conn.execute(
+            "SELECT COALESCE(SUM(files), 0), COALESCE(SUM(bytes), 0) FROM reservations"  # noqa: S608
+            f"{scope} AND expires_at > ?",
+            [*args, self.clock()],
+        ).fetchone()
+        return Held(files + r_files, size + r_size)
+
+    def _check_quota(
+        self, conn: sqlite3.Connection, tenant: str, project_id: str, grew: Held
+    ) -> None:
+        if self.limits.active and grew.grows:
+            check(
+                self.limits,
+                project=self._held(conn, tenant, project_id),
+                tenant=self._held(conn, tenant, None),
+                project_id=project_id,
+            )
+
+    def _reserved(self, conn: sqlite3.Connection, reservation: str) -> tuple[str, str, Held]:
+        row = conn.execute(
+            "SELECT tenant, project_id, files, bytes FROM reservations WHERE reservation_id = ?",
+            (reservation,),
+        ).fetchone()
+        return ("", "", Held()) if row is None else (row[0], row[1], Held(row[2], row[3]))
+
+    def reserve(
+        self, reservation: str, *, tenant: str, project_id: str, files: int, bytes: int,
+        expires_at: float,
+    ) -> None:  # fmt: skip
+        if not self.limits.active:
+            return
+
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO reservations (reservation_id, tenant, project_id, files, bytes,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (reservation_id) DO UPDATE"
+                " SET files = files + excluded.files, bytes = bytes + excluded.bytes,"
+                " expires_at = excluded.expires_at",
+                (reservation, tenant, project_id, files, bytes, expires_at),
+            )
+            self._check_quota(conn, tenant, project_id, Held(files, bytes))
+
+        self._transaction(add)
+
+    def end_reservation(self, reservation: str) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM reservations WHERE reservation_id = ?", (reservation,)
+            )
+        )
+
+    def end_expired_reservations(self, *, now: float, limit: int) -> int:
+        return int(
+            self._run(
+                lambda conn: (
+                    conn.execute(
+                        "DELETE FROM reservations WHERE reservation_id IN (SELECT reservation_id"
+                        " FROM reservations WHERE expires_at <= ? LIMIT ?)",
+                        (now, limit),
+                    ).rowcount
+                )
+            )
+        )
+
+    # -- records -------------------------------------------------------------------------------
     def create_many(
-        self, records: Sequence[MediaRecord], *, answer: IdempotentAnswer | None = None
+        self,
+        records: Sequence[MediaRecord],
+        *,
+        answer: IdempotentAnswer | None = None,
+        reservation: str | None = None,
     ) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -165,8 +268,16 @@ class SqliteRecordStore:
                 " status, version, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [self._row(r) for r in records],
             )
+            released = ("", "", Held())
+            if reservation is not None:
+                released = self._reserved(conn, reservation)
+                conn.execute("DELETE FROM reservations WHERE reservation_id = ?", (reservation,))
             for (tenant, project_id), deltas in merge_deltas(records).items():
                 _apply_usage(conn, tenant, project_id, deltas)
+                grew = held_of(deltas)
+                if released[:2] == (tenant, project_id):
+                    grew = grew + -released[2]
+                self._check_quota(conn, tenant, project_id, grew)
             if answer is not None:
                 response = answer.response
                 conn.execute(
@@ -260,7 +371,9 @@ class SqliteRecordStore:
             if cursor.rowcount != 1:
                 return False
             # ``expected`` is what was stored: the version matched.
-            _apply_usage(conn, new.tenant, new.project_id, usage_deltas(expected, new))
+            deltas = usage_deltas(expected, new)
+            _apply_usage(conn, new.tenant, new.project_id, deltas)
+            self._check_quota(conn, new.tenant, new.project_id, held_of(deltas))
             return True
 
         return new if self._transaction(update) else None

@@ -1,0 +1,182 @@
+"""Quotas on every protocol and backend pair: refused with 413 quota_exceeded before the bytes
+are accepted, nothing left half-done, space given back by delete and abort, and concurrent
+uploads that cannot overshoot."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+from test_direct import initiate
+from test_tus import create as tus_create
+from test_tus import error as tus_error
+
+from gateway import create_app
+
+from conftest import init_stores, make_settings
+from support import MiB, assert_nothing_left, form_body, leftovers, mp4_bytes, png_bytes
+
+
+@pytest.fixture
+def quota_app(tmp_path, backend, request):
+    """``quota_app(**quota settings)``: (app, svc, auth headers) with those limits."""
+
+    def make(serial=False, **limits):
+        moto = None
+        if backend != "local":  # serial: tests/serial_moto.py
+            moto = request.getfixturevalue("serial_moto_url" if serial else "moto_url")
+        app = create_app(make_settings(tmp_path, backend=backend, moto_url=moto, **limits))
+        app.config["TESTING"] = True
+        svc = app.extensions["gateway"]
+        init_stores(svc)
+        from gateway.auth import mint_token
+
+        with app.app_context():
+            token = mint_token("alice")
+        return app, svc, {"Authorization": f"Bearer {token}"}
+
+    return make
+
+
+def upload(client, auth, files, project="p1"):
+    body, content_type = form_body([("projectId", project)], files)
+    return client.post("/api/upload", data=body, headers={"Content-Type": content_type, **auth})
+
+
+def code_of(answer) -> str:
+    return answer.get_json()["error"]["code"]
+
+
+def test_a_project_stores_exactly_its_file_quota_then_413(quota_app):
+    app, svc, auth = quota_app(quota_project_files=2)
+    client = app.test_client()
+    assert upload(client, auth, [("files", "a.png", png_bytes()),
+                                 ("files", "b.png", png_bytes(seed=2))]).status_code == 201  # fmt: skip
+    before = leftovers(svc)
+    refused = upload(client, auth, [("file", "c.png", png_bytes(seed=3))])
+    assert (refused.status_code, code_of(refused)) == (413, "quota_exceeded")
+    assert leftovers(svc) == before  # not a byte of it kept
+    assert upload(client, auth, [("file", "c.png", png_bytes())], project="p2").status_code == 201
+
+
+def test_a_body_longer_than_the_bytes_left_is_refused_before_its_file_is_written(quota_app):
+    app, svc, auth = quota_app(quota_project_bytes=100_000)
+    refused = upload(app.test_client(), auth, [("file", "big.mp4", mp4_bytes(150_000))])
+    assert (refused.status_code, code_of(refused)) == (413, "quota_exceeded")
+    assert_nothing_left(svc)
+    ok = upload(app.test_client(), auth, [("file", "ok.mp4", mp4_bytes(90_000))])
+    assert ok.status_code == 201  # what the first reserved was given back
+
+
+def test_a_request_whose_later_file_is_over_the_quota_keeps_none_of_its_files(quota_app):
+    app, svc, auth = quota_app(quota_project_files=2)
+    refused = upload(app.test_client(), auth, [("files", f"{n}.png", png_bytes(seed=n))
+                                               for n in range(3)])  # fmt: skip
+    assert (refused.status_code, code_of(refused)) == (413, "quota_exceeded")
+    assert_nothing_left(svc)
+
+
+def test_a_chunked_body_is_reserved_as_it_arrives(quota_app):
+    app, svc, auth = quota_app(quota_project_bytes=3 * MiB)
+    body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", mp4_bytes(12 * MiB))])
+
+    stream = io.BytesIO(body)
+    refused = app.test_client().post(
+        "/api/upload",
+        input_stream=stream,
+        headers={**auth, "Content-Type": content_type, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert (refused.status_code, code_of(refused)) == (413, "quota_exceeded")
+    assert 3 * MiB < stream.tell() < len(body)  # refused as the bytes passed the quota
+    assert_nothing_left(svc)
+
+
+def test_delete_gives_the_space_back(quota_app):
+    app, _, auth = quota_app(quota_project_files=1, quota_project_bytes=50_000)
+    client = app.test_client()
+    first = upload(client, auth, [("file", "a.png", png_bytes(30_000))])
+    assert upload(client, auth, [("file", "b.png", png_bytes(10_000))]).status_code == 413
+    assert (
+        client.delete(f"/api/media/{first.get_json()['mediaId']}", headers=auth).status_code == 204
+    )
+    assert upload(client, auth, [("file", "b.png", png_bytes(10_000))]).status_code == 201
+
+
+def test_a_tenant_quota_spans_its_projects(quota_app):
+    app, _, auth = quota_app(quota_tenant_files=2)
+    client = app.test_client()
+    assert upload(client, auth, [("file", "a.png", png_bytes())], project="p1").status_code == 201
+    assert upload(client, auth, [("file", "b.png", png_bytes())], project="p2").status_code == 201
+    refused = upload(client, auth, [("file", "c.png", png_bytes())], project="p3")
+    assert (refused.status_code, code_of(refused)) == (413, "quota_exceeded")
+
+
+def test_concurrent_uploads_cannot_overshoot_the_quota(quota_app):
+    app, svc, auth = quota_app(serial=True, quota_project_files=3)
+    statuses: list[int] = []
+
+    def one(n):
+        answer = upload(app.test_client(), auth, [("file", f"{n}.png", png_bytes(seed=n))])
+        statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [201] * 3 + [413] * 5
+    left = leftovers(svc)
+    assert (len(left["objects"]), len(left["records"]), left["pending_uploads"]) == (3, 3, [])
+
+
+def test_tus_creation_holds_its_length_and_termination_gives_it_back(quota_app):
+    app, svc, auth = quota_app(quota_project_bytes=1_000_000)
+    client = app.test_client()
+    refused = tus_create(client, auth, 1_000_001)
+    assert (refused.status_code, tus_error(refused)) == (413, "quota_exceeded")
+    assert_nothing_left(svc)
+    held = tus_create(client, auth, 800_000)
+    assert held.status_code == 201
+    assert tus_create(client, auth, 300_000).status_code == 413  # the first holds its length
+    gone = client.delete(held.headers["Location"], headers={"Tus-Resumable": "1.0.0", **auth})
+    assert gone.status_code == 204
+    assert tus_create(client, auth, 300_000).status_code == 201
+
+
+@pytest.mark.parametrize("backend", ["s3", "s3+dynamodb"])
+def test_direct_initiate_holds_the_promise_and_abort_gives_it_back(quota_app):
+    app, svc, auth = quota_app(quota_project_bytes=10 * MiB)
+    client = app.test_client()
+    too_much = initiate(client, auth, [{"filename": "v.mp4", "contentType": "video/mp4",
+                                        "size": 6 * MiB}] * 2)  # fmt: skip
+    assert (too_much.status_code, code_of(too_much)) == (413, "quota_exceeded")
+    assert_nothing_left(svc)  # the multipart uploads started for it were aborted
+    held = initiate(client, auth, [{"filename": "v.mp4", "contentType": "video/mp4",
+                                    "size": 8 * MiB}])  # fmt: skip
+    assert held.status_code == 201
+    upload_id = held.get_json()["uploads"][0]["uploadId"]
+    assert upload(client, auth, [("file", "v.mp4", mp4_bytes(3 * MiB))]).status_code == 413
+    assert client.post(f"/api/uploads/{upload_id}/abort", headers=auth).status_code == 200
+    assert upload(client, auth, [("file", "v.mp4", mp4_bytes(3 * MiB))]).status_code == 201
+
+
+def test_a_deferred_tus_length_is_held_once_declared(quota_app):
+    app, _, auth = quota_app(quota_project_bytes=100_000)
+    client = app.test_client()
+    created = tus_create(client, auth)  # Upload-Defer-Length: 1
+    assert created.status_code == 201
+    location = created.headers["Location"]
+    data = png_bytes(150_000)
+    over = client.patch(location, data=data[:50_000], headers={
+        "Tus-Resumable": "1.0.0", **auth, "Upload-Offset": "0", "Upload-Length": "150000",
+        "Content-Type": "application/offset+octet-stream"})  # fmt: skip
+    assert (over.status_code, tus_error(over)) == (413, "quota_exceeded")
+    state = client.head(location, headers={"Tus-Resumable": "1.0.0", **auth})
+    assert state.status_code == 200 and state.headers["Upload-Offset"] == "0"
+    assert "Upload-Length" not in state.headers  # still deferred: nothing was taken
+    fits = client.patch(location, data=data[:50_000], headers={
+        "Tus-Resumable": "1.0.0", **auth, "Upload-Offset": "0", "Upload-Length": "90000",
+        "Content-Type": "application/offset+octet-stream"})  # fmt: skip
+    assert fits.status_code == 204, fits.get_json()
