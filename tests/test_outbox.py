@@ -36,7 +36,7 @@ from gateway.outbox.errors import (
     Transient,
 )
 from gateway.outbox.report import JsonLines
-from gateway.outbox.store import Incoming, Outbox, State, StepSpec, Transport
+from gateway.outbox.store import Incoming, Outbox, State, StateCount, StepSpec, Transport
 from gateway.outbox.sync import Backoff, Syncer
 from gateway.outbox.transport import GatewayClient, raise_for_answer, retry_after_seconds
 
@@ -586,3 +586,104 @@ def test_the_terminal_shows_bars_and_says_what_happened(tmp_path, box):
     text = console.file.getvalue()
     assert "stored" in text and "http://g/media/x.png" in text
     assert "retry" in text and "2.5 s: 503 busy" in text
+
+
+# -- the outbox's changes, in memory and on disk (closing what mutation testing found) -------------
+def test_every_change_is_on_the_item_in_memory_as_well_as_on_disk(tmp_path, box):
+    item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes(1000)), "a.png")],
+                    project="p1", tus_threshold=1, steps=[StepSpec("POST", "http://x/")])  # fmt: skip
+    entry, step = item.files[0], item.steps[0]
+    box.set_sent(item, entry, 10)
+    box.set_tus_url(item, entry, "http://g/api/tus/u")
+    assert (entry.tus_url, entry.sent) == ("http://g/api/tus/u", 0)
+    box.set_sent(item, entry, 500)
+    assert entry.sent == 500
+    box.claim(item)
+    box.schedule_retry(item, delay=5, error="503", unreachable=True)
+    assert item.attempts == 1
+    box.schedule_retry(item, delay=5, error="503", unreachable=True)
+    assert item.attempts == 2 == box.get(item.id).attempts
+    box.file_stored(item, [(entry, {"mediaId": "m"})])
+    assert (entry.sent, entry.record) == (1000, {"mediaId": "m"})
+    box.mark_stored(item)
+    box.step_done(item, step, 202)
+    assert step.answer_status == 202 and step.done
+    box.mark_done(item)
+    done = box.get(item.id)
+    assert (done.state, done.last_error, done.unreachable) == (State.DONE, None, False)
+
+
+def test_a_failure_clears_the_wait_for_the_gateway_and_retry_makes_it_due_now(tmp_path):
+    fake = FakeTime()
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+        item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                        project="p1", tus_threshold=MiB)  # fmt: skip
+        box.claim(item)
+        box.schedule_retry(item, delay=600, error="ConnectionError", unreachable=True)
+        box.mark_failed(item, "415 unsupported_type")
+        failed = box.get(item.id)
+        assert (failed.unreachable, failed.last_error) == (False, "415 unsupported_type")
+        fake.now += 10  # the retry scheduled 600 s ahead is not what counts any more
+        again = box.retry(failed)
+        assert again.next_attempt_at == fake.now
+        box.release(item)
+        assert [i.id for i in box.due(fake.now)] == [item.id]
+
+
+def test_purge_copes_with_copies_already_gone_and_stats_are_exact(tmp_path):
+    with Outbox(tmp_path / "o", disk_reserve=0, max_bytes=10_000) as box:
+        item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes(1000)), "a.png")],
+                        project="p1", tus_threshold=MiB)  # fmt: skip
+        box.claim(item)
+        box.mark_stored(item)
+        box.mark_done(item)
+        import shutil
+
+        shutil.rmtree(box.files_dir / item.id)
+        assert box.purge_done() == (1, 1000)
+        numbers = box.stats()
+        assert numbers.max_bytes == 10_000
+        assert numbers.by_state == {s: StateCount(0, 0, 0) for s in State if s != State.QUEUING}
+
+
+def test_pid_alive_only_asks(tmp_path):
+    from gateway.outbox.store import pid_alive
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert pid_alive(sleeper.pid)
+        assert sleeper.poll() is None  # asking sent no signal that ends it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not pid_alive(sleeper.pid)
+
+
+def test_error_texts_say_what_and_why():
+    with pytest.raises(Permanent) as caught:
+        raise_for_answer(415, {}, b'{"error": {"code": "unsupported_type"}}', what="upload")
+    assert str(caught.value) == "upload: 415 unsupported_type"
+    with pytest.raises(Transient) as caught:
+        raise_for_answer(502, {}, b"\xff" * 300, what="status")
+    assert str(caught.value) == "status: 502  " + "\ufffd" * 200
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    assert 110 <= retry_after_seconds(later) <= 120  # against the real clock
+
+
+def test_then_errors_name_the_spec():
+    with pytest.raises(InvalidItem, match=r"^--then 'GET http://x/': expected 'METHOD URL"):
+        steps.parse_then("GET http://x/", files=1)
+    with pytest.raises(InvalidItem, match=r"^--then 'POST ftp://x/': the URL must be http"):
+        steps.parse_then("POST ftp://x/", files=1)
+    with pytest.raises(
+        InvalidItem,
+        match=r"^--then 'POST http://x/\{\{nope\}\}': unknown placeholder \{\{nope\}\}$",
+    ):
+        steps.parse_then("POST http://x/{{nope}}", files=1)
+    assert steps.parse_then("POST http://x/ {{env.TOKEN}}", files=1).body == "{{env.TOKEN}}"
+
+
+def test_placeholder_values_missing_or_with_url_characters():
+    records = [{"url": None, "s3Key": "a:b/c d"}]
+    assert steps.render("[{{url}}][{{mediaId}}]", records, quote=str, env={}) == "[][]"
+    assert steps.render("{{s3Key}}", records, quote=steps._url_escape, env={}) == "a:b/c%20d"

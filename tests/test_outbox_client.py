@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +37,15 @@ def gateway(tmp_path):
     """(base URL, a token, Services) of a gateway app served on loopback by werkzeug."""
     app = create_app(make_settings(tmp_path / "gw"))
     init_stores(app.extensions["gateway"])
+    app.tus_requests = []  # type: ignore[attr-defined]
+
+    @app.before_request
+    def note_tus_requests():
+        from flask import request
+
+        if request.path.startswith("/api/tus/") and request.method in ("POST", "PATCH"):
+            app.tus_requests.append((request.method, dict(request.headers)))
+
     from gateway.auth import mint_token
 
     with app.app_context():
@@ -43,6 +53,7 @@ def gateway(tmp_path):
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    app.extensions["gateway"].tus_requests = app.tus_requests
     yield f"http://127.0.0.1:{server.port}", token, app.extensions["gateway"]
     server.shutdown()
     server.server_close()
@@ -149,6 +160,12 @@ def test_a_big_file_goes_over_tus_and_resumes_from_the_gateways_offset(tmp_path,
     record = box.get(item.id).files[0].record
     assert record["mediaId"] == half.tus_url.rsplit("/", 1)[1]
     assert stored(svc, record) == data
+    assert (record["originalName"], record["metadata"]) == ("clip.mp4", {"run": "x"})
+    patches = [h for method, h in svc.tus_requests if method == "PATCH"]
+    assert [int(h["Content-Length"]) for h in patches] == [128 * KiB] * 5 + [
+        700 * KiB - 5 * 128 * KiB
+    ]
+    assert all(h["Upload-Checksum"].startswith("sha1 ") for h in patches)  # each chunk checked
 
 
 def test_an_upload_url_the_gateway_no_longer_knows_starts_a_new_upload(tmp_path, box, gateway):
@@ -163,6 +180,19 @@ def test_an_upload_url_the_gateway_no_longer_knows_starts_a_new_upload(tmp_path,
     assert stored(svc, entry.record) == data
 
 
+def test_a_stored_upload_url_the_gateway_cannot_answer_for_now_is_retried(tmp_path, box, target):
+    down = target()
+    down.script = [(503, {"Retry-After": "4"})]
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    box.set_tus_url(item, item.files[0], down.url + "/api/tus/abc")
+    with pytest.raises(Transient) as caught:
+        GatewayClient(down.url, "tok").upload_tus(
+            item, item.files[0], on_url=lambda u: None, on_progress=lambda e, s: None
+        )
+    assert str(caught.value).startswith("tus: 503")
+    assert box.get(item.id).files[0].tus_url == down.url + "/api/tus/abc"  # kept for next time
+
+
 def test_tus_errors_are_classified_with_their_retry_after():
     class Answer:
         response_headers = {"retry-after": "3"}
@@ -172,9 +202,11 @@ def test_tus_errors_are_classified_with_their_retry_after():
 
     locked = GatewayClient._tus_error(TusCommunicationError("", 423, b""), Uploader())
     assert isinstance(locked, Transient) and locked.retry_after == 3.0
+    assert str(locked) == "tus: 423"
     assert not locked.unreachable
     down = GatewayClient._tus_error(TusCommunicationError("refused"), None)
     assert isinstance(down, Transient) and down.unreachable
+    assert str(down) == "tus: refused"
     refused = GatewayClient._tus_error(
         TusCommunicationError("", 415, b'{"error": {"code": "unsupported_type"}}'), None
     )
@@ -200,7 +232,7 @@ def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway)
     media_id = box.get(item.id).files[0].record["mediaId"]
     client = GatewayClient(url, token)
     assert client.media(media_id)["mediaId"] == media_id
-    with pytest.raises(Permanent, match="404"):
+    with pytest.raises(Permanent, match="^status: 404 media_not_found"):
         client.media("0" * 32)
     with pytest.raises(Transient) as caught:
         GatewayClient(f"http://127.0.0.1:{free_port()}", token).media(media_id)
@@ -231,7 +263,7 @@ class Target:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            do_POST = do_PUT = do_PATCH = do_DELETE = _any
+            do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -275,20 +307,33 @@ def test_a_step_is_sent_rendered_with_its_key_and_without_the_gateways_token(tar
 
 def test_a_step_with_a_text_body_or_none(target):
     app = target()
-    run_step(requests.Session(), StepSpec("POST", app.url + "/t", "key={{s3Key}} done"), RECORDS,
+    run_step(requests.Session(), StepSpec("POST", app.url + "/t", 'key="{{s3Key}}" done'), RECORDS,
              idempotency_key="k", env={})  # fmt: skip
     run_step(requests.Session(), StepSpec("DELETE", app.url + "/d"), RECORDS, idempotency_key="k",
              env={})  # fmt: skip
-    assert app.got[0]["body"] == b"key=projects/p1/media/m1.png done"
+    assert app.got[0]["body"] == b'key="projects/p1/media/m1.png" done'
     assert app.got[0]["headers"]["Content-Type"] == "text/plain; charset=utf-8"
     assert app.got[1]["body"] == b"" and "Content-Type" not in app.got[1]["headers"]
+
+
+def test_a_step_reads_the_environment_and_renders_its_headers(target, monkeypatch):
+    app = target((299, {}))
+    monkeypatch.setenv("APP_TOKEN", "from-env")
+    spec = StepSpec("PUT", app.url + "/r", '{"n": {{size}}}',
+                    (("X-Media", "{{mediaId}}"), ("X-Token", "{{env.APP_TOKEN}}")))  # fmt: skip
+    records = [{**RECORDS[0], "size": 7}]
+    assert run_step(requests.Session(), spec, records, idempotency_key="k") == 299
+    got = app.got[0]
+    assert (got["headers"]["X-Media"], got["headers"]["X-Token"]) == ("m1", "from-env")
+    assert got["headers"]["Content-Type"] == "application/json"  # a number placeholder is JSON
+    assert json.loads(got["body"]) == {"n": 7}
 
 
 @pytest.mark.parametrize(
     ("status", "headers", "error", "retry_after"),
     [(503, {"Retry-After": "4"}, Transient, 4.0), (429, {}, Transient, None),
      (401, {}, Transient, None), (500, {}, Transient, None), (404, {}, Permanent, None),
-     (400, {}, Permanent, None)],
+     (400, {}, Permanent, None), (300, {}, Permanent, None)],
 )  # fmt: skip
 def test_a_steps_failures_are_retried_or_final(target, status, headers, error, retry_after):
     app = target((status, headers))
@@ -338,8 +383,8 @@ def test_find_takes_an_id_or_a_unique_prefix_and_nothing_else(tmp_path, box):
             box.find(one.id[:common])
     with pytest.raises(NoSuchItem, match="ambiguous: 2 match"):
         box.find("")
-    for wild in ("%", "_" * 32, "nope"):
-        with pytest.raises(NoSuchItem, match=f"no item {wild}"):
+    for wild in ("%", "_" * 32, "nope", "\\"):
+        with pytest.raises(NoSuchItem, match=f"^no item {re.escape(wild)} in the outbox$"):
             box.find(wild)
 
 
