@@ -232,7 +232,7 @@ def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway)
     media_id = box.get(item.id).files[0].record["mediaId"]
     client = GatewayClient(url, token)
     assert client.media(media_id)["mediaId"] == media_id
-    with pytest.raises(Permanent, match="^status: 404 media_not_found"):
+    with pytest.raises(Permanent, match=r"^status: 404 media_not_found"):
         client.media("0" * 32)
     with pytest.raises(Transient) as caught:
         GatewayClient(f"http://127.0.0.1:{free_port()}", token).media(media_id)
