@@ -40,7 +40,7 @@ from .ingest import Destination, checked_type, object_metadata
 from .lifecycle import Status, is_visible
 from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
 from .principal import Principal
-from .records import MediaRecord, MediaStore, TusPart, TusUpload, owned_upload
+from .records import IdempotentAnswer, MediaRecord, MediaStore, TusPart, TusUpload, owned_upload
 from .sniff import SNIFF_BYTES, SniffedType
 from .storage.chunks import ChunkStore, chunk_key
 
@@ -158,7 +158,10 @@ class TusService:
         defer: str | None,
         metadata: str | None,
         concat: str | None,
+        answer: Callable[[MediaRecord], IdempotentAnswer] | None = None,
     ) -> MediaRecord:
+        """A new upload; ``answer`` (an Idempotency-Key's first answer) is saved with its
+        record, in one write."""
         pairs = parse_metadata(metadata)
         values = dict(pairs)
         project_id = values.get("projectId")
@@ -224,7 +227,7 @@ class TusService:
             upload=upload,
             quarantined=self.quarantined,
         )
-        self.records.create_many([record])
+        self.records.create_many([record], answer=answer(record) if answer else None)
         if kind == "final":
             return self._concatenate(record, partials)
         return record

@@ -419,3 +419,31 @@ def test_progress_and_urls_are_kept_per_file(tmp_path, box):
     assert box.get(item.id).files[0].sent == a.size
     assert box.get(item.id).files[0].record == {"mediaId": "m"}
     assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.sha256
+
+
+def test_a_creation_whose_answer_was_lost_gets_the_same_upload_again(tmp_path, box, gateway):
+    """As after a SIGKILL between the gateway's 201 and the outbox saving the URL: the next
+    creation carries the same Idempotency-Key and the gateway answers with the same upload."""
+    url, token, svc = gateway
+    data = mp4_bytes(300 * KiB)
+    item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
+    entry = item.files[0]
+    client = GatewayClient(url, token, chunk_size=128 * KiB)
+
+    class Killed(Exception):
+        pass
+
+    def killed_before_saving(_url):
+        raise Killed
+
+    with pytest.raises(Killed):
+        client.upload_tus(item, entry, on_url=killed_before_saving, on_progress=lambda e, s: None)
+    assert box.get(item.id).files[0].tus_url is None
+    _, result = sync(box, url, token, chunk_size=128 * KiB)
+    assert result.done == [item.id]
+    creations = [h for method, h in svc.tus_requests if method == "POST"]
+    assert [h["Idempotency-Key"] for h in creations] == [f"{item.idempotency_key}.file0"] * 2
+    page = svc.records.list_media(tenant="", project_id="p1", limit=10, cursor=None, status=None)
+    assert [r.media_id for r in page.items] == [box.get(item.id).files[0].record["mediaId"]]
+    pending = svc.records.count_pending(tenant="", owner="alice", at_most=10)
+    assert pending == 0  # no second upload left waiting for its expiry

@@ -448,3 +448,29 @@ def test_the_media_route_shows_a_tus_upload_in_progress_to_its_owner(client, aut
     assert client.get(f"/api/media/{media_id}", headers=bob).status_code == 404
     listed = client.get("/api/media?projectId=p1", headers=auth).get_json()["items"]
     assert listed == []  # not media yet
+
+
+def test_a_creation_with_an_idempotency_key_is_made_once(client, auth, token, svc):
+    keyed = {"Idempotency-Key": "clip-7"}
+    first = create(client, auth, 10_000, headers=keyed)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    location = path_of(first)
+    assert patch(client, auth, location, 0, samples.photo(1600, 1200)[:4000]).status_code == 204
+    again = create(client, auth, 10_000, headers=keyed)
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert path_of(again) == location
+    assert (again.headers["Upload-Offset"], again.headers["Upload-Length"]) == ("4000", "10000")
+    other = create(client, auth, 10_001, headers=keyed)
+    assert (other.status_code, error(other)) == (422, "idempotency_key_mismatch")
+    bob = {"Authorization": f"Bearer {token('bob')}"}
+    assert path_of(create(client, bob, 10_000, headers=keyed)) != location  # keys are per caller
+    assert svc.records.count_pending(tenant="", owner="alice", at_most=10) == 1
+
+
+def test_a_refused_creation_frees_its_idempotency_key(client, auth, svc):
+    keyed = {"Idempotency-Key": "big-1"}
+    refused = create(client, auth, svc.settings.tus_max_bytes + 1, headers=keyed)
+    assert refused.status_code == 413
+    assert_nothing_left(svc)
+    assert create(client, auth, 1000, headers=keyed).status_code == 201

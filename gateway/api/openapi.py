@@ -553,6 +553,7 @@ def _paths() -> dict[str, Any]:
                         "key base64(value) pairs; projectId is required.",
                     ),
                     _header("Upload-Concat", {"type": "string"}, "partial, or final;URLs"),
+                    _header("Idempotency-Key", {"type": "string"}, "A retry gets the same upload."),
                 ],
                 "responses": {
                     "201": {

@@ -3,12 +3,17 @@ holds the protocol). CORS for browsers: GATEWAY_CORS_ORIGINS."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 from flask import Blueprint, Response, request
 
-from .. import errors, metrics
+from .. import errors, idempotency, metrics
 from ..auth import authenticate
 from ..bodies import guarded_body
 from ..lingering import drain_after_response
+from ..principal import Principal
 from ..records import MediaRecord
 from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, encode_metadata, tus_state
 from ..weblog import note, note_upload
@@ -123,18 +128,67 @@ def _body_length() -> int | None:
     return request.content_length
 
 
+_CREATION_HEADERS = ("Upload-Length", "Upload-Defer-Length", "Upload-Metadata", "Upload-Concat")
+
+
+def _created(principal: Principal) -> tuple[MediaRecord, bool]:
+    """The new upload, or with an Idempotency-Key already used for this creation, the upload it
+    made (True: replayed). A client that lost the answer to its creation (killed, or the
+    connection dropped) finds its upload again instead of leaving one behind."""
+    tus = _service()
+    headers = {name: request.headers.get(name) for name in _CREATION_HEADERS}
+
+    def create(answer: Any = None) -> MediaRecord:
+        return tus.create(
+            principal,
+            length=headers["Upload-Length"],
+            defer=headers["Upload-Defer-Length"],
+            metadata=headers["Upload-Metadata"],
+            concat=headers["Upload-Concat"],
+            answer=answer,
+        )
+
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return create(), False
+    svc = services()
+    plan = idempotency.AnswerPlan(
+        scope=f"{principal.tenant}#{principal.subject}",
+        key=idempotency.check_key(key),
+        ttl=svc.settings.idempotency_ttl,
+        render=lambda records: (201, {"mediaId": records[0].media_id}),
+    )
+    fingerprint = hashlib.sha256(json.dumps(["tus", headers]).encode()).hexdigest()
+    made: list[MediaRecord] = []
+
+    def first(plan: idempotency.AnswerPlan) -> tuple[int, dict[str, Any]]:
+        made.append(create(lambda record: plan.answer([record], fingerprint)[0]))
+        return 201, {"mediaId": made[0].media_id}
+
+    outcome = idempotency.run_once(
+        svc.records,
+        plan,
+        lock_timeout=svc.settings.idempotency_lock_timeout,
+        first=first,
+        fingerprint_of_retry=lambda: fingerprint,
+    )
+    if not outcome.replayed:
+        return made[0], False
+    return tus.get(principal, outcome.body["mediaId"]), True
+
+
 @bp.post("/api/tus/")
 def create() -> Response:
     principal = authenticate()
     note(user=principal.subject, protocol="tus")
     tus = _service()
-    record = tus.create(
-        principal,
-        length=request.headers.get("Upload-Length"),
-        defer=request.headers.get("Upload-Defer-Length"),
-        metadata=request.headers.get("Upload-Metadata"),
-        concat=request.headers.get("Upload-Concat"),
-    )
+    record, replayed = _created(principal)
+    if replayed:  # the upload as it stands; a body sent with the retry is not taken
+        note(outcome="replayed", media=record.media_id)
+        response = _state_headers(Response(status=201), record)
+        response.headers["Location"] = _location(record)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
     note(project=record.project_id, media=record.media_id)
     has_body = (
         bool(request.content_length)

@@ -147,8 +147,13 @@ class GatewayClient:
         """Send ``entry`` over tus from where the server says it stands; its stored record.
 
         ``on_url`` saves a new upload URL before any byte is sent (and forgets one the server no
-        longer knows), so a process killed mid-file resumes instead of starting again."""
-        client = TusClient(self.base_url + "/api/tus/", headers=dict(self._auth))
+        longer knows), so a process killed mid-file resumes instead of starting again. The
+        creation carries the file's own Idempotency-Key: a process killed after the gateway
+        created the upload but before ``on_url`` saved it gets the same upload again."""
+        key = f"{item.idempotency_key}.file{entry.position}"
+        client = TusClient(
+            self.base_url + "/api/tus/", headers={**self._auth, "Idempotency-Key": key}
+        )
         metadata = {"projectId": item.project, "filename": entry.name, **dict(item.fields)}
         uploader: Any = None  # tuspy's Uploader (untyped)
         if entry.tus_url:
