@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filetype
 
@@ -43,8 +43,11 @@ from .naming import (
 from .principal import Principal
 from .records import DirectUpload, MediaRecord, MediaStore, owned_upload
 from .sniff import SNIFF_BYTES, SniffedType, is_allowed
-from .storage.s3_direct import ObjectHead, PartInfo, S3DirectUploads
+from .storage import ObjectHead, PartInfo
 from .uploads import SHA256_RE
+
+if TYPE_CHECKING:
+    from .storage.s3_direct import S3DirectUploads  # only S3 has direct uploads
 
 log = logging.getLogger(__name__)
 STAGING_SUFFIX = ".upload"

@@ -12,7 +12,6 @@ from .direct import DirectUploadService
 from .events import Announcer, LogPublisher, Publisher, QueuePublisher
 from .orphans import OrphanJournal
 from .queue import Queue, open_queue
-from .queue.sqs import SqsQueue
 from .records import MediaStore, open_records
 from .scanner import ClamdScanner, Scanner
 from .storage import ObjectStore, Storage, open_storage
@@ -152,6 +151,8 @@ class Services:
             self.storage.provision()
         if self.settings.processing == "on":
             self.queue.create()
+            from .queue.sqs import SqsQueue  # only here: the embedded mode never loads boto3
+
             if isinstance(self.queue, SqsQueue) and self.storage.direct is not None:
                 self.queue.allow_s3(self.storage.direct.bucket)
                 self.storage.direct.notify(self.queue.queue_arn())

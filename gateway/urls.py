@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
-from botocore.signers import CloudFrontSigner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -26,8 +26,10 @@ class PublicUrls:
         self.ttl = timedelta(seconds=settings.cloudfront_url_ttl)
         self.store = store
         self.clock = clock
-        self.signer = None
+        self.signer: Any = None  # botocore's CloudFrontSigner: loaded only when configured
         if settings.cloudfront_key_id:
+            from botocore.signers import CloudFrontSigner
+
             key = serialization.load_pem_private_key(
                 settings.cloudfront_private_key_pem.encode(), password=None
             )

@@ -13,7 +13,7 @@ from ..auth import authenticate
 from ..direct import DirectUploadService
 from ..lifecycle import Status, is_visible
 from ..records import DirectUpload, MediaRecord
-from ..storage.s3_direct import PartInfo
+from ..storage import PartInfo
 from ..weblog import note, note_upload
 from . import services
 from .present import media_json, upload_seconds

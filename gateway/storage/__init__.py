@@ -25,6 +25,22 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class PartInfo:
+    """A part of a multipart upload as the backend holds it."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    size: int
+    content_type: str
+    etag: str  # as S3 sends it (quoted): for IfMatch / CopySourceIfMatch
+
+
+@dataclass(frozen=True)
 class StoredObject:
     key: str
     size: int
@@ -167,7 +183,7 @@ def open_storage(settings: Settings) -> Storage:
                     client, bucket=held.netloc, prefix=held.path.strip("/"), settings=settings
                 ),
             )
-        from .chunks import S3Chunks
+        from .s3_chunks import S3Chunks
 
         landing = s3_quarantine.store if s3_quarantine is not None else s3
         return Storage(

@@ -8,27 +8,13 @@ report what S3 holds, they do not trust the client.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import StorageError, UploadChanged
+from . import ObjectHead, PartInfo
 from .s3 import S3ObjectStore, _call, translate
-
-
-@dataclass(frozen=True)
-class PartInfo:
-    number: int
-    size: int
-    etag: str
-
-
-@dataclass(frozen=True)
-class ObjectHead:
-    size: int
-    content_type: str
-    etag: str  # as S3 sends it (quoted): for IfMatch / CopySourceIfMatch
 
 
 def _changed(exc: ClientError) -> bool:

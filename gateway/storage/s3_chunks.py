@@ -1,0 +1,102 @@
+"""tus parts and chunks on S3 (see ``chunks``): the upload is an S3 multipart upload to its final
+key; bytes past the last whole part wait in one small object until the next chunk completes a
+part. Its own module so that the embedded mode never imports boto3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from . import PartInfo
+from .s3 import S3ObjectStore, _call
+from .s3_direct import S3DirectUploads
+
+
+class S3Chunks:
+    def __init__(self, store: S3ObjectStore) -> None:
+        self.store = store
+        self.multipart = S3DirectUploads(store)  # the same multipart calls as direct uploads
+        self.client = store.client
+        self.bucket = store.bucket
+
+    def _key(self, key: str) -> str:
+        return self.store.full_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        _call(
+            "storing a chunk",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+        )
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.read(key))
+
+    def read(self, key: str) -> Iterator[bytes]:
+        return self.store.read(key)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def start(
+        self, key: str, *, content_type: str, metadata: dict[str, str], content_disposition: str
+    ) -> str:
+        return self.multipart.start_multipart(
+            key,
+            content_type=content_type,
+            content_disposition=content_disposition,
+            metadata=metadata,
+        )
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        answer = _call(
+            "uploading a part",
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return str(answer["ETag"])
+
+    def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
+        answer = _call(
+            "copying a part",
+            self.client.upload_part_copy,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+        )
+        return str(answer["CopyPartResult"]["ETag"])
+
+    def complete(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None:
+        self.multipart.complete_multipart(
+            key, upload_id, [PartInfo(n, 0, etag.strip('"')) for n, etag in parts]
+        )
+
+    def abort(self, key: str, upload_id: str) -> None:
+        self.multipart.abort_multipart(key, upload_id)
+
+    def put_object(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str,
+    ) -> None:
+        _call(
+            "storing the object",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentType=content_type,
+            ContentDisposition=content_disposition,
+            Metadata=metadata,
+        )
