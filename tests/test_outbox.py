@@ -15,10 +15,8 @@ import random
 import sqlite3
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -40,6 +38,7 @@ from gateway.outbox.store import Incoming, Outbox, State, StateCount, StepSpec, 
 from gateway.outbox.sync import Backoff, Syncer
 from gateway.outbox.transport import GatewayClient, raise_for_answer, retry_after_seconds
 
+from scripted_server import ScriptedServer
 from support import ROOT, jpeg_bytes, png_bytes
 
 MiB = 1024 * 1024
@@ -380,42 +379,19 @@ def test_placeholders_are_escaped_for_where_they_stand():
 
 
 # -- sync against a stand-in gateway ----------------------------------------------------------------
-class StandIn:
-    """Answers POST /api/upload from a script of (status, headers) and records what it got."""
+def gateway_answer(status: int, count: int) -> bytes:
+    """The gateway's answer shapes: a stored record, or an error."""
+    if status < 300:
+        return json.dumps(
+            {"success": True, "files": [{"mediaId": f"m{count}", "url": "u"}]}
+        ).encode()
+    return json.dumps(
+        {"success": False, "error": {"code": "shutting_down", "message": "busy"}}
+    ).encode()
 
-    def __init__(self, script):
-        self.script = list(script)
-        self.requests: list[dict] = []
-        stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                stand_in.requests.append({"headers": dict(self.headers), "body": body})
-                status, headers = stand_in.script.pop(0)
-                answer = {"success": status < 300}
-                if status < 300:
-                    answer["files"] = [{"mediaId": f"m{len(stand_in.requests)}", "url": "u"}]
-                else:
-                    answer["error"] = {"code": "shutting_down", "message": "busy"}
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def StandIn(script):
+    return ScriptedServer(*script, body_for=gateway_answer)
 
 
 class FakeTime:
@@ -446,10 +422,10 @@ def test_sync_waits_as_retry_after_says_then_sends_the_same_key_again(tmp_path):
             assert fake.sleeps == [7.0]
             events = [json.loads(line) for line in lines.getvalue().splitlines()]
             assert [e["waitSeconds"] for e in events if e["event"] == "retry"] == [7.0]
-            keys = [r["headers"]["Idempotency-Key"] for r in stand_in.requests]
+            keys = [r["headers"]["Idempotency-Key"] for r in stand_in.got]
             assert keys == [item.idempotency_key] * 2
-            assert stand_in.requests[0]["body"] == stand_in.requests[1]["body"].replace(
-                stand_in.requests[1]["body"][2:34], stand_in.requests[0]["body"][2:34]
+            assert stand_in.got[0]["body"] == stand_in.got[1]["body"].replace(
+                stand_in.got[1]["body"][2:34], stand_in.got[0]["body"][2:34]
             )  # the same form, whatever the boundary
             assert box.get(item.id).state == State.DONE
             assert box.get(item.id).attempts == 1
@@ -469,7 +445,7 @@ def test_sync_without_retry_after_backs_off_and_gives_up_past_max_wait(tmp_path)
                             rng=random.Random(1))  # fmt: skip
             result = syncer.run(max_wait=14)
             # attempt 1 fails -> wait in [5, 10]; attempt 2 fails -> [10, 20]: past 14 s.
-            assert len(stand_in.requests) == 2
+            assert len(stand_in.got) == 2
             assert len(fake.sleeps) == 1 and 5 <= fake.sleeps[0] <= 10
             assert result.unfinished == 1 and result.done == []
             again = box.get(item.id)

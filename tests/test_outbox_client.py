@@ -9,7 +9,6 @@ import io
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from gateway.outbox.sync import Syncer
 from gateway.outbox.transport import GatewayClient
 
 from conftest import init_stores, make_settings
+from scripted_server import ScriptedServer
 from support import free_port, mp4_bytes, png_bytes
 
 KiB = 1024
@@ -240,46 +240,12 @@ def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway)
 
 
 # -- steps ----------------------------------------------------------------------------------------------
-class Target:
-    """A step's target: answers from a script of (status, headers), records every request."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.got: list[dict] = []
-        target = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _any(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                target.got.append({"method": self.command, "path": self.path,
-                                   "headers": dict(self.headers), "body": body})  # fmt: skip
-                status, headers = target.script.pop(0) if target.script else (200, {})
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def target():
     made = []
 
     def make(*script):
-        made.append(Target(script))
+        made.append(ScriptedServer(*script))
         return made[-1]
 
     yield make

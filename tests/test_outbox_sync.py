@@ -10,9 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import requests
 
 from e2e_harness import gateway_stack, sha256_of, write_file
 from faultproxy import BUSY_RETRY_AFTER, FaultProxy
+from scripted_server import ScriptedServer
 from support import ROOT, free_port, jpeg_bytes, mp4_bytes, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -289,33 +288,6 @@ def test_a_503_with_retry_after_is_waited_out_then_the_upload_goes_through(tmp_p
 
 
 # -- linked steps ------------------------------------------------------------------------------------
-class AppServer:
-    """The user's own API (a step's target): records what it gets, answers 200."""
-
-    def __init__(self, port: int) -> None:
-        self.received: list[dict] = []
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_PATCH(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                app.received.append({"path": self.path, "headers": dict(self.headers),
-                                     "body": json.loads(body)})  # fmt: skip
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_step_whose_target_is_down_is_retried_without_repeating_the_upload(tmp_path, stack):
     run = uuid.uuid4().hex
     port = free_port()
@@ -339,7 +311,7 @@ def test_a_step_whose_target_is_down_is_retried_without_repeating_the_upload(tmp
     assert "ConnectionError" in state["lastError"]
     assert len(media_of_run(stack, run)) == 1
 
-    app = AppServer(port)
+    app = ScriptedServer(port=port)  # the user's own API
     try:
         second = outbox(env, "sync", "--json")
         assert second.returncode == 0, second.stderr
@@ -348,10 +320,10 @@ def test_a_step_whose_target_is_down_is_retried_without_repeating_the_upload(tmp
         assert kinds[-1] == "done"
         records = media_of_run(stack, run)
         assert len(records) == 1
-        assert len(app.received) == 1
-        got = app.received[0]
+        assert len(app.got) == 1
+        got = app.got[0]
         assert got["path"] == "/records/7"
-        assert got["body"] == {"photoKey": records[0]["s3Key"], "photoUrl": records[0]["url"],
+        assert json.loads(got["body"]) == {"photoKey": records[0]["s3Key"], "photoUrl": records[0]["url"],
                                "sha256": records[0]["sha256"], "bytes": 30_000}  # fmt: skip
         assert got["headers"]["Idempotency-Key"] == f"{item['idempotencyKey']}.step0"
         assert "Authorization" not in got["headers"]  # the gateway's token stays with the gateway
