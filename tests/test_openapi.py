@@ -110,8 +110,9 @@ def test_generated_requests_get_no_5xx_and_answers_as_described(live_stack):
         labels.append(operation.label)
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def check(case):
             case.call_and_validate(headers=live_stack.auth, checks=CHECKS)
 
