@@ -137,9 +137,11 @@ def push(
         _fail(exc, exc.exit_status)
     with _open(ctx) as outbox, tempfile.TemporaryDirectory(dir=outbox.root) as scratch:
         incoming = []
-        for name in files:
+        for position, name in enumerate(files):
             path = Path(name)
-            smaller = advice.optimize(path, Path(scratch)) if optimize else None
+            own = Path(scratch) / str(position)  # two photo.jpg never share a name here
+            own.mkdir()
+            smaller = advice.optimize(path, own) if optimize else None
             incoming.append(Incoming(smaller or path, (smaller or path).name))
         try:
             item = outbox.push(

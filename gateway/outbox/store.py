@@ -294,10 +294,12 @@ class Outbox:
             if pid is not None and pid_alive(pid):
                 continue
             with self._transaction():
-                self._conn.execute(
-                    "DELETE FROM items WHERE id = ? AND state = ?", (item_id, State.QUEUING)
-                )
-            shutil.rmtree(self.files_dir / item_id, ignore_errors=True)
+                gone = self._conn.execute(
+                    "DELETE FROM items WHERE id = ? AND state = ? AND worker_pid IS ?",
+                    (item_id, State.QUEUING, pid),
+                ).rowcount
+            if gone == 1:  # its push ended meanwhile: the copies are the user's item now
+                shutil.rmtree(self.files_dir / item_id, ignore_errors=True)
 
     def close(self) -> None:
         self._conn.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from .errors import Permanent, TokenRefused, Transient
+from .errors import OutboxError, Permanent, TokenRefused, Transient
 from .report import Reporter
 from .steps import run_step
 from .store import FileEntry, Item, Outbox, State, Transport
@@ -150,8 +150,13 @@ class Syncer:
         except Permanent as exc:
             self.outbox.mark_failed(item, str(exc))
             self.reporter.failed(item, str(exc))
-        except TokenRefused:
+        except (TokenRefused, OutboxError):
             raise
+        except Exception as exc:  # noqa: BLE001 (an unexpected answer: retried, not fatal)
+            delay = self.backoff.delay(item.attempts + 1, self.rng)
+            error = f"{type(exc).__name__}: {exc}"
+            self.outbox.schedule_retry(item, delay=delay, error=error, unreachable=False)
+            self.reporter.retry(item, delay, error)
         finally:
             with contextlib.suppress(Exception):
                 self.outbox.release(item)

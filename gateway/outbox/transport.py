@@ -75,6 +75,8 @@ def network_errors(what: str) -> Iterator[None]:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise Transient(f"{what}: {exc.__class__.__name__}", unreachable=True) from exc
+    except requests.RequestException as exc:  # a broken answer: worth another try later
+        raise Transient(f"{what}: {exc.__class__.__name__}") from exc
 
 
 class GatewayClient:
