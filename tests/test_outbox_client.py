@@ -310,11 +310,22 @@ def test_a_steps_failures_are_retried_or_final(target, status, headers, error, r
         assert caught.value.retry_after == retry_after
 
 
-def test_a_step_whose_target_is_down_is_transient_and_unreachable():
-    with pytest.raises(Transient) as caught:
+def test_a_step_whose_target_is_down_is_transient_but_the_gateway_is_not_unreachable():
+    """(else sync --watch, seeing the gateway healthy, would wake it again at once, forever)"""
+    with pytest.raises(Transient, match="ConnectionError") as caught:
         run_step(requests.Session(), StepSpec("POST", f"http://127.0.0.1:{free_port()}/x"),
                  RECORDS, idempotency_key="k", env={})  # fmt: skip
-    assert caught.value.unreachable
+    assert not caught.value.unreachable
+
+
+def test_a_claim_on_an_item_changed_since_it_was_read_is_refused(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()))
+    stale = box.get(item.id)
+    box.claim(item)
+    box.schedule_retry(item, delay=0, error="503", unreachable=False)
+    box.release(item)
+    assert not box.claim(stale)  # another process moved it on: re-read, do not redo
+    assert box.claim(box.get(item.id))
 
 
 def test_steps_resume_at_the_first_not_done_and_the_item_is_done_after_the_last(

@@ -308,7 +308,7 @@ def test_a_step_whose_target_is_down_is_retried_without_repeating_the_upload(tmp
         "stored", "retry"]  # fmt: skip
     state = json.loads(outbox(env, "status", item["id"], "--json").stdout)
     assert state["state"] == "stored"
-    assert "ConnectionError" in state["lastError"]
+    assert "ConnectionError" in state["lastError"] and state["files"][0]["record"]
     assert len(media_of_run(stack, run)) == 1
 
     app = ScriptedServer(port=port)  # the user's own API

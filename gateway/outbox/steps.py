@@ -112,7 +112,7 @@ def run_step(
         headers["Content-Type"] = "application/json" if is_json else "text/plain; charset=utf-8"
     for name, value in spec.headers:
         headers[name] = render(value, records, quote=str, env=env)
-    with network_errors(f"step {spec.method} {spec.url}"):
+    with network_errors(f"step {spec.method} {spec.url}", gateway=False):
         answer = session.request(spec.method, url, data=data, headers=headers, timeout=STEP_TIMEOUT)
     status = answer.status_code
     if 200 <= status < 300:

@@ -574,9 +574,11 @@ class Outbox:
         """Take ``item`` for this process (compare-and-set on the worker's pid); False if a live
         process has it. A dead process's claim is taken over."""
         with self._write() as conn:
-            row = conn.execute("SELECT worker_pid FROM items WHERE id = ?", (item.id,)).fetchone()
-            if row is None:
-                return False
+            row = conn.execute(
+                "SELECT worker_pid, state, attempts FROM items WHERE id = ?", (item.id,)
+            ).fetchone()
+            if row is None or (row[1], row[2]) != (item.state, item.attempts):
+                return False  # changed since it was read (another process worked on it)
             holder = row[0]
             if holder is not None and holder != os.getpid() and pid_alive(holder):
                 return False

@@ -70,11 +70,13 @@ def raise_for_answer(status: int, headers: Mapping[str, str], body: bytes, *, wh
 
 
 @contextlib.contextmanager
-def network_errors(what: str) -> Iterator[None]:
+def network_errors(what: str, *, gateway: bool = True) -> Iterator[None]:
+    """``gateway``: a network failure means the gateway is unreachable (``sync --watch`` wakes
+    such items when its /healthz answers again; a step's own target is not the gateway)."""
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise Transient(f"{what}: {exc.__class__.__name__}", unreachable=True) from exc
+        raise Transient(f"{what}: {exc.__class__.__name__}", unreachable=gateway) from exc
     except requests.RequestException as exc:  # a broken answer: worth another try later
         raise Transient(f"{what}: {exc.__class__.__name__}") from exc
 
