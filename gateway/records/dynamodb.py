@@ -318,14 +318,18 @@ class DynamoRecordStore:
     def _quota_refused(reasons: list[str], first_ledger: int) -> bool:
         return any(r == "ConditionalCheckFailed" for r in reasons[first_ledger:])
 
-    def _reservation(self, reservation: str) -> dict[str, Any] | None:
+    def _reservation(self, reservation: str) -> tuple[tuple[str, str], Held] | None:
+        """The reservation's (tenant, project) and what it holds; None once it has ended."""
         response = self._call(
             self.client.get_item,
             TableName=self.table,
             ConsistentRead=True,
             Key=_item({"pk": f"reservation#{reservation}"}),
         )
-        return _plain(response["Item"]) if "Item" in response else None
+        if "Item" not in response:
+            return None
+        item = _plain(response["Item"])
+        return (item["tenant"], item["projectId"]), Held(int(item["files"]), int(item["bytes"]))
 
     def reserve(
         self, reservation: str, *, tenant: str, project_id: str, files: int, bytes: int,
@@ -358,18 +362,19 @@ class DynamoRecordStore:
             held = self._reservation(reservation)
             if held is None:
                 return
+            scope, reserved = held
             delete = {
                 "Delete": {
                     "TableName": self.table,
                     "Key": _item({"pk": f"reservation#{reservation}"}),
                     "ConditionExpression": "files = :f AND #b = :b",
                     "ExpressionAttributeNames": {"#b": "bytes"},
-                    "ExpressionAttributeValues": _item({":f": held["files"], ":b": held["bytes"]}),
+                    "ExpressionAttributeValues": _item(
+                        {":f": reserved.files, ":b": reserved.bytes}
+                    ),
                 }
             }
-            ledger = self._ledger_updates(
-                {(held["tenant"], held["projectId"]): -Held(int(held["files"]), int(held["bytes"]))}
-            )
+            ledger = self._ledger_updates({scope: -reserved})
             if self._transact([delete, *ledger]) is None:
                 return
 
@@ -420,16 +425,14 @@ class DynamoRecordStore:
                     }
                 }
             )
-        first_ledger = len(items) + len(merge_deltas(records))
         changes: dict[tuple[str, str], Held] = {}
         for (tenant, project_id), deltas in merge_deltas(records).items():
             items.append(self._usage_update(tenant, project_id, deltas))
             changes[(tenant, project_id)] = held_of(deltas)
+        first_ledger = len(items)
         if held is not None:
-            scope = (held["tenant"], held["projectId"])
-            changes[scope] = changes.get(scope, Held()) + -Held(
-                int(held["files"]), int(held["bytes"])
-            )
+            scope, reserved = held
+            changes[scope] = changes.get(scope, Held()) + -reserved
         reasons = self._transact(items + self._ledger_updates(changes))
         if reasons is not None:
             if self._quota_refused(reasons, first_ledger):
