@@ -29,7 +29,7 @@ def create_app(
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
 
-    from .api import direct, health, media, openapi, stats, tus, upload
+    from .api import direct, health, media, openapi, pages, session, stats, tus, upload
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
@@ -37,6 +37,8 @@ def create_app(
     app.register_blueprint(media.bp)
     app.register_blueprint(tus.bp)
     app.register_blueprint(stats.bp)
+    app.register_blueprint(session.bp)
+    app.register_blueprint(pages.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(openapi.docs_blueprint())
     if svc.storage.local is not None:

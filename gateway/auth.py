@@ -1,7 +1,9 @@
-"""JWT authentication: the Authorization header only, exactly one algorithm, ``exp`` required.
+"""JWT authentication: exactly one algorithm, ``exp`` required; from the Authorization header,
+or from the browser session cookie together with its CSRF token (gateway/csrf.py).
 
-``authenticate()`` turns the request's bearer token into a ``Principal`` or raises an
-``Unauthorized`` error; it never touches the request body.
+``authenticate()`` turns the request's token into a ``Principal`` or raises an ``Unauthorized``
+(or CSRF) error; it never touches the request body. ``authenticate_form()`` lets a plain form's
+CSRF token come later, in its body: the upload checks it before the first file.
 """
 
 from __future__ import annotations
@@ -10,11 +12,17 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
-from flask import Flask
-from flask_jwt_extended import JWTManager, create_access_token, get_jwt, verify_jwt_in_request
+from flask import Flask, current_app, request
+from flask_jwt_extended import (
+    JWTManager,
+    create_access_token,
+    get_jwt,
+    get_jwt_request_location,
+    verify_jwt_in_request,
+)
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
 
-from . import errors
+from . import csrf, errors
 from .config import Settings
 from .principal import Principal
 
@@ -24,9 +32,17 @@ jwt_manager = JWTManager()
 def init_app(app: Flask, settings: Settings) -> None:
     algorithm = settings.effective_jwt_algorithm
     app.config.update(
-        JWT_TOKEN_LOCATION=["headers"],
+        # The header first: a request that carries both is a bearer request (no CSRF needed).
+        JWT_TOKEN_LOCATION=["headers", "cookies"],
         JWT_HEADER_NAME="Authorization",
         JWT_HEADER_TYPE="Bearer",
+        JWT_ACCESS_COOKIE_NAME=settings.session_cookie,
+        JWT_ACCESS_COOKIE_PATH="/",
+        JWT_COOKIE_SECURE=settings.session_cookie_secure == "on",
+        JWT_COOKIE_SAMESITE=settings.session_cookie_samesite,
+        # CSRF is checked here (gateway/csrf.py): flask-jwt-extended's own check reads form
+        # fields through request.form, which would buffer a whole upload before the check.
+        JWT_COOKIE_CSRF_PROTECT=False,
         JWT_ALGORITHM=algorithm,
         JWT_DECODE_ALGORITHMS=[algorithm],
         JWT_IDENTITY_CLAIM="sub",
@@ -45,6 +61,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Never let a token be checked against Flask's SECRET_KEY.
         app.config["JWT_SECRET_KEY"] = None
     jwt_manager.init_app(app)
+    app.extensions["gateway.csrf_key"] = csrf.key_of(settings)
 
 
 _REASONS = {
@@ -57,7 +74,49 @@ _REASONS = {
 }
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def authenticate() -> Principal:
+    """The caller; a cookie session's unsafe request must carry the CSRF header."""
+    principal, pending = _authenticate(form_may_carry_csrf=False)
+    assert pending is None
+    return principal
+
+
+def authenticate_form() -> tuple[Principal, str | None]:
+    """The caller, and the CSRF token a cookie session's form must still send in its
+    ``csrf_token`` field (None: a bearer token, or the header carried the token)."""
+    return _authenticate(form_may_carry_csrf=True)
+
+
+def session_csrf_token(session_jwt: str) -> str:
+    """The CSRF token of the session whose cookie holds ``session_jwt``."""
+    return csrf.token_for(session_jwt, current_app.extensions["gateway.csrf_key"])
+
+
+def _authenticate(*, form_may_carry_csrf: bool) -> tuple[Principal, str | None]:
+    claims = _verified_claims()
+    principal = Principal.from_claims(claims)
+    if get_jwt_request_location() != "cookies" or request.method in SAFE_METHODS:
+        return principal, None
+    expected = session_csrf_token(session_cookie())
+    given = request.headers.get(csrf.HEADER)
+    if given is not None:
+        if not csrf.matches(expected, given):
+            raise errors.CsrfInvalid()
+        return principal, None
+    if not form_may_carry_csrf:
+        raise errors.CsrfMissing()
+    return principal, expected
+
+
+def session_cookie() -> str:
+    """The raw JWT in this request's session cookie ("" when there is none)."""
+    return request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"], "")
+
+
+def _verified_claims() -> dict[str, Any]:
     try:
         verify_jwt_in_request()
         claims = get_jwt()
@@ -69,7 +128,7 @@ def authenticate() -> Principal:
         raise errors.InvalidToken(_REASONS.get(type(exc).__name__)) from None
     if "exp" not in claims:
         raise errors.InvalidToken("The token must carry an expiry (exp).")
-    return Principal.from_claims(claims)
+    return dict(claims)
 
 
 def mint_token(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .records.quota import QuotaLimits
+from .redirects import origin_of
 
 if TYPE_CHECKING:
     from .bodies import BodyLimits
@@ -133,6 +135,15 @@ class Settings:
     tus_max_checksum_chunk: int = 64 * MiB  # a checksummed chunk is held until verified
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
 
+    # Browsers (gateway/api/pages.py): the JWT may also come in this cookie, and then only with
+    # its CSRF token (gateway/csrf.py). The __Host- prefix needs session_cookie_secure on.
+    session_cookie: str = "__Host-gateway_session"
+    session_cookie_secure: str = "on"
+    session_cookie_samesite: str = "Lax"  # Lax, Strict or None (None needs secure on)
+    csrf_secret: str = field(default="", repr=False)  # default: derived from the JWT key
+    redirect_origins: tuple[str, ...] = ()  # where a form's `redirect` may lead (own: always)
+    page_direct_min_bytes: int = 64 * MiB  # /upload sends files this big direct to S3
+
     # Webhooks (Standard Webhooks): media.stored/ready/failed/infected/deleted.
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)  # whsec_<base64>
@@ -218,6 +229,7 @@ class Settings:
             "sandbox_memory",
             "max_event_streams",
             "quota_reservation_seconds",
+            "page_direct_min_bytes",
         ):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number")
@@ -244,7 +256,19 @@ class Settings:
             fail("body_min_rate", "must not be negative (0: no rate check)")
         if self.body_min_rate and self.body_rate_grace <= 0:
             fail("body_rate_grace", "must be a positive number of seconds")
-        for name in ("processing", "keep_infected", "strip_gps"):
+        if self.session_cookie_samesite not in ("Lax", "Strict", "None"):
+            fail("session_cookie_samesite", "must be Lax, Strict or None")
+        if self.session_cookie_secure == "off" and (
+            self.session_cookie.startswith(("__Host-", "__Secure-"))
+            or self.session_cookie_samesite == "None"
+        ):
+            fail("session_cookie_secure", "must be on with a __Host- name or SameSite=None")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.session_cookie.removeprefix("__Host-")):
+            fail("session_cookie", "must be 1-64 letters, digits, '_', '.' or '-'")
+        for origin in self.redirect_origins:
+            if origin_of(origin) != origin.lower():
+                fail("redirect_origins", f"{origin!r} is not an origin (scheme://host[:port])")
+        for name in ("processing", "keep_infected", "strip_gps", "session_cookie_secure"):
             if getattr(self, name) not in ("on", "off"):
                 fail(name, "must be on or off")
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):

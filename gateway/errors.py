@@ -112,6 +112,13 @@ class InvalidPartRange(BadRequest):
     code, message = "invalid_part_range", "The requested part numbers are not valid."
 
 
+class InvalidRedirect(BadRequest):
+    code, message = (
+        "invalid_redirect",
+        "redirect must be a path on the gateway or a URL on an allowed origin.",
+    )
+
+
 class InvalidLimit(BadRequest):
     code, message = "invalid_limit", "limit must be between 1 and 100."
 
@@ -153,7 +160,10 @@ class Unauthorized(GatewayError):
 
 
 class MissingToken(Unauthorized):
-    code, message = "missing_token", "A bearer token is required in the Authorization header."
+    code, message = (
+        "missing_token",
+        "A bearer token is required in the Authorization header (or a session cookie).",
+    )
 
 
 class InvalidToken(Unauthorized):
@@ -167,6 +177,18 @@ class TokenExpired(Unauthorized):
 class Forbidden(GatewayError):
     abstract = True
     status, code, message = 403, "forbidden", "The token does not allow this."
+
+
+class CsrfMissing(Forbidden):
+    code, message = (
+        "csrf_missing",
+        "A session cookie needs its CSRF token: the X-CSRF-TOKEN header, or a csrf_token "
+        "field before the first file.",
+    )
+
+
+class CsrfInvalid(Forbidden):
+    code, message = "csrf_invalid", "The CSRF token does not match the session."
 
 
 class ProjectForbidden(Forbidden):

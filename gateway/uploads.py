@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import errors
+from . import csrf, errors
 from .bodies import BodyReader
 from .config import Settings
 from .events import Announcer, EventType
@@ -39,10 +39,12 @@ from .naming import check_project_id, display_name, new_media_id
 from .orphans import OrphanJournal
 from .principal import Principal
 from .records import IdempotentAnswer, MediaRecord, MediaStore
+from .redirects import check_redirect
 from .storage import ObjectStore
 
 log = logging.getLogger(__name__)
 FILE_FIELDS = ("file", "files")
+REDIRECT_FIELD = "redirect"  # a browser form's: where to send the browser afterwards
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 METADATA_NAME_CHARS = 64
 
@@ -53,6 +55,9 @@ class UploadRequest:
     content_type: str | None
     content_length: int | None  # None: chunked
     query_project_id: str | None = None
+    # A cookie session's CSRF token that the form must carry in its csrf_token field, before
+    # any file part (None: a bearer token, or the X-CSRF-TOKEN header was checked already).
+    csrf_token: str | None = None
 
 
 @dataclass
@@ -62,6 +67,7 @@ class UploadStats:
     bytes_received: int = 0
     files: int = 0
     project_id: str | None = None
+    redirect: str | None = None  # the form's checked redirect field
 
 
 @dataclass(frozen=True)
@@ -149,24 +155,45 @@ class UploadService:
     def _events(
         self, body: BodyReader, request: UploadRequest, boundary: bytes, stats: UploadStats
     ) -> Iterator[Event]:
-        """Parser events of the whole body: reads, caps the size, requires the exact length."""
+        """Parser events of the whole body: reads, caps the size, requires the exact length.
+        A form that owes its CSRF token must send it before any file, within the first
+        ``csrf.FORM_WINDOW_BYTES`` (no more is read until then); csrf_token fields never reach
+        the caller."""
         parser = FormDataParser(boundary, self.limits)
         cap, read_size = self.settings.max_upload_bytes, self.settings.read_size
+        owed = request.csrf_token
+
+        def checked(events: list[Event]) -> Iterator[Event]:
+            nonlocal owed
+            for event in events:
+                if isinstance(event, TextField) and event.name == csrf.FORM_FIELD:
+                    if owed is not None and not csrf.matches(owed, event.value):
+                        raise errors.CsrfInvalid()
+                    owed = None
+                    continue
+                if owed is not None and isinstance(event, FileStart):
+                    raise errors.CsrfMissing()
+                yield event
+
         received = 0
         try:
             while True:
-                chunk = body.read(read_size)
+                chunk = body.read(read_size if owed is None else csrf.FORM_WINDOW_BYTES - received)
                 if not chunk:
                     break
                 received += len(chunk)
                 stats.bytes_received = received
                 if received > cap:
                     raise errors.TooLarge(f"The body grew past the limit of {cap} bytes.")
-                yield from parser.feed(chunk)
+                yield from checked(parser.feed(chunk))
+                if owed is not None and received >= csrf.FORM_WINDOW_BYTES:
+                    raise errors.CsrfMissing()
             expected = request.content_length
             if expected is not None and received != expected:
                 raise errors.ClientDisconnected(f"Received {received} of {expected} bytes.")
-            yield from parser.finish()
+            yield from checked(parser.finish())
+            if owed is not None:
+                raise errors.CsrfMissing()
         except FormDataError as exc:
             if exc.limit:
                 raise errors.FormLimit(str(exc)) from None
@@ -266,6 +293,8 @@ class _Batch:
             if self.destination is not None and event.value != self.destination.project_id:
                 raise errors.InvalidProjectId("projectId cannot change after the first file.")
             self.field_project_id = event.value
+        elif event.name == REDIRECT_FIELD:
+            self.stats.redirect = check_redirect(event.value, self.settings.redirect_origins)
         elif event.name == "sha256":
             value = event.value.strip().lower()
             if not SHA256_RE.fullmatch(value):

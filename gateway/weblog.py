@@ -106,9 +106,15 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def render(exc: errors.GatewayError) -> Response:
+    """The error as JSON; or, once a route said it answers a browser (a plain form post),
+    as that route renders it (a page, or a redirect carrying the code)."""
     g.setdefault("log", {})["outcome"] = exc.code
-    response = jsonify(exc.body(g.get("request_id")))
-    response.status_code = exc.status
+    for_browser = g.get("render_for_browser")
+    if for_browser is not None:
+        response: Response = for_browser(exc)
+    else:
+        response = jsonify(exc.body(g.get("request_id")))
+        response.status_code = exc.status
     response.headers.update(exc.headers)
     return response
 

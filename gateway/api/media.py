@@ -50,7 +50,7 @@ class _StreamSlots:
 _streams = _StreamSlots()
 
 
-def _visible_record(
+def visible_record(
     principal: Principal, media_id: str, *, in_progress: bool = False
 ) -> MediaRecord:
     """A committed media item the token may see; with ``in_progress``, also the caller's own
@@ -78,7 +78,7 @@ def get_media(media_id: str) -> Response:
     """``?waitForChange=<version>`` (a long poll): answer once the record's version differs,
     or after ``timeout`` seconds (1-60, default 30) with it unchanged."""
     principal = authenticate()
-    record = _visible_record(principal, media_id, in_progress=True)
+    record = visible_record(principal, media_id, in_progress=True)
     known = request.args.get("waitForChange")
     if known is not None:
         try:
@@ -90,7 +90,7 @@ def get_media(media_id: str) -> Response:
         deadline = time.monotonic() + timeout
         while record.version == version and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-            record = _visible_record(principal, media_id, in_progress=True)
+            record = visible_record(principal, media_id, in_progress=True)
     return jsonify(success=True, **media_json(record))
 
 
@@ -99,7 +99,7 @@ def media_events(media_id: str) -> Response:
     """Server-Sent Events: the media as JSON each time it changes, until processing has
     settled (ready, failed, infected); a comment line every 15 s keeps proxies from closing."""
     principal = authenticate()
-    record = _visible_record(principal, media_id)
+    record = visible_record(principal, media_id)
     if not _streams.acquire(blocking=False):
         raise errors.TooManyStreams()
 
@@ -117,7 +117,7 @@ def media_events(media_id: str) -> Response:
                 yield ": keep-alive\n\n"
             time.sleep(POLL_SECONDS)
             try:
-                current = _visible_record(principal, media_id)
+                current = visible_record(principal, media_id)
             except errors.MediaNotFound:
                 yield "event: deleted\ndata: {}\n\n"
                 current = None
@@ -134,7 +134,7 @@ def media_events(media_id: str) -> Response:
 @bp.delete("/api/media/<media_id>")
 def delete_media(media_id: str) -> tuple[str, int]:
     principal = authenticate()
-    record = _visible_record(principal, media_id)
+    record = visible_record(principal, media_id)
     if not principal.may_modify(
         tenant=record.tenant, project_id=record.project_id, owner=record.owner
     ):

@@ -38,6 +38,11 @@ ERROR = _ok("Error", "An error: a stable code, a message, the request id.")
 ANSWERS_ERRORS = {"default": ERROR}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 NULLABLE_STRING = {"type": ["string", "null"]}
+HTML_PAGE = {"description": "A page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+SEE_OTHER = {
+    "description": "Go on to the Location.",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+}
 
 
 def _path_id(name: str, description: str) -> dict[str, Any]:
@@ -224,6 +229,17 @@ def _schemas() -> dict[str, Any]:
         },
     }
     return {
+        "Session": {
+            "type": "object",
+            "required": ["success", "csrfToken", "csrfHeader", "csrfField", "expiresAt"],
+            "properties": {
+                "success": {"const": True},
+                "csrfToken": {"type": "string"},
+                "csrfHeader": {"const": "X-CSRF-TOKEN"},
+                "csrfField": {"const": "csrf_token"},
+                "expiresAt": {"type": "string"},
+            },
+        },
         "Error": {
             "type": "object",
             "required": ["success", "error", "requestId"],
@@ -657,6 +673,60 @@ def _paths() -> dict[str, Any]:
                     },
                     **ANSWERS_ERRORS,
                 },
+            }
+        },
+        "/api/session": {
+            "post": {
+                "summary": "A bearer token becomes the browser's session cookie",
+                "description": "Sets the HttpOnly session cookie (GATEWAY_SESSION_COOKIE) until "
+                "the token expires, and a readable <name>_csrf cookie. Requests with the cookie "
+                "must send the CSRF token: the X-CSRF-TOKEN header, or (a plain form to "
+                "/api/upload) a csrf_token field before the first file.",
+                "security": BEARER,
+                "responses": {"201": _ok("Session", "The session is set."), **ANSWERS_ERRORS},
+            },
+            "delete": {
+                "summary": "Clear the session cookies",
+                "responses": {"204": {"description": "Cleared."}},
+            },
+        },
+        "/upload": {
+            "get": {
+                "summary": "The upload page (a sign-in form without a session)",
+                "responses": {"200": HTML_PAGE},
+            }
+        },
+        "/upload/result": {
+            "get": {
+                "summary": "What a browser's form post stored, or the error it was sent",
+                "parameters": [
+                    _query("mediaId", {"type": "string"}, "A stored file (repeatable)."),
+                    _query("error", {"type": "string"}, "An error code to explain."),
+                ],
+                "responses": {"200": HTML_PAGE, "default": HTML_PAGE},
+            }
+        },
+        "/upload/sign-in": {
+            "post": {
+                "summary": "A pasted token becomes the session (from the gateway's own pages)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"303": SEE_OTHER, "default": HTML_PAGE},
+            }
+        },
+        "/upload/sign-out": {
+            "post": {
+                "summary": "Clear the session (from the gateway's own pages)",
+                "responses": {"303": SEE_OTHER, "default": HTML_PAGE},
             }
         },
         "/openapi.json": {

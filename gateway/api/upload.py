@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from .. import errors, idempotency, metrics
-from ..auth import authenticate
+from ..auth import authenticate_form
 from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..records import MediaRecord
 from ..uploads import UploadRequest, UploadStats
 from ..weblog import elapsed, note, note_upload
 from . import services
+from .pages import BrowserAnswer, answer_browser, wants_html
 from .present import media_json
 
 bp = Blueprint("upload", __name__)
@@ -21,7 +22,7 @@ bp = Blueprint("upload", __name__)
 
 @bp.after_request
 def linger(response: Response) -> Response:
-    if response.status_code >= 400:
+    if response.status_code >= 400 or g.get("answered_error"):
         drain_after_response(response, request.environ)
     return response
 
@@ -33,7 +34,12 @@ def _answer(records: list[MediaRecord]) -> tuple[int, dict[str, Any]]:
 
 @bp.post("/api/upload")
 def upload() -> Response:
-    principal = authenticate()  # before a single body byte is read
+    """JSON for API clients; a browser's form post gets a 303 or a page (api/pages.py)."""
+    stats = UploadStats()
+    browser = BrowserAnswer(stats) if wants_html() else None
+    if browser is not None:
+        answer_browser(browser)
+    principal, csrf_owed = authenticate_form()  # before a single body byte is read
     note(user=principal.subject, tenant=principal.tenant or None)
     note_upload("form")
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
@@ -44,6 +50,7 @@ def upload() -> Response:
         content_type=request.content_type,
         content_length=request.content_length,
         query_project_id=request.args.get("projectId"),
+        csrf_token=csrf_owed,
     )
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
@@ -51,7 +58,6 @@ def upload() -> Response:
         metrics.upload_in_flight("form"),
         guarded_body(request.environ, request.stream, svc.settings.body_limits) as body,
     ):
-        stats = UploadStats()
 
         def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
             try:
@@ -68,7 +74,7 @@ def upload() -> Response:
         key = request.headers.get("Idempotency-Key")
         if key is None:
             status, answer = first(None)
-            return _json(answer, status)
+            return browser.stored(answer) if browser is not None else _json(answer, status)
         plan = idempotency.AnswerPlan(
             scope=f"{principal.tenant}#{principal.subject}",
             key=idempotency.check_key(key),
@@ -84,6 +90,8 @@ def upload() -> Response:
                 body, upload_request, boundary=boundary
             ),
         )
+    if browser is not None:
+        return browser.stored(outcome.body)
     response = _json(outcome.body, outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"

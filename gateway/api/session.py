@@ -1,0 +1,40 @@
+"""POST /api/session: a bearer token becomes the browser's session cookie (for pages served by
+another app on the same site), answered with its CSRF token; DELETE /api/session clears it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, jsonify, request
+from flask_jwt_extended import get_jwt, get_jwt_request_location
+
+from .. import csrf, errors
+from ..auth import authenticate, session_csrf_token
+from .pages import clear_session, set_session
+
+bp = Blueprint("session", __name__)
+
+
+@bp.post("/api/session")
+def open_session() -> tuple[Response, int]:
+    authenticate()
+    if get_jwt_request_location() != "headers":
+        raise errors.MissingToken("A session starts from a bearer token (Authorization header).")
+    token = request.headers["Authorization"].split(None, 1)[1].strip()
+    expires = datetime.fromtimestamp(get_jwt()["exp"], UTC)
+    response = jsonify(
+        success=True,
+        csrfToken=session_csrf_token(token),
+        csrfHeader=csrf.HEADER,
+        csrfField=csrf.FORM_FIELD,
+        expiresAt=expires.isoformat(timespec="seconds"),
+    )
+    set_session(response, token, expires)
+    return response, 201
+
+
+@bp.delete("/api/session")
+def close_session() -> tuple[Response, int]:
+    response = Response(status=204)
+    clear_session(response)
+    return response, 204
