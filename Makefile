@@ -53,8 +53,8 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# What the tests drive: Debian's nginx, curl and clamd, Node's tus clients and reference server
-# (tests/node, lockfile-pinned); the gate, then the suite.
+# What the tests drive: Debian's nginx, curl, clamd and chromium, Node's tus clients and reference
+# server (tests/node, lockfile-pinned); the gate, then the suite in two processes.
 test: $(VENV)/.dev $(BIN)/outbox lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
@@ -65,7 +65,9 @@ test: $(VENV)/.dev $(BIN)/outbox lint
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@[ -x /usr/sbin/clamd ] || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends clamav-daemon)
-	$(BIN)/pytest
+	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
 test-fast: $(VENV)/.dev

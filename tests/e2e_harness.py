@@ -95,6 +95,17 @@ def ensure_curl() -> str:
     return found
 
 
+def ensure_chromium() -> str:
+    """Debian's chromium (playwright drives it: browser downloads are not possible here)."""
+    found = _find("chromium")
+    if found is None:
+        _apt_install(["chromium"])
+        found = _find("chromium")
+    if found is None:
+        raise RuntimeError("chromium is still missing after apt-get install")
+    return found
+
+
 # -- nginx config ----------------------------------------------------------------------------------
 def render_gateway_conf(
     *, listen: str, upstream: str, media_root: Path | str, access_log: Path | str

@@ -65,9 +65,7 @@ def post_form(client, fields, files, headers, query=""):
 
 
 def set_cookies(response) -> dict[str, str]:
-    return {
-        c.split("=", 1)[0]: c for c in response.headers.getlist("Set-Cookie")
-    }
+    return {c.split("=", 1)[0]: c for c in response.headers.getlist("Set-Cookie")}
 
 
 # -- the CSRF token --------------------------------------------------------------------------------
@@ -144,7 +142,10 @@ def test_a_cookie_session_uploads_with_the_csrf_header(client, session, svc):
     cookie, token = session
     content = png_bytes(5000)
     answer = post_form(
-        client, [("projectId", "p1")], [("file", "a.png", content)], {**cookie, "X-CSRF-TOKEN": token}
+        client,
+        [("projectId", "p1")],
+        [("file", "a.png", content)],
+        {**cookie, "X-CSRF-TOKEN": token},
     )
     assert answer.status_code == 201, answer.get_json()
     assert_stored(svc, answer.get_json(), content)
@@ -158,12 +159,14 @@ def test_a_cookie_session_without_its_csrf_token_is_refused_and_nothing_is_store
     headers = dict(cookie) if header is None else {**cookie, "X-CSRF-TOKEN": header}
     answer = post_form(client, [("projectId", "p1")], [("file", "a.png", png_bytes(5000))], headers)
     assert answer.status_code == 403
-    assert answer.get_json()["error"]["code"] == ("csrf_missing" if header is None else "csrf_invalid")
+    assert answer.get_json()["error"]["code"] == (
+        "csrf_missing" if header is None else "csrf_invalid"
+    )
     assert_nothing_left(svc)
 
 
 def test_every_unsafe_api_call_of_a_cookie_session_needs_the_header(client, session):
-    cookie, token = session
+    cookie, _ = session
     for method, url in [
         ("post", "/api/tus/"),
         ("delete", "/api/media/0123456789abcdef0123456789abcdef"),
@@ -227,13 +230,15 @@ def test_a_csrf_field_after_the_first_file_is_too_late(client, session, svc):
     assert body.endswith(closing)
     late = (
         body[: -len(closing)]
-        + b"--" + boundary + b'\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
-        + token.encode() + b"\r\n" + closing
+        + b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+        + token.encode()
+        + b"\r\n"
+        + closing
     )
     assert late.count(token.encode()) == 1
-    answer = client.post(
-        "/api/upload", data=late, headers={"Content-Type": content_type, **cookie}
-    )
+    answer = client.post("/api/upload", data=late, headers={"Content-Type": content_type, **cookie})
     assert answer.status_code == 403 and answer.get_json()["error"]["code"] == "csrf_missing"
     assert_nothing_left(svc)
 
@@ -242,7 +247,10 @@ def test_a_wrong_csrf_field_is_refused_and_nothing_is_stored(client, session, sv
     cookie, _ = session
     other = expected_csrf(token(sub="mallory", projects=["p1"]))
     answer = post_form(
-        client, [("csrf_token", other), ("projectId", "p1")], [("file", "a.png", png_bytes(100))], cookie
+        client,
+        [("csrf_token", other), ("projectId", "p1")],
+        [("file", "a.png", png_bytes(100))],
+        cookie,
     )
     assert answer.status_code == 403 and answer.get_json()["error"]["code"] == "csrf_invalid"
     assert_nothing_left(svc)
@@ -284,8 +292,11 @@ def padded_form(token: str, padding: int):
 
 def csrf_field_end(body: bytes, token: str) -> int:
     """Where the csrf_token field ends: the parser sees it once the next delimiter line is in."""
-    return body.index(token.encode()) + len(token) + len(b"\r\n--") + len(
-        b"----gatewaytestboundary7MA4YWxkTrZu0gW"
+    return (
+        body.index(token.encode())
+        + len(token)
+        + len(b"\r\n--")
+        + len(b"----gatewaytestboundary7MA4YWxkTrZu0gW")
     )
 
 
@@ -325,7 +336,10 @@ def test_a_browser_form_post_is_answered_with_a_303_to_the_result_page(client, s
     cookie, token = session
     content = png_bytes(5000)
     answer = post_form(
-        client, [("csrf_token", token), ("projectId", "p1")], [("files", "a.png", content)], browser(cookie)
+        client,
+        [("csrf_token", token), ("projectId", "p1")],
+        [("files", "a.png", content)],
+        browser(cookie),
     )
     assert answer.status_code == 303
     location = urlparse(answer.headers["Location"])
@@ -370,7 +384,11 @@ def test_an_error_after_the_redirect_field_redirects_with_its_code_and_keeps_not
     cookie, token = session
     answer = post_form(
         client,
-        [("csrf_token", token), ("redirect", "https://forms.example.org/done"), ("projectId", "p1")],
+        [
+            ("csrf_token", token),
+            ("redirect", "https://forms.example.org/done"),
+            ("projectId", "p1"),
+        ],
         [("file", "a.png", png_bytes(5000)), ("file", "x.bin", b"\x00" * 5000)],
         browser(cookie),
     )
@@ -381,7 +399,12 @@ def test_an_error_after_the_redirect_field_redirects_with_its_code_and_keeps_not
 
 @pytest.mark.parametrize(
     "target",
-    ["https://evil.example.com/x", "//evil.example.com/x", "/\\evil.example.com", "javascript:alert(1)"],
+    [
+        "https://evil.example.com/x",
+        "//evil.example.com/x",
+        "/\\evil.example.com",
+        "javascript:alert(1)",
+    ],
 )
 def test_a_redirect_to_an_origin_not_allowed_is_refused_with_a_page(client, session, svc, target):
     cookie, token = session
@@ -399,11 +422,15 @@ def test_a_redirect_to_an_origin_not_allowed_is_refused_with_a_page(client, sess
 
 def test_errors_of_a_browser_form_post_are_pages_not_json(client, session, svc):
     cookie, _ = session
-    answer = post_form(client, [("projectId", "p1")], [("file", "a.png", png_bytes(100))], browser(cookie))
+    answer = post_form(
+        client, [("projectId", "p1")], [("file", "a.png", png_bytes(100))], browser(cookie)
+    )
     assert answer.status_code == 403 and answer.mimetype == "text/html"
     html = answer.get_data(as_text=True)
     assert 'data-code="csrf_missing"' in html and "Nothing was stored" in html
-    signed_out = post_form(client, [], [("file", "a.png", png_bytes(100))], {"Accept": BROWSER_ACCEPT})
+    signed_out = post_form(
+        client, [], [("file", "a.png", png_bytes(100))], {"Accept": BROWSER_ACCEPT}
+    )
     assert signed_out.status_code == 401 and signed_out.mimetype == "text/html"
     assert "Sign in and try again" in signed_out.get_data(as_text=True)
     assert_nothing_left(svc)
@@ -417,7 +444,10 @@ def test_api_clients_still_get_json(client, auth):
 def test_the_result_page_refreshes_itself_until_processing_has_settled(client, session, svc):
     cookie, token = session
     answer = post_form(
-        client, [("csrf_token", token), ("projectId", "p1")], [("file", "a.png", png_bytes(500))], browser(cookie)
+        client,
+        [("csrf_token", token), ("projectId", "p1")],
+        [("file", "a.png", png_bytes(500))],
+        browser(cookie),
     )
     html = client.get(answer.headers["Location"], headers=cookie).get_data(as_text=True)
     assert '<meta http-equiv="refresh" content="3">' in html  # stored: processing follows
@@ -432,9 +462,18 @@ def test_the_result_page_refreshes_itself_until_processing_has_settled(client, s
     assert "http-equiv" not in html and 'data-state="ready"' in html
 
 
-def test_the_result_page_shows_an_error_code_it_is_sent(client):
-    page = client.get("/upload/result?error=too_large")
-    assert page.status_code == 413 and 'data-code="too_large"' in page.get_data(as_text=True)
+@pytest.mark.parametrize(
+    "code, shown",
+    [
+        ("too_large", "too_large"),
+        ("internal_error", "internal_error"),
+        ("", "request_rejected"),
+        ("no-such-code", "request_rejected"),
+    ],
+)
+def test_the_result_page_explains_an_error_code_it_is_sent(client, code, shown):
+    page = client.get(f"/upload/result?error={code}")
+    assert page.status_code == 200 and f'data-code="{shown}"' in page.get_data(as_text=True)
 
 
 # -- the upload page, sign-in and sign-out -------------------------------------------------------

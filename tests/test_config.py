@@ -58,12 +58,42 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_CDN_BASE_URL": "cdn.example.com"}, "GATEWAY_CDN_BASE_URL"),
         ({"GATEWAY_CLOUDFRONT_KEY_ID": "K1"}, "GATEWAY_CLOUDFRONT_KEY_ID"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_SESSION_COOKIE_SAMESITE": "lax"}, "GATEWAY_SESSION_COOKIE_SAMESITE"),
+        ({"GATEWAY_SESSION_COOKIE_SECURE": "no"}, "GATEWAY_SESSION_COOKIE_SECURE"),
+        ({"GATEWAY_SESSION_COOKIE_SECURE": "off"}, "GATEWAY_SESSION_COOKIE_SECURE"),  # __Host-
+        (
+            {
+                "GATEWAY_SESSION_COOKIE_SECURE": "off",
+                "GATEWAY_SESSION_COOKIE": "s",
+                "GATEWAY_SESSION_COOKIE_SAMESITE": "None",
+            },
+            "GATEWAY_SESSION_COOKIE_SECURE",
+        ),
+        ({"GATEWAY_SESSION_COOKIE": "a b"}, "GATEWAY_SESSION_COOKIE"),
+        ({"GATEWAY_SESSION_COOKIE": "__Host-"}, "GATEWAY_SESSION_COOKIE"),
+        ({"GATEWAY_REDIRECT_ORIGINS": "https://a.example/"}, "GATEWAY_REDIRECT_ORIGINS"),
+        ({"GATEWAY_REDIRECT_ORIGINS": "ftp://a.example"}, "GATEWAY_REDIRECT_ORIGINS"),
+        ({"GATEWAY_PAGE_DIRECT_MIN_BYTES": "0"}, "GATEWAY_PAGE_DIRECT_MIN_BYTES"),
     ],
 )
 def test_invalid_settings_fail_naming_the_variable(env, variable):
     merged = env if not env or "GATEWAY_JWT_SECRET" in env else {**BASE, **env}
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env(merged)
+
+
+def test_browser_session_settings_that_go_together_are_accepted():
+    plain = Settings.from_env(
+        {
+            **BASE,
+            "GATEWAY_SESSION_COOKIE": "uploads",
+            "GATEWAY_SESSION_COOKIE_SECURE": "off",
+            "GATEWAY_SESSION_COOKIE_SAMESITE": "Strict",
+            "GATEWAY_REDIRECT_ORIGINS": "https://Forms.example.org, http://localhost:8080",
+        }
+    )
+    assert plain.redirect_origins == ("https://Forms.example.org", "http://localhost:8080")
+    assert Settings.from_env({**BASE, "GATEWAY_SESSION_COOKIE_SAMESITE": "None"})
 
 
 def test_cloudfront_signed_urls(tmp_path):

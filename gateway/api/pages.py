@@ -85,11 +85,11 @@ def answer_browser(answer: BrowserAnswer) -> None:
     g.render_for_browser = answer.failed
 
 
-def error_page(exc: errors.GatewayError) -> Response:
+def error_page(exc: errors.GatewayError, *, status: int | None = None) -> Response:
     html = render_template(
         "error.html", error=exc, request_id=g.get("request_id"), signed_in=bool(session_cookie())
     )
-    return _page(html, exc.status)
+    return _page(html, exc.status if status is None else status)
 
 
 @bp.before_request
@@ -134,9 +134,11 @@ def upload_page() -> Response:
 def result() -> Response:
     """What a form post stored (``?mediaId=...``), or what failed (``?error=<code>``)."""
     code = request.args.get("error")
-    if code is not None:
-        known = errors.CATALOGUE.get(code, errors.GatewayError)
-        return error_page(known())
+    if code is not None:  # this page itself is fine: 200, whatever the upload's error was
+        known = errors.CATALOGUE.get(code)
+        if known is None:
+            return error_page(errors.RequestRejected("The upload failed."), status=200)
+        return error_page(known(), status=200)
     principal = authenticate()
     ids = request.args.getlist("mediaId")[:MAX_RESULT_ITEMS]
     media = []
