@@ -1,4 +1,13 @@
 # upload-gateway: gunicorn (gevent) serving the Flask app; put nginx/gateway.conf in front.
+
+# The upload page's script: built from the lockfile (gateway/web), never copied from a work tree.
+FROM node:20-bookworm-slim AS bundle
+WORKDIR /web
+COPY gateway/web/package.json gateway/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY gateway/web ./
+RUN npm run build
+
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,6 +24,7 @@ RUN pip install --no-cache-dir -r requirements.txt \
 
 COPY --chown=root:root wsgi.py gunicorn.conf.py ./
 COPY --chown=root:root gateway ./gateway
+COPY --from=bundle --chown=root:root /static/upload.js /static/upload.manifest.json ./gateway/static/
 
 USER gateway
 EXPOSE 8000

@@ -9,7 +9,7 @@ DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
 LINTED := gateway tests bench .ci wsgi.py gunicorn.conf.py
 
-.PHONY: run token lint test test-fast mutation bench clean
+.PHONY: run token lint test test-fast mutation bench clean bundle node
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,15 +29,29 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
 
+node:
+	@command -v npm >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
+
+# The upload page's script, from lockfile-pinned packages (gateway/web) bundled by esbuild; not
+# committed. Rebuilt whenever its sources change; the gateway refuses a stale one (web_bundle.py).
+BUNDLE := gateway/static/upload.js
+$(BUNDLE): gateway/web/package.json gateway/web/package-lock.json $(shell find gateway/web/src -type f 2>/dev/null) | node
+	cd gateway/web && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	touch $@
+
+bundle: $(BUNDLE)
+
 $(DEV_SECRET):
 	mkdir -p var
 	$(BIN)/python -c "import secrets; print(secrets.token_urlsafe(48))" > $@
 	chmod 600 $@
 
 # Local storage in var/media, SQLite in var/gateway.db; a dev JWT secret in var/.
-run: $(VENV)/.runtime $(BIN)/outbox $(DEV_SECRET)
+run: $(VENV)/.runtime $(BIN)/outbox $(BUNDLE) $(DEV_SECRET)
 	$(DEV_ENV) $(BIN)/flask --app wsgi init
 	@echo "Gateway on http://$(BIND) with one processing worker. Get a token:  make token"
+	@echo "Upload page:  http://$(BIND)/upload  (sign in with that token)"
 	@echo "Upload:  curl -H \"Authorization: Bearer \$$(make -s token)\" -F projectId=demo -F file=@photo.jpg http://$(BIND)/api/upload"
 	@# The worker runs beside gunicorn and stops with it (Ctrl-C or SIGTERM stops both).
 	$(DEV_ENV) sh -c '$(BIN)/flask --app wsgi worker & worker=$$!; \
@@ -55,13 +69,11 @@ lint: $(VENV)/.dev
 
 # What the tests drive: Debian's nginx, curl, clamd and chromium, Node's tus clients and reference
 # server (tests/node, lockfile-pinned); the gate, then the suite in two processes.
-test: $(VENV)/.dev $(BIN)/outbox lint
+test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl)
-	@command -v npm >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@[ -x /usr/sbin/clamd ] || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends clamav-daemon)
@@ -70,7 +82,7 @@ test: $(VENV)/.dev $(BIN)/outbox lint
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
-test-fast: $(VENV)/.dev
+test-fast: $(VENV)/.dev $(BUNDLE)
 	$(BIN)/pytest -m "not slow"
 
 # Mutation testing of the core modules (pyproject.toml [tool.mutmut]); not in CI: a full run

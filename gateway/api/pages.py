@@ -113,7 +113,11 @@ def upload_page() -> Response:
         "csrfToken": token,
         "api": "/api",
         "tusEndpoint": "/api/tus/",
-        "direct": {"enabled": direct, "minBytes": settings.page_direct_min_bytes},
+        "direct": {
+            "enabled": direct,
+            "minBytes": settings.page_direct_min_bytes,
+            "partSize": settings.direct_part_size,
+        },
     }
     script = bundle()
     html = render_template(

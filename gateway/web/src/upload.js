@@ -1,0 +1,310 @@
+// The upload page, enhanced: several files with a progress bar each, tus for most files and
+// direct-to-S3 (Uppy's AwsS3, requests signed by the gateway) for big ones in S3 mode; uploads
+// wait for the connection and resume when it comes back, a reload resumes a tus upload when the
+// same file is chosen again (tus-js-client keeps its URL), and each file's processing status is
+// followed live until it is ready (with its thumbnail). Without this script the form still
+// posts as a plain HTML form.
+import Uppy from '@uppy/core'
+import Tus from '@uppy/tus'
+import AwsS3 from '@uppy/aws-s3'
+
+const config = JSON.parse(document.getElementById('gateway-config').textContent)
+const form = document.getElementById('upload-form')
+const list = document.getElementById('uploads')
+const rows = new Map() // Uppy file id -> row
+const SETTLED = new Set(['ready', 'failed', 'infected'])
+
+function api(path, options = {}) {
+  return fetch(config.api + path, {
+    credentials: 'same-origin',
+    ...options,
+    headers: {
+      'Content-Type': 'application/json',
+      'X-CSRF-TOKEN': config.csrfToken,
+      ...(options.headers || {}),
+    },
+  }).then(async (response) => {
+    const body = await response.json().catch(() => ({}))
+    if (!response.ok) throw new Error(errorMessage(body, response.status))
+    return body
+  })
+}
+
+function errorMessage(body, status) {
+  return body?.error?.message || `The gateway answered ${status}.`
+}
+
+// -- rows --------------------------------------------------------------------------------------
+function row(file) {
+  let item = rows.get(file.id)
+  if (item) return item
+  const li = document.createElement('li')
+  li.dataset.fileName = file.name
+  li.dataset.state = 'queued'
+  const name = document.createElement('span')
+  name.className = 'name'
+  name.textContent = file.name
+  const progress = document.createElement('progress')
+  progress.max = 100
+  progress.value = 0
+  progress.setAttribute('aria-label', `Upload of ${file.name}`)
+  const status = document.createElement('span')
+  status.className = 'status'
+  status.textContent = 'queued'
+  li.append(name, ' ', progress, ' ', status)
+  ensureList().append(li)
+  item = { li, progress, status, file }
+  rows.set(file.id, item)
+  return item
+}
+
+function ensureList() {
+  let ul = list.querySelector('ul')
+  if (!ul) {
+    ul = document.createElement('ul')
+    list.append(ul)
+  }
+  return ul
+}
+
+function show(item, state, text) {
+  item.li.dataset.state = state
+  item.status.textContent = text ?? state
+  updateBody()
+}
+
+function updateBody() {
+  const states = [...rows.values()].map((r) => r.li.dataset.state)
+  const busy = states.some((s) => ['queued', 'uploading', 'offline', 'stored', 'processing'].includes(s))
+  document.body.dataset.uploads = busy ? 'running' : states.length ? 'done' : 'idle'
+}
+
+function progressOf(item, sent, total) {
+  const percent = total ? Math.floor((sent / total) * 100) : 0
+  item.progress.value = percent
+  if (item.li.dataset.state !== 'offline') {
+    show(item, 'uploading', `${percent}% (${formatBytes(sent)} of ${formatBytes(total)})`)
+  }
+}
+
+function formatBytes(n) {
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`
+  return `${n} B`
+}
+
+// -- after the bytes: the media record, live -------------------------------------------------
+function stored(item, mediaId) {
+  item.li.dataset.mediaId = mediaId
+  item.progress.value = 100
+  show(item, 'stored', 'stored')
+  follow(item, mediaId)
+}
+
+function follow(item, mediaId) {
+  const source = new EventSource(`${config.api}/media/${mediaId}/events`)
+  source.addEventListener('media', (event) => {
+    const media = JSON.parse(event.data)
+    render(item, media)
+    if (SETTLED.has(media.status)) source.close()
+  })
+  source.addEventListener('deleted', () => {
+    source.close()
+    show(item, 'failed', 'deleted')
+  })
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED || SETTLED.has(item.li.dataset.state)) return
+    source.close()
+    poll(item, mediaId)
+  }
+}
+
+function poll(item, mediaId) {
+  fetch(`${config.api}/media/${mediaId}`, { credentials: 'same-origin' })
+    .then((response) => response.json())
+    .then((media) => {
+      render(item, media)
+      if (!SETTLED.has(media.status)) setTimeout(() => poll(item, mediaId), 2000)
+    })
+    .catch(() => setTimeout(() => poll(item, mediaId), 5000))
+}
+
+function render(item, media) {
+  const state = media.status === 'stored' ? 'stored' : media.status
+  const text = media.status === 'failed' || media.status === 'infected'
+    ? `${media.status}: ${media.error || ''}`.trim()
+    : media.status
+  show(item, state, text)
+  if (media.url && !item.li.querySelector('a[data-role=url]')) {
+    const link = document.createElement('a')
+    link.dataset.role = 'url'
+    link.href = media.url
+    link.textContent = 'open'
+    item.li.append(' ', link)
+  }
+  const thumbnail = (media.variants || []).find((v) => v.name.startsWith('thumb') && v.url)
+  if (media.status === 'ready' && thumbnail && !item.li.querySelector('img')) {
+    const img = document.createElement('img')
+    img.dataset.role = 'thumbnail'
+    img.src = thumbnail.url
+    img.alt = `Thumbnail of ${item.file.name}`
+    if (thumbnail.width) img.width = Math.min(thumbnail.width, 160)
+    item.li.append(' ', img)
+  }
+}
+
+// -- two uploaders: Uppy runs every uploader on every file it holds --------------------------
+function wire(uppy, onSuccess) {
+  uppy.on('upload-progress', (file, progress) => {
+    progressOf(row(file), progress.bytesUploaded, progress.bytesTotal)
+  })
+  uppy.on('upload-success', (file, response) => {
+    Promise.resolve(onSuccess(file, response))
+      .then((mediaId) => stored(row(file), mediaId))
+      .catch((error) => show(row(file), 'failed', `failed: ${error.message}`))
+  })
+  uppy.on('upload-error', (file, error) => {
+    show(row(file), 'failed', `failed: ${tusMessage(error)}`)
+  })
+  return uppy
+}
+
+function tusMessage(error) {
+  const text = error?.originalResponse?.getBody?.()
+  try {
+    return JSON.parse(text).error.message
+  } catch {
+    return error?.message || 'the upload failed'
+  }
+}
+
+const viaTus = wire(
+  new Uppy({ id: 'tus', autoProceed: false, allowMultipleUploadBatches: true }).use(Tus, {
+    endpoint: config.tusEndpoint,
+    headers: { 'X-CSRF-TOKEN': config.csrfToken },
+    allowedMetaFields: ['projectId', 'filename', 'filetype'],
+    removeFingerprintOnSuccess: true,
+    retryDelays: [0, 1000, 3000, 5000, 10000],
+    limit: 3,
+  }),
+  (file, response) => response.uploadURL.split('/').pop(),
+)
+
+const viaS3 = config.direct.enabled
+  ? wire(
+      new Uppy({ id: 's3', autoProceed: false, allowMultipleUploadBatches: true }).use(AwsS3, {
+        // The gateway made the key at initiate; every S3 request is signed for it alone.
+        generateObjectKey: (file) => file.meta.key,
+        getChunkSize: () => config.direct.partSize, // the part size complete expects
+        shouldUseMultipart: (file) => file.meta.method === 'multipart',
+        allowedMetaFields: false,
+        limit: 2,
+        signRequest: (request) =>
+          api('/uploads/sign', { method: 'POST', body: JSON.stringify(request) }),
+      }),
+      (file) =>
+        api(`/uploads/${file.meta.uploadId}/complete`, { method: 'POST', body: '{}' }).then(
+          (answer) => {
+            if (answer.status !== 'stored') throw new Error(answer.reason || answer.status)
+            return answer.mediaId
+          },
+        ),
+    )
+  : null
+
+// Each file is initiated at the gateway first: its record, its key, how it goes (PUT or parts).
+if (viaS3) {
+  viaS3.addPreProcessor(async (fileIDs) => {
+    const files = fileIDs.map((id) => viaS3.getFile(id)).filter((f) => !f.meta.uploadId)
+    if (!files.length) return
+    const answer = await api('/uploads/initiate', {
+      method: 'POST',
+      body: JSON.stringify({
+        projectId: files[0].meta.projectId,
+        signRequests: true,
+        files: files.map((f) => ({ filename: f.name, contentType: f.type, size: f.size })),
+      }),
+    })
+    answer.uploads.forEach((upload, i) => {
+      const meta = {
+        uploadId: upload.uploadId,
+        key: upload.key,
+        method: upload.method,
+        partSize: upload.multipart?.partSize,
+      }
+      viaS3.setFileMeta(files[i].id, meta)
+    })
+  })
+}
+
+// -- the form -----------------------------------------------------------------------------------
+form.addEventListener('submit', (event) => {
+  event.preventDefault()
+  const input = form.querySelector('input[type=file]')
+  const projectId = form.querySelector('[name=projectId]').value
+  const chosen = [...input.files]
+  if (!chosen.length) return
+  for (const file of chosen) {
+    dropInterrupted(file.name)
+    const direct = viaS3 && file.size >= config.direct.minBytes
+    const uppy = direct ? viaS3 : viaTus
+    try {
+      const id = uppy.addFile({
+        name: file.name,
+        type: file.type || 'application/octet-stream',
+        data: file,
+        meta: { projectId, filename: file.name, filetype: file.type },
+      })
+      row(uppy.getFile(id))
+    } catch (error) {
+      show(row({ id: `refused-${file.name}-${Date.now()}`, name: file.name }), 'failed', `failed: ${error.message}`)
+    }
+  }
+  input.value = ''
+  updateBody()
+  viaTus.upload().catch(() => {})
+  viaS3?.upload().catch(() => {})
+})
+
+window.addEventListener('offline', () => {
+  for (const item of rows.values()) {
+    if (item.li.dataset.state === 'uploading') show(item, 'offline', 'waiting for connection')
+  }
+})
+window.addEventListener('online', () => {
+  for (const item of rows.values()) {
+    if (item.li.dataset.state === 'offline') show(item, 'uploading', 'resuming')
+  }
+  viaS3?.retryAll().catch(() => {})
+})
+
+// Uploads a reload interrupted: tus-js-client remembers their URLs; choosing the same file
+// again resumes from what the gateway holds.
+function interrupted() {
+  for (let i = 0; i < localStorage.length; i++) {
+    const key = localStorage.key(i)
+    if (!key?.startsWith('tus::')) continue
+    let name
+    try {
+      name = JSON.parse(localStorage.getItem(key)).metadata.filename
+    } catch {
+      continue
+    }
+    if (!name || document.querySelector(`li[data-state=interrupted][data-file-name="${CSS.escape(name)}"]`)) continue
+    const item = row({ id: `interrupted-${key}`, name })
+    show(item, 'interrupted', 'interrupted: choose this file again to resume')
+  }
+}
+
+function dropInterrupted(name) {
+  for (const [id, item] of rows) {
+    if (item.li.dataset.state === 'interrupted' && item.file.name === name) {
+      item.li.remove()
+      rows.delete(id)
+    }
+  }
+}
+
+interrupted()
+updateBody()
+document.documentElement.dataset.enhanced = 'true'

@@ -1,0 +1,365 @@
+"""The upload page in a real browser: Debian's Chromium driven by playwright, against gunicorn
+behind nginx (embedded mode with a processing worker, and S3 mode on the moto server).
+
+Screenshots of the page before, during and after uploads are written to var/test-artifacts/
+browser/ (GATEWAY_TEST_ARTIFACTS overrides the directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+from media_samples import photo
+
+from e2e_harness import ROOT, MiB, ensure_chromium, gateway_stack
+from support import png_bytes, record_ids
+
+pytestmark = pytest.mark.slow
+COOKIE = "__Host-gateway_session"
+PNG_HEAD = png_bytes(4096)[:64]  # a PNG signature and header: sniffed as image/png
+ARTIFACTS = (
+    Path(os.environ.get("GATEWAY_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts")) / "browser"
+)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    with gateway_stack(tmp_path_factory.mktemp("browser-embedded"), mode="embedded") as stack:
+        stack.start_worker()
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def on_s3(tmp_path_factory, moto_url):
+    with gateway_stack(
+        tmp_path_factory.mktemp("browser-s3"),
+        mode="s3",
+        moto_url=moto_url,
+        GATEWAY_CORS_ORIGINS="*",
+        GATEWAY_PAGE_DIRECT_MIN_BYTES=str(8 * MiB),
+        GATEWAY_DIRECT_PART_SIZE=str(5 * MiB),
+        GATEWAY_DIRECT_SINGLE_PUT_MAX=str(5 * MiB),
+        GATEWAY_PROCESSING="off",
+    ) as stack:
+        yield stack
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def signed_in(browser, stack, **options):
+    """A browser context signed in through the gateway's sign-in page (the session cookie is
+    HttpOnly and __Host-: only the gateway's own answer can set it)."""
+    context = browser.new_context(**options)
+    page = context.new_page()
+    page.goto(stack.url + "/upload")
+    page.fill("#token", stack.token)
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#upload-form")
+    page.close()
+    return context
+
+
+def all_records(stack) -> list:
+    return [stack.svc.records.get(media_id) for media_id in record_ids(stack.svc.records)]
+
+
+def records_named(stack, name: str) -> list:
+    return [r for r in all_records(stack) if r.original_name == name]
+
+
+def stored_bytes(stack, media: dict) -> bytes:
+    answer = requests.get(media_url(stack, media), timeout=30)
+    answer.raise_for_status()
+    return answer.content
+
+
+def media_url(stack, media: dict) -> str:
+    url = urlparse(media["url"])
+    return stack.url + url.path + (f"?{url.query}" if url.query else "")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tus_bytes_received(stack, upload_id: str | None = None) -> int:
+    return sum(
+        line["requestLength"]
+        for line in stack.access_log_lines()
+        if line["uri"].startswith("/api/tus/")
+        and line["method"] == "PATCH"
+        and (upload_id is None or upload_id in line["uri"])
+    )
+
+
+def throttle_uploads(page, bytes_per_second: int) -> None:
+    """Chromium's own network emulation: request bodies leave at this rate."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": bytes_per_second,
+        },
+    )
+
+
+# -- without JavaScript ---------------------------------------------------------------------------
+def test_without_javascript_the_form_signs_in_uploads_and_shows_the_stored_files_url(
+    chromium, embedded, tmp_path
+):
+    content = photo(800, 600)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    context = chromium.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(embedded.url + "/upload")
+        page.fill("#token", embedded.token)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#upload-form")
+        shot(page, "no-js-1-before")
+        page.fill("#project-id", "p1")
+        page.set_input_files("#files", str(path))
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_url("**/upload/result?**")
+        shot(page, "no-js-2-result")
+        media_id = page.get_attribute("#results li", "data-media-id")
+        link = page.get_attribute("#results li a[data-role=url]", "href")
+        assert link
+        assert requests.get(link, timeout=30).content == content
+        record = embedded.svc.records.get(media_id)
+        assert record.size == len(content) and record.original_name == "photo.jpg"
+        # The result page reloads itself until processing has settled, then shows the thumbnail.
+        page.wait_for_selector(
+            "#results li[data-state=ready] img[data-role=thumbnail]", timeout=60_000
+        )
+        shot(page, "no-js-3-ready")
+    finally:
+        context.close()
+
+
+class AttackerSite:
+    """A page on another origin of the same site (another port of 127.0.0.1): a form that posts
+    to the gateway with the visitor's cookie, without (or with a made-up) CSRF token."""
+
+    def __init__(self, target: str, csrf_field: str | None):
+        field = (
+            f'<input type="hidden" name="csrf_token" value="{csrf_field}">' if csrf_field else ""
+        )
+        self.html = (
+            "<!doctype html><title>win a prize</title>"
+            f'<form id="f" action="{target}" method="post" enctype="multipart/form-data">'
+            f'{field}<input name="projectId" value="p1"><input type="file" name="file" id="file">'
+            "<button>send</button></form>"
+        ).encode()
+        page = self.html
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("csrf_field", [None, "made-up-token"])
+def test_a_form_from_another_origin_without_the_sessions_csrf_token_stores_nothing(
+    chromium, embedded, tmp_path, csrf_field
+):
+    path = tmp_path / "forged.png"
+    path.write_bytes(png_bytes(50_000, seed=12))
+    attacker = AttackerSite(embedded.url + "/api/upload", csrf_field)
+    context = signed_in(chromium, embedded, java_script_enabled=False)
+    page = context.new_page()
+    before = len(all_records(embedded))
+    try:
+        page.goto(attacker.url)
+        page.set_input_files("#file", str(path))
+        page.click("#f button")
+        page.wait_for_load_state()
+        shot(page, f"csrf-refused-{'missing' if csrf_field is None else 'wrong'}")
+        assert urlparse(page.url).path == "/api/upload"
+        code = page.get_attribute("#error", "data-code")
+        # The cookie went along (same site), and the missing or wrong token is what refused it.
+        assert code == ("csrf_missing" if csrf_field is None else "csrf_invalid")
+        assert len(all_records(embedded)) == before
+        assert records_named(embedded, "forged.png") == []
+    finally:
+        context.close()
+        attacker.close()
+
+
+# -- with JavaScript ---------------------------------------------------------------------------------
+def padded_photo(path: Path, size: int, seed: int) -> Path:
+    """A real JPEG (it decodes: processing makes its thumbnail) followed by filler up to size."""
+    head = photo(640, 480)
+    filler = hashlib.sha256(str(seed).encode()).digest() * (-(-(size - len(head)) // 32))
+    path.write_bytes(head + filler[: size - len(head)])
+    return path
+
+
+def upload_page(context, stack):
+    page = context.new_page()
+    page.goto(stack.url + "/upload")
+    page.wait_for_selector("html[data-enhanced=true]")
+    return page
+
+
+def choose_and_send(page, *paths: Path, project: str = "p1") -> None:
+    page.fill("#project-id", project)
+    page.set_input_files("#files", [str(p) for p in paths])
+    page.click("#upload-form button[type=submit]")
+
+
+def row(page, name: str) -> str:
+    return f'#uploads li[data-file-name="{name}"]'
+
+
+def test_three_files_upload_with_visible_progress_and_end_ready_with_thumbnails(
+    chromium, embedded, tmp_path
+):
+    paths = [padded_photo(tmp_path / f"three-{i}.jpg", 3 * MiB + i, seed=i) for i in range(3)]
+    context = signed_in(chromium, embedded)
+    page = upload_page(context, embedded)
+    try:
+        shot(page, "js-1-before")
+        throttle_uploads(page, 2 * MiB)
+        choose_and_send(page, *paths)
+        seen = set()
+        page.wait_for_selector(f"{row(page, paths[0].name)}[data-state=uploading]")
+        while len(seen) < 3 and page.get_attribute("body", "data-uploads") == "running":
+            for path in paths:
+                value = page.eval_on_selector(f"{row(page, path.name)} progress", "p => p.value")
+                if 0 < value < 100:
+                    seen.add(path.name)
+        shot(page, "js-2-during")
+        assert len(seen) >= 2  # several files show partial progress (tus runs three at once)
+        for path in paths:
+            page.wait_for_selector(
+                f"{row(page, path.name)}[data-state=ready] img[data-role=thumbnail]", timeout=60_000
+            )
+        shot(page, "js-3-after")
+        for path in paths:
+            media_id = page.get_attribute(row(page, path.name), "data-media-id")
+            record = embedded.svc.records.get(media_id)
+            assert record.size == path.stat().st_size
+            link = page.get_attribute(f"{row(page, path.name)} a[data-role=url]", "href")
+            assert hashlib.sha256(
+                requests.get(link, timeout=30).content
+            ).hexdigest() == sha256_file(path)
+    finally:
+        context.close()
+
+
+def progress_of(page, name: str) -> float:
+    return page.eval_on_selector(f"{row(page, name)} progress", "p => p.value")
+
+
+def wait_for_progress(page, name: str, at_least: float) -> None:
+    page.wait_for_function(
+        "([sel, min]) => { const p = document.querySelector(sel); return p && p.value >= min }",
+        arg=[f"{row(page, name)} progress", at_least],
+        timeout=60_000,
+    )
+
+
+def test_a_60_mb_upload_survives_the_browser_going_offline_and_is_stored_once(
+    chromium, embedded, tmp_path
+):
+    path = padded_photo(tmp_path / "offline.jpg", 60_000_000, seed=60)
+    context = signed_in(chromium, embedded)
+    page = upload_page(context, embedded)
+    try:
+        throttle_uploads(page, 12 * MiB)
+        before = tus_bytes_received(embedded)
+        choose_and_send(page, path)
+        wait_for_progress(page, path.name, 30)
+        context.set_offline(True)
+        page.wait_for_selector(f"{row(page, path.name)}[data-state=offline]")
+        shot(page, "offline-1-waiting")
+        page.wait_for_timeout(1500)
+        assert progress_of(page, path.name) < 100
+        context.set_offline(False)
+        page.wait_for_selector(f"{row(page, path.name)}[data-state=ready]", timeout=120_000)
+        shot(page, "offline-2-done")
+        (record,) = records_named(embedded, path.name)
+        assert record.size == path.stat().st_size
+        media = {"url": page.get_attribute(f"{row(page, path.name)} a[data-role=url]", "href")}
+        assert hashlib.sha256(stored_bytes(embedded, media)).hexdigest() == sha256_file(path)
+        sent = tus_bytes_received(embedded) - before
+        assert path.stat().st_size <= sent < 1.3 * path.stat().st_size  # resumed, not restarted
+    finally:
+        context.close()
+
+
+def test_a_reload_mid_upload_resumes_from_what_the_gateway_holds(chromium, embedded, tmp_path):
+    path = padded_photo(tmp_path / "reload.jpg", 60_000_000, seed=61)
+    context = signed_in(chromium, embedded)
+    page = upload_page(context, embedded)
+    try:
+        throttle_uploads(page, 12 * MiB)
+        before = tus_bytes_received(embedded)
+        choose_and_send(page, path)
+        wait_for_progress(page, path.name, 50)
+        page.reload()
+        page.wait_for_selector("html[data-enhanced=true]")
+        interrupted = page.wait_for_selector(f"{row(page, path.name)}[data-state=interrupted]")
+        assert "choose this file again" in interrupted.inner_text()
+        shot(page, "reload-1-after-reload")
+        sent_before_reload = tus_bytes_received(embedded) - before
+        choose_and_send(page, path)  # the same file again: its tus upload URL is remembered
+        page.wait_for_selector(
+            f"{row(page, path.name)}[data-state=stored], {row(page, path.name)}[data-state=processing], {row(page, path.name)}[data-state=ready]",
+            timeout=120_000,
+        )
+        shot(page, "reload-2-done")
+        (record,) = records_named(embedded, path.name)
+        assert record.size == path.stat().st_size
+        sent = tus_bytes_received(embedded) - before
+        # A restart would send the whole file again on top of what went before the reload.
+        assert sent_before_reload >= 0.4 * path.stat().st_size
+        assert sent < 1.2 * path.stat().st_size
+    finally:
+        context.close()

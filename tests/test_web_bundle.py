@@ -1,0 +1,89 @@
+"""The upload page's script is served only when it was built from the sources beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from gateway import web_bundle
+
+
+@pytest.fixture
+def built(tmp_path):
+    """A copy of gateway/web's sources and a bundle built from them (as the Makefile does)."""
+    web = tmp_path / "web"
+    (web / "src").mkdir(parents=True)
+    (web / "package.json").write_text('{"name": "x"}')
+    (web / "package-lock.json").write_text("{}")
+    (web / "src" / "upload.js").write_text("console.log(1)")
+    (web / "src" / "deep").mkdir()
+    (web / "src" / "deep" / "part.js").write_text("export const a = 1")
+    static = tmp_path / "static"
+    static.mkdir()
+    bundle = static / "upload.js"
+    bundle.write_text("bundled")
+    manifest = static / "upload.manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "sources": web_bundle.sources_digest(web),
+                "bundle": hashlib.sha256(b"bundled").hexdigest(),
+            }
+        )
+    )
+    return web, manifest, bundle
+
+
+def test_the_sources_digest_is_over_sorted_path_and_content_lines(built):
+    web, _, _ = built
+    lines = "".join(
+        f"{path}\t{hashlib.sha256(content).hexdigest()}\n"
+        for path, content in sorted(
+            [
+                ("package-lock.json", b"{}"),
+                ("package.json", b'{"name": "x"}'),
+                ("src/deep/part.js", b"export const a = 1"),
+                ("src/upload.js", b"console.log(1)"),
+            ]
+        )
+    )
+    assert web_bundle.sources_digest(web) == hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_a_bundle_built_from_these_sources_is_served_with_its_digest_in_the_url(built):
+    state = web_bundle.check(*built)
+    assert state.fresh
+    assert state.url == f"/static/upload.js?v={hashlib.sha256(b'bundled').hexdigest()[:16]}"
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (lambda web, m, b: (web / "src" / "upload.js").write_text("console.log(2)"), "changed"),
+        (lambda web, m, b: (web / "src" / "new.js").write_text(""), "changed"),
+        (lambda web, m, b: (web / "package-lock.json").write_text('{"v": 2}'), "changed"),
+        (lambda web, m, b: b.write_text("edited by hand"), "not the file"),
+        (lambda web, m, b: b.unlink(), "not built"),
+        (lambda web, m, b: m.unlink(), "not built"),
+        (lambda web, m, b: m.write_text("{"), "not built"),
+    ],
+)
+def test_a_stale_or_missing_bundle_is_not_served(built, change, why):
+    change(*built)
+    state = web_bundle.check(*built)
+    assert not state.fresh and state.url == "" and why in state.why
+
+
+def test_without_the_sources_beside_it_the_bundle_is_trusted_as_built(built):
+    web, manifest, bundle = built
+    shutil.rmtree(web)
+    assert web_bundle.check(web, manifest, bundle).fresh
+
+
+def test_the_bundle_in_this_work_tree_is_fresh():
+    """`make test` builds it first; a forgotten rebuild fails here, not in a user's browser."""
+    state = web_bundle.check()
+    assert state.fresh, state.why
