@@ -74,6 +74,26 @@ def parse_key(key: str) -> tuple[str | None, bool]:
     return media_id_of_key(key), False
 
 
+def _signable(request: Any) -> tuple[str, str, str | None, int | None]:
+    """(method, key, S3 upload id, part number) of an S3 request to sign, as @uppy/aws-s3's
+    ``signRequest`` describes it: ``{method, key, uploadId?, partNumber?}``."""
+    if not isinstance(request, dict):
+        raise errors.InvalidSignRequest("The body must be a JSON object.")
+    method, key = request.get("method"), request.get("key")
+    s3_upload_id, part = request.get("uploadId"), request.get("partNumber")
+    if method not in ("PUT", "POST", "GET", "DELETE") or not isinstance(key, str) or not key:
+        raise errors.InvalidSignRequest("method must be PUT, POST, GET or DELETE, with a key.")
+    if s3_upload_id is not None and (not isinstance(s3_upload_id, str) or not s3_upload_id):
+        raise errors.InvalidSignRequest("uploadId must be a non-empty string.")
+    if part is not None and (not isinstance(part, int) or isinstance(part, bool)):
+        raise errors.InvalidPartRange("partNumber must be an integer.")
+    if (part is not None) != (method == "PUT" and s3_upload_id is not None):
+        raise errors.InvalidSignRequest("partNumber goes with a PUT to an uploadId, only there.")
+    if method == "DELETE" and s3_upload_id is None:
+        raise errors.InvalidSignRequest("Objects are deleted through the gateway, not signed.")
+    return method, key, s3_upload_id, part
+
+
 @dataclass(frozen=True)
 class Promise:
     filename: str
@@ -156,8 +176,22 @@ class DirectUploadService:
             sha256,
         )
 
+    @staticmethod
+    def parse_signing(payload: Any) -> bool:
+        """``signRequests``: the client sends every S3 request itself, each signed by ``sign``
+        (Uppy's @uppy/aws-s3 ``signRequest``); a multipart upload is then the client's to create."""
+        value = payload.get("signRequests", False) if isinstance(payload, dict) else False
+        if not isinstance(value, bool):
+            raise errors.InvalidJson("signRequests must be true or false.")
+        return value
+
     def initiate(
-        self, principal: Principal, project_id: str, promises: list[Promise]
+        self,
+        principal: Principal,
+        project_id: str,
+        promises: list[Promise],
+        *,
+        client_signs: bool = False,
     ) -> list[Initiated]:
         principal.check_project(project_id)
         cap = self.settings.direct_max_pending
@@ -175,7 +209,10 @@ class DirectUploadService:
         destination = Destination(principal, project_id, quarantined=self.quarantined)
         started: list[Initiated] = []
         try:
-            started += (self._start(destination, p, now, expires_at) for p in promises)
+            started += (
+                self._start(destination, p, now, expires_at, client_signs=client_signs)
+                for p in promises
+            )
             self.records.create_many([i.record for i in started])
         except BaseException:
             for item in started:  # nothing of a refused batch stays
@@ -189,7 +226,13 @@ class DirectUploadService:
         return started
 
     def _start(
-        self, destination: Destination, promise: Promise, now: datetime, expires_at: str
+        self,
+        destination: Destination,
+        promise: Promise,
+        now: datetime,
+        expires_at: str,
+        *,
+        client_signs: bool,
     ) -> Initiated:
         media_id = new_media_id()
         kind = filetype.get_type(mime=promise.content_type)
@@ -219,6 +262,22 @@ class DirectUploadService:
                 "post": self.direct.presign_post(
                     staging, content_type=promise.content_type, size=promise.size, expires_in=ttl
                 ),
+            }
+            if client_signs:
+                instructions["key"] = self.direct.store.full_key(staging)
+        elif client_signs:
+            part_size = self.settings.direct_part_size_for(promise.size)
+            upload = DirectUpload(
+                method="multipart",
+                expires_at=expires_at,
+                part_size=part_size,
+                part_count=-(-promise.size // part_size),
+                promised_sha256=promise.sha256 or "",
+            )
+            instructions = {
+                "method": "multipart",
+                "key": self.direct.store.full_key(key),
+                "multipart": {"partSize": part_size, "partCount": upload.part_count},
             }
         else:
             part_size = self.settings.direct_part_size_for(promise.size)
@@ -296,6 +355,106 @@ class DirectUploadService:
             )
         return self._part_urls(record.s3_key, upload, record.size, first, count)
 
+    # -- signing a client's own S3 requests (signRequests) ---------------------------------------
+    def sign(self, principal: Principal, request: Any) -> dict[str, Any]:
+        """A presigned URL for one S3 request of a pending upload the caller owns, and only one
+        its method allows: PutObject on a single upload's staging key; CreateMultipartUpload,
+        UploadPart (1..partCount, bound to that part's exact length), ListParts,
+        CompleteMultipartUpload and AbortMultipartUpload on a multipart upload's key. The first
+        request that names an S3 upload id ties the record to it (once S3 confirms it exists
+        for the key); any other id is refused. ``complete`` still checks what S3 holds."""
+        method, full_key, s3_upload_id, part = _signable(request)
+        key = self.direct.relative_key(full_key)
+        media_id, staging = parse_key(key) if key is not None else (None, False)
+        if media_id is None:
+            raise errors.UploadNotFound()
+        record = self.get(principal, media_id)
+        self._require_pending(record)
+        if self._expired(record):
+            raise errors.UploadExpired()
+        upload = self._upload(record)
+        ttl = self.settings.direct_url_ttl
+        if isinstance(request, dict) and isinstance(request.get("expiresIn"), int):
+            ttl = max(1, min(ttl, request["expiresIn"]))
+        if upload.method == "put":
+            if (method, s3_upload_id, staging) != ("PUT", None, True):
+                raise errors.InvalidSignRequest("A single upload is one PutObject to its key.")
+            sha = upload.promised_sha256
+            signed = self.direct.presign_put(
+                staging_key(record.s3_key),
+                content_type=record.mime_type,
+                size=record.size,
+                sha256_b64=base64.b64encode(binascii.unhexlify(sha)).decode() if sha else None,
+                expires_in=ttl,
+            )
+            headers = {k: v for k, v in signed["headers"].items() if k != "Content-Length"}
+            return {"url": signed["url"], "headers": headers, "key": full_key}
+        if staging:
+            raise errors.InvalidSignRequest("A multipart upload goes to the upload's own key.")
+        if s3_upload_id is None:
+            if method != "POST":
+                raise errors.InvalidSignRequest("Only a multipart upload can be signed here.")
+            if upload.s3_upload_id:
+                raise errors.UploadIdMismatch("This upload's multipart upload exists already.")
+            return self._sign_create(record, ttl, full_key)
+        self._adopt(record, s3_upload_id)
+        params: dict[str, Any] = {"UploadId": s3_upload_id}
+        if method == "PUT":
+            if part is None or not 1 <= part <= upload.part_count:
+                raise errors.InvalidPartRange(f"partNumber must be 1-{upload.part_count}.")
+            size = min(upload.part_size, record.size - (part - 1) * upload.part_size)
+            operation = "upload_part"
+            params.update(PartNumber=part, ContentLength=size)
+        else:
+            operation = {
+                "GET": "list_parts",
+                "POST": "complete_multipart_upload",
+                "DELETE": "abort_multipart_upload",
+            }[method]
+        url = self.direct.presign(operation, record.s3_key, expires_in=ttl, method=method, **params)
+        return {"url": url, "headers": {}}
+
+    def _sign_create(self, record: MediaRecord, ttl: int, full_key: str) -> dict[str, Any]:
+        """CreateMultipartUpload with the gateway's own type, disposition and metadata: the
+        client must send exactly these headers (they are signed)."""
+        upload = self._upload(record)
+        disposition = content_disposition(record.original_name)
+        metadata = object_metadata(
+            media_id=record.media_id,
+            project_id=record.project_id,
+            owner=record.owner,
+            original_name=record.original_name,
+            sha256=upload.promised_sha256,
+        )
+        url = self.direct.presign(
+            "create_multipart_upload",
+            record.s3_key,
+            expires_in=ttl,
+            method="POST",
+            ContentType=record.mime_type,
+            ContentDisposition=disposition,
+            Metadata=metadata,
+        )
+        headers = {"Content-Type": record.mime_type, "Content-Disposition": disposition}
+        headers.update({f"x-amz-meta-{name}": value for name, value in metadata.items()})
+        return {"url": url, "headers": headers, "key": full_key}
+
+    def _adopt(self, record: MediaRecord, s3_upload_id: str) -> None:
+        """Tie the record to the client's multipart upload, once; S3 must know it for the key."""
+        upload = self._upload(record)
+        if upload.s3_upload_id == s3_upload_id:
+            return
+        if upload.s3_upload_id:
+            raise errors.UploadIdMismatch()
+        if self.direct.list_parts(record.s3_key, s3_upload_id) is None:
+            raise errors.UploadIdMismatch("S3 has no such multipart upload for this key.")
+        adopted = dataclasses.replace(upload, s3_upload_id=s3_upload_id)
+        if self.records.update(record.evolve(upload=adopted), expected=record) is None:
+            current = self.records.get(record.media_id)  # a concurrent request moved it first
+            self._require_pending(current)
+            if self._upload(current).s3_upload_id != s3_upload_id:
+                raise errors.UploadIdMismatch()
+
     # -- the upload's life -----------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
         """A direct upload the caller may act on (others' are 404)."""
@@ -309,7 +468,7 @@ class DirectUploadService:
     def received(self, record: MediaRecord) -> list[PartInfo]:
         """Parts S3 holds so far for a pending multipart upload."""
         upload = self._upload(record)
-        if record.status is not Status.PENDING or upload.method != "multipart":
+        if record.status is not Status.PENDING or not upload.s3_upload_id:
             return []
         return self.direct.list_parts(record.s3_key, upload.s3_upload_id) or []
 
@@ -474,6 +633,20 @@ class DirectUploadService:
 
     def _verify_parts(self, record: MediaRecord, payload: Any) -> str | None:
         upload = self._upload(record)
+        held = (
+            self.direct.list_parts(record.s3_key, upload.s3_upload_id)
+            if upload.s3_upload_id
+            else None
+        )
+        if held is None:
+            # Gone (or never begun): completed by an earlier complete, a concurrent one that
+            # failed before the record said so, or the client itself (signRequests); or aborted.
+            # The object decides; its checks follow.
+            if self.direct.head(record.s3_key) is not None:
+                return None
+            if not upload.s3_upload_id:
+                raise errors.UploadIncomplete()
+            raise errors.UploadAborted("The multipart upload no longer exists.")
         claimed = payload.get("parts") if isinstance(payload, dict) else None
         if not isinstance(claimed, list) or not all(
             isinstance(p, dict)
@@ -483,13 +656,6 @@ class DirectUploadService:
             for p in claimed
         ):
             raise errors.InvalidParts()
-        held = self.direct.list_parts(record.s3_key, upload.s3_upload_id)
-        if held is None:
-            # Gone: either aborted, or completed by an earlier complete (or a concurrent one)
-            # that failed before the record said so. The object decides; its checks follow.
-            if self.direct.head(record.s3_key) is not None:
-                return None
-            raise errors.UploadAborted("The multipart upload no longer exists.")
         expected = list(range(1, upload.part_count + 1))
         if [p.number for p in held] != expected:
             return (
@@ -520,7 +686,7 @@ class DirectUploadService:
     def _remove(self, record: MediaRecord) -> None:
         upload = self._upload(record)
         try:
-            if upload.method == "multipart":
+            if upload.method == "multipart" and upload.s3_upload_id:
                 self.direct.abort_multipart(record.s3_key, upload.s3_upload_id)
             else:
                 self.direct.delete(staging_key(record.s3_key))  # what the PUT/POST URL wrote

@@ -119,6 +119,13 @@ class InvalidRedirect(BadRequest):
     )
 
 
+class InvalidSignRequest(BadRequest):
+    code, message = (
+        "invalid_sign_request",
+        "This S3 request cannot be signed for this upload.",
+    )
+
+
 class InvalidLimit(BadRequest):
     code, message = "invalid_limit", "limit must be between 1 and 100."
 
@@ -298,6 +305,13 @@ class UploadExpired(Conflict):
 
 class UploadStored(Conflict):
     code, message = "upload_stored", "The upload is already stored."
+
+
+class UploadIdMismatch(Conflict):
+    code, message = (
+        "upload_id_mismatch",
+        "This upload goes on in another S3 multipart upload (or S3 does not know this one).",
+    )
 
 
 class UploadAlreadyRejected(Conflict):

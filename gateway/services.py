@@ -149,6 +149,8 @@ class Services:
         self.records.create_schema()
         if self.storage.provision is not None:
             self.storage.provision()
+        if self.storage.direct is not None and self.settings.cors_origins:
+            self.storage.direct.allow_browsers(self.settings.cors_origins)
         if self.settings.processing == "on":
             self.queue.create()
             from .queue.sqs import SqsQueue  # only here: the embedded mode never loads boto3

@@ -112,13 +112,22 @@ def upload_json(record: MediaRecord, *, parts: list[PartInfo] | None = None) -> 
 def initiate() -> tuple[Response, int]:
     principal = authenticate()
     svc = _service()
-    project_id, promises = svc.parse_promises(_json_body(required=True))
+    payload = _json_body(required=True)
+    project_id, promises = svc.parse_promises(payload)
+    client_signs = svc.parse_signing(payload)
     note(user=principal.subject, project=project_id, files=len(promises))
     note_upload("direct")
-    started = svc.initiate(principal, project_id, promises)
+    started = svc.initiate(principal, project_id, promises, client_signs=client_signs)
     note_upload("direct", outcome="initiated")
     uploads = [{**upload_json(item.record), **item.instructions} for item in started]
     return jsonify(success=True, uploads=uploads), 201
+
+
+@bp.post("/api/uploads/sign")
+def sign() -> Response:
+    """One S3 request of a signRequests upload, presigned (Uppy's @uppy/aws-s3 signRequest)."""
+    principal = authenticate()
+    return jsonify(_service().sign(principal, _json_body(required=True)))
 
 
 @bp.get("/api/uploads/<upload_id>")

@@ -208,6 +208,7 @@ def _schemas() -> dict[str, Any]:
                 },
             },
             "bytesReceived": {"type": "integer"},
+            "key": {"type": "string", "description": "signRequests: the S3 key to send to."},
             "media": _ref("Media"),
             "url": NULLABLE_STRING,
             "put": {
@@ -335,6 +336,12 @@ def _schemas() -> dict[str, Any]:
             "required": ["projectId", "files"],
             "properties": {
                 "projectId": {"type": "string"},
+                "signRequests": {
+                    "type": "boolean",
+                    "description": "The client sends every S3 request itself, each signed by "
+                    "POST /api/uploads/sign (Uppy's @uppy/aws-s3 signRequest); it creates the "
+                    "multipart upload.",
+                },
                 "files": {
                     "type": "array",
                     "minItems": 1,
@@ -488,6 +495,53 @@ def _paths() -> dict[str, Any]:
                             },
                         },
                         "Pending uploads with how to send each.",
+                    ),
+                    **ANSWERS_ERRORS,
+                },
+            }
+        },
+        "/api/uploads/sign": {
+            "post": {
+                "summary": "Presign one S3 request of a signRequests upload (@uppy/aws-s3)",
+                "description": "PutObject to a single upload's key; CreateMultipartUpload, "
+                "UploadPart, ListParts, CompleteMultipartUpload, AbortMultipartUpload of a "
+                "multipart one. The first uploadId seen is the upload's; complete still checks "
+                "what S3 holds.",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["method", "key"],
+                                "properties": {
+                                    "method": {"enum": ["PUT", "POST", "GET", "DELETE"]},
+                                    "key": {"type": "string"},
+                                    "uploadId": {"type": "string"},
+                                    "partNumber": {"type": "integer"},
+                                    "contentType": {"type": "string"},
+                                    "expiresIn": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["url", "headers"],
+                            "properties": {
+                                "url": {"type": "string"},
+                                "key": {"type": "string"},
+                                "headers": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                            },
+                        },
+                        "The URL and the headers it was signed with.",
                     ),
                     **ANSWERS_ERRORS,
                 },

@@ -35,6 +35,11 @@ class S3DirectUploads:
     def _key(self, key: str) -> str:
         return self.store.full_key(key)
 
+    def relative_key(self, full_key: str) -> str | None:
+        """The gateway's key of a bucket key (None: outside the store's prefix)."""
+        prefix = f"{self.store.prefix}/" if self.store.prefix else ""
+        return full_key[len(prefix) :] if full_key.startswith(prefix) else None
+
     # -- handing out permission ------------------------------------------------------------------
     def presign_put(
         self, key: str, *, content_type: str, size: int, sha256_b64: str | None, expires_in: int
@@ -66,6 +71,19 @@ class S3DirectUploads:
             self.bucket, self._key(key), Fields=fields, Conditions=conditions, ExpiresIn=expires_in
         )
         return {"url": post["url"], "fields": post["fields"]}
+
+    def presign(
+        self, operation: str, key: str, *, expires_in: int, method: str, **params: Any
+    ) -> str:
+        """A URL for one S3 operation on ``key`` (what a browser's S3 client sends itself)."""
+        return str(
+            self.client.generate_presigned_url(
+                operation,
+                Params={"Bucket": self.bucket, "Key": self._key(key), **params},
+                ExpiresIn=expires_in,
+                HttpMethod=method,
+            )
+        )
 
     def start_multipart(
         self, key: str, *, content_type: str, content_disposition: str, metadata: dict[str, str]
@@ -220,6 +238,23 @@ class S3DirectUploads:
             raise translate(exc, "copying an object") from exc
         except BotoCoreError as exc:
             raise translate(exc, "copying an object") from exc
+
+    def allow_browsers(self, origins: tuple[str, ...]) -> None:
+        """Bucket CORS: pages on these origins may send the presigned requests themselves
+        (and read the ETag of each part, which completing a multipart upload needs)."""
+        rule = {
+            "AllowedOrigins": list(origins),
+            "AllowedMethods": ["GET", "PUT", "POST", "DELETE", "HEAD"],
+            "AllowedHeaders": ["*"],
+            "ExposeHeaders": ["ETag", "x-amz-checksum-sha256"],
+            "MaxAgeSeconds": 3600,
+        }
+        _call(
+            "configuring the bucket's CORS",
+            self.client.put_bucket_cors,
+            Bucket=self.bucket,
+            CORSConfiguration={"CORSRules": [rule]},
+        )
 
     def notify(self, queue_arn: str) -> None:
         """S3 event notifications for single PUT/POST uploads landing on their staging keys
