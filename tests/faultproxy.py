@@ -341,7 +341,12 @@ class FaultProxy:
 
     def add(self, match: Matcher, action: str, *, times: int | None = None) -> Rule:
         """Fault the first ``times`` matching requests (every one when None)."""
-        if action not in S3_ERRORS and action not in ("reset", "forward_reset", "busy"):
+        if action not in S3_ERRORS and action not in (
+            "reset",
+            "forward_reset",
+            "busy",
+            "preflight",
+        ):
             raise ValueError(f"unknown action {action!r}")
         rule = Rule(match, action, times)
         with self._state.lock:
