@@ -408,3 +408,19 @@ def test_big_files_go_direct_to_s3_through_uppy_small_ones_over_tus(
         assert tus_bytes_received(on_s3, direct.media_id) == 0
     finally:
         context.close()
+
+
+def test_the_readmes_curl_session_works_through_nginx(embedded, tmp_path):
+    """README, Browsers: a session from a bearer token, then the cookie and its CSRF token."""
+    jar = tmp_path / "jar"
+    opened = embedded.curl("-c", str(jar), "-X", "POST", path="/api/session")
+    assert opened.status == 201, opened.body
+    csrf_token = opened.json()["csrfToken"]
+    photo_path = tmp_path / "cat.jpg"
+    photo_path.write_bytes(photo(320, 240))
+    form = ["-b", str(jar), "-F", "projectId=p1", "-F", f"file=@{photo_path}"]
+    refused = embedded.curl(*form, token=None)
+    assert refused.status == 403 and refused.json()["error"]["code"] == "csrf_missing"
+    stored = embedded.curl(*form, token=None, headers={"X-CSRF-TOKEN": csrf_token})
+    assert stored.status == 201, stored.body
+    assert stored.json()["size"] == photo_path.stat().st_size
