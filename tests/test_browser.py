@@ -8,11 +8,12 @@ browser/ (GATEWAY_TEST_ARTIFACTS overrides the directory).
 from __future__ import annotations
 
 import hashlib
+import html
 import http.server
 import os
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import pytest
 import requests
@@ -44,8 +45,19 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory):
-    with gateway_stack(tmp_path_factory.mktemp("browser-embedded"), mode="embedded") as stack:
+def other_site():
+    site = OtherSite()
+    yield site
+    site.close()
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, other_site):
+    with gateway_stack(
+        tmp_path_factory.mktemp("browser-embedded"),
+        mode="embedded",
+        GATEWAY_REDIRECT_ORIGINS=other_site.origin,
+    ) as stack:
         stack.start_worker()
         yield stack
 
@@ -181,35 +193,44 @@ def test_without_javascript_the_form_signs_in_uploads_and_shows_the_stored_files
         context.close()
 
 
-class AttackerSite:
-    """A page on another origin of the same site (another port of 127.0.0.1): a form that posts
-    to the gateway with the visitor's cookie, without (or with a made-up) CSRF token."""
+class OtherSite:
+    """Another app of the same site (another port of 127.0.0.1): ``/`` serves ``html`` (a form
+    that posts to the gateway with the visitor's cookie), any other path a "thanks" page that
+    shows its query string."""
 
-    def __init__(self, target: str, csrf_field: str | None):
-        field = (
-            f'<input type="hidden" name="csrf_token" value="{csrf_field}">' if csrf_field else ""
-        )
-        self.html = (
-            "<!doctype html><title>win a prize</title>"
-            f'<form id="f" action="{target}" method="post" enctype="multipart/form-data">'
-            f'{field}<input name="projectId" value="p1"><input type="file" name="file" id="file">'
-            "<button>send</button></form>"
-        ).encode()
-        page = self.html
+    def __init__(self):
+        site = self
+        self.html = b""
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                body = site.html
+                if self.path != "/":
+                    query = html.escape(urlparse(self.path).query)
+                    body = f'<!doctype html><title>thanks</title><p id="query">{query}</p>'.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.end_headers()
-                self.wfile.write(page)
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def form(self, target: str, *fields: tuple[str, str]) -> None:
+        hidden = "".join(
+            f'<input type="hidden" name="{name}" value="{html.escape(value)}">'
+            for name, value in fields
+        )
+        self.html = (
+            "<!doctype html><title>a form elsewhere</title>"
+            f'<form id="f" action="{target}" method="post" enctype="multipart/form-data">'
+            f'{hidden}<input name="projectId" value="p1"><input type="file" name="file" id="file">'
+            "<button>send</button></form>"
+        ).encode()
 
     def close(self):
         self.server.shutdown()
@@ -218,16 +239,17 @@ class AttackerSite:
 
 @pytest.mark.parametrize("csrf_field", [None, "made-up-token"])
 def test_a_form_from_another_origin_without_the_sessions_csrf_token_stores_nothing(
-    chromium, embedded, tmp_path, csrf_field
+    chromium, embedded, other_site, tmp_path, csrf_field
 ):
     path = tmp_path / "forged.png"
     path.write_bytes(png_bytes(50_000, seed=12))
-    attacker = AttackerSite(embedded.url + "/api/upload", csrf_field)
+    fields = [] if csrf_field is None else [("csrf_token", csrf_field)]
+    other_site.form(embedded.url + "/api/upload", *fields)
     context = signed_in(chromium, embedded, java_script_enabled=False)
     page = context.new_page()
     before = len(all_records(embedded))
     try:
-        page.goto(attacker.url)
+        page.goto(other_site.origin + "/")
         page.set_input_files("#file", str(path))
         page.click("#f button")
         page.wait_for_load_state()
@@ -240,7 +262,49 @@ def test_a_form_from_another_origin_without_the_sessions_csrf_token_stores_nothi
         assert records_named(embedded, "forged.png") == []
     finally:
         context.close()
-        attacker.close()
+
+
+def test_a_legacy_form_elsewhere_posts_with_the_sessions_token_and_gets_sent_back(
+    chromium, embedded, other_site, tmp_path
+):
+    """The form on another app carries the session's CSRF token (from the readable cookie, or
+    POST /api/session) and a redirect to its own origin, which the gateway allows."""
+    content = photo(400, 300)
+    path = tmp_path / "legacy.jpg"
+    path.write_bytes(content)
+    context = signed_in(chromium, embedded, java_script_enabled=False)
+    (csrf_cookie,) = [c for c in context.cookies() if c["name"] == f"{COOKIE}_csrf"]
+    assert not csrf_cookie["httpOnly"]
+    (session,) = [c for c in context.cookies() if c["name"] == COOKIE]
+    assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Lax"
+    page = context.new_page()
+    try:
+        for target, expected in (
+            (other_site.origin + "/thanks", "stored"),
+            ("https://elsewhere.example/thanks", "invalid_redirect"),
+        ):
+            other_site.form(
+                embedded.url + "/api/upload",
+                ("csrf_token", csrf_cookie["value"]),
+                ("redirect", target),
+            )
+            page.goto(other_site.origin + "/")
+            page.set_input_files("#file", str(path))
+            page.click("#f button")
+            page.wait_for_load_state()
+            if expected == "stored":
+                assert page.url.startswith(other_site.origin + "/thanks?")
+                shot(page, "legacy-form-sent-back")
+                params = dict(parse_qsl(urlparse(page.url).query))
+                assert params["status"] == "stored"
+                assert requests.get(params["url"], timeout=30).content == content
+                assert embedded.svc.records.get(params["mediaId"]).original_name == "legacy.jpg"
+            else:  # not an allowed origin: a page from the gateway, nothing stored
+                assert urlparse(page.url).path == "/api/upload"
+                assert page.get_attribute("#error", "data-code") == "invalid_redirect"
+        assert len(records_named(embedded, "legacy.jpg")) == 1
+    finally:
+        context.close()
 
 
 # -- with JavaScript ---------------------------------------------------------------------------------
