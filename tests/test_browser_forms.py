@@ -536,3 +536,37 @@ def test_redirect_rules():
         assert getattr(info.value, "code", None) == "invalid_redirect", bad
     assert check_redirect("/" + "a" * 2047, allowed)
     assert with_outcome("/d?a=1#f", [("b", "2 3")]) == "/d?a=1&b=2+3#f"
+
+
+def test_on_s3_a_refused_csrf_token_costs_no_s3_call_and_leaves_nothing(tmp_path, moto_url, token):
+    settings = make_settings(tmp_path, backend="s3", moto_url=moto_url)
+    app = create_app(settings)
+    svc = app.extensions["gateway"]
+    init_stores(svc)
+    calls = []
+    svc.store.client.meta.events.register(
+        "before-call.s3", lambda **kw: calls.append(kw["model"].name)
+    )
+    jwt = token(projects=["p1"])
+    with app.app_context():
+        client = app.test_client(use_cookies=False)
+        for fields, code in (
+            ([("projectId", "p1")], "csrf_missing"),
+            ([("csrf_token", expected_csrf(jwt) + "x"), ("projectId", "p1")], "csrf_invalid"),
+        ):
+            answer = post_form(
+                client,
+                fields,
+                [("file", "a.png", png_bytes(7 * 1024 * 1024))],
+                {"Cookie": f"{COOKIE}={jwt}"},
+            )
+            assert answer.status_code == 403 and answer.get_json()["error"]["code"] == code
+    assert calls == []
+    assert_nothing_left(svc)
+    answer = post_form(
+        client,
+        [("csrf_token", expected_csrf(jwt)), ("projectId", "p1")],
+        [("file", "a.png", png_bytes(7 * 1024 * 1024))],
+        {"Cookie": f"{COOKIE}={jwt}"},
+    )
+    assert answer.status_code == 201 and "CreateMultipartUpload" in calls  # the hook does count
