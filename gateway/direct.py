@@ -74,13 +74,25 @@ def parse_key(key: str) -> tuple[str | None, bool]:
     return media_id_of_key(key), False
 
 
-def _signable(request: Any) -> tuple[str, str, str | None, int | None]:
-    """(method, key, S3 upload id, part number) of an S3 request to sign, as @uppy/aws-s3's
-    ``signRequest`` describes it: ``{method, key, uploadId?, partNumber?}``."""
+@dataclass(frozen=True)
+class SignRequest:
+    """One S3 request to sign, as @uppy/aws-s3's ``signRequest`` describes it:
+    ``{method, key, uploadId?, partNumber?, contentType?, expiresIn?}`` (contentType is not
+    used: the gateway signs the type it was promised)."""
+
+    method: str
+    key: str  # the full bucket key (store prefix included)
+    s3_upload_id: str | None
+    part: int | None
+    expires_in: int | None
+
+
+def _signable(request: Any) -> SignRequest:
     if not isinstance(request, dict):
         raise errors.InvalidSignRequest("The body must be a JSON object.")
     method, key = request.get("method"), request.get("key")
     s3_upload_id, part = request.get("uploadId"), request.get("partNumber")
+    expires_in = request.get("expiresIn")
     if method not in ("PUT", "POST", "GET", "DELETE") or not isinstance(key, str) or not key:
         raise errors.InvalidSignRequest("method must be PUT, POST, GET or DELETE, with a key.")
     if s3_upload_id is not None and (not isinstance(s3_upload_id, str) or not s3_upload_id):
@@ -91,7 +103,11 @@ def _signable(request: Any) -> tuple[str, str, str | None, int | None]:
         raise errors.InvalidSignRequest("partNumber goes with a PUT to an uploadId, only there.")
     if method == "DELETE" and s3_upload_id is None:
         raise errors.InvalidSignRequest("Objects are deleted through the gateway, not signed.")
-    return method, key, s3_upload_id, part
+    if expires_in is not None and (
+        not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 1
+    ):
+        raise errors.InvalidSignRequest("expiresIn must be a positive number of seconds.")
+    return SignRequest(method, key, s3_upload_id, part, expires_in)
 
 
 @dataclass(frozen=True)
@@ -348,6 +364,11 @@ class DirectUploadService:
             raise _NOT_PENDING[record.status]()
         if upload.method != "multipart":
             raise errors.InvalidPartRange("This upload is a single PUT/POST: it has no parts.")
+        if not upload.s3_upload_id:
+            raise errors.InvalidPartRange(
+                "This upload's client creates the multipart upload and has each request signed "
+                "(POST /api/uploads/sign)."
+            )
         per_page = self.settings.direct_part_urls_per_page
         if not 1 <= first <= upload.part_count or not 1 <= count <= per_page:
             raise errors.InvalidPartRange(
@@ -362,20 +383,16 @@ class DirectUploadService:
         UploadPart (1..partCount, bound to that part's exact length), ListParts,
         CompleteMultipartUpload and AbortMultipartUpload on a multipart upload's key. The first
         request that names an S3 upload id ties the record to it (once S3 confirms it exists
-        for the key); any other id is refused. ``complete`` still checks what S3 holds."""
-        method, full_key, s3_upload_id, part = _signable(request)
-        key = self.direct.relative_key(full_key)
-        media_id, staging = parse_key(key) if key is not None else (None, False)
-        if media_id is None:
-            raise errors.UploadNotFound()
-        record = self.get(principal, media_id)
+        for the key); any other id is refused. A URL is valid until the upload expires at the
+        latest. ``complete`` still checks what S3 holds."""
+        signable = _signable(request)
+        record, staging = self._signed_upload(principal, signable.key)
         self._require_pending(record)
         if self._expired(record):
             raise errors.UploadExpired()
         upload = self._upload(record)
-        ttl = self.settings.direct_url_ttl
-        if isinstance(request, dict) and isinstance(request.get("expiresIn"), int):
-            ttl = max(1, min(ttl, request["expiresIn"]))
+        ttl = self._url_ttl(upload, signable.expires_in)
+        method, s3_upload_id, part = signable.method, signable.s3_upload_id, signable.part
         if upload.method == "put":
             if (method, s3_upload_id, staging) != ("PUT", None, True):
                 raise errors.InvalidSignRequest("A single upload is one PutObject to its key.")
@@ -388,6 +405,7 @@ class DirectUploadService:
                 expires_in=ttl,
             )
             headers = {k: v for k, v in signed["headers"].items() if k != "Content-Length"}
+            full_key = self.direct.store.full_key(staging_key(record.s3_key))
             return {"url": signed["url"], "headers": headers, "key": full_key}
         if staging:
             raise errors.InvalidSignRequest("A multipart upload goes to the upload's own key.")
@@ -396,10 +414,10 @@ class DirectUploadService:
                 raise errors.InvalidSignRequest("Only a multipart upload can be signed here.")
             if upload.s3_upload_id:
                 raise errors.UploadIdMismatch("This upload's multipart upload exists already.")
-            return self._sign_create(record, ttl, full_key)
-        self._adopt(record, s3_upload_id)
+            return self._sign_create(record, ttl, self.direct.store.full_key(record.s3_key))
         params: dict[str, Any] = {"UploadId": s3_upload_id}
         if method == "PUT":
+            # Checked before the id is adopted: a refused request changes nothing.
             if part is None or not 1 <= part <= upload.part_count:
                 raise errors.InvalidPartRange(f"partNumber must be 1-{upload.part_count}.")
             size = min(upload.part_size, record.size - (part - 1) * upload.part_size)
@@ -411,8 +429,30 @@ class DirectUploadService:
                 "POST": "complete_multipart_upload",
                 "DELETE": "abort_multipart_upload",
             }[method]
+        self._adopt(record, s3_upload_id)
         url = self.direct.presign(operation, record.s3_key, expires_in=ttl, method=method, **params)
         return {"url": url, "headers": {}}
+
+    def _signed_upload(self, principal: Principal, full_key: str) -> tuple[MediaRecord, bool]:
+        """(the upload, whether ``full_key`` is its staging key): the key must be exactly the
+        upload's key or its staging key (any other key is no upload: 404)."""
+        key = self.direct.relative_key(full_key)
+        media_id, staging = parse_key(key) if key is not None else (None, False)
+        if media_id is None:
+            raise errors.UploadNotFound()
+        record = self.get(principal, media_id)
+        if key != (staging_key(record.s3_key) if staging else record.s3_key):
+            raise errors.UploadNotFound()
+        return record, staging
+
+    def _url_ttl(self, upload: DirectUpload, asked: int | None) -> int:
+        """direct_url_ttl, or less when the client asks, and never past the upload's expiry
+        (a URL signed late must not outlive the upload the sweeper then cleans up)."""
+        left = datetime.fromisoformat(upload.expires_at) - self.clock()
+        ttl = min(self.settings.direct_url_ttl, int(left.total_seconds()))
+        if asked is not None:
+            ttl = min(ttl, asked)
+        return max(1, ttl)
 
     def _sign_create(self, record: MediaRecord, ttl: int, full_key: str) -> dict[str, Any]:
         """CreateMultipartUpload with the gateway's own type, disposition and metadata: the
@@ -688,6 +728,11 @@ class DirectUploadService:
         try:
             if upload.method == "multipart" and upload.s3_upload_id:
                 self.direct.abort_multipart(record.s3_key, upload.s3_upload_id)
+            elif upload.method == "multipart":
+                # signRequests, no id adopted yet: a multipart upload the client created may
+                # still exist (one later than this look is a stray the sweeper aborts).
+                for s3_upload_id in self.direct.multipart_uploads(record.s3_key):
+                    self.direct.abort_multipart(record.s3_key, s3_upload_id)
             else:
                 self.direct.delete(staging_key(record.s3_key))  # what the PUT/POST URL wrote
             self.direct.delete(record.s3_key)  # a copied single upload, or a completed multipart

@@ -156,6 +156,19 @@ class S3DirectUploads:
             },
         )
 
+    def multipart_uploads(self, key: str) -> list[str]:
+        """The ids of the multipart uploads S3 holds for exactly ``key`` (a signRequests client
+        creates its own: the gateway learns an id only when a request names it)."""
+        full = self._key(key)
+        ids: list[str] = []
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                ids += [u["UploadId"] for u in page.get("Uploads", []) if u["Key"] == full]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "listing multipart uploads") from exc
+        return ids
+
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(
