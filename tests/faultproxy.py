@@ -13,9 +13,6 @@ Actions:
   "reset"            read the whole request, then reset the connection (SO_LINGER 0 + close)
   "forward_reset"    forward the request (it takes effect upstream), then reset the connection:
                      the answer is lost, as after a timeout or a dropped connection
-  "preflight"        forward a CORS preflight (OPTIONS) without its query string: moto's server
-                     checks a presigned URL's signature on the preflight too, which S3 does not
-                     (a preflight carries no credentials), so the bucket's CORS rules answer
   "busy"             answer as a gateway does when it cannot take a request now: 503, a JSON
                      error body and ``Retry-After: BUSY_RETRY_AFTER`` (to put it in front of
                      the gateway itself), request not forwarded
@@ -127,10 +124,6 @@ def is_delete_object(r: Request) -> bool:
     return r.method == "DELETE" and "uploadId" not in r.query and r.path.count("/") >= 2
 
 
-def is_preflight(r: Request) -> bool:
-    return r.method == "OPTIONS" and "access-control-request-method" in r.headers
-
-
 def is_dynamodb(operation: str) -> Matcher:
     return lambda r: r.method == "POST" and r.target == operation
 
@@ -190,8 +183,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         elif action == "busy":
             self._busy()
-        elif action == "preflight":
-            self._forward(body, path=split.path)
         elif action in S3_ERRORS:
             self._s3_error(*S3_ERRORS[action])
         else:
@@ -213,13 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _forward(self, body: bytes, *, answer: bool = True, path: str | None = None) -> None:
+    def _forward(self, body: bytes, *, answer: bool = True) -> None:
         host, port = self.server.state.upstream
         upstream = http.client.HTTPConnection(host, port, timeout=120)
         try:
-            upstream.putrequest(
-                self.command, path or self.path, skip_host=True, skip_accept_encoding=True
-            )
+            upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             for name, value in self.headers.items():
                 if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                     upstream.putheader(name, value)
@@ -341,12 +330,7 @@ class FaultProxy:
 
     def add(self, match: Matcher, action: str, *, times: int | None = None) -> Rule:
         """Fault the first ``times`` matching requests (every one when None)."""
-        if action not in S3_ERRORS and action not in (
-            "reset",
-            "forward_reset",
-            "busy",
-            "preflight",
-        ):
+        if action not in S3_ERRORS and action not in ("reset", "forward_reset", "busy"):
             raise ValueError(f"unknown action {action!r}")
         rule = Rule(match, action, times)
         with self._state.lock:
