@@ -36,7 +36,9 @@ node:
 # The upload page's script, from lockfile-pinned packages (gateway/web) bundled by esbuild; not
 # committed. Rebuilt whenever its sources change; the gateway refuses a stale one (web_bundle.py).
 BUNDLE := gateway/static/upload.js
-$(BUNDLE): gateway/web/package.json gateway/web/package-lock.json $(shell find gateway/web/src -type f 2>/dev/null) | node
+WEB_SOURCES := gateway/web/package.json gateway/web/package-lock.json gateway/web/build.mjs \
+	gateway/web/sources.mjs $(shell find gateway/web/src -type f 2>/dev/null)
+$(BUNDLE): $(WEB_SOURCES) | node
 	cd gateway/web && npm ci --no-audit --no-fund --loglevel=error && npm run build
 	touch $@
 

@@ -32,8 +32,8 @@ class Bundle:
 
 def sources_digest(root: Path = SOURCES) -> str:
     """The digest gateway/web/sources.mjs computes: SHA-256 over "path<TAB>sha256<LF>" lines of
-    package.json, package-lock.json and every file under src/, sorted by path."""
-    files = [root / "package.json", root / "package-lock.json"]
+    package.json, package-lock.json, build.mjs and every file under src/, sorted by path."""
+    files = [root / "package.json", root / "package-lock.json", root / "build.mjs"]
     files += [p for p in (root / "src").rglob("*") if p.is_file()]
     lines = sorted(
         f"{p.relative_to(root).as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n"

@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlparse
 
 import pytest
 
-from gateway import create_app, csrf
-from gateway.redirects import check_redirect, with_outcome
+from gateway import create_app, csrf, errors
+from gateway.redirects import check_redirect, origin_of, with_outcome
 
 from conftest import JWT_SECRET, init_stores, make_settings
 from support import assert_nothing_left, assert_stored, form_body, leftovers, png_bytes
@@ -516,6 +516,12 @@ def test_signing_out_clears_the_session(client):
     assert set(set_cookies(answer)) == {COOKIE, f"{COOKIE}_csrf"}
 
 
+def test_a_csrf_token_is_the_whole_unpadded_base64url_digest():
+    key = b"k" * 32
+    tokens = [csrf.token_for(f"jwt-{i}", key) for i in range(400)]
+    assert all(len(t) == 43 and "=" not in t for t in tokens)  # 256 bits, padding stripped
+
+
 # -- redirects ---------------------------------------------------------------------------------------
 def test_redirect_rules():
     allowed = ("https://forms.example.org",)
@@ -535,7 +541,24 @@ def test_redirect_rules():
             check_redirect(bad, allowed)
         assert getattr(info.value, "code", None) == "invalid_redirect", bad
     assert check_redirect("/" + "a" * 2047, allowed)
+    assert check_redirect('/a!"#b', allowed) == '/a!"#b'  # printable ASCII from "!" on
+    for control in ("/a\x7f", "/a\x00", "/a\tb", "/a b"):
+        with pytest.raises(errors.InvalidRedirect):
+            check_redirect(control, allowed)
+    with pytest.raises(errors.InvalidRedirect) as refused:
+        check_redirect("https://evil.example/", allowed)
+    assert refused.value.message == (
+        "redirect must be a path on the gateway or a URL on an allowed origin "
+        "(GATEWAY_REDIRECT_ORIGINS)."
+    )
     assert with_outcome("/d?a=1#f", [("b", "2 3")]) == "/d?a=1&b=2+3#f"
+    assert with_outcome("/d?a=&c=1", [("b", "")]) == "/d?a=&c=1&b="
+
+
+def test_origins():
+    assert origin_of("https://Forms.Example.org:8443/x?y") == "https://forms.example.org:8443"
+    for not_an_origin in ("https:///path", "https://user@x.org/", "ftp://x.org", "http://x:99999/"):
+        assert origin_of(not_an_origin) is None, not_an_origin
 
 
 def test_on_s3_a_refused_csrf_token_costs_no_s3_call_and_leaves_nothing(tmp_path, moto_url, token):

@@ -18,6 +18,7 @@ def built(tmp_path):
     (web / "src").mkdir(parents=True)
     (web / "package.json").write_text('{"name": "x"}')
     (web / "package-lock.json").write_text("{}")
+    (web / "build.mjs").write_text("build()")
     (web / "src" / "upload.js").write_text("console.log(1)")
     (web / "src" / "deep").mkdir()
     (web / "src" / "deep" / "part.js").write_text("export const a = 1")
@@ -44,6 +45,7 @@ def test_the_sources_digest_is_over_sorted_path_and_content_lines(built):
         for path, content in sorted(
             [
                 ("package-lock.json", b"{}"),
+                ("build.mjs", b"build()"),
                 ("package.json", b'{"name": "x"}'),
                 ("src/deep/part.js", b"export const a = 1"),
                 ("src/upload.js", b"console.log(1)"),
@@ -59,22 +61,29 @@ def test_a_bundle_built_from_these_sources_is_served_with_its_digest_in_the_url(
     assert state.url == f"/static/upload.js?v={hashlib.sha256(b'bundled').hexdigest()[:16]}"
 
 
+CHANGED = "gateway/web changed since the bundle was built: `make bundle`"
+NOT_BUILT = "the bundle is not built: run `make bundle`"
+EDITED = "upload.js is not the file the manifest describes"
+
+
 @pytest.mark.parametrize(
     "change, why",
     [
-        (lambda web, m, b: (web / "src" / "upload.js").write_text("console.log(2)"), "changed"),
-        (lambda web, m, b: (web / "src" / "new.js").write_text(""), "changed"),
-        (lambda web, m, b: (web / "package-lock.json").write_text('{"v": 2}'), "changed"),
-        (lambda web, m, b: b.write_text("edited by hand"), "not the file"),
-        (lambda web, m, b: b.unlink(), "not built"),
-        (lambda web, m, b: m.unlink(), "not built"),
-        (lambda web, m, b: m.write_text("{"), "not built"),
+        (lambda web, m, b: (web / "src" / "upload.js").write_text("console.log(2)"), CHANGED),
+        (lambda web, m, b: (web / "src" / "new.js").write_text(""), CHANGED),
+        (lambda web, m, b: (web / "package-lock.json").write_text('{"v": 2}'), CHANGED),
+        (lambda web, m, b: (web / "build.mjs").write_text("build({minify: false})"), CHANGED),
+        (lambda web, m, b: b.write_text("edited by hand"), EDITED),
+        (lambda web, m, b: b.unlink(), NOT_BUILT),
+        (lambda web, m, b: m.unlink(), NOT_BUILT),
+        (lambda web, m, b: m.write_text("{"), NOT_BUILT),
     ],
 )
 def test_a_stale_or_missing_bundle_is_not_served(built, change, why):
     change(*built)
     state = web_bundle.check(*built)
-    assert not state.fresh and state.url == "" and why in state.why
+    assert state == web_bundle.Bundle(False, "", why)
+    assert state.fresh is False
 
 
 def test_without_the_sources_beside_it_the_bundle_is_trusted_as_built(built):

@@ -1,6 +1,6 @@
 // The digest of the sources a bundle is built from (gateway/web_bundle.py computes the same):
 // SHA-256 over one "path<TAB>sha256-hex<LF>" line per file (package.json, package-lock.json,
-// every file under src/), paths relative to gateway/web with '/', lines sorted.
+// build.mjs, every file under src/), paths relative to gateway/web with '/', lines sorted.
 import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join, relative, sep } from 'node:path'
@@ -13,7 +13,12 @@ function filesUnder(dir) {
 }
 
 export function sourcesDigest(root) {
-  const files = [join(root, 'package.json'), join(root, 'package-lock.json'), ...filesUnder(join(root, 'src'))]
+  const files = [
+    join(root, 'package.json'),
+    join(root, 'package-lock.json'),
+    join(root, 'build.mjs'),
+    ...filesUnder(join(root, 'src')),
+  ]
   const lines = files
     .map((path) => {
       const name = relative(root, path).split(sep).join('/')

@@ -190,12 +190,14 @@ const viaTus = wire(
   (file, response) => response.uploadURL.split('/').pop(),
 )
 
+const partSizes = new Map() // file size -> the part size initiate chose for it
 const viaS3 = config.direct.enabled
   ? wire(
       new Uppy({ id: 's3', autoProceed: false, allowMultipleUploadBatches: true }).use(AwsS3, {
         // The gateway made the key at initiate; every S3 request is signed for it alone.
         generateObjectKey: (file) => file.meta.key,
-        getChunkSize: () => config.direct.partSize, // the part size complete expects
+        // Called with {size} only: the part size initiate chose (it depends on the size alone).
+        getChunkSize: ({ size }) => partSizes.get(size) ?? config.direct.partSize,
         shouldUseMultipart: (file) => file.meta.method === 'multipart',
         allowedMetaFields: false,
         limit: 2,
@@ -233,6 +235,7 @@ if (viaS3) {
         partSize: upload.multipart?.partSize,
       }
       viaS3.setFileMeta(files[i].id, meta)
+      if (meta.partSize) partSizes.set(files[i].size, meta.partSize)
     })
   })
 }
