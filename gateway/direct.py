@@ -457,15 +457,8 @@ class DirectUploadService:
     def _sign_create(self, record: MediaRecord, ttl: int, full_key: str) -> dict[str, Any]:
         """CreateMultipartUpload with the gateway's own type, disposition and metadata: the
         client must send exactly these headers (they are signed)."""
-        upload = self._upload(record)
         disposition = content_disposition(record.original_name)
-        metadata = object_metadata(
-            media_id=record.media_id,
-            project_id=record.project_id,
-            owner=record.owner,
-            original_name=record.original_name,
-            sha256=upload.promised_sha256,
-        )
+        metadata = self._object_metadata(record)
         url = self.direct.presign(
             "create_multipart_upload",
             record.s3_key,
@@ -478,6 +471,16 @@ class DirectUploadService:
         headers = {"Content-Type": record.mime_type, "Content-Disposition": disposition}
         headers.update({f"x-amz-meta-{name}": value for name, value in metadata.items()})
         return {"url": url, "headers": headers, "key": full_key}
+
+    def _object_metadata(self, record: MediaRecord) -> dict[str, str]:
+        """The stored object's metadata, the gateway's own (never what a client sent)."""
+        return object_metadata(
+            media_id=record.media_id,
+            project_id=record.project_id,
+            owner=record.owner,
+            original_name=record.original_name,
+            sha256=self._upload(record).promised_sha256,
+        )
 
     def _adopt(self, record: MediaRecord, s3_upload_id: str) -> None:
         """Tie the record to the client's multipart upload, once; S3 must know it for the key."""
@@ -637,13 +640,7 @@ class DirectUploadService:
                 if_match=head.etag,
                 content_type=record.mime_type,
                 content_disposition=content_disposition(record.original_name),
-                metadata=object_metadata(
-                    media_id=record.media_id,
-                    project_id=record.project_id,
-                    owner=record.owner,
-                    original_name=record.original_name,
-                    sha256=upload.promised_sha256,
-                ),
+                metadata=self._object_metadata(record),
             )
             try:
                 self.direct.delete(source)

@@ -74,36 +74,28 @@ def _find(binary: str) -> str | None:
     )
 
 
-def ensure_nginx() -> str:
-    """The nginx binary, installed (nginx-light, else nginx) when missing."""
-    found = _find("nginx")
+def _ensure(binary: str, packages: list[str]) -> str:
+    """The binary, installed from the first of ``packages`` that installs when it is missing."""
+    found = _find(binary)
     if found is None:
-        _apt_install(["nginx-light", "nginx"])
-        found = _find("nginx")
+        _apt_install(packages)
+        found = _find(binary)
     if found is None:
-        raise RuntimeError("nginx is still missing after apt-get install")
+        raise RuntimeError(f"{binary} is still missing after apt-get install")
     return found
+
+
+def ensure_nginx() -> str:
+    return _ensure("nginx", ["nginx-light", "nginx"])
 
 
 def ensure_curl() -> str:
-    found = _find("curl")
-    if found is None:
-        _apt_install(["curl"])
-        found = _find("curl")
-    if found is None:
-        raise RuntimeError("curl is still missing after apt-get install")
-    return found
+    return _ensure("curl", ["curl"])
 
 
 def ensure_chromium() -> str:
     """Debian's chromium (playwright drives it: browser downloads are not possible here)."""
-    found = _find("chromium")
-    if found is None:
-        _apt_install(["chromium"])
-        found = _find("chromium")
-    if found is None:
-        raise RuntimeError("chromium is still missing after apt-get install")
-    return found
+    return _ensure("chromium", ["chromium"])
 
 
 # -- nginx config ----------------------------------------------------------------------------------
