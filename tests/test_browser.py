@@ -487,3 +487,45 @@ def test_the_readmes_curl_session_works_through_nginx(embedded, tmp_path):
     stored = embedded.curl(*form, token=None, headers={"X-CSRF-TOKEN": csrf_token})
     assert stored.status == 201, stored.body
     assert stored.json()["size"] == photo_path.stat().st_size
+
+
+AXE = ROOT / "tests" / "node" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def accessibility_violations(page) -> list[str]:
+    """axe-core's serious and critical findings (WCAG 2.1 A and AA rules) on the page as it is."""
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate(
+        """async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}))
+            .violations.filter(v => ['serious', 'critical'].includes(v.impact))
+            .map(v => `${v.id}: ${v.nodes.map(n => n.target.join(' ')).join(', ')}`)"""
+    )
+    return list(found)
+
+
+def test_every_page_passes_axe_core_with_no_serious_finding(chromium, embedded, tmp_path):
+    # bypass_csp: only to inject axe itself; the pages are audited as served.
+    context = chromium.new_context(bypass_csp=True)
+    page = context.new_page()
+    path = tmp_path / "a11y.jpg"
+    path.write_bytes(photo(320, 240))
+    try:
+        page.goto(embedded.url + "/upload")
+        assert accessibility_violations(page) == [], "sign-in page"
+        page.fill("#token", embedded.token)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("html[data-enhanced=true]")
+        assert accessibility_violations(page) == [], "upload page"
+        choose_and_send(page, path)
+        page.wait_for_selector(f"{row(page, path.name)}[data-state=ready] img", timeout=60_000)
+        assert accessibility_violations(page) == [], "upload page with a finished upload"
+        media_id = page.get_attribute(row(page, path.name), "data-media-id")
+        page.goto(f"{embedded.url}/upload/result?mediaId={media_id}")
+        assert accessibility_violations(page) == [], "result page"
+        page.goto(f"{embedded.url}/upload/result?error=too_large")
+        assert accessibility_violations(page) == [], "error page"
+        # The audit does find what it should: an input without a label.
+        page.evaluate("document.querySelector('main').append(document.createElement('input'))")
+        assert any(v.startswith("label:") for v in accessibility_violations(page))
+    finally:
+        context.close()
