@@ -19,7 +19,7 @@ import pytest
 import requests
 from media_samples import photo
 
-from e2e_harness import ROOT, MiB, ensure_chromium, gateway_stack
+from e2e_harness import ROOT, MiB, ensure_chromium, gateway_stack, poll
 from faultproxy import FaultProxy
 from support import png_bytes, record_ids
 
@@ -527,5 +527,35 @@ def test_every_page_passes_axe_core_with_no_serious_finding(chromium, embedded, 
         # The audit does find what it should: an input without a label.
         page.evaluate("document.querySelector('main').append(document.createElement('input'))")
         assert any(v.startswith("label:") for v in accessibility_violations(page))
+    finally:
+        context.close()
+
+
+def test_cancelling_an_upload_ends_it_at_the_gateway_and_leaves_nothing(
+    chromium, embedded, tmp_path
+):
+    path = padded_photo(tmp_path / "cancel.jpg", 30 * MiB, seed=80)
+    context = signed_in(chromium, embedded)
+    page = upload_page(context, embedded)
+    try:
+        throttle_uploads(page, 6 * MiB)
+        choose_and_send(page, path)
+        wait_for_progress(page, path.name, 20)
+        (pending,) = records_named(embedded, path.name)
+        assert pending.status.value == "pending"
+        page.click(f"{row(page, path.name)} button[data-role=cancel]")
+        page.wait_for_selector(f"{row(page, path.name)}[data-state=cancelled]")
+        assert page.is_hidden(f"{row(page, path.name)} button[data-role=cancel]")
+        # tus termination (retried while the aborted PATCH still holds its lease).
+        record = poll(
+            lambda: (
+                (r := embedded.svc.records.get(pending.media_id)).status.value == "aborted" and r
+            ),
+            timeout=30,
+        )
+        assert record.reason == "Terminated by the client."
+        left = [str(p) for p in embedded.media_root.rglob("*") if pending.media_id in str(p)]
+        assert left == []
+        shot(page, "cancelled")
     finally:
         context.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import StorageError
@@ -89,6 +90,16 @@ class LocalChunks:
 
     def delete(self, key: str) -> None:
         self.store.delete(key)
+        if chunk_owner(key) is not None:
+            self._prune(self.store.path_of(key).parent)
+
+    @staticmethod
+    def _prune(folder: Path) -> None:
+        """Remove an upload's folder once nothing of it is left (never one still in use)."""
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (other chunks, or parts), or gone already
 
     @staticmethod
     def _parts_dir(key: str, upload_id: str) -> str:
@@ -130,6 +141,7 @@ class LocalChunks:
     def abort(self, key: str, upload_id: str) -> None:
         folder = self.store.path_of(f"{self._parts_dir(key, upload_id)}/x").parent
         shutil.rmtree(folder, ignore_errors=True)
+        self._prune(folder.parent)
 
     def put_object(
         self,

@@ -13,6 +13,7 @@ const form = document.getElementById('upload-form')
 const list = document.getElementById('uploads')
 const rows = new Map() // Uppy file id -> row
 const SETTLED = new Set(['ready', 'failed', 'infected'])
+const ACTIVE = new Set(['queued', 'uploading', 'offline']) // the states a Cancel button shows in
 
 function api(path, options = {}) {
   return fetch(config.api + path, {
@@ -35,7 +36,7 @@ function errorMessage(body, status) {
 }
 
 // -- rows --------------------------------------------------------------------------------------
-function row(file) {
+function row(file, uppy) {
   let item = rows.get(file.id)
   if (item) return item
   const li = document.createElement('li')
@@ -52,10 +53,31 @@ function row(file) {
   status.className = 'status'
   status.textContent = 'queued'
   li.append(name, ' ', progress, ' ', status)
-  ensureList().append(li)
   item = { li, progress, status, file }
+  if (uppy) {
+    const cancel = document.createElement('button')
+    cancel.type = 'button'
+    cancel.dataset.role = 'cancel'
+    cancel.textContent = 'Cancel'
+    cancel.setAttribute('aria-label', `Cancel the upload of ${file.name}`)
+    cancel.addEventListener('click', () => cancelUpload(item, uppy))
+    li.append(' ', cancel)
+    item.cancel = cancel
+  }
+  ensureList().append(li)
   rows.set(file.id, item)
   return item
+}
+
+// tus: removing the file terminates its upload at the gateway (tus DELETE); S3: the gateway
+// aborts the direct upload and removes what reached S3.
+function cancelUpload(item, uppy) {
+  const uploadId = uppy.getFile(item.file.id)?.meta.uploadId
+  show(item, 'cancelled', 'cancelled')
+  uppy.removeFile(item.file.id)
+  if (uppy === viaS3 && uploadId) {
+    api(`/uploads/${uploadId}/abort`, { method: 'POST', body: '{}' }).catch(() => {})
+  }
 }
 
 function ensureList() {
@@ -68,8 +90,10 @@ function ensureList() {
 }
 
 function show(item, state, text) {
+  if (item.li.dataset.state === 'cancelled') return // late events of a removed file
   item.li.dataset.state = state
   item.status.textContent = text ?? state
+  if (item.cancel) item.cancel.hidden = !ACTIVE.has(state)
   updateBody()
 }
 
@@ -258,7 +282,7 @@ form.addEventListener('submit', (event) => {
         data: file,
         meta: { projectId, filename: file.name, filetype: file.type },
       })
-      row(uppy.getFile(id))
+      row(uppy.getFile(id), uppy)
     } catch (error) {
       show(row({ id: `refused-${file.name}-${Date.now()}`, name: file.name }), 'failed', `failed: ${error.message}`)
     }
