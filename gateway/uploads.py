@@ -143,7 +143,7 @@ class UploadService:
             if isinstance(event, FileData):
                 assert file is not None
                 file[2].update(event.data)
-            elif isinstance(event, TextField):
+            elif isinstance(event, TextField) and event.name != csrf.FORM_FIELD:
                 fingerprint.field(event.name, event.value)
             elif isinstance(event, FileStart):
                 file = (event.name, event.filename, hashlib.sha256())
@@ -157,23 +157,24 @@ class UploadService:
     ) -> Iterator[Event]:
         """Parser events of the whole body: reads, caps the size, requires the exact length.
         A form that owes its CSRF token must send it before any file, within the first
-        ``csrf.FORM_WINDOW_BYTES`` (no more is read until then); csrf_token fields never reach
-        the caller."""
+        ``csrf.FORM_WINDOW_BYTES`` (no more is read until then); only such a form's events are
+        looked at here, the rest go straight through."""
         parser = FormDataParser(boundary, self.limits)
         cap, read_size = self.settings.max_upload_bytes, self.settings.read_size
         owed = request.csrf_token
 
-        def checked(events: list[Event]) -> Iterator[Event]:
+        def checked(events: list[Event]) -> list[Event]:
             nonlocal owed
             for event in events:
+                if owed is None:
+                    break
                 if isinstance(event, TextField) and event.name == csrf.FORM_FIELD:
-                    if owed is not None and not csrf.matches(owed, event.value):
+                    if not csrf.matches(owed, event.value):
                         raise errors.CsrfInvalid()
                     owed = None
-                    continue
-                if owed is not None and isinstance(event, FileStart):
+                elif isinstance(event, FileStart):
                     raise errors.CsrfMissing()
-                yield event
+            return events
 
         received = 0
         try:
@@ -185,7 +186,8 @@ class UploadService:
                 stats.bytes_received = received
                 if received > cap:
                     raise errors.TooLarge(f"The body grew past the limit of {cap} bytes.")
-                yield from checked(parser.feed(chunk))
+                events = parser.feed(chunk)
+                yield from events if owed is None else checked(events)
                 if owed is not None and received >= csrf.FORM_WINDOW_BYTES:
                     raise errors.CsrfMissing()
             expected = request.content_length
@@ -288,6 +290,8 @@ class _Batch:
             self._on_file_end(event.last)
 
     def _on_field(self, event: TextField) -> None:
+        if event.name == csrf.FORM_FIELD:
+            return  # checked by _events when it was owed; never metadata
         self.fingerprint.field(event.name, event.value)
         if event.name == "projectId":
             if self.destination is not None and event.value != self.destination.project_id:

@@ -43,6 +43,7 @@ bp = Blueprint("pages", __name__)
 MAX_RESULT_ITEMS = 100
 SIGN_IN_MAX_BYTES = 16 * 1024
 REFRESH_SECONDS = 3  # the result page reloads itself while processing runs (no script needed)
+_SETTLED = {status.value for status in SETTLED}
 
 
 def wants_html() -> bool:
@@ -155,8 +156,6 @@ def result() -> Response:
     html = render_template("result.html", media=media, refresh=REFRESH_SECONDS if settling else 0)
     return _page(html)
 
-
-_SETTLED = {status.value for status in SETTLED}
 
 
 @bp.post("/upload/sign-in")
