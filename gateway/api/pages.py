@@ -157,7 +157,6 @@ def result() -> Response:
     return _page(html)
 
 
-
 @bp.post("/upload/sign-in")
 def sign_in() -> Response:
     """A token pasted into the sign-in form becomes the session cookie. Only from a page of
