@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway import create_app
 
 from conftest import init_stores, make_settings
-from support import JWT_SECRET, assert_nothing_left, form_body, png_bytes
+from support import JWT_SECRET, assert_nothing_left, form_body, png_bytes, record_s3_calls
 
 pytestmark = pytest.mark.slow  # a moto server: "no S3 call" is counted on a real client
 
@@ -40,11 +40,7 @@ class CountingStream(io.BytesIO):
 
 
 def s3_calls(svc) -> list:
-    calls = []
-    svc.store.client.meta.events.register(
-        "before-call.s3.*", lambda **kw: calls.append(kw["model"].name)
-    )
-    return calls
+    return record_s3_calls(svc)
 
 
 def upload_with(client, headers, body_size=5 * 1024 * 1024, query="?projectId=p1"):
@@ -240,9 +236,10 @@ def test_algorithm_confusion_is_refused(rs_app):
             signing_input + b"." + enc(hmac.new(key, signing_input, hashlib.sha256).digest())
         ).decode()
 
+    assert rs_app.config["SECRET_KEY"] is None  # no Flask key a token could be checked against
     for token in (
         hs256_with(RSA_PUBLIC.encode()),
-        hs256_with(rs_app.config["SECRET_KEY"].encode()),
+        hs256_with(b""),
         jwt.encode(claims(), JWT_SECRET, "HS256"),
     ):
         response, stream = upload_with(rs_app.test_client(), {"Authorization": f"Bearer {token}"})
