@@ -52,6 +52,8 @@ if _settings.metrics_bind:
 
 
 worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gevent")
+# IP literals resolved without a thread handoff (gateway/dns.py); read by gevent in the workers.
+os.environ.setdefault("GEVENT_RESOLVER", "gateway.dns.Resolver")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # Concurrent connections per worker (gevent); beyond it a worker stops accepting.
 worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
