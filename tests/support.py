@@ -129,6 +129,24 @@ def leftovers(svc) -> dict[str, list]:
     }
 
 
+def record_s3_calls(svc) -> list[str]:
+    """The S3 operations the gateway calls from now on, by name: the client's, and the two it
+    sends itself (gateway/storage/s3_requests.py)."""
+    calls: list[str] = []
+    svc.store.client.meta.events.register(
+        "before-call.s3", lambda **kw: calls.append(kw["model"].name)
+    )
+    requests = svc.store.requests
+    send = requests._send
+
+    def recorded(operation: str, *args, **kwargs):
+        calls.append(operation)
+        return send(operation, *args, **kwargs)
+
+    requests._send = recorded
+    return calls
+
+
 def assert_nothing_left(svc) -> None:
     assert leftovers(svc) == {"objects": [], "pending_uploads": [], "records": []}
 

@@ -17,7 +17,14 @@ from gateway import create_app, csrf, errors
 from gateway.redirects import check_redirect, origin_of, with_outcome
 
 from conftest import JWT_SECRET, init_stores, make_settings
-from support import assert_nothing_left, assert_stored, form_body, leftovers, png_bytes
+from support import (
+    assert_nothing_left,
+    assert_stored,
+    form_body,
+    leftovers,
+    png_bytes,
+    record_s3_calls,
+)
 
 COOKIE = "__Host-gateway_session"
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -566,10 +573,7 @@ def test_on_s3_a_refused_csrf_token_costs_no_s3_call_and_leaves_nothing(tmp_path
     app = create_app(settings)
     svc = app.extensions["gateway"]
     init_stores(svc)
-    calls = []
-    svc.store.client.meta.events.register(
-        "before-call.s3", lambda **kw: calls.append(kw["model"].name)
-    )
+    calls = record_s3_calls(svc)
     jwt = token(projects=["p1"])
     with app.app_context():
         client = app.test_client(use_cookies=False)

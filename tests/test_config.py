@@ -174,6 +174,7 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
     import boto3
 
     from gateway.storage.s3 import S3ObjectStore
+    from gateway.storage.s3_requests import S3Requests
     from gateway.urls import PublicUrls
 
     client = boto3.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
@@ -186,6 +187,14 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
         endpoint_url="",
         region="us-east-1",
         executor=ThreadPoolExecutor(1),
+        requests=S3Requests(
+            client,
+            bucket="b",
+            max_attempts=1,
+            connect_timeout=1,
+            read_timeout=1,
+            max_pool_connections=1,
+        ),
     )
     settings = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com"})
     key = "projects/p/media/x.png"

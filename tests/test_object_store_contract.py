@@ -16,6 +16,7 @@ import pytest
 from gateway.errors import StorageError
 from gateway.storage.local import LocalObjectStore
 from gateway.storage.s3 import S3ObjectStore, make_s3_client
+from gateway.storage.s3_requests import S3Requests
 
 from conftest import make_settings
 from support import MiB, mp4_bytes, png_bytes, read_object, unique
@@ -41,15 +42,24 @@ def s3_client(moto_url, tmp_path_factory):
 def s3_store_for(client) -> S3ObjectStore:
     from concurrent.futures import ThreadPoolExecutor
 
+    bucket = unique("contract")
     s3 = S3ObjectStore(
         client,
-        bucket=unique("contract"),
+        bucket=bucket,
         prefix="uploads",
         part_size=PART,
         parts_in_flight=2,
         endpoint_url=client.meta.endpoint_url,
         region="us-east-1",
         executor=ThreadPoolExecutor(8),
+        requests=S3Requests(
+            client,
+            bucket=bucket,
+            max_attempts=2,
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=8,
+        ),
     )
     s3.create_bucket()
     return s3

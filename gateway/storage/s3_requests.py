@@ -1,0 +1,162 @@
+"""The two S3 requests on the upload path (PutObject, UploadPart), sent without botocore's
+per-call pipeline but with its parts: its SigV4 signer, its HTTP session, its standard retry
+policy and its error parser.
+
+Why: a botocore client call runs parameter validation, serialization, endpoint rules, a user
+agent rebuilt per call and some thirty event handlers before it sends anything. For a 1 MiB
+upload that was about 0.6 ms of CPU per call, an eighth of the gateway's whole cost per file
+(bench (c), README *Benchmark*). These two requests carry bytes the gateway already holds and
+checksums it already computed, so they need none of that: the request is a URL, a few headers
+and the body, signed as botocore signs it. Every other S3 call still goes through the client.
+
+Same behaviour as the client's call: the client's credentials (refreshed as they expire), its
+region and addressing (the bucket's URL comes from the client's own presigner), its payload
+signing choice; retries by botocore's ``standard`` mode rules and backoff, up to the client's
+``total_max_attempts``; failures raised as the client would (``ClientError`` with the parsed S3
+error, or botocore's connection errors), so ``s3.translate`` maps them; the calls are timed and
+counted in the same metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest, AWSResponse
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.httpsession import URLLib3Session
+from botocore.parsers import create_parser
+from botocore.retries.standard import (
+    ExponentialBackoff,
+    RetryContext,
+    RetryPolicy,
+    StandardRetryConditions,
+)
+from botocore.utils import get_environ_proxies, percent_encode
+
+from ..metrics import S3_CALL_DURATION, S3_CALL_ERRORS
+
+PLACEHOLDER_KEY = "gateway-bucket-url"
+# What botocore's HTTP session raises when no answer came (retried as the client retries them).
+TRANSPORT_ERRORS = (HTTPClientError, BotoConnectionError)
+
+
+class S3Requests:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        max_attempts: int,
+        connect_timeout: float,
+        read_timeout: float,
+        max_pool_connections: int,
+    ) -> None:
+        # botocore keeps the credentials its client signs with on the client's signer; taking
+        # them from there (not resolving them again) keeps one refreshing set per client.
+        self._credentials = client._request_signer._credentials
+        self._region = client.meta.region_name
+        self._context = {"client_config": client.meta.config}  # its payload-signing choice
+        self._model = client.meta.service_model
+        self.bucket_url = bucket_url(client, bucket)
+        self._http = URLLib3Session(
+            proxies=get_environ_proxies(self.bucket_url),
+            timeout=(connect_timeout, read_timeout),  # type: ignore[arg-type]  # as the client's
+            max_pool_connections=max_pool_connections,
+        )
+        self._retry = RetryPolicy(
+            StandardRetryConditions(max_attempts=max_attempts), ExponentialBackoff()
+        )
+        self._parser = create_parser("rest-xml")
+
+    def put_object(self, key: str, body: bytes | bytearray, headers: dict[str, str]) -> None:
+        self._send("PutObject", key, "", body, headers)
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | bytearray, crc32c: str
+    ) -> str:
+        query = f"partNumber={number}&uploadId={percent_encode(upload_id)}"
+        answer = self._send("UploadPart", key, query, body, {"x-amz-checksum-crc32c": crc32c})
+        return str(answer.headers["ETag"])
+
+    def _send(
+        self,
+        operation: str,
+        key: str,
+        query: str,
+        body: bytes | bytearray,
+        headers: dict[str, str],
+    ) -> AWSResponse:
+        url = f"{self.bucket_url}/{percent_encode(key, safe='/~')}"
+        if query:
+            url += "?" + query
+        started = time.monotonic()
+        try:
+            answer = self._attempts(operation, url, body, headers)
+        except ClientError as exc:
+            S3_CALL_DURATION.labels(operation).observe(time.monotonic() - started)
+            S3_CALL_ERRORS.labels(operation, exc.response["Error"].get("Code") or "").inc()
+            raise
+        except TRANSPORT_ERRORS as exc:
+            S3_CALL_DURATION.labels(operation).observe(time.monotonic() - started)
+            S3_CALL_ERRORS.labels(operation, type(exc).__name__).inc()
+            raise
+        S3_CALL_DURATION.labels(operation).observe(time.monotonic() - started)
+        return answer
+
+    def _attempts(
+        self, operation: str, url: str, body: bytes | bytearray, headers: dict[str, str]
+    ) -> AWSResponse:
+        attempt = 1
+        while True:
+            request = AWSRequest("PUT", url, data=body, headers=dict(headers))
+            request.headers["Content-Length"] = str(len(body))
+            request.context.update(self._context)
+            S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
+                request
+            )
+            answer: AWSResponse | None = None
+            parsed: dict[str, Any] | None = None
+            failure: Exception | None = None
+            try:
+                answer = self._http.send(request.prepare())
+            except TRANSPORT_ERRORS as exc:
+                failure = exc
+            if answer is not None and answer.status_code < 300:
+                return answer
+            if answer is not None:
+                parsed = self._error_of(operation, answer)
+            context = RetryContext(
+                attempt_number=attempt,
+                operation_model=self._model.operation_model(operation),
+                parsed_response=parsed,
+                http_response=answer,
+                caught_exception=failure,
+            )
+            if not self._retry.should_retry(context):
+                if failure is not None:
+                    raise failure
+                raise ClientError(parsed or {}, operation)  # type: ignore[arg-type]
+            time.sleep(self._retry.compute_retry_delay(context))
+            attempt += 1
+
+    def _error_of(self, operation: str, answer: AWSResponse) -> dict[str, Any]:
+        shape = self._model.operation_model(operation).output_shape
+        parsed: dict[str, Any] = self._parser.parse(
+            {"status_code": answer.status_code, "headers": answer.headers, "body": answer.content},
+            shape,
+        )
+        parsed.setdefault("Error", {}).setdefault("Code", str(answer.status_code))
+        return parsed
+
+
+def bucket_url(client: Any, bucket: str) -> str:
+    """The bucket's base URL as the client addresses it (path or virtual-host style)."""
+    url = str(
+        client.generate_presigned_url(
+            "put_object", Params={"Bucket": bucket, "Key": PLACEHOLDER_KEY}
+        )
+    )
+    return url[: url.index("/" + PLACEHOLDER_KEY)]
