@@ -11,7 +11,7 @@ import pytest
 
 from gateway.dns import Resolver
 
-from support import ROOT, JWT_SECRET
+from support import JWT_SECRET, ROOT
 
 
 class RecordingPool:
