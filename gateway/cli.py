@@ -117,6 +117,30 @@ def register(app: Flask) -> None:
         """Move dead jobs back to the queue (after fixing what made them fail)."""
         click.echo(f"redrove {services().queue.redrive(limit=limit)}")
 
+    @app.cli.group("quota")
+    def quota_group() -> None:
+        """Quotas (GATEWAY_QUOTA_*)."""
+
+    @quota_group.command("recount")
+    def quota_recount() -> None:
+        """Set the DynamoDB quota ledgers to what each project and tenant holds: once, after
+        turning quotas on for a table that already has records (uploads may go on)."""
+        svc = services()
+        if not svc.settings.quota_limits.active:
+            raise click.ClickException("No quota is set (GATEWAY_QUOTA_*): nothing to recount.")
+        if not svc.settings.records_url.startswith("dynamodb://"):
+            click.echo("SQLite checks quotas against its records directly: nothing to recount.")
+            return
+        counted = svc.records.recount_ledgers()
+        for tenant, project_id, held in counted:
+            click.echo(
+                json.dumps(
+                    {"tenant": tenant, "projectId": project_id, "files": held.files,
+                     "bytes": held.bytes}
+                )
+            )  # fmt: skip
+        click.echo(f"recounted {len(counted)} projects", err=True)
+
     @app.cli.command("sweep")
     @click.option(
         "--older-than",

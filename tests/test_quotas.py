@@ -5,6 +5,7 @@ uploads that cannot overshoot."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 
 import pytest
@@ -13,6 +14,7 @@ from test_tus import create as tus_create
 from test_tus import error as tus_error
 
 from gateway import create_app
+from gateway.records.quota import Held
 
 from conftest import init_stores, make_settings
 from support import MiB, assert_nothing_left, form_body, leftovers, mp4_bytes, png_bytes
@@ -180,3 +182,121 @@ def test_a_deferred_tus_length_is_held_once_declared(quota_app):
         "Tus-Resumable": "1.0.0", **auth, "Upload-Offset": "0", "Upload-Length": "90000",
         "Content-Type": "application/offset+octet-stream"})  # fmt: skip
     assert fits.status_code == 204, fits.get_json()
+
+
+# -- recounting the DynamoDB ledgers (quotas turned on for a table that already has records) --------
+def ledger(svc, pk: str) -> tuple[int, int] | None:
+    item = svc.records.client.get_item(
+        TableName=svc.records.table, Key={"pk": {"S": pk}}, ConsistentRead=True
+    ).get("Item")
+    return None if item is None else (int(item["files"]["N"]), int(item["bytes"]["N"]))
+
+
+def gateways_before_and_after_quotas(tmp_path, moto_url, **limits):
+    """Two apps on one bucket and table: one without quotas (the table's past), one with."""
+    from gateway.auth import mint_token
+
+    before = make_settings(tmp_path, backend="s3+dynamodb", moto_url=moto_url)
+    apps = []
+    for settings in (before, before.replace(**limits)):
+        app = create_app(settings)
+        app.config["TESTING"] = True
+        with app.app_context():
+            token = mint_token("alice")
+        apps.append((app, app.extensions["gateway"], {"Authorization": f"Bearer {token}"}))
+    init_stores(apps[0][1])
+    return apps
+
+
+@pytest.mark.slow
+def test_recount_sets_the_ledgers_to_what_the_table_holds_then_quotas_hold(tmp_path, moto_url):
+    (old, _, auth), (new, svc, new_auth) = gateways_before_and_after_quotas(
+        tmp_path, moto_url, quota_project_files=4, quota_tenant_bytes=10 * MiB
+    )
+    client = old.test_client()
+    kept = [upload(client, auth, [("file", f"{n}.png", png_bytes(10_000 + n))]) for n in range(3)]
+    assert [k.status_code for k in kept] == [201] * 3
+    gone = kept[0].get_json()["mediaId"]
+    assert client.delete(f"/api/media/{gone}", headers=auth).status_code == 204
+    assert upload(client, auth, [("file", "q.png", png_bytes(5_000))], "p2").status_code == 201
+    promised = initiate(client, auth, [{"filename": "v.mp4", "contentType": "video/mp4",
+                                        "size": 3 * MiB}], project="p2")  # fmt: skip
+    assert promised.status_code == 201  # pending, held at its promised size
+    given_up = initiate(client, auth, [{"filename": "w.mp4", "contentType": "video/mp4",
+                                        "size": 2 * MiB}], project="p2")  # fmt: skip
+    upload_id = given_up.get_json()["uploads"][0]["uploadId"]
+    assert client.post(f"/api/uploads/{upload_id}/abort", headers=auth).status_code == 200
+    assert ledger(svc, "quota#p##p1") is None  # quotas were off: no ledger counted any of it
+
+    result = new.test_cli_runner().invoke(args=["quota", "recount"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    p1 = (2, 10_001 + 10_002)
+    p2 = (2, 5_000 + 3 * MiB)
+    assert lines == [
+        {"tenant": "", "projectId": "p1", "files": p1[0], "bytes": p1[1]},
+        {"tenant": "", "projectId": "p2", "files": p2[0], "bytes": p2[1]},
+    ]
+    assert ledger(svc, "quota#p##p1") == p1 and ledger(svc, "quota#p##p2") == p2
+    assert ledger(svc, "quota#t#") == (p1[0] + p2[0], p1[1] + p2[1])
+
+    again = new.test_cli_runner().invoke(args=["quota", "recount"])  # idempotent
+    assert again.exit_code == 0 and again.stdout == result.stdout
+    assert ledger(svc, "quota#t#") == (p1[0] + p2[0], p1[1] + p2[1])
+
+    fresh = new.test_client()
+    for n in range(2):  # p1 holds 2 of its 4 files
+        assert upload(fresh, new_auth, [("file", f"n{n}.png", png_bytes(1_000))]).status_code == 201
+    refused = upload(fresh, new_auth, [("file", "x.png", png_bytes(1_000))])
+    assert (refused.status_code, code_of(refused)) == (413, "quota_exceeded")
+    too_big = upload(fresh, new_auth, [("file", "big.png", png_bytes(7 * MiB))], "p3")
+    assert (too_big.status_code, code_of(too_big)) == (413, "quota_exceeded")  # tenant bytes
+
+
+@pytest.mark.slow
+def test_a_recount_raced_by_a_reservation_reads_again_and_is_exact(tmp_path, moto_url):
+    (old, _, auth), (_, svc, _) = gateways_before_and_after_quotas(
+        tmp_path, moto_url, quota_project_bytes=100 * MiB
+    )
+    assert (
+        upload(old.test_client(), auth, [("file", "a.png", png_bytes(20_000))]).status_code == 201
+    )
+    store = svc.records
+    store.reserve("other", tenant="", project_id="p2", files=1, bytes=3_000, expires_at=9e9)
+    assert store.recount_ledgers() == [("", "p1", Held(1, 20_000)), ("", "p2", Held(1, 3_000))]
+    reserved = store._reserved
+    snapshots = []
+    get = store.client.transact_get_items
+
+    def counted_get(**kwargs):
+        snapshots.append(kwargs)
+        return get(**kwargs)
+
+    def raced(scope):
+        if len(snapshots) == 1:  # between p1's first snapshot and its write, an upload begins
+            store.reserve("r1", tenant="", project_id="p1", files=1, bytes=7_000, expires_at=9e9)
+        return reserved(scope)
+
+    store.client.transact_get_items = counted_get
+    store._reserved = raced
+    assert store.recount_ledgers() == [("", "p1", Held(2, 27_000)), ("", "p2", Held(1, 3_000))]
+    assert len(snapshots) == 3  # p1's first write found its ledger changed and read again
+    assert ledger(svc, "quota#p##p1") == (2, 27_000)
+    assert ledger(svc, "quota#t#") == (3, 30_000)
+    store.end_reservation("r1")
+    assert ledger(svc, "quota#p##p1") == (1, 20_000)
+    assert ledger(svc, "quota#t#") == (2, 23_000)
+
+
+def test_recount_needs_quotas_and_has_nothing_to_do_on_sqlite(tmp_path):
+    app = create_app(make_settings(tmp_path))
+    refused = app.test_cli_runner().invoke(args=["quota", "recount"])
+    assert refused.exit_code == 1 and "No quota is set" in refused.output
+    limited = create_app(make_settings(tmp_path, quota_project_files=1))
+    init_stores(limited.extensions["gateway"])
+    result = limited.test_cli_runner().invoke(args=["quota", "recount"])
+    assert result.exit_code == 0
+    assert result.output == (
+        "SQLite checks quotas against its records directly: nothing to recount.\n"
+    )
+    assert limited.extensions["gateway"].records.recount_ledgers() == []

@@ -293,6 +293,11 @@ class RecordStore(Protocol):
     def end_expired_reservations(self, *, now: float, limit: int) -> int:
         """End reservations past their expiry (a process that died holding them)."""
 
+    def recount_ledgers(self) -> list[tuple[str, str, Held]]:
+        """Where quotas are checked against ledgers kept apart from the records (DynamoDB), set
+        each project's and tenant's to what is held; each (tenant, project, held). [] where
+        quotas are checked against the records themselves (SQLite)."""
+
     def usage(self, *, tenant: str, project_id: str) -> list[UsageCount]:
         """The project's counters (kept by every write, never counted by scanning), every
         (file type, status) with at least one record."""

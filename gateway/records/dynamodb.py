@@ -45,7 +45,7 @@ from . import (
     merge_deltas,
     usage_deltas,
 )
-from .quota import Held, QuotaLimits
+from .quota import HELD, Held, QuotaLimits
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -89,6 +89,18 @@ def _record(item: dict[str, Any]) -> MediaRecord:
 
 USAGE_SHARDS = 8
 TRANSACTION_ATTEMPTS = 4
+RECOUNT_ATTEMPTS = 20  # a busy project's ledger may change between a snapshot and its write
+
+
+def _held_by_counters(usage_items: list[dict[str, Any]]) -> Held:
+    """What a project's usage counter items (all shards) count in ``HELD`` statuses."""
+    held = Held()
+    for item in usage_items:
+        for name, value in item.items():
+            kind, _, rest = name.partition(" ")
+            if kind in ("n", "b") and Status(rest.rsplit(" ", 1)[1]) in HELD:
+                held += Held(int(value), 0) if kind == "n" else Held(0, int(value))
+    return held
 
 
 def _usage_pk(tenant: str, project_id: str, shard: int) -> str:
@@ -394,6 +406,113 @@ class DynamoRecordStore:
             self.end_reservation(_plain(item)["pk"].removeprefix("reservation#"))
             ended += 1
         return ended
+
+    # -- recounting the ledgers (quotas turned on for a table that already holds records) --------
+    def recount_ledgers(self) -> list[tuple[str, str, Held]]:
+        """Set every project's ledger item to what it holds (its usage counters in ``HELD``
+        statuses plus its live reservations) and move its tenant's item by the same correction;
+        answers each (tenant, project, held). Each project is one transaction on a consistent
+        snapshot: it commits only if the project's ledger is still what the snapshot saw, and
+        every write that changes what a project holds changes its ledger in the same
+        transaction, so uploads may go on meanwhile (a conflict reads again). Writes of a
+        gateway running without quotas change no ledger: recount once every gateway has them."""
+        if not self.limits.active:
+            return []
+        return [(*scope, self._recount(scope)) for scope in sorted(self._ledger_scopes())]
+
+    def _ledger_scopes(self) -> set[tuple[str, str]]:
+        """Every (tenant, project) with usage counters, a ledger item or a reservation."""
+        scopes: set[tuple[str, str]] = set()
+        pages = self.client.get_paginator("scan").paginate(
+            TableName=self.table,
+            ProjectionExpression="pk, tenant, projectId",
+            FilterExpression="begins_with(pk, :u) OR begins_with(pk, :q) OR begins_with(pk, :r)",
+            ExpressionAttributeValues=_item(
+                {":u": "usage#", ":q": "quota#p#", ":r": "reservation#"}
+            ),
+            ConsistentRead=True,
+        )
+        try:
+            for page in pages:
+                for item in map(_plain, page["Items"]):
+                    pk = item["pk"]
+                    if pk.startswith("usage#"):
+                        tenant, project_id, _ = pk.removeprefix("usage#").rsplit("#", 2)
+                    elif pk.startswith("quota#p#"):
+                        tenant, project_id = pk.removeprefix("quota#p#").rsplit("#", 1)
+                    else:
+                        tenant, project_id = item["tenant"], item["projectId"]
+                    scopes.add((tenant, project_id))
+        except (ClientError, BotoCoreError) as exc:
+            raise errors.RecordStoreError() from exc
+        return scopes
+
+    def _recount(self, scope: tuple[str, str]) -> Held:
+        tenant, project_id = scope
+        ledger_key = _item({"pk": f"quota#p#{tenant}#{project_id}"})
+        for _ in range(RECOUNT_ATTEMPTS):
+            keys = [ledger_key] + [
+                _item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)
+            ]
+            snapshot = self._call(
+                self.client.transact_get_items,
+                TransactItems=[{"Get": {"TableName": self.table, "Key": k}} for k in keys],
+            )["Responses"]
+            items = [_plain(r["Item"]) if "Item" in r else None for r in snapshot]
+            ledger, usage = items[0], [i for i in items[1:] if i is not None]
+            held = _held_by_counters(usage) + self._reserved(scope)
+            before = Held(int(ledger["files"]), int(ledger["bytes"])) if ledger else Held()
+            values: dict[str, Any] = {":f": held.files, ":b": held.bytes}
+            put: dict[str, Any] = {
+                "TableName": self.table,
+                "Key": ledger_key,
+                "UpdateExpression": "SET files = :f, #b = :b",
+                "ExpressionAttributeNames": {"#b": "bytes"},
+            }
+            if ledger is None:
+                put["ConditionExpression"] = "attribute_not_exists(pk)"
+            else:
+                put["ConditionExpression"] = "files = :f0 AND #b = :b0"
+                values.update({":f0": before.files, ":b0": before.bytes})
+            put["ExpressionAttributeValues"] = _item(values)
+            correction = held + -before
+            items_to_write: list[dict[str, Any]] = [{"Update": put}]
+            if correction.files or correction.bytes:
+                items_to_write.append(
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": _item({"pk": f"quota#t#{tenant}"}),
+                            "UpdateExpression": "ADD files :f, #b :b",
+                            "ExpressionAttributeNames": {"#b": "bytes"},
+                            "ExpressionAttributeValues": _item(
+                                {":f": correction.files, ":b": correction.bytes}
+                            ),
+                        }
+                    }
+                )
+            if self._transact(items_to_write) is None:
+                return held
+        raise errors.RecordStoreError()
+
+    def _reserved(self, scope: tuple[str, str]) -> Held:
+        """What the scope's live reservations hold (read after the snapshot: one made since
+        changed the ledger, and the recount's condition fails)."""
+        reserved = Held()
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            IndexName=RESERVATION_INDEX,
+            KeyConditionExpression="reservationShard = :shard",
+            ExpressionAttributeValues=_item({":shard": "r"}),
+        )
+        try:
+            for page in pages:
+                for item in map(_plain, page["Items"]):
+                    if (item["tenant"], item["projectId"]) == scope:
+                        reserved += Held(int(item["files"]), int(item["bytes"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise errors.RecordStoreError() from exc
+        return reserved
 
     # -- records -------------------------------------------------------------------------------
     def create_many(
