@@ -38,6 +38,7 @@ _BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PADDING_RE = re.compile(rb"[ \t]*")
 WHITESPACE = b" \t\r\n"
+Buffer = bytes | bytearray  # what a feed may be: the body reader under gunicorn gives bytearrays
 MAX_PREAMBLE_BYTES = 1024
 MAX_EPILOGUE_BYTES = 1024
 MAX_PADDING_BYTES = 1024
@@ -134,7 +135,7 @@ class FormDataParser:
         self._state = _State.PREAMBLE
         self._line_break: bytes | None = None  # fixed by the first boundary line
         self._delimiter = b""  # line break + dash boundary, once the line break is known
-        self._buffer = b""
+        self._buffer: Buffer = b""
         self._eof = False
         self._skipped = 0  # preamble or epilogue bytes so far
         self._files = 0
@@ -143,10 +144,10 @@ class FormDataParser:
         self._in_part = False  # a part ended by the delimiter just read
         self.complete = False  # the closing boundary was seen
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: Buffer) -> list[Event]:
         if self._eof:
             raise RuntimeError("feed() after finish()")
-        self._buffer = self._buffer + data if self._buffer else bytes(data)
+        self._buffer = self._buffer + data if self._buffer else data
         return self._run()
 
     def finish(self) -> list[Event]:
@@ -185,7 +186,7 @@ class FormDataParser:
         self._buffer = buffer[pos:]
         return events
 
-    def _preamble(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+    def _preamble(self, buffer: Buffer, pos: int, events: list[Event]) -> int:
         start = pos
         end = len(buffer)
         while pos < end and buffer[pos] in WHITESPACE:
@@ -205,7 +206,7 @@ class FormDataParser:
     def _no_boundary() -> FormDataError:
         return FormDataError("The body does not start with the multipart boundary.")
 
-    def _delimiter_line(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+    def _delimiter_line(self, buffer: Buffer, pos: int, events: list[Event]) -> int:
         if buffer[pos : pos + 1] == b"-":
             if len(buffer) < pos + 2:
                 raise _Wait(pos)
@@ -247,7 +248,7 @@ class FormDataParser:
         self._state = _State.HEADERS
         return after + len(line_break)
 
-    def _headers(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+    def _headers(self, buffer: Buffer, pos: int, events: list[Event]) -> int:
         line_break = self._line_break
         assert line_break is not None
         cap = self._limits.max_part_header_bytes
@@ -265,7 +266,7 @@ class FormDataParser:
         self._state = _State.BODY_START
         return end
 
-    def _body_start(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+    def _body_start(self, buffer: Buffer, pos: int, events: list[Event]) -> int:
         window = buffer[pos : pos + len(self._dash_boundary)]
         if window == self._dash_boundary:
             self._state = _State.DELIMITER  # an empty body: "...<CRLF><CRLF>--boundary"
@@ -275,7 +276,7 @@ class FormDataParser:
         self._state = _State.BODY
         return pos
 
-    def _body(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+    def _body(self, buffer: Buffer, pos: int, events: list[Event]) -> int:
         delimiter = self._delimiter
         found = buffer.find(delimiter, pos)
         if found != -1:
@@ -286,7 +287,7 @@ class FormDataParser:
         self._data(buffer, pos, safe, events)
         raise _Wait(safe)
 
-    def _epilogue(self, buffer: bytes, pos: int, events: list[Event]) -> int:
+    def _epilogue(self, buffer: Buffer, pos: int, events: list[Event]) -> int:
         rest = buffer[pos:]
         self._skipped += len(rest)
         if rest.strip(WHITESPACE) or self._skipped > MAX_EPILOGUE_BYTES:
@@ -294,7 +295,7 @@ class FormDataParser:
         return len(buffer)
 
     # -- parts -------------------------------------------------------------------------------------
-    def _parse_headers(self, block: bytes) -> dict[str, str]:
+    def _parse_headers(self, block: Buffer) -> dict[str, str]:
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
@@ -335,7 +336,7 @@ class FormDataParser:
                 raise FormDataError("Too many text fields.", limit=True)
             self._field = (name, bytearray())
 
-    def _data(self, buffer: bytes, start: int, end: int, events: list[Event]) -> None:
+    def _data(self, buffer: Buffer, start: int, end: int, events: list[Event]) -> None:
         if end <= start:
             return
         if self._field is None:
@@ -362,7 +363,7 @@ class FormDataParser:
         events.append(TextField(name, text))
 
 
-def _possible_prefix_start(buffer: bytes, start: int, delimiter: bytes) -> int:
+def _possible_prefix_start(buffer: Buffer, start: int, delimiter: bytes) -> int:
     """Where the buffer's tail from ``start`` on begins a possible delimiter (else its length)."""
     first = delimiter[:1]
     index = buffer.find(first, start)

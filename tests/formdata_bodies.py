@@ -105,9 +105,15 @@ class Outcome:
 
 
 def outcome(
-    body: bytes, cuts: Sequence[int] = (), *, boundary: bytes, limits: FormLimits = FormLimits()
+    body: bytes,
+    cuts: Sequence[int] = (),
+    *,
+    boundary: bytes,
+    limits: FormLimits = FormLimits(),
+    as_bytearray: bool = False,
 ) -> Outcome:
-    """Parse ``body`` fed in the pieces that ``cuts`` (offsets) make; never raises."""
+    """Parse ``body`` fed in the pieces that ``cuts`` (offsets) make; never raises.
+    ``as_bytearray``: each piece a bytearray, as the body reader under gunicorn gives them."""
     parser = FormDataParser(boundary, limits)
     events: list[Event] = []
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(body)}), len(body)]
@@ -116,7 +122,9 @@ def outcome(
             # Views are valid until the next feed: copy, as a consumer would use them.
             events += (
                 FileData(memoryview(bytes(event.data))) if isinstance(event, FileData) else event
-                for event in parser.feed(body[start:end])
+                for event in parser.feed(
+                    bytearray(body[start:end]) if as_bytearray else body[start:end]
+                )
             )
         events += parser.finish()
     except FormDataError as exc:

@@ -5,7 +5,9 @@ is answered 408 body_timeout and leaves nothing, and slow clients do not starve 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -589,3 +591,98 @@ def test_without_gunicorn_nothing_is_wrapped():
     stream = _Stream(lambda: b"")
     with guarded_body({"wsgi.input": stream}, stream, LIMITS) as body:  # type: ignore[arg-type]
         assert body._per_recv is False and body.read(10) == b""
+
+
+# -- Content-Length bodies under gunicorn: received straight into what each read returns ----------
+def gunicorn_body(sock, length: int, read_ahead: bytes = b""):
+    """gunicorn's own body objects for a request with a Content-Length on ``sock``, holding
+    ``read_ahead`` as if it had arrived with the headers."""
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    unreader = SocketUnreader(sock)
+    if read_ahead:
+        unreader.unread(read_ahead)
+    return Body(LengthReader(unreader, length)), unreader
+
+
+def test_a_content_length_body_is_received_into_the_buffers_it_returns():
+    from gateway.bodies import _LengthBody, guarded_body
+
+    content = os.urandom(300_000)
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(3.0)
+        server_body, unreader = gunicorn_body(left, len(content), read_ahead=content[:1000])
+        sender = threading.Thread(target=right.sendall, args=(content[1000:] + b"PIPELINED",))
+        sender.start()  # more than a socket buffer holds
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        with guarded_body(environ, server_body, LIMITS) as body:
+            assert isinstance(body._stream, _LengthBody) and unreader.sock is left
+            assert body.read(600) == content[:600]  # what came with the headers, first
+            assert body.read(10_000) == content[600:1000]
+            received = body.read(200_000)
+            assert type(received) is bytearray and received == content[1000:201_000]
+            assert server_body.reader.length == len(content) - 201_000
+            assert body.guard.received == 200_000
+        assert left.gettimeout() == 3.0
+        # Whatever reads the body afterwards (the lingering drain) gets exactly the rest.
+        assert server_body.read(1_000_000) == content[201_000:]
+        assert server_body.read(10) == b""
+        sender.join()
+        assert unreader.read() == b"PIPELINED"
+
+
+def test_read_ahead_past_the_body_goes_back_to_gunicorn():
+    from gateway.bodies import guarded_body
+
+    left, right = socket.socketpair()
+    with left, right:
+        server_body, unreader = gunicorn_body(left, 5, read_ahead=b"hello" + b"GET / HTTP/1.1")
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        with guarded_body(environ, server_body, LIMITS) as body:
+            assert body.read(100) == b"hello"
+            assert body.read(100) == b""
+        assert unreader.read() == b"GET / HTTP/1.1"
+
+
+def test_a_body_cut_short_ends_its_reads_and_one_that_stalls_is_a_408():
+    from gateway.bodies import guarded_body
+
+    limits = BodyLimits(idle=0.2, min_rate=0, grace=10.0)
+    left, right = socket.socketpair()
+    with left:
+        server_body, _ = gunicorn_body(left, 1000)
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        right.sendall(b"x" * 300)
+        with guarded_body(environ, server_body, limits) as body:
+            assert body.read(200) == b"x" * 200
+            right.close()  # the client went away
+            assert body.read(800) == b"x" * 100
+            assert body.read(800) == b""  # the protocols then count bytes against the length
+    left, right = socket.socketpair()
+    with left, right:
+        server_body, _ = gunicorn_body(left, 1000)
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        right.sendall(b"x" * 100)
+        with guarded_body(environ, server_body, limits) as body:
+            with pytest.raises(errors.BodyTimeout) as stalled:
+                body.read(800)
+            assert stalled.value.status == 408 and body.guard.received == 100
+
+
+def test_gunicorns_reader_is_kept_when_the_body_was_wrapped_or_already_read_from():
+    from gateway.bodies import guarded_body
+
+    left, right = socket.socketpair()
+    with left, right:
+        server_body, unreader = gunicorn_body(left, 10)
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        with guarded_body(environ, _Stream(lambda: b""), LIMITS) as body:  # type: ignore[arg-type]
+            assert isinstance(unreader.sock, _GuardedSocket) and body._per_recv is True
+        right.sendall(b"0123456789")
+        assert server_body.read(3) == b"012"  # gunicorn's Body now buffers the rest
+        with guarded_body(environ, server_body, LIMITS) as body:
+            assert isinstance(unreader.sock, _GuardedSocket)
+            assert body.read(100) == b"3456789"
+        assert unreader.sock is left

@@ -590,7 +590,9 @@ def test_valid_bodies_round_trip_byte_for_byte_however_split(form, data):
     body = render(form)
     expected = Outcome(expected_events(form), None)
     assert outcome(body, boundary=form.boundary) == expected
-    assert outcome(body, _cuts(data, body), boundary=form.boundary) == expected
+    cuts = _cuts(data, body)
+    assert outcome(body, cuts, boundary=form.boundary) == expected
+    assert outcome(body, cuts, boundary=form.boundary, as_bytearray=True) == expected
 
 
 mutations = st.one_of(
@@ -636,6 +638,7 @@ def test_any_body_gives_one_answer_however_split(form, steps, data, limits):
     whole = outcome(body, boundary=form.boundary, limits=limits)
     cuts = _cuts(data, body) if data is not None else every_size(body, 1)
     assert outcome(body, cuts, boundary=form.boundary, limits=limits) == whole
+    assert outcome(body, cuts, boundary=form.boundary, limits=limits, as_bytearray=True) == whole
 
 
 @given(forms(plain=True))
