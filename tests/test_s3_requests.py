@@ -99,6 +99,17 @@ def client(settings):
     return client
 
 
+def s3_client_with(url: str, key_id: str, secret: str, region: str = "us-east-1", **kwargs):
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name=region,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        **kwargs,
+    )
+
+
 def requests_for(client, bucket: str) -> S3Requests:
     return S3Requests(
         client,
@@ -162,13 +173,7 @@ def test_upload_part_answers_the_etag_that_completes_the_upload(client, settings
 
 def test_a_wrong_secret_is_refused_as_the_client_refuses_it_and_counted(settings, checking_moto):
     url, key_id, _ = checking_moto
-    wrong = boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=key_id,
-        aws_secret_access_key="not-the-secret",
-    )
+    wrong = s3_client_with(url, key_id, "not-the-secret")
     before = parse(metrics.scrape().decode())
     with pytest.raises(ClientError) as refused:
         requests_for(wrong, bucket_of(settings)).put_object("uploads/x", b"x", {})
@@ -258,12 +263,11 @@ def test_requests_are_signed_for_the_clients_region_without_hashing_the_body(che
     """moto accepts any region in the signature's scope; S3 does not. The body goes unsigned
     (its checksum header is what S3 verifies), as the client sends it."""
     url, key_id, secret = checking_moto
-    regional = boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="eu-central-1",
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
+    regional = s3_client_with(
+        url,
+        key_id,
+        secret,
+        region="eu-central-1",
         config=Config(s3={"payload_signing_enabled": False}),
     )
     sender = requests_for(regional, "any-bucket")
