@@ -129,12 +129,15 @@ class IncomingFile:
     def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         self._hasher.update(data)
-        if self.writer is not None:
-            self.writer.write(data)
-            return
-        self._head += data
-        if len(self._head) >= SNIFF_BYTES:
-            self._open()
+        writer = self.writer
+        if writer is None:
+            if self._head or len(data) < SNIFF_BYTES:  # only a short first read is held
+                self._head += data
+                if len(self._head) < SNIFF_BYTES:
+                    return
+                data, self._head = memoryview(self._head), bytearray()
+            writer = self._open(bytes(data[:SNIFF_BYTES]))
+        writer.write(data)
 
     def finish(self, *, more_follow: bool) -> None:
         """The last byte arrived: refuse an empty file or a wrong checksum, free the buffers
@@ -142,15 +145,16 @@ class IncomingFile:
         if self.size == 0:
             raise errors.EmptyFile()
         if self.writer is None:
-            self._open()
+            head, self._head = self._head, bytearray()
+            self._open(bytes(head)).write(memoryview(head))
         assert self.writer is not None
         if self.expected_sha256 is not None and self.expected_sha256 != self.sha256:
             raise errors.ChecksumMismatch()
         if more_follow:
             self.writer.spill()
 
-    def _open(self) -> None:
-        head = bytes(self._head)
+    def _open(self, head: bytes) -> ObjectWriter:
+        """Sniff the file's first bytes and open its writer (nothing written yet)."""
         self.sniffed = checked_type(head, self.allowed_types, name=self.original_name)
         metadata = object_metadata(
             media_id=self.media_id,
@@ -165,8 +169,7 @@ class IncomingFile:
             metadata=metadata,
             content_disposition=content_disposition(self.original_name),
         )
-        self._head = bytearray()
-        self.writer.write(head)
+        return self.writer
 
     def commit(self) -> None:
         assert self.writer is not None

@@ -226,6 +226,35 @@ def test_a_signature_in_the_second_write_is_still_sniffed():
     assert bytes(store.writers[0].data) == content
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [[100, 50_000], [8191, 1, 40_000], [2, 8190, 9], [50_000], [8192]],
+    ids=["short-then-long", "one-short-of-the-window", "exactly-the-window", "long", "window"],
+)
+def test_a_first_read_of_any_size_is_written_whole_and_sniffed_from_its_first_bytes(
+    monkeypatch, sizes
+):
+    import gateway.ingest
+
+    heads = []
+    sniff = gateway.ingest.checked_type
+    monkeypatch.setattr(
+        gateway.ingest,
+        "checked_type",
+        lambda head, *a, **k: heads.append(head) or sniff(head, *a, **k),
+    )
+    store = FakeStore()
+    file = incoming(store)
+    content = png_bytes(sum(sizes))
+    offset = 0
+    for size in sizes:
+        file.write(memoryview(content)[offset : offset + size])  # as the parser hands them
+        offset += size
+    file.finish(more_follow=False)
+    assert heads == [content[:8192]]
+    assert bytes(store.writers[0].data) == content
+
+
 def test_the_writer_gets_key_type_metadata_and_disposition():
     store = FakeStore()
     sha = hashlib.sha256(png_bytes(9000)).hexdigest()

@@ -173,12 +173,38 @@ def test_s3_single_put_stores_headers_and_sha256_metadata(s3_store):
         store, key, metadata={"media-id": "m1", "project-id": "p1"}, content_disposition=disposition
     )
     writer.write(data)
+    buffer = writer._part
     writer.commit(sha256=sha(data))
     head = store.client.head_object(Bucket=store.bucket, Key=store.full_key(key))
     assert head["ContentType"] == "image/png"
     assert head["ContentDisposition"] == disposition
     assert head["Metadata"] == {"media-id": "m1", "project-id": "p1", "sha256": sha(data)}
     assert raw_pending(store) == []
+    assert store.buffers.take() is buffer  # back in the pool
+
+
+def test_s3_single_put_that_fails_gives_its_buffer_back_and_stores_nothing(s3_store):
+    store = s3_store
+    key, data = make_key(), png_bytes(40_000)
+    writer = open_writer(store, key)
+    writer.write(data)
+    buffer = writer._part
+    requests = store.requests
+    store.requests = S3Requests(
+        store.client,
+        bucket=unique("missing"),
+        max_attempts=1,
+        connect_timeout=5,
+        read_timeout=30,
+        max_pool_connections=1,
+    )
+    try:
+        with pytest.raises(StorageError):
+            writer.commit(sha256=sha(data))
+    finally:
+        store.requests = requests
+    assert store.buffers.take() is buffer
+    assert not store.exists(key)
 
 
 def test_s3_multipart_stores_headers_and_sha256_tag(s3_store):

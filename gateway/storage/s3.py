@@ -249,6 +249,9 @@ class S3ObjectWriter:
             "storing the object",
             self._store.requests.put_object,
             key=self._object_key,
+            # A copy, so that the part buffer (a whole part, for a file of any size) goes back
+            # at once: sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of
+            # them, 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU (bench (c)).
             body=self._take_tail(),
             headers=headers,
         )
