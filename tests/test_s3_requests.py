@@ -232,7 +232,9 @@ def test_the_bucket_url_is_the_clients_own_addressing(client, settings, checking
     aws = boto3.client(
         "s3", region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b"
     )
-    assert bucket_url(aws, "my-bucket") == "https://my-bucket.s3.amazonaws.com"
+    assert bucket_url(aws, "my-bucket") == "https://my-bucket.s3.eu-west-1.amazonaws.com"
+    assert bucket_url(aws, "My.Bucket") == "https://s3.eu-west-1.amazonaws.com/My.Bucket"
+    assert bucket_url(client, "gateway-bucket-url") == f"{url}/gateway-bucket-url"
 
 
 def test_an_upload_through_the_gateway_is_signed_and_stored_exactly(settings):

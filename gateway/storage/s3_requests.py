@@ -10,7 +10,7 @@ checksums it already computed, so they need none of that: the request is a URL, 
 and the body, signed as botocore signs it. Every other S3 call still goes through the client.
 
 Same behaviour as the client's call: the client's credentials (refreshed as they expire), its
-region and addressing (the bucket's URL comes from the client's own presigner), its payload
+region, addressing and TLS verification, its payload
 signing choice; retries by botocore's ``standard`` mode rules and backoff, up to the client's
 ``total_max_attempts``; failures raised as the client would (``ClientError`` with the parsed S3
 error, or botocore's connection errors), so ``s3.translate`` maps them; the calls are timed and
@@ -19,8 +19,10 @@ counted in the same metrics.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
@@ -34,11 +36,10 @@ from botocore.retries.standard import (
     RetryPolicy,
     StandardRetryConditions,
 )
-from botocore.utils import get_environ_proxies, percent_encode
+from botocore.utils import check_dns_name, get_environ_proxies, percent_encode
 
 from ..metrics import S3_CALL_DURATION, S3_CALL_ERRORS
 
-PLACEHOLDER_KEY = "gateway-bucket-url"
 # What botocore's HTTP session raises when no answer came (retried as the client retries them).
 TRANSPORT_ERRORS = (HTTPClientError, BotoConnectionError)
 
@@ -62,6 +63,8 @@ class S3Requests:
         self._model = client.meta.service_model
         self.bucket_url = bucket_url(client, bucket)
         self._http = URLLib3Session(
+            # the client's own TLS verification (AWS_CA_BUNDLE, ca_bundle), not certifi's
+            verify=client._endpoint.http_session._verify,
             proxies=get_environ_proxies(self.bucket_url),
             timeout=(connect_timeout, read_timeout),  # type: ignore[arg-type]  # as the client's
             max_pool_connections=max_pool_connections,
@@ -153,10 +156,20 @@ class S3Requests:
 
 
 def bucket_url(client: Any, bucket: str) -> str:
-    """The bucket's base URL as the client addresses it (path or virtual-host style)."""
-    url = str(
-        client.generate_presigned_url(
-            "put_object", Params={"Bucket": bucket, "Key": PLACEHOLDER_KEY}
-        )
-    )
-    return url[: url.index("/" + PLACEHOLDER_KEY)]
+    """The bucket's base URL as the client addresses it: path style where the client uses it
+    (a custom endpoint) or the name cannot be a host, else virtual-hosted on the client's own
+    (regional) endpoint."""
+    endpoint = str(client.meta.endpoint_url).rstrip("/")
+    style = (client.meta.config.s3 or {}).get("addressing_style", "auto")
+    scheme, host = endpoint.split("://", 1)
+    if style == "path" or not check_dns_name(bucket) or _is_ip_literal(urlsplit(endpoint).hostname):
+        return f"{endpoint}/{percent_encode(bucket)}"
+    return f"{scheme}://{bucket}.{host}"
+
+
+def _is_ip_literal(host: str | None) -> bool:
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
