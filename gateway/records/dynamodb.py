@@ -302,13 +302,7 @@ class DynamoRecordStore:
         for pk, change, max_files, max_bytes in targets:
             if change.files == 0 and change.bytes == 0:
                 continue
-            values: dict[str, Any] = {":f": change.files, ":b": change.bytes}
-            update: dict[str, Any] = {
-                "TableName": self.table,
-                "Key": _item({"pk": pk}),
-                "UpdateExpression": "ADD files :f, #b :b",
-                "ExpressionAttributeNames": {"#b": "bytes"},
-            }
+            values: dict[str, Any] = {}
             conditions = []
             if max_files and change.files > 0:
                 if change.files > max_files:
@@ -320,11 +314,25 @@ class DynamoRecordStore:
                     raise errors.QuotaExceeded(f"At most {max_bytes} bytes may be held.")
                 conditions.append("(attribute_not_exists(#b) OR #b <= :mb)")
                 values[":mb"] = max_bytes - change.bytes
-            if conditions:
-                update["ConditionExpression"] = " AND ".join(conditions)
-            update["ExpressionAttributeValues"] = _item(values)
-            updates.append({"Update": update})
+            updates.append(self._ledger_add(pk, change, " AND ".join(conditions), values))
         return updates
+
+    def _ledger_add(
+        self, pk: str, change: Held, condition: str = "", values: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """ADD ``change`` to a ledger item, if ``condition`` (on ``values``) holds."""
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": _item({"pk": pk}),
+            "UpdateExpression": "ADD files :f, #b :b",
+            "ExpressionAttributeNames": {"#b": "bytes"},
+            "ExpressionAttributeValues": _item(
+                {":f": change.files, ":b": change.bytes, **(values or {})}
+            ),
+        }
+        if condition:
+            update["ConditionExpression"] = condition
+        return {"Update": update}
 
     @staticmethod
     def _quota_refused(reasons: list[str], first_ledger: int) -> bool:
@@ -450,10 +458,10 @@ class DynamoRecordStore:
     def _recount(self, scope: tuple[str, str]) -> Held:
         tenant, project_id = scope
         ledger_key = _item({"pk": f"quota#p#{tenant}#{project_id}"})
+        keys = [ledger_key] + [
+            _item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)
+        ]
         for _ in range(RECOUNT_ATTEMPTS):
-            keys = [ledger_key] + [
-                _item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)
-            ]
             snapshot = self._call(
                 self.client.transact_get_items,
                 TransactItems=[{"Get": {"TableName": self.table, "Key": k}} for k in keys],
@@ -478,19 +486,7 @@ class DynamoRecordStore:
             correction = held + -before
             items_to_write: list[dict[str, Any]] = [{"Update": put}]
             if correction.files or correction.bytes:
-                items_to_write.append(
-                    {
-                        "Update": {
-                            "TableName": self.table,
-                            "Key": _item({"pk": f"quota#t#{tenant}"}),
-                            "UpdateExpression": "ADD files :f, #b :b",
-                            "ExpressionAttributeNames": {"#b": "bytes"},
-                            "ExpressionAttributeValues": _item(
-                                {":f": correction.files, ":b": correction.bytes}
-                            ),
-                        }
-                    }
-                )
+                items_to_write.append(self._ledger_add(f"quota#t#{tenant}", correction))
             if self._transact(items_to_write) is None:
                 return held
         raise errors.RecordStoreError()
