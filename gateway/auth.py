@@ -8,10 +8,15 @@ CSRF token come later, in its body: the upload checks it before the first file.
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 from flask import Flask, current_app, request
 from flask_jwt_extended import (
     JWTManager,
@@ -26,7 +31,54 @@ from . import csrf, errors
 from .config import Settings
 from .principal import Principal
 
-jwt_manager = JWTManager()
+VERIFIED_TOKENS_KEPT = 1024
+
+
+class _VerifiedTokens:
+    """The claims of tokens this process verified, each until its ``exp`` (plus the leeway):
+    a client sends the same bearer token with every request, and verifying it (three decodes
+    and an HMAC or RSA check) was about 0.1 ms of each. Keyed by the whole token, so only a
+    byte-identical token is taken as verified; anything that fails is checked afresh each
+    time. Per app: tests and embedders run apps with different keys in one process."""
+
+    def __init__(self, leeway: float, clock: Callable[[], float] = time.time) -> None:
+        self._claims: TLRUCache[str, dict[str, Any]] = TLRUCache(
+            maxsize=VERIFIED_TOKENS_KEPT,
+            # PyJWT takes a token as expired once now >= exp + leeway: the same instant
+            ttu=lambda _token, claims, _now: claims["exp"] + leeway,
+            timer=clock,
+        )
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe (gthread)
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        with self._lock:
+            claims = self._claims.get(token)
+        return None if claims is None else copy.deepcopy(claims)
+
+    def keep(self, token: str, claims: dict[str, Any]) -> None:
+        if isinstance(claims.get("exp"), int | float):  # one without is refused later anyway
+            with self._lock:
+                self._claims[token] = copy.deepcopy(claims)
+
+
+class _JWTManager(JWTManager):
+    """flask-jwt-extended's manager, verifying each distinct token once (``_VerifiedTokens``).
+    Its decoding of every token, from any location, goes through this method."""
+
+    def _decode_jwt_from_config(
+        self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
+    ) -> dict[str, Any]:
+        verified: _VerifiedTokens = current_app.extensions["gateway.verified_tokens"]
+        plain = csrf_value is None and not allow_expired  # the only way the gateway decodes
+        claims = verified.get(encoded_token) if plain else None
+        if claims is None:
+            claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+            if plain:
+                verified.keep(encoded_token, claims)
+        return claims
+
+
+jwt_manager = _JWTManager()
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -61,6 +113,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Never let a token be checked against Flask's SECRET_KEY.
         app.config["JWT_SECRET_KEY"] = None
     jwt_manager.init_app(app)
+    app.extensions["gateway.verified_tokens"] = _VerifiedTokens(settings.jwt_leeway)
     app.extensions["gateway.csrf_key"] = csrf.key_of(settings)
 
 
