@@ -20,7 +20,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -262,22 +262,32 @@ class DynamoRecordStore:
 
     def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
         """One TransactWriteItems: None when it committed, else the cancellation reason of each
-        item ("ConditionalCheckFailed" where a condition did not hold). A conflict with another
-        transaction (which botocore does not retry) is tried again after a short random pause:
-        a cancelled transaction wrote nothing. (Within one call, botocore's own retries keep its
-        ClientRequestToken, so a commit whose answer was lost is not done twice.)"""
+        item ("ConditionalCheckFailed" where a condition did not hold). (Within one call,
+        botocore's own retries keep its ClientRequestToken, so a commit whose answer was lost
+        is not done twice.)"""
+        try:
+            self._retrying_conflicts(self.client.transact_write_items, TransactItems=items)
+            return None
+        except ClientError as exc:
+            if _cancelled_by_condition(exc):
+                return _cancellation_reasons(exc) or ["ConditionalCheckFailed"]
+            raise errors.RecordStoreError() from exc
+        except BotoCoreError as exc:
+            raise errors.RecordStoreError() from exc
+
+    @staticmethod
+    def _retrying_conflicts(fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """A transaction call, tried again after a short random pause when it conflicted with
+        another transaction on one of its items (botocore does not retry that; a cancelled
+        transaction did nothing)."""
         for attempt in range(TRANSACTION_ATTEMPTS):
             try:
-                self.client.transact_write_items(TransactItems=items)
-                return None
+                return fn(**kwargs)
             except ClientError as exc:
-                if _cancelled_by_condition(exc):
-                    return _cancellation_reasons(exc) or ["ConditionalCheckFailed"]
-                if not _conflicted(exc) or attempt == TRANSACTION_ATTEMPTS - 1:
-                    raise errors.RecordStoreError() from exc
+                retry = _conflicted(exc) and not _cancelled_by_condition(exc)
+                if not retry or attempt == TRANSACTION_ATTEMPTS - 1:
+                    raise
                 time.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 (jitter)
-            except BotoCoreError as exc:
-                raise errors.RecordStoreError() from exc
         raise AssertionError("unreachable")
 
     # -- quotas (only with limits: the ledger items are what a condition can check) ------------
@@ -300,8 +310,8 @@ class DynamoRecordStore:
         ]
         updates = []
         for pk, change, max_files, max_bytes in targets:
-            if change.files == 0 and change.bytes == 0:
-                continue
+            if change.files == 0 and change.bytes == 0 and pk.startswith("quota#t#"):
+                continue  # (a project's ledger counts even this write: see _ledger_add)
             values: dict[str, Any] = {}
             conditions = []
             if max_files and change.files > 0:
@@ -320,16 +330,21 @@ class DynamoRecordStore:
     def _ledger_add(
         self, pk: str, change: Held, condition: str = "", values: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """ADD ``change`` to a ledger item, if ``condition`` (on ``values``) holds."""
+        """ADD ``change`` to a ledger item, if ``condition`` (on ``values``) holds. A project's
+        ledger also counts the write in its ``revision``, even a write that moves nothing in
+        sum (an upload's bytes going from its reservation to its counters): what a recount's
+        condition checks, since the sums alone cannot show such a write."""
+        project = pk.startswith("quota#p#")
         update: dict[str, Any] = {
             "TableName": self.table,
             "Key": _item({"pk": pk}),
-            "UpdateExpression": "ADD files :f, #b :b",
+            "UpdateExpression": "ADD files :f, #b :b" + (", revision :one" if project else ""),
             "ExpressionAttributeNames": {"#b": "bytes"},
             "ExpressionAttributeValues": _item(
-                {":f": change.files, ":b": change.bytes, **(values or {})}
+                {":f": change.files, ":b": change.bytes, **({":one": 1} if project else {}),
+                 **(values or {})}
             ),
-        }
+        }  # fmt: skip
         if condition:
             update["ConditionExpression"] = condition
         return {"Update": update}
@@ -370,7 +385,9 @@ class DynamoRecordStore:
                 ),
             }
         }  # fmt: skip
-        ledger = self._ledger_updates({(tenant, project_id): Held(files, bytes)})
+        change = Held(files, bytes)
+        renewal = not (files or bytes)  # only reservedUntil moves: nothing held changes
+        ledger = [] if renewal else self._ledger_updates({(tenant, project_id): change})
         reasons = self._transact([add, *ledger])
         if reasons is not None:
             raise errors.QuotaExceeded()
@@ -419,96 +436,121 @@ class DynamoRecordStore:
     def recount_ledgers(self) -> list[tuple[str, str, Held]]:
         """Set every project's ledger item to what it holds (its usage counters in ``HELD``
         statuses plus its live reservations) and move its tenant's item by the same correction;
-        answers each (tenant, project, held). Each project is one transaction on a consistent
-        snapshot: it commits only if the project's ledger is still what the snapshot saw, and
-        every write that changes what a project holds changes its ledger in the same
-        transaction, so uploads may go on meanwhile (a conflict reads again). Writes of a
-        gateway running without quotas change no ledger: recount once every gateway has them."""
+        answers each (tenant, project, held).
+
+        Uploads may go on meanwhile. In rounds: a consistent snapshot of each project's ledger
+        and counters (one TransactGetItems each), then one strongly consistent read of every
+        reservation (a scan: the reservations' index is only eventually consistent), then each
+        project's write, only if its ledger's revision is still the snapshot's. Every write
+        that changes what a project holds (reservations included, and moves that change no
+        sum) bumps that revision in the same transaction, so a project written meanwhile is
+        read again next round. Writes of a gateway running without quotas change no ledger:
+        recount once every gateway has them."""
         if not self.limits.active:
             return []
-        return [(*scope, self._recount(scope)) for scope in sorted(self._ledger_scopes())]
+        pending = sorted(self._ledger_scopes())
+        recounted: dict[tuple[str, str], Held] = {}
+        for _ in range(RECOUNT_ATTEMPTS):
+            snapshots = {scope: self._ledger_snapshot(scope) for scope in pending}
+            reserved = self._reserved_by_scope()  # after every snapshot of this round
+            for scope, (ledger, counted) in snapshots.items():
+                held = counted + reserved.get(scope, Held())
+                if self._write_recount(scope, ledger, held):
+                    recounted[scope] = held
+            pending = [scope for scope in pending if scope not in recounted]
+            if not pending:
+                return [(*scope, held) for scope, held in sorted(recounted.items())]
+        raise errors.RecordStoreError()
 
     def _ledger_scopes(self) -> set[tuple[str, str]]:
         """Every (tenant, project) with usage counters, a ledger item or a reservation."""
         scopes: set[tuple[str, str]] = set()
-        pages = self.client.get_paginator("scan").paginate(
-            TableName=self.table,
-            ProjectionExpression="pk, tenant, projectId",
+        for item in self._consistent_scan(
             FilterExpression="begins_with(pk, :u) OR begins_with(pk, :q) OR begins_with(pk, :r)",
             ExpressionAttributeValues=_item(
                 {":u": "usage#", ":q": "quota#p#", ":r": "reservation#"}
             ),
-            ConsistentRead=True,
+            ProjectionExpression="pk, tenant, projectId",
+        ):
+            pk = item["pk"]
+            if pk.startswith("usage#"):
+                tenant, project_id, _ = pk.removeprefix("usage#").rsplit("#", 2)
+            elif pk.startswith("quota#p#"):
+                tenant, project_id = pk.removeprefix("quota#p#").rsplit("#", 1)
+            else:
+                tenant, project_id = item["tenant"], item["projectId"]
+            scopes.add((tenant, project_id))
+        return scopes
+
+    def _consistent_scan(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        pages = self.client.get_paginator("scan").paginate(
+            TableName=self.table, ConsistentRead=True, **kwargs
         )
         try:
             for page in pages:
-                for item in map(_plain, page["Items"]):
-                    pk = item["pk"]
-                    if pk.startswith("usage#"):
-                        tenant, project_id, _ = pk.removeprefix("usage#").rsplit("#", 2)
-                    elif pk.startswith("quota#p#"):
-                        tenant, project_id = pk.removeprefix("quota#p#").rsplit("#", 1)
-                    else:
-                        tenant, project_id = item["tenant"], item["projectId"]
-                    scopes.add((tenant, project_id))
+                yield from map(_plain, page["Items"])
         except (ClientError, BotoCoreError) as exc:
             raise errors.RecordStoreError() from exc
-        return scopes
 
-    def _recount(self, scope: tuple[str, str]) -> Held:
+    def _ledger_snapshot(self, scope: tuple[str, str]) -> tuple[dict[str, Any] | None, Held]:
+        """The project's ledger item (None: none yet) and what its counters hold, as of one
+        instant."""
         tenant, project_id = scope
-        ledger_key = _item({"pk": f"quota#p#{tenant}#{project_id}"})
-        keys = [ledger_key] + [
+        keys = [_item({"pk": f"quota#p#{tenant}#{project_id}"})] + [
             _item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)
         ]
-        for _ in range(RECOUNT_ATTEMPTS):
-            snapshot = self._call(
+        try:
+            snapshot = self._retrying_conflicts(
                 self.client.transact_get_items,
                 TransactItems=[{"Get": {"TableName": self.table, "Key": k}} for k in keys],
             )["Responses"]
-            items = [_plain(r["Item"]) if "Item" in r else None for r in snapshot]
-            ledger, usage = items[0], [i for i in items[1:] if i is not None]
-            held = _held_by_counters(usage) + self._reserved(scope)
-            before = Held(int(ledger["files"]), int(ledger["bytes"])) if ledger else Held()
-            values: dict[str, Any] = {":f": held.files, ":b": held.bytes}
-            put: dict[str, Any] = {
-                "TableName": self.table,
-                "Key": ledger_key,
-                "UpdateExpression": "SET files = :f, #b = :b",
-                "ExpressionAttributeNames": {"#b": "bytes"},
-            }
-            if ledger is None:
-                put["ConditionExpression"] = "attribute_not_exists(pk)"
-            else:
-                put["ConditionExpression"] = "files = :f0 AND #b = :b0"
-                values.update({":f0": before.files, ":b0": before.bytes})
-            put["ExpressionAttributeValues"] = _item(values)
-            correction = held + -before
-            items_to_write: list[dict[str, Any]] = [{"Update": put}]
-            if correction.files or correction.bytes:
-                items_to_write.append(self._ledger_add(f"quota#t#{tenant}", correction))
-            if self._transact(items_to_write) is None:
-                return held
-        raise errors.RecordStoreError()
-
-    def _reserved(self, scope: tuple[str, str]) -> Held:
-        """What the scope's live reservations hold (read after the snapshot: one made since
-        changed the ledger, and the recount's condition fails)."""
-        reserved = Held()
-        pages = self.client.get_paginator("query").paginate(
-            TableName=self.table,
-            IndexName=RESERVATION_INDEX,
-            KeyConditionExpression="reservationShard = :shard",
-            ExpressionAttributeValues=_item({":shard": "r"}),
-        )
-        try:
-            for page in pages:
-                for item in map(_plain, page["Items"]):
-                    if (item["tenant"], item["projectId"]) == scope:
-                        reserved += Held(int(item["files"]), int(item["bytes"]))
         except (ClientError, BotoCoreError) as exc:
             raise errors.RecordStoreError() from exc
+        items = [_plain(r["Item"]) if "Item" in r else None for r in snapshot]
+        return items[0], _held_by_counters([i for i in items[1:] if i is not None])
+
+    def _reserved_by_scope(self) -> dict[tuple[str, str], Held]:
+        """What the live reservations hold, per (tenant, project)."""
+        reserved: dict[tuple[str, str], Held] = {}
+        for item in self._consistent_scan(
+            FilterExpression="begins_with(pk, :r)",
+            ExpressionAttributeValues=_item({":r": "reservation#"}),
+        ):
+            scope = (item["tenant"], item["projectId"])
+            reserved[scope] = reserved.get(scope, Held()) + Held(
+                int(item["files"]), int(item["bytes"])
+            )
         return reserved
+
+    def _write_recount(
+        self, scope: tuple[str, str], ledger: dict[str, Any] | None, held: Held
+    ) -> bool:
+        """Set the project's ledger to ``held`` and move its tenant's by the correction, if the
+        ledger is still as snapshot (False: it was written meanwhile)."""
+        tenant, project_id = scope
+        values: dict[str, Any] = {":f": held.files, ":b": held.bytes}
+        put: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": _item({"pk": f"quota#p#{tenant}#{project_id}"}),
+            "UpdateExpression": "SET files = :f, #b = :b",
+            "ExpressionAttributeNames": {"#b": "bytes"},
+        }
+        before = Held()
+        if ledger is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            before = Held(int(ledger["files"]), int(ledger["bytes"]))
+            values.update({":f0": before.files, ":b0": before.bytes})
+            revision = "attribute_not_exists(revision)"  # written before ledgers had revisions
+            if "revision" in ledger:
+                revision, values[":r0"] = "revision = :r0", int(ledger["revision"])
+            put["ConditionExpression"] = f"{revision} AND files = :f0 AND #b = :b0"
+        put["ExpressionAttributeValues"] = _item(values)
+        writes: list[dict[str, Any]] = [{"Update": put}]
+        correction = held + -before
+        if correction.files or correction.bytes:
+            writes.append(self._ledger_add(f"quota#t#{tenant}", correction))
+        return self._transact(writes) is None
 
     # -- records -------------------------------------------------------------------------------
     def create_many(
