@@ -44,8 +44,8 @@ class _VerifiedTokens:
     def __init__(self, leeway: float, clock: Callable[[], float] = time.time) -> None:
         self._claims: TLRUCache[str, dict[str, Any]] = TLRUCache(
             maxsize=VERIFIED_TOKENS_KEPT,
-            # PyJWT takes a token as expired once now >= exp + leeway: the same instant
-            ttu=lambda _token, claims, _now: claims["exp"] + leeway,
+            # PyJWT takes a token as expired once now >= int(exp) + leeway: the same instant
+            ttu=lambda _token, claims, _now: int(claims["exp"]) + leeway,
             timer=clock,
         )
         self._lock = threading.Lock()  # cachetools' caches are not thread-safe (gthread)

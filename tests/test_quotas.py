@@ -16,8 +16,8 @@ from test_tus import create as tus_create
 from test_tus import error as tus_error
 
 from gateway import create_app, errors
-from gateway.records import MediaRecord
-from gateway.records.dynamodb import TRANSACTION_ATTEMPTS
+from gateway.records import MediaRecord, Status
+from gateway.records.dynamodb import RECOUNT_ATTEMPTS, TRANSACTION_ATTEMPTS
 from gateway.records.quota import Held
 
 from conftest import init_stores, make_settings
@@ -334,6 +334,7 @@ def test_a_recount_raced_by_a_write_that_moves_nothing_in_sum_reads_again_and_is
 
     store._reserved_by_scope = raced
     assert store.recount_ledgers() == [("", "p1", Held(1, 7_000))]
+    assert store._reserved_by_scope is reserved  # the race did happen
     assert ledger(svc, "quota#p##p1") == (1, 7_000)
     assert ledger(svc, "quota#t#") == (1, 7_000)
 
@@ -353,9 +354,14 @@ def test_every_write_that_changes_what_a_project_holds_bumps_its_revision(tmp_pa
     record = stored_record(5_000)
     store.create_many([record], reservation="r1")  # 5,000 bytes move, none in sum
     revisions.append(ledger_revision(svc, pk))
-    store.delete(record.media_id)
+    processing = store.update(record.evolve(status=Status.PROCESSING), expected=record)
+    revisions.append(ledger_revision(svc, pk))  # held to held: the counters' snapshot shows it
+    store.reserve("r2", tenant="", project_id="p1", files=1, bytes=1_000, expires_at=9e9)
+    store.end_reservation("r2")
     revisions.append(ledger_revision(svc, pk))
-    assert revisions == [1, 1, 2, 3]
+    store.delete(processing.media_id)
+    revisions.append(ledger_revision(svc, pk))
+    assert revisions == [1, 1, 2, 2, 4, 5]
     assert ledger(svc, pk) == (0, 0)
     assert ledger_revision(svc, "quota#t#") is None  # a tenant's ledger is only ever added to
 
@@ -414,10 +420,40 @@ def test_a_recount_snapshot_that_conflicts_is_read_again(tmp_path, moto_url, mon
     store.client.transact_get_items = conflicting
     assert store.recount_ledgers() == [("", "p1", Held(1, 7_000))]
     assert failures["left"] == 0
-    failures["left"] = TRANSACTION_ATTEMPTS
+    failures["left"] = TRANSACTION_ATTEMPTS  # a whole round's retries: read in the next round
+    assert store.recount_ledgers() == [("", "p1", Held(1, 7_000))]
+    assert failures["left"] == 0
+    failures["left"] = TRANSACTION_ATTEMPTS * RECOUNT_ATTEMPTS
     with pytest.raises(errors.RecordStoreError):
         store.recount_ledgers()
+    assert failures["left"] == 0
     assert ledger(svc, "quota#p##p1") == (1, 7_000)
+
+
+@pytest.mark.slow
+def test_a_commit_whose_reservation_the_sweeper_ended_meanwhile_releases_it_once(
+    tmp_path, moto_url
+):
+    (_, _, _), (_, svc, _) = gateways_before_and_after_quotas(
+        tmp_path, moto_url, quota_project_bytes=100 * MiB
+    )
+    store = svc.records
+    store.reserve("r1", tenant="", project_id="p1", files=1, bytes=9_000, expires_at=9e9)
+    read = store._reservation
+
+    def swept_after_reading(reservation):
+        held = read(reservation)
+        if store._reservation is swept_after_reading:
+            store._reservation = read
+            store.end_reservation(reservation)  # (expired, says the sweeper)
+        return held
+
+    store._reservation = swept_after_reading
+    store.create_many([stored_record(4_000)], reservation="r1")
+    assert store._reservation is read
+    assert ledger(svc, "quota#p##p1") == (1, 4_000)
+    assert ledger(svc, "quota#t#") == (1, 4_000)
+    assert store.recount_ledgers() == [("", "p1", Held(1, 4_000))]
 
 
 def test_recount_needs_quotas_and_has_nothing_to_do_on_sqlite(tmp_path):

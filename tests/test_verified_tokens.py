@@ -126,6 +126,17 @@ def test_entries_expire_at_exp_plus_leeway_exactly():
     assert kept.get("t") is None
 
 
+def test_a_fractional_exp_expires_when_pyjwt_says_so():
+    """PyJWT compares int(exp) + leeway with now."""
+    clock = Clock(1000.0)
+    kept = _VerifiedTokens(leeway=30, clock=clock)
+    kept.keep("t", {"sub": "a", "exp": 1100.9})
+    clock.now = 1129.999
+    assert kept.get("t") is not None
+    clock.now = 1130.0
+    assert kept.get("t") is None
+
+
 @pytest.mark.parametrize("exp", [None, "1100", [1100]])
 def test_claims_without_a_numeric_exp_are_not_kept(exp):
     kept = _VerifiedTokens(leeway=0, clock=Clock(1000.0))

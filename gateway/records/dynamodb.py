@@ -291,10 +291,16 @@ class DynamoRecordStore:
         raise AssertionError("unreachable")
 
     # -- quotas (only with limits: the ledger items are what a condition can check) ------------
-    def _ledger_updates(self, changes: dict[tuple[str, str], Held]) -> list[dict[str, Any]]:
+    def _ledger_updates(
+        self,
+        changes: dict[tuple[str, str], Held],
+        moved: tuple[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
         """ADD each (tenant, project) change to its project's ledger item and, summed, to its
         tenant's; where one grows, only if it stays within the limit (QuotaExceeded at once if
-        the change alone is over it)."""
+        the change alone is over it). ``moved``: a project whose reservation this write turns
+        into counters: its ledger is written (its revision bumped) even if no sum changes, as
+        the recount must see that (a move between counters alone it sees in its snapshot)."""
         if not self.limits.active:
             return []
         limits = self.limits
@@ -302,16 +308,17 @@ class DynamoRecordStore:
         for (tenant, _), change in changes.items():
             tenants[tenant] = tenants.get(tenant, Held()) + change
         targets = [
-            (f"quota#p#{tenant}#{project_id}", change, limits.project_files, limits.project_bytes)
+            (f"quota#p#{tenant}#{project_id}", change, limits.project_files, limits.project_bytes,
+             (tenant, project_id) == moved)
             for (tenant, project_id), change in changes.items()
         ] + [
-            (f"quota#t#{tenant}", change, limits.tenant_files, limits.tenant_bytes)
+            (f"quota#t#{tenant}", change, limits.tenant_files, limits.tenant_bytes, False)
             for tenant, change in tenants.items()
-        ]
+        ]  # fmt: skip
         updates = []
-        for pk, change, max_files, max_bytes in targets:
-            if change.files == 0 and change.bytes == 0 and pk.startswith("quota#t#"):
-                continue  # (a project's ledger counts even this write: see _ledger_add)
+        for pk, change, max_files, max_bytes, written_anyway in targets:
+            if change.files == 0 and change.bytes == 0 and not written_anyway:
+                continue
             values: dict[str, Any] = {}
             conditions = []
             if max_files and change.files > 0:
@@ -331,9 +338,8 @@ class DynamoRecordStore:
         self, pk: str, change: Held, condition: str = "", values: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """ADD ``change`` to a ledger item, if ``condition`` (on ``values``) holds. A project's
-        ledger also counts the write in its ``revision``, even a write that moves nothing in
-        sum (an upload's bytes going from its reservation to its counters): what a recount's
-        condition checks, since the sums alone cannot show such a write."""
+        ledger also counts the write in its ``revision``: what a recount's condition checks,
+        since the sums alone cannot show a write that moves nothing in sum."""
         project = pk.startswith("quota#p#")
         update: dict[str, Any] = {
             "TableName": self.table,
@@ -400,17 +406,7 @@ class DynamoRecordStore:
             if held is None:
                 return
             scope, reserved = held
-            delete = {
-                "Delete": {
-                    "TableName": self.table,
-                    "Key": _item({"pk": f"reservation#{reservation}"}),
-                    "ConditionExpression": "files = :f AND #b = :b",
-                    "ExpressionAttributeNames": {"#b": "bytes"},
-                    "ExpressionAttributeValues": _item(
-                        {":f": reserved.files, ":b": reserved.bytes}
-                    ),
-                }
-            }
+            delete = self._reservation_delete(reservation, reserved)
             ledger = self._ledger_updates({scope: -reserved})
             if self._transact([delete, *ledger]) is None:
                 return
@@ -450,16 +446,20 @@ class DynamoRecordStore:
             return []
         pending = sorted(self._ledger_scopes())
         recounted: dict[tuple[str, str], Held] = {}
-        for _ in range(RECOUNT_ATTEMPTS):
+        for attempt in range(RECOUNT_ATTEMPTS):
             snapshots = {scope: self._ledger_snapshot(scope) for scope in pending}
             reserved = self._reserved_by_scope()  # after every snapshot of this round
-            for scope, (ledger, counted) in snapshots.items():
+            for scope, snapshot in snapshots.items():
+                if snapshot is None:
+                    continue  # its snapshot kept conflicting with writes: next round
+                ledger, counted = snapshot
                 held = counted + reserved.get(scope, Held())
                 if self._write_recount(scope, ledger, held):
                     recounted[scope] = held
             pending = [scope for scope in pending if scope not in recounted]
             if not pending:
                 return [(*scope, held) for scope, held in sorted(recounted.items())]
+            time.sleep(random.uniform(0, min(1.0, 0.05 * 2**attempt)))  # noqa: S311 (jitter)
         raise errors.RecordStoreError()
 
     def _ledger_scopes(self) -> set[tuple[str, str]]:
@@ -492,9 +492,9 @@ class DynamoRecordStore:
         except (ClientError, BotoCoreError) as exc:
             raise errors.RecordStoreError() from exc
 
-    def _ledger_snapshot(self, scope: tuple[str, str]) -> tuple[dict[str, Any] | None, Held]:
+    def _ledger_snapshot(self, scope: tuple[str, str]) -> tuple[dict[str, Any] | None, Held] | None:
         """The project's ledger item (None: none yet) and what its counters hold, as of one
-        instant."""
+        instant; None if the read kept conflicting with write transactions."""
         tenant, project_id = scope
         keys = [_item({"pk": f"quota#p#{tenant}#{project_id}"})] + [
             _item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)
@@ -504,7 +504,11 @@ class DynamoRecordStore:
                 self.client.transact_get_items,
                 TransactItems=[{"Get": {"TableName": self.table, "Key": k}} for k in keys],
             )["Responses"]
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if _conflicted(exc):
+                return None
+            raise errors.RecordStoreError() from exc
+        except BotoCoreError as exc:
             raise errors.RecordStoreError() from exc
         items = [_plain(r["Item"]) if "Item" in r else None for r in snapshot]
         return items[0], _held_by_counters([i for i in items[1:] if i is not None])
@@ -572,29 +576,45 @@ class DynamoRecordStore:
         ]
         if answer is not None:
             items.append({"Update": self._answer_update(answer)})
-        held = self._reservation(reservation) if reservation and self.limits.active else None
-        if held is not None:
-            items.append(
-                {
-                    "Delete": {
-                        "TableName": self.table,
-                        "Key": _item({"pk": f"reservation#{reservation}"}),
-                    }
-                }
-            )
-        changes: dict[tuple[str, str], Held] = {}
-        for (tenant, project_id), deltas in merge_deltas(records).items():
-            items.append(self._usage_update(tenant, project_id, deltas))
-            changes[(tenant, project_id)] = held_of(deltas)
-        first_ledger = len(items)
-        if held is not None:
-            scope, reserved = held
-            changes[scope] = changes.get(scope, Held()) + -reserved
-        reasons = self._transact(items + self._ledger_updates(changes))
-        if reasons is not None:
+        for _ in range(TRANSACTION_ATTEMPTS):
+            held = self._reservation(reservation) if reservation and self.limits.active else None
+            writes = list(items)
+            if held is not None:
+                assert reservation is not None
+                writes.append(self._reservation_delete(reservation, held[1]))
+            changes: dict[tuple[str, str], Held] = {}
+            for (tenant, project_id), deltas in merge_deltas(records).items():
+                writes.append(self._usage_update(tenant, project_id, deltas))
+                changes[(tenant, project_id)] = held_of(deltas)
+            first_ledger = len(writes)
+            moved = None
+            if held is not None:
+                moved, reserved = held
+                changes[moved] = changes.get(moved, Held()) + -reserved
+            reasons = self._transact(writes + self._ledger_updates(changes, moved))
+            if reasons is None:
+                return
+            if held is not None and reasons[len(items) : len(items) + 1] == [
+                "ConditionalCheckFailed"
+            ]:
+                continue  # the reservation changed or ended (the sweeper) since it was read
             if self._quota_refused(reasons, first_ledger):
                 raise errors.QuotaExceeded()
             raise errors.RecordExists()
+        raise errors.RecordStoreError()
+
+    def _reservation_delete(self, reservation: str, reserved: Held) -> dict[str, Any]:
+        """Delete the reservation, if it still holds what was read (else its release would be
+        counted twice)."""
+        return {
+            "Delete": {
+                "TableName": self.table,
+                "Key": _item({"pk": f"reservation#{reservation}"}),
+                "ConditionExpression": "files = :f AND #b = :b",
+                "ExpressionAttributeNames": {"#b": "bytes"},
+                "ExpressionAttributeValues": _item({":f": reserved.files, ":b": reserved.bytes}),
+            }
+        }
 
     def get(self, media_id: str) -> MediaRecord:
         response = self._call(
