@@ -103,6 +103,14 @@ def _held_by_counters(usage_items: list[dict[str, Any]]) -> Held:
     return held
 
 
+PROJECT_LEDGER = "quota#p#"
+TENANT_LEDGER = "quota#t#"
+
+
+def _project_ledger_pk(tenant: str, project_id: str) -> str:
+    return PROJECT_LEDGER + _scope(tenant, project_id)
+
+
 def _usage_pk(tenant: str, project_id: str, shard: int) -> str:
     return f"usage#{_scope(tenant, project_id)}#{shard}"
 
@@ -308,16 +316,16 @@ class DynamoRecordStore:
         for (tenant, _), change in changes.items():
             tenants[tenant] = tenants.get(tenant, Held()) + change
         targets = [
-            (f"quota#p#{tenant}#{project_id}", change, limits.project_files, limits.project_bytes,
-             (tenant, project_id) == moved)
-            for (tenant, project_id), change in changes.items()
+            (_project_ledger_pk(*scope), change, limits.project_files, limits.project_bytes)
+            for scope, change in changes.items()
         ] + [
-            (f"quota#t#{tenant}", change, limits.tenant_files, limits.tenant_bytes, False)
+            (TENANT_LEDGER + tenant, change, limits.tenant_files, limits.tenant_bytes)
             for tenant, change in tenants.items()
-        ]  # fmt: skip
+        ]
+        moved_pk = _project_ledger_pk(*moved) if moved else None
         updates = []
-        for pk, change, max_files, max_bytes, written_anyway in targets:
-            if change.files == 0 and change.bytes == 0 and not written_anyway:
+        for pk, change, max_files, max_bytes in targets:
+            if change.files == 0 and change.bytes == 0 and pk != moved_pk:
                 continue
             values: dict[str, Any] = {}
             conditions = []
@@ -340,17 +348,19 @@ class DynamoRecordStore:
         """ADD ``change`` to a ledger item, if ``condition`` (on ``values``) holds. A project's
         ledger also counts the write in its ``revision``: what a recount's condition checks,
         since the sums alone cannot show a write that moves nothing in sum."""
-        project = pk.startswith("quota#p#")
+        adds, values = (
+            "ADD files :f, #b :b",
+            {":f": change.files, ":b": change.bytes, **(values or {})},
+        )
+        if pk.startswith(PROJECT_LEDGER):
+            adds, values[":one"] = adds + ", revision :one", 1
         update: dict[str, Any] = {
             "TableName": self.table,
             "Key": _item({"pk": pk}),
-            "UpdateExpression": "ADD files :f, #b :b" + (", revision :one" if project else ""),
+            "UpdateExpression": adds,
             "ExpressionAttributeNames": {"#b": "bytes"},
-            "ExpressionAttributeValues": _item(
-                {":f": change.files, ":b": change.bytes, **({":one": 1} if project else {}),
-                 **(values or {})}
-            ),
-        }  # fmt: skip
+            "ExpressionAttributeValues": _item(values),
+        }
         if condition:
             update["ConditionExpression"] = condition
         return {"Update": update}
@@ -391,9 +401,8 @@ class DynamoRecordStore:
                 ),
             }
         }  # fmt: skip
-        change = Held(files, bytes)
         renewal = not (files or bytes)  # only reservedUntil moves: nothing held changes
-        ledger = [] if renewal else self._ledger_updates({(tenant, project_id): change})
+        ledger = [] if renewal else self._ledger_updates({(tenant, project_id): Held(files, bytes)})
         reasons = self._transact([add, *ledger])
         if reasons is not None:
             raise errors.QuotaExceeded()
@@ -437,11 +446,11 @@ class DynamoRecordStore:
         Uploads may go on meanwhile. In rounds: a consistent snapshot of each project's ledger
         and counters (one TransactGetItems each), then one strongly consistent read of every
         reservation (a scan: the reservations' index is only eventually consistent), then each
-        project's write, only if its ledger's revision is still the snapshot's. Every write
-        that changes what a project holds (reservations included, and moves that change no
-        sum) bumps that revision in the same transaction, so a project written meanwhile is
-        read again next round. Writes of a gateway running without quotas change no ledger:
-        recount once every gateway has them."""
+        project's write, only if its ledger's revision is still the snapshot's. Every write to
+        a project's ledger bumps that revision in the same transaction, and a commit that turns
+        a reservation into counters writes it even when no sum changes, so a project written
+        meanwhile is read again next round. Writes of a gateway running without quotas change
+        no ledger: recount once every gateway has them."""
         if not self.limits.active:
             return []
         pending = sorted(self._ledger_scopes())
@@ -468,15 +477,15 @@ class DynamoRecordStore:
         for item in self._consistent_scan(
             FilterExpression="begins_with(pk, :u) OR begins_with(pk, :q) OR begins_with(pk, :r)",
             ExpressionAttributeValues=_item(
-                {":u": "usage#", ":q": "quota#p#", ":r": "reservation#"}
+                {":u": "usage#", ":q": PROJECT_LEDGER, ":r": "reservation#"}
             ),
             ProjectionExpression="pk, tenant, projectId",
         ):
             pk = item["pk"]
             if pk.startswith("usage#"):
                 tenant, project_id, _ = pk.removeprefix("usage#").rsplit("#", 2)
-            elif pk.startswith("quota#p#"):
-                tenant, project_id = pk.removeprefix("quota#p#").rsplit("#", 1)
+            elif pk.startswith(PROJECT_LEDGER):
+                tenant, project_id = pk.removeprefix(PROJECT_LEDGER).rsplit("#", 1)
             else:
                 tenant, project_id = item["tenant"], item["projectId"]
             scopes.add((tenant, project_id))
@@ -496,7 +505,7 @@ class DynamoRecordStore:
         """The project's ledger item (None: none yet) and what its counters hold, as of one
         instant; None if the read kept conflicting with write transactions."""
         tenant, project_id = scope
-        keys = [_item({"pk": f"quota#p#{tenant}#{project_id}"})] + [
+        keys = [_item({"pk": _project_ledger_pk(tenant, project_id)})] + [
             _item({"pk": _usage_pk(tenant, project_id, s)}) for s in range(USAGE_SHARDS)
         ]
         try:
@@ -535,7 +544,7 @@ class DynamoRecordStore:
         values: dict[str, Any] = {":f": held.files, ":b": held.bytes}
         put: dict[str, Any] = {
             "TableName": self.table,
-            "Key": _item({"pk": f"quota#p#{tenant}#{project_id}"}),
+            "Key": _item({"pk": _project_ledger_pk(tenant, project_id)}),
             "UpdateExpression": "SET files = :f, #b = :b",
             "ExpressionAttributeNames": {"#b": "bytes"},
         }
@@ -553,7 +562,7 @@ class DynamoRecordStore:
         writes: list[dict[str, Any]] = [{"Update": put}]
         correction = held + -before
         if correction.files or correction.bytes:
-            writes.append(self._ledger_add(f"quota#t#{tenant}", correction))
+            writes.append(self._ledger_add(TENANT_LEDGER + tenant, correction))
         return self._transact(writes) is None
 
     # -- records -------------------------------------------------------------------------------
@@ -576,6 +585,7 @@ class DynamoRecordStore:
         ]
         if answer is not None:
             items.append({"Update": self._answer_update(answer)})
+        released_at = len(items)  # where the reservation's delete goes, when there is one
         for _ in range(TRANSACTION_ATTEMPTS):
             held = self._reservation(reservation) if reservation and self.limits.active else None
             writes = list(items)
@@ -594,7 +604,7 @@ class DynamoRecordStore:
             reasons = self._transact(writes + self._ledger_updates(changes, moved))
             if reasons is None:
                 return
-            if held is not None and reasons[len(items) : len(items) + 1] == [
+            if held is not None and reasons[released_at : released_at + 1] == [
                 "ConditionalCheckFailed"
             ]:
                 continue  # the reservation changed or ended (the sweeper) since it was read

@@ -10,11 +10,10 @@ checksums it already computed, so they need none of that: the request is a URL, 
 and the body, signed as botocore signs it. Every other S3 call still goes through the client.
 
 Same behaviour as the client's call: the client's credentials (refreshed as they expire), its
-region, addressing and TLS verification, its payload
-signing choice; retries by botocore's ``standard`` mode rules and backoff, up to the client's
-``total_max_attempts``; failures raised as the client would (``ClientError`` with the parsed S3
-error, or botocore's connection errors), so ``s3.translate`` maps them; the calls are timed and
-counted in the same metrics.
+region, addressing and TLS verification, its payload signing choice; retries by botocore's
+``standard`` mode rules and backoff, up to the client's ``total_max_attempts``; failures raised
+as the client would (``ClientError`` with the parsed S3 error, or botocore's connection errors),
+so ``s3.translate`` maps them; the calls are timed and counted in the same metrics.
 """
 
 from __future__ import annotations
