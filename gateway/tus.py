@@ -24,8 +24,6 @@ import dataclasses
 import hashlib
 import logging
 import re
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,8 +32,10 @@ from typing import Any
 
 from . import errors
 from .bodies import BodyReader
-from .config import Settings
+from .config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB, Settings
 from .events import Announcer, EventType
+from .hashstate import ResumableSha256
+from .hashstate import available as resumable_hash_available
 from .ingest import Destination, checked_type, object_metadata
 from .lifecycle import Status, is_visible
 from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
@@ -43,6 +43,7 @@ from .principal import Principal
 from .records import IdempotentAnswer, MediaRecord, MediaStore, TusPart, TusUpload, owned_upload
 from .sniff import SNIFF_BYTES, SniffedType
 from .storage.chunks import ChunkStore, chunk_key
+from .tus_lease import Lease
 
 log = logging.getLogger(__name__)
 TUS_VERSION = "1.0.0"
@@ -64,6 +65,17 @@ _KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 _INT_RE = re.compile(r"[0-9]{1,19}")
 RESERVED_METADATA = {"projectId", "filename", "name", "filetype", "type"}
 MAX_METADATA_VALUE = 4096
+# Part numbers: each lease writes its own (tus_lease.py), so an upload has at most
+# 10,000 / LEASE_SLOTS parts; the part size is chosen to fit.
+LEASE_SLOTS = 8
+MAX_PARTS = S3_MAX_PARTS // LEASE_SLOTS
+
+
+def part_number(index: int, generation: int) -> int:
+    """The S3 part number of the part at ``index`` (0-based, by offset) written under lease
+    ``generation``: ascending with the index, as S3's completion needs, and distinct for eight
+    leases in a row, so a write from a lease that ran out lands beside its successors' parts."""
+    return index * LEASE_SLOTS + generation % LEASE_SLOTS + 1
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,15 @@ class TusService:
     def max_size(self) -> int:
         return self.settings.tus_max_bytes
 
+    def part_size_for(self, size: int) -> int:
+        """A part size (whole MiB) that fits ``size`` in ``MAX_PARTS`` parts."""
+        needed = -(-size // MAX_PARTS)
+        return max(self.settings.direct_part_size, -(-needed // MiB) * MiB)
+
+    def now(self) -> float:
+        """Epoch seconds, the leases' clock."""
+        return self.clock().timestamp()
+
     def expires_header(self, record: MediaRecord) -> str:
         return format_datetime(datetime.fromisoformat(tus_state(record).expires_at), usegmt=True)
 
@@ -200,7 +221,7 @@ class TusService:
                 timespec="seconds"
             ),
             length=upload_length,
-            part_size=self.settings.direct_part_size_for(upload_length or self.max_size),
+            part_size=self.part_size_for(upload_length or self.max_size),
             concat=kind,
             partials=tuple(p.media_id for p in partials),
             client_metadata=tuple(pairs),
@@ -322,31 +343,16 @@ class TusService:
             raise errors.TooLarge(
                 f"A checksummed chunk may be at most {self.settings.tus_max_checksum_chunk} bytes."
             )
-        locked = self._lock(record)
-        writer = _Writer(self, locked, declared, expected)
+        lease = Lease.take(
+            self.records, record, seconds=self.settings.tus_lock_seconds, clock=self.now
+        )
+        writer = _Writer(self, lease, declared, expected)
         try:
+            lease.start()
             return writer.run(body, content_length)
         finally:
             writer.cleanup()
-
-    def _lock(self, record: MediaRecord) -> MediaRecord:
-        upload = tus_state(record)
-        now = time.time()
-        if upload.lock_token and upload.lock_until > now:
-            raise errors.UploadLocked()
-        locked = self.records.update(
-            record.evolve(
-                upload=dataclasses.replace(
-                    upload,
-                    lock_token=uuid.uuid4().hex,
-                    lock_until=now + self.settings.tus_lock_seconds,
-                )
-            ),
-            expected=record,
-        )
-        if locked is None:
-            raise errors.UploadLocked()
-        return locked
+            lease.stop()
 
     # -- termination and expiry ---------------------------------------------------------------
     def terminate(self, principal: Principal, upload_id: str) -> None:
@@ -356,7 +362,7 @@ class TusService:
                 raise errors.UploadStored("A finished upload is deleted through /api/media.")
             return  # ended already
         upload = tus_state(record)
-        if upload.lock_token and upload.lock_until > time.time():
+        if upload.lock_token and upload.lock_until > self.now():
             raise errors.UploadLocked()
         self._end(record, Status.ABORTED, "Terminated by the client.")
 
@@ -440,7 +446,7 @@ class TusService:
     ) -> list[TusPart]:
         sizes = [tus_state(p).length or 0 for p in partials]
         parts: list[TusPart] = []
-        if all(size >= MIN_S3_PART for size in sizes[:-1]):
+        if all(size >= S3_MIN_PART_SIZE for size in sizes[:-1]):
             for number, partial in enumerate(partials, start=1):
                 etag = self.chunks.copy_part(
                     record.s3_key, upload_id, number, chunk_key(partial.media_id, "whole")
@@ -492,7 +498,6 @@ class TusService:
         )
 
 
-MIN_S3_PART = 5 * 1024 * 1024
 PARTIAL_TYPE = "application/octet-stream"
 
 
@@ -510,45 +515,63 @@ def _take(chunks: Any, size: int) -> list[bytes]:
     return out
 
 
+def _hasher(upload: TusUpload) -> ResumableSha256 | Any | None:
+    """What hashes this request's bytes on from the upload's offset: the saved SHA-256 state
+    (any number of requests); without OpenSSL's exportable state, hashlib when the upload starts
+    here (one request); else None (processing computes it)."""
+    if upload.offset == 0:
+        return ResumableSha256() if resumable_hash_available() else hashlib.sha256()
+    if upload.hash_state and resumable_hash_available():
+        try:
+            return ResumableSha256.resume(upload.hash_state)
+        except ValueError:
+            log.warning("a tus upload's SHA-256 state cannot be read here; processing will hash it")
+    return None
+
+
 class _Writer:
-    """One PATCH: from the locked record to the next committed state (or nothing)."""
+    """One PATCH: from the leased record to the next committed state (or nothing). Every write
+    to storage happens under the lease (``lease.check()`` first)."""
 
     def __init__(
         self,
         service: TusService,
-        locked: MediaRecord,
+        lease: Lease,
         declared: int | None,
         expected: tuple[str, bytes] | None,
     ) -> None:
         self.service = service
         self.settings = service.settings
         self.chunks = service.chunks
-        self.locked = locked
-        self.record = locked
-        self.upload = tus_state(locked)
+        self.lease = lease
+        self.record = lease.record  # the type, key and name as this request learns them
+        self.upload = tus_state(lease.record)  # as the lease found it
+        self.size_before = lease.record.size
         self.length = self.upload.length if self.upload.length is not None else declared
         self.expected = expected
         self.checksum = CHECKSUMS[expected[0]]() if expected else None
-        self.whole = hashlib.sha256() if self.upload.offset == 0 else None
+        self.whole = _hasher(self.upload)
         self.parts = list(self.upload.parts)
         self.upload_id = self.upload.s3_upload_id
         self.buffer = bytearray()
         self.received = 0
         self.new_pending = ""
         self.committed = False
-        self.last_renewal = time.monotonic()
 
     @property
     def needs_type(self) -> bool:
         """A partial upload is not a file of its own: the final upload is sniffed."""
-        return not self.record.mime_type and tus_state(self.locked).concat != "partial"
+        return not self.record.mime_type and self.upload.concat != "partial"
 
     @property
     def target(self) -> str:
         return self.service.object_key_of(self.record)
 
     def run(self, body: BodyReader, content_length: int | None) -> MediaRecord:
+        if self.upload.length is None and self.length is not None:
+            self._hold(self.length)  # the length is declared: held before a byte is read
         if self.upload.pending_size:
+            self.lease.check()
             self.buffer += self.chunks.get(self.upload.pending_key)
         interrupted: errors.GatewayError | None = None
         try:
@@ -568,8 +591,6 @@ class _Writer:
                 raise errors.TusChecksumMismatch()
         offset = self.upload.offset + self.received
         done = self.length is not None and offset == self.length
-        if interrupted is not None or (self.received == 0 and not done):
-            self.whole = None
         if done and self.needs_type:
             self._sniff(final=True)
         self._flush(final=done)
@@ -584,12 +605,16 @@ class _Writer:
             chunk = body.read(self.settings.read_size)
             if not chunk:
                 return
-            if self.upload.offset + self.received + len(chunk) > limit:
+            self.lease.check()  # a request that lost its lease stops reading at once
+            end = self.upload.offset + self.received + len(chunk)
+            if end > limit:
                 raise errors.TooLarge(
                     "The chunk goes past Upload-Length."
                     if self.length is not None
                     else f"The upload grew past the limit of {limit} bytes."
                 )
+            if self.length is None and end > self.lease.record.size:
+                self._hold(min(end + self.upload.part_size, limit))
             self.received += len(chunk)
             if self.checksum is not None and self.received > self.settings.tus_max_checksum_chunk:
                 raise errors.TooLarge(
@@ -605,7 +630,12 @@ class _Writer:
                 self._sniff(final=False)
             if self.checksum is None:
                 self._flush(final=False)
-            self._renew()
+
+    def _hold(self, size: int) -> None:
+        """A deferred-length upload holds (for quotas) the bytes it is about to take: its
+        record's size grows ahead of them, checked like any write that holds more
+        (QuotaExceeded: nothing of this request counts)."""
+        self.lease.write(lambda record: record.evolve(size=size))
 
     def _sniff(self, *, final: bool) -> None:
         """The type from the first bytes (the buffer starts the file: no part is written before
@@ -621,8 +651,10 @@ class _Writer:
         self.record = self.service._with_type(self.record, sniffed)
 
     def _reject(self) -> None:
+        self.lease.stop()
         current = self.service.records.get(self.record.media_id)
         self.service._remove(current)
+        self._abort_own_upload()
         self.service.records.delete(current.media_id)
         self.committed = True  # nothing of this request remains to clean up
 
@@ -631,6 +663,7 @@ class _Writer:
         while len(self.buffer) >= size or (
             final and self.buffer and (self.parts or self.upload_id)
         ):
+            self.lease.check()
             if not self.upload_id:
                 self.upload_id = self.chunks.start(
                     self.target,
@@ -638,9 +671,10 @@ class _Writer:
                     metadata=self.service._object_metadata(self.record),
                     content_disposition=content_disposition(self.record.original_name),
                 )
+                self.lease.check()
             with memoryview(self.buffer) as view:  # one copy of the part, not two
                 data = bytes(view[:size])
-            number = len(self.parts) + 1  # = offset of its first byte // part size + 1
+            number = part_number(len(self.parts), self.lease.generation)
             self.parts.append(
                 TusPart(
                     number,
@@ -650,23 +684,8 @@ class _Writer:
             )
             del self.buffer[: len(data)]
 
-    def _renew(self) -> None:
-        if time.monotonic() - self.last_renewal < self.settings.tus_lock_seconds / 3:
-            return
-        upload = tus_state(self.locked)
-        renewed = self.service.records.update(
-            self.locked.evolve(
-                upload=dataclasses.replace(
-                    upload, lock_until=time.time() + self.settings.tus_lock_seconds
-                )
-            ),
-            expected=self.locked,
-        )
-        if renewed is None:
-            raise errors.UploadLocked("The upload was taken over while this request ran.")
-        self.locked, self.last_renewal = renewed, time.monotonic()
-
     def _commit(self, offset: int, done: bool) -> MediaRecord:
+        self.lease.check()
         if done:
             if self.parts:
                 self.chunks.complete(
@@ -682,33 +701,41 @@ class _Writer:
                 )
             self.buffer.clear()
         elif self.buffer:
-            self.new_pending = chunk_key(self.record.media_id, f"pending-{self.locked.version + 1}")
+            self.new_pending = chunk_key(
+                self.record.media_id, f"pending-{self.lease.record.version + 1}"
+            )
             self.chunks.put(self.new_pending, bytes(self.buffer))
-        upload = dataclasses.replace(
-            tus_state(self.locked),
-            length=self.length,
-            offset=offset,
-            parts=tuple(self.parts),
-            pending_key=self.new_pending,
-            pending_size=len(self.buffer),
-            s3_upload_id=self.upload_id,
-            lock_token="",
-            lock_until=0.0,
-            sha256=self.whole.hexdigest() if done and self.whole is not None else "",
-        )
-        changes: dict[str, Any] = {
-            "upload": upload,
-            "mime_type": self.record.mime_type,
-            "file_type": self.record.file_type,
-            "s3_key": self.record.s3_key,
-            "size": self.length or 0,
-        }
-        partial = upload.concat == "partial"
-        if done and not partial:
-            changes.update(status=Status.STORED, sha256=upload.sha256)
-        saved = self.service.records.update(self.locked.evolve(**changes), expected=self.locked)
-        if saved is None:
-            raise errors.UploadLocked("The upload was taken over while this request ran.")
+        digest = self.whole.hexdigest() if done and self.whole is not None else ""
+        resumable = isinstance(self.whole, ResumableSha256) and not done
+        partial = self.upload.concat == "partial"
+
+        def committed(leased: MediaRecord) -> MediaRecord:
+            upload = dataclasses.replace(
+                tus_state(leased),
+                length=self.length,
+                offset=offset,
+                parts=tuple(self.parts),
+                pending_key=self.new_pending,
+                pending_size=len(self.buffer),
+                s3_upload_id=self.upload_id,
+                lock_token="",
+                lock_until=0.0,
+                sha256=digest,
+                hash_state=self.whole.state() if resumable else "",  # type: ignore[union-attr]
+            )
+            changes: dict[str, Any] = {
+                "upload": upload,
+                "mime_type": self.record.mime_type,
+                "file_type": self.record.file_type,
+                "s3_key": self.record.s3_key,
+                # a deferred length holds what arrived (_hold took more while it ran)
+                "size": self.length if self.length is not None else offset,
+            }
+            if done and not partial:
+                changes.update(status=Status.STORED, sha256=digest)
+            return leased.evolve(**changes)
+
+        saved = self.lease.write(committed, last=True)
         self.committed = True
         if self.upload.pending_key and self.upload.pending_key != self.new_pending:
             self._quietly(self.chunks.delete, self.upload.pending_key)
@@ -717,20 +744,31 @@ class _Writer:
         return saved
 
     def _release(self) -> None:
-        """Give the upload back unchanged (a refused chunk: the offset stays)."""
-        released = self.service.records.update(
-            self.locked.evolve(
-                upload=dataclasses.replace(tus_state(self.locked), lock_token="", lock_until=0.0)
-            ),
-            expected=self.locked,
-        )
-        self.committed = released is not None
+        """Give the upload back unchanged (a refused chunk: the offset stays, and what a
+        deferred length took ahead of bytes that did not count is held no more)."""
+        try:
+            self.lease.write(
+                lambda record: record.evolve(
+                    size=self.size_before,
+                    upload=dataclasses.replace(tus_state(record), lock_token="", lock_until=0.0),
+                ),
+                last=True,
+            )
+        except errors.UploadLocked:
+            return  # taken over meanwhile: nothing of ours to give back
+        self.committed = True
+
+    def _abort_own_upload(self) -> None:
+        """A multipart upload this request started and never recorded is ours to abort."""
+        if self.upload_id and self.upload_id != self.upload.s3_upload_id:
+            self._quietly(self.chunks.abort, self.target, self.upload_id)
 
     def cleanup(self) -> None:
         if self.committed:
             return
         if self.new_pending:
             self._quietly(self.chunks.delete, self.new_pending)
+        self._abort_own_upload()
         self._quietly(self._release)
 
     @staticmethod

@@ -100,7 +100,8 @@ def test_an_upload_in_chunks_spanning_parts_is_stored_exactly(client, auth, svc)
     record = svc.records.get(location.rsplit("/", 1)[1])
     assert record.status is Status.STORED and record.size == len(data)
     assert record.mime_type == "image/jpeg" and record.s3_key.endswith(".jpg")
-    assert record.sha256 == ""  # several requests: the pipeline hashes it
+    assert record.sha256 == hashlib.sha256(data).hexdigest()  # hashed across the requests
+    assert record.upload.hash_state == ""  # done: no state kept
     state = head(client, auth, location)
     assert state.status_code == 200 and state.headers["Upload-Offset"] == str(len(data))
     assert state.headers["Upload-Length"] == str(len(data))

@@ -65,12 +65,14 @@ class TusUpload:
     pending_key: str = ""  # the chunk object holding the bytes past the last part
     pending_size: int = 0
     s3_upload_id: str = ""  # the multipart upload of the final object, once started
-    sha256: str = ""  # when the whole upload arrived in one request
+    sha256: str = ""  # once the last byte arrived
+    hash_state: str = ""  # the SHA-256 of bytes [0, offset) so far (gateway/hashstate.py)
     concat: str = ""  # "" | "partial" | "final"
     partials: tuple[str, ...] = ()  # a final upload's partial uploads, in order
     client_metadata: tuple[tuple[str, str], ...] = ()  # Upload-Metadata, as sent
-    lock_token: str = ""  # a request holding the upload (see tus.py), until lock_until
+    lock_token: str = ""  # a request holding the upload (tus_lease.py), until lock_until
     lock_until: float = 0.0
+    generation: int = 0  # how many leases were taken: each writes its own part numbers
     protocol: Literal["tus"] = "tus"
 
     @property
