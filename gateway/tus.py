@@ -614,7 +614,7 @@ class _Writer:
                     else f"The upload grew past the limit of {limit} bytes."
                 )
             if self.length is None and end > self.lease.record.size:
-                self._hold(min(end + self.upload.part_size, limit))
+                self._hold_ahead(end, limit)
             self.received += len(chunk)
             if self.checksum is not None and self.received > self.settings.tus_max_checksum_chunk:
                 raise errors.TooLarge(
@@ -630,6 +630,14 @@ class _Writer:
                 self._sniff(final=False)
             if self.checksum is None:
                 self._flush(final=False)
+
+    def _hold_ahead(self, end: int, limit: int) -> None:
+        """Hold a part's worth ahead (one write per part, not per read); near a quota, exactly
+        what arrived."""
+        try:
+            self._hold(min(end + self.upload.part_size, limit))
+        except errors.QuotaExceeded:
+            self._hold(end)
 
     def _hold(self, size: int) -> None:
         """A deferred-length upload holds (for quotas) the bytes it is about to take: its

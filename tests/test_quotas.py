@@ -188,6 +188,53 @@ def test_a_deferred_tus_length_is_held_once_declared(quota_app):
     assert fits.status_code == 204, fits.get_json()
 
 
+def tus_patch(client, auth, location, offset, data, **headers):
+    return client.patch(location, data=data, headers={
+        "Tus-Resumable": "1.0.0", **auth, "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream", **headers})  # fmt: skip
+
+
+def test_deferred_lengths_hold_the_bytes_they_take_as_they_arrive(quota_app):
+    """The review's bypass (3 x 20 MiB in a 30 MiB project, no length declared), scaled down:
+    each deferred upload holds what it received; the one that would pass the quota is refused
+    with nothing of its request counted, and what the project holds shows in /api/stats."""
+    app, svc, auth = quota_app(quota_project_bytes=100_000)
+    client = app.test_client()
+    data = png_bytes(40_000)
+    locations = [tus_create(client, auth).headers["Location"] for _ in range(3)]
+    for location in locations[:2]:
+        assert tus_patch(client, auth, location, 0, data).status_code == 204
+    refused = tus_patch(client, auth, locations[2], 0, data)
+    assert (refused.status_code, tus_error(refused)) == (413, "quota_exceeded")
+    state = client.head(locations[2], headers={"Tus-Resumable": "1.0.0", **auth})
+    assert state.headers["Upload-Offset"] == "0"
+    stats = client.get("/api/stats?projectId=p1", headers=auth).get_json()
+    assert stats["byStatus"]["pending"] == {"files": 3, "bytes": 2 * len(data)}
+    form = upload(client, auth, [("file", "c.png", png_bytes(30_000))])
+    assert (form.status_code, code_of(form)) == (413, "quota_exceeded")
+    fits = tus_patch(client, auth, locations[2], 0, data[:20_000])  # exactly what is left
+    assert fits.status_code == 204 and fits.headers["Upload-Offset"] == "20000"
+    stats = client.get("/api/stats?projectId=p1", headers=auth).get_json()
+    assert stats["byStatus"]["pending"]["bytes"] == 100_000
+    assert tus_patch(client, auth, locations[2], 20_000, b"x").status_code == 413
+
+
+def test_a_deferred_upload_that_declares_its_length_holds_it_and_ends_at_its_size(quota_app):
+    app, svc, auth = quota_app(quota_project_bytes=100_000)
+    client = app.test_client()
+    data = png_bytes(60_000)
+    location = tus_create(client, auth).headers["Location"]
+    assert tus_patch(client, auth, location, 0, data[:10_000]).status_code == 204
+    declared = tus_patch(client, auth, location, 10_000, data[10_000:20_000],
+                         **{"Upload-Length": str(len(data))})  # fmt: skip
+    assert declared.status_code == 204
+    held = client.get("/api/stats?projectId=p1", headers=auth).get_json()["byStatus"]
+    assert held["pending"]["bytes"] == len(data)  # the declared length, ahead of its bytes
+    assert tus_patch(client, auth, location, 20_000, data[20_000:]).status_code == 204
+    stats = client.get("/api/stats?projectId=p1", headers=auth).get_json()
+    assert "pending" not in stats["byStatus"] and stats["bytes"] == len(data)
+
+
 # -- recounting the DynamoDB ledgers (quotas turned on for a table that already has records) --------
 def ledger(svc, pk: str) -> tuple[int, int] | None:
     item = svc.records.client.get_item(

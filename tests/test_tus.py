@@ -475,3 +475,49 @@ def test_a_refused_creation_frees_its_idempotency_key(client, auth, svc):
     assert refused.status_code == 413
     assert_nothing_left(svc)
     assert create(client, auth, 1000, headers=keyed).status_code == 201
+
+
+def test_an_upload_across_gateway_restarts_gets_the_sha256_of_its_bytes(settings, auth):
+    """Each PATCH on a new gateway (the hash state travels in the record), one of them
+    interrupted: the stored record's SHA-256 is that of exactly the bytes stored."""
+    from gateway import create_app
+
+    data = samples.photo(800, 600) + bytes(range(256)) * 30_000
+    cuts = [0, 70_001, 3 * MiB + 5, len(data)]
+    location = None
+    for start, end in zip(cuts, cuts[1:], strict=False):
+        app = create_app(settings)  # a gateway that never saw the earlier requests
+        app.config["TESTING"] = True
+        client = app.test_client()
+        if location is None:
+            location = path_of(create(client, auth, len(data)))
+        assert patch(client, auth, location, start, data[start:end]).status_code == 204
+    svc = app.extensions["gateway"]
+    record = svc.records.get(location.rsplit("/", 1)[1])
+    assert record.status is Status.STORED and stored_bytes(svc, location) == data
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_interrupted_request_keeps_the_hash_of_what_it_kept(client, auth, svc):
+    data = samples.photo(1600, 1200)
+    location = path_of(create(client, auth, len(data)))
+
+    class Dropping(io.BytesIO):
+        def readinto(self, buffer):
+            if self.tell() >= 5000:
+                raise OSError("connection reset")
+            chunk = self.read(min(len(buffer), 5000 - self.tell()))
+            buffer[: len(chunk)] = chunk
+            return len(chunk)
+
+    answer = client.patch(
+        location,
+        input_stream=Dropping(data),
+        headers={**V, **auth, "Upload-Offset": "0", "Content-Length": str(len(data)),
+                 "Content-Type": "application/offset+octet-stream"},
+    )  # fmt: skip
+    assert answer.status_code == 400 and error(answer) == "client_disconnected"
+    assert head(client, auth, location).headers["Upload-Offset"] == "5000"
+    assert patch(client, auth, location, 5000, data[5000:]).status_code == 204
+    record = svc.records.get(location.rsplit("/", 1)[1])
+    assert record.sha256 == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,72 @@
+"""The SHA-256 whose state a record carries between tus requests: the same digest as hashlib
+for any split of any bytes, resumed from text, and a state from elsewhere refused."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.hashstate import CTX_SIZE, FORMAT, ResumableSha256, available
+
+
+def test_openssl_gives_its_state_here():
+    assert available()
+
+
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=6))
+def test_any_split_saved_and_resumed_gives_hashlibs_digest(data, cuts):
+    hasher = ResumableSha256()
+    start = 0
+    for cut in sorted(cuts):
+        hasher.update(data[start:cut])
+        hasher = ResumableSha256.resume(hasher.state())  # another request, another process
+        start = max(start, cut)
+    hasher.update(bytearray(data[start:]))
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_bytes_bytearray_and_views_hash_alike_and_hexdigest_does_not_end_it():
+    data = bytes(range(256)) * 41
+    hasher = ResumableSha256()
+    hasher.update(data[:100])
+    hasher.update(bytearray(data[100:5000]))
+    hasher.update(memoryview(bytearray(data))[5000:9000])
+    assert hasher.hexdigest() == hashlib.sha256(data[:9000]).hexdigest()
+    hasher.update(memoryview(data)[9000:])  # a read-only view
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_empty_state_is_the_empty_digest():
+    assert ResumableSha256().hexdigest() == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_state_is_tagged_with_its_format_and_byte_order():
+    state = ResumableSha256().state()
+    assert state.startswith(FORMAT + ":")
+    assert FORMAT.endswith(":little") or FORMAT.endswith(":big")
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "",
+        "openssl-sha256-ctx:1:middle:" + "A" * 152,  # another byte order
+        "openssl-sha256-ctx:2:little:" + "A" * 152,  # another format
+        FORMAT + ":not base64!",
+        FORMAT + ":" + "QUFB" * 10,  # 30 bytes, not 112
+    ],
+)
+def test_a_foreign_or_damaged_state_is_refused(state):
+    with pytest.raises(ValueError):
+        ResumableSha256.resume(state)
+
+
+def test_the_state_is_the_whole_struct():
+    import base64
+
+    raw = base64.b64decode(ResumableSha256().state().rsplit(":", 1)[1])
+    assert len(raw) == CTX_SIZE == 112
