@@ -47,7 +47,7 @@ def test_the_empty_state_is_the_empty_digest():
 def test_a_state_is_tagged_with_its_format_and_byte_order():
     state = ResumableSha256().state()
     assert state.startswith(FORMAT + ":")
-    assert FORMAT.endswith(":little") or FORMAT.endswith(":big")
+    assert FORMAT.endswith((":little", ":big"))
 
 
 @pytest.mark.parametrize(

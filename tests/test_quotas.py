@@ -198,7 +198,7 @@ def test_deferred_lengths_hold_the_bytes_they_take_as_they_arrive(quota_app):
     """The review's bypass (3 x 20 MiB in a 30 MiB project, no length declared), scaled down:
     each deferred upload holds what it received; the one that would pass the quota is refused
     with nothing of its request counted, and what the project holds shows in /api/stats."""
-    app, svc, auth = quota_app(quota_project_bytes=100_000)
+    app, _svc, auth = quota_app(quota_project_bytes=100_000)
     client = app.test_client()
     data = png_bytes(40_000)
     locations = [tus_create(client, auth).headers["Location"] for _ in range(3)]
@@ -220,7 +220,7 @@ def test_deferred_lengths_hold_the_bytes_they_take_as_they_arrive(quota_app):
 
 
 def test_a_deferred_upload_that_declares_its_length_holds_it_and_ends_at_its_size(quota_app):
-    app, svc, auth = quota_app(quota_project_bytes=100_000)
+    app, _svc, auth = quota_app(quota_project_bytes=100_000)
     client = app.test_client()
     data = png_bytes(60_000)
     location = tus_create(client, auth).headers["Location"]
