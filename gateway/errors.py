@@ -284,6 +284,13 @@ class RecordExists(Conflict):
     code, message = "record_exists", "A record with this id already exists."
 
 
+class RecordChanged(Conflict):
+    code, message = (
+        "record_changed",
+        "A record this request depends on changed meanwhile; try again.",
+    )
+
+
 class UploadChanged(Conflict):
     code, message = (
         "upload_changed",

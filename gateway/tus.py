@@ -248,9 +248,10 @@ class TusService:
             upload=upload,
             quarantined=self.quarantined,
         )
-        self.records.create_many([record], answer=answer(record) if answer else None)
+        saved_answer = answer(record) if answer else None
         if kind == "final":
-            return self._concatenate(record, partials)
+            return self._concatenate(record, partials, saved_answer)
+        self.records.create_many([record], answer=saved_answer)
         return record
 
     def _check_length(self, length: int) -> None:
@@ -402,42 +403,48 @@ class TusService:
         if tus_state(record).concat != "partial":
             self.announcer.announce(EventType.STORED, [record])
 
-    def _concatenate(self, final: MediaRecord, partials: list[MediaRecord]) -> MediaRecord:
+    def _concatenate(
+        self, final: MediaRecord, partials: list[MediaRecord], answer: IdempotentAnswer | None
+    ) -> MediaRecord:
         """A final upload: the partial uploads' bytes, in order, as one object (S3: part copies
-        when every partial but the last is a valid S3 part, else re-chunked through memory)."""
+        when every partial but the last is a valid S3 part, else re-chunked through memory).
+        Its record is written stored, and the partials' records deleted, in one write: what the
+        project holds does not change (no quota refuses it), and a final that fails for any
+        reason leaves nothing (the partials stay, for another try)."""
         total = sum(tus_state(p).length or 0 for p in partials)
+        self._check_length(total)
+        if any(p.project_id != final.project_id for p in partials):
+            raise errors.InvalidTusHeader("The partial uploads must be in the final's project.")
+        first = b"".join(
+            _take(self.chunks.read(chunk_key(partials[0].media_id, "whole")), SNIFF_BYTES)
+        )
+        sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
+        record = self._with_type(final, sniffed)
+        upload = tus_state(record)
+        upload_id = self.chunks.start(
+            record.s3_key,
+            content_type=sniffed.mime,
+            metadata=self._object_metadata(record),
+            content_disposition=content_disposition(record.original_name),
+        )
         try:
-            self._check_length(total)
-            first = b"".join(
-                _take(self.chunks.read(chunk_key(partials[0].media_id, "whole")), SNIFF_BYTES)
-            )
-            sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
-            record = self._with_type(final, sniffed)
-            upload = tus_state(record)
-            upload_id = self.chunks.start(
-                record.s3_key,
-                content_type=sniffed.mime,
-                metadata=self._object_metadata(record),
-                content_disposition=content_disposition(record.original_name),
-            )
             parts = self._join(record, upload_id, partials)
             self.chunks.complete(record.s3_key, upload_id, [(p.number, p.etag) for p in parts])
         except BaseException:
-            self.records.delete(final.media_id)
+            _quietly(self.chunks.abort, record.s3_key, upload_id)
             raise
-        stored = self.records.update(
-            record.evolve(
-                status=Status.STORED,
-                size=total,
-                upload=dataclasses.replace(upload, length=total, offset=total, parts=tuple(parts)),
-            ),
-            expected=final,
+        stored = record.evolve(
+            status=Status.STORED,
+            size=total,
+            upload=dataclasses.replace(upload, length=total, offset=total, parts=tuple(parts)),
         )
-        if stored is None:
-            raise errors.UploadLocked()
+        try:
+            self.records.create_many([stored], answer=answer, replacing=partials)
+        except BaseException:
+            _quietly(self.chunks.delete, record.s3_key)
+            raise
         for partial in partials:
-            self.chunks.delete(chunk_key(partial.media_id, "whole"))
-            self.records.delete(partial.media_id)
+            _quietly(self.chunks.delete, chunk_key(partial.media_id, "whole"))
         self.finished(stored)
         return stored
 
@@ -781,7 +788,11 @@ class _Writer:
 
     @staticmethod
     def _quietly(fn: Callable[..., object], *args: object) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.warning("tus cleanup step failed", exc_info=True)
+        _quietly(fn, *args)
+
+
+def _quietly(fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.warning("tus cleanup step failed", exc_info=True)

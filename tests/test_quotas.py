@@ -235,6 +235,56 @@ def test_a_deferred_upload_that_declares_its_length_holds_it_and_ends_at_its_siz
     assert "pending" not in stats["byStatus"] and stats["bytes"] == len(data)
 
 
+def tus_partials(client, auth, pieces):
+    from test_tus import create as create_tus
+
+    locations = []
+    for piece in pieces:
+        made = create_tus(client, auth, len(piece), headers={"Upload-Concat": "partial"},
+                          data=piece)  # fmt: skip
+        assert made.status_code == 201, made.get_json()
+        locations.append(made.headers["Location"])
+    return locations
+
+
+def tus_final(client, auth, locations, project="p1"):
+    from test_tus import V, meta
+
+    return client.post("/api/tus/", headers={
+        **V, **auth, "Upload-Metadata": meta(projectId=project, filename="whole.png"),
+        "Upload-Concat": "final;" + " ".join(locations)})  # fmt: skip
+
+
+def test_concatenation_near_the_quota_swaps_the_partials_for_the_final_in_one_write(quota_app):
+    """Two partials hold 20,000 of 30,000 bytes and 2 of 2 files: the final is stored (what
+    the project holds is the same after the join), the partials are gone with it."""
+    app, svc, auth = quota_app(quota_project_bytes=30_000, quota_project_files=2)
+    client = app.test_client()
+    data = png_bytes(20_000)
+    partials = tus_partials(client, auth, [data[:10_000], data[10_000:]])
+    final = tus_final(client, auth, partials)
+    assert final.status_code == 201, final.get_json()
+    media_id = final.headers["Location"].rsplit("/", 1)[1]
+    assert leftovers(svc)["records"] == [media_id]
+    stats = client.get("/api/stats?projectId=p1", headers=auth).get_json()
+    assert (stats["files"], stats["bytes"]) == (1, len(data))
+    assert "pending" not in stats["byStatus"]
+
+
+def test_a_refused_final_leaves_nothing_and_keeps_its_partials(quota_app):
+    app, svc, auth = quota_app(quota_project_bytes=30_000)
+    client = app.test_client()
+    pieces = [b"%PDF-1.4 not allowed here " + bytes(10_000), bytes(10_000)]
+    partials = tus_partials(client, auth, pieces)
+    before = leftovers(svc)
+    refused = tus_final(client, auth, partials)
+    assert (refused.status_code, tus_error(refused)) == (415, "unsupported_type")
+    assert leftovers(svc) == before  # the partials, nothing more: no record, object, upload
+    elsewhere = tus_final(client, auth, partials, project="p2")
+    assert (elsewhere.status_code, tus_error(elsewhere)) == (400, "invalid_tus_header")
+    assert leftovers(svc) == before
+
+
 # -- recounting the DynamoDB ledgers (quotas turned on for a table that already has records) --------
 def ledger(svc, pk: str) -> tuple[int, int] | None:
     item = svc.records.client.get_item(

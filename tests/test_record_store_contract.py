@@ -18,11 +18,18 @@ from gateway.errors import (
     IllegalTransition,
     InvalidCursor,
     MediaNotFound,
+    RecordChanged,
     RecordExists,
     RecordStoreError,
 )
 from gateway.lifecycle import TRANSITIONS, VISIBLE, Status
-from gateway.records import DirectUpload, IdempotentAnswer, MediaRecord, SavedResponse
+from gateway.records import (
+    DirectUpload,
+    IdempotentAnswer,
+    MediaRecord,
+    SavedResponse,
+    TusUpload,
+)
 from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
 from gateway.records.sqlite import SqliteRecordStore
 
@@ -149,6 +156,28 @@ def test_create_many_inserts_a_batch(records):
     records.create_many(batch)
     for r in batch:
         assert records.get(r.media_id) == r
+
+
+def test_create_many_replacing_swaps_records_in_one_write_or_not_at_all(records):
+    """What a tus final does with its partials: the new record in, the replaced ones out,
+    each only at the version read; the usage counters follow in the same write."""
+    pending = TusUpload(expires_at="2026-01-02T00:00:00+00:00", length=100, part_size=8 << 20)
+    parts = [record(status=Status.PENDING, size=100, file_type="other", upload=pending)
+             for _ in range(2)]  # fmt: skip
+    records.create_many(parts)
+    moved = records.update(parts[1].evolve(size=100), expected=parts[1])
+    assert moved is not None and moved.version == 1
+    joined = record(size=200)
+    with pytest.raises(RecordChanged):
+        records.create_many([joined], replacing=[parts[0], parts[1]])  # [1] is at version 1
+    assert sorted(record_ids(records)) == sorted(p.media_id for p in parts)
+    with pytest.raises(MediaNotFound):
+        records.get(joined.media_id)
+    records.create_many([joined], replacing=[parts[0], moved])
+    assert record_ids(records) == [joined.media_id]
+    usage = {(u.file_type, u.status): (u.files, u.bytes)
+             for u in records.usage(tenant="t1", project_id="p1") if u.files}  # fmt: skip
+    assert usage == {("image", Status.STORED): (1, 200)}
 
 
 def test_list_is_newest_first_and_pages_with_a_cursor(records):

@@ -222,15 +222,20 @@ def held_of(deltas: UsageDeltas) -> Held:
     return Held(files, size)
 
 
-def merge_deltas(records: Sequence[MediaRecord]) -> dict[tuple[str, str], UsageDeltas]:
-    """New records' deltas per (tenant, project)."""
+def merge_deltas(
+    records: Sequence[MediaRecord], removed: Sequence[MediaRecord] = ()
+) -> dict[tuple[str, str], UsageDeltas]:
+    """New records' deltas, and removed records' (negative), per (tenant, project)."""
     merged: dict[tuple[str, str], UsageDeltas] = {}
-    for record in records:
+    changes = [(None, r) for r in records] + [(r, None) for r in removed]
+    for old, new in changes:
+        record = new or old
+        assert record is not None
         project = merged.setdefault((record.tenant, record.project_id), {})
-        for key, (files, size) in usage_deltas(None, record).items():
+        for key, (files, size) in usage_deltas(old, new).items():
             had = project.get(key, (0, 0))
             project[key] = (had[0] + files, had[1] + size)
-    return merged
+    return {scope: deltas for scope, deltas in merged.items() if deltas}
 
 
 class RecordStore(Protocol):
@@ -240,10 +245,13 @@ class RecordStore(Protocol):
         *,
         answer: IdempotentAnswer | None = None,
         reservation: str | None = None,
+        replacing: Sequence[MediaRecord] = (),
     ) -> None:
-        """Insert all records (and save ``answer``, and end ``reservation``) or none; never
-        overwrites (RecordExists); QuotaExceeded if the project or tenant would hold more than
-        its limits (what the reservation held is counted as released)."""
+        """Insert all records (and save ``answer``, end ``reservation``, delete the records
+        ``replacing`` lists) or none; never overwrites (RecordExists); RecordChanged if one of
+        ``replacing`` is no longer at its version; QuotaExceeded if the project or tenant would
+        hold more than its limits (what the reservation and ``replacing`` held is counted as
+        released, in the same write)."""
 
     def get(self, media_id: str) -> MediaRecord:
         """Raises MediaNotFound."""

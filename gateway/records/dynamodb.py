@@ -572,6 +572,7 @@ class DynamoRecordStore:
         *,
         answer: IdempotentAnswer | None = None,
         reservation: str | None = None,
+        replacing: Sequence[MediaRecord] = (),
     ) -> None:
         items: list[dict[str, Any]] = [
             {
@@ -583,6 +584,18 @@ class DynamoRecordStore:
             }
             for r in records
         ]
+        replaced_at = len(items)
+        items += [
+            {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": _item({"pk": f"media#{old.media_id}"}),
+                    "ConditionExpression": "version = :expected",
+                    "ExpressionAttributeValues": _item({":expected": old.version}),
+                }
+            }
+            for old in replacing
+        ]
         if answer is not None:
             items.append({"Update": self._answer_update(answer)})
         released_at = len(items)  # where the reservation's delete goes, when there is one
@@ -593,7 +606,7 @@ class DynamoRecordStore:
                 assert reservation is not None
                 writes.append(self._reservation_delete(reservation, held[1]))
             changes: dict[tuple[str, str], Held] = {}
-            for (tenant, project_id), deltas in merge_deltas(records).items():
+            for (tenant, project_id), deltas in merge_deltas(records, replacing).items():
                 writes.append(self._usage_update(tenant, project_id, deltas))
                 changes[(tenant, project_id)] = held_of(deltas)
             first_ledger = len(writes)
@@ -610,6 +623,8 @@ class DynamoRecordStore:
                 continue  # the reservation changed or ended (the sweeper) since it was read
             if self._quota_refused(reasons, first_ledger):
                 raise errors.QuotaExceeded()
+            if "ConditionalCheckFailed" in reasons[replaced_at : replaced_at + len(replacing)]:
+                raise errors.RecordChanged()
             raise errors.RecordExists()
         raise errors.RecordStoreError()
 

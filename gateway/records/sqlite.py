@@ -264,8 +264,16 @@ class SqliteRecordStore:
         *,
         answer: IdempotentAnswer | None = None,
         reservation: str | None = None,
+        replacing: Sequence[MediaRecord] = (),
     ) -> None:
         def insert(conn: sqlite3.Connection) -> None:
+            for old in replacing:
+                gone = conn.execute(
+                    "DELETE FROM media WHERE media_id = ? AND version = ?",
+                    (old.media_id, old.version),
+                )
+                if gone.rowcount != 1:
+                    raise errors.RecordChanged()
             conn.executemany(
                 "INSERT INTO media (media_id, tenant, project_id, owner, created_at, s3_key,"
                 " status, version, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -275,7 +283,7 @@ class SqliteRecordStore:
             if reservation is not None:
                 released = self._reserved(conn, reservation)
                 conn.execute("DELETE FROM reservations WHERE reservation_id = ?", (reservation,))
-            for (tenant, project_id), deltas in merge_deltas(records).items():
+            for (tenant, project_id), deltas in merge_deltas(records, replacing).items():
                 _apply_usage(conn, tenant, project_id, deltas)
                 grew = held_of(deltas)
                 if released[:2] == (tenant, project_id):
