@@ -33,11 +33,17 @@ class DeliveryFailed(RuntimeError):
     """The receiver did not accept the webhook (retry later)."""
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is the receiver's answer (a failed attempt), not a second POST
+
+
 class WebhookSender:
     def __init__(self, url: str, secret: str, *, timeout: float) -> None:
         self.url = url
         self.signer = Webhook(secret)
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def signed_request(
         self, message_id: str, payload: dict[str, Any], now: datetime | None = None
@@ -59,7 +65,7 @@ class WebhookSender:
     def deliver(self, message_id: str, payload: dict[str, Any]) -> int:
         request = self.signed_request(message_id, payload)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+            with self._opener.open(request, timeout=self.timeout) as answer:
                 status = int(answer.status)
         except urllib.error.HTTPError as exc:
             raise DeliveryFailed(f"the receiver answered {exc.code}") from None

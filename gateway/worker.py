@@ -52,7 +52,7 @@ class Worker:
         self.handle = handle
         self.on_last_failure = on_last_failure
         self.options = options
-        self.stop = stop or threading.Event()
+        self.stop = stop if stop is not None else threading.Event()
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix=name)
         self._running: set[Future[None]] = set()
         self._lock = threading.Lock()

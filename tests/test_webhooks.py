@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import media_samples as samples
 import pytest
@@ -48,6 +49,28 @@ def test_a_failing_receiver_is_a_failed_delivery():
         assert sender.deliver("m1", {"a": 1}) == 204
     with pytest.raises(DeliveryFailed, match="unreachable"):
         WebhookSender(f"http://127.0.0.1:{free_port()}/", SECRET, timeout=2).deliver("m", {})
+
+
+def test_a_redirect_is_a_failed_attempt_not_a_second_request():
+    with Receiver() as receiver:
+
+        class Redirect(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(302)
+                self.send_header("Location", receiver.url)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        with ThreadingHTTPServer(("127.0.0.1", 0), Redirect) as elsewhere:
+            threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+            url = f"http://127.0.0.1:{elsewhere.server_address[1]}/hooks"
+            with pytest.raises(DeliveryFailed, match="answered 302"):
+                WebhookSender(url, SECRET, timeout=5).deliver("m1.media.ready", {"a": 1})
+            elsewhere.shutdown()
+    assert receiver.arrivals == [] and receiver.rejected == 0
 
 
 # -- the webhook lane: its own queue and slots, beside processing ------------------------------------
