@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -258,9 +259,12 @@ def test_a_receiver_that_times_out_is_one_failed_attempt_each_then_a_dead_letter
         assert last == [webhook_id]
         assert receiver.arrivals == [webhook_id] * 3  # one POST per attempt, no more
         assert svc.records.get(media_id).status is Status.STORED  # a webhook changes no media
-        stats = svc.webhook_queue.stats()
-        assert (stats.visible, stats.in_flight, stats.dead) == (0, 0, 1)
-        assert svc.webhook_queue.redrive(limit=10) == 1  # `flask queue redrive --lane webhooks`
+        cli = app.test_cli_runner()
+        stats = json.loads(cli.invoke(args=["queue", "stats", "--lane", "webhooks"]).output)
+        assert (stats["visible"], stats["inFlight"], stats["dead"]) == (0, 0, 1)
+        assert json.loads(cli.invoke(args=["queue", "stats"]).output)["dead"] == 0
+        redrive = cli.invoke(args=["queue", "redrive", "--lane", "webhooks"])
+        assert redrive.output == "redrove 1\n"
         receiver.release()
         with running(webhook_lane(svc)):
             assert poll(lambda: empty(svc.webhook_queue), timeout=60)
@@ -282,3 +286,15 @@ def test_a_webhook_job_left_on_the_processing_queue_moves_to_the_webhook_queue(t
         with running(webhook_lane(svc)):
             assert poll(lambda: empty(svc.webhook_queue), timeout=30)
     assert receiver.received == [{"id": "m1.media.ready", "payload": {"type": "media.ready"}}]
+
+
+def test_without_a_webhook_there_is_no_webhook_lane(tmp_path):
+    settings = make_settings(tmp_path, processing="off")
+    app = create_app(settings)
+    svc = app.extensions["gateway"]
+    assert (svc.webhook_queue, svc.deliveries) == (None, None)
+    cli = app.test_cli_runner()
+    stats = cli.invoke(args=["queue", "stats", "--lane", "webhooks"])
+    assert stats.exit_code == 1 and "No GATEWAY_WEBHOOK_URL is set" in stats.output
+    worker = cli.invoke(args=["worker"])
+    assert worker.exit_code == 1 and "nothing to do" in worker.output
