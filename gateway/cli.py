@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 from datetime import timedelta
 
 import click
@@ -13,7 +14,8 @@ from flask import Flask
 from . import metrics
 from .api import services
 from .auth import mint_token
-from .worker import Worker, WorkerOptions
+from .queue import Queue
+from .worker import Worker, WorkerOptions, run_lanes
 
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,43 +65,72 @@ def register(app: Flask) -> None:
         "--concurrency",
         type=int,
         default=None,
-        help="Jobs at once (default GATEWAY_WORKER_CONCURRENCY).",
+        help="Processing jobs at once (default GATEWAY_WORKER_CONCURRENCY).",
     )
     def worker_command(concurrency: int | None) -> None:
-        """Process the queue until SIGTERM or SIGINT (running jobs finish first)."""
+        """Process the queue and deliver webhooks until SIGTERM or SIGINT (running jobs finish
+        first). Processing and webhook deliveries are two lanes: own queue, own slots."""
         svc = services()
-        if svc.settings.processing != "on":
-            raise click.ClickException("GATEWAY_PROCESSING is off: there is nothing to do.")
-        options = WorkerOptions(
-            concurrency=concurrency or svc.settings.worker_concurrency,
-            visibility=svc.settings.job_lease_seconds,
-        )
-        worker = Worker(
-            svc.queue,
-            svc.pipeline.handle,
-            on_last_failure=svc.pipeline.on_last_failure,
-            options=options,
-        )
+        settings = svc.settings
+        stop = threading.Event()
+        lanes: dict[str, Worker] = {}  # by queue URL
+        if settings.processing == "on":
+            lanes[settings.queue_url] = Worker(
+                svc.queue,
+                svc.pipeline.handle,
+                on_last_failure=svc.pipeline.on_last_failure,
+                options=WorkerOptions(
+                    concurrency=concurrency or settings.worker_concurrency,
+                    visibility=settings.job_lease_seconds,
+                ),
+                stop=stop,
+            )
+        if svc.webhook_queue is not None and svc.deliveries is not None:
+            lanes[settings.effective_webhook_queue_url] = Worker(
+                svc.webhook_queue,
+                svc.deliveries.handle,
+                on_last_failure=svc.deliveries.on_last_failure,
+                options=WorkerOptions(
+                    concurrency=settings.webhook_concurrency,
+                    visibility=settings.job_lease_seconds,
+                ),
+                stop=stop,
+                name="webhook",
+            )
+        if not lanes:
+            raise click.ClickException(
+                "GATEWAY_PROCESSING is off and no GATEWAY_WEBHOOK_URL is set: nothing to do."
+            )
 
-        def stop(signum: int, frame: object) -> None:
-            worker.stop.set()
+        def on_signal(signum: int, frame: object) -> None:
+            stop.set()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        address = svc.settings.worker_metrics_address
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        address = settings.worker_metrics_address
         if address is not None:
             metrics.serve(*address, metrics.QueueCollector(svc.queue.stats))
-        click.echo(f"worker: {options.concurrency} at once on {svc.settings.queue_url}", err=True)
-        worker.run()
+        for url, lane in lanes.items():
+            click.echo(f"worker: {lane.options.concurrency} at once on {url}", err=True)
+        run_lanes(list(lanes.values()))
+
+    lane_option = click.option(
+        "--lane",
+        type=click.Choice(["processing", "webhooks"]),
+        default="processing",
+        show_default=True,
+        help="The processing queue, or the webhook deliveries' queue.",
+    )
 
     @app.cli.group("queue")
     def queue_group() -> None:
-        """The processing queue."""
+        """The processing queue and the webhook deliveries' queue."""
 
     @queue_group.command("stats")
-    def queue_stats() -> None:
+    @lane_option
+    def queue_stats(lane: str) -> None:
         """Waiting, in flight and dead jobs, as JSON."""
-        stats = services().queue.stats()
+        stats = _lane_queue(lane).stats()
         click.echo(
             json.dumps(
                 {
@@ -113,9 +144,10 @@ def register(app: Flask) -> None:
 
     @queue_group.command("redrive")
     @click.option("--limit", type=int, default=1000, show_default=True)
-    def queue_redrive(limit: int) -> None:
+    @lane_option
+    def queue_redrive(limit: int, lane: str) -> None:
         """Move dead jobs back to the queue (after fixing what made them fail)."""
-        click.echo(f"redrove {services().queue.redrive(limit=limit)}")
+        click.echo(f"redrove {_lane_queue(lane).redrive(limit=limit)}")
 
     @app.cli.group("quota")
     def quota_group() -> None:
@@ -163,3 +195,12 @@ def register(app: Flask) -> None:
         )
         if report.failed:
             raise SystemExit(1)
+
+
+def _lane_queue(lane: str) -> Queue:
+    svc = services()
+    if lane == "processing":
+        return svc.queue
+    if svc.webhook_queue is None:
+        raise click.ClickException("No GATEWAY_WEBHOOK_URL is set: there is no webhook queue.")
+    return svc.webhook_queue

@@ -148,6 +148,11 @@ class Settings:
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)  # whsec_<base64>
     webhook_timeout: float = 10.0
+    # Deliveries have their own queue and lane in the worker, so a slow receiver never holds a
+    # processing job's slot. "": beside the processing queue (<file>-webhooks.db, sqs://<name>-
+    # webhooks). webhook_concurrency: deliveries at once to the endpoint, per worker process.
+    webhook_queue_url: str = ""
+    webhook_concurrency: int = 4
     # Live status: open /api/media/<id>/events streams per worker process.
     max_event_streams: int = 100
 
@@ -225,6 +230,7 @@ class Settings:
             "tus_max_checksum_chunk",
             "worker_concurrency",
             "job_lease_seconds",
+            "webhook_concurrency",
             "max_image_pixels",
             "sandbox_memory",
             "max_event_streams",
@@ -314,15 +320,21 @@ class Settings:
                 fail("storage_url", "s3:// URL needs a bucket: s3://bucket/prefix")
         elif storage.scheme not in ("", "file"):
             fail("storage_url", "must be s3://bucket/prefix or a local directory")
-        queue = urlparse(self.queue_url)
-        if queue.scheme == "sqlite":
-            if not self.queue_url.startswith("sqlite:///") or len(self.queue_url) <= 10:
-                fail("queue_url", "sqlite URL must look like sqlite:///path/to/queue.db")
-        elif queue.scheme == "sqs":
-            if not queue.netloc:
-                fail("queue_url", "sqs URL must name a queue: sqs://name")
-        else:
-            fail("queue_url", "must be sqlite:///path or sqs://name")
+        for name in ("queue_url", "webhook_queue_url"):
+            url = getattr(self, name)
+            queue = urlparse(url)
+            if not url and name == "webhook_queue_url":
+                continue  # beside the processing queue
+            if queue.scheme == "sqlite":
+                if not url.startswith("sqlite:///") or len(url) <= 10:
+                    fail(name, "sqlite URL must look like sqlite:///path/to/queue.db")
+            elif queue.scheme == "sqs":
+                if not queue.netloc:
+                    fail(name, "sqs URL must name a queue: sqs://name")
+            else:
+                fail(name, "must be sqlite:///path or sqs://name")
+        if self.effective_webhook_queue_url == self.queue_url:
+            fail("webhook_queue_url", "must not be the processing queue (GATEWAY_QUEUE_URL)")
         records = urlparse(self.records_url)
         if records.scheme == "sqlite":
             if not self.records_url.startswith("sqlite:///") or len(self.records_url) <= 10:
@@ -372,6 +384,18 @@ class Settings:
             return f"s3://{storage.netloc}/{prefix + '-' if prefix else ''}quarantine"
         root = Path(storage.path if storage.scheme == "file" else self.storage_url)
         return str(root.parent / "quarantine")
+
+    @property
+    def effective_webhook_queue_url(self) -> str:
+        """Where webhook deliveries wait: the setting, else next to the processing queue."""
+        if self.webhook_queue_url:
+            return self.webhook_queue_url
+        if self.queue_url.startswith("sqs://"):
+            return f"{self.queue_url.rstrip('/')}-webhooks"
+        stem, dot, extension = self.queue_url.rpartition(".")
+        if not dot or "/" in extension:
+            return f"{self.queue_url}-webhooks"
+        return f"{stem}-webhooks.{extension}"
 
     @property
     def body_limits(self) -> BodyLimits:

@@ -100,10 +100,13 @@ class LogPublisher:
 
 
 class QueuePublisher:
-    """Turns events into jobs: ``media.stored`` into a processing job, and every event into a
-    webhook delivery when webhooks are configured; then hands them to ``then`` (the log)."""
+    """Turns events into jobs: ``media.stored`` into a processing job on ``queue``, and every
+    event into a webhook delivery on ``webhooks`` (its own queue, when webhooks are configured);
+    then hands them to ``then`` (the log)."""
 
-    def __init__(self, queue: Queue, *, processing: bool, webhooks: bool, then: Publisher) -> None:
+    def __init__(
+        self, queue: Queue, *, processing: bool, webhooks: Queue | None, then: Publisher
+    ) -> None:
         self.queue = queue
         self.processing = processing
         self.webhooks = webhooks
@@ -113,8 +116,8 @@ class QueuePublisher:
         for event in events:
             if self.processing and event.type is EventType.STORED:
                 self.queue.send({"type": "media.process", "mediaId": event.media_id})
-            if self.webhooks:
-                self.queue.send({"type": "webhook", "id": event.id, "event": event.payload()})
+            if self.webhooks is not None:
+                self.webhooks.send({"type": "webhook", "id": event.id, "event": event.payload()})
         self.then.publish(events)
 
 

@@ -3,7 +3,9 @@
 Jobs (queue message bodies):
 - ``{"type": "media.process", "mediaId"}``: scan -> describe and derive -> ready. Sent when
   ``media.stored`` is announced (every protocol), and by the sweeper for media left ``stored``.
-- ``{"type": "webhook", "id", "event"}``: one Standard Webhooks delivery.
+- ``{"type": "webhook", "id", "event"}``: a Standard Webhooks delivery queued here before
+  deliveries had their own queue: moved on to the webhook queue, never sent from a processing
+  slot (gateway/webhooks.py).
 - S3 event notifications (``{"Records": [...]}``, and the ``s3:TestEvent`` that comes first):
   a direct upload's single PUT/POST landing on its staging key is verified and stored as if
   the client had called ``complete`` (clients that never do are still processed).
@@ -29,12 +31,11 @@ from .derive import Derived, DeriveOptions, Variant, derive
 from .direct import DirectUploadService, parse_key
 from .events import Announcer, EventType
 from .lifecycle import Status
-from .queue import Message
+from .queue import Message, Queue
 from .records import MediaRecord, RecordStore, VariantInfo
 from .sandbox import SandboxError, run
 from .scanner import ScanError, Scanner
 from .storage import ObjectStore, Quarantine
-from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 PROCESS = "media.process"
@@ -69,7 +70,7 @@ class Pipeline:
         scanner: Scanner | None,
         announcer: Announcer,
         options: PipelineOptions,
-        webhooks: WebhookSender | None = None,
+        webhook_queue: Queue | None = None,
         direct: DirectUploadService | None = None,
         storage_prefixes: tuple[str, ...] = ("",),
     ) -> None:
@@ -79,7 +80,7 @@ class Pipeline:
         self.scanner = scanner
         self.announcer = announcer
         self.options = options
-        self.webhooks = webhooks
+        self.webhook_queue = webhook_queue
         self.direct = direct
         # where staging keys of direct uploads live: the media prefix, or the quarantine's
         stripped = [prefix.strip("/") for prefix in storage_prefixes]
@@ -92,7 +93,7 @@ class Pipeline:
         if kind == PROCESS:
             self.process(str(body["mediaId"]))
         elif kind == WEBHOOK:
-            self.deliver_webhook(body)
+            self.forward_webhook(body)
         elif "Records" in body or body.get("Event") == "s3:TestEvent":
             self.s3_event(body)
         else:
@@ -229,10 +230,11 @@ class Pipeline:
         return self.records.update(record.evolve(**changes), expected=record)
 
     # -- webhooks ----------------------------------------------------------------------------------
-    def deliver_webhook(self, body: dict[str, Any]) -> None:
-        if self.webhooks is None:
+    def forward_webhook(self, body: dict[str, Any]) -> None:
+        if self.webhook_queue is None:
+            log.warning("dropping webhook %s: no webhook is configured", body.get("id"))
             return
-        self.webhooks.deliver(str(body["id"]), body["event"])
+        self.webhook_queue.send(body)
 
     # -- S3 notifications ------------------------------------------------------------------------
     def s3_event(self, body: dict[str, Any]) -> None:

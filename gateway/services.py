@@ -22,6 +22,7 @@ from .urls import PublicUrls
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
     from .pipeline import Pipeline
+    from .webhooks import WebhookDeliveries
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Services:
     urls: PublicUrls
     sweeper: Sweeper
     tus: TusService | None = None
+    webhook_queue: Queue | None = None  # deliveries' own queue (None: no webhook configured)
 
     @property
     def store(self) -> ObjectStore:
@@ -50,18 +52,21 @@ class Services:
         storage: Storage | None = None,
         records: MediaStore | None = None,
         queue: Queue | None = None,
+        webhook_queue: Queue | None = None,
         publisher: Publisher | None = None,
     ) -> Services:
         storage = storage or open_storage(settings)
         records = records or open_records(settings)
         queue = queue or open_queue(settings)
+        if settings.webhook_url and webhook_queue is None:
+            webhook_queue = open_queue(settings, settings.effective_webhook_queue_url)
         journal = OrphanJournal(settings.orphan_journal)
         announcer = Announcer(
             publisher
             or QueuePublisher(
                 queue,
                 processing=settings.processing == "on",
-                webhooks=bool(settings.webhook_url),
+                webhooks=webhook_queue,
                 then=LogPublisher(),
             )
         )
@@ -85,6 +90,7 @@ class Services:
             records=records,
             journal=journal,
             queue=queue,
+            webhook_queue=webhook_queue,
             announcer=announcer,
             uploads=UploadService(
                 settings, storage.landing, records, journal, announcer, quarantined=quarantined
@@ -113,7 +119,6 @@ class Services:
     def pipeline(self) -> Pipeline:
         from .derive import DeriveOptions
         from .pipeline import Pipeline, PipelineOptions
-        from .webhooks import WebhookSender
 
         s = self.settings
         storage_url = urlparse(s.storage_url)
@@ -133,15 +138,25 @@ class Services:
                 sandbox_timeout=s.sandbox_timeout,
                 keep_infected=s.keep_infected == "on",
             ),
-            webhooks=WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
-            if s.webhook_url
-            else None,
+            webhook_queue=self.webhook_queue,
             direct=self.direct,
             storage_prefixes=(
                 (storage_url.path, urlparse(s.effective_quarantine_url).path)
                 if storage_url.scheme == "s3"
                 else ("",)
             ),
+        )
+
+    @cached_property
+    def deliveries(self) -> WebhookDeliveries | None:
+        """The webhook lane's handler (None: no webhook configured)."""
+        from .webhooks import WebhookDeliveries, WebhookSender
+
+        s = self.settings
+        if not s.webhook_url:
+            return None
+        return WebhookDeliveries(
+            WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
         )
 
     def provision(self) -> None:
@@ -151,6 +166,8 @@ class Services:
             self.storage.provision()
         if self.storage.direct is not None and self.settings.cors_origins:
             self.storage.direct.allow_browsers(self.settings.cors_origins)
+        if self.webhook_queue is not None:
+            self.webhook_queue.create()
         if self.settings.processing == "on":
             self.queue.create()
             from .queue.sqs import SqsQueue  # only here: the embedded mode never loads boto3

@@ -1,13 +1,20 @@
 """Webhooks after the Standard Webhooks specification (standardwebhooks.com), signed by its
 reference library: headers ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``
 (HMAC-SHA256 with the ``whsec_`` secret). The id is stable per event (``<mediaId>.<event>``),
-so a receiver deduplicates a redelivery by it. Delivery is a queue job: a failure (no answer,
-a non-2xx status) is retried with backoff by the worker and ends as a dead letter.
+so a receiver deduplicates a redelivery by it.
+
+Delivery is a job on its own queue (``GATEWAY_WEBHOOK_QUEUE_URL``), run by the worker's webhook
+lane (``GATEWAY_WEBHOOK_CONCURRENCY`` at once): a slow receiver fills that lane only, never a
+processing slot. One job is one attempt is one POST: while it runs the worker's heartbeat keeps
+its lease, so no other worker sends it meanwhile. A failure (no answer within
+``GATEWAY_WEBHOOK_TIMEOUT``, a non-2xx status) is retried with backoff by the worker and ends as
+a dead letter of the webhook queue.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -15,11 +22,20 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from .queue import Message
+
+log = logging.getLogger(__name__)
 USER_AGENT = "upload-gateway-webhooks/1"
+JOB_TYPE = "webhook"  # a queue message {"type": "webhook", "id", "event"}
 
 
 class DeliveryFailed(RuntimeError):
     """The receiver did not accept the webhook (retry later)."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is the receiver's answer (a failed attempt), not a second POST
 
 
 class WebhookSender:
@@ -27,6 +43,7 @@ class WebhookSender:
         self.url = url
         self.signer = Webhook(secret)
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def signed_request(
         self, message_id: str, payload: dict[str, Any], now: datetime | None = None
@@ -48,7 +65,7 @@ class WebhookSender:
     def deliver(self, message_id: str, payload: dict[str, Any]) -> int:
         request = self.signed_request(message_id, payload)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+            with self._opener.open(request, timeout=self.timeout) as answer:
                 status = int(answer.status)
         except urllib.error.HTTPError as exc:
             raise DeliveryFailed(f"the receiver answered {exc.code}") from None
@@ -57,3 +74,29 @@ class WebhookSender:
         if not 200 <= status < 300:
             raise DeliveryFailed(f"the receiver answered {status}")
         return status
+
+
+class WebhookDeliveries:
+    """The webhook lane's handler: each message is one attempt, one signed POST."""
+
+    def __init__(self, sender: WebhookSender) -> None:
+        self.sender = sender
+
+    def handle(self, message: Message) -> None:
+        body = message.body
+        if body.get("type") != JOB_TYPE:
+            log.warning("dropping a message that is not a webhook delivery: %.200s", body)
+            return
+        self.sender.deliver(str(body["id"]), body["event"])
+
+    def on_last_failure(self, message: Message, exc: BaseException) -> None:
+        """Nothing to undo: the delivery becomes a dead letter (``flask queue redrive --lane
+        webhooks`` sends it again)."""
+        log.error(
+            {
+                "event": "webhook.dead",
+                "webhookId": message.body.get("id"),
+                "receiveCount": message.receive_count,
+                "reason": str(exc),
+            }
+        )

@@ -7,6 +7,10 @@ the reason) and the message goes on to the dead-letter queue. While a handler ru
 keeps extending the lease, so a long job is not delivered twice; a worker killed mid-job stops
 the heartbeat, the lease runs out and another worker picks the job up. SIGTERM (``stop``) lets
 running jobs finish and receives nothing more.
+
+A worker process runs one ``Worker`` per lane (``run_lanes``): processing jobs on the processing
+queue, webhook deliveries on their own queue, each with its own slots, so a lane that waits (a
+slow webhook receiver) never holds a slot the other needs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,13 +45,15 @@ class Worker:
         *,
         on_last_failure: Callable[[Message, BaseException], None],
         options: WorkerOptions = WorkerOptions(),
+        stop: threading.Event | None = None,
+        name: str = "job",
     ) -> None:
         self.queue = queue
         self.handle = handle
         self.on_last_failure = on_last_failure
         self.options = options
-        self.stop = threading.Event()
-        self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="job")
+        self.stop = stop if stop is not None else threading.Event()
+        self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix=name)
         self._running: set[Future[None]] = set()
         self._lock = threading.Lock()
 
@@ -139,3 +145,20 @@ class Worker:
             fn(*args, **kwargs)
         except Exception:
             log.exception("queue call %s failed", getattr(fn, "__name__", fn))
+
+
+def run_lanes(lanes: Sequence[Worker]) -> None:
+    """Run each lane until its ``stop`` is set (share one event to stop them together); returns
+    when every lane has drained. The first runs in the calling thread, where signals arrive."""
+    others = [
+        threading.Thread(target=lane.run, name=f"lane-{n}") for n, lane in enumerate(lanes[1:], 1)
+    ]
+    for thread in others:
+        thread.start()
+    try:
+        lanes[0].run()
+    finally:
+        for lane in lanes:
+            lane.stop.set()  # one lane ending (an error included) ends them all
+        for thread in others:
+            thread.join()

@@ -276,6 +276,10 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def flask(self, *args: str) -> str:
+        """``flask --app wsgi <args>`` with the stack's settings; its stdout."""
+        return _flask(list(args), self.env)
+
     def worker_log(self, name: str = "worker") -> list[dict]:
         return self.json_lines(f"{name}.log")
 

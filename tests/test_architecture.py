@@ -68,9 +68,15 @@ def test_the_domain_layer_does_not_import_flask():
 
 
 def test_the_web_app_does_not_load_the_processing_libraries():
-    """Pillow and the webhook signer are the worker's; a web worker's memory stays without them."""
+    """Pillow and the webhook signer are the worker's; a web worker's memory stays without them
+    (it queues webhook deliveries, it never sends one)."""
     probe = "import sys, {}; print(sorted({{'PIL', 'standardwebhooks'}} & set(sys.modules)))"
-    env = {**os.environ, "GATEWAY_JWT_SECRET": "x" * 48}
+    env = {
+        **os.environ,
+        "GATEWAY_JWT_SECRET": "x" * 48,
+        "GATEWAY_WEBHOOK_URL": "http://127.0.0.1:9/hooks",
+        "GATEWAY_WEBHOOK_SECRET": "whsec_" + "A" * 32,
+    }
     web = subprocess.run(
         [sys.executable, "-c", probe.format("wsgi")],
         cwd=ROOT,
@@ -80,11 +86,12 @@ def test_the_web_app_does_not_load_the_processing_libraries():
         check=True,
     )
     assert web.stdout.strip() == "[]"
-    worker = subprocess.run(  # ...and the check can fail: the pipeline does load them
+    worker = subprocess.run(  # ...and the check can fail: the pipeline and deliveries do
         [
             sys.executable,
             "-c",
-            probe.format("wsgi") + "; wsgi.app.extensions['gateway'].pipeline; "
+            probe.format("wsgi") + "; svc = wsgi.app.extensions['gateway']; "
+            "svc.pipeline; svc.deliveries; "
             "print(sorted({'PIL', 'standardwebhooks'} & set(sys.modules)))",
         ],
         cwd=ROOT,

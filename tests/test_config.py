@@ -74,12 +74,41 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_REDIRECT_ORIGINS": "https://a.example/"}, "GATEWAY_REDIRECT_ORIGINS"),
         ({"GATEWAY_REDIRECT_ORIGINS": "ftp://a.example"}, "GATEWAY_REDIRECT_ORIGINS"),
         ({"GATEWAY_PAGE_DIRECT_MIN_BYTES": "0"}, "GATEWAY_PAGE_DIRECT_MIN_BYTES"),
+        ({"GATEWAY_WEBHOOK_CONCURRENCY": "0"}, "GATEWAY_WEBHOOK_CONCURRENCY"),
+        ({"GATEWAY_WEBHOOK_CONCURRENCY": "two"}, "GATEWAY_WEBHOOK_CONCURRENCY"),
+        ({"GATEWAY_WEBHOOK_QUEUE_URL": "redis://q"}, "GATEWAY_WEBHOOK_QUEUE_URL"),
+        ({"GATEWAY_WEBHOOK_QUEUE_URL": "sqs://"}, "GATEWAY_WEBHOOK_QUEUE_URL"),
+        ({"GATEWAY_WEBHOOK_QUEUE_URL": "sqlite://q.db"}, "GATEWAY_WEBHOOK_QUEUE_URL"),
+        ({"GATEWAY_WEBHOOK_QUEUE_URL": "sqlite:///var/queue.db"}, "GATEWAY_WEBHOOK_QUEUE_URL"),
+        (
+            {"GATEWAY_QUEUE_URL": "sqs://jobs", "GATEWAY_WEBHOOK_QUEUE_URL": "sqs://jobs"},
+            "GATEWAY_WEBHOOK_QUEUE_URL",
+        ),
     ],
 )
 def test_invalid_settings_fail_naming_the_variable(env, variable):
     merged = env if not env or "GATEWAY_JWT_SECRET" in env else {**BASE, **env}
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env(merged)
+
+
+@pytest.mark.parametrize(
+    "queue, webhooks",
+    [
+        ("sqlite:///var/queue.db", "sqlite:///var/queue-webhooks.db"),
+        ("sqlite:////srv/jobs", "sqlite:////srv/jobs-webhooks"),
+        ("sqlite:///./v.d/jobs", "sqlite:///./v.d/jobs-webhooks"),
+        ("sqs://media-jobs", "sqs://media-jobs-webhooks"),
+    ],
+)
+def test_webhook_deliveries_queue_beside_the_processing_queue_unless_told(queue, webhooks):
+    settings = Settings.from_env({**BASE, "GATEWAY_QUEUE_URL": queue})
+    assert (settings.webhook_queue_url, settings.effective_webhook_queue_url) == ("", webhooks)
+    assert settings.webhook_concurrency == 4
+    told = Settings.from_env(
+        {**BASE, "GATEWAY_QUEUE_URL": queue, "GATEWAY_WEBHOOK_QUEUE_URL": "sqs://hooks"}
+    )
+    assert told.effective_webhook_queue_url == "sqs://hooks"
 
 
 def test_browser_session_settings_that_go_together_are_accepted():

@@ -203,27 +203,34 @@ def _events():
 def test_the_queue_publisher_turns_events_into_jobs(processing, webhooks):
     from gateway.events import QueuePublisher
 
-    queue, then = FakeQueue(), Collect()
+    queue, hooks, then = FakeQueue(), FakeQueue(), Collect()
     events = _events()
-    QueuePublisher(queue, processing=processing, webhooks=webhooks, then=then).publish(events)
-    expected = []
-    for event in events:
-        if processing and event.type is EventType.STORED:
-            expected.append({"type": "media.process", "mediaId": event.media_id})
-        if webhooks:
-            expected.append({"type": "webhook", "id": event.id, "event": event.payload()})
+    QueuePublisher(
+        queue, processing=processing, webhooks=hooks if webhooks else None, then=then
+    ).publish(events)
+    expected = [
+        {"type": "media.process", "mediaId": event.media_id}
+        for event in events
+        if processing and event.type is EventType.STORED
+    ]
+    deliveries = [
+        {"type": "webhook", "id": event.id, "event": event.payload()}
+        for event in events
+        if webhooks
+    ]
     assert queue.sent == expected
+    assert hooks.sent == deliveries  # their own queue: never beside the processing jobs
     assert then.calls == [events]
 
 
 def test_the_queue_publisher_jobs_exactly():
     from gateway.events import QueuePublisher
 
-    queue, then = FakeQueue(), Collect()
+    queue, hooks, then = FakeQueue(), FakeQueue(), Collect()
     [stored, deleted] = _events()
-    QueuePublisher(queue, processing=True, webhooks=True, then=then).publish([stored, deleted])
-    assert queue.sent == [
-        {"type": "media.process", "mediaId": "a" * 32},
+    QueuePublisher(queue, processing=True, webhooks=hooks, then=then).publish([stored, deleted])
+    assert queue.sent == [{"type": "media.process", "mediaId": "a" * 32}]
+    assert hooks.sent == [
         {"type": "webhook", "id": f"{'a' * 32}.media.stored", "event": stored.payload()},
         {"type": "webhook", "id": f"{'b' * 32}.media.deleted", "event": deleted.payload()},
     ]

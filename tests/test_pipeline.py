@@ -56,12 +56,30 @@ def worker_for(svc, options=FAST):
     )
 
 
+def lanes_for(svc, options=FAST):
+    """The processing lane, and the webhook lane when a webhook is configured."""
+    lanes = [worker_for(svc, options)]
+    if svc.deliveries is not None:
+        deliveries = svc.deliveries
+        lanes.append(
+            Worker(
+                svc.webhook_queue,
+                deliveries.handle,
+                on_last_failure=deliveries.on_last_failure,
+                options=options,
+            )
+        )
+    return lanes
+
+
 def work(svc, until, seconds=60):
-    worker = worker_for(svc)
+    lanes = lanes_for(svc)
     deadline = time.monotonic() + seconds
     while not until() and time.monotonic() < deadline:
-        worker.run_once()
-    worker.drain()
+        for lane in lanes:
+            lane.run_once()
+    for lane in lanes:
+        lane.drain()
     assert until(), "the work did not finish"
 
 

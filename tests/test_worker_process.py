@@ -3,6 +3,7 @@ killed with SIGKILL in the middle of a job loses nothing, and the job is done on
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -142,3 +143,54 @@ def test_two_worker_processes_share_the_queue_and_process_each_job_once(tmp_path
         ]
         assert sorted(j["outcome"] for j in jobs) == ["done"] * 6
         assert all(svc.records.get(i).version == 2 for i in ids)  # processing, then ready
+
+
+def test_a_held_webhook_receiver_does_not_hold_processing(tmp_path):
+    """`flask worker` runs deliveries in their own lane: with a receiver that answers nothing
+    until the test says so, every upload still reaches ready; released, each event arrives once,
+    never more than GATEWAY_WEBHOOK_CONCURRENCY at a time."""
+    receiver = Receiver(held=True)
+    with (
+        gateway_stack(
+            tmp_path,
+            mode="embedded",
+            GATEWAY_WORKER_CONCURRENCY="2",
+            GATEWAY_WEBHOOK_URL=receiver.url,
+            GATEWAY_WEBHOOK_SECRET=SECRET,
+            GATEWAY_WEBHOOK_CONCURRENCY="2",
+            GATEWAY_WEBHOOK_TIMEOUT="600",
+        ) as stack,
+        receiver,
+    ):
+        ids = []
+        for n in range(4):
+            photo = tmp_path / f"p{n}.png"
+            photo.write_bytes(samples.png(200 + n, 100))
+            result = stack.curl("-F", "projectId=p1", "-F", f"file=@{photo};type=image/png")
+            assert result.status == 201, result.body
+            ids.append(result.json()["mediaId"])
+        stack.start_worker()
+        svc = stack.svc
+        assert poll(
+            lambda: all(svc.records.get(i).status is Status.READY for i in ids), timeout=120
+        )
+        assert poll(lambda: receiver.in_flight == 2, timeout=30)
+        assert receiver.received == [] and len(receiver.arrivals) == 2
+        held = json.loads(stack.flask("queue", "stats", "--lane", "webhooks"))
+        assert (held["inFlight"], held["visible"], held["dead"]) == (2, 6, 0)
+        receiver.release()
+        assert poll(lambda: len(receiver.received) == 8, timeout=60), receiver.received
+        assert poll(
+            lambda: (
+                json.loads(stack.flask("queue", "stats", "--lane", "webhooks"))
+                == {"visible": 0, "inFlight": 0, "dead": 0, "oldestAgeSeconds": None}
+            ),
+            timeout=30,
+        )
+    expected = {f"{i}.{event}" for i in ids for event in ("media.stored", "media.ready")}
+    assert sorted(receiver.arrivals) == sorted(expected)
+    assert receiver.max_in_flight == 2
+    jobs = [line for line in stack.worker_log() if line.get("event") == "job"]
+    assert sorted((j["type"], j["receiveCount"], j["outcome"]) for j in jobs) == sorted(
+        [("media.process", 1, "done")] * 4 + [("webhook", 1, "done")] * 8
+    )

@@ -67,9 +67,10 @@ class InvalidMessage(ValueError):
     """A message body that is not a JSON object."""
 
 
-def open_queue(settings: Settings) -> Queue:
-    """The backend named by ``GATEWAY_QUEUE_URL``."""
-    url = settings.queue_url
+def open_queue(settings: Settings, url: str | None = None) -> Queue:
+    """The backend named by ``url``: by default ``GATEWAY_QUEUE_URL`` (the processing queue);
+    the webhook deliveries' queue is ``settings.effective_webhook_queue_url``."""
+    url = settings.queue_url if url is None else url
     if url.startswith("sqs://"):
         from .sqs import SqsQueue, make_sqs_client
 
