@@ -233,6 +233,30 @@ def test_a_second_patch_is_refused_while_another_node_holds_the_upload(tus):
     assert_nothing_stray(tus, upload_id)
 
 
+def test_a_client_slower_than_the_lease_keeps_it_through_gunicorn(tus):
+    """The review's slow client: gunicorn's reader waits for a whole read, so a lease renewed
+    between reads ran out under any client slower than read size / lease. Renewed on a timer, it
+    holds: after twice the lease with no byte, the other node is still refused, and the
+    upload ends with exactly the client's bytes."""
+    data = photo(2 * MiB, seed=8)
+    upload_id = create(tus, tus.node_a, len(data))
+    with open_patch(tus, tus.node_a, upload_id, 0, len(data)) as slow:
+        slow.sendall(data[:100_000])
+        assert poll(lambda: lease_held(tus, upload_id), timeout=30)
+        first_until = tus.svc.records.get(upload_id).upload.lock_until
+        assert poll(
+            lambda: tus.svc.records.get(upload_id).upload.lock_until > first_until + LEASE_SECONDS,
+            timeout=LEASE_SECONDS * 4,
+            interval=0.5,
+        )  # renewed past the first lease's end while no byte came
+        refused = patch(tus, tus.node_b, upload_id, 0, data)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (423, "upload_locked")
+        slow.sendall(data[100_000:])
+        assert status_line(slow) == 204
+    assert stored_bytes(tus, upload_id) == data
+    assert_nothing_stray(tus, upload_id)
+
+
 def test_two_racing_patches_store_exactly_one_of_them(tus):
     bodies = {tus.node_a: photo(4 * MiB, seed=5), tus.node_b: photo(4 * MiB, seed=6)}
     upload_id = create(tus, tus.node_a, 4 * MiB)
