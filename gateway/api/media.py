@@ -143,7 +143,7 @@ def delete_media(media_id: str) -> tuple[str, int]:
     # Record first: once it is gone the media is gone for every reader. An object left behind
     # has no record, which the sweeper deletes; the journal makes that quick.
     svc.records.delete(record.media_id)
-    held = svc.storage.quarantine
+    held = svc.storage.holding
     where = held.store if record.quarantined and held is not None else svc.store
     targets = [(where, record.s3_key), *((svc.store, v.key) for v in record.variants)]
     for store, key in targets:
