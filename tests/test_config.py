@@ -74,6 +74,12 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_REDIRECT_ORIGINS": "https://a.example/"}, "GATEWAY_REDIRECT_ORIGINS"),
         ({"GATEWAY_REDIRECT_ORIGINS": "ftp://a.example"}, "GATEWAY_REDIRECT_ORIGINS"),
         ({"GATEWAY_PAGE_DIRECT_MIN_BYTES": "0"}, "GATEWAY_PAGE_DIRECT_MIN_BYTES"),
+        # Also without scanning: failed media are withheld there.
+        (
+            {"GATEWAY_STORAGE_URL": "s3://bucket/media", "GATEWAY_QUARANTINE_URL": "/srv/held"},
+            "GATEWAY_QUARANTINE_URL",
+        ),
+        ({"GATEWAY_QUARANTINE_URL": "s3://bucket/held"}, "GATEWAY_QUARANTINE_URL"),
     ],
 )
 def test_invalid_settings_fail_naming_the_variable(env, variable):
