@@ -282,16 +282,17 @@ class Settings:
         for name in ("clamd_timeout", "sandbox_timeout", "webhook_timeout"):
             if getattr(self, name) <= 0:
                 fail(name, "must be a positive number of seconds")
+        # Also without scanning: failed media are withheld there.
+        if (urlparse(self.storage_url).scheme == "s3") != (
+            urlparse(self.effective_quarantine_url).scheme == "s3"
+        ):
+            fail("quarantine_url", "must be on the same kind of storage as the media")
         if self.clamd_url:
             clamd = urlparse(self.clamd_url)
             if not (clamd.scheme == "unix" and clamd.path) and not (
                 clamd.scheme == "tcp" and clamd.hostname and clamd.port
             ):
                 fail("clamd_url", "must be unix:///path/to/clamd.sock or tcp://host:port")
-            if (urlparse(self.storage_url).scheme == "s3") != (
-                urlparse(self.effective_quarantine_url).scheme == "s3"
-            ):
-                fail("quarantine_url", "must be on the same kind of storage as the media")
             if self.cdn_base_url and not urlparse(self.storage_url).path.strip("/"):
                 fail(
                     "storage_url",

@@ -49,8 +49,10 @@ VISIBLE: frozenset[Status] = frozenset(
 # Where processing ends: a live status stream closes here.
 SETTLED: frozenset[Status] = frozenset({Status.READY, Status.FAILED, Status.INFECTED})
 
-# Media whose object public URLs may serve (when it is out of the quarantine, too).
-SERVABLE: frozenset[Status] = VISIBLE - {Status.INFECTED}
+# Media whose object public URLs may serve (when it is out of the quarantine, too). Failed media
+# are withheld as infected ones are (a decompression bomb, a polyglot, a truncated file): the
+# owner sees the status and the reason, no URL; a retry that ends ready serves it again.
+SERVABLE: frozenset[Status] = VISIBLE - {Status.INFECTED, Status.FAILED}
 
 # Statuses whose record owns its object key: the sweeper never deletes such an object.
 OWNS_OBJECT: frozenset[Status] = frozenset({Status.PENDING, *VISIBLE} - {Status.INFECTED})

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
+from http import HTTPMethod
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -120,8 +121,24 @@ STAGE_DURATION = Histogram(
 )
 
 
+# Label values must come from a fixed set, never from the client's text: each new value is a new
+# series for as long as the process lives (2,000 requests with made-up methods once grew a scrape
+# from 144 KB to 4.4 MB). The client chooses the method and the path; the route is the matched
+# rule's template, or this one value when no rule matched.
+KNOWN_METHODS: frozenset[str] = frozenset(HTTPMethod)
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def method_label(method: str) -> str:
+    """The request method as a label: one of RFC 9110's (and PATCH), or ``other``."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 def observe_request(method: str, route: str, status: int, seconds: float, code: str) -> None:
-    REQUEST_DURATION.labels(method, route, str(status)).observe(seconds)
+    """``route``: the matched rule's template, or ``UNMATCHED_ROUTE``; ``code``: the error code
+    of the answer (from the error catalogue) or a fixed outcome."""
+    REQUEST_DURATION.labels(method_label(method), route, str(status)).observe(seconds)
     if status >= 400:
         REJECTIONS.labels(code or "unknown", str(status)).inc()
 

@@ -73,10 +73,13 @@ class Pipeline:
         webhook_queue: Queue | None = None,
         direct: DirectUploadService | None = None,
         storage_prefixes: tuple[str, ...] = ("",),
+        holding: Quarantine | None = None,
     ) -> None:
         self.records = records
         self.store = store
         self.quarantine = quarantine
+        # where the object of media that failed is withheld (the quarantine while scanning is on)
+        self.holding = holding if holding is not None else quarantine
         self.scanner = scanner
         self.announcer = announcer
         self.options = options
@@ -116,6 +119,13 @@ class Pipeline:
                 return
         if record.status is not Status.PROCESSING:
             return  # ready, infected, or not committed: nothing to do (a duplicate)
+        if record.quarantined and self.quarantine is None and self.holding is not None:
+            # Scanning is off: withheld when it failed, it is processed again as it was then.
+            self.holding.release(record.s3_key)
+            record = self._move(record, quarantined=False, stage="describe")
+            if record is None:
+                self.process(media_id)  # someone else moved it: look again
+                return
         if record.quarantined:
             with metrics.stage("scan"):
                 record = self._scan(record)
@@ -211,13 +221,25 @@ class Pipeline:
         return {"size": len(data), "sha256": digest, "uploaded_sha256": record.sha256}
 
     def _fail(self, media_id: str, reason: str, **changes: Any) -> None:
+        """The media ends failed, its object out of every public URL's reach as an infected
+        one's: withheld first (should that fail, the job fails and is tried again with nothing
+        changed), then the record. A record that moved on meanwhile gets its object back."""
         record = self._get(media_id)
+        holding, withheld = self.holding, False
         while record is not None and record.status in (Status.STORED, Status.PROCESSING):
-            failed = self._move(record, status=Status.FAILED, stage="", reason=reason, **changes)
+            if holding is not None and not record.quarantined:
+                holding.withhold(record.s3_key)
+                withheld = True
+            held = {"quarantined": True} if withheld else {}
+            failed = self._move(
+                record, status=Status.FAILED, stage="", reason=reason, **held, **changes
+            )
             if failed is not None:
                 self.announcer.announce(EventType.FAILED, [failed])
                 return
             record = self._get(media_id)
+        if withheld and holding is not None and record is not None and not record.quarantined:
+            holding.release(record.s3_key)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _get(self, media_id: str) -> MediaRecord | None:

@@ -103,7 +103,7 @@ class Services:
                 records=records,
                 journal=journal,
                 direct=direct,
-                quarantine=storage.quarantine,
+                quarantine=storage.holding,  # the quarantine, or where failed media wait
                 queue=queue if settings.processing == "on" else None,
                 tus=tus,
                 keep_infected=settings.keep_infected == "on",
@@ -126,6 +126,7 @@ class Services:
             records=self.records,
             store=self.storage.objects,
             quarantine=self.storage.quarantine,
+            holding=self.storage.holding,
             scanner=self.scanner,
             announcer=self.announcer,
             options=PipelineOptions(

@@ -70,7 +70,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         }
         access_log.info(line)
         outcome = str(fields.get("outcome", response.status_code))
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rule = request.url_rule
+        route = rule.rule if rule is not None else metrics.UNMATCHED_ROUTE
         metrics.observe_request(request.method, route, response.status_code, seconds, outcome)
         upload = g.get("upload")
         if upload is not None:

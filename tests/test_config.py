@@ -84,6 +84,12 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
             {"GATEWAY_QUEUE_URL": "sqs://jobs", "GATEWAY_WEBHOOK_QUEUE_URL": "sqs://jobs"},
             "GATEWAY_WEBHOOK_QUEUE_URL",
         ),
+        # Also without scanning: failed media are withheld there.
+        (
+            {"GATEWAY_STORAGE_URL": "s3://bucket/media", "GATEWAY_QUARANTINE_URL": "/srv/held"},
+            "GATEWAY_QUARANTINE_URL",
+        ),
+        ({"GATEWAY_QUARANTINE_URL": "s3://bucket/held"}, "GATEWAY_QUARANTINE_URL"),
     ],
 )
 def test_invalid_settings_fail_naming_the_variable(env, variable):

@@ -78,5 +78,5 @@ def test_processing_settles_in_ready_failed_or_infected():
     assert {S.READY, S.FAILED, S.INFECTED} == SETTLED
 
 
-def test_every_visible_status_but_infected_may_be_served():
-    assert {S.STORED, S.PROCESSING, S.READY, S.FAILED} == SERVABLE
+def test_every_visible_status_but_failed_and_infected_may_be_served():
+    assert {S.STORED, S.PROCESSING, S.READY} == SERVABLE

@@ -4,6 +4,7 @@ own parser; the listener rule; the instruments one by one."""
 from __future__ import annotations
 
 import base64
+import string
 import time
 from urllib.parse import urljoin
 
@@ -166,6 +167,62 @@ def test_metrics_answer_only_on_their_own_listener(stack):
     assert spoofed.status_code == 404
 
 
+def made_up_methods(count: int) -> list[str]:
+    """``count`` distinct method tokens that HTTP does not define: ZAAAA, ZAAAB, ..."""
+
+    def token(n: int) -> str:
+        letters = ""
+        for _ in range(4):
+            n, digit = divmod(n, 26)
+            letters = string.ascii_uppercase[digit] + letters
+        return "Z" + letters
+
+    return [token(n) for n in range(count)]
+
+
+def methods_labelled(samples_: dict) -> set[str]:
+    return {dict(labels)["method"] for _, labels in samples_ if "method" in dict(labels)}
+
+
+def request_count(samples_: dict, **labels: str) -> float:
+    return value(samples_, "gateway_http_request_duration_seconds_count", **labels)
+
+
+def test_made_up_methods_and_paths_through_gunicorn_add_no_series(stack):
+    """The finding: 2,000 requests like ``ZAAAA /nothing`` grew the scrape from 144 KB to 4.4 MB.
+    Through real gunicorn (two workers writing multiprocess files, merged by the scrape)."""
+
+    def send(methods: list[str], paths: list[str]) -> None:
+        with requests.Session() as http:
+            for method in methods:
+                known = http.request(method, stack.gateway_url + "/healthz", timeout=10)
+                assert known.status_code == 405, method
+                unknown = http.request(method, stack.gateway_url + f"/nothing/{method}", timeout=10)
+                assert unknown.status_code == 404, method
+            for path in paths:
+                assert http.get(stack.gateway_url + path, timeout=10).status_code == 404, path
+
+    send(["ZWARM"], ["/warm-up"])  # the folded series exist from here on
+    scrape(stack)  # and the scrape's own (a scrape is counted once it has answered)
+    before = scrape(stack)
+    methods = made_up_methods(500)
+    send(methods, [f"/nothing/{n}" for n in range(500)])
+    after = scrape(stack)
+    assert len(after) == len(before)
+    assert set(after) == set(before)
+    for status in ("404", "405"):
+        delta = request_count(after, method="other", route="unmatched", status=status) - (
+            request_count(before, method="other", route="unmatched", status=status)
+        )
+        assert delta == 500  # every request still counted, under one label set
+    assert (
+        request_count(after, method="GET", route="unmatched", status="404")
+        - request_count(before, method="GET", route="unmatched", status="404")
+        == 500
+    )
+    assert methods_labelled(after) <= {*metrics.KNOWN_METHODS, "other"}
+
+
 def test_the_worker_serves_job_and_stage_metrics(stack):
     port = free_port()
     path = stack.tmp / "w.png"
@@ -236,6 +293,55 @@ def test_a_unix_socket_listener_is_not_the_metrics_listener(metrics_app):
     assert client.get(
         "/metrics", environ_overrides={"gunicorn.socket": UnixSock()}
     ).status_code == (404)
+
+
+def test_made_up_methods_and_paths_add_no_series(tmp_path):
+    client = create_app(make_settings(tmp_path, processing="off")).test_client()
+
+    def send(methods: list[str], paths: list[str]) -> None:
+        for method in methods:
+            assert client.open("/healthz", method=method).status_code == 405, method
+            assert client.open(f"/nothing/{method}", method=method).status_code == 404, method
+        for path in paths:
+            assert client.get(path).status_code == 404, path
+
+    send(["ZWARM"], ["/warm-up"])  # the folded series exist from here on
+    before = parse(metrics.scrape().decode())
+    send(made_up_methods(1000), [f"/nothing/{n}" for n in range(1000)])
+    after = parse(metrics.scrape().decode())
+    assert len(after) == len(before)
+    assert set(after) == set(before)
+    for method, status in (("other", "405"), ("other", "404"), ("GET", "404")):
+        labels = {"method": method, "route": "unmatched", "status": status}
+        assert request_count(after, **labels) - request_count(before, **labels) == 1000
+    rejected = "gateway_rejections_total"
+    for code, status in (("method_not_allowed", "405"), ("not_found", "404")):
+        labels = {"code": code, "status": status}
+        assert value(after, rejected, **labels) - value(before, rejected, **labels) == (
+            1000 if status == "405" else 2000
+        )
+    assert methods_labelled(after) <= {*metrics.KNOWN_METHODS, "other"}
+
+
+def test_a_matched_route_is_labelled_by_its_template_not_its_path(tmp_path):
+    client = create_app(make_settings(tmp_path, processing="off")).test_client()
+    before = parse(metrics.scrape().decode())
+    for n in range(3):
+        assert client.get(f"/api/media/{n:032x}").status_code == 401  # no token
+    after = parse(metrics.scrape().decode())
+    labels = {"method": "GET", "route": "/api/media/<media_id>", "status": "401"}
+    assert request_count(after, **labels) - request_count(before, **labels) == 3
+    assert not any("0" * 31 in dict(labels_).get("route", "") for _, labels_ in after)
+
+
+@pytest.mark.parametrize("method", sorted(metrics.KNOWN_METHODS))
+def test_a_method_http_defines_is_its_own_label(method):
+    assert metrics.method_label(method) == method
+
+
+@pytest.mark.parametrize("method", ["get", "ZAAAA", "PROPFIND", "", "G" * 1000])
+def test_any_other_method_is_other(method):
+    assert metrics.method_label(method) == "other"
 
 
 # -- the instruments ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from .. import errors
 from ..auth import authenticate
 from ..events import EventType
 from ..lifecycle import SETTLED, VISIBLE, Status
-from ..naming import MEDIA_ID_RE, check_project_id
+from ..naming import MEDIA_ID_RE, check_project_id, media_id_of_key
 from ..principal import Principal
 from ..records import MediaRecord, TusUpload
 from . import services
@@ -143,7 +143,7 @@ def delete_media(media_id: str) -> tuple[str, int]:
     # Record first: once it is gone the media is gone for every reader. An object left behind
     # has no record, which the sweeper deletes; the journal makes that quick.
     svc.records.delete(record.media_id)
-    held = svc.storage.quarantine
+    held = svc.storage.holding
     where = held.store if record.quarantined and held is not None else svc.store
     targets = [(where, record.s3_key), *((svc.store, v.key) for v in record.variants)]
     for store, key in targets:
@@ -187,10 +187,19 @@ def list_media() -> Response:
 
 @local_bp.get("/media/<path:key>")
 def serve_local(key: str) -> Response:
-    """Embedded mode only: stored files at the URL the upload returned (nginx may serve these)."""
-    local = services().storage.local
-    if local is None or not local.is_servable(key):
+    """Embedded mode only: stored files at the URL the upload returned (nginx may serve these),
+    while their media may be served: withheld media (failed, infected) answer as absent files."""
+    svc = services()
+    local = svc.storage.local
+    media_id = media_id_of_key(key)
+    if local is None or media_id is None or not local.is_servable(key):
         raise errors.NotFound()  # only the gateway's own committed keys, never other files
+    try:
+        servable = svc.records.get(media_id).servable
+    except errors.MediaNotFound:
+        servable = False  # its record is gone (deleted): an orphan, for the sweeper
+    if not servable:
+        raise errors.NotFound()
     response = send_file(local.path_of(key), conditional=True, max_age=3600)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

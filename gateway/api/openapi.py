@@ -139,7 +139,10 @@ def _schemas() -> dict[str, Any]:
             "fileType": {"type": "string"},
             "contentType": {"type": "string"},
             "s3Key": {"type": "string"},
-            "url": {**NULLABLE_STRING, "description": "null until the file may be served"},
+            "url": {
+                **NULLABLE_STRING,
+                "description": "null until the file may be served; null when failed or infected",
+            },
             "size": {"type": ["integer", "null"]},
             "sha256": {"type": "string", "description": "hex; empty when not known"},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -27,11 +27,8 @@ def _url(svc: Services, record: MediaRecord, key: str) -> str | None:
 
 def media_json(record: MediaRecord) -> dict[str, Any]:
     svc = services()
-    where = (
-        svc.storage.quarantine.store
-        if record.quarantined and svc.storage.quarantine is not None
-        else svc.store
-    )
+    held = svc.storage.holding
+    where = held.store if record.quarantined and held is not None else svc.store
     view: dict[str, Any] = {
         "mediaId": record.media_id,
         "projectId": record.project_id,

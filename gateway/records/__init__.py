@@ -122,7 +122,7 @@ class MediaRecord:
     @property
     def servable(self) -> bool:
         """Whether any public URL may serve the object: committed, out of the quarantine (so
-        scanned clean when scanning is on), not infected."""
+        scanned clean when scanning is on), neither failed nor infected."""
         return not self.quarantined and self.status in SERVABLE
 
     @property

@@ -145,6 +145,10 @@ class Quarantine(Protocol):
         """Move the object to the public store under the same key (idempotent: done when it
         is no longer in the quarantine but is public)."""
 
+    def withhold(self, key: str) -> None:
+        """Move the object from the public store back here (media that failed processing):
+        idempotent, done when it is no longer public; an object in neither place is done too."""
+
 
 @dataclass(frozen=True)
 class Storage:
@@ -154,6 +158,9 @@ class Storage:
     direct: S3DirectUploads | None  # presigned uploads straight to the backend
     local: LocalFiles | None  # files the gateway serves at /media/
     quarantine: Quarantine | None = None  # when scanning is on: where uploads land first
+    # Where the objects of media that failed processing are withheld (the quarantine's place,
+    # GATEWAY_QUARANTINE_URL, also while scanning is off): out of reach of every public URL.
+    holding: Quarantine | None = None
     chunks: ChunkStore | None = None  # resumable uploads' chunks and parts (in the landing store)
 
     @property
@@ -163,8 +170,9 @@ class Storage:
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The backend named by ``GATEWAY_STORAGE_URL``, with the capabilities it has; with
-    scanning on (``GATEWAY_CLAMD_URL``), the quarantine of ``GATEWAY_QUARANTINE_URL`` too."""
+    """The backend named by ``GATEWAY_STORAGE_URL``, with the capabilities it has, and the
+    place of ``GATEWAY_QUARANTINE_URL``: where failed media are withheld and, with scanning on
+    (``GATEWAY_CLAMD_URL``), where uploads land first (the quarantine)."""
     url = urlparse(settings.storage_url)
     if url.scheme == "s3":
         from .s3 import S3ObjectStore, S3Quarantine, make_s3_client
@@ -174,15 +182,14 @@ def open_storage(settings: Settings) -> Storage:
         s3 = S3ObjectStore.from_settings(
             client, bucket=url.netloc, prefix=url.path.strip("/"), settings=settings
         )
-        s3_quarantine = None
-        if settings.clamd_url:
-            held = urlparse(settings.effective_quarantine_url)
-            s3_quarantine = S3Quarantine(
-                s3,
-                S3ObjectStore.from_settings(
-                    client, bucket=held.netloc, prefix=held.path.strip("/"), settings=settings
-                ),
-            )
+        held = urlparse(settings.effective_quarantine_url)
+        s3_holding = S3Quarantine(
+            s3,
+            S3ObjectStore.from_settings(
+                client, bucket=held.netloc, prefix=held.path.strip("/"), settings=settings
+            ),
+        )
+        s3_quarantine = s3_holding if settings.clamd_url else None
         from .s3_chunks import S3Chunks
 
         landing = s3_quarantine.store if s3_quarantine is not None else s3
@@ -193,17 +200,15 @@ def open_storage(settings: Settings) -> Storage:
             direct=S3DirectUploads(landing),
             local=None,
             quarantine=s3_quarantine,
+            holding=s3_holding,
             chunks=S3Chunks(landing),
         )
     from .chunks import LocalChunks
     from .local import LocalObjectStore, LocalQuarantine
 
     local = LocalObjectStore(url.path if url.scheme == "file" else settings.storage_url)
-    local_quarantine = None
-    if settings.clamd_url:
-        local_quarantine = LocalQuarantine(
-            local, LocalObjectStore(settings.effective_quarantine_url)
-        )
+    local_holding = LocalQuarantine(local, LocalObjectStore(settings.effective_quarantine_url))
+    local_quarantine = local_holding if settings.clamd_url else None
     landing_dir = local_quarantine.store if local_quarantine is not None else local
     return Storage(
         objects=local,
@@ -212,5 +217,6 @@ def open_storage(settings: Settings) -> Storage:
         direct=None,
         local=local,
         quarantine=local_quarantine,
+        holding=local_holding,
         chunks=LocalChunks(landing_dir),
     )

@@ -169,7 +169,7 @@ class LocalObjectStore:
 
 class LocalQuarantine:
     """A second directory, never served (not under the media root nginx and /media/ serve);
-    releasing renames the file into the media directory."""
+    releasing renames the file into the media directory, withholding renames it back."""
 
     def __init__(self, public: LocalObjectStore, quarantine: LocalObjectStore) -> None:
         self.public = public
@@ -185,3 +185,13 @@ class LocalQuarantine:
                 raise StorageError("The quarantined file is gone.") from None
         except OSError as exc:
             raise StorageError(f"Could not release the file: {exc.strerror}") from exc
+
+    def withhold(self, key: str) -> None:
+        public, held = self.public.path_of(key), self.store.path_of(key)
+        try:
+            held.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(public, held)
+        except FileNotFoundError:
+            return  # withheld already (a redelivered job), or gone: nothing is served
+        except OSError as exc:
+            raise StorageError(f"Could not withhold the file: {exc.strerror}") from exc

@@ -473,8 +473,8 @@ class S3ObjectStore:
 
 class S3Quarantine:
     """A second prefix of the bucket, outside the storage prefix that the CDN serves (its
-    origin path); releasing is a server-side copy (multipart past 5 GB, by boto3's managed
-    copy) and a delete."""
+    origin path); releasing and withholding are a server-side copy (multipart past 5 GB, by
+    boto3's managed copy) and a delete."""
 
     def __init__(self, public: S3ObjectStore, quarantine: S3ObjectStore) -> None:
         self.public = public
@@ -485,13 +485,22 @@ class S3Quarantine:
             if self.public.head(key) is None:
                 raise StorageError("The quarantined object is gone.")
             return  # released already (a redelivered job)
-        try:
-            self.public.client.copy(
-                {"Bucket": self.store.bucket, "Key": self.store.full_key(key)},
-                self.public.bucket,
-                self.public.full_key(key),
-                ExtraArgs={"MetadataDirective": "COPY"},
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, "releasing an object from the quarantine") from exc
-        self.store.delete(key)
+        _move(self.store, self.public, key, "releasing an object from the quarantine")
+
+    def withhold(self, key: str) -> None:
+        if self.public.head(key) is None:
+            return  # withheld already (a redelivered job), or gone: nothing is served
+        _move(self.public, self.store, key, "withholding an object in the quarantine")
+
+
+def _move(source: S3ObjectStore, target: S3ObjectStore, key: str, action: str) -> None:
+    try:
+        target.client.copy(
+            {"Bucket": source.bucket, "Key": source.full_key(key)},
+            target.bucket,
+            target.full_key(key),
+            ExtraArgs={"MetadataDirective": "COPY"},
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise translate(exc, action) from exc
+    source.delete(key)
