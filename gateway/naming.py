@@ -18,6 +18,8 @@ _KEY_RE = re.compile(
 )
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|]+')
 _MAX_EXTENSION_CHARS = 16
+_EXTENSION_RE = re.compile(rf"[^\W_]{{1,{_MAX_EXTENSION_CHARS}}}")  # letters and digits
+UNNAMED = "unnamed"
 
 
 def new_media_id() -> str:
@@ -43,19 +45,25 @@ def media_id_of_key(key: str) -> str | None:
 
 
 def display_name(filename: str, *, max_chars: int) -> str:
-    """The client's filename reduced to a safe display name: no path, no control characters."""
+    """The client's filename reduced to a safe display name: the last segment of a Windows or
+    POSIX path, no control characters. A name whose stem is all unsafe keeps its extension
+    (``???.png`` -> ``unnamed.png``); one with nothing safe at all is ``unnamed``."""
     name = unicodedata.normalize("NFC", filename.replace("\\", "/").rsplit("/", 1)[-1])
     # Control and format characters (C1 controls, bidi overrides such as U+202E) can spoof.
     # Lone surrogates (Cs) cannot be encoded at all.
     name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf", "Cs") else ch for ch in name)
-    name = _UNSAFE.sub("_", name).strip(" ._")
+    name = _UNSAFE.sub("_", name)
+    stem, dot, extension = name.rpartition(".")
+    if dot and _EXTENSION_RE.fullmatch(extension) and not stem.strip(" ._"):
+        name = f"{UNNAMED}.{extension}"
+    name = name.strip(" ._")
     if len(name) > max_chars:
         stem, dot, extension = name.rpartition(".")
         if dot and stem and 0 < len(extension) <= _MAX_EXTENSION_CHARS:
             name = stem[: max_chars - len(extension) - 1] + "." + extension
         else:
             name = name[:max_chars]
-    return name or "unnamed"
+    return name or UNNAMED
 
 
 def content_disposition(name: str) -> str:

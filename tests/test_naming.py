@@ -139,6 +139,16 @@ def test_media_id_of_key_reads_what_object_key_writes():
         ("...", "unnamed"),
         ("dir/", "unnamed"),
         ("\u202e", "unnamed"),
+        # a stem with nothing safe keeps its extension (letters and digits, up to 16)
+        ("???.png", "unnamed.png"),
+        (".png", "unnamed.png"),
+        ('<>:"|.JPG', "unnamed.JPG"),
+        ("\u202e.png", "unnamed.png"),
+        ("C:\\Users\\me\\???.png", "unnamed.png"),
+        ("???.p?g", "p_g"),  # not an extension: the name is what is left
+        ("???." + "e" * 17, "e" * 17),
+        ("???.tar.gz", "tar.gz"),
+        ("png", "png"),
     ],
 )
 def test_display_name(filename, shown):
@@ -163,6 +173,11 @@ def test_a_long_name_without_an_extension_is_cut_at_the_limit():
     assert display_name("a" * 300, max_chars=255) == "a" * 255
     assert display_name("a" * 255, max_chars=255) == "a" * 255
     assert display_name("abcdefghij", max_chars=4) == "abcd"
+
+
+def test_an_unnamed_stem_with_an_extension_is_cut_to_the_limit_too():
+    assert display_name("???.png", max_chars=11) == "unnamed.png"
+    assert display_name("???.png", max_chars=10) == "unname.png"
 
 
 def test_the_limit_counts_characters_not_bytes():
