@@ -453,10 +453,10 @@ def _parameter(params: list[tuple[str, Parameter]], key: str) -> str | None:
         elif not seen_extended:
             seen_extended = True
             extended = _extended_value(value)
-    if extended is not None:
+    if extended:
         return extended
     if plain is None and seen_extended:
-        return ""  # a file part whose only name could not be read
+        return ""  # sent, but not readable: a file part stays a file part
     return plain
 
 

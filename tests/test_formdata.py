@@ -897,6 +897,7 @@ def _file_part(disposition: bytes, *, headers: bytes = b"", data: bytes = b"X") 
         (b"filename*=KOI8-R''%E9.png; filename=\"fallback.png\"", "fallback.png"),
         (b'filename*=%E9.png; filename="fallback.png"', "fallback.png"),
         (b"filename*=UTF-8''%FF.png", ""),
+        (b"filename*=UTF-8''; filename=\"fallback.png\"", "fallback.png"),  # an empty one
         (b'filename="first.png"; filename="second.png"', "first.png"),
     ],
 )
