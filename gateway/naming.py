@@ -59,14 +59,17 @@ def display_name(filename: str, *, max_chars: int) -> str:
     name = name.strip(" ._")
     if len(name) > max_chars:
         stem, dot, extension = name.rpartition(".")
-        if dot and stem and 0 < len(extension) <= _MAX_EXTENSION_CHARS:
-            name = stem[: max_chars - len(extension) - 1] + "." + extension
+        room = max_chars - len(extension) - 1  # for the stem, when the extension is kept
+        if dot and stem and 0 < len(extension) <= _MAX_EXTENSION_CHARS and room > 0:
+            name = stem[:room].rstrip(" ._") + "." + extension
         else:
-            name = name[:max_chars]
-    return name or UNNAMED
+            name = name[:max_chars].rstrip(" ._")
+    return name or UNNAMED[:max_chars]
 
 
-def content_disposition(name: str) -> str:
-    """RFC 6266: an ASCII fallback plus the exact name as RFC 5987 ext-value."""
+def content_disposition(name: str, *, inline: bool = True) -> str:
+    """RFC 6266: an ASCII fallback plus the exact name as RFC 5987 ext-value; ``inline: False``
+    (see ``sniff.served_as``) makes a browser download the file instead of showing it."""
     fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
-    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+    disposition = "inline" if inline else "attachment"
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
