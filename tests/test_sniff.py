@@ -8,8 +8,11 @@ import json
 import tarfile
 import zipfile
 
+import filetype
 import filetype.utils
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.sniff import (
     SNIFF_BYTES,
@@ -261,3 +264,42 @@ def test_only_media_and_pdf_are_shown_inline_and_active_content_never_keeps_its_
 )
 def test_mime_of_extension_reads_what_sniff_named(extension, mime):
     assert mime_of_extension(extension) == mime
+
+
+# -- properties ------------------------------------------------------------------------------------
+TEXT_MIMES = {
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/xml",
+    "image/svg+xml",
+    "text/html",
+}
+
+
+@given(
+    st.text(st.characters(blacklist_categories=("Cc", "Cs")) | st.sampled_from('\t\r\n,;<>{}[]"'))
+)
+def test_any_text_without_controls_sniffs_as_a_text_kind_cut_or_whole(text):
+    data = text.encode()
+    kinds = {sniff(data), sniff((data * (SNIFF_BYTES // max(len(data), 1) + 2))[:SNIFF_BYTES])}
+    assert all(kind is None or kind.mime in TEXT_MIMES for kind in kinds)
+    if data and not filetype.guess(data):
+        assert sniff(data) is not None and sniff(data).mime in TEXT_MIMES
+
+
+@given(st.binary(max_size=SNIFF_BYTES))
+def test_any_bytes_sniff_to_a_type_served_by_its_extension_as_by_its_type(data):
+    sniffed = sniff(data)
+    if sniffed is not None:
+        assert served_as(mime_of_extension(sniffed.extension)) == served_as(sniffed.mime)
+
+
+@pytest.mark.parametrize(
+    "kind", [*filetype.types, *(SniffedType(m, "." + e) for m, e in [("text/plain", "txt")])]
+)
+def test_every_known_type_is_served_by_its_key_extension_as_by_its_type(kind):
+    """The embedded /media/ route knows only the key: its extension must give the same answer."""
+    mime = kind.mime
+    extension = kind.extension if isinstance(kind, SniffedType) else "." + kind.extension
+    assert served_as(mime_of_extension(extension)) == served_as(mime)
