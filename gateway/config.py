@@ -360,8 +360,8 @@ class Settings:
 
         for pattern in self.allowed_types:
             major, _, minor = pattern.partition("/")
-            if not major or not minor or "*" in major:
-                fail("allowed_types", f"{pattern!r} is not a MIME type or type/* pattern")
+            if pattern != "*/*" and (not major or not minor or "*" in major):
+                fail("allowed_types", f"{pattern!r} is not a MIME type, type/* or */*")
         if self.cdn_base_url and urlparse(self.cdn_base_url).scheme not in ("http", "https"):
             fail("cdn_base_url", "must be an http(s) URL")
         if self.public_base_url and urlparse(self.public_base_url).scheme not in ("http", "https"):

@@ -57,7 +57,7 @@ class DeriveOptions:
 
 def derive(path: Path, mime: str, options: DeriveOptions) -> Derived:
     kind = mime.split("/", 1)[0]
-    if kind == "image":
+    if kind == "image" and mime != "image/svg+xml":  # SVG is markup, not a raster to decode
         return _image(path, options)
     if kind == "video":
         return _video(path, options)

@@ -357,6 +357,14 @@ class UnsupportedType(GatewayError):
     status, code, message = 415, "unsupported_type", "The file type is not allowed."
 
 
+class UnsupportedTransferEncoding(GatewayError):
+    status, code, message = (
+        415,
+        "unsupported_transfer_encoding",
+        "A part's Content-Transfer-Encoding is not base64, quoted-printable, 7bit, 8bit or binary.",
+    )
+
+
 class Unprocessable(GatewayError):
     abstract = True
     status, code, message = 422, "unprocessable", "The upload could not be accepted."

@@ -23,10 +23,26 @@ The grammar (RFC 2046 section 5.1.1 and RFC 7578), with the choices made where i
   (the header block's last line break doubles as the delimiter's).
 - Each part has a ``Content-Disposition: form-data`` header with a ``name``; a ``filename``
   parameter (even empty) makes it a file. Header bytes that are not UTF-8 are read as Latin-1.
+- Parameters are read as the stdlib's ``email`` package reads MIME headers (python-multipart
+  does the same): inside a quoted string only ``\\"`` and ``\\\\`` are escapes, any other
+  backslash is kept. Old IE-mode forms send ``filename="C:\\Users\\me\\cat.png"`` with raw
+  backslashes, and no file name contains a quote on Windows, so that reading keeps their paths
+  (``naming.display_name`` keeps the last segment) while ``a\\"b.png`` is ``a"b.png``. Browsers
+  write a quote, CR and LF as ``%22``, ``%0D``, ``%0A`` (WHATWG); those three are read back in
+  ``filename`` and ``name`` (as werkzeug reads ``%22``). RFC 2231/5987 ``filename*`` in
+  UTF-8 or ISO-8859-1 wins over ``filename`` wherever it stands; in another charset, or not
+  decodable, it is ignored (then ``filename`` counts, or the name is empty).
+- ``Content-Transfer-Encoding`` (RFC 7578 deprecates it; old form libraries still send it):
+  ``7bit``, ``8bit``, ``binary`` pass through; ``base64`` and ``quoted-printable`` are decoded
+  as the bytes arrive, so every event carries the decoded bytes; any other is refused
+  (``FormDataError.unsupported_encoding``). Decoding errors are refused too: encoded text is
+  never passed on as if it were the content.
 """
 
 from __future__ import annotations
 
+import binascii
+import email.utils
 import enum
 import re
 from dataclasses import dataclass
@@ -46,14 +62,18 @@ CRLF, LF = b"\r\n", b"\n"
 
 
 class FormDataError(Exception):
-    """The body is not acceptable multipart/form-data. ``limit`` marks a size/count limit.
+    """The body is not acceptable multipart/form-data. ``limit`` marks a size/count limit,
+    ``unsupported_encoding`` a part in a Content-Transfer-Encoding the parser does not decode.
 
     ``events`` holds what the failing call had produced before the error.
     """
 
-    def __init__(self, message: str, *, limit: bool = False) -> None:
+    def __init__(
+        self, message: str, *, limit: bool = False, unsupported_encoding: bool = False
+    ) -> None:
         super().__init__(message)
         self.limit = limit
+        self.unsupported_encoding = unsupported_encoding
         self.events: list[Event] = []
 
 
@@ -141,6 +161,7 @@ class FormDataParser:
         self._files = 0
         self._fields = 0
         self._field: tuple[str, bytearray] | None = None  # a text field being read
+        self._decoder: _Decoder | None = None  # the part's Content-Transfer-Encoding, if any
         self._in_part = False  # a part ended by the delimiter just read
         self.complete = False  # the closing boundary was seen
 
@@ -318,18 +339,20 @@ class FormDataParser:
         return headers
 
     def _start_part(self, headers: dict[str, str], events: list[Event]) -> None:
-        disposition, params = parse_options_header(headers.get("content-disposition", ""))
+        disposition, params = _disposition(headers.get("content-disposition", ""))
         if disposition.lower() != "form-data":
             raise FormDataError("Malformed part: no 'Content-Disposition: form-data' header.")
-        name = params.get("name")
+        name = _parameter(params, "name")
         if name is None:
             raise FormDataError("Malformed part: Content-Disposition has no name.")
+        self._decoder = _decoder_for(headers.get("content-transfer-encoding"))
         self._in_part = True
-        if "filename" in params:
+        filename = _parameter(params, "filename")
+        if filename is not None:
             self._files += 1
             if self._files > self._limits.max_files:
                 raise FormDataError("Too many files.", limit=True)
-            events.append(FileStart(name, params["filename"], headers.get("content-type", "")))
+            events.append(FileStart(name, filename, headers.get("content-type", "")))
         else:
             self._fields += 1
             if self._fields > self._limits.max_fields:
@@ -339,18 +362,35 @@ class FormDataParser:
     def _data(self, buffer: Buffer, start: int, end: int, events: list[Event]) -> None:
         if end <= start:
             return
+        if self._decoder is None:
+            self._pass(memoryview(buffer)[start:end], events)
+            return
+        decoded, problem = self._decoder.decode(memoryview(buffer)[start:end])
+        self._pass(decoded, events)  # what came before the problem, however the body is split
+        if problem is not None:
+            raise FormDataError(problem)
+
+    def _pass(self, data: memoryview | bytes, events: list[Event]) -> None:
+        if not data:
+            return
         if self._field is None:
-            events.append(FileData(memoryview(buffer)[start:end]))
+            events.append(FileData(data if isinstance(data, memoryview) else memoryview(data)))
             return
         name, value = self._field
-        if len(value) + end - start > self._limits.max_field_bytes:
+        if len(value) + len(data) > self._limits.max_field_bytes:
             raise FormDataError(f"Text field {name!r} is too long.", limit=True)
-        value += buffer[start:end]
+        value += data
 
     def _end_part(self, events: list[Event], *, last: bool) -> None:
         if not self._in_part:
             return  # the first boundary: no part before it
         self._in_part = False
+        if self._decoder is not None:
+            decoder, self._decoder = self._decoder, None
+            decoded, problem = decoder.finish()
+            self._pass(decoded, events)
+            if problem is not None:
+                raise FormDataError(problem)
         if self._field is None:
             events.append(FileEnd(last=last))
             return
@@ -372,3 +412,179 @@ def _possible_prefix_start(buffer: Buffer, start: int, delimiter: bytes) -> int:
             return index
         index = buffer.find(first, index + 1)
     return len(buffer)
+
+
+# -- Content-Disposition parameters ----------------------------------------------------------------
+Parameter = str | tuple[str | None, str | None, str]  # plain, or RFC 2231 (charset, language, text)
+_EXTENDED_CHARSETS = ("utf-8", "iso-8859-1")  # the two RFC 8187 requires; others are ignored
+_UNESCAPED_QUOTE = re.compile(r'(?<!\\)"')  # how the email package finds quoted strings
+# "; name", "; name=token" or '; name="quoted string"' (a backslash pairs with the next character)
+_PARAMETER = re.compile(r';\s*([^\s=;]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;]*))?')
+_WHATWG_ESCAPE = re.compile("%(22|0D|0A)")  # the only escapes browsers write in a quoted name
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
+
+
+def _disposition(value: str) -> tuple[str, list[tuple[str, Parameter]]]:
+    """The disposition type and its parameters, in order (see the module docstring): split in
+    one linear pass, then unquoted and RFC 2231-decoded by the stdlib (``email.utils``, as
+    ``email.message`` does; its own splitter recounts the quotes at every ``;``, quadratic in a
+    header of thousands of quoted semicolons)."""
+    if len(_UNESCAPED_QUOTE.findall(value)) % 2:
+        # A raw line break inside the quotes, or a truncated header: not a name to guess at.
+        raise FormDataError("Malformed part: a quoted string in Content-Disposition does not end.")
+    disposition, _, rest = value.partition(";")
+    split = [(disposition.strip(), "")]
+    split += [(m[1].lower(), (m[2] or "").strip()) for m in _PARAMETER.finditer(";" + rest)]
+    params: list[tuple[str, Parameter]] = []
+    # typeshed says str values; RFC 2231 ones are (charset, language, text) tuples at run time
+    for name, param in email.utils.decode_params(split)[1:]:
+        if isinstance(param, tuple):
+            charset, language, text = param
+            params.append((name, (charset, language, email.utils.unquote(text))))
+        else:
+            params.append((name, email.utils.unquote(param)))
+    return disposition.strip(), params
+
+
+def _parameter(params: list[tuple[str, Parameter]], key: str) -> str | None:
+    """``key*`` (RFC 2231/5987, when decodable) before ``key``; the first of each counts."""
+    plain: str | None = None
+    extended: str | None = None
+    seen_extended = False
+    for name, value in params:
+        if name != key:
+            continue
+        if isinstance(value, str):
+            plain = _WHATWG_ESCAPE.sub(_unescape, value) if plain is None else plain
+        elif not seen_extended:
+            seen_extended = True
+            extended = _extended_value(value)
+    if extended:
+        return extended
+    if plain is None and seen_extended:
+        return ""  # sent, but not readable: a file part stays a file part
+    return plain
+
+
+def _extended_value(value: tuple[str | None, str | None, str]) -> str | None:
+    charset, _, text = value  # text: the percent-decoded bytes, one character per byte
+    if charset is None or charset.lower() not in _EXTENDED_CHARSETS:
+        return None
+    try:
+        return text.encode("latin-1").decode(charset)
+    except UnicodeError:
+        return None
+
+
+# -- Content-Transfer-Encoding ---------------------------------------------------------------------
+class _Decoder:
+    """Decodes one part's bytes as they arrive. ``decode`` answers the bytes decoded so far and,
+    when the data is not valid, a problem: the decoded bytes are those before the first invalid
+    unit, so the output and the error are the same however the body is split."""
+
+    def decode(self, data: memoryview) -> tuple[bytes, str | None]:
+        raise NotImplementedError
+
+    def finish(self) -> tuple[bytes, str | None]:
+        raise NotImplementedError
+
+
+_BASE64_SPACE = b" \t\r\n"
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
+_BAD_BASE64 = "A base64 part is not valid base64 (RFC 2045)."
+
+
+class _Base64(_Decoder):
+    """RFC 2045 base64: line breaks, spaces and tabs ignored; any other byte outside the
+    alphabet, a missing or misplaced ``=`` padding, or data after it is refused. Whole 4-byte
+    quanta are decoded by ``binascii`` (strict mode); at most 3 bytes wait for the rest."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._padded = False  # the padded last quantum was read: nothing may follow
+
+    def decode(self, data: memoryview) -> tuple[bytes, str | None]:
+        text = bytes(data).translate(None, _BASE64_SPACE)
+        bad = _NOT_BASE64.search(text)
+        text = self._held + (text if bad is None else text[: bad.start()])
+        if self._padded and text:
+            return b"", _BAD_BASE64
+        pad = text.find(b"=")
+        if pad == -1:
+            whole = len(text) - len(text) % 4
+            self._held = text[whole:]
+            return binascii.a2b_base64(text[:whole], strict_mode=True), (
+                None if bad is None else _BAD_BASE64
+            )
+        last = pad - pad % 4  # the quantum with the padding is the last one
+        decoded = binascii.a2b_base64(text[:last], strict_mode=True)
+        if len(text) < last + 4:
+            self._held = text[last:]
+            return decoded, None if bad is None else _BAD_BASE64
+        self._held = b""
+        try:
+            decoded += binascii.a2b_base64(text[last : last + 4], strict_mode=True)
+        except binascii.Error:
+            return decoded, _BAD_BASE64
+        self._padded = True
+        return decoded, None if bad is None and len(text) == last + 4 else _BAD_BASE64
+
+    def finish(self) -> tuple[bytes, str | None]:
+        return b"", _BAD_BASE64 if self._held else None
+
+
+_BAD_QP = "A quoted-printable part is not valid quoted-printable (RFC 2045)."
+# "=" begins an escape of two hex digits or a soft line break; anything else is an error.
+_BAD_QP_ESCAPE = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r\n|\n)")
+_QP_ESCAPE_PREFIX = re.compile(rb"=(?:[0-9A-Fa-f]|\r)?")
+
+
+class _QuotedPrintable(_Decoder):
+    """RFC 2045 quoted-printable, decoded by ``binascii.a2b_qp`` once the escapes are checked:
+    ``=XX`` (hex, either case), ``=`` before a line break (a soft break) and a lone ``=`` that
+    ends the part; any other ``=`` is refused. An escape cut by a read (at most 2 bytes) waits.
+    Trailing spaces on a line are kept as sent: encoders write them as ``=20``, and HTTP has no
+    mail transport that would add any."""
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def decode(self, data: memoryview) -> tuple[bytes, str | None]:
+        text = self._held + bytes(data)
+        tail = text.rfind(b"=", max(0, len(text) - 2))
+        if tail != -1 and _QP_ESCAPE_PREFIX.fullmatch(text, tail):
+            text, self._held = text[:tail], text[tail:]
+        else:
+            self._held = b""
+        bad = _BAD_QP_ESCAPE.search(text)
+        if bad is not None:
+            self._held = b""
+            return binascii.a2b_qp(text[: bad.start()]), _BAD_QP
+        return binascii.a2b_qp(text), None
+
+    def finish(self) -> tuple[bytes, str | None]:
+        held, self._held = self._held, b""
+        return b"", None if held in (b"", b"=") else _BAD_QP
+
+
+_IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
+_DECODERS: dict[str, type[_Decoder]] = {"base64": _Base64, "quoted-printable": _QuotedPrintable}
+
+
+def _decoder_for(encoding: str | None) -> _Decoder | None:
+    if encoding is None:
+        return None
+    name = encoding.strip().lower()
+    if name in _IDENTITY_ENCODINGS:
+        return None
+    decoder = _DECODERS.get(name)
+    if decoder is None:
+        raise FormDataError(
+            f"Content-Transfer-Encoding {encoding[:40]!r} is not supported "
+            "(base64, quoted-printable, 7bit, 8bit, binary).",
+            unsupported_encoding=True,
+        )
+    return decoder()

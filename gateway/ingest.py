@@ -15,7 +15,7 @@ from .lifecycle import Status
 from .naming import content_disposition, object_key
 from .principal import Principal
 from .records import MediaRecord, UploadState
-from .sniff import SNIFF_BYTES, SniffedType, is_allowed, sniff
+from .sniff import ANY_TYPE, SNIFF_BYTES, UNKNOWN, SniffedType, is_allowed, served_as, sniff
 from .storage import ObjectStore, ObjectWriter
 
 if TYPE_CHECKING:
@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 
 def checked_type(head: bytes, allowed_types: tuple[str, ...], *, name: str) -> SniffedType:
-    """The type the first bytes say, if the allow-list admits it (else UnsupportedType)."""
+    """The type the first bytes say, if the allow-list admits it (else UnsupportedType); with
+    ``*/*`` in the list, bytes of no known type are ``application/octet-stream``."""
     sniffed = sniff(head)
+    if sniffed is None and ANY_TYPE in allowed_types:
+        return UNKNOWN
     if sniffed is None or not is_allowed(sniffed.mime, allowed_types):
         what = sniffed.mime if sniffed else "unrecognized content"
         raise errors.UnsupportedType(
@@ -163,11 +166,12 @@ class IncomingFile:
             original_name=self.original_name,
             sha256=self.expected_sha256 or "",
         )
+        served = served_as(self.sniffed.mime)
         self.writer = self.store.open_writer(
             self.key,
-            content_type=self.sniffed.mime,
+            content_type=served.content_type,
             metadata=metadata,
-            content_disposition=content_disposition(self.original_name),
+            content_disposition=content_disposition(self.original_name, inline=served.inline),
         )
         return self.writer
 

@@ -199,6 +199,8 @@ class UploadService:
         except FormDataError as exc:
             if exc.limit:
                 raise errors.FormLimit(str(exc)) from None
+            if exc.unsupported_encoding:
+                raise errors.UnsupportedTransferEncoding(str(exc)) from None
             raise errors.MalformedBody(str(exc)) from None
 
 

@@ -8,6 +8,7 @@ events (file data joined) and the error, so a whole parse and a split one compar
 
 from __future__ import annotations
 
+import binascii
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class Part:
     content_type: str | None = None
     compact: bool = False  # an empty body written as "<headers><LB><LB>--boundary"
     padding: bytes = b""  # transport padding after the delimiter that opens this part
+    transfer_encoding: str | None = None  # base64 or quoted-printable: sent encoded
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,19 @@ def quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def encoded(content: bytes, transfer_encoding: str | None, line_break: bytes = b"\r\n") -> bytes:
+    """The content as a legacy form library sends it in that Content-Transfer-Encoding."""
+    if transfer_encoding == "base64":
+        lines = [
+            binascii.b2a_base64(content[i : i + 57], newline=False)
+            for i in range(0, len(content), 57)
+        ]
+        return line_break.join(lines)
+    if transfer_encoding == "quoted-printable":
+        return binascii.b2a_qp(content, istext=False)  # CR and LF as =0D =0A, soft breaks "=\n"
+    return content
+
+
 def render(form: Form) -> bytes:
     lb, dash = form.line_break, b"--" + form.boundary
     out = [form.preamble, dash]
@@ -60,11 +75,14 @@ def render(form: Form) -> bytes:
         out += [part.padding, lb, disposition.encode(), lb]
         if part.content_type is not None:
             out += [f"Content-Type: {part.content_type}".encode(), lb]
+        if part.transfer_encoding is not None:
+            out += [f"Content-Transfer-Encoding: {part.transfer_encoding}".encode(), lb]
         out.append(lb)
-        if part.compact and not part.content:
+        content = encoded(part.content, part.transfer_encoding, lb)
+        if part.compact and not content:
             out.append(dash)
         else:
-            out += [part.content, lb, dash]
+            out += [content, lb, dash]
     out += [b"--", form.epilogue]
     return b"".join(out)
 

@@ -35,6 +35,18 @@ def test_env_values_are_parsed():
     assert settings.s3_read_timeout == 2.5
 
 
+@pytest.mark.parametrize(
+    "value, parsed",
+    [
+        ("*/*", ("*/*",)),
+        ("image/*, text/*, application/pdf", ("image/*", "text/*", "application/pdf")),
+        ("image/svg+xml,*/*", ("image/svg+xml", "*/*")),
+    ],
+)
+def test_any_type_is_a_valid_allowed_type(value, parsed):
+    assert Settings.from_env({**BASE, "GATEWAY_ALLOWED_TYPES": value}).allowed_types == parsed
+
+
 def test_part_size_grows_so_the_cap_fits_in_10000_parts():
     settings = Settings.from_env({**BASE, "GATEWAY_MAX_UPLOAD_BYTES": str(200 * 1024 * MiB)})
     assert settings.effective_part_size * 10_000 >= settings.max_upload_bytes
@@ -55,6 +67,9 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_RECORDS_URL": "postgres://x"}, "GATEWAY_RECORDS_URL"),
         ({"GATEWAY_RECORDS_URL": "dynamodb://"}, "GATEWAY_RECORDS_URL"),
         ({"GATEWAY_ALLOWED_TYPES": "image"}, "GATEWAY_ALLOWED_TYPES"),
+        ({"GATEWAY_ALLOWED_TYPES": "*/png"}, "GATEWAY_ALLOWED_TYPES"),
+        ({"GATEWAY_ALLOWED_TYPES": "*"}, "GATEWAY_ALLOWED_TYPES"),
+        ({"GATEWAY_ALLOWED_TYPES": "*/*x"}, "GATEWAY_ALLOWED_TYPES"),
         ({"GATEWAY_CDN_BASE_URL": "cdn.example.com"}, "GATEWAY_CDN_BASE_URL"),
         ({"GATEWAY_CLOUDFRONT_KEY_ID": "K1"}, "GATEWAY_CLOUDFRONT_KEY_ID"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),

@@ -99,9 +99,15 @@ def test_checked_type_returns_what_the_bytes_are():
             "File 'doc.png' is application/pdf; allowed: image/*, video/*.",
         ),
         (
-            b"just text",
+            b"\x00\x01 no known signature",
             ALLOWED,
             "File 'doc.png' is unrecognized content; allowed: image/*, video/*.",
+        ),
+        (b"just text", ALLOWED, "File 'doc.png' is text/plain; allowed: image/*, video/*."),
+        (
+            b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            ("image/*",),
+            "File 'doc.png' is image/svg+xml; allowed: image/*.",
         ),
         (png_bytes(100), ("video/*",), "File 'doc.png' is image/png; allowed: video/*."),
     ],
@@ -111,6 +117,15 @@ def test_checked_type_names_the_file_its_type_and_the_allow_list(head, allowed, 
         checked_type(head, allowed, name="doc.png")
     assert caught.value.message == message
     assert (caught.value.status, caught.value.code) == (415, "unsupported_type")
+
+
+def test_any_type_stores_unknown_bytes_as_octet_stream():
+    unknown = b"\x00\x01 no known signature"
+    assert checked_type(unknown, ("*/*",), name="x") == SniffedType(
+        "application/octet-stream", ".bin"
+    )
+    assert checked_type(png_bytes(100), ("*/*",), name="x") == SniffedType("image/png", ".png")
+    assert checked_type(b"text", ("*/*",), name="x") == SniffedType("text/plain", ".txt")
 
 
 def test_object_metadata_names_and_ascii_quoting():

@@ -4,6 +4,8 @@ Content-Disposition. Pure functions: exact inputs, exact outputs."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import errors
 from gateway.naming import (
@@ -139,6 +141,16 @@ def test_media_id_of_key_reads_what_object_key_writes():
         ("...", "unnamed"),
         ("dir/", "unnamed"),
         ("\u202e", "unnamed"),
+        # a stem with nothing safe keeps its extension (letters and digits, up to 16)
+        ("???.png", "unnamed.png"),
+        (".png", "unnamed.png"),
+        ('<>:"|.JPG', "unnamed.JPG"),
+        ("\u202e.png", "unnamed.png"),
+        ("C:\\Users\\me\\???.png", "unnamed.png"),
+        ("???.p?g", "p_g"),  # not an extension: the name is what is left
+        ("???." + "e" * 17, "e" * 17),
+        ("???.tar.gz", "tar.gz"),
+        ("png", "png"),
     ],
 )
 def test_display_name(filename, shown):
@@ -165,6 +177,18 @@ def test_a_long_name_without_an_extension_is_cut_at_the_limit():
     assert display_name("abcdefghij", max_chars=4) == "abcd"
 
 
+def test_an_unnamed_stem_with_an_extension_is_cut_to_the_limit_too():
+    assert display_name("???.png", max_chars=11) == "unnamed.png"
+    assert display_name("???.png", max_chars=10) == "unname.png"
+
+
+def test_a_cut_never_ends_a_name_in_a_blank_dot_or_underscore():
+    assert display_name("0000000_0", max_chars=8) == "0000000"
+    assert display_name("ab. cd.png", max_chars=7) == "ab.png"
+    assert display_name("abc." + "e" * 16, max_chars=10) == "abc.eeeeee"  # no room for the stem
+    assert display_name("", max_chars=3) == "unn"
+
+
 def test_the_limit_counts_characters_not_bytes():
     assert display_name("é" * 300 + ".png", max_chars=255) == "é" * 251 + ".png"
 
@@ -184,3 +208,18 @@ def test_the_limit_counts_characters_not_bytes():
 )
 def test_content_disposition_has_an_ascii_fallback_and_the_exact_name(name, header):
     assert content_disposition(name) == header
+
+
+@given(st.text(), st.integers(1, 300))
+def test_any_name_becomes_a_short_safe_nonempty_name(filename, max_chars):
+    import unicodedata
+
+    shown = display_name(filename, max_chars=max_chars)
+    assert 0 < len(shown) <= max_chars
+    assert not set(shown) & set('"\\/:*?<>|')
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in shown)
+    assert shown == shown.strip(" ._")  # also where the limit cut it
+    # the last path segment is all that counts
+    assert display_name(
+        "C:\\dir\\" + filename.replace("/", "").replace("\\", ""), max_chars=max_chars
+    ) == display_name(filename.replace("/", "").replace("\\", ""), max_chars=max_chars)

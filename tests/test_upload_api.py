@@ -318,8 +318,10 @@ def test_project_in_query_string(client, auth, svc):
     [
         ("../../etc/passwd.png", "passwd.png"),
         ("C:/Users/x/photo.png", "photo.png"),
-        ("C:\\Users\\x\\photo.png", "C_Usersxphoto.png"),  # a quoted-string: backslash escapes
-        ("evil%0D%0AX-Injected: 1.png", "evil%0D%0AX-Injected_ 1.png"),  # how browsers send CR LF
+        ("C:\\Users\\x\\photo.png", "photo.png"),  # old IE: the whole path, raw backslashes
+        ("\\\\server\\share\\photo.png", "photo.png"),
+        ("???.png", "unnamed.png"),  # nothing safe but the extension
+        ("evil%0D%0AX-Injected: 1.png", "evil__X-Injected_ 1.png"),  # how browsers send CR LF
         ("a\x00b.png", "a_b.png"),
         ("quo%22te.png", "quo_te.png"),  # how browsers send a quote
         ("", "unnamed"),

@@ -16,6 +16,7 @@ from ..lifecycle import SETTLED, VISIBLE, Status
 from ..naming import MEDIA_ID_RE, check_project_id, media_id_of_key
 from ..principal import Principal
 from ..records import MediaRecord, TusUpload
+from ..sniff import mime_of_extension, served_as
 from . import services
 from .present import media_json
 
@@ -200,6 +201,14 @@ def serve_local(key: str) -> Response:
         servable = False  # its record is gone (deleted): an orphan, for the sweeper
     if not servable:
         raise errors.NotFound()
-    response = send_file(local.path_of(key), conditional=True, max_age=3600)
+    path = local.path_of(key)
+    served = served_as(mime_of_extension(path.suffix))  # as S3 serves it (gateway/sniff.py)
+    response = send_file(
+        path,
+        mimetype=served.content_type.partition(";")[0],  # werkzeug adds text/*'s charset
+        as_attachment=not served.inline,
+        conditional=True,
+        max_age=3600,
+    )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
