@@ -7,6 +7,7 @@ real-gateway tests are in test_outbox_sync.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway.outbox import advise, steps
+from gateway.outbox import advise, lease, steps
 from gateway.outbox.errors import (
     DiskFull,
     InvalidItem,
@@ -33,6 +34,7 @@ from gateway.outbox.errors import (
     TokenRefused,
     Transient,
 )
+from gateway.outbox.lease import Holder
 from gateway.outbox.report import JsonLines
 from gateway.outbox.store import Incoming, Outbox, State, StateCount, StepSpec, Transport
 from gateway.outbox.sync import Backoff, Syncer
@@ -137,28 +139,48 @@ def test_a_push_that_would_leave_the_disk_below_its_reserve_is_refused(tmp_path)
         assert box.items() == []
 
 
+def dead_holder() -> Holder:
+    """The identity of a process that ran and ended (read while it ran)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)  # fmt: skip
+    holder = lease.of_process(proc.pid)
+    proc.communicate(b"")
+    assert holder is not None and lease.of_process(proc.pid) is None
+    return holder
+
+
+def reused_pid_holder() -> Holder:
+    """A holder whose PID runs now, as another process: this one, started at another tick."""
+    me = lease.current()
+    return dataclasses.replace(me, started=me.started - 1)
+
+
+def insert_raw_item(root: Path, item_id: str, state: str, holder: Holder | None, renewed=0.0):
+    with sqlite3.connect(root / "outbox.db") as conn:
+        conn.execute(
+            "INSERT INTO items (id, project, fields, idempotency_key, state, next_attempt_at,"
+            " lease, lease_renewed_at, created_at, updated_at)"
+            " VALUES (?, 'p1', '[]', ?, ?, 0, ?, ?, 0, 0)",
+            (item_id, "k-" + item_id, state, holder.text() if holder else None, renewed),
+        )
+    conn.close()
+    (root / "files" / item_id).mkdir()
+    (root / "files" / item_id / "0-a.png").write_bytes(b"half")
+
+
 def test_a_push_killed_midway_is_forgotten_on_the_next_open_but_a_live_one_is_not(tmp_path):
     root = tmp_path / "o"
     path = sample(tmp_path, "a.png", png_bytes())
     with Outbox(root, disk_reserve=0) as box:
         kept = box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    conn = sqlite3.connect(root / "outbox.db")
-    for item_id, pid in (("dead", dead.pid), ("alive", os.getpid())):
-        conn.execute(
-            "INSERT INTO items (id, project, fields, idempotency_key, state, next_attempt_at,"
-            " worker_pid, created_at, updated_at) VALUES (?, 'p1', '[]', ?, 'queuing', 0, ?, 0, 0)",
-            (item_id, "k-" + item_id, pid),
-        )
-        (root / "files" / item_id).mkdir()
-        (root / "files" / item_id / "0-a.png").write_bytes(b"half")
-    conn.commit()
-    conn.close()
+    insert_raw_item(root, "dead", "queuing", dead_holder())
+    insert_raw_item(root, "reused", "queuing", reused_pid_holder())
+    insert_raw_item(root, "alive", "queuing", lease.current())
     with Outbox(root, disk_reserve=0) as box:
         ids = {r[0] for r in box._conn.execute("SELECT id FROM items")}
         assert ids == {kept.id, "alive"}
         assert not (root / "files" / "dead").exists()
+        assert not (root / "files" / "reused").exists()
         assert (root / "files" / "alive").exists()
         assert [i.id for i in box.items()] == [kept.id]  # a push in progress is not listed
 
@@ -263,7 +285,8 @@ def test_a_claim_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(
                     project="p1", tus_threshold=MiB)  # fmt: skip
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        box._conn.execute("UPDATE items SET worker_pid = ?", (sleeper.pid,))
+        holder = lease.of_process(sleeper.pid)
+        box._conn.execute("UPDATE items SET lease = ?", (holder.text(),))
         assert box.due(box.clock()) == []
         assert not box.claim(item)
     finally:
@@ -271,6 +294,7 @@ def test_a_claim_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(
         sleeper.wait()
     assert [i.id for i in box.due(box.clock())] == [item.id]
     assert box.claim(item)
+    assert box.get(item.id).holder == lease.current()
 
 
 def test_stats_count_items_files_and_bytes_per_state(tmp_path, box):
@@ -385,9 +409,8 @@ def gateway_answer(status: int, count: int) -> bytes:
         return json.dumps(
             {"success": True, "files": [{"mediaId": f"m{count}", "url": "u"}]}
         ).encode()
-    return json.dumps(
-        {"success": False, "error": {"code": "shutting_down", "message": "busy"}}
-    ).encode()
+    code = {401: "invalid_token", 500: "internal_error"}.get(status, "shutting_down")
+    return json.dumps({"success": False, "error": {"code": code, "message": "busy"}}).encode()
 
 
 def StandIn(script):
@@ -449,7 +472,8 @@ def test_sync_without_retry_after_backs_off_and_gives_up_past_max_wait(tmp_path)
             assert len(fake.sleeps) == 1 and 5 <= fake.sleeps[0] <= 10
             assert result.unfinished == 1 and result.done == []
             again = box.get(item.id)
-            assert again.state == State.UPLOADING and again.attempts == 2
+            assert again.state == State.WAITING and again.attempts == 2
+            assert again.holder is None  # nothing runs: it waits for its next attempt
             assert "500" in again.last_error
     finally:
         stand_in.close()
@@ -465,7 +489,8 @@ def test_a_refused_token_stops_the_sync_and_keeps_the_item(tmp_path):
             with pytest.raises(TokenRefused):
                 syncer.run()
             again = box.get(item.id)
-            assert again.state == State.UPLOADING and again.attempts == 0
+            assert again.state == State.WAITING and again.attempts == 0
+            assert again.holder is None and "401" in again.last_error
             assert box.due(box.clock())  # still due: nothing was held against the item
     finally:
         stand_in.close()
@@ -576,9 +601,27 @@ def test_every_change_is_on_the_item_in_memory_as_well_as_on_disk(tmp_path, box)
     assert entry.sent == 500
     box.claim(item)
     box.schedule_retry(item, delay=5, error="503", unreachable=True)
-    assert item.attempts == 1
+    assert (item.attempts, item.state, item.last_error) == (1, State.WAITING, "503")
+    assert item.next_attempt_at == box.get(item.id).next_attempt_at
+    box.release(item)
+    assert item.holder is None
+    assert box.claim(box.get(item.id))
+    item = box.get(item.id)
+    entry, step = item.files[0], item.steps[0]
+    assert item.state == State.UPLOADING
     box.schedule_retry(item, delay=5, error="503", unreachable=True)
     assert item.attempts == 2 == box.get(item.id).attempts
+    box.schedule_retry(item, delay=0, error="interrupted", unreachable=False, counts=False)
+    assert item.attempts == 2 == box.get(item.id).attempts
+    box.claim(item)
+    box.restart_file(item, entry)
+    assert (entry.tus_url, entry.sent, entry.generation) == (None, 0, 1)
+    assert box.get(item.id).files[0].generation == 1
+    box.sending(item)
+    first = item.first_sent_at
+    assert first == box.get(item.id).first_sent_at is not None
+    box.sending(item)
+    assert box.get(item.id).first_sent_at == first  # the first send is what counts
     box.file_stored(item, [(entry, {"mediaId": "m"})])
     assert (entry.sent, entry.record) == (1000, {"mediaId": "m"})
     box.mark_stored(item)
@@ -622,17 +665,18 @@ def test_purge_copes_with_copies_already_gone_and_stats_are_exact(tmp_path):
         assert numbers.by_state == {s: StateCount(0, 0, 0) for s in State if s != State.QUEUING}
 
 
-def test_pid_alive_only_asks(tmp_path):
-    from gateway.outbox.store import pid_alive
-
+def test_a_holder_runs_while_its_process_runs_and_asking_sends_no_signal(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert pid_alive(sleeper.pid)
+        holder = lease.of_process(sleeper.pid)
+        assert holder is not None and holder.local
+        assert holder.running(renewed_at=0, now=1e12)  # local: the lease's age does not count
         assert sleeper.poll() is None  # asking sent no signal that ends it
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not pid_alive(sleeper.pid)
+    assert not holder.running(renewed_at=1e12, now=1e12)  # freshly renewed, but gone
+    assert lease.of_process(sleeper.pid) is None
 
 
 def test_error_texts_say_what_and_why():
