@@ -256,15 +256,14 @@ class Syncer:
         found = self.gateway.records_of_item(item, since=first - CLOCK_SLACK)
         pairs: list[tuple[FileEntry, dict[str, Any]]] = []
         for entry in form:
-            match = next(
-                (
-                    r
-                    for r in found
-                    if r.get("sha256") == entry.sha256 and r.get("size") == entry.size
-                ),
-                None,
-            )
-            if match is not None:
+            same = [
+                r for r in found if (r.get("sha256"), r.get("size")) == (entry.sha256, entry.size)
+            ]
+            # Two files of one item may hold the same bytes: the name decides between them (the
+            # gateway may have cleaned a name, so it only breaks ties).
+            same.sort(key=lambda r: r.get("originalName") != entry.name)
+            if same:
+                match = same[0]
                 found.remove(match)
                 verify_record(entry, match)
                 pairs.append((entry, match))
