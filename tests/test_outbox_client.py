@@ -494,6 +494,7 @@ def test_a_gone_url_whose_upload_was_stored_is_adopted_not_sent_again(tmp_path, 
     data = mp4_bytes(300 * KiB)
     item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
     _, result = sync(box, url, token, chunk_size=128 * KiB)
+    assert result.done == [item.id]
     first = box.get(item.id).files[0]
     box._conn.execute("UPDATE files SET record = NULL")
     box._conn.execute("UPDATE items SET state = 'waiting'")
