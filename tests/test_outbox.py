@@ -15,9 +15,12 @@ import json
 import os
 import random
 import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -1054,3 +1057,59 @@ def test_the_queue_says_what_is_happening(tmp_path, box):
     at = time.strftime("%H:%M:%S", time.localtime(waiting.next_attempt_at))
     assert _state_text(waiting, waiting.next_attempt_at - 1) == f"waiting, retrying at {at}"
     assert _state_text(waiting, waiting.next_attempt_at) == "waiting, due now"
+
+
+# -- Ctrl-C twice -------------------------------------------------------------------------------------
+class SilentGateway:
+    """Accepts connections, reads what comes, never answers: a request to it never ends."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_a_second_ctrl_c_quits_at_once_and_the_item_is_resumed_later(tmp_path):
+    """The first Ctrl-C waits for the request in flight (here one that never ends: only the
+    socket timeout, 60 s, would end it); the second quits now."""
+    silent = SilentGateway()
+    env = {**os.environ, "OUTBOX_DIR": str(tmp_path / "o"), "OUTBOX_GATEWAY": silent.url,
+           "OUTBOX_TOKEN": "t"}  # fmt: skip
+    proc = None
+    try:
+        pushed = outbox_cli(tmp_path / "o", "push", str(sample(tmp_path, "a.png", png_bytes())),
+                            "-p", "p1", "--json")  # fmt: skip
+        item = json.loads(pushed.stdout)["id"]
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.outbox", "sync", "--json"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert silent.accepted.wait(30)  # the upload's request is in flight
+        proc.send_signal(signal.SIGINT)
+        assert "stopping at the next chunk boundary" in proc.stderr.readline()
+        assert proc.poll() is None  # still waiting for the request in flight
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        silent.close()
+    status = json.loads(outbox_cli(tmp_path / "o", "status", item, "--json").stdout)
+    assert status["state"] == "waiting" and status["attempts"] == 0
+    assert status["lastError"].startswith(f"interrupted: process {proc.pid} on ")
