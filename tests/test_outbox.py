@@ -147,10 +147,13 @@ def test_a_push_that_would_leave_the_disk_below_its_reserve_is_refused(tmp_path)
     path = sample(tmp_path, "a.png", png_bytes(1000))
     import shutil
 
+    # More than is free: any copy goes below it, whatever the machine's other users write or
+    # delete meanwhile (the disk is shared).
     free = shutil.disk_usage(tmp_path).free
-    with Outbox(tmp_path / "o", disk_reserve=free) as box:  # any copy goes below it
-        with pytest.raises(DiskFull):
+    with Outbox(tmp_path / "o", disk_reserve=free + 1024**3) as box:
+        with pytest.raises(DiskFull, match="would leave less than") as caught:
             box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        assert caught.value.exit_status == 5
         assert box.items() == []
 
 
@@ -848,13 +851,10 @@ def test_an_attempt_held_by_a_reused_pid_is_waiting_and_taken_over(tmp_path):
         assert box.claim(again)
 
 
-def test_a_lease_from_another_container_is_respected_until_it_is_not_renewed():
+def test_a_lease_from_another_container_is_respected_until_it_is_not_renewed(tmp_path):
     fake = FakeTime()
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp, Outbox(Path(tmp) / "o", disk_reserve=0,
-                                                      clock=fake.clock) as box:  # fmt: skip
-        item = box.push([Incoming(sample(Path(tmp), "a.png", png_bytes()), "a.png")],
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+        item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
                         project="p1", tus_threshold=MiB)  # fmt: skip
         elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
         box._conn.execute("UPDATE items SET lease = ?, lease_renewed_at = ?",

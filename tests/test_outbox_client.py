@@ -612,3 +612,26 @@ def test_after_the_keys_lifetime_stored_records_are_found_not_stored_again(tmp_p
         box._conn.execute("UPDATE items SET first_sent_at = ? WHERE id = ?", (start, never.id))
         assert sync_at_clock().done == [never.id]
         assert svc.upload_posts == [*posts, item.idempotency_key, never.idempotency_key]
+
+
+def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
+    """Each chunk here takes 50 s of the outbox's clock; the lease (120 s) never goes stale, so
+    a process in another container sharing the outbox never takes the item over meanwhile."""
+    url, token, svc = gateway
+    clock = Clock(time.time())
+    ages = []
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("clip.mp4", mp4_bytes(700 * KiB)), threshold=100 * KiB)
+
+        def slow_chunk(entry, sent):
+            ages.append(clock.now - box.get(item.id).lease_renewed_at)
+            clock.now += 50
+
+        client = GatewayClient(url, token, chunk_size=128 * KiB)
+        result = Syncer(box, client, Hooked(slow_chunk), clock=clock).run(max_wait=0)
+        assert result.done == [item.id]
+        assert stored(svc, box.get(item.id).files[0].record) == mp4_bytes(700 * KiB)
+    assert len(ages) == 8  # offset 0, six chunks, and the file's end as the item is stored
+    # Renewed whenever 30 s (a quarter of the lease) had passed: never older than that plus
+    # one chunk. (Without renewal the ages would be 0, 50, 100, ... 350.)
+    assert max(ages) < 120 / 4 + 50

@@ -35,9 +35,7 @@ def _start_ticks(pid: int, proc: Path = PROC) -> int | None:
     """The process's start time in clock ticks since boot, or None when it does not run."""
     try:
         stat = (proc / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
+    except OSError:  # no such process (or no /proc)
         return None
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses; fields follow the last ")".
     fields = stat[stat.rindex(")") + 2 :].split()

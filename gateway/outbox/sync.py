@@ -281,6 +281,10 @@ class Syncer:
         def report(entry: FileEntry, sent: int) -> None:
             if persist and sent != entry.sent:
                 self.outbox.set_sent(item, entry, sent)
+            renewed = item.lease_renewed_at
+            if renewed is None or self.clock() - renewed >= self.outbox.lease_ttl / 4:
+                self.outbox.renew([item.id])  # a long upload must not look abandoned elsewhere
+                item.lease_renewed_at = self.clock()
             self.reporter.progress(item, entry, sent)
 
         return report
