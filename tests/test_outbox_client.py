@@ -9,6 +9,7 @@ import io
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ def gateway(tmp_path):
     app = create_app(make_settings(tmp_path / "gw"))
     init_stores(app.extensions["gateway"])
     app.tus_requests = []  # type: ignore[attr-defined]
+    app.upload_posts = []  # type: ignore[attr-defined]
 
     @app.before_request
     def note_tus_requests():
@@ -45,6 +47,8 @@ def gateway(tmp_path):
 
         if request.path.startswith("/api/tus/") and request.method in ("POST", "PATCH"):
             app.tus_requests.append((request.method, dict(request.headers)))
+        if request.path == "/api/upload" and request.method == "POST":
+            app.upload_posts.append(request.headers.get("Idempotency-Key"))
 
     from gateway.auth import mint_token
 
@@ -54,6 +58,7 @@ def gateway(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     app.extensions["gateway"].tus_requests = app.tus_requests
+    app.extensions["gateway"].upload_posts = app.upload_posts
     yield f"http://127.0.0.1:{server.port}", token, app.extensions["gateway"]
     server.shutdown()
     server.server_close()
@@ -79,6 +84,10 @@ def stored(svc, record: dict) -> bytes:
     return (Path(svc.settings.storage_url) / record["s3Key"]).read_bytes()
 
 
+def no_restart() -> None:
+    raise AssertionError("no upload is gone here")
+
+
 def sync(box: Outbox, url: str, token: str, **kwargs) -> tuple[list[dict], object]:
     lines = io.StringIO()
     client = GatewayClient(url, token, chunk_size=kwargs.pop("chunk_size", 64 * KiB))
@@ -101,7 +110,7 @@ def test_small_files_go_as_one_form_post_and_a_lost_answer_is_replayed_safely(
     for entry, record in zip(done.files, first, strict=True):
         assert record["sha256"] == entry.sha256
         assert stored(svc, record) == entry.path.read_bytes()
-        assert record["metadata"] == {"run": "x"}
+        assert record["metadata"] == {"run": "x", "outboxItem": item.id}
     assert [e["event"] for e in events][-2:] == ["stored", "done"]
     # As after a SIGKILL between the gateway's answer and the outbox's commit:
     box._conn.execute("UPDATE files SET record = NULL")
@@ -148,7 +157,7 @@ def test_a_big_file_goes_over_tus_and_resumes_from_the_gateways_offset(tmp_path,
 
     with pytest.raises(Killed):
         client.upload_tus(item, entry, on_url=lambda u: box.set_tus_url(item, entry, u),
-                          on_progress=die_after_two_chunks)  # fmt: skip
+                          on_restart=no_restart, on_progress=die_after_two_chunks)  # fmt: skip
     half = box.get(item.id).files[0]
     assert half.tus_url and half.tus_url.startswith(url + "/api/tus/")
     assert half.sent == 256 * KiB
@@ -160,7 +169,8 @@ def test_a_big_file_goes_over_tus_and_resumes_from_the_gateways_offset(tmp_path,
     record = box.get(item.id).files[0].record
     assert record["mediaId"] == half.tus_url.rsplit("/", 1)[1]
     assert stored(svc, record) == data
-    assert (record["originalName"], record["metadata"]) == ("clip.mp4", {"run": "x"})
+    assert record["originalName"] == "clip.mp4"
+    assert record["metadata"] == {"run": "x", "outboxItem": item.id}
     patches = [h for method, h in svc.tus_requests if method == "PATCH"]
     assert [int(h["Content-Length"]) for h in patches] == [128 * KiB] * 5 + [
         700 * KiB - 5 * 128 * KiB
@@ -187,8 +197,9 @@ def test_a_stored_upload_url_the_gateway_cannot_answer_for_now_is_retried(tmp_pa
     box.set_tus_url(item, item.files[0], down.url + "/api/tus/abc")
     with pytest.raises(Transient) as caught:
         GatewayClient(down.url, "tok").upload_tus(
-            item, item.files[0], on_url=lambda u: None, on_progress=lambda e, s: None
-        )
+            item, item.files[0], on_url=lambda u: None, on_restart=no_restart,
+            on_progress=lambda e, s: None,
+        )  # fmt: skip
     assert str(caught.value).startswith("tus: 503")
     assert box.get(item.id).files[0].tus_url == down.url + "/api/tus/abc"  # kept for next time
 
@@ -414,7 +425,8 @@ def test_a_creation_whose_answer_was_lost_gets_the_same_upload_again(tmp_path, b
         raise Killed
 
     with pytest.raises(Killed):
-        client.upload_tus(item, entry, on_url=killed_before_saving, on_progress=lambda e, s: None)
+        client.upload_tus(item, entry, on_url=killed_before_saving, on_restart=no_restart,
+                          on_progress=lambda e, s: None)  # fmt: skip
     assert box.get(item.id).files[0].tus_url is None
     _, result = sync(box, url, token, chunk_size=128 * KiB)
     assert result.done == [item.id]
@@ -424,3 +436,202 @@ def test_a_creation_whose_answer_was_lost_gets_the_same_upload_again(tmp_path, b
     assert [r.media_id for r in page.items] == [box.get(item.id).files[0].record["mediaId"]]
     pending = svc.records.count_pending(tenant="", owner="alice", at_most=10)
     assert pending == 0  # no second upload left waiting for its expiry
+
+
+# -- a gone upload, a stop at a chunk boundary, a replay after the key's lifetime -----------------
+class Hooked(JsonLines):
+    """JSON lines, with ``on_progress(entry, sent)`` called on each progress report."""
+
+    def __init__(self, on_progress):
+        super().__init__(io.StringIO())
+        self.on_progress = on_progress
+
+    def progress(self, item, entry, sent):
+        super().progress(item, entry, sent)
+        self.on_progress(entry, sent)
+
+    def events(self):
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+
+def tus_head(url: str, token: str, upload_url: str) -> requests.Response:
+    return requests.head(upload_url, headers={"Authorization": f"Bearer {token}",
+                                              "Tus-Resumable": "1.0.0"}, timeout=10)  # fmt: skip
+
+
+def test_an_upload_gone_between_two_patches_starts_again_under_a_new_key(tmp_path, box, gateway):
+    url, token, svc = gateway
+    data = mp4_bytes(600 * KiB)
+    item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
+    removed = []
+
+    def remove_it_after_the_first_chunk(entry, sent):
+        if sent == 128 * KiB and not removed:
+            gone = requests.delete(entry.tus_url, headers={"Authorization": f"Bearer {token}",
+                                   "Tus-Resumable": "1.0.0"}, timeout=10)  # fmt: skip
+            assert gone.status_code == 204
+            assert tus_head(url, token, entry.tus_url).status_code in (404, 410)
+            removed.append(entry.tus_url)
+
+    client = GatewayClient(url, token, chunk_size=128 * KiB)
+    result = Syncer(box, client, Hooked(remove_it_after_the_first_chunk)).run(max_wait=0)
+    assert result.done == [item.id]
+    entry = box.get(item.id).files[0]
+    assert entry.generation == 1 and entry.tus_url != removed[0]
+    assert stored(svc, entry.record) == data
+    assert entry.record["sha256"] in ("", entry.sha256)
+    creations = [h["Idempotency-Key"] for method, h in svc.tus_requests if method == "POST"]
+    assert creations == [f"{item.idempotency_key}.file0", f"{item.idempotency_key}.file0.r1"]
+    page = svc.records.list_media(tenant="", project_id="p1", limit=10, cursor=None, status=None)
+    assert [r.media_id for r in page.items] == [entry.record["mediaId"]]  # the new one, once
+    assert svc.records.count_pending(tenant="", owner="alice", at_most=10) == 0
+
+
+def test_a_gone_url_whose_upload_was_stored_is_adopted_not_sent_again(tmp_path, box, gateway):
+    """The last PATCH stored the file and its answer was lost; by the next attempt the gateway
+    answers 404 for the upload URL: the record under that id is the file's, not a new upload."""
+    url, token, svc = gateway
+    data = mp4_bytes(300 * KiB)
+    item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
+    _, result = sync(box, url, token, chunk_size=128 * KiB)
+    assert result.done == [item.id]
+    first = box.get(item.id).files[0]
+    box._conn.execute("UPDATE files SET record = NULL")
+    box._conn.execute("UPDATE items SET state = 'waiting'")
+    gone = ScriptedServer(otherwise=(404, {}))  # every tus request: 404, no body
+
+    client = GatewayClient(url, token, chunk_size=128 * KiB)
+    again = box.get(item.id)
+    box.claim(again)
+    entry = again.files[0]
+    entry.tus_url = gone.url + "/api/tus/" + first.record["mediaId"]
+    try:
+        record = client.upload_tus(again, entry, on_url=lambda u: None, on_restart=no_restart,
+                                   on_progress=lambda e, s: None)  # fmt: skip
+    finally:
+        gone.close()
+    assert [g["method"] for g in gone.got] == ["HEAD"]
+    assert record["mediaId"] == first.record["mediaId"]
+    assert [m for m, _ in svc.tus_requests].count("POST") == 1  # no new upload
+
+
+def test_stop_ends_the_sync_at_a_chunk_boundary_and_the_next_resumes(tmp_path, box, gateway):
+    url, token, svc = gateway
+    data = mp4_bytes(700 * KiB)
+    item = push(box, tmp_path, ("clip.mp4", data), threshold=100 * KiB)
+    later = push(box, tmp_path, ("a.png", png_bytes()))
+    client = GatewayClient(url, token, chunk_size=128 * KiB)
+    syncer = Syncer(box, client, Hooked(lambda e, sent: sent >= 256 * KiB and syncer.stop()),
+                    concurrency=1)  # fmt: skip
+    result = syncer.run(max_wait=0)
+    assert result.interrupted and result.done == [] and result.unfinished == 2
+    stopped = box.get(item.id)
+    assert (stopped.state, stopped.attempts, stopped.holder) == (State.WAITING, 0, None)
+    assert stopped.last_error.startswith("interrupted: stopped at byte 262144")
+    assert stopped.next_attempt_at <= box.clock()  # due again at once
+    entry = stopped.files[0]
+    assert entry.sent == 256 * KiB
+    assert int(tus_head(url, token, entry.tus_url).headers["Upload-Offset"]) == 256 * KiB
+    assert box.get(later.id).state == State.QUEUED  # not started once stopping
+    assert [m for m, _ in svc.tus_requests].count("PATCH") == 2
+
+    events, result = sync(box, url, token, chunk_size=128 * KiB)
+    assert sorted(result.done) == sorted([item.id, later.id])
+    sent = [e["sent"] for e in events if e["event"] == "progress" and e["item"] == item.id]
+    assert sent[0] == 256 * KiB
+    assert stored(svc, box.get(item.id).files[0].record) == data
+    assert [m for m, _ in svc.tus_requests].count("PATCH") == 6  # 2 + the 4 left, none twice
+
+
+def test_stop_cuts_a_form_post_and_the_gateway_keeps_nothing(tmp_path, box, gateway):
+    url, token, svc = gateway
+    item = push(box, tmp_path, ("a.png", png_bytes(400_000)))
+    client = GatewayClient(url, token)
+    syncer = Syncer(box, client, Hooked(lambda e, sent: sent > 0 and syncer.stop()))
+    result = syncer.run(max_wait=0)
+    assert result.interrupted
+    stopped = box.get(item.id)
+    assert (stopped.state, stopped.attempts) == (State.WAITING, 0)
+    assert stopped.last_error == "interrupted: stopped while sending the form"
+    page = svc.records.list_media(tenant="", project_id="p1", limit=10, cursor=None, status=None)
+    assert page.items == []
+    assert list(Path(svc.settings.storage_url).rglob("*.png")) == []
+    _, result = sync(box, url, token)
+    assert result.done == [item.id]
+    page = svc.records.list_media(tenant="", project_id="p1", limit=10, cursor=None, status=None)
+    assert len(page.items) == 1
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_after_the_keys_lifetime_stored_records_are_found_not_stored_again(tmp_path, gateway):
+    """The answer to the first POST was lost and the gateway's 24 h Idempotency-Key lifetime
+    passed: a replay with the key would store the files again, so the outbox looks them up."""
+    url, token, svc = gateway
+    start = time.time()
+    clock = Clock(start)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        client = GatewayClient(url, token)
+
+        def sync_at_clock():
+            return Syncer(box, client, JsonLines(io.StringIO()), clock=clock).run(max_wait=0)
+
+        item = push(box, tmp_path, ("a.png", png_bytes(30_000)), ("b.png", png_bytes(30_000)))
+        other = push(box, tmp_path, ("a.png", png_bytes(30_000)))  # the same bytes, its own item
+        assert sorted(sync_at_clock().done) == sorted([item.id, other.id])
+        first = [f.record["mediaId"] for f in box.get(item.id).files]
+        # As after an answer lost 25 h ago: no records written, its first POST long past.
+        box._conn.execute("UPDATE files SET record = NULL WHERE item_id = ?", (item.id,))
+        box._conn.execute("UPDATE items SET state = 'waiting' WHERE id = ?", (item.id,))
+        assert box.get(item.id).first_sent_at == start
+        clock.now = start + 25 * 3600
+        posts = list(svc.upload_posts)
+        assert sync_at_clock().done == [item.id]
+        assert svc.upload_posts == posts  # nothing was sent again
+        assert [f.record["mediaId"] for f in box.get(item.id).files] == first
+        page = svc.records.list_media(tenant="", project_id="p1", limit=10, cursor=None,
+                                      status=None)  # fmt: skip
+        assert len(page.items) == 3  # the item's two and the other's one: kept apart
+
+        # Within the key's lifetime the replay is left to the key (no listing is read) ...
+        box._conn.execute("UPDATE files SET record = NULL WHERE item_id = ?", (item.id,))
+        box._conn.execute("UPDATE items SET state = 'waiting', first_sent_at = ? WHERE id = ?",
+                          (clock.now - 3600, item.id))  # fmt: skip
+        assert sync_at_clock().done == [item.id]
+        assert svc.upload_posts == [*posts, item.idempotency_key]
+        assert [f.record["mediaId"] for f in box.get(item.id).files] == first
+
+        # ... and an item whose first POST never reached the gateway is sent after all.
+        never = push(box, tmp_path, ("c.png", png_bytes(20_000, seed=9)))
+        box._conn.execute("UPDATE items SET first_sent_at = ? WHERE id = ?", (start, never.id))
+        assert sync_at_clock().done == [never.id]
+        assert svc.upload_posts == [*posts, item.idempotency_key, never.idempotency_key]
+
+
+def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
+    """Each chunk here takes 50 s of the outbox's clock; the lease (120 s) never goes stale, so
+    a process in another container sharing the outbox never takes the item over meanwhile."""
+    url, token, svc = gateway
+    clock = Clock(time.time())
+    ages = []
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("clip.mp4", mp4_bytes(700 * KiB)), threshold=100 * KiB)
+
+        def slow_chunk(entry, sent):
+            ages.append(clock.now - box.get(item.id).lease_renewed_at)
+            clock.now += 50
+
+        client = GatewayClient(url, token, chunk_size=128 * KiB)
+        result = Syncer(box, client, Hooked(slow_chunk), clock=clock).run(max_wait=0)
+        assert result.done == [item.id]
+        assert stored(svc, box.get(item.id).files[0].record) == mp4_bytes(700 * KiB)
+    assert len(ages) == 8  # offset 0, six chunks, and the file's end as the item is stored
+    # Renewed whenever 30 s (a quarter of the lease) had passed: never older than that plus
+    # one chunk. (Without renewal the ages would be 0, 50, 100, ... 350.)
+    assert max(ages) < 120 / 4 + 50

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -98,11 +99,15 @@ def test_pushed_while_the_gateway_is_down_everything_is_stored_once_when_it_is_u
         assert done.returncode == 0, done.stderr
         item_ids.append(json.loads(done.stdout)["id"])
 
-    offline = outbox(offline_env, "sync", "--json", "--max-wait", "0")
+    offline = outbox(offline_env, "sync", "--json")  # no --max-wait: it stops at once
     assert offline.returncode == 75, offline.stderr
-    assert {e["item"] for e in events(offline.stdout) if e["event"] == "retry"} <= set(item_ids)
+    tried = [e["item"] for e in events(offline.stdout) if e["event"] == "retry"]
+    assert 1 <= len(tried) <= 2 and set(tried) <= set(item_ids)  # -j 2: what ran, then stop
+    assert events(offline.stdout)[-1] == {"event": "offline"}
     stats = json.loads(outbox(offline_env, "stats", "--json").stdout)
-    waiting = stats["states"]["queued"]["files"] + stats["states"]["uploading"]["files"]
+    assert stats["states"]["uploading"]["items"] == 0  # nothing runs, so nothing says so
+    assert stats["states"]["waiting"]["items"] == len(tried)
+    waiting = stats["states"]["queued"]["files"] + stats["states"]["waiting"]["files"]
     assert waiting == 20
     assert stats["outboxBytes"] == sum(p.stat().st_size for p in small + big)
 
@@ -174,7 +179,10 @@ def test_a_client_killed_mid_upload_resumes_and_the_server_holds_one_object(tmp_
         first.wait()
     assert sent_at_kill >= 80 * MiB
     status = json.loads(outbox(env, "status", item, "--json").stdout)
-    assert status["state"] == "uploading"
+    # Its process is gone: the item waits (and says why), it is not "uploading".
+    assert status["state"] == "waiting" and status["heldBy"] is None
+    assert status["lastError"] == (f"interrupted: process {first.pid} on {socket.gethostname()} "
+                                   "stopped during an attempt")  # fmt: skip
     assert status["files"][0]["tusUrl"]
     assert status["files"][0]["sent"] >= 80 * MiB
 
@@ -373,3 +381,53 @@ def test_watch_sends_what_is_pushed_and_goes_on_when_the_gateway_comes_back(tmp_
             watcher.kill()
             watcher.wait()
         proxy.stop()
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------
+def tus_patches(stack, upload_url: str) -> int:
+    path = "/api/tus/" + upload_url.rsplit("/", 1)[1]
+    return sum(1 for line in stack.access_log_lines()
+               if line["method"] == "PATCH" and line["uri"] == path)  # fmt: skip
+
+
+def test_ctrl_c_stops_at_a_chunk_boundary_with_state_saved_and_the_next_sync_resumes(
+    tmp_path, stack
+):
+    run = uuid.uuid4().hex
+    chunk, size = MiB, 24 * MiB + 321
+    big = write_file(tmp_path / "big.mp4", MP4_HEAD, size)
+    env = cli_env(tmp_path / "outbox", stack)
+    item = json.loads(outbox(env, "push", str(big), "-p", "p1", "-f", f"run={run}",
+                             "--json").stdout)["id"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.outbox", "sync", "--json", "--chunk-size", "1MiB"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == "progress" and seen[-1]["sent"] >= 6 * MiB and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            break
+    seen += [json.loads(line) for line in proc.stdout]
+    assert proc.wait(timeout=60) == 130
+    stderr = proc.stderr.read()
+    assert "stopping at the next chunk boundary" in stderr and "Traceback" not in stderr
+    assert seen[-1]["event"] == "interrupted" and seen[-1]["item"] == item
+    status = json.loads(outbox(env, "status", item, "--json").stdout)
+    assert (status["state"], status["attempts"], status["heldBy"]) == ("waiting", 0, None)
+    saved = status["files"][0]["sent"]
+    assert saved % chunk == 0 and 6 * MiB <= saved < size  # a chunk boundary, before the end
+    assert (seen[-2]["event"], seen[-2]["sent"]) == ("progress", saved)  # the last one, saved
+    upload_url = status["files"][0]["tusUrl"]
+    head = requests.head(upload_url, headers={**stack.auth, "Tus-Resumable": "1.0.0"}, timeout=30)
+    assert int(head.headers["Upload-Offset"]) == saved  # the gateway agrees
+    assert tus_patches(stack, upload_url) == saved // chunk  # no chunk was cut or sent twice
+
+    again = outbox(env, "sync", "--json", "--chunk-size", "1MiB")
+    assert again.returncode == 0, again.stderr
+    assert next(e["sent"] for e in events(again.stdout) if e["event"] == "progress") == saved
+    assert tus_patches(stack, upload_url) == -(-size // chunk)  # every chunk once in all
+    records = media_of_run(stack, run)
+    assert len(records) == 1
+    assert stored_bytes_sha256(stack, records[0]) == sha256_of(big)

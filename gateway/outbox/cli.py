@@ -1,19 +1,25 @@
 """``outbox``: queue uploads while offline, sync them when the gateway is reachable.
 
 Exit statuses: 0 success; 1 an item failed (or was not found); 2 bad usage or an item that
-cannot be queued; 3 the outbox itself (damaged, locked, full, disk full); 4 the gateway refused
-the token; 75 (EX_TEMPFAIL) ``sync`` stopped with items still waiting for their next attempt.
+cannot be queued; 3 the outbox itself (damaged, locked, over its limit); 4 the gateway refused
+the token; 5 the disk is full; 75 (EX_TEMPFAIL) ``sync`` stopped with items still waiting (the
+gateway unreachable, or their next attempt past ``--max-wait``); 130 ``sync`` interrupted
+(Ctrl-C: it stops at the next chunk boundary with everything saved; a second Ctrl-C quits at
+once).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +32,13 @@ from .errors import InvalidItem, OutboxError, TokenRefused
 from .report import JsonLines, Reporter, Terminal
 from .steps import parse_then
 from .store import Incoming, Item, Outbox, State
-from .sync import Syncer
+from .sync import KEY_TTL, Syncer
 from .transport import GatewayClient
 
 MiB = 1024 * 1024
 EX_TEMPFAIL = 75
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+DEFAULT_MAX_WAIT = 300.0
 FIELD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 RESERVED_FIELDS = frozenset({"projectId", "sha256", "file", "files", "filename", "name"})
 UNITS = {"": 1, "k": 1024, "kib": 1024, "m": MiB, "mib": MiB, "g": 1024 * MiB, "gib": 1024 * MiB}
@@ -170,15 +178,17 @@ def _when(timestamp: float | None) -> str | None:
 
 
 def item_json(item: Item) -> dict[str, Any]:
+    holder = item.holder if item.state == State.UPLOADING else None
     return {
         "id": item.id,
         "state": item.state.value,
+        "heldBy": f"{holder.host} pid {holder.pid}" if holder else None,
         "project": item.project,
         "fields": dict(item.fields),
         "idempotencyKey": item.idempotency_key,
         "attempts": item.attempts,
         "nextAttemptAt": _when(item.next_attempt_at) if item.state in (
-            State.QUEUED, State.UPLOADING, State.STORED) else None,
+            State.QUEUED, State.WAITING, State.STORED) else None,
         "lastError": item.last_error,
         "createdAt": _when(item.created_at),
         "updatedAt": _when(item.updated_at),
@@ -203,8 +213,10 @@ def item_json(item: Item) -> dict[str, Any]:
 def queue(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """What is waiting to be sent (and what failed)."""
     with _open(ctx) as outbox:
-        states = None if show_all else [State.QUEUED, State.UPLOADING, State.STORED, State.FAILED]
+        states = None if show_all else [
+            State.QUEUED, State.UPLOADING, State.WAITING, State.STORED, State.FAILED]  # fmt: skip
         items = outbox.items(states)
+        now = outbox.clock()
     if as_json:
         click.echo(json.dumps([item_json(item) for item in items]))
         return
@@ -212,9 +224,23 @@ def queue(ctx: click.Context, show_all: bool, as_json: bool) -> None:
         names = ", ".join(f.name for f in item.files)
         error = f"  ({item.last_error})" if item.last_error else ""
         click.echo(
-            f"{item.id[:12]}  {item.state.value:9}  {_human(item.size):>10}  "
+            f"{item.id[:12]}  {_state_text(item, now):28}  {_human(item.size):>10}  "
             f"attempts {item.attempts}  {names}{error}"
         )
+
+
+def _state_text(item: Item, now: float) -> str:
+    """What is happening: ``uploading`` only while an attempt runs."""
+    if item.state == State.UPLOADING and item.holder is not None:
+        return f"uploading (pid {item.holder.pid})"
+    if item.state in (State.WAITING, State.STORED) and item.last_error:
+        when = (
+            "due now"
+            if item.next_attempt_at <= now
+            else ("retrying at " + time.strftime("%H:%M:%S", time.localtime(item.next_attempt_at)))
+        )
+        return f"{item.state.value}, {when}"  # fmt: skip
+    return item.state.value
 
 
 @main.command()
@@ -310,8 +336,17 @@ def _token(token_file: str | None) -> str:
               default=2, show_default=True, help="Items sent at once.")  # fmt: skip
 @click.option("--chunk-size", envvar="OUTBOX_CHUNK_SIZE", type=SIZE, default="8MiB",
               show_default=True, help="tus chunk: what a dropped connection costs.")  # fmt: skip
-@click.option("--max-wait", type=float, default=300.0, show_default=True,
-              help="Without --watch: stop (status 75) rather than wait past this.")  # fmt: skip
+@click.option(
+    "--max-wait", envvar="OUTBOX_MAX_WAIT", type=click.FloatRange(0), default=None,
+    help="Without --watch: seconds to wait for next attempts (Retry-After, backoff; also for an "
+    "unreachable gateway when given) before stopping with status 75. Default: an unreachable "
+    f"gateway stops the sync at once, other waits up to {DEFAULT_MAX_WAIT:.0f} s.",
+)  # fmt: skip
+@click.option(
+    "--key-ttl", envvar="OUTBOX_KEY_TTL", type=click.FloatRange(3600), default=KEY_TTL,
+    show_default=True, help="The gateway's Idempotency-Key lifetime (GATEWAY_IDEMPOTENCY_TTL), "
+    "in seconds: an item first sent longer ago is looked up by its records before it is resent.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of progress bars.")
 @click.pass_context
 def sync(
@@ -321,7 +356,8 @@ def sync(
     watch: bool,
     concurrency: int,
     chunk_size: int,
-    max_wait: float,
+    max_wait: float | None,
+    key_ttl: float,
     as_json: bool,
 ) -> None:
     """Send everything that is due; retry with backoff; resume big files where they stopped."""
@@ -331,22 +367,40 @@ def sync(
     socket.setdefaulttimeout(client.timeout)
     reporter: Reporter = JsonLines() if as_json else Terminal()
     with _open(ctx) as outbox:
+        syncer = Syncer(outbox, client, reporter, concurrency=concurrency, key_ttl=key_ttl)
+        previous = signal.signal(signal.SIGINT, functools.partial(_on_interrupt, syncer))
         try:
-            result = Syncer(outbox, client, reporter, concurrency=concurrency).run(
-                watch=watch, max_wait=max_wait
+            result = syncer.run(
+                watch=watch,
+                max_wait=DEFAULT_MAX_WAIT if max_wait is None else max_wait,
+                wait_offline=max_wait is not None,
             )
         except TokenRefused as exc:
             reporter.close()
             _fail(exc, TokenRefused.exit_status)
-        except KeyboardInterrupt:
-            reporter.close()
-            _fail(Exception("interrupted; what was sent is kept, sync again to go on"), 130)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         reporter.close()
+    if result.interrupted:
+        _fail(Exception("interrupted; what was sent is kept, sync again to go on"), EX_INTERRUPTED)
     if result.failed:
         sys.exit(1)
+    if result.offline:
+        click.echo(f"outbox: the gateway {gateway} cannot be reached; {result.unfinished} items "
+                   "wait; sync again (or sync --watch)", err=True)  # fmt: skip
+        sys.exit(EX_TEMPFAIL)
     if result.unfinished:
         click.echo(f"outbox: {result.unfinished} items still waiting; sync again", err=True)
         sys.exit(EX_TEMPFAIL)
+
+
+def _on_interrupt(syncer: Syncer, _signum: int, _frame: object) -> None:
+    """The first Ctrl-C stops at the next chunk boundary; a second quits at once (every change
+    so far is committed, so nothing is lost: the chunk in flight is sent again)."""
+    if syncer.stopping():
+        os._exit(EX_INTERRUPTED)
+    syncer.stop()
+    os.write(2, b"outbox: stopping at the next chunk boundary (Ctrl-C again to quit now)\n")
 
 
 @main.command(name="advise")

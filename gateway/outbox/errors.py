@@ -34,10 +34,26 @@ class OutboxFull(OutboxError):
 
 
 class DiskFull(OutboxError):
+    """A push would leave the disk below its reserve (checked before copying)."""
+
+    exit_status = 5
+
     def __init__(self, needed: int, free: int, reserve: int) -> None:
         super().__init__(
             f"copying {needed} bytes into the outbox would leave less than {reserve} bytes free "
             f"on its disk ({free} free now)"
+        )
+
+
+class NoSpaceLeft(OutboxError):
+    """The disk filled up (ENOSPC, or SQLite's "database or disk is full") while writing."""
+
+    exit_status = 5
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"the disk holding {path} is full ({detail}); what was written before is kept and "
+            "the write that failed left nothing half-done. Free some space and run it again."
         )
 
 
@@ -69,6 +85,20 @@ class Transient(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.unreachable = unreachable
+
+
+class UploadGone(Transient):
+    """The gateway no longer knows this tus upload (404 ``upload_not_found``, 410
+    ``upload_gone``, 409 ``upload_expired``/``upload_aborted``): start a new one."""
+
+
+class AlreadyStored(Transient):
+    """The gateway says this tus upload is already stored (409 ``upload_stored``): read its
+    record instead of sending more."""
+
+
+class Interrupted(Exception):
+    """The user asked the sync to stop (Ctrl-C): raised at the next chunk boundary."""
 
 
 class Permanent(Exception):

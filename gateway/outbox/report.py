@@ -3,7 +3,9 @@
 JSON lines (``--json``), one object per line, each with ``event`` and ``item``:
 ``started``; ``progress`` (``file``, ``name``, ``sent``, ``total``; at most one per percent);
 ``stored`` (``files``: the gateway's records); ``done``; ``retry`` (``waitSeconds``,
-``error``); ``failed`` (``error``); and ``waiting`` (``waitSeconds``, no ``item``).
+``error``: the item is ``waiting``); ``interrupted`` (``error``: stopped by Ctrl-C, due again at
+once); ``failed`` (``error``); and, with no ``item``, ``waiting`` (``waitSeconds``) and
+``offline`` (the gateway cannot be reached: the sync ends).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ class Reporter(Protocol):
     def item_stored(self, item: Item) -> None: ...
     def item_done(self, item: Item) -> None: ...
     def retry(self, item: Item, delay: float, error: str) -> None: ...
+    def interrupted(self, item: Item, error: str) -> None: ...
     def failed(self, item: Item, error: str) -> None: ...
     def waiting(self, seconds: float) -> None: ...
+    def offline(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -72,11 +76,17 @@ class JsonLines:
     def retry(self, item: Item, delay: float, error: str) -> None:
         self._emit("retry", item=item.id, waitSeconds=round(delay, 3), error=error)
 
+    def interrupted(self, item: Item, error: str) -> None:
+        self._emit("interrupted", item=item.id, error=error)
+
     def failed(self, item: Item, error: str) -> None:
         self._emit("failed", item=item.id, error=error)
 
     def waiting(self, seconds: float) -> None:
         self._emit("waiting", waitSeconds=round(seconds, 3))
+
+    def offline(self) -> None:
+        self._emit("offline")
 
     def close(self) -> None:
         pass
@@ -138,11 +148,17 @@ class Terminal:
     def retry(self, item: Item, delay: float, error: str) -> None:
         self._say(f"retry  {item.id[:8]} in {delay:.1f} s: {error}")
 
+    def interrupted(self, item: Item, error: str) -> None:
+        self._say(f"paused {item.id[:8]}: {error}")
+
     def failed(self, item: Item, error: str) -> None:
         self._say(f"FAILED {item.id[:8]}: {error}")
 
     def waiting(self, seconds: float) -> None:
         self._say(f"next attempt in {seconds:.1f} s")
+
+    def offline(self) -> None:
+        self._say("the gateway cannot be reached: stopping (sync again, or sync --watch)")
 
     def close(self) -> None:
         self._progress.stop()

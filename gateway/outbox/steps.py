@@ -26,12 +26,14 @@ import requests
 
 from .errors import InvalidItem, Permanent, Transient
 from .store import StepSpec
-from .transport import RETRYABLE_STATUSES, network_errors, retry_after_seconds
+from .transport import network_errors, retry_after_seconds
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 FILE_FIELDS = ("mediaId", "s3Key", "url", "sha256", "size", "originalName")
 METHODS = ("POST", "PUT", "PATCH", "DELETE")
 STEP_TIMEOUT = 30.0
+# A step's target is the user's own API: judged by status alone (its error codes are not ours).
+RETRYABLE_STATUSES = frozenset({408, 409, 423, 425, 429})
 
 
 def parse_then(spec: str, *, files: int) -> StepSpec:

@@ -1,16 +1,22 @@
 """The outbox on disk: ``outbox.db`` (SQLite, WAL) and ``files/<item>/`` (the queued copies).
 
-An item moves ``queuing -> queued -> uploading -> stored -> done``; ``failed`` keeps the last
-error until ``retry`` puts it back. Every change is one transaction, so a process killed at any
-point leaves the item in its last committed state: ``queuing`` items of a dead process (its copy
-was never confirmed to the user) are removed when the outbox is next opened; anything later is
-resumed by the next sync. The database is never repaired or recreated behind the user's back: a
-damaged or locked file is an error that names it, and nothing is written.
+An item moves ``queuing -> queued -> uploading -> stored -> done``. ``uploading`` means an
+attempt is running (a live process holds the item's lease); an attempt that fails, or is
+interrupted, leaves it ``waiting`` for its next attempt (``next_attempt_at``); ``failed`` keeps
+the last error until ``retry`` puts it back. Every change is one transaction, so a process killed
+at any point leaves the item in its last committed state: ``queuing`` items of a dead process
+(its copy was never confirmed to the user) are removed when the outbox is next opened, and
+``uploading`` items of a dead process become ``waiting``; the next sync resumes them. Who holds an
+item is a ``lease.Holder`` (PID, start time, boot id, PID namespace), never a bare PID.
+
+The database is never repaired or recreated behind the user's back: a damaged or locked file is
+an error that names it, a full disk is ``NoSpaceLeft``, and nothing is half-written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,9 +32,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFull, InvalidItem, NoSuchItem, OutboxDamaged, OutboxFull, OutboxLocked
+from .errors import (
+    DiskFull,
+    InvalidItem,
+    NoSpaceLeft,
+    NoSuchItem,
+    OutboxDamaged,
+    OutboxFull,
+    OutboxLocked,
+)
+from .lease import LEASE_TTL, Holder, current
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COPY_BLOCK = 1024 * 1024
 MAX_SAFE_NAME = 80
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -36,8 +51,9 @@ SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 class State(StrEnum):
     QUEUING = "queuing"  # being copied in by a push; not yet the user's
-    QUEUED = "queued"
-    UPLOADING = "uploading"
+    QUEUED = "queued"  # never tried yet
+    UPLOADING = "uploading"  # an attempt is running now (a live process holds the lease)
+    WAITING = "waiting"  # an attempt failed or was interrupted; the next is at next_attempt_at
     STORED = "stored"  # every file stored; follow-up steps remain
     DONE = "done"
     FAILED = "failed"
@@ -46,12 +62,14 @@ class State(StrEnum):
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUING: frozenset({State.QUEUED}),
     State.QUEUED: frozenset({State.UPLOADING, State.FAILED}),
-    State.UPLOADING: frozenset({State.UPLOADING, State.STORED, State.FAILED}),
+    # uploading -> uploading: a dead holder's attempt taken over
+    State.UPLOADING: frozenset({State.UPLOADING, State.WAITING, State.STORED, State.FAILED}),
+    State.WAITING: frozenset({State.UPLOADING, State.FAILED}),
     State.STORED: frozenset({State.DONE, State.FAILED}),
     State.FAILED: frozenset({State.QUEUED, State.STORED}),
     State.DONE: frozenset(),
 }
-UNFINISHED = (State.QUEUED, State.UPLOADING, State.STORED)
+UNFINISHED = (State.QUEUED, State.UPLOADING, State.WAITING, State.STORED)
 
 
 class Transport(StrEnum):
@@ -80,6 +98,7 @@ class FileEntry:
     tus_url: str | None = None
     sent: int = 0
     record: dict[str, Any] | None = None
+    generation: int = 0  # bumped each time its tus upload was gone and a new one started
 
 
 @dataclass
@@ -106,6 +125,9 @@ class Item:
     unreachable: bool
     created_at: float
     updated_at: float
+    first_sent_at: float | None = None  # when its form POST first went (its key's age)
+    holder: Holder | None = None
+    lease_renewed_at: float | None = None
     files: list[FileEntry] = field(default_factory=list)
     steps: list[StepEntry] = field(default_factory=list)
 
@@ -149,9 +171,11 @@ CREATE TABLE items (
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
     unreachable INTEGER NOT NULL DEFAULT 0,
-    worker_pid INTEGER,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    lease TEXT,
+    lease_renewed_at REAL,
+    first_sent_at REAL
 );
 CREATE INDEX items_due ON items (state, next_attempt_at);
 CREATE TABLE files (
@@ -165,6 +189,7 @@ CREATE TABLE files (
     tus_url TEXT,
     sent INTEGER NOT NULL DEFAULT 0,
     record TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (item_id, position)
 );
 CREATE TABLE steps (
@@ -175,16 +200,21 @@ CREATE TABLE steps (
     PRIMARY KEY (item_id, position)
 );
 """
+# Version 1 held a bare PID (worker_pid): its claims are dropped (as those of a dead process).
+_MIGRATE_FROM_1 = """
+ALTER TABLE items ADD COLUMN lease TEXT;
+ALTER TABLE items ADD COLUMN lease_renewed_at REAL;
+ALTER TABLE items ADD COLUMN first_sent_at REAL;
+ALTER TABLE files ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+UPDATE items SET state = 'waiting' WHERE state = 'uploading';
+ALTER TABLE items DROP COLUMN worker_pid
+"""
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
+def _no_space(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _safe_name(name: str) -> str:
@@ -192,7 +222,9 @@ def _safe_name(name: str) -> str:
     return cleaned[-MAX_SAFE_NAME:]
 
 
-def _copy_and_hash(source: Path, target: Path) -> tuple[int, str]:
+def _copy_and_hash(
+    source: Path, target: Path, on_block: Callable[[], None] = lambda: None
+) -> tuple[int, str]:
     """Copy ``source`` to ``target`` (fsynced), hashing what was written, in one pass."""
     digest = hashlib.sha256()
     size = 0
@@ -201,6 +233,7 @@ def _copy_and_hash(source: Path, target: Path) -> tuple[int, str]:
             digest.update(block)
             dst.write(block)
             size += len(block)
+            on_block()
         dst.flush()
         os.fsync(dst.fileno())
     return size, digest.hexdigest()
@@ -240,6 +273,7 @@ class Outbox:
         max_bytes: int | None = None,
         disk_reserve: int = 64 * 1024 * 1024,
         lock_timeout: float = 5.0,
+        lease_ttl: float = LEASE_TTL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
@@ -248,10 +282,11 @@ class Outbox:
         self.max_bytes = max_bytes
         self.disk_reserve = disk_reserve
         self.clock = clock
+        self.lease_ttl = lease_ttl
         self._lock = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
-        self.files_dir.mkdir(exist_ok=True)
         with self._errors():
+            root.mkdir(parents=True, exist_ok=True)
+            self.files_dir.mkdir(exist_ok=True)
             self._conn = sqlite3.connect(
                 self.db_path, timeout=lock_timeout, isolation_level=None, check_same_thread=False
             )
@@ -281,25 +316,53 @@ class Outbox:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version == 1:
+            with self._transaction():
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+                    for statement in _MIGRATE_FROM_1.split(";"):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise OutboxDamaged(str(self.db_path), f"unknown schema version {version}")
         conn.execute("PRAGMA synchronous=FULL")
         self._forget_abandoned_pushes()
+        self._recover_interrupted()
+
+    def _running(self, lease: str | None, renewed_at: float | None) -> bool:
+        """Whether the lease's holder may still be working (``lease.Holder.running``)."""
+        if lease is None:
+            return False
+        holder = Holder.from_text(lease)
+        return holder.running(renewed_at=renewed_at or 0.0, now=self.clock(), ttl=self.lease_ttl)
+
+    def _stale(self, state: State) -> list[tuple[str, str | None]]:
+        rows = self._conn.execute(
+            "SELECT id, lease, lease_renewed_at FROM items WHERE state = ?", (state,)
+        ).fetchall()
+        return [(item_id, lease) for item_id, lease, at in rows if not self._running(lease, at)]
 
     def _forget_abandoned_pushes(self) -> None:
-        rows = self._conn.execute(
-            "SELECT id, worker_pid FROM items WHERE state = ?", (State.QUEUING,)
-        ).fetchall()
-        for item_id, pid in rows:
-            if pid is not None and pid_alive(pid):
-                continue
+        for item_id, lease in self._stale(State.QUEUING):
             with self._transaction():
                 gone = self._conn.execute(
-                    "DELETE FROM items WHERE id = ? AND state = ? AND worker_pid IS ?",
-                    (item_id, State.QUEUING, pid),
+                    "DELETE FROM items WHERE id = ? AND state = ? AND lease IS ?",
+                    (item_id, State.QUEUING, lease),
                 ).rowcount
-            if gone == 1:  # its push ended meanwhile: the copies are the user's item now
+            if gone == 1:  # else its push ended meanwhile: the copies are the user's item now
                 shutil.rmtree(self.files_dir / item_id, ignore_errors=True)
+
+    def _recover_interrupted(self) -> None:
+        """An attempt whose process is gone is no longer ``uploading``: it waits, due now."""
+        for item_id, lease in self._stale(State.UPLOADING):
+            holder = Holder.from_text(lease) if lease else None
+            who = f"process {holder.pid} on {holder.host}" if holder else "a process"
+            with self._transaction():
+                self._conn.execute(
+                    "UPDATE items SET state = ?, lease = NULL, lease_renewed_at = NULL,"
+                    " last_error = ?, updated_at = ? WHERE id = ? AND state = ? AND lease IS ?",
+                    (State.WAITING, f"interrupted: {who} stopped during an attempt",
+                     self.clock(), item_id, State.UPLOADING, lease),
+                )  # fmt: skip
 
     def close(self) -> None:
         self._conn.close()
@@ -314,13 +377,16 @@ class Outbox:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
+        except (sqlite3.Error, OSError) as exc:
+            if _no_space(exc):
+                raise NoSpaceLeft(str(self.root), str(exc)) from exc
+            if isinstance(exc, sqlite3.OperationalError) and (
+                "locked" in str(exc) or "busy" in str(exc)
+            ):
                 raise OutboxLocked(str(self.db_path)) from exc
-            raise OutboxDamaged(str(self.db_path), text) from exc
-        except sqlite3.DatabaseError as exc:
-            raise OutboxDamaged(str(self.db_path), str(exc)) from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise OutboxDamaged(str(self.db_path), str(exc)) from exc
+            raise
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -374,7 +440,8 @@ class Outbox:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO items (id, project, fields, idempotency_key, state, next_attempt_at,"
-                " worker_pid, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " lease, lease_renewed_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     item_id,
                     project,
@@ -382,22 +449,31 @@ class Outbox:
                     f"outbox-{item_id}",
                     State.QUEUING,
                     now,
-                    os.getpid(),
+                    current().text(),
+                    now,
                     now,
                     now,
                 ),
             )
         item_dir = self.files_dir / item_id
+        renewed = [now]
+
+        def renew_while_copying() -> None:  # a long copy must not look abandoned elsewhere
+            if self.clock() - renewed[0] > self.lease_ttl / 4:
+                renewed[0] = self.clock()
+                self.renew([item_id])
+
         try:
-            item_dir.mkdir()
-            copied = []
-            for position, incoming in enumerate(files):
-                target = item_dir / f"{position}-{_safe_name(incoming.name)}"
-                size, sha256 = _copy_and_hash(incoming.path, target)
-                transport = Transport.TUS if size > tus_threshold else Transport.FORM
-                copied.append((position, incoming.name, target, size, sha256, transport))
-            _fsync_dir(item_dir)
-            _fsync_dir(self.files_dir)
+            with self._errors():
+                item_dir.mkdir()
+                copied = []
+                for position, incoming in enumerate(files):
+                    target = item_dir / f"{position}-{_safe_name(incoming.name)}"
+                    size, sha256 = _copy_and_hash(incoming.path, target, renew_while_copying)
+                    transport = Transport.TUS if size > tus_threshold else Transport.FORM
+                    copied.append((position, incoming.name, target, size, sha256, transport))
+                _fsync_dir(item_dir)
+                _fsync_dir(self.files_dir)
             with self._write() as conn:
                 conn.executemany(
                     "INSERT INTO files (item_id, position, name, path, size, sha256, transport)"
@@ -411,11 +487,18 @@ class Outbox:
                     "INSERT INTO steps (item_id, position, spec) VALUES (?, ?, ?)",
                     [(item_id, pos, _step_json(spec)) for pos, spec in enumerate(steps)],
                 )
-                self._set_state(conn, item_id, State.QUEUING, State.QUEUED, worker_pid=None)
+                self._set_state(
+                    conn, item_id, State.QUEUING, State.QUEUED, lease=None, lease_renewed_at=None
+                )
         except BaseException:
-            with contextlib.suppress(OutboxLocked, OutboxDamaged), self._write() as conn:
-                conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            # The copies go first: on a full disk, deleting the row needs the space they held.
+            # Should the delete fail all the same, the next open forgets this dead push.
             shutil.rmtree(item_dir, ignore_errors=True)
+            with (
+                contextlib.suppress(OutboxLocked, OutboxDamaged, NoSpaceLeft),
+                self._write() as conn,
+            ):
+                conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
             raise
         return self.get(item_id)
 
@@ -445,10 +528,13 @@ class Outbox:
                 unreachable=bool(row[8]),
                 created_at=row[9],
                 updated_at=row[10],
+                first_sent_at=row[11],
+                holder=Holder.from_text(row[12]) if row[12] else None,
+                lease_renewed_at=row[13],
             )
             for f in conn.execute(
-                "SELECT position, name, path, size, sha256, transport, tus_url, sent, record"
-                " FROM files WHERE item_id = ? ORDER BY position",
+                "SELECT position, name, path, size, sha256, transport, tus_url, sent, record,"
+                " generation FROM files WHERE item_id = ? ORDER BY position",
                 (item.id,),
             ):
                 item.files.append(
@@ -462,6 +548,7 @@ class Outbox:
                         tus_url=f[6],
                         sent=f[7],
                         record=json.loads(f[8]) if f[8] else None,
+                        generation=f[9],
                     )
                 )
             for s in conn.execute(
@@ -475,7 +562,7 @@ class Outbox:
 
     _COLUMNS = (
         "id, project, fields, idempotency_key, state, attempts, next_attempt_at, last_error,"
-        " unreachable, created_at, updated_at"
+        " unreachable, created_at, updated_at, first_sent_at, lease, lease_renewed_at"
     )
 
     def get(self, item_id: str) -> Item:
@@ -522,12 +609,18 @@ class Outbox:
         marks = ", ".join("?" for _ in UNFINISHED)
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {self._COLUMNS}, worker_pid FROM items"  # noqa: S608 (constant)
+                f"SELECT {self._COLUMNS} FROM items"  # noqa: S608 (constant)
                 f" WHERE state IN ({marks}) AND next_attempt_at <= ? ORDER BY created_at, id",
                 (*UNFINISHED, now),
             ).fetchall()
-            free = [r[:-1] for r in rows if r[-1] is None or not pid_alive(r[-1])]
+            free = [r for r in rows if not self._running(r[12], r[13])]
             return self._load(conn, free)
+
+    def running(self, item: Item) -> bool:
+        """Whether a live process is working on ``item`` (as last read)."""
+        return item.holder is not None and item.holder.running(
+            renewed_at=item.lease_renewed_at or 0.0, now=self.clock(), ttl=self.lease_ttl
+        )
 
     def next_attempt_at(self) -> float | None:
         marks = ", ".join("?" for _ in UNFINISHED)
@@ -571,29 +664,65 @@ class Outbox:
             raise ValueError(f"item {item_id} is no longer {old}")
 
     def claim(self, item: Item) -> bool:
-        """Take ``item`` for this process (compare-and-set on the worker's pid); False if a live
-        process has it. A dead process's claim is taken over."""
+        """Take ``item`` for this process (compare-and-set on its state and lease); False if a
+        live process holds it. A stale lease (its holder no longer runs) is taken over."""
+        me = current().text()
         with self._write() as conn:
             row = conn.execute(
-                "SELECT worker_pid, state, attempts FROM items WHERE id = ?", (item.id,)
+                "SELECT lease, lease_renewed_at, state, attempts FROM items WHERE id = ?",
+                (item.id,),
             ).fetchone()
-            if row is None or (row[1], row[2]) != (item.state, item.attempts):
+            if row is None or (row[2], row[3]) != (item.state, item.attempts):
                 return False  # changed since it was read (another process worked on it)
-            holder = row[0]
-            if holder is not None and holder != os.getpid() and pid_alive(holder):
+            lease, renewed_at = row[0], row[1]
+            if lease is not None and lease != me and self._running(lease, renewed_at):
                 return False
-            conn.execute("UPDATE items SET worker_pid = ? WHERE id = ?", (os.getpid(), item.id))
-            if item.state == State.QUEUED:
-                self._set_state(conn, item.id, State.QUEUED, State.UPLOADING)
+            conn.execute(
+                "UPDATE items SET lease = ?, lease_renewed_at = ? WHERE id = ?",
+                (me, self.clock(), item.id),
+            )
+            if item.state in (State.QUEUED, State.WAITING, State.UPLOADING):
+                self._set_state(conn, item.id, item.state, State.UPLOADING)
                 item.state = State.UPLOADING
+            item.holder, item.lease_renewed_at = current(), self.clock()
             return True
+
+    def renew(self, item_ids: Sequence[str]) -> None:
+        """This process still works on these items (see ``lease``)."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE items SET lease_renewed_at = ? WHERE id = ? AND lease = ?",
+                [(self.clock(), item_id, current().text()) for item_id in item_ids],
+            )
 
     def release(self, item: Item) -> None:
         with self._write() as conn:
             conn.execute(
-                "UPDATE items SET worker_pid = NULL WHERE id = ? AND worker_pid = ?",
-                (item.id, os.getpid()),
+                "UPDATE items SET lease = NULL, lease_renewed_at = NULL WHERE id = ? AND lease = ?",
+                (item.id, current().text()),
             )
+        item.holder = item.lease_renewed_at = None
+
+    def sending(self, item: Item) -> None:
+        """The item's form POST is about to go: the first time, its key's age starts now."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE items SET first_sent_at = COALESCE(first_sent_at, ?) WHERE id = ?",
+                (self.clock(), item.id),
+            )
+            item.first_sent_at = conn.execute(
+                "SELECT first_sent_at FROM items WHERE id = ?", (item.id,)
+            ).fetchone()[0]
+
+    def restart_file(self, item: Item, entry: FileEntry) -> None:
+        """Its tus upload is gone: forget it; the next upload gets a new creation key."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE files SET tus_url = NULL, sent = 0, generation = generation + 1"
+                " WHERE item_id = ? AND position = ?",
+                (item.id, entry.position),
+            )
+        entry.tus_url, entry.sent, entry.generation = None, 0, entry.generation + 1
 
     def set_tus_url(self, item: Item, entry: FileEntry, url: str | None) -> None:
         with self._write() as conn:
@@ -641,14 +770,26 @@ class Outbox:
             self._set_state(conn, item.id, State.STORED, State.DONE, last_error=None, unreachable=0)
         item.state = State.DONE
 
-    def schedule_retry(self, item: Item, *, delay: float, error: str, unreachable: bool) -> None:
+    def schedule_retry(
+        self, item: Item, *, delay: float, error: str, unreachable: bool, counts: bool = True
+    ) -> None:
+        """The attempt ended without finishing: the next is due in ``delay`` seconds. An item
+        whose files were not all stored goes ``waiting``; ``counts``: a failed attempt (an
+        interruption by the user is not one)."""
+        now = self.clock()
         with self._write() as conn:
+            if item.state == State.UPLOADING:
+                self._set_state(conn, item.id, State.UPLOADING, State.WAITING)
             conn.execute(
-                "UPDATE items SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
+                "UPDATE items SET attempts = attempts + ?, next_attempt_at = ?, last_error = ?,"
                 " unreachable = ?, updated_at = ? WHERE id = ?",
-                (self.clock() + delay, error, int(unreachable), self.clock(), item.id),
+                (int(counts), now + delay, error, int(unreachable), now, item.id),
             )
-        item.attempts += 1
+        if item.state == State.UPLOADING:
+            item.state = State.WAITING
+        item.attempts += int(counts)
+        item.next_attempt_at = now + delay
+        item.last_error = error
 
     def mark_failed(self, item: Item, error: str) -> None:
         with self._write() as conn:
