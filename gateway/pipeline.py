@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from . import errors, metrics
@@ -30,11 +31,14 @@ from .direct import DirectUploadService, parse_key
 from .events import Announcer, EventType
 from .lifecycle import Status
 from .queue import Message
-from .records import MediaRecord, RecordStore, VariantInfo
+from .records import MediaRecord, RecordStore, Sha256State, VariantInfo
 from .sandbox import SandboxError, run
 from .scanner import ScanError, Scanner
 from .storage import ObjectStore, Quarantine
 from .webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 log = logging.getLogger(__name__)
 PROCESS = "media.process"
@@ -51,6 +55,33 @@ class PipelineOptions:
     sandbox_memory: int
     sandbox_timeout: float
     keep_infected: bool  # keep an infected object in the quarantine (else delete it)
+
+
+@dataclass
+class HashedRead:
+    """An object's chunks, hashed as they go by (to the scanner, to the job's scratch file)."""
+
+    chunks: Iterable[bytes]
+    digest: _Hash = field(default_factory=hashlib.sha256)
+    size: int = 0
+    finished: bool = False  # every chunk went by
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+        self.finished = True
+
+    def computed(self, record: MediaRecord) -> dict[str, Any]:
+        """The changes that give ``record`` the SHA-256 of the object as read, when it had none
+        yet (direct uploads without a promise, tus uploads sent in pieces) and the whole object
+        was read; else none."""
+        if record.sha256_state is not Sha256State.PENDING:
+            return {}
+        if not self.finished or self.size != record.size:
+            return {}
+        return {"sha256": self.digest.hexdigest(), "sha256_state": Sha256State.COMPUTED}
 
 
 def variant_key(media_key: str, name: str) -> str:
@@ -127,13 +158,18 @@ class Pipeline:
         assert self.quarantine is not None
         if self.scanner is None:
             raise Unfinished("The media is quarantined but no scanner is configured.")
+        read = HashedRead(self.quarantine.store.read(record.s3_key))
         try:
-            verdict = self.scanner.scan(self.quarantine.store.read(record.s3_key))
+            verdict = self.scanner.scan(read)
         except ScanError as exc:
             raise Unfinished(f"The scan gave no verdict: {exc}") from exc
         if not verdict.clean:
             infected = self._move(
-                record, status=Status.INFECTED, stage="", reason=f"Infected: {verdict.signature}"
+                record,
+                status=Status.INFECTED,
+                stage="",
+                reason=f"Infected: {verdict.signature}",
+                **read.computed(record),
             )
             if infected is not None:
                 if not self.options.keep_infected:
@@ -141,16 +177,25 @@ class Pipeline:
                 self.announcer.announce(EventType.INFECTED, [infected])
             return None
         self.quarantine.release(record.s3_key)
-        return self._move(record, quarantined=False, stage="describe")
+        return self._move(record, quarantined=False, stage="describe", **read.computed(record))
 
     def _describe(self, record: MediaRecord) -> None:
         with tempfile.TemporaryDirectory(prefix="gateway-job-") as scratch:
             path = Path(scratch) / "original"
-            digest = hashlib.sha256()
+            read = HashedRead(self.store.read(record.s3_key))
             with open(path, "wb") as out:
-                for chunk in self.store.read(record.s3_key):
+                for chunk in read:
                     out.write(chunk)
-                    digest.update(chunk)
+            computed = read.computed(record)
+            if computed:
+                # Written before anything is derived: whatever happens to the job from here
+                # (no deriving for the type, a decoder that fails or crashes), the record has
+                # the SHA-256 of its stored bytes.
+                hashed = self._move(record, **computed)
+                if hashed is None:
+                    self.process(record.media_id)  # someone else moved it: look again
+                    return
+                record = hashed
             try:
                 derived: Derived = run(
                     derive,
@@ -163,13 +208,10 @@ class Pipeline:
             except SandboxError as exc:
                 if exc.kind == "crashed":
                     raise Unfinished(f"The decoder crashed: {exc}") from exc
-                hashed = {} if record.sha256 else {"sha256": digest.hexdigest()}
-                self._fail(record.media_id, f"The file cannot be processed: {exc}", **hashed)
+                self._fail(record.media_id, f"The file cannot be processed: {exc}")
                 return
         variants = [self._store_variant(record, v) for v in derived.variants]
         changes: dict[str, Any] = {"properties": derived.properties, "variants": variants}
-        if not record.sha256:  # arrived in pieces (tus) or without a promise (direct)
-            changes["sha256"] = digest.hexdigest()
         if derived.cleaned_original is not None:
             replaced = self._replace_original(record, derived.cleaned_original)
             changes["properties"] = {
@@ -207,12 +249,17 @@ class Pipeline:
         )
         writer.write(data)
         writer.commit(sha256=digest)
-        return {"size": len(data), "sha256": digest, "uploaded_sha256": record.sha256}
+        return {
+            "size": len(data),
+            "sha256": digest,
+            "sha256_state": Sha256State.COMPUTED,
+            "uploaded_sha256": record.sha256,
+        }
 
-    def _fail(self, media_id: str, reason: str, **changes: Any) -> None:
+    def _fail(self, media_id: str, reason: str) -> None:
         record = self._get(media_id)
         while record is not None and record.status in (Status.STORED, Status.PROCESSING):
-            failed = self._move(record, status=Status.FAILED, stage="", reason=reason, **changes)
+            failed = self._move(record, status=Status.FAILED, stage="", reason=reason)
             if failed is not None:
                 self.announcer.announce(EventType.FAILED, [failed])
                 return

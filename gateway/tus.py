@@ -40,7 +40,15 @@ from .ingest import Destination, checked_type, object_metadata
 from .lifecycle import Status, is_visible
 from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
 from .principal import Principal
-from .records import IdempotentAnswer, MediaRecord, MediaStore, TusPart, TusUpload, owned_upload
+from .records import (
+    IdempotentAnswer,
+    MediaRecord,
+    MediaStore,
+    Sha256State,
+    TusPart,
+    TusUpload,
+    owned_upload,
+)
 from .sniff import SNIFF_BYTES, SniffedType
 from .storage.chunks import ChunkStore, chunk_key
 
@@ -221,6 +229,7 @@ class TusService:
             ),
             size=upload_length or 0,
             sha256="",
+            sha256_state=Sha256State.PENDING,
             created_at=now.isoformat(timespec="microseconds"),
             metadata={k[:64]: v for k, v in pairs if k not in RESERVED_METADATA},
             status=Status.PENDING,
@@ -705,7 +714,8 @@ class _Writer:
         }
         partial = upload.concat == "partial"
         if done and not partial:
-            changes.update(status=Status.STORED, sha256=upload.sha256)
+            received = Sha256State.RECEIVED if upload.sha256 else Sha256State.PENDING
+            changes.update(status=Status.STORED, sha256=upload.sha256, sha256_state=received)
         saved = self.service.records.update(self.locked.evolve(**changes), expected=self.locked)
         if saved is None:
             raise errors.UploadLocked("The upload was taken over while this request ran.")
