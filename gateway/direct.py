@@ -3,9 +3,10 @@
 initiate: per promised file (name, type, size, optional SHA-256) a ``pending`` media record
 and presigned URLs (one PUT/POST at or under the threshold, multipart parts above it, their
 URLs handed out a page at a time). complete: the gateway checks S3 itself — the parts or the
-object, the total size, the type its first bytes sniff as, the checksum when promised — and
+object, the total size, the type its first bytes sniff as, the SHA-256 when promised — and
 only then marks the record ``stored`` and announces ``media.stored``; anything else is removed
-from S3 and the record marked ``rejected``.
+from S3 and the record marked ``rejected``. The stored record's SHA-256 is ``verified`` (as
+promised), or ``pending`` for processing to compute (``computed`` here when processing is off).
 
 A single PUT/POST URL stays valid until ``expiresAt``, so it never targets the final key: it
 writes the staging key (final key + ``.upload``), and ``complete`` copies exactly the version

@@ -22,10 +22,12 @@ import media_samples as samples
 import pytest
 import requests
 from clamd_harness import MARKER
+from jsonschema import Draft202012Validator, ValidationError
 from test_direct import assert_gone, complete, initiate, promise, read, send_parts, send_post
 from test_pipeline import settled, work
 
 from gateway import create_app
+from gateway.api.openapi import document
 from gateway.auth import mint_token
 from gateway.direct import staging_key
 from gateway.lifecycle import Status
@@ -109,10 +111,26 @@ def upload_direct(client, auth, content, content_type, method, *, sha256=False, 
     return upload, complete(client, auth, upload["uploadId"], parts)
 
 
+MEDIA_SCHEMA = Draft202012Validator(document()["components"]["schemas"]["Media"])
+
+
 def media(client, auth, media_id):
     response = client.get(f"/api/media/{media_id}", headers=auth)
     assert response.status_code == 200
+    MEDIA_SCHEMA.validate(response.get_json())  # as /openapi.json describes it
     return response.get_json()
+
+
+def test_the_described_media_schema_refuses_an_empty_sha256():
+    """The control for the schema checks above: "" is no SHA-256, and the state is an enum."""
+    view = {"sha256": None, "sha256State": "pending"}
+    properties = MEDIA_SCHEMA.schema["properties"]
+    Draft202012Validator(properties["sha256"]).validate(view["sha256"])
+    with pytest.raises(ValidationError):
+        Draft202012Validator(properties["sha256"]).validate("")
+    with pytest.raises(ValidationError):
+        Draft202012Validator(properties["sha256State"]).validate("unknown")
+    assert properties["sha256State"]["enum"] == ["received", "verified", "pending", "computed"]
 
 
 def queued_jobs(svc) -> int:
