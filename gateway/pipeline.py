@@ -61,7 +61,7 @@ class PipelineOptions:
 class HashedRead:
     """A record's object as the job reads it (to the scanner, to the scratch file), hashed on
     the way when the record has no SHA-256 yet (direct uploads without a promise, tus uploads
-    sent in pieces); the others are not hashed again (bench/direct_sha256.py: ~0.8 CPU s/GiB)."""
+    sent in pieces); the others are not hashed again (bench/direct_sha256.py: 0.6-0.8 CPU s/GiB)."""
 
     record: MediaRecord
     chunks: Iterable[bytes]
