@@ -54,6 +54,10 @@ class Settings:
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 60.0
     s3_max_attempts: int = 5
+    # "on" only for a store that refuses a PutObject whose x-amz-checksum-sha256 differs from
+    # its bytes and reports it on HeadObject (AWS S3; not moto, not Ceph RGW 16): a direct
+    # upload's promised SHA-256 is then taken from S3 instead of read back (gateway/direct.py).
+    s3_verifies_sha256: str = "off"
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
     dynamodb_endpoint_url: str = ""
@@ -274,7 +278,13 @@ class Settings:
         for origin in self.redirect_origins:
             if origin_of(origin) != origin.lower():
                 fail("redirect_origins", f"{origin!r} is not an origin (scheme://host[:port])")
-        for name in ("processing", "keep_infected", "strip_gps", "session_cookie_secure"):
+        for name in (
+            "processing",
+            "keep_infected",
+            "strip_gps",
+            "session_cookie_secure",
+            "s3_verifies_sha256",
+        ):
             if getattr(self, name) not in ("on", "off"):
                 fail(name, "must be on or off")
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):

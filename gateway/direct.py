@@ -3,9 +3,10 @@
 initiate: per promised file (name, type, size, optional SHA-256) a ``pending`` media record
 and presigned URLs (one PUT/POST at or under the threshold, multipart parts above it, their
 URLs handed out a page at a time). complete: the gateway checks S3 itself — the parts or the
-object, the total size, the type its first bytes sniff as, the checksum when promised — and
+object, the total size, the type its first bytes sniff as, the SHA-256 when promised — and
 only then marks the record ``stored`` and announces ``media.stored``; anything else is removed
-from S3 and the record marked ``rejected``.
+from S3 and the record marked ``rejected``. The stored record's SHA-256 is ``verified`` (as
+promised), or ``pending`` for processing to compute (``computed`` here when processing is off).
 
 A single PUT/POST URL stays valid until ``expiresAt``, so it never targets the final key: it
 writes the staging key (final key + ``.upload``), and ``complete`` copies exactly the version
@@ -41,7 +42,7 @@ from .naming import (
     new_media_id,
 )
 from .principal import Principal
-from .records import DirectUpload, MediaRecord, MediaStore, owned_upload
+from .records import DirectUpload, MediaRecord, MediaStore, Sha256State, owned_upload
 from .sniff import SNIFF_BYTES, SniffedType, is_allowed
 from .storage import ObjectHead, PartInfo
 from .uploads import SHA256_RE
@@ -116,6 +117,19 @@ class Promise:
     content_type: str
     size: int
     sha256: str | None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What ``complete`` found in S3: why the object is refused (None: it is as promised), and
+    the SHA-256 the stored record gets, with how it is known."""
+
+    reason: str | None
+    sha256: str = ""
+    sha256_state: Sha256State = Sha256State.PENDING
+
+
+SHA256_DIFFERS = "The SHA-256 of what S3 holds differs from the one promised."
 
 
 @dataclass(frozen=True)
@@ -334,6 +348,7 @@ class DirectUploadService:
             sniffed=sniffed,
             size=promise.size,
             sha256="",
+            sha256_state=Sha256State.PENDING,
             created_at=now.isoformat(timespec="microseconds"),
             metadata={},
             status=Status.PENDING,
@@ -550,7 +565,7 @@ class DirectUploadService:
             self._finish(record, Status.EXPIRED, "The upload expired before it was completed.")
             raise errors.UploadExpired()
         try:
-            reason = self._verify(record, payload)
+            checked = self._verify(record, payload)
         except (
             errors.UploadChanged,
             errors.UploadAborted,
@@ -564,14 +579,18 @@ class DirectUploadService:
             if current.status is Status.PENDING:
                 raise
             return self._decided(current)
-        if reason is not None:
-            return self._finish(record, Status.REJECTED, reason)
-        upload = self._upload(record)
+        if checked.reason is not None:
+            return self._finish(record, Status.REJECTED, checked.reason)
         completed = dataclasses.replace(
-            upload, completed_at=self.clock().isoformat(timespec="seconds")
+            self._upload(record), completed_at=self.clock().isoformat(timespec="seconds")
         )
         stored = self.records.update(
-            record.evolve(status=Status.STORED, sha256=upload.promised_sha256, upload=completed),
+            record.evolve(
+                status=Status.STORED,
+                sha256=checked.sha256,
+                sha256_state=checked.sha256_state,
+                upload=completed,
+            ),
             expected=record,
         )
         if stored is None:
@@ -614,14 +633,14 @@ class DirectUploadService:
     def _expired(self, record: MediaRecord) -> bool:
         return self._upload(record).expires_at < self.clock().isoformat(timespec="seconds")
 
-    def _verify(self, record: MediaRecord, payload: Any) -> str | None:
-        """None when S3 holds exactly what was promised (the object is then complete), else why."""
+    def _verify(self, record: MediaRecord, payload: Any) -> Checked:
+        """What S3 holds, checked against the promise (as promised: the object is complete)."""
         upload = self._upload(record)
         source, head = record.s3_key, None
         if upload.method == "multipart":
             reason = self._verify_parts(record, payload)
             if reason is not None:
-                return reason
+                return Checked(reason)
         else:
             source = staging_key(record.s3_key)
             head = self.direct.head(source)
@@ -632,8 +651,8 @@ class DirectUploadService:
         head = head or self.direct.head(source)
         if head is None:
             raise errors.UploadIncomplete()
-        reason = self._check_object(record, source, head)
-        if reason is None and source != record.s3_key:
+        checked = self._check_object(record, source, head)
+        if checked.reason is None and source != record.s3_key:
             self.direct.copy(
                 source,
                 record.s3_key,
@@ -646,12 +665,12 @@ class DirectUploadService:
                 self.direct.delete(source)
             except errors.GatewayError:  # the record is stored soon: the sweeper removes it
                 log.warning("could not delete %s; the sweeper will", source, exc_info=True)
-        return reason
+        return checked
 
-    def _check_object(self, record: MediaRecord, key: str, head: ObjectHead) -> str | None:
+    def _check_object(self, record: MediaRecord, key: str, head: ObjectHead) -> Checked:
         """Check the object version ``head`` describes (every read is IfMatch its ETag)."""
         if head.size != record.size:
-            return f"S3 holds {head.size} bytes; {record.size} were promised."
+            return Checked(f"S3 holds {head.size} bytes; {record.size} were promised.")
         first_bytes = self.direct.read_head(
             key, min(SNIFF_BYTES, record.size), if_match=head.etag or None
         )
@@ -660,13 +679,33 @@ class DirectUploadService:
                 first_bytes, self.settings.allowed_types, name=record.original_name
             )
         except errors.UnsupportedType as exc:
-            return exc.message
+            return Checked(exc.message)
         if sniffed.mime != record.mime_type:
-            return f"The content is {sniffed.mime}; {record.mime_type} was promised."
+            return Checked(f"The content is {sniffed.mime}; {record.mime_type} was promised.")
+        return self._check_sha256(record, key, head)
+
+    def _check_sha256(self, record: MediaRecord, key: str, head: ObjectHead) -> Checked:
+        """A promised SHA-256 is checked: by S3 itself where it verifies a PUT's checksum header
+        (``s3_verifies_sha256``, and the object has one), else by reading the object back.
+        Without a promise the hash is left to processing, which reads the object anyway
+        (bench/direct_sha256.py measures what a read here would add); with processing off
+        nothing else ever reads it, so it is read back here."""
         promised = self._upload(record).promised_sha256
-        if promised and self.direct.sha256(key, if_match=head.etag or None) != promised:
-            return "The SHA-256 of what S3 holds differs from the one promised."
-        return None
+        etag = head.etag or None
+        if promised and self.settings.s3_verifies_sha256 == "on":
+            reported = self.direct.reported_sha256(key, if_match=etag)
+            if reported is not None:
+                if reported != promised:
+                    return Checked(SHA256_DIFFERS)
+                return Checked(None, promised, Sha256State.VERIFIED)
+        if not promised and self.settings.processing == "on":
+            return Checked(None)
+        actual = self.direct.sha256(key, if_match=etag)
+        if not promised:
+            return Checked(None, actual, Sha256State.COMPUTED)
+        if actual != promised:
+            return Checked(SHA256_DIFFERS)
+        return Checked(None, actual, Sha256State.VERIFIED)
 
     def _verify_parts(self, record: MediaRecord, payload: Any) -> str | None:
         upload = self._upload(record)

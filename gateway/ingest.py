@@ -14,7 +14,7 @@ from . import errors
 from .lifecycle import Status
 from .naming import content_disposition, object_key
 from .principal import Principal
-from .records import MediaRecord, UploadState
+from .records import MediaRecord, Sha256State, UploadState
 from .sniff import ANY_TYPE, SNIFF_BYTES, UNKNOWN, SniffedType, is_allowed, served_as, sniff
 from .storage import ObjectStore, ObjectWriter
 
@@ -79,6 +79,7 @@ class Destination:
         metadata: dict[str, str],
         status: Status = Status.STORED,
         upload: UploadState | None = None,
+        sha256_state: Sha256State = Sha256State.RECEIVED,
     ) -> MediaRecord:
         return MediaRecord(
             media_id=media_id,
@@ -91,6 +92,7 @@ class Destination:
             s3_key=self.key(media_id, sniffed),
             size=size,
             sha256=sha256,
+            sha256_state=sha256_state,
             created_at=created_at,
             metadata=dict(metadata),
             status=status,

@@ -40,8 +40,16 @@ from .ingest import Destination, checked_type, object_metadata
 from .lifecycle import Status, is_visible
 from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
 from .principal import Principal
-from .records import IdempotentAnswer, MediaRecord, MediaStore, TusPart, TusUpload, owned_upload
-from .sniff import SNIFF_BYTES, SniffedType
+from .records import (
+    IdempotentAnswer,
+    MediaRecord,
+    MediaStore,
+    Sha256State,
+    TusPart,
+    TusUpload,
+    owned_upload,
+)
+from .sniff import SNIFF_BYTES, SniffedType, served_as
 from .storage.chunks import ChunkStore, chunk_key
 from .tus_lease import Lease
 
@@ -242,6 +250,7 @@ class TusService:
             ),
             size=upload_length or 0,
             sha256="",
+            sha256_state=Sha256State.PENDING,
             created_at=now.isoformat(timespec="microseconds"),
             metadata={k[:64]: v for k, v in pairs if k not in RESERVED_METADATA},
             status=Status.PENDING,
@@ -423,9 +432,8 @@ class TusService:
         upload = tus_state(record)
         upload_id = self.chunks.start(
             record.s3_key,
-            content_type=sniffed.mime,
             metadata=self._object_metadata(record),
-            content_disposition=content_disposition(record.original_name),
+            **self.object_headers(record),
         )
         try:
             parts = self._join(record, upload_id, partials)
@@ -496,6 +504,16 @@ class TusService:
         return record.s3_key
 
     @staticmethod
+    def object_headers(record: MediaRecord) -> dict[str, str]:
+        """How the object is served (gateway/sniff.py ``served_as``): a partial upload, with no
+        type of its own, as a download of bytes."""
+        served = served_as(record.mime_type)
+        return {
+            "content_type": served.content_type,
+            "content_disposition": content_disposition(record.original_name, inline=served.inline),
+        }
+
+    @staticmethod
     def _object_metadata(record: MediaRecord) -> dict[str, str]:
         return object_metadata(
             media_id=record.media_id,
@@ -503,9 +521,6 @@ class TusService:
             owner=record.owner,
             original_name=record.original_name,
         )
-
-
-PARTIAL_TYPE = "application/octet-stream"
 
 
 def _principal_of(record: MediaRecord) -> Principal:
@@ -682,9 +697,8 @@ class _Writer:
             if not self.upload_id:
                 self.upload_id = self.chunks.start(
                     self.target,
-                    content_type=self.record.mime_type or PARTIAL_TYPE,
                     metadata=self.service._object_metadata(self.record),
-                    content_disposition=content_disposition(self.record.original_name),
+                    **self.service.object_headers(self.record),
                 )
                 self.lease.check()
             with memoryview(self.buffer) as view:  # one copy of the part, not two
@@ -710,9 +724,8 @@ class _Writer:
                 self.chunks.put_object(
                     self.target,
                     bytes(self.buffer),
-                    content_type=self.record.mime_type or PARTIAL_TYPE,
                     metadata=self.service._object_metadata(self.record),
-                    content_disposition=content_disposition(self.record.original_name),
+                    **self.service.object_headers(self.record),
                 )
             self.buffer.clear()
         elif self.buffer:
@@ -747,7 +760,8 @@ class _Writer:
                 "size": self.length if self.length is not None else offset,
             }
             if done and not partial:
-                changes.update(status=Status.STORED, sha256=digest)
+                state = Sha256State.RECEIVED if digest else Sha256State.PENDING
+                changes.update(status=Status.STORED, sha256=digest, sha256_state=state)
             return leased.evolve(**changes)
 
         saved = self.lease.write(committed, last=True)

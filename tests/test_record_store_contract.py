@@ -28,6 +28,7 @@ from gateway.records import (
     IdempotentAnswer,
     MediaRecord,
     SavedResponse,
+    Sha256State,
     TusUpload,
 )
 from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
@@ -109,6 +110,22 @@ def test_create_then_get_round_trips(records):
     r = record()
     records.create_many([r])
     assert records.get(r.media_id) == r
+
+
+@pytest.mark.parametrize("state", list(Sha256State))
+def test_the_sha256_state_round_trips(records, state):
+    sha256 = "" if state is Sha256State.PENDING else "cd" * 32
+    r = record(sha256=sha256, sha256_state=state)
+    records.create_many([r])
+    assert records.get(r.media_id) == r
+
+
+def test_a_pending_sha256_is_filled_by_an_update(records):
+    r = record(sha256="", sha256_state=Sha256State.PENDING)
+    records.create_many([r])
+    hashed = r.evolve(sha256="cd" * 32, sha256_state=Sha256State.COMPUTED)
+    written = records.update(hashed, expected=r)
+    assert written == hashed.evolve(version=1) == records.get(r.media_id)
 
 
 def test_get_missing_raises_record_not_found(records):

@@ -14,6 +14,8 @@ from gateway.lifecycle import Status
 from gateway.records import (
     DirectUpload,
     MediaRecord,
+    Sha256State,
+    TusUpload,
     checked_update,
     decode_cursor,
     encode_cursor,
@@ -114,6 +116,62 @@ def test_a_record_stored_before_processing_existed_still_loads():
     again = MediaRecord.from_dict(data)
     assert again == record()
     assert (again.quarantined, again.stage, again.properties, again.variants) == (False, "", {}, [])
+
+
+# -- how the SHA-256 is known ------------------------------------------------------------------------
+def test_a_record_is_pending_exactly_when_it_has_no_sha256():
+    assert record().sha256_state is Sha256State.RECEIVED  # the default: a streamed form's
+    assert record(sha256="", sha256_state=Sha256State.PENDING).sha256 == ""
+    with pytest.raises(ValueError, match="only pending has none"):
+        record(sha256="")  # "" is never a value
+    with pytest.raises(ValueError, match="only pending has none"):
+        record(sha256_state=Sha256State.PENDING)  # a value says how it is known
+    with pytest.raises(ValueError, match="only pending has none"):
+        record().evolve(sha256="")
+
+
+@pytest.mark.parametrize("state", list(Sha256State))
+def test_the_sha256_state_survives_a_round_trip_through_json(state):
+    original = record(sha256="" if state is Sha256State.PENDING else "1" * 64, sha256_state=state)
+    data = json.loads(json.dumps(original.to_dict()))
+    assert data["sha256_state"] == state.value
+    again = MediaRecord.from_dict(data)
+    assert again == original and type(again.sha256_state) is Sha256State
+
+
+TUS = {"expires_at": "2030-01-01T00:00:00+00:00", "length": 10, "part_size": 5 << 20}
+
+
+@pytest.mark.parametrize(
+    ("changes", "state"),
+    [
+        ({}, Sha256State.RECEIVED),  # a streamed form
+        ({"sha256": "", "upload": UPLOAD}, Sha256State.PENDING),
+        ({"sha256": "f" * 64, "upload": UPLOAD}, Sha256State.VERIFIED),  # as promised
+        ({"sha256": "0" * 64, "upload": DirectUpload("put", "x")}, Sha256State.COMPUTED),
+        ({"upload": TusUpload(**TUS, sha256="0" * 64)}, Sha256State.RECEIVED),  # one request
+        ({"upload": TusUpload(**TUS)}, Sha256State.COMPUTED),  # in pieces: by processing
+        ({"properties": {"uploadedSha256": "1" * 64}}, Sha256State.COMPUTED),  # GPS removed
+        (
+            {"upload": UPLOAD, "sha256": "0" * 64, "properties": {"uploadedSha256": "f" * 64}},
+            Sha256State.COMPUTED,
+        ),
+    ],
+    ids=[
+        "form",
+        "no-hash",
+        "direct-promised",
+        "direct-by-processing",
+        "tus-whole",
+        "tus-pieces",
+        "original-replaced",
+        "direct-original-replaced",
+    ],
+)
+def test_a_record_stored_before_the_sha256_state_existed_gets_it_from_what_it_says(changes, state):
+    data = record(**changes, sha256_state=state).to_dict()
+    del data["sha256_state"]
+    assert MediaRecord.from_dict(data).sha256_state is state
 
 
 def test_from_dict_does_not_change_its_argument():

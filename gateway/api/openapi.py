@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from .. import errors
+from ..records import Sha256State
 
 bp = Blueprint("openapi", __name__)
 
@@ -124,6 +125,7 @@ def _schemas() -> dict[str, Any]:
             "url",
             "size",
             "sha256",
+            "sha256State",
             "metadata",
             "status",
             "variants",
@@ -144,7 +146,22 @@ def _schemas() -> dict[str, Any]:
                 "description": "null until the file may be served; null when failed or infected",
             },
             "size": {"type": ["integer", "null"]},
-            "sha256": {"type": "string", "description": "hex; empty when not known"},
+            "sha256": {
+                "type": ["string", "null"],
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "hex SHA-256 of the stored bytes; null while sha256State is pending",
+            },
+            "sha256State": {
+                "type": "string",
+                "enum": [state.value for state in Sha256State],
+                "description": (
+                    "how sha256 is known: received (hashed by the gateway over the bytes it "
+                    "received: forms, tus), verified (promised by the client and checked against "
+                    "what the store holds: direct uploads), pending (not known yet: processing "
+                    "computes it from the stored object), computed (computed from the stored "
+                    "object, by processing or, with processing off, by complete)"
+                ),
+            },
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
             "status": {
                 "type": "string",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import enum
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,15 @@ class VariantInfo:
     size: int
 
 
+class Sha256State(enum.StrEnum):
+    """How a record's SHA-256 is known (the API's ``sha256State``)."""
+
+    RECEIVED = "received"  # hashed by the gateway over the bytes it received (form, tus)
+    VERIFIED = "verified"  # promised by the client and checked against what the store holds
+    PENDING = "pending"  # not known yet: processing computes it from the stored object
+    COMPUTED = "computed"  # computed from the stored object (by processing, or at complete)
+
+
 @dataclass(frozen=True)
 class MediaRecord:
     media_id: str
@@ -106,7 +116,7 @@ class MediaRecord:
     mime_type: str
     s3_key: str  # the store's key (the S3 store adds its prefix: ObjectStore.full_key)
     size: int
-    sha256: str
+    sha256: str  # hex; "" exactly when sha256_state is PENDING
     created_at: str  # ISO 8601 UTC, sortable
     metadata: dict[str, str] = field(default_factory=dict)
     status: Status = Status.STORED
@@ -118,6 +128,14 @@ class MediaRecord:
     stage: str = ""  # the stage being worked on while processing
     properties: dict[str, Any] = field(default_factory=dict)  # what describing found
     variants: list[VariantInfo] = field(default_factory=list)
+    sha256_state: Sha256State = Sha256State.RECEIVED
+
+    def __post_init__(self) -> None:
+        if (self.sha256 == "") != (self.sha256_state is Sha256State.PENDING):
+            raise ValueError(
+                f"sha256_state {self.sha256_state} does not fit "
+                f"{'no' if not self.sha256 else 'a'} SHA-256 (only pending has none)"
+            )
 
     @property
     def servable(self) -> bool:
@@ -146,7 +164,28 @@ class MediaRecord:
         if upload is not None:
             values["upload"] = _UPLOAD_TYPES[upload["protocol"]](**upload)
         values["variants"] = [VariantInfo(**v) for v in values.get("variants", [])]
+        state = values.get("sha256_state")
+        values["sha256_state"] = Sha256State(state) if state else _known_sha256_state(values)
         return cls(**values)
+
+
+def _known_sha256_state(values: dict[str, Any]) -> Sha256State:
+    """The state of a record written before records said it, from what they do say: no hash
+    is pending; one of an original processing replaced (GPS removed) was computed; a direct
+    upload's is the promised one, checked, or else one processing computed; a tus upload's was
+    hashed as received when it came in one request, else computed by processing; a streamed
+    form's was hashed as received."""
+    sha256, upload = values["sha256"], values.get("upload")
+    if not sha256:
+        return Sha256State.PENDING
+    if "uploadedSha256" in values.get("properties", {}):
+        return Sha256State.COMPUTED
+    if isinstance(upload, DirectUpload):
+        promised = upload.promised_sha256 == sha256
+        return Sha256State.VERIFIED if promised else Sha256State.COMPUTED
+    if isinstance(upload, TusUpload) and upload.sha256 != sha256:
+        return Sha256State.COMPUTED
+    return Sha256State.RECEIVED
 
 
 def _tus_upload(values: dict[str, Any]) -> TusUpload:

@@ -7,14 +7,19 @@ report what S3 holds, they do not trust the client.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import logging
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from ..errors import StorageError, UploadChanged
 from . import ObjectHead, PartInfo
 from .s3 import S3ObjectStore, _call, translate
+
+log = logging.getLogger(__name__)
 
 
 def _changed(exc: ClientError) -> bool:
@@ -206,6 +211,32 @@ class S3DirectUploads:
         except BotoCoreError as exc:
             raise translate(exc, "reading an object") from exc
 
+    def reported_sha256(self, key: str, *, if_match: str | None = None) -> str | None:
+        """The SHA-256 (hex) S3 keeps for the whole object (HeadObject, ChecksumMode ENABLED),
+        or None: stored without x-amz-checksum-sha256 (a POST form), or only a checksum of
+        part checksums (a multipart upload's ``<base64>-<parts>``). It proves the bytes only on
+        a store that refuses a PUT whose header does not match them (AWS S3); moto and Ceph
+        keep whatever the client sent."""
+        kwargs: dict[str, Any] = {"ChecksumMode": "ENABLED"}
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        try:
+            answer = self.client.head_object(Bucket=self.bucket, Key=self._key(key), **kwargs)
+        except ClientError as exc:
+            if if_match and _changed(exc):
+                raise UploadChanged() from exc
+            raise translate(exc, "looking up an object") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "looking up an object") from exc
+        value = answer.get("ChecksumSHA256")
+        if not isinstance(value, str) or answer.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+            return None
+        try:
+            digest = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            return None  # "<base64>-<parts>": composite, not the object's own SHA-256
+        return digest.hex() if len(digest) == 32 else None
+
     def read_head(self, key: str, size: int, *, if_match: str | None = None) -> bytes:
         response = self._get(key, if_match, Range=f"bytes=0-{size - 1}")
         return bytes(response["Body"].read())
@@ -217,6 +248,12 @@ class S3DirectUploads:
         try:
             for chunk in response["Body"].iter_chunks(1 << 20):
                 digest.update(chunk)
+        except FlexibleChecksumError:
+            # The object carries a checksum its bytes do not match (a store that keeps what
+            # the client sent, as moto and Ceph do). botocore checks it once the stream has
+            # ended, so every byte went by: the digest is the bytes' own, for the caller to
+            # compare with what was promised.
+            log.warning("%s does not match the checksum S3 keeps for it", key)
         except (BotoCoreError, OSError) as exc:
             raise StorageError("Object store failed while reading an object.") from exc
         return digest.hexdigest()
