@@ -10,7 +10,7 @@ import pytest
 
 from gateway import errors
 from gateway.lifecycle import Status
-from gateway.records import MediaRecord, TusUpload
+from gateway.records import MediaRecord, Sha256State, TusUpload
 from gateway.records.sqlite import SqliteRecordStore
 from gateway.tus import LEASE_SLOTS, MAX_PARTS, part_number
 from gateway.tus_lease import MIN_LEFT, RENEWALS_PER_LEASE, Lease
@@ -46,6 +46,7 @@ def upload(store) -> MediaRecord:
         s3_key="projects/p1/media/" + "a" * 32,
         size=100,
         sha256="",
+        sha256_state=Sha256State.PENDING,
         created_at="2026-01-01T00:00:00.000000+00:00",
         status=Status.PENDING,
         upload=TusUpload(expires_at="2026-01-02T00:00:00+00:00", length=100, part_size=8 << 20),

@@ -28,6 +28,7 @@ _RETRY = (
     "upload_locked",
     "upload_offset_mismatch",  # resume from the offset the gateway reports
     "upload_changed",
+    "record_changed",  # a tus final whose partial moved meanwhile: nothing was kept
     "tus_checksum_mismatch",  # a chunk damaged on the way: the gateway discarded it
     "too_many_pending",
     "internal_error",
@@ -82,6 +83,7 @@ _FAIL = (
     "too_large",
     "tus_content_type",
     "unsupported_type",
+    "unsupported_transfer_encoding",
     "checksum_mismatch",  # the queued copy is not what was hashed at push: never resend it
     "empty_file",
     "idempotency_key_mismatch",
