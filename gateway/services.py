@@ -15,6 +15,7 @@ from .queue import Queue, open_queue
 from .records import MediaStore, open_records
 from .scanner import ClamdScanner, Scanner
 from .storage import ObjectStore, Storage, open_storage
+from .storage.resumable import ResumableUploads
 from .sweeper import Sweeper
 from .tus import TusService
 from .uploads import UploadService
@@ -79,7 +80,13 @@ class Services:
             else None
         )
         tus = (
-            TusService(settings, storage.chunks, records, announcer, quarantined=quarantined)
+            TusService(
+                settings,
+                ResumableUploads(storage.chunks),
+                records,
+                announcer,
+                quarantined=quarantined,
+            )
             if storage.chunks is not None
             else None
         )

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import errors
 from .bodies import BodyReader
-from .config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB, Settings
+from .config import Settings
 from .events import Announcer, EventType
 from .hashstate import ResumableSha256
 from .hashstate import available as resumable_hash_available
@@ -45,12 +45,11 @@ from .records import (
     MediaRecord,
     MediaStore,
     Sha256State,
-    TusPart,
     TusUpload,
     owned_upload,
 )
 from .sniff import SNIFF_BYTES, SniffedType, served_as
-from .storage.chunks import ChunkStore, chunk_key
+from .storage.resumable import ResumableUploads, Stored, Target, part_size_for
 from .tus_lease import Lease
 
 log = logging.getLogger(__name__)
@@ -73,17 +72,6 @@ _KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 _INT_RE = re.compile(r"[0-9]{1,19}")
 RESERVED_METADATA = {"projectId", "filename", "name", "filetype", "type"}
 MAX_METADATA_VALUE = 4096
-# Part numbers: each lease writes its own (tus_lease.py), so an upload has at most
-# 10,000 / LEASE_SLOTS parts; the part size is chosen to fit.
-LEASE_SLOTS = 8
-MAX_PARTS = S3_MAX_PARTS // LEASE_SLOTS
-
-
-def part_number(index: int, generation: int) -> int:
-    """The S3 part number of the part at ``index`` (0-based, by offset) written under lease
-    ``generation``: ascending with the index, as S3's completion needs, and distinct for eight
-    leases in a row, so a write from a lease that ran out lands beside its successors' parts."""
-    return index * LEASE_SLOTS + generation % LEASE_SLOTS + 1
 
 
 @dataclass(frozen=True)
@@ -148,7 +136,7 @@ class TusService:
     def __init__(
         self,
         settings: Settings,
-        chunks: ChunkStore,
+        uploads: ResumableUploads,
         records: MediaStore,
         announcer: Announcer,
         *,
@@ -156,7 +144,7 @@ class TusService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
-        self.chunks = chunks
+        self.uploads = uploads
         self.records = records
         self.announcer = announcer
         self.quarantined = quarantined
@@ -167,9 +155,7 @@ class TusService:
         return self.settings.tus_max_bytes
 
     def part_size_for(self, size: int) -> int:
-        """A part size (whole MiB) that fits ``size`` in ``MAX_PARTS`` parts."""
-        needed = -(-size // MAX_PARTS)
-        return max(self.settings.direct_part_size, -(-needed // MiB) * MiB)
+        return part_size_for(size, at_least=self.settings.direct_part_size)
 
     def now(self) -> float:
         """Epoch seconds, the leases' clock."""
@@ -393,13 +379,10 @@ class TusService:
 
     def _remove(self, record: MediaRecord) -> None:
         """Everything an unfinished upload holds: its multipart upload and chunk objects."""
-        upload = tus_state(record)
         try:
-            if upload.s3_upload_id:
-                self.chunks.abort(self.object_key_of(record), upload.s3_upload_id)
-            if upload.pending_key:
-                self.chunks.delete(upload.pending_key)
-            self.chunks.delete(chunk_key(record.media_id, "whole"))
+            self.uploads.terminate(
+                record.media_id, self.object_key_of(record), _stored(tus_state(record))
+            )
         except errors.GatewayError:
             log.warning(
                 "could not remove the chunks of %s; the sweeper will",
@@ -424,68 +407,34 @@ class TusService:
         self._check_length(total)
         if any(p.project_id != final.project_id for p in partials):
             raise errors.InvalidTusHeader("The partial uploads must be in the final's project.")
-        first = b"".join(
-            _take(self.chunks.read(chunk_key(partials[0].media_id, "whole")), SNIFF_BYTES)
-        )
+        first = b"".join(_take(self.uploads.read_partial(partials[0].media_id), SNIFF_BYTES))
         sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
         record = self._with_type(final, sniffed)
         upload = tus_state(record)
-        upload_id = self.chunks.start(
-            record.s3_key,
-            metadata=self._object_metadata(record),
-            **self.object_headers(record),
+        joined = self.uploads.concatenate(
+            self.target_of(record),
+            [(p.media_id, tus_state(p).length or 0) for p in partials],
+            upload.part_size,
         )
-        try:
-            parts = self._join(record, upload_id, partials)
-            self.chunks.complete(record.s3_key, upload_id, [(p.number, p.etag) for p in parts])
-        except BaseException:
-            _quietly(self.chunks.abort, record.s3_key, upload_id)
-            raise
         stored = record.evolve(
             status=Status.STORED,
             size=total,
-            upload=dataclasses.replace(upload, length=total, offset=total, parts=tuple(parts)),
+            upload=dataclasses.replace(
+                upload,
+                length=total,
+                offset=total,
+                parts=joined.parts,
+                s3_upload_id=joined.upload_id,
+            ),
         )
         try:
             self.records.create_many([stored], answer=answer, replacing=partials)
         except BaseException:
-            _quietly(self.chunks.delete, record.s3_key)
+            self.uploads.delete_object(record.s3_key)
             raise
-        for partial in partials:
-            _quietly(self.chunks.delete, chunk_key(partial.media_id, "whole"))
+        self.uploads.remove_partials([p.media_id for p in partials])
         self.finished(stored)
         return stored
-
-    def _join(
-        self, record: MediaRecord, upload_id: str, partials: list[MediaRecord]
-    ) -> list[TusPart]:
-        sizes = [tus_state(p).length or 0 for p in partials]
-        parts: list[TusPart] = []
-        if all(size >= S3_MIN_PART_SIZE for size in sizes[:-1]):
-            for number, partial in enumerate(partials, start=1):
-                etag = self.chunks.copy_part(
-                    record.s3_key, upload_id, number, chunk_key(partial.media_id, "whole")
-                )
-                parts.append(TusPart(number, etag, sizes[number - 1]))
-            return parts
-        size = tus_state(record).part_size
-        buffer = bytearray()
-        for partial in partials:
-            for chunk in self.chunks.read(chunk_key(partial.media_id, "whole")):
-                buffer += chunk
-                while len(buffer) >= size:
-                    parts.append(
-                        self._part(record, upload_id, len(parts) + 1, bytes(buffer[:size]))
-                    )
-                    del buffer[:size]
-        if buffer or not parts:
-            parts.append(self._part(record, upload_id, len(parts) + 1, bytes(buffer)))
-        return parts
-
-    def _part(self, record: MediaRecord, upload_id: str, number: int, data: bytes) -> TusPart:
-        return TusPart(
-            number, self.chunks.upload_part(record.s3_key, upload_id, number, data), len(data)
-        )
 
     def _with_type(self, record: MediaRecord, sniffed: SniffedType) -> MediaRecord:
         destination = Destination(_principal_of(record), record.project_id)
@@ -495,13 +444,19 @@ class TusService:
             s3_key=destination.key(record.media_id, sniffed),
         )
 
-    @staticmethod
-    def object_key_of(record: MediaRecord) -> str:
-        """Where the upload's object is assembled: a partial upload's bytes wait at a chunk key
+    def object_key_of(self, record: MediaRecord) -> str:
+        """Where the upload's object is assembled: a partial upload's bytes wait in the store
         for its final upload; every other upload is the media object itself."""
         if tus_state(record).concat == "partial":
-            return chunk_key(record.media_id, "whole")
+            return self.uploads.partial_key(record.media_id)
         return record.s3_key
+
+    def target_of(self, record: MediaRecord) -> Target:
+        return Target(
+            key=self.object_key_of(record),
+            metadata=self._object_metadata(record),
+            **self.object_headers(record),
+        )
 
     @staticmethod
     def object_headers(record: MediaRecord) -> dict[str, str]:
@@ -552,8 +507,8 @@ def _hasher(upload: TusUpload) -> ResumableSha256 | Any | None:
 
 
 class _Writer:
-    """One PATCH: from the leased record to the next committed state (or nothing). Every write
-    to storage happens under the lease (``lease.check()`` first)."""
+    """One PATCH: from the leased record to the next committed state (or nothing). The bytes go
+    to the resumable store's writer, every storage write under the lease (``lease.check``)."""
 
     def __init__(
         self,
@@ -564,7 +519,6 @@ class _Writer:
     ) -> None:
         self.service = service
         self.settings = service.settings
-        self.chunks = service.chunks
         self.lease = lease
         self.record = lease.record  # the type, key and name as this request learns them
         self.upload = tus_state(lease.record)  # as the lease found it
@@ -572,29 +526,27 @@ class _Writer:
         self.length = self.upload.length if self.upload.length is not None else declared
         self.expected = expected
         self.checksum = CHECKSUMS[expected[0]]() if expected else None
+        self.unverified = bytearray()  # a checksummed request's bytes, until verified
         self.whole = _hasher(self.upload)
-        self.parts = list(self.upload.parts)
-        self.upload_id = self.upload.s3_upload_id
-        self.buffer = bytearray()
         self.received = 0
-        self.new_pending = ""
         self.committed = False
+        self.store = service.uploads.writer(
+            self.record.media_id,
+            _stored(self.upload),
+            part_size=self.upload.part_size,
+            generation=lease.generation,
+            guard=lease.check,
+            target=None if self.needs_type else service.target_of(self.record),
+        )
 
     @property
     def needs_type(self) -> bool:
         """A partial upload is not a file of its own: the final upload is sniffed."""
         return not self.record.mime_type and self.upload.concat != "partial"
 
-    @property
-    def target(self) -> str:
-        return self.service.object_key_of(self.record)
-
     def run(self, body: BodyReader, content_length: int | None) -> MediaRecord:
         if self.upload.length is None and self.length is not None:
             self._hold(self.length)  # the length is declared: held before a byte is read
-        if self.upload.pending_size:
-            self.lease.check()
-            self.buffer += self.chunks.get(self.upload.pending_key)
         interrupted: errors.GatewayError | None = None
         try:
             self._read(body)
@@ -611,11 +563,11 @@ class _Writer:
             if self.checksum.digest() != self.expected[1]:
                 self._release()
                 raise errors.TusChecksumMismatch()
+            self._take(self.unverified)
         offset = self.upload.offset + self.received
         done = self.length is not None and offset == self.length
         if done and self.needs_type:
-            self._sniff(final=True)
-        self._flush(final=done)
+            self._sniff()
         record = self._commit(offset, done)
         if interrupted is not None:
             raise interrupted
@@ -638,20 +590,24 @@ class _Writer:
             if self.length is None and end > self.lease.record.size:
                 self._hold_ahead(end, limit)
             self.received += len(chunk)
-            if self.checksum is not None and self.received > self.settings.tus_max_checksum_chunk:
+            if self.whole is not None:
+                self.whole.update(chunk)
+            if self.checksum is None:
+                self._take(chunk)
+                continue
+            if self.received > self.settings.tus_max_checksum_chunk:
                 raise errors.TooLarge(
                     "A checksummed chunk may be at most "
                     f"{self.settings.tus_max_checksum_chunk} bytes."
                 )
-            self.buffer += chunk
-            if self.checksum is not None:
-                self.checksum.update(chunk)
-            if self.whole is not None:
-                self.whole.update(chunk)
-            if self.needs_type and self.upload.committed + len(self.buffer) >= SNIFF_BYTES:
-                self._sniff(final=False)
-            if self.checksum is None:
-                self._flush(final=False)
+            self.checksum.update(chunk)
+            self.unverified += chunk
+
+    def _take(self, data: bytes | bytearray) -> None:
+        """Bytes that count: to the store, and the type sniffed once enough have come."""
+        self.store.write(data)
+        if self.needs_type and self.upload.committed + self.store.buffered >= SNIFF_BYTES:
+            self._sniff()
 
     def _hold_ahead(self, end: int, limit: int) -> None:
         """Hold a part's worth ahead (one write per part, not per read); near a quota, exactly
@@ -667,72 +623,31 @@ class _Writer:
         (QuotaExceeded: nothing of this request counts)."""
         self.lease.write(lambda record: record.evolve(size=size))
 
-    def _sniff(self, *, final: bool) -> None:
-        """The type from the first bytes (the buffer starts the file: no part is written before
-        the type is known). A refused type ends the upload: 415, nothing left."""
-        head = bytes(self.buffer[:SNIFF_BYTES]) if not self.upload.parts else b""
+    def _sniff(self) -> None:
+        """The type from the first bytes (no part is written before the type is known). A
+        refused type ends the upload: 415, nothing left."""
         try:
             sniffed = checked_type(
-                head, self.settings.allowed_types, name=self.record.original_name
+                self.store.head(SNIFF_BYTES),
+                self.settings.allowed_types,
+                name=self.record.original_name,
             )
         except errors.UnsupportedType:
             self._reject()
             raise
         self.record = self.service._with_type(self.record, sniffed)
+        self.store.target = self.service.target_of(self.record)
 
     def _reject(self) -> None:
         self.lease.stop()
         current = self.service.records.get(self.record.media_id)
         self.service._remove(current)
-        self._abort_own_upload()
+        self.store.discard()
         self.service.records.delete(current.media_id)
         self.committed = True  # nothing of this request remains to clean up
 
-    def _flush(self, *, final: bool) -> None:
-        size = self.upload.part_size
-        while len(self.buffer) >= size or (
-            final and self.buffer and (self.parts or self.upload_id)
-        ):
-            self.lease.check()
-            if not self.upload_id:
-                self.upload_id = self.chunks.start(
-                    self.target,
-                    metadata=self.service._object_metadata(self.record),
-                    **self.service.object_headers(self.record),
-                )
-                self.lease.check()
-            with memoryview(self.buffer) as view:  # one copy of the part, not two
-                data = bytes(view[:size])
-            number = part_number(len(self.parts), self.lease.generation)
-            self.parts.append(
-                TusPart(
-                    number,
-                    self.chunks.upload_part(self.target, self.upload_id, number, data),
-                    len(data),
-                )
-            )
-            del self.buffer[: len(data)]
-
     def _commit(self, offset: int, done: bool) -> MediaRecord:
-        self.lease.check()
-        if done:
-            if self.parts:
-                self.chunks.complete(
-                    self.target, self.upload_id, [(p.number, p.etag) for p in self.parts]
-                )
-            else:
-                self.chunks.put_object(
-                    self.target,
-                    bytes(self.buffer),
-                    metadata=self.service._object_metadata(self.record),
-                    **self.service.object_headers(self.record),
-                )
-            self.buffer.clear()
-        elif self.buffer:
-            self.new_pending = chunk_key(
-                self.record.media_id, f"pending-{self.lease.record.version + 1}"
-            )
-            self.chunks.put(self.new_pending, bytes(self.buffer))
+        stored = self.store.commit(final=done, version=self.lease.record.version + 1)
         digest = self.whole.hexdigest() if done and self.whole is not None else ""
         resumable = isinstance(self.whole, ResumableSha256) and not done
         partial = self.upload.concat == "partial"
@@ -742,10 +657,10 @@ class _Writer:
                 tus_state(leased),
                 length=self.length,
                 offset=offset,
-                parts=tuple(self.parts),
-                pending_key=self.new_pending,
-                pending_size=len(self.buffer),
-                s3_upload_id=self.upload_id,
+                parts=stored.parts,
+                pending_key=stored.tail_key,
+                pending_size=stored.tail_size,
+                s3_upload_id=stored.upload_id,
                 lock_token="",
                 lock_until=0.0,
                 sha256=digest,
@@ -766,8 +681,7 @@ class _Writer:
 
         saved = self.lease.write(committed, last=True)
         self.committed = True
-        if self.upload.pending_key and self.upload.pending_key != self.new_pending:
-            self._quietly(self.chunks.delete, self.upload.pending_key)
+        self.store.release()
         if done:
             self.service.finished(saved)
         return saved
@@ -787,22 +701,20 @@ class _Writer:
             return  # taken over meanwhile: nothing of ours to give back
         self.committed = True
 
-    def _abort_own_upload(self) -> None:
-        """A multipart upload this request started and never recorded is ours to abort."""
-        if self.upload_id and self.upload_id != self.upload.s3_upload_id:
-            self._quietly(self.chunks.abort, self.target, self.upload_id)
-
     def cleanup(self) -> None:
         if self.committed:
             return
-        if self.new_pending:
-            self._quietly(self.chunks.delete, self.new_pending)
-        self._abort_own_upload()
-        self._quietly(self._release)
+        self.store.discard()
+        _quietly(self._release)
 
-    @staticmethod
-    def _quietly(fn: Callable[..., object], *args: object) -> None:
-        _quietly(fn, *args)
+
+def _stored(upload: TusUpload) -> Stored:
+    return Stored(
+        parts=upload.parts,
+        tail_key=upload.pending_key,
+        tail_size=upload.pending_size,
+        upload_id=upload.s3_upload_id,
+    )
 
 
 def _quietly(fn: Callable[..., object], *args: object) -> None:

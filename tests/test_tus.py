@@ -309,7 +309,7 @@ def test_the_sweeper_keeps_a_live_uploads_chunks_and_removes_strays_once_it_ends
     location = path_of(create(client, auth, len(data)))
     media_id = location.rsplit("/", 1)[1]
     assert patch(client, auth, location, 0, data[: 6 * MiB]).status_code == 204
-    chunks, target = svc.tus.chunks, svc.records.get(media_id).s3_key
+    chunks, target = svc.tus.uploads.chunks, svc.records.get(media_id).s3_key
     chunks.put(chunk_key(media_id, "pending-99"), b"stray")
     stray = chunks.start(target, content_type="image/jpeg", metadata={}, content_disposition="")
     chunks.upload_part(target, stray, 2, bytes(1000))

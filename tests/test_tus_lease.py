@@ -130,7 +130,7 @@ def test_a_part_write_under_way_when_the_lease_ran_out_never_replaces_the_next_h
     assert patch(client, auth, location, 0, data[:PART]).status_code == 204
     a_bytes = b"A" * PART
     writing, go = threading.Event(), threading.Event()
-    upload_part = svc.tus.chunks.upload_part
+    upload_part = svc.tus.uploads.chunks.upload_part
 
     def held_for_a(key, upload_id, number, part):
         if part[:1] == b"A":
@@ -138,7 +138,7 @@ def test_a_part_write_under_way_when_the_lease_ran_out_never_replaces_the_next_h
             assert go.wait(60)
         return upload_part(key, upload_id, number, part)
 
-    svc.tus.chunks.upload_part = held_for_a
+    svc.tus.uploads.chunks.upload_part = held_for_a
     a_thread, a_answer = patch_in_thread(
         client, auth, location, PART, io.BytesIO(a_bytes), len(a_bytes)
     )

@@ -12,7 +12,7 @@ from gateway import errors
 from gateway.lifecycle import Status
 from gateway.records import MediaRecord, Sha256State, TusUpload
 from gateway.records.sqlite import SqliteRecordStore
-from gateway.tus import LEASE_SLOTS, MAX_PARTS, part_number
+from gateway.storage.resumable import LEASE_SLOTS, MAX_PARTS, part_number
 from gateway.tus_lease import MIN_LEFT, RENEWALS_PER_LEASE, Lease
 
 SECONDS = 60.0

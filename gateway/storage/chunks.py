@@ -1,5 +1,6 @@
-"""Chunk storage for resumable (tus) uploads: small chunk objects and the parts of the final
-object, behind one protocol, on S3 and on a local directory.
+"""The part layer under resumable uploads (gateway/storage/resumable.py): small chunk objects and
+the parts of a multipart object, behind one protocol, on S3 and on a local directory. Only
+``resumable`` calls it; the tus protocol sees upload-shaped calls there, never these.
 
 S3 (as tusd's s3store): the final object is an S3 multipart upload; bytes past the last whole
 part wait in a small chunk object (S3 parts other than the last must be at least 5 MiB), so no
