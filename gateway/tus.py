@@ -18,17 +18,14 @@ compare-and-set, so two nodes cannot corrupt an upload.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Literal
 
 from . import errors
 from .bodies import BodyReader
@@ -68,10 +65,7 @@ CHECKSUMS: dict[str, Callable[[], Any]] = {
     "sha1": hashlib.sha1,
     "sha256": hashlib.sha256,
 }
-_KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
-_INT_RE = re.compile(r"[0-9]{1,19}")
 RESERVED_METADATA = {"projectId", "filename", "name", "filetype", "type"}
-MAX_METADATA_VALUE = 4096
 
 
 @dataclass(frozen=True)
@@ -85,51 +79,24 @@ def tus_state(record: MediaRecord) -> TusUpload:
     return record.upload
 
 
-def parse_int(value: str | None, what: str) -> int | None:
-    if value is None:
-        return None
-    if not _INT_RE.fullmatch(value.strip()):
-        raise errors.InvalidTusHeader(f"{what} must be a non-negative integer.")
-    return int(value.strip())
+@dataclass(frozen=True)
+class CreateUpload:
+    """A creation request (parsed from its headers by gateway/api/tus_requests.py)."""
+
+    metadata: tuple[tuple[str, str], ...]  # Upload-Metadata, in order
+    length: int | None  # None: deferred (creation-defer-length), or a final upload
+    concat: Literal["", "partial", "final"] = ""
+    partials: tuple[str, ...] = ()  # a final upload's partial uploads (their ids), in order
 
 
-def parse_metadata(header: str | None) -> list[tuple[str, str]]:
-    """Upload-Metadata: ``key base64value`` pairs separated by commas (a value may be empty)."""
-    pairs: list[tuple[str, str]] = []
-    if not header or not header.strip():
-        return pairs
-    for item in header.split(","):
-        key, _, encoded = item.strip().partition(" ")
-        if not _KEY_RE.fullmatch(key) or any(k == key for k, _ in pairs):
-            raise errors.InvalidTusHeader("Upload-Metadata keys must be unique ASCII tokens.")
-        try:
-            value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise errors.InvalidTusHeader(
-                f"Upload-Metadata value of {key!r} is not base64 of UTF-8 text."
-            ) from None
-        if len(value) > MAX_METADATA_VALUE:
-            raise errors.InvalidTusHeader(f"Upload-Metadata value of {key!r} is too long.")
-        pairs.append((key, value))
-    return pairs
+@dataclass(frozen=True)
+class PatchChunk:
+    """A PATCH (parsed from its headers by gateway/api/tus_requests.py)."""
 
-
-def encode_metadata(pairs: tuple[tuple[str, str], ...]) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" if v else k for k, v in pairs)
-
-
-def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
-    if header is None:
-        return None
-    algorithm, _, encoded = header.strip().partition(" ")
-    if algorithm not in CHECKSUMS:
-        raise errors.UnsupportedChecksum(
-            f"Upload-Checksum algorithm {algorithm!r}; supported: {', '.join(CHECKSUMS)}."
-        )
-    try:
-        return algorithm, base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise errors.InvalidTusHeader("Upload-Checksum must be '<algorithm> <base64>'.") from None
+    offset: int
+    length: int | None = None  # Upload-Length, declared with this request
+    checksum: tuple[str, bytes] | None = None  # (algorithm, digest) of this request's body
+    content_length: int | None = None
 
 
 class TusService:
@@ -168,35 +135,19 @@ class TusService:
     def create(
         self,
         principal: Principal,
+        request: CreateUpload,
         *,
-        length: str | None,
-        defer: str | None,
-        metadata: str | None,
-        concat: str | None,
         answer: Callable[[MediaRecord], IdempotentAnswer] | None = None,
     ) -> MediaRecord:
         """A new upload; ``answer`` (an Idempotency-Key's first answer) is saved with its
         record, in one write."""
-        pairs = parse_metadata(metadata)
+        pairs = list(request.metadata)
         values = dict(pairs)
         project_id = values.get("projectId")
         if project_id is None:
             raise errors.MissingProjectId("projectId is required in Upload-Metadata.")
         principal.check_project(check_project_id(project_id))
-        kind, partial_urls = self._concat(concat)
-        upload_length = parse_int(length, "Upload-Length")
-        if kind == "final":
-            if upload_length is not None or defer is not None:
-                raise errors.InvalidTusHeader("A final upload takes no Upload-Length.")
-        elif upload_length is None:
-            if defer != "1":
-                raise errors.InvalidTusHeader(
-                    "Upload-Length or Upload-Defer-Length: 1 is required."
-                )
-        elif defer is not None:
-            raise errors.InvalidTusHeader(
-                "Upload-Length and Upload-Defer-Length exclude each other."
-            )
+        kind, upload_length = request.concat, request.length
         if upload_length is not None:
             self._check_length(upload_length)
         cap = self.settings.direct_max_pending
@@ -207,7 +158,7 @@ class TusService:
             >= cap
         ):
             raise errors.TooManyPending(f"At most {cap} uploads may be pending at once.")
-        partials = [self._partial(principal, url) for url in partial_urls]
+        partials = [self._partial(principal, media_id) for media_id in request.partials]
         now = self.clock()
         media_id = new_media_id()
         upload = TusUpload(
@@ -255,21 +206,7 @@ class TusService:
         if length == 0:
             raise errors.EmptyFile()
 
-    @staticmethod
-    def _concat(header: str | None) -> tuple[str, list[str]]:
-        if header is None:
-            return "", []
-        if header.strip() == "partial":
-            return "partial", []
-        if header.startswith("final;"):
-            urls = header[len("final;") :].split()
-            if not urls:
-                raise errors.InvalidTusHeader("Upload-Concat: final needs the partial uploads.")
-            return "final", urls
-        raise errors.InvalidTusHeader("Upload-Concat must be 'partial' or 'final;<urls>'.")
-
-    def _partial(self, principal: Principal, url: str) -> MediaRecord:
-        media_id = url.rstrip("/").rsplit("/", 1)[-1]
+    def _partial(self, principal: Principal, media_id: str) -> MediaRecord:
         record = self.get(principal, media_id)
         upload = tus_state(record)
         if upload.concat != "partial" or upload.length is None or upload.offset != upload.length:
@@ -298,43 +235,33 @@ class TusService:
 
     # -- PATCH ---------------------------------------------------------------------------------
     def patch(
-        self,
-        principal: Principal,
-        upload_id: str,
-        body: BodyReader,
-        *,
-        offset: str | None,
-        length: str | None,
-        checksum: str | None,
-        content_length: int | None,
+        self, principal: Principal, upload_id: str, body: BodyReader, request: PatchChunk
     ) -> MediaRecord:
         record = self.live(principal, upload_id)
         upload = tus_state(record)
-        at = parse_int(offset, "Upload-Offset")
-        if at is None:
-            raise errors.InvalidTusHeader("Upload-Offset is required.")
+        at = request.offset
         if upload.concat == "final":
             raise errors.UploadFinal()
         if record.status is not Status.PENDING:
-            if at == upload.offset and not content_length:
+            if at == upload.offset and not request.content_length:
                 return record  # a finished upload asked to go on with nothing: done already
             raise errors.UploadOffsetMismatch(f"The upload is complete at {upload.offset}.")
         if at != upload.offset:
             raise errors.UploadOffsetMismatch(
                 f"Upload-Offset {at} is not the upload's offset, {upload.offset}."
             )
-        declared = parse_int(length, "Upload-Length")
+        declared = request.length
         if declared is not None:
             if upload.length is not None and declared != upload.length:
                 raise errors.InvalidTusHeader("Upload-Length cannot change.")
             if declared < upload.offset:
                 raise errors.InvalidTusHeader("Upload-Length is below the offset.")
             self._check_length(declared)
-        expected = parse_checksum(checksum)
+        expected = request.checksum
         if (
             expected is not None
-            and content_length is not None
-            and (content_length > self.settings.tus_max_checksum_chunk)
+            and request.content_length is not None
+            and (request.content_length > self.settings.tus_max_checksum_chunk)
         ):
             raise errors.TooLarge(
                 f"A checksummed chunk may be at most {self.settings.tus_max_checksum_chunk} bytes."
@@ -345,7 +272,7 @@ class TusService:
         writer = _Writer(self, lease, declared, expected)
         try:
             lease.start()
-            return writer.run(body, content_length)
+            return writer.run(body, request.content_length)
         finally:
             writer.cleanup()
             lease.stop()

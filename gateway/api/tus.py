@@ -15,10 +15,11 @@ from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..principal import Principal
 from ..records import MediaRecord
-from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, encode_metadata, tus_state
+from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, tus_state
 from ..weblog import note, note_upload
-from . import services
+from . import services, tus_requests
 from .present import upload_seconds
+from .tus_requests import encode_metadata
 
 bp = Blueprint("tus", __name__)
 PATCH_TYPE = "application/offset+octet-stream"
@@ -137,16 +138,10 @@ def _created(principal: Principal) -> tuple[MediaRecord, bool]:
     connection dropped) finds its upload again instead of leaving one behind."""
     tus = _service()
     headers = {name: request.headers.get(name) for name in _CREATION_HEADERS}
+    creation = tus_requests.creation(request.headers)
 
     def create(answer: Any = None) -> MediaRecord:
-        return tus.create(
-            principal,
-            length=headers["Upload-Length"],
-            defer=headers["Upload-Defer-Length"],
-            metadata=headers["Upload-Metadata"],
-            concat=headers["Upload-Concat"],
-            answer=answer,
-        )
+        return tus.create(principal, creation, answer=answer)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -206,10 +201,7 @@ def create() -> Response:
                 principal,
                 record.media_id,
                 body,
-                offset="0",
-                length=None,
-                checksum=request.headers.get("Upload-Checksum"),
-                content_length=_body_length(),
+                tus_requests.first_chunk(request.headers, content_length=_body_length()),
             )
         _note_patched(record, 0)
     response = _state_headers(Response(status=201), record)
@@ -233,22 +225,16 @@ def upload(upload_id: str) -> Response:
     note_upload("tus")
     if request.mimetype != PATCH_TYPE:
         raise errors.TusContentType()
-    offset = request.headers.get("Upload-Offset")
+    chunk = tus_requests.chunk(
+        request.headers, offset=request.headers.get("Upload-Offset"), content_length=_body_length()
+    )
     with (
         metrics.upload_in_flight("tus"),
         guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
     ):
-        record = tus.patch(
-            principal,
-            upload_id,
-            body,
-            offset=offset,
-            length=request.headers.get("Upload-Length"),
-            checksum=request.headers.get("Upload-Checksum"),
-            content_length=_body_length(),
-        )
+        record = tus.patch(principal, upload_id, body, chunk)
     note(offset=tus_state(record).offset)
-    _note_patched(record, int(offset or 0))  # tus.patch has checked the header
+    _note_patched(record, chunk.offset)
     response = Response(status=204)
     response.headers["Upload-Offset"] = str(tus_state(record).offset)
     if record.status.value == "pending":
