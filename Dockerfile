@@ -30,6 +30,6 @@ USER gateway
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
-# SIGTERM starts the graceful stop (README, Deployment): give it time, e.g. docker stop -t 90.
+# SIGTERM starts the graceful stop (docs/deployment.md): give it time, e.g. docker stop -t 90.
 STOPSIGNAL SIGTERM
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -6,7 +6,7 @@ clients are the norm for uploads. With gthread each one held one of workers x th
 (256 per worker: p95 9.7 s with 600 such clients; gevent: 0.2 s). gunicorn 27's gthread also
 lingers up to 2 s per closed connection on the worker's main loop, so clients that ignore
 their answer stall accepts. Bodies that stall or trickle are ended by the gateway itself
-(GATEWAY_BODY_* settings, gateway/bodies.py). Measurements in the README (*Deployment*).
+(GATEWAY_BODY_* settings, gateway/bodies.py). Measurements in docs/deployment.md.
 GATEWAY_WORKER_CLASS=gthread still works (then GATEWAY_THREADS is the concurrency).
 """
 

@@ -1,7 +1,7 @@
 """Every setting of the gateway: one default each, overlaid by ``GATEWAY_*`` env vars.
 
 ``Settings.from_env()`` parses and validates at start-up; a bad value fails loudly with the
-name of the variable. The README's configuration table lists the same names and defaults.
+name of the variable. docs/settings.md lists the same names and defaults.
 """
 
 from __future__ import annotations

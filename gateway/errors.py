@@ -2,7 +2,7 @@
 
 Each class is one stable ``code`` with its HTTP ``status`` and default message (as tusd declares
 ``ErrNotFound = NewError(...)``). Code elsewhere raises these classes, optionally with a more
-specific message; it never invents a code. ``CATALOGUE`` lists them all: the README's error table
+specific message; it never invents a code. ``CATALOGUE`` lists them all: the table in docs/errors.md
 is checked against it. ``weblog.render`` is the only place that turns one into a response.
 """
 

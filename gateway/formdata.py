@@ -1,6 +1,6 @@
 """Incremental multipart/form-data parsing: bytes in, events out. No Flask, no storage, no I/O.
 
-A small strict parser of its own (README, *Parser*): the werkzeug decoder it replaces, and
+A small strict parser of its own (docs/parser.md): the werkzeug decoder it replaces, and
 python-multipart, gave answers that depend on where the body is split into reads.
 
 Why the parse is a function of the bytes alone, however they are split: the parser consumes the

@@ -103,16 +103,15 @@ def test_the_web_app_does_not_load_the_processing_libraries():
     assert worker.stdout.strip().splitlines()[-1] == "['PIL', 'standardwebhooks']"
 
 
-def _readme_error_codes() -> set[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Rules and error codes", 1)[1]
-    table = section[section.index("| code |") :].split("\n\n", 1)[0]
+def _documented_error_codes() -> set[str]:
+    text = (ROOT / "docs" / "errors.md").read_text()
+    table = text[text.index("| code |") :].split("\n\n", 1)[0]
     first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
     return set(re.findall(r"`([a-z0-9_]+)`", "\n".join(first_cells)))
 
 
-def test_every_declared_error_code_is_in_the_readme_table_and_only_those():
-    assert _readme_error_codes() == set(errors.CATALOGUE)
+def test_every_declared_error_code_is_in_the_docs_table_and_only_those():
+    assert _documented_error_codes() == set(errors.CATALOGUE)
 
 
 def test_error_codes_are_unique_and_statuses_are_http_errors():
@@ -129,13 +128,13 @@ def test_nginx_renders_only_declared_codes():
     assert codes <= set(errors.CATALOGUE)
 
 
-def test_every_setting_is_in_the_readme_configuration_table():
+def test_every_setting_is_in_the_docs_configuration_table():
     import dataclasses
 
     from gateway.config import Settings, _env_name
 
-    text = (ROOT / "README.md").read_text()
-    table = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "settings.md").read_text()
+    table = text[text.index("| variable |") :].split("\n\n", 1)[0]
     documented = set(re.findall(r"`(GATEWAY_[A-Z0-9_]+)`", table))
     declared = {_env_name(f.name) for f in dataclasses.fields(Settings)}
     assert declared - documented == set()

@@ -474,7 +474,7 @@ def test_big_files_go_direct_to_s3_through_uppy_small_ones_over_tus(
 
 
 def test_the_readmes_curl_session_works_through_nginx(embedded, tmp_path):
-    """README, Browsers: a session from a bearer token, then the cookie and its CSRF token."""
+    """docs/browsers.md: a session from a bearer token, then the cookie and its CSRF token."""
     jar = tmp_path / "jar"
     opened = embedded.curl("-c", str(jar), "-X", "POST", path="/api/session")
     assert opened.status == 201, opened.body

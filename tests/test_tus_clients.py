@@ -287,7 +287,7 @@ def test_the_protocol_behaves_as_the_reference_server(tus, reference):
     data = samples.photo(600, 400) + os.urandom(3 * MiB)
     ours = script(tus.url + "/api/tus/", tus.auth, data)
     theirs = script(reference, {}, data)
-    # Where this gateway is stricter on purpose (README, "tus"): none of these steps.
+    # Where this gateway is stricter on purpose (docs/tus.md): none of these steps.
     assert ours == theirs
     [record] = [
         r

@@ -1,6 +1,6 @@
 """S3 (or any S3-compatible endpoint) as the object store, on boto3's multipart API.
 
-Why not smart_open's writer (measured, see README and bench/writers.py): it sends one part at a
+Why not smart_open's writer (measured: docs/benchmarks.md, bench/writers.py): it sends one part at a
 time from the caller's thread, so the client's bytes stop flowing while each part uploads; it
 makes three requests for a 1 KiB file; and a plain ``close()`` after an error completes the
 partial object. This writer keeps ``parts_in_flight`` parts uploading on a shared thread pool

@@ -5,7 +5,7 @@ policy and its error parser.
 Why: a botocore client call runs parameter validation, serialization, endpoint rules, a user
 agent rebuilt per call and some thirty event handlers before it sends anything. For a 1 MiB
 upload that was about 0.6 ms of CPU per call, an eighth of the gateway's whole cost per file
-(bench (c), README *Benchmark*). These two requests carry bytes the gateway already holds and
+(bench (c), docs/benchmarks.md). These two requests carry bytes the gateway already holds and
 checksums it already computed, so they need none of that: the request is a URL, a few headers
 and the body, signed as botocore signs it. Every other S3 call still goes through the client.
 
