@@ -65,7 +65,7 @@ def main() -> int:
                 records_url=f"sqlite:///{tmp / 'records.db'}",
                 orphan_journal=str(tmp / "orphans.jsonl"),
                 queue_url=f"sqlite:///{tmp / 'queue.db'}",
-                processing="off",
+                processing=False,
                 jwt_secret="bench-" + "s" * 40,
                 direct_part_size=PART,
                 log_level="WARNING",

@@ -90,7 +90,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         JWT_HEADER_TYPE="Bearer",
         JWT_ACCESS_COOKIE_NAME=settings.session_cookie,
         JWT_ACCESS_COOKIE_PATH="/",
-        JWT_COOKIE_SECURE=settings.session_cookie_secure == "on",
+        JWT_COOKIE_SECURE=settings.session_cookie_secure,
         JWT_COOKIE_SAMESITE=settings.session_cookie_samesite,
         # CSRF is checked here (gateway/csrf.py): flask-jwt-extended's own check reads form
         # fields through request.form, which would buffer a whole upload before the check.

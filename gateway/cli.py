@@ -74,7 +74,7 @@ def register(app: Flask) -> None:
         settings = svc.settings
         stop = threading.Event()
         lanes: dict[str, Worker] = {}  # by queue URL
-        if settings.processing == "on":
+        if settings.processing:
             lanes[settings.queue_url] = Worker(
                 svc.queue,
                 svc.pipeline.handle,

@@ -42,22 +42,31 @@ def _host_port(bind: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def positive(default: int) -> Any:
+    """A setting that must be above 0 (``validate`` says so, naming its variable)."""
+    return field(default=default, metadata={"rule": "positive"})
+
+
+def positive_seconds(default: float) -> Any:
+    return field(default=default, metadata={"rule": "positive seconds"})
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where objects go: "s3://bucket/prefix" or a local directory (the embedded default).
     storage_url: str = "var/media"
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
-    s3_part_size: int = 6 * MiB
-    s3_parts_in_flight: int = 2
-    s3_max_pool_connections: int = 64
+    s3_part_size: int = positive(6 * MiB)
+    s3_parts_in_flight: int = positive(2)
+    s3_max_pool_connections: int = positive(64)
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 60.0
-    s3_max_attempts: int = 5
+    s3_max_attempts: int = positive(5)
     # "on" only for a store that refuses a PutObject whose x-amz-checksum-sha256 differs from
     # its bytes and reports it on HeadObject (AWS S3; not moto, not Ceph RGW 16): a direct
     # upload's promised SHA-256 is then taken from S3 instead of read back (gateway/direct.py).
-    s3_verifies_sha256: str = "off"
+    s3_verifies_sha256: bool = False
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
     dynamodb_endpoint_url: str = ""
@@ -75,24 +84,24 @@ class Settings:
     cdn_base_url: str = ""
     cloudfront_key_id: str = ""
     cloudfront_private_key: str = field(default="", repr=False)
-    cloudfront_url_ttl: int = 3600
+    cloudfront_url_ttl: int = positive(3600)
     public_base_url: str = ""  # embedded mode: absolute base for media URLs (else the request's)
     trusted_proxies: int = 0  # X-Forwarded-* hops to trust (1 behind the bundled nginx)
 
-    max_upload_bytes: int = 500 * MiB
+    max_upload_bytes: int = positive(500 * MiB)
     allowed_types: tuple[str, ...] = ("image/*", "video/*")
-    max_files: int = 10
-    max_fields: int = 20
-    max_field_bytes: int = 4096
-    max_part_header_bytes: int = 8192
-    max_filename_chars: int = 255
-    read_size: int = 1 * MiB
+    max_files: int = positive(10)
+    max_fields: int = positive(20)
+    max_field_bytes: int = positive(4096)
+    max_part_header_bytes: int = positive(8192)
+    max_filename_chars: int = positive(255)
+    read_size: int = positive(1 * MiB)
     # A slow body holds a worker connection: end it with 408 when no byte comes for
     # body_idle_timeout seconds, or when it falls behind body_min_rate bytes per second of
     # waiting (0: no rate check), with body_rate_grace seconds of credit at the start and at
     # most that much banked (gateway/bodies.py). Keep the idle limit below nginx's
     # client_body_timeout so that the gateway's JSON 408 is what the client sees.
-    body_idle_timeout: float = 30.0
+    body_idle_timeout: float = positive_seconds(30.0)
     body_min_rate: int = 1024
     body_rate_grace: float = 30.0
     # A graceful stop (SIGTERM to gunicorn, gateway/shutdown.py): /readyz answers 503 for
@@ -102,63 +111,63 @@ class Settings:
     shutdown_upload_grace: float = 60.0
 
     # Direct-to-S3 uploads (presigned): at or under the threshold one PUT/POST, above it multipart.
-    direct_single_put_max: int = 5 * MiB
-    direct_max_bytes: int = 5 * 1024 * MiB
-    direct_max_files: int = 20
-    direct_part_size: int = 8 * MiB
-    direct_url_ttl: int = 3600
-    direct_max_batch_bytes: int = 10 * 1024 * MiB  # bytes one initiate may promise in all
-    direct_max_pending: int = 100  # pending direct uploads per caller (more: 429)
-    direct_part_urls_per_page: int = 100  # part URLs per answer (more: GET .../parts)
+    direct_single_put_max: int = positive(5 * MiB)
+    direct_max_bytes: int = positive(5 * 1024 * MiB)
+    direct_max_files: int = positive(20)
+    direct_part_size: int = positive(8 * MiB)
+    direct_url_ttl: int = positive(3600)
+    direct_max_batch_bytes: int = positive(10 * 1024 * MiB)  # bytes one initiate may promise in all
+    direct_max_pending: int = positive(100)  # pending direct uploads per caller (more: 429)
+    direct_part_urls_per_page: int = positive(100)  # part URLs per answer (more: GET .../parts)
 
     # The job queue of the processing pipeline: "sqlite:///path" (default) or "sqs://name".
     queue_url: str = "sqlite:///var/queue.db"
     sqs_endpoint_url: str = ""
-    queue_max_receives: int = 5  # deliveries of a failing job before its dead letter
-    processing: str = "on"  # "off": uploads end at stored, nothing is queued
-    worker_concurrency: int = 2
-    job_lease_seconds: int = 60
+    queue_max_receives: int = positive(5)  # deliveries of a failing job before its dead letter
+    processing: bool = True  # "off": uploads end at stored, nothing is queued
+    worker_concurrency: int = positive(2)
+    job_lease_seconds: int = positive(60)
 
     # Scanning: with a clamd, new objects wait in the quarantine until scanned clean.
     clamd_url: str = ""  # unix:///path or tcp://host:port
-    clamd_timeout: float = 60.0
+    clamd_timeout: float = positive_seconds(60.0)
     quarantine_url: str = ""  # default: var/quarantine, or s3://<bucket>/<prefix>-quarantine
-    keep_infected: str = "off"  # "on": keep infected objects in the quarantine
+    keep_infected: bool = False  # "on": keep infected objects in the quarantine
 
     # Describing and deriving (gateway/derive.py), in a sandboxed child process.
     thumbnail_sizes: tuple[int, ...] = (320, 1280)
-    max_image_pixels: int = 50_000_000
-    strip_gps: str = "off"  # "on": also remove GPS from JPEG originals (variants never have it)
-    sandbox_memory: int = 1024 * MiB
-    sandbox_timeout: float = 120.0
+    max_image_pixels: int = positive(50_000_000)
+    strip_gps: bool = False  # "on": also remove GPS from JPEG originals (variants never have it)
+    sandbox_memory: int = positive(1024 * MiB)
+    sandbox_timeout: float = positive_seconds(120.0)
 
     # Resumable uploads (tus 1.0, /api/tus/).
-    tus_max_bytes: int = 5 * 1024 * MiB
-    tus_expiry_seconds: int = 24 * 3600  # an unfinished upload ends after this
-    tus_lock_seconds: int = 60  # a PATCH's lease on its upload (renewed while it runs)
-    tus_max_checksum_chunk: int = 64 * MiB  # a checksummed chunk is held until verified
+    tus_max_bytes: int = positive(5 * 1024 * MiB)
+    tus_expiry_seconds: int = positive(24 * 3600)  # an unfinished upload ends after this
+    tus_lock_seconds: int = positive(60)  # a PATCH's lease on its upload (renewed while it runs)
+    tus_max_checksum_chunk: int = positive(64 * MiB)  # a checksummed chunk is held until verified
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
 
     # Browsers (gateway/api/pages.py): the JWT may also come in this cookie, and then only with
     # its CSRF token (gateway/csrf.py). The __Host- prefix needs session_cookie_secure on.
     session_cookie: str = "__Host-gateway_session"
-    session_cookie_secure: str = "on"
+    session_cookie_secure: bool = True
     session_cookie_samesite: str = "Lax"  # Lax, Strict or None (None needs secure on)
     csrf_secret: str = field(default="", repr=False)  # default: derived from the JWT key
     redirect_origins: tuple[str, ...] = ()  # where a form's `redirect` may lead (own: always)
-    page_direct_min_bytes: int = 64 * MiB  # /upload sends files this big direct to S3
+    page_direct_min_bytes: int = positive(64 * MiB)  # /upload sends files this big direct to S3
 
     # Webhooks (Standard Webhooks): media.stored/ready/failed/infected/deleted.
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)  # whsec_<base64>
-    webhook_timeout: float = 10.0
+    webhook_timeout: float = positive_seconds(10.0)
     # Deliveries have their own queue and lane in the worker, so a slow receiver never holds a
     # processing job's slot. "": beside the processing queue (<file>-webhooks.db, sqs://<name>-
     # webhooks). webhook_concurrency: deliveries at once to the endpoint, per worker process.
     webhook_queue_url: str = ""
-    webhook_concurrency: int = 4
+    webhook_concurrency: int = positive(4)
     # Live status: open /api/media/<id>/events streams per worker process.
-    max_event_streams: int = 100
+    max_event_streams: int = positive(100)
 
     # Quotas (0: none): what one project, and one tenant in all, may hold (pending uploads at
     # their promised size, and streamed uploads in flight, included). 413 quota_exceeded.
@@ -168,10 +177,10 @@ class Settings:
     quota_tenant_files: int = 0
     # A streamed upload's reservation lives this long past its last activity (renewed as its
     # bytes arrive); one left by a process that died ends then.
-    quota_reservation_seconds: int = 300
+    quota_reservation_seconds: int = positive(300)
 
-    idempotency_ttl: int = 24 * 3600
-    idempotency_lock_timeout: int = 3600
+    idempotency_ttl: int = positive(24 * 3600)
+    idempotency_lock_timeout: int = positive(3600)
     log_level: str = "INFO"
     # Prometheus metrics at /metrics, only on this extra listener (host:port) of gunicorn, never
     # on the public one; the processing worker serves its own on worker_metrics_bind. "": off.
@@ -204,45 +213,14 @@ class Settings:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"{_env_name(name)}: {why}")
 
-        for name in (
-            "s3_part_size",
-            "s3_parts_in_flight",
-            "s3_max_pool_connections",
-            "s3_max_attempts",
-            "max_upload_bytes",
-            "max_files",
-            "max_fields",
-            "max_field_bytes",
-            "max_part_header_bytes",
-            "max_filename_chars",
-            "read_size",
-            "cloudfront_url_ttl",
-            "idempotency_ttl",
-            "idempotency_lock_timeout",
-            "direct_single_put_max",
-            "direct_max_bytes",
-            "direct_max_files",
-            "direct_part_size",
-            "direct_url_ttl",
-            "direct_max_batch_bytes",
-            "direct_max_pending",
-            "direct_part_urls_per_page",
-            "queue_max_receives",
-            "tus_max_bytes",
-            "tus_expiry_seconds",
-            "tus_lock_seconds",
-            "tus_max_checksum_chunk",
-            "worker_concurrency",
-            "job_lease_seconds",
-            "webhook_concurrency",
-            "max_image_pixels",
-            "sandbox_memory",
-            "max_event_streams",
-            "quota_reservation_seconds",
-            "page_direct_min_bytes",
-        ):
-            if getattr(self, name) <= 0:
-                fail(name, "must be a positive number")
+        for f in fields(self):
+            rule = f.metadata.get("rule")
+            if rule == "positive" and getattr(self, f.name) <= 0:
+                fail(f.name, "must be a positive number")
+            elif rule == "positive seconds" and getattr(self, f.name) <= 0:
+                fail(f.name, "must be a positive number of seconds")
+            elif f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+                fail(f.name, "must be on or off")
         if self.s3_part_size < S3_MIN_PART_SIZE:
             fail("s3_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
         if self.direct_single_put_max > 5 * 1024 * MiB:
@@ -255,8 +233,6 @@ class Settings:
             fail("direct_max_files", "at most 97 (one DynamoDB transaction, with its counters)")
         if self.max_files > 95:
             fail("max_files", "at most 95 (one DynamoDB transaction, with its answer and counters)")
-        if self.body_idle_timeout <= 0:
-            fail("body_idle_timeout", "must be a positive number of seconds")
         if self.shutdown_delay < 0 or self.shutdown_upload_grace < 0:
             fail(
                 "shutdown_delay" if self.shutdown_delay < 0 else "shutdown_upload_grace",
@@ -268,7 +244,7 @@ class Settings:
             fail("body_rate_grace", "must be a positive number of seconds")
         if self.session_cookie_samesite not in ("Lax", "Strict", "None"):
             fail("session_cookie_samesite", "must be Lax, Strict or None")
-        if self.session_cookie_secure == "off" and (
+        if not self.session_cookie_secure and (
             self.session_cookie.startswith(("__Host-", "__Secure-"))
             or self.session_cookie_samesite == "None"
         ):
@@ -278,20 +254,8 @@ class Settings:
         for origin in self.redirect_origins:
             if origin_of(origin) != origin.lower():
                 fail("redirect_origins", f"{origin!r} is not an origin (scheme://host[:port])")
-        for name in (
-            "processing",
-            "keep_infected",
-            "strip_gps",
-            "session_cookie_secure",
-            "s3_verifies_sha256",
-        ):
-            if getattr(self, name) not in ("on", "off"):
-                fail(name, "must be on or off")
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):
             fail("thumbnail_sizes", "one or more sizes in pixels, 16-4096 each")
-        for name in ("clamd_timeout", "sandbox_timeout", "webhook_timeout"):
-            if getattr(self, name) <= 0:
-                fail(name, "must be a positive number of seconds")
         # Also without scanning: failed media are withheld there.
         if (urlparse(self.storage_url).scheme == "s3") != (
             urlparse(self.effective_quarantine_url).scheme == "s3"
@@ -476,6 +440,10 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     name = _env_name(f.name)
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
+        if kind == "bool":
+            if raw.strip() not in ("on", "off"):
+                raise ConfigError(f"{name}: must be on or off, not {raw!r}")
+            return raw.strip() == "on"
         if kind == "int":
             return int(raw.strip())
         if kind == "float":

@@ -692,13 +692,13 @@ class DirectUploadService:
         nothing else ever reads it, so it is read back here."""
         promised = self._upload(record).promised_sha256
         etag = head.etag or None
-        if promised and self.settings.s3_verifies_sha256 == "on":
+        if promised and self.settings.s3_verifies_sha256:
             reported = self.direct.reported_sha256(key, if_match=etag)
             if reported is not None:
                 if reported != promised:
                     return Checked(SHA256_DIFFERS)
                 return Checked(None, promised, Sha256State.VERIFIED)
-        if not promised and self.settings.processing == "on":
+        if not promised and self.settings.processing:
             return Checked(None)
         actual = self.direct.sha256(key, if_match=etag)
         if not promised:

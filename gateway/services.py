@@ -66,7 +66,7 @@ class Services:
             publisher
             or QueuePublisher(
                 queue,
-                processing=settings.processing == "on",
+                processing=settings.processing,
                 webhooks=webhook_queue,
                 then=LogPublisher(),
             )
@@ -111,9 +111,9 @@ class Services:
                 journal=journal,
                 direct=direct,
                 quarantine=storage.holding,  # the quarantine, or where failed media wait
-                queue=queue if settings.processing == "on" else None,
+                queue=queue if settings.processing else None,
                 tus=tus,
-                keep_infected=settings.keep_infected == "on",
+                keep_infected=settings.keep_infected,
             ),
         )
 
@@ -140,11 +140,11 @@ class Services:
                 derive=DeriveOptions(
                     thumbnail_sizes=s.thumbnail_sizes,
                     max_pixels=s.max_image_pixels,
-                    strip_gps=s.strip_gps == "on",
+                    strip_gps=s.strip_gps,
                 ),
                 sandbox_memory=s.sandbox_memory,
                 sandbox_timeout=s.sandbox_timeout,
-                keep_infected=s.keep_infected == "on",
+                keep_infected=s.keep_infected,
             ),
             webhook_queue=self.webhook_queue,
             direct=self.direct,
@@ -176,7 +176,7 @@ class Services:
             self.storage.direct.allow_browsers(self.settings.cors_origins)
         if self.webhook_queue is not None:
             self.webhook_queue.create()
-        if self.settings.processing == "on":
+        if self.settings.processing:
             self.queue.create()
             from .queue.sqs import SqsQueue  # only here: the embedded mode never loads boto3
 

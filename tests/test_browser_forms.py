@@ -130,7 +130,7 @@ def test_the_cookie_name_and_attributes_are_settings(tmp_path, token):
     settings = make_settings(
         tmp_path,
         session_cookie="uploads",
-        session_cookie_secure="off",
+        session_cookie_secure=False,
         session_cookie_samesite="Strict",
     )
     app = create_app(settings)

@@ -222,7 +222,7 @@ def test_with_scanning_the_scan_read_computes_it(tmp_path, moto_url, clamd_url, 
 
 def test_with_processing_off_complete_computes_it(tmp_path, moto_url, monkeypatch):
     """Nothing else would ever read the object: complete reads it back once."""
-    client, svc, auth = direct_gateway(tmp_path, moto_url, processing="off")
+    client, svc, auth = direct_gateway(tmp_path, moto_url, processing=False)
     checks = count_s3_checks(svc, monkeypatch)
     content = png_bytes(300_000)
     upload, done = upload_direct(client, auth, content, "image/png", "put")
@@ -309,7 +309,7 @@ def test_the_read_back_catches_bytes_a_store_accepted_under_the_promised_checksu
 
 # -- where S3 verifies the checksum (GATEWAY_S3_VERIFIES_SHA256=on) -----------------------------------
 def test_where_s3_verifies_it_its_checksum_stands_in_for_the_read(tmp_path, moto_url, monkeypatch):
-    client, svc, auth = direct_gateway(tmp_path, moto_url, s3_verifies_sha256="on")
+    client, svc, auth = direct_gateway(tmp_path, moto_url, s3_verifies_sha256=True)
     checks = count_s3_checks(svc, monkeypatch)
     content = png_bytes(300_000)
     upload, done = upload_direct(client, auth, content, "image/png", "put", sha256=True)
@@ -326,7 +326,7 @@ def test_where_s3_verifies_it_its_checksum_stands_in_for_the_read(tmp_path, moto
 def test_where_s3_verifies_it_a_different_checksum_is_refused_unread(
     tmp_path, moto_url, monkeypatch
 ):
-    client, svc, auth = direct_gateway(tmp_path, moto_url, s3_verifies_sha256="on")
+    client, svc, auth = direct_gateway(tmp_path, moto_url, s3_verifies_sha256=True)
     checks = count_s3_checks(svc, monkeypatch)
     content = png_bytes(300_000)
     [upload] = initiate(client, auth, [promise(content, "image/png", sha256=True)]).get_json()[
@@ -349,7 +349,7 @@ def test_where_s3_verifies_it_objects_without_its_checksum_are_read_back(
 ):
     """A POST form carries no checksum header; a multipart object has only a checksum of its
     parts' checksums: both are read back."""
-    client, svc, auth = direct_gateway(tmp_path, moto_url, s3_verifies_sha256="on")
+    client, svc, auth = direct_gateway(tmp_path, moto_url, s3_verifies_sha256=True)
     checks = count_s3_checks(svc, monkeypatch)
     content = mp4_bytes(PART + 1000) if method == "multipart" else png_bytes(300_000)
     kind = "video/mp4" if method == "multipart" else "image/png"

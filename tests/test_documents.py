@@ -25,7 +25,7 @@ def _gateway(tmp_path, backend, request, allowed_types: str):
         backend=backend,
         moto_url=moto,
         allowed_types=tuple(allowed_types.split(",")),
-        processing="off",
+        processing=False,
     )
     app = create_app(settings)
     svc = app.extensions["gateway"]

@@ -260,11 +260,11 @@ class _Sock:
 
 @pytest.fixture
 def metrics_app(tmp_path):
-    return create_app(make_settings(tmp_path, metrics_bind="127.0.0.1:9464", processing="off"))
+    return create_app(make_settings(tmp_path, metrics_bind="127.0.0.1:9464", processing=False))
 
 
 def test_metrics_route_exists_only_with_a_metrics_bind(tmp_path):
-    plain = create_app(make_settings(tmp_path, processing="off")).test_client()
+    plain = create_app(make_settings(tmp_path, processing=False)).test_client()
     on_port = {"gunicorn.socket": _Sock(9464)}
     assert plain.get("/metrics", environ_overrides=on_port).status_code == 404
     assert plain.get("/healthz", environ_overrides=on_port).status_code == 200
@@ -296,7 +296,7 @@ def test_a_unix_socket_listener_is_not_the_metrics_listener(metrics_app):
 
 
 def test_made_up_methods_and_paths_add_no_series(tmp_path):
-    client = create_app(make_settings(tmp_path, processing="off")).test_client()
+    client = create_app(make_settings(tmp_path, processing=False)).test_client()
 
     def send(methods: list[str], paths: list[str]) -> None:
         for method in methods:
@@ -324,7 +324,7 @@ def test_made_up_methods_and_paths_add_no_series(tmp_path):
 
 
 def test_a_matched_route_is_labelled_by_its_template_not_its_path(tmp_path):
-    client = create_app(make_settings(tmp_path, processing="off")).test_client()
+    client = create_app(make_settings(tmp_path, processing=False)).test_client()
     before = parse(metrics.scrape().decode())
     for n in range(3):
         assert client.get(f"/api/media/{n:032x}").status_code == 401  # no token

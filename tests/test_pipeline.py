@@ -130,7 +130,7 @@ def test_a_photo_becomes_ready_with_upright_thumbnails_and_no_gps(tmp_path):
 
 
 def test_gps_is_stripped_from_the_original_when_asked(tmp_path):
-    app, svc, auth = gateway(tmp_path, strip_gps="on")
+    app, svc, auth = gateway(tmp_path, strip_gps=True)
     client = app.test_client()
     original = samples.photo(800, 600, xmp=True)
     media = upload(client, auth, original)
@@ -281,7 +281,7 @@ def test_nothing_is_public_before_a_clean_scan(tmp_path, clamd_url, infected):
 def test_an_infected_file_kept_in_the_quarantine_survives_the_sweeper(tmp_path, clamd_url):
     from datetime import timedelta
 
-    app, svc, auth = gateway(tmp_path, clamd_url=clamd_url, keep_infected="on")
+    app, svc, auth = gateway(tmp_path, clamd_url=clamd_url, keep_infected=True)
     client = app.test_client()
     photo = samples.photo(800, 600)
     content = photo[:1000] + MARKER + photo[1000:]
@@ -374,7 +374,7 @@ def test_long_polling_answers_when_the_version_changes(tmp_path):
 
 
 def test_event_streams_are_bounded(tmp_path):
-    app, _, auth = gateway(tmp_path, max_event_streams=1, processing="off")
+    app, _, auth = gateway(tmp_path, max_event_streams=1, processing=False)
     client = app.test_client()
     media = upload(client, auth, samples.png())
     first = client.get(f"/api/media/{media['mediaId']}/events", headers=auth, buffered=False)
@@ -386,7 +386,7 @@ def test_event_streams_are_bounded(tmp_path):
 
 
 def test_head_requests_and_unread_streams_give_their_slot_back(tmp_path):
-    app, _, auth = gateway(tmp_path, max_event_streams=1, processing="off")
+    app, _, auth = gateway(tmp_path, max_event_streams=1, processing=False)
     client = app.test_client()
     url = f"/api/media/{upload(client, auth, samples.png())['mediaId']}/events"
     for _ in range(3):

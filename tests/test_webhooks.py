@@ -207,7 +207,7 @@ def test_a_held_delivery_keeps_its_lease_and_is_sent_once(tmp_path):
     polling all along: the heartbeat renews the lease while the receiver holds it."""
     with Receiver(held=True) as receiver:
         app, svc, auth = hooked_gateway(
-            tmp_path, receiver, processing="off", webhook_timeout=600, webhook_concurrency=1
+            tmp_path, receiver, processing=False, webhook_timeout=600, webhook_concurrency=1
         )
         renewals = []
         retry_later = svc.webhook_queue.retry_later
@@ -234,7 +234,7 @@ def test_a_held_delivery_keeps_its_lease_and_is_sent_once(tmp_path):
 def test_a_receiver_that_times_out_is_one_failed_attempt_each_then_a_dead_letter(tmp_path):
     with Receiver(held=True) as receiver:
         app, svc, auth = hooked_gateway(
-            tmp_path, receiver, processing="off", webhook_timeout=0.3, queue_max_receives=3
+            tmp_path, receiver, processing=False, webhook_timeout=0.3, queue_max_receives=3
         )
         media_id = upload(app, auth, 0)
         webhook_id = f"{media_id}.media.stored"
@@ -289,7 +289,7 @@ def test_a_webhook_job_left_on_the_processing_queue_moves_to_the_webhook_queue(t
 
 
 def test_without_a_webhook_there_is_no_webhook_lane(tmp_path):
-    settings = make_settings(tmp_path, processing="off")
+    settings = make_settings(tmp_path, processing=False)
     app = create_app(settings)
     svc = app.extensions["gateway"]
     assert (svc.webhook_queue, svc.deliveries) == (None, None)

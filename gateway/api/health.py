@@ -35,5 +35,5 @@ def readyz() -> tuple[Response, int]:
 @metrics_bp.get("/metrics")
 def scrape() -> Response:
     svc = services()
-    queue = [metrics.QueueCollector(svc.queue.stats)] if svc.settings.processing == "on" else []
+    queue = [metrics.QueueCollector(svc.queue.stats)] if svc.settings.processing else []
     return Response(metrics.scrape(queue), content_type=metrics.CONTENT_TYPE)
