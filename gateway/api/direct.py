@@ -221,38 +221,11 @@ def api_description() -> Described:
                     "security": BEARER,
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["method", "key"],
-                                    "properties": {
-                                        "method": {"enum": ["PUT", "POST", "GET", "DELETE"]},
-                                        "key": {"type": "string"},
-                                        "uploadId": {"type": "string"},
-                                        "partNumber": {"type": "integer"},
-                                        "contentType": {"type": "string"},
-                                        "expiresIn": {"type": "integer"},
-                                    },
-                                }
-                            }
-                        },
+                        "content": {JSON: {"schema": _SIGN_REQUEST}},
                     },
                     "responses": {
                         "200": json_response(
-                            {
-                                "type": "object",
-                                "required": ["url", "headers"],
-                                "properties": {
-                                    "url": {"type": "string"},
-                                    "key": {"type": "string"},
-                                    "headers": {
-                                        "type": "object",
-                                        "additionalProperties": {"type": "string"},
-                                    },
-                                },
-                            },
-                            "The URL and the headers it was signed with.",
+                            _SIGNED_REQUEST, "The URL and the headers it was signed with."
                         ),
                         **ERROR_RESPONSES,
                     },
@@ -323,126 +296,146 @@ def api_description() -> Described:
             },
         },
         schemas={
-            "DirectUpload": _direct_upload_schema(),
-            "PartUrl": {
-                "type": "object",
-                "required": ["partNumber", "size", "url"],
-                "properties": {
-                    "partNumber": {"type": "integer"},
-                    "size": {"type": "integer"},
-                    "url": {"type": "string"},
-                },
-            },
-            "Initiate": {
-                "type": "object",
-                "required": ["projectId", "files"],
-                "properties": {
-                    "projectId": {"type": "string"},
-                    "signRequests": {
-                        "type": "boolean",
-                        "description": "The client sends every S3 request itself, each signed "
-                        "by POST /api/uploads/sign (Uppy's @uppy/aws-s3 signRequest); it creates "
-                        "the multipart upload.",
-                    },
-                    "files": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["filename", "contentType", "size"],
-                            "properties": {
-                                "filename": {"type": "string"},
-                                "contentType": {"type": "string"},
-                                "size": {"type": "integer", "minimum": 1},
-                                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                            },
-                        },
-                    },
-                },
-            },
-            "Complete": {
-                "type": "object",
-                "properties": {
-                    "parts": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["partNumber", "etag"],
-                            "properties": {
-                                "partNumber": {"type": "integer"},
-                                "etag": {"type": "string"},
-                            },
-                        },
-                    }
-                },
-            },
+            "DirectUpload": _DIRECT_UPLOAD,
+            "PartUrl": _PART_URL,
+            "Initiate": _INITIATE,
+            "Complete": _COMPLETE,
         },
     )
 
 
-def _direct_upload_schema() -> Schema:
-    """What ``upload_json`` answers, with initiate's instructions (put, post, multipart)."""
-    return {
-        "type": "object",
-        "required": [
-            "uploadId",
-            "mediaId",
-            "status",
-            "method",
-            "projectId",
-            "filename",
-            "contentType",
-            "size",
-            "s3Key",
-            "expiresAt",
-        ],
-        "properties": {
-            "success": {"const": True},
-            "uploadId": {"type": "string"},
-            "mediaId": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": ["pending", "stored", "rejected", "aborted", "expired", *VISIBLE_STATUSES],
-            },
-            "method": {"type": "string", "enum": ["put", "multipart"]},
-            "projectId": {"type": "string"},
-            "filename": {"type": "string"},
-            "contentType": {"type": "string"},
-            "size": {"type": ["integer", "null"]},
-            "s3Key": {"type": "string"},
-            "expiresAt": {"type": "string"},
-            "reason": {"type": "string"},
-            "partsReceived": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["partNumber", "size", "etag"],
-                    "properties": {
-                        "partNumber": {"type": "integer"},
-                        "size": {"type": "integer"},
-                        "etag": {"type": "string"},
-                    },
-                },
-            },
-            "bytesReceived": {"type": "integer"},
-            "key": {"type": "string", "description": "signRequests: the S3 key to send to."},
-            "media": ref("Media"),
-            "url": NULLABLE_STRING,
-            "put": {
+# What ``upload_json`` answers, with initiate's instructions (put, post, multipart).
+_DIRECT_UPLOAD: Schema = {
+    "type": "object",
+    "required": [
+        "uploadId",
+        "mediaId",
+        "status",
+        "method",
+        "projectId",
+        "filename",
+        "contentType",
+        "size",
+        "s3Key",
+        "expiresAt",
+    ],
+    "properties": {
+        "success": {"const": True},
+        "uploadId": {"type": "string"},
+        "mediaId": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "stored", "rejected", "aborted", "expired", *VISIBLE_STATUSES],
+        },
+        "method": {"type": "string", "enum": ["put", "multipart"]},
+        "projectId": {"type": "string"},
+        "filename": {"type": "string"},
+        "contentType": {"type": "string"},
+        "size": {"type": ["integer", "null"]},
+        "s3Key": {"type": "string"},
+        "expiresAt": {"type": "string"},
+        "reason": {"type": "string"},
+        "partsReceived": {
+            "type": "array",
+            "items": {
                 "type": "object",
-                "properties": {"url": {"type": "string"}, "headers": {"type": "object"}},
-            },
-            "post": {
-                "type": "object",
-                "properties": {"url": {"type": "string"}, "fields": {"type": "object"}},
-            },
-            "multipart": {
-                "type": "object",
+                "required": ["partNumber", "size", "etag"],
                 "properties": {
-                    "partSize": {"type": "integer"},
-                    "partCount": {"type": "integer"},
-                    "parts": {"type": "array", "items": ref("PartUrl")},
+                    "partNumber": {"type": "integer"},
+                    "size": {"type": "integer"},
+                    "etag": {"type": "string"},
                 },
             },
         },
-    }
+        "bytesReceived": {"type": "integer"},
+        "key": {"type": "string", "description": "signRequests: the S3 key to send to."},
+        "media": ref("Media"),
+        "url": NULLABLE_STRING,
+        "put": {
+            "type": "object",
+            "properties": {"url": {"type": "string"}, "headers": {"type": "object"}},
+        },
+        "post": {
+            "type": "object",
+            "properties": {"url": {"type": "string"}, "fields": {"type": "object"}},
+        },
+        "multipart": {
+            "type": "object",
+            "properties": {
+                "partSize": {"type": "integer"},
+                "partCount": {"type": "integer"},
+                "parts": {"type": "array", "items": ref("PartUrl")},
+            },
+        },
+    },
+}
+_PART_URL: Schema = {
+    "type": "object",
+    "required": ["partNumber", "size", "url"],
+    "properties": {
+        "partNumber": {"type": "integer"},
+        "size": {"type": "integer"},
+        "url": {"type": "string"},
+    },
+}
+_INITIATE: Schema = {
+    "type": "object",
+    "required": ["projectId", "files"],
+    "properties": {
+        "projectId": {"type": "string"},
+        "signRequests": {
+            "type": "boolean",
+            "description": "The client sends every S3 request itself, each signed "
+            "by POST /api/uploads/sign (Uppy's @uppy/aws-s3 signRequest); it creates "
+            "the multipart upload.",
+        },
+        "files": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["filename", "contentType", "size"],
+                "properties": {
+                    "filename": {"type": "string"},
+                    "contentType": {"type": "string"},
+                    "size": {"type": "integer", "minimum": 1},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
+        },
+    },
+}
+_COMPLETE: Schema = {
+    "type": "object",
+    "properties": {
+        "parts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["partNumber", "etag"],
+                "properties": {"partNumber": {"type": "integer"}, "etag": {"type": "string"}},
+            },
+        }
+    },
+}
+_SIGN_REQUEST: Schema = {
+    "type": "object",
+    "required": ["method", "key"],
+    "properties": {
+        "method": {"enum": ["PUT", "POST", "GET", "DELETE"]},
+        "key": {"type": "string"},
+        "uploadId": {"type": "string"},
+        "partNumber": {"type": "integer"},
+        "contentType": {"type": "string"},
+        "expiresIn": {"type": "integer"},
+    },
+}
+_SIGNED_REQUEST: Schema = {
+    "type": "object",
+    "required": ["url", "headers"],
+    "properties": {
+        "url": {"type": "string"},
+        "key": {"type": "string"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
