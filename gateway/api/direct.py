@@ -17,6 +17,20 @@ from ..storage import PartInfo
 from ..weblog import note, note_upload
 from . import services
 from .present import media_json, upload_seconds
+from .spec import (
+    BEARER,
+    ERROR_RESPONSES,
+    JSON,
+    NULLABLE_STRING,
+    UPLOAD_ID,
+    VISIBLE_STATUSES,
+    Described,
+    Schema,
+    json_response,
+    named_response,
+    query_param,
+    ref,
+)
 
 bp = Blueprint("direct", __name__)
 MAX_JSON_BYTES = 256 * 1024
@@ -168,3 +182,260 @@ def abort(upload_id: str) -> Response:
     principal = authenticate()
     record = _service().abort(principal, upload_id)
     return jsonify(success=True, **upload_json(record))
+
+
+def api_description() -> Described:
+    return Described(
+        paths={
+            "/api/uploads/initiate": {
+                "post": {
+                    "summary": "Direct-to-S3: promise files, get presigned URLs (S3 mode only)",
+                    "security": BEARER,
+                    "requestBody": {
+                        "required": True,
+                        "content": {JSON: {"schema": ref("Initiate")}},
+                    },
+                    "responses": {
+                        "201": json_response(
+                            {
+                                "type": "object",
+                                "required": ["success", "uploads"],
+                                "properties": {
+                                    "success": {"const": True},
+                                    "uploads": {"type": "array", "items": ref("DirectUpload")},
+                                },
+                            },
+                            "Pending uploads with how to send each.",
+                        ),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/api/uploads/sign": {
+                "post": {
+                    "summary": "Presign one S3 request of a signRequests upload (@uppy/aws-s3)",
+                    "description": "PutObject to a single upload's key; CreateMultipartUpload, "
+                    "UploadPart, ListParts, CompleteMultipartUpload, AbortMultipartUpload of a "
+                    "multipart one. The first uploadId seen is the upload's; complete still "
+                    "checks what S3 holds.",
+                    "security": BEARER,
+                    "requestBody": {
+                        "required": True,
+                        "content": {JSON: {"schema": _SIGN_REQUEST}},
+                    },
+                    "responses": {
+                        "200": json_response(
+                            _SIGNED_REQUEST, "The URL and the headers it was signed with."
+                        ),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/api/uploads/{uploadId}": {
+                "get": {
+                    "summary": "A direct upload's status and the parts S3 holds so far",
+                    "security": BEARER,
+                    "parameters": [UPLOAD_ID],
+                    "responses": {
+                        "200": named_response("DirectUpload", "The upload."),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/api/uploads/{uploadId}/parts": {
+                "get": {
+                    "summary": "More presigned part URLs of a pending multipart upload",
+                    "security": BEARER,
+                    "parameters": [
+                        UPLOAD_ID,
+                        query_param("first", {"type": "integer"}, "The first part number (1)."),
+                        query_param("count", {"type": "integer"}, "How many (at most a page)."),
+                    ],
+                    "responses": {
+                        "200": json_response(
+                            {
+                                "type": "object",
+                                "required": ["success", "uploadId", "parts"],
+                                "properties": {
+                                    "success": {"const": True},
+                                    "uploadId": {"type": "string"},
+                                    "parts": {"type": "array", "items": ref("PartUrl")},
+                                },
+                            },
+                            "Part URLs.",
+                        ),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/api/uploads/{uploadId}/complete": {
+                "post": {
+                    "summary": "Check what S3 holds and store it (or reject it: 422)",
+                    "security": BEARER,
+                    "parameters": [UPLOAD_ID],
+                    "requestBody": {
+                        "required": False,
+                        "content": {JSON: {"schema": ref("Complete")}},
+                    },
+                    "responses": {
+                        "200": named_response("DirectUpload", "Stored."),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/api/uploads/{uploadId}/abort": {
+                "post": {
+                    "summary": "Abort a pending direct upload and remove what was sent",
+                    "security": BEARER,
+                    "parameters": [UPLOAD_ID],
+                    "responses": {
+                        "200": named_response("DirectUpload", "Aborted."),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+        },
+        schemas={
+            "DirectUpload": _DIRECT_UPLOAD,
+            "PartUrl": _PART_URL,
+            "Initiate": _INITIATE,
+            "Complete": _COMPLETE,
+        },
+    )
+
+
+# What ``upload_json`` answers, with initiate's instructions (put, post, multipart).
+_DIRECT_UPLOAD: Schema = {
+    "type": "object",
+    "required": [
+        "uploadId",
+        "mediaId",
+        "status",
+        "method",
+        "projectId",
+        "filename",
+        "contentType",
+        "size",
+        "s3Key",
+        "expiresAt",
+    ],
+    "properties": {
+        "success": {"const": True},
+        "uploadId": {"type": "string"},
+        "mediaId": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "stored", "rejected", "aborted", "expired", *VISIBLE_STATUSES],
+        },
+        "method": {"type": "string", "enum": ["put", "multipart"]},
+        "projectId": {"type": "string"},
+        "filename": {"type": "string"},
+        "contentType": {"type": "string"},
+        "size": {"type": ["integer", "null"]},
+        "s3Key": {"type": "string"},
+        "expiresAt": {"type": "string"},
+        "reason": {"type": "string"},
+        "partsReceived": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["partNumber", "size", "etag"],
+                "properties": {
+                    "partNumber": {"type": "integer"},
+                    "size": {"type": "integer"},
+                    "etag": {"type": "string"},
+                },
+            },
+        },
+        "bytesReceived": {"type": "integer"},
+        "key": {"type": "string", "description": "signRequests: the S3 key to send to."},
+        "media": ref("Media"),
+        "url": NULLABLE_STRING,
+        "put": {
+            "type": "object",
+            "properties": {"url": {"type": "string"}, "headers": {"type": "object"}},
+        },
+        "post": {
+            "type": "object",
+            "properties": {"url": {"type": "string"}, "fields": {"type": "object"}},
+        },
+        "multipart": {
+            "type": "object",
+            "properties": {
+                "partSize": {"type": "integer"},
+                "partCount": {"type": "integer"},
+                "parts": {"type": "array", "items": ref("PartUrl")},
+            },
+        },
+    },
+}
+_PART_URL: Schema = {
+    "type": "object",
+    "required": ["partNumber", "size", "url"],
+    "properties": {
+        "partNumber": {"type": "integer"},
+        "size": {"type": "integer"},
+        "url": {"type": "string"},
+    },
+}
+_INITIATE: Schema = {
+    "type": "object",
+    "required": ["projectId", "files"],
+    "properties": {
+        "projectId": {"type": "string"},
+        "signRequests": {
+            "type": "boolean",
+            "description": "The client sends every S3 request itself, each signed "
+            "by POST /api/uploads/sign (Uppy's @uppy/aws-s3 signRequest); it creates "
+            "the multipart upload.",
+        },
+        "files": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["filename", "contentType", "size"],
+                "properties": {
+                    "filename": {"type": "string"},
+                    "contentType": {"type": "string"},
+                    "size": {"type": "integer", "minimum": 1},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
+        },
+    },
+}
+_COMPLETE: Schema = {
+    "type": "object",
+    "properties": {
+        "parts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["partNumber", "etag"],
+                "properties": {"partNumber": {"type": "integer"}, "etag": {"type": "string"}},
+            },
+        }
+    },
+}
+_SIGN_REQUEST: Schema = {
+    "type": "object",
+    "required": ["method", "key"],
+    "properties": {
+        "method": {"enum": ["PUT", "POST", "GET", "DELETE"]},
+        "key": {"type": "string"},
+        "uploadId": {"type": "string"},
+        "partNumber": {"type": "integer"},
+        "contentType": {"type": "string"},
+        "expiresIn": {"type": "integer"},
+    },
+}
+_SIGNED_REQUEST: Schema = {
+    "type": "object",
+    "required": ["url", "headers"],
+    "properties": {
+        "url": {"type": "string"},
+        "key": {"type": "string"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 from .. import metrics, shutdown
 from ..errors import GatewayError
 from . import services
+from .spec import Described, json_response
 
 bp = Blueprint("health", __name__)
 metrics_bp = Blueprint("metrics", __name__)  # registered when GATEWAY_METRICS_BIND is set
@@ -37,3 +38,40 @@ def scrape() -> Response:
     svc = services()
     queue = [metrics.QueueCollector(svc.queue.stats)] if svc.settings.processing else []
     return Response(metrics.scrape(queue), content_type=metrics.CONTENT_TYPE)
+
+
+def api_description() -> Described:
+    readiness = {
+        "type": "object",
+        "required": ["ready", "checks"],
+        "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}},
+    }
+    return Described(
+        paths={
+            "/healthz": {
+                "get": {
+                    "summary": "Alive",
+                    "responses": {
+                        "200": json_response(
+                            {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"const": "ok"}},
+                            },
+                            "Alive.",
+                        )
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Ready: object store and record store reachable, not stopping",
+                    "responses": {
+                        "200": json_response(readiness, "Ready."),
+                        "503": json_response(readiness, "Not ready."),
+                    },
+                }
+            },
+        },
+        not_operations=frozenset({("GET", "/metrics")}),  # the metrics listener's, not the API's
+    )

@@ -19,6 +19,17 @@ from ..records import MediaRecord, TusUpload
 from ..sniff import mime_of_extension, served_as
 from . import services
 from .present import media_json
+from .spec import (
+    BEARER,
+    ERROR_RESPONSES,
+    NULLABLE_STRING,
+    VISIBLE_STATUSES,
+    Described,
+    named_response,
+    path_param,
+    query_param,
+    ref,
+)
 
 bp = Blueprint("media", __name__)
 local_bp = Blueprint("local_media", __name__)  # registered only for the local store
@@ -212,3 +223,106 @@ def serve_local(key: str) -> Response:
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def api_description() -> Described:
+    media_id = path_param("mediaId", "The media record's id.")
+    return Described(
+        paths={
+            "/api/media": {
+                "get": {
+                    "summary": "The project's media, newest first",
+                    "security": BEARER,
+                    "parameters": [
+                        {
+                            **query_param("projectId", {"type": "string"}, "The project."),
+                            "required": True,
+                        },
+                        query_param(
+                            "status", {"type": "string", "enum": VISIBLE_STATUSES}, "Only these."
+                        ),
+                        query_param(
+                            "cursor", {"type": "string"}, "From the last page's nextCursor."
+                        ),
+                        query_param(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 100},
+                            "Page size (20).",
+                        ),
+                    ],
+                    "responses": {
+                        "200": named_response("MediaList", "A page."),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/api/media/{mediaId}": {
+                "get": {
+                    "summary": "One media record (optionally waiting for a change)",
+                    "security": BEARER,
+                    "parameters": [
+                        media_id,
+                        query_param(
+                            "waitForChange",
+                            {"type": "integer"},
+                            "Answer once the version differs from this one (or at the timeout).",
+                        ),
+                        query_param("timeout", {"type": "number"}, "Seconds to wait (capped)."),
+                    ],
+                    "responses": {
+                        "200": named_response("MediaAnswer", "The record."),
+                        **ERROR_RESPONSES,
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a record and its object (the uploader or an admin)",
+                    "security": BEARER,
+                    "parameters": [media_id],
+                    "responses": {"204": {"description": "Deleted."}, **ERROR_RESPONSES},
+                },
+            },
+            "/api/media/{mediaId}/events": {
+                "get": {
+                    "summary": "Server-Sent Events: the record each time it changes",
+                    "security": BEARER,
+                    "parameters": [media_id],
+                    "responses": {
+                        "200": {
+                            "description": "An event stream (`data:` is a Media record).",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+            "/media/{key}": {
+                "get": {
+                    "summary": "Embedded mode only: a stored file (nginx serves these in "
+                    "production)",
+                    "parameters": [path_param("key", "The object's key.")],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **ERROR_RESPONSES,
+                    },
+                }
+            },
+        },
+        schemas={
+            "MediaAnswer": {
+                "allOf": [ref("Media")],
+                "properties": {"success": {"const": True}},
+            },
+            "MediaList": {
+                "type": "object",
+                "required": ["success", "items", "nextCursor"],
+                "properties": {
+                    "success": {"const": True},
+                    "items": {"type": "array", "items": ref("Media")},
+                    "nextCursor": NULLABLE_STRING,
+                },
+            },
+        },
+    )

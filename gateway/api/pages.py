@@ -37,6 +37,7 @@ from ..web_bundle import bundle
 from . import services
 from .media import visible_record
 from .present import media_json
+from .spec import Described, query_param
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
@@ -267,4 +268,58 @@ def _content_security_policy() -> str:
             "base-uri 'none'",
             "object-src 'none'",
         ]
+    )
+
+
+def api_description() -> Described:
+    html_page = {
+        "description": "A page.",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+    see_other = {
+        "description": "Go on to the Location.",
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    }
+    return Described(
+        paths={
+            "/upload": {
+                "get": {
+                    "summary": "The upload page (a sign-in form without a session)",
+                    "responses": {"200": html_page},
+                }
+            },
+            "/upload/result": {
+                "get": {
+                    "summary": "What a browser's form post stored, or the error it was sent",
+                    "parameters": [
+                        query_param("mediaId", {"type": "string"}, "A stored file (repeatable)."),
+                        query_param("error", {"type": "string"}, "An error code to explain."),
+                    ],
+                    "responses": {"200": html_page, "default": html_page},
+                }
+            },
+            "/upload/sign-in": {
+                "post": {
+                    "summary": "A pasted token becomes the session (from the gateway's own pages)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"token": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"303": see_other, "default": html_page},
+                }
+            },
+            "/upload/sign-out": {
+                "post": {
+                    "summary": "Clear the session (from the gateway's own pages)",
+                    "responses": {"303": see_other, "default": html_page},
+                }
+            },
+        }
     )

@@ -11,6 +11,7 @@ from flask_jwt_extended import get_jwt, get_jwt_request_location
 from .. import csrf, errors
 from ..auth import authenticate, session_csrf_token
 from .pages import clear_session, set_session
+from .spec import BEARER, ERROR_RESPONSES, Described, named_response
 
 bp = Blueprint("session", __name__)
 
@@ -38,3 +39,41 @@ def close_session() -> tuple[Response, int]:
     response = Response(status=204)
     clear_session(response)
     return response, 204
+
+
+def api_description() -> Described:
+    return Described(
+        paths={
+            "/api/session": {
+                "post": {
+                    "summary": "A bearer token becomes the browser's session cookie",
+                    "description": "Sets the HttpOnly session cookie (GATEWAY_SESSION_COOKIE) "
+                    "until the token expires, and a readable <name>_csrf cookie. Requests with "
+                    "the cookie must send the CSRF token: the X-CSRF-TOKEN header, or (a plain "
+                    "form to /api/upload) a csrf_token field before the first file.",
+                    "security": BEARER,
+                    "responses": {
+                        "201": named_response("Session", "The session is set."),
+                        **ERROR_RESPONSES,
+                    },
+                },
+                "delete": {
+                    "summary": "Clear the session cookies",
+                    "responses": {"204": {"description": "Cleared."}},
+                },
+            }
+        },
+        schemas={
+            "Session": {
+                "type": "object",
+                "required": ["success", "csrfToken", "csrfHeader", "csrfField", "expiresAt"],
+                "properties": {
+                    "success": {"const": True},
+                    "csrfToken": {"type": "string"},
+                    "csrfHeader": {"const": "X-CSRF-TOKEN"},
+                    "csrfField": {"const": "csrf_token"},
+                    "expiresAt": {"type": "string"},
+                },
+            }
+        },
+    )

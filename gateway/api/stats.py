@@ -12,6 +12,15 @@ from ..auth import authenticate
 from ..lifecycle import VISIBLE
 from ..naming import check_project_id
 from . import services
+from .spec import (
+    BEARER,
+    ERROR_RESPONSES,
+    NULLABLE_STRING,
+    Described,
+    named_response,
+    query_param,
+    ref,
+)
 
 bp = Blueprint("stats", __name__)
 
@@ -52,3 +61,69 @@ def stats() -> Response:
         ],
     }
     return jsonify(body)
+
+
+def api_description() -> Described:
+    return Described(
+        paths={
+            "/api/stats": {
+                "get": {
+                    "summary": "A project's files and bytes by type and status (kept as counters)",
+                    "security": BEARER,
+                    "parameters": [
+                        {
+                            **query_param("projectId", {"type": "string"}, "The project."),
+                            "required": True,
+                        },
+                    ],
+                    "responses": {
+                        "200": named_response("Stats", "The counts."),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            }
+        },
+        schemas={
+            "Stats": {
+                "type": "object",
+                "required": [
+                    "success",
+                    "projectId",
+                    "tenant",
+                    "files",
+                    "bytes",
+                    "byType",
+                    "byStatus",
+                    "counts",
+                ],
+                "properties": {
+                    "success": {"const": True},
+                    "projectId": {"type": "string"},
+                    "tenant": NULLABLE_STRING,
+                    "files": {
+                        "type": "integer",
+                        "description": "stored, processing, ready, failed and infected files",
+                    },
+                    "bytes": {"type": "integer"},
+                    "byType": {"type": "object", "additionalProperties": ref("Count")},
+                    "byStatus": {"type": "object", "additionalProperties": ref("Count")},
+                    "counts": {
+                        "type": "array",
+                        "items": {
+                            "allOf": [ref("Count")],
+                            "required": ["fileType", "status"],
+                            "properties": {
+                                "fileType": {"type": "string"},
+                                "status": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Count": {
+                "type": "object",
+                "required": ["files", "bytes"],
+                "properties": {"files": {"type": "integer"}, "bytes": {"type": "integer"}},
+            },
+        },
+    )

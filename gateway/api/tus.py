@@ -19,6 +19,7 @@ from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, tus_state
 from ..weblog import note, note_upload
 from . import services, tus_requests
 from .present import upload_seconds
+from .spec import BEARER, ERROR_RESPONSES, UPLOAD_ID, Described, header_param
 from .tus_requests import encode_metadata
 
 bp = Blueprint("tus", __name__)
@@ -240,3 +241,122 @@ def upload(upload_id: str) -> Response:
     if record.status.value == "pending":
         response.headers["Upload-Expires"] = tus.expires_header(record)
     return response
+
+
+def api_description() -> Described:
+    tus_resumable = header_param("Tus-Resumable", {"const": "1.0.0"}, "tus version", required=True)
+    return Described(
+        paths={
+            "/api/tus/": {
+                "options": {
+                    "summary": "tus discovery (no token needed)",
+                    "responses": {
+                        "204": {
+                            "description": "What this tus server speaks.",
+                            "headers": _answer_headers(
+                                "Tus-Version",
+                                "Tus-Extension",
+                                "Tus-Max-Size",
+                                "Tus-Checksum-Algorithm",
+                            ),
+                        }
+                    },
+                },
+                "post": {
+                    "summary": "tus creation (and creation-with-upload, concatenation)",
+                    "security": BEARER,
+                    "parameters": [
+                        tus_resumable,
+                        header_param("Upload-Length", {"type": "string"}, "The upload's length."),
+                        header_param("Upload-Defer-Length", {"const": "1"}, "Length given later."),
+                        header_param(
+                            "Upload-Metadata",
+                            {"type": "string"},
+                            "key base64(value) pairs; projectId is required.",
+                        ),
+                        header_param("Upload-Concat", {"type": "string"}, "partial, or final;URLs"),
+                        header_param(
+                            "Idempotency-Key", {"type": "string"}, "A retry gets the same upload."
+                        ),
+                    ],
+                    "responses": {
+                        "201": {
+                            "description": "Created.",
+                            "headers": _answer_headers("Location", "Upload-Offset"),
+                        },
+                        **ERROR_RESPONSES,
+                    },
+                },
+            },
+            "/api/tus/{uploadId}": {
+                "options": {
+                    "summary": "tus discovery",
+                    "parameters": [UPLOAD_ID],
+                    "responses": {"204": {"description": "What this tus server speaks."}},
+                },
+                "head": {
+                    "summary": "Where a tus upload stands",
+                    "security": BEARER,
+                    "parameters": [UPLOAD_ID, tus_resumable],
+                    "responses": {
+                        "200": {
+                            "description": "The offset.",
+                            "headers": _answer_headers("Upload-Offset", "Upload-Length"),
+                        },
+                        **ERROR_RESPONSES,
+                    },
+                },
+                "patch": {
+                    "summary": "Append a chunk at Upload-Offset",
+                    "security": BEARER,
+                    "parameters": [
+                        UPLOAD_ID,
+                        tus_resumable,
+                        header_param(
+                            "Upload-Offset",
+                            {"type": "string"},
+                            "Where this chunk goes.",
+                            required=True,
+                        ),
+                        header_param(
+                            "Upload-Checksum", {"type": "string"}, "algorithm base64(digest)"
+                        ),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {PATCH_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "responses": {
+                        "204": {
+                            "description": "Appended.",
+                            "headers": _answer_headers("Upload-Offset"),
+                        },
+                        **ERROR_RESPONSES,
+                    },
+                },
+                "delete": {
+                    "summary": "tus termination",
+                    "security": BEARER,
+                    "parameters": [UPLOAD_ID, tus_resumable],
+                    "responses": {"204": {"description": "Terminated."}, **ERROR_RESPONSES},
+                },
+            },
+        },
+        # X-HTTP-Method-Override: described as the method it stands for
+        not_operations=frozenset({("POST", "/api/tus/{uploadId}")}),
+    )
+
+
+def _answer_headers(*names: str) -> dict[str, Any]:
+    described = {
+        "Tus-Resumable": "1.0.0",
+        "Upload-Offset": "bytes the gateway holds",
+        "Upload-Length": "the upload's length",
+        "Upload-Expires": "when a pending upload expires (RFC 9110 date)",
+        "Location": "the upload's URL",
+        "Tus-Version": "1.0.0",
+        "Tus-Extension": "the extensions this server speaks",
+        "Tus-Max-Size": "the largest upload",
+        "Tus-Checksum-Algorithm": "md5,sha1,sha256",
+    }
+    return {name: {"description": described[name], "schema": {"type": "string"}} for name in names}

@@ -16,6 +16,15 @@ from ..weblog import elapsed, note, note_upload
 from . import services
 from .pages import BrowserAnswer, answer_browser, wants_html
 from .present import media_json
+from .spec import (
+    BEARER,
+    ERROR_RESPONSES,
+    Described,
+    header_param,
+    named_response,
+    query_param,
+    ref,
+)
 
 bp = Blueprint("upload", __name__)
 
@@ -103,3 +112,64 @@ def _json(body: dict[str, Any], status: int) -> Response:
     response = jsonify(body)
     response.status_code = status
     return response
+
+
+def api_description() -> Described:
+    return Described(
+        paths={
+            "/api/upload": {
+                "post": {
+                    "summary": "Upload files as a multipart/form-data form (streamed to storage)",
+                    "description": "Text fields first (projectId here or in the query, an "
+                    "optional sha256 before each file, any other field kept as metadata), then "
+                    "file parts named file or files. All or nothing. Idempotency-Key makes a "
+                    "replay safe.",
+                    "security": BEARER,
+                    "parameters": [
+                        query_param(
+                            "projectId", {"type": "string"}, "The project, instead of a field."
+                        ),
+                        header_param(
+                            "Idempotency-Key", {"type": "string"}, "A retry gets the first answer."
+                        ),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "projectId": {"type": "string"},
+                                        "sha256": {"type": "string"},
+                                        "file": {"type": "string", "format": "binary"},
+                                        "files": {
+                                            "type": "array",
+                                            "items": {"type": "string", "format": "binary"},
+                                        },
+                                    },
+                                    "additionalProperties": {"type": "string"},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": named_response("UploadAnswer", "Stored."),
+                        **ERROR_RESPONSES,
+                    },
+                }
+            }
+        },
+        schemas={
+            "UploadAnswer": {
+                "type": "object",
+                "description": "One file: the record's fields at the top level too; several: "
+                "files.",
+                "required": ["success", "files"],
+                "properties": {
+                    "success": {"const": True},
+                    "files": {"type": "array", "items": ref("Media"), "minItems": 1},
+                },
+            }
+        },
+    )
