@@ -198,7 +198,7 @@ def _tar() -> bytes:
         (_ole(b"\xec\xa5\xc1\x00"), "application/msword", ".doc"),  # Word's FIB
         (_ole(b"\x09\x08\x10\x00\x00\x06\x05\x00"), "application/vnd.ms-excel", ".xls"),  # BOF
         (_zip(("a.txt", b"abc")), "application/zip", ".zip"),
-        (gzip.compress(b"abc"), "application/gzip", ".gz"),
+        (gzip.compress(b"abc", mtime=0), "application/gzip", ".gz"),
         (_tar(), "application/x-tar", ".tar"),
         (b"7z\xbc\xaf\x27\x1c\x00\x04" + b"\0" * 100, "application/x-7z-compressed", ".7z"),
     ],
