@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from .config import Settings
 from .direct import DirectUploadService
 from .events import Announcer, LogPublisher, Publisher, QueuePublisher
+from .media_service import MediaService
 from .orphans import OrphanJournal
 from .queue import Queue, open_queue
 from .records import MediaStore, open_records
@@ -108,6 +109,16 @@ class Services:
                 tus=tus,
                 keep_infected=settings.keep_infected == "on",
             ),
+        )
+
+    @cached_property
+    def media(self) -> MediaService:
+        return MediaService(
+            records=self.records,
+            store=self.store,
+            holding=self.storage.holding,
+            journal=self.journal,
+            announcer=self.announcer,
         )
 
     @cached_property
