@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from .config import Settings
 from .direct import DirectUploadService
 from .events import Announcer, LogPublisher, Publisher, QueuePublisher
+from .idempotency import Idempotency
 from .media_service import MediaService
 from .orphans import OrphanJournal
 from .queue import Queue, open_queue
@@ -119,6 +120,13 @@ class Services:
             holding=self.storage.holding,
             journal=self.journal,
             announcer=self.announcer,
+        )
+
+    @cached_property
+    def idempotency(self) -> Idempotency:
+        s = self.settings
+        return Idempotency(
+            self.records, ttl=s.idempotency_ttl, lock_timeout=s.idempotency_lock_timeout
         )
 
     @cached_property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -14,7 +15,7 @@ from ..auth import authenticate
 from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..principal import Principal
-from ..records import MediaRecord
+from ..records import IdempotentAnswer, MediaRecord
 from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, encode_metadata, tus_state
 from ..weblog import note, note_upload
 from . import services
@@ -131,6 +132,10 @@ def _body_length() -> int | None:
 _CREATION_HEADERS = ("Upload-Length", "Upload-Defer-Length", "Upload-Metadata", "Upload-Concat")
 
 
+def _creation_answer(records: list[MediaRecord]) -> tuple[int, dict[str, Any]]:
+    return 201, {"mediaId": records[0].media_id}
+
+
 def _created(principal: Principal) -> tuple[MediaRecord, bool]:
     """The new upload, or with an Idempotency-Key already used for this creation, the upload it
     made (True: replayed). A client that lost the answer to its creation (killed, or the
@@ -138,7 +143,7 @@ def _created(principal: Principal) -> tuple[MediaRecord, bool]:
     tus = _service()
     headers = {name: request.headers.get(name) for name in _CREATION_HEADERS}
 
-    def create(answer: Any = None) -> MediaRecord:
+    def create(answer: Callable[[MediaRecord], IdempotentAnswer] | None) -> MediaRecord:
         return tus.create(
             principal,
             length=headers["Upload-Length"],
@@ -148,27 +153,20 @@ def _created(principal: Principal) -> tuple[MediaRecord, bool]:
             answer=answer,
         )
 
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return create(), False
-    svc = services()
-    plan = idempotency.AnswerPlan(
-        scope=f"{principal.tenant}#{principal.subject}",
-        key=idempotency.check_key(key),
-        ttl=svc.settings.idempotency_ttl,
-        render=lambda records: (201, {"mediaId": records[0].media_id}),
-    )
     fingerprint = hashlib.sha256(json.dumps(["tus", headers]).encode()).hexdigest()
     made: list[MediaRecord] = []
 
-    def first(plan: idempotency.AnswerPlan) -> tuple[int, dict[str, Any]]:
-        made.append(create(lambda record: plan.answer([record], fingerprint)[0]))
-        return 201, {"mediaId": made[0].media_id}
+    def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
+        if plan is None:
+            made.append(create(None))
+        else:
+            made.append(create(lambda record: plan.answer([record], fingerprint)[0]))
+        return _creation_answer(made)
 
-    outcome = idempotency.run_once(
-        svc.records,
-        plan,
-        lock_timeout=svc.settings.idempotency_lock_timeout,
+    outcome = services().idempotency.once(
+        principal,
+        request.headers.get("Idempotency-Key"),
+        render=_creation_answer,
         first=first,
         fingerprint_of_retry=lambda: fingerprint,
     )

@@ -71,20 +71,10 @@ def upload() -> Response:
             note_upload("form", seconds=elapsed())
             return (stored.status, stored.body) if plan is not None else _answer(stored.records)
 
-        key = request.headers.get("Idempotency-Key")
-        if key is None:
-            status, answer = first(None)
-            return browser.stored(answer) if browser is not None else _json(answer, status)
-        plan = idempotency.AnswerPlan(
-            scope=f"{principal.tenant}#{principal.subject}",
-            key=idempotency.check_key(key),
-            ttl=svc.settings.idempotency_ttl,
+        outcome = svc.idempotency.once(
+            principal,
+            request.headers.get("Idempotency-Key"),
             render=_answer,
-        )
-        outcome = idempotency.run_once(
-            svc.records,
-            plan,
-            lock_timeout=svc.settings.idempotency_lock_timeout,
             first=first,
             fingerprint_of_retry=lambda: svc.uploads.fingerprint(
                 body, upload_request, boundary=boundary
