@@ -10,15 +10,14 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from .. import errors, idempotency, metrics
+from .. import errors, idempotency
 from ..auth import authenticate
-from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..principal import Principal
 from ..records import IdempotentAnswer, MediaRecord
 from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, encode_metadata, tus_state
 from ..weblog import note, note_upload
-from . import services
+from . import services, upload_body
 from .present import upload_seconds
 
 bp = Blueprint("tus", __name__)
@@ -196,10 +195,7 @@ def create() -> Response:
         note_upload("tus")
         if request.mimetype != PATCH_TYPE:
             raise errors.TusContentType()
-        with (
-            metrics.upload_in_flight("tus"),
-            guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
-        ):
+        with upload_body("tus") as body:
             record = tus.patch(
                 principal,
                 record.media_id,
@@ -232,10 +228,7 @@ def upload(upload_id: str) -> Response:
     if request.mimetype != PATCH_TYPE:
         raise errors.TusContentType()
     offset = request.headers.get("Upload-Offset")
-    with (
-        metrics.upload_in_flight("tus"),
-        guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
-    ):
+    with upload_body("tus") as body:
         record = tus.patch(
             principal,
             upload_id,

@@ -6,14 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import errors, idempotency, metrics
+from .. import errors, idempotency
 from ..auth import authenticate_form
-from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..records import MediaRecord
 from ..uploads import UploadRequest, UploadStats
 from ..weblog import elapsed, note, note_upload
-from . import services
+from . import services, upload_body
 from .pages import BrowserAnswer, answer_browser, wants_html
 from .present import media_json
 
@@ -54,10 +53,7 @@ def upload() -> Response:
     )
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
-    with (
-        metrics.upload_in_flight("form"),
-        guarded_body(request.environ, request.stream, svc.settings.body_limits) as body,
-    ):
+    with upload_body("form") as body:
 
         def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
             try:
