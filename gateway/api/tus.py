@@ -12,6 +12,7 @@ from flask import Blueprint, Response, request
 
 from .. import errors, idempotency
 from ..auth import authenticate
+from ..lifecycle import Status
 from ..lingering import drain_after_response
 from ..principal import Principal
 from ..records import IdempotentAnswer, MediaRecord
@@ -109,13 +110,13 @@ def _state_headers(response: Response, record: MediaRecord) -> Response:
         response.headers["Upload-Concat"] = "final;" + " ".join(
             f"{request.host_url.rstrip('/')}/api/tus/{p}" for p in upload.partials
         )
-    if record.status.value == "pending":
+    if record.status is Status.PENDING:
         response.headers["Upload-Expires"] = _service().expires_header(record)
     return response
 
 
 def _note_patched(record: MediaRecord, offset_before: int) -> None:
-    done = record.status.value != "pending"
+    done = record.status is not Status.PENDING
     note_upload(
         "tus",
         outcome="stored" if done else "partial",
@@ -242,6 +243,6 @@ def upload(upload_id: str) -> Response:
     _note_patched(record, int(offset or 0))  # tus.patch has checked the header
     response = Response(status=204)
     response.headers["Upload-Offset"] = str(tus_state(record).offset)
-    if record.status.value == "pending":
+    if record.status is Status.PENDING:
         response.headers["Upload-Expires"] = tus.expires_header(record)
     return response
