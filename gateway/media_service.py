@@ -15,6 +15,8 @@ sweeper's, and the journal makes that quick.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import errors
@@ -25,6 +27,8 @@ from .orphans import OrphanJournal
 from .principal import Principal
 from .records import MediaRecord, Page, RecordStore, TusUpload
 from .storage import ObjectStore, Quarantine
+
+POLL_SECONDS = 0.5  # how often a waiting reader reads the record again
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,16 @@ class MediaService:
         holding: Quarantine | None,
         journal: OrphanJournal,
         announcer: Announcer,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.records = records
         self.store = store
         self.holding = holding  # where quarantined and withheld objects are
         self.journal = journal
         self.announcer = announcer
+        self.clock = clock
+        self.sleep = sleep
 
     def visible(
         self, principal: Principal, media_id: str, *, in_progress: bool = False
@@ -71,6 +79,18 @@ class MediaService:
         if record.status in VISIBLE or (in_progress and _arriving(principal, record)):
             return record
         raise errors.MediaNotFound()
+
+    def wait_for_change(
+        self, principal: Principal, record: MediaRecord, *, version: int, timeout: float
+    ) -> MediaRecord:
+        """The item (``record``, as the caller sees it) once its version is no longer
+        ``version``, or as it stands after ``timeout`` seconds; MediaNotFound if it stops being
+        visible meanwhile."""
+        deadline = self.clock() + timeout
+        while record.version == version and self.clock() < deadline:
+            self.sleep(POLL_SECONDS)
+            record = self.visible(principal, record.media_id, in_progress=True)
+        return record
 
     def scope(self, principal: Principal, project_id: str) -> ProjectScope:
         """The project to list, when the token allows it (ProjectForbidden otherwise)."""

@@ -4,6 +4,7 @@ test_withheld_media.py, test_auth.py.)"""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from gateway import errors
 from gateway.events import Announcer, EventType, MediaEvent
 from gateway.lifecycle import VISIBLE, Status
-from gateway.media_service import MediaService, PageRequest, ProjectScope
+from gateway.media_service import POLL_SECONDS, MediaService, PageRequest, ProjectScope
 from gateway.orphans import OrphanJournal
 from gateway.principal import Principal
 from gateway.records import (
@@ -70,13 +71,14 @@ class World:
         self.made = 0
         self.service = self.make()
 
-    def make(self) -> MediaService:
+    def make(self, **timing) -> MediaService:
         return MediaService(
             records=self.records,
             store=self.store,
             holding=self.holding,
             journal=self.journal,
             announcer=Announcer(self.published),
+            **timing,
         )
 
     def put(self, store: LocalObjectStore, key: str) -> None:
@@ -196,6 +198,75 @@ def test_a_malformed_id_is_not_found_without_asking_the_store(world, media_id):
 def test_an_unknown_id_is_not_found(world):
     with pytest.raises(errors.MediaNotFound):
         world.service.visible(ALICE, uuid.uuid4().hex)
+
+
+# -- waiting for a change (the long poll) ----------------------------------------------------------
+class Waiting:
+    """A clock that only sleeps move; ``on_sleep[n]`` runs during the n-th sleep (from 1)."""
+
+    def __init__(self, on_sleep=None) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep or {}
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        action = self.on_sleep.get(len(self.sleeps))
+        if action is not None:
+            action()
+
+
+def test_the_wait_ends_at_the_first_read_that_finds_another_version(world):
+    record = world.add()
+    processing = record.evolve(status=Status.PROCESSING)
+    waiting = Waiting({3: lambda: world.records.update(processing, expected=record)})
+    service = world.make(clock=waiting.clock, sleep=waiting.sleep)
+    changed = service.wait_for_change(ALICE, record, version=record.version, timeout=30.0)
+    assert changed.status is Status.PROCESSING and changed.version == record.version + 1
+    assert waiting.sleeps == [POLL_SECONDS] * 3 and POLL_SECONDS == 0.5
+
+
+def test_a_version_already_different_is_answered_without_waiting(world):
+    record = world.add()
+    waiting = Waiting()
+    service = world.make(clock=waiting.clock, sleep=waiting.sleep)
+    assert service.wait_for_change(ALICE, record, version=7, timeout=30.0) == record
+    assert waiting.sleeps == []
+
+
+def test_an_unchanged_item_is_answered_as_it_stands_once_the_timeout_has_passed(world):
+    record = world.add()
+    waiting = Waiting()
+    service = world.make(clock=waiting.clock, sleep=waiting.sleep)
+    assert service.wait_for_change(ALICE, record, version=record.version, timeout=2.0) == record
+    assert waiting.sleeps == [POLL_SECONDS] * 4  # reads at 0.5, 1, 1.5 and 2 s
+    assert waiting.now == 102.0
+
+
+def test_an_item_deleted_while_waited_for_is_not_found(world):
+    record = world.add()
+    waiting = Waiting({2: lambda: world.records.delete(record.media_id)})
+    service = world.make(clock=waiting.clock, sleep=waiting.sleep)
+    with pytest.raises(errors.MediaNotFound):
+        service.wait_for_change(ALICE, record, version=record.version, timeout=30.0)
+    assert len(waiting.sleeps) == 2
+
+
+def test_an_arriving_tus_upload_is_waited_for_by_its_owner(world):
+    record = world.add(**tus_pending())
+    grown = record.evolve(upload=TusUpload(**{**vars(record.upload), "offset": 50}))
+    waiting = Waiting({1: lambda: world.records.update(grown, expected=record)})
+    service = world.make(clock=waiting.clock, sleep=waiting.sleep)
+    changed = service.wait_for_change(ALICE, record, version=record.version, timeout=30.0)
+    assert changed.upload.offset == 50 and waiting.sleeps == [POLL_SECONDS]
+
+
+def test_the_wait_runs_on_the_monotonic_clock_by_default(world):
+    assert world.service.clock is time.monotonic and world.service.sleep is time.sleep
 
 
 # -- listing -------------------------------------------------------------------------------------

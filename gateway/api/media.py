@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, stream_with_
 from .. import errors
 from ..auth import authenticate
 from ..lifecycle import SETTLED, VISIBLE, Status
-from ..media_service import PageRequest
+from ..media_service import POLL_SECONDS, PageRequest
 from ..naming import check_project_id, media_id_of_key
 from ..records import MediaRecord
 from ..sniff import mime_of_extension, served_as
@@ -23,7 +23,6 @@ bp = Blueprint("media", __name__)
 local_bp = Blueprint("local_media", __name__)  # registered only for the local store
 MAX_PAGE = 100
 MAX_WAIT = 60
-POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15
 
 
@@ -55,7 +54,8 @@ def get_media(media_id: str) -> Response:
     """``?waitForChange=<version>`` (a long poll): answer once the record's version differs,
     or after ``timeout`` seconds (1-60, default 30) with it unchanged."""
     principal = authenticate()
-    record = services().media.visible(principal, media_id, in_progress=True)
+    media = services().media
+    record = media.visible(principal, media_id, in_progress=True)
     known = request.args.get("waitForChange")
     if known is not None:
         try:
@@ -64,10 +64,7 @@ def get_media(media_id: str) -> Response:
             raise errors.InvalidWait() from None
         if not 1 <= timeout <= MAX_WAIT:
             raise errors.InvalidWait()
-        deadline = time.monotonic() + timeout
-        while record.version == version and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
-            record = services().media.visible(principal, media_id, in_progress=True)
+        record = media.wait_for_change(principal, record, version=version, timeout=timeout)
     return jsonify(success=True, **media_json(record))
 
 
