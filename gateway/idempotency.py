@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import errors
+from .principal import Principal
 from .records import IdempotencyStore, IdempotentAnswer, MediaRecord, SavedResponse
 
 log = logging.getLogger(__name__)
@@ -119,3 +120,48 @@ def run_once(
             )
         raise
     return Outcome(status, body, replayed=False)
+
+
+First = Callable[[AnswerPlan | None], tuple[int, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """What every upload route does with its ``Idempotency-Key`` header, in one call.
+
+    Without a key, ``first(None)`` runs and its answer is the outcome. With one, the key is
+    checked, then ``run_once`` either runs ``first(plan)`` (which saves its answer through the
+    plan) or replays the answer saved for this caller and key.
+    """
+
+    store: IdempotencyStore
+    ttl: float
+    lock_timeout: float
+    clock: Callable[[], float] = time.time
+
+    def once(
+        self,
+        principal: Principal,
+        key: str | None,
+        *,
+        render: Render,
+        first: First,
+        fingerprint_of_retry: Callable[[], str],
+    ) -> Outcome:
+        if key is None:
+            status, body = first(None)
+            return Outcome(status, body, replayed=False)
+        plan = AnswerPlan(
+            scope=f"{principal.tenant}#{principal.subject}",
+            key=check_key(key),
+            ttl=self.ttl,
+            render=render,
+            clock=self.clock,
+        )
+        return run_once(
+            self.store,
+            plan,
+            lock_timeout=self.lock_timeout,
+            first=first,
+            fingerprint_of_retry=fingerprint_of_retry,
+        )

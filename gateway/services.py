@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 from .config import Settings
 from .direct import DirectUploadService
 from .events import Announcer, LogPublisher, Publisher, QueuePublisher
+from .idempotency import Idempotency
+from .media_service import MediaService
 from .orphans import OrphanJournal
 from .queue import Queue, open_queue
 from .records import MediaStore, open_records
@@ -115,6 +117,23 @@ class Services:
                 tus=tus,
                 keep_infected=settings.keep_infected,
             ),
+        )
+
+    @cached_property
+    def media(self) -> MediaService:
+        return MediaService(
+            records=self.records,
+            store=self.store,
+            holding=self.storage.holding,
+            journal=self.journal,
+            announcer=self.announcer,
+        )
+
+    @cached_property
+    def idempotency(self) -> Idempotency:
+        s = self.settings
+        return Idempotency(
+            self.records, ttl=s.idempotency_ttl, lock_timeout=s.idempotency_lock_timeout
         )
 
     @cached_property

@@ -29,6 +29,7 @@ DOMAIN = [
     "gateway.principal",
     "gateway.formdata",
     "gateway.idempotency",
+    "gateway.media_service",
     "gateway.bodies",
     "gateway.errors",
     "gateway.tus",

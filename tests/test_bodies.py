@@ -686,3 +686,26 @@ def test_gunicorns_reader_is_kept_when_the_body_was_wrapped_or_already_read_from
             assert isinstance(unreader.sock, _GuardedSocket)
             assert body.read(100) == b"3456789"
         assert unreader.sock is left
+
+
+# -- the upload routes' body (gateway/api: upload_body) ----------------------------------------------
+@pytest.mark.parametrize("protocol", ["form", "tus"])
+def test_an_upload_routes_body_is_guarded_and_counted_in_flight_until_it_ends(tmp_path, protocol):
+    from gateway import create_app, metrics
+    from gateway.api import upload_body
+
+    from conftest import make_settings
+
+    settings = make_settings(tmp_path, body_idle_timeout=7.0, body_min_rate=10)
+    app = create_app(settings)
+    gauge = metrics.UPLOADS_IN_FLIGHT.labels(protocol)
+    before = gauge._value.get()
+    with app.test_request_context("/api/upload", method="POST", data=b"abc"):
+        with pytest.raises(errors.ClientDisconnected), upload_body(protocol) as body:
+            assert gauge._value.get() == before + 1
+            assert isinstance(body, GuardedBody)
+            assert body.guard.limits == settings.body_limits
+            assert body.guard.limits.idle == 7.0 and body.guard.limits.min_rate == 10
+            assert body.read(10) == b"abc"
+            raise errors.ClientDisconnected()
+        assert gauge._value.get() == before

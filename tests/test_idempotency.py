@@ -6,11 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 
 import pytest
 
 from gateway import errors
-from gateway.idempotency import AnswerPlan, Fingerprint, Outcome, check_key, run_once
+from gateway.idempotency import (
+    AnswerPlan,
+    Fingerprint,
+    Idempotency,
+    Outcome,
+    check_key,
+    run_once,
+)
+from gateway.principal import Principal
 from gateway.records import IdempotentAnswer, SavedResponse
 
 
@@ -166,6 +175,107 @@ def test_a_release_that_fails_is_logged_and_the_first_error_raised(caplog):
     [entry] = caplog.records
     assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
     assert entry.getMessage() == "could not release idempotency key k; it frees itself after 30.0s"
+
+
+# -- Idempotency.once: what every upload route calls -----------------------------------------------
+ALICE = Principal(subject="alice", tenant="acme", projects=None)
+
+
+def helper(store) -> Idempotency:
+    return Idempotency(store, ttl=3600.0, lock_timeout=20.0, clock=lambda: 700.0)
+
+
+def render(records):
+    return 201, {"ids": records}
+
+
+def test_without_a_key_the_request_runs_once_with_no_plan_and_no_claim():
+    store, seen = FakeStore(), []
+
+    def first(p):
+        seen.append(p)
+        return 201, {"ok": 1}
+
+    outcome = helper(store).once(
+        ALICE, None, render=render, first=first, fingerprint_of_retry=never
+    )
+    assert outcome == Outcome(201, {"ok": 1}, replayed=False)
+    assert seen == [None]
+    assert store.claims == [] and store.released == []
+
+
+def test_without_a_key_a_failure_is_raised_and_nothing_released():
+    store = FakeStore()
+
+    def first(p):
+        raise errors.UnsupportedType()
+
+    with pytest.raises(errors.UnsupportedType):
+        helper(store).once(ALICE, None, render=render, first=first, fingerprint_of_retry=never)
+    assert store.claims == [] and store.released == []
+
+
+def test_with_a_key_the_first_request_gets_a_plan_scoped_to_the_caller():
+    store, seen = FakeStore(), []
+
+    def first(p):
+        seen.append(p)
+        return p.render(["m1"])
+
+    outcome = helper(store).once(
+        ALICE, "key-1", render=render, first=first, fingerprint_of_retry=never
+    )
+    assert outcome == Outcome(201, {"ids": ["m1"]}, replayed=False)
+    [the_plan] = seen
+    assert (the_plan.scope, the_plan.key, the_plan.ttl) == ("acme#alice", "key-1", 3600.0)
+    assert the_plan.render is render and the_plan.clock() == 700.0
+    assert store.claims == [("acme#alice", "key-1", 700.0, 20.0, 3600.0)]
+
+
+def test_the_scope_is_tenant_and_subject_so_another_caller_is_another_key():
+    store = FakeStore()
+    bob = Principal(subject="bob", tenant="", projects=None)
+    helper(store).once(
+        bob, "k", render=render, first=lambda p: (201, {}), fingerprint_of_retry=never
+    )
+    assert store.claims[0][:2] == ("#bob", "k")
+
+
+def test_with_a_key_a_retry_is_replayed_and_a_different_request_refused():
+    store = FakeStore(SavedResponse(201, {"mediaId": "m"}, "fp"))
+    replay = helper(store).once(
+        ALICE, "k", render=render, first=lambda p: never(), fingerprint_of_retry=lambda: "fp"
+    )
+    assert replay == Outcome(201, {"mediaId": "m"}, replayed=True)
+    with pytest.raises(errors.IdempotencyKeyMismatch):
+        helper(store).once(
+            ALICE, "k", render=render, first=lambda p: never(), fingerprint_of_retry=lambda: "x"
+        )
+
+
+@pytest.mark.parametrize("key", ["", "a b", "k" * 256])
+def test_a_malformed_key_is_refused_before_anything_runs_or_is_claimed(key):
+    store = FakeStore()
+    with pytest.raises(errors.InvalidIdempotencyKey):
+        helper(store).once(
+            ALICE, key, render=render, first=lambda p: never(), fingerprint_of_retry=never
+        )
+    assert store.claims == []
+
+
+def test_a_failed_first_request_with_a_key_releases_its_claim():
+    store = FakeStore()
+
+    def first(p):
+        raise errors.StorageError()
+
+    with pytest.raises(errors.StorageError):
+        helper(store).once(ALICE, "k", render=render, first=first, fingerprint_of_retry=never)
+    assert store.released == [("acme#alice", "k")]
+
+
+def test_the_saved_answer_expires_by_the_wall_clock():
+    assert Idempotency(FakeStore(), ttl=1.0, lock_timeout=1.0).clock is time.time
 
 
 # -- keys ------------------------------------------------------------------------------------------

@@ -342,3 +342,33 @@ def test_nginx_stops_serving_a_failed_file_and_serves_a_ready_one(tmp_path_facto
         ).json()
         assert view["status"] == "failed" and view["url"] is None
         assert "larger than 50000000 pixels" in view["reason"]
+
+
+@pytest.mark.parametrize("status", sorted(Status))
+def test_the_reason_is_shown_as_the_error_of_failed_and_infected_media_only(tmp_path, status):
+    from gateway import create_app
+    from gateway.api.present import media_json
+    from gateway.records import MediaRecord, Sha256State
+
+    from conftest import make_settings
+
+    record = MediaRecord(
+        media_id="a" * 32,
+        project_id="p1",
+        tenant="",
+        owner="alice",
+        original_name="cat.png",
+        file_type="image",
+        mime_type="image/png",
+        s3_key=f"projects/p1/media/{'a' * 32}.png",
+        size=1,
+        sha256="",
+        sha256_state=Sha256State.PENDING,
+        created_at="2026-01-01T00:00:00.000000+00:00",
+        status=status,
+        reason="why",
+    )
+    with create_app(make_settings(tmp_path)).test_request_context("/api/media"):
+        view = media_json(record)
+    assert view["reason"] == "why"
+    assert view.get("error") == ("why" if status in (Status.FAILED, Status.INFECTED) else None)

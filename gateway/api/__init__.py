@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal, cast
 
-from flask import current_app
+from flask import current_app, request
 
+from .. import metrics
+from ..bodies import GuardedBody, guarded_body
 from ..services import Services
 
 
 def services() -> Services:
     return cast(Services, current_app.extensions["gateway"])
+
+
+@contextmanager
+def upload_body(protocol: Literal["form", "tus"]) -> Iterator[GuardedBody]:
+    """This request's body for an upload route: counted in flight, read within the deadlines."""
+    with (
+        metrics.upload_in_flight(protocol),
+        guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
+    ):
+        yield body

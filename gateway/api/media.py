@@ -11,11 +11,10 @@ from flask import Blueprint, Response, jsonify, request, send_file, stream_with_
 
 from .. import errors
 from ..auth import authenticate
-from ..events import EventType
 from ..lifecycle import SETTLED, VISIBLE, Status
-from ..naming import MEDIA_ID_RE, check_project_id, media_id_of_key
-from ..principal import Principal
-from ..records import MediaRecord, TusUpload
+from ..media_service import POLL_SECONDS, PageRequest
+from ..naming import check_project_id, media_id_of_key
+from ..records import MediaRecord
 from ..sniff import mime_of_extension, served_as
 from . import services
 from .present import media_json
@@ -35,7 +34,6 @@ bp = Blueprint("media", __name__)
 local_bp = Blueprint("local_media", __name__)  # registered only for the local store
 MAX_PAGE = 100
 MAX_WAIT = 60
-POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15
 
 
@@ -62,35 +60,13 @@ class _StreamSlots:
 _streams = _StreamSlots()
 
 
-def visible_record(
-    principal: Principal, media_id: str, *, in_progress: bool = False
-) -> MediaRecord:
-    """A committed media item the token may see; with ``in_progress``, also the caller's own
-    tus upload still arriving (its answer shows the offset)."""
-    if not MEDIA_ID_RE.fullmatch(media_id):
-        raise errors.MediaNotFound()
-    record = services().records.get(media_id)
-    arriving = (
-        in_progress
-        and record.status is Status.PENDING
-        and isinstance(record.upload, TusUpload)
-        and principal.may_modify(
-            tenant=record.tenant, project_id=record.project_id, owner=record.owner
-        )
-    )
-    if not (record.status in VISIBLE or arriving) or not principal.may_see(
-        record.tenant, record.project_id
-    ):
-        raise errors.MediaNotFound()  # not 403: do not reveal that it exists
-    return record
-
-
 @bp.get("/api/media/<media_id>")
 def get_media(media_id: str) -> Response:
     """``?waitForChange=<version>`` (a long poll): answer once the record's version differs,
     or after ``timeout`` seconds (1-60, default 30) with it unchanged."""
     principal = authenticate()
-    record = visible_record(principal, media_id, in_progress=True)
+    media = services().media
+    record = media.visible(principal, media_id, in_progress=True)
     known = request.args.get("waitForChange")
     if known is not None:
         try:
@@ -99,10 +75,7 @@ def get_media(media_id: str) -> Response:
             raise errors.InvalidWait() from None
         if not 1 <= timeout <= MAX_WAIT:
             raise errors.InvalidWait()
-        deadline = time.monotonic() + timeout
-        while record.version == version and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
-            record = visible_record(principal, media_id, in_progress=True)
+        record = media.wait_for_change(principal, record, version=version, timeout=timeout)
     return jsonify(success=True, **media_json(record))
 
 
@@ -111,7 +84,8 @@ def media_events(media_id: str) -> Response:
     """Server-Sent Events: the media as JSON each time it changes, until processing has
     settled (ready, failed, infected); a comment line every 15 s keeps proxies from closing."""
     principal = authenticate()
-    record = visible_record(principal, media_id)
+    media = services().media
+    record = media.visible(principal, media_id)
     if not _streams.acquire(blocking=False):
         raise errors.TooManyStreams()
 
@@ -129,7 +103,7 @@ def media_events(media_id: str) -> Response:
                 yield ": keep-alive\n\n"
             time.sleep(POLL_SECONDS)
             try:
-                current = visible_record(principal, media_id)
+                current = media.visible(principal, media_id)
             except errors.MediaNotFound:
                 yield "event: deleted\ndata: {}\n\n"
                 current = None
@@ -145,35 +119,25 @@ def media_events(media_id: str) -> Response:
 
 @bp.delete("/api/media/<media_id>")
 def delete_media(media_id: str) -> tuple[str, int]:
-    principal = authenticate()
-    record = visible_record(principal, media_id)
-    if not principal.may_modify(
-        tenant=record.tenant, project_id=record.project_id, owner=record.owner
-    ):
-        raise errors.DeleteForbidden()
-    svc = services()
-    # Record first: once it is gone the media is gone for every reader. An object left behind
-    # has no record, which the sweeper deletes; the journal makes that quick.
-    svc.records.delete(record.media_id)
-    held = svc.storage.holding
-    where = held.store if record.quarantined and held is not None else svc.store
-    targets = [(where, record.s3_key), *((svc.store, v.key) for v in record.variants)]
-    for store, key in targets:
-        try:
-            store.delete(key)
-        except errors.GatewayError:
-            svc.journal.add(key, "media delete: object delete failed")
-    svc.announcer.announce(EventType.DELETED, [record])
+    services().media.delete(authenticate(), media_id)
     return "", 204
 
 
 @bp.get("/api/media")
 def list_media() -> Response:
     principal = authenticate()
+    media = services().media
     project_id = request.args.get("projectId")
     if not project_id:
         raise errors.MissingProjectId()
-    principal.check_project(check_project_id(project_id))
+    scope = media.scope(principal, check_project_id(project_id))
+    page = media.list_media(scope, _page_request())
+    return jsonify(
+        success=True, items=[media_json(r) for r in page.items], nextCursor=page.next_cursor
+    )
+
+
+def _page_request() -> PageRequest:
     try:
         limit = int(request.args.get("limit", "20"))
     except ValueError:
@@ -181,20 +145,18 @@ def list_media() -> Response:
     if not 1 <= limit <= MAX_PAGE:
         raise errors.InvalidLimit()
     status = request.args.get("status")
-    if status is not None and status not in {s.value for s in VISIBLE}:
-        raise errors.InvalidStatusFilter(
-            f"status must be one of {', '.join(sorted(s.value for s in VISIBLE))}."
-        )
-    page = services().records.list_media(
-        tenant=principal.tenant,
-        project_id=project_id,
+    return PageRequest(
         limit=limit,
         cursor=request.args.get("cursor") or None,
-        status=Status(status) if status is not None else None,
+        status=None if status is None else _status_filter(status),
     )
-    return jsonify(
-        success=True, items=[media_json(r) for r in page.items], nextCursor=page.next_cursor
-    )
+
+
+def _status_filter(text: str) -> Status:
+    listed = {status.value: status for status in VISIBLE}
+    if text not in listed:
+        raise errors.InvalidStatusFilter(f"status must be one of {', '.join(sorted(listed))}.")
+    return listed[text]
 
 
 @local_bp.get("/media/<path:key>")

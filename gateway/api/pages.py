@@ -35,7 +35,6 @@ from ..redirects import origin_of, with_outcome
 from ..uploads import UploadStats
 from ..web_bundle import bundle
 from . import services
-from .media import visible_record
 from .present import media_json
 from .spec import Described, query_param
 
@@ -44,7 +43,6 @@ bp = Blueprint("pages", __name__)
 MAX_RESULT_ITEMS = 100
 SIGN_IN_MAX_BYTES = 16 * 1024
 REFRESH_SECONDS = 3  # the result page reloads itself while processing runs (no script needed)
-_SETTLED = {status.value for status in SETTLED}
 
 
 def wants_html() -> bool:
@@ -147,13 +145,15 @@ def result() -> Response:
         return error_page(known(), status=200)
     principal = authenticate()
     ids = request.args.getlist("mediaId")[:MAX_RESULT_ITEMS]
-    media = []
+    media, settling = [], False
     for media_id in ids:
         try:
-            media.append(media_json(visible_record(principal, media_id)))
+            record = services().media.visible(principal, media_id)
         except errors.MediaNotFound:
             media.append({"mediaId": media_id, "missing": True})
-    settling = any(not m.get("missing") and m["status"] not in _SETTLED for m in media)
+            continue
+        media.append(media_json(record))
+        settling |= record.status not in SETTLED
     html = render_template("result.html", media=media, refresh=REFRESH_SECONDS if settling else 0)
     return _page(html)
 

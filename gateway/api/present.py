@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import request
 
+from ..lifecycle import Status
 from ..records import MediaRecord, TusUpload
 from ..services import Services
 from . import services
@@ -69,6 +70,6 @@ def media_json(record: MediaRecord) -> dict[str, Any]:
         }
     if record.reason:
         view["reason"] = record.reason
-        if record.status.value in ("failed", "infected"):
+        if record.status in (Status.FAILED, Status.INFECTED):
             view["error"] = record.reason
     return view

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from .. import errors, idempotency, metrics
+from .. import errors, idempotency
 from ..auth import authenticate
-from ..bodies import guarded_body
+from ..lifecycle import Status
 from ..lingering import drain_after_response
 from ..principal import Principal
-from ..records import MediaRecord
+from ..records import IdempotentAnswer, MediaRecord
 from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, tus_state
 from ..weblog import note, note_upload
-from . import services, tus_requests
+from . import services, tus_requests, upload_body
 from .present import upload_seconds
 from .spec import BEARER, ERROR_RESPONSES, UPLOAD_ID, Described, header_param
 from .tus_requests import encode_metadata
@@ -111,13 +112,13 @@ def _state_headers(response: Response, record: MediaRecord) -> Response:
         response.headers["Upload-Concat"] = "final;" + " ".join(
             f"{request.host_url.rstrip('/')}/api/tus/{p}" for p in upload.partials
         )
-    if record.status.value == "pending":
+    if record.status is Status.PENDING:
         response.headers["Upload-Expires"] = _service().expires_header(record)
     return response
 
 
 def _note_patched(record: MediaRecord, offset_before: int) -> None:
-    done = record.status.value != "pending"
+    done = record.status is not Status.PENDING
     note_upload(
         "tus",
         outcome="stored" if done else "partial",
@@ -133,6 +134,10 @@ def _body_length() -> int | None:
 _CREATION_HEADERS = ("Upload-Length", "Upload-Defer-Length", "Upload-Metadata", "Upload-Concat")
 
 
+def _creation_answer(records: list[MediaRecord]) -> tuple[int, dict[str, Any]]:
+    return 201, {"mediaId": records[0].media_id}
+
+
 def _created(principal: Principal) -> tuple[MediaRecord, bool]:
     """The new upload, or with an Idempotency-Key already used for this creation, the upload it
     made (True: replayed). A client that lost the answer to its creation (killed, or the
@@ -141,30 +146,23 @@ def _created(principal: Principal) -> tuple[MediaRecord, bool]:
     headers = {name: request.headers.get(name) for name in _CREATION_HEADERS}
     creation = tus_requests.creation(request.headers)
 
-    def create(answer: Any = None) -> MediaRecord:
+    def create(answer: Callable[[MediaRecord], IdempotentAnswer] | None) -> MediaRecord:
         return tus.create(principal, creation, answer=answer)
 
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return create(), False
-    svc = services()
-    plan = idempotency.AnswerPlan(
-        scope=f"{principal.tenant}#{principal.subject}",
-        key=idempotency.check_key(key),
-        ttl=svc.settings.idempotency_ttl,
-        render=lambda records: (201, {"mediaId": records[0].media_id}),
-    )
     fingerprint = hashlib.sha256(json.dumps(["tus", headers]).encode()).hexdigest()
     made: list[MediaRecord] = []
 
-    def first(plan: idempotency.AnswerPlan) -> tuple[int, dict[str, Any]]:
-        made.append(create(lambda record: plan.answer([record], fingerprint)[0]))
-        return 201, {"mediaId": made[0].media_id}
+    def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
+        if plan is None:
+            made.append(create(None))
+        else:
+            made.append(create(lambda record: plan.answer([record], fingerprint)[0]))
+        return _creation_answer(made)
 
-    outcome = idempotency.run_once(
-        svc.records,
-        plan,
-        lock_timeout=svc.settings.idempotency_lock_timeout,
+    outcome = services().idempotency.once(
+        principal,
+        request.headers.get("Idempotency-Key"),
+        render=_creation_answer,
         first=first,
         fingerprint_of_retry=lambda: fingerprint,
     )
@@ -194,10 +192,7 @@ def create() -> Response:
         note_upload("tus")
         if request.mimetype != PATCH_TYPE:
             raise errors.TusContentType()
-        with (
-            metrics.upload_in_flight("tus"),
-            guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
-        ):
+        with upload_body("tus") as body:
             record = tus.patch(
                 principal,
                 record.media_id,
@@ -229,16 +224,13 @@ def upload(upload_id: str) -> Response:
     chunk = tus_requests.chunk(
         request.headers, offset=request.headers.get("Upload-Offset"), content_length=_body_length()
     )
-    with (
-        metrics.upload_in_flight("tus"),
-        guarded_body(request.environ, request.stream, services().settings.body_limits) as body,
-    ):
+    with upload_body("tus") as body:
         record = tus.patch(principal, upload_id, body, chunk)
     note(offset=tus_state(record).offset)
     _note_patched(record, chunk.offset)
     response = Response(status=204)
     response.headers["Upload-Offset"] = str(tus_state(record).offset)
-    if record.status.value == "pending":
+    if record.status is Status.PENDING:
         response.headers["Upload-Expires"] = tus.expires_header(record)
     return response
 

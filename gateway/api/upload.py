@@ -6,14 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import errors, idempotency, metrics
+from .. import errors, idempotency
 from ..auth import authenticate_form
-from ..bodies import guarded_body
 from ..lingering import drain_after_response
 from ..records import MediaRecord
 from ..uploads import UploadRequest, UploadStats
 from ..weblog import elapsed, note, note_upload
-from . import services
+from . import services, upload_body
 from .pages import BrowserAnswer, answer_browser, wants_html
 from .present import media_json
 from .spec import (
@@ -63,10 +62,7 @@ def upload() -> Response:
     )
     svc = services()
     boundary = svc.uploads.precheck(upload_request)
-    with (
-        metrics.upload_in_flight("form"),
-        guarded_body(request.environ, request.stream, svc.settings.body_limits) as body,
-    ):
+    with upload_body("form") as body:
 
         def first(plan: idempotency.AnswerPlan | None) -> tuple[int, dict[str, Any]]:
             try:
@@ -80,20 +76,10 @@ def upload() -> Response:
             note_upload("form", seconds=elapsed())
             return (stored.status, stored.body) if plan is not None else _answer(stored.records)
 
-        key = request.headers.get("Idempotency-Key")
-        if key is None:
-            status, answer = first(None)
-            return browser.stored(answer) if browser is not None else _json(answer, status)
-        plan = idempotency.AnswerPlan(
-            scope=f"{principal.tenant}#{principal.subject}",
-            key=idempotency.check_key(key),
-            ttl=svc.settings.idempotency_ttl,
+        outcome = svc.idempotency.once(
+            principal,
+            request.headers.get("Idempotency-Key"),
             render=_answer,
-        )
-        outcome = idempotency.run_once(
-            svc.records,
-            plan,
-            lock_timeout=svc.settings.idempotency_lock_timeout,
             first=first,
             fingerprint_of_retry=lambda: svc.uploads.fingerprint(
                 body, upload_request, boundary=boundary
