@@ -38,8 +38,9 @@ from .naming import (
     check_project_id,
     content_disposition,
     display_name,
-    media_id_of_key,
     new_media_id,
+    parse_key,
+    staging_key,
 )
 from .principal import Principal
 from .records import DirectUpload, MediaRecord, MediaStore, Sha256State, owned_upload
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from .storage.s3_direct import S3DirectUploads  # only S3 has direct uploads
 
 log = logging.getLogger(__name__)
-STAGING_SUFFIX = ".upload"
 
 # The 409 a finished upload answers to abort or complete, by its status.
 _NOT_PENDING: dict[Status, type[errors.GatewayError]] = {
@@ -60,19 +60,6 @@ _NOT_PENDING: dict[Status, type[errors.GatewayError]] = {
     Status.ABORTED: errors.UploadAborted,
     Status.EXPIRED: errors.UploadExpired,
 }
-
-
-def staging_key(key: str) -> str:
-    """Where a single PUT/POST writes; ``complete`` copies it to ``key`` once checked."""
-    return key + STAGING_SUFFIX
-
-
-def parse_key(key: str) -> tuple[str | None, bool]:
-    """(media id, whether it is a staging key) of a gateway-made key; (None, False) otherwise."""
-    if key.endswith(STAGING_SUFFIX):
-        media_id = media_id_of_key(key[: -len(STAGING_SUFFIX)])
-        return (media_id, True) if media_id else (None, False)
-    return media_id_of_key(key), False
 
 
 @dataclass(frozen=True)
