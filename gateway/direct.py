@@ -32,7 +32,7 @@ import filetype
 from . import errors
 from .config import Settings
 from .events import Announcer
-from .ingest import Destination, checked_type, object_metadata
+from .ingest import Destination, checked_type, object_metadata, record_metadata
 from .lifecycle import Status, is_visible
 from .naming import (
     check_project_id,
@@ -477,13 +477,7 @@ class DirectUploadService:
 
     def _object_metadata(self, record: MediaRecord) -> dict[str, str]:
         """The stored object's metadata, the gateway's own (never what a client sent)."""
-        return object_metadata(
-            media_id=record.media_id,
-            project_id=record.project_id,
-            owner=record.owner,
-            original_name=record.original_name,
-            sha256=self._upload(record).promised_sha256,
-        )
+        return record_metadata(record, sha256=self._upload(record).promised_sha256)
 
     def _adopt(self, record: MediaRecord, s3_upload_id: str) -> None:
         """Tie the record to the client's multipart upload, once; S3 must know it for the key."""

@@ -36,7 +36,7 @@ from .config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB, Settings
 from .events import Announcer
 from .hashstate import ResumableSha256
 from .hashstate import available as resumable_hash_available
-from .ingest import Destination, checked_type, object_metadata
+from .ingest import Destination, checked_type, record_metadata
 from .lifecycle import Status, is_visible
 from .naming import check_project_id, content_disposition, display_name, new_media_id
 from .pending import EXPIRE_LIMIT, PendingUploads
@@ -492,14 +492,7 @@ class TusService:
             "content_disposition": content_disposition(record.original_name, inline=served.inline),
         }
 
-    @staticmethod
-    def _object_metadata(record: MediaRecord) -> dict[str, str]:
-        return object_metadata(
-            media_id=record.media_id,
-            project_id=record.project_id,
-            owner=record.owner,
-            original_name=record.original_name,
-        )
+    _object_metadata = staticmethod(record_metadata)
 
 
 def _principal_of(record: MediaRecord) -> Principal:
