@@ -221,7 +221,8 @@ def test_a_removal_that_fails_is_logged_and_left_to_the_sweeper(store, pending, 
         ended = pending.end(record, Status.ABORTED, "gone", parts)
     assert ended is not None and store.get(record.media_id).status is Status.ABORTED
     [entry] = caplog.records
-    assert entry.levelno == logging.WARNING and entry.exc_info is not None
+    assert entry.levelno == logging.WARNING
+    assert entry.exc_info and entry.exc_info[0] is errors.StorageError  # the trace is logged
     assert entry.getMessage() == (
         f"could not remove what upload {record.media_id} holds; the sweeper will"
     )
