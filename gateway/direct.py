@@ -31,18 +31,20 @@ import filetype
 
 from . import errors
 from .config import Settings
-from .events import Announcer, EventType
-from .ingest import Destination, checked_type, object_metadata
+from .events import Announcer
+from .ingest import Destination, checked_type, object_metadata, record_metadata
 from .lifecycle import Status, is_visible
 from .naming import (
     check_project_id,
     content_disposition,
     display_name,
-    media_id_of_key,
     new_media_id,
+    parse_key,
+    staging_key,
 )
+from .pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
 from .principal import Principal
-from .records import DirectUpload, MediaRecord, MediaStore, Sha256State, owned_upload
+from .records import DirectUpload, MediaRecord, MediaStore, Sha256State
 from .sniff import SNIFF_BYTES, SniffedType, is_allowed
 from .storage import ObjectHead, PartInfo
 from .uploads import SHA256_RE
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
     from .storage.s3_direct import S3DirectUploads  # only S3 has direct uploads
 
 log = logging.getLogger(__name__)
-STAGING_SUFFIX = ".upload"
 
 # The 409 a finished upload answers to abort or complete, by its status.
 _NOT_PENDING: dict[Status, type[errors.GatewayError]] = {
@@ -60,19 +61,6 @@ _NOT_PENDING: dict[Status, type[errors.GatewayError]] = {
     Status.ABORTED: errors.UploadAborted,
     Status.EXPIRED: errors.UploadExpired,
 }
-
-
-def staging_key(key: str) -> str:
-    """Where a single PUT/POST writes; ``complete`` copies it to ``key`` once checked."""
-    return key + STAGING_SUFFIX
-
-
-def parse_key(key: str) -> tuple[str | None, bool]:
-    """(media id, whether it is a staging key) of a gateway-made key; (None, False) otherwise."""
-    if key.endswith(STAGING_SUFFIX):
-        media_id = media_id_of_key(key[: -len(STAGING_SUFFIX)])
-        return (media_id, True) if media_id else (None, False)
-    return media_id_of_key(key), False
 
 
 @dataclass(frozen=True)
@@ -156,6 +144,13 @@ class DirectUploadService:
         self.announcer = announcer
         self.clock = clock
 
+    @property
+    def pending(self) -> PendingUploads:
+        """The pending-upload lifecycle, on the service's current records, events and clock."""
+        return PendingUploads(
+            self.records, self.announcer, self.settings.direct_max_pending, self.clock
+        )
+
     # -- initiate ----------------------------------------------------------------------------------
     def parse_promises(self, payload: Any) -> tuple[str, list[Promise]]:
         if not isinstance(payload, dict):
@@ -224,14 +219,7 @@ class DirectUploadService:
         client_signs: bool = False,
     ) -> list[Initiated]:
         principal.check_project(project_id)
-        cap = self.settings.direct_max_pending
-        pending = self.records.count_pending(
-            tenant=principal.tenant, owner=principal.subject, at_most=cap
-        )
-        if pending + len(promises) > cap:
-            raise errors.TooManyPending(
-                f"{pending} direct uploads are pending; at most {cap} may be."
-            )
+        self.pending.check_room(principal, len(promises))
         now = self.clock()
         expires_at = (now + timedelta(seconds=self.settings.direct_url_ttl)).isoformat(
             timespec="seconds"
@@ -403,7 +391,7 @@ class DirectUploadService:
         signable = _signable(request)
         record, staging = self._signed_upload(principal, signable.key)
         self._require_pending(record)
-        if self._expired(record):
+        if self.pending.is_overdue(record):
             raise errors.UploadExpired()
         upload = self._upload(record)
         ttl = self._url_ttl(upload, signable.expires_in)
@@ -489,13 +477,7 @@ class DirectUploadService:
 
     def _object_metadata(self, record: MediaRecord) -> dict[str, str]:
         """The stored object's metadata, the gateway's own (never what a client sent)."""
-        return object_metadata(
-            media_id=record.media_id,
-            project_id=record.project_id,
-            owner=record.owner,
-            original_name=record.original_name,
-            sha256=self._upload(record).promised_sha256,
-        )
+        return record_metadata(record, sha256=self._upload(record).promised_sha256)
 
     def _adopt(self, record: MediaRecord, s3_upload_id: str) -> None:
         """Tie the record to the client's multipart upload, once; S3 must know it for the key."""
@@ -516,7 +498,7 @@ class DirectUploadService:
     # -- the upload's life -----------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
         """A direct upload the caller may act on (others' are 404)."""
-        return owned_upload(self.records, principal, upload_id, DirectUpload)
+        return self.pending.get_owned(principal, upload_id, DirectUpload)
 
     @staticmethod
     def _upload(record: MediaRecord) -> DirectUpload:
@@ -561,8 +543,8 @@ class DirectUploadService:
         if record.status is Status.REJECTED or is_visible(record.status):
             return record
         self._require_pending(record)
-        if self._expired(record):
-            self._finish(record, Status.EXPIRED, "The upload expired before it was completed.")
+        if self.pending.is_overdue(record):
+            self._finish(record, Status.EXPIRED, EXPIRED_REASONS[DirectUpload])
             raise errors.UploadExpired()
         try:
             checked = self._verify(record, payload)
@@ -584,19 +566,18 @@ class DirectUploadService:
         completed = dataclasses.replace(
             self._upload(record), completed_at=self.clock().isoformat(timespec="seconds")
         )
-        stored = self.records.update(
+        stored = self.pending.mark_stored(
+            record,
             record.evolve(
                 status=Status.STORED,
                 sha256=checked.sha256,
                 sha256_state=checked.sha256_state,
                 upload=completed,
             ),
-            expected=record,
         )
         if stored is None:
             # Aborted or expired while we verified: the object we completed must not stay.
             return self._after_race(record, remove=True)
-        self.announcer.announce(EventType.STORED, [stored])
         return stored
 
     def abort(self, principal: Principal, upload_id: str) -> MediaRecord:
@@ -606,16 +587,12 @@ class DirectUploadService:
         self._require_pending(record)
         return self._finish(record, Status.ABORTED, "Aborted by the client.")
 
-    def expire_overdue(self, *, now: datetime | None = None, limit: int = 500) -> list[str]:
-        """The sweeper's part: pending uploads past their expiry are cleaned up and expired."""
-        stamp = (now or self.clock()).isoformat(timespec="seconds")
-        done = []
-        for record in self.records.expired_pending(now=stamp, limit=limit):
-            if not isinstance(record.upload, DirectUpload):
-                continue
-            self._finish(record, Status.EXPIRED, "The upload expired before it was completed.")
-            done.append(record.media_id)
-        return done
+    def expire_overdue(
+        self, *, now: datetime | None = None, limit: int = EXPIRE_LIMIT
+    ) -> list[str]:
+        """The sweeper's part: pending direct uploads past their expiry, expired and removed."""
+        expired = self.pending.expire_overdue({DirectUpload: self}, now=now, limit=limit)
+        return [record.media_id for record in expired]
 
     # -- internals ---------------------------------------------------------------------------------
     @staticmethod
@@ -629,9 +606,6 @@ class DirectUploadService:
         if current.status is Status.REJECTED or is_visible(current.status):
             return current
         raise _NOT_PENDING.get(current.status, errors.UploadStored)()
-
-    def _expired(self, record: MediaRecord) -> bool:
-        return self._upload(record).expires_at < self.clock().isoformat(timespec="seconds")
 
     def _verify(self, record: MediaRecord, payload: Any) -> Checked:
         """What S3 holds, checked against the promise (as promised: the object is complete)."""
@@ -751,36 +725,27 @@ class DirectUploadService:
         return None
 
     def _finish(self, record: MediaRecord, status: Status, reason: str) -> MediaRecord:
-        """Record the final status first (so a racing complete cannot store it), then remove
-        whatever S3 holds for the upload."""
-        final = self.records.update(record.evolve(status=status, reason=reason), expected=record)
-        if final is None:
-            return self._after_race(record, remove=False)
-        self._remove(record)
-        return final
+        """End the upload (gateway/pending.py); a lost race answers what the winner decided."""
+        final = self.pending.end(record, status, reason, self)
+        return final if final is not None else self._after_race(record, remove=False)
 
-    def _remove(self, record: MediaRecord) -> None:
+    def remove_parts(self, record: MediaRecord) -> None:
+        """What S3 holds for the upload (the ``PartsRemover`` of direct uploads)."""
         upload = self._upload(record)
-        try:
-            if upload.method == "multipart" and upload.s3_upload_id:
-                self.direct.abort_multipart(record.s3_key, upload.s3_upload_id)
-            elif upload.method == "multipart":
-                # signRequests, no id adopted yet: a multipart upload the client created may
-                # still exist (one later than this look is a stray the sweeper aborts).
-                for s3_upload_id in self.direct.multipart_uploads(record.s3_key):
-                    self.direct.abort_multipart(record.s3_key, s3_upload_id)
-            else:
-                self.direct.delete(staging_key(record.s3_key))  # what the PUT/POST URL wrote
-            self.direct.delete(record.s3_key)  # a copied single upload, or a completed multipart
-        except errors.GatewayError:
-            # The record no longer says pending or stored, so the sweeper removes these.
-            log.warning(
-                "could not remove %s from S3; the sweeper will", record.s3_key, exc_info=True
-            )
+        if upload.method == "multipart" and upload.s3_upload_id:
+            self.direct.abort_multipart(record.s3_key, upload.s3_upload_id)
+        elif upload.method == "multipart":
+            # signRequests, no id adopted yet: a multipart upload the client created may
+            # still exist (one later than this look is a stray the sweeper aborts).
+            for s3_upload_id in self.direct.multipart_uploads(record.s3_key):
+                self.direct.abort_multipart(record.s3_key, s3_upload_id)
+        else:
+            self.direct.delete(staging_key(record.s3_key))  # what the PUT/POST URL wrote
+        self.direct.delete(record.s3_key)  # a copied single upload, or a completed multipart
 
     def _after_race(self, record: MediaRecord, *, remove: bool) -> MediaRecord:
         """Another request moved the record first: answer with what it decided."""
         current = self.records.get(record.media_id)
         if remove and not (current.status is Status.REJECTED or is_visible(current.status)):
-            self._remove(record)
+            self.pending.remove(record, self)
         return self._decided(current)

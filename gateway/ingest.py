@@ -51,6 +51,17 @@ def object_metadata(
     return metadata
 
 
+def record_metadata(record: MediaRecord, *, sha256: str = "") -> dict[str, str]:
+    """``object_metadata`` of the object a record describes (a promised SHA-256, if any)."""
+    return object_metadata(
+        media_id=record.media_id,
+        project_id=record.project_id,
+        owner=record.owner,
+        original_name=record.original_name,
+        sha256=sha256,
+    )
+
+
 @dataclass(frozen=True)
 class Destination:
     """Who uploads, into which project: everything a key and a record need besides the file."""

@@ -20,6 +20,7 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|]+')
 _MAX_EXTENSION_CHARS = 16
 _EXTENSION_RE = re.compile(rf"[^\W_]{{1,{_MAX_EXTENSION_CHARS}}}")  # letters and digits
 UNNAMED = "unnamed"
+STAGING_SUFFIX = ".upload"  # where a direct upload's single PUT/POST writes (key + suffix)
 
 
 def new_media_id() -> str:
@@ -42,6 +43,20 @@ def media_id_of_key(key: str) -> str | None:
     the gateway did not make."""
     match = _KEY_RE.search(key)
     return match.group(1) if match and match.end() == len(key) else None
+
+
+def staging_key(key: str) -> str:
+    """Where a direct upload's single PUT/POST writes; ``complete`` copies it to ``key`` once
+    checked (the sweeper removes what is left there)."""
+    return key + STAGING_SUFFIX
+
+
+def parse_key(key: str) -> tuple[str | None, bool]:
+    """(media id, whether it is a staging key) of a gateway-made key; (None, False) otherwise."""
+    if key.endswith(STAGING_SUFFIX):
+        media_id = media_id_of_key(key[: -len(STAGING_SUFFIX)])
+        return (media_id, True) if media_id else (None, False)
+    return media_id_of_key(key), False
 
 
 def display_name(filename: str, *, max_chars: int) -> str:

@@ -29,9 +29,10 @@ from urllib.parse import unquote_plus
 
 from . import errors, metrics
 from .derive import Derived, DeriveOptions, Variant, derive
-from .direct import DirectUploadService, parse_key
+from .direct import DirectUploadService
 from .events import Announcer, EventType
 from .lifecycle import Status
+from .naming import parse_key
 from .queue import Message, Queue
 from .records import MediaRecord, RecordStore, Sha256State, VariantInfo
 from .sandbox import SandboxError, run

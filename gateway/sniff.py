@@ -47,6 +47,7 @@ class SniffedType:
 
 
 UNKNOWN = SniffedType(OCTET_STREAM, ".bin")  # what "*/*" stores unrecognised bytes as
+UNTYPED = SniffedType("", "")  # a tus upload before its first bytes: no type, no extension
 
 
 def sniff(head: bytes) -> SniffedType | None:

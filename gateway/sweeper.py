@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
 from . import errors
-from .direct import DirectUploadService, parse_key, staging_key
+from .direct import DirectUploadService
 from .lifecycle import OWNS_OBJECT, Status
+from .naming import parse_key, staging_key
 from .orphans import OrphanJournal
 from .queue import Queue
 from .records import DirectUpload, MediaRecord, RecordStore, TusUpload

@@ -30,12 +30,13 @@ from typing import Any, Literal
 from . import errors
 from .bodies import BodyReader
 from .config import Settings
-from .events import Announcer, EventType
+from .events import Announcer
 from .hashstate import ResumableSha256
 from .hashstate import available as resumable_hash_available
-from .ingest import Destination, checked_type, object_metadata
+from .ingest import Destination, checked_type, record_metadata
 from .lifecycle import Status, is_visible
-from .naming import check_project_id, content_disposition, display_name, new_media_id, object_key
+from .naming import check_project_id, content_disposition, display_name, new_media_id
+from .pending import EXPIRE_LIMIT, PendingUploads
 from .principal import Principal
 from .records import (
     IdempotentAnswer,
@@ -43,9 +44,8 @@ from .records import (
     MediaStore,
     Sha256State,
     TusUpload,
-    owned_upload,
 )
-from .sniff import SNIFF_BYTES, SniffedType, served_as
+from .sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
 from .storage.resumable import ResumableUploads, Stored, Target, part_size_for
 from .tus_lease import Lease
 
@@ -118,6 +118,13 @@ class TusService:
         self.clock = clock
 
     @property
+    def pending(self) -> PendingUploads:
+        """The pending-upload lifecycle, on the service's current records, events and clock."""
+        return PendingUploads(
+            self.records, self.announcer, self.settings.direct_max_pending, self.clock
+        )
+
+    @property
     def max_size(self) -> int:
         return self.settings.tus_max_bytes
 
@@ -150,14 +157,7 @@ class TusService:
         kind, upload_length = request.concat, request.length
         if upload_length is not None:
             self._check_length(upload_length)
-        cap = self.settings.direct_max_pending
-        if (
-            self.records.count_pending(
-                tenant=principal.tenant, owner=principal.subject, at_most=cap
-            )
-            >= cap
-        ):
-            raise errors.TooManyPending(f"At most {cap} uploads may be pending at once.")
+        self.pending.check_room(principal)
         partials = [self._partial(principal, media_id) for media_id in request.partials]
         now = self.clock()
         media_id = new_media_id()
@@ -171,20 +171,14 @@ class TusService:
             partials=tuple(p.media_id for p in partials),
             client_metadata=tuple(pairs),
         )
-        record = MediaRecord(
+        destination = Destination(principal, project_id, quarantined=self.quarantined)
+        record = destination.draft(
             media_id=media_id,
-            project_id=project_id,
-            tenant=principal.tenant,
-            owner=principal.subject,
             original_name=display_name(
                 values.get("filename") or values.get("name") or "",
                 max_chars=self.settings.max_filename_chars,
             ),
-            file_type="other",
-            mime_type="",
-            s3_key=object_key(
-                tenant=principal.tenant, project_id=project_id, media_id=media_id, extension=""
-            ),
+            sniffed=UNTYPED,  # the type (and the key's extension) comes with the first bytes
             size=upload_length or 0,
             sha256="",
             sha256_state=Sha256State.PENDING,
@@ -192,7 +186,6 @@ class TusService:
             metadata={k[:64]: v for k, v in pairs if k not in RESERVED_METADATA},
             status=Status.PENDING,
             upload=upload,
-            quarantined=self.quarantined,
         )
         saved_answer = answer(record) if answer else None
         if kind == "final":
@@ -216,7 +209,7 @@ class TusService:
     # -- reading -------------------------------------------------------------------------------
     def get(self, principal: Principal, upload_id: str) -> MediaRecord:
         """A tus upload the caller may act on (others' are 404)."""
-        return owned_upload(self.records, principal, upload_id, TusUpload)
+        return self.pending.get_owned(principal, upload_id, TusUpload)
 
     def live(self, principal: Principal, upload_id: str) -> MediaRecord:
         """The upload, unless it has ended: expired (410) or terminated (404)."""
@@ -225,13 +218,10 @@ class TusService:
             raise errors.UploadGone()
         if record.status in (Status.ABORTED, Status.REJECTED):
             raise errors.UploadNotFound()
-        if record.status is Status.PENDING and self._expired(record):
-            self._end(record, Status.EXPIRED, "The upload expired before it was finished.")
+        if record.status is Status.PENDING and self.pending.is_overdue(record):
+            self.pending.expire(record, self)
             raise errors.UploadGone()
         return record
-
-    def _expired(self, record: MediaRecord) -> bool:
-        return tus_state(record).expires_at < self.clock().isoformat(timespec="seconds")
 
     # -- PATCH ---------------------------------------------------------------------------------
     def patch(
@@ -287,40 +277,29 @@ class TusService:
         upload = tus_state(record)
         if upload.lock_token and upload.lock_until > self.now():
             raise errors.UploadLocked()
-        self._end(record, Status.ABORTED, "Terminated by the client.")
+        self.pending.end(record, Status.ABORTED, "Terminated by the client.", self)
 
-    def expire_overdue(self, *, now: datetime | None = None, limit: int = 500) -> list[str]:
-        stamp = (now or self.clock()).isoformat(timespec="seconds")
-        done = []
-        for record in self.records.expired_pending(now=stamp, limit=limit):
-            if isinstance(record.upload, TusUpload):
-                self._end(record, Status.EXPIRED, "The upload expired before it was finished.")
-                done.append(record.media_id)
-        return done
-
-    def _end(self, record: MediaRecord, status: Status, reason: str) -> MediaRecord | None:
-        ended = self.records.update(record.evolve(status=status, reason=reason), expected=record)
-        if ended is not None:
-            self._remove(record)
-        return ended
+    def expire_overdue(
+        self, *, now: datetime | None = None, limit: int = EXPIRE_LIMIT
+    ) -> list[str]:
+        """The sweeper's part: pending tus uploads past their expiry, expired and removed."""
+        expired = self.pending.expire_overdue({TusUpload: self}, now=now, limit=limit)
+        return [record.media_id for record in expired]
 
     def _remove(self, record: MediaRecord) -> None:
-        """Everything an unfinished upload holds: its multipart upload and chunk objects."""
-        try:
-            self.uploads.terminate(
-                record.media_id, self.object_key_of(record), _stored(tus_state(record))
-            )
-        except errors.GatewayError:
-            log.warning(
-                "could not remove the chunks of %s; the sweeper will",
-                record.media_id,
-                exc_info=True,
-            )
+        self.pending.remove(record, self)
+
+    def remove_parts(self, record: MediaRecord) -> None:
+        """Everything an unfinished upload holds: its multipart upload, tail and partial object
+        (the ``PartsRemover`` of tus uploads)."""
+        self.uploads.terminate(
+            record.media_id, self.object_key_of(record), _stored(tus_state(record))
+        )
 
     # -- finishing ------------------------------------------------------------------------------
     def finished(self, record: MediaRecord) -> None:
         if tus_state(record).concat != "partial":
-            self.announcer.announce(EventType.STORED, [record])
+            self.pending.announce_stored([record])
 
     def _concatenate(
         self, final: MediaRecord, partials: list[MediaRecord], answer: IdempotentAnswer | None
@@ -395,14 +374,7 @@ class TusService:
             "content_disposition": content_disposition(record.original_name, inline=served.inline),
         }
 
-    @staticmethod
-    def _object_metadata(record: MediaRecord) -> dict[str, str]:
-        return object_metadata(
-            media_id=record.media_id,
-            project_id=record.project_id,
-            owner=record.owner,
-            original_name=record.original_name,
-        )
+    _object_metadata = staticmethod(record_metadata)
 
 
 def _principal_of(record: MediaRecord) -> Principal:

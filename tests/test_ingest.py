@@ -9,11 +9,17 @@ import hashlib
 import pytest
 
 from gateway import errors
-from gateway.ingest import Destination, IncomingFile, checked_type, object_metadata
+from gateway.ingest import (
+    Destination,
+    IncomingFile,
+    checked_type,
+    object_metadata,
+    record_metadata,
+)
 from gateway.lifecycle import Status
 from gateway.principal import Principal
-from gateway.records import DirectUpload, MediaRecord
-from gateway.sniff import SniffedType
+from gateway.records import DirectUpload, MediaRecord, Sha256State, TusUpload
+from gateway.sniff import UNTYPED, SniffedType
 
 from support import iter_chunks, jpeg_bytes, png_bytes
 
@@ -143,6 +149,23 @@ def test_object_metadata_names_and_ascii_quoting():
     assert with_sha["sha256"] == "a" * 64 and len(with_sha) == 5
 
 
+def test_record_metadata_is_the_object_metadata_of_the_records_fields():
+    record = Destination(Principal("ann é/b", "", None), "p1").draft(
+        media_id=MEDIA_ID,
+        original_name="café 1/2.png",
+        sniffed=SniffedType("image/png", ".png"),
+        size=1,
+        sha256="c" * 64,
+        created_at="t",
+        metadata={},
+    )
+    expected = object_metadata(
+        media_id=MEDIA_ID, project_id="p1", owner="ann é/b", original_name="café 1/2.png"
+    )
+    assert record_metadata(record) == expected  # the record's own SHA-256 is not promised
+    assert record_metadata(record, sha256="a" * 64) == {**expected, "sha256": "a" * 64}
+
+
 # -- the destination -----------------------------------------------------------------------------
 def test_the_key_carries_the_tenant_project_media_id_and_sniffed_extension():
     sniffed = SniffedType("image/jpeg", ".jpg")
@@ -189,6 +212,30 @@ def test_a_draft_is_a_record_of_the_caller_in_its_tenant_and_project():
     )
     metadata["later"] = "x"  # the draft keeps its own copy
     assert draft.metadata == {"caption": "c"}
+
+
+def test_an_untyped_draft_has_no_type_and_no_extension_yet():
+    """A tus upload's record before its first bytes (the same builder as form and direct)."""
+    upload = TusUpload(expires_at="2030-01-01T00:00:00+00:00", length=None, part_size=1)
+    draft = Destination(Principal("a", "acme", None), "p1", quarantined=True).draft(
+        media_id=MEDIA_ID,
+        original_name="a",
+        sniffed=UNTYPED,
+        size=0,
+        sha256="",
+        sha256_state=Sha256State.PENDING,
+        created_at="t",
+        metadata={},
+        status=Status.PENDING,
+        upload=upload,
+    )
+    assert (draft.file_type, draft.mime_type) == ("other", "")
+    assert draft.s3_key == f"acme/projects/p1/media/{MEDIA_ID}"
+    assert (draft.quarantined, draft.upload, draft.sha256_state) == (
+        True,
+        upload,
+        Sha256State.PENDING,
+    )
 
 
 def test_a_draft_is_stored_without_upload_state_by_default():
