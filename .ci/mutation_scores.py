@@ -44,10 +44,13 @@ def main() -> int:
     failed = False
     print(f"{'module':<28} {'killed':>7} {'survived':>9} {'other':>6} {'equiv.':>7} {'score':>7}")
     for module, counts in sorted(by_module.items()):
-        killed = counts["killed"] + counts["timeout"]  # a mutant that hangs the tests is caught
+        # a mutant that hangs the tests, or crashes their process (ctypes), is caught
+        killed = counts["killed"] + counts["timeout"] + counts["segfault"]
         survived = counts["survived"]
         other = sum(
-            v for k, v in counts.items() if k not in ("killed", "timeout", "survived", "equivalent")
+            v
+            for k, v in counts.items()
+            if k not in ("killed", "timeout", "segfault", "survived", "equivalent")
         )
         scored = killed + survived + other
         score = killed / scored if scored else 1.0

@@ -51,17 +51,19 @@ def test_a_state_is_tagged_with_its_format_and_byte_order():
 
 
 @pytest.mark.parametrize(
-    "state",
+    ("state", "why"),
     [
-        "",
-        "openssl-sha256-ctx:1:middle:" + "A" * 152,  # another byte order
-        "openssl-sha256-ctx:2:little:" + "A" * 152,  # another format
-        FORMAT + ":not base64!",
-        FORMAT + ":" + "QUFB" * 10,  # 30 bytes, not 112
+        ("", "not a SHA-256 state of this format and byte order: ''"),
+        ("openssl-sha256-ctx:1:middle:" + "A" * 152, "byte order: 'openssl-sha256-ctx:1:middle'"),
+        ("openssl-sha256-ctx:2:little:" + "A" * 152, "byte order: 'openssl-sha256-ctx:2:little'"),
+        (FORMAT + ":not base64!", "^a SHA-256 state that is not base64$"),
+        # a whole state with one stray character: never read past it
+        (FORMAT + ":" + "A" * 76 + "!" + "A" * 76, "^a SHA-256 state that is not base64$"),
+        (FORMAT + ":" + "QUFB" * 10, "^a SHA-256 state of 30 bytes, not 112$"),
     ],
 )
-def test_a_foreign_or_damaged_state_is_refused(state):
-    with pytest.raises(ValueError):
+def test_a_foreign_or_damaged_state_is_refused(state, why):
+    with pytest.raises(ValueError, match=why):
         ResumableSha256.resume(state)
 
 
