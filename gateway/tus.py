@@ -46,7 +46,7 @@ from .records import (
     TusUpload,
 )
 from .sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
-from .storage.resumable import ResumableUploads, Stored, Target, part_size_for
+from .storage.resumable import ResumableUploads, ResumableWriter, Stored, Target, part_size_for
 from .tus_lease import Lease
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,8 @@ class _Writer:
         self.whole = _hasher(self.upload)
         self.received = 0
         self.committed = False
-        self.store = service.uploads.writer(
+        self.store = ResumableWriter(
+            service.uploads,
             self.record.media_id,
             _stored(self.upload),
             part_size=self.upload.part_size,

@@ -85,7 +85,6 @@ class ResumableWriter:
         guard: Callable[[], None],
         target: Target | None,
     ) -> None:
-        self._uploads = uploads
         self._chunks = uploads.chunks
         self.media_id = media_id
         self.before = stored
@@ -195,26 +194,6 @@ class ResumableUploads:
     def partial_key(media_id: str) -> str:
         """Where a partial upload's bytes wait for its final upload (never served)."""
         return chunk_key(media_id, "whole")
-
-    def writer(
-        self,
-        media_id: str,
-        stored: Stored,
-        *,
-        part_size: int,
-        generation: int,
-        guard: Callable[[], None],
-        target: Target | None,
-    ) -> ResumableWriter:
-        return ResumableWriter(
-            self,
-            media_id,
-            stored,
-            part_size=part_size,
-            generation=generation,
-            guard=guard,
-            target=target,
-        )
 
     def read_partial(self, media_id: str) -> Iterator[bytes]:
         return self.chunks.read(self.partial_key(media_id))
