@@ -313,7 +313,7 @@ class TusService:
         self._check_length(total)
         if any(p.project_id != final.project_id for p in partials):
             raise errors.InvalidTusHeader("The partial uploads must be in the final's project.")
-        first = b"".join(_take(self.uploads.read_partial(partials[0].media_id), SNIFF_BYTES))
+        first = b"".join(_first_bytes(self.uploads.read_partial(partials[0].media_id), SNIFF_BYTES))
         sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
         record = self._with_type(final, sniffed)
         upload = tus_state(record)
@@ -360,7 +360,7 @@ class TusService:
     def target_of(self, record: MediaRecord) -> Target:
         return Target(
             key=self.object_key_of(record),
-            metadata=self._object_metadata(record),
+            metadata=record_metadata(record),
             **self.object_headers(record),
         )
 
@@ -374,14 +374,12 @@ class TusService:
             "content_disposition": content_disposition(record.original_name, inline=served.inline),
         }
 
-    _object_metadata = staticmethod(record_metadata)
-
 
 def _principal_of(record: MediaRecord) -> Principal:
     return Principal(subject=record.owner, tenant=record.tenant, projects=None)
 
 
-def _take(chunks: Any, size: int) -> list[bytes]:
+def _first_bytes(chunks: Any, size: int) -> list[bytes]:
     out, got = [], 0
     for chunk in chunks:
         out.append(chunk)
