@@ -14,6 +14,6 @@ if TYPE_CHECKING:
 
 def create_app(*args: Any, **kwargs: Any) -> Flask:
     """``gateway.app.create_app``, imported on first use."""
-    from .app import create_app as factory
+    from gateway.app import create_app as factory
 
     return factory(*args, **kwargs)

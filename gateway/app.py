@@ -9,9 +9,9 @@ from flask import Flask, request
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, errors, weblog
-from .config import Settings
-from .services import Services
+from gateway import auth, errors, weblog
+from gateway.config import Settings
+from gateway.services import Services
 
 
 def create_app(
@@ -29,7 +29,7 @@ def create_app(
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
 
-    from .api import direct, health, media, openapi, pages, session, stats, tus, upload
+    from gateway.api import direct, health, media, openapi, pages, session, stats, tus, upload
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
@@ -46,7 +46,7 @@ def create_app(
     if settings.metrics_port is not None:
         app.register_blueprint(health.metrics_bp)
         _serve_metrics_on_their_listener_only(app, settings.metrics_port)
-    from .cli import register
+    from gateway.cli import register
 
     register(app)
     if settings.trusted_proxies:

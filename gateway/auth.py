@@ -27,9 +27,9 @@ from flask_jwt_extended import (
 )
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
 
-from . import csrf, errors
-from .config import Settings
-from .principal import Principal
+from gateway import csrf, errors
+from gateway.config import Settings
+from gateway.principal import Principal
 
 VERIFIED_TOKENS_KEPT = 1024
 

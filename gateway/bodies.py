@@ -40,7 +40,7 @@ from typing import IO, Any, Protocol, TypeVar
 
 from gunicorn.http.body import LengthReader
 
-from . import errors, shutdown
+from gateway import errors, shutdown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,11 +11,11 @@ from datetime import timedelta
 import click
 from flask import Flask
 
-from . import metrics
-from .api import services
-from .auth import mint_token
-from .queue import Queue
-from .worker import Worker, WorkerOptions, run_lanes
+from gateway import metrics
+from gateway.api import services
+from gateway.auth import mint_token
+from gateway.queue import Queue
+from gateway.worker import Worker, WorkerOptions, run_lanes
 
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from .records.quota import QuotaLimits
-from .redirects import origin_of
+from gateway.records.quota import QuotaLimits
+from gateway.redirects import origin_of
 
 if TYPE_CHECKING:
-    from .bodies import BodyLimits
+    from gateway.bodies import BodyLimits
 
 MiB = 1024 * 1024
 PREFIX = "GATEWAY_"
@@ -374,7 +374,7 @@ class Settings:
 
     @property
     def body_limits(self) -> BodyLimits:
-        from .bodies import BodyLimits
+        from gateway.bodies import BodyLimits
 
         return BodyLimits(
             idle=self.body_idle_timeout,

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 
-from .config import Settings
+from gateway.config import Settings
 
 HEADER = "X-CSRF-TOKEN"
 FORM_FIELD = "csrf_token"

@@ -29,28 +29,21 @@ from typing import TYPE_CHECKING, Any
 
 import filetype
 
-from . import errors
-from .config import Settings
-from .events import Announcer
-from .ingest import Destination, checked_type, object_metadata, record_metadata
-from .lifecycle import Status, is_visible
-from .naming import (
-    check_project_id,
-    content_disposition,
-    display_name,
-    new_media_id,
-    parse_key,
-    staging_key,
-)
-from .pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
-from .principal import Principal
-from .records import DirectUpload, MediaRecord, MediaStore, Sha256State
-from .sniff import SNIFF_BYTES, SniffedType, is_allowed
-from .storage import ObjectHead, PartInfo
-from .uploads import SHA256_RE
+from gateway import errors
+from gateway.config import Settings
+from gateway.events import Announcer
+from gateway.ingest import Destination, checked_type, object_metadata, record_metadata
+from gateway.lifecycle import Status, is_visible
+from gateway.naming import check_project_id, content_disposition, display_name, new_media_id, parse_key, staging_key
+from gateway.pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
+from gateway.principal import Principal
+from gateway.records import DirectUpload, MediaRecord, MediaStore, Sha256State
+from gateway.sniff import SNIFF_BYTES, SniffedType, is_allowed
+from gateway.storage import ObjectHead, PartInfo
+from gateway.uploads import SHA256_RE
 
 if TYPE_CHECKING:
-    from .storage.s3_direct import S3DirectUploads  # only S3 has direct uploads
+    from gateway.storage.s3_direct import S3DirectUploads  # only S3 has direct uploads
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from .queue import Queue
-from .records import MediaRecord
+from gateway.queue import Queue
+from gateway.records import MediaRecord
 
 log = logging.getLogger(__name__)
 

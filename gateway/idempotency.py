@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors
-from .principal import Principal
-from .records import IdempotencyStore, IdempotentAnswer, MediaRecord, SavedResponse
+from gateway import errors
+from gateway.principal import Principal
+from gateway.records import IdempotencyStore, IdempotentAnswer, MediaRecord, SavedResponse
 
 log = logging.getLogger(__name__)
 KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from . import errors
-from .lifecycle import Status
-from .naming import content_disposition, object_key
-from .principal import Principal
-from .records import MediaRecord, Sha256State, UploadState
-from .sniff import ANY_TYPE, SNIFF_BYTES, UNKNOWN, SniffedType, is_allowed, served_as, sniff
-from .storage import ObjectStore, ObjectWriter
+from gateway import errors
+from gateway.lifecycle import Status
+from gateway.naming import content_disposition, object_key
+from gateway.principal import Principal
+from gateway.records import MediaRecord, Sha256State, UploadState
+from gateway.sniff import ANY_TYPE, SNIFF_BYTES, UNKNOWN, SniffedType, is_allowed, served_as, sniff
+from gateway.storage import ObjectStore, ObjectWriter
 
 if TYPE_CHECKING:
     from hashlib import _Hash

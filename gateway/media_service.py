@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import errors
-from .events import Announcer, EventType
-from .lifecycle import VISIBLE, Status
-from .naming import MEDIA_ID_RE
-from .orphans import OrphanJournal
-from .principal import Principal
-from .records import MediaRecord, Page, RecordStore, TusUpload
-from .storage import ObjectStore, Quarantine
+from gateway import errors
+from gateway.events import Announcer, EventType
+from gateway.lifecycle import VISIBLE, Status
+from gateway.naming import MEDIA_ID_RE
+from gateway.orphans import OrphanJournal
+from gateway.principal import Principal
+from gateway.records import MediaRecord, Page, RecordStore, TusUpload
+from gateway.storage import ObjectStore, Quarantine
 
 POLL_SECONDS = 0.5  # how often a waiting reader reads the record again
 

@@ -7,7 +7,7 @@ import unicodedata
 import uuid
 from urllib.parse import quote
 
-from . import errors
+from gateway import errors
 
 # projectId and the tenant claim: they become key segments. Always matched whole (fullmatch).
 IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from . import errors
-from .events import Announcer, EventType
-from .lifecycle import Status
-from .principal import Principal
-from .records import DirectUpload, MediaRecord, RecordStore, TusUpload, owned_upload
+from gateway import errors
+from gateway.events import Announcer, EventType
+from gateway.lifecycle import Status
+from gateway.principal import Principal
+from gateway.records import DirectUpload, MediaRecord, RecordStore, TusUpload, owned_upload
 
 log = logging.getLogger(__name__)
 

@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from . import errors, metrics
-from .derive import Derived, DeriveOptions, Variant, derive
-from .direct import DirectUploadService
-from .events import Announcer, EventType
-from .lifecycle import Status
-from .naming import parse_key
-from .queue import Message, Queue
-from .records import MediaRecord, RecordStore, Sha256State, VariantInfo
-from .sandbox import SandboxError, run
-from .scanner import ScanError, Scanner
-from .storage import ObjectStore, Quarantine
+from gateway import errors, metrics
+from gateway.derive import Derived, DeriveOptions, Variant, derive
+from gateway.direct import DirectUploadService
+from gateway.events import Announcer, EventType
+from gateway.lifecycle import Status
+from gateway.naming import parse_key
+from gateway.queue import Message, Queue
+from gateway.records import MediaRecord, RecordStore, Sha256State, VariantInfo
+from gateway.sandbox import SandboxError, run
+from gateway.scanner import ScanError, Scanner
+from gateway.storage import ObjectStore, Quarantine
 
 if TYPE_CHECKING:
     from hashlib import _Hash

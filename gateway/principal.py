@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors
-from .naming import IDENTIFIER_RE
+from gateway import errors
+from gateway.naming import IDENTIFIER_RE
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from . import errors
+from gateway import errors
 
 MAX_REDIRECT_CHARS = 2048
 

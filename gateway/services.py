@@ -7,25 +7,25 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from .config import Settings
-from .direct import DirectUploadService
-from .events import Announcer, LogPublisher, Publisher, QueuePublisher
-from .idempotency import Idempotency
-from .media_service import MediaService
-from .orphans import OrphanJournal
-from .queue import Queue, open_queue
-from .records import MediaStore, open_records
-from .scanner import ClamdScanner, Scanner
-from .storage import ObjectStore, Storage, open_storage
-from .storage.resumable import ResumableUploads
-from .sweeper import Sweeper
-from .tus import TusService
-from .uploads import UploadService
-from .urls import PublicUrls
+from gateway.config import Settings
+from gateway.direct import DirectUploadService
+from gateway.events import Announcer, LogPublisher, Publisher, QueuePublisher
+from gateway.idempotency import Idempotency
+from gateway.media_service import MediaService
+from gateway.orphans import OrphanJournal
+from gateway.queue import Queue, open_queue
+from gateway.records import MediaStore, open_records
+from gateway.scanner import ClamdScanner, Scanner
+from gateway.storage import ObjectStore, Storage, open_storage
+from gateway.storage.resumable import ResumableUploads
+from gateway.sweeper import Sweeper
+from gateway.tus import TusService
+from gateway.uploads import UploadService
+from gateway.urls import PublicUrls
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
-    from .pipeline import Pipeline
-    from .webhooks import WebhookDeliveries
+    from gateway.pipeline import Pipeline
+    from gateway.webhooks import WebhookDeliveries
 
 
 @dataclass
@@ -143,8 +143,8 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        from .derive import DeriveOptions
-        from .pipeline import Pipeline, PipelineOptions
+        from gateway.derive import DeriveOptions
+        from gateway.pipeline import Pipeline, PipelineOptions
 
         s = self.settings
         storage_url = urlparse(s.storage_url)
@@ -177,7 +177,7 @@ class Services:
     @cached_property
     def deliveries(self) -> WebhookDeliveries | None:
         """The webhook lane's handler (None: no webhook configured)."""
-        from .webhooks import WebhookDeliveries, WebhookSender
+        from gateway.webhooks import WebhookDeliveries, WebhookSender
 
         s = self.settings
         if not s.webhook_url:
@@ -197,7 +197,7 @@ class Services:
             self.webhook_queue.create()
         if self.settings.processing:
             self.queue.create()
-            from .queue.sqs import SqsQueue  # only here: the embedded mode never loads boto3
+            from gateway.queue.sqs import SqsQueue  # only here: the embedded mode never loads boto3
 
             if isinstance(self.queue, SqsQueue) and self.storage.direct is not None:
                 self.queue.allow_s3(self.storage.direct.bucket)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 
-from . import errors
+from gateway import errors
 
 
 def json_error_response(status: int, reason: str, message: str) -> bytes:

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
-from . import errors
-from .direct import DirectUploadService
-from .lifecycle import OWNS_OBJECT, Status
-from .naming import parse_key, staging_key
-from .orphans import OrphanJournal
-from .queue import Queue
-from .records import DirectUpload, MediaRecord, RecordStore, TusUpload
-from .storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
-from .storage.chunks import chunk_owner
-from .tus import TusService
+from gateway import errors
+from gateway.direct import DirectUploadService
+from gateway.lifecycle import OWNS_OBJECT, Status
+from gateway.naming import parse_key, staging_key
+from gateway.orphans import OrphanJournal
+from gateway.queue import Queue
+from gateway.records import DirectUpload, MediaRecord, RecordStore, TusUpload
+from gateway.storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
+from gateway.storage.chunks import chunk_owner
+from gateway.tus import TusService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

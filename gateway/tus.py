@@ -27,27 +27,21 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, Literal
 
-from . import errors
-from .bodies import BodyReader
-from .config import Settings
-from .events import Announcer
-from .hashstate import ResumableSha256
-from .hashstate import available as resumable_hash_available
-from .ingest import Destination, checked_type, record_metadata
-from .lifecycle import Status, is_visible
-from .naming import check_project_id, content_disposition, display_name, new_media_id
-from .pending import EXPIRE_LIMIT, PendingUploads
-from .principal import Principal
-from .records import (
-    IdempotentAnswer,
-    MediaRecord,
-    MediaStore,
-    Sha256State,
-    TusUpload,
-)
-from .sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
-from .storage.resumable import ResumableUploads, ResumableWriter, Stored, Target, part_size_for
-from .tus_lease import Lease
+from gateway import errors
+from gateway.bodies import BodyReader
+from gateway.config import Settings
+from gateway.events import Announcer
+from gateway.hashstate import ResumableSha256
+from gateway.hashstate import available as resumable_hash_available
+from gateway.ingest import Destination, checked_type, record_metadata
+from gateway.lifecycle import Status, is_visible
+from gateway.naming import check_project_id, content_disposition, display_name, new_media_id
+from gateway.pending import EXPIRE_LIMIT, PendingUploads
+from gateway.principal import Principal
+from gateway.records import IdempotentAnswer, MediaRecord, MediaStore, Sha256State, TusUpload
+from gateway.sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
+from gateway.storage.resumable import ResumableUploads, ResumableWriter, Stored, Target, part_size_for
+from gateway.tus_lease import Lease
 
 log = logging.getLogger(__name__)
 TUS_VERSION = "1.0.0"

@@ -20,8 +20,8 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from . import errors
-from .records import MediaRecord, RecordStore, TusUpload
+from gateway import errors
+from gateway.records import MediaRecord, RecordStore, TusUpload
 
 log = logging.getLogger(__name__)
 RENEWALS_PER_LEASE = 4

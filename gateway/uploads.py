@@ -18,29 +18,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import csrf, errors
-from .bodies import BodyReader
-from .config import Settings
-from .events import Announcer, EventType
-from .formdata import (
-    Event,
-    FileData,
-    FileEnd,
-    FileStart,
-    FormDataError,
-    FormDataParser,
-    FormLimits,
-    TextField,
-    boundary_from_content_type,
-)
-from .idempotency import AnswerPlan, Fingerprint
-from .ingest import Destination, IncomingFile
-from .naming import check_project_id, display_name, new_media_id
-from .orphans import OrphanJournal
-from .principal import Principal
-from .records import IdempotentAnswer, MediaRecord, MediaStore
-from .redirects import check_redirect
-from .storage import ObjectStore
+from gateway import csrf, errors
+from gateway.bodies import BodyReader
+from gateway.config import Settings
+from gateway.events import Announcer, EventType
+from gateway.formdata import Event, FileData, FileEnd, FileStart, FormDataError, FormDataParser, FormLimits, TextField, boundary_from_content_type
+from gateway.idempotency import AnswerPlan, Fingerprint
+from gateway.ingest import Destination, IncomingFile
+from gateway.naming import check_project_id, display_name, new_media_id
+from gateway.orphans import OrphanJournal
+from gateway.principal import Principal
+from gateway.records import IdempotentAnswer, MediaRecord, MediaStore
+from gateway.redirects import check_redirect
+from gateway.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 FILE_FIELDS = ("file", "files")

@@ -10,8 +10,8 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .config import ConfigError, Settings
-from .storage import ObjectStore
+from gateway.config import ConfigError, Settings
+from gateway.storage import ObjectStore
 
 
 class PublicUrls:

@@ -22,7 +22,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from .queue import Message
+from gateway.queue import Message
 
 log = logging.getLogger(__name__)
 USER_AGENT = "upload-gateway-webhooks/1"

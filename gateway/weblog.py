@@ -13,8 +13,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import errors, metrics
-from .config import Settings
+from gateway import errors, metrics
+from gateway.config import Settings
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("gateway.access")

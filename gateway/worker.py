@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import metrics
-from .queue import Message, Queue
+from gateway import metrics
+from gateway.queue import Message, Queue
 
 log = logging.getLogger("gateway.worker")
 

@@ -8,9 +8,9 @@ from typing import Literal, cast
 
 from flask import current_app, request
 
-from .. import metrics
-from ..bodies import GuardedBody, guarded_body
-from ..services import Services
+from gateway import metrics
+from gateway.bodies import GuardedBody, guarded_body
+from gateway.services import Services
 
 
 def services() -> Services:

@@ -8,29 +8,16 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import errors
-from ..auth import authenticate
-from ..direct import DirectUploadService
-from ..lifecycle import Status, is_visible
-from ..records import DirectUpload, MediaRecord
-from ..storage import PartInfo
-from ..weblog import note, note_upload
-from . import services
-from .present import media_json, upload_seconds
-from .spec import (
-    BEARER,
-    ERROR_RESPONSES,
-    JSON,
-    NULLABLE_STRING,
-    UPLOAD_ID,
-    VISIBLE_STATUSES,
-    Described,
-    Schema,
-    json_response,
-    named_response,
-    query_param,
-    ref,
-)
+from gateway import errors
+from gateway.auth import authenticate
+from gateway.direct import DirectUploadService
+from gateway.lifecycle import Status, is_visible
+from gateway.records import DirectUpload, MediaRecord
+from gateway.storage import PartInfo
+from gateway.weblog import note, note_upload
+from gateway.api import services
+from gateway.api.present import media_json, upload_seconds
+from gateway.api.spec import BEARER, ERROR_RESPONSES, JSON, NULLABLE_STRING, UPLOAD_ID, VISIBLE_STATUSES, Described, Schema, json_response, named_response, query_param, ref
 
 bp = Blueprint("direct", __name__)
 MAX_JSON_BYTES = 256 * 1024

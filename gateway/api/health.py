@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from .. import metrics, shutdown
-from ..errors import GatewayError
-from . import services
-from .spec import Described, json_response
+from gateway import metrics, shutdown
+from gateway.errors import GatewayError
+from gateway.api import services
+from gateway.api.spec import Described, json_response
 
 bp = Blueprint("health", __name__)
 metrics_bp = Blueprint("metrics", __name__)  # registered when GATEWAY_METRICS_BIND is set

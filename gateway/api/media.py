@@ -9,26 +9,16 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 
-from .. import errors
-from ..auth import authenticate
-from ..lifecycle import SETTLED, VISIBLE, Status
-from ..media_service import POLL_SECONDS, PageRequest
-from ..naming import check_project_id, media_id_of_key
-from ..records import MediaRecord
-from ..sniff import mime_of_extension, served_as
-from . import services
-from .present import media_json
-from .spec import (
-    BEARER,
-    ERROR_RESPONSES,
-    NULLABLE_STRING,
-    VISIBLE_STATUSES,
-    Described,
-    named_response,
-    path_param,
-    query_param,
-    ref,
-)
+from gateway import errors
+from gateway.auth import authenticate
+from gateway.lifecycle import SETTLED, VISIBLE, Status
+from gateway.media_service import POLL_SECONDS, PageRequest
+from gateway.naming import check_project_id, media_id_of_key
+from gateway.records import MediaRecord
+from gateway.sniff import mime_of_extension, served_as
+from gateway.api import services
+from gateway.api.present import media_json
+from gateway.api.spec import BEARER, ERROR_RESPONSES, NULLABLE_STRING, VISIBLE_STATUSES, Described, named_response, path_param, query_param, ref
 
 bp = Blueprint("media", __name__)
 local_bp = Blueprint("local_media", __name__)  # registered only for the local store

@@ -16,8 +16,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from . import direct, health, media, pages, session, spec, stats, tus, upload
-from .spec import Described, json_response
+from gateway.api import direct, health, media, pages, session, spec, stats, tus, upload
+from gateway.api.spec import Described, json_response
 
 bp = Blueprint("openapi", __name__)
 

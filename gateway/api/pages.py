@@ -26,17 +26,17 @@ from flask import (
 from flask_jwt_extended import decode_token, set_access_cookies, unset_access_cookies
 from flask_jwt_extended.exceptions import JWTExtendedException
 
-from .. import csrf, errors
-from ..auth import authenticate, session_cookie, session_csrf_token
-from ..lifecycle import SETTLED
-from ..naming import IDENTIFIER_RE
-from ..principal import Principal
-from ..redirects import origin_of, with_outcome
-from ..uploads import UploadStats
-from ..web_bundle import bundle
-from . import services
-from .present import media_json
-from .spec import Described, query_param
+from gateway import csrf, errors
+from gateway.auth import authenticate, session_cookie, session_csrf_token
+from gateway.lifecycle import SETTLED
+from gateway.naming import IDENTIFIER_RE
+from gateway.principal import Principal
+from gateway.redirects import origin_of, with_outcome
+from gateway.uploads import UploadStats
+from gateway.web_bundle import bundle
+from gateway.api import services
+from gateway.api.present import media_json
+from gateway.api.spec import Described, query_param
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)

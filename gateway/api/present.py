@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import request
 
-from ..lifecycle import Status
-from ..records import MediaRecord, TusUpload
-from ..services import Services
-from . import services
+from gateway.lifecycle import Status
+from gateway.records import MediaRecord, TusUpload
+from gateway.services import Services
+from gateway.api import services
 
 
 def upload_seconds(record: MediaRecord) -> float:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, jsonify, request
 from flask_jwt_extended import get_jwt, get_jwt_request_location
 
-from .. import csrf, errors
-from ..auth import authenticate, session_csrf_token
-from .pages import clear_session, set_session
-from .spec import BEARER, ERROR_RESPONSES, Described, named_response
+from gateway import csrf, errors
+from gateway.auth import authenticate, session_csrf_token
+from gateway.api.pages import clear_session, set_session
+from gateway.api.spec import BEARER, ERROR_RESPONSES, Described, named_response
 
 bp = Blueprint("session", __name__)
 

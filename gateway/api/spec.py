@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import errors
-from ..records import Sha256State
+from gateway import errors
+from gateway.records import Sha256State
 
 Schema = dict[str, Any]
 Operation = dict[str, Any]

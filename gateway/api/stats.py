@@ -7,20 +7,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import errors
-from ..auth import authenticate
-from ..lifecycle import VISIBLE
-from ..naming import check_project_id
-from . import services
-from .spec import (
-    BEARER,
-    ERROR_RESPONSES,
-    NULLABLE_STRING,
-    Described,
-    named_response,
-    query_param,
-    ref,
-)
+from gateway import errors
+from gateway.auth import authenticate
+from gateway.lifecycle import VISIBLE
+from gateway.naming import check_project_id
+from gateway.api import services
+from gateway.api.spec import BEARER, ERROR_RESPONSES, NULLABLE_STRING, Described, named_response, query_param, ref
 
 bp = Blueprint("stats", __name__)
 

@@ -10,18 +10,18 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from .. import errors, idempotency
-from ..auth import authenticate
-from ..lifecycle import Status
-from ..lingering import drain_after_response
-from ..principal import Principal
-from ..records import IdempotentAnswer, MediaRecord
-from ..tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, tus_state
-from ..weblog import note, note_upload
-from . import services, tus_requests, upload_body
-from .present import upload_seconds
-from .spec import BEARER, ERROR_RESPONSES, UPLOAD_ID, Described, header_param
-from .tus_requests import encode_metadata
+from gateway import errors, idempotency
+from gateway.auth import authenticate
+from gateway.lifecycle import Status
+from gateway.lingering import drain_after_response
+from gateway.principal import Principal
+from gateway.records import IdempotentAnswer, MediaRecord
+from gateway.tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, tus_state
+from gateway.weblog import note, note_upload
+from gateway.api import services, tus_requests, upload_body
+from gateway.api.present import upload_seconds
+from gateway.api.spec import BEARER, ERROR_RESPONSES, UPLOAD_ID, Described, header_param
+from gateway.api.tus_requests import encode_metadata
 
 bp = Blueprint("tus", __name__)
 PATCH_TYPE = "application/offset+octet-stream"

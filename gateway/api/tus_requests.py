@@ -10,8 +10,8 @@ import re
 
 from werkzeug.datastructures import Headers
 
-from .. import errors
-from ..tus import CHECKSUMS, CreateUpload, PatchChunk
+from gateway import errors
+from gateway.tus import CHECKSUMS, CreateUpload, PatchChunk
 
 _KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 _INT_RE = re.compile(r"[0-9]{1,19}")

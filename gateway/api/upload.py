@@ -6,24 +6,16 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import errors, idempotency
-from ..auth import authenticate_form
-from ..lingering import drain_after_response
-from ..records import MediaRecord
-from ..uploads import UploadRequest, UploadStats
-from ..weblog import elapsed, note, note_upload
-from . import services, upload_body
-from .pages import BrowserAnswer, answer_browser, wants_html
-from .present import media_json
-from .spec import (
-    BEARER,
-    ERROR_RESPONSES,
-    Described,
-    header_param,
-    named_response,
-    query_param,
-    ref,
-)
+from gateway import errors, idempotency
+from gateway.auth import authenticate_form
+from gateway.lingering import drain_after_response
+from gateway.records import MediaRecord
+from gateway.uploads import UploadRequest, UploadStats
+from gateway.weblog import elapsed, note, note_upload
+from gateway.api import services, upload_body
+from gateway.api.pages import BrowserAnswer, answer_browser, wants_html
+from gateway.api.present import media_json
+from gateway.api.spec import BEARER, ERROR_RESPONSES, Described, header_param, named_response, query_param, ref
 
 bp = Blueprint("upload", __name__)
 

@@ -1,5 +1,5 @@
 """``python -m gateway.outbox``: the ``outbox`` command."""
 
-from .cli import run
+from gateway.outbox.cli import run
 
 run()

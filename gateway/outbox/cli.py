@@ -27,13 +27,13 @@ from typing import Any, NoReturn
 
 import click
 
-from . import advise as advice
-from .errors import InvalidItem, OutboxError, TokenRefused
-from .report import JsonLines, Reporter, Terminal
-from .steps import parse_then
-from .store import Incoming, Item, Outbox, State
-from .sync import KEY_TTL, Syncer
-from .transport import GatewayClient
+from gateway.outbox import advise as advice
+from gateway.outbox.errors import InvalidItem, OutboxError, TokenRefused
+from gateway.outbox.report import JsonLines, Reporter, Terminal
+from gateway.outbox.steps import parse_then
+from gateway.outbox.store import Incoming, Item, Outbox, State
+from gateway.outbox.sync import KEY_TTL, Syncer
+from gateway.outbox.transport import GatewayClient
 
 MiB = 1024 * 1024
 EX_TEMPFAIL = 75

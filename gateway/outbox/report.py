@@ -26,7 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .store import FileEntry, Item
+from gateway.outbox.store import FileEntry, Item
 
 
 class Reporter(Protocol):

@@ -24,9 +24,9 @@ from typing import Any
 
 import requests
 
-from .errors import InvalidItem, Permanent, Transient
-from .store import StepSpec
-from .transport import network_errors, retry_after_seconds
+from gateway.outbox.errors import InvalidItem, Permanent, Transient
+from gateway.outbox.store import StepSpec
+from gateway.outbox.transport import network_errors, retry_after_seconds
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 FILE_FIELDS = ("mediaId", "s3Key", "url", "sha256", "size", "originalName")

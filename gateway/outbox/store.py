@@ -32,16 +32,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import (
-    DiskFull,
-    InvalidItem,
-    NoSpaceLeft,
-    NoSuchItem,
-    OutboxDamaged,
-    OutboxFull,
-    OutboxLocked,
-)
-from .lease import LEASE_TTL, Holder, current
+from gateway.outbox.errors import DiskFull, InvalidItem, NoSpaceLeft, NoSuchItem, OutboxDamaged, OutboxFull, OutboxLocked
+from gateway.outbox.lease import LEASE_TTL, Holder, current
 
 SCHEMA_VERSION = 2
 COPY_BLOCK = 1024 * 1024

@@ -30,11 +30,11 @@ from typing import Any
 
 import requests
 
-from .errors import Interrupted, OutboxError, Permanent, TokenRefused, Transient
-from .report import Reporter
-from .steps import run_step
-from .store import FileEntry, Item, Outbox, State, Transport
-from .transport import GatewayClient, verify_record
+from gateway.outbox.errors import Interrupted, OutboxError, Permanent, TokenRefused, Transient
+from gateway.outbox.report import Reporter
+from gateway.outbox.steps import run_step
+from gateway.outbox.store import FileEntry, Item, Outbox, State, Transport
+from gateway.outbox.transport import GatewayClient, verify_record
 
 KEY_TTL = 24 * 3600.0  # the gateway's GATEWAY_IDEMPOTENCY_TTL
 # Look records up this long before the key's lifetime ends, and this far back before the first

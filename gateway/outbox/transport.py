@@ -24,16 +24,9 @@ from requests_toolbelt.multipart.encoder import MultipartEncoder, MultipartEncod
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 
-from .codes import Outcome, outcome
-from .errors import (
-    AlreadyStored,
-    Interrupted,
-    Permanent,
-    TokenRefused,
-    Transient,
-    UploadGone,
-)
-from .store import FileEntry, Item
+from gateway.outbox.codes import Outcome, outcome
+from gateway.outbox.errors import AlreadyStored, Interrupted, Permanent, TokenRefused, Transient, UploadGone
+from gateway.outbox.store import FileEntry, Item
 
 DEFAULT_TIMEOUT = 60.0
 # The field every record of an item carries, so its records can be found again by the item.

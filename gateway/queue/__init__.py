@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from gateway.config import Settings
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ def open_queue(settings: Settings, url: str | None = None) -> Queue:
     the webhook deliveries' queue is ``settings.effective_webhook_queue_url``."""
     url = settings.queue_url if url is None else url
     if url.startswith("sqs://"):
-        from .sqs import SqsQueue, make_sqs_client
+        from gateway.queue.sqs import SqsQueue, make_sqs_client
 
         return SqsQueue(
             make_sqs_client(settings),
             name=url[len("sqs://") :].strip("/"),
             max_receives=settings.queue_max_receives,
         )
-    from .sqlite import SqliteQueue
+    from gateway.queue.sqlite import SqliteQueue
 
     return SqliteQueue(url[len("sqlite:///") :], max_receives=settings.queue_max_receives)

@@ -14,10 +14,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import Message, QueueStats
+from gateway.queue import Message, QueueStats
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from gateway.config import Settings
 
 MAX_BATCH = 10  # SQS's limit per receive
 MAX_WAIT = 20  # SQS's longest long poll, seconds

@@ -21,14 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .. import errors
-from ..lifecycle import SERVABLE, Status, may_move
-from ..naming import MEDIA_ID_RE
-from .quota import HELD, Held
+from gateway import errors
+from gateway.lifecycle import SERVABLE, Status, may_move
+from gateway.naming import MEDIA_ID_RE
+from gateway.records.quota import HELD, Held
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..principal import Principal
+    from gateway.config import Settings
+    from gateway.principal import Principal
 
 
 @dataclass(frozen=True)
@@ -428,10 +428,10 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 def open_records(settings: Settings) -> MediaStore:
     """The backend named by ``GATEWAY_RECORDS_URL``."""
-    from ..metrics import instrument_record_store
+    from gateway.metrics import instrument_record_store
 
     if settings.records_url.startswith("dynamodb://"):
-        from .dynamodb import DynamoRecordStore, make_dynamodb_client
+        from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
 
         store: MediaStore = DynamoRecordStore(
             make_dynamodb_client(settings),
@@ -439,7 +439,7 @@ def open_records(settings: Settings) -> MediaStore:
             limits=settings.quota_limits,
         )
         return instrument_record_store(store, "dynamodb")
-    from .sqlite import SqliteRecordStore
+    from gateway.records.sqlite import SqliteRecordStore
 
     return instrument_record_store(
         SqliteRecordStore(settings.records_url[len("sqlite:///") :], limits=settings.quota_limits),

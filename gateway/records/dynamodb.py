@@ -29,26 +29,13 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .. import errors
-from ..lifecycle import VISIBLE, Status
-from . import (
-    IdempotentAnswer,
-    MediaRecord,
-    Page,
-    SavedResponse,
-    UsageCount,
-    UsageDeltas,
-    checked_update,
-    decode_cursor,
-    encode_cursor,
-    held_of,
-    merge_deltas,
-    usage_deltas,
-)
-from .quota import HELD, Held, QuotaLimits
+from gateway import errors
+from gateway.lifecycle import VISIBLE, Status
+from gateway.records import IdempotentAnswer, MediaRecord, Page, SavedResponse, UsageCount, UsageDeltas, checked_update, decode_cursor, encode_cursor, held_of, merge_deltas, usage_deltas
+from gateway.records.quota import HELD, Held, QuotaLimits
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from gateway.config import Settings
 
 INDEX = "by_scope"
 PENDING_INDEX = "pending_by_expiry"

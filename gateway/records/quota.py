@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import errors
-from ..lifecycle import Status
+from gateway import errors
+from gateway.lifecycle import Status
 
 HELD: frozenset[Status] = frozenset(
     {Status.PENDING, Status.STORED, Status.PROCESSING, Status.READY, Status.FAILED,

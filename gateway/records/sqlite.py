@@ -12,24 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .. import errors
-from ..lifecycle import VISIBLE, Status
-from ..sqlite_db import Connections, write_transaction
-from . import (
-    IdempotentAnswer,
-    MediaRecord,
-    Page,
-    SavedResponse,
-    UsageCount,
-    UsageDeltas,
-    checked_update,
-    decode_cursor,
-    encode_cursor,
-    held_of,
-    merge_deltas,
-    usage_deltas,
-)
-from .quota import HELD, Held, QuotaLimits, check
+from gateway import errors
+from gateway.lifecycle import VISIBLE, Status
+from gateway.sqlite_db import Connections, write_transaction
+from gateway.records import IdempotentAnswer, MediaRecord, Page, SavedResponse, UsageCount, UsageDeltas, checked_update, decode_cursor, encode_cursor, held_of, merge_deltas, usage_deltas
+from gateway.records.quota import HELD, Held, QuotaLimits, check
 
 T = TypeVar("T")
 _HELD_SQL = ", ".join(f"'{status.value}'" for status in sorted(HELD))

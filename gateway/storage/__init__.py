@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from .chunks import ChunkStore
-    from .s3_direct import S3DirectUploads
+    from gateway.config import Settings
+    from gateway.storage.chunks import ChunkStore
+    from gateway.storage.s3_direct import S3DirectUploads
 
 
 @dataclass(frozen=True)
@@ -175,8 +175,8 @@ def open_storage(settings: Settings) -> Storage:
     (``GATEWAY_CLAMD_URL``), where uploads land first (the quarantine)."""
     url = urlparse(settings.storage_url)
     if url.scheme == "s3":
-        from .s3 import S3ObjectStore, S3Quarantine, make_s3_client
-        from .s3_direct import S3DirectUploads
+        from gateway.storage.s3 import S3ObjectStore, S3Quarantine, make_s3_client
+        from gateway.storage.s3_direct import S3DirectUploads
 
         client = make_s3_client(settings)
         s3 = S3ObjectStore.from_settings(
@@ -190,7 +190,7 @@ def open_storage(settings: Settings) -> Storage:
             ),
         )
         s3_quarantine = s3_holding if settings.clamd_url else None
-        from .s3_chunks import S3Chunks
+        from gateway.storage.s3_chunks import S3Chunks
 
         landing = s3_quarantine.store if s3_quarantine is not None else s3
         return Storage(
@@ -203,8 +203,8 @@ def open_storage(settings: Settings) -> Storage:
             holding=s3_holding,
             chunks=S3Chunks(landing),
         )
-    from .chunks import LocalChunks
-    from .local import LocalObjectStore, LocalQuarantine
+    from gateway.storage.chunks import LocalChunks
+    from gateway.storage.local import LocalObjectStore, LocalQuarantine
 
     local = LocalObjectStore(url.path if url.scheme == "file" else settings.storage_url)
     local_holding = LocalQuarantine(local, LocalObjectStore(settings.effective_quarantine_url))

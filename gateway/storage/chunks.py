@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import StorageError
-from ..naming import media_id_of_key
-from .local import LocalObjectStore
+from gateway.errors import StorageError
+from gateway.naming import media_id_of_key
+from gateway.storage.local import LocalObjectStore
 
 CHUNK_DIR = ".tus"
 

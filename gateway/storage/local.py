@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import StorageError, StorageUnavailable
-from ..naming import media_id_of_key
-from . import ObjectInfo, PendingUpload, StoredObject
+from gateway.errors import StorageError, StorageUnavailable
+from gateway.naming import media_id_of_key
+from gateway.storage import ObjectInfo, PendingUpload, StoredObject
 
 TEMP_PREFIX = ".partial-"
 READ_CHUNK = 1024 * 1024

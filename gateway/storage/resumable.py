@@ -22,9 +22,9 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB
-from ..records import TusPart
-from .chunks import ChunkStore, chunk_key
+from gateway.config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB
+from gateway.records import TusPart
+from gateway.storage.chunks import ChunkStore, chunk_key
 
 log = logging.getLogger(__name__)
 LEASE_SLOTS = 8

@@ -24,13 +24,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from crc32c import crc32c
 
-from ..errors import StorageError, StorageUnavailable
-from ..metrics import instrument_s3_client
-from . import ObjectInfo, PendingUpload, StoredObject
-from .s3_requests import S3Requests
+from gateway.errors import StorageError, StorageUnavailable
+from gateway.metrics import instrument_s3_client
+from gateway.storage import ObjectInfo, PendingUpload, StoredObject
+from gateway.storage.s3_requests import S3Requests
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from gateway.config import Settings
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1024 * 1024

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from . import PartInfo
-from .s3 import S3ObjectStore, _call
-from .s3_direct import S3DirectUploads
+from gateway.storage import PartInfo
+from gateway.storage.s3 import S3ObjectStore, _call
+from gateway.storage.s3_direct import S3DirectUploads
 
 
 class S3Chunks:

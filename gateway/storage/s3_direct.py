@@ -15,9 +15,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
-from ..errors import StorageError, UploadChanged
-from . import ObjectHead, PartInfo
-from .s3 import S3ObjectStore, _call, translate
+from gateway.errors import StorageError, UploadChanged
+from gateway.storage import ObjectHead, PartInfo
+from gateway.storage.s3 import S3ObjectStore, _call, translate
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from botocore.retries.standard import (
 )
 from botocore.utils import check_dns_name, get_environ_proxies, percent_encode
 
-from ..metrics import S3_CALL_DURATION, S3_CALL_ERRORS
+from gateway.metrics import S3_CALL_DURATION, S3_CALL_ERRORS
 
 # What botocore's HTTP session raises when no answer came (retried as the client retries them).
 TRANSPORT_ERRORS = (HTTPClientError, BotoConnectionError)
