@@ -7,7 +7,7 @@ BIND   ?= 127.0.0.1:8000
 DEV_SECRET := var/dev-jwt-secret
 DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
-LINTED := gateway tests bench .ci wsgi.py gunicorn.conf.py
+LINTED := gateway outbox tests bench .ci wsgi.py gunicorn.conf.py
 
 .PHONY: run token lint test test-fast mutation bench clean bundle node
 
@@ -19,9 +19,9 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-# The offline-first client's command (gateway.outbox), runnable from anywhere.
+# The offline-first client's command (outbox), runnable from anywhere.
 $(BIN)/outbox: | $(BIN)/python
-	printf '#!/bin/sh\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m gateway.outbox "$$@"\n' \
+	printf '#!/bin/sh\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m outbox "$$@"\n' \
 		"$(CURDIR)" "$(CURDIR)/$(BIN)/python" > $@
 	chmod +x $@
 
@@ -88,7 +88,7 @@ test-fast: $(VENV)/.dev $(BUNDLE)
 	$(BIN)/pytest -m "not slow"
 
 # Mutation testing of the core modules (pyproject.toml [tool.mutmut]); not in CI: a full run
-# takes tens of minutes. MUTANTS="gateway.naming*" narrows it; scores per module at the end.
+# takes tens of minutes. MUTANTS="gateway.media.naming*" narrows it; scores per module at the end.
 MUTANTS ?=
 mutation: $(VENV)/.dev
 	rm -rf mutants

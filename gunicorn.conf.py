@@ -6,7 +6,7 @@ clients are the norm for uploads. With gthread each one held one of workers x th
 (256 per worker: p95 9.7 s with 600 such clients; gevent: 0.2 s). gunicorn 27's gthread also
 lingers up to 2 s per closed connection on the worker's main loop, so clients that ignore
 their answer stall accepts. Bodies that stall or trickle are ended by the gateway itself
-(GATEWAY_BODY_* settings, gateway/bodies.py). Measurements in docs/deployment.md.
+(GATEWAY_BODY_* settings, gateway/http/bodies.py). Measurements in docs/deployment.md.
 GATEWAY_WORKER_CLASS=gthread still works (then GATEWAY_THREADS is the concurrency).
 """
 
@@ -18,9 +18,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gateway import shutdown
 from gateway.config import ConfigError, Settings
-from gateway.serving import install_json_error_pages
+from gateway.http import shutdown
+from gateway.http.serving import install_json_error_pages
 
 # Fail here, in the master, with one line naming the variable: a worker that cannot load the
 # app would only be respawned by the master, over and over.
@@ -34,7 +34,7 @@ install_json_error_pages()  # gunicorn's own 400/414/431/501 answers as JSON, no
 
 bind = [os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")]
 if _settings.metrics_bind:
-    # /metrics answers on this listener only (gateway/api/health.py). Every worker writes its
+    # /metrics answers on this listener only (gateway/http/api/health.py). Every worker writes its
     # samples to a fresh directory that a scrape merges (prometheus-client's multiprocess mode).
     bind.append(_settings.metrics_bind)
     # Set before anything imports prometheus-client (gateway.metrics does, in the workers): it
@@ -52,8 +52,9 @@ if _settings.metrics_bind:
 
 
 worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gevent")
-# IP literals resolved without a thread handoff (gateway/dns.py); read by gevent in the workers.
-os.environ.setdefault("GEVENT_RESOLVER", "gateway.dns.Resolver")
+# IP literals resolved without a thread handoff (gateway/http/dns.py); gevent reads it in the
+# workers.
+os.environ.setdefault("GEVENT_RESOLVER", "gateway.http.dns.Resolver")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # Concurrent connections per worker (gevent); beyond it a worker stops accepting.
 worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
@@ -78,7 +79,7 @@ if graceful_timeout < _settings.shutdown_upload_grace + ROLLBACK_MARGIN:
 def when_ready(server):
     """SIGTERM (a deploy): /readyz answers 503 for GATEWAY_SHUTDOWN_DELAY seconds while the
     workers keep serving, then gunicorn's graceful stop; upload bodies end at the upload grace
-    (gateway/shutdown.py). SIGINT and SIGQUIT still stop at once."""
+    (gateway/http/shutdown.py). SIGINT and SIGQUIT still stop at once."""
     stop_gracefully = server.handle_term
 
     def handle_term():

@@ -50,8 +50,8 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.update(aws_env())
     from gateway import create_app
-    from gateway.auth import mint_token
     from gateway.config import Settings
+    from gateway.http.auth import mint_token
     from gateway.storage.s3 import make_s3_client
 
     procs = Procs()

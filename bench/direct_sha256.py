@@ -56,8 +56,8 @@ def main() -> int:
     from boto3.s3.transfer import TransferConfig
 
     from gateway.config import Settings
-    from gateway.pipeline import HashedRead
-    from gateway.records import MediaRecord, Sha256State
+    from gateway.media.records import MediaRecord, Sha256State
+    from gateway.processing.pipeline import HashedRead
     from gateway.storage import open_storage
 
     procs = Procs()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.formdata import FileData, FormDataParser, TextField
+from gateway.uploads.formdata import FileData, FormDataParser, TextField
 
 BOUNDARY = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
 MiB = 1 << 20
@@ -48,7 +48,7 @@ def small_parts_body(count: int, size: int) -> bytes:
 
 
 def ours(body: bytes, read: int) -> int:
-    from gateway.formdata import FormLimits
+    from gateway.uploads.formdata import FormLimits
 
     parser = FormDataParser(BOUNDARY, FormLimits(max_files=100_000))
     total = 0
@@ -120,7 +120,7 @@ def main() -> None:
         "2,000 x 4 KiB parts": small_parts_body(2000, 4096),
     }
     parsers = {
-        "gateway.formdata": ours,
+        "gateway.uploads.formdata": ours,
         "werkzeug MultipartDecoder": werkzeug,
         "python-multipart": python_multipart,
     }

@@ -55,8 +55,8 @@ def pillow_loop(paths: list[Path]) -> float:
 
 
 def sandboxed(paths: list[Path]) -> tuple[float, int]:
-    from gateway.derive import DeriveOptions, derive
-    from gateway.sandbox import Peak, run
+    from gateway.processing.derive import DeriveOptions, derive
+    from gateway.processing.sandbox import Peak, run
 
     peak, started = 0, time.perf_counter()
     for path in paths:
@@ -73,9 +73,9 @@ def sandboxed(paths: list[Path]) -> tuple[float, int]:
 
 
 def whole_jobs(paths: list[Path], scratch: Path) -> float:
-    from gateway.lifecycle import Status
+    from gateway.media.lifecycle import Status
+    from gateway.processing.worker import Worker, WorkerOptions
     from gateway.services import Services
-    from gateway.worker import Worker, WorkerOptions
 
     from conftest import make_settings
 
@@ -89,7 +89,7 @@ def whole_jobs(paths: list[Path], scratch: Path) -> float:
         writer = svc.store.open_writer(key, content_type="image/jpeg", metadata={})
         writer.write(path.read_bytes())
         writer.commit(sha256="0" * 64)
-        from gateway.records import MediaRecord
+        from gateway.media.records import MediaRecord
 
         svc.records.create_many(
             [
@@ -205,7 +205,7 @@ def scan_times(scratch: Path) -> dict[str, float] | None:
         from support import stop
     except ImportError:
         return None
-    from gateway.scanner import ClamdScanner
+    from gateway.processing.scanner import ClamdScanner
 
     try:
         proc, url = start_clamd(scratch / "clamd")

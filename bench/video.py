@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/video.py     # needs ffmpeg and ffprobe on PATH (apt-get install ffmpeg)
 
-Makes a 20 s 1080p H.264 test video with ffmpeg, then per video: ``gateway.derive.derive``
+Makes a 20 s 1080p H.264 test video with ffmpeg, then per video: ``gateway.processing.derive.derive``
 (PyAV: properties and a 1280 px WebP poster) against ``ffprobe`` (duration, codec, size) plus
 ``ffmpeg -ss ... -frames:v 1`` (the same poster), 5 times each after a warm-up; prints wall time
 and CPU time per video (the command line's CPU is its child processes').
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.derive import DeriveOptions, derive
+from gateway.processing.derive import DeriveOptions, derive
 
 RUNS = 5
 
@@ -76,7 +76,7 @@ def main() -> int:
             )
 
         rows = [
-            ("PyAV, in process (gateway.derive)", timed(pyav, resource.RUSAGE_SELF)),
+            ("PyAV, in process (gateway.processing.derive)", timed(pyav, resource.RUSAGE_SELF)),
             ("ffprobe + ffmpeg command line", timed(command_line, resource.RUSAGE_CHILDREN)),
         ]
     print(f"{'poster frame of a 20 s 1080p H.264 video':<42} {'wall ms':>8} {'CPU ms':>8}")

@@ -80,11 +80,11 @@ def run(arrangement: str, delay: float, uploads: int, settle: float, scratch: Pa
     from webhook_receiver import SECRET
 
     from gateway import create_app
-    from gateway.auth import mint_token
-    from gateway.lifecycle import Status
+    from gateway.http.auth import mint_token
+    from gateway.media.lifecycle import Status
+    from gateway.processing.worker import Worker, WorkerOptions, run_lanes
     from gateway.queue import Message, open_queue
     from gateway.services import Services
-    from gateway.worker import Worker, WorkerOptions, run_lanes
 
     from conftest import make_settings
     from support import form_body

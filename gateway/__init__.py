@@ -1,7 +1,7 @@
 """upload-gateway: a streaming multipart/form-data to S3 gateway.
 
 Importing the package (or any of its domain modules) does not import Flask: only the app
-factory (``gateway.app``) and the HTTP edge (``gateway.api``, ``auth``, ``weblog``) do.
+factory (``gateway.app``) and the HTTP edge (``gateway.http.api``, ``auth``, ``weblog``) do.
 """
 
 from __future__ import annotations

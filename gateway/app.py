@@ -9,8 +9,9 @@ from flask import Flask, request
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import auth, errors, weblog
+from gateway import errors
 from gateway.config import Settings
+from gateway.http import auth, weblog
 from gateway.services import Services
 
 
@@ -29,7 +30,7 @@ def create_app(
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
 
-    from gateway.api import direct, health, media, openapi, pages, session, stats, tus, upload
+    from gateway.http.api import direct, health, media, openapi, pages, session, stats, tus, upload
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
@@ -58,7 +59,8 @@ def create_app(
 
 
 class NoSessions(SessionInterface):
-    """Flask's cookie session is unused (the browser session is the JWT cookie, gateway/auth.py):
+    """Flask's cookie session is unused (the browser session is the JWT cookie,
+    gateway/http/auth.py):
     without this, every request built a signing serializer and looked for its cookie (about 4% of
     a 1 MiB upload's CPU). There is no SECRET_KEY either, so nothing can be signed with one."""
 

@@ -12,10 +12,11 @@ import click
 from flask import Flask
 
 from gateway import metrics
-from gateway.api import services
-from gateway.auth import mint_token
+from gateway.http.api import services
+from gateway.http.auth import mint_token
+from gateway.media.records.quota import QuotaLimits
+from gateway.processing.worker import Worker, WorkerOptions, run_lanes
 from gateway.queue import Queue
-from gateway.worker import Worker, WorkerOptions, run_lanes
 
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -158,7 +159,7 @@ def register(app: Flask) -> None:
         """Set the DynamoDB quota ledgers to what each project and tenant holds: once, after
         turning quotas on for a table that already has records (uploads may go on)."""
         svc = services()
-        if not svc.settings.quota_limits.active:
+        if not QuotaLimits.of(svc.settings).active:
             raise click.ClickException("No quota is set (GATEWAY_QUOTA_*): nothing to recount.")
         if not svc.settings.records_url.startswith("dynamodb://"):
             click.echo("SQLite checks quotas against its records directly: nothing to recount.")

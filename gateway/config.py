@@ -12,14 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
-
-from gateway.records.quota import QuotaLimits
-from gateway.redirects import origin_of
-
-if TYPE_CHECKING:
-    from gateway.bodies import BodyLimits
 
 MiB = 1024 * 1024
 PREFIX = "GATEWAY_"
@@ -65,7 +59,8 @@ class Settings:
     s3_max_attempts: int = positive(5)
     # "on" only for a store that refuses a PutObject whose x-amz-checksum-sha256 differs from
     # its bytes and reports it on HeadObject (AWS S3; not moto, not Ceph RGW 16): a direct
-    # upload's promised SHA-256 is then taken from S3 instead of read back (gateway/direct.py).
+    # upload's promised SHA-256 is then taken from S3 instead of read back
+    # (gateway/uploads/direct.py).
     s3_verifies_sha256: bool = False
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
@@ -99,12 +94,12 @@ class Settings:
     # A slow body holds a worker connection: end it with 408 when no byte comes for
     # body_idle_timeout seconds, or when it falls behind body_min_rate bytes per second of
     # waiting (0: no rate check), with body_rate_grace seconds of credit at the start and at
-    # most that much banked (gateway/bodies.py). Keep the idle limit below nginx's
+    # most that much banked (gateway/http/bodies.py). Keep the idle limit below nginx's
     # client_body_timeout so that the gateway's JSON 408 is what the client sees.
     body_idle_timeout: float = positive_seconds(30.0)
     body_min_rate: int = 1024
     body_rate_grace: float = 30.0
-    # A graceful stop (SIGTERM to gunicorn, gateway/shutdown.py): /readyz answers 503 for
+    # A graceful stop (SIGTERM to gunicorn, gateway/http/shutdown.py): /readyz answers 503 for
     # shutdown_delay seconds before the listeners close; upload bodies still arriving
     # shutdown_upload_grace seconds after the SIGTERM end with 503 shutting_down (rolled back).
     shutdown_delay: float = 5.0
@@ -134,7 +129,7 @@ class Settings:
     quarantine_url: str = ""  # default: var/quarantine, or s3://<bucket>/<prefix>-quarantine
     keep_infected: bool = False  # "on": keep infected objects in the quarantine
 
-    # Describing and deriving (gateway/derive.py), in a sandboxed child process.
+    # Describing and deriving (gateway/processing/derive.py), in a sandboxed child process.
     thumbnail_sizes: tuple[int, ...] = (320, 1280)
     max_image_pixels: int = positive(50_000_000)
     strip_gps: bool = False  # "on": also remove GPS from JPEG originals (variants never have it)
@@ -148,8 +143,8 @@ class Settings:
     tus_max_checksum_chunk: int = positive(64 * MiB)  # a checksummed chunk is held until verified
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
 
-    # Browsers (gateway/api/pages.py): the JWT may also come in this cookie, and then only with
-    # its CSRF token (gateway/csrf.py). The __Host- prefix needs session_cookie_secure on.
+    # Browsers (gateway/http/api/pages.py): the JWT may also come in this cookie, and then only with
+    # its CSRF token (gateway/uploads/csrf.py). The __Host- prefix needs session_cookie_secure on.
     session_cookie: str = "__Host-gateway_session"
     session_cookie_secure: bool = True
     session_cookie_samesite: str = "Lax"  # Lax, Strict or None (None needs secure on)
@@ -186,15 +181,6 @@ class Settings:
     # on the public one; the processing worker serves its own on worker_metrics_bind. "": off.
     metrics_bind: str = ""
     worker_metrics_bind: str = ""
-
-    @property
-    def quota_limits(self) -> QuotaLimits:
-        return QuotaLimits(
-            project_bytes=self.quota_project_bytes,
-            project_files=self.quota_project_files,
-            tenant_bytes=self.quota_tenant_bytes,
-            tenant_files=self.quota_tenant_files,
-        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -373,17 +359,6 @@ class Settings:
         return f"{stem}-webhooks.{extension}"
 
     @property
-    def body_limits(self) -> BodyLimits:
-        from gateway.bodies import BodyLimits
-
-        return BodyLimits(
-            idle=self.body_idle_timeout,
-            min_rate=self.body_min_rate,
-            grace=self.body_rate_grace,
-            shutdown_grace=self.shutdown_upload_grace,
-        )
-
-    @property
     def effective_jwt_algorithm(self) -> str:
         if self.jwt_algorithm:
             return self.jwt_algorithm.upper()
@@ -427,6 +402,18 @@ class Settings:
         settings = dataclasses.replace(self, **changes)
         settings.validate()
         return settings
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, lowercased; None for anything else."""
+    try:
+        parts = urlparse(url)
+        parts.port  # noqa: B018 -- raises on a bad port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _pem_or_file(value: str) -> str:

@@ -442,7 +442,7 @@ class StorageUnavailable(StorageError, _Retryable):
 
 
 class ShuttingDown(_Retryable):
-    """A graceful stop ended the body (gateway/shutdown.py); another instance will take it."""
+    """A graceful stop ended the body (gateway/http/shutdown.py); another instance will take it."""
 
     status, code, message = (
         503,

@@ -8,24 +8,24 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from gateway.config import Settings
-from gateway.direct import DirectUploadService
-from gateway.events import Announcer, LogPublisher, Publisher, QueuePublisher
-from gateway.idempotency import Idempotency
-from gateway.media_service import MediaService
-from gateway.orphans import OrphanJournal
+from gateway.media.events import Announcer, LogPublisher, Publisher, QueuePublisher
+from gateway.media.orphans import OrphanJournal
+from gateway.media.records import MediaStore, open_records
+from gateway.media.service import MediaService
+from gateway.media.urls import PublicUrls
+from gateway.processing.scanner import ClamdScanner, Scanner
 from gateway.queue import Queue, open_queue
-from gateway.records import MediaStore, open_records
-from gateway.scanner import ClamdScanner, Scanner
 from gateway.storage import ObjectStore, Storage, open_storage
 from gateway.storage.resumable import ResumableUploads
-from gateway.sweeper import Sweeper
-from gateway.tus import TusService
-from gateway.uploads import UploadService
-from gateway.urls import PublicUrls
+from gateway.uploads.direct import DirectUploadService
+from gateway.uploads.form import UploadService
+from gateway.uploads.idempotency import Idempotency
+from gateway.uploads.sweeper import Sweeper
+from gateway.uploads.tus import TusService
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
-    from gateway.pipeline import Pipeline
-    from gateway.webhooks import WebhookDeliveries
+    from gateway.processing.pipeline import Pipeline
+    from gateway.processing.webhooks import WebhookDeliveries
 
 
 @dataclass
@@ -143,8 +143,8 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        from gateway.derive import DeriveOptions
-        from gateway.pipeline import Pipeline, PipelineOptions
+        from gateway.processing.derive import DeriveOptions
+        from gateway.processing.pipeline import Pipeline, PipelineOptions
 
         s = self.settings
         storage_url = urlparse(s.storage_url)
@@ -177,7 +177,7 @@ class Services:
     @cached_property
     def deliveries(self) -> WebhookDeliveries | None:
         """The webhook lane's handler (None: no webhook configured)."""
-        from gateway.webhooks import WebhookDeliveries, WebhookSender
+        from gateway.processing.webhooks import WebhookDeliveries, WebhookSender
 
         s = self.settings
         if not s.webhook_url:

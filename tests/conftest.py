@@ -122,7 +122,7 @@ def client(app):
 @pytest.fixture
 def token(app):
     def make(sub: str = "alice", **kwargs) -> str:
-        from gateway.auth import mint_token
+        from gateway.http.auth import mint_token
 
         with app.app_context():
             return mint_token(sub, **kwargs)

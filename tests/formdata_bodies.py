@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.formdata import (
+from gateway.uploads.formdata import (
     Event,
     FileData,
     FileEnd,

@@ -152,8 +152,8 @@ def assert_nothing_left(svc) -> None:
 
 
 def record_ids(records) -> list[str]:
-    from gateway.records.dynamodb import DynamoRecordStore
-    from gateway.records.sqlite import SqliteRecordStore
+    from gateway.media.records.dynamodb import DynamoRecordStore
+    from gateway.media.records.sqlite import SqliteRecordStore
 
     if isinstance(records, SqliteRecordStore):
         rows = records._run(lambda conn: conn.execute("SELECT media_id FROM media").fetchall())

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from gateway import errors
-from gateway.bodies import BodyGuard, BodyLimits, BodyTimedOut, GuardedBody, _GuardedSocket
+from gateway.http.bodies import BodyGuard, BodyLimits, BodyTimedOut, GuardedBody, _GuardedSocket
 
 from e2e_harness import MiB, gateway_stack, poll, read_response, request_head
 from support import assert_nothing_left, form_body, leftovers, png_bytes
@@ -541,7 +541,7 @@ LIMITS = BodyLimits(idle=7.0, min_rate=100, grace=10.0)
 
 @pytest.mark.parametrize("shape", ["reader", "req"])
 def test_under_gunicorn_the_guard_wraps_the_readers_socket_and_restores_it(shape):
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     left, right = socket.socketpair()
     with left, right:
@@ -561,7 +561,7 @@ def test_under_gunicorn_the_guard_wraps_the_readers_socket_and_restores_it(shape
 
 
 def test_under_gunicorn_without_its_reader_the_idle_limit_is_the_socket_timeout():
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     left, right = socket.socketpair()
     with left, right:
@@ -574,7 +574,7 @@ def test_under_gunicorn_without_its_reader_the_idle_limit_is_the_socket_timeout(
 
 
 def test_a_reader_on_another_socket_is_not_wrapped():
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     left, right = socket.socketpair()
     with left, right:
@@ -586,7 +586,7 @@ def test_a_reader_on_another_socket_is_not_wrapped():
 
 
 def test_without_gunicorn_nothing_is_wrapped():
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     stream = _Stream(lambda: b"")
     with guarded_body({"wsgi.input": stream}, stream, LIMITS) as body:  # type: ignore[arg-type]
@@ -607,7 +607,7 @@ def gunicorn_body(sock, length: int, read_ahead: bytes = b""):
 
 
 def test_a_content_length_body_is_received_into_the_buffers_it_returns():
-    from gateway.bodies import _LengthBody, guarded_body
+    from gateway.http.bodies import _LengthBody, guarded_body
 
     content = os.urandom(300_000)
     left, right = socket.socketpair()
@@ -634,7 +634,7 @@ def test_a_content_length_body_is_received_into_the_buffers_it_returns():
 
 
 def test_read_ahead_past_the_body_goes_back_to_gunicorn():
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     left, right = socket.socketpair()
     with left, right:
@@ -647,7 +647,7 @@ def test_read_ahead_past_the_body_goes_back_to_gunicorn():
 
 
 def test_a_body_cut_short_ends_its_reads_and_one_that_stalls_is_a_408():
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     limits = BodyLimits(idle=0.2, min_rate=0, grace=10.0)
     left, right = socket.socketpair()
@@ -672,7 +672,7 @@ def test_a_body_cut_short_ends_its_reads_and_one_that_stalls_is_a_408():
 
 
 def test_gunicorns_reader_is_kept_when_the_body_was_wrapped_or_already_read_from():
-    from gateway.bodies import guarded_body
+    from gateway.http.bodies import guarded_body
 
     left, right = socket.socketpair()
     with left, right:
@@ -688,11 +688,11 @@ def test_gunicorns_reader_is_kept_when_the_body_was_wrapped_or_already_read_from
         assert unreader.sock is left
 
 
-# -- the upload routes' body (gateway/api: upload_body) ----------------------------------------------
+# -- the upload routes' body (gateway/http/api: upload_body) ----------------------------------------------
 @pytest.mark.parametrize("protocol", ["form", "tus"])
 def test_an_upload_routes_body_is_guarded_and_counted_in_flight_until_it_ends(tmp_path, protocol):
     from gateway import create_app, metrics
-    from gateway.api import upload_body
+    from gateway.http.api import upload_body
 
     from conftest import make_settings
 
@@ -704,7 +704,7 @@ def test_an_upload_routes_body_is_guarded_and_counted_in_flight_until_it_ends(tm
         with pytest.raises(errors.ClientDisconnected), upload_body(protocol) as body:
             assert gauge._value.get() == before + 1
             assert isinstance(body, GuardedBody)
-            assert body.guard.limits == settings.body_limits
+            assert body.guard.limits == BodyLimits.of(settings)
             assert body.guard.limits.idle == 7.0 and body.guard.limits.min_rate == 10
             assert body.read(10) == b"abc"
             raise errors.ClientDisconnected()

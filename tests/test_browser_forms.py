@@ -13,8 +13,10 @@ from urllib.parse import parse_qsl, urlparse
 
 import pytest
 
-from gateway import create_app, csrf, errors
-from gateway.redirects import check_redirect, origin_of, with_outcome
+from gateway import create_app, errors
+from gateway.config import origin_of
+from gateway.uploads import csrf
+from gateway.uploads.redirects import check_redirect, with_outcome
 
 from conftest import JWT_SECRET, init_stores, make_settings
 from support import (
@@ -136,7 +138,7 @@ def test_the_cookie_name_and_attributes_are_settings(tmp_path, token):
     app = create_app(settings)
     init_stores(app.extensions["gateway"])
     with app.app_context():
-        from gateway.auth import mint_token
+        from gateway.http.auth import mint_token
 
         jwt = mint_token("alice")
     response = app.test_client().post("/api/session", headers={"Authorization": f"Bearer {jwt}"})
@@ -459,7 +461,7 @@ def test_the_result_page_refreshes_itself_until_processing_has_settled(client, s
     html = client.get(answer.headers["Location"], headers=cookie).get_data(as_text=True)
     assert '<meta http-equiv="refresh" content="3">' in html  # stored: processing follows
     media_id = re.search(r'data-media-id="([0-9a-f]+)"', html).group(1)
-    from gateway.lifecycle import Status
+    from gateway.media.lifecycle import Status
 
     record = svc.records.get(media_id)
     svc.records.update(record.evolve(status=Status.PROCESSING), expected=record)

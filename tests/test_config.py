@@ -150,8 +150,8 @@ def test_cloudfront_signed_urls(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from gateway.media.urls import PublicUrls
     from gateway.storage.local import LocalObjectStore
-    from gateway.urls import PublicUrls
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
@@ -223,9 +223,9 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
 
     import boto3
 
+    from gateway.media.urls import PublicUrls
     from gateway.storage.s3 import S3ObjectStore
     from gateway.storage.s3_requests import S3Requests
-    from gateway.urls import PublicUrls
 
     client = boto3.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
     store = S3ObjectStore(

@@ -10,8 +10,8 @@ import media_samples as samples
 import pytest
 from PIL import Image
 
-from gateway.derive import DeriveOptions, Undecodable, derive, strip_jpeg_gps
-from gateway.sandbox import SandboxError, run
+from gateway.processing.derive import DeriveOptions, Undecodable, derive, strip_jpeg_gps
+from gateway.processing.sandbox import SandboxError, run
 
 OPTIONS = DeriveOptions(thumbnail_sizes=(320, 1280), max_pixels=50_000_000, strip_gps=True)
 
@@ -194,7 +194,7 @@ def test_a_bomb_in_the_sandbox_fails_without_harming_the_caller(tmp_path):
 
 
 def test_the_sandbox_reports_its_childs_peak_memory():
-    from gateway.sandbox import Peak
+    from gateway.processing.sandbox import Peak
 
     run(_allocate, 100, memory_bytes=512 << 20, timeout=30)
     assert Peak.rss >= 100 << 20

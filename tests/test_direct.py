@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from gateway import create_app
-from gateway.direct import staging_key
+from gateway.uploads.direct import staging_key
 
 from conftest import init_stores, make_settings
 from support import MiB, jpeg_bytes, mp4_bytes, png_bytes
@@ -409,7 +409,7 @@ def test_embedded_mode_answers_501(tmp_path):
     app = create_app(make_settings(tmp_path, backend="local"))
     init_stores(app.extensions["gateway"])
     with app.app_context():
-        from gateway.auth import mint_token
+        from gateway.http.auth import mint_token
 
         headers = {"Authorization": f"Bearer {mint_token('alice')}"}
     response = initiate(app.test_client(), headers, [promise(png_bytes(100), "image/png")])
@@ -465,7 +465,7 @@ def test_staging_object_of_a_pending_upload_is_live_for_the_sweeper(client, auth
 def test_sweep_deletes_stale_staging_of_a_rejected_upload(client, auth, svc):
     content = png_bytes(50_000)
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
-    from gateway.lifecycle import Status
+    from gateway.media.lifecycle import Status
 
     record = svc.records.get(upload["uploadId"])
     svc.records.update(
@@ -785,7 +785,7 @@ def custom(tmp_path, backend, moto_url):
         init_stores(app.extensions["gateway"])
 
         def headers_for(sub="alice", **claims):
-            from gateway.auth import mint_token
+            from gateway.http.auth import mint_token
 
             with app.app_context():
                 return {"Authorization": f"Bearer {mint_token(sub, **claims)}"}
@@ -943,7 +943,7 @@ def test_part_urls_come_in_pages(custom):
     ],
 )
 def test_complete_racing_abort_is_409_upload_aborted(client, auth, svc, monkeypatch, method, step):
-    from gateway.principal import Principal
+    from gateway.media.principal import Principal
 
     content = mp4_bytes(PART + 10) if method == "multipart" else png_bytes(50_000)
     kind = "video/mp4" if method == "multipart" else "image/png"

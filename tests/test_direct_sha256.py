@@ -27,12 +27,12 @@ from test_direct import assert_gone, complete, initiate, promise, read, send_par
 from test_pipeline import settled, work
 
 from gateway import create_app
-from gateway.api.openapi import document
-from gateway.auth import mint_token
-from gateway.direct import staging_key
-from gateway.lifecycle import Status
-from gateway.records import Sha256State
-from gateway.sandbox import SandboxError
+from gateway.http.api.openapi import document
+from gateway.http.auth import mint_token
+from gateway.media.lifecycle import Status
+from gateway.media.records import Sha256State
+from gateway.processing.sandbox import SandboxError
+from gateway.uploads.direct import staging_key
 
 from conftest import init_stores, make_settings
 from support import MiB, mp4_bytes, png_bytes
@@ -188,7 +188,7 @@ def test_a_crashing_decoder_leaves_a_failed_record_with_its_sha256(tmp_path, mot
         crashes.append(args[1])
         raise SandboxError("killed by signal 11", kind="crashed")
 
-    monkeypatch.setattr("gateway.pipeline.run", crash)
+    monkeypatch.setattr("gateway.processing.pipeline.run", crash)
     content = samples.png(600, 400)
     upload, done = upload_direct(client, auth, content, "image/png", "put")
     assert done.status_code == 200

@@ -1,4 +1,4 @@
-"""gateway/dns.py: IP literals resolved in place, names handed to gevent's thread pool."""
+"""gateway/http/dns.py: IP literals resolved in place, names handed to gevent's thread pool."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.dns import Resolver
+from gateway.http.dns import Resolver
 
 from support import JWT_SECRET, ROOT
 
@@ -58,4 +58,4 @@ def test_gunicorn_selects_it_unless_the_operator_chose_a_resolver(monkeypatch, p
     else:
         monkeypatch.setenv("GEVENT_RESOLVER", preset)
     runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert os.environ["GEVENT_RESOLVER"] == (preset or "gateway.dns.Resolver")
+    assert os.environ["GEVENT_RESOLVER"] == (preset or "gateway.http.dns.Resolver")

@@ -15,7 +15,7 @@ TEXTS = "text/*,application/json,application/vnd.openxmlformats-officedocument.*
 def _gateway(tmp_path, backend, request, allowed_types: str):
     """(client, svc, auth headers) of an app with this allow-list."""
     from gateway import create_app
-    from gateway.auth import mint_token
+    from gateway.http.auth import mint_token
 
     from conftest import init_stores, make_settings
 

@@ -1,4 +1,4 @@
-"""gateway.events: the events of a state change, published without ever undoing it."""
+"""gateway.media.events: the events of a state change, published without ever undoing it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from gateway.events import Announcer, EventType, LogPublisher, MediaEvent
-from gateway.lifecycle import Status
-from gateway.records import MediaRecord
+from gateway.media.events import Announcer, EventType, LogPublisher, MediaEvent
+from gateway.media.lifecycle import Status
+from gateway.media.records import MediaRecord
 
 AT = datetime(2024, 5, 6, 7, 8, 9, 120000, tzinfo=UTC)
 
@@ -95,7 +95,7 @@ def test_a_failing_publisher_is_logged_and_never_raises(caplog):
             raise RuntimeError("queue down")
 
     announcer = Announcer(Broken(), clock=lambda: AT)
-    with caplog.at_level(logging.ERROR, logger="gateway.events"):
+    with caplog.at_level(logging.ERROR, logger="gateway.media.events"):
         events = announcer.announce(EventType.STORED, [record()])
     assert [e.media_id for e in events] == ["a" * 32]
     [entry] = caplog.records
@@ -135,10 +135,10 @@ def test_the_log_publisher_writes_one_line_per_event(caplog):
 
 
 def test_the_log_publisher_logs_to_gateway_events_by_default(caplog):
-    with caplog.at_level(logging.INFO, logger="gateway.events"):
+    with caplog.at_level(logging.INFO, logger="gateway.media.events"):
         LogPublisher().publish([MediaEvent.of(EventType.DELETED, record(), at=AT)])
     [entry] = caplog.records
-    assert entry.name == "gateway.events" and entry.msg["event"] == "media.deleted"
+    assert entry.name == "gateway.media.events" and entry.msg["event"] == "media.deleted"
 
 
 def test_a_local_time_is_written_with_its_offset():
@@ -201,7 +201,7 @@ def _events():
 @pytest.mark.parametrize("processing", [False, True])
 @pytest.mark.parametrize("webhooks", [False, True])
 def test_the_queue_publisher_turns_events_into_jobs(processing, webhooks):
-    from gateway.events import QueuePublisher
+    from gateway.media.events import QueuePublisher
 
     queue, hooks, then = FakeQueue(), FakeQueue(), Collect()
     events = _events()
@@ -224,7 +224,7 @@ def test_the_queue_publisher_turns_events_into_jobs(processing, webhooks):
 
 
 def test_the_queue_publisher_jobs_exactly():
-    from gateway.events import QueuePublisher
+    from gateway.media.events import QueuePublisher
 
     queue, hooks, then = FakeQueue(), FakeQueue(), Collect()
     [stored, deleted] = _events()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.formdata import (
+from gateway.uploads.formdata import (
     MAX_EPILOGUE_BYTES,
     MAX_PADDING_BYTES,
     MAX_PREAMBLE_BYTES,

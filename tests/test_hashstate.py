@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.hashstate import CTX_SIZE, FORMAT, ResumableSha256, available
+from gateway.uploads.hashstate import CTX_SIZE, FORMAT, ResumableSha256, available
 
 
 def test_openssl_gives_its_state_here():

@@ -1,4 +1,4 @@
-"""gateway.idempotency without HTTP: the fingerprint, the saved answer, run_once on a fake store.
+"""gateway.uploads.idempotency without HTTP: the fingerprint, the saved answer, run_once on a fake store.
 (The route: test_upload_api.py, "idempotency".)"""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import time
 import pytest
 
 from gateway import errors
-from gateway.idempotency import (
+from gateway.media.principal import Principal
+from gateway.media.records import IdempotentAnswer, SavedResponse
+from gateway.uploads.idempotency import (
     AnswerPlan,
     Fingerprint,
     Idempotency,
@@ -19,8 +21,6 @@ from gateway.idempotency import (
     check_key,
     run_once,
 )
-from gateway.principal import Principal
-from gateway.records import IdempotentAnswer, SavedResponse
 
 
 # -- the fingerprint -------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_a_release_that_fails_is_logged_and_the_first_error_raised(caplog):
         raise errors.UnsupportedType()
 
     with (
-        caplog.at_level(logging.ERROR, logger="gateway.idempotency"),
+        caplog.at_level(logging.ERROR, logger="gateway.uploads.idempotency"),
         pytest.raises(errors.UnsupportedType),
     ):
         run_once(store, plan(), lock_timeout=30.0, first=first, fingerprint_of_retry=never)

@@ -1,4 +1,4 @@
-"""gateway.ingest on a recording fake store: sniff before any store call, the writer's name,
+"""gateway.uploads.ingest on a recording fake store: sniff before any store call, the writer's name,
 type, metadata and Content-Disposition (what S3 keeps; the local store ignores them), exact
 bytes whatever the write sizes, checksum and emptiness, and the record draft."""
 
@@ -9,17 +9,17 @@ import hashlib
 import pytest
 
 from gateway import errors
-from gateway.ingest import (
+from gateway.media.lifecycle import Status
+from gateway.media.principal import Principal
+from gateway.media.records import DirectUpload, MediaRecord, Sha256State, TusUpload
+from gateway.uploads.ingest import (
     Destination,
     IncomingFile,
     checked_type,
     object_metadata,
     record_metadata,
 )
-from gateway.lifecycle import Status
-from gateway.principal import Principal
-from gateway.records import DirectUpload, MediaRecord, Sha256State, TusUpload
-from gateway.sniff import UNTYPED, SniffedType
+from gateway.uploads.sniff import UNTYPED, SniffedType
 
 from support import iter_chunks, jpeg_bytes, png_bytes
 
@@ -296,12 +296,12 @@ def test_a_signature_in_the_second_write_is_still_sniffed():
 def test_a_first_read_of_any_size_is_written_whole_and_sniffed_from_its_first_bytes(
     monkeypatch, sizes
 ):
-    import gateway.ingest
+    import gateway.uploads.ingest
 
     heads = []
-    sniff = gateway.ingest.checked_type
+    sniff = gateway.uploads.ingest.checked_type
     monkeypatch.setattr(
-        gateway.ingest,
+        gateway.uploads.ingest,
         "checked_type",
         lambda head, *a, **k: heads.append(head) or sniff(head, *a, **k),
     )

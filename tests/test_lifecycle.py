@@ -1,4 +1,4 @@
-"""gateway.lifecycle: the statuses, the one transition table, what is visible and owns its object.
+"""gateway.media.lifecycle: the statuses, the one transition table, what is visible and owns its object.
 
 The table is the contract every protocol and both record stores rely on (the diagram in the
 module's docstring), so it is spelled out here in full: a changed edge must change this test."""
@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from gateway.lifecycle import (
+from gateway.media.lifecycle import (
     OWNS_OBJECT,
     SERVABLE,
     SETTLED,

@@ -1,4 +1,4 @@
-"""gateway.media_service without HTTP: who sees a media item, who may list and delete, and what a
+"""gateway.media.service without HTTP: who sees a media item, who may list and delete, and what a
 delete removes, on a SQLite record store and local object stores. (The routes: test_upload_api.py,
 test_withheld_media.py, test_auth.py.)"""
 
@@ -10,19 +10,19 @@ import uuid
 import pytest
 
 from gateway import errors
-from gateway.events import Announcer, EventType, MediaEvent
-from gateway.lifecycle import VISIBLE, Status
-from gateway.media_service import POLL_SECONDS, MediaService, PageRequest, ProjectScope
-from gateway.orphans import OrphanJournal
-from gateway.principal import Principal
-from gateway.records import (
+from gateway.media.events import Announcer, EventType, MediaEvent
+from gateway.media.lifecycle import VISIBLE, Status
+from gateway.media.orphans import OrphanJournal
+from gateway.media.principal import Principal
+from gateway.media.records import (
     DirectUpload,
     MediaRecord,
     Sha256State,
     TusUpload,
     VariantInfo,
 )
-from gateway.records.sqlite import SqliteRecordStore
+from gateway.media.records.sqlite import SqliteRecordStore
+from gateway.media.service import POLL_SECONDS, MediaService, PageRequest, ProjectScope
 from gateway.storage.local import LocalObjectStore, LocalQuarantine
 
 ALICE = Principal(subject="alice", tenant="t1", projects=frozenset({"p1"}))

@@ -1,4 +1,4 @@
-"""gateway.naming: project ids, object keys and the media id they carry, display names,
+"""gateway.media.naming: project ids, object keys and the media id they carry, display names,
 Content-Disposition. Pure functions: exact inputs, exact outputs."""
 
 from __future__ import annotations
@@ -8,16 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import errors
-from gateway.naming import (
+from gateway.media.naming import (
     IDENTIFIER_RE,
     MEDIA_ID_RE,
     check_project_id,
     content_disposition,
     display_name,
-    media_id_of_key,
     new_media_id,
-    object_key,
 )
+from gateway.storage.keys import media_id_of_key, object_key
 
 MEDIA_ID = "0123456789abcdef0123456789abcdef"
 

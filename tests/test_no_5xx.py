@@ -36,7 +36,7 @@ from werkzeug.test import EnvironBuilder, TestResponse
 from werkzeug.wrappers import Request
 
 from gateway.errors import CATALOGUE
-from gateway.lifecycle import VISIBLE
+from gateway.media.lifecycle import VISIBLE
 
 from conftest import make_settings
 from support import JWT_SECRET, MiB, form_body, jpeg_bytes, png_bytes

@@ -22,10 +22,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.api.openapi import assemble, descriptions, document
-from gateway.api.spec import Described
 from gateway.app import create_app
 from gateway.errors import CATALOGUE
+from gateway.http.api.openapi import assemble, descriptions, document
+from gateway.http.api.spec import Described
 
 from conftest import make_settings
 from e2e_harness import gateway_stack
@@ -108,21 +108,21 @@ def test_the_route_check_can_fail(tmp_path):
     extra.add_url_rule("/api/undescribed/<upload_id>", view_func=lambda upload_id: "")
     app.register_blueprint(extra)
     described = descriptions()
-    media, stats = described["gateway.api.media"], described["gateway.api.stats"]
-    described["gateway.api.media"] = replace(
+    media, stats = described["gateway.http.api.media"], described["gateway.http.api.stats"]
+    described["gateway.http.api.media"] = replace(
         media, paths={**media.paths, "/api/media/{mediaId}/gone": {"get": {}}, **stats.paths}
     )
-    described["gateway.api.stats"] = replace(stats, paths={})
+    described["gateway.http.api.stats"] = replace(stats, paths={})
     assert route_mismatches(app, described) == [
-        "GET /api/stats is served by gateway.api.stats, described by gateway.api.media",
+        "GET /api/stats is served by gateway.http.api.stats, described by gateway.http.api.media",
         f"GET /api/undescribed/{{uploadId}} ({__name__}) is not described",
-        "gateway.api.media describes GET /api/media/{mediaId}/gone, which no route serves",
+        "gateway.http.api.media describes GET /api/media/{mediaId}/gone, which no route serves",
     ]
 
 
 def test_a_path_or_schema_described_twice_is_refused():
     described = descriptions()
-    twice = {**described, "again": Described(paths=described["gateway.api.stats"].paths)}
+    twice = {**described, "again": Described(paths=described["gateway.http.api.stats"].paths)}
     with pytest.raises(ValueError, match="again describes the path /api/stats again"):
         assemble(twice)
     twice = {**described, "again": Described(schemas={"Media": {}})}

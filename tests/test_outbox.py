@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway.outbox import advise, lease, steps
-from gateway.outbox.codes import CODE_OUTCOMES, Outcome, outcome
-from gateway.outbox.errors import (
+from outbox import advise, lease, steps
+from outbox.codes import CODE_OUTCOMES, Outcome, outcome
+from outbox.errors import (
     AlreadyStored,
     DiskFull,
     InvalidItem,
@@ -44,11 +44,11 @@ from gateway.outbox.errors import (
     Transient,
     UploadGone,
 )
-from gateway.outbox.lease import Holder
-from gateway.outbox.report import JsonLines
-from gateway.outbox.store import Incoming, Outbox, State, StateCount, StepSpec, Transport
-from gateway.outbox.sync import Backoff, Syncer
-from gateway.outbox.transport import (
+from outbox.lease import Holder
+from outbox.report import JsonLines
+from outbox.store import Incoming, Outbox, State, StateCount, StepSpec, Transport
+from outbox.sync import Backoff, Syncer
+from outbox.transport import (
     GatewayClient,
     raise_for_answer,
     retry_after_seconds,
@@ -63,7 +63,7 @@ MiB = 1024 * 1024
 
 def outbox_cli(outbox_dir: Path, *args: str, env: dict[str, str] | None = None, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "gateway.outbox", *args],
+        [sys.executable, "-m", "outbox", *args],
         cwd=ROOT,
         env={**os.environ, "OUTBOX_DIR": str(outbox_dir), **(env or {})},
         capture_output=True,
@@ -588,7 +588,7 @@ def test_json_lines_report_progress_at_most_once_per_percent(tmp_path, box):
 def test_the_terminal_shows_bars_and_says_what_happened(tmp_path, box):
     from rich.console import Console
 
-    from gateway.outbox.report import Terminal
+    from outbox.report import Terminal
 
     item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes(1000)), "a.png")],
                     project="p1", tus_threshold=MiB)  # fmt: skip
@@ -1044,7 +1044,7 @@ def test_an_offline_sync_exits_75_after_one_attempt_and_no_retry_loop(tmp_path):
 
 
 def test_the_queue_says_what_is_happening(tmp_path, box):
-    from gateway.outbox.cli import _state_text
+    from outbox.cli import _state_text
 
     item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
                     project="p1", tus_threshold=MiB)  # fmt: skip
@@ -1096,7 +1096,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_item_is_resumed_later(tmp_path):
         pushed = outbox_cli(tmp_path / "o", "push", str(sample(tmp_path, "a.png", png_bytes())),
                             "-p", "p1", "--json")  # fmt: skip
         item = json.loads(pushed.stdout)["id"]
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.outbox", "sync", "--json"],
+        proc = subprocess.Popen([sys.executable, "-m", "outbox", "sync", "--json"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert silent.accepted.wait(30)  # the upload's request is in flight

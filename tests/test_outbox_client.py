@@ -18,12 +18,12 @@ from tusclient.exceptions import TusCommunicationError
 from werkzeug.serving import make_server
 
 from gateway import create_app
-from gateway.outbox.errors import Permanent, TokenRefused, Transient
-from gateway.outbox.report import JsonLines
-from gateway.outbox.steps import run_step
-from gateway.outbox.store import Incoming, Outbox, State, StepSpec
-from gateway.outbox.sync import Syncer
-from gateway.outbox.transport import GatewayClient
+from outbox.errors import Permanent, TokenRefused, Transient
+from outbox.report import JsonLines
+from outbox.steps import run_step
+from outbox.store import Incoming, Outbox, State, StepSpec
+from outbox.sync import Syncer
+from outbox.transport import GatewayClient
 
 from conftest import init_stores, make_settings
 from scripted_server import ScriptedServer
@@ -50,7 +50,7 @@ def gateway(tmp_path):
         if request.path == "/api/upload" and request.method == "POST":
             app.upload_posts.append(request.headers.get("Idempotency-Key"))
 
-    from gateway.auth import mint_token
+    from gateway.http.auth import mint_token
 
     with app.app_context():
         token = mint_token("alice")
@@ -364,7 +364,7 @@ def test_find_takes_an_id_or_a_unique_prefix_and_nothing_else(tmp_path, box):
     assert box.find(one.id).id == one.id
     assert box.find(one.id[:12]).id == one.id
     common = next(n for n in range(len(one.id)) if one.id[n] != two.id[n])
-    from gateway.outbox.errors import NoSuchItem
+    from outbox.errors import NoSuchItem
 
     if common > 0:
         with pytest.raises(NoSuchItem, match="ambiguous: 2 match"):

@@ -38,7 +38,7 @@ def cli_env(outbox_dir: Path, stack, gateway_url: str | None = None) -> dict[str
 
 def outbox(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.outbox", *args],
+        [sys.executable, "-m", "outbox", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -164,7 +164,7 @@ def test_a_client_killed_mid_upload_resumes_and_the_server_holds_one_object(tmp_
     before = tus_bytes_received(stack)
 
     first = subprocess.Popen(
-        [sys.executable, "-m", "gateway.outbox", "sync", "--json", "--chunk-size", "8MiB"],
+        [sys.executable, "-m", "outbox", "sync", "--json", "--chunk-size", "8MiB"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     sent_at_kill = 0
@@ -246,7 +246,7 @@ def test_a_sync_killed_at_random_points_stores_every_file_exactly_once(tmp_path,
     kills = 0
     for _ in range(8):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.outbox", "sync", "--json", "-j", "3",
+            [sys.executable, "-m", "outbox", "sync", "--json", "-j", "3",
              "--chunk-size", "1MiB"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
@@ -351,7 +351,7 @@ def test_watch_sends_what_is_pushed_and_goes_on_when_the_gateway_comes_back(tmp_
         photo = tmp_path / "p.png"
         photo.write_bytes(png_bytes(30_000))
         watcher = subprocess.Popen(
-            [sys.executable, "-m", "gateway.outbox", "sync", "--watch", "--json"],
+            [sys.executable, "-m", "outbox", "sync", "--watch", "--json"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         lines = watcher.stdout
@@ -400,7 +400,7 @@ def test_ctrl_c_stops_at_a_chunk_boundary_with_state_saved_and_the_next_sync_res
     item = json.loads(outbox(env, "push", str(big), "-p", "p1", "-f", f"run={run}",
                              "--json").stdout)["id"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.outbox", "sync", "--json", "--chunk-size", "1MiB"],
+        [sys.executable, "-m", "outbox", "sync", "--json", "--chunk-size", "1MiB"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     seen = []

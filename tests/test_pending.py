@@ -1,4 +1,4 @@
-"""The pending-upload lifecycle alone (gateway/pending.py): a SQLite record store, a clock the
+"""The pending-upload lifecycle alone (gateway/uploads/pending.py): a SQLite record store, a clock the
 test sets, parts removers that record what they were asked to remove, and a publisher that keeps
 the events. Each branch: the cap, ownership, the expiry boundary, a lost compare-and-set, a
 removal that fails, one expiry pass over both kinds, mark stored."""
@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway import errors
-from gateway.events import Announcer, EventType, MediaEvent
-from gateway.lifecycle import Status
-from gateway.pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
-from gateway.principal import Principal
-from gateway.records import DirectUpload, MediaRecord, Sha256State, TusUpload, UploadState
-from gateway.records.sqlite import SqliteRecordStore
+from gateway.media.events import Announcer, EventType, MediaEvent
+from gateway.media.lifecycle import Status
+from gateway.media.principal import Principal
+from gateway.media.records import DirectUpload, MediaRecord, Sha256State, TusUpload, UploadState
+from gateway.media.records.sqlite import SqliteRecordStore
+from gateway.uploads.pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
 
 EXPIRES = "2026-12-07T12:00:00+00:00"
 AT_EXPIRY = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
@@ -217,7 +217,7 @@ def test_end_after_the_record_moved_removes_nothing(store, pending):
 
 def test_a_removal_that_fails_is_logged_and_left_to_the_sweeper(store, pending, caplog):
     record, parts = upload(store, 1), Parts(fails=errors.StorageError())
-    with caplog.at_level(logging.WARNING, logger="gateway.pending"):
+    with caplog.at_level(logging.WARNING, logger="gateway.uploads.pending"):
         ended = pending.end(record, Status.ABORTED, "gone", parts)
     assert ended is not None and store.get(record.media_id).status is Status.ABORTED
     [entry] = caplog.records

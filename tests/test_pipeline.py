@@ -17,9 +17,9 @@ from PIL import Image
 from webhook_receiver import SECRET, Receiver
 
 from gateway import create_app
-from gateway.auth import mint_token
-from gateway.lifecycle import Status
-from gateway.worker import Worker, WorkerOptions
+from gateway.http.auth import mint_token
+from gateway.media.lifecycle import Status
+from gateway.processing.worker import Worker, WorkerOptions
 
 from conftest import init_stores, make_settings
 from support import form_body, png_bytes, read_object

@@ -1,11 +1,11 @@
-"""gateway.principal: claims to a Principal (wrong types fail closed, 401) and its rights."""
+"""gateway.media.principal: claims to a Principal (wrong types fail closed, 401) and its rights."""
 
 from __future__ import annotations
 
 import pytest
 
 from gateway import errors
-from gateway.principal import Principal
+from gateway.media.principal import Principal
 
 
 def test_claims_with_everything():

@@ -16,9 +16,9 @@ from test_tus import create as tus_create
 from test_tus import error as tus_error
 
 from gateway import create_app, errors
-from gateway.records import MediaRecord, Status
-from gateway.records.dynamodb import RECOUNT_ATTEMPTS, TRANSACTION_ATTEMPTS
-from gateway.records.quota import Held
+from gateway.media.records import MediaRecord, Status
+from gateway.media.records.dynamodb import RECOUNT_ATTEMPTS, TRANSACTION_ATTEMPTS
+from gateway.media.records.quota import Held
 
 from conftest import init_stores, make_settings
 from support import MiB, assert_nothing_left, form_body, leftovers, mp4_bytes, png_bytes
@@ -36,7 +36,7 @@ def quota_app(tmp_path, backend, request):
         app.config["TESTING"] = True
         svc = app.extensions["gateway"]
         init_stores(svc)
-        from gateway.auth import mint_token
+        from gateway.http.auth import mint_token
 
         with app.app_context():
             token = mint_token("alice")
@@ -295,7 +295,7 @@ def ledger(svc, pk: str) -> tuple[int, int] | None:
 
 def gateways_before_and_after_quotas(tmp_path, moto_url, **limits):
     """Two apps on one bucket and table: one without quotas (the table's past), one with."""
-    from gateway.auth import mint_token
+    from gateway.http.auth import mint_token
 
     before = make_settings(tmp_path, backend="s3+dynamodb", moto_url=moto_url)
     apps = []
@@ -502,7 +502,7 @@ def test_a_recount_snapshot_that_conflicts_is_read_again(tmp_path, moto_url, mon
     (_, _, _), (_, svc, _) = gateways_before_and_after_quotas(
         tmp_path, moto_url, quota_project_bytes=100 * MiB
     )
-    monkeypatch.setattr("gateway.records.dynamodb.time.sleep", lambda _: None)
+    monkeypatch.setattr("gateway.media.records.dynamodb.time.sleep", lambda _: None)
     store = svc.records
     store.reserve("r1", tenant="", project_id="p1", files=1, bytes=7_000, expires_at=9e9)
     get = store.client.transact_get_items

@@ -2,7 +2,7 @@
 
 Records: create_many is all-or-nothing and never overwrites; get raises MediaNotFound; list is
 newest first, paged by an opaque cursor, and scoped to one tenant and project; delete is
-idempotent. Idempotency: claim/save/release as gateway/records/__init__.py describes.
+idempotent. Idempotency: claim/save/release as gateway/media/records/__init__.py describes.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from gateway.errors import (
     RecordExists,
     RecordStoreError,
 )
-from gateway.lifecycle import TRANSITIONS, VISIBLE, Status
-from gateway.records import (
+from gateway.media.lifecycle import TRANSITIONS, VISIBLE, Status
+from gateway.media.records import (
     DirectUpload,
     IdempotentAnswer,
     MediaRecord,
@@ -31,8 +31,8 @@ from gateway.records import (
     Sha256State,
     TusUpload,
 )
-from gateway.records.dynamodb import DynamoRecordStore, make_dynamodb_client
-from gateway.records.sqlite import SqliteRecordStore
+from gateway.media.records.dynamodb import DynamoRecordStore, make_dynamodb_client
+from gateway.media.records.sqlite import SqliteRecordStore
 
 from conftest import make_settings
 from support import record_ids, unique
@@ -582,7 +582,7 @@ def test_stalled_finds_old_stored_media_only(records):
 
 
 def test_processing_results_round_trip(records):
-    from gateway.records import VariantInfo
+    from gateway.media.records import VariantInfo
 
     r = record(
         quarantined=True,
@@ -666,7 +666,7 @@ def test_sqlite_counts_what_an_older_store_already_holds(tmp_path):
     """A store made before the counters existed: its first open counts its records once."""
     import sqlite3
 
-    from gateway.records import sqlite as sqlite_store
+    from gateway.media.records import sqlite as sqlite_store
 
     path = str(tmp_path / "old.db")
     old = SqliteRecordStore(path)
@@ -689,7 +689,7 @@ def test_dynamodb_retries_a_transaction_that_conflicted(monkeypatch):
     answers TransactionCanceledException (TransactionConflict) as DynamoDB does."""
     from botocore.exceptions import ClientError
 
-    from gateway.records import dynamodb
+    from gateway.media.records import dynamodb
 
     monkeypatch.setattr(dynamodb.time, "sleep", lambda s: None)
 
@@ -722,7 +722,7 @@ def test_dynamodb_retries_a_transaction_that_conflicted(monkeypatch):
 
 # -- quotas --------------------------------------------------------------------------------------------
 from gateway.errors import QuotaExceeded  # noqa: E402
-from gateway.records.quota import QuotaLimits  # noqa: E402
+from gateway.media.records.quota import QuotaLimits  # noqa: E402
 
 
 class Clock:

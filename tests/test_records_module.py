@@ -1,4 +1,4 @@
-"""gateway.records (the backend-neutral part): the record type, the checked update, cursors,
+"""gateway.media.records (the backend-neutral part): the record type, the checked update, cursors,
 and which backend a records URL opens. The backends themselves: test_record_store_contract.py."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 from gateway import errors
 from gateway.config import Settings
-from gateway.lifecycle import Status
-from gateway.records import (
+from gateway.media.lifecycle import Status
+from gateway.media.records import (
     DirectUpload,
     MediaRecord,
     Sha256State,
@@ -21,8 +21,8 @@ from gateway.records import (
     encode_cursor,
     open_records,
 )
-from gateway.records.dynamodb import DynamoRecordStore
-from gateway.records.sqlite import SqliteRecordStore
+from gateway.media.records.dynamodb import DynamoRecordStore
+from gateway.media.records.sqlite import SqliteRecordStore
 
 from support import JWT_SECRET
 
@@ -98,7 +98,7 @@ def test_a_record_survives_a_round_trip_through_json(original):
 
 
 def test_a_record_with_variants_survives_a_round_trip():
-    from gateway.records import VariantInfo
+    from gateway.media.records import VariantInfo
 
     variant = VariantInfo(
         "thumb-320", f"projects/p1/media/{'a' * 32}/thumb-320.webp", "image/webp", 320, 240, 999

@@ -15,9 +15,9 @@ import pytest
 from botocore.config import Config
 
 from gateway import create_app
-from gateway.auth import mint_token
 from gateway.errors import RecordStoreError, StorageError
-from gateway.records.dynamodb import DynamoRecordStore
+from gateway.http.auth import mint_token
+from gateway.media.records.dynamodb import DynamoRecordStore
 
 import faultproxy as fp
 from conftest import init_stores, make_settings

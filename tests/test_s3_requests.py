@@ -245,7 +245,7 @@ def test_an_upload_through_the_gateway_is_signed_and_stored_exactly(settings):
     calls = record_s3_calls(svc)
     small, big = png_bytes(40_000), png_bytes(2 * settings.effective_part_size + 123, seed=3)
     with app.app_context():
-        from gateway.auth import mint_token
+        from gateway.http.auth import mint_token
 
         token = mint_token("alice")
     for name, content in (("small.png", small), ("big.png", big)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from clamd_harness import EICAR, MARKER, MARKER_SIGNATURE, STREAM_MAX
 
-from gateway.scanner import ClamdScanner, ScanError, Verdict, parse_reply
+from gateway.processing.scanner import ClamdScanner, ScanError, Verdict, parse_reply
 
 from support import free_port, png_bytes
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from gateway import shutdown
-from gateway.bodies import BodyGuard, BodyLimits, BodyTimedOut
 from gateway.errors import ShuttingDown
+from gateway.http import shutdown
+from gateway.http.bodies import BodyGuard, BodyLimits, BodyTimedOut
 
 from e2e_harness import gateway_stack, poll
 from support import leftovers

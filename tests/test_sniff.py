@@ -1,4 +1,4 @@
-"""gateway.sniff: the type is what the first bytes say; allow-list patterns match exactly."""
+"""gateway.uploads.sniff: the type is what the first bytes say; allow-list patterns match exactly."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.sniff import (
+from gateway.uploads.sniff import (
     SNIFF_BYTES,
     Served,
     SniffedType,

@@ -1,4 +1,4 @@
-"""The sweeper (gateway.sweeper and `flask sweep`), on the local and the S3 (moto) backends.
+"""The sweeper (gateway.uploads.sweeper and `flask sweep`), on the local and the S3 (moto) backends.
 
 It aborts multipart uploads older than the threshold, deletes journaled orphans and objects
 older than the threshold that have no record, and leaves alone recorded objects, newer things,
@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.naming import new_media_id, object_key
+from gateway.media.naming import new_media_id
+from gateway.storage.keys import object_key
 from gateway.storage.local import LocalObjectStore
 
 from support import assert_stored, form_body, png_bytes, read_object, record_ids
@@ -338,11 +339,11 @@ def test_a_record_store_outage_keeps_every_object(svc, monkeypatch):
 import logging  # noqa: E402
 
 from gateway import errors as _errors  # noqa: E402
-from gateway.direct import DirectUploadService, staging_key  # noqa: E402
-from gateway.lifecycle import Status  # noqa: E402
-from gateway.records import DirectUpload, MediaRecord  # noqa: E402
+from gateway.media.lifecycle import Status  # noqa: E402
+from gateway.media.records import DirectUpload, MediaRecord  # noqa: E402
 from gateway.storage import ObjectInfo, PendingUpload  # noqa: E402
-from gateway.sweeper import Sweeper  # noqa: E402
+from gateway.uploads.direct import DirectUploadService, staging_key  # noqa: E402
+from gateway.uploads.sweeper import Sweeper  # noqa: E402
 
 NOW = datetime(2024, 5, 6, 12, 0, 0, 500000, tzinfo=UTC)
 OLD = NOW - 2 * HOUR
@@ -353,7 +354,7 @@ def _key(n: int, extension: str = ".png") -> str:
 
 
 def _record(key: str, status: Status = Status.STORED) -> MediaRecord:
-    from gateway.direct import parse_key
+    from gateway.uploads.direct import parse_key
 
     media_id = parse_key(key)[0]
     assert media_id is not None
@@ -538,7 +539,7 @@ def test_a_dry_run_lists_the_overdue_uploads_without_expiring_them():
 
 def test_failing_expiry_is_reported_and_the_run_goes_on(caplog):
     storage = FakeStorage(objects=[(_key(1), OLD)])
-    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
         report = _sweeper(storage, direct=FakeDirect(broken=True)).sweep(older_than=HOUR, now=NOW)
     assert report.failed == ["expire direct uploads"]
     assert report.done == [f"delete unrecorded object {_key(1)}"]
@@ -626,7 +627,7 @@ def test_objects_modified_exactly_at_the_cutoff_stay_and_the_listing_goes_on():
 
 def test_a_broken_object_listing_is_reported_after_what_it_listed(caplog):
     storage = FakeStorage(objects=[(_key(1), OLD), (_key(2), OLD)], broken_listing_after=1)
-    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
         report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
     assert storage.deleted == [_key(1)]
     assert report.done == [f"delete unrecorded object {_key(1)}"]
@@ -638,7 +639,7 @@ def test_a_broken_object_listing_is_reported_after_what_it_listed(caplog):
 
 def test_a_failing_delete_is_logged_with_its_line(caplog):
     storage = FakeStorage(objects=[(_key(1), OLD)], fail={_key(1)})
-    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
         report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
     assert report.failed == [f"delete unrecorded object {_key(1)}"]
     [entry] = caplog.records
@@ -666,7 +667,7 @@ def test_an_empty_journal_is_not_rewritten():
 def test_an_unreadable_journal_is_reported_and_the_run_goes_on(caplog):
     storage = FakeStorage(objects=[(_key(1), OLD)])
     journal = FakeJournal(_key(2), unreadable=True)
-    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
         report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, now=NOW)
     assert report.failed == ["read the orphan journal"]
     assert report.done == [f"delete unrecorded object {_key(1)}"]
@@ -679,7 +680,7 @@ def test_an_unreadable_journal_is_reported_and_the_run_goes_on(caplog):
 def test_an_unwritable_journal_is_reported(caplog):
     storage = FakeStorage()
     journal = FakeJournal(_key(1), unwritable=True)
-    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
         report = _sweeper(storage, journal=journal).sweep(older_than=HOUR, now=NOW)
     assert storage.deleted == [_key(1)]
     assert report.done == [f"delete journaled orphan {_key(1)}"]
@@ -776,7 +777,7 @@ def test_failing_to_queue_again_is_reported_and_the_run_goes_on(caplog):
     records = FakeRecords(_record(_key(1)))
     records.stalled_down = True
     storage = FakeStorage(objects=[("other/x", OLD)], uploads=[(_key(5), OLD)])
-    with caplog.at_level(logging.ERROR, logger="gateway.sweeper"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
         report = _sweeper(storage, records, queue=FakeQueue()).sweep(older_than=HOUR, now=NOW)
     assert report.failed == ["queue stalled media"]
     assert report.done == [f"abort upload {_key(5)} (id-{_key(5)})"]
@@ -823,7 +824,7 @@ def test_a_journaled_orphan_is_deleted_from_the_store_and_the_quarantine():
 
 
 def test_a_record_owns_its_derived_files_while_it_owns_its_object():
-    from gateway.records import VariantInfo
+    from gateway.media.records import VariantInfo
 
     key = _key(1)
     variant = key.removesuffix(".png") + "/thumb-320.webp"

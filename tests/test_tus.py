@@ -11,7 +11,7 @@ import itertools
 import media_samples as samples
 import pytest
 
-from gateway.lifecycle import Status
+from gateway.media.lifecycle import Status
 
 from support import MiB, assert_nothing_left, leftovers, read_object
 

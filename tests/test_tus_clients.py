@@ -18,7 +18,7 @@ import media_samples as samples
 import pytest
 import requests
 
-from gateway.lifecycle import Status
+from gateway.media.lifecycle import Status
 
 from e2e_harness import ROOT, gateway_stack, poll, write_file
 from support import MiB, env_for_aws, free_port, record_ids, stop, unique, wait_for_http

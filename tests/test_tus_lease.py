@@ -16,7 +16,7 @@ import pytest
 from test_tus import V, create, error, head, patch, path_of, stored_bytes
 
 from gateway import create_app
-from gateway.lifecycle import Status
+from gateway.media.lifecycle import Status
 
 from conftest import init_stores, make_settings
 from support import MiB, leftovers
@@ -34,7 +34,7 @@ def stack(request, tmp_path):
     app.config["TESTING"] = True
     svc = app.extensions["gateway"]
     init_stores(svc)
-    from gateway.auth import mint_token
+    from gateway.http.auth import mint_token
 
     with app.app_context():
         auth = {"Authorization": f"Bearer {mint_token('alice')}"}
@@ -167,7 +167,7 @@ def test_a_slow_client_keeps_its_lease_past_its_length(tmp_path):
     app.config["TESTING"] = True
     svc = app.extensions["gateway"]
     init_stores(svc)
-    from gateway.auth import mint_token
+    from gateway.http.auth import mint_token
 
     with app.app_context():
         auth = {"Authorization": f"Bearer {mint_token('alice')}"}

@@ -9,11 +9,11 @@ import threading
 import pytest
 
 from gateway import errors
-from gateway.lifecycle import Status
-from gateway.records import MediaRecord, Sha256State, TusUpload
-from gateway.records.sqlite import SqliteRecordStore
+from gateway.media.lifecycle import Status
+from gateway.media.records import MediaRecord, Sha256State, TusUpload
+from gateway.media.records.sqlite import SqliteRecordStore
 from gateway.storage.resumable import LEASE_SLOTS, MAX_PARTS, part_number
-from gateway.tus_lease import MIN_LEFT, RENEWALS_PER_LEASE, Lease
+from gateway.uploads.tus_lease import MIN_LEFT, RENEWALS_PER_LEASE, Lease
 
 SECONDS = 60.0
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 import pytest
 import requests
 
-from gateway.lifecycle import Status
+from gateway.media.lifecycle import Status
 
 from e2e_harness import (
     BIN,

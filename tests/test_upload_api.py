@@ -111,7 +111,7 @@ def test_declared_length_over_the_cap_is_refused_before_reading(tmp_path, backen
     svc = app.extensions["gateway"]
     init_stores(svc)
     with app.app_context():
-        from gateway.auth import mint_token
+        from gateway.http.auth import mint_token
 
         headers = {"Authorization": f"Bearer {mint_token('alice')}"}
     body, content_type = form_body([("projectId", "p1")], [("file", "a.png", png_bytes(2 << 20))])
@@ -515,7 +515,8 @@ def test_idempotency_key_format(client, auth, svc, key, ok):
 
 
 def test_idempotency_keys_are_matched_whole():
-    from gateway import errors, idempotency
+    from gateway import errors
+    from gateway.uploads import idempotency
 
     assert idempotency.check_key("abc") == "abc"
     for bad in ("abc\n", "\nabc", "ab\x00c"):
@@ -817,7 +818,7 @@ def _message(response) -> str:
 def _gateway(tmp_path, backend, request, **overrides):
     """(client, svc, auth headers) of an app with these settings."""
     from gateway import create_app
-    from gateway.auth import mint_token
+    from gateway.http.auth import mint_token
 
     from conftest import init_stores, make_settings
 
@@ -1247,14 +1248,14 @@ def test_a_retried_write_that_finds_its_own_records_is_a_success(client, auth, s
 def test_a_record_exists_that_is_not_ours_is_a_failure(client, auth, svc, monkeypatch):
     """RecordExists for records we cannot find (or that differ) is a failure: our objects go,
     and the foreign record is never deleted."""
-    import gateway.uploads
+    import gateway.uploads.form
     from gateway import errors
 
     foreign = svc.records
     first = post(client, form_body([("projectId", "p9")], [("file", "a.png", png_bytes())]), auth)
     foreign_id = first.get_json()["mediaId"]
     before = leftovers(svc)
-    monkeypatch.setattr(gateway.uploads, "new_media_id", lambda: foreign_id)
+    monkeypatch.setattr(gateway.uploads.form, "new_media_id", lambda: foreign_id)
     clash = post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth)
     assert clash.status_code == 503 and error_code(clash) == "records_unavailable"
     assert leftovers(svc) == before
@@ -1279,7 +1280,7 @@ def test_a_commit_failure_deletes_the_objects_committed_before_it(client, auth, 
     """The second file's commit fails: the first (committed) is deleted, the second's writer
     aborted, the third never committed; nothing is left."""
     from gateway import errors
-    from gateway.ingest import IncomingFile
+    from gateway.uploads.ingest import IncomingFile
 
     real = IncomingFile.commit
     commits = []
@@ -1302,7 +1303,7 @@ def test_a_commit_failure_deletes_the_objects_committed_before_it(client, auth, 
 
 def test_a_rollback_that_cannot_abort_still_deletes_the_rest(client, auth, svc, monkeypatch):
     from gateway import errors
-    from gateway.ingest import IncomingFile
+    from gateway.uploads.ingest import IncomingFile
 
     real_abort = IncomingFile.abort
 
@@ -1540,8 +1541,8 @@ def test_the_request_log_counts_project_files_and_bytes(client, auth, svc, caplo
 def test_the_service_answers_201_with_its_records_without_a_plan(svc, auth):
     import io
 
-    from gateway.principal import Principal
-    from gateway.uploads import UploadRequest
+    from gateway.media.principal import Principal
+    from gateway.uploads.form import UploadRequest
 
     content = png_bytes()
     body, content_type = form_body([("caption", "c")], [("file", "a.png", content)])
@@ -1610,7 +1611,7 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     import logging
 
     from gateway import errors
-    from gateway.ingest import IncomingFile
+    from gateway.uploads.ingest import IncomingFile
 
     real_create = svc.records.create_many
     ids: list[str] = []
@@ -1633,14 +1634,14 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     monkeypatch.setattr(svc.records, "delete", fail)
     monkeypatch.setattr(IncomingFile, "abort", abort)
     monkeypatch.setattr(svc.journal, "add", journal_down)
-    with caplog.at_level(logging.ERROR, logger="gateway.uploads"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.form"):
         response = post(
             client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth
         )
     assert response.status_code == 503
     [media_id] = ids
     key = svc.records.get(media_id).s3_key
-    assert _logged(caplog, "gateway.uploads") == [
+    assert _logged(caplog, "gateway.uploads.form") == [
         (logging.ERROR, f"rollback could not delete record {media_id}", True),
         (logging.ERROR, f"rollback could not abort {media_id}", True),
         (logging.CRITICAL, f"could not journal {key} for the sweeper", True),
@@ -1649,10 +1650,10 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     caplog.clear()
     monkeypatch.setattr(svc.records, "create_many", fail)
     monkeypatch.setattr(svc.store, "delete", fail)
-    with caplog.at_level(logging.ERROR, logger="gateway.uploads"):
+    with caplog.at_level(logging.ERROR, logger="gateway.uploads.form"):
         post(client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth)
     [journaled] = [k for k in svc.journal.list_keys() if k != key]
-    assert _logged(caplog, "gateway.uploads") == [
+    assert _logged(caplog, "gateway.uploads.form") == [
         (logging.ERROR, f"rollback could not delete {journaled}", True)
     ]
 
@@ -1661,8 +1662,8 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
 def test_the_service_marks_records_of_a_quarantined_landing(svc, quarantined):
     import io
 
-    from gateway.principal import Principal
-    from gateway.uploads import UploadRequest, UploadService
+    from gateway.media.principal import Principal
+    from gateway.uploads.form import UploadRequest, UploadService
 
     service = UploadService(
         svc.settings, svc.store, svc.records, svc.journal, svc.announcer, quarantined=quarantined

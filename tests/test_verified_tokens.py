@@ -1,4 +1,4 @@
-"""Each distinct token is verified once per process and app, until its exp (gateway/auth.py).
+"""Each distinct token is verified once per process and app, until its exp (gateway/http/auth.py).
 
 What must not change with that: a token that is not byte-identical to a verified one is checked
 in full; an entry is not served from the instant PyJWT would call the token expired; another
@@ -16,7 +16,7 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTDecodeError
 
 from gateway import create_app
-from gateway.auth import VERIFIED_TOKENS_KEPT, _VerifiedTokens
+from gateway.http.auth import VERIFIED_TOKENS_KEPT, _VerifiedTokens
 
 from conftest import init_stores, make_settings
 from support import JWT_SECRET

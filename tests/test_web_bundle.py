@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from gateway import web_bundle
+from gateway.http import web_bundle
 
 
 @pytest.fixture

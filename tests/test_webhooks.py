@@ -15,10 +15,10 @@ import pytest
 from webhook_receiver import SECRET, Receiver
 
 from gateway import create_app
-from gateway.auth import mint_token
-from gateway.lifecycle import Status
-from gateway.webhooks import DeliveryFailed, WebhookSender
-from gateway.worker import Worker, WorkerOptions, run_lanes
+from gateway.http.auth import mint_token
+from gateway.media.lifecycle import Status
+from gateway.processing.webhooks import DeliveryFailed, WebhookSender
+from gateway.processing.worker import Worker, WorkerOptions, run_lanes
 
 from conftest import init_stores, make_settings
 from support import form_body, free_port, unique

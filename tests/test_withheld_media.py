@@ -9,7 +9,7 @@ import pytest
 import requests
 from test_pipeline import gateway, settled, upload, work
 
-from gateway.lifecycle import Status
+from gateway.media.lifecycle import Status
 
 from support import read_object
 
@@ -347,8 +347,8 @@ def test_nginx_stops_serving_a_failed_file_and_serves_a_ready_one(tmp_path_facto
 @pytest.mark.parametrize("status", sorted(Status))
 def test_the_reason_is_shown_as_the_error_of_failed_and_infected_media_only(tmp_path, status):
     from gateway import create_app
-    from gateway.api.present import media_json
-    from gateway.records import MediaRecord, Sha256State
+    from gateway.http.api.present import media_json
+    from gateway.media.records import MediaRecord, Sha256State
 
     from conftest import make_settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from gateway.processing.worker import Worker, WorkerOptions
 from gateway.queue.sqlite import SqliteQueue
-from gateway.worker import Worker, WorkerOptions
 
 FAST = WorkerOptions(concurrency=2, visibility=1.0, wait=0.1, backoff_base=0.05, backoff_max=0.2)
 

@@ -13,7 +13,7 @@ import media_samples as samples
 import pytest
 from webhook_receiver import SECRET, Receiver
 
-from gateway.lifecycle import Status
+from gateway.media.lifecycle import Status
 
 from e2e_harness import gateway_stack, poll
 

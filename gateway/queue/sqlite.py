@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from gateway.sqlite_db import Connections, write_transaction
 from gateway.queue import Message, QueueStats
+from gateway.sqlite_db import Connections, write_transaction
 
 T = TypeVar("T")
 POLL_SECONDS = 0.2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.errors import StorageError
-from gateway.naming import media_id_of_key
+from gateway.storage.keys import media_id_of_key
 from gateway.storage.local import LocalObjectStore
 
 CHUNK_DIR = ".tus"

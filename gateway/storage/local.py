@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.errors import StorageError, StorageUnavailable
-from gateway.naming import media_id_of_key
 from gateway.storage import ObjectInfo, PendingUpload, StoredObject
+from gateway.storage.keys import media_id_of_key
 
 TEMP_PREFIX = ".partial-"
 READ_CHUNK = 1024 * 1024

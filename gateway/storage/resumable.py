@@ -2,8 +2,8 @@
 the bytes that follow the upload's offset and commits them into a new stored state; the last
 commit makes the object; finished partial uploads are joined into one; termination removes all.
 
-The tus protocol (gateway/tus.py) sees none of what follows: how bytes become parts, what the
-part size and numbering are, where the bytes past the last whole part wait, how partials are
+The tus protocol (gateway/uploads/tus.py) sees none of what follows: how bytes become parts, what
+the part size and numbering are, where the bytes past the last whole part wait, how partials are
 joined. It keeps the returned ``Stored`` state in its record (a compare-and-set), so any gateway
 node goes on from it.
 
@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gateway.config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB
-from gateway.records import TusPart
 from gateway.storage.chunks import ChunkStore, chunk_key
 
 log = logging.getLogger(__name__)
@@ -45,11 +44,20 @@ def part_size_for(size: int, *, at_least: int) -> int:
 
 
 @dataclass(frozen=True)
+class CommittedPart:
+    """A part the store holds for good: its number in the final object, ETag and size."""
+
+    number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Stored:
     """What storage holds of an upload so far: its parts, the tail past them, and the multipart
     upload the parts belong to (offset = the parts + the tail)."""
 
-    parts: tuple[TusPart, ...] = ()
+    parts: tuple[CommittedPart, ...] = ()
     tail_key: str = ""
     tail_size: int = 0
     upload_id: str = ""
@@ -133,7 +141,7 @@ class ResumableWriter:
                 data = bytes(view[:size])
             number = part_number(len(self._parts), self.generation)
             etag = self._chunks.upload_part(self.target.key, self._upload_id, number, data)
-            self._parts.append(TusPart(number, etag, len(data)))
+            self._parts.append(CommittedPart(number, etag, len(data)))
             del self._buffer[: len(data)]
 
     def commit(self, *, final: bool, version: int) -> Stored:
@@ -220,19 +228,21 @@ class ResumableUploads:
 
     def _join(
         self, key: str, upload_id: str, partials: list[tuple[str, int]], size: int
-    ) -> list[TusPart]:
-        parts: list[TusPart] = []
+    ) -> list[CommittedPart]:
+        parts: list[CommittedPart] = []
         if all(length >= S3_MIN_PART_SIZE for _, length in partials[:-1]):
             for number, (media_id, length) in enumerate(partials, start=1):
                 etag = self.chunks.copy_part(key, upload_id, number, self.partial_key(media_id))
-                parts.append(TusPart(number, etag, length))
+                parts.append(CommittedPart(number, etag, length))
             return parts
         buffer = bytearray()
 
         def part(data: bytes) -> None:
             number = len(parts) + 1
             parts.append(
-                TusPart(number, self.chunks.upload_part(key, upload_id, number, data), len(data))
+                CommittedPart(
+                    number, self.chunks.upload_part(key, upload_id, number, data), len(data)
+                )
             )
 
         for media_id, _ in partials:

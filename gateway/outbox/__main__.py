@@ -1,5 +1,0 @@
-"""``python -m gateway.outbox``: the ``outbox`` command."""
-
-from gateway.outbox.cli import run
-
-run()

@@ -1,0 +1,440 @@
+"""The streaming form upload: body bytes -> form events -> per-file ingest -> media records.
+
+All or nothing: objects are committed only after the closing boundary has been seen and the
+byte count matches, then all records are written in one atomic call (with the idempotent answer,
+when there is one) and ``media.stored`` is announced. Any failure on the way aborts every open
+writer and deletes every object this request committed; an object that cannot be deleted goes
+to the orphan journal for the sweeper. No Flask in here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import errors
+from gateway.config import Settings
+from gateway.media.events import Announcer, EventType
+from gateway.media.naming import check_project_id, display_name, new_media_id
+from gateway.media.orphans import OrphanJournal
+from gateway.media.principal import Principal
+from gateway.media.records import IdempotentAnswer, MediaRecord, MediaStore
+from gateway.media.records.quota import QuotaLimits
+from gateway.storage import ObjectStore
+from gateway.uploads import csrf
+from gateway.uploads.formdata import (
+    Event,
+    FileData,
+    FileEnd,
+    FileStart,
+    FormDataError,
+    FormDataParser,
+    FormLimits,
+    TextField,
+    boundary_from_content_type,
+)
+from gateway.uploads.idempotency import AnswerPlan, Fingerprint
+from gateway.uploads.ingest import BodyReader, Destination, IncomingFile
+from gateway.uploads.redirects import check_redirect
+
+log = logging.getLogger(__name__)
+FILE_FIELDS = ("file", "files")
+REDIRECT_FIELD = "redirect"  # a browser form's: where to send the browser afterwards
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+METADATA_NAME_CHARS = 64
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    principal: Principal
+    content_type: str | None
+    content_length: int | None  # None: chunked
+    query_project_id: str | None = None
+    # A cookie session's CSRF token that the form must carry in its csrf_token field, before
+    # any file part (None: a bearer token, or the X-CSRF-TOKEN header was checked already).
+    csrf_token: str | None = None
+
+
+@dataclass
+class UploadStats:
+    """Filled in as the upload runs, for the request log (also on failure)."""
+
+    bytes_received: int = 0
+    files: int = 0
+    project_id: str | None = None
+    redirect: str | None = None  # the form's checked redirect field
+
+
+@dataclass(frozen=True)
+class Stored:
+    records: list[MediaRecord]
+    status: int  # the saved idempotent answer's, when there is one
+    body: dict[str, Any]
+
+
+class UploadService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        records: MediaStore,
+        journal: OrphanJournal,
+        announcer: Announcer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        quarantined: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.store = store  # where new objects land: the quarantine while scanning is on
+        self.quarantined = quarantined
+        self.records = records
+        self.journal = journal
+        self.announcer = announcer
+        self.clock = clock
+        self.limits = FormLimits(
+            max_files=settings.max_files,
+            max_fields=settings.max_fields,
+            max_field_bytes=settings.max_field_bytes,
+            max_part_header_bytes=settings.max_part_header_bytes,
+        )
+
+    def precheck(self, request: UploadRequest) -> bytes:
+        """Everything decidable from headers alone, before the body is read or S3 is called."""
+        length, cap = request.content_length, self.settings.max_upload_bytes
+        if length is not None and length > cap:
+            raise errors.TooLarge(f"The body is {length} bytes; the limit is {cap}.")
+        if request.query_project_id is not None:
+            request.principal.check_project(check_project_id(request.query_project_id))
+        try:
+            return boundary_from_content_type(request.content_type)
+        except FormDataError as exc:
+            raise errors.BadContentType(str(exc)) from None
+
+    def ingest(
+        self,
+        body: BodyReader,
+        request: UploadRequest,
+        *,
+        boundary: bytes,
+        stats: UploadStats | None = None,
+        answer: AnswerPlan | None = None,
+    ) -> Stored:
+        """Stream the body into objects and records; ``boundary`` comes from ``precheck``."""
+        batch = _Batch(self, request, stats or UploadStats())
+        try:
+            for event in self._events(body, request, boundary, batch.stats):
+                batch.handle(event)
+            return batch.commit(answer)
+        except BaseException:
+            batch.rollback()
+            raise
+
+    def fingerprint(self, body: BodyReader, request: UploadRequest, *, boundary: bytes) -> str:
+        """The idempotency fingerprint of a retried request: its body read and hashed, nothing
+        stored (the same fields and files give the same fingerprint as the first request)."""
+        fingerprint = Fingerprint(request.query_project_id)
+        file: tuple[str, str, Any] | None = None  # field name, filename, its hasher
+        for event in self._events(body, request, boundary, UploadStats()):
+            if isinstance(event, FileData):
+                assert file is not None
+                file[2].update(event.data)
+            elif isinstance(event, TextField) and event.name != csrf.FORM_FIELD:
+                fingerprint.field(event.name, event.value)
+            elif isinstance(event, FileStart):
+                file = (event.name, event.filename, hashlib.sha256())
+            elif isinstance(event, FileEnd):
+                assert file is not None
+                fingerprint.file(file[0], file[1], file[2].hexdigest())
+        return fingerprint.hexdigest()
+
+    def _events(
+        self, body: BodyReader, request: UploadRequest, boundary: bytes, stats: UploadStats
+    ) -> Iterator[Event]:
+        """Parser events of the whole body: reads, caps the size, requires the exact length.
+        A form that owes its CSRF token must send it before any file, within the first
+        ``csrf.FORM_WINDOW_BYTES`` (no more is read until then); only such a form's events are
+        looked at here, the rest go straight through."""
+        parser = FormDataParser(boundary, self.limits)
+        cap, read_size = self.settings.max_upload_bytes, self.settings.read_size
+        owed = request.csrf_token
+
+        def checked(events: list[Event]) -> list[Event]:
+            nonlocal owed
+            for event in events:
+                if owed is None:
+                    break
+                if isinstance(event, TextField) and event.name == csrf.FORM_FIELD:
+                    if not csrf.matches(owed, event.value):
+                        raise errors.CsrfInvalid()
+                    owed = None
+                elif isinstance(event, FileStart):
+                    raise errors.CsrfMissing()
+            return events
+
+        received = 0
+        try:
+            while True:
+                chunk = body.read(read_size if owed is None else csrf.FORM_WINDOW_BYTES - received)
+                if not chunk:
+                    break
+                received += len(chunk)
+                stats.bytes_received = received
+                if received > cap:
+                    raise errors.TooLarge(f"The body grew past the limit of {cap} bytes.")
+                events = parser.feed(chunk)
+                yield from events if owed is None else checked(events)
+                if owed is not None and received >= csrf.FORM_WINDOW_BYTES:
+                    raise errors.CsrfMissing()
+            expected = request.content_length
+            if expected is not None and received != expected:
+                raise errors.ClientDisconnected(f"Received {received} of {expected} bytes.")
+            yield from checked(parser.finish())
+            if owed is not None:
+                raise errors.CsrfMissing()
+        except FormDataError as exc:
+            if exc.limit:
+                raise errors.FormLimit(str(exc)) from None
+            if exc.unsupported_encoding:
+                raise errors.UnsupportedTransferEncoding(str(exc)) from None
+            raise errors.MalformedBody(str(exc)) from None
+
+
+class _Reservation:
+    """What a streamed upload holds of its project's quota while its bytes arrive: its whole
+    Content-Length from its first file part on (or, chunked, the file bytes that arrived, in
+    ``CHUNKED_STEP`` steps), and a file per file part; renewed while the body is read, so that
+    it outlives a long upload but not a process that died (see records/quota.py)."""
+
+    CHUNKED_STEP = 1024 * 1024
+
+    def __init__(self, service: UploadService, request: UploadRequest) -> None:
+        self.records = service.records
+        self.ttl = service.settings.quota_reservation_seconds
+        self.active = QuotaLimits.of(service.settings).active
+        self.request = request
+        self.id = "upload-" + new_media_id()
+        self.bytes = 0
+        self.renewed = 0.0
+        self.started = False
+
+    def _add(self, project_id: str, *, files: int, size: int) -> None:
+        now = time.time()
+        self.records.reserve(
+            self.id,
+            tenant=self.request.principal.tenant,
+            project_id=project_id,
+            files=files,
+            bytes=size,
+            expires_at=now + self.ttl,
+        )
+        self.started, self.renewed, self.bytes = True, now, self.bytes + size
+
+    def file(self, project_id: str) -> None:
+        """A file part begins: one more file; the first also reserves the Content-Length."""
+        if not self.active:
+            return
+        length = self.request.content_length
+        self._add(project_id, files=1, size=0 if self.started or length is None else length)
+
+    def data(self, project_id: str, file_bytes: int) -> None:
+        """File bytes arrived (``file_bytes`` in all so far): a chunked body reserves them (a
+        step at a time); any body renews its reservation now and then."""
+        if not self.active or not self.started:
+            return
+        if file_bytes > self.bytes:
+            step = self.CHUNKED_STEP
+            self._add(project_id, files=0, size=-(-(file_bytes - self.bytes) // step) * step)
+        elif time.time() - self.renewed > self.ttl / 3:
+            self._add(project_id, files=0, size=0)
+
+    def end(self) -> None:
+        if self.started:
+            self.records.end_reservation(self.id)
+
+
+class _Batch:
+    """The files of one request, from first byte to commit or rollback."""
+
+    def __init__(self, service: UploadService, request: UploadRequest, stats: UploadStats) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.request = request
+        self.stats = stats
+        self.fingerprint = Fingerprint(request.query_project_id)
+        self.destination: Destination | None = None
+        self.field_project_id: str | None = None
+        self.metadata: dict[str, str] = {}
+        self.next_sha256: str | None = None
+        self.files: list[IncomingFile] = []
+        self.current: tuple[FileStart, IncomingFile] | None = None
+        self.records: list[MediaRecord] = []  # written, or maybe written, by a failed commit
+        self.reservation = _Reservation(service, request)
+        self.file_bytes = 0
+
+    # -- events --------------------------------------------------------------------------------
+    def handle(self, event: Event) -> None:
+        if isinstance(event, FileData):
+            assert self.current is not None
+            self.file_bytes += len(event.data)
+            assert self.destination is not None
+            self.reservation.data(self.destination.project_id, self.file_bytes)
+            self.current[1].write(event.data)
+        elif isinstance(event, TextField):
+            self._on_field(event)
+        elif isinstance(event, FileStart):
+            self._on_file_start(event)
+        elif isinstance(event, FileEnd):
+            self._on_file_end(event.last)
+
+    def _on_field(self, event: TextField) -> None:
+        if event.name == csrf.FORM_FIELD:
+            return  # checked by _events when it was owed; never metadata
+        self.fingerprint.field(event.name, event.value)
+        if event.name == "projectId":
+            if self.destination is not None and event.value != self.destination.project_id:
+                raise errors.InvalidProjectId("projectId cannot change after the first file.")
+            self.field_project_id = event.value
+        elif event.name == REDIRECT_FIELD:
+            self.stats.redirect = check_redirect(event.value, self.settings.redirect_origins)
+        elif event.name == "sha256":
+            value = event.value.strip().lower()
+            if not SHA256_RE.fullmatch(value):
+                raise errors.InvalidSha256()
+            if self.next_sha256 is not None:
+                raise errors.InvalidSha256("Two sha256 fields without a file between them.")
+            self.next_sha256 = value
+        elif event.name:
+            self.metadata[event.name[:METADATA_NAME_CHARS]] = event.value
+
+    def _resolve_destination(self) -> Destination:
+        if self.destination is None:
+            query, form = self.request.query_project_id, self.field_project_id
+            if query is not None and form is not None and query != form:
+                raise errors.InvalidProjectId("projectId differs between the query and the form.")
+            project_id = form if form is not None else query
+            if project_id is None:
+                raise errors.MissingProjectId(
+                    "projectId is required, in the query string or as a field before the files."
+                )
+            self.request.principal.check_project(check_project_id(project_id))
+            self.destination = Destination(
+                self.request.principal, project_id, quarantined=self.service.quarantined
+            )
+            self.stats.project_id = project_id
+        return self.destination
+
+    def _on_file_start(self, event: FileStart) -> None:
+        if event.name not in FILE_FIELDS:
+            raise errors.UnexpectedFileField(
+                f"File parts must be named 'file' or 'files', not {event.name!r}."
+            )
+        destination = self._resolve_destination()
+        self.reservation.file(destination.project_id)
+        incoming = IncomingFile(
+            store=self.service.store,
+            destination=destination,
+            allowed_types=self.settings.allowed_types,
+            media_id=new_media_id(),
+            original_name=display_name(event.filename, max_chars=self.settings.max_filename_chars),
+            expected_sha256=self.next_sha256,
+        )
+        self.next_sha256 = None
+        self.current = (event, incoming)
+        self.files.append(incoming)
+        self.stats.files = len(self.files)
+
+    def _on_file_end(self, last: bool) -> None:
+        assert self.current is not None
+        start, incoming = self.current
+        self.current = None
+        self.fingerprint.file(start.name, start.filename, incoming.sha256)
+        if incoming.size == 0 and start.filename == "":
+            # A form's file input left empty: no file at all; a sha256 sent before it still
+            # waits for the next file.
+            self.files.remove(incoming)
+            self.stats.files = len(self.files)
+            self.next_sha256 = incoming.expected_sha256
+            return
+        incoming.finish(more_follow=not last)
+
+    # -- ending --------------------------------------------------------------------------------
+    def commit(self, answer_plan: AnswerPlan | None) -> Stored:
+        if not self.files:
+            raise errors.NoFile()
+        if self.next_sha256 is not None:
+            raise errors.InvalidSha256("A sha256 field must come before the file it describes.")
+        for incoming in self.files:
+            incoming.commit()
+        created_at = self.service.clock().isoformat(timespec="microseconds")
+        records = [f.draft(created_at=created_at, metadata=self.metadata) for f in self.files]
+        answer: IdempotentAnswer | None = None
+        status, body = 201, dict[str, Any]()
+        if answer_plan is not None:
+            answer, status, body = answer_plan.answer(records, self.fingerprint.hexdigest())
+        self._write(records, answer)
+        self.service.announcer.announce(EventType.STORED, records)
+        return Stored(records, status, body)
+
+    def _write(self, records: list[MediaRecord], answer: IdempotentAnswer | None) -> None:
+        store = self.service.records
+        try:
+            store.create_many(
+                records,
+                answer=answer,
+                reservation=self.reservation.id if self.reservation.started else None,
+            )
+        except errors.RecordExists as exc:
+            # A retried write whose first answer was lost finds its own records: that is
+            # success. Anything else would be a foreign record (never delete those).
+            if not all(self._is_stored(record) for record in records):
+                raise errors.RecordStoreError() from exc
+        except errors.QuotaExceeded:
+            raise  # refused as a whole: nothing was written
+        except errors.GatewayError as exc:
+            self.records = records  # the write may have applied with its answer lost
+            raise errors.RecordStoreError() from exc
+
+    def _is_stored(self, record: MediaRecord) -> bool:
+        try:
+            return self.service.records.get(record.media_id) == record
+        except errors.GatewayError:
+            return False
+
+    def rollback(self) -> None:
+        """Undo everything; each step on its own, so one failure cannot stop the others."""
+        try:
+            self.reservation.end()
+        except Exception:  # it ends at its expiry anyway
+            log.error("rollback could not end quota reservation", exc_info=True)
+        kept: set[str] = set()  # media whose record may still exist: keep object, journal it
+        for record in self.records:
+            try:
+                self.service.records.delete(record.media_id)
+            except Exception:
+                log.error("rollback could not delete record %s", record.media_id, exc_info=True)
+                kept.add(record.media_id)
+        for incoming in self.files:
+            try:
+                incoming.abort()  # a no-op once committed
+            except Exception:
+                log.error("rollback could not abort %s", incoming.media_id, exc_info=True)
+            if not incoming.commit_started:
+                continue
+            # Committed, or its commit failed with an unknown outcome: delete it, unless its
+            # record may exist (then the sweeper decides, once the record store answers).
+            if incoming.media_id not in kept:
+                try:
+                    self.service.store.delete(incoming.key)
+                    continue
+                except Exception:
+                    log.error("rollback could not delete %s", incoming.key, exc_info=True)
+            try:
+                self.service.journal.add(incoming.key, "rollback incomplete")
+            except Exception:
+                log.critical("could not journal %s for the sweeper", incoming.key, exc_info=True)

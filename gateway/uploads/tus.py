@@ -1,0 +1,621 @@
+"""Resumable uploads over tus 1.0 (tus.io): the protocol's state machine, Flask-free.
+
+Extensions: creation, creation-with-upload, creation-defer-length, termination, checksum (md5,
+sha1, sha256), expiration, concatenation. The same rules as every other path: the caller's JWT,
+``projectId`` (in Upload-Metadata) checked before anything is created, the size limit, content
+sniffed from the first bytes against the allow-list (415: the upload is terminated), server-made
+keys, a ``pending`` media record from creation that becomes ``stored`` on the last byte and goes
+through the processing pipeline.
+
+State lives in the record store and the object store only, so any gateway node can take the
+next request (tusd's s3store layout): the final object is an S3 multipart upload with parts of
+a fixed size, aligned to offsets (part n holds bytes [(n-1)·size, n·size)); bytes past the last
+whole part wait in a small chunk object. offset = the parts + that chunk. A request that writes
+first takes the upload with a lease (a compare-and-set in the record store, renewed while it
+runs): a second request at the same time gets 423, and the offset only ever moves by a
+compare-and-set, so two nodes cannot corrupt an upload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any, Literal
+
+from gateway import errors
+from gateway.config import Settings
+from gateway.media.events import Announcer
+from gateway.media.lifecycle import Status, is_visible
+from gateway.media.naming import check_project_id, content_disposition, display_name, new_media_id
+from gateway.media.principal import Principal
+from gateway.media.records import IdempotentAnswer, MediaRecord, MediaStore, Sha256State, TusUpload
+from gateway.storage.resumable import (
+    ResumableUploads,
+    ResumableWriter,
+    Stored,
+    Target,
+    part_size_for,
+)
+from gateway.uploads.hashstate import ResumableSha256
+from gateway.uploads.hashstate import available as resumable_hash_available
+from gateway.uploads.ingest import BodyReader, Destination, checked_type, record_metadata
+from gateway.uploads.pending import EXPIRE_LIMIT, PendingUploads
+from gateway.uploads.sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
+from gateway.uploads.tus_lease import Lease
+
+log = logging.getLogger(__name__)
+TUS_VERSION = "1.0.0"
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+    "expiration",
+    "concatenation",
+)
+CHECKSUMS: dict[str, Callable[[], Any]] = {
+    "md5": hashlib.md5,
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+}
+RESERVED_METADATA = {"projectId", "filename", "name", "filetype", "type"}
+
+
+@dataclass(frozen=True)
+class Created:
+    record: MediaRecord
+    offset: int
+
+
+def tus_state(record: MediaRecord) -> TusUpload:
+    assert isinstance(record.upload, TusUpload)
+    return record.upload
+
+
+@dataclass(frozen=True)
+class CreateUpload:
+    """A creation request (parsed from its headers by gateway/http/api/tus_requests.py)."""
+
+    metadata: tuple[tuple[str, str], ...]  # Upload-Metadata, in order
+    length: int | None  # None: deferred (creation-defer-length), or a final upload
+    concat: Literal["", "partial", "final"] = ""
+    partials: tuple[str, ...] = ()  # a final upload's partial uploads (their ids), in order
+
+
+@dataclass(frozen=True)
+class PatchChunk:
+    """A PATCH (parsed from its headers by gateway/http/api/tus_requests.py)."""
+
+    offset: int
+    length: int | None = None  # Upload-Length, declared with this request
+    checksum: tuple[str, bytes] | None = None  # (algorithm, digest) of this request's body
+    content_length: int | None = None
+
+
+class TusService:
+    def __init__(
+        self,
+        settings: Settings,
+        uploads: ResumableUploads,
+        records: MediaStore,
+        announcer: Announcer,
+        *,
+        quarantined: bool,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.uploads = uploads
+        self.records = records
+        self.announcer = announcer
+        self.quarantined = quarantined
+        self.clock = clock
+
+    @property
+    def pending(self) -> PendingUploads:
+        """The pending-upload lifecycle, on the service's current records, events and clock."""
+        return PendingUploads(
+            self.records, self.announcer, self.settings.direct_max_pending, self.clock
+        )
+
+    @property
+    def max_size(self) -> int:
+        return self.settings.tus_max_bytes
+
+    def part_size_for(self, size: int) -> int:
+        return part_size_for(size, at_least=self.settings.direct_part_size)
+
+    def now(self) -> float:
+        """Epoch seconds, the leases' clock."""
+        return self.clock().timestamp()
+
+    def expires_header(self, record: MediaRecord) -> str:
+        return format_datetime(datetime.fromisoformat(tus_state(record).expires_at), usegmt=True)
+
+    # -- creation ------------------------------------------------------------------------------
+    def create(
+        self,
+        principal: Principal,
+        request: CreateUpload,
+        *,
+        answer: Callable[[MediaRecord], IdempotentAnswer] | None = None,
+    ) -> MediaRecord:
+        """A new upload; ``answer`` (an Idempotency-Key's first answer) is saved with its
+        record, in one write."""
+        pairs = list(request.metadata)
+        values = dict(pairs)
+        project_id = values.get("projectId")
+        if project_id is None:
+            raise errors.MissingProjectId("projectId is required in Upload-Metadata.")
+        principal.check_project(check_project_id(project_id))
+        kind, upload_length = request.concat, request.length
+        if upload_length is not None:
+            self._check_length(upload_length)
+        self.pending.check_room(principal)
+        partials = [self._partial(principal, media_id) for media_id in request.partials]
+        now = self.clock()
+        media_id = new_media_id()
+        upload = TusUpload(
+            expires_at=(now + timedelta(seconds=self.settings.tus_expiry_seconds)).isoformat(
+                timespec="seconds"
+            ),
+            length=upload_length,
+            part_size=self.part_size_for(upload_length or self.max_size),
+            concat=kind,
+            partials=tuple(p.media_id for p in partials),
+            client_metadata=tuple(pairs),
+        )
+        destination = Destination(principal, project_id, quarantined=self.quarantined)
+        record = destination.draft(
+            media_id=media_id,
+            original_name=display_name(
+                values.get("filename") or values.get("name") or "",
+                max_chars=self.settings.max_filename_chars,
+            ),
+            sniffed=UNTYPED,  # the type (and the key's extension) comes with the first bytes
+            size=upload_length or 0,
+            sha256="",
+            sha256_state=Sha256State.PENDING,
+            created_at=now.isoformat(timespec="microseconds"),
+            metadata={k[:64]: v for k, v in pairs if k not in RESERVED_METADATA},
+            status=Status.PENDING,
+            upload=upload,
+        )
+        saved_answer = answer(record) if answer else None
+        if kind == "final":
+            return self._concatenate(record, partials, saved_answer)
+        self.records.create_many([record], answer=saved_answer)
+        return record
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_size:
+            raise errors.TooLarge(f"Upload-Length {length} is over the limit of {self.max_size}.")
+        if length == 0:
+            raise errors.EmptyFile()
+
+    def _partial(self, principal: Principal, media_id: str) -> MediaRecord:
+        record = self.get(principal, media_id)
+        upload = tus_state(record)
+        if upload.concat != "partial" or upload.length is None or upload.offset != upload.length:
+            raise errors.InvalidTusHeader("Every partial upload must be a finished partial upload.")
+        return record
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, principal: Principal, upload_id: str) -> MediaRecord:
+        """A tus upload the caller may act on (others' are 404)."""
+        return self.pending.get_owned(principal, upload_id, TusUpload)
+
+    def live(self, principal: Principal, upload_id: str) -> MediaRecord:
+        """The upload, unless it has ended: expired (410) or terminated (404)."""
+        record = self.get(principal, upload_id)
+        if record.status is Status.EXPIRED:
+            raise errors.UploadGone()
+        if record.status in (Status.ABORTED, Status.REJECTED):
+            raise errors.UploadNotFound()
+        if record.status is Status.PENDING and self.pending.is_overdue(record):
+            self.pending.expire(record, self)
+            raise errors.UploadGone()
+        return record
+
+    # -- PATCH ---------------------------------------------------------------------------------
+    def patch(
+        self, principal: Principal, upload_id: str, body: BodyReader, request: PatchChunk
+    ) -> MediaRecord:
+        record = self.live(principal, upload_id)
+        upload = tus_state(record)
+        at = request.offset
+        if upload.concat == "final":
+            raise errors.UploadFinal()
+        if record.status is not Status.PENDING:
+            if at == upload.offset and not request.content_length:
+                return record  # a finished upload asked to go on with nothing: done already
+            raise errors.UploadOffsetMismatch(f"The upload is complete at {upload.offset}.")
+        if at != upload.offset:
+            raise errors.UploadOffsetMismatch(
+                f"Upload-Offset {at} is not the upload's offset, {upload.offset}."
+            )
+        declared = request.length
+        if declared is not None:
+            if upload.length is not None and declared != upload.length:
+                raise errors.InvalidTusHeader("Upload-Length cannot change.")
+            if declared < upload.offset:
+                raise errors.InvalidTusHeader("Upload-Length is below the offset.")
+            self._check_length(declared)
+        expected = request.checksum
+        if (
+            expected is not None
+            and request.content_length is not None
+            and (request.content_length > self.settings.tus_max_checksum_chunk)
+        ):
+            raise errors.TooLarge(
+                f"A checksummed chunk may be at most {self.settings.tus_max_checksum_chunk} bytes."
+            )
+        lease = Lease.take(
+            self.records, record, seconds=self.settings.tus_lock_seconds, clock=self.now
+        )
+        writer = _Writer(self, lease, declared, expected)
+        try:
+            lease.start()
+            return writer.run(body, request.content_length)
+        finally:
+            writer.cleanup()
+            lease.stop()
+
+    # -- termination and expiry ---------------------------------------------------------------
+    def terminate(self, principal: Principal, upload_id: str) -> None:
+        record = self.get(principal, upload_id)
+        if record.status is not Status.PENDING:
+            if is_visible(record.status):
+                raise errors.UploadStored("A finished upload is deleted through /api/media.")
+            return  # ended already
+        upload = tus_state(record)
+        if upload.lock_token and upload.lock_until > self.now():
+            raise errors.UploadLocked()
+        self.pending.end(record, Status.ABORTED, "Terminated by the client.", self)
+
+    def expire_overdue(
+        self, *, now: datetime | None = None, limit: int = EXPIRE_LIMIT
+    ) -> list[str]:
+        """The sweeper's part: pending tus uploads past their expiry, expired and removed."""
+        expired = self.pending.expire_overdue({TusUpload: self}, now=now, limit=limit)
+        return [record.media_id for record in expired]
+
+    def _remove(self, record: MediaRecord) -> None:
+        self.pending.remove(record, self)
+
+    def remove_parts(self, record: MediaRecord) -> None:
+        """Everything an unfinished upload holds: its multipart upload, tail and partial object
+        (the ``PartsRemover`` of tus uploads)."""
+        self.uploads.terminate(
+            record.media_id, self.object_key_of(record), _stored(tus_state(record))
+        )
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finished(self, record: MediaRecord) -> None:
+        if tus_state(record).concat != "partial":
+            self.pending.announce_stored([record])
+
+    def _concatenate(
+        self, final: MediaRecord, partials: list[MediaRecord], answer: IdempotentAnswer | None
+    ) -> MediaRecord:
+        """A final upload: the partial uploads' bytes, in order, as one object (S3: part copies
+        when every partial but the last is a valid S3 part, else re-chunked through memory).
+        Its record is written stored, and the partials' records deleted, in one write: what the
+        project holds does not change (no quota refuses it), and a final that fails for any
+        reason leaves nothing (the partials stay, for another try)."""
+        total = sum(tus_state(p).length or 0 for p in partials)
+        self._check_length(total)
+        if any(p.project_id != final.project_id for p in partials):
+            raise errors.InvalidTusHeader("The partial uploads must be in the final's project.")
+        first = b"".join(_first_bytes(self.uploads.read_partial(partials[0].media_id), SNIFF_BYTES))
+        sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
+        record = self._with_type(final, sniffed)
+        upload = tus_state(record)
+        joined = self.uploads.concatenate(
+            self.target_of(record),
+            [(p.media_id, tus_state(p).length or 0) for p in partials],
+            upload.part_size,
+        )
+        stored = record.evolve(
+            status=Status.STORED,
+            size=total,
+            upload=dataclasses.replace(
+                upload,
+                length=total,
+                offset=total,
+                parts=joined.parts,
+                s3_upload_id=joined.upload_id,
+            ),
+        )
+        try:
+            self.records.create_many([stored], answer=answer, replacing=partials)
+        except BaseException:
+            self.uploads.delete_object(record.s3_key)
+            raise
+        self.uploads.remove_partials([p.media_id for p in partials])
+        self.finished(stored)
+        return stored
+
+    def _with_type(self, record: MediaRecord, sniffed: SniffedType) -> MediaRecord:
+        destination = Destination(_principal_of(record), record.project_id)
+        return record.evolve(
+            mime_type=sniffed.mime,
+            file_type=sniffed.file_type,
+            s3_key=destination.key(record.media_id, sniffed),
+        )
+
+    def object_key_of(self, record: MediaRecord) -> str:
+        """Where the upload's object is assembled: a partial upload's bytes wait in the store
+        for its final upload; every other upload is the media object itself."""
+        if tus_state(record).concat == "partial":
+            return self.uploads.partial_key(record.media_id)
+        return record.s3_key
+
+    def target_of(self, record: MediaRecord) -> Target:
+        return Target(
+            key=self.object_key_of(record),
+            metadata=record_metadata(record),
+            **self.object_headers(record),
+        )
+
+    @staticmethod
+    def object_headers(record: MediaRecord) -> dict[str, str]:
+        """How the object is served (gateway/uploads/sniff.py ``served_as``): a partial upload,
+        with no type of its own, as a download of bytes."""
+        served = served_as(record.mime_type)
+        return {
+            "content_type": served.content_type,
+            "content_disposition": content_disposition(record.original_name, inline=served.inline),
+        }
+
+
+def _principal_of(record: MediaRecord) -> Principal:
+    return Principal(subject=record.owner, tenant=record.tenant, projects=None)
+
+
+def _first_bytes(chunks: Any, size: int) -> list[bytes]:
+    out, got = [], 0
+    for chunk in chunks:
+        out.append(chunk)
+        got += len(chunk)
+        if got >= size:
+            break
+    return out
+
+
+def _hasher(upload: TusUpload) -> ResumableSha256 | Any | None:
+    """What hashes this request's bytes on from the upload's offset: the saved SHA-256 state
+    (any number of requests); without OpenSSL's exportable state, hashlib when the upload starts
+    here (one request); else None (processing computes it)."""
+    if upload.offset == 0:
+        return ResumableSha256() if resumable_hash_available() else hashlib.sha256()
+    if upload.hash_state and resumable_hash_available():
+        try:
+            return ResumableSha256.resume(upload.hash_state)
+        except ValueError:
+            log.warning("a tus upload's SHA-256 state cannot be read here; processing will hash it")
+    return None
+
+
+class _Writer:
+    """One PATCH: from the leased record to the next committed state (or nothing). The bytes go
+    to the resumable store's writer, every storage write under the lease (``lease.check``)."""
+
+    def __init__(
+        self,
+        service: TusService,
+        lease: Lease,
+        declared: int | None,
+        expected: tuple[str, bytes] | None,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.lease = lease
+        self.record = lease.record  # the type, key and name as this request learns them
+        self.upload = tus_state(lease.record)  # as the lease found it
+        self.size_before = lease.record.size
+        self.length = self.upload.length if self.upload.length is not None else declared
+        self.expected = expected
+        self.checksum = CHECKSUMS[expected[0]]() if expected else None
+        self.unverified = bytearray()  # a checksummed request's bytes, until verified
+        self.whole = _hasher(self.upload)
+        self.received = 0
+        self.committed = False
+        self.store = ResumableWriter(
+            service.uploads,
+            self.record.media_id,
+            _stored(self.upload),
+            part_size=self.upload.part_size,
+            generation=lease.generation,
+            guard=lease.check,
+            target=None if self.needs_type else service.target_of(self.record),
+        )
+
+    @property
+    def needs_type(self) -> bool:
+        """A partial upload is not a file of its own: the final upload is sniffed."""
+        return not self.record.mime_type and self.upload.concat != "partial"
+
+    def run(self, body: BodyReader, content_length: int | None) -> MediaRecord:
+        if self.upload.length is None and self.length is not None:
+            self._hold(self.length)  # the length is declared: held before a byte is read
+        interrupted: errors.GatewayError | None = None
+        try:
+            self._read(body)
+        except (errors.ClientDisconnected, errors.BodyTimeout) as exc:
+            interrupted = exc
+        if interrupted is None and content_length is not None and self.received != content_length:
+            interrupted = errors.ClientDisconnected(
+                f"Received {self.received} of {content_length} bytes."
+            )
+        if self.checksum is not None and self.expected is not None:
+            if interrupted is not None:
+                self._release()
+                raise interrupted
+            if self.checksum.digest() != self.expected[1]:
+                self._release()
+                raise errors.TusChecksumMismatch()
+            self._take(self.unverified)
+        offset = self.upload.offset + self.received
+        done = self.length is not None and offset == self.length
+        if done and self.needs_type:
+            self._sniff()
+        record = self._commit(offset, done)
+        if interrupted is not None:
+            raise interrupted
+        return record
+
+    def _read(self, body: BodyReader) -> None:
+        limit = self.length if self.length is not None else self.service.max_size
+        while True:
+            chunk = body.read(self.settings.read_size)
+            if not chunk:
+                return
+            self.lease.check()  # a request that lost its lease stops reading at once
+            end = self.upload.offset + self.received + len(chunk)
+            if end > limit:
+                raise errors.TooLarge(
+                    "The chunk goes past Upload-Length."
+                    if self.length is not None
+                    else f"The upload grew past the limit of {limit} bytes."
+                )
+            if self.length is None and end > self.lease.record.size:
+                self._hold_ahead(end, limit)
+            self.received += len(chunk)
+            if self.whole is not None:
+                self.whole.update(chunk)
+            if self.checksum is None:
+                self._take(chunk)
+                continue
+            if self.received > self.settings.tus_max_checksum_chunk:
+                raise errors.TooLarge(
+                    "A checksummed chunk may be at most "
+                    f"{self.settings.tus_max_checksum_chunk} bytes."
+                )
+            self.checksum.update(chunk)
+            self.unverified += chunk
+
+    def _take(self, data: bytes | bytearray) -> None:
+        """Bytes that count: to the store, and the type sniffed once enough have come."""
+        self.store.write(data)
+        if self.needs_type and self.upload.committed + self.store.buffered >= SNIFF_BYTES:
+            self._sniff()
+
+    def _hold_ahead(self, end: int, limit: int) -> None:
+        """Hold a part's worth ahead (one write per part, not per read); near a quota, exactly
+        what arrived."""
+        try:
+            self._hold(min(end + self.upload.part_size, limit))
+        except errors.QuotaExceeded:
+            self._hold(end)
+
+    def _hold(self, size: int) -> None:
+        """A deferred-length upload holds (for quotas) the bytes it is about to take: its
+        record's size grows ahead of them, checked like any write that holds more
+        (QuotaExceeded: nothing of this request counts)."""
+        self.lease.write(lambda record: record.evolve(size=size))
+
+    def _sniff(self) -> None:
+        """The type from the first bytes (no part is written before the type is known). A
+        refused type ends the upload: 415, nothing left."""
+        try:
+            sniffed = checked_type(
+                self.store.head(SNIFF_BYTES),
+                self.settings.allowed_types,
+                name=self.record.original_name,
+            )
+        except errors.UnsupportedType:
+            self._reject()
+            raise
+        self.record = self.service._with_type(self.record, sniffed)
+        self.store.target = self.service.target_of(self.record)
+
+    def _reject(self) -> None:
+        self.lease.stop()
+        current = self.service.records.get(self.record.media_id)
+        self.service._remove(current)
+        self.store.discard()
+        self.service.records.delete(current.media_id)
+        self.committed = True  # nothing of this request remains to clean up
+
+    def _commit(self, offset: int, done: bool) -> MediaRecord:
+        stored = self.store.commit(final=done, version=self.lease.record.version + 1)
+        digest = self.whole.hexdigest() if done and self.whole is not None else ""
+        resumable = isinstance(self.whole, ResumableSha256) and not done
+        partial = self.upload.concat == "partial"
+
+        def committed(leased: MediaRecord) -> MediaRecord:
+            upload = dataclasses.replace(
+                tus_state(leased),
+                length=self.length,
+                offset=offset,
+                parts=stored.parts,
+                pending_key=stored.tail_key,
+                pending_size=stored.tail_size,
+                s3_upload_id=stored.upload_id,
+                lock_token="",
+                lock_until=0.0,
+                sha256=digest,
+                hash_state=self.whole.state() if resumable else "",  # type: ignore[union-attr]
+            )
+            changes: dict[str, Any] = {
+                "upload": upload,
+                "mime_type": self.record.mime_type,
+                "file_type": self.record.file_type,
+                "s3_key": self.record.s3_key,
+                # a deferred length holds what arrived (_hold took more while it ran)
+                "size": self.length if self.length is not None else offset,
+            }
+            if done and not partial:
+                state = Sha256State.RECEIVED if digest else Sha256State.PENDING
+                changes.update(status=Status.STORED, sha256=digest, sha256_state=state)
+            return leased.evolve(**changes)
+
+        saved = self.lease.write(committed, last=True)
+        self.committed = True
+        self.store.release()
+        if done:
+            self.service.finished(saved)
+        return saved
+
+    def _release(self) -> None:
+        """Give the upload back unchanged (a refused chunk: the offset stays, and what a
+        deferred length took ahead of bytes that did not count is held no more)."""
+        try:
+            self.lease.write(
+                lambda record: record.evolve(
+                    size=self.size_before,
+                    upload=dataclasses.replace(tus_state(record), lock_token="", lock_until=0.0),
+                ),
+                last=True,
+            )
+        except errors.UploadLocked:
+            return  # taken over meanwhile: nothing of ours to give back
+        self.committed = True
+
+    def cleanup(self) -> None:
+        if self.committed:
+            return
+        self.store.discard()
+        _quietly(self._release)
+
+
+def _stored(upload: TusUpload) -> Stored:
+    return Stored(
+        parts=upload.parts,
+        tail_key=upload.pending_key,
+        tail_size=upload.pending_size,
+        upload_id=upload.s3_upload_id,
+    )
+
+
+def _quietly(fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.warning("tus cleanup step failed", exc_info=True)

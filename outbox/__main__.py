@@ -1,0 +1,5 @@
+"""``python -m outbox``: the ``outbox`` command."""
+
+from outbox.cli import run
+
+run()
