@@ -20,7 +20,7 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	touch $@
 
 # The offline-first client's command (outbox), runnable from anywhere.
-$(BIN)/outbox: | $(BIN)/python
+$(BIN)/outbox: Makefile | $(BIN)/python
 	printf '#!/bin/sh\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m outbox "$$@"\n' \
 		"$(CURDIR)" "$(CURDIR)/$(BIN)/python" > $@
 	chmod +x $@

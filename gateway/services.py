@@ -11,6 +11,7 @@ from gateway.config import Settings
 from gateway.media.events import Announcer, LogPublisher, Publisher, QueuePublisher
 from gateway.media.orphans import OrphanJournal
 from gateway.media.records import MediaStore, open_records
+from gateway.media.records.quota import QuotaLimits
 from gateway.media.service import MediaService
 from gateway.media.urls import PublicUrls
 from gateway.processing.scanner import ClamdScanner, Scanner
@@ -18,7 +19,8 @@ from gateway.queue import Queue, open_queue
 from gateway.storage import ObjectStore, Storage, open_storage
 from gateway.storage.resumable import ResumableUploads
 from gateway.uploads.direct import DirectUploadService
-from gateway.uploads.form import UploadService
+from gateway.uploads.form import FormOptions, UploadService
+from gateway.uploads.formdata import FormLimits
 from gateway.uploads.idempotency import Idempotency
 from gateway.uploads.sweeper import Sweeper
 from gateway.uploads.tus import TusService
@@ -102,7 +104,12 @@ class Services:
             webhook_queue=webhook_queue,
             announcer=announcer,
             uploads=UploadService(
-                settings, storage.landing, records, journal, announcer, quarantined=quarantined
+                form_options(settings),
+                storage.landing,
+                records,
+                journal,
+                announcer,
+                quarantined=quarantined,
             ),
             direct=direct,
             urls=PublicUrls(settings, storage.objects),
@@ -202,3 +209,21 @@ class Services:
             if isinstance(self.queue, SqsQueue) and self.storage.direct is not None:
                 self.queue.allow_s3(self.storage.direct.bucket)
                 self.storage.direct.notify(self.queue.queue_arn())
+
+
+def form_options(settings: Settings) -> FormOptions:
+    return FormOptions(
+        limits=FormLimits(
+            max_files=settings.max_files,
+            max_fields=settings.max_fields,
+            max_field_bytes=settings.max_field_bytes,
+            max_part_header_bytes=settings.max_part_header_bytes,
+        ),
+        max_upload_bytes=settings.max_upload_bytes,
+        read_size=settings.read_size,
+        allowed_types=settings.allowed_types,
+        max_filename_chars=settings.max_filename_chars,
+        redirect_origins=settings.redirect_origins,
+        reservation_seconds=settings.quota_reservation_seconds,
+        quotas=QuotaLimits.of(settings).active,
+    )

@@ -19,13 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import errors
-from gateway.config import Settings
 from gateway.media.events import Announcer, EventType
 from gateway.media.naming import check_project_id, display_name, new_media_id
 from gateway.media.orphans import OrphanJournal
 from gateway.media.principal import Principal
 from gateway.media.records import IdempotentAnswer, MediaRecord, MediaStore
-from gateway.media.records.quota import QuotaLimits
 from gateway.storage import ObjectStore
 from gateway.uploads import csrf
 from gateway.uploads.formdata import (
@@ -78,10 +76,24 @@ class Stored:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class FormOptions:
+    """The settings a form upload reads (built once, in ``Services.from_settings``)."""
+
+    limits: FormLimits
+    max_upload_bytes: int
+    read_size: int
+    allowed_types: tuple[str, ...]
+    max_filename_chars: int
+    redirect_origins: tuple[str, ...]
+    reservation_seconds: float
+    quotas: bool  # whether any quota is set (else nothing is reserved)
+
+
 class UploadService:
     def __init__(
         self,
-        settings: Settings,
+        options: FormOptions,
         store: ObjectStore,
         records: MediaStore,
         journal: OrphanJournal,
@@ -90,23 +102,17 @@ class UploadService:
         *,
         quarantined: bool = False,
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.store = store  # where new objects land: the quarantine while scanning is on
         self.quarantined = quarantined
         self.records = records
         self.journal = journal
         self.announcer = announcer
         self.clock = clock
-        self.limits = FormLimits(
-            max_files=settings.max_files,
-            max_fields=settings.max_fields,
-            max_field_bytes=settings.max_field_bytes,
-            max_part_header_bytes=settings.max_part_header_bytes,
-        )
 
     def precheck(self, request: UploadRequest) -> bytes:
         """Everything decidable from headers alone, before the body is read or S3 is called."""
-        length, cap = request.content_length, self.settings.max_upload_bytes
+        length, cap = request.content_length, self.options.max_upload_bytes
         if length is not None and length > cap:
             raise errors.TooLarge(f"The body is {length} bytes; the limit is {cap}.")
         if request.query_project_id is not None:
@@ -160,8 +166,8 @@ class UploadService:
         A form that owes its CSRF token must send it before any file, within the first
         ``csrf.FORM_WINDOW_BYTES`` (no more is read until then); only such a form's events are
         looked at here, the rest go straight through."""
-        parser = FormDataParser(boundary, self.limits)
-        cap, read_size = self.settings.max_upload_bytes, self.settings.read_size
+        parser = FormDataParser(boundary, self.options.limits)
+        cap, read_size = self.options.max_upload_bytes, self.options.read_size
         owed = request.csrf_token
 
         def checked(events: list[Event]) -> list[Event]:
@@ -215,8 +221,8 @@ class _Reservation:
 
     def __init__(self, service: UploadService, request: UploadRequest) -> None:
         self.records = service.records
-        self.ttl = service.settings.quota_reservation_seconds
-        self.active = QuotaLimits.of(service.settings).active
+        self.ttl = service.options.reservation_seconds
+        self.active = service.options.quotas
         self.request = request
         self.id = "upload-" + new_media_id()
         self.bytes = 0
@@ -263,7 +269,7 @@ class _Batch:
 
     def __init__(self, service: UploadService, request: UploadRequest, stats: UploadStats) -> None:
         self.service = service
-        self.settings = service.settings
+        self.options = service.options
         self.request = request
         self.stats = stats
         self.fingerprint = Fingerprint(request.query_project_id)
@@ -301,7 +307,7 @@ class _Batch:
                 raise errors.InvalidProjectId("projectId cannot change after the first file.")
             self.field_project_id = event.value
         elif event.name == REDIRECT_FIELD:
-            self.stats.redirect = check_redirect(event.value, self.settings.redirect_origins)
+            self.stats.redirect = check_redirect(event.value, self.options.redirect_origins)
         elif event.name == "sha256":
             value = event.value.strip().lower()
             if not SHA256_RE.fullmatch(value):
@@ -339,9 +345,9 @@ class _Batch:
         incoming = IncomingFile(
             store=self.service.store,
             destination=destination,
-            allowed_types=self.settings.allowed_types,
+            allowed_types=self.options.allowed_types,
             media_id=new_media_id(),
-            original_name=display_name(event.filename, max_chars=self.settings.max_filename_chars),
+            original_name=display_name(event.filename, max_chars=self.options.max_filename_chars),
             expected_sha256=self.next_sha256,
         )
         self.next_sha256 = None
