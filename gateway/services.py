@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from gateway.config import Settings
 from gateway.media.events import Announcer, LogPublisher, Publisher, QueuePublisher
 from gateway.media.orphans import OrphanJournal
-from gateway.media.records import MediaStore, open_records
+from gateway.media.records import DirectUpload, MediaStore, TusUpload, open_records
 from gateway.media.service import MediaService
 from gateway.media.urls import PublicUrls
 from gateway.processing.scanner import ClamdScanner, Scanner
@@ -20,6 +20,7 @@ from gateway.storage.resumable import ResumableUploads
 from gateway.uploads.direct import DirectUploadService
 from gateway.uploads.form import UploadService
 from gateway.uploads.idempotency import Idempotency
+from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 from gateway.uploads.sweeper import Sweeper
 from gateway.uploads.tus import TusService
 
@@ -92,6 +93,11 @@ class Services:
             if storage.chunks is not None
             else None
         )
+        expiring: dict[UploadKind, PartsRemover] = {}
+        if direct is not None:
+            expiring[DirectUpload] = direct
+        if tus is not None:
+            expiring[TusUpload] = tus
         return cls(
             tus=tus,
             settings=settings,
@@ -111,10 +117,10 @@ class Services:
                 listing=storage.listing,
                 records=records,
                 journal=journal,
-                direct=direct,
+                pending=PendingUploads(records, announcer, settings.direct_max_pending),
+                uploads=expiring,
                 quarantine=storage.holding,  # the quarantine, or where failed media wait
                 queue=queue if settings.processing else None,
-                tus=tus,
                 keep_infected=settings.keep_infected,
             ),
         )

@@ -40,7 +40,7 @@ from gateway.storage import ObjectHead, PartInfo
 from gateway.storage.keys import parse_key, staging_key
 from gateway.uploads.form import SHA256_RE
 from gateway.uploads.ingest import Destination, checked_type, object_metadata, record_metadata
-from gateway.uploads.pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
+from gateway.uploads.pending import EXPIRED_REASONS, PendingUploads
 from gateway.uploads.sniff import SNIFF_BYTES, SniffedType, is_allowed
 
 if TYPE_CHECKING:
@@ -580,13 +580,6 @@ class DirectUploadService:
             return record
         self._require_pending(record)
         return self._finish(record, Status.ABORTED, "Aborted by the client.")
-
-    def expire_overdue(
-        self, *, now: datetime | None = None, limit: int = EXPIRE_LIMIT
-    ) -> list[str]:
-        """The sweeper's part: pending direct uploads past their expiry, expired and removed."""
-        expired = self.pending.expire_overdue({DirectUpload: self}, now=now, limit=limit)
-        return [record.media_id for record in expired]
 
     # -- internals ---------------------------------------------------------------------------------
     @staticmethod
