@@ -393,11 +393,6 @@ class Settings:
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
 
-    def direct_part_size_for(self, size: int) -> int:
-        """A part size (whole MiB) that fits ``size`` in S3's 10,000 parts."""
-        needed = -(-size // S3_MAX_PARTS)
-        return max(self.direct_part_size, -(-needed // MiB) * MiB)
-
     def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)
         settings.validate()

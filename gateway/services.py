@@ -17,7 +17,7 @@ from gateway.processing.scanner import ClamdScanner, Scanner
 from gateway.queue import Queue, open_queue
 from gateway.storage import ObjectStore, Storage, open_storage
 from gateway.storage.resumable import ResumableUploads
-from gateway.uploads.direct import DirectUploadService
+from gateway.uploads.direct import DirectOptions, DirectUploadService
 from gateway.uploads.form import UploadService
 from gateway.uploads.idempotency import Idempotency
 from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
@@ -75,9 +75,27 @@ class Services:
             )
         )
         quarantined = storage.quarantine is not None
+        direct_options = DirectOptions(
+            allowed_types=settings.allowed_types,
+            max_filename_chars=settings.max_filename_chars,
+            max_bytes=settings.direct_max_bytes,
+            max_files=settings.direct_max_files,
+            max_batch_bytes=settings.direct_max_batch_bytes,
+            max_pending=settings.direct_max_pending,
+            single_put_max=settings.direct_single_put_max,
+            part_size=settings.direct_part_size,
+            part_urls_per_page=settings.direct_part_urls_per_page,
+            url_ttl=settings.direct_url_ttl,
+            s3_verifies_sha256=settings.s3_verifies_sha256,
+            processing=settings.processing,
+        )
         direct = (
             DirectUploadService(
-                settings, storage.direct, records, announcer, quarantined=quarantined
+                direct_options,
+                storage.direct,
+                records,
+                announcer,
+                quarantined=quarantined,
             )
             if storage.direct is not None
             else None
