@@ -654,6 +654,21 @@ def test_only_a_live_direct_upload_keeps_its_stale_multipart_upload():
     assert report.failed == []
 
 
+def test_a_stale_upload_in_the_chunk_area_stays_only_while_its_tus_upload_is_pending():
+    from gateway.storage.chunks import chunk_key
+
+    going_on, finished = _tus_record(_key(1)), _record(_key(2), Status.STORED)
+    live, done, unknown = (
+        chunk_key(going_on.media_id, "parts"),
+        chunk_key(finished.media_id, "parts"),
+        chunk_key(f"{3:032x}", "parts"),
+    )
+    storage = FakeStorage(uploads=[(k, OLD) for k in (live, done, unknown)])
+    report = _sweeper(storage, FakeRecords(going_on, finished)).sweep(older_than=HOUR, now=NOW)
+    assert storage.aborted == [done, unknown]
+    assert report.failed == []
+
+
 def test_a_failing_abort_is_reported_and_the_others_still_aborted():
     storage = FakeStorage(uploads=[(_key(1), OLD), (_key(2), OLD)], fail={_key(1)})
     report = _sweeper(storage).sweep(older_than=HOUR, now=NOW)
