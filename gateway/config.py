@@ -60,7 +60,7 @@ class Settings:
     # "on" only for a store that refuses a PutObject whose x-amz-checksum-sha256 differs from
     # its bytes and reports it on HeadObject (AWS S3; not moto, not Ceph RGW 16): a direct
     # upload's promised SHA-256 is then taken from S3 instead of read back
-    # (gateway/uploads/direct.py).
+    # (gateway/uploads/direct_verify.py).
     s3_verifies_sha256: bool = False
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
