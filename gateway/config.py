@@ -60,7 +60,7 @@ class Settings:
     # "on" only for a store that refuses a PutObject whose x-amz-checksum-sha256 differs from
     # its bytes and reports it on HeadObject (AWS S3; not moto, not Ceph RGW 16): a direct
     # upload's promised SHA-256 is then taken from S3 instead of read back
-    # (gateway/uploads/direct.py).
+    # (gateway/uploads/direct_verify.py).
     s3_verifies_sha256: bool = False
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
@@ -392,11 +392,6 @@ class Settings:
         """The configured part size, raised so that a max-size file fits in 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
-
-    def direct_part_size_for(self, size: int) -> int:
-        """A part size (whole MiB) that fits ``size`` in S3's 10,000 parts."""
-        needed = -(-size // S3_MAX_PARTS)
-        return max(self.direct_part_size, -(-needed // MiB) * MiB)
 
     def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)

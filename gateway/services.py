@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from gateway.config import Settings
 from gateway.media.events import Announcer, LogPublisher, Publisher, QueuePublisher
 from gateway.media.orphans import OrphanJournal
-from gateway.media.records import MediaStore, open_records
+from gateway.media.records import DirectUpload, MediaStore, TusUpload, open_records
 from gateway.media.records.quota import QuotaLimits
 from gateway.media.service import MediaService
 from gateway.media.urls import PublicUrls
@@ -18,10 +18,11 @@ from gateway.processing.scanner import ClamdScanner, Scanner
 from gateway.queue import Queue, open_queue
 from gateway.storage import ObjectStore, Storage, open_storage
 from gateway.storage.resumable import ResumableUploads
-from gateway.uploads.direct import DirectUploadService
+from gateway.uploads.direct import DirectOptions, DirectUploadService
 from gateway.uploads.form import FormOptions, UploadService
 from gateway.uploads.formdata import FormLimits
 from gateway.uploads.idempotency import Idempotency
+from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 from gateway.uploads.sweeper import Sweeper
 from gateway.uploads.tus import TusService
 
@@ -76,9 +77,27 @@ class Services:
             )
         )
         quarantined = storage.quarantine is not None
+        direct_options = DirectOptions(
+            allowed_types=settings.allowed_types,
+            max_filename_chars=settings.max_filename_chars,
+            max_bytes=settings.direct_max_bytes,
+            max_files=settings.direct_max_files,
+            max_batch_bytes=settings.direct_max_batch_bytes,
+            max_pending=settings.direct_max_pending,
+            single_put_max=settings.direct_single_put_max,
+            part_size=settings.direct_part_size,
+            part_urls_per_page=settings.direct_part_urls_per_page,
+            url_ttl=settings.direct_url_ttl,
+            s3_verifies_sha256=settings.s3_verifies_sha256,
+            processing=settings.processing,
+        )
         direct = (
             DirectUploadService(
-                settings, storage.direct, records, announcer, quarantined=quarantined
+                direct_options,
+                storage.direct,
+                records,
+                announcer,
+                quarantined=quarantined,
             )
             if storage.direct is not None
             else None
@@ -94,6 +113,11 @@ class Services:
             if storage.chunks is not None
             else None
         )
+        expiring: dict[UploadKind, PartsRemover] = {}
+        if direct is not None:
+            expiring[DirectUpload] = direct
+        if tus is not None:
+            expiring[TusUpload] = tus
         return cls(
             tus=tus,
             settings=settings,
@@ -118,10 +142,10 @@ class Services:
                 listing=storage.listing,
                 records=records,
                 journal=journal,
-                direct=direct,
+                pending=PendingUploads(records, announcer, settings.direct_max_pending),
+                uploads=expiring,
                 quarantine=storage.holding,  # the quarantine, or where failed media wait
                 queue=queue if settings.processing else None,
-                tus=tus,
                 keep_infected=settings.keep_infected,
             ),
         )

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from gateway import create_app
-from gateway.uploads.direct import staging_key
+from gateway.media.lifecycle import Status
+from gateway.storage.keys import staging_key
 
 from conftest import init_stores, make_settings
 from support import MiB, jpeg_bytes, mp4_bytes, png_bytes
@@ -465,8 +466,6 @@ def test_staging_object_of_a_pending_upload_is_live_for_the_sweeper(client, auth
 def test_sweep_deletes_stale_staging_of_a_rejected_upload(client, auth, svc):
     content = png_bytes(50_000)
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
-    from gateway.media.lifecycle import Status
-
     record = svc.records.get(upload["uploadId"])
     svc.records.update(
         record.evolve(status=Status.REJECTED), expected=record
@@ -917,6 +916,10 @@ def test_part_urls_come_in_pages(custom):
     assert_stored(client, auth, svc, upload, content)
     stored = page("first=1&count=1")
     assert stored.status_code == 409 and stored.get_json()["error"]["code"] == "upload_stored"
+    record = svc.records.get(uid)  # processed since: still 409, whatever the later status
+    assert svc.records.update(record.evolve(status=Status.READY), expected=record) is not None
+    ready = page("first=1&count=1")
+    assert ready.status_code == 409 and ready.get_json()["error"]["code"] == "upload_stored"
     # A single PUT/POST has no parts; an aborted upload has none left.
     [single] = initiate(client, auth, [promise(png_bytes(1000), "image/png")]).get_json()["uploads"]
     response = client.get(f"/api/uploads/{single['uploadId']}/parts?first=1", headers=auth)

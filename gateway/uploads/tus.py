@@ -44,7 +44,7 @@ from gateway.storage.resumable import (
 from gateway.uploads.hashstate import ResumableSha256
 from gateway.uploads.hashstate import available as resumable_hash_available
 from gateway.uploads.ingest import BodyReader, Destination, checked_type, record_metadata
-from gateway.uploads.pending import EXPIRE_LIMIT, PendingUploads
+from gateway.uploads.pending import PendingUploads
 from gateway.uploads.sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
 from gateway.uploads.tus_lease import Lease
 
@@ -277,13 +277,6 @@ class TusService:
         if upload.lock_token and upload.lock_until > self.now():
             raise errors.UploadLocked()
         self.pending.end(record, Status.ABORTED, "Terminated by the client.", self)
-
-    def expire_overdue(
-        self, *, now: datetime | None = None, limit: int = EXPIRE_LIMIT
-    ) -> list[str]:
-        """The sweeper's part: pending tus uploads past their expiry, expired and removed."""
-        expired = self.pending.expire_overdue({TusUpload: self}, now=now, limit=limit)
-        return [record.media_id for record in expired]
 
     def _remove(self, record: MediaRecord) -> None:
         self.pending.remove(record, self)
