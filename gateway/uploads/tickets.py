@@ -12,10 +12,11 @@ The format is a JWT (RFC 7519) signed with HS256, with its own audience ``upload
 (``TICKET_AUDIENCE``). Every language has a JWT library, or signs one with 20 lines of HMAC-SHA256;
 the gateway checks it with the PyJWT it trusts for bearer tokens; and the audience keeps the two
 kinds apart both ways: a ticket must carry the ticket audience, which a bearer token never does
-(``GATEWAY_JWT_AUDIENCE`` may not be it), and the bearer check refuses a token with an audience
-it does not expect (PyJWT refuses any ``aud`` when none is configured). The keys are apart as
-well: the gateway's own ticket key is ``GATEWAY_TICKET_SECRET`` or else one derived from the
-JWT secret, never the JWT secret itself. A tenant's key (``kid: "tenant:<name>"``,
+(``GATEWAY_JWT_AUDIENCE`` may not be it), and the bearer check (gateway/http/auth.py) refuses
+any token that carries it (flask-jwt-extended checks no audience at all unless one is
+configured, so it must be refused by name). The keys are apart as well: the gateway's own
+ticket key is ``GATEWAY_TICKET_SECRET`` or else one derived from the JWT secret, never the JWT
+secret itself. A tenant's key (``kid: "tenant:<name>"``,
 ``GATEWAY_TICKET_TENANT_KEYS``) signs tickets of that tenant only.
 
 A ticket is used once: the post that stores files saves its answer under the ticket's id in the
