@@ -126,8 +126,14 @@ def test_the_wire_names_are_fixed():
     assert tk.AUDIENCE == "upload-gateway:ticket" and tk.ALGORITHM == "HS256"
     assert tk.FORM_FIELD == "ticket" and tk.TENANT_KID == "tenant:" and tk.SCOPE == "ticket:"
     assert {
-        "projectId", "redirect", "sha256", "file", "files", "ticket", "csrf_token",
-    } == tk.RESERVED_FIELDS  # fmt: skip
+        "projectId",
+        "redirect",
+        "sha256",
+        "file",
+        "files",
+        "ticket",
+        "csrf_token",
+    } == tk.RESERVED_FIELDS
 
 
 def test_a_ticket_read_back_is_what_was_signed(clock):

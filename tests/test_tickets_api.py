@@ -106,8 +106,15 @@ def signed(*, key: str = TICKET_SECRET, kid: str | None = None, **changes) -> st
     return jwt.encode(claims, key, algorithm="HS256", headers={"kid": kid} if kid else None)
 
 
-def post(client, ticket_value, files=(("file", "a.png", png_bytes(5000)),), *, fields=(),
-         headers=None, query=""):  # fmt: skip
+def post(
+    client,
+    ticket_value,
+    files=(("file", "a.png", png_bytes(5000)),),
+    *,
+    fields=(),
+    headers=None,
+    query="",
+):
     """A form post as a browser builds it: the ticket first, then the fields, then the files."""
     before = [] if ticket_value is None else [("ticket", ticket_value)]
     body, content_type = form_body([*before, *fields], files)
@@ -158,8 +165,11 @@ def test_a_backend_gets_a_ticket_for_its_own_subject_tenant_and_project(client, 
 def test_issuing_needs_a_bearer_token(client, ticket):
     refused(client.post("/api/tickets", json={"projectId": "p1"}), 401, "missing_token")
     as_bearer = {"Authorization": f"Bearer {ticket()}"}
-    refused(client.post("/api/tickets", json={"projectId": "p1"}, headers=as_bearer), 401,
-            "invalid_token")  # fmt: skip
+    refused(
+        client.post("/api/tickets", json={"projectId": "p1"}, headers=as_bearer),
+        401,
+        "invalid_token",
+    )
 
 
 @pytest.mark.parametrize(
@@ -198,16 +208,25 @@ def test_a_request_that_is_not_valid_is_refused(client, token, body, status, cod
 
 def test_a_body_that_is_not_a_json_object_is_refused(client, token):
     auth = {"Authorization": f"Bearer {token()}"}
-    for data, kind in ((b"[1]", "application/json"), (b"{", "application/json"),
-                       (b'{"projectId": "p1"}', "text/plain")):  # fmt: skip
+    for data, kind in (
+        (b"[1]", "application/json"),
+        (b"{", "application/json"),
+        (b'{"projectId": "p1"}', "text/plain"),
+    ):
         answer = client.post("/api/tickets", data=data, headers={**auth, "Content-Type": kind})
         refused(answer, 400, "invalid_json")
 
 
 def test_issuing_with_every_limit_at_the_gateways_bound(client, ticket, settings):
-    value = ticket(maxFiles=settings.max_files, maxFileBytes=settings.max_upload_bytes,
-                   maxBytes=settings.max_upload_bytes, expiresIn=3600, types=["image/*"],
-                   redirectOrigins=[PARTNER], tenant="")  # fmt: skip
+    value = ticket(
+        maxFiles=settings.max_files,
+        maxFileBytes=settings.max_upload_bytes,
+        maxBytes=settings.max_upload_bytes,
+        expiresIn=3600,
+        types=["image/*"],
+        redirectOrigins=[PARTNER],
+        tenant="",
+    )
     claims = jwt.decode(value, TICKET_SECRET, algorithms=["HS256"], audience=tk.AUDIENCE)
     assert claims["maxFiles"] == 10 and claims["exp"] - claims["iat"] == 3600
     assert "tenant" not in claims  # alice has none
@@ -217,8 +236,9 @@ def test_issuing_with_every_limit_at_the_gateways_bound(client, ticket, settings
 def test_a_ticket_post_needs_no_token_no_cookie_no_csrf_and_stores_as_the_tickets_subject(
     client, token, svc
 ):
-    value = issue(client, token("portal", tenant="acme", projects=["p1"]),
-                  fields={"source": "portal"}).get_json()["ticket"]  # fmt: skip
+    value = issue(
+        client, token("portal", tenant="acme", projects=["p1"]), fields={"source": "portal"}
+    ).get_json()["ticket"]
     content = png_bytes(6000)
     answer = post(client, value, [("file", "cat.png", content)], fields=[("caption", "a cat")])
     assert answer.status_code == 201, answer.get_json()
@@ -231,8 +251,9 @@ def test_a_ticket_post_needs_no_token_no_cookie_no_csrf_and_stores_as_the_ticket
 
 def test_the_form_may_repeat_the_project_and_fixed_fields(client, ticket, svc):
     value = ticket(projectId="p2", fields={"source": "portal"})
-    answer = post(client, value, fields=[("projectId", "p2"), ("source", "portal")],
-                  query="?projectId=p2")  # fmt: skip
+    answer = post(
+        client, value, fields=[("projectId", "p2"), ("source", "portal")], query="?projectId=p2"
+    )
     assert answer.status_code == 201, answer.get_json()
     assert answer.get_json()["projectId"] == "p2"
     assert answer.get_json()["metadata"] == {"source": "portal"}
@@ -277,10 +298,16 @@ def test_a_double_submit_gets_the_first_answer_and_stores_once(client, ticket, s
     first = post(client, value, fields=[("caption", "x")])
     assert first.status_code == 201
     # The same form again, as a browser rebuilds it (another boundary): the same answer.
-    body, _ = form_body([("ticket", value), ("caption", "x")], [("file", "a.png", png_bytes(5000))],
-                        boundary="other-boundary-1234")  # fmt: skip
-    again = client.post("/api/upload", data=body,
-                        headers={"Content-Type": "multipart/form-data; boundary=other-boundary-1234"})  # fmt: skip
+    body, _ = form_body(
+        [("ticket", value), ("caption", "x")],
+        [("file", "a.png", png_bytes(5000))],
+        boundary="other-boundary-1234",
+    )
+    again = client.post(
+        "/api/upload",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=other-boundary-1234"},
+    )
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json()
     assert len(leftovers(svc)["records"]) == 1
@@ -307,8 +334,12 @@ def test_a_failed_post_leaves_the_ticket_for_the_next_try(client, ticket, svc):
 def test_an_idempotency_key_header_is_not_read_on_a_ticket_post(client, ticket):
     value = ticket()
     assert post(client, value, headers={"Idempotency-Key": "k1"}).status_code == 201
-    other = post(client, value, [("file", "b.png", png_bytes(5000, seed=4))],
-                 headers={"Idempotency-Key": "k2"})  # fmt: skip
+    other = post(
+        client,
+        value,
+        [("file", "b.png", png_bytes(5000, seed=4))],
+        headers={"Idempotency-Key": "k2"},
+    )
     refused(other, 409, "ticket_used")
     assert post(client, ticket(), headers={"Idempotency-Key": "not valid \x7f"}).status_code == 201
 
@@ -410,8 +441,9 @@ def test_a_browser_is_sent_back_with_the_code_once_the_ticket_is_known(
         value = ticket(**request)
     else:
         value = ticket_of(case, ticket, token)
-    answer = post(client, value, files or [("file", "a.png", png_bytes(5000))], fields=fields,
-                  headers=BROWSER)  # fmt: skip
+    answer = post(
+        client, value, files or [("file", "a.png", png_bytes(5000))], fields=fields, headers=BROWSER
+    )
     if code in ("ticket_invalid", "ticket_tenant"):
         assert answer.status_code == status and answer.mimetype == "text/html"
         html = answer.get_data(as_text=True)
@@ -448,16 +480,26 @@ def test_a_gateway_without_a_ticket_key_answers_501(tmp_path):
 def test_with_rs256_a_ticket_keyed_with_the_public_key_is_not_valid(tmp_path):
     from test_auth import RSA_PUBLIC
 
-    settings = make_settings(tmp_path, jwt_secret="", jwt_public_key=RSA_PUBLIC,
-                             ticket_secret=TICKET_SECRET)  # fmt: skip
+    settings = make_settings(
+        tmp_path, jwt_secret="", jwt_public_key=RSA_PUBLIC, ticket_secret=TICKET_SECRET
+    )
     app = create_app(settings)
     init_stores(app.extensions["gateway"])
     client = app.test_client()
     header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
     now = int(time.time())
-    body = jwt.utils.base64url_encode(json.dumps(
-        {"aud": tk.AUDIENCE, "sub": "x", "project": "p1", "jti": "j", "iat": now, "exp": now + 60}
-    ).encode())  # fmt: skip
+    body = jwt.utils.base64url_encode(
+        json.dumps(
+            {
+                "aud": tk.AUDIENCE,
+                "sub": "x",
+                "project": "p1",
+                "jti": "j",
+                "iat": now,
+                "exp": now + 60,
+            }
+        ).encode()
+    )
     import hashlib
     import hmac
 
@@ -479,8 +521,9 @@ def test_tickets_and_bearer_tokens_never_pass_for_each_other(tmp_path, same_key)
 
     with app.app_context():
         bearer = mint_token("alice", projects=["p1"])
-    value = client.post("/api/tickets", json={"projectId": "p1"},
-                        headers={"Authorization": f"Bearer {bearer}"}).get_json()["ticket"]  # fmt: skip
+    value = client.post(
+        "/api/tickets", json={"projectId": "p1"}, headers={"Authorization": f"Bearer {bearer}"}
+    ).get_json()["ticket"]
     # a ticket as a bearer token: the upload, the media list, the session
     for answer in (
         post(
@@ -497,8 +540,9 @@ def test_tickets_and_bearer_tokens_never_pass_for_each_other(tmp_path, same_key)
         listed = create_access_token("alice", additional_claims={"aud": ["app", tk.AUDIENCE]})
     listing = client.get("/api/media?projectId=p1", headers={"Authorization": f"Bearer {listed}"})
     refused(listing, 401, "invalid_token")
-    sign_in = client.post("/upload/sign-in", data={"token": value},
-                          headers={"Origin": "http://localhost"})  # fmt: skip
+    sign_in = client.post(
+        "/upload/sign-in", data={"token": value}, headers={"Origin": "http://localhost"}
+    )
     assert sign_in.status_code == 303 and sign_in.headers["Location"].endswith("failed=1")
     assert "Set-Cookie" not in sign_in.headers
     # a bearer token as a ticket
@@ -563,8 +607,13 @@ def test_a_post_without_any_credential_is_refused_for_its_token(client, svc):
 
 # -- nothing reserved, nothing sent to S3, before the ticket is verified ---------------------------------
 def test_an_unverified_ticket_costs_no_s3_call_and_no_reservation(tmp_path, moto_url, monkeypatch):
-    settings = make_settings(tmp_path, backend="s3", moto_url=moto_url, ticket_secret=TICKET_SECRET,
-                             quota_project_bytes=10 * MiB)  # fmt: skip
+    settings = make_settings(
+        tmp_path,
+        backend="s3",
+        moto_url=moto_url,
+        ticket_secret=TICKET_SECRET,
+        quota_project_bytes=10 * MiB,
+    )
     app = create_app(settings)
     svc = app.extensions["gateway"]
     init_stores(svc)
@@ -644,8 +693,12 @@ def test_the_forms_redirect_field_may_lead_to_the_tickets_origins(client, ticket
         client, ticket(), fields=[("redirect", "https://forms.example.org/t")], headers=BROWSER
     )
     assert ours.headers["Location"].startswith("https://forms.example.org/t?mediaId=")
-    elsewhere = post(client, ticket(redirectOrigins=[PARTNER]),
-                     fields=[("redirect", "https://evil.example.com/x")], headers=BROWSER)  # fmt: skip
+    elsewhere = post(
+        client,
+        ticket(redirectOrigins=[PARTNER]),
+        fields=[("redirect", "https://evil.example.com/x")],
+        headers=BROWSER,
+    )
     refused(elsewhere, 400, "invalid_redirect")
     assert "Location" not in elsewhere.headers
     assert len(leftovers(svc)["records"]) == 2
@@ -656,10 +709,13 @@ def test_a_fixed_redirect_cannot_be_changed_by_the_form(client, ticket, svc):
     for place in ("before", "after"):
         fields = [("redirect", "/upload/result")]
         if place == "before":  # seen with the ticket, before the body is read again
-            body, content_type = form_body([("redirect", "/upload/result"), ("ticket", value)],
-                                           [("file", "a.png", png_bytes(5000))])  # fmt: skip
-            answer = client.post("/api/upload", data=body,
-                                 headers={"Content-Type": content_type, **BROWSER})  # fmt: skip
+            body, content_type = form_body(
+                [("redirect", "/upload/result"), ("ticket", value)],
+                [("file", "a.png", png_bytes(5000))],
+            )
+            answer = client.post(
+                "/api/upload", data=body, headers={"Content-Type": content_type, **BROWSER}
+            )
         else:
             answer = post(client, value, fields=fields, headers=BROWSER)
         assert answer.status_code == 303
@@ -685,14 +741,16 @@ def test_the_python_example_signs_a_ticket_the_gateway_takes(client, svc, monkey
     namespace: dict = {}
     exec(compile(doc_example("python"), "docs/tickets.md", "exec"), namespace)
     monkeypatch.setenv("GATEWAY_TICKET_SECRET", TICKET_SECRET)
-    value = namespace["upload_ticket"]("p1", "user-42", fields={"source": "docs"},
-                                       redirect=PARTNER + "/done")  # fmt: skip
+    value = namespace["upload_ticket"](
+        "p1", "user-42", fields={"source": "docs"}, redirect=PARTNER + "/done"
+    )
     answer = post(client, value)
     assert answer.status_code == 201, answer.get_json()
     assert answer.get_json()["owner"] == "user-42"
     assert answer.get_json()["metadata"] == {"source": "docs"}
-    value = namespace["upload_ticket"]("p1", "user-43", tenant="acme", kid="tenant:acme",
-                                       secret=ACME_SECRET, types=("image/png",))  # fmt: skip
+    value = namespace["upload_ticket"](
+        "p1", "user-43", tenant="acme", kid="tenant:acme", secret=ACME_SECRET, types=("image/png",)
+    )
     assert post(client, value).get_json()["tenant"] == "acme"
     refused(post(client, value, [("file", "b.png", png_bytes(5000, 8))]), 409, "ticket_used")
 
@@ -706,22 +764,49 @@ def test_the_javascript_example_signs_a_ticket_the_gateway_takes(client, svc, tm
 
     def node(options: dict, **env) -> str:
         done = subprocess.run(
-            ["node", str(script), json.dumps(options)], capture_output=True, text=True,
-            timeout=30, check=True, env={"PATH": os.path.dirname(NODE), **env},
-        )  # fmt: skip
+            ["node", str(script), json.dumps(options)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            env={"PATH": os.path.dirname(NODE), **env},
+        )
         return done.stdout.strip()
 
-    value = node({"project": "p1", "subject": "js-user", "maxFiles": 2, "fields": {"source": "js"},
-                  "redirect": PARTNER + "/done"}, GATEWAY_TICKET_SECRET=TICKET_SECRET)  # fmt: skip
+    value = node(
+        {
+            "project": "p1",
+            "subject": "js-user",
+            "maxFiles": 2,
+            "fields": {"source": "js"},
+            "redirect": PARTNER + "/done",
+        },
+        GATEWAY_TICKET_SECRET=TICKET_SECRET,
+    )
     claims = jwt.decode(value, TICKET_SECRET, algorithms=["HS256"], audience=tk.AUDIENCE)
     assert claims["maxFiles"] == 2 and claims["exp"] - claims["iat"] == 900
     answer = post(client, value)
     assert answer.status_code == 201, answer.get_json()
     assert answer.get_json()["owner"] == "js-user"
     assert answer.get_json()["metadata"] == {"source": "js"}
-    value = node({"project": "p1", "subject": "js-user", "tenant": "acme", "kid": "tenant:acme",
-                  "secret": ACME_SECRET, "types": ["image/png"]})  # fmt: skip
+    value = node(
+        {
+            "project": "p1",
+            "subject": "js-user",
+            "tenant": "acme",
+            "kid": "tenant:acme",
+            "secret": ACME_SECRET,
+            "types": ["image/png"],
+        }
+    )
     assert post(client, value).get_json()["tenant"] == "acme"
-    wrong = node({"project": "p1", "subject": "x", "tenant": "globex", "kid": "tenant:acme",
-                  "secret": ACME_SECRET})  # fmt: skip
+    wrong = node(
+        {
+            "project": "p1",
+            "subject": "x",
+            "tenant": "globex",
+            "kid": "tenant:acme",
+            "secret": ACME_SECRET,
+        }
+    )
     refused(post(client, wrong), 403, "ticket_tenant")
