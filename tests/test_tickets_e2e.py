@@ -34,6 +34,9 @@ def stack_once(tmp_path_factory):
         GATEWAY_TICKET_SECRET=TICKET_SECRET,
         GATEWAY_ALLOWED_TYPES="image/*,video/*",
         GATEWAY_PROCESSING="off",
+        # plain http on a name that is not localhost: a Secure (__Host-) cookie would not stick
+        GATEWAY_SESSION_COOKIE="gateway_session",
+        GATEWAY_SESSION_COOKIE_SECURE="off",
     ) as stack:
         yield stack
 
@@ -285,7 +288,6 @@ def partner(stack_once):
 def chromium(stack_once, partner):
     from playwright.sync_api import sync_playwright
 
-    uploads = f"http://uploads.test:{stack_once.nginx_port}"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=ensure_chromium(),
@@ -293,8 +295,6 @@ def chromium(stack_once, partner):
                 "--no-sandbox",
                 "--disable-dev-shm-usage",
                 "--host-resolver-rules=MAP partner.test 127.0.0.1, MAP uploads.test 127.0.0.1",
-                # the gateway's __Host- session cookie is Secure: plain http must count as secure
-                f"--unsafely-treat-insecure-origin-as-secure={uploads}",
             ],
         )
         yield browser
@@ -405,8 +405,8 @@ def test_the_same_site_cookie_flow_still_works_and_its_cookie_stays_home(
         page.click("#sign-in-form button[type=submit]")
         page.wait_for_selector("#upload-form")
         assert [c["name"] for c in context.cookies(uploads)] == [
-            "__Host-gateway_session",
-            "__Host-gateway_session_csrf",
+            "gateway_session",
+            "gateway_session_csrf",
         ]
         (photo,) = files(tmp_path, own_png=png_bytes(60_000, seed=6))
         page.fill("#project-id", "p1")
