@@ -810,3 +810,21 @@ def test_the_javascript_example_signs_a_ticket_the_gateway_takes(client, svc, tm
         }
     )
     refused(post(client, wrong), 403, "ticket_tenant")
+
+
+def test_a_ticket_post_reserves_no_more_of_the_quota_than_its_ticket_allows(tmp_path):
+    """The body (fields included) is longer than the quota; the files the ticket allows are not:
+    the reservation holds the ticket's maxBytes, not the Content-Length."""
+    settings = make_settings(tmp_path, ticket_secret=TICKET_SECRET, quota_project_bytes=100_000)
+    app = create_app(settings)
+    svc = app.extensions["gateway"]
+    init_stores(svc)
+    client = app.test_client()
+    notes = [(f"note{i}", "n" * 4000) for i in range(18)]
+    content = png_bytes(40_000)
+    answer = post(client, signed(maxBytes=60_000), [("file", "a.png", content)], fields=notes)
+    assert answer.status_code == 201, answer.get_json()
+    assert int(answer.request.headers["Content-Length"]) > 100_000
+    assert_stored(svc, answer.get_json(), content)
+    over = post(client, signed(), [("file", "b.png", png_bytes(40_000, 3))], fields=notes)
+    refused(over, 413, "quota_exceeded")  # the control: without the ticket's bound, refused
