@@ -334,11 +334,22 @@ def test_a_ticket_issued_in_the_future_or_not_yet_valid_is_refused(clock):
     )
 
 
-@pytest.mark.parametrize("field", ["iat", "exp"])
-@pytest.mark.parametrize("value", [str(NOW), True, [NOW]])
-def test_times_must_be_numbers(clock, field, value):
-    with pytest.raises(errors.TicketInvalid):
-        read(clock, claims(**{field: value}))
+NOT_NUMBERS = "iat and exp must be numbers (seconds since the epoch)."
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("iat", str(NOW), NOT_NUMBERS),  # PyJWT reads "1700000000" as a number; we do not
+        ("iat", True, NOT_NUMBERS),
+        ("iat", [NOW], "The upload ticket is not valid."),  # PyJWT's own refusal
+        ("exp", str(NOW + 600), NOT_NUMBERS),
+        ("exp", False, NOT_NUMBERS),
+        ("exp", [NOW], NOT_NUMBERS),
+    ],
+)
+def test_times_must_be_numbers(clock, field, value, message):
+    assert invalid(clock, claims(**{field: value})) == message
 
 
 # -- claims --------------------------------------------------------------------------------------
@@ -626,6 +637,24 @@ def test_a_request_at_the_gateways_bounds_is_issued(clock):
     anything = TicketPolicy(**{**POLICY.__dict__, "allowed_types": ("*/*",)})
     wide = service(clock, policy=anything).issue(ALICE, TicketRequest("p1", types=("*/*",)))
     assert wide.types == ("*/*",)
+
+
+def test_a_wildcard_is_within_only_the_same_wildcard_or_any_type(clock):
+    """``image/*`` is not within ``image/?`` (a glob that would match the text "image/*")."""
+    for allowed, wanted, issued in (
+        (("image/?",), "image/*", False),
+        (("image/*",), "image/*", True),
+        (("*/*",), "image/*", True),
+        (("image/png",), "image/*", False),
+        (("image/?",), "image/a", True),
+    ):
+        policy = TicketPolicy(**{**POLICY.__dict__, "allowed_types": allowed})
+        request = TicketRequest("p1", types=(wanted,))
+        if issued:
+            assert service(clock, policy=policy).issue(ALICE, request).types == (wanted,)
+        else:
+            with pytest.raises(errors.InvalidTicketRequest):
+                service(clock, policy=policy).issue(ALICE, request)
 
 
 def test_the_policy_is_the_settings():

@@ -468,8 +468,9 @@ def _check_target(url: Any) -> None:
     """A ticket's redirect: a path on the gateway, or an http(s) URL (the ticket allows it)."""
     if not isinstance(url, str):
         raise _Bad("redirect must be a string.")
+    origin = origin_of(url)
     try:
-        check_redirect(url, (origin_of(url) or "",))
+        check_redirect(url, (origin,) if origin else ())
     except errors.InvalidRedirect:
         raise _Bad("redirect must be an http(s) URL or a path on the gateway.") from None
 
