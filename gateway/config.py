@@ -7,9 +7,11 @@ name of the variable. docs/settings.md lists the same names and defaults.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ MiB = 1024 * 1024
 PREFIX = "GATEWAY_"
 S3_MIN_PART_SIZE = 5 * MiB
 S3_MAX_PARTS = 10_000
+# The audience of upload tickets (gateway/uploads/tickets.py): never a bearer token's.
+TICKET_AUDIENCE = "upload-gateway:ticket"
+TICKET_MAX_SECONDS = 3600
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # media/naming.py's IDENTIFIER_RE
 
 
 class ConfigError(ValueError):
@@ -152,6 +158,15 @@ class Settings:
     redirect_origins: tuple[str, ...] = ()  # where a form's `redirect` may lead (own: always)
     page_direct_min_bytes: int = positive(64 * MiB)  # /upload sends files this big direct to S3
 
+    # Upload tickets (gateway/uploads/tickets.py, docs/tickets.md): what one form post from
+    # another site may do, signed (HS256). ticket_secret: the gateway's own ticket key, which
+    # POST /api/tickets signs with and which may sign a ticket of any tenant; "": derived from an
+    # HS256 jwt_secret (none with RS256). ticket_tenant_keys: "tenant:secret" pairs; a ticket
+    # signed with one (JWT header kid "tenant:<tenant>") is valid for that tenant only.
+    ticket_secret: str = field(default="", repr=False)
+    ticket_tenant_keys: tuple[str, ...] = field(default=(), repr=False)
+    ticket_max_seconds: int = positive(TICKET_MAX_SECONDS)  # a ticket's longest life (at most 1 h)
+
     # Webhooks (Standard Webhooks): media.stored/ready/failed/infected/deleted.
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)  # whsec_<base64>
@@ -240,6 +255,7 @@ class Settings:
         for origin in self.redirect_origins:
             if origin_of(origin) != origin.lower():
                 fail("redirect_origins", f"{origin!r} is not an origin (scheme://host[:port])")
+        self._validate_tickets(fail)
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):
             fail("thumbnail_sizes", "one or more sizes in pixels, 16-4096 each")
         # Also without scanning: failed media are withheld there.
@@ -334,6 +350,40 @@ class Settings:
             fail("cdn_base_url", "required when CloudFront URL signing is configured")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+
+    def _validate_tickets(self, fail: Callable[[str, str], None]) -> None:
+        if self.ticket_secret and len(self.ticket_secret.encode()) < 32:
+            fail("ticket_secret", "must be at least 32 bytes")
+        tenants: set[str] = set()
+        for entry in self.ticket_tenant_keys:
+            tenant, colon, secret = entry.partition(":")
+            if not colon or not _TENANT_RE.fullmatch(tenant) or len(secret.encode()) < 32:
+                # never the value: it holds a secret
+                fail("ticket_tenant_keys", "each entry must be tenant:secret, secret >= 32 bytes")
+            if tenant in tenants:
+                fail("ticket_tenant_keys", f"tenant {tenant!r} has more than one key")
+            tenants.add(tenant)
+        if self.ticket_max_seconds > TICKET_MAX_SECONDS:
+            fail("ticket_max_seconds", f"at most {TICKET_MAX_SECONDS} (a ticket lives 1 h at most)")
+        if self.jwt_audience == TICKET_AUDIENCE:
+            fail("jwt_audience", f"must not be {TICKET_AUDIENCE!r}, the upload tickets' audience")
+
+    @property
+    def ticket_key(self) -> bytes | None:
+        """The gateway's own ticket key: GATEWAY_TICKET_SECRET, else derived from an HS256
+        JWT secret (a key of its own: a bearer token's signature never verifies as a ticket's);
+        None with RS256 and no ticket secret (a public key must never become a signing key)."""
+        if self.ticket_secret:
+            return self.ticket_secret.encode()
+        if self.effective_jwt_algorithm != "HS256":
+            return None
+        return hmac.new(self.jwt_secret.encode(), b"upload-gateway ticket", hashlib.sha256).digest()
+
+    @property
+    def ticket_tenant_key_map(self) -> dict[str, bytes]:
+        """GATEWAY_TICKET_TENANT_KEYS as tenant -> key."""
+        pairs = (entry.partition(":") for entry in self.ticket_tenant_keys)
+        return {tenant: secret.encode() for tenant, _, secret in pairs}
 
     @property
     def effective_quarantine_url(self) -> str:

@@ -24,6 +24,7 @@ from gateway.uploads.formdata import FormLimits
 from gateway.uploads.idempotency import Idempotency
 from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 from gateway.uploads.sweeper import Sweeper
+from gateway.uploads.tickets import TicketKeys, TicketPolicy, Tickets
 from gateway.uploads.tus import TusService
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
@@ -168,6 +169,16 @@ class Services:
         )
 
     @cached_property
+    def tickets(self) -> Tickets:
+        s = self.settings
+        return Tickets(
+            TicketKeys(s.ticket_key, s.ticket_tenant_key_map),
+            ticket_policy(s),
+            store=self.records,
+            lock_timeout=s.idempotency_lock_timeout,
+        )
+
+    @cached_property
     def scanner(self) -> Scanner | None:
         s = self.settings
         return ClamdScanner(s.clamd_url, timeout=s.clamd_timeout) if s.clamd_url else None
@@ -250,4 +261,17 @@ def form_options(settings: Settings) -> FormOptions:
         redirect_origins=settings.redirect_origins,
         reservation_seconds=settings.quota_reservation_seconds,
         quotas=QuotaLimits.of(settings).active,
+    )
+
+
+def ticket_policy(settings: Settings) -> TicketPolicy:
+    return TicketPolicy(
+        max_seconds=settings.ticket_max_seconds,
+        leeway=settings.jwt_leeway,
+        max_files=settings.max_files,
+        max_bytes=settings.max_upload_bytes,
+        allowed_types=settings.allowed_types,
+        max_fields=settings.max_fields,
+        max_field_bytes=settings.max_field_bytes,
+        redirect_origins=settings.redirect_origins,
     )

@@ -142,6 +142,7 @@ class IncomingFile:
     media_id: str
     original_name: str
     expected_sha256: str | None = None
+    also_allowed: tuple[str, ...] | None = None  # a second allow-list (an upload ticket's)
     size: int = 0
     writer: ObjectWriter | None = None
     sniffed: SniffedType | None = None
@@ -188,6 +189,8 @@ class IncomingFile:
     def _open(self, head: bytes) -> ObjectWriter:
         """Sniff the file's first bytes and open its writer (nothing written yet)."""
         self.sniffed = checked_type(head, self.allowed_types, name=self.original_name)
+        if self.also_allowed is not None:
+            checked_type(head, self.also_allowed, name=self.original_name)
         metadata = object_metadata(
             media_id=self.media_id,
             project_id=self.destination.project_id,

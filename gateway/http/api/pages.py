@@ -79,7 +79,7 @@ class BrowserAnswer:
         g.answered_error = True  # the body may still be arriving: drain it (lingering.py)
         if self.redirect is not None:
             return _see_other(with_outcome(self.redirect, [("error", exc.code)]))
-        return error_page(exc)
+        return error_page(exc, elsewhere=self.stats.by_ticket)
 
 
 def answer_browser(answer: BrowserAnswer) -> None:
@@ -87,9 +87,16 @@ def answer_browser(answer: BrowserAnswer) -> None:
     g.render_for_browser = answer.failed
 
 
-def error_page(exc: errors.GatewayError, *, status: int | None = None) -> Response:
+def error_page(
+    exc: errors.GatewayError, *, status: int | None = None, elsewhere: bool = False
+) -> Response:
+    """``elsewhere``: the form is another site's (an upload ticket's): back there, not sign-in."""
     html = render_template(
-        "error.html", error=exc, request_id=g.get("request_id"), signed_in=bool(session_cookie())
+        "error.html",
+        error=exc,
+        request_id=g.get("request_id"),
+        signed_in=bool(session_cookie()),
+        elsewhere=elsewhere,
     )
     return _page(html, exc.status if status is None else status)
 
