@@ -21,8 +21,16 @@ import base64
 import binascii
 import ctypes
 import ctypes.util
+import hashlib
+import logging
 import sys
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+log = logging.getLogger(__name__)
 
 CTX_SIZE = 112  # 8 + 2 + 16 + 2 words of 4 bytes
 FORMAT = f"openssl-sha256-ctx:1:{sys.byteorder}"  # then ":" and the struct in base64
@@ -113,3 +121,22 @@ class ResumableSha256:
         if self._lib.SHA256_Final(out, ctypes.byref(ctx)) != 1:
             raise RuntimeError("SHA256_Final failed")
         return out.raw.hex()
+
+
+def hasher_at(offset: int, state: str) -> ResumableSha256 | _Hash | None:
+    """What hashes an upload's bytes on from ``offset``: the saved ``state`` resumed (any number
+    of requests); without OpenSSL's exportable state, hashlib when the upload starts there (one
+    request); else None (processing computes the SHA-256)."""
+    if offset == 0:
+        return ResumableSha256() if available() else hashlib.sha256()
+    if state and available():
+        try:
+            return ResumableSha256.resume(state)
+        except ValueError:
+            log.warning("a tus upload's SHA-256 state cannot be read here; processing will hash it")
+    return None
+
+
+def saved_state(hasher: ResumableSha256 | _Hash | None) -> str:
+    """What to save for the next request to resume from ("": it cannot resume)."""
+    return hasher.state() if isinstance(hasher, ResumableSha256) else ""
