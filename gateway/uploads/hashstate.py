@@ -92,20 +92,24 @@ class ResumableSha256:
         return hasher
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
+        # No ctypes.cast() and no array type per size: each leaves reference cycles, and a
+        # chunk hashed through cast() stayed in memory until the garbage collector ran.
         if isinstance(data, bytes):
-            self._update(ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p), len(data))
+            self._update(data, len(data))  # c_void_p takes bytes as a pointer to them
             return
         with memoryview(data).cast("B") as view:
             if view.readonly:
                 self.update(view.tobytes())
                 return
-            window = (ctypes.c_char * view.nbytes).from_buffer(view)  # no copy
+            if not view.nbytes:
+                return
+            first = ctypes.c_char.from_buffer(view)  # the buffer's first byte, in place
             try:
-                self._update(ctypes.cast(window, ctypes.c_void_p), view.nbytes)
+                self._update(ctypes.byref(first), view.nbytes)
             finally:
-                del window  # the buffer export ends before the view is released
+                del first  # the buffer export ends before the view is released
 
-    def _update(self, pointer: ctypes.c_void_p, size: int) -> None:
+    def _update(self, pointer: object, size: int) -> None:
         if size and self._lib.SHA256_Update(ctypes.byref(self._ctx), pointer, size) != 1:
             raise RuntimeError("SHA256_Update failed")
 
