@@ -11,6 +11,7 @@ masters; their workers through the master) is stopped by PID, also on error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -94,6 +95,43 @@ MAX_RSS_PER_UPLOAD = 24 * MiB
 MAX_LOCAL_RSS_DELTA = 16 * MiB
 # Not worse than a baseline revision: CPU per GiB of repeated runs varies by about 5% here.
 MAX_CPU_OVER_BASELINE = 1.05
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The gateway's code at another revision (``--baseline-rev``), set up to run beside this
+    code in the same run: the same settings, but its own records, orphan journal and queue (their
+    schema is that revision's), and a token it issued."""
+
+    source: Path  # the revision's gateway/, wsgi.py, gunicorn.conf.py (procs.snapshot_rev)
+    env: dict[str, str]
+    token: str
+    commit: str
+
+    @property
+    def rev(self) -> str:
+        return self.commit[:7]
+
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """gunicorn and flask commands started inside run this revision's code."""
+        return running_from(self.source)
+
+
+def prepare_baseline(rev: str, env: dict[str, str], tmp_root: Path) -> Baseline:
+    """Check ``rev`` out (git archive, beside the snapshot of this code) and initialise it."""
+    source, commit = snapshot_rev(rev, tmp_root / "baseline-src")
+    state = tmp_root / "baseline-state"
+    state.mkdir()
+    base_env = {
+        **env,
+        "GATEWAY_RECORDS_URL": f"sqlite:///{state / 'records.db'}",
+        "GATEWAY_ORPHAN_JOURNAL": str(state / "orphans.jsonl"),
+        "GATEWAY_QUEUE_URL": f"sqlite:///{state / 'queue.db'}",
+    }
+    with running_from(source):
+        flask_cmd(base_env, "init")
+        token = flask_cmd(base_env, "token", "--sub", "bench", "--ttl", "2h")
+    return Baseline(source, base_env, token, commit)
 
 
 def log(msg: str) -> None:
@@ -696,17 +734,8 @@ def main() -> int:
         client = make_s3_client(settings)
         baseline = None
         if args.baseline_rev:
-            base_dir, base_commit = snapshot_rev(args.baseline_rev, tmp_root / "baseline-src")
-            out["environment"]["baseline_commit"] = base_commit
-            base_tmp = tmp_root / "s3-baseline"
-            base_tmp.mkdir()
-            base_env = {**env, "GATEWAY_RECORDS_URL": f"sqlite:///{base_tmp / 'records.db'}"}
-            base_env["GATEWAY_ORPHAN_JOURNAL"] = str(base_tmp / "orphans.jsonl")
-            base_env["GATEWAY_QUEUE_URL"] = f"sqlite:///{base_tmp / 'queue.db'}"
-            with running_from(base_dir):
-                flask_cmd(base_env, "init")
-                base_token = flask_cmd(base_env, "token", "--sub", "bench", "--ttl", "2h")
-            baseline = (base_dir, base_env, base_token, base_commit[:7])
+            baseline = prepare_baseline(args.baseline_rev, env, tmp_root)
+            out["environment"]["baseline_commit"] = baseline.commit
         out["gateway_settings"] = {
             "part_size": settings.effective_part_size,
             "parts_in_flight": settings.s3_parts_in_flight,
@@ -721,16 +750,15 @@ def main() -> int:
         paths += [] if args.skip_multer else ["multer"]
         names = {"gateway": "gateway", "boto3": "boto3", "multer": "multer-s3"}
         if baseline:
-            names["baseline"] = f"gateway@{baseline[3]}"
+            names["baseline"] = f"gateway@{baseline.rev}"
         for sc in scs:
             common = {"payload": payload, "client": client, "moto_pid": moto.pid}
             servers = {"procs": procs, "tmp": tmp_root, **common}
 
             def run_baseline(sc: Scenario = sc, servers: dict = servers) -> dict:
                 assert baseline is not None
-                base_dir, base_env, base_token, _ = baseline
-                with running_from(base_dir):
-                    return run_gateway(sc, env=base_env, token=base_token, **servers)
+                with baseline.running():
+                    return run_gateway(sc, env=baseline.env, token=baseline.token, **servers)
 
             runners = {
                 "gateway": lambda sc=sc, servers=servers: run_gateway(
@@ -779,7 +807,7 @@ def main() -> int:
             if baseline:
                 out["scenarios"][sc.key]["baseline"] = {
                     **aggregate(base_runs),
-                    "rev": baseline[3],
+                    "rev": baseline.rev,
                 }
             if m_runs:
                 out["scenarios"][sc.key]["multer"] = aggregate(m_runs)

@@ -3,13 +3,17 @@ gateway's own multipart POST /api/upload, side by side against ONE moto server, 
 
     .venv/bin/python bench/tus.py            # 1 x 512 MiB, 8 x 64 MiB (+ 1 x 64 MiB), 3 runs each
     .venv/bin/python bench/tus.py --quick    # 1 x 64 MiB, 4 x 16 MiB (+ 1 x 16 MiB), 1 run each
+    .venv/bin/python bench/tus.py --baseline-rev 198f115   # + the gateway's tus at that commit
 
 The three servers:
   gateway tus   gunicorn (gunicorn.conf.py) with the gateway in S3 mode on moto, SQLite records,
                 tus at /api/tus/ (its part size = GATEWAY_DIRECT_PART_SIZE, 8 MiB);
   @tus/server   node tests/node/tus_server.mjs (@tus/server + @tus/s3-store, 8 MiB parts) on the
                 same moto, its own bucket;
-  gateway form  the same gateway, multipart/form-data POST /api/upload (bench/run.py's client).
+  gateway form  the same gateway, multipart/form-data POST /api/upload (bench/run.py's client);
+  gateway@rev   with --baseline-rev: the gateway's tus at that git revision (bench/run.py's
+                ``prepare_baseline``: its code checked out beside this one, its own records),
+                the same settings, interleaved with the others in the same run.
 Both tus servers get the same client: tuspy (``tusclient``), one upload per thread, from a
 temporary file, CHUNK (8 MiB) per PATCH, metadata projectId=bench, filename=x.mp4, and the
 gateway's bearer token (the reference server ignores it). The file content is bench/client.py's
@@ -25,6 +29,7 @@ to bench/results/<timestamp>-tus[-quick].json. Every process started here is sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -48,8 +53,10 @@ sys.path.insert(0, str(HERE))
 from run import (  # noqa: E402
     BUCKET,
     JWT_SECRET,
+    MAX_CPU_OVER_BASELINE,
     MAX_LOCAL_RSS_DELTA,
     MAX_RSS_PER_UPLOAD,
+    Baseline,
     GiB,
     aggregate,
     empty_bucket,
@@ -57,6 +64,7 @@ from run import (  # noqa: E402
     format_targets,
     log,
     mib,
+    prepare_baseline,
     warm_moto,
     warm_up,
 )
@@ -86,6 +94,7 @@ CHUNK = 8 * MiB  # bytes per PATCH, for both tus servers (= both servers' part s
 METADATA = {"projectId": "bench", "filename": "x.mp4"}
 WARM_SIZE = 16 * MiB
 PATHS = {"gw-tus": "gateway tus", "ref-tus": "@tus/server", "gw-form": "gateway form"}
+BASE = "base-tus"  # the gateway's tus at --baseline-rev (named gateway@<rev> in the tables)
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,7 @@ class Ctx:
     moto_url: str
     files: dict[int, tuple[Path, str]]  # size -> (file, sha256)
     workers: int
+    baseline: Baseline | None = None
 
 
 def start_node(ctx: Ctx) -> tuple[subprocess.Popen, str]:
@@ -236,22 +246,28 @@ def run_path(path: str, sc: Scenario, ctx: Ctx) -> dict:
     warm_file = ctx.files[WARM_SIZE][0]
     headers = {"Authorization": f"Bearer {ctx.token}"}
     urls: list[str] = []
+    token, env, source = ctx.token, ctx.env, contextlib.nullcontext()
+    if path == BASE:
+        assert ctx.baseline is not None
+        token, env, source = ctx.baseline.token, ctx.baseline.env, ctx.baseline.running()
+        headers = {"Authorization": f"Bearer {token}"}
     if path == "ref-tus":
         server, endpoint = start_node(ctx)
         base_url, bucket = "", REF_BUCKET
         warm = run_many(4, WARM_SIZE, 4, tus_one(endpoint, headers, warm_file, WARM_SIZE, []))
     else:
-        server, base_url = start_gunicorn(ctx.procs, ctx.env, ctx.tmp / "gunicorn.log")
+        with source:
+            server, base_url = start_gunicorn(ctx.procs, env, ctx.tmp / "gunicorn.log")
         endpoint = f"{base_url}/api/tus/"
         bucket = BUCKET
-        # the same warm-up for both gateway paths: multipart form uploads, then tus uploads,
-        # each reaching every worker (so both start from the same heap)
-        warm_up(base_url, ctx.token, ctx.payload, ctx.workers * 2)
+        # the same warm-up for every gateway path: multipart form uploads, then tus uploads,
+        # each reaching every worker (so all start from the same heap)
+        warm_up(base_url, token, ctx.payload, ctx.workers * 2)
         n = 2 * ctx.workers
         warm = run_many(n, WARM_SIZE, n, tus_one(endpoint, headers, warm_file, WARM_SIZE, []))
     try:
         if warm.errors:
-            raise RuntimeError(f"{PATHS[path]} warm-up failed: {warm.errors[:2]}")
+            raise RuntimeError(f"{path} warm-up failed: {warm.errors[:2]}")
         empty_bucket(ctx.s3, bucket)
         time.sleep(0.5)
         quiet = wait_quiet()
@@ -259,7 +275,7 @@ def run_path(path: str, sc: Scenario, ctx: Ctx) -> dict:
         sampler.start()
         client_cpu0 = os.times()
         if path == "gw-form":
-            one = gateway_one(base_url, ctx.token, ctx.payload, sc.size, sc.key)
+            one = gateway_one(base_url, token, ctx.payload, sc.size, sc.key)
         else:
             one = tus_one(endpoint, headers, file, sc.size, urls)
         run = run_many(sc.count, sc.size, sc.concurrency, one)
@@ -324,9 +340,9 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 2) if b else 0.0
 
 
-def format_table(results: dict, scs: list[Scenario], reps: int) -> str:
+def format_table(results: dict, scs: list[Scenario], reps: int, names: dict[str, str]) -> str:
     head = (
-        f"{'scenario':<20} {'server':<13} {'MiB/s':>6} {'p50 s':>6} {'max s':>6} "
+        f"{'scenario':<20} {'server':<15} {'MiB/s':>6} {'p50 s':>6} {'max s':>6} "
         f"{'CPU s/GiB':>9} {'moto s/GiB':>10} {'busy':>5} {'other':>5} {'RSS idle':>8} "
         f"{'RSS peak':>8} {'+MiB/upl':>8} {'ok':>5} {'err':>3}  MiB/s of each run"
     )
@@ -338,23 +354,31 @@ def format_table(results: dict, scs: list[Scenario], reps: int) -> str:
     ]
     for sc in scs:
         r = results[sc.key]
-        for n, path in enumerate(PATHS):
+        for n, path in enumerate(names):
             p = r[path]
             lines.append(
-                f"{sc.label if n == 0 else '':<20} {PATHS[path]:<13} {p['mib_s']:>6.1f} "
+                f"{sc.label if n == 0 else '':<20} {names[path]:<15} {p['mib_s']:>6.1f} "
                 f"{p['p50_s']:>6.2f} {p['max_s']:>6.2f} {p['cpu_s_per_gib']:>9.2f} "
                 f"{p['moto_cpu_s_per_gib']:>10.2f} {p['busy_cores']:>5.2f} "
                 f"{p['foreign_cores']:>5.2f} {p['idle_rss_mib']:>8.1f} {p['peak_rss_mib']:>8.1f} "
                 f"{p['rss_growth_per_upload_mib']:>8.1f} {p['verified']:>5} {p['errors']:>3}  "
                 + "/".join(f"{v:.0f}" for v in p["mib_s_runs"])
             )
-        g, t = r["gw-tus"], r["ref-tus"]
-        lines.append(
-            f"{'':<20} {'tus gw/ref':<13} {r['throughput_ratio']:>6.2f} "
-            f"{ratio(g['p50_s'], t['p50_s']):>6.2f} {ratio(g['max_s'], t['max_s']):>6.2f} "
-            f"{r['cpu_ratio']:>9.2f} {ratio(g['moto_cpu_s_per_gib'], t['moto_cpu_s_per_gib']):>10.2f}"
-            f"   gw tus/form: MiB/s {r['tus_vs_form']:.2f}"
-        )
+        g = r["gw-tus"]
+        for other, label in (("ref-tus", "tus gw/ref"), (BASE, "tus gw/@rev")):
+            if other not in names:
+                continue
+            t = r[other]
+            lines.append(
+                f"{'':<20} {label:<15} {ratio(g['mib_s'], t['mib_s']):>6.2f} "
+                f"{ratio(g['p50_s'], t['p50_s']):>6.2f} {ratio(g['max_s'], t['max_s']):>6.2f} "
+                f"{ratio(g['cpu_s_per_gib'], t['cpu_s_per_gib']):>9.2f} "
+                f"{ratio(g['moto_cpu_s_per_gib'], t['moto_cpu_s_per_gib']):>10.2f} "
+                f"{'':>5} {'':>5} {'':>8} {'':>8} "
+                f"{ratio(g['rss_growth_per_upload_mib'], t['rss_growth_per_upload_mib']):>8.2f}"
+            )
+        if "gw-form" in names:
+            lines.append(f"{'':<20} {'tus/form':<15} {r['tus_vs_form']:>6.2f}  (MiB/s)")
     lines += [
         "  MiB/s: file bytes / wall time from the first request to the last answer. p50/max s: "
         "one upload, first request to last answer.",
@@ -366,20 +390,34 @@ def format_table(results: dict, scs: list[Scenario], reps: int) -> str:
         "+MiB/upl = (peak - idle) / uploads at once.",
         "  ok: objects verified in moto, all runs together (size and SHA-256 of the bytes); "
         "err: failed uploads or wrong/missing/leftover objects (targets then MISS).",
+        "  gateway@rev (--baseline-rev): the gateway's tus at that revision, same settings, same "
+        "run; tus gw/@rev: this code over that one (+MiB/upl too).",
     ]
     return "\n".join(lines)
 
 
-def targets(results: dict, scs: list[Scenario]) -> list[dict]:
+def targets(results: dict, scs: list[Scenario], paths: list[str]) -> list[dict]:
     rows = []
+    compared = [p for p in ("gw-tus", "ref-tus", BASE) if p in paths]
 
     def valid(*keys: str) -> bool:
-        return all(not results[k][p]["errors"] for k in keys for p in ("gw-tus", "ref-tus"))
+        return all(not results[k][p]["errors"] for k in keys for p in compared)
 
     for sc in scs:
         if not sc.speed:
             continue
         r = results[sc.key]
+        if BASE in paths:
+            rows.append(
+                {
+                    "target": f"{sc.label}: CPU s/GiB gateway tus / @{r['baseline_rev']}",
+                    "value": r["base_cpu_ratio"],
+                    "limit": f"<= {MAX_CPU_OVER_BASELINE}",
+                    "ok": valid(sc.key) and 0 < r["base_cpu_ratio"] <= MAX_CPU_OVER_BASELINE,
+                }
+            )
+        if "ref-tus" not in paths:
+            continue
         rows.append(
             {
                 "target": f"{sc.label}: MiB/s gateway tus / @tus/server",
@@ -456,6 +494,17 @@ def main() -> int:
     )
     parser.add_argument("--quiet-budget", type=float, default=90.0, help="in all, at most")
     parser.add_argument("--tmp", default=None, help="scratch directory (the upload files)")
+    parser.add_argument(
+        "--baseline-rev",
+        default=None,
+        help="also run the gateway's tus at this git revision, interleaved with the others in "
+        "the same run (CPU, throughput and RSS of this code against that one)",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(PATHS),
+        help=f"which of {', '.join(PATHS)} to run (gw-tus always runs; default: all)",
+    )
     args = parser.parse_args()
     os.environ.update(aws_env())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop everything
@@ -463,6 +512,10 @@ def main() -> int:
     QUIET["wait"] = args.quiet_wait if args.quiet_wait is not None else (2 if args.quick else 10)
     QUIET["budget"] = args.quiet_budget
     scs = [sc for sc in scenarios(args.quick) if sc.key in args.only]
+    chosen = {"gw-tus", *args.servers.split(",")}
+    if chosen - set(PATHS):
+        parser.error(f"--servers: unknown {', '.join(sorted(chosen - set(PATHS)))}")
+    names = {p: label for p, label in PATHS.items() if p in chosen}
 
     started = time.time()
     out: dict = {
@@ -520,31 +573,44 @@ def main() -> int:
             file = tmp / f"payload-{size // MiB}MiB.bin"
             files[size] = (file, write_file(file, payload, size))
         ctx = Ctx(procs, tmp, env, token, payload, s3, moto.pid, moto_url, files, workers)
+        if args.baseline_rev:
+            ctx.baseline = prepare_baseline(args.baseline_rev, env, tmp)
+            out["environment"]["baseline_commit"] = ctx.baseline.commit
+            names[BASE] = f"gateway@{ctx.baseline.rev}"
         warm_moto(s3, payload)
 
-        order = list(PATHS)
+        order = list(names)
         for sc in scs:
-            runs: dict[str, list[dict]] = {p: [] for p in PATHS}
+            runs: dict[str, list[dict]] = {p: [] for p in order}
             for rep in range(reps):
-                for path in order[rep % 3 :] + order[: rep % 3]:  # rotate who goes first
+                shift = rep % len(order)
+                for path in order[shift:] + order[:shift]:  # rotate who goes first
                     r = run_path(path, sc, ctx)
                     runs[path].append(r)
                     log(
-                        f"{sc.label} #{rep + 1} {PATHS[path]}: {r['mib_s']} MiB/s, "
+                        f"{sc.label} #{rep + 1} {names[path]}: {r['mib_s']} MiB/s, "
                         f"{r['cpu_s_per_gib']} CPU s/GiB, peak RSS {r['peak_rss_mib']} MiB "
                         f"(+{r['rss_growth_per_upload_mib']}/upload), other load "
                         f"{r['foreign_cores']}, verified {r['verified']}, errors {r['errors']} "
                         f"{r['first_errors'][:1]}"
                     )
-            agg = {p: aggregate_path(runs[p]) for p in PATHS}
-            g, t, f = agg["gw-tus"], agg["ref-tus"], agg["gw-form"]
-            out["scenarios"][sc.key] = {
-                "label": sc.label,
-                **agg,
-                "throughput_ratio": ratio(g["mib_s"], t["mib_s"]),
-                "cpu_ratio": ratio(g["cpu_s_per_gib"], t["cpu_s_per_gib"]),
-                "tus_vs_form": ratio(g["mib_s"], f["mib_s"]),
-            }
+            agg = {p: aggregate_path(runs[p]) for p in order}
+            g = agg["gw-tus"]
+            out["scenarios"][sc.key] = {"label": sc.label, **agg}
+            if "ref-tus" in agg:
+                t = agg["ref-tus"]
+                out["scenarios"][sc.key]["throughput_ratio"] = ratio(g["mib_s"], t["mib_s"])
+                out["scenarios"][sc.key]["cpu_ratio"] = ratio(
+                    g["cpu_s_per_gib"], t["cpu_s_per_gib"]
+                )
+            if "gw-form" in agg:
+                out["scenarios"][sc.key]["tus_vs_form"] = ratio(g["mib_s"], agg["gw-form"]["mib_s"])
+            if ctx.baseline is not None:
+                b = agg[BASE]
+                out["scenarios"][sc.key]["baseline_rev"] = ctx.baseline.rev
+                out["scenarios"][sc.key]["base_cpu_ratio"] = ratio(
+                    g["cpu_s_per_gib"], b["cpu_s_per_gib"]
+                )
     except BaseException:
         traceback.print_exc()
         for name in ("gunicorn.log", "tus-node.log"):
@@ -559,7 +625,7 @@ def main() -> int:
 
     out["elapsed_s"] = round(time.time() - started, 1)
     out["quiet_waited_s"] = round(QUIET["waited"], 1)
-    out["targets"] = targets(out["scenarios"], scs)
+    out["targets"] = targets(out["scenarios"], scs, list(names))
     env_ = out["environment"]
     report = "\n".join(
         [
@@ -570,9 +636,9 @@ def main() -> int:
             f"{' + local changes' if env_['dirty'] else ''} "
             f"(code snapshot {env_.get('source_sha256', '')[:10]}), {out['elapsed_s']} s",
             "",
-            format_table(out["scenarios"], scs, reps),
+            format_table(out["scenarios"], scs, reps, names),
             "",
-            format_targets(out["targets"], "Targets (gateway tus vs @tus/server)"),
+            format_targets(out["targets"], "Targets (gateway tus vs @tus/server and @rev)"),
         ]
     )
     print(report)

@@ -25,7 +25,7 @@ from gateway.uploads.idempotency import Idempotency
 from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 from gateway.uploads.sweeper import Sweeper
 from gateway.uploads.tickets import TicketKeys, TicketPolicy, Tickets
-from gateway.uploads.tus import TusService
+from gateway.uploads.tus import TusOptions, TusService
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
     from gateway.processing.pipeline import Pipeline
@@ -105,7 +105,17 @@ class Services:
         )
         tus = (
             TusService(
-                settings,
+                TusOptions(
+                    max_bytes=settings.tus_max_bytes,
+                    expiry_seconds=settings.tus_expiry_seconds,
+                    lock_seconds=settings.tus_lock_seconds,
+                    max_checksum_chunk=settings.tus_max_checksum_chunk,
+                    min_part_size=settings.direct_part_size,
+                    max_pending=settings.direct_max_pending,
+                    allowed_types=settings.allowed_types,
+                    max_filename_chars=settings.max_filename_chars,
+                    read_size=settings.read_size,
+                ),
                 ResumableUploads(storage.chunks),
                 records,
                 announcer,

@@ -18,6 +18,8 @@ from gateway.uploads.ingest import (
     checked_type,
     object_metadata,
     record_metadata,
+    served_headers,
+    with_type,
 )
 from gateway.uploads.sniff import UNTYPED, SniffedType
 
@@ -236,6 +238,55 @@ def test_an_untyped_draft_has_no_type_and_no_extension_yet():
         upload,
         Sha256State.PENDING,
     )
+
+
+def test_an_untyped_draft_takes_the_type_its_first_bytes_say_and_the_key_it_gives():
+    upload = TusUpload(expires_at="2030-01-01T00:00:00+00:00", length=None, part_size=1)
+    draft = Destination(Principal("a", "acme", None), "p1").draft(
+        media_id=MEDIA_ID,
+        original_name="a",
+        sniffed=UNTYPED,
+        size=0,
+        sha256="",
+        sha256_state=Sha256State.PENDING,
+        created_at="t",
+        metadata={"k": "v"},
+        status=Status.PENDING,
+        upload=upload,
+    )
+    typed = with_type(draft, SniffedType("video/mp4", ".mp4"))
+    assert typed == draft.evolve(
+        mime_type="video/mp4",
+        file_type="video",
+        s3_key=f"acme/projects/p1/media/{MEDIA_ID}.mp4",
+    )
+    assert with_type(draft.evolve(tenant=""), SniffedType("image/png", ".png")).s3_key == (
+        f"projects/p1/media/{MEDIA_ID}.png"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mime", "content_type", "disposition"),
+    [
+        ("image/png", "image/png", "inline; filename=\"caf_.png\"; filename*=UTF-8''caf%C3%A9.png"),
+        # no type of its own (a tus partial), or one never rendered: a download of bytes
+        (
+            "",
+            "application/octet-stream",
+            "attachment; filename=\"caf_.png\"; filename*=UTF-8''caf%C3%A9.png",
+        ),
+        (
+            "image/svg+xml",
+            "application/octet-stream",
+            "attachment; filename=\"caf_.png\"; filename*=UTF-8''caf%C3%A9.png",
+        ),
+    ],
+)
+def test_served_headers_say_how_an_object_of_a_type_is_served(mime, content_type, disposition):
+    assert served_headers("café.png", mime) == {
+        "content_type": content_type,
+        "content_disposition": disposition,
+    }
 
 
 def test_a_draft_is_stored_without_upload_state_by_default():

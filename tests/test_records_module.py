@@ -20,9 +20,11 @@ from gateway.media.records import (
     decode_cursor,
     encode_cursor,
     open_records,
+    tus_state,
 )
 from gateway.media.records.dynamodb import DynamoRecordStore
 from gateway.media.records.sqlite import SqliteRecordStore
+from gateway.storage.resumable import CommittedPart, Stored
 
 from support import JWT_SECRET
 
@@ -282,3 +284,46 @@ def test_a_dynamodb_url_opens_dynamodb_with_its_table():
     store = open_records(settings)
     assert isinstance(store, DynamoRecordStore) and store.table == "Xmedia-tableX"
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
+
+
+# -- a tus upload's stored state ---------------------------------------------------------------------
+def test_a_tus_upload_says_what_storage_holds_and_takes_what_it_holds_next():
+    upload = TusUpload(
+        expires_at="2030-01-01T00:00:00+00:00",
+        length=30,
+        part_size=10,
+        offset=13,
+        parts=(CommittedPart(2, "e1", 10),),
+        pending_key=".tus/a/pending-3",
+        pending_size=3,
+        s3_upload_id="up-1",
+        hash_state="h",
+    )
+    assert upload.stored == Stored(
+        parts=(CommittedPart(2, "e1", 10),),
+        tail_key=".tus/a/pending-3",
+        tail_size=3,
+        upload_id="up-1",
+    )
+    later = Stored(
+        parts=(CommittedPart(2, "e1", 10), CommittedPart(10, "e2", 10)), upload_id="up-1"
+    )
+    assert upload.holding(later, offset=20, hash_state="h2") == TusUpload(
+        expires_at="2030-01-01T00:00:00+00:00",
+        length=30,
+        part_size=10,
+        offset=20,
+        parts=later.parts,
+        pending_key="",
+        pending_size=0,
+        s3_upload_id="up-1",
+        hash_state="h2",
+    )
+    assert upload.holding(upload.stored) == upload
+
+
+def test_tus_state_is_a_tus_records_upload():
+    upload = TusUpload(expires_at="2030-01-01T00:00:00+00:00", length=None, part_size=1)
+    assert tus_state(record(upload=upload, sha256="", sha256_state=Sha256State.PENDING)) is upload
+    with pytest.raises(AssertionError):
+        tus_state(record(upload=UPLOAD))

@@ -13,7 +13,7 @@ from gateway.media.lifecycle import Status
 from gateway.media.records import MediaRecord, Sha256State, TusUpload
 from gateway.media.records.sqlite import SqliteRecordStore
 from gateway.storage.resumable import LEASE_SLOTS, MAX_PARTS, part_number
-from gateway.uploads.tus_lease import MIN_LEFT, RENEWALS_PER_LEASE, Lease
+from gateway.uploads.tus_lease import MIN_LEFT, RENEWALS_PER_LEASE, Lease, held
 
 SECONDS = 60.0
 
@@ -122,20 +122,44 @@ def test_a_lease_taken_over_is_lost_at_the_next_write_and_every_check_after(stor
     assert store.get(upload.media_id).upload.lock_token == other.record.upload.lock_token
 
 
-def test_the_last_write_ends_it(store, upload):
+def test_the_last_write_ends_it_and_clears_the_lease_from_the_record(store, upload):
     clock = Clock()
     lease = take(store, upload, clock)
-
-    def give_back(record):
-        return record.evolve(
-            upload=dataclasses.replace(record.upload, lock_token="", lock_until=0.0)
-        )
-
-    written = lease.write(give_back, last=True)
-    assert written.upload.lock_token == ""
+    written = lease.write(lambda record: record.evolve(size=99), last=True)
+    assert (written.size, written.upload.lock_token, written.upload.lock_until) == (99, "", 0.0)
+    assert written.upload.generation == 1  # the generation stays: part numbers come from it
     with pytest.raises(errors.UploadLocked):
         lease.renew()
     assert store.get(upload.media_id) == written
+
+
+def test_a_write_that_is_not_the_last_keeps_the_lease_in_the_record(store, upload):
+    lease = take(store, upload, Clock())
+    written = lease.write(lambda record: record.evolve(size=99))
+    assert written.upload.lock_token == lease.record.upload.lock_token != ""
+    assert written.upload.lock_until == 1_000_000.0 + SECONDS
+
+
+def test_giving_back_is_the_last_write_unless_the_upload_was_taken_over(store, upload):
+    clock = Clock()
+    lease = take(store, upload, clock)
+    assert lease.give_back(lambda record: record.evolve(size=7)) is True
+    given = store.get(upload.media_id)
+    assert (given.size, given.upload.lock_token) == (7, "")
+    assert lease.give_back(lambda record: record.evolve(size=8)) is False  # ended: no more
+    assert store.get(upload.media_id) == given
+
+    first = take(store, given, clock)
+    clock.now += SECONDS  # it ran out; another request takes the upload
+    other = take(store, store.get(upload.media_id), clock)
+    assert first.give_back(lambda record: record.evolve(size=9)) is False
+    assert store.get(upload.media_id) == other.record
+
+
+def test_an_upload_is_held_while_its_lease_runs_until_the_instant_it_ends(upload):
+    leased = dataclasses.replace(upload.upload, lock_token="t", lock_until=100.0)
+    assert held(leased, 99.9) and not held(leased, 100.0)
+    assert not held(dataclasses.replace(leased, lock_token=""), 0.0)
 
 
 def test_store_errors_pass_through_a_write_and_leave_the_lease_held(store, upload):

@@ -206,6 +206,16 @@ class ResumableUploads:
     def read_partial(self, media_id: str) -> Iterator[bytes]:
         return self.chunks.read(self.partial_key(media_id))
 
+    def partial_head(self, media_id: str, size: int) -> bytes:
+        """A partial upload's first bytes, at least ``size`` of them if it has that many (what
+        its final upload's type is sniffed from); read no further."""
+        head = bytearray()
+        for chunk in self.read_partial(media_id):
+            head += chunk
+            if len(head) >= size:
+                break
+        return bytes(head)
+
     def concatenate(
         self, target: Target, partials: list[tuple[str, int]], part_size: int
     ) -> Stored:

@@ -21,8 +21,16 @@ import base64
 import binascii
 import ctypes
 import ctypes.util
+import hashlib
+import logging
 import sys
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+log = logging.getLogger(__name__)
 
 CTX_SIZE = 112  # 8 + 2 + 16 + 2 words of 4 bytes
 FORMAT = f"openssl-sha256-ctx:1:{sys.byteorder}"  # then ":" and the struct in base64
@@ -84,20 +92,24 @@ class ResumableSha256:
         return hasher
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
+        # No ctypes.cast() and no array type per size: each leaves reference cycles, and a
+        # chunk hashed through cast() stayed in memory until the garbage collector ran.
         if isinstance(data, bytes):
-            self._update(ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p), len(data))
+            self._update(data, len(data))  # c_void_p takes bytes as a pointer to them
             return
         with memoryview(data).cast("B") as view:
             if view.readonly:
                 self.update(view.tobytes())
                 return
-            window = (ctypes.c_char * view.nbytes).from_buffer(view)  # no copy
+            if not view.nbytes:
+                return
+            first = ctypes.c_char.from_buffer(view)  # the buffer's first byte, in place
             try:
-                self._update(ctypes.cast(window, ctypes.c_void_p), view.nbytes)
+                self._update(ctypes.byref(first), view.nbytes)
             finally:
-                del window  # the buffer export ends before the view is released
+                del first  # the buffer export ends before the view is released
 
-    def _update(self, pointer: ctypes.c_void_p, size: int) -> None:
+    def _update(self, pointer: object, size: int) -> None:
         if size and self._lib.SHA256_Update(ctypes.byref(self._ctx), pointer, size) != 1:
             raise RuntimeError("SHA256_Update failed")
 
@@ -113,3 +125,22 @@ class ResumableSha256:
         if self._lib.SHA256_Final(out, ctypes.byref(ctx)) != 1:
             raise RuntimeError("SHA256_Final failed")
         return out.raw.hex()
+
+
+def hasher_at(offset: int, state: str) -> ResumableSha256 | _Hash | None:
+    """What hashes an upload's bytes on from ``offset``: the saved ``state`` resumed (any number
+    of requests); without OpenSSL's exportable state, hashlib when the upload starts there (one
+    request); else None (processing computes the SHA-256)."""
+    if offset == 0:
+        return ResumableSha256() if available() else hashlib.sha256()
+    if state and available():
+        try:
+            return ResumableSha256.resume(state)
+        except ValueError:
+            log.warning("a tus upload's SHA-256 state cannot be read here; processing will hash it")
+    return None
+
+
+def saved_state(hasher: ResumableSha256 | _Hash | None) -> str:
+    """What to save for the next request to resume from ("": it cannot resume)."""
+    return hasher.state() if isinstance(hasher, ResumableSha256) else ""

@@ -78,6 +78,28 @@ def record_metadata(record: MediaRecord, *, sha256: str = "") -> dict[str, str]:
     )
 
 
+def served_headers(original_name: str, mime: str) -> dict[str, str]:
+    """How an object of type ``mime`` is served (sniff.py ``served_as``): its Content-Type and
+    Content-Disposition, as a writer's keyword arguments."""
+    served = served_as(mime)
+    return {
+        "content_type": served.content_type,
+        "content_disposition": content_disposition(original_name, inline=served.inline),
+    }
+
+
+def with_type(record: MediaRecord, sniffed: SniffedType) -> MediaRecord:
+    """A record drafted before its bytes came (tus), once its first bytes say its type: that
+    type, and the key it gives."""
+    key = object_key(
+        tenant=record.tenant,
+        project_id=record.project_id,
+        media_id=record.media_id,
+        extension=sniffed.extension,
+    )
+    return record.evolve(mime_type=sniffed.mime, file_type=sniffed.file_type, s3_key=key)
+
+
 @dataclass(frozen=True)
 class Destination:
     """Who uploads, into which project: everything a key and a record need besides the file."""
@@ -198,12 +220,8 @@ class IncomingFile:
             original_name=self.original_name,
             sha256=self.expected_sha256 or "",
         )
-        served = served_as(self.sniffed.mime)
         self.writer = self.store.open_writer(
-            self.key,
-            content_type=served.content_type,
-            metadata=metadata,
-            content_disposition=content_disposition(self.original_name, inline=served.inline),
+            self.key, metadata=metadata, **served_headers(self.original_name, self.sniffed.mime)
         )
         return self.writer
 

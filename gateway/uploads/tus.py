@@ -8,57 +8,49 @@ keys, a ``pending`` media record from creation that becomes ``stored`` on the la
 through the processing pipeline.
 
 State lives in the record store and the object store only, so any gateway node can take the
-next request (tusd's s3store layout): the final object is an S3 multipart upload with parts of
-a fixed size, aligned to offsets (part n holds bytes [(n-1)·size, n·size)); bytes past the last
-whole part wait in a small chunk object. offset = the parts + that chunk. A request that writes
-first takes the upload with a lease (a compare-and-set in the record store, renewed while it
-runs): a second request at the same time gets 423, and the offset only ever moves by a
-compare-and-set, so two nodes cannot corrupt an upload.
+next request: the bytes go through an upload-shaped store (gateway/storage/resumable.py: the
+parts, the tail past them, the join), and a request that writes first takes the upload with a
+lease (gateway/uploads/tus_lease.py): a second request at the same time gets 423, and the record
+only ever moves by a compare-and-set, so two nodes cannot corrupt an upload.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from typing import Any, Literal
 
 from gateway import errors
-from gateway.config import Settings
 from gateway.media.events import Announcer
 from gateway.media.lifecycle import Status, is_visible
-from gateway.media.naming import check_project_id, content_disposition, display_name, new_media_id
+from gateway.media.naming import check_project_id, display_name, new_media_id
 from gateway.media.principal import Principal
-from gateway.media.records import IdempotentAnswer, MediaRecord, MediaStore, Sha256State, TusUpload
-from gateway.storage.resumable import (
-    ResumableUploads,
-    ResumableWriter,
-    Stored,
-    Target,
-    part_size_for,
+from gateway.media.records import (
+    IdempotentAnswer,
+    MediaRecord,
+    MediaStore,
+    Sha256State,
+    TusUpload,
+    tus_state,
 )
-from gateway.uploads.hashstate import ResumableSha256
-from gateway.uploads.hashstate import available as resumable_hash_available
-from gateway.uploads.ingest import BodyReader, Destination, checked_type, record_metadata
+from gateway.storage.resumable import ResumableUploads, ResumableWriter, Target, part_size_for
+from gateway.uploads.hashstate import hasher_at, saved_state
+from gateway.uploads.ingest import (
+    BodyReader,
+    Destination,
+    checked_type,
+    record_metadata,
+    served_headers,
+    with_type,
+)
 from gateway.uploads.pending import PendingUploads
-from gateway.uploads.sniff import SNIFF_BYTES, UNTYPED, SniffedType, served_as
-from gateway.uploads.tus_lease import Lease
+from gateway.uploads.sniff import SNIFF_BYTES, UNTYPED
+from gateway.uploads.tus_lease import Lease, held
 
 log = logging.getLogger(__name__)
-TUS_VERSION = "1.0.0"
-EXTENSIONS = (
-    "creation",
-    "creation-with-upload",
-    "creation-defer-length",
-    "termination",
-    "checksum",
-    "expiration",
-    "concatenation",
-)
 CHECKSUMS: dict[str, Callable[[], Any]] = {
     "md5": hashlib.md5,
     "sha1": hashlib.sha1,
@@ -68,14 +60,18 @@ RESERVED_METADATA = {"projectId", "filename", "name", "filetype", "type"}
 
 
 @dataclass(frozen=True)
-class Created:
-    record: MediaRecord
-    offset: int
+class TusOptions:
+    """The settings tus reads (built once by gateway/services.py)."""
 
-
-def tus_state(record: MediaRecord) -> TusUpload:
-    assert isinstance(record.upload, TusUpload)
-    return record.upload
+    max_bytes: int  # the largest upload (Tus-Max-Size)
+    expiry_seconds: int  # an unfinished upload ends this long after its creation
+    lock_seconds: int  # a PATCH's lease (gateway/uploads/tus_lease.py)
+    max_checksum_chunk: int  # a checksummed chunk is held until verified: at most this
+    min_part_size: int  # larger where an upload needs it (resumable.py ``part_size_for``)
+    max_pending: int  # pending uploads per caller, all protocols together
+    allowed_types: tuple[str, ...]
+    max_filename_chars: int
+    read_size: int  # bytes per read of a PATCH's body
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,7 @@ class PatchChunk:
 class TusService:
     def __init__(
         self,
-        settings: Settings,
+        options: TusOptions,
         uploads: ResumableUploads,
         records: MediaStore,
         announcer: Announcer,
@@ -109,7 +105,7 @@ class TusService:
         quarantined: bool,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.uploads = uploads
         self.records = records
         self.announcer = announcer
@@ -119,23 +115,18 @@ class TusService:
     @property
     def pending(self) -> PendingUploads:
         """The pending-upload lifecycle, on the service's current records, events and clock."""
-        return PendingUploads(
-            self.records, self.announcer, self.settings.direct_max_pending, self.clock
-        )
+        return PendingUploads(self.records, self.announcer, self.options.max_pending, self.clock)
 
     @property
     def max_size(self) -> int:
-        return self.settings.tus_max_bytes
+        return self.options.max_bytes
 
     def part_size_for(self, size: int) -> int:
-        return part_size_for(size, at_least=self.settings.direct_part_size)
+        return part_size_for(size, at_least=self.options.min_part_size)
 
     def now(self) -> float:
         """Epoch seconds, the leases' clock."""
         return self.clock().timestamp()
-
-    def expires_header(self, record: MediaRecord) -> str:
-        return format_datetime(datetime.fromisoformat(tus_state(record).expires_at), usegmt=True)
 
     # -- creation ------------------------------------------------------------------------------
     def create(
@@ -161,7 +152,7 @@ class TusService:
         now = self.clock()
         media_id = new_media_id()
         upload = TusUpload(
-            expires_at=(now + timedelta(seconds=self.settings.tus_expiry_seconds)).isoformat(
+            expires_at=(now + timedelta(seconds=self.options.expiry_seconds)).isoformat(
                 timespec="seconds"
             ),
             length=upload_length,
@@ -175,7 +166,7 @@ class TusService:
             media_id=media_id,
             original_name=display_name(
                 values.get("filename") or values.get("name") or "",
-                max_chars=self.settings.max_filename_chars,
+                max_chars=self.options.max_filename_chars,
             ),
             sniffed=UNTYPED,  # the type (and the key's extension) comes with the first bytes
             size=upload_length or 0,
@@ -247,17 +238,11 @@ class TusService:
                 raise errors.InvalidTusHeader("Upload-Length is below the offset.")
             self._check_length(declared)
         expected = request.checksum
-        if (
-            expected is not None
-            and request.content_length is not None
-            and (request.content_length > self.settings.tus_max_checksum_chunk)
-        ):
+        if expected is not None and (request.content_length or 0) > self.options.max_checksum_chunk:
             raise errors.TooLarge(
-                f"A checksummed chunk may be at most {self.settings.tus_max_checksum_chunk} bytes."
+                f"A checksummed chunk may be at most {self.options.max_checksum_chunk} bytes."
             )
-        lease = Lease.take(
-            self.records, record, seconds=self.settings.tus_lock_seconds, clock=self.now
-        )
+        lease = Lease.take(self.records, record, seconds=self.options.lock_seconds, clock=self.now)
         writer = _Writer(self, lease, declared, expected)
         try:
             lease.start()
@@ -273,19 +258,15 @@ class TusService:
             if is_visible(record.status):
                 raise errors.UploadStored("A finished upload is deleted through /api/media.")
             return  # ended already
-        upload = tus_state(record)
-        if upload.lock_token and upload.lock_until > self.now():
+        if held(tus_state(record), self.now()):
             raise errors.UploadLocked()
         self.pending.end(record, Status.ABORTED, "Terminated by the client.", self)
-
-    def _remove(self, record: MediaRecord) -> None:
-        self.pending.remove(record, self)
 
     def remove_parts(self, record: MediaRecord) -> None:
         """Everything an unfinished upload holds: its multipart upload, tail and partial object
         (the ``PartsRemover`` of tus uploads)."""
         self.uploads.terminate(
-            record.media_id, self.object_key_of(record), _stored(tus_state(record))
+            record.media_id, self.object_key_of(record), tus_state(record).stored
         )
 
     # -- finishing ------------------------------------------------------------------------------
@@ -305,9 +286,9 @@ class TusService:
         self._check_length(total)
         if any(p.project_id != final.project_id for p in partials):
             raise errors.InvalidTusHeader("The partial uploads must be in the final's project.")
-        first = b"".join(_first_bytes(self.uploads.read_partial(partials[0].media_id), SNIFF_BYTES))
-        sniffed = checked_type(first, self.settings.allowed_types, name=final.original_name)
-        record = self._with_type(final, sniffed)
+        first = self.uploads.partial_head(partials[0].media_id, SNIFF_BYTES)
+        sniffed = checked_type(first, self.options.allowed_types, name=final.original_name)
+        record = with_type(final, sniffed)
         upload = tus_state(record)
         joined = self.uploads.concatenate(
             self.target_of(record),
@@ -317,13 +298,7 @@ class TusService:
         stored = record.evolve(
             status=Status.STORED,
             size=total,
-            upload=dataclasses.replace(
-                upload,
-                length=total,
-                offset=total,
-                parts=joined.parts,
-                s3_upload_id=joined.upload_id,
-            ),
+            upload=upload.holding(joined, length=total, offset=total),
         )
         try:
             self.records.create_many([stored], answer=answer, replacing=partials)
@@ -334,14 +309,6 @@ class TusService:
         self.finished(stored)
         return stored
 
-    def _with_type(self, record: MediaRecord, sniffed: SniffedType) -> MediaRecord:
-        destination = Destination(_principal_of(record), record.project_id)
-        return record.evolve(
-            mime_type=sniffed.mime,
-            file_type=sniffed.file_type,
-            s3_key=destination.key(record.media_id, sniffed),
-        )
-
     def object_key_of(self, record: MediaRecord) -> str:
         """Where the upload's object is assembled: a partial upload's bytes wait in the store
         for its final upload; every other upload is the media object itself."""
@@ -350,49 +317,13 @@ class TusService:
         return record.s3_key
 
     def target_of(self, record: MediaRecord) -> Target:
+        """Where the upload's bytes go, served as its type says (a partial upload, with no type
+        of its own, as a download of bytes)."""
         return Target(
             key=self.object_key_of(record),
             metadata=record_metadata(record),
-            **self.object_headers(record),
+            **served_headers(record.original_name, record.mime_type),
         )
-
-    @staticmethod
-    def object_headers(record: MediaRecord) -> dict[str, str]:
-        """How the object is served (gateway/uploads/sniff.py ``served_as``): a partial upload,
-        with no type of its own, as a download of bytes."""
-        served = served_as(record.mime_type)
-        return {
-            "content_type": served.content_type,
-            "content_disposition": content_disposition(record.original_name, inline=served.inline),
-        }
-
-
-def _principal_of(record: MediaRecord) -> Principal:
-    return Principal(subject=record.owner, tenant=record.tenant, projects=None)
-
-
-def _first_bytes(chunks: Any, size: int) -> list[bytes]:
-    out, got = [], 0
-    for chunk in chunks:
-        out.append(chunk)
-        got += len(chunk)
-        if got >= size:
-            break
-    return out
-
-
-def _hasher(upload: TusUpload) -> ResumableSha256 | Any | None:
-    """What hashes this request's bytes on from the upload's offset: the saved SHA-256 state
-    (any number of requests); without OpenSSL's exportable state, hashlib when the upload starts
-    here (one request); else None (processing computes it)."""
-    if upload.offset == 0:
-        return ResumableSha256() if resumable_hash_available() else hashlib.sha256()
-    if upload.hash_state and resumable_hash_available():
-        try:
-            return ResumableSha256.resume(upload.hash_state)
-        except ValueError:
-            log.warning("a tus upload's SHA-256 state cannot be read here; processing will hash it")
-    return None
 
 
 class _Writer:
@@ -407,7 +338,7 @@ class _Writer:
         expected: tuple[str, bytes] | None,
     ) -> None:
         self.service = service
-        self.settings = service.settings
+        self.options = service.options
         self.lease = lease
         self.record = lease.record  # the type, key and name as this request learns them
         self.upload = tus_state(lease.record)  # as the lease found it
@@ -416,13 +347,13 @@ class _Writer:
         self.expected = expected
         self.checksum = CHECKSUMS[expected[0]]() if expected else None
         self.unverified = bytearray()  # a checksummed request's bytes, until verified
-        self.whole = _hasher(self.upload)
+        self.whole = hasher_at(self.upload.offset, self.upload.hash_state)
         self.received = 0
         self.committed = False
         self.store = ResumableWriter(
             service.uploads,
             self.record.media_id,
-            _stored(self.upload),
+            self.upload.stored,
             part_size=self.upload.part_size,
             generation=lease.generation,
             guard=lease.check,
@@ -466,7 +397,7 @@ class _Writer:
     def _read(self, body: BodyReader) -> None:
         limit = self.length if self.length is not None else self.service.max_size
         while True:
-            chunk = body.read(self.settings.read_size)
+            chunk = body.read(self.options.read_size)
             if not chunk:
                 return
             self.lease.check()  # a request that lost its lease stops reading at once
@@ -485,10 +416,9 @@ class _Writer:
             if self.checksum is None:
                 self._take(chunk)
                 continue
-            if self.received > self.settings.tus_max_checksum_chunk:
+            if self.received > self.options.max_checksum_chunk:
                 raise errors.TooLarge(
-                    "A checksummed chunk may be at most "
-                    f"{self.settings.tus_max_checksum_chunk} bytes."
+                    f"A checksummed chunk may be at most {self.options.max_checksum_chunk} bytes."
                 )
             self.checksum.update(chunk)
             self.unverified += chunk
@@ -519,19 +449,19 @@ class _Writer:
         try:
             sniffed = checked_type(
                 self.store.head(SNIFF_BYTES),
-                self.settings.allowed_types,
+                self.options.allowed_types,
                 name=self.record.original_name,
             )
         except errors.UnsupportedType:
             self._reject()
             raise
-        self.record = self.service._with_type(self.record, sniffed)
+        self.record = with_type(self.record, sniffed)
         self.store.target = self.service.target_of(self.record)
 
     def _reject(self) -> None:
         self.lease.stop()
         current = self.service.records.get(self.record.media_id)
-        self.service._remove(current)
+        self.service.pending.remove(current, self.service)
         self.store.discard()
         self.service.records.delete(current.media_id)
         self.committed = True  # nothing of this request remains to clean up
@@ -539,22 +469,15 @@ class _Writer:
     def _commit(self, offset: int, done: bool) -> MediaRecord:
         stored = self.store.commit(final=done, version=self.lease.record.version + 1)
         digest = self.whole.hexdigest() if done and self.whole is not None else ""
-        resumable = isinstance(self.whole, ResumableSha256) and not done
         partial = self.upload.concat == "partial"
 
         def committed(leased: MediaRecord) -> MediaRecord:
-            upload = dataclasses.replace(
-                tus_state(leased),
+            upload = tus_state(leased).holding(
+                stored,
                 length=self.length,
                 offset=offset,
-                parts=stored.parts,
-                pending_key=stored.tail_key,
-                pending_size=stored.tail_size,
-                s3_upload_id=stored.upload_id,
-                lock_token="",
-                lock_until=0.0,
                 sha256=digest,
-                hash_state=self.whole.state() if resumable else "",  # type: ignore[union-attr]
+                hash_state="" if done else saved_state(self.whole),
             )
             changes: dict[str, Any] = {
                 "upload": upload,
@@ -578,37 +501,16 @@ class _Writer:
 
     def _release(self) -> None:
         """Give the upload back unchanged (a refused chunk: the offset stays, and what a
-        deferred length took ahead of bytes that did not count is held no more)."""
-        try:
-            self.lease.write(
-                lambda record: record.evolve(
-                    size=self.size_before,
-                    upload=dataclasses.replace(tus_state(record), lock_token="", lock_until=0.0),
-                ),
-                last=True,
-            )
-        except errors.UploadLocked:
-            return  # taken over meanwhile: nothing of ours to give back
-        self.committed = True
+        deferred length took ahead of bytes that did not count is held no more); not when it was
+        taken over meanwhile (nothing of ours to give back)."""
+        if self.lease.give_back(lambda record: record.evolve(size=self.size_before)):
+            self.committed = True
 
     def cleanup(self) -> None:
         if self.committed:
             return
         self.store.discard()
-        _quietly(self._release)
-
-
-def _stored(upload: TusUpload) -> Stored:
-    return Stored(
-        parts=upload.parts,
-        tail_key=upload.pending_key,
-        tail_size=upload.pending_size,
-        upload_id=upload.s3_upload_id,
-    )
-
-
-def _quietly(fn: Callable[..., object], *args: object) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.warning("tus cleanup step failed", exc_info=True)
+        try:
+            self._release()
+        except Exception:
+            log.warning("tus cleanup step failed", exc_info=True)

@@ -21,16 +21,16 @@ import uuid
 from collections.abc import Callable
 
 from gateway import errors
-from gateway.media.records import MediaRecord, RecordStore, TusUpload
+from gateway.media.records import MediaRecord, RecordStore, TusUpload, tus_state
 
 log = logging.getLogger(__name__)
 RENEWALS_PER_LEASE = 4
 MIN_LEFT = 1 / 3  # of the lease's length: what a write needs left
 
 
-def _tus(record: MediaRecord) -> TusUpload:
-    assert isinstance(record.upload, TusUpload)
-    return record.upload
+def held(upload: TusUpload, now: float) -> bool:
+    """Whether a request holds the upload at ``now`` (until the instant its lease ends)."""
+    return bool(upload.lock_token) and upload.lock_until > now
 
 
 class Lease:
@@ -61,9 +61,9 @@ class Lease:
         clock: Callable[[], float],
     ) -> Lease:
         """The upload's lease, or UploadLocked while another request holds it."""
-        upload = _tus(record)
+        upload = tus_state(record)
         now = clock()
-        if upload.lock_token and upload.lock_until > now:
+        if held(upload, now):
             raise errors.UploadLocked()
         taken = records.update(
             record.evolve(
@@ -87,7 +87,7 @@ class Lease:
 
     @property
     def generation(self) -> int:
-        return _tus(self._record).generation
+        return tus_state(self._record).generation
 
     def start(self) -> None:
         self._renewer = threading.Thread(target=self._keep, name="tus-lease", daemon=True)
@@ -105,7 +105,9 @@ class Lease:
     def renew(self) -> None:
         self.write(
             lambda record: record.evolve(
-                upload=dataclasses.replace(_tus(record), lock_until=self._clock() + self.seconds)
+                upload=dataclasses.replace(
+                    tus_state(record), lock_until=self._clock() + self.seconds
+                )
             )
         )
 
@@ -113,7 +115,7 @@ class Lease:
         """Before every write: UploadLocked unless the lease is surely ours for a while yet."""
         if self._lost is not None:
             raise self._lost
-        if _tus(self._record).lock_until - self._clock() < self.seconds * MIN_LEFT:
+        if tus_state(self._record).lock_until - self._clock() < self.seconds * MIN_LEFT:
             self._lost = errors.UploadLocked("The upload's lease ran out while this request ran.")
             raise self._lost
 
@@ -122,13 +124,18 @@ class Lease:
     ) -> MediaRecord:
         """Change the record under the lease (a compare-and-set); UploadLocked if it was taken
         over, and from then on every ``check``. Errors of the store (quota included) pass on.
-        ``last``: the change gives the upload back; nothing is renewed after it."""
+        ``last``: the change gives the upload back (the lease is cleared from the record in the
+        same write); nothing is renewed after it."""
         with self._mutex:
             if self._lost is not None:
                 raise self._lost
             if self._stopped.is_set():
                 raise errors.UploadLocked("The lease has ended.")
-            written = self._records.update(change(self._record), expected=self._record)
+            changed = change(self._record)
+            if last:
+                free = dataclasses.replace(tus_state(changed), lock_token="", lock_until=0.0)
+                changed = changed.evolve(upload=free)
+            written = self._records.update(changed, expected=self._record)
             if written is None:
                 self._lost = errors.UploadLocked(
                     "The upload was taken over while this request ran."
@@ -138,6 +145,15 @@ class Lease:
             if last:
                 self._stopped.set()
             return written
+
+    def give_back(self, change: Callable[[MediaRecord], MediaRecord]) -> bool:
+        """The last write; False when the upload was taken over or the lease ended meanwhile
+        (nothing of ours to give back)."""
+        try:
+            self.write(change, last=True)
+        except errors.UploadLocked:
+            return False
+        return True
 
     def stop(self) -> None:
         with self._mutex:

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from gateway import errors
 from gateway.http.api import direct_requests as read
-from gateway.http.api import services
+from gateway.http.api import json_body, services
 from gateway.http.api.present import media_json, upload_seconds
 from gateway.http.api.spec import (
     BEARER,
@@ -105,7 +105,7 @@ def _signed_json(signed: Signed) -> dict[str, Any]:
 def initiate() -> tuple[Response, int]:
     principal = authenticate()
     svc = _service()
-    batch = read.initiate(read.json_body(required=True))
+    batch = read.initiate(json_body(required=True))
     note(user=principal.subject, project=batch.project_id, files=len(batch.files))
     note_upload("direct")
     started = svc.initiate(principal, batch)
@@ -118,7 +118,7 @@ def initiate() -> tuple[Response, int]:
 def sign() -> Response:
     """One S3 request of a signRequests upload, presigned (Uppy's @uppy/aws-s3 signRequest)."""
     principal = authenticate()
-    signed = _service().sign(principal, read.sign(read.json_body(required=True)))
+    signed = _service().sign(principal, read.sign(json_body(required=True)))
     return jsonify(_signed_json(signed))
 
 
@@ -149,7 +149,7 @@ def complete(upload_id: str) -> Response:
     principal = authenticate()
     note_upload("direct")
     svc = _service()
-    record = svc.complete(principal, upload_id, read.claimed_parts(read.json_body(required=False)))
+    record = svc.complete(principal, upload_id, read.claimed_parts(json_body(required=False)))
     note(user=principal.subject, project=record.project_id, outcome=record.status.value)
     note_upload("direct", bytes=record.size or 0, seconds=upload_seconds(record))
     if record.status is Status.REJECTED:

@@ -10,8 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from gateway import errors
-from gateway.http.api import services
-from gateway.http.api.direct import _json_body as json_body
+from gateway.http.api import json_body, services
 from gateway.http.api.spec import BEARER, ERROR_RESPONSES, Described, named_response, ref
 from gateway.http.auth import authenticate
 from gateway.http.weblog import note

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import datetime
+from email.utils import format_datetime
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -20,11 +22,21 @@ from gateway.http.lingering import drain_after_response
 from gateway.http.weblog import note, note_upload
 from gateway.media.lifecycle import Status
 from gateway.media.principal import Principal
-from gateway.media.records import IdempotentAnswer, MediaRecord
+from gateway.media.records import IdempotentAnswer, MediaRecord, tus_state
 from gateway.uploads import idempotency
-from gateway.uploads.tus import CHECKSUMS, EXTENSIONS, TUS_VERSION, TusService, tus_state
+from gateway.uploads.tus import CHECKSUMS, TusService
 
 bp = Blueprint("tus", __name__)
+TUS_VERSION = "1.0.0"
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+    "expiration",
+    "concatenation",
+)
 PATCH_TYPE = "application/offset+octet-stream"
 EXPOSED = (
     "Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Concat, "
@@ -114,8 +126,12 @@ def _state_headers(response: Response, record: MediaRecord) -> Response:
             f"{request.host_url.rstrip('/')}/api/tus/{p}" for p in upload.partials
         )
     if record.status is Status.PENDING:
-        response.headers["Upload-Expires"] = _service().expires_header(record)
+        response.headers["Upload-Expires"] = _expires(record)
     return response
+
+
+def _expires(record: MediaRecord) -> str:
+    return format_datetime(datetime.fromisoformat(tus_state(record).expires_at), usegmt=True)
 
 
 def _note_patched(record: MediaRecord, offset_before: int) -> None:
@@ -232,7 +248,7 @@ def upload(upload_id: str) -> Response:
     response = Response(status=204)
     response.headers["Upload-Offset"] = str(tus_state(record).offset)
     if record.status is Status.PENDING:
-        response.headers["Upload-Expires"] = tus.expires_header(record)
+        response.headers["Upload-Expires"] = _expires(record)
     return response
 
 

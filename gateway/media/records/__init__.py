@@ -25,7 +25,7 @@ from gateway import errors
 from gateway.media.lifecycle import SERVABLE, Status, may_move
 from gateway.media.naming import MEDIA_ID_RE
 from gateway.media.records.quota import HELD, Held, QuotaLimits
-from gateway.storage.resumable import CommittedPart
+from gateway.storage.resumable import CommittedPart, Stored
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -75,8 +75,35 @@ class TusUpload:
     def committed(self) -> int:
         return sum(p.size for p in self.parts)
 
+    @property
+    def stored(self) -> Stored:
+        """What storage holds of the upload, as the resumable store (its ``Stored``) says it."""
+        return Stored(
+            parts=self.parts,
+            tail_key=self.pending_key,
+            tail_size=self.pending_size,
+            upload_id=self.s3_upload_id,
+        )
+
+    def holding(self, stored: Stored, **changes: Any) -> TusUpload:
+        """The upload once storage holds ``stored`` (a commit, a join), with ``changes``."""
+        return dataclasses.replace(
+            self,
+            parts=stored.parts,
+            pending_key=stored.tail_key,
+            pending_size=stored.tail_size,
+            s3_upload_id=stored.upload_id,
+            **changes,
+        )
+
 
 UploadState = DirectUpload | TusUpload
+
+
+def tus_state(record: MediaRecord) -> TusUpload:
+    """The state of a tus upload's record."""
+    assert isinstance(record.upload, TusUpload)
+    return record.upload
 
 
 @dataclass(frozen=True)
