@@ -16,7 +16,7 @@ def test_defaults_are_the_embedded_mode():
     assert settings.storage_url == "var/media"
     assert settings.records_url == "sqlite:///var/gateway.db"
     assert settings.max_upload_bytes == 500 * MiB
-    assert settings.allowed_types == ("image/*", "video/*")
+    assert settings.allowed_types == ("image/*", "video/*", "audio/*")
     assert settings.effective_jwt_algorithm == "HS256"
 
 

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import filetype
-
 from gateway import errors
 from gateway.config import Settings
 from gateway.media.events import Announcer
@@ -41,7 +39,8 @@ from gateway.storage.keys import parse_key, staging_key
 from gateway.uploads.form import SHA256_RE
 from gateway.uploads.ingest import Destination, checked_type, object_metadata, record_metadata
 from gateway.uploads.pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads
-from gateway.uploads.sniff import SNIFF_BYTES, SniffedType, is_allowed
+from gateway.uploads.sniff import SNIFF_BYTES, is_allowed, type_of_mime
+from gateway.uploads.sniff_audio import twin
 
 if TYPE_CHECKING:
     from gateway.storage.s3_direct import S3DirectUploads  # only S3 has direct uploads
@@ -177,11 +176,8 @@ class DirectUploadService:
             raise errors.TooLarge(
                 f"{size} bytes is over the limit of {self.settings.direct_max_bytes}."
             )
-        if (
-            not isinstance(content_type, str)
-            or filetype.get_type(mime=content_type) is None
-            or not is_allowed(content_type, self.settings.allowed_types)
-        ):
+        promised = type_of_mime(content_type) if isinstance(content_type, str) else None
+        if promised is None or not is_allowed(promised.mime, self.settings.allowed_types):
             raise errors.UnsupportedType(
                 f"contentType {content_type!r} is not allowed; allowed: "
                 f"{', '.join(self.settings.allowed_types)}."
@@ -190,7 +186,7 @@ class DirectUploadService:
             raise errors.InvalidSha256("sha256 must be 64 lowercase hexadecimal characters.")
         return Promise(
             display_name(filename, max_chars=self.settings.max_filename_chars),
-            content_type,
+            promised.mime,
             size,
             sha256,
         )
@@ -247,8 +243,8 @@ class DirectUploadService:
         client_signs: bool,
     ) -> Initiated:
         media_id = new_media_id()
-        kind = filetype.get_type(mime=promise.content_type)
-        sniffed = SniffedType(promise.content_type, "." + kind.extension)
+        sniffed = type_of_mime(promise.content_type)
+        assert sniffed is not None  # checked when the promise was read
         key = destination.key(media_id, sniffed)
         ttl = self.settings.direct_url_ttl
         instructions: dict[str, Any]
@@ -648,7 +644,9 @@ class DirectUploadService:
             )
         except errors.UnsupportedType as exc:
             return Checked(exc.message)
-        if sniffed.mime != record.mime_type:
+        if record.mime_type not in (sniffed.mime, twin(sniffed.mime)):
+            # The container's other type is as good a promise (a browser names an audio-only
+            # WebM video/webm): the worker settles which it is.
             return Checked(f"The content is {sniffed.mime}; {record.mime_type} was promised.")
         return self._check_sha256(record, key, head)
 
