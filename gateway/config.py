@@ -140,7 +140,7 @@ class Settings:
     # uncompressed or lossless audio of at least audio_opus_min_bytes (bits per second).
     audio_max_duration: float = positive_seconds(4 * 3600.0)
     audio_max_samples: int = positive(4 * 3600 * 48_000 * 2)  # per channel, times channels
-    audio_max_decode_seconds: float = positive_seconds(300.0)  # added to the sandbox's deadline
+    audio_max_decode_seconds: float = positive_seconds(600.0)  # CPU; plus the sandbox deadline
     audio_waveform_points: int = positive(2000)
     audio_opus_min_bytes: int = 1 * MiB
     audio_opus_mono_bit_rate: int = 64_000

@@ -200,3 +200,18 @@ def test_the_sandbox_reports_its_childs_peak_memory():
     assert Peak.rss >= 100 << 20
     run(_allocate, 1, memory_bytes=512 << 20, timeout=30)
     assert Peak.rss < 100 << 20
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_the_sandbox_reports_its_childs_cpu_time():
+    from gateway.processing.sandbox import Peak
+
+    run(_spin, 0.3, memory_bytes=512 << 20, timeout=30)
+    assert 0.3 <= Peak.cpu < 3
+    run(_spin, 0.0, memory_bytes=512 << 20, timeout=30)
+    assert Peak.cpu < 0.3

@@ -11,7 +11,8 @@ Bounds, so that a small file cannot make the worker decode for hours (an audio b
   estimate: see ``claimed_seconds``) may not exceed ``max_duration``, nor its samples (per
   channel, times channels) ``max_samples``;
 - while decoding, the same two limits on what was decoded so far, and ``max_decode_seconds``
-  of wall time (the sandbox's deadline is this plus GATEWAY_SANDBOX_TIMEOUT).
+  of CPU time (the child's, all its threads: a busy machine does not make a file a bomb; the
+  sandbox's wall-clock deadline for audio is this plus GATEWAY_SANDBOX_TIMEOUT).
 A file whose decoder reports an error is damaged (failed, with the position); one that decodes
 to markedly less than its header declares is truncated (failed, with both durations).
 """
@@ -38,12 +39,13 @@ OPUS_RATE = 48_000
 OPUS_NAME, PEAKS_NAME, WAVEFORM_NAME = "opus", "peaks", "waveform"
 TAGS = ("title", "artist", "album", "date", "comment", "encoder")
 MAX_TAG_CHARS = 1024
-# Decoding to less than the header says by more than this is truncation (encoders' priming
-# and padding, and Ogg's last granule, differ from the header by a few milliseconds).
-TRUNCATION_SLACK_SECONDS, TRUNCATION_SLACK_RATIO = 0.25, 0.005
+# Decoding to less than the header says by more than this is truncation (what encoders'
+# priming and padding make the two differ by: an Opus pre-skip is at most 80 ms).
+TRUNCATION_SLACK_SECONDS = 0.1
 # The demuxers whose duration is the header's (never an estimate from the bit rate): MP4's
 # mdhd, Matroska's Info/Duration, FLAC's STREAMINFO, AIFF's COMM, Ogg's last granule position.
-# WAV's is read here (FFmpeg cuts it to the file); MP3's only with a Xing/Info/VBRI frame.
+# WAV's and CAF's are read here (FFmpeg cuts them to the file); MP3's only with a Xing, Info or
+# VBRI frame.
 _DECLARING = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "flac", "aiff", "ogg")
 _CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "matroska", "aac": "adts"}
 # What astats' levels are in, per sample format: 16-bit units, 32-bit units, or -1.0 .. 1.0.
@@ -55,7 +57,7 @@ class AudioOptions:
     waveform_points: int = 2000
     max_duration: float = 4 * 3600.0
     max_samples: int = 4 * 3600 * 48_000 * 2
-    max_decode_seconds: float = 300.0
+    max_decode_seconds: float = 600.0  # CPU seconds
     opus_min_bytes: int = 1 * MiB
     opus_mono_bit_rate: int = 64_000
     opus_stereo_bit_rate: int = 96_000
@@ -81,7 +83,7 @@ def derive_audio(
     rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
     if not rate or not channels:
         raise Undecodable("The audio has no sample rate or no channels.")
-    deadline = time.monotonic() + options.max_decode_seconds
+    deadline = time.process_time() + options.max_decode_seconds
     claimed = claimed_seconds(container, stream, path)
     if claimed is not None:
         _check_claim(claimed, rate, channels, options)
@@ -106,9 +108,11 @@ def derive_audio(
     seconds = decoded / rate
     if decoded == 0:
         raise Undecodable("No audio could be decoded from the file.")
-    if claimed is not None and seconds < claimed * (1 - TRUNCATION_SLACK_RATIO) - (
-        TRUNCATION_SLACK_SECONDS
-    ):
+    if container.format.name == "ogg" and ogg_cut(path):
+        raise Undecodable(
+            f"The audio is truncated: the file ends inside an Ogg page, after {seconds:.3f} s."
+        )
+    if claimed is not None and seconds < claimed - TRUNCATION_SLACK_SECONDS:
         raise Undecodable(
             f"The audio is truncated: its header says {claimed:.3f} s, the file holds "
             f"{seconds:.3f} s."
@@ -169,7 +173,7 @@ def _demuxed_seconds(path: Path, deadline: float) -> float | None:
                 if packet.pts is not None:
                     first = packet.pts if first is None else min(first, packet.pts)
                     end = max(end or 0, packet.pts + (packet.duration or 0))
-                if time.monotonic() > deadline:
+                if time.process_time() > deadline:
                     return None
             time_base = stream.time_base
     except av.FFmpegError:
@@ -321,9 +325,9 @@ def _decode(
                 peaks.add(bucket)
             if opus is not None:
                 opus.write(frame)
-        if time.monotonic() > deadline:
+        if time.process_time() > deadline:
             raise Undecodable(
-                f"Decoding the audio took longer than {options.max_decode_seconds:g} s "
+                f"Decoding the audio took more than {options.max_decode_seconds:g} s of CPU time "
                 f"(at {decoded / rate:.3f} s of it)."
             )
     if levels is not None:
@@ -384,6 +388,8 @@ def claimed_seconds(
     name = container.format.name
     if name == "wav":
         return wav_claim(path)
+    if name == "caf":
+        return caf_claim(path)
     if name in _DECLARING or (name == "mp3" and mp3_has_length_frame(path)):
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
@@ -422,6 +428,57 @@ def wav_claim(path: Path) -> float | None:
                 ds64_size = struct.unpack("<Q", body[8:16])[0]
             f.seek(size + (size & 1) - len(body), 1)
     return None
+
+
+def caf_claim(path: Path) -> float | None:
+    """The duration a CAF's header declares: its ``pakt`` chunk's valid frames (compressed
+    audio), else its ``data`` chunk's size in packets of ``desc``'s size (PCM); None for a data
+    chunk of unknown size (-1: written live)."""
+    with open(path, "rb") as f:
+        if f.read(8)[:4] != b"caff":
+            return None
+        rate, packet_bytes, packet_frames = 0.0, 0, 0
+        valid_frames: int | None = None
+        for _ in range(64):
+            header = f.read(12)
+            if len(header) < 12:
+                return None
+            kind, size = header[:4], int.from_bytes(header[4:], "big", signed=True)
+            if kind == b"data":
+                if valid_frames is not None:
+                    return valid_frames / rate if rate else None
+                if size < 4 or not (rate and packet_bytes and packet_frames):
+                    return None
+                return (size - 4) // packet_bytes * packet_frames / rate
+            body = f.read(min(size, 32)) if kind in (b"desc", b"pakt") else b""
+            if kind == b"desc" and len(body) >= 32:
+                rate = float(struct.unpack(">d", body[:8])[0])
+                packet_bytes = int.from_bytes(body[16:20], "big")
+                packet_frames = int.from_bytes(body[20:24], "big")
+            if kind == b"pakt" and len(body) >= 16:
+                valid_frames = int.from_bytes(body[8:16], "big", signed=True)
+            if size < 0:
+                return None
+            f.seek(size - len(body), 1)
+    return None
+
+
+def ogg_cut(path: Path) -> bool:
+    """Whether an Ogg file ends inside a page (FFmpeg drops such a page without a word: an Ogg
+    declares no length but its last page's, wherever the file ends)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        at = 0
+        while at < size:
+            f.seek(at)
+            header = f.read(27)
+            if len(header) < 27 or header[:4] != b"OggS":
+                return True
+            lacing = f.read(header[26])
+            if len(lacing) < header[26]:
+                return True
+            at += 27 + header[26] + sum(lacing)
+        return at > size
 
 
 def mp3_has_length_frame(path: Path) -> bool:

@@ -40,7 +40,8 @@ def _child(
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     try:
         result = fn(*args)
-        conn.send(("ok", result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        conn.send(("ok", result, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime))
     except MemoryError:
         conn.send(("memory", "out of memory"))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as text
@@ -50,9 +51,11 @@ def _child(
 
 
 class Peak:
-    """The peak resident memory of the last child that finished (bytes), for measurements."""
+    """The peak resident memory (bytes) and the CPU time (user + system seconds) of the last
+    child that finished, for measurements."""
 
     rss = 0
+    cpu = 0.0
 
 
 def run(fn: Callable[..., T], *args: Any, memory_bytes: int, timeout: float) -> T:
@@ -78,7 +81,7 @@ def run(fn: Callable[..., T], *args: Any, memory_bytes: int, timeout: float) -> 
             child.join()
     status = outcome[0]
     if status == "ok":
-        Peak.rss = outcome[2]
+        Peak.rss, Peak.cpu = outcome[2], outcome[3]
         return outcome[1]  # type: ignore[no-any-return]
     if status == "memory":
         raise SandboxError(f"used more than {memory_bytes >> 20} MiB", kind="memory")
