@@ -75,8 +75,8 @@ def pdf(pages=3) -> bytes:
 def pcm(
     seconds=1.0, rate=48000, channels=2, amplitude=0.5, frequency=440.0, signal="sine", seed=1
 ) -> bytes:
-    """16-bit little-endian samples, interleaved: a sine (or white noise, or silence) of
-    ``amplitude`` (1.0: full scale) on every channel."""
+    """16-bit little-endian samples, interleaved: a sine (or white noise, a constant level, or
+    silence) of ``amplitude`` (1.0: full scale) on every channel."""
     import math
     import random
     from array import array
@@ -89,6 +89,8 @@ def pcm(
     elif signal == "noise":
         draw = random.Random(seed).randint
         mono = [draw(-peak, peak) for _ in range(count)]
+    elif signal == "dc":  # a constant level
+        mono = [peak] * count
     else:
         mono = [0] * count
     samples = array("h", (value for value in mono for _ in range(channels)))

@@ -18,7 +18,14 @@ import media_samples as samples
 import pytest
 from PIL import Image
 
-from gateway.processing.audio import AudioOptions, claimed_seconds
+from gateway.processing.audio import (
+    AudioOptions,
+    caf_claim,
+    claimed_seconds,
+    mp3_has_length_frame,
+    ogg_cut,
+    wav_claim,
+)
 from gateway.processing.audio_waveform import PNG_HEIGHT
 from gateway.processing.derive import DeriveOptions, Undecodable, derive, settled_type
 from gateway.processing.sandbox import SandboxError, run
@@ -561,3 +568,228 @@ def test_headers_declare_durations_only_where_they_are_the_headers(tmp_path):
     assert claims["aac"] is None and claims["amr"] is None
     for kind in ("wav", "flac", "mp3", "m4a", "opus", "webm"):
         assert claims[kind] == pytest.approx(1.0, abs=0.05), kind
+
+
+# -- edges ----------------------------------------------------------------------------------------
+def ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, unreflected, over the page with the
+    checksum field zeroed): FFmpeg skips a page whose checksum is wrong."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return crc
+
+
+def test_an_ogg_whose_last_page_claims_hours_is_a_bomb(tmp_path):
+    data = bytearray(samples.audio("opus", 1.0))
+    last = data.rindex(b"OggS")
+    data[last + 6 : last + 14] = struct.pack("<q", 10 * 3600 * 48_000)  # its granule position
+    data[last + 22 : last + 26] = b"\0\0\0\0"
+    data[last + 22 : last + 26] = struct.pack("<I", ogg_crc(bytes(data[last:])))
+    with pytest.raises(Undecodable, match="claims to last 36000 s"):
+        derived(tmp_path, bytes(data))
+
+
+def test_limits_are_inclusive(tmp_path, flac_without_a_length):
+    """Exactly the limit is allowed: 1 s of 48 kHz stereo is 96000 samples."""
+    exact = DeriveOptions(audio=AudioOptions(max_duration=1.0, max_samples=96_000))
+    assert derived(tmp_path, samples.wav(1.0), options=exact).properties["duration"] == 1.0
+    decoded = DeriveOptions(audio=AudioOptions(max_duration=2.0, max_samples=192_000))
+    result = derived(tmp_path, flac_without_a_length, options=decoded)
+    assert result.properties["duration"] == 2.0
+
+
+def test_without_a_declared_length_the_points_come_from_the_timestamps(
+    tmp_path, flac_without_a_length
+):
+    result = derived(tmp_path, flac_without_a_length)
+    document = peaks(result)
+    assert document["samples_per_pixel"] == 490  # 96000 samples over 196 points (2 % spare)
+    assert document["length"] == 196
+
+
+def test_a_constant_level_stays_at_that_level_to_the_last_point(tmp_path):
+    """The last bucket is shorter than the others, not padded with silence."""
+    level = round(0.5 * 32767)
+    result = derived(tmp_path, samples.wav(1.003, signal="dc"))
+    data = peaks(result)["data"]
+    assert 48_144 % peaks(result)["samples_per_pixel"] != 0  # a partial last point
+    assert set(data) == {level}
+
+
+def test_the_opus_threshold_is_inclusive(tmp_path):
+    data = samples.wav(1.0)
+    at = DeriveOptions(audio=AudioOptions(opus_min_bytes=len(data), waveform_points=200))
+    above = DeriveOptions(audio=AudioOptions(opus_min_bytes=len(data) + 1))
+    assert "opus" in variants(derived(tmp_path, data, options=at))
+    assert derived(tmp_path, data, options=above).properties["transcode"] == {
+        "skipped": f"smaller than {len(data) + 1} bytes"
+    }
+
+
+def test_an_opus_copy_exactly_as_big_is_not_smaller(tmp_path):
+    """11 s of 8-bit mono at 8 kHz: 88044 bytes; at 64032 bit/s an Opus copy would be 88044."""
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(1)
+        writer.setframerate(8000)
+        writer.writeframes(bytes(128 + (i % 50) for i in range(88_000)))
+    assert len(out.getvalue()) == 88_044
+    options = DeriveOptions(audio=AudioOptions(opus_min_bytes=0, opus_mono_bit_rate=64_032))
+    result = derived(tmp_path, out.getvalue(), options=options)
+    assert result.properties["transcode"] == {
+        "skipped": "an Opus copy at 64032 bit/s would not be smaller"
+    }
+    cheaper = DeriveOptions(audio=AudioOptions(opus_min_bytes=0, opus_mono_bit_rate=64_024))
+    assert "opus" in variants(derived(tmp_path, out.getvalue(), options=cheaper))
+
+
+def test_64_bit_float_audio_is_measured_in_16_bit_units(tmp_path):
+    data = samples.encode(samples.wav(1.0), "wav", "pcm_f64le")
+    result = derived(tmp_path, data)
+    assert result.properties["codec"] == "pcm_f64le"
+    check_sine_peaks(result, tolerance=2)
+
+
+def test_32_bit_integer_audio_is_measured_in_16_bit_units(tmp_path):
+    data = samples.encode(samples.wav(1.0), "wav", "pcm_s32le")
+    result = derived(tmp_path, data)
+    assert result.properties["codec"] == "pcm_s32le"
+    check_sine_peaks(result, tolerance=1)
+
+
+def test_a_stream_that_changes_its_rate_midway_is_refused(tmp_path):
+    live = {"write_xing": "0", "id3v2_version": "0"}
+    first = samples.encode(samples.wav(1.0), "mp3", "libmp3lame", container_options=live)
+    second = samples.encode(
+        samples.wav(1.0, rate=44_100), "mp3", "libmp3lame", container_options=live
+    )
+    with pytest.raises(Undecodable) as refused:
+        derived(tmp_path, first + second)
+    assert str(refused.value) == "The audio changes its sample rate, format or channels midway."
+
+
+def test_tags_are_trimmed_capped_and_the_containers_come_first(tmp_path):
+    import av as pyav
+
+    out = io.BytesIO()
+    with (
+        pyav.open(io.BytesIO(samples.wav(0.3)), "r") as src,
+        pyav.open(out, "w", format="matroska") as dst,
+    ):
+        stream = dst.add_stream("pcm_s16le", rate=48_000, layout="stereo")
+        dst.metadata.update({"TITLE": "  Global  ", "COMMENT": "x" * 2000, "ARTIST": "   "})
+        stream.metadata.update({"TITLE": "Track", "ALBUM": "From the track"})
+        for frame in src.decode(audio=0):
+            frame.pts = None
+            for packet in stream.encode(frame):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    tags = derived(tmp_path, out.getvalue()).properties["tags"]
+    assert tags["title"] == "Global" and tags["album"] == "From the track"
+    assert tags["comment"] == "x" * 1024 and "artist" not in tags
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("wav", 1.0), ("rf64", 1.0), ("bw64", 1.0), ("caf", 1.0), ("aiff", None), ("flac", None)],
+)
+def test_wav_and_caf_headers_are_read_for_their_length(tmp_path, kind, expected):
+    data = samples.audio("rf64" if kind == "bw64" else kind, 1.0)
+    if kind == "bw64":
+        data = b"BW64" + data[4:]
+    path = tmp_path / kind
+    path.write_bytes(data)
+    assert (caf_claim if kind == "caf" else wav_claim)(path) == expected
+
+
+def test_an_odd_sized_chunk_before_the_data_is_padded(tmp_path):
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    chunks = (b"LIST" + struct.pack("<I", 3) + b"abc\0" + b"fmt " + struct.pack("<I", 16) + fmt
+              + b"data" + struct.pack("<I", 16000) + b"\0" * 16000)  # fmt: skip
+    path = tmp_path / "w.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    assert wav_claim(path) == 1.0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"RIFX\0\0\0\0WAVE", b"RIFF\0\0\0\0AVI ", b"RIFF\0\0", b"RIFF\0\0\0\0WAVEfmt "],
+)
+def test_what_is_no_complete_wav_header_declares_nothing(tmp_path, head):
+    path = tmp_path / "w"
+    path.write_bytes(head)
+    assert wav_claim(path) is None
+
+
+def test_a_caf_written_live_declares_nothing_and_is_read_to_its_end(tmp_path):
+    data = bytearray(samples.audio("caf", 1.0))
+    at = data.index(b"data")
+    data[at + 4 : at + 12] = struct.pack(">q", -1)
+    path = tmp_path / "live.caf"
+    path.write_bytes(bytes(data))
+    assert caf_claim(path) is None
+    assert derived(tmp_path, bytes(data)).properties["duration"] == 1.0
+
+
+def test_a_compressed_caf_declares_its_length_in_its_packet_table(tmp_path, ffmpeg):
+    data = ffmpeg_encode(ffmpeg, tmp_path, samples.wav(1.0), ["-c:a", "alac", "-f", "caf"])
+    assert b"pakt" in data
+    path = tmp_path / "alac.caf"
+    path.write_bytes(data)
+    # FFmpeg counts whole packets of 4096 frames as valid; the last one holds fewer
+    assert caf_claim(path) == 12 * 4096 / 48_000
+    result = derived(tmp_path, data)
+    assert result.properties["codec"] == "alac" and "opus" in variants(result)
+    assert result.properties["duration"] == 1.0
+
+
+def _page(payload: bytes, *, first=False) -> bytes:
+    lacing = [255] * (len(payload) // 255) + [len(payload) % 255]
+    header = b"OggS\0" + bytes([2 if first else 0]) + b"\0" * 20
+    return header + bytes([len(lacing), *lacing]) + payload
+
+
+@pytest.mark.parametrize(
+    "data, cut",
+    [
+        (_page(b"x" * 300, first=True) + _page(b"y" * 10), False),
+        ((_page(b"x" * 300, first=True) + _page(b"y" * 10))[:-1], True),  # in the payload
+        (_page(b"x" * 300, first=True)[:28], True),  # in the segment table
+        (_page(b"x" * 300, first=True)[:20], True),  # in the header
+        (_page(b"x" * 10, first=True) + b"TAG" + b"\0" * 125, True),  # junk: no page
+    ],
+)
+def test_an_ogg_cut_inside_a_page_is_found(tmp_path, data, cut):
+    path = tmp_path / "o.ogg"
+    path.write_bytes(data)
+    assert ogg_cut(path) is cut
+
+
+@pytest.mark.parametrize(
+    "data, found",
+    [
+        (b"\xff\xfb\x90\x44" + b"\0" * 32 + b"Xing" + b"\0" * 100, True),
+        (b"\xff\xfb\x90\x44" + b"\0" * 32 + b"Info" + b"\0" * 100, True),
+        (b"\xff\xfb\x90\x44" + b"\0" * 32 + b"VBRI" + b"\0" * 100, True),
+        (b"\xff\xfb\x90\x44" + b"\0" * 200 + b"Xing", False),  # past the first frame's start
+        (
+            b"ID3\x04\x00\x00\x00\x00\x00\x0a" + b"\0" * 10 + b"\xff\xfb" + b"\0" * 32 + b"Info",
+            True,
+        ),
+        (b"ID3\x04\x00\x10\x00\x00\x01\x00" + b"\0" * 128 + b"\0" * 10 + b"Xing", True),
+        (b"ID3\x04\x00\x00\x00\x00\x01\x00" + b"Xing" + b"\0" * 200, False),  # in the tag
+        (b"\xff\xfb\x90\x44" + b"\0" * 300, False),
+    ],
+)
+def test_an_mp3s_length_frame_is_looked_for_after_its_tag(tmp_path, data, found):
+    path = tmp_path / "a.mp3"
+    path.write_bytes(data)
+    assert mp3_has_length_frame(path) is found

@@ -189,6 +189,50 @@ def test_mp3_and_adts_frames_are_checked_past_their_sync_word(head, expected):
     assert audio_signature(head) == expected
 
 
+MP3_KBPS = {
+    3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    0: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+MP3_HZ = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+@pytest.mark.parametrize("version", [3, 2, 0], ids=["mpeg1", "mpeg2", "mpeg2.5"])
+@pytest.mark.parametrize("rate", [0, 1, 2])
+@pytest.mark.parametrize("bitrate", range(1, 15))
+def test_every_layer_iii_bit_rate_and_sample_rate_gives_its_frame_length(version, rate, bitrate):
+    """ISO/IEC 11172-3 and 13818-3's tables: the second frame is found exactly where the
+    first one ends, and nowhere else."""
+    length = (
+        (144 if version == 3 else 72) * MP3_KBPS[version][bitrate] * 1000 // MP3_HZ[version][rate]
+    )
+    header = mp3_frame(version=version, rate=rate, bitrate=bitrate)[:4]
+    frame = header + b"\0" * (length - 4)
+    assert audio_signature(frame + header) == ("audio/mpeg", ".mp3")
+    assert audio_signature(frame + b"\0" + header) is None
+    assert audio_signature(frame[:-1] + header + b"\0") is None
+
+
+@pytest.mark.parametrize("rate_index", range(16))
+def test_adts_sampling_indexes_above_12_are_reserved(rate_index):
+    head = adts_frame(rate_index=rate_index) * 2
+    assert audio_signature(head) == (("audio/aac", ".aac") if rate_index <= 12 else None)
+
+
+@pytest.mark.parametrize("length, valid", [(6, False), (7, True), (8, True), (8191, True)])
+def test_an_adts_frame_holds_at_least_its_header(length, valid):
+    head = adts_frame(length=length)[:7]
+    head = head + b"\0" * (length - 7) + head if valid else head + head
+    assert (audio_signature(head) is not None) is valid
+
+
+@pytest.mark.parametrize("size", [1 << 7, 1 << 14, (1 << 21) + (1 << 14) + (1 << 7) + 1])
+def test_an_id3_tag_of_any_size_is_skipped_to_the_frames_after_it(size):
+    """Its size is four 7-bit bytes (syncsafe): each must count with its own weight."""
+    assert audio_signature(id3(size) + mp3_frame() * 2) == ("audio/mpeg", ".mp3")
+    assert audio_signature(id3(size) + b"\0" + mp3_frame() * 2) is None
+
+
 # -- containers --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "head, holds",
@@ -369,11 +413,20 @@ def test_ogg_by_its_codecs():
     [
         ("audio/x-wav", "audio/wav"),
         ("audio/wave", "audio/wav"),
-        ("audio/x-flac", "audio/flac"),
+        ("audio/vnd.wave", "audio/wav"),
+        ("audio/x-pn-wav", "audio/wav"),
         ("audio/x-aiff", "audio/aiff"),
+        ("audio/x-flac", "audio/flac"),
         ("audio/mp3", "audio/mpeg"),
+        ("audio/x-mp3", "audio/mpeg"),
+        ("audio/mpeg3", "audio/mpeg"),
+        ("audio/x-mpeg", "audio/mpeg"),
+        ("audio/x-aac", "audio/aac"),
+        ("audio/aacp", "audio/aac"),
         ("audio/x-m4a", "audio/mp4"),
+        ("audio/m4a", "audio/mp4"),
         ("audio/opus", "audio/ogg"),
+        ("audio/vorbis", "audio/ogg"),
         ("audio/wav", "audio/wav"),
         ("video/webm", "video/webm"),
     ],
@@ -415,8 +468,16 @@ def test_twins_pair_a_containers_audio_and_video_types():
     [
         (".opus", "audio/ogg"),
         (".oga", "audio/ogg"),
+        (".ogg", "audio/ogg"),
         (".wav", "audio/wav"),
+        (".aiff", "audio/aiff"),
+        (".caf", "audio/x-caf"),
         (".flac", "audio/flac"),
+        (".amr", "audio/amr"),
+        (".awb", "audio/amr-wb"),
+        (".mp3", "audio/mpeg"),
+        (".aac", "audio/aac"),
+        (".m4a", "audio/mp4"),
         (".mka", "audio/x-matroska"),
         (".mkv", "video/x-matroska"),
         (".ogv", "video/ogg"),

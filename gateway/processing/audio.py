@@ -87,7 +87,7 @@ def derive_audio(
     claimed = claimed_seconds(container, stream, path)
     if claimed is not None:
         _check_claim(claimed, rate, channels, options)
-    estimate = claimed if claimed is not None else _demuxed_seconds(path, deadline)
+    estimate = claimed if claimed is not None else _demuxed_seconds(path)
     lossless = codec.lossless and not codec.lossy
     size = path.stat().st_size
     bit_rate = options.opus_mono_bit_rate if channels == 1 else options.opus_stereo_bit_rate
@@ -159,10 +159,10 @@ def _check_claim(claimed: float, rate: int, channels: int, options: AudioOptions
         )
 
 
-def _demuxed_seconds(path: Path, deadline: float) -> float | None:
+def _demuxed_seconds(path: Path) -> float | None:
     """How long the audio is by its packets' timestamps (a pass that reads, but decodes
-    nothing), for a file whose header declares no duration: the waveform's bucket size. None
-    when the timestamps do not say, or reading takes past the deadline."""
+    nothing: bounded by the file's size and the sandbox's deadline), for a file whose header
+    declares no duration: the waveform's bucket size. None when the timestamps do not say."""
     import av
 
     first = end = None
@@ -173,8 +173,6 @@ def _demuxed_seconds(path: Path, deadline: float) -> float | None:
                 if packet.pts is not None:
                     first = packet.pts if first is None else min(first, packet.pts)
                     end = max(end or 0, packet.pts + (packet.duration or 0))
-                if time.process_time() > deadline:
-                    return None
             time_base = stream.time_base
     except av.FFmpegError:
         return None  # the decoding pass says what is wrong, and where
@@ -279,7 +277,7 @@ class _Levels:
             levels = []
             for channel in range(1, self.channels + 1):
                 for which in ("Min_level", "Max_level"):
-                    raw = metadata.get(f"lavfi.astats.{channel}.{which}", "nan")
+                    raw = metadata[f"lavfi.astats.{channel}.{which}"]
                     levels.append(to_16_bits(float(raw), scale))
             yield levels
 
@@ -366,15 +364,14 @@ def _tags(
 ) -> dict[str, str]:
     """Title, artist, album, date, comment and encoder, as FFmpeg names them in every format
     (ID3, MP4, Vorbis comments, RIFF INFO, Matroska tags), the container's before the
-    stream's; text capped, NULs removed."""
+    stream's; blanks trimmed, capped."""
     found: dict[str, str] = {}
     for metadata in (container.metadata, stream.metadata):
         for key, value in metadata.items():
             name = key.lower()
-            if name in TAGS and name not in found and isinstance(value, str):
-                text = value.replace("\x00", "").strip()[:MAX_TAG_CHARS]
-                if text:
-                    found[name] = text
+            text = value.strip()[:MAX_TAG_CHARS]
+            if name in TAGS and name not in found and text:
+                found[name] = text
     return {name: found[name] for name in TAGS if name in found}
 
 
@@ -432,35 +429,38 @@ def wav_claim(path: Path) -> float | None:
 
 def caf_claim(path: Path) -> float | None:
     """The duration a CAF's header declares: its ``pakt`` chunk's valid frames (compressed
-    audio), else its ``data`` chunk's size in packets of ``desc``'s size (PCM); None for a data
-    chunk of unknown size (-1: written live)."""
+    audio; the chunk may follow the data), else its ``data`` chunk's size in packets of
+    ``desc``'s size (PCM); None for a data chunk of unknown size (-1: written live)."""
+    rate, packet_bytes, packet_frames = 0.0, 0, 0
+    valid_frames: int | None = None
+    data_size: int | None = None
     with open(path, "rb") as f:
         if f.read(8)[:4] != b"caff":
             return None
-        rate, packet_bytes, packet_frames = 0.0, 0, 0
-        valid_frames: int | None = None
         for _ in range(64):
             header = f.read(12)
             if len(header) < 12:
-                return None
+                break
             kind, size = header[:4], int.from_bytes(header[4:], "big", signed=True)
-            if kind == b"data":
-                if valid_frames is not None:
-                    return valid_frames / rate if rate else None
-                if size < 4 or not (rate and packet_bytes and packet_frames):
-                    return None
-                return (size - 4) // packet_bytes * packet_frames / rate
+            if size < 0:
+                return None  # a data chunk that runs to the end of the file
             body = f.read(min(size, 32)) if kind in (b"desc", b"pakt") else b""
             if kind == b"desc" and len(body) >= 32:
                 rate = float(struct.unpack(">d", body[:8])[0])
                 packet_bytes = int.from_bytes(body[16:20], "big")
                 packet_frames = int.from_bytes(body[20:24], "big")
-            if kind == b"pakt" and len(body) >= 16:
+            elif kind == b"pakt" and len(body) >= 16:
                 valid_frames = int.from_bytes(body[8:16], "big", signed=True)
-            if size < 0:
-                return None
+            elif kind == b"data":
+                data_size = size
             f.seek(size - len(body), 1)
-    return None
+    if not rate:
+        return None
+    if valid_frames is not None:
+        return valid_frames / rate
+    if data_size is None or data_size < 4 or not (packet_bytes and packet_frames):
+        return None
+    return (data_size - 4) // packet_bytes * packet_frames / rate
 
 
 def ogg_cut(path: Path) -> bool:

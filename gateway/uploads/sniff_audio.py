@@ -204,13 +204,15 @@ def container_holds(head: bytes) -> Holds | None:
         if head.startswith(b"\x1a\x45\xdf\xa3"):
             return _ebml_holds(head)
         if head.startswith(b"OggS"):
-            return _decide(kind for kind, _ in _ogg_codecs(head))
+            return _decide(_ogg_kinds(head))
     except _OutOfSight:
         return None
     return None
 
 
 def _decide(kinds: Iterator[str | None]) -> Holds | None:
+    """From the kinds of a file's media tracks ("audio", "video", None: unknown; tracks that
+    are no media, such as subtitles, are not listed)."""
     seen = set(kinds)
     if "video" in seen:
         return "video"
@@ -269,7 +271,8 @@ def _handler_kinds(head: bytes, start: int, end: int) -> Iterator[str | None]:
         if handler + 12 > len(head):
             raise _OutOfSight
         code = head[handler + 8 : handler + 12]  # after version, flags and pre_defined
-        yield _HANDLERS.get(code, "other")
+        if code in _HANDLERS:
+            yield _HANDLERS[code]  # other handlers (text, hint, meta, ...) are no media
 
 
 def _path(head: bytes, start: int, end: int, names: tuple[bytes, ...]) -> int | None:
@@ -353,11 +356,16 @@ def _track_kinds(head: bytes, tracks: _Element) -> Iterator[str | None]:
         if entry.end is None:
             raise _OutOfSight
         if entry.id == _TRACK_ENTRY:
-            yield _track_kind(head, entry)
+            number = _track_type(head, entry)
+            if number is None:
+                yield None
+            elif number in _TRACK_TYPES:
+                yield _TRACK_TYPES[number]  # subtitles, buttons, ... are no media
         at = entry.end
 
 
-def _track_kind(head: bytes, entry: _Element) -> str | None:
+def _track_type(head: bytes, entry: _Element) -> int | None:
+    """A TrackEntry's TrackType, or None when it has none we can read."""
     assert entry.end is not None
     at = entry.payload
     while at < entry.end:
@@ -367,54 +375,55 @@ def _track_kind(head: bytes, entry: _Element) -> str | None:
         if field.id == _TRACK_TYPE:
             if field.end > len(head):
                 raise _OutOfSight
-            return _TRACK_TYPES.get(int.from_bytes(head[field.payload : field.end], "big"), "other")
+            return int.from_bytes(head[field.payload : field.end], "big")
         at = field.end
     return None
 
 
 # Ogg: pages; the first page of each logical stream (flag 0x02) begins with its codec's header.
-_OGG_CODECS = (
-    (b"OpusHead", "audio", "opus"),
-    (b"\x01vorbis", "audio", "vorbis"),
-    (b"\x7fFLAC", "audio", "flac"),
-    (b"Speex   ", "audio", "speex"),
-    (b"fishead\x00", "other", "skeleton"),
-    (b"\x80kate", "other", "kate"),
-    (b"\x80theora", "video", "theora"),
-    (b"\x80daala", "video", "daala"),
-    (b"BBCD\x00", "video", "dirac"),
-    (b"OVP80", "video", "vp8"),
-    (b"\x01video\x00", "video", "ogm"),
-)
+_OGG_AUDIO = (b"OpusHead", b"\x01vorbis", b"\x7fFLAC", b"Speex   ")
+_OGG_VIDEO = (b"\x80theora", b"\x80daala", b"BBCD\x00", b"OVP80", b"\x01video\x00")
+_OGG_NO_MEDIA = (b"fishead\x00", b"\x80kate")  # a skeleton (an index), Kate (subtitles)
 
 
-def _ogg_codecs(head: bytes) -> Iterator[tuple[str | None, str]]:
-    """(kind, codec) of each logical stream, from the first pages."""
+def _ogg_first_packets(head: bytes) -> Iterator[bytes]:
+    """The first 8 bytes of each logical stream's first packet, from the first pages; b"" for
+    bytes that are no page."""
     at = 0
     while True:
         if at + 27 > len(head):
             raise _OutOfSight
         if head[at : at + 4] != b"OggS":
-            yield None, ""
+            yield b""
             return
         if not head[at + 5] & 0x02:
             return  # the first page that begins no stream: every stream has begun
         payload = at + 27 + head[at + 26]  # after the segment table
         if payload + 8 > len(head):
             raise _OutOfSight
-        body = head[payload : payload + 8]
-        yield next(((kind, codec) for magic, kind, codec in _OGG_CODECS
-                    if body.startswith(magic)), (None, ""))  # fmt: skip
+        yield head[payload : payload + 8]
         at = payload + sum(head[at + 27 : payload])
+
+
+def _ogg_kinds(head: bytes) -> Iterator[str | None]:
+    for packet in _ogg_first_packets(head):
+        if packet.startswith(_OGG_AUDIO):
+            yield "audio"
+        elif packet.startswith(_OGG_VIDEO):
+            yield "video"
+        elif not packet.startswith(_OGG_NO_MEDIA):
+            yield None
 
 
 def ogg_extension(head: bytes) -> str:
     """``.opus`` for Ogg Opus, ``.ogg`` for Vorbis, ``.oga`` for other audio in Ogg (RFC 5334,
     RFC 7845); ``.ogg`` when the first bytes cannot tell."""
     try:
-        codecs = {codec for kind, codec in _ogg_codecs(head) if kind == "audio"}
+        audio = [p for p in _ogg_first_packets(head) if p.startswith(_OGG_AUDIO)]
     except _OutOfSight:
         return ".ogg"
-    if codecs == {"opus"}:
+    if audio and all(p.startswith(b"OpusHead") for p in audio):
         return ".opus"
-    return ".ogg" if not codecs or "vorbis" in codecs else ".oga"
+    if not audio or any(p.startswith(b"\x01vorbis") for p in audio):
+        return ".ogg"
+    return ".oga"
