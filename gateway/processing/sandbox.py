@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 _context = multiprocessing.get_context("forkserver")
 # Children fork from a server that has the decoders imported already (not once per job).
-_context.set_forkserver_preload(
-    ["gateway.processing.derive", "gateway.processing.audio", "gateway.processing.sandbox"]
-)
+# (gateway.processing.audio is imported by the child that needs it: a small module on top of
+# derive's imports.)
+_context.set_forkserver_preload(["gateway.processing.derive", "gateway.processing.sandbox"])
 
 
 class SandboxError(RuntimeError):
