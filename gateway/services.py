@@ -143,8 +143,7 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        from gateway.processing.audio import AudioOptions
-        from gateway.processing.derive import DeriveOptions
+        from gateway.processing.derive import AudioOptions, DeriveOptions
         from gateway.processing.pipeline import Pipeline, PipelineOptions
 
         s = self.settings

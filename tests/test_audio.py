@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from gateway.processing.audio import (
-    AudioOptions,
     caf_claim,
     claimed_seconds,
     mp3_has_length_frame,
@@ -27,7 +26,13 @@ from gateway.processing.audio import (
     wav_claim,
 )
 from gateway.processing.audio_waveform import PNG_HEIGHT
-from gateway.processing.derive import DeriveOptions, Undecodable, derive, settled_type
+from gateway.processing.derive import (
+    AudioOptions,
+    DeriveOptions,
+    Undecodable,
+    derive,
+    settled_type,
+)
 from gateway.processing.sandbox import SandboxError, run
 from gateway.uploads.sniff import sniff
 

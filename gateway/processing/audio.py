@@ -23,18 +23,22 @@ import itertools
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.processing.audio_waveform import Peaks, samples_per_bucket, to_16_bits
-from gateway.processing.derive import Derived, Undecodable, Variant, ffmpeg_reason
+from gateway.processing.derive import (
+    AudioOptions,
+    Derived,
+    Undecodable,
+    Variant,
+    ffmpeg_reason,
+)
 
 if TYPE_CHECKING:
     import av
     import av.container
 
-MiB = 1 << 20
 OPUS_RATE = 48_000
 OPUS_NAME, PEAKS_NAME, WAVEFORM_NAME = "opus", "peaks", "waveform"
 TAGS = ("title", "artist", "album", "date", "comment", "encoder")
@@ -50,24 +54,6 @@ _DECLARING = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "flac", "aiff", "ogg")
 _CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "matroska", "aac": "adts"}
 # What astats' levels are in, per sample format: 16-bit units, 32-bit units, or -1.0 .. 1.0.
 _SCALES = {"s16": 1.0, "s32": 1 / 65536, "flt": 32768.0, "dbl": 32768.0}
-
-
-@dataclass(frozen=True)
-class AudioOptions:
-    waveform_points: int = 2000
-    max_duration: float = 4 * 3600.0
-    max_samples: int = 4 * 3600 * 48_000 * 2
-    max_decode_seconds: float = 600.0  # CPU seconds
-    opus_min_bytes: int = 1 * MiB
-    opus_mono_bit_rate: int = 64_000
-    opus_stereo_bit_rate: int = 96_000
-
-
-def is_visual(stream: av.stream.Stream) -> bool:
-    """A video stream that is a video (not an album cover attached to a song)."""
-    import av.stream
-
-    return not stream.disposition & av.stream.Disposition.attached_pic
 
 
 def derive_audio(

@@ -30,8 +30,7 @@ from gateway.uploads.sniff_audio import twin
 
 if TYPE_CHECKING:
     import av.container
-
-    from gateway.processing.audio import AudioOptions
+    import av.stream
 
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
@@ -63,10 +62,17 @@ class Derived:
     mime: str = ""  # the type the streams settled on, when it is not the one given
 
 
-def _audio_options() -> AudioOptions:
-    from gateway.processing.audio import AudioOptions
+@dataclass(frozen=True)
+class AudioOptions:
+    """Bounds, the waveform and the Opus copy of audio (gateway/processing/audio.py)."""
 
-    return AudioOptions()
+    waveform_points: int = 2000
+    max_duration: float = 4 * 3600.0  # seconds, claimed or decoded
+    max_samples: int = 4 * 3600 * 48_000 * 2  # per channel times channels, claimed or decoded
+    max_decode_seconds: float = 600.0  # CPU seconds
+    opus_min_bytes: int = 1 << 20
+    opus_mono_bit_rate: int = 64_000
+    opus_stereo_bit_rate: int = 96_000
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class DeriveOptions:
     thumbnail_sizes: tuple[int, ...] = (320, 1280)
     max_pixels: int = 50_000_000
     strip_gps: bool = False
-    audio: AudioOptions = field(default_factory=_audio_options)
+    audio: AudioOptions = AudioOptions()
 
 
 def derive(path: Path, mime: str, options: DeriveOptions) -> Derived:
@@ -182,7 +188,7 @@ def _webp_variant(name: str, image: Image.Image, size: int) -> Variant:
 def _audio_or_video(path: Path, mime: str, options: DeriveOptions) -> Derived:
     import av
 
-    from gateway.processing.audio import derive_audio, is_visual
+    from gateway.processing.audio import derive_audio
 
     try:
         with av.open(str(path), metadata_errors="replace") as container:
@@ -201,6 +207,13 @@ def _audio_or_video(path: Path, mime: str, options: DeriveOptions) -> Derived:
     if settled != mime:
         derived.mime = settled
     return derived
+
+
+def is_visual(stream: av.stream.Stream) -> bool:
+    """A video stream that is a video (not an album cover attached to a song)."""
+    import av.stream
+
+    return not stream.disposition & av.stream.Disposition.attached_pic
 
 
 def ffmpeg_reason(exc: Exception) -> str:
@@ -224,8 +237,6 @@ def settled_type(mime: str, *, has_video: bool, has_audio: bool) -> str:
 
 def _video(container: av.container.InputContainer, options: DeriveOptions) -> Derived:
     import av
-
-    from gateway.processing.audio import is_visual
 
     stream = next((s for s in container.streams.video if is_visual(s)), None)
     if stream is None:
