@@ -90,7 +90,7 @@ class Settings:
     trusted_proxies: int = 0  # X-Forwarded-* hops to trust (1 behind the bundled nginx)
 
     max_upload_bytes: int = positive(500 * MiB)
-    allowed_types: tuple[str, ...] = ("image/*", "video/*")
+    allowed_types: tuple[str, ...] = ("image/*", "video/*", "audio/*")
     max_files: int = positive(10)
     max_fields: int = positive(20)
     max_field_bytes: int = positive(4096)
@@ -141,6 +141,16 @@ class Settings:
     strip_gps: bool = False  # "on": also remove GPS from JPEG originals (variants never have it)
     sandbox_memory: int = positive(1024 * MiB)
     sandbox_timeout: float = positive_seconds(120.0)
+    # Audio (gateway/processing/audio.py): decoding bounds (a file that claims or decodes to
+    # more is refused as an audio bomb), the waveform's points, and the Ogg Opus copy made of
+    # uncompressed or lossless audio of at least audio_opus_min_bytes (bits per second).
+    audio_max_duration: float = positive_seconds(4 * 3600.0)
+    audio_max_samples: int = positive(4 * 3600 * 48_000 * 2)  # per channel, times channels
+    audio_max_decode_seconds: float = positive_seconds(600.0)  # CPU; plus the sandbox deadline
+    audio_waveform_points: int = positive(2000)
+    audio_opus_min_bytes: int = 1 * MiB
+    audio_opus_mono_bit_rate: int = 64_000
+    audio_opus_stereo_bit_rate: int = 96_000
 
     # Resumable uploads (tus 1.0, /api/tus/).
     tus_max_bytes: int = positive(5 * 1024 * MiB)
@@ -258,6 +268,13 @@ class Settings:
         self._validate_tickets(fail)
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):
             fail("thumbnail_sizes", "one or more sizes in pixels, 16-4096 each")
+        if not 16 <= self.audio_waveform_points <= 100_000:
+            fail("audio_waveform_points", "must be 16-100000")
+        if self.audio_opus_min_bytes < 0:
+            fail("audio_opus_min_bytes", "must not be negative (0: every lossless file)")
+        for name in ("audio_opus_mono_bit_rate", "audio_opus_stereo_bit_rate"):
+            if not 6_000 <= getattr(self, name) <= 510_000:
+                fail(name, "must be 6000-510000 bits per second (Opus's range)")
         # Also without scanning: failed media are withheld there.
         if (urlparse(self.storage_url).scheme == "s3") != (
             urlparse(self.effective_quarantine_url).scheme == "s3"

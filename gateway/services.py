@@ -195,7 +195,7 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        from gateway.processing.derive import DeriveOptions
+        from gateway.processing.derive import AudioOptions, DeriveOptions
         from gateway.processing.pipeline import Pipeline, PipelineOptions
 
         s = self.settings
@@ -212,10 +212,20 @@ class Services:
                     thumbnail_sizes=s.thumbnail_sizes,
                     max_pixels=s.max_image_pixels,
                     strip_gps=s.strip_gps,
+                    audio=AudioOptions(
+                        waveform_points=s.audio_waveform_points,
+                        max_duration=s.audio_max_duration,
+                        max_samples=s.audio_max_samples,
+                        max_decode_seconds=s.audio_max_decode_seconds,
+                        opus_min_bytes=s.audio_opus_min_bytes,
+                        opus_mono_bit_rate=s.audio_opus_mono_bit_rate,
+                        opus_stereo_bit_rate=s.audio_opus_stereo_bit_rate,
+                    ),
                 ),
                 sandbox_memory=s.sandbox_memory,
                 sandbox_timeout=s.sandbox_timeout,
                 keep_infected=s.keep_infected,
+                allowed_types=s.allowed_types,
             ),
             webhook_queue=self.webhook_queue,
             direct=self.direct,

@@ -221,6 +221,40 @@ def test_different_type_than_promised(client, auth, svc):
     assert_gone(svc, upload, "rejected")
 
 
+@pytest.mark.parametrize(
+    "kind, promised, recorded",
+    [
+        ("wav", "audio/x-wav", "audio/wav"),  # another name of the same type: the gateway's
+        ("webm", "video/webm", "video/webm"),  # a browser's name for an audio-only WebM
+        ("webm", "audio/webm", "audio/webm"),
+    ],
+)
+def test_audio_promised_by_another_name_or_as_its_containers_video(
+    client, auth, svc, kind, promised, recorded
+):
+    """The worker settles a container's type by its streams: a promise of the container's
+    other type is kept until then."""
+    import media_samples
+
+    content = media_samples.audio(kind, 0.5)
+    [upload] = initiate(client, auth, [promise(content, promised, "rec")]).get_json()["uploads"]
+    assert send_put(upload, content).status_code == 200
+    done = complete(client, auth, upload["uploadId"])
+    assert done.status_code == 200, done.get_json()
+    assert done.get_json()["media"]["contentType"] == recorded
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_audio_promised_as_another_audio_type_is_rejected(client, auth, svc):
+    import media_samples
+
+    content = media_samples.audio("flac", 0.5)
+    [upload] = initiate(client, auth, [promise(content, "audio/mpeg")]).get_json()["uploads"]
+    send_put(upload, content)
+    rejected(complete(client, auth, upload["uploadId"]), "The content is audio/flac")
+    assert_gone(svc, upload, "rejected")
+
+
 def test_multipart_with_a_different_type(client, auth, svc):
     content = b"%PDF-1.7\n" + b"x" * (PART + 100)
     [upload] = initiate(client, auth, [promise(content, "video/mp4")]).get_json()["uploads"]

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import filetype
-
 from gateway import errors
 from gateway.config import S3_MAX_PARTS, MiB
 from gateway.media.events import Announcer
@@ -50,7 +48,7 @@ from gateway.uploads.direct_verify import (
 )
 from gateway.uploads.ingest import Destination
 from gateway.uploads.pending import PendingUploads
-from gateway.uploads.sniff import SniffedType, is_allowed
+from gateway.uploads.sniff import SniffedType, is_allowed, type_of_mime
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +193,8 @@ class DirectUploadService:
                 raise errors.TooLarge(
                     f"{promise.size} bytes is over the limit of {options.max_bytes}."
                 )
-            if filetype.get_type(mime=promise.content_type) is None or not is_allowed(
-                promise.content_type, options.allowed_types
-            ):
+            promised = type_of_mime(promise.content_type)
+            if promised is None or not is_allowed(promised.mime, options.allowed_types):
                 raise errors.UnsupportedType(
                     f"contentType {promise.content_type!r} is not allowed; allowed: "
                     f"{', '.join(options.allowed_types)}."
@@ -210,7 +207,11 @@ class DirectUploadService:
         check_project_id(request.project_id)
         chars = options.max_filename_chars
         return [
-            dataclasses.replace(p, filename=display_name(p.filename, max_chars=chars))
+            dataclasses.replace(
+                p,
+                filename=display_name(p.filename, max_chars=chars),
+                content_type=_promised_type(p).mime,  # by its canonical name
+            )
             for p in promises
         ]
 
@@ -223,8 +224,7 @@ class DirectUploadService:
         *,
         client_signs: bool,
     ) -> Initiated:
-        kind = filetype.get_type(mime=promise.content_type)
-        sniffed = SniffedType(promise.content_type, "." + kind.extension)
+        sniffed = _promised_type(promise)
         single = promise.size <= self.options.single_put_max
         part_size = self.options.part_size_for(promise.size)
         upload = DirectUpload(
@@ -545,3 +545,10 @@ class DirectUploadService:
         if remove and not (current.status is Status.REJECTED or is_visible(current.status)):
             self.pending.remove(record, self)
         return self._decided(current)
+
+
+def _promised_type(promise: Promise) -> SniffedType:
+    """The type a promise names (checked to be a known one by ``_within_limits``)."""
+    promised = type_of_mime(promise.content_type)
+    assert promised is not None
+    return promised

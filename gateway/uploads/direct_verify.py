@@ -17,6 +17,7 @@ from gateway.storage.keys import staging_key
 from gateway.storage.presign import Presigner
 from gateway.uploads.ingest import checked_type, record_metadata
 from gateway.uploads.sniff import SNIFF_BYTES
+from gateway.uploads.sniff_audio import twin
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ class Verifier:
             sniffed = checked_type(first_bytes, self.allowed_types, name=record.original_name)
         except errors.UnsupportedType as exc:
             return Checked(exc.message)
-        if sniffed.mime != record.mime_type:
+        if record.mime_type not in (sniffed.mime, twin(sniffed.mime)):
+            # The container's other type is as good a promise (a browser names an audio-only
+            # WebM video/webm): the worker settles which it is.
             return Checked(f"The content is {sniffed.mime}; {record.mime_type} was promised.")
         return self._check_sha256(record, key, head)
 

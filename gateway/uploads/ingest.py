@@ -40,10 +40,19 @@ class BodyReader(Protocol):
 
 def checked_type(head: bytes, allowed_types: tuple[str, ...], *, name: str) -> SniffedType:
     """The type the first bytes say, if the allow-list admits it (else UnsupportedType); with
-    ``*/*`` in the list, bytes of no known type are ``application/octet-stream``."""
+    ``*/*`` in the list, bytes of no known type are ``application/octet-stream``. A container
+    whose first bytes cannot tell audio from video is admitted when either type is, as the
+    one the list admits (the worker settles it)."""
     sniffed = sniff(head)
     if sniffed is None and ANY_TYPE in allowed_types:
         return UNKNOWN
+    if (
+        sniffed is not None
+        and sniffed.alternative
+        and not is_allowed(sniffed.mime, allowed_types)
+        and is_allowed(sniffed.alternative, allowed_types)
+    ):
+        return sniffed.swapped()
     if sniffed is None or not is_allowed(sniffed.mime, allowed_types):
         what = sniffed.mime if sniffed else "unrecognized content"
         raise errors.UnsupportedType(
