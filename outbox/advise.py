@@ -217,12 +217,9 @@ def _codec(stream: AudioStream) -> str:
     return stream.codec_context.codec.canonical_name  # "mp3", not its decoder's "mp3float"
 
 
-def _header_duration(container: InputContainer, stream: AudioStream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
+def _header_duration(container: InputContainer) -> float | None:
+    """What the file says (None in a recording streamed as it was made: MediaRecorder's WebM)."""
+    return None if container.duration is None else container.duration / av.time_base
 
 
 def _frames(container: InputContainer, stream: AudioStream) -> Iterator[av.AudioFrame]:
@@ -264,7 +261,7 @@ def _advise_audio(path: Path, options: AudioOptions, clock: Clock) -> Advice | N
             stream = _audio_stream(container)
             if stream is None:
                 return None
-            header_duration = _header_duration(container, stream)
+            header_duration = _header_duration(container)
             long = header_duration is not None and header_duration > options.measure_seconds
             bitrate = opus_bitrate(stream.channels, options.bitrate)
             sink = _Counter()
@@ -280,7 +277,7 @@ def _advise_audio(path: Path, options: AudioOptions, clock: Clock) -> Advice | N
             )  # fmt: skip
     except (av.FFmpegError, ValueError):
         return None  # not audio PyAV can decode, or damaged
-    scale = 1.0 if complete else duration / decoded
+    scale = duration / decoded if decoded else 1.0  # 1.0 when measured whole
     encoding = Encoding(
         "opus", round(sink.size * scale), original, bitrate=bitrate, seconds=seconds * scale,
         estimated=not complete,

@@ -22,7 +22,7 @@ import av
 import pytest
 from click.testing import CliRunner
 from media_samples import mp4
-from PIL import Image
+from PIL import Image, ImageCms
 from werkzeug.serving import make_server
 
 from gateway import create_app
@@ -63,9 +63,11 @@ def sine_wav(path: Path, *, seconds=SECONDS, channels=1, noise=0.0, title="") ->
     return path
 
 
-def encoded(source: Path, target: Path, codec: str, container: str, bit_rate=0) -> Path:
-    """``source`` re-encoded by PyAV (MP3 through libmp3lame, FLAC)."""
-    with av.open(str(source)) as inp, av.open(str(target), "w", format=container) as out:
+def encoded(source: Path, target, codec: str, container: str, bit_rate=0):
+    """``source`` re-encoded by PyAV (MP3 through libmp3lame, FLAC) into ``target``, a path or
+    a file."""
+    into = str(target) if isinstance(target, Path) else target
+    with av.open(str(source)) as inp, av.open(into, "w", format=container) as out:
         audio = inp.streams.audio[0]
         layout = "mono" if audio.channels == 1 else "stereo"
         stream = out.add_stream(codec, rate=RATE, layout=layout)
@@ -289,6 +291,60 @@ def test_a_long_recording_is_measured_on_a_prefix_and_extrapolated(samples):
     assert at_limit.encodings[0].size == whole.encodings[0].size
 
 
+class Unseekable:
+    """A file that can only be appended to: a muxer writes no duration into it."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("wb")
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+
+def test_a_recording_without_a_duration_is_measured_whole(samples, tmp_path):
+    """As MediaRecorder's WebM: written as it was recorded, with no duration in its header."""
+    path = tmp_path / "browser.webm"
+    sink = Unseekable(path)
+    encoded(samples["wav"], sink, "libopus", "webm")
+    sink.file.close()
+    with av.open(str(path)) as container:
+        assert container.duration is None
+    options = advise.AudioOptions(min_size=1, measure_seconds=1.0)
+    found = advise.advise(path, audio=options)
+    assert found is not None and found.audio is not None
+    assert found.audio.codec == "opus" and found.audio.container == "matroska,webm"
+    assert found.encodings[0].estimated is False
+    assert abs(found.audio.duration - SECONDS) <= FRAME
+    assert found.audio.duration == found.audio.measured_seconds
+    assert found.reason == "already compressed (opus)"
+
+
+def test_a_cut_mp3_is_measured_as_it_is_not_as_its_header_says(samples, tmp_path):
+    path = tmp_path / "cut.mp3"
+    data = samples["mp3"].read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with av.open(str(path)) as container:
+        assert container.duration == SECONDS * 1_000_000  # the Xing header's frame count
+    found = advise.advise(path, audio=advise.AudioOptions(min_size=1))
+    assert found is not None and found.audio is not None
+    assert abs(found.audio.duration - SECONDS / 2) <= 1152 / RATE
+    assert found.audio.duration == found.audio.measured_seconds
+    assert found.encodings[0].estimated is False
+    assert found.original_size == len(data) // 2
+
+
+def test_a_damaged_file_gets_no_advice_and_no_copy(samples, tmp_path):
+    path = tmp_path / "cut.flac"
+    data = samples["flac"].read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # ends inside a frame: the decoder refuses it
+    assert advise.advise(path, audio=SMALL) is None
+    out = tmp_path / "out"
+    out.mkdir()
+    assert advise.optimize(path, out, audio=SMALL) is None
+    assert list(out.iterdir()) == []  # the half-written copy is removed
+    assert path.read_bytes() == data[: len(data) // 2]
+
+
 def test_a_cover_picture_does_not_make_audio_a_video(samples, tmp_path):
     found = advise.advise(with_cover(samples["mp3"], tmp_path / "cover.mp3"), audio=SMALL)
     assert found is not None and found.kind == "audio"
@@ -319,6 +375,27 @@ def test_images_are_timed_and_advised_too(tmp_path):
     assert found.reason == f"{found.encodings[0].format} saves {found.encodings[0].saving:.0%}"
 
 
+def test_image_encodings_keep_exif_and_icc_and_follow_the_quality(tmp_path):
+    path = tmp_path / "cam.jpg"
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Acme", 6  # the camera, and "rotate 90° to view"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    fractal = Image.effect_mandelbrot((800, 600), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    fractal.save(path, "JPEG", quality=90, exif=exif, icc_profile=icc)
+    low = advise.advise(path, quality={"webp": 10})
+    high = advise.advise(path, quality={"webp": 95})
+    assert low is not None and high is not None
+    assert [(e.format, e.quality) for e in low.encodings] == [("webp", 10)]
+    assert low.encodings[0].size < high.encodings[0].size
+    smaller = advise.optimize(path, tmp_path / "out", quality={"webp": 60}) if (
+        (tmp_path / "out").mkdir() is None) else None  # fmt: skip
+    assert smaller == tmp_path / "out" / "cam.webp"
+    with Image.open(smaller) as copy:
+        assert copy.size == (600, 800)  # rotated upright
+        assert copy.getexif()[0x010F] == "Acme"
+        assert copy.info.get("icc_profile") == icc
+
+
 # -- the smaller copy -------------------------------------------------------------------------------
 def test_optimize_writes_the_whole_recording_as_ogg_opus_with_its_tags(samples, tmp_path):
     path = samples["wav"]
@@ -331,6 +408,9 @@ def test_optimize_writes_the_whole_recording_as_ogg_opus_with_its_tags(samples, 
     assert tags.get("title") == "North wall"
     assert smaller.stat().st_size < len(before) * (1 - advise.MIN_SAVING)
     assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+    # What advise measured, counting the bytes as they were written, is this file's size.
+    measured = advise.advise(path, audio=SMALL)
+    assert measured is not None and measured.encodings[0].size == smaller.stat().st_size
 
 
 def test_optimize_leaves_compressed_small_or_unshrinkable_audio_alone(samples, tmp_path):
