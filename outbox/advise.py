@@ -37,6 +37,7 @@ FORMATS = {"webp": ("WEBP", ".webp"), "avif": ("AVIF", ".avif")}
 MIN_SAVING = 0.10
 AUDIO_MIN_SIZE = 1024 * 1024
 MEASURE_SECONDS = 60.0
+OPUS_BITRATES = (6_000, 510_000)  # what an Opus stream can carry, bit/s (RFC 6716)
 OPUS_RATE = 48_000  # Opus codes at 48 kHz; every input is resampled to it
 OPUS_EXTENSION = ".opus"  # Ogg Opus (RFC 7845)
 # Codecs that keep every sample (PCM is every codec named pcm_*): worth re-encoding to Opus.
@@ -137,14 +138,22 @@ def is_compressed(codec: str) -> bool:
     return not (codec.startswith("pcm_") or codec in LOSSLESS_AUDIO)
 
 
+def not_worth_encoding(codec: str, original_size: int, min_size: int) -> str | None:
+    """Why an audio file is left as it is whatever Opus would save, or None."""
+    if is_compressed(codec):
+        return f"already compressed ({codec})"
+    if original_size < min_size:
+        return f"under the threshold ({original_size} < {min_size} bytes)"
+    return None
+
+
 def recommend_audio(
     codec: str, original_size: int, saving: float, min_size: int
 ) -> tuple[bool, str]:
     """Re-encode to Opus, or not, and why."""
-    if is_compressed(codec):
-        return False, f"already compressed ({codec})"
-    if original_size < min_size:
-        return False, f"under the threshold ({original_size} < {min_size} bytes)"
+    reason = not_worth_encoding(codec, original_size, min_size)
+    if reason is not None:
+        return False, reason
     if saving < MIN_SAVING:
         return False, f"opus saves {saving:.0%}, under {MIN_SAVING:.0%}"
     kind = "uncompressed" if codec.startswith("pcm_") else "lossless"
@@ -231,25 +240,21 @@ def _encode_audio(
     container: InputContainer, stream: AudioStream, sink: _Sink, bitrate: int, limit: float | None
 ) -> tuple[float, bool]:
     """Write ``stream`` to ``sink`` as Ogg Opus, one decoded packet at a time, with the file's
-    tags; stop after ``limit`` seconds. Returns the seconds decoded and whether that is all."""
-    channels = stream.channels
-    layout = "mono" if channels == 1 else "stereo" if channels == 2 else stream.layout.name
-    resampler = av.AudioResampler(format="flt", layout=layout, rate=OPUS_RATE)
+    tags; stop after ``limit`` seconds. Returns the seconds decoded and whether that is all.
+    PyAV's encoder resamples each frame to what libopus takes (48 kHz, its sample format) and cuts
+    them into Opus frames."""
     samples, rate, complete = 0, stream.rate, True
     with av.open(sink, "w", format="ogg") as out:
-        tags = {**container.metadata, **stream.metadata}
-        out.metadata.update({k: v for k, v in tags.items() if k.lower() != "encoder"})
-        opus = out.add_stream("libopus", rate=OPUS_RATE, layout=layout)
+        out.metadata.update({**container.metadata, **stream.metadata})
+        opus = out.add_stream("libopus", rate=OPUS_RATE, layout=stream.layout.name)
         opus.bit_rate = bitrate
         for frame in _frames(container, stream):
             samples, rate = samples + frame.samples, frame.sample_rate
-            for resampled in resampler.resample(frame):
-                out.mux(opus.encode(resampled))
+            frame.pts = None  # timed again by the encoder, at its own rate
+            out.mux(opus.encode(frame))
             if limit is not None and samples >= limit * rate:
                 complete = False
                 break
-        for resampled in resampler.resample(None):
-            out.mux(opus.encode(resampled))
         out.mux(opus.encode(None))
     return (samples / rate if rate else 0.0), complete
 
@@ -295,7 +300,7 @@ def _optimize_audio(path: Path, target_dir: Path, options: AudioOptions) -> Path
             if stream is None:
                 return None
             codec = _codec(stream)
-            if not recommend_audio(codec, original, 1.0, options.min_size)[0]:
+            if not_worth_encoding(codec, original, options.min_size) is not None:
                 return None  # no need to encode to know
             bitrate = opus_bitrate(stream.channels, options.bitrate)
             with target.open("wb") as sink:

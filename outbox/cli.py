@@ -62,16 +62,22 @@ SIZE = ByteSize()
 class BitRate(click.ParamType[int]):
     name = "rate"
 
+    def __init__(self, bounds: tuple[int, int] | None = None) -> None:
+        self.bounds = bounds
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
         try:
-            return advice.parse_bitrate(str(value))
+            bits = value if isinstance(value, int) else advice.parse_bitrate(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.bounds and not self.bounds[0] <= bits <= self.bounds[1]:
+            low, high = (_rate(b) for b in self.bounds)
+            self.fail(f"{value!r} is not between {low} and {high}", param, ctx)
+        return bits
 
 
 RATE = BitRate()
+OPUS_RATE = BitRate(advice.OPUS_BITRATES)
 
 
 def _fail(error: Exception, status: int) -> NoReturn:
@@ -134,9 +140,9 @@ def audio_options(command: Callable[..., None]) -> Callable[..., None]:
         default="1MiB", show_default=True, help="Audio files smaller than this are not re-encoded.",
     )(command)  # fmt: skip
     return click.option(
-        "--opus-bitrate", envvar="OUTBOX_OPUS_BITRATE", show_envvar=True, type=RATE, default=None,
-        help="The Opus bit rate for audio (64k, 96kbit, ...). Default: 64 kb/s mono, 96 kb/s "
-        "stereo, 48 kb/s per channel beyond.",
+        "--opus-bitrate", envvar="OUTBOX_OPUS_BITRATE", show_envvar=True, type=OPUS_RATE,
+        default=None, help="The Opus bit rate for audio (64k, 96kbit, ...; 6 to 510 kbit/s). "
+        "Default: 64 kb/s mono, 96 kb/s stereo, 48 kb/s per channel beyond.",
     )(command)  # fmt: skip
 
 

@@ -34,16 +34,19 @@ from conftest import init_stores, make_settings
 from support import ROOT, png_bytes
 
 RATE = 48_000
+CD_RATE = 44_100  # the MP3's: the encoder resamples it to Opus's 48 kHz
 SECONDS = 4
 FRAME = 960 / RATE  # an Opus frame: 20 ms
 
 
-def sine_wav(path: Path, *, seconds=SECONDS, channels=1, noise=0.0, title="") -> Path:
-    """16-bit PCM at 48 kHz: 440 Hz at half scale, plus ``noise`` (a fraction of full scale)."""
+def sine_wav(
+    path: Path, *, seconds=SECONDS, channels=1, noise=0.0, title="", amplitude=0.5
+) -> Path:
+    """16-bit PCM at 48 kHz: 440 Hz at ``amplitude``, plus ``noise`` (fractions of full scale)."""
     rng = random.Random(7)
     samples = array.array("h")
     for i in range(seconds * RATE):
-        value = 0.5 * math.sin(2 * math.pi * 440 * i / RATE)
+        value = amplitude * math.sin(2 * math.pi * 440 * i / RATE)
         for _ in range(channels):
             samples.append(round(32767 * max(-1.0, min(1.0, value + rng.uniform(-noise, noise)))))
     with wave.open(str(path), "wb") as out:
@@ -63,14 +66,14 @@ def sine_wav(path: Path, *, seconds=SECONDS, channels=1, noise=0.0, title="") ->
     return path
 
 
-def encoded(source: Path, target, codec: str, container: str, bit_rate=0):
+def encoded(source: Path, target, codec: str, container: str, bit_rate=0, rate=RATE):
     """``source`` re-encoded by PyAV (MP3 through libmp3lame, FLAC) into ``target``, a path or
     a file."""
     into = str(target) if isinstance(target, Path) else target
     with av.open(str(source)) as inp, av.open(into, "w", format=container) as out:
         audio = inp.streams.audio[0]
         layout = "mono" if audio.channels == 1 else "stereo"
-        stream = out.add_stream(codec, rate=RATE, layout=layout)
+        stream = out.add_stream(codec, rate=rate, layout=layout)
         if bit_rate:
             stream.bit_rate = bit_rate
         for frame in inp.decode(audio):
@@ -126,7 +129,7 @@ def samples(tmp_path_factory):
     noisy = sine_wav(root / "noisy.wav", channels=2, noise=0.05)
     return {
         "wav": wav,
-        "mp3": encoded(wav, root / "rec.mp3", "libmp3lame", "mp3", 128_000),
+        "mp3": encoded(wav, root / "rec.mp3", "libmp3lame", "mp3", 128_000, rate=CD_RATE),
         "flac": encoded(noisy, root / "rec.flac", "flac", "flac"),
     }
 
@@ -244,8 +247,8 @@ def test_an_mp3_is_already_compressed(samples):
     assert found is not None and found.audio is not None
     assert (found.reencode, found.reason) == (False, "already compressed (mp3)")
     assert (found.audio.container, found.audio.codec) == ("mp3", "mp3")
-    assert (found.audio.sample_rate, found.audio.channels) == (RATE, 1)
-    assert abs(found.audio.duration - SECONDS) <= 1152 / RATE  # one MP3 frame
+    assert (found.audio.sample_rate, found.audio.channels) == (CD_RATE, 1)
+    assert abs(found.audio.duration - SECONDS) <= 1152 / CD_RATE  # one MP3 frame
     assert found.original_size == samples["mp3"].stat().st_size
     assert 0 < found.encodings[0].size < 1.5 * 64_000 * SECONDS / 8
 
@@ -284,6 +287,11 @@ def test_a_long_recording_is_measured_on_a_prefix_and_extrapolated(samples):
     assert opus.seconds == pytest.approx(SECONDS / measured)  # 1 s for the prefix, scaled
     assert opus.size == pytest.approx(whole.encodings[0].size, rel=0.1)
     assert found.reencode is True
+    # Decoding stops at the first packet that reaches the limit (WAV packets: 4096 samples).
+    twelve = advise.AudioOptions(min_size=100_000, measure_seconds=12 * 4096 / RATE)
+    at_packet = advise.advise(samples["wav"], audio=twelve)
+    assert at_packet is not None and at_packet.audio is not None
+    assert at_packet.audio.measured_seconds == 12 * 4096 / RATE
     # As long as the limit, or shorter: measured whole.
     exact = advise.AudioOptions(min_size=100_000, measure_seconds=SECONDS)
     at_limit = advise.advise(samples["wav"], audio=exact)
@@ -327,7 +335,7 @@ def test_a_cut_mp3_is_measured_as_it_is_not_as_its_header_says(samples, tmp_path
         assert container.duration == SECONDS * 1_000_000  # the Xing header's frame count
     found = advise.advise(path, audio=advise.AudioOptions(min_size=1))
     assert found is not None and found.audio is not None
-    assert abs(found.audio.duration - SECONDS / 2) <= 1152 / RATE
+    assert abs(found.audio.duration - SECONDS / 2) <= 1152 / CD_RATE
     assert found.audio.duration == found.audio.measured_seconds
     assert found.encodings[0].estimated is False
     assert found.original_size == len(data) // 2
@@ -351,10 +359,30 @@ def test_a_cover_picture_does_not_make_audio_a_video(samples, tmp_path):
     assert found.reason == "already compressed (mp3)"
 
 
-def test_video_text_and_noise_get_no_advice(tmp_path):
+def video_with_sound(wav: Path) -> bytes:
+    """An MP4 with a video track and ``wav``'s sound in AAC."""
+    out = io.BytesIO()
+    with av.open(str(wav)) as inp, av.open(out, "w", format="mp4") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream("aac", rate=RATE, layout="mono")
+        for i in range(SECONDS * 10):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (64, 48), (i * 8 % 256, 90, 40)))
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for frame in inp.decode(inp.streams.audio[0]):
+            frame.pts = None
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    return out.getvalue()
+
+
+def test_video_text_and_noise_get_no_advice(samples, tmp_path):
     for name, data in (
         ("clip.mp4", mp4(seconds=1)),
+        ("talk.mp4", video_with_sound(samples["wav"])),
         ("notes.txt", b"north wall, second visit\n" * 100),
+        ("captions.srt", b"1\n00:00:00,000 --> 00:00:02,000\nNorth wall\n\n"),  # subtitles only
         ("noise.wav", random.Random(3).randbytes(50_000)),
         ("x.png", png_bytes()),  # a PNG signature over filler: not decodable either
     ):
@@ -416,9 +444,26 @@ def test_optimize_writes_the_whole_recording_as_ogg_opus_with_its_tags(samples, 
 def test_optimize_leaves_compressed_small_or_unshrinkable_audio_alone(samples, tmp_path):
     assert advise.optimize(samples["mp3"], tmp_path, audio=SMALL) is None
     assert advise.optimize(samples["wav"], tmp_path) is None  # under the default 1 MiB
-    # At 1 Mbit/s Opus is larger than this FLAC: encoded, then dropped.
-    heavy = advise.AudioOptions(bitrate=1_000_000, min_size=100_000)
-    assert advise.optimize(samples["flac"], tmp_path, audio=heavy) is None
+    # A voice recorder's 8 kHz 8-bit PCM is 64 kb/s: Opus at 64 kb/s is larger. Encoded, dropped.
+    phone = tmp_path / "phone.wav"
+    with wave.open(str(phone), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(8000)
+        rng = random.Random(1)
+        out.writeframes(bytes(
+            128 + round(100 * math.sin(2 * math.pi * 440 * i / 8000) + rng.uniform(-20, 20))
+            for i in range(8000 * SECONDS)))  # fmt: skip
+    found = advise.advise(phone, audio=advise.AudioOptions(min_size=1))
+    assert found is not None and found.audio is not None and found.audio.codec == "pcm_u8"
+    assert found.encodings[0].saving < 0
+    assert found.reason == f"opus saves {found.encodings[0].saving:.0%}, under 10%"
+    out = tmp_path / "out"
+    out.mkdir()
+    assert advise.optimize(phone, out, audio=advise.AudioOptions(min_size=1)) is None
+    assert list(out.iterdir()) == []
+    phone.unlink()
+    out.rmdir()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -487,6 +532,15 @@ def test_a_bad_rate_is_a_usage_error_that_names_the_option(samples, option):
     done = CliRunner().invoke(main, ["advise", str(samples["wav"]), option, "1MB"])
     assert done.exit_code == 2
     assert option in done.output and "'1MB' is not a bit rate" in done.output
+
+
+@pytest.mark.parametrize(("value", "ok"), [("5999", False), ("6k", True), ("510k", True),
+                                           ("510001", False), ("1Mbit", False)])  # fmt: skip
+def test_the_opus_bit_rate_is_one_opus_can_carry(samples, value, ok):
+    done = CliRunner().invoke(main, ["advise", str(samples["wav"]), "--opus-bitrate", value])
+    assert done.exit_code == (0 if ok else 2), done.output
+    if not ok:
+        assert f"{value!r} is not between 6 kbit/s and 510 kbit/s" in done.output
 
 
 def test_push_optimize_queues_the_opus_copy_and_leaves_the_original(samples, tmp_path):
