@@ -38,7 +38,6 @@ MIN_SAVING = 0.10
 AUDIO_MIN_SIZE = 1024 * 1024
 MEASURE_SECONDS = 60.0
 OPUS_BITRATES = (6_000, 510_000)  # what an Opus stream can carry, bit/s (RFC 6716)
-OPUS_RATE = 48_000  # Opus codes at 48 kHz; every input is resampled to it
 OPUS_EXTENSION = ".opus"  # Ogg Opus (RFC 7845)
 # Codecs that keep every sample (PCM is every codec named pcm_*): worth re-encoding to Opus.
 LOSSLESS_AUDIO = frozenset({"flac", "alac", "wavpack", "ape", "tta", "tak", "mlp", "truehd"})
@@ -160,11 +159,11 @@ def recommend_audio(
     return True, f"{kind} ({codec}); opus saves {saving:.0%}"
 
 
-def recommend_image(best: str, saving: float) -> tuple[bool, str]:
-    """Re-encode in the ``best`` (smallest) format, or not, and why."""
-    if saving < MIN_SAVING:
-        return False, f"{best} saves {saving:.0%}, under {MIN_SAVING:.0%}"
-    return True, f"{best} saves {saving:.0%}"
+def recommend_image(best: Encoding) -> tuple[bool, str]:
+    """Re-encode as the ``best`` (smallest) encoding, or not, and why."""
+    if best.saving < MIN_SAVING:
+        return False, f"{best.format} saves {best.saving:.0%}, under {MIN_SAVING:.0%}"
+    return True, f"{best.format} saves {best.saving:.0%}"
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -241,12 +240,12 @@ def _encode_audio(
 ) -> tuple[float, bool]:
     """Write ``stream`` to ``sink`` as Ogg Opus, one decoded packet at a time, with the file's
     tags; stop after ``limit`` seconds. Returns the seconds decoded and whether that is all.
-    PyAV's encoder resamples each frame to what libopus takes (48 kHz, its sample format) and cuts
-    them into Opus frames."""
+    PyAV opens libopus at its first rate, 48 kHz, and its encoder resamples each frame to that
+    rate and libopus's sample format and cuts them into Opus frames."""
     samples, rate, complete = 0, stream.rate, True
     with av.open(sink, "w", format="ogg") as out:
         out.metadata.update({**container.metadata, **stream.metadata})
-        opus = out.add_stream("libopus", rate=OPUS_RATE, layout=stream.layout.name)
+        opus = out.add_stream("libopus", layout=stream.layout.name)
         opus.bit_rate = bitrate
         for frame in _frames(container, stream):
             samples, rate = samples + frame.samples, frame.sample_rate
@@ -256,7 +255,7 @@ def _encode_audio(
                 complete = False
                 break
         out.mux(opus.encode(None))
-    return (samples / rate if rate else 0.0), complete
+    return samples / rate, complete  # ZeroDivisionError: no rate and no frame
 
 
 def _advise_audio(path: Path, options: AudioOptions, clock: Clock) -> Advice | None:
@@ -280,9 +279,11 @@ def _advise_audio(path: Path, options: AudioOptions, clock: Clock) -> Advice | N
                 container.format.name, _codec(stream), stream.rate, stream.channels, duration,
                 decoded,
             )  # fmt: skip
-    except (av.FFmpegError, ValueError):
+    except (av.FFmpegError, ValueError, ZeroDivisionError):
         return None  # not audio PyAV can decode, or damaged
-    scale = duration / decoded if decoded else 1.0  # 1.0 when measured whole
+    if decoded == 0:
+        return None  # no sound to encode (the Ogg muxer writes nothing for it)
+    scale = 1.0 if complete else duration / decoded
     encoding = Encoding(
         "opus", round(sink.size * scale), original, bitrate=bitrate, seconds=seconds * scale,
         estimated=not complete,
@@ -304,12 +305,12 @@ def _optimize_audio(path: Path, target_dir: Path, options: AudioOptions) -> Path
                 return None  # no need to encode to know
             bitrate = opus_bitrate(stream.channels, options.bitrate)
             with target.open("wb") as sink:
-                _encode_audio(container, stream, sink, bitrate, None)
-    except (av.FFmpegError, ValueError):
+                decoded, _ = _encode_audio(container, stream, sink, bitrate, None)
+    except (av.FFmpegError, ValueError, ZeroDivisionError):
         target.unlink(missing_ok=True)
         return None
     saving = 1 - target.stat().st_size / original
-    if not recommend_audio(codec, original, saving, options.min_size)[0]:
+    if decoded == 0 or not recommend_audio(codec, original, saving, options.min_size)[0]:
         target.unlink()
         return None
     return target
@@ -329,7 +330,7 @@ def advise(
     if trials is None:
         return _advise_audio(path, audio, clock)
     encodings = tuple(encoding for encoding, _ in trials)
-    reencode, reason = recommend_image(encodings[0].format, encodings[0].saving)
+    reencode, reason = recommend_image(encodings[0])
     return Advice("image", path.stat().st_size, encodings, reencode, reason)
 
 
@@ -346,7 +347,7 @@ def optimize(
     if trials is None:
         return _optimize_audio(path, target_dir, audio)
     best, data = trials[0]
-    if not recommend_image(best.format, best.saving)[0]:
+    if not recommend_image(best)[0]:
         return None
     target = target_dir / (path.stem + FORMATS[best.format][1])
     target.write_bytes(data)

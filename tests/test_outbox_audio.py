@@ -17,6 +17,7 @@ import sys
 import threading
 import wave
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import pytest
@@ -195,9 +196,12 @@ def test_the_audio_recommendation_and_its_reason_at_each_limit():
 
 
 def test_the_image_recommendation_and_its_reason_at_its_limit():
-    assert advise.recommend_image("webp", 0.10) == (True, "webp saves 10%")
-    assert advise.recommend_image("avif", 0.0999) == (False, "avif saves 10%, under 10%")
-    assert advise.recommend_image("webp", 0.9) == (True, "webp saves 90%")
+    def best(format_, saving):  # an encoding saving exactly this much
+        return SimpleNamespace(format=format_, saving=saving)
+
+    assert advise.recommend_image(best("webp", 0.10)) == (True, "webp saves 10%")
+    assert advise.recommend_image(best("avif", 0.0999)) == (False, "avif saves 10%, under 10%")
+    assert advise.recommend_image(best("webp", 0.9)) == (True, "webp saves 90%")
 
 
 def test_the_transfer_time_saved_is_the_bytes_saved_at_the_uplink_rate():
@@ -353,6 +357,21 @@ def test_a_damaged_file_gets_no_advice_and_no_copy(samples, tmp_path):
     assert path.read_bytes() == data[: len(data) // 2]
 
 
+def test_a_recording_without_a_single_sample_gets_no_advice_and_no_copy(tmp_path):
+    path = tmp_path / "empty.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(b"")
+    assert path.stat().st_size == 44
+    assert advise.advise(path, audio=advise.AudioOptions(min_size=1)) is None
+    target = tmp_path / "out"
+    target.mkdir()
+    assert advise.optimize(path, target, audio=advise.AudioOptions(min_size=1)) is None
+    assert list(target.iterdir()) == []
+
+
 def test_a_cover_picture_does_not_make_audio_a_video(samples, tmp_path):
     found = advise.advise(with_cover(samples["mp3"], tmp_path / "cover.mp3"), audio=SMALL)
     assert found is not None and found.kind == "audio"
@@ -422,6 +441,19 @@ def test_image_encodings_keep_exif_and_icc_and_follow_the_quality(tmp_path):
         assert copy.size == (600, 800)  # rotated upright
         assert copy.getexif()[0x010F] == "Acme"
         assert copy.info.get("icc_profile") == icc
+
+
+def test_images_in_other_modes_are_converted_and_no_exif_is_made_up(tmp_path):
+    fractal = Image.effect_mandelbrot((320, 240), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    fractal.convert("CMYK").save(tmp_path / "print.jpg")  # WebP and AVIF take no CMYK
+    found = advise.advise(tmp_path / "print.jpg")
+    assert found is not None and found.kind == "image" and len(found.encodings) == 2
+    fractal.save(tmp_path / "plain.png")
+    (tmp_path / "out").mkdir()
+    smaller = advise.optimize(tmp_path / "plain.png", tmp_path / "out")
+    assert smaller is not None
+    with Image.open(smaller) as copy:
+        assert "exif" not in copy.info and "icc_profile" not in copy.info
 
 
 # -- the smaller copy -------------------------------------------------------------------------------
