@@ -11,6 +11,7 @@ The advice, with its reason (``recommend_image``, ``recommend_audio``): audio th
 compressed (every codec but PCM and the lossless ones: MP3, AAC, Opus, Vorbis, ...) is left as it
 is, since a second lossy encoding costs quality for little; so is audio under ``min_size``
 (1 MiB), and any file whose best encoding saves less than ``MIN_SAVING``. Otherwise: re-encode.
+A file that does not decode to its end, or holds no sound at all, gets no advice (None).
 
 ``push --optimize`` queues the smaller copy when the advice is to re-encode (audio encoded whole,
 never a prefix), keeping the original's EXIF and ICC profile (rotated upright) or its tags.
@@ -188,9 +189,7 @@ def _open_image(path: Path) -> tuple[Image.Image, bytes, bytes | None] | None:
             exif = image.getexif()
             exif_bytes = exif.tobytes() if len(exif) else b""
             icc = opened.info.get("icc_profile")
-            if image.mode not in ("RGB", "RGBA", "L", "LA"):
-                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-            return image, exif_bytes, icc
+            return image, exif_bytes, icc  # Pillow's WebP and AVIF writers convert other modes
     except (UnidentifiedImageError, OSError):
         return None
 
@@ -283,7 +282,7 @@ def _advise_audio(path: Path, options: AudioOptions, clock: Clock) -> Advice | N
         return None  # not audio PyAV can decode, or damaged
     if decoded == 0:
         return None  # no sound to encode (the Ogg muxer writes nothing for it)
-    scale = 1.0 if complete else duration / decoded
+    scale = duration / decoded  # 1.0 when measured whole
     encoding = Encoding(
         "opus", round(sink.size * scale), original, bitrate=bitrate, seconds=seconds * scale,
         estimated=not complete,
