@@ -262,7 +262,8 @@ def _page(html: str, status: int = 200) -> Response:
 
 
 def _content_security_policy() -> str:
-    """Scripts and styles only from the gateway; uploads to it and, for direct uploads, S3."""
+    """Scripts and styles only from the gateway; uploads to it and, for direct uploads, S3;
+    images and audio (thumbnails, players) from wherever the media's URLs point."""
     settings = services().settings
     s3 = origin_of(settings.s3_endpoint_url) if settings.s3_endpoint_url else "https:"
     return "; ".join(
@@ -271,6 +272,7 @@ def _content_security_policy() -> str:
             "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' https: http: data: blob:",
+            "media-src 'self' https: http: blob:",
             f"connect-src 'self' {s3}",
             "form-action 'self'",
             "frame-ancestors 'none'",
