@@ -14,6 +14,7 @@ import io
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
@@ -585,6 +586,18 @@ def audio_stack(tmp_path_factory):
         yield stack
 
 
+@pytest.fixture(scope="module")
+def recording_stack(tmp_path_factory):
+    """Processing on: the Record test runs a real worker over what it recorded."""
+    with gateway_stack(
+        tmp_path_factory.mktemp("browser-recording"),
+        mode="embedded",
+        GATEWAY_ALLOWED_TYPES="image/*,audio/*",
+        GATEWAY_PROCESSING="on",
+    ) as stack:
+        yield stack
+
+
 def audio_track(data: bytes) -> dict:
     """What PyAV finds in a recording: container, streams, the first audio track and its peak."""
     import av
@@ -607,7 +620,10 @@ def audio_track(data: bytes) -> dict:
         }
 
 
-def test_the_record_button_records_the_microphone_and_uploads_the_recording(chromium, audio_stack):
+def test_the_record_button_records_the_microphone_and_uploads_the_recording(
+    chromium, recording_stack
+):
+    audio_stack = recording_stack
     # bypass_csp: only to inject axe-core while recording (the player test keeps the CSP).
     context = signed_in(chromium, audio_stack, permissions=["microphone"], bypass_csp=True)
     page = upload_page(context, audio_stack)
@@ -644,6 +660,18 @@ def test_the_record_button_records_the_microphone_and_uploads_the_recording(chro
         assert found["peak"] > 0.05  # the beep, not silence
         # MediaRecorder's WebM lists only an audio track in its first bytes: audio, not video.
         assert (record.mime_type, record.file_type) == ("audio/webm", "audio")
+        worker = audio_stack.start_worker()
+        try:
+            deadline = time.monotonic() + 90
+            while record.status.value != "ready" and time.monotonic() < deadline:
+                assert record.status.value in ("stored", "processing"), record.reason
+                time.sleep(0.2)
+                record = audio_stack.svc.records.get(record.media_id)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        assert record.status.value == "ready"
+        assert {"peaks", "waveform"} <= {variant.name for variant in record.variants}
     finally:
         context.close()
 
