@@ -20,7 +20,7 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	touch $@
 
 # The offline-first client's command (outbox), runnable from anywhere.
-$(BIN)/outbox: | $(BIN)/python
+$(BIN)/outbox: Makefile | $(BIN)/python
 	printf '#!/bin/sh\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m outbox "$$@"\n' \
 		"$(CURDIR)" "$(CURDIR)/$(BIN)/python" > $@
 	chmod +x $@
@@ -69,8 +69,9 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# What the tests drive: Debian's nginx, curl, clamd and chromium, Node's tus clients and reference
-# server (tests/node, lockfile-pinned); the gate, then the suite in two processes.
+# What the tests drive: Debian's nginx, curl, clamd, chromium and ffmpeg (the audio tests'
+# independent encoder), Node's tus clients and reference server (tests/node, lockfile-pinned);
+# the gate, then the suite in two processes.
 test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
@@ -81,6 +82,8 @@ test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends clamav-daemon)
 	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v ffmpeg >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
@@ -103,6 +106,9 @@ bench: $(VENV)/.dev
 	cd bench/multer && npm ci --no-audit --no-fund --loglevel=error
 	-$(BIN)/python bench/run.py
 	-$(BIN)/python bench/tus.py
+	@command -v ffmpeg >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
+	-$(BIN)/python bench/audio.py
 	$(BIN)/python bench/direct.py
 
 clean:

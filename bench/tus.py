@@ -537,6 +537,7 @@ def main() -> int:
         SOURCE["dir"], out["environment"]["source_sha256"] = snapshot_source(tmp / "src")
         sys.path.insert(0, str(SOURCE["dir"]))
         from gateway.config import Settings
+        from gateway.storage.resumable import part_size_for
         from gateway.storage.s3 import make_s3_client
 
         moto, moto_url = start_moto(procs, tmp / "moto.log")
@@ -559,8 +560,8 @@ def main() -> int:
         out["gateway_settings"] = {
             "worker_class": env.get("GATEWAY_WORKER_CLASS", "gunicorn.conf.py default"),
             "workers": workers,
-            "tus_part_size": settings.direct_part_size_for(
-                max((sc.size for sc in scs), default=WARM_SIZE)
+            "tus_part_size": part_size_for(  # as TusService.part_size_for
+                max((sc.size for sc in scs), default=WARM_SIZE), at_least=settings.direct_part_size
             ),
             "form_part_size": settings.effective_part_size,
             "form_parts_in_flight": settings.s3_parts_in_flight,

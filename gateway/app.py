@@ -30,7 +30,18 @@ def create_app(
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
 
-    from gateway.http.api import direct, health, media, openapi, pages, session, stats, tus, upload
+    from gateway.http.api import (
+        direct,
+        health,
+        media,
+        openapi,
+        pages,
+        session,
+        stats,
+        tickets,
+        tus,
+        upload,
+    )
 
     app.register_blueprint(health.bp)
     app.register_blueprint(upload.bp)
@@ -39,6 +50,7 @@ def create_app(
     app.register_blueprint(tus.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(session.bp)
+    app.register_blueprint(tickets.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(openapi.docs_blueprint())

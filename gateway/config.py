@@ -7,9 +7,11 @@ name of the variable. docs/settings.md lists the same names and defaults.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ MiB = 1024 * 1024
 PREFIX = "GATEWAY_"
 S3_MIN_PART_SIZE = 5 * MiB
 S3_MAX_PARTS = 10_000
+# The audience of upload tickets (gateway/uploads/tickets.py): never a bearer token's.
+TICKET_AUDIENCE = "upload-gateway:ticket"
+TICKET_MAX_SECONDS = 3600
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # media/naming.py's IDENTIFIER_RE
 
 
 class ConfigError(ValueError):
@@ -60,7 +66,7 @@ class Settings:
     # "on" only for a store that refuses a PutObject whose x-amz-checksum-sha256 differs from
     # its bytes and reports it on HeadObject (AWS S3; not moto, not Ceph RGW 16): a direct
     # upload's promised SHA-256 is then taken from S3 instead of read back
-    # (gateway/uploads/direct.py).
+    # (gateway/uploads/direct_verify.py).
     s3_verifies_sha256: bool = False
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
@@ -84,7 +90,7 @@ class Settings:
     trusted_proxies: int = 0  # X-Forwarded-* hops to trust (1 behind the bundled nginx)
 
     max_upload_bytes: int = positive(500 * MiB)
-    allowed_types: tuple[str, ...] = ("image/*", "video/*")
+    allowed_types: tuple[str, ...] = ("image/*", "video/*", "audio/*")
     max_files: int = positive(10)
     max_fields: int = positive(20)
     max_field_bytes: int = positive(4096)
@@ -135,6 +141,16 @@ class Settings:
     strip_gps: bool = False  # "on": also remove GPS from JPEG originals (variants never have it)
     sandbox_memory: int = positive(1024 * MiB)
     sandbox_timeout: float = positive_seconds(120.0)
+    # Audio (gateway/processing/audio.py): decoding bounds (a file that claims or decodes to
+    # more is refused as an audio bomb), the waveform's points, and the Ogg Opus copy made of
+    # uncompressed or lossless audio of at least audio_opus_min_bytes (bits per second).
+    audio_max_duration: float = positive_seconds(4 * 3600.0)
+    audio_max_samples: int = positive(4 * 3600 * 48_000 * 2)  # per channel, times channels
+    audio_max_decode_seconds: float = positive_seconds(600.0)  # CPU; plus the sandbox deadline
+    audio_waveform_points: int = positive(2000)
+    audio_opus_min_bytes: int = 1 * MiB
+    audio_opus_mono_bit_rate: int = 64_000
+    audio_opus_stereo_bit_rate: int = 96_000
 
     # Resumable uploads (tus 1.0, /api/tus/).
     tus_max_bytes: int = positive(5 * 1024 * MiB)
@@ -151,6 +167,15 @@ class Settings:
     csrf_secret: str = field(default="", repr=False)  # default: derived from the JWT key
     redirect_origins: tuple[str, ...] = ()  # where a form's `redirect` may lead (own: always)
     page_direct_min_bytes: int = positive(64 * MiB)  # /upload sends files this big direct to S3
+
+    # Upload tickets (gateway/uploads/tickets.py, docs/tickets.md): what one form post from
+    # another site may do, signed (HS256). ticket_secret: the gateway's own ticket key, which
+    # POST /api/tickets signs with and which may sign a ticket of any tenant; "": derived from an
+    # HS256 jwt_secret (none with RS256). ticket_tenant_keys: "tenant:secret" pairs; a ticket
+    # signed with one (JWT header kid "tenant:<tenant>") is valid for that tenant only.
+    ticket_secret: str = field(default="", repr=False)
+    ticket_tenant_keys: tuple[str, ...] = field(default=(), repr=False)
+    ticket_max_seconds: int = positive(TICKET_MAX_SECONDS)  # a ticket's longest life (at most 1 h)
 
     # Webhooks (Standard Webhooks): media.stored/ready/failed/infected/deleted.
     webhook_url: str = ""
@@ -240,8 +265,16 @@ class Settings:
         for origin in self.redirect_origins:
             if origin_of(origin) != origin.lower():
                 fail("redirect_origins", f"{origin!r} is not an origin (scheme://host[:port])")
+        self._validate_tickets(fail)
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):
             fail("thumbnail_sizes", "one or more sizes in pixels, 16-4096 each")
+        if not 16 <= self.audio_waveform_points <= 100_000:
+            fail("audio_waveform_points", "must be 16-100000")
+        if self.audio_opus_min_bytes < 0:
+            fail("audio_opus_min_bytes", "must not be negative (0: every lossless file)")
+        for name in ("audio_opus_mono_bit_rate", "audio_opus_stereo_bit_rate"):
+            if not 6_000 <= getattr(self, name) <= 510_000:
+                fail(name, "must be 6000-510000 bits per second (Opus's range)")
         # Also without scanning: failed media are withheld there.
         if (urlparse(self.storage_url).scheme == "s3") != (
             urlparse(self.effective_quarantine_url).scheme == "s3"
@@ -335,6 +368,40 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
 
+    def _validate_tickets(self, fail: Callable[[str, str], None]) -> None:
+        if self.ticket_secret and len(self.ticket_secret.encode()) < 32:
+            fail("ticket_secret", "must be at least 32 bytes")
+        tenants: set[str] = set()
+        for entry in self.ticket_tenant_keys:
+            tenant, colon, secret = entry.partition(":")
+            if not colon or not _TENANT_RE.fullmatch(tenant) or len(secret.encode()) < 32:
+                # never the value: it holds a secret
+                fail("ticket_tenant_keys", "each entry must be tenant:secret, secret >= 32 bytes")
+            if tenant in tenants:
+                fail("ticket_tenant_keys", f"tenant {tenant!r} has more than one key")
+            tenants.add(tenant)
+        if self.ticket_max_seconds > TICKET_MAX_SECONDS:
+            fail("ticket_max_seconds", f"at most {TICKET_MAX_SECONDS} (a ticket lives 1 h at most)")
+        if self.jwt_audience == TICKET_AUDIENCE:
+            fail("jwt_audience", f"must not be {TICKET_AUDIENCE!r}, the upload tickets' audience")
+
+    @property
+    def ticket_key(self) -> bytes | None:
+        """The gateway's own ticket key: GATEWAY_TICKET_SECRET, else derived from an HS256
+        JWT secret (a key of its own: a bearer token's signature never verifies as a ticket's);
+        None with RS256 and no ticket secret (a public key must never become a signing key)."""
+        if self.ticket_secret:
+            return self.ticket_secret.encode()
+        if self.effective_jwt_algorithm != "HS256":
+            return None
+        return hmac.new(self.jwt_secret.encode(), b"upload-gateway ticket", hashlib.sha256).digest()
+
+    @property
+    def ticket_tenant_key_map(self) -> dict[str, bytes]:
+        """GATEWAY_TICKET_TENANT_KEYS as tenant -> key."""
+        pairs = (entry.partition(":") for entry in self.ticket_tenant_keys)
+        return {tenant: secret.encode() for tenant, _, secret in pairs}
+
     @property
     def effective_quarantine_url(self) -> str:
         if self.quarantine_url:
@@ -392,11 +459,6 @@ class Settings:
         """The configured part size, raised so that a max-size file fits in 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
-
-    def direct_part_size_for(self, size: int) -> int:
-        """A part size (whole MiB) that fits ``size`` in S3's 10,000 parts."""
-        needed = -(-size // S3_MAX_PARTS)
-        return max(self.direct_part_size, -(-needed // MiB) * MiB)
 
     def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)

@@ -150,6 +150,10 @@ class UnsupportedChecksum(BadRequest):
     code, message = "unsupported_checksum", "Upload-Checksum supports md5, sha1 and sha256."
 
 
+class InvalidTicketRequest(BadRequest):
+    code, message = "invalid_ticket_request", "The ticket request is not valid."
+
+
 class InvalidIdempotencyKey(BadRequest):
     code, message = (
         "invalid_idempotency_key",
@@ -181,6 +185,17 @@ class TokenExpired(Unauthorized):
     code, message = "token_expired", "The token has expired."
 
 
+class TicketInvalid(Unauthorized):
+    code, message = "ticket_invalid", "The upload ticket is not valid."
+
+
+class TicketExpired(Unauthorized):
+    code, message = (
+        "ticket_expired",
+        "The upload ticket has expired: reload the form for a new one.",
+    )
+
+
 class Forbidden(GatewayError):
     abstract = True
     status, code, message = 403, "forbidden", "The token does not allow this."
@@ -196,6 +211,18 @@ class CsrfMissing(Forbidden):
 
 class CsrfInvalid(Forbidden):
     code, message = "csrf_invalid", "The CSRF token does not match the session."
+
+
+class TicketTenant(Forbidden):
+    code, message = "ticket_tenant", "A ticket may only be for its signer's own tenant."
+
+
+class TicketProject(Forbidden):
+    code, message = "ticket_project", "projectId differs from the ticket's project."
+
+
+class TicketField(Forbidden):
+    code, message = "ticket_field", "A field differs from the value the ticket fixes."
 
 
 class ProjectForbidden(Forbidden):
@@ -277,6 +304,17 @@ class IdempotencyInProgress(Conflict):
     code, message = (
         "idempotency_in_progress",
         "A request with this Idempotency-Key is still running.",
+    )
+
+
+class TicketUsed(Conflict):
+    code, message = "ticket_used", "The upload ticket was already used for another upload."
+
+
+class TicketInProgress(Conflict):
+    code, message = (
+        "ticket_in_progress",
+        "Another post with this upload ticket is still running.",
     )
 
 
@@ -418,6 +456,14 @@ class DirectUploadsUnavailable(GatewayError):
         501,
         "direct_uploads_unavailable",
         "Direct uploads need S3 storage (GATEWAY_STORAGE_URL=s3://...).",
+    )
+
+
+class TicketsUnavailable(GatewayError):
+    status, code, message = (
+        501,
+        "tickets_unavailable",
+        "Upload tickets need a key (GATEWAY_TICKET_SECRET, or an HS256 GATEWAY_JWT_SECRET).",
     )
 
 

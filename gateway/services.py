@@ -10,17 +10,21 @@ from urllib.parse import urlparse
 from gateway.config import Settings
 from gateway.media.events import Announcer, LogPublisher, Publisher, QueuePublisher
 from gateway.media.orphans import OrphanJournal
-from gateway.media.records import MediaStore, open_records
+from gateway.media.records import DirectUpload, MediaStore, TusUpload, open_records
+from gateway.media.records.quota import QuotaLimits
 from gateway.media.service import MediaService
 from gateway.media.urls import PublicUrls
 from gateway.processing.scanner import ClamdScanner, Scanner
 from gateway.queue import Queue, open_queue
 from gateway.storage import ObjectStore, Storage, open_storage
 from gateway.storage.resumable import ResumableUploads
-from gateway.uploads.direct import DirectUploadService
-from gateway.uploads.form import UploadService
+from gateway.uploads.direct import DirectOptions, DirectUploadService
+from gateway.uploads.form import FormOptions, UploadService
+from gateway.uploads.formdata import FormLimits
 from gateway.uploads.idempotency import Idempotency
+from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 from gateway.uploads.sweeper import Sweeper
+from gateway.uploads.tickets import TicketKeys, TicketPolicy, Tickets
 from gateway.uploads.tus import TusOptions, TusService
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
@@ -74,9 +78,27 @@ class Services:
             )
         )
         quarantined = storage.quarantine is not None
+        direct_options = DirectOptions(
+            allowed_types=settings.allowed_types,
+            max_filename_chars=settings.max_filename_chars,
+            max_bytes=settings.direct_max_bytes,
+            max_files=settings.direct_max_files,
+            max_batch_bytes=settings.direct_max_batch_bytes,
+            max_pending=settings.direct_max_pending,
+            single_put_max=settings.direct_single_put_max,
+            part_size=settings.direct_part_size,
+            part_urls_per_page=settings.direct_part_urls_per_page,
+            url_ttl=settings.direct_url_ttl,
+            s3_verifies_sha256=settings.s3_verifies_sha256,
+            processing=settings.processing,
+        )
         direct = (
             DirectUploadService(
-                settings, storage.direct, records, announcer, quarantined=quarantined
+                direct_options,
+                storage.direct,
+                records,
+                announcer,
+                quarantined=quarantined,
             )
             if storage.direct is not None
             else None
@@ -102,6 +124,11 @@ class Services:
             if storage.chunks is not None
             else None
         )
+        expiring: dict[UploadKind, PartsRemover] = {}
+        if direct is not None:
+            expiring[DirectUpload] = direct
+        if tus is not None:
+            expiring[TusUpload] = tus
         return cls(
             tus=tus,
             settings=settings,
@@ -112,7 +139,12 @@ class Services:
             webhook_queue=webhook_queue,
             announcer=announcer,
             uploads=UploadService(
-                settings, storage.landing, records, journal, announcer, quarantined=quarantined
+                form_options(settings),
+                storage.landing,
+                records,
+                journal,
+                announcer,
+                quarantined=quarantined,
             ),
             direct=direct,
             urls=PublicUrls(settings, storage.objects),
@@ -121,10 +153,10 @@ class Services:
                 listing=storage.listing,
                 records=records,
                 journal=journal,
-                direct=direct,
+                pending=PendingUploads(records, announcer, settings.direct_max_pending),
+                uploads=expiring,
                 quarantine=storage.holding,  # the quarantine, or where failed media wait
                 queue=queue if settings.processing else None,
-                tus=tus,
                 keep_infected=settings.keep_infected,
             ),
         )
@@ -147,13 +179,23 @@ class Services:
         )
 
     @cached_property
+    def tickets(self) -> Tickets:
+        s = self.settings
+        return Tickets(
+            TicketKeys(s.ticket_key, s.ticket_tenant_key_map),
+            ticket_policy(s),
+            store=self.records,
+            lock_timeout=s.idempotency_lock_timeout,
+        )
+
+    @cached_property
     def scanner(self) -> Scanner | None:
         s = self.settings
         return ClamdScanner(s.clamd_url, timeout=s.clamd_timeout) if s.clamd_url else None
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        from gateway.processing.derive import DeriveOptions
+        from gateway.processing.derive import AudioOptions, DeriveOptions
         from gateway.processing.pipeline import Pipeline, PipelineOptions
 
         s = self.settings
@@ -170,10 +212,20 @@ class Services:
                     thumbnail_sizes=s.thumbnail_sizes,
                     max_pixels=s.max_image_pixels,
                     strip_gps=s.strip_gps,
+                    audio=AudioOptions(
+                        waveform_points=s.audio_waveform_points,
+                        max_duration=s.audio_max_duration,
+                        max_samples=s.audio_max_samples,
+                        max_decode_seconds=s.audio_max_decode_seconds,
+                        opus_min_bytes=s.audio_opus_min_bytes,
+                        opus_mono_bit_rate=s.audio_opus_mono_bit_rate,
+                        opus_stereo_bit_rate=s.audio_opus_stereo_bit_rate,
+                    ),
                 ),
                 sandbox_memory=s.sandbox_memory,
                 sandbox_timeout=s.sandbox_timeout,
                 keep_infected=s.keep_infected,
+                allowed_types=s.allowed_types,
             ),
             webhook_queue=self.webhook_queue,
             direct=self.direct,
@@ -212,3 +264,34 @@ class Services:
             if isinstance(self.queue, SqsQueue) and self.storage.direct is not None:
                 self.queue.allow_s3(self.storage.direct.bucket)
                 self.storage.direct.notify(self.queue.queue_arn())
+
+
+def form_options(settings: Settings) -> FormOptions:
+    return FormOptions(
+        limits=FormLimits(
+            max_files=settings.max_files,
+            max_fields=settings.max_fields,
+            max_field_bytes=settings.max_field_bytes,
+            max_part_header_bytes=settings.max_part_header_bytes,
+        ),
+        max_upload_bytes=settings.max_upload_bytes,
+        read_size=settings.read_size,
+        allowed_types=settings.allowed_types,
+        max_filename_chars=settings.max_filename_chars,
+        redirect_origins=settings.redirect_origins,
+        reservation_seconds=settings.quota_reservation_seconds,
+        quotas=QuotaLimits.of(settings).active,
+    )
+
+
+def ticket_policy(settings: Settings) -> TicketPolicy:
+    return TicketPolicy(
+        max_seconds=settings.ticket_max_seconds,
+        leeway=settings.jwt_leeway,
+        max_files=settings.max_files,
+        max_bytes=settings.max_upload_bytes,
+        allowed_types=settings.allowed_types,
+        max_fields=settings.max_fields,
+        max_field_bytes=settings.max_field_bytes,
+        redirect_origins=settings.redirect_origins,
+    )

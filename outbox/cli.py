@@ -20,7 +20,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -57,6 +57,27 @@ class ByteSize(click.ParamType[int]):
 
 
 SIZE = ByteSize()
+
+
+class BitRate(click.ParamType[int]):
+    name = "rate"
+
+    def __init__(self, bounds: tuple[int, int] | None = None) -> None:
+        self.bounds = bounds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            bits = value if isinstance(value, int) else advice.parse_bitrate(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if self.bounds and not self.bounds[0] <= bits <= self.bounds[1]:
+            low, high = (_rate(b) for b in self.bounds)
+            self.fail(f"{value!r} is not between {low} and {high}", param, ctx)
+        return bits
+
+
+RATE = BitRate()
+OPUS_RATE = BitRate(advice.OPUS_BITRATES)
 
 
 def _fail(error: Exception, status: int) -> NoReturn:
@@ -112,6 +133,19 @@ def _fields(raw: Sequence[str]) -> list[tuple[str, str]]:
     return fields
 
 
+def audio_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options ``push --optimize`` and ``advise`` share for audio."""
+    command = click.option(
+        "--audio-min-size", envvar="OUTBOX_AUDIO_MIN_SIZE", show_envvar=True, type=SIZE,
+        default="1MiB", show_default=True, help="Audio files smaller than this are not re-encoded.",
+    )(command)  # fmt: skip
+    return click.option(
+        "--opus-bitrate", envvar="OUTBOX_OPUS_BITRATE", show_envvar=True, type=OPUS_RATE,
+        default=None, help="The Opus bit rate for audio (64k, 96kbit, ...; 6 to 510 kbit/s). "
+        "Default: 64 kb/s mono, 96 kb/s stereo, 48 kb/s per channel beyond.",
+    )(command)  # fmt: skip
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--project", "-p", required=True, envvar="OUTBOX_PROJECT", help="The projectId.")
@@ -124,7 +158,12 @@ def _fields(raw: Sequence[str]) -> list[tuple[str, str]]:
     "--tus-threshold", envvar="OUTBOX_TUS_THRESHOLD", show_envvar=True, type=SIZE,
     default="16MiB", show_default=True, help="Files larger than this go over tus, resumably.",
 )  # fmt: skip
-@click.option("--optimize", is_flag=True, help="Queue a smaller WebP/AVIF copy of images.")
+@click.option(
+    "--optimize", is_flag=True,
+    help="Queue a smaller copy where `outbox advise` says to re-encode: WebP/AVIF for images, "
+    "Ogg Opus for uncompressed or lossless audio (the originals are only read).",
+)  # fmt: skip
+@audio_options
 @click.option("--json", "as_json", is_flag=True, help="Print the queued item as JSON.")
 @click.pass_context
 def push(
@@ -135,6 +174,8 @@ def push(
     then: tuple[str, ...],
     tus_threshold: int,
     optimize: bool,
+    opus_bitrate: int | None,
+    audio_min_size: int,
     as_json: bool,
 ) -> None:
     """Queue FILE... as one item (copied now: later edits to the originals are not sent)."""
@@ -143,13 +184,14 @@ def push(
         steps = [parse_then(spec, files=len(files)) for spec in then]
     except InvalidItem as exc:
         _fail(exc, exc.exit_status)
+    audio = advice.AudioOptions(bitrate=opus_bitrate, min_size=audio_min_size)
     with _open(ctx) as outbox, tempfile.TemporaryDirectory(dir=outbox.root) as scratch:
         incoming = []
         for position, name in enumerate(files):
             path = Path(name)
             own = Path(scratch) / str(position)  # two photo.jpg never share a name here
             own.mkdir()
-            smaller = advice.optimize(path, own) if optimize else None
+            smaller = advice.optimize(path, own, audio=audio) if optimize else None
             incoming.append(Incoming(smaller or path, (smaller or path).name))
         try:
             item = outbox.push(
@@ -407,31 +449,110 @@ def _on_interrupt(syncer: Syncer, _signum: int, _frame: object) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--webp-quality", type=click.IntRange(1, 100), default=80, show_default=True)
 @click.option("--avif-quality", type=click.IntRange(1, 100), default=60, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@audio_options
+@click.option(
+    "--measure-seconds", type=click.FloatRange(1), default=advice.MEASURE_SECONDS,
+    show_default=True, help="Longer recordings are measured on this many seconds from the "
+    "start and the numbers extrapolated.",
+)  # fmt: skip
+@click.option(
+    "--uplink", envvar="OUTBOX_UPLINK", show_envvar=True, type=RATE, default="1Mbit",
+    show_default=True, help="The upload rate the transfer time saved is counted at "
+    "(256kbit, 1Mbit, 10Mbit, ...).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def advise_command(
-    files: tuple[str, ...], webp_quality: int, avif_quality: int, as_json: bool
+    files: tuple[str, ...],
+    webp_quality: int,
+    avif_quality: int,
+    opus_bitrate: int | None,
+    audio_min_size: int,
+    measure_seconds: float,
+    uplink: int,
+    as_json: bool,
 ) -> None:
-    """What re-encoding each image would save (measured; the files are not changed)."""
+    """What re-encoding each image or audio file would save, measured by doing it (the files
+    are only read), and whether to."""
     quality = {"webp": webp_quality, "avif": avif_quality}
+    audio = advice.AudioOptions(
+        bitrate=opus_bitrate, min_size=audio_min_size, measure_seconds=measure_seconds
+    )
     for name in files:
-        found = advice.advise(Path(name), quality=quality)
+        found = advice.advise(Path(name), quality=quality, audio=audio)
         if as_json:
-            click.echo(json.dumps({
-                "file": name,
-                "image": found is not None,
-                "encodings": [
-                    {"format": e.format, "quality": e.quality, "bytes": e.size,
-                     "originalBytes": e.original_size, "saving": round(e.saving, 4)}
-                    for e in found or []
-                ],
-            }))  # fmt: skip
+            click.echo(json.dumps(advice_json(name, found, uplink)))
         elif found is None:
-            click.echo(f"{name}: not an image this can re-encode")
+            click.echo(f"{name}: not an image or audio file this can re-encode")
         else:
-            options = "; ".join(
-                f"{e.format} q{e.quality} {_human(e.size)} ({e.saving:+.0%} saved)" for e in found
-            )
-            click.echo(f"{name}: {_human(Path(name).stat().st_size)} now; {options}")
+            click.echo("\n".join(advice_text(name, found, uplink)))
+
+
+def advice_json(name: str, found: advice.Advice | None, uplink: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "file": name,
+        "kind": found.kind if found else None,
+        "image": found is not None and found.kind == "image",
+        "originalBytes": found.original_size if found else None,
+        "encodings": [encoding_json(e, uplink) for e in found.encodings] if found else [],
+        "recommendation": ("re-encode" if found.reencode else "skip") if found else None,
+        "reason": found.reason if found else None,
+        "uplinkBitsPerSecond": uplink,
+    }
+    if found and found.audio:
+        a = found.audio
+        body["audio"] = {
+            "container": a.container, "codec": a.codec, "sampleRate": a.sample_rate,
+            "channels": a.channels, "durationSeconds": round(a.duration, 3),
+            "measuredSeconds": round(a.measured_seconds, 3),
+        }  # fmt: skip
+    return body
+
+
+def encoding_json(e: advice.Encoding, uplink: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"format": e.format}
+    if e.quality is not None:
+        body["quality"] = e.quality
+    if e.bitrate is not None:
+        body["bitrate"] = e.bitrate
+    return body | {
+        "bytes": e.size, "originalBytes": e.original_size, "saving": round(e.saving, 4),
+        "encodeSeconds": round(e.seconds, 3),
+        "transferSecondsSaved": round(e.transfer_seconds_saved(uplink), 3),
+        "estimated": e.estimated,
+    }  # fmt: skip
+
+
+def advice_text(name: str, found: advice.Advice, uplink: int) -> list[str]:
+    if found.audio:
+        a = found.audio
+        what = (f"audio ({a.container}, {a.codec}, {a.sample_rate} Hz, {a.channels} ch, "
+                f"{a.duration:.1f} s)")  # fmt: skip
+    else:
+        what = "image"
+    lines = [f"{name}: {what}, {_human(found.original_size)}"]
+    for e in found.encodings:
+        setting = f"q{e.quality}" if e.quality is not None else f"{_rate(e.bitrate or 0)}"
+        before, after = found.original_size * 8 / uplink, e.size * 8 / uplink
+        lines.append(
+            f"  {e.format} {setting}: {_human(e.size)} ({e.saving:.0%} saved), encoded in "
+            f"{e.seconds:.2f} s here; upload at {_rate(uplink)} {before:.1f} s -> {after:.1f} s "
+            f"({e.transfer_seconds_saved(uplink):.1f} s saved)"
+        )
+    if found.audio and any(e.estimated for e in found.encodings):
+        lines.append(
+            f"  measured on the first {found.audio.measured_seconds:.1f} s of "
+            f"{found.audio.duration:.1f} s; size and time extrapolated"
+        )
+    verdict = "re-encode" if found.reencode else "skip"
+    lines.append(f"  advice: {verdict}: {found.reason}")
+    return lines
+
+
+def _rate(bits: int) -> str:
+    for unit, scale in (("Gbit/s", 10**9), ("Mbit/s", 10**6), ("kbit/s", 10**3)):
+        if bits >= scale:
+            return f"{bits / scale:g} {unit}"
+    return f"{bits} bit/s"
 
 
 def run() -> None:

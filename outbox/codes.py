@@ -25,6 +25,7 @@ _RETRY = (
     "client_disconnected",  # our body was cut on the way (a network drop)
     "body_timeout",
     "idempotency_in_progress",  # our first request with this key still runs
+    "ticket_in_progress",  # (upload tickets are forms', never the outbox's)
     "upload_locked",
     "upload_offset_mismatch",  # resume from the offset the gateway reports
     "upload_changed",
@@ -40,7 +41,7 @@ _RETRY = (
     "too_many_streams",
 )
 _RESTART = ("upload_not_found", "upload_gone", "upload_expired", "upload_aborted")
-_TOKEN = ("invalid_token", "missing_token", "token_expired")
+_TOKEN = ("invalid_token", "missing_token", "token_expired", "ticket_invalid", "ticket_expired")
 _FAIL = (
     "bad_content_type",
     "invalid_cursor",
@@ -90,6 +91,12 @@ _FAIL = (
     "invalid_size",
     "upload_rejected",
     "direct_uploads_unavailable",
+    "invalid_ticket_request",
+    "ticket_tenant",
+    "ticket_project",
+    "ticket_field",
+    "ticket_used",
+    "tickets_unavailable",
 )
 
 CODE_OUTCOMES: dict[str, Outcome] = {

@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import html
 import http.server
+import io
 import os
+import re
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 import pytest
 import requests
-from media_samples import photo
+from media_samples import photo, png
 
 from e2e_harness import ROOT, MiB, ensure_chromium, gateway_stack, poll
 from faultproxy import FaultProxy
@@ -33,12 +36,20 @@ ARTIFACTS = (
 
 @pytest.fixture(scope="module")
 def chromium():
+    """Debian's Chromium, its microphone a fake device that plays a beep (the fake UI flag
+    grants the permission prompt): what the Record button tests record."""
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+            ],
         )
         yield browser
         browser.close()
@@ -557,5 +568,159 @@ def test_cancelling_an_upload_ends_it_at_the_gateway_and_leaves_nothing(
         left = [str(p) for p in embedded.media_root.rglob("*") if pending.media_id in str(p)]
         assert left == []
         shot(page, "cancelled")
+    finally:
+        context.close()
+
+
+# -- recording audio --------------------------------------------------------------------------------
+# Processing is off on this stack: the test writes what the audio worker (issue 23's server side)
+# will write, a ready record with a PNG waveform variant.
+@pytest.fixture(scope="module")
+def audio_stack(tmp_path_factory):
+    with gateway_stack(
+        tmp_path_factory.mktemp("browser-audio"),
+        mode="embedded",
+        GATEWAY_ALLOWED_TYPES="image/*,audio/*,video/webm",
+        GATEWAY_PROCESSING="off",
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def recording_stack(tmp_path_factory):
+    """Processing on: the Record test runs a real worker over what it recorded."""
+    with gateway_stack(
+        tmp_path_factory.mktemp("browser-recording"),
+        mode="embedded",
+        GATEWAY_ALLOWED_TYPES="image/*,audio/*",
+        GATEWAY_PROCESSING="on",
+    ) as stack:
+        yield stack
+
+
+def audio_track(data: bytes) -> dict:
+    """What PyAV finds in a recording: container, streams, the first audio track and its peak."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        (stream,) = container.streams.audio
+        mono = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+        samples, peak = 0, 0.0
+        for frame in container.decode(stream):
+            samples += frame.samples
+            for out in mono.resample(frame):
+                values = memoryview(bytes(out.planes[0])).cast("f")[: out.samples]
+                peak = max([peak, *map(abs, values)])
+        return {
+            "container": container.format.name,
+            "videoStreams": len(container.streams.video),
+            "codec": stream.codec_context.codec.canonical_name,
+            "seconds": samples / stream.rate,
+            "peak": peak,
+        }
+
+
+def test_the_record_button_records_the_microphone_and_uploads_the_recording(
+    chromium, recording_stack
+):
+    audio_stack = recording_stack
+    # bypass_csp: only to inject axe-core while recording (the player test keeps the CSP).
+    context = signed_in(chromium, audio_stack, permissions=["microphone"], bypass_csp=True)
+    page = upload_page(context, audio_stack)
+    try:
+        page.wait_for_selector("#recorder:not([hidden])")
+        assert page.is_hidden("#record-level") and page.is_hidden("#record-time")
+        page.fill("#project-id", "p1")
+        page.click("#record")
+        page.wait_for_selector("#recorder[data-state=recording]")
+        assert page.get_attribute("#recorder", "data-mime-type") == "audio/webm;codecs=opus"
+        assert page.text_content("#record") == "Stop"
+        # The level follows the beep; the duration counts up.
+        page.wait_for_function("() => document.querySelector('#record-level').value > 0.05")
+        page.wait_for_function(
+            "() => document.querySelector('#record-time').textContent === '0:02'"
+        )
+        shot(page, "record-1-recording")
+        assert accessibility_violations(page) == [], "upload page while recording"
+        page.click("#record")
+        page.wait_for_selector("#recorder[data-state=idle]")
+        assert page.text_content("#record") == "Record" and page.is_hidden("#record-level")
+        name = page.get_attribute("#uploads li", "data-file-name")
+        assert re.fullmatch(r"recording-\d{8}-\d{6}\.webm", name)
+        page.wait_for_selector(f"{row(page, name)}[data-state=stored]", timeout=60_000)
+        shot(page, "record-2-stored")
+        (record,) = records_named(audio_stack, name)
+        data = (audio_stack.media_root / record.s3_key).read_bytes()
+        assert record.size == len(data) and record.sha256 == hashlib.sha256(data).hexdigest()
+        assert record.upload.protocol == "tus"
+        found = audio_track(data)
+        assert (found["container"], found["videoStreams"], found["codec"]) == (
+            "matroska,webm", 0, "opus")  # fmt: skip
+        assert 1.9 <= found["seconds"] <= 4.0
+        assert found["peak"] > 0.05  # the beep, not silence
+        # MediaRecorder's WebM lists only an audio track in its first bytes: audio, not video.
+        assert (record.mime_type, record.file_type) == ("audio/webm", "audio")
+        worker = audio_stack.start_worker()
+        try:
+            deadline = time.monotonic() + 90
+            while record.status.value != "ready" and time.monotonic() < deadline:
+                assert record.status.value in ("stored", "processing"), record.reason
+                time.sleep(0.2)
+                record = audio_stack.svc.records.get(record.media_id)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        assert record.status.value == "ready"
+        assert {"peaks", "waveform"} <= {variant.name for variant in record.variants}
+    finally:
+        context.close()
+
+
+def test_ready_audio_shows_a_player_and_its_waveform(chromium, audio_stack, tmp_path):
+    import wave
+
+    from gateway.media.lifecycle import Status
+    from gateway.media.records import VariantInfo
+    from gateway.processing.pipeline import variant_key
+
+    path = tmp_path / "field.wav"
+    with wave.open(str(path), "wb") as out:  # 3 s of 16-bit silence at 8 kHz
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\0\0" * 8000 * 3)
+    context = signed_in(chromium, audio_stack)
+    page = upload_page(context, audio_stack)
+    try:
+        choose_and_send(page, path)
+        page.wait_for_selector(f"{row(page, path.name)}[data-state=stored]", timeout=60_000)
+        assert page.query_selector(f"{row(page, path.name)} audio") is None  # not ready yet
+        (record,) = records_named(audio_stack, path.name)
+        assert record.mime_type.startswith("audio/")
+        # What the audio worker writes: a PNG waveform beside the file, and the record ready.
+        waveform = png(400, 60, mode="RGB")
+        key = variant_key(record.s3_key, "waveform")
+        writer = audio_stack.svc.store.open_writer(key, content_type="image/png", metadata={})
+        writer.write(waveform)
+        writer.commit(sha256=hashlib.sha256(waveform).hexdigest())
+        variant = VariantInfo("waveform", key, "image/png", 400, 60, len(waveform))
+        ready = record.evolve(status=Status.READY, variants=[variant])
+        assert audio_stack.svc.records.update(ready, expected=record) is not None
+        player = f"{row(page, path.name)}[data-state=ready] audio[data-role=player]"
+        page.wait_for_selector(player, timeout=30_000)
+        # The browser loads it (the page's CSP admits media) and reads its length.
+        duration = page.wait_for_function(
+            "sel => { const a = document.querySelector(sel); return a.duration > 0 && a.duration }",
+            arg=player,
+            timeout=30_000,
+        ).json_value()
+        assert duration == pytest.approx(3.0, abs=0.05)
+        image = f"{row(page, path.name)} img[data-role=waveform]"
+        page.wait_for_function(
+            "sel => document.querySelector(sel)?.naturalWidth === 400", arg=image
+        )
+        assert page.get_attribute(image, "alt") == f"Waveform of {path.name}"
+        assert page.query_selector(f"{row(page, path.name)} img[data-role=thumbnail]") is None
+        shot(page, "record-3-ready-audio")
     finally:
         context.close()

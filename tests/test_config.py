@@ -16,7 +16,7 @@ def test_defaults_are_the_embedded_mode():
     assert settings.storage_url == "var/media"
     assert settings.records_url == "sqlite:///var/gateway.db"
     assert settings.max_upload_bytes == 500 * MiB
-    assert settings.allowed_types == ("image/*", "video/*")
+    assert settings.allowed_types == ("image/*", "video/*", "audio/*")
     assert settings.effective_jwt_algorithm == "HS256"
 
 
@@ -105,6 +105,14 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
             "GATEWAY_QUARANTINE_URL",
         ),
         ({"GATEWAY_QUARANTINE_URL": "s3://bucket/held"}, "GATEWAY_QUARANTINE_URL"),
+        ({"GATEWAY_AUDIO_MAX_DURATION": "0"}, "GATEWAY_AUDIO_MAX_DURATION"),
+        ({"GATEWAY_AUDIO_MAX_SAMPLES": "0"}, "GATEWAY_AUDIO_MAX_SAMPLES"),
+        ({"GATEWAY_AUDIO_MAX_DECODE_SECONDS": "-1"}, "GATEWAY_AUDIO_MAX_DECODE_SECONDS"),
+        ({"GATEWAY_AUDIO_WAVEFORM_POINTS": "15"}, "GATEWAY_AUDIO_WAVEFORM_POINTS"),
+        ({"GATEWAY_AUDIO_WAVEFORM_POINTS": "100001"}, "GATEWAY_AUDIO_WAVEFORM_POINTS"),
+        ({"GATEWAY_AUDIO_OPUS_MIN_BYTES": "-1"}, "GATEWAY_AUDIO_OPUS_MIN_BYTES"),
+        ({"GATEWAY_AUDIO_OPUS_MONO_BIT_RATE": "5999"}, "GATEWAY_AUDIO_OPUS_MONO_BIT_RATE"),
+        ({"GATEWAY_AUDIO_OPUS_STEREO_BIT_RATE": "510001"}, "GATEWAY_AUDIO_OPUS_STEREO_BIT_RATE"),
     ],
 )
 def test_invalid_settings_fail_naming_the_variable(env, variable):
@@ -297,3 +305,18 @@ def test_gunicorn_refuses_a_graceful_timeout_that_leaves_no_time_to_roll_back(tm
     ]
     enough = check("45")
     assert enough.returncode == 0, enough.stderr
+
+
+def test_audio_settings_at_their_bounds_are_accepted():
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "GATEWAY_AUDIO_WAVEFORM_POINTS": "16",
+            "GATEWAY_AUDIO_OPUS_MIN_BYTES": "0",
+            "GATEWAY_AUDIO_OPUS_MONO_BIT_RATE": "6000",
+            "GATEWAY_AUDIO_OPUS_STEREO_BIT_RATE": "510000",
+        }
+    )
+    assert (settings.audio_waveform_points, settings.audio_opus_min_bytes) == (16, 0)
+    assert Settings.from_env({**BASE, "GATEWAY_AUDIO_WAVEFORM_POINTS": "100000"})
+    assert Settings.from_env(BASE).audio_opus_stereo_bit_rate == 96_000

@@ -129,8 +129,8 @@ def test_a_pdf_gets_a_preview_of_its_first_page_and_its_page_count(tmp_path):
 
 
 def test_an_unknown_type_is_only_described_by_its_format(tmp_path):
-    assert derive(write(tmp_path, b"x"), "audio/mpeg", OPTIONS).properties == {
-        "format": "audio/mpeg"
+    assert derive(write(tmp_path, b"x"), "application/zip", OPTIONS).properties == {
+        "format": "application/zip"
     }
 
 
@@ -200,3 +200,21 @@ def test_the_sandbox_reports_its_childs_peak_memory():
     assert Peak.rss >= 100 << 20
     run(_allocate, 1, memory_bytes=512 << 20, timeout=30)
     assert Peak.rss < 100 << 20
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_the_sandbox_reports_its_childs_cpu_time():
+    """Each child's own: what it spent spinning, on top of what starting it costs (unpickling,
+    importing this module), which is the same for both."""
+    from gateway.processing.sandbox import Peak
+
+    run(_spin, 0.0, memory_bytes=512 << 20, timeout=30)
+    idle = Peak.cpu
+    run(_spin, 1.0, memory_bytes=512 << 20, timeout=30)
+    busy = Peak.cpu
+    assert busy >= 1.0 and 0.7 <= busy - idle <= 1.3

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from gateway import create_app
-from gateway.uploads.direct import staging_key
+from gateway.media.lifecycle import Status
+from gateway.storage.keys import staging_key
 
 from conftest import init_stores, make_settings
 from support import MiB, jpeg_bytes, mp4_bytes, png_bytes
@@ -217,6 +218,40 @@ def test_different_type_than_promised(client, auth, svc):
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
     send_post(upload, content)
     rejected(complete(client, auth, upload["uploadId"]), "image/jpeg")
+    assert_gone(svc, upload, "rejected")
+
+
+@pytest.mark.parametrize(
+    "kind, promised, recorded",
+    [
+        ("wav", "audio/x-wav", "audio/wav"),  # another name of the same type: the gateway's
+        ("webm", "video/webm", "video/webm"),  # a browser's name for an audio-only WebM
+        ("webm", "audio/webm", "audio/webm"),
+    ],
+)
+def test_audio_promised_by_another_name_or_as_its_containers_video(
+    client, auth, svc, kind, promised, recorded
+):
+    """The worker settles a container's type by its streams: a promise of the container's
+    other type is kept until then."""
+    import media_samples
+
+    content = media_samples.audio(kind, 0.5)
+    [upload] = initiate(client, auth, [promise(content, promised, "rec")]).get_json()["uploads"]
+    assert send_put(upload, content).status_code == 200
+    done = complete(client, auth, upload["uploadId"])
+    assert done.status_code == 200, done.get_json()
+    assert done.get_json()["media"]["contentType"] == recorded
+    assert_stored(client, auth, svc, upload, content)
+
+
+def test_audio_promised_as_another_audio_type_is_rejected(client, auth, svc):
+    import media_samples
+
+    content = media_samples.audio("flac", 0.5)
+    [upload] = initiate(client, auth, [promise(content, "audio/mpeg")]).get_json()["uploads"]
+    send_put(upload, content)
+    rejected(complete(client, auth, upload["uploadId"]), "The content is audio/flac")
     assert_gone(svc, upload, "rejected")
 
 
@@ -465,8 +500,6 @@ def test_staging_object_of_a_pending_upload_is_live_for_the_sweeper(client, auth
 def test_sweep_deletes_stale_staging_of_a_rejected_upload(client, auth, svc):
     content = png_bytes(50_000)
     [upload] = initiate(client, auth, [promise(content, "image/png")]).get_json()["uploads"]
-    from gateway.media.lifecycle import Status
-
     record = svc.records.get(upload["uploadId"])
     svc.records.update(
         record.evolve(status=Status.REJECTED), expected=record
@@ -917,6 +950,10 @@ def test_part_urls_come_in_pages(custom):
     assert_stored(client, auth, svc, upload, content)
     stored = page("first=1&count=1")
     assert stored.status_code == 409 and stored.get_json()["error"]["code"] == "upload_stored"
+    record = svc.records.get(uid)  # processed since: still 409, whatever the later status
+    assert svc.records.update(record.evolve(status=Status.READY), expected=record) is not None
+    ready = page("first=1&count=1")
+    assert ready.status_code == 409 and ready.get_json()["error"]["code"] == "upload_stored"
     # A single PUT/POST has no parts; an aborted upload has none left.
     [single] = initiate(client, auth, [promise(png_bytes(1000), "image/png")]).get_json()["uploads"]
     response = client.get(f"/api/uploads/{single['uploadId']}/parts?first=1", headers=auth)

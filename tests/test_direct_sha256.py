@@ -32,7 +32,7 @@ from gateway.http.auth import mint_token
 from gateway.media.lifecycle import Status
 from gateway.media.records import Sha256State
 from gateway.processing.sandbox import SandboxError
-from gateway.uploads.direct import staging_key
+from gateway.storage.keys import staging_key
 
 from conftest import init_stores, make_settings
 from support import MiB, mp4_bytes, png_bytes

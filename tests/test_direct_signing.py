@@ -341,7 +341,7 @@ def test_complete_before_anything_was_sent_is_incomplete(client, auth, svc, mult
 def test_a_never_adopted_upload_expires_cleanly(client, auth, svc, multipart):
     upload, _ = multipart
     later = datetime.now(UTC) + timedelta(days=2)
-    assert svc.direct.expire_overdue(now=later) == [upload["uploadId"]]
+    assert expire_overdue(svc, later) == [f"expire direct upload {upload['uploadId']}"]
     assert svc.records.get(upload["uploadId"]).status.value == "expired"
     assert s3_state(svc, upload["key"]) == ([], [])
 
@@ -544,6 +544,13 @@ def test_complete_of_an_open_adopted_upload_without_parts_is_refused(client, aut
     assert s3_state(svc, key) == ([key], [])
 
 
+def expire_overdue(svc, now: datetime) -> list[str]:
+    """A sweep at ``now`` in which only the expiry of pending uploads has work: what it did."""
+    report = svc.sweeper.sweep(older_than=timedelta(days=30), now=now)
+    assert report.failed == []
+    return report.done
+
+
 def spy_aborts(svc, monkeypatch) -> list[str]:
     calls: list[str] = []
     direct = svc.direct.direct
@@ -589,8 +596,8 @@ def test_expiry_never_aborts_an_empty_upload_id(client, auth, svc, monkeypatch):
     s3_upload_id = create(client, auth, created["key"])
     calls = spy_aborts(svc, monkeypatch)
     later = datetime.now(UTC) + timedelta(days=2)
-    assert sorted(svc.direct.expire_overdue(now=later)) == sorted(
-        [untouched["uploadId"], created["uploadId"]]
+    assert sorted(expire_overdue(svc, later)) == sorted(
+        f"expire direct upload {u['uploadId']}" for u in (untouched, created)
     )
     assert calls == [s3_upload_id]
     for upload in (untouched, created):

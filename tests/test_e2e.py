@@ -191,6 +191,37 @@ def test_one_file_as_a_form_sends_it_embedded_served_by_nginx(embedded, files):
     assert requests.delete(body["url"], timeout=10).status_code == 403  # GET/HEAD only
 
 
+@pytest.mark.parametrize(
+    "kind, name, mime",
+    [
+        ("wav", "field.wav", "audio/wav"),
+        ("flac", "take.flac", "audio/flac"),
+        ("opus", "note.opus", "audio/ogg"),
+        ("aac", "clip.aac", "audio/aac"),
+        ("caf", "memo.caf", "audio/x-caf"),
+    ],
+)
+def test_audio_is_served_by_nginx_under_the_type_the_gateway_gives_it(embedded, files, kind,
+                                                                      name, mime):  # fmt: skip
+    """nginx's mime.types knows none of these (or names them otherwise): served inline, as
+    the gateway's own route and S3 serve them."""
+    import media_samples
+
+    content = media_samples.audio(kind, 0.2)
+    path = files / name
+    path.write_bytes(content)
+    result = embedded.curl("-F", "projectId=p1", "-F", f"file=@{path}")
+    assert result.status == 201, result.body
+    body = result.json()
+    assert (body["contentType"], body["fileType"]) == (mime, "audio")
+    served = requests.get(body["url"], timeout=10)
+    assert served.status_code == 200 and served.content == content
+    assert served.headers["Content-Type"] == mime
+    assert "Content-Disposition" not in served.headers
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert_only(embedded.svc, [(body, content)])
+
+
 def test_nginx_never_serves_temporary_files(embedded):
     folder = embedded.media_root / "projects" / "p1" / "media"
     folder.mkdir(parents=True, exist_ok=True)

@@ -291,6 +291,7 @@ class World:
     keys: list[str] = field(default_factory=list)
     cursors: list[str] = field(default_factory=list)
     upload_ids: list[str] = field(default_factory=list)
+    tickets: list[str] = field(default_factory=list)  # upload tickets, some not valid
 
 
 def draw_headers(draw, world: World, *, content_type: str | None = None) -> list[tuple[str, str]]:
@@ -334,6 +335,7 @@ def make_tokens(token) -> dict[str, str]:
         "no exp": jwt.encode({"sub": "alice"}, JWT_SECRET, algorithm="HS256"),
         "alg none": jwt.encode({"sub": "alice", "exp": 4_000_000_000}, None, algorithm="none"),
         "HS512": signed({"sub": "alice"}, algorithm="HS512"),
+        "ticket audience": signed({"sub": "alice", "aud": "upload-gateway:ticket"}),
         "sub int": signed({"sub": 5}),
         "no sub": signed({}),
         "projects str": signed({"sub": "alice", "projects": "p1"}),
@@ -358,7 +360,7 @@ def upload(client, headers, project: str, content: bytes) -> dict:
 
 
 @pytest.fixture
-def world(client, token) -> World:
+def world(client, token, settings) -> World:
     world = World(make_tokens(token))
 
     def bearer(name: str) -> dict[str, str]:
@@ -376,6 +378,25 @@ def world(client, token) -> World:
     world.keys = [urlsplit(s["url"]).path.removeprefix("/media/") for s in stored]
     listing = client.get("/api/media?projectId=p1&limit=1", headers=bearer("alice")).get_json()
     world.cursors = [listing["nextCursor"]]
+
+    def ticket(**request: Any) -> str:
+        answer = client.post(
+            "/api/tickets", json={"projectId": "p1", **request}, headers=bearer("alice")
+        )
+        assert answer.status_code == 201, answer.get_json()
+        return str(answer.get_json()["ticket"])
+
+    limited = ticket(maxFiles=1, maxFileBytes=3000, types=["image/png"], fields={"a": "x"},
+                     redirect="/done")  # fmt: skip
+    expired = {"aud": "upload-gateway:ticket", "sub": "a", "project": "p1", "jti": "old",
+               "iat": 1_000_000_000, "exp": 1_000_000_600}  # fmt: skip
+    world.tickets = [
+        *(ticket() for _ in range(3)),
+        limited,
+        limited[:-2],  # tampered
+        jwt.encode(expired, settings.ticket_key, algorithm="HS256"),
+        world.tokens["alice"],  # a bearer token is no ticket
+    ]
     return world
 
 
@@ -424,6 +445,7 @@ ROUTES = [
     "/api/upload", "/api/media/{media}", "/api/media", "/api/uploads/initiate",
     "/api/uploads/{upload}", "/api/uploads/{upload}/parts", "/api/uploads/{upload}/complete",
     "/api/uploads/{upload}/abort", "/healthz", "/readyz", "/media/{key}", "/api/", "/",
+    "/api/tickets",
 ]  # fmt: skip
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -521,8 +543,12 @@ file_parts = st.lists(
 
 
 @st.composite
-def form_fields(draw, files: list[tuple[str, str, bytes]]) -> list[tuple[str, str]]:
+def form_fields(
+    draw, files: list[tuple[str, str, bytes]], tickets: list[str] = ()
+) -> list[tuple[str, str]]:
     fields = []
+    if tickets and draw(ONE_IN_FIVE):
+        fields.append(("ticket", draw(mostly(st.sampled_from(tickets), odd_text))))
     if draw(st.integers(0, 5)):
         fields.append(("projectId", draw(often("p1", st.sampled_from(["p2", "t1"]) | odd_text, 8))))
     if files and draw(st.booleans()):
@@ -537,7 +563,7 @@ def form_fields(draw, files: list[tuple[str, str, bytes]]) -> list[tuple[str, st
 def test_form_upload_never_5xx(client, world, data):
     draw = data.draw
     files = draw(file_parts)
-    fields = draw(form_fields(files))
+    fields = draw(form_fields(files, world.tickets))
     boundary = draw(boundaries)
     file_type = draw(often("image/png", st.sampled_from(["", "text/plain", "image/png; x=y"])))
     body, content_type = form_body(fields, files, boundary=boundary, file_type=file_type)
@@ -565,6 +591,8 @@ def test_form_upload_never_5xx(client, world, data):
     projects = mostly(st.sampled_from(["p1", "p2"]), odd_text, weight=2)
     query = draw_query(draw, {"projectId": projects}) if draw(st.booleans()) else ""
     headers = draw_headers(draw, world, content_type=content_type)
+    if ("ticket" in dict(fields)) and draw(st.booleans()):  # a ticket's post: no token
+        headers = [(k, v) for k, v in headers if k != "Authorization"]
     check(send(client, Call("POST", "/api/upload", query, headers, body, draw(LENGTHS))))
 
 
@@ -652,6 +680,50 @@ ODD_JSON_TYPES = [
     "APPLICATION/JSON", "multipart/form-data; boundary=x",
 ]  # fmt: skip
 JSON_TYPES = often("application/json", st.sampled_from(ODD_JSON_TYPES))
+
+
+ticket_requests = with_keys_dropped(
+    {
+        "projectId": often("p1", st.sampled_from(["p2", "../p1"]) | any_text, weight=9),
+        "tenant": often("", any_text, weight=9),
+        "maxFiles": mostly(st.integers(1, 10), json_values, weight=9),
+        "maxFileBytes": mostly(st.integers(1, 10 * MiB), json_values, weight=9),
+        "maxBytes": mostly(st.integers(1, 10 * MiB), json_values, weight=9),
+        "types": mostly(
+            st.lists(st.sampled_from(["image/*", "image/png", "video/*"]), min_size=1),
+            st.lists(st.sampled_from(["*/*", "text/html", "image"])) | json_values,
+            weight=9,
+        ),
+        "redirect": often("https://forms.example.org/done", any_text, weight=9),
+        "redirectOrigins": mostly(
+            st.lists(st.sampled_from(["https://a.test", "http://b.test:8080"])),
+            st.lists(st.sampled_from(["x", "https://a.test/"])) | json_values,
+            weight=9,
+        ),
+        "fields": mostly(
+            st.dictionaries(st.sampled_from(["caption", "a", "source"]), odd_text, max_size=2),
+            st.dictionaries(any_text, any_text, max_size=3) | json_values,
+            weight=9,
+        ),
+        "expiresIn": mostly(st.integers(1, 3600), json_values, weight=9),
+    }
+)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_ticket_issuing_and_the_tickets_it_issues_never_5xx(client, world, data):
+    """POST /api/tickets with generated requests; whatever it issues, a form post carries."""
+    draw = data.draw
+    body = draw(st.one_of(ticket_requests.map(as_json), ticket_requests.map(as_json), json_bodies))
+    headers = draw_headers(draw, world, content_type=draw(JSON_TYPES))
+    answer = send(client, Call("POST", "/api/tickets", "", headers, body, draw(LENGTHS)))
+    check(answer)
+    if answer.status_code == 201:
+        files = draw(file_parts)
+        fields = [("ticket", answer.get_json()["ticket"]), *draw(form_fields(files))]
+        form, content_type = form_body(fields, files)
+        check(send(client, Call("POST", "/api/upload", "", [("Content-Type", content_type)], form)))
 
 
 @pytest.fixture

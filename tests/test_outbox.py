@@ -540,8 +540,9 @@ def photo(path: Path, size=(640, 480)) -> Path:
 def test_advise_measures_each_encoding_and_leaves_the_file_alone(tmp_path):
     path = photo(tmp_path / "m.png")
     before = path.read_bytes()
-    found = advise.advise(path)
-    assert found is not None
+    advice = advise.advise(path)
+    assert advice is not None and advice.kind == "image" and advice.original_size == len(before)
+    found = advice.encodings
     assert [e.format for e in found] == sorted(["webp", "avif"], key=lambda f: next(
         e.size for e in found if e.format == f))  # fmt: skip
     for encoding in found:

@@ -299,6 +299,22 @@ def test_the_pass_skips_an_upload_that_moved_after_it_was_listed(store, pending)
     assert store.get(first.media_id).status is Status.STORED
 
 
+def test_overdue_lists_the_kinds_asked_for_and_changes_nothing(store, pending, clock):
+    late = "2026-12-07T11:59:59+00:00"
+    overdue_tus, overdue_direct = upload(store, 1, tus(late)), upload(store, 2, direct(late))
+    upload(store, 3, tus())  # expires at the listing's second: not overdue
+    listed = pending.overdue([TusUpload, DirectUpload])
+    assert listed == [overdue_tus, overdue_direct]
+    assert pending.overdue([DirectUpload], now=AT_EXPIRY, limit=9) == [overdue_direct]
+    assert pending.overdue([]) == []
+    assert store.expired_calls == [
+        ("2026-12-07T12:00:00+00:00", EXPIRE_LIMIT),
+        ("2026-12-07T12:00:00+00:00", 9),
+        ("2026-12-07T12:00:00+00:00", EXPIRE_LIMIT),
+    ]
+    assert [store.get(r.media_id) for r in listed] == listed  # nothing moved
+
+
 # -- mark stored -----------------------------------------------------------------------------------
 def test_mark_stored_saves_and_announces_once(store, pending, publisher):
     record = upload(store, 1, direct())

@@ -869,3 +869,37 @@ def test_concurrent_creates_never_overshoot_a_quota(limited):
         t.join()
     assert sorted(outcomes) == ["refused"] * 11 + ["stored"] * 5
     assert usage_of(store) == {("image", "stored"): (5, 500)}
+
+
+def test_racing_claims_of_one_ticket_have_one_winner_whose_answer_is_the_used_mark(limited):
+    """Upload tickets (gateway/uploads/tickets.py) are single-use through this: of the posts that
+    race for one ticket's key, exactly one claims it (a conditional put; an insert in one
+    transaction), the others conflict; the answer saved with its records then marks it used for
+    every later claim, past the lock timeout, until the answer expires."""
+    store = limited(serial=True)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def work() -> None:
+        start.wait()
+        try:
+            result = store.claim("ticket:acme", "jti-1", now=T0, lock_timeout=LOCK, ttl=TTL)
+            outcome = "won" if result is None else "replayed"
+        except IdempotencyInProgress:
+            outcome = "conflict"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["conflict"] * 5 + ["won"]
+    stored = record(tenant="acme")
+    save(store, "ticket:acme", "jti-1", ANSWER, now=T0, ttl=TTL, with_records=[stored])
+    for at in (T0 + 1, T0 + LOCK + 1, T0 + TTL - 1):
+        assert claim(store, "jti-1", at=at, scope="ticket:acme") == ANSWER
+    assert claim(store, "jti-1", at=T0 + 1, scope="ticket:globex") is None  # another tenant's
+    assert claim(store, "jti-1", at=T0 + TTL + 1, scope="ticket:acme") is None  # expired

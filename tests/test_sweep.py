@@ -339,10 +339,12 @@ def test_a_record_store_outage_keeps_every_object(svc, monkeypatch):
 import logging  # noqa: E402
 
 from gateway import errors as _errors  # noqa: E402
+from gateway.media.events import Announcer, LogPublisher  # noqa: E402
 from gateway.media.lifecycle import Status  # noqa: E402
-from gateway.media.records import DirectUpload, MediaRecord  # noqa: E402
+from gateway.media.records import DirectUpload, MediaRecord, TusUpload  # noqa: E402
 from gateway.storage import ObjectInfo, PendingUpload  # noqa: E402
-from gateway.uploads.direct import DirectUploadService, staging_key  # noqa: E402
+from gateway.storage.keys import parse_key, staging_key  # noqa: E402
+from gateway.uploads.pending import EXPIRE_LIMIT, EXPIRED_REASONS, PendingUploads  # noqa: E402
 from gateway.uploads.sweeper import Sweeper  # noqa: E402
 
 NOW = datetime(2024, 5, 6, 12, 0, 0, 500000, tzinfo=UTC)
@@ -353,9 +355,7 @@ def _key(n: int, extension: str = ".png") -> str:
     return object_key(tenant="", project_id="p1", media_id=f"{n:032x}", extension=extension)
 
 
-def _record(key: str, status: Status = Status.STORED) -> MediaRecord:
-    from gateway.uploads.direct import parse_key
-
+def _record(key: str, status: Status = Status.STORED, upload=None) -> MediaRecord:
     media_id = parse_key(key)[0]
     assert media_id is not None
     return MediaRecord(
@@ -371,7 +371,7 @@ def _record(key: str, status: Status = Status.STORED) -> MediaRecord:
         sha256="0" * 64,
         created_at="2024-01-01T00:00:00.000000+00:00",
         status=status,
-        upload=DirectUpload(method="multipart", expires_at="2024-01-01T00:00:00+00:00"),
+        upload=upload or DirectUpload(method="multipart", expires_at="2024-01-01T00:00:00+00:00"),
     )
 
 
@@ -380,6 +380,7 @@ class FakeRecords:
         self.by_id = {r.media_id: r for r in records}
         self.down = False
         self.expired_calls: list[tuple[str, int]] = []
+        self.expired_down = False
         self.stalled_calls: list[tuple[str, int]] = []
         self.stalled_down = False
         self.reservation_calls: list[tuple[float, int]] = []
@@ -397,7 +398,16 @@ class FakeRecords:
 
     def expired_pending(self, *, now: str, limit: int) -> list[MediaRecord]:
         self.expired_calls.append((now, limit))
+        if self.expired_down:
+            raise _errors.RecordStoreError()
         return [r for r in self.by_id.values() if r.status is Status.PENDING]
+
+    def update(self, record: MediaRecord, *, expected: MediaRecord) -> MediaRecord | None:
+        """Compare-and-set, as the record stores do."""
+        if self.by_id.get(expected.media_id) != expected:
+            return None
+        self.by_id[record.media_id] = record
+        return record
 
     def stalled(self, *, created_before: str, limit: int) -> list[MediaRecord]:
         self.stalled_calls.append((created_before, limit))
@@ -454,16 +464,14 @@ class FakeJournal:
         self.forgotten.append(set(keys))
 
 
-class FakeDirect:
-    def __init__(self, expired=(), broken=False) -> None:
-        self.expired, self.broken = list(expired), broken
-        self.calls: list[datetime | None] = []
+class FakeParts:
+    """A protocol's ``PartsRemover``: the records whose parts it was asked to remove."""
 
-    def expire_overdue(self, *, now=None):
-        self.calls.append(now)
-        if self.broken:
-            raise _errors.RecordStoreError()
-        return self.expired
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+
+    def remove_parts(self, record: MediaRecord) -> None:
+        self.removed.append(record.media_id)
 
 
 class FakeQuarantine:
@@ -488,14 +496,18 @@ def _sweeper(
     quarantine=None,
     queue=None,
     keep_infected=False,
+    tus=None,
 ):
     storage = storage or FakeStorage()
+    records = records or FakeRecords()
+    uploads = {kind: parts for kind, parts in ((DirectUpload, direct), (TusUpload, tus)) if parts}
     return Sweeper(
         store=storage,
         listing=storage,
-        records=records or FakeRecords(),
+        records=records,
         journal=journal or FakeJournal(),
-        direct=direct,
+        pending=PendingUploads(records, Announcer(LogPublisher()), max_pending=1),
+        uploads=uploads,
         quarantine=quarantine,
         keep_infected=keep_infected,
         queue=queue,
@@ -503,49 +515,111 @@ def _sweeper(
     )
 
 
+STAMP = "2024-05-06T12:00:00+00:00"  # NOW, as the records' expiry is written
+
+
+def _tus_record(key: str) -> MediaRecord:
+    return _record(
+        key,
+        Status.PENDING,
+        TusUpload(expires_at="2024-01-01T00:00:00+00:00", length=1, part_size=1),
+    )
+
+
 def test_overdue_direct_uploads_are_expired_with_the_sweeps_time():
-    direct = FakeDirect(expired=["m1", "m2"])
+    first, second = _record(_key(11), Status.PENDING), _record(_key(12), Status.PENDING)
+    records, direct = FakeRecords(first, second), FakeParts()
     storage = FakeStorage(objects=[(_key(1), OLD)])
-    report = _sweeper(storage, direct=direct).sweep(older_than=HOUR, now=NOW)
-    assert direct.calls == [NOW]
+    report = _sweeper(storage, records, direct=direct).sweep(older_than=HOUR, now=NOW)
+    assert records.expired_calls == [(STAMP, EXPIRE_LIMIT)]
+    assert direct.removed == [first.media_id, second.media_id]
+    for record in (first, second):
+        assert records.get(record.media_id).status is Status.EXPIRED
+        assert records.get(record.media_id).reason == EXPIRED_REASONS[DirectUpload]
     assert report.done == [
-        "expire direct upload m1",
-        "expire direct upload m2",
+        f"expire direct upload {first.media_id}",
+        f"expire direct upload {second.media_id}",
         f"delete unrecorded object {_key(1)}",
     ]
     assert report.failed == []
 
 
+def test_one_pass_expires_both_protocols_each_through_its_own_parts():
+    direct_record, tus_record = _record(_key(11), Status.PENDING), _tus_record(_key(12))
+    records, direct, tus = FakeRecords(direct_record, tus_record), FakeParts(), FakeParts()
+    report = _sweeper(records=records, direct=direct, tus=tus).sweep(older_than=HOUR, now=NOW)
+    assert records.expired_calls == [(STAMP, EXPIRE_LIMIT)]  # one pass for both
+    assert (direct.removed, tus.removed) == ([direct_record.media_id], [tus_record.media_id])
+    assert records.get(tus_record.media_id).reason == EXPIRED_REASONS[TusUpload]
+    assert report.done == [
+        f"expire direct upload {direct_record.media_id}",
+        f"expire tus upload {tus_record.media_id}",
+    ]
+    assert report.failed == []
+
+
+def test_only_the_protocols_given_are_expired():
+    direct_record, tus_record = _record(_key(11), Status.PENDING), _tus_record(_key(12))
+    records, tus = FakeRecords(direct_record, tus_record), FakeParts()
+    report = _sweeper(records=records, tus=tus).sweep(older_than=HOUR, now=NOW)
+    assert tus.removed == [tus_record.media_id]
+    assert records.get(direct_record.media_id).status is Status.PENDING
+    assert report.done == [f"expire tus upload {tus_record.media_id}"]
+
+
 def test_the_default_time_is_the_sweepers_clock():
-    direct = FakeDirect()
+    records = FakeRecords()
     storage = FakeStorage(objects=[(_key(1), NOW - HOUR), (_key(2), NOW - HOUR * 1.01)])
-    report = _sweeper(storage, direct=direct).sweep(older_than=HOUR)
-    assert direct.calls == [NOW]
+    report = _sweeper(storage, records, direct=FakeParts()).sweep(older_than=HOUR)
+    assert records.expired_calls == [(STAMP, EXPIRE_LIMIT)]
     assert (report.done, storage.deleted) == ([f"delete unrecorded object {_key(2)}"], [_key(2)])
 
 
 def test_a_dry_run_lists_the_overdue_uploads_without_expiring_them():
-    import inspect
+    pending, tus_pending = _record(_key(3), Status.PENDING), _tus_record(_key(5))
+    records, direct, tus = (
+        FakeRecords(pending, _record(_key(4)), tus_pending),
+        FakeParts(),
+        FakeParts(),
+    )
+    sweeper = _sweeper(records=records, direct=direct, tus=tus)
+    report = sweeper.sweep(older_than=HOUR, dry_run=True, now=NOW)
+    assert (direct.removed, tus.removed) == ([], [])
+    assert (
+        records.get(pending.media_id) == pending
+        and records.get(tus_pending.media_id) == tus_pending
+    )
+    assert records.expired_calls == [(STAMP, EXPIRE_LIMIT)]
+    assert report.done == [
+        f"expire direct upload {pending.media_id}",
+        f"expire tus upload {tus_pending.media_id}",
+    ]
+    assert report.failed == []
 
-    pending = _record(_key(3), Status.PENDING)
-    records = FakeRecords(pending, _record(_key(4)))
-    direct = FakeDirect(expired=["never"])
-    report = _sweeper(records=records, direct=direct).sweep(older_than=HOUR, dry_run=True, now=NOW)
-    assert direct.calls == []
-    default = inspect.signature(DirectUploadService.expire_overdue).parameters["limit"].default
-    assert records.expired_calls == [("2024-05-06T12:00:00+00:00", default)]
-    assert (report.done, report.failed) == ([f"expire direct upload {pending.media_id}"], [])
 
-
-def test_failing_expiry_is_reported_and_the_run_goes_on(caplog):
+@pytest.mark.parametrize(
+    "direct, tus, what",
+    [
+        (True, False, "direct uploads"),
+        (False, True, "tus uploads"),
+        (True, True, "direct and tus uploads"),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_failing_expiry_is_reported_and_the_run_goes_on(caplog, direct, tus, what, dry_run):
+    records = FakeRecords()
+    records.expired_down = True
     storage = FakeStorage(objects=[(_key(1), OLD)])
+    sweeper = _sweeper(
+        storage, records, direct=FakeParts() if direct else None, tus=FakeParts() if tus else None
+    )
     with caplog.at_level(logging.ERROR, logger="gateway.uploads.sweeper"):
-        report = _sweeper(storage, direct=FakeDirect(broken=True)).sweep(older_than=HOUR, now=NOW)
-    assert report.failed == ["expire direct uploads"]
+        report = sweeper.sweep(older_than=HOUR, now=NOW, dry_run=dry_run)
+    assert report.failed == [f"expire {what}"]
     assert report.done == [f"delete unrecorded object {_key(1)}"]
     [entry] = caplog.records
     assert entry.levelno == logging.ERROR and entry.exc_info and entry.exc_info[0] is not None
-    assert entry.getMessage() == "could not expire overdue direct uploads"
+    assert entry.getMessage() == f"could not expire overdue {what}"
 
 
 def test_without_direct_uploads_nothing_is_expired():
@@ -577,6 +651,21 @@ def test_only_a_live_direct_upload_keeps_its_stale_multipart_upload():
     )
     report = _sweeper(storage, records).sweep(older_than=HOUR, now=NOW)
     assert storage.aborted == [stored, elsewhere, staging_of_live, unknown, foreign]
+    assert report.failed == []
+
+
+def test_a_stale_upload_in_the_chunk_area_stays_only_while_its_tus_upload_is_pending():
+    from gateway.storage.chunks import chunk_key
+
+    going_on, finished = _tus_record(_key(1)), _record(_key(2), Status.STORED)
+    live, done, unknown = (
+        chunk_key(going_on.media_id, "parts"),
+        chunk_key(finished.media_id, "parts"),
+        chunk_key(f"{3:032x}", "parts"),
+    )
+    storage = FakeStorage(uploads=[(k, OLD) for k in (live, done, unknown)])
+    report = _sweeper(storage, FakeRecords(going_on, finished)).sweep(older_than=HOUR, now=NOW)
+    assert storage.aborted == [done, unknown]
     assert report.failed == []
 
 

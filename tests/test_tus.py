@@ -109,6 +109,16 @@ def test_an_upload_in_chunks_spanning_parts_is_stored_exactly(client, auth, svc)
     assert leftovers(svc)["pending_uploads"] == []
 
 
+def test_a_recording_sent_in_small_chunks_is_typed_once_its_first_bytes_are_in(client, auth, svc):
+    """As a browser's MediaRecorder sends it: an audio-only WebM, a few KiB a request."""
+    data = samples.audio("webm", 2.0)
+    location = upload_in_chunks(client, auth, data, 3000)
+    assert stored_bytes(svc, location) == data
+    record = svc.records.get(location.rsplit("/", 1)[1])
+    assert (record.mime_type, record.file_type) == ("audio/webm", "audio")
+    assert record.status is Status.STORED and record.s3_key.endswith(".webm")
+
+
 def test_an_upload_in_one_request_gets_its_sha256(client, auth, svc):
     data = samples.png(300, 200)
     created = create(client, auth, len(data), data=data)

@@ -1663,10 +1663,16 @@ def test_the_service_marks_records_of_a_quarantined_landing(svc, quarantined):
     import io
 
     from gateway.media.principal import Principal
+    from gateway.services import form_options
     from gateway.uploads.form import UploadRequest, UploadService
 
     service = UploadService(
-        svc.settings, svc.store, svc.records, svc.journal, svc.announcer, quarantined=quarantined
+        form_options(svc.settings),
+        svc.store,
+        svc.records,
+        svc.journal,
+        svc.announcer,
+        quarantined=quarantined,
     )
     body, content_type = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
     request = UploadRequest(Principal("alice", "", None), content_type, len(body))

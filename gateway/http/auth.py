@@ -28,7 +28,7 @@ from flask_jwt_extended import (
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
 
 from gateway import errors
-from gateway.config import Settings
+from gateway.config import TICKET_AUDIENCE, Settings
 from gateway.media.principal import Principal
 from gateway.uploads import csrf
 
@@ -63,8 +63,10 @@ class _VerifiedTokens:
 
 
 class _JWTManager(JWTManager):
-    """flask-jwt-extended's manager, verifying each distinct token once (``_VerifiedTokens``).
-    Its decoding of every token, from any location, goes through this method."""
+    """flask-jwt-extended's manager, verifying each distinct token once (``_VerifiedTokens``),
+    and never taking an upload ticket for a bearer token: flask-jwt-extended checks no audience
+    unless GATEWAY_JWT_AUDIENCE is set, so a ticket signed with the JWT key would otherwise pass.
+    Its decoding of every token, from any location (and the sign-in page's), goes through here."""
 
     def _decode_jwt_from_config(
         self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
@@ -74,6 +76,11 @@ class _JWTManager(JWTManager):
         claims = verified.get(encoded_token) if plain else None
         if claims is None:
             claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+            audience = claims.get("aud")
+            if audience == TICKET_AUDIENCE or (
+                isinstance(audience, list) and TICKET_AUDIENCE in audience
+            ):
+                raise jwt.InvalidAudienceError("An upload ticket is not a bearer token.")
             if plain:
                 verified.keep(encoded_token, claims)
         return claims

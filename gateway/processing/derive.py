@@ -8,6 +8,11 @@ EXIF or XMP, so no GPS position. ``strip_gps`` also rewrites a JPEG original's E
 without its GPS directory and drops XMP packets that carry a position (a lossless byte-level
 edit; other formats keep their original).
 Videos (PyAV, FFmpeg in its wheel): duration, size, codec, and a poster frame.
+Audio (PyAV): properties, a waveform, an Ogg Opus copy of uncompressed or lossless audio
+(gateway/processing/audio.py).
+A container that holds audio or video (MP4, WebM/Matroska, Ogg) is settled here by its streams
+(an album cover attached to a song is no video): typed ``video/mp4`` but holding only audio, it
+is ``audio/mp4`` (``Derived.mime``), and the other way round.
 PDFs (pypdfium2): the page count and the first page.
 """
 
@@ -17,9 +22,15 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageCms, ImageOps
+
+from gateway.uploads.sniff_audio import twin
+
+if TYPE_CHECKING:
+    import av.container
+    import av.stream
 
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
@@ -34,11 +45,13 @@ class Undecodable(ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    name: str  # e.g. "thumb-320"; stored as <media key dir>/<media id>/<name>.webp
+    name: str  # e.g. "thumb-320"; stored as <media key dir>/<media id>/<name><extension>
     data: bytes
     content_type: str
-    width: int
-    height: int
+    width: int | None  # None for a variant that is no picture (peaks, an audio copy)
+    height: int | None
+    extension: str = ".webp"
+    path: Path | None = None  # a large variant is a file next to the original, ``data`` empty
 
 
 @dataclass
@@ -46,6 +59,20 @@ class Derived:
     properties: dict[str, Any] = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
     cleaned_original: bytes | None = None  # the original without its GPS, when it had one
+    mime: str = ""  # the type the streams settled on, when it is not the one given
+
+
+@dataclass(frozen=True)
+class AudioOptions:
+    """Bounds, the waveform and the Opus copy of audio (gateway/processing/audio.py)."""
+
+    waveform_points: int = 2000
+    max_duration: float = 4 * 3600.0  # seconds, claimed or decoded
+    max_samples: int = 4 * 3600 * 48_000 * 2  # per channel times channels, claimed or decoded
+    max_decode_seconds: float = 600.0  # CPU seconds
+    opus_min_bytes: int = 1 << 20
+    opus_mono_bit_rate: int = 64_000
+    opus_stereo_bit_rate: int = 96_000
 
 
 @dataclass(frozen=True)
@@ -53,14 +80,15 @@ class DeriveOptions:
     thumbnail_sizes: tuple[int, ...] = (320, 1280)
     max_pixels: int = 50_000_000
     strip_gps: bool = False
+    audio: AudioOptions = AudioOptions()
 
 
 def derive(path: Path, mime: str, options: DeriveOptions) -> Derived:
     kind = mime.split("/", 1)[0]
     if kind == "image" and mime != "image/svg+xml":  # SVG is markup, not a raster to decode
         return _image(path, options)
-    if kind == "video":
-        return _video(path, options)
+    if kind in ("video", "audio"):
+        return _audio_or_video(path, mime, options)
     if mime == "application/pdf":
         return _pdf(path, options)
     return Derived(properties={"format": mime})
@@ -156,31 +184,77 @@ def _webp_variant(name: str, image: Image.Image, size: int) -> Variant:
     return Variant(name, out.getvalue(), "image/webp", image.width, image.height)
 
 
-# -- videos and PDFs -------------------------------------------------------------------------------
-def _video(path: Path, options: DeriveOptions) -> Derived:
+# -- audio, videos and PDFs ------------------------------------------------------------------------
+def _audio_or_video(path: Path, mime: str, options: DeriveOptions) -> Derived:
     import av
 
+    from gateway.processing.audio import derive_audio
+
     try:
-        with av.open(str(path)) as container:
-            stream = next((s for s in container.streams.video), None)
-            if stream is None:
-                raise Undecodable("The video has no video stream.")
-            duration = float(container.duration / 1_000_000) if container.duration else None
-            properties: dict[str, Any] = {
-                "width": stream.codec_context.width,
-                "height": stream.codec_context.height,
-                "format": container.format.name,
-                "codec": stream.codec_context.name,
-                "duration": duration,
-            }
-            if duration and duration > 2:
-                container.seek(int(min(1.0, duration / 10) * 1_000_000))
-            frame = next(container.decode(stream), None)
-            if not isinstance(frame, av.VideoFrame):
-                raise Undecodable("The video has no frame to show.")
-            poster = frame.to_image()  # type: ignore[no-untyped-call]
+        with av.open(str(path), metadata_errors="replace") as container:
+            settled = settled_type(
+                mime,
+                has_video=any(is_visual(s) for s in container.streams.video),
+                has_audio=bool(container.streams.audio),
+            )
+            if settled.startswith("video/"):
+                derived = _video(container, options)
+            else:
+                derived = derive_audio(container, path, settled, options.audio)
     except av.FFmpegError as exc:
-        raise Undecodable(f"The video cannot be decoded: {exc}") from exc
+        kind = mime.split("/", 1)[0]
+        raise Undecodable(f"The {kind} cannot be decoded: {ffmpeg_reason(exc)}.") from exc
+    if settled != mime:
+        derived.mime = settled
+    return derived
+
+
+def is_visual(stream: av.stream.Stream) -> bool:
+    """A video stream that is a video (not an album cover attached to a song)."""
+    import av.stream
+
+    return not stream.disposition & av.stream.Disposition.attached_pic
+
+
+def ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's words for what went wrong, without the scratch file's path."""
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def settled_type(mime: str, *, has_video: bool, has_audio: bool) -> str:
+    """The type of a file by its streams: a container typed as holding video (``video/mp4``,
+    ``video/webm``, ...) that holds only audio is its audio twin, and the other way round;
+    every other type stays as sniffed."""
+    other = twin(mime)
+    if not other:
+        return mime
+    if has_video:
+        return mime if mime.startswith("video/") else other
+    if has_audio:
+        return mime if mime.startswith("audio/") else other
+    raise Undecodable("The file holds neither audio nor video.")
+
+
+def _video(container: av.container.InputContainer, options: DeriveOptions) -> Derived:
+    import av
+
+    stream = next((s for s in container.streams.video if is_visual(s)), None)
+    if stream is None:
+        raise Undecodable("The video has no video stream.")
+    duration = float(container.duration / 1_000_000) if container.duration else None
+    properties: dict[str, Any] = {
+        "width": stream.codec_context.width,
+        "height": stream.codec_context.height,
+        "format": container.format.name,
+        "codec": stream.codec_context.name,
+        "duration": duration,
+    }
+    if duration and duration > 2:
+        container.seek(int(min(1.0, duration / 10) * 1_000_000))
+    frame = next(container.decode(stream), None)
+    if not isinstance(frame, av.VideoFrame):
+        raise Undecodable("The video has no frame to show.")
+    poster = frame.to_image()  # type: ignore[no-untyped-call]
     if poster.width * poster.height > options.max_pixels:
         raise Undecodable("The video's frames are too large.")
     return Derived(

@@ -38,6 +38,8 @@ from gateway.queue import Message, Queue
 from gateway.storage import ObjectStore, Quarantine
 from gateway.storage.keys import parse_key
 from gateway.uploads.direct import DirectUploadService
+from gateway.uploads.sniff import SniffedType, is_allowed
+from gateway.uploads.sniff_audio import extension_of, twin
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -57,6 +59,15 @@ class PipelineOptions:
     sandbox_memory: int
     sandbox_timeout: float
     keep_infected: bool  # keep an infected object in the quarantine (else delete it)
+    # What a file whose streams settle its type anew (an audio-only video/mp4) may become.
+    allowed_types: tuple[str, ...] = ("*/*",)
+
+    def timeout_for(self, mime: str) -> float:
+        """The sandbox's deadline: audio (and a container that may turn out to be audio) gets
+        its decoding time on top (the decoder enforces that bound itself, with its reason)."""
+        if mime.startswith("audio/") or twin(mime):
+            return self.sandbox_timeout + self.derive.audio.max_decode_seconds
+        return self.sandbox_timeout
 
 
 @dataclass
@@ -92,10 +103,24 @@ class HashedRead:
         return {"sha256": self.digest.hexdigest(), "sha256_state": Sha256State.COMPUTED}
 
 
-def variant_key(media_key: str, name: str) -> str:
-    """Variants live next to the original: ``media/<id>.jpg`` -> ``media/<id>/<name>.webp``."""
+VARIANT_CHUNK = 1 << 20
+
+
+def _variant_chunks(variant: Variant) -> Iterator[bytes]:
+    """A variant's bytes: in memory, or read from its file a chunk at a time."""
+    if variant.path is None:
+        yield variant.data
+        return
+    with open(variant.path, "rb") as f:
+        while chunk := f.read(VARIANT_CHUNK):
+            yield chunk
+
+
+def variant_key(media_key: str, name: str, extension: str = ".webp") -> str:
+    """Variants live next to the original: ``media/<id>.jpg`` -> ``media/<id>/<name>.webp``
+    (``.json``, ``.png``, ``.ogg`` for an audio file's)."""
     stem = media_key.rsplit(".", 1)[0] if "." in media_key.rsplit("/", 1)[-1] else media_key
-    return f"{stem}/{name}.webp"
+    return f"{stem}/{name}{extension}"
 
 
 class Pipeline:
@@ -221,15 +246,28 @@ class Pipeline:
                     record.mime_type,
                     self.options.derive,
                     memory_bytes=self.options.sandbox_memory,
-                    timeout=self.options.sandbox_timeout,
+                    timeout=self.options.timeout_for(record.mime_type),
                 )
             except SandboxError as exc:
                 if exc.kind == "crashed":
                     raise Unfinished(f"The decoder crashed: {exc}") from exc
                 self._fail(record.media_id, f"The file cannot be processed: {exc}")
                 return
-        variants = [self._store_variant(record, v) for v in derived.variants]
-        changes: dict[str, Any] = {"properties": derived.properties, "variants": variants}
+            changes: dict[str, Any] = {}
+            if derived.mime:
+                if not is_allowed(derived.mime, self.options.allowed_types):
+                    self._fail(
+                        record.media_id,
+                        f"The file is {derived.mime} (it holds "
+                        f"{'video' if derived.mime.startswith('video/') else 'audio only'}); "
+                        f"allowed: {', '.join(self.options.allowed_types)}.",
+                    )
+                    return
+                settled = SniffedType(derived.mime, extension_of(derived.mime))
+                changes.update(mime_type=settled.mime, file_type=settled.file_type)
+            # Inside the scratch directory still: a large variant is a file there.
+            variants = [self._store_variant(record, v) for v in derived.variants]
+        changes.update(properties=derived.properties, variants=variants)
         if derived.cleaned_original is not None:
             replaced = self._replace_original(record, derived.cleaned_original)
             changes["properties"] = {
@@ -242,19 +280,26 @@ class Pipeline:
             self.announcer.announce(EventType.READY, [ready])
 
     def _store_variant(self, record: MediaRecord, variant: Variant) -> VariantInfo:
-        key = variant_key(record.s3_key, variant.name)
+        key = variant_key(record.s3_key, variant.name, variant.extension)
         writer = self.store.open_writer(
             key, content_type=variant.content_type, metadata={"media-id": record.media_id}
         )
-        writer.write(variant.data)
-        writer.commit(sha256=hashlib.sha256(variant.data).hexdigest())
+        digest = hashlib.sha256()
+        try:
+            for chunk in _variant_chunks(variant):
+                digest.update(chunk)
+                writer.write(chunk)
+            stored = writer.commit(sha256=digest.hexdigest())
+        except BaseException:
+            writer.abort()
+            raise
         return VariantInfo(
             name=variant.name,
             key=key,
             content_type=variant.content_type,
             width=variant.width,
             height=variant.height,
-            size=len(variant.data),
+            size=stored.size,
         )
 
     def _replace_original(self, record: MediaRecord, data: bytes) -> dict[str, Any]:

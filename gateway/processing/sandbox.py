@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 _context = multiprocessing.get_context("forkserver")
 # Children fork from a server that has the decoders imported already (not once per job).
+# (gateway.processing.audio is imported by the child that needs it: a small module on top of
+# derive's imports.)
 _context.set_forkserver_preload(["gateway.processing.derive", "gateway.processing.sandbox"])
 
 
@@ -38,7 +40,8 @@ def _child(
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     try:
         result = fn(*args)
-        conn.send(("ok", result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        conn.send(("ok", result, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime))
     except MemoryError:
         conn.send(("memory", "out of memory"))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as text
@@ -48,9 +51,11 @@ def _child(
 
 
 class Peak:
-    """The peak resident memory of the last child that finished (bytes), for measurements."""
+    """The peak resident memory (bytes) and the CPU time (user + system seconds) of the last
+    child that finished, for measurements."""
 
     rss = 0
+    cpu = 0.0
 
 
 def run(fn: Callable[..., T], *args: Any, memory_bytes: int, timeout: float) -> T:
@@ -76,7 +81,7 @@ def run(fn: Callable[..., T], *args: Any, memory_bytes: int, timeout: float) -> 
             child.join()
     status = outcome[0]
     if status == "ok":
-        Peak.rss = outcome[2]
+        Peak.rss, Peak.cpu = outcome[2], outcome[3]
         return outcome[1]  # type: ignore[no-any-return]
     if status == "memory":
         raise SandboxError(f"used more than {memory_bytes >> 20} MiB", kind="memory")

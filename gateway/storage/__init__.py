@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.storage.chunks import ChunkStore
-    from gateway.storage.s3_direct import S3DirectUploads
+    from gateway.storage.presign import DirectStore
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class Storage:
     objects: ObjectStore
     listing: ObjectListing
     provision: Callable[[], None] | None  # creates what the backend needs (the S3 bucket)
-    direct: S3DirectUploads | None  # presigned uploads straight to the backend
+    direct: DirectStore | None  # presigned uploads straight to the backend (storage/presign.py)
     local: LocalFiles | None  # files the gateway serves at /media/
     quarantine: Quarantine | None = None  # when scanning is on: where uploads land first
     # Where the objects of media that failed processing are withheld (the quarantine's place,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 
-# .../media/<id>.<ext> (the original) or .../media/<id>/<variant>.webp (derived files)
+# .../media/<id>.<ext> (the original) or .../media/<id>/<variant>.<webp|png|json|ogg> (derived
+# files: thumbnails, posters and previews; an audio file's waveform, peaks and Opus copy)
 _KEY_RE = re.compile(
-    r"(?:^|/)projects/[^/]+/media/([0-9a-f]{32})(?:\.[A-Za-z0-9]+|/[a-z0-9-]{1,32}\.webp)?"
+    r"(?:^|/)projects/[^/]+/media/([0-9a-f]{32})"
+    r"(?:\.[A-Za-z0-9]+|/[a-z0-9-]{1,32}\.(?:webp|png|json|ogg))?"
 )
 STAGING_SUFFIX = ".upload"  # where a direct upload's single PUT/POST writes (key + suffix)
 

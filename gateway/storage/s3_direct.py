@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumErro
 
 from gateway.errors import StorageError, UploadChanged
 from gateway.storage import ObjectHead, PartInfo
+from gateway.storage.presign import PartUrl, PresignedPost, PresignedRequest
 from gateway.storage.s3 import S3ObjectStore, _call, translate
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ def _changed(exc: ClientError) -> bool:
 
 
 class S3DirectUploads:
+    """The ``DirectStore`` of S3 (gateway/storage/presign.py)."""
+
     def __init__(self, store: S3ObjectStore) -> None:
         self.store = store
         self.client = store.client
         self.bucket = store.bucket
 
-    def _key(self, key: str) -> str:
+    def full_key(self, key: str) -> str:
         return self.store.full_key(key)
 
     def relative_key(self, full_key: str) -> str | None:
@@ -48,11 +51,11 @@ class S3DirectUploads:
     # -- handing out permission ------------------------------------------------------------------
     def presign_put(
         self, key: str, *, content_type: str, size: int, sha256_b64: str | None, expires_in: int
-    ) -> dict[str, Any]:
+    ) -> PresignedRequest:
         """A PUT URL bound to the type, the length and (when promised) the SHA-256."""
         params: dict[str, Any] = {
             "Bucket": self.bucket,
-            "Key": self._key(key),
+            "Key": self.full_key(key),
             "ContentType": content_type,
             "ContentLength": size,
         }
@@ -61,11 +64,11 @@ class S3DirectUploads:
             params["ChecksumSHA256"] = sha256_b64
             headers["x-amz-checksum-sha256"] = sha256_b64
         url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
-        return {"url": url, "headers": headers}
+        return PresignedRequest(url, headers)
 
     def presign_post(
         self, key: str, *, content_type: str, size: int, expires_in: int
-    ) -> dict[str, Any]:
+    ) -> PresignedPost:
         """A POST policy with exact content-length-range and content type conditions."""
         fields = {"Content-Type": content_type}
         conditions: list[Any] = [
@@ -73,9 +76,13 @@ class S3DirectUploads:
             ["content-length-range", size, size],
         ]
         post = self.client.generate_presigned_post(
-            self.bucket, self._key(key), Fields=fields, Conditions=conditions, ExpiresIn=expires_in
+            self.bucket,
+            self.full_key(key),
+            Fields=fields,
+            Conditions=conditions,
+            ExpiresIn=expires_in,
         )
-        return {"url": post["url"], "fields": post["fields"]}
+        return PresignedPost(post["url"], post["fields"])
 
     def presign(
         self, operation: str, key: str, *, expires_in: int, method: str, **params: Any
@@ -84,7 +91,7 @@ class S3DirectUploads:
         return str(
             self.client.generate_presigned_url(
                 operation,
-                Params={"Bucket": self.bucket, "Key": self._key(key), **params},
+                Params={"Bucket": self.bucket, "Key": self.full_key(key), **params},
                 ExpiresIn=expires_in,
                 HttpMethod=method,
             )
@@ -98,7 +105,7 @@ class S3DirectUploads:
                 "starting a multipart upload",
                 self.client.create_multipart_upload,
                 Bucket=self.bucket,
-                Key=self._key(key),
+                Key=self.full_key(key),
                 ContentType=content_type,
                 ContentDisposition=content_disposition,
                 Metadata=metadata,
@@ -107,24 +114,24 @@ class S3DirectUploads:
 
     def presign_parts(
         self, key: str, upload_id: str, parts: list[tuple[int, int]], expires_in: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[PartUrl]:
         """One URL per (number, size), each bound (SigV4 signed header) to that exact length."""
         return [
-            {
-                "partNumber": number,
-                "size": size,
-                "url": self.client.generate_presigned_url(
+            PartUrl(
+                number,
+                size,
+                self.client.generate_presigned_url(
                     "upload_part",
                     ExpiresIn=expires_in,
                     Params={
                         "Bucket": self.bucket,
-                        "Key": self._key(key),
+                        "Key": self.full_key(key),
                         "UploadId": upload_id,
                         "PartNumber": number,
                         "ContentLength": size,
                     },
                 ),
-            }
+            )
             for number, size in parts
         ]
 
@@ -135,7 +142,7 @@ class S3DirectUploads:
         try:
             paginator = self.client.get_paginator("list_parts")
             for page in paginator.paginate(
-                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+                Bucket=self.bucket, Key=self.full_key(key), UploadId=upload_id
             ):
                 parts += [
                     PartInfo(p["PartNumber"], p["Size"], p["ETag"].strip('"'))
@@ -154,7 +161,7 @@ class S3DirectUploads:
             "completing the multipart upload",
             self.client.complete_multipart_upload,
             Bucket=self.bucket,
-            Key=self._key(key),
+            Key=self.full_key(key),
             UploadId=upload_id,
             MultipartUpload={
                 "Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in parts]
@@ -164,7 +171,7 @@ class S3DirectUploads:
     def multipart_uploads(self, key: str) -> list[str]:
         """The ids of the multipart uploads S3 holds for exactly ``key`` (a signRequests client
         creates its own: the gateway learns an id only when a request names it)."""
-        full = self._key(key)
+        full = self.full_key(key)
         ids: list[str] = []
         try:
             paginator = self.client.get_paginator("list_multipart_uploads")
@@ -177,7 +184,7 @@ class S3DirectUploads:
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+                Bucket=self.bucket, Key=self.full_key(key), UploadId=upload_id
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
@@ -201,7 +208,7 @@ class S3DirectUploads:
             kwargs["IfMatch"] = if_match
         try:
             answer: dict[str, Any] = self.client.get_object(
-                Bucket=self.bucket, Key=self._key(key), **kwargs
+                Bucket=self.bucket, Key=self.full_key(key), **kwargs
             )
             return answer
         except ClientError as exc:
@@ -221,7 +228,7 @@ class S3DirectUploads:
         if if_match:
             kwargs["IfMatch"] = if_match
         try:
-            answer = self.client.head_object(Bucket=self.bucket, Key=self._key(key), **kwargs)
+            answer = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key), **kwargs)
         except ClientError as exc:
             if if_match and _changed(exc):
                 raise UploadChanged() from exc
@@ -273,8 +280,8 @@ class S3DirectUploads:
         try:
             self.client.copy_object(
                 Bucket=self.bucket,
-                Key=self._key(target),
-                CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+                Key=self.full_key(target),
+                CopySource={"Bucket": self.bucket, "Key": self.full_key(source)},
                 CopySourceIfMatch=if_match,
                 MetadataDirective="REPLACE",
                 TaggingDirective="REPLACE",

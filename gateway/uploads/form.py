@@ -19,15 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import errors
-from gateway.config import Settings
 from gateway.media.events import Announcer, EventType
 from gateway.media.naming import check_project_id, display_name, new_media_id
 from gateway.media.orphans import OrphanJournal
 from gateway.media.principal import Principal
 from gateway.media.records import IdempotentAnswer, MediaRecord, MediaStore
-from gateway.media.records.quota import QuotaLimits
 from gateway.storage import ObjectStore
-from gateway.uploads import csrf
+from gateway.uploads import csrf, tickets
 from gateway.uploads.formdata import (
     Event,
     FileData,
@@ -42,10 +40,13 @@ from gateway.uploads.formdata import (
 from gateway.uploads.idempotency import AnswerPlan, Fingerprint
 from gateway.uploads.ingest import BodyReader, Destination, IncomingFile
 from gateway.uploads.redirects import check_redirect
+from gateway.uploads.tickets import Ticket
 
 log = logging.getLogger(__name__)
 FILE_FIELDS = ("file", "files")
 REDIRECT_FIELD = "redirect"  # a browser form's: where to send the browser afterwards
+OPENING_FIELDS = (tickets.FORM_FIELD, REDIRECT_FIELD)
+UNRECORDED_FIELDS = (csrf.FORM_FIELD, tickets.FORM_FIELD)  # never metadata nor fingerprinted
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 METADATA_NAME_CHARS = 64
 
@@ -59,6 +60,8 @@ class UploadRequest:
     # A cookie session's CSRF token that the form must carry in its csrf_token field, before
     # any file part (None: a bearer token, or the X-CSRF-TOKEN header was checked already).
     csrf_token: str | None = None
+    # An upload ticket's post (gateway/uploads/tickets.py): its project, fields and limits.
+    ticket: Ticket | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class UploadStats:
     files: int = 0
     project_id: str | None = None
     redirect: str | None = None  # the form's checked redirect field
+    by_ticket: bool = False  # the post carries an upload ticket (its form is on another site)
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,48 @@ class Stored:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What a form sends before its first file part, within ``csrf.FORM_WINDOW_BYTES``: its
+    ``ticket`` and ``redirect`` fields; ``body`` is the whole body again, these bytes first."""
+
+    ticket: str | None
+    redirect: str | None
+    body: BodyReader
+
+
+class Replay:
+    """A body whose first bytes were read already: those again, then the rest."""
+
+    def __init__(self, head: bytes, rest: BodyReader) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def read(self, size: int) -> bytes | bytearray:
+        if self._head:
+            chunk, self._head = self._head[:size], self._head[size:]
+            return bytes(chunk)
+        return self._rest.read(size)
+
+
+@dataclass(frozen=True)
+class FormOptions:
+    """The settings a form upload reads (built once, in ``Services.from_settings``)."""
+
+    limits: FormLimits
+    max_upload_bytes: int
+    read_size: int
+    allowed_types: tuple[str, ...]
+    max_filename_chars: int
+    redirect_origins: tuple[str, ...]
+    reservation_seconds: float
+    quotas: bool  # whether any quota is set (else nothing is reserved)
+
+
 class UploadService:
     def __init__(
         self,
-        settings: Settings,
+        options: FormOptions,
         store: ObjectStore,
         records: MediaStore,
         journal: OrphanJournal,
@@ -90,31 +132,52 @@ class UploadService:
         *,
         quarantined: bool = False,
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.store = store  # where new objects land: the quarantine while scanning is on
         self.quarantined = quarantined
         self.records = records
         self.journal = journal
         self.announcer = announcer
         self.clock = clock
-        self.limits = FormLimits(
-            max_files=settings.max_files,
-            max_fields=settings.max_fields,
-            max_field_bytes=settings.max_field_bytes,
-            max_part_header_bytes=settings.max_part_header_bytes,
-        )
 
     def precheck(self, request: UploadRequest) -> bytes:
         """Everything decidable from headers alone, before the body is read or S3 is called."""
-        length, cap = request.content_length, self.settings.max_upload_bytes
+        length, cap = request.content_length, self.options.max_upload_bytes
         if length is not None and length > cap:
             raise errors.TooLarge(f"The body is {length} bytes; the limit is {cap}.")
         if request.query_project_id is not None:
-            request.principal.check_project(check_project_id(request.query_project_id))
+            project_id = check_project_id(request.query_project_id)
+            if request.ticket is not None:
+                request.ticket.check_project(project_id)
+            request.principal.check_project(project_id)
         try:
             return boundary_from_content_type(request.content_type)
         except FormDataError as exc:
             raise errors.BadContentType(str(exc)) from None
+
+    def opening(self, body: BodyReader, boundary: bytes) -> Opening:
+        """Read the form's fields before its first file (at most ``csrf.FORM_WINDOW_BYTES``) for
+        an upload ticket: a post may carry one instead of a token. Nothing is checked here (a
+        malformed body or a limit is answered when the body is read again)."""
+        parser = FormDataParser(boundary, self.options.limits)
+        head = bytearray()
+        found: dict[str, str] = {}
+        files = False
+        try:
+            while not files and len(head) < csrf.FORM_WINDOW_BYTES:
+                chunk = body.read(csrf.FORM_WINDOW_BYTES - len(head))
+                if not chunk:
+                    break
+                head += chunk
+                for event in parser.feed(chunk):
+                    files = files or isinstance(event, FileStart)
+                    if not files and isinstance(event, TextField) and event.name in OPENING_FIELDS:
+                        found.setdefault(event.name, event.value)
+        except FormDataError:
+            pass
+        return Opening(
+            found.get(tickets.FORM_FIELD), found.get(REDIRECT_FIELD), Replay(bytes(head), body)
+        )
 
     def ingest(
         self,
@@ -144,7 +207,7 @@ class UploadService:
             if isinstance(event, FileData):
                 assert file is not None
                 file[2].update(event.data)
-            elif isinstance(event, TextField) and event.name != csrf.FORM_FIELD:
+            elif isinstance(event, TextField) and event.name not in UNRECORDED_FIELDS:
                 fingerprint.field(event.name, event.value)
             elif isinstance(event, FileStart):
                 file = (event.name, event.filename, hashlib.sha256())
@@ -160,8 +223,8 @@ class UploadService:
         A form that owes its CSRF token must send it before any file, within the first
         ``csrf.FORM_WINDOW_BYTES`` (no more is read until then); only such a form's events are
         looked at here, the rest go straight through."""
-        parser = FormDataParser(boundary, self.limits)
-        cap, read_size = self.settings.max_upload_bytes, self.settings.read_size
+        parser = FormDataParser(boundary, self.options.limits)
+        cap, read_size = self.options.max_upload_bytes, self.options.read_size
         owed = request.csrf_token
 
         def checked(events: list[Event]) -> list[Event]:
@@ -215,8 +278,8 @@ class _Reservation:
 
     def __init__(self, service: UploadService, request: UploadRequest) -> None:
         self.records = service.records
-        self.ttl = service.settings.quota_reservation_seconds
-        self.active = QuotaLimits.of(service.settings).active
+        self.ttl = service.options.reservation_seconds
+        self.active = service.options.quotas
         self.request = request
         self.id = "upload-" + new_media_id()
         self.bytes = 0
@@ -239,7 +302,9 @@ class _Reservation:
         """A file part begins: one more file; the first also reserves the Content-Length."""
         if not self.active:
             return
-        length = self.request.content_length
+        length, ticket = self.request.content_length, self.request.ticket
+        if length is not None and ticket is not None:
+            length = min(length, ticket.max_bytes)  # never stores more, whatever its length
         self._add(project_id, files=1, size=0 if self.started or length is None else length)
 
     def data(self, project_id: str, file_bytes: int) -> None:
@@ -263,7 +328,7 @@ class _Batch:
 
     def __init__(self, service: UploadService, request: UploadRequest, stats: UploadStats) -> None:
         self.service = service
-        self.settings = service.settings
+        self.options = service.options
         self.request = request
         self.stats = stats
         self.fingerprint = Fingerprint(request.query_project_id)
@@ -276,12 +341,15 @@ class _Batch:
         self.records: list[MediaRecord] = []  # written, or maybe written, by a failed commit
         self.reservation = _Reservation(service, request)
         self.file_bytes = 0
+        self.ticket = request.ticket
 
     # -- events --------------------------------------------------------------------------------
     def handle(self, event: Event) -> None:
         if isinstance(event, FileData):
             assert self.current is not None
             self.file_bytes += len(event.data)
+            if self.ticket is not None:
+                self.ticket.check_bytes(self.current[1].size + len(event.data), self.file_bytes)
             assert self.destination is not None
             self.reservation.data(self.destination.project_id, self.file_bytes)
             self.current[1].write(event.data)
@@ -293,15 +361,22 @@ class _Batch:
             self._on_file_end(event.last)
 
     def _on_field(self, event: TextField) -> None:
-        if event.name == csrf.FORM_FIELD:
-            return  # checked by _events when it was owed; never metadata
+        if self.ticket is not None:
+            self.ticket.check_field(event.name, event.value)
+        if event.name in UNRECORDED_FIELDS:
+            return  # checked by _events or by the view; never metadata
         self.fingerprint.field(event.name, event.value)
         if event.name == "projectId":
+            if self.ticket is not None:
+                self.ticket.check_project(event.value)
             if self.destination is not None and event.value != self.destination.project_id:
                 raise errors.InvalidProjectId("projectId cannot change after the first file.")
             self.field_project_id = event.value
         elif event.name == REDIRECT_FIELD:
-            self.stats.redirect = check_redirect(event.value, self.settings.redirect_origins)
+            if self.ticket is not None:
+                self.stats.redirect = self.ticket.redirect_for(event.value)
+            else:
+                self.stats.redirect = check_redirect(event.value, self.options.redirect_origins)
         elif event.name == "sha256":
             value = event.value.strip().lower()
             if not SHA256_RE.fullmatch(value):
@@ -318,6 +393,8 @@ class _Batch:
             if query is not None and form is not None and query != form:
                 raise errors.InvalidProjectId("projectId differs between the query and the form.")
             project_id = form if form is not None else query
+            if project_id is None and self.ticket is not None:
+                project_id = self.ticket.project
             if project_id is None:
                 raise errors.MissingProjectId(
                     "projectId is required, in the query string or as a field before the files."
@@ -335,13 +412,16 @@ class _Batch:
                 f"File parts must be named 'file' or 'files', not {event.name!r}."
             )
         destination = self._resolve_destination()
+        if self.ticket is not None and event.filename:  # an empty file input counts at its end
+            self.ticket.check_files(len(self.files) + 1)
         self.reservation.file(destination.project_id)
         incoming = IncomingFile(
             store=self.service.store,
             destination=destination,
-            allowed_types=self.settings.allowed_types,
+            allowed_types=self.options.allowed_types,
+            also_allowed=self.ticket.types if self.ticket is not None else None,
             media_id=new_media_id(),
-            original_name=display_name(event.filename, max_chars=self.settings.max_filename_chars),
+            original_name=display_name(event.filename, max_chars=self.options.max_filename_chars),
             expected_sha256=self.next_sha256,
         )
         self.next_sha256 = None
@@ -361,6 +441,8 @@ class _Batch:
             self.stats.files = len(self.files)
             self.next_sha256 = incoming.expected_sha256
             return
+        if self.ticket is not None:
+            self.ticket.check_files(len(self.files))
         incoming.finish(more_follow=not last)
 
     # -- ending --------------------------------------------------------------------------------
@@ -372,7 +454,10 @@ class _Batch:
         for incoming in self.files:
             incoming.commit()
         created_at = self.service.clock().isoformat(timespec="microseconds")
-        records = [f.draft(created_at=created_at, metadata=self.metadata) for f in self.files]
+        metadata = self.metadata
+        if self.ticket is not None:
+            metadata = {**metadata, **self.ticket.fields}  # what it fixes, sent or not
+        records = [f.draft(created_at=created_at, metadata=metadata) for f in self.files]
         answer: IdempotentAnswer | None = None
         status, body = 201, dict[str, Any]()
         if answer_plan is not None:

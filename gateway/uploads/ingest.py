@@ -40,10 +40,19 @@ class BodyReader(Protocol):
 
 def checked_type(head: bytes, allowed_types: tuple[str, ...], *, name: str) -> SniffedType:
     """The type the first bytes say, if the allow-list admits it (else UnsupportedType); with
-    ``*/*`` in the list, bytes of no known type are ``application/octet-stream``."""
+    ``*/*`` in the list, bytes of no known type are ``application/octet-stream``. A container
+    whose first bytes cannot tell audio from video is admitted when either type is, as the
+    one the list admits (the worker settles it)."""
     sniffed = sniff(head)
     if sniffed is None and ANY_TYPE in allowed_types:
         return UNKNOWN
+    if (
+        sniffed is not None
+        and sniffed.alternative
+        and not is_allowed(sniffed.mime, allowed_types)
+        and is_allowed(sniffed.alternative, allowed_types)
+    ):
+        return sniffed.swapped()
     if sniffed is None or not is_allowed(sniffed.mime, allowed_types):
         what = sniffed.mime if sniffed else "unrecognized content"
         raise errors.UnsupportedType(
@@ -164,6 +173,7 @@ class IncomingFile:
     media_id: str
     original_name: str
     expected_sha256: str | None = None
+    also_allowed: tuple[str, ...] | None = None  # a second allow-list (an upload ticket's)
     size: int = 0
     writer: ObjectWriter | None = None
     sniffed: SniffedType | None = None
@@ -210,6 +220,8 @@ class IncomingFile:
     def _open(self, head: bytes) -> ObjectWriter:
         """Sniff the file's first bytes and open its writer (nothing written yet)."""
         self.sniffed = checked_type(head, self.allowed_types, name=self.original_name)
+        if self.also_allowed is not None:
+            checked_type(head, self.also_allowed, name=self.original_name)
         metadata = object_metadata(
             media_id=self.media_id,
             project_id=self.destination.project_id,

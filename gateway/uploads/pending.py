@@ -4,7 +4,8 @@ after a ``pending`` record exists (direct, tus). No Flask, no storage vendor.
     check_room ──> (the protocol creates its pending records)
     get_owned ──> is_overdue ──> expire ─┐
                                  end ────┴─> compare-and-set to the end status, then remove_parts
-    expire_overdue: the sweeper's pass over every overdue upload, of every kind it is given
+    overdue ──> expire_overdue: the sweeper's one pass over every overdue upload, of every kind
+                                it is given
     mark_stored: compare-and-set pending -> stored, then media.stored is announced
 
 Every move is a compare-and-set in the record store: the request that loses the race removes
@@ -15,7 +16,7 @@ storage is each protocol's own business, behind ``PartsRemover``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -96,6 +97,20 @@ class PendingUploads:
                 exc_info=True,
             )
 
+    def overdue(
+        self,
+        kinds: Iterable[UploadKind],
+        *,
+        now: datetime | None = None,
+        limit: int = EXPIRE_LIMIT,
+    ) -> list[MediaRecord]:
+        """The pending uploads of ``kinds`` past their expiry at ``now``, among the first
+        ``limit`` overdue ones (what a pass would expire; a dry run's list)."""
+        stamp = self._stamp(now or self.clock())
+        wanted = tuple(kinds)
+        overdue = self.records.expired_pending(now=stamp, limit=limit)
+        return [record for record in overdue if isinstance(record.upload, wanted)]
+
     def expire_overdue(
         self,
         removers: Mapping[UploadKind, PartsRemover],
@@ -103,15 +118,12 @@ class PendingUploads:
         now: datetime | None = None,
         limit: int = EXPIRE_LIMIT,
     ) -> list[MediaRecord]:
-        """The sweeper's pass: every pending upload of a kind in ``removers`` past its expiry
-        at ``now`` is expired and its parts removed. The records this pass expired."""
-        stamp = self._stamp(now or self.clock())
+        """The sweeper's pass, one for every protocol: each pending upload of a kind in
+        ``removers`` past its expiry at ``now`` is expired and its parts removed. The records
+        this pass expired."""
         expired = []
-        for record in self.records.expired_pending(now=stamp, limit=limit):
-            kinds = [kind for kind in removers if isinstance(record.upload, kind)]
-            if not kinds:
-                continue
-            parts = removers[kinds[0]]
+        for record in self.overdue(removers, now=now, limit=limit):
+            parts = next(p for kind, p in removers.items() if isinstance(record.upload, kind))
             ended = self.expire(record, parts)
             if ended is not None:
                 expired.append(ended)

@@ -1,7 +1,12 @@
 """Content sniffing: the type of a file is what its first bytes say, never what the client says.
 
-Binary formats are ``filetype``'s (images, video, audio, PDF, office documents: docx/xlsx/pptx,
-odt/ods/odp and OLE doc/xls/ppt; archives: zip, gzip, tar, 7z, ...). What it does not know is text,
+Audio is recognised first (gateway/uploads/sniff_audio.py: WAV, AIFF, CAF, FLAC, AMR, MP3, AAC);
+other binary formats are ``filetype``'s (images, video, PDF, office documents: docx/xlsx/pptx,
+odt/ods/odp and OLE doc/xls/ppt; archives: zip, gzip, tar, 7z, ...). A container that holds
+audio or video (MP4/3GP, WebM/Matroska, Ogg) is typed by what its first bytes say it holds
+(``audio/webm`` for an audio-only WebM); when they cannot tell, it gets the type the container
+usually has, with the other as its ``alternative``: admitted when either is allowed, settled by
+the worker (gateway/processing/derive.py). What ``filetype`` does not know is text,
 recognised here from the first ``SNIFF_BYTES``: UTF-8 (a BOM allowed, a character cut by the end
 of the window allowed) without control characters other than tab, line breaks and form feed.
 Text is then, in this order: HTML (the WHATWG sniffing signatures: what a browser would render
@@ -28,6 +33,8 @@ from fnmatch import fnmatchcase
 
 import filetype
 
+from gateway.uploads import sniff_audio
+
 SNIFF_BYTES = 8192  # filetype's signature window
 ANY_TYPE = "*/*"
 OCTET_STREAM = "application/octet-stream"
@@ -39,11 +46,23 @@ ACTIVE_TYPES = frozenset({SVG, HTML, XML})  # a browser runs scripts in these
 class SniffedType:
     mime: str
     extension: str  # with the dot, e.g. ".jpg"
+    # The container's other type when its first bytes cannot tell audio from video (an MP4
+    # with its track list at the end): video/mp4 <-> audio/mp4, video/webm <-> audio/webm, ...
+    alternative: str = ""
 
     @property
     def file_type(self) -> str:
         major = self.mime.split("/", 1)[0]
-        return major if major in ("image", "video") else "other"
+        return major if major in FILE_TYPES else "other"
+
+    def swapped(self) -> SniffedType:
+        """The alternative type (undecided still, with this one as its alternative)."""
+        return SniffedType(
+            self.alternative, sniff_audio.extension_of(self.alternative), alternative=self.mime
+        )
+
+
+FILE_TYPES = ("image", "video", "audio")  # a record's file type: one of these, or "other"
 
 
 UNKNOWN = SniffedType(OCTET_STREAM, ".bin")  # what "*/*" stores unrecognised bytes as
@@ -51,10 +70,44 @@ UNTYPED = SniffedType("", "")  # a tus upload before its first bytes: no type, n
 
 
 def sniff(head: bytes) -> SniffedType | None:
+    audio = sniff_audio.audio_signature(head)
+    if audio is not None:
+        return SniffedType(*audio)
+    if head.startswith(b"OggS"):
+        return _by_content(head, SniffedType("audio/ogg", sniff_audio.ogg_extension(head)))
     kind = filetype.guess(head)
     if kind is not None:
-        return SniffedType(mime=kind.mime, extension="." + kind.extension)
+        mime = sniff_audio.canonical(kind.mime)
+        return _by_content(head, SniffedType(mime=mime, extension="." + kind.extension))
     return _text_type(head)
+
+
+def _by_content(head: bytes, sniffed: SniffedType) -> SniffedType:
+    """A container's type by what it holds, or undecided (with an alternative)."""
+    other = sniff_audio.twin(sniffed.mime)
+    if not other:
+        return sniffed
+    holds = sniff_audio.container_holds(head)
+    if holds is None:
+        return SniffedType(sniffed.mime, sniffed.extension, alternative=other)
+    if sniffed.mime.startswith(holds + "/"):
+        return sniffed
+    extension = sniff_audio.extension_of(other)
+    if other == "audio/ogg":
+        extension = sniff_audio.ogg_extension(head)
+    return SniffedType(other, extension)
+
+
+def type_of_mime(mime: str) -> SniffedType | None:
+    """A binary type named by a client (a direct upload's promise), by its canonical name
+    (``audio/x-wav`` is ``audio/wav``), with its extension; None for a type sniffing does not
+    know by that name."""
+    mime = sniff_audio.canonical(mime)
+    extension = sniff_audio.extension_of(mime)
+    if extension:
+        return SniffedType(mime, extension)
+    kind = filetype.get_type(mime=mime)
+    return SniffedType(mime, "." + kind.extension) if kind is not None else None
 
 
 def is_allowed(mime: str, patterns: tuple[str, ...]) -> bool:
@@ -98,6 +151,8 @@ def mime_of_extension(extension: str) -> str:
     for sniffed in _TEXT_TYPES_BY_KIND.values():
         if sniffed.extension == extension:
             return sniffed.mime
+    if extension in sniff_audio.BY_EXTENSION:
+        return sniff_audio.BY_EXTENSION[extension]
     kind = filetype.get_type(ext=extension.removeprefix(".")) if extension else None
     return kind.mime if kind is not None else OCTET_STREAM
 

@@ -1,8 +1,9 @@
 """The sweeper: removes what failed requests, killed workers and abandoned clients left behind.
 
-One run: expire overdue direct uploads; abort stale multipart (or local temporary) uploads that
-no pending upload owns; delete journaled orphans, gateway-made objects that no record owns and
-the chunks of tus uploads no longer going on (a node killed mid-PATCH leaves some).
+One run: expire overdue direct and tus uploads (the pending-upload lifecycle's one pass, in
+gateway/uploads/pending.py); abort stale multipart (or local temporary) uploads that no pending
+upload owns; delete journaled orphans, gateway-made objects that no record owns and the chunks
+of tus uploads no longer going on (a node killed mid-PATCH leaves some).
 Every item is handled on its own: a failure is logged and counted and the run goes on, so one
 undeletable object cannot stop every later sweep. Nothing here knows Flask or click.
 """
@@ -10,7 +11,7 @@ undeletable object cannot stop every later sweep. Nothing here knows Flask or cl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
@@ -23,12 +24,12 @@ from gateway.queue import Queue
 from gateway.storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
 from gateway.storage.chunks import chunk_owner
 from gateway.storage.keys import parse_key, staging_key
-from gateway.uploads.direct import DirectUploadService
-from gateway.uploads.tus import TusService
+from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STALLED_AFTER = timedelta(minutes=10)  # stored this long and not processing: queue it again
+_PROTOCOLS: dict[UploadKind, str] = {DirectUpload: "direct", TusUpload: "tus"}
 
 
 @dataclass
@@ -45,10 +46,10 @@ class Sweeper:
         listing: ObjectListing,
         records: RecordStore,
         journal: OrphanJournal,
-        direct: DirectUploadService | None,
+        pending: PendingUploads,
+        uploads: Mapping[UploadKind, PartsRemover],
         quarantine: Quarantine | None = None,
         queue: Queue | None = None,
-        tus: TusService | None = None,
         keep_infected: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -56,11 +57,11 @@ class Sweeper:
         self.listing = listing
         self.quarantine = quarantine
         self.queue = queue
-        self.tus = tus
         self.keep_infected = keep_infected  # infected originals kept in the quarantine on purpose
         self.records = records
         self.journal = journal
-        self.direct = direct
+        self.pending = pending
+        self.uploads = uploads  # the protocols whose overdue pending uploads are expired
         self.clock = clock
 
     def sweep(
@@ -69,7 +70,7 @@ class Sweeper:
         now = now or self.clock()
         cutoff = now - older_than
         report = SweepReport()
-        self._expire_direct_uploads(now, dry_run, report)
+        self._expire_pending_uploads(now, dry_run, report)
         self._end_expired_reservations(now, dry_run, report)
         self._requeue_stalled(now, dry_run, report)
         for _store, listing in self._stores():
@@ -148,30 +149,24 @@ class Sweeper:
             report.failed.append("queue stalled media")
 
     # -- the parts -------------------------------------------------------------------------------
-    def _expire_direct_uploads(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
-        """Direct and tus uploads past their expiry: their bytes removed, the record expired."""
-        expirers = [("direct upload", self.direct), ("tus upload", self.tus)]
-        for label, service in expirers:
-            if service is None:
-                continue
-            try:
-                if dry_run:
-                    overdue = self.records.expired_pending(
-                        now=now.isoformat(timespec="seconds"), limit=500
-                    )
-                    kind = DirectUpload if label == "direct upload" else TusUpload
-                    report.done += [
-                        f"expire {label} {r.media_id}"
-                        for r in overdue
-                        if isinstance(r.upload, kind)
-                    ]
-                else:
-                    report.done += [
-                        f"expire {label} {media_id}" for media_id in service.expire_overdue(now=now)
-                    ]
-            except Exception:
-                log.error("could not expire overdue %ss", label, exc_info=True)
-                report.failed.append(f"expire {label}s")
+    def _expire_pending_uploads(self, now: datetime, dry_run: bool, report: SweepReport) -> None:
+        """Direct and tus uploads past their expiry, in one pass: the record expired, then
+        its bytes removed."""
+        if not self.uploads:
+            return
+        try:
+            if dry_run:
+                ended = self.pending.overdue(self.uploads, now=now)
+            else:
+                ended = self.pending.expire_overdue(self.uploads, now=now)
+        except Exception:
+            kinds = " and ".join(_PROTOCOLS[kind] for kind in self.uploads) + " uploads"
+            log.error("could not expire overdue %s", kinds, exc_info=True)
+            report.failed.append(f"expire {kinds}")
+            return
+        for record in ended:
+            kind = next(k for k in _PROTOCOLS if isinstance(record.upload, k))
+            report.done.append(f"expire {_PROTOCOLS[kind]} upload {record.media_id}")
 
     def _stale_uploads(self, listing: ObjectListing, cutoff: datetime) -> Iterable[PendingUpload]:
         for upload in listing.pending_uploads():

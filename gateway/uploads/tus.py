@@ -46,7 +46,7 @@ from gateway.uploads.ingest import (
     served_headers,
     with_type,
 )
-from gateway.uploads.pending import EXPIRE_LIMIT, PendingUploads
+from gateway.uploads.pending import PendingUploads
 from gateway.uploads.sniff import SNIFF_BYTES, UNTYPED
 from gateway.uploads.tus_lease import Lease, held
 
@@ -261,13 +261,6 @@ class TusService:
         if held(tus_state(record), self.now()):
             raise errors.UploadLocked()
         self.pending.end(record, Status.ABORTED, "Terminated by the client.", self)
-
-    def expire_overdue(
-        self, *, now: datetime | None = None, limit: int = EXPIRE_LIMIT
-    ) -> list[str]:
-        """The sweeper's part: pending tus uploads past their expiry, expired and removed."""
-        expired = self.pending.expire_overdue({TusUpload: self}, now=now, limit=limit)
-        return [record.media_id for record in expired]
 
     def remove_parts(self, record: MediaRecord) -> None:
         """Everything an unfinished upload holds: its multipart upload, tail and partial object

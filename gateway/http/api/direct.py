@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import errors
-from gateway.http.api import services
+from gateway.http.api import direct_requests as read
+from gateway.http.api import json_body, services
 from gateway.http.api.present import media_json, upload_seconds
 from gateway.http.api.spec import (
     BEARER,
@@ -30,10 +29,10 @@ from gateway.http.weblog import note, note_upload
 from gateway.media.lifecycle import Status, is_visible
 from gateway.media.records import DirectUpload, MediaRecord
 from gateway.storage import PartInfo
-from gateway.uploads.direct import DirectUploadService
+from gateway.storage.presign import PartUrl
+from gateway.uploads.direct import DirectUploadService, Initiated, Signed
 
 bp = Blueprint("direct", __name__)
-MAX_JSON_BYTES = 256 * 1024
 
 
 def _service() -> DirectUploadService:
@@ -41,57 +40,6 @@ def _service() -> DirectUploadService:
     if direct is None:
         raise errors.DirectUploadsUnavailable()
     return direct
-
-
-def _json_body(*, required: bool) -> Any:
-    """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows)."""
-    if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise errors.TooLarge("The JSON body is too large.")
-    # werkzeug limits a chunked stream to this (a sized one to its Content-Length) but ends
-    # it silently at the limit, so read one byte past the allowance to tell "too large" apart.
-    request.max_content_length = MAX_JSON_BYTES + 1
-    data = bytearray()
-    try:
-        while len(data) <= MAX_JSON_BYTES:
-            chunk = request.stream.read(MAX_JSON_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except RequestEntityTooLarge:
-        raise errors.TooLarge("The JSON body is too large.") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise errors.TooLarge("The JSON body is too large.")
-    if not data and not required:
-        return {}  # no body (none sent, or an empty chunked one)
-    try:  # bad JSON is answered, never ignored
-        body = json.loads(data) if request.is_json else None
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        body = None
-    if body is None:
-        raise errors.InvalidJson()
-    if _has_lone_surrogate(body):
-        # JSON may escape half a UTF-16 pair ("\ud800"): not text, and it cannot be encoded
-        # into the S3 headers, records and answers it would reach (I-JSON, RFC 7493, refuses it).
-        raise errors.InvalidJson("The JSON body holds an unpaired surrogate (\\ud800-\\udfff).")
-    return body
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    """Whether any string (key or value) in a parsed JSON document cannot be UTF-8 encoded."""
-    pending = [value]
-    while pending:  # no recursion: the document may be nested as deep as the parser allows
-        item = pending.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, dict):
-            pending += item.keys()
-            pending += item.values()
-        elif isinstance(item, list):
-            pending += item
-    return False
 
 
 def upload_json(record: MediaRecord, *, parts: list[PartInfo] | None = None) -> dict[str, Any]:
@@ -122,18 +70,47 @@ def upload_json(record: MediaRecord, *, parts: list[PartInfo] | None = None) -> 
     return view
 
 
+def _instructions(started: Initiated) -> dict[str, Any]:
+    """How the client sends the bytes: the presigned PUT and POST of a single upload, the
+    part size and count of a multipart one with its first page of part URLs, the key for
+    signRequests."""
+    upload = started.record.upload
+    assert isinstance(upload, DirectUpload)
+    view: dict[str, Any] = {}
+    if started.put is not None:
+        view["put"] = {"url": started.put.url, "headers": dict(started.put.headers)}
+    if started.post is not None:
+        view["post"] = {"url": started.post.url, "fields": dict(started.post.fields)}
+    if started.key is not None:
+        view["key"] = started.key
+    if upload.method == "multipart":
+        view["multipart"] = {"partSize": upload.part_size, "partCount": upload.part_count}
+        if started.parts is not None:
+            view["multipart"]["parts"] = _parts_json(started.parts)
+    return view
+
+
+def _parts_json(parts: tuple[PartUrl, ...] | list[PartUrl]) -> list[dict[str, Any]]:
+    return [{"partNumber": p.number, "size": p.size, "url": p.url} for p in parts]
+
+
+def _signed_json(signed: Signed) -> dict[str, Any]:
+    view: dict[str, Any] = {"url": signed.url, "headers": dict(signed.headers)}
+    if signed.key is not None:
+        view["key"] = signed.key
+    return view
+
+
 @bp.post("/api/uploads/initiate")
 def initiate() -> tuple[Response, int]:
     principal = authenticate()
     svc = _service()
-    payload = _json_body(required=True)
-    project_id, promises = svc.parse_promises(payload)
-    client_signs = svc.parse_signing(payload)
-    note(user=principal.subject, project=project_id, files=len(promises))
+    batch = read.initiate(json_body(required=True))
+    note(user=principal.subject, project=batch.project_id, files=len(batch.files))
     note_upload("direct")
-    started = svc.initiate(principal, project_id, promises, client_signs=client_signs)
+    started = svc.initiate(principal, batch)
     note_upload("direct", outcome="initiated")
-    uploads = [{**upload_json(item.record), **item.instructions} for item in started]
+    uploads = [{**upload_json(item.record), **_instructions(item)} for item in started]
     return jsonify(success=True, uploads=uploads), 201
 
 
@@ -141,7 +118,8 @@ def initiate() -> tuple[Response, int]:
 def sign() -> Response:
     """One S3 request of a signRequests upload, presigned (Uppy's @uppy/aws-s3 signRequest)."""
     principal = authenticate()
-    return jsonify(_service().sign(principal, _json_body(required=True)))
+    signed = _service().sign(principal, read.sign(json_body(required=True)))
+    return jsonify(_signed_json(signed))
 
 
 @bp.get("/api/uploads/<upload_id>")
@@ -156,20 +134,22 @@ def status(upload_id: str) -> Response:
 def parts(upload_id: str) -> Response:
     """More presigned part URLs: ``?first=<part number>&count=<at most a page>``."""
     principal = authenticate()
+    count = request.args.get("count")
     try:
         first = int(request.args.get("first", "1"))
-        count = int(request.args.get("count", str(services().settings.direct_part_urls_per_page)))
+        per_page = int(count) if count is not None else None
     except ValueError:
         raise errors.InvalidPartRange("first and count must be integers.") from None
-    urls = _service().part_urls(principal, upload_id, first=first, count=count)
-    return jsonify(success=True, uploadId=upload_id, parts=urls)
+    urls = _service().part_urls(principal, upload_id, first=first, count=per_page)
+    return jsonify(success=True, uploadId=upload_id, parts=_parts_json(urls))
 
 
 @bp.post("/api/uploads/<upload_id>/complete")
 def complete(upload_id: str) -> Response:
     principal = authenticate()
     note_upload("direct")
-    record = _service().complete(principal, upload_id, _json_body(required=False))
+    svc = _service()
+    record = svc.complete(principal, upload_id, read.claimed_parts(json_body(required=False)))
     note(user=principal.subject, project=record.project_id, outcome=record.status.value)
     note_upload("direct", bytes=record.size or 0, seconds=upload_seconds(record))
     if record.status is Status.REJECTED:

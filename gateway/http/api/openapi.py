@@ -16,13 +16,24 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from gateway.http.api import direct, health, media, pages, session, spec, stats, tus, upload
+from gateway.http.api import (
+    direct,
+    health,
+    media,
+    pages,
+    session,
+    spec,
+    stats,
+    tickets,
+    tus,
+    upload,
+)
 from gateway.http.api.spec import Described, json_response
 
 bp = Blueprint("openapi", __name__)
 
 DOCS_PATH = "/docs"
-RESOURCES = (upload, media, stats, direct, tus, health, session, pages)
+RESOURCES = (upload, tickets, media, stats, direct, tus, health, session, pages)
 
 
 def descriptions() -> dict[str, Described]:

@@ -79,7 +79,7 @@ class BrowserAnswer:
         g.answered_error = True  # the body may still be arriving: drain it (lingering.py)
         if self.redirect is not None:
             return _see_other(with_outcome(self.redirect, [("error", exc.code)]))
-        return error_page(exc)
+        return error_page(exc, elsewhere=self.stats.by_ticket)
 
 
 def answer_browser(answer: BrowserAnswer) -> None:
@@ -87,9 +87,16 @@ def answer_browser(answer: BrowserAnswer) -> None:
     g.render_for_browser = answer.failed
 
 
-def error_page(exc: errors.GatewayError, *, status: int | None = None) -> Response:
+def error_page(
+    exc: errors.GatewayError, *, status: int | None = None, elsewhere: bool = False
+) -> Response:
+    """``elsewhere``: the form is another site's (an upload ticket's): back there, not sign-in."""
     html = render_template(
-        "error.html", error=exc, request_id=g.get("request_id"), signed_in=bool(session_cookie())
+        "error.html",
+        error=exc,
+        request_id=g.get("request_id"),
+        signed_in=bool(session_cookie()),
+        elsewhere=elsewhere,
     )
     return _page(html, exc.status if status is None else status)
 
@@ -255,7 +262,8 @@ def _page(html: str, status: int = 200) -> Response:
 
 
 def _content_security_policy() -> str:
-    """Scripts and styles only from the gateway; uploads to it and, for direct uploads, S3."""
+    """Scripts and styles only from the gateway; uploads to it and, for direct uploads, S3;
+    images and audio (thumbnails, players) from wherever the media's URLs point."""
     settings = services().settings
     s3 = origin_of(settings.s3_endpoint_url) if settings.s3_endpoint_url else "https:"
     return "; ".join(
@@ -264,6 +272,7 @@ def _content_security_policy() -> str:
             "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' https: http: data: blob:",
+            "media-src 'self' https: http: blob:",
             f"connect-src 'self' {s3}",
             "form-action 'self'",
             "frame-ancestors 'none'",

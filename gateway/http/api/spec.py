@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway import errors
 from gateway.media.records import Sha256State
+from gateway.uploads.sniff import FILE_TYPES
 
 Schema = dict[str, Any]
 Operation = dict[str, Any]
@@ -114,10 +115,17 @@ def _media() -> Schema:
         "type": "object",
         "required": ["name", "url", "contentType"],
         "properties": {
-            "name": {"type": "string"},
+            "name": {
+                "type": "string",
+                "description": (
+                    "thumb-<size> (images), poster (videos), preview (PDFs); audio: peaks (BBC "
+                    "audiowaveform JSON, version 2), waveform (PNG), opus (Ogg Opus copy of "
+                    "uncompressed or lossless audio)"
+                ),
+            },
             "url": NULLABLE_STRING,
             "contentType": {"type": "string"},
-            "width": {"type": ["integer", "null"]},
+            "width": {"type": ["integer", "null"], "description": "null when no picture"},
             "height": {"type": ["integer", "null"]},
             "size": {"type": ["integer", "null"]},
         },
@@ -149,7 +157,14 @@ def _media() -> Schema:
             "tenant": NULLABLE_STRING,
             "owner": {"type": "string"},
             "originalName": {"type": "string"},
-            "fileType": {"type": "string"},
+            "fileType": {
+                "type": "string",
+                "enum": [*FILE_TYPES, "other"],
+                "description": (
+                    "the major type of contentType; a container that may hold audio or video "
+                    "(MP4, WebM, Ogg) whose first bytes could not tell is settled by processing"
+                ),
+            },
             "contentType": {"type": "string"},
             "s3Key": {"type": "string"},
             "url": {
@@ -180,7 +195,16 @@ def _media() -> Schema:
             },
             "stage": NULLABLE_STRING,
             "variants": {"type": "array", "items": variant},
-            "properties": {"type": ["object", "null"]},
+            "properties": {
+                "type": ["object", "null"],
+                "description": (
+                    "what processing found: images width, height, format, orientation, "
+                    "gpsFound, ...; videos width, height, codec, duration; audio duration, "
+                    "codec, container, sampleRate, channels, channelLayout, bitRate, lossless, "
+                    "tags (title, artist, album, date, comment, encoder), transcode ({codec, "
+                    "bitRate, size} of the Opus copy, or {skipped: why})"
+                ),
+            },
             "createdAt": {"type": "string", "format": "date-time"},
             "version": {"type": "integer"},
             "upload": {

@@ -21,8 +21,10 @@ from gateway.http.api.spec import (
 from gateway.http.auth import authenticate
 from gateway.media.lifecycle import VISIBLE
 from gateway.media.naming import check_project_id
+from gateway.uploads.sniff import FILE_TYPES
 
 bp = Blueprint("stats", __name__)
+FILE_TYPE_NAMES = [*FILE_TYPES, "other"]
 
 
 def _add(into: dict[str, dict[str, int]], key: str, files: int, size: int) -> None:
@@ -105,7 +107,12 @@ def api_description() -> Described:
                         "description": "stored, processing, ready, failed and infected files",
                     },
                     "bytes": {"type": "integer"},
-                    "byType": {"type": "object", "additionalProperties": ref("Count")},
+                    "byType": {
+                        "type": "object",
+                        "description": "the visible files by fileType",
+                        "propertyNames": {"enum": FILE_TYPE_NAMES},
+                        "additionalProperties": ref("Count"),
+                    },
                     "byStatus": {"type": "object", "additionalProperties": ref("Count")},
                     "counts": {
                         "type": "array",
@@ -113,7 +120,7 @@ def api_description() -> Described:
                             "allOf": [ref("Count")],
                             "required": ["fileType", "status"],
                             "properties": {
-                                "fileType": {"type": "string"},
+                                "fileType": {"type": "string", "enum": FILE_TYPE_NAMES},
                                 "status": {"type": "string"},
                             },
                         },

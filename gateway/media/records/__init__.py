@@ -110,11 +110,11 @@ def tus_state(record: MediaRecord) -> TusUpload:
 class VariantInfo:
     """A derived file stored next to the original (gateway/processing/pipeline.py)."""
 
-    name: str  # thumb-320, thumb-1280, poster, preview
+    name: str  # thumb-320, thumb-1280, poster, preview; audio: peaks, waveform, opus
     key: str
     content_type: str
-    width: int
-    height: int
+    width: int | None  # None for a variant that is no picture (peaks, an audio copy)
+    height: int | None
     size: int
 
 
@@ -134,7 +134,7 @@ class MediaRecord:
     tenant: str  # "" when the token carries no tenant
     owner: str
     original_name: str
-    file_type: str  # image | video | other
+    file_type: str  # image | video | audio | other
     mime_type: str
     s3_key: str  # the store's key (the S3 store adds its prefix: ObjectStore.full_key)
     size: int

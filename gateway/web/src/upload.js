@@ -2,11 +2,13 @@
 // direct-to-S3 (Uppy's AwsS3, requests signed by the gateway) for big ones in S3 mode; uploads
 // wait for the connection and resume when it comes back, a reload resumes a tus upload when the
 // same file is chosen again (tus-js-client keeps its URL), and each file's processing status is
-// followed live until it is ready (with its thumbnail). Without this script the form still
-// posts as a plain HTML form.
+// followed live until it is ready (with its thumbnail; audio with a player and its waveform). A
+// Record button records from the microphone and uploads the recording as a file (recorder.js).
+// Without this script the form still posts as a plain HTML form.
 import Uppy from '@uppy/core'
 import Tus from '@uppy/tus'
 import AwsS3 from '@uppy/aws-s3'
+import { canRecord, formatDuration, startRecording } from './recorder.js'
 
 const config = JSON.parse(document.getElementById('gateway-config').textContent)
 const form = document.getElementById('upload-form')
@@ -166,13 +168,40 @@ function render(item, media) {
     link.textContent = 'open'
     item.li.append(' ', link)
   }
+  if (media.status !== 'ready') return
+  if (media.contentType?.startsWith('audio/')) {
+    showAudio(item, media)
+    return
+  }
   const thumbnail = (media.variants || []).find((v) => v.name.startsWith('thumb') && v.url)
-  if (media.status === 'ready' && thumbnail && !item.li.querySelector('img')) {
+  if (thumbnail && !item.li.querySelector('img')) {
     const img = document.createElement('img')
     img.dataset.role = 'thumbnail'
     img.src = thumbnail.url
     img.alt = `Thumbnail of ${item.file.name}`
     if (thumbnail.width) img.width = Math.min(thumbnail.width, 160)
+    item.li.append(' ', img)
+  }
+}
+
+// Ready audio: a player, and the waveform where processing drew one (an image variant).
+function showAudio(item, media) {
+  if (media.url && !item.li.querySelector('audio')) {
+    const player = document.createElement('audio')
+    player.dataset.role = 'player'
+    player.controls = true
+    player.preload = 'metadata'
+    player.src = media.url
+    player.setAttribute('aria-label', `Play ${item.file.name}`)
+    item.li.append(' ', player)
+  }
+  const waveform = (media.variants || []).find((v) => v.contentType?.startsWith('image/') && v.url)
+  if (waveform && !item.li.querySelector('img')) {
+    const img = document.createElement('img')
+    img.dataset.role = 'waveform'
+    img.src = waveform.url
+    img.alt = `Waveform of ${item.file.name}`
+    if (waveform.width) img.width = waveform.width
     item.li.append(' ', img)
   }
 }
@@ -265,33 +294,101 @@ if (viaS3) {
 }
 
 // -- the form -----------------------------------------------------------------------------------
-form.addEventListener('submit', (event) => {
-  event.preventDefault()
-  const input = form.querySelector('input[type=file]')
-  const projectId = form.querySelector('[name=projectId]').value
-  const chosen = [...input.files]
-  if (!chosen.length) return
-  for (const file of chosen) {
-    dropInterrupted(file.name)
-    const direct = viaS3 && file.size >= config.direct.minBytes
-    const uppy = direct ? viaS3 : viaTus
-    try {
-      const id = uppy.addFile({
-        name: file.name,
-        type: file.type || 'application/octet-stream',
-        data: file,
-        meta: { projectId, filename: file.name, filetype: file.type },
-      })
-      row(uppy.getFile(id), uppy)
-    } catch (error) {
-      show(row({ id: `refused-${file.name}-${Date.now()}`, name: file.name }), 'failed', `failed: ${error.message}`)
-    }
+// One file (chosen, or recorded) into the uploader that fits its size; send with sendQueued().
+function queueFile(file, projectId) {
+  dropInterrupted(file.name)
+  const direct = viaS3 && file.size >= config.direct.minBytes
+  const uppy = direct ? viaS3 : viaTus
+  try {
+    const id = uppy.addFile({
+      name: file.name,
+      type: file.type || 'application/octet-stream',
+      data: file,
+      meta: { projectId, filename: file.name, filetype: file.type },
+    })
+    row(uppy.getFile(id), uppy)
+  } catch (error) {
+    show(row({ id: `refused-${file.name}-${Date.now()}`, name: file.name }), 'failed', `failed: ${error.message}`)
   }
-  input.value = ''
+}
+
+function sendQueued() {
   updateBody()
   viaTus.upload().catch(() => {})
   viaS3?.upload().catch(() => {})
+}
+
+const projectInput = form.querySelector('[name=projectId]')
+
+form.addEventListener('submit', (event) => {
+  event.preventDefault()
+  const input = form.querySelector('input[type=file]')
+  const chosen = [...input.files]
+  if (!chosen.length) return
+  for (const file of chosen) queueFile(file, projectInput.value)
+  input.value = ''
+  sendQueued()
 })
+
+// -- the Record button ----------------------------------------------------------------------------
+function wireRecorder(panel) {
+  const button = panel.querySelector('#record')
+  const level = panel.querySelector('#record-level')
+  const time = panel.querySelector('#record-time')
+  const status = panel.querySelector('#record-status')
+  let recording = null
+
+  const showRecording = (on) => {
+    button.textContent = on ? 'Stop' : 'Record'
+    level.hidden = time.hidden = !on
+    panel.dataset.state = on ? 'recording' : 'idle'
+    if (!on) level.value = 0
+  }
+
+  button.addEventListener('click', async () => {
+    if (recording) {
+      const ending = recording
+      recording = null
+      button.disabled = true
+      try {
+        const file = await ending.stop()
+        status.textContent = `${file.name}: ${formatBytes(file.size)}, uploading`
+        queueFile(file, projectInput.value)
+        sendQueued()
+      } catch (error) {
+        status.textContent = `The recording failed: ${error.message}`
+      } finally {
+        button.disabled = false
+        showRecording(false)
+      }
+      return
+    }
+    if (!projectInput.reportValidity()) return // a recording goes to this project
+    button.disabled = true
+    status.textContent = ''
+    try {
+      time.textContent = formatDuration(0)
+      recording = await startRecording({
+        onLevel: (value) => {
+          level.value = value
+        },
+        onDuration: (seconds) => {
+          time.textContent = formatDuration(seconds)
+        },
+      })
+      panel.dataset.mimeType = recording.mimeType
+      showRecording(true)
+    } catch (error) {
+      status.textContent = `The microphone cannot be used: ${error.message}`
+    } finally {
+      button.disabled = false
+    }
+  })
+  panel.hidden = false
+}
+
+const recorderPanel = document.getElementById('recorder')
+if (recorderPanel && canRecord()) wireRecorder(recorderPanel)
 
 window.addEventListener('offline', () => {
   for (const item of rows.values()) {
