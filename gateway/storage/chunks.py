@@ -36,7 +36,7 @@ def chunk_owner(key: str) -> str | None:
 
 
 class ChunkStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes | bytearray) -> None: ...
 
     def get(self, key: str) -> bytes: ...
 
@@ -49,8 +49,9 @@ class ChunkStore(Protocol):
     ) -> str:
         """Begin the final object; its upload id."""
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Store part ``number`` (overwriting an earlier try); its ETag."""
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
+        """Store part ``number`` (overwriting an earlier try); its ETag. ``data`` is the caller's
+        reused buffer: stored before this returns, never kept."""
 
     def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
         """Part ``number`` from a whole object of this store (server-side where possible)."""
@@ -78,9 +79,9 @@ class LocalChunks:
     def __init__(self, store: LocalObjectStore) -> None:
         self.store = store
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         writer = self.store.open_writer(key, content_type="", metadata={})
-        writer.write(data)
+        writer.write(memoryview(data))
         writer.commit(sha256="")
 
     def get(self, key: str) -> bytes:
@@ -114,7 +115,7 @@ class LocalChunks:
     ) -> str:
         return uuid.uuid4().hex
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
         self.put(f"{self._parts_dir(key, upload_id)}/{number:05d}", data)
         return f"local-{number}-{len(data)}"
 

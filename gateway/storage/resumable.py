@@ -23,10 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gateway.config import S3_MAX_PARTS, S3_MIN_PART_SIZE, MiB
+from gateway.storage.buffers import PartBuffers
 from gateway.storage.chunks import ChunkStore, chunk_key
 
 log = logging.getLogger(__name__)
 LEASE_SLOTS = 8
+SPARE_BUFFERS = 4  # free part buffers a process keeps per part size
 MAX_PARTS = S3_MAX_PARTS // LEASE_SLOTS  # each lease writes its own part numbers
 
 
@@ -80,7 +82,10 @@ class Target:
 class ResumableWriter:
     """One request's bytes, from an upload's stored state to the next. ``write`` as they arrive
     (whole parts go to storage once a target is known); ``commit`` the request's end; ``discard``
-    what was written for a commit that did not happen."""
+    what was written for a commit that did not happen.
+
+    The bytes past the last part are copied once, into part buffers reused across requests
+    (gateway/storage/buffers.py), and a full one goes to storage as it is."""
 
     def __init__(
         self,
@@ -102,32 +107,46 @@ class ResumableWriter:
         self.target = target  # None until the type is known: nothing is written to parts
         self._parts = list(stored.parts)
         self._upload_id = stored.upload_id
-        self._buffer = bytearray()
+        self._buffers = uploads.buffers(part_size)
+        self._full: list[bytearray] = []  # whole parts not sent yet (the target is not known)
+        self._part: bytearray | None = None  # the part being filled
+        self._fill = 0
         self._new_tail = ""
         if stored.tail_size:
             guard()
-            self._buffer += self._chunks.get(stored.tail_key)
+            self.write(self._chunks.get(stored.tail_key))
 
     def head(self, size: int) -> bytes:
         """The upload's first ``size`` bytes while no part is written (what the type is sniffed
         from); b"" once parts exist."""
-        return bytes(self._buffer[:size]) if not self._parts else b""
+        head = bytearray()
+        for view in [] if self._parts else self._views():
+            head += view[: size - len(head)]
+        return bytes(head)
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._full) * self.part_size + self._fill
 
     def write(self, data: bytes | bytearray) -> None:
-        self._buffer += data
-        self._flush(final=False)
+        size, view, start = self.part_size, memoryview(data), 0
+        while start < len(view):
+            if self._part is None:
+                self._part, self._fill = self._buffers.take(), 0
+            taken = min(size - self._fill, len(view) - start)
+            self._part[self._fill : self._fill + taken] = view[start : start + taken]
+            self._fill += taken
+            start += taken
+            if self._fill == size:  # sent at once (its buffer reused) once the target is known
+                self._full.append(self._part)
+                self._part, self._fill = None, 0
+                self._flush(final=False)
+        self._flush(final=False)  # parts held until the target was known
 
     def _flush(self, *, final: bool) -> None:
         if self.target is None:
             return
-        size = self.part_size
-        while len(self._buffer) >= size or (
-            final and self._buffer and (self._parts or self._upload_id)
-        ):
+        while self._full or (final and self._fill and (self._parts or self._upload_id)):
             self.guard()
             if not self._upload_id:
                 self._upload_id = self._chunks.start(
@@ -137,12 +156,32 @@ class ResumableWriter:
                     content_disposition=self.target.content_disposition,
                 )
                 self.guard()
-            with memoryview(self._buffer) as view:  # one copy of the part, not two
-                data = bytes(view[:size])
+            short = not self._full  # the last part, shorter than the others
+            data: bytes | bytearray = self._held() if short else self._full[0]
             number = part_number(len(self._parts), self.generation)
             etag = self._chunks.upload_part(self.target.key, self._upload_id, number, data)
             self._parts.append(CommittedPart(number, etag, len(data)))
-            del self._buffer[: len(data)]
+            if short:
+                self._give_back()
+            else:
+                self._buffers.give(self._full.pop(0))
+
+    def _views(self) -> list[memoryview]:
+        """The bytes past the parts, in order, in their buffers."""
+        views = [memoryview(buffer) for buffer in self._full]
+        if self._part is not None:
+            views.append(memoryview(self._part)[: self._fill])
+        return views
+
+    def _held(self) -> bytes:
+        """The bytes past the parts, copied (their buffers go back)."""
+        return b"".join(self._views())
+
+    def _give_back(self) -> None:
+        for buffer in [*self._full, self._part]:
+            if buffer is not None:
+                self._buffers.give(buffer)
+        self._full, self._part, self._fill = [], None, 0
 
     def commit(self, *, final: bool, version: int) -> Stored:
         """Write what the request leaves: the whole object (``final``) or the tail, in an object
@@ -161,19 +200,20 @@ class ResumableWriter:
             else:
                 self._chunks.put_object(
                     self.target.key,
-                    bytes(self._buffer),
+                    self._held(),
                     content_type=self.target.content_type,
                     metadata=self.target.metadata,
                     content_disposition=self.target.content_disposition,
                 )
-            self._buffer.clear()
-        elif self._buffer:
+        held = self.buffered if not final else 0
+        if held:
             self._new_tail = chunk_key(self.media_id, f"pending-{version}")
-            self._chunks.put(self._new_tail, bytes(self._buffer))
+            self._chunks.put(self._new_tail, self._held())
+        self._give_back()
         return Stored(
             parts=tuple(self._parts),
             tail_key=self._new_tail,
-            tail_size=len(self._buffer),
+            tail_size=held,
             upload_id=self._upload_id,
         )
 
@@ -186,6 +226,7 @@ class ResumableWriter:
     def discard(self) -> None:
         """The commit did not happen: what this writer made that no state records (its tail
         object, a multipart upload it started)."""
+        self._give_back()
         if self._new_tail:
             _quietly(self._chunks.delete, self._new_tail)
         if self._upload_id and self._upload_id != self.before.upload_id and self.target:
@@ -197,6 +238,14 @@ class ResumableUploads:
 
     def __init__(self, chunks: ChunkStore) -> None:
         self.chunks = chunks
+        self._buffers: dict[int, PartBuffers] = {}
+
+    def buffers(self, part_size: int) -> PartBuffers:
+        """The part buffers of one part size (an upload's part size is fixed at its creation)."""
+        pool = self._buffers.get(part_size)
+        if pool is None:
+            pool = self._buffers.setdefault(part_size, PartBuffers(part_size, keep=SPARE_BUFFERS))
+        return pool
 
     @staticmethod
     def partial_key(media_id: str) -> str:

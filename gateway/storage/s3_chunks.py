@@ -21,7 +21,7 @@ class S3Chunks:
     def _key(self, key: str) -> str:
         return self.store.full_key(key)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         _call(
             "storing a chunk",
             self.client.put_object,
@@ -49,7 +49,7 @@ class S3Chunks:
             metadata=metadata,
         )
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
         answer = _call(
             "uploading a part",
             self.client.upload_part,
