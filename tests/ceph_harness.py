@@ -9,7 +9,9 @@ stops the processes it started, by PID. cephx is on: ``auth none`` does not let 
 ("wrong fsid"). Each step waits by polling the cluster, never by sleeping a fixed time.
 
 The S3 user's keys are the ones the suite exports for every AWS client (support.env_for_aws),
-so a Settings with ``s3_endpoint_url=cluster.url`` talks to Ceph with no other change.
+so a Settings with ``s3_endpoint_url=cluster.url`` talks to Ceph with no other change. The same
+gateway also answers HTTPS (``https_url``) with a self-signed certificate (``ca_file``; give it
+to boto3 as AWS_CA_BUNDLE): some S3 behaviour differs over TLS (botocore's checksum trailers).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -60,14 +63,20 @@ class CephCluster:
 
     folder: Path
     url: str = ""
+    https_url: str = ""
+    ca_file: str = ""
     access_key: str = ""
     secret_key: str = ""
     processes: list[subprocess.Popen] = field(default_factory=list)
     started_in: float = 0.0  # seconds from nothing to an answering S3 endpoint
 
     def stop(self) -> None:
-        """Stop what this cluster started, gateway first, by PID."""
+        """Stop what this cluster started, gateway first, by PID. The OSD is killed: on SIGTERM
+        memstore writes its whole store to disk first (seconds), and nothing here keeps it."""
         for proc in reversed(self.processes):
+            if proc.args[0].endswith("ceph-osd") and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             stop(proc, timeout=15)
         self.processes.clear()
 
@@ -76,7 +85,7 @@ class CephCluster:
         return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
 
 
-def _conf(folder: Path, fsid: str, mon_port: int, rgw_port: int) -> str:
+def _conf(folder: Path, fsid: str, mon_port: int, rgw_port: int, tls_port: int) -> str:
     return f"""[global]
 fsid = {fsid}
 mon_host = v1:127.0.0.1:{mon_port}
@@ -113,7 +122,8 @@ mon_max_pg_per_osd = 1000
 mon_warn_on_pool_no_redundancy = false
 osd_max_object_name_len = 460
 osd_max_object_namespace_len = 64
-rgw_frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw_frontends = beast endpoint=127.0.0.1:{rgw_port} ssl_endpoint=127.0.0.1:{tls_port} \
+ssl_certificate={folder}/tls/cert.pem ssl_private_key={folder}/tls/key.pem
 rgw_dns_name = 127.0.0.1
 rgw_enable_usage_log = false
 
@@ -174,6 +184,17 @@ def _poll(what: str, check, procs: list[subprocess.Popen], deadline: float, clus
     raise RuntimeError(f"Ceph: no {what} in {START_TIMEOUT:.0f} s")
 
 
+def _certificate(folder: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (cert.pem is its own CA bundle)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
 def start_ceph(folder: Path) -> CephCluster:
     """Bring up mon, OSD and radosgw in ``folder``; the S3 user has the suite's AWS keys."""
     began = time.monotonic()
@@ -182,8 +203,9 @@ def start_ceph(folder: Path) -> CephCluster:
     for sub in ("run", "log", "keyring", "crash", "mon/mon.a", "osd/osd.0", "rgw/client.rgw.gw"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     fsid = str(uuid.uuid4())
-    mon_port, rgw_port = free_port(), free_port()
-    (folder / "ceph.conf").write_text(_conf(folder, fsid, mon_port, rgw_port))
+    mon_port, rgw_port, tls_port = free_port(), free_port(), free_port()
+    (folder / "ceph.conf").write_text(_conf(folder, fsid, mon_port, rgw_port, tls_port))
+    _certificate(folder / "tls")
     steps = _Steps(folder, programs)
     cluster = CephCluster(folder)
     keyring = folder / "keyring"
@@ -267,7 +289,8 @@ def start_ceph(folder: Path) -> CephCluster:
             "--display-name", "gateway tests",
             "--access-key", cluster.access_key, "--secret", cluster.secret_key,
         )  # fmt: skip
-        cluster.url = url
+        cluster.url, cluster.https_url = url, f"https://127.0.0.1:{tls_port}"
+        cluster.ca_file = str(folder / "tls" / "cert.pem")
     except BaseException:
         cluster.stop()
         raise
@@ -282,11 +305,9 @@ def remove(folder: Path) -> None:
 if __name__ == "__main__":  # a cluster by hand: python tests/ceph_harness.py DIR
     import sys
 
-    target = Path(sys.argv[1])
-    started = start_ceph(target)
-    print(f"{started.url} ready in {started.started_in:.1f} s; Ctrl-C stops it ({os.getpid()})")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        started.stop()
+    started = start_ceph(Path(sys.argv[1]))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # not inherited
+    print(f"{started.url} and {started.https_url} (CA {started.ca_file}) ready in", end=" ")
+    print(f"{started.started_in:.1f} s; SIGINT or SIGTERM to {os.getpid()} stops it", flush=True)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    started.stop()

@@ -34,6 +34,7 @@ SLOW_FIXTURES = {
     "moto_url",
     "serial_moto_url",
     "ceph_url",
+    "ceph_cluster",
     "embedded_stack",
     "s3_stack",
     "clamd_url",
@@ -76,16 +77,24 @@ def serial_moto_url():
 
 
 @pytest.fixture(scope="session")
-def ceph_url(tmp_path_factory):
-    """A throwaway single-node Ceph cluster's S3 endpoint (radosgw), shared by the session: the
-    second S3 the store suites run on (tests/ceph_harness.py). Its user has the suite's AWS keys."""
+def ceph_cluster(tmp_path_factory):
+    """A throwaway single-node Ceph cluster with its S3 gateway (radosgw), shared by the session:
+    the second S3 the store suites run on (tests/ceph_harness.py). Its user has the suite's AWS
+    keys; ``url`` is plain HTTP, ``https_url`` the same gateway over TLS (CA: ``ca_file``)."""
     from ceph_harness import remove, start_ceph
 
     folder = tmp_path_factory.mktemp("ceph")
     cluster = start_ceph(folder)
-    yield cluster.url
+    yield cluster
     cluster.stop()
     remove(folder)
+
+
+@pytest.fixture(scope="session")
+def ceph_url(ceph_cluster):
+    """Ceph's S3 endpoint: ``make_settings(tmp_path, backend="ceph", ceph_url=ceph_url)`` is a
+    gateway on Ceph (``Services(settings)`` and ``provision()`` as ``app`` below)."""
+    return ceph_cluster.url
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +150,12 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, backend: st
         return make_settings(tmp_path, backend=backend, ceph_url=ceph, **overrides)
     moto = request.getfixturevalue("moto_url") if backend != "local" else None
     return make_settings(tmp_path, backend=backend, moto_url=moto, **overrides)
+
+
+def also_on_ceph(*backends: str) -> pytest.MarkDecorator:
+    """Run a test on ``backends`` and on Ceph: for the tests that exercise what the store does
+    (the others stay on moto alone, for the suite's time)."""
+    return pytest.mark.parametrize("backend", [*backends, "ceph"])
 
 
 @pytest.fixture
