@@ -15,6 +15,7 @@ Steps go out on their own session: the gateway's token never goes to a step's ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +57,16 @@ class StepResult:
 
 
 def run_step(
-    session: requests.Session, spec: StepSpec, context: Context, *, idempotency_key: str
+    session: requests.Session,
+    spec: StepSpec,
+    context: Context,
+    *,
+    idempotency_key: str,
+    withheld: Sequence[str] = (),
 ) -> StepResult:
     """Send one step: its status and captures on success, else ``Transient`` or
-    ``StepRefused``."""
+    ``StepRefused``. ``withheld``: secrets no step may carry (the gateway's token), whatever
+    its placeholders filled in: such a step is refused, not sent."""
     url = render(spec.url, context, quote=url_escape)
     headers = {"Idempotency-Key": idempotency_key}
     data = None
@@ -70,6 +77,12 @@ def run_step(
     for name, value in spec.headers:
         headers[name] = render(value, context)
     what = f"step {spec.name} {spec.method} {url}"
+    sent = "\n".join([url, data.decode() if data else "", *headers.values()])
+    if any(secret and secret in sent for secret in withheld):
+        raise StepRefused(  # (named by its template: the URL may hold the token)
+            f"step {spec.name} {spec.method} {spec.url}: it would carry the gateway's token; "
+            "not sent", status=0, answer="",
+        )  # fmt: skip
     with network_errors(what, gateway=False):
         answer = session.request(spec.method, url, data=data, headers=headers, timeout=STEP_TIMEOUT)
     status = answer.status_code

@@ -314,6 +314,7 @@ class Syncer:
                     step.spec,
                     context,
                     idempotency_key=step_key(item, step),
+                    withheld=[self.gateway.token],
                 )
             except StepRefused as refused:
                 refused.step = step

@@ -6,6 +6,7 @@ in this process (werkzeug's threaded server, local storage, as in test_outbox_cl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -88,6 +89,7 @@ class AppApi:
         key = headers.get("Idempotency-Key", "")
         if key in self.answers:
             return self.answers[key]
+        path = path.partition("?")[0]
         if method == "POST" and path == "/api/attachments":
             if self.refuse:
                 return self.refuse
@@ -399,6 +401,32 @@ def test_the_app_api_down_for_the_last_step_repeats_no_upload_and_the_step_runs_
     assert len(api.requests("POST")) == 1 and len(api.requests("PATCH")) == 1
     record = box.get(item.id).files[0].record
     assert api.records[FIRST_ID]["updated"]["key"] == record["s3Key"]
+
+
+@pytest.mark.parametrize("where", ["header", "body", "url"])
+def test_a_step_that_would_carry_the_gateways_token_is_refused_not_sent(
+    tmp_path, box, gateway, app_api, where
+):
+    url, token, _, posts, _ = gateway
+    api = app_api()
+    spec = {
+        "header": StepSpec("POST", api.url + "/api/attachments", "{}", (("X-T", "{{env.GW}}"),)),
+        "body": StepSpec("POST", api.url + "/api/attachments", '{"t": "{{env.GW}}"}'),
+        "url": StepSpec("POST", api.url + "/api/attachments?t={{env.GW}}", "{}"),
+    }[where]
+    item = push(box, tmp_path, [dataclasses.replace(spec, name="create", before=True)], [])
+    client = GatewayClient(url, token)
+    reporter = JsonLines(io.StringIO())
+    result = Syncer(box, client, reporter, env={"GW": token}).run(max_wait=0)
+    assert result.failed == [item.id]
+    failed = box.get(item.id)
+    assert "it would carry the gateway's token; not sent" in failed.last_error
+    assert token not in failed.last_error and token not in reporter.stream.getvalue()
+    assert api.got == [] and posts == []
+    # The same step with another value goes (the check is on the value, not on the template).
+    box.retry(failed)
+    result = Syncer(box, client, JsonLines(io.StringIO()), env={"GW": "app-value"}).run(max_wait=0)
+    assert result.done == [item.id] and len(api.got) == 1 and posts == [item.idempotency_key]
 
 
 # -- checked when queued --------------------------------------------------------------------------
