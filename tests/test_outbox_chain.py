@@ -604,11 +604,11 @@ def test_the_docs_chain_queued_and_sent_by_the_command_survives_a_sigkill_betwee
     holder["gate"] = gate
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")},
            "OUTBOX_DIR": str(tmp_path / "outbox"), "OUTBOX_GATEWAY": url, "OUTBOX_TOKEN": token,
-           "APP_TOKEN": "app-secret", "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "APP_TOKEN": "app-secret"}  # fmt: skip
     (tmp_path / "scan.jpg").write_bytes(png_bytes(40_000))
     args = [a.replace("https://app.example", api.url) for a in docs_example()]
-    pushed = subprocess.run([sys.executable, "-m", "outbox", "push", *args, "--json"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    args[args.index("scan.jpg")] = str(tmp_path / "scan.jpg")
+    pushed = cli(env, "push", *args, "--json")
     assert pushed.returncode == 0, pushed.stderr
     item = json.loads(pushed.stdout)
     assert [s["name"] for s in item["steps"]] == ["create", "update"]
