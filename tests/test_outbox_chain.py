@@ -316,6 +316,20 @@ def test_a_step_before_the_upload_that_is_busy_is_retried_with_its_key_as_told(
     assert stored["metadata"]["recordId"] == "r-9"
 
 
+def test_each_step_done_is_reported_on_a_terminal_too(tmp_path, box):
+    from rich.console import Console
+
+    from outbox.report import Terminal
+
+    item = push(box, tmp_path, [StepSpec("POST", "http://a/", name="create", before=True)], [])
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    report = Terminal(console)
+    item.steps[0].answer_status = 201
+    report.step_done(item, item.steps[0])
+    report.close()
+    assert f"step   {item.id[:8]} create: 201" in console.file.getvalue()
+
+
 # -- refusals -----------------------------------------------------------------------------------------
 def test_a_permanent_refusal_at_the_first_step_fails_the_item_with_the_apps_answer(
     tmp_path, box, gateway, app_api
