@@ -1,8 +1,10 @@
 """Sync: send what is due, resume what was cut, retry what failed, as often as it takes.
 
 An item is worked on by one process at a time (``Outbox.claim``, a lease renewed while it
-works); its files go up first (one form POST for the small ones, tus for each big one), then its
-steps, each marked in the outbox the moment the gateway or the target confirms it. A failure
+works); its steps before the upload run first, then its files go up (one form POST for the
+small ones, tus for each big one, their fields filled in with those steps' captures), then its
+steps after the upload, each marked in the outbox the moment the gateway or the target confirms
+it. A failure
 schedules the next attempt: ``Retry-After`` when the answer had one, otherwise exponential backoff
 with equal jitter (half the ceiling plus a random half: never hammering, never synchronised with
 other clients). A 401 stops the whole sync (no item can go on with that token); a permanent
