@@ -523,11 +523,39 @@ def test_steps_before_the_upload_come_first_and_every_capture_kind_is_checked(tm
     assert item.steps[0].spec.capture == (("id", "/id"),)
 
 
+def test_a_placeholder_with_a_dotted_capture_name_names_the_capture():
+    steps = chain.assemble([step("c: POST http://a/", before=True)],
+                           [step("u: POST http://a/{{steps.c.id.x}}")],
+                           captures=[("c", "id", "/id")])  # fmt: skip
+    with pytest.raises(InvalidItem, match=r"step 'c' captures no 'id\.x'"):
+        chain.check(steps, files=1, fields=[])
+
+
+def test_a_steps_json_body_carries_captured_text_escaped_and_a_refusal_its_status():
+    from outbox.steps import StepRefused, run_step
+
+    app = ScriptedServer((201, {}), (201, {}), body_for=lambda status, count: b"not json")
+    try:
+        spec = StepSpec("POST", app.url + "/x", '{"t": "{{steps.c.s}}"}', name="u")
+        context = chain.Context(captured={"c": {"s": 'a "quoted"\\ value'}})
+        assert run_step(requests.Session(), spec, context, idempotency_key="k").status == 201
+        assert json.loads(app.got[0]["body"]) == {"t": 'a "quoted"\\ value'}
+        capturing = dataclasses.replace(spec, capture=(("id", "/id"),))
+        with pytest.raises(StepRefused) as caught:
+            run_step(requests.Session(), capturing, context, idempotency_key="k")
+        assert (caught.value.status, caught.value.answer) == (201, "not json")
+    finally:
+        app.close()
+
+
 # -- parsing the command line ----------------------------------------------------------------------
 def test_captures_and_headers_are_parsed_from_the_command_line():
     assert chain.parse_capture("create.attachId=/AttachID") == ("create", "attachId", "/AttachID")
     assert chain.parse_capture(" c.id = /a/0 ") == ("c", "id", "/a/0")
     assert chain.parse_capture("c.id=") == ("c", "id", "")  # the whole answer
+    assert chain.parse_capture("c.id=/a=b") == ("c", "id", "/a=b")
+    with pytest.raises(InvalidItem, match="expected '\\[NAME:\\] METHOD URL"):
+        chain.parse_step("post: PUT http://a/", before=False)  # a method is no step's name
     for bad in ("create=/x", "create.=/x", ".id=/x", "create.id", "1c.id=/x"):
         with pytest.raises(InvalidItem, match=r"expected STEP\.NAME=/json/pointer"):
             chain.parse_capture(bad)
@@ -538,7 +566,7 @@ def test_captures_and_headers_are_parsed_from_the_command_line():
         with pytest.raises(InvalidItem, match="expected 'STEP: Header-Name: value'"):
             chain.parse_header(bad)
     headed = chain.assemble([], [step("u: POST http://a/")], headers=[("u", "X-A", "1")])
-    assert headed[0].headers == (("X-A", "1"),)
+    assert headed[0].headers == (("X-A", "1"),) and headed[0].before is False
     with pytest.raises(InvalidItem, match=r"--header nope\.X-A: no step is named 'nope'"):
         chain.assemble([], [step("u: POST http://a/")], headers=[("nope", "X-A", "1")])
 
