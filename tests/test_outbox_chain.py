@@ -343,6 +343,14 @@ def test_a_permanent_refusal_at_the_first_step_fails_the_item_with_the_apps_answ
     failed = box.get(item.id)
     assert failed.state == State.FAILED
     assert failed.steps[0].answer == '{"error": "title is required"}'
+    in_memory = box.get(item.id)
+    box.retry(in_memory)
+    in_memory = box.get(item.id)
+    box.claim(in_memory)
+    box.mark_failed(in_memory, "again", step=in_memory.steps[0], answer="kept")
+    assert in_memory.steps[0].answer == "kept" == box.get(item.id).steps[0].answer
+    box.release(in_memory)
+    failed.steps[0].answer = '{"error": "title is required"}'
     assert failed.steps[0].answer_status is None and not failed.steps[1].done
     assert failed.last_error.endswith(': 422: {"error": "title is required"}')
     assert "step create POST" in failed.last_error
@@ -434,7 +442,7 @@ def test_a_step_that_would_carry_the_gateways_token_is_refused_not_sent(
     result = Syncer(box, client, reporter, env={"GW": token}).run(max_wait=0)
     assert result.failed == [item.id]
     failed = box.get(item.id)
-    assert "it would carry the gateway's token; not sent" in failed.last_error
+    assert failed.last_error.endswith("it would carry the gateway's token; not sent")
     assert token not in failed.last_error and token not in reporter.stream.getvalue()
     assert api.got == [] and posts == []
     # The same step with another value goes (the check is on the value, not on the template).
@@ -534,16 +542,26 @@ def test_a_placeholder_with_a_dotted_capture_name_names_the_capture():
 def test_a_steps_json_body_carries_captured_text_escaped_and_a_refusal_its_status():
     from outbox.steps import StepRefused, run_step
 
-    app = ScriptedServer((201, {}), (201, {}), body_for=lambda status, count: b"not json")
+    bodies = {1: b"", 2: b"not json", 3: b"\xffrefused"}
+    app = ScriptedServer((201, {}), (201, {}), (422, {}), body_for=lambda st, n: bodies[n])
     try:
-        spec = StepSpec("POST", app.url + "/x", '{"t": "{{steps.c.s}}"}', name="u")
+        spec = StepSpec("POST", app.url + "/x?k={{steps.c.s}}", '{"t": "{{steps.c.s}}"}', name="u")
         context = chain.Context(captured={"c": {"s": 'a "quoted"\\ value'}})
         assert run_step(requests.Session(), spec, context, idempotency_key="k").status == 201
         assert json.loads(app.got[0]["body"]) == {"t": 'a "quoted"\\ value'}
+        assert app.got[0]["path"] == "/x?k=a%20%22quoted%22%5C%20value"
         capturing = dataclasses.replace(spec, capture=(("id", "/id"),))
         with pytest.raises(StepRefused) as caught:
             run_step(requests.Session(), capturing, context, idempotency_key="k")
         assert (caught.value.status, caught.value.answer) == (201, "not json")
+        assert str(caught.value).startswith(f"step u POST {app.url}/x?k=a%20%22quoted%22")
+        assert ": 201, an answer that is not JSON (nothing to capture): not json" in str(
+            caught.value
+        )
+        with pytest.raises(StepRefused) as caught:
+            run_step(requests.Session(), spec, context, idempotency_key="k")
+        assert (caught.value.status, caught.value.answer) == (422, "\ufffdrefused")
+        assert caught.value.step is None  # (the sync sets it)
     finally:
         app.close()
 
@@ -605,6 +623,11 @@ def test_the_schema_takes_its_examples_and_the_items_the_outbox_queues(tmp_path,
     assert document["before"][0]["capture"] == {"attachId": "/AttachID"}
     assert document["upload"]["fields"] == {"attachId": "{{steps.create.attachId}}", "run": "chain"}
     assert document["after"][0]["headers"] == {"Authorization": "Bearer {{env.APP_TOKEN}}"}
+    assert document["before"][0]["body"] == '{"title": "north wall"}'
+    bodiless = chain.document([StepSpec("DELETE", "http://a/", name="d")], project="p",
+                              fields=[], files=[{"name": "a"}])  # fmt: skip
+    assert bodiless["after"] == [{"name": "d", "method": "DELETE", "url": "http://a/"}]
+    validator.validate(bodiless)
 
 
 @pytest.mark.parametrize(
