@@ -38,7 +38,7 @@ def connection(bind: str) -> http.client.HTTPConnection:
         return UnixConnection(bind[len("unix:") :])
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
-    if host in ("", "0.0.0.0"):
+    if host in ("", "0.0.0.0"):  # noqa: S104 (the wildcard gunicorn listens on, asked on loopback)
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
@@ -71,7 +71,7 @@ def commands() -> list[list[str]]:
 
 
 def role(argvs: list[list[str]]) -> str:
-    """"gateway" when gunicorn runs, "worker" when the processing worker runs, else "other"."""
+    """ "gateway" when gunicorn runs, "worker" when the processing worker runs, else "other"."""
     names = [[Path(arg).name for arg in argv[:2]] + argv[2:] for argv in argvs]
     if any("gunicorn" in argv[:2] for argv in names):
         return "gateway"

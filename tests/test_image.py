@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import resource
 import subprocess
 import threading
 import time
@@ -24,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import media_samples as samples
 import pytest
 import requests
-
-import media_samples as samples
 from docker_harness import IMAGE, Daemon, Docker, build_image, image_size, log
+
 from e2e_harness import ensure_curl, poll
 from support import JWT_SECRET, env_for_aws, free_port, leftovers, unique
 
@@ -36,12 +37,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MiB = 1024 * 1024
 UID = 10001
+# docs/deployment.md asks for 65536 file descriptors; no container gets more than dockerd has.
+NOFILE = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 STOP_TIMEOUT = 30  # the run flag under test: >= delay + grace + 15 s (gunicorn.conf.py checks)
-# Short grace periods keep the stop test quick; the documented defaults are 5 s, 60 s and 120 s.
+# Short grace periods keep the stop test quick (the defaults are 5 s, 60 s and 120 s), yet the
+# slow upload still ends after docker stop's default 10 s: without --stop-timeout it would be
+# SIGKILLed (exit 137, no answer, a .partial-* file left).
 QUICK_STOP = {
     "GATEWAY_SHUTDOWN_DELAY": "2",
-    "GATEWAY_SHUTDOWN_UPLOAD_GRACE": "4",
-    "GATEWAY_GRACEFUL_TIMEOUT": "19",
+    "GATEWAY_SHUTDOWN_UPLOAD_GRACE": "9",  # ends past docker stop's default 10 s
+    "GATEWAY_GRACEFUL_TIMEOUT": "24",
 }
 
 
@@ -87,7 +92,7 @@ class Containers:
             "-v",
             f"{volume}:/app/var",
             "--ulimit",
-            "nofile=65536:65536",
+            f"nofile={NOFILE}:{NOFILE}",
             "--stop-timeout",
             str(STOP_TIMEOUT),
             "--health-interval",
@@ -203,9 +208,9 @@ def test_gateway_and_worker_containers_on_s3(containers: Containers, moto_url: s
 
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(samples.photo(1200, 900))
+    curl = [ensure_curl(), "-sS", "-H", f"Authorization: Bearer {bearer}", "-F", "projectId=p1"]
     done = subprocess.run(
-        [ensure_curl(), "-sS", "-H", f"Authorization: Bearer {bearer}", "-F", "projectId=p1"]
-        + ["-F", f"file=@{photo};type=image/jpeg", url + "/api/upload"],
+        [*curl, "-F", f"file=@{photo};type=image/jpeg", url + "/api/upload"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -296,6 +301,23 @@ class Upload:
             self.done.set()
 
 
+def test_var_is_a_volume_writable_on_a_read_only_root(containers: Containers):
+    """Without a -v, /app/var is still writable (an anonymous volume, owned by the gateway user):
+    a forgotten mount loses data at removal but never fails uploads with a read-only error."""
+    docker = containers.docker
+    assert list(docker.inspect(containers.image)["Config"]["Volumes"]) == ["/app/var"]
+    probe = docker(
+        "run", "--rm", "--read-only", "--network", "none", containers.image,
+        "sh", "-c", "touch /app/var/probe && id -u",
+    )  # fmt: skip
+    assert probe.stdout.strip() == str(UID)
+    denied = docker(
+        "run", "--rm", "--read-only", "--network", "none", containers.image,
+        "touch", "/app/probe", check=False,
+    )  # fmt: skip
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+
+
 def test_docker_stop_during_uploads_ends_them_as_documented(containers: Containers):
     """docker stop with the run's --stop-timeout: SIGTERM, /readyz 503 for the delay, then the
     upload still arriving after the grace gets 503 shutting_down and is rolled back; the one that
@@ -333,7 +355,9 @@ def test_docker_stop_during_uploads_ends_them_as_documented(containers: Containe
     assert (state["ExitCode"], state["OOMKilled"]) == (0, False), containers.logs(gateway)
 
     root = Path(docker("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip())
-    media = sorted(p.relative_to(root / "media") for p in (root / "media").rglob("*") if p.is_file())
+    media = sorted(
+        p.relative_to(root / "media") for p in (root / "media").rglob("*") if p.is_file()
+    )
     assert not [p for p in media if p.name.startswith(".partial-")], media
     assert len(media) == 1, media
     svc = _services_on(root)
