@@ -282,7 +282,20 @@ def build_image(docker: Docker, tag: str = IMAGE) -> float:
     started = time.monotonic()
     build_args = [x for arg, ref in args.items() for x in ("--build-arg", f"{arg}={ref}")]
     docker("build", "--network", "host", *build_args, "-t", tag, str(ROOT), timeout=1800)
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    _forget_old_builds(docker, args)
+    return seconds
+
+
+def _forget_old_builds(docker: Docker, kept: dict[str, str]) -> None:
+    """The data root is kept between runs: drop what no current image uses (earlier builds'
+    images, stand-ins of an earlier digest). Layers of current images stay: the build cache."""
+    names = docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    for name in names:
+        stale = name not in kept.values() and name != STANDIN_BASE
+        if name.startswith("upload-gateway-standin/") and stale:
+            docker("rmi", name, check=False)
+    docker("image", "prune", "--force", check=False)
 
 
 def image_size(docker: Docker, tag: str = IMAGE) -> int:
