@@ -163,7 +163,11 @@ class Daemon:
                 self.proc.wait()
         if self.proc is not None:
             self.log_file.close()
-            shutil.rmtree(self.exec_root, ignore_errors=True)
+            # dockerd leaves its default network namespace bind-mounted in the exec root.
+            netns = self.exec_root / "exec" / "netns" / "default"
+            if netns.exists():
+                subprocess.run([*SUDO, "umount", str(netns)], check=False, capture_output=True)
+            subprocess.run([*SUDO, "rm", "-rf", str(self.exec_root)], check=False)
         self.proc = None
 
 
