@@ -27,7 +27,7 @@ RUN pip install --no-cache-dir -r requirements.txt \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gateway \
     && mkdir -p /app/var && chown gateway /app/var
 
-COPY --chown=root:root wsgi.py gunicorn.conf.py docker/healthcheck.py ./
+COPY --chown=root:root wsgi.py gunicorn.conf.py ./
 COPY --chown=root:root gateway ./gateway
 COPY --from=bundle --chown=root:root /static/upload.js /static/upload.manifest.json ./gateway/static/
 
@@ -38,9 +38,9 @@ VOLUME /app/var
 USER gateway
 EXPOSE 8000
 # gunicorn: /healthz on GATEWAY_BIND; the worker: /metrics on GATEWAY_WORKER_METRICS_BIND if set
-# (otherwise healthy while it runs); other commands: healthy (docker/healthcheck.py).
+# (otherwise healthy while it runs); other commands: healthy (gateway/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "/app/healthcheck.py"]
+    CMD ["python", "-m", "gateway.healthcheck"]
 # SIGTERM starts the graceful stop (docs/deployment.md): the stop timeout must cover
 # GATEWAY_SHUTDOWN_DELAY + GATEWAY_SHUTDOWN_UPLOAD_GRACE + 15 s, so run with --stop-timeout 90
 # (docker stop's 10 s default would SIGKILL uploads in flight).

@@ -1,22 +1,18 @@
-"""The image's HEALTHCHECK script (docker/healthcheck.py) outside Docker: which check each command
+"""The image's HEALTHCHECK script (gateway/healthcheck.py) outside Docker: which check each command
 gets, the address it asks, and both answers. tests/test_image.py runs it inside the image."""
 
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, free_port
+from gateway import healthcheck
 
-spec = importlib.util.spec_from_file_location("healthcheck", ROOT / "docker" / "healthcheck.py")
-assert spec is not None and spec.loader is not None
-healthcheck = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(healthcheck)
+from support import free_port
 
 GUNICORN = ["/usr/bin/python3", "/usr/local/bin/gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 WORKER = ["/usr/bin/python3", "/usr/local/bin/flask", "--app", "wsgi", "worker"]
@@ -32,7 +28,7 @@ WORKER = ["/usr/bin/python3", "/usr/local/bin/flask", "--app", "wsgi", "worker"]
         ([["flask", "--app", "wsgi", "worker", "--concurrency", "2"]], "worker"),
         ([["/usr/bin/python3", "/usr/local/bin/flask", "--app", "wsgi", "init"]], "other"),
         ([["sh", "-c", "echo worker gunicorn"]], "other"),  # named only as arguments
-        ([["/usr/bin/python3", "/app/healthcheck.py"]], "other"),
+        ([["/usr/bin/python3", "-m", "gateway.healthcheck"]], "other"),
         ([], "other"),
     ],
 )

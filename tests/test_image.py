@@ -202,7 +202,7 @@ def test_gateway_and_worker_containers_on_s3(containers: Containers, moto_url: s
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
     # The other branch of the same check: nothing answering on the address it is given.
     closed = f"GATEWAY_BIND=127.0.0.1:{free_port()}"
-    check = ["python", "/app/healthcheck.py"]
+    check = ["python", "-m", "gateway.healthcheck"]
     assert docker("exec", "-e", closed, gateway, *check, check=False).returncode == 1
     assert docker("exec", gateway, *check, check=False).returncode == 0
 

@@ -7,7 +7,8 @@
   container's process: when it ends, the container ends).
 - anything else (``flask --app wsgi init``, ``sweep``, a shell): healthy.
 
-Standard library only, no gateway import: it runs every interval beside the server.
+Standard library only, no other gateway module: it runs every interval beside the server
+(``python -m gateway.healthcheck``).
 """
 
 from __future__ import annotations
