@@ -100,7 +100,8 @@ def register(app: Flask) -> None:
             )
         if not lanes:
             raise click.ClickException(
-                "GATEWAY_PROCESSING is off and no GATEWAY_WEBHOOK_URL is set: nothing to do."
+                "GATEWAY_PROCESSING is off and neither GATEWAY_WEBHOOK_URL nor"
+                " GATEWAY_SNS_TOPIC_ARN is set: nothing to do."
             )
 
         def on_signal(signum: int, frame: object) -> None:

@@ -1,0 +1,337 @@
+"""Bucket notifications: the records read as arrivals (AWS through SQS, Ceph RGW pushed over HTTP),
+and POST /api/s3-events, the receiver a Ceph topic's push endpoint posts to. The requests here are
+shaped as Ceph RGW 16 (Pacific) sends them: rgw_pubsub_s3_record's JSON, POSTed with no
+Content-Type, the secret as the HTTP Basic password of the push-endpoint URL."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import media_samples as samples
+import pytest
+import requests
+from test_pipeline import gateway, settled, work
+
+from gateway.media.events import EventType
+from gateway.media.lifecycle import Status
+from gateway.storage.keys import staging_key
+from gateway.uploads.s3_events import (
+    MalformedEvent,
+    arrived_uploads,
+    created_keys,
+    relative_key,
+    store_prefixes,
+)
+
+from conftest import make_settings
+from support import read_object
+
+SECRET = "s3-events-secret-of-32-characters-at-least"
+ID = "0123456789abcdef0123456789abcdef"
+KEY = f"projects/p1/media/{ID}.png"
+
+
+def ceph_record(key: str, *, name: str = "ObjectCreated:Put", bucket: str = "b") -> dict:
+    """One record as rgw_pubsub_s3_record::dump writes it (Ceph 16): the key as it is, ``etag``,
+    a numeric size, metadata and tags as lists."""
+    return {
+        "eventVersion": "2.2",
+        "eventSource": "ceph:s3",
+        "awsRegion": "default",
+        "eventTime": "2026-12-07T16:20:31.427893Z",
+        "eventName": name,
+        "userIdentity": {"principalId": "gateway"},
+        "requestParameters": {"sourceIPAddress": ""},
+        "responseElements": {
+            "x-amz-request-id": "7f1c5b55-4b1a-4e37-9d46-1b4b8c6f6f1a.4137.11",
+            "x-amz-id-2": "1029-default-default",
+        },
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "gateway-uploads",
+            "bucket": {
+                "name": bucket,
+                "ownerIdentity": {"principalId": "gateway"},
+                "arn": f"arn:aws:s3:::{bucket}",
+                "id": "7f1c5b55-4b1a-4e37-9d46-1b4b8c6f6f1a.4137.1",
+            },
+            "object": {
+                "key": key,
+                "size": 1024,
+                "etag": "37b51d194a7513e45b56f6524f2d51f2",
+                "versionId": "",
+                "sequencer": "5F4A2B6C1D3E7F80",
+                "metadata": [],
+                "tags": [],
+            },
+        },
+        "eventId": "1607354431.427893.37b51d194a7513e45b56f6524f2d51f2",
+        "opaqueData": "",
+    }
+
+
+def aws_record(key: str, *, name: str = "ObjectCreated:Put") -> dict:
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": name,
+        "s3": {"bucket": {"name": "b"}, "object": {"key": key, "size": 1024, "eTag": "x"}},
+    }
+
+
+# -- records read as arrivals -------------------------------------------------------------------------
+def test_keys_are_decoded_as_each_store_encodes_them():
+    """AWS URL-encodes keys (+ for a space); Ceph sends them as they are."""
+    key = "up loads/a+b%2F.png"
+    aws = {"Records": [aws_record("up+loads/a%2Bb%252F.png")]}
+    ceph = {"Records": [ceph_record(key)]}
+    assert created_keys(aws) == [key]
+    assert created_keys(ceph) == [key]
+
+
+@pytest.mark.parametrize(
+    "name, created",
+    [
+        ("ObjectCreated:Put", True),
+        ("ObjectCreated:Post", True),
+        ("ObjectCreated:Copy", True),
+        ("ObjectCreated:CompleteMultipartUpload", True),
+        ("s3:ObjectCreated:Put", True),  # older Ceph releases name events so
+        ("ObjectRemoved:Delete", False),
+        ("s3:ObjectRemoved:Delete", False),
+        ("ObjectCreated", False),  # no operation: not a creation event Ceph or AWS send
+    ],
+)
+def test_only_creation_events_are_arrivals(name, created):
+    assert created_keys({"Records": [ceph_record("k", name=name)]}) == (["k"] if created else [])
+
+
+def test_arrivals_are_staging_keys_under_the_gateways_prefixes_once_each():
+    prefixes = store_prefixes("/uploads", "/uploads-quarantine")
+    other = "fedcba9876543210fedcba9876543210"
+    body = {
+        "Records": [
+            ceph_record(f"uploads/{KEY}.upload"),
+            ceph_record(f"uploads/{KEY}.upload"),  # a duplicate in one event: once
+            ceph_record(f"uploads-quarantine/projects/p1/media/{other}.jpg.upload"),
+            ceph_record(f"uploads/{KEY}"),  # the gateway's own copy: no news
+            ceph_record(f"uploads/projects/p1/media/{ID}/thumb-320.webp"),  # a variant
+            ceph_record(f"elsewhere/{KEY}.upload"),  # not under the gateway's prefixes
+            ceph_record(f"uploads/{KEY}.upload", name="ObjectRemoved:Delete"),
+            ceph_record("uploads/projects/p1/media/not-an-id.png.upload"),
+        ]
+    }
+    assert arrived_uploads(body, prefixes) == [ID, other]
+    assert arrived_uploads({"Event": "s3:TestEvent", "Bucket": "b"}, prefixes) == []
+    # At the bucket's root (no prefix), every key is the gateway's to read.
+    assert arrived_uploads({"Records": [ceph_record(f"{KEY}.upload")]}, ("",)) == [ID]
+
+
+def test_the_empty_prefix_is_tried_last():
+    assert store_prefixes("", "/media/") == ("media", "")
+    assert relative_key("media/x", ("media", "")) == "x"
+    assert relative_key("other/x", ("media", "")) == "other/x"
+    assert relative_key("mediax/y", ("media",)) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "Records",
+        {"Records": {}},
+        {"Records": [1]},
+        {"Records": [{"s3": {"object": {"key": "k"}}}]},
+        {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"object": {"key": 5}}}]},
+        {"Records": [{"eventName": "ObjectCreated:Put", "s3": []}]},
+        {"nothing": "here"},
+    ],
+)
+def test_a_body_not_shaped_as_an_event_is_malformed(body):
+    with pytest.raises(MalformedEvent):
+        created_keys(body)
+
+
+# -- the receiver: authentication and shape (no store needed) ------------------------------------------
+def basic(password: str, user: str = "ceph") -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def post_event(client, body, headers):
+    """As Ceph's HTTP client posts: the JSON text with no Content-Type."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post("/api/s3-events", data=data, headers=headers)
+
+
+@pytest.fixture
+def local_client(tmp_path):
+    from gateway import create_app
+
+    app = create_app(make_settings(tmp_path, s3_events_secret=SECRET))
+    app.config["TESTING"] = True
+    return app.test_client()
+
+
+def test_without_a_secret_the_receiver_is_not_there(tmp_path):
+    from gateway import create_app
+
+    client = create_app(make_settings(tmp_path)).test_client()
+    answer = post_event(client, {"Records": []}, basic(SECRET))
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic(SECRET[:-1] + "x"),
+        basic(SECRET[:-1]),
+        basic(SECRET + "x"),
+        {"Authorization": f"Bearer {SECRET}"},
+        {"Authorization": "Basic " + base64.b64encode(SECRET.encode()).decode()},  # no colon
+        {"Authorization": "Basic not*base64"},
+        {"Authorization": "Basic"},
+    ],
+    ids=["none", "wrong", "short", "long", "bearer", "no-colon", "not-base64", "empty"],
+)
+def test_the_receiver_wants_the_secret_as_the_basic_password(local_client, headers):
+    answer = post_event(local_client, {"Records": [ceph_record(f"{KEY}.upload")]}, headers)
+    assert answer.status_code == 401
+    assert answer.get_json()["error"]["code"] == "event_secret_invalid"
+    assert answer.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+@pytest.mark.parametrize("user", ["ceph", "", "any one"])
+def test_any_user_name_goes_with_the_secret(local_client, user):
+    answer = post_event(local_client, {"Records": [ceph_record("elsewhere")]}, basic(SECRET, user))
+    assert answer.status_code == 200 and answer.get_json() == {"success": True, "arrivals": []}
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[]", b'{"Records": {}}', b'{"Records": [{"eventName": 1}]}', b""]
+)
+def test_a_body_that_is_not_an_event_is_400(local_client, body):
+    answer = post_event(local_client, body, basic(SECRET))
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] in ("invalid_event", "invalid_json")
+    if body.startswith(b"{"):
+        assert answer.get_json()["error"]["code"] == "invalid_event"
+
+
+# -- the receiver with a store: a direct upload without complete --------------------------------------
+class Recorder:
+    """Every event the gateway announces, on top of what it does with them."""
+
+    def __init__(self, svc):
+        self.then = svc.announcer.publisher
+        self.events = []
+        svc.announcer.publisher = self
+
+    def publish(self, events):
+        self.events += events
+        self.then.publish(events)
+
+    def of(self, media_id):
+        return [event.type for event in self.events if event.media_id == media_id]
+
+
+def presigned_put(client, auth, content, **promise):
+    answer = client.post(
+        "/api/uploads/initiate",
+        headers=auth,
+        json={
+            "projectId": "p1",
+            "files": [
+                {"filename": "a.png", "contentType": "image/png", "size": len(content), **promise}
+            ],
+        },
+    )
+    assert answer.status_code == 201, answer.get_json()
+    [item] = answer.get_json()["uploads"]
+    put = requests.put(item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30)
+    assert put.status_code == 200
+    return item["uploadId"]
+
+
+def pushed(svc, media_id, name="ObjectCreated:Put"):
+    record = svc.records.get(media_id)
+    bucket = svc.settings.storage_url.split("/")[2]
+    return {
+        "Records": [
+            ceph_record(svc.store.full_key(staging_key(record.s3_key)), name=name, bucket=bucket)
+        ]
+    }
+
+
+def test_a_pushed_event_stores_and_processes_an_upload_whose_client_never_completes(
+    tmp_path, moto_url
+):
+    app, svc, auth = gateway(tmp_path, "s3", moto_url, s3_events_secret=SECRET)
+    recorder = Recorder(svc)
+    client = app.test_client()
+    content = samples.png(600, 400)
+    media_id = presigned_put(client, auth, content)
+    answer = post_event(client, pushed(svc, media_id), basic(SECRET))
+    assert answer.status_code == 200 and answer.get_json()["arrivals"] == [media_id]
+    work(svc, settled(svc, media_id))
+    record = svc.records.get(media_id)
+    assert record.status is Status.READY and record.size == len(content)
+    assert read_object(svc.store, record.s3_key) == content
+    assert svc.store.head(staging_key(record.s3_key)) is None  # copied, then removed
+    # Ceph pushes again (a persistent topic retrying), the client completes late: no-ops.
+    assert post_event(client, pushed(svc, media_id), basic(SECRET)).status_code == 200
+    late = client.post(f"/api/uploads/{media_id}/complete", headers=auth)
+    assert late.status_code == 200 and late.get_json()["status"] == "ready"
+    work(svc, lambda: svc.queue.stats().visible == 0 and svc.queue.stats().in_flight == 0)
+    assert recorder.of(media_id) == [EventType.STORED, EventType.READY]  # processed once
+    assert svc.queue.stats().dead == 0
+
+
+def test_a_pushed_event_is_checked_as_complete_checks(tmp_path, moto_url):
+    """The store holds other bytes than promised (a SHA-256 that differs): rejected, removed."""
+    import hashlib
+
+    app, svc, auth = gateway(tmp_path, "s3", moto_url, s3_events_secret=SECRET)
+    client = app.test_client()
+    content = samples.png(300, 200)
+    other = hashlib.sha256(content + b"x").hexdigest()
+    answer = client.post(
+        "/api/uploads/initiate",
+        headers=auth,
+        json={
+            "projectId": "p1",
+            "files": [
+                {
+                    "filename": "a.png",
+                    "contentType": "image/png",
+                    "size": len(content),
+                    "sha256": other,
+                }
+            ],
+        },
+    )
+    [item] = answer.get_json()["uploads"]
+    # moto verifies no checksum header: the PUT stores the bytes whatever the promise.
+    put = requests.put(item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30)
+    assert put.status_code == 200
+    media_id = item["uploadId"]
+    assert post_event(client, pushed(svc, media_id), basic(SECRET)).status_code == 200
+    work(svc, lambda: svc.records.get(media_id).status is not Status.PENDING)
+    record = svc.records.get(media_id)
+    assert record.status is Status.REJECTED
+    assert record.reason == "The SHA-256 of what S3 holds differs from the one promised."
+    assert svc.store.head(staging_key(record.s3_key)) is None
+    assert svc.store.head(record.s3_key) is None
+
+
+def test_with_processing_off_the_receiver_completes_the_upload_itself(tmp_path, moto_url):
+    app, svc, auth = gateway(tmp_path, "s3", moto_url, s3_events_secret=SECRET, processing=False)
+    client = app.test_client()
+    content = samples.png(300, 200)
+    media_id = presigned_put(client, auth, content)
+    answer = post_event(client, pushed(svc, media_id, "s3:ObjectCreated:Post"), basic(SECRET))
+    assert answer.status_code == 200 and answer.get_json()["arrivals"] == [media_id]
+    record = svc.records.get(media_id)
+    assert record.status is Status.STORED and read_object(svc.store, record.s3_key) == content
