@@ -204,5 +204,7 @@ def _lane_queue(lane: str) -> Queue:
     if lane == "processing":
         return svc.queue
     if svc.webhook_queue is None:
-        raise click.ClickException("No GATEWAY_WEBHOOK_URL is set: there is no webhook queue.")
+        raise click.ClickException(
+            "No GATEWAY_WEBHOOK_URL nor GATEWAY_SNS_TOPIC_ARN is set: there is no deliveries queue."
+        )
     return svc.webhook_queue

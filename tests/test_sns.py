@@ -149,3 +149,31 @@ def test_the_attributes_of_a_tenants_event():
         "projectId": {"DataType": "String", "StringValue": "p9"},
         "tenant": {"DataType": "String", "StringValue": "acme"},
     }
+
+
+def test_the_deliveries_lane_sends_each_job_to_its_own_target_only():
+    from gateway.processing.deliveries import Deliveries
+    from gateway.queue import Message
+
+    class Target:
+        def __init__(self):
+            self.sent = []
+
+        def deliver(self, event_id, payload):
+            self.sent.append(event_id)
+
+        publish = deliver
+
+    def job(kind):
+        body = {"type": kind, "id": f"m.{kind}", "event": {"type": "media.ready", "data": {}}}
+        return Message(id=kind, body=body, receipt="r", receive_count=1, sent_at=0.0)
+
+    webhook, topic = Target(), Target()
+    both = Deliveries(webhook, topic)
+    for kind in ("webhook", "sns", "other"):
+        both.handle(job(kind))
+    assert (webhook.sent, topic.sent) == (["m.webhook"], ["m.sns"])
+    # A target no longer configured: its jobs are dropped (logged), not failed forever.
+    Deliveries(None, None).handle(job("sns"))
+    Deliveries(webhook, None).handle(job("sns"))
+    assert (webhook.sent, topic.sent) == (["m.webhook"], ["m.sns"])
