@@ -335,3 +335,58 @@ def test_with_processing_off_the_receiver_completes_the_upload_itself(tmp_path, 
     assert answer.status_code == 200 and answer.get_json()["arrivals"] == [media_id]
     record = svc.records.get(media_id)
     assert record.status is Status.STORED and read_object(svc.store, record.s3_key) == content
+
+
+# -- through nginx and gunicorn, posted by curl as Ceph's libcurl posts --------------------------------
+def test_a_push_through_nginx_and_gunicorn_with_the_secret_in_the_url(tmp_path, moto_url):
+    """The push endpoint URL carries the secret as its userinfo, as a Ceph topic's does; curl
+    (libcurl, which RGW posts with) turns it into Basic auth. POST of an uploaded body with no
+    Content-Type (``-X POST -T``), as RGW's HTTP client sends it. A worker process then stores
+    and processes the upload; the access log never holds the secret."""
+    import subprocess
+
+    from e2e_harness import gateway_stack, poll
+
+    with gateway_stack(
+        tmp_path / "stack", mode="s3", moto_url=moto_url, GATEWAY_S3_EVENTS_SECRET=SECRET
+    ) as stack:
+        svc = stack.svc
+        content = samples.png(400, 300)
+        answer = requests.post(
+            stack.url + "/api/uploads/initiate",
+            headers=stack.auth,
+            json={
+                "projectId": "p1",
+                "files": [{"filename": "a.png", "contentType": "image/png", "size": len(content)}],
+            },
+            timeout=30,
+        )
+        [item] = answer.json()["uploads"]
+        put = requests.put(
+            item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30
+        )
+        assert put.status_code == 200
+        media_id = item["uploadId"]
+        event = tmp_path / "event.json"
+        event.write_text(json.dumps(pushed(svc, media_id)))
+        host = stack.url.split("://", 1)[1]
+
+        def push(secret):
+            done = subprocess.run(
+                [stack.curl_bin, "-sS", "-X", "POST", "-T", str(event), "-w", "\n%{http_code}",
+                 f"http://ceph:{secret}@{host}/api/s3-events"],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            body, status = done.stdout.rsplit("\n", 1)
+            return int(status), json.loads(body)
+
+        assert push(SECRET[::-1])[0] == 401
+        assert push(SECRET) == (200, {"success": True, "arrivals": [media_id]})
+        stack.start_worker()
+        ready = poll(lambda: svc.records.get(media_id).status is Status.READY, timeout=60)
+        assert ready, stack.logs() + str(stack.worker_log())
+        assert read_object(svc.store, svc.records.get(media_id).s3_key) == content
+        logged = (stack.run_dir / "access.log").read_text() + (
+            stack.tmp / "gunicorn.log"
+        ).read_text()
+        assert "/api/s3-events" in logged and SECRET not in logged
