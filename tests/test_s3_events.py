@@ -153,6 +153,55 @@ def test_a_body_not_shaped_as_an_event_is_malformed(body):
         created_keys(body)
 
 
+class FakeQueue:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, body, *, delay=0):
+        self.sent.append(body)
+
+
+class FakeDirect:
+    def __init__(self):
+        self.completed = []
+
+    def complete_from_event(self, media_id):
+        self.completed.append(media_id)
+
+
+def test_the_receiver_queues_an_event_with_arrivals_as_it_came():
+    from gateway.uploads.s3_events import EventReceiver
+
+    queue, direct = FakeQueue(), FakeDirect()
+    receiver = EventReceiver(direct, queue, ("uploads", ""))
+    event = {"Records": [ceph_record(f"uploads/{KEY}.upload"), ceph_record(f"uploads/{KEY}")]}
+    assert receiver.receive(event) == [ID]
+    assert receiver.receive({"Records": [ceph_record(f"uploads/{KEY}")]}) == []
+    assert queue.sent == [event] and direct.completed == []  # the worker completes it
+
+
+def test_with_no_worker_the_receiver_completes_each_arrival():
+    from gateway.uploads.s3_events import EventReceiver
+
+    other = "fedcba9876543210fedcba9876543210"
+    direct = FakeDirect()
+    receiver = EventReceiver(direct, None, ("",))
+    keys = [f"{KEY}.upload", f"projects/p1/media/{other}.jpg.upload", f"{KEY}.upload"]
+    assert receiver.receive({"Records": [ceph_record(key) for key in keys]}) == [ID, other]
+    assert direct.completed == [ID, other]
+
+
+def test_without_direct_uploads_there_is_nothing_to_receive():
+    from gateway.uploads.s3_events import EventReceiver
+
+    queue = FakeQueue()
+    receiver = EventReceiver(None, queue, ("",))
+    assert receiver.receive({"Records": [ceph_record(f"{KEY}.upload")]}) == []
+    assert queue.sent == []
+    with pytest.raises(MalformedEvent):
+        receiver.receive({"Records": "no"})
+
+
 # -- the receiver: authentication and shape (no store needed) ------------------------------------------
 def basic(password: str, user: str = "ceph") -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -177,3 +177,55 @@ def test_the_deliveries_lane_sends_each_job_to_its_own_target_only():
     Deliveries(None, None).handle(job("sns"))
     Deliveries(webhook, None).handle(job("sns"))
     assert (webhook.sent, topic.sent) == (["m.webhook"], ["m.sns"])
+
+
+class FakeSns:
+    def __init__(self, fail=None):
+        self.fail = fail
+        self.calls = []
+
+    def publish(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.fail is not None:
+            raise self.fail
+        return {"MessageId": "mid-1"}
+
+
+def test_a_publication_is_the_webhook_body_with_its_id_and_attributes():
+    client = FakeSns()
+    topic = "arn:aws:sns:us-east-1:123456789012:media"
+    payload = {"type": "media.ready", "timestamp": "t", "data": {"projectId": "p1", "tenant": None}}
+    assert SnsPublisher(client, topic).publish("m.media.ready", payload) == "mid-1"
+    [call] = client.calls
+    assert call["TopicArn"] == topic
+    assert json.loads(call["Message"]) == {"id": "m.media.ready", **payload}
+    assert call["MessageAttributes"] == message_attributes("m.media.ready", payload)
+    assert set(call["MessageAttributes"]) == {"event", "eventId", "projectId"}
+
+
+def test_every_sns_failure_is_a_publish_failure():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    refused = ClientError({"Error": {"Code": "AuthorizationError"}}, "Publish")
+    with pytest.raises(PublishFailed, match=r"^SNS refused the message: AuthorizationError$"):
+        SnsPublisher(FakeSns(refused), "arn").publish("m", {"type": "media.ready"})
+    down = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    with pytest.raises(PublishFailed, match=r"^SNS is unreachable: EndpointConnectionError$"):
+        SnsPublisher(FakeSns(down), "arn").publish("m", {"type": "media.ready"})
+
+
+def test_the_sns_client_is_the_topics_regions_and_endpoints(tmp_path):
+    from gateway.processing.sns import make_sns_client
+
+    from conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        sns_topic_arn="arn:aws:sns:eu-west-3:123456789012:media",
+        sns_endpoint_url="http://127.0.0.1:9",
+        s3_max_attempts=3,
+    )
+    client = make_sns_client(settings)
+    assert client.meta.region_name == "eu-west-3"
+    assert client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert client.meta.config.retries["total_max_attempts"] == 3
