@@ -439,3 +439,54 @@ def test_a_push_through_nginx_and_gunicorn_with_the_secret_in_the_url(tmp_path, 
             stack.tmp / "gunicorn.log"
         ).read_text()
         assert "/api/s3-events" in logged and SECRET not in logged
+
+
+# -- no 5xx for any push ------------------------------------------------------------------------------
+def _event_bodies():
+    from hypothesis import strategies as st
+    from test_no_5xx import json_bodies, json_values, odd_text
+
+    names = st.sampled_from(
+        ["ObjectCreated:Put", "s3:ObjectCreated:Post", "ObjectRemoved:Delete", "ObjectCreated"]
+    )
+    keys = st.one_of(
+        st.sampled_from([f"{KEY}.upload", f"uploads/{KEY}.upload", KEY, f"{KEY}%2Eupload"]),
+        odd_text,
+    )
+    field = lambda good: st.one_of(good, json_values)
+    record = st.fixed_dictionaries(
+        {
+            "eventName": field(names),
+            "eventSource": field(st.sampled_from(["ceph:s3", "aws:s3", ""])),
+            "s3": field(st.fixed_dictionaries({"object": field(st.fixed_dictionaries(
+                {"key": field(keys)}))})),
+        }
+    )  # fmt: skip
+    events = st.one_of(
+        st.lists(record, max_size=4).map(lambda records: {"Records": records}),
+        st.fixed_dictionaries({"Records": json_values}),
+        st.just({"Event": "s3:TestEvent", "Bucket": "b"}),
+    )
+    return st.one_of(events.map(lambda body: json.dumps(body).encode()), json_bodies)
+
+
+def test_no_push_gets_a_5xx(local_client):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from test_no_5xx import check, header_text
+
+    auths = st.one_of(
+        st.just(basic(SECRET)), st.builds(basic, header_text), st.just({}),
+        header_text.map(lambda value: {"Authorization": value}),
+    )  # fmt: skip
+
+    @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+    @given(body=_event_bodies(), headers=auths, content_type=st.sampled_from([None, "text/x"]))
+    def push(body, headers, content_type):
+        if content_type:
+            headers = {**headers, "Content-Type": content_type}
+        answer = post_event(local_client, body, headers)
+        check(answer)
+        assert answer.status_code in (200, 400, 401, 413), answer.get_json()
+
+    push()
