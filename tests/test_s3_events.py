@@ -1,7 +1,8 @@
 """Bucket notifications: the records read as arrivals (AWS through SQS, Ceph RGW pushed over HTTP),
 and POST /api/s3-events, the receiver a Ceph topic's push endpoint posts to. The requests here are
-shaped as Ceph RGW 16 (Pacific) sends them: rgw_pubsub_s3_record's JSON, POSTed with no
-Content-Type, the secret as the HTTP Basic password of the push-endpoint URL."""
+shaped as Ceph RGW 16 (Pacific) sends them (captured from one: the record below, POSTed as
+application/json with the push-endpoint URL's userinfo as Basic auth); the receiver reads any
+Content-Type, so most of them send none."""
 
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ KEY = f"projects/p1/media/{ID}.png"
 
 
 def ceph_record(key: str, *, name: str = "ObjectCreated:Put", bucket: str = "b") -> dict:
-    """One record as rgw_pubsub_s3_record::dump writes it (Ceph 16): the key as it is, ``etag``,
-    a numeric size, metadata and tags as lists."""
+    """One record as RGW 16 pushed it: the key as it is, an empty region, a numeric size, the
+    request's metadata and tags as lists."""
     return {
         "eventVersion": "2.2",
         "eventSource": "ceph:s3",
-        "awsRegion": "default",
+        "awsRegion": "",
         "eventTime": "2026-12-07T16:20:31.427893Z",
         "eventName": name,
         "userIdentity": {"principalId": "gateway"},
@@ -59,10 +60,13 @@ def ceph_record(key: str, *, name: str = "ObjectCreated:Put", bucket: str = "b")
             "object": {
                 "key": key,
                 "size": 1024,
-                "etag": "37b51d194a7513e45b56f6524f2d51f2",
+                "eTag": "37b51d194a7513e45b56f6524f2d51f2",
                 "versionId": "",
-                "sequencer": "5F4A2B6C1D3E7F80",
-                "metadata": [],
+                "sequencer": "01EE166BD66FC100",
+                "metadata": [
+                    {"key": "x-amz-content-sha256", "val": "UNSIGNED-PAYLOAD"},
+                    {"key": "x-amz-date", "val": "20261207T173352Z"},
+                ],
                 "tags": [],
             },
         },
@@ -209,7 +213,8 @@ def basic(password: str, user: str = "ceph") -> dict[str, str]:
 
 
 def post_event(client, body, headers):
-    """As Ceph's HTTP client posts: the JSON text with no Content-Type."""
+    """The JSON text, with no Content-Type unless ``headers`` give one (RGW sends
+    application/json; the receiver reads any)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return client.post("/api/s3-events", data=data, headers=headers)
 
@@ -254,7 +259,8 @@ def test_the_receiver_wants_the_secret_as_the_basic_password(local_client, heade
 
 @pytest.mark.parametrize("user", ["ceph", "", "any one"])
 def test_any_user_name_goes_with_the_secret(local_client, user):
-    answer = post_event(local_client, {"Records": [ceph_record("elsewhere")]}, basic(SECRET, user))
+    headers = {**basic(SECRET, user), "Content-Type": "application/json"}  # as RGW 16 sends
+    answer = post_event(local_client, {"Records": [ceph_record("elsewhere")]}, headers)
     assert answer.status_code == 200 and answer.get_json() == {"success": True, "arrivals": []}
 
 
@@ -390,7 +396,7 @@ def test_with_processing_off_the_receiver_completes_the_upload_itself(tmp_path, 
 def test_a_push_through_nginx_and_gunicorn_with_the_secret_in_the_url(tmp_path, moto_url):
     """The push endpoint URL carries the secret as its userinfo, as a Ceph topic's does; curl
     (libcurl, which RGW posts with) turns it into Basic auth. POST of an uploaded body with no
-    Content-Type (``-X POST -T``), as RGW's HTTP client sends it. A worker process then stores
+    Content-Type (``-X POST -T``; RGW sends application/json). A worker process then stores
     and processes the upload; the access log never holds the secret."""
     import subprocess
 

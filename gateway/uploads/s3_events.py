@@ -5,8 +5,9 @@ Two shapes of the same S3 event record (``{"Records": [...]}``):
 - Amazon S3 (and moto), through SQS: ``eventSource`` ``aws:s3``, keys URL-encoded with ``+`` for
   spaces; an ``s3:TestEvent`` message comes first when a configuration is set.
 - Ceph RGW, pushed over HTTP by a topic: ``eventSource`` ``ceph:s3``, keys as they are (not
-  encoded), ``eTag`` spelt ``etag``, ``size`` a number; older releases name the event
-  ``s3:ObjectCreated:Put`` where newer ones and AWS say ``ObjectCreated:Put``.
+  encoded: ``a b+c`` arrives as such from RGW 16), ``awsRegion`` empty, the request's
+  ``metadata`` as a list; some releases name the event ``s3:ObjectCreated:Put`` (RGW 16 and AWS
+  say ``ObjectCreated:Put``) or spell ``etag`` for ``eTag``.
 
 An arrival is an ``ObjectCreated`` record for a direct upload's staging key (where its single
 PUT/POST URL writes; the gateway's own writes go elsewhere, so they are no news). What arrived is

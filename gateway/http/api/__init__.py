@@ -34,7 +34,7 @@ MAX_JSON_BYTES = 256 * 1024
 
 def json_body(*, required: bool, any_type: bool = False) -> Any:
     """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows).
-    ``any_type``: whatever the Content-Type says (a sender that names none, as Ceph RGW)."""
+    ``any_type``: whatever the Content-Type says (a pusher's, not a client's, body)."""
     if (request.content_length or 0) > MAX_JSON_BYTES:
         raise errors.TooLarge("The JSON body is too large.")
     # werkzeug limits a chunked stream to this (a sized one to its Content-Length) but ends
