@@ -100,7 +100,8 @@ def register(app: Flask) -> None:
             )
         if not lanes:
             raise click.ClickException(
-                "GATEWAY_PROCESSING is off and no GATEWAY_WEBHOOK_URL is set: nothing to do."
+                "GATEWAY_PROCESSING is off and neither GATEWAY_WEBHOOK_URL nor"
+                " GATEWAY_SNS_TOPIC_ARN is set: nothing to do."
             )
 
         def on_signal(signum: int, frame: object) -> None:
@@ -203,5 +204,7 @@ def _lane_queue(lane: str) -> Queue:
     if lane == "processing":
         return svc.queue
     if svc.webhook_queue is None:
-        raise click.ClickException("No GATEWAY_WEBHOOK_URL is set: there is no webhook queue.")
+        raise click.ClickException(
+            "No GATEWAY_WEBHOOK_URL nor GATEWAY_SNS_TOPIC_ARN is set: there is no deliveries queue."
+        )
     return svc.webhook_queue

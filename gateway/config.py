@@ -25,6 +25,10 @@ S3_MAX_PARTS = 10_000
 TICKET_AUDIENCE = "upload-gateway:ticket"
 TICKET_MAX_SECONDS = 3600
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # media/naming.py's IDENTIFIER_RE
+# arn:<partition>:sns:<region>:<account>:<topic> (Ceph RGW's have no account)
+_SNS_ARN_RE = re.compile(r"arn:[a-z-]+:sns:[a-z0-9-]*:[0-9]*:[A-Za-z0-9_-]{1,256}(?:\.fifo)?")
+# URL-unreserved characters: the secret is the password of a push endpoint's URL, unencoded
+_EVENTS_SECRET_RE = re.compile(r"[A-Za-z0-9._~-]{32,256}")
 
 
 class ConfigError(ValueError):
@@ -186,6 +190,13 @@ class Settings:
     # webhooks). webhook_concurrency: deliveries at once to the endpoint, per worker process.
     webhook_queue_url: str = ""
     webhook_concurrency: int = positive(4)
+    # SNS fan-out: every media event published to this topic (attributes event, projectId,
+    # tenant, eventId), from the deliveries' queue and lane as webhooks are. "": none.
+    sns_topic_arn: str = ""
+    sns_endpoint_url: str = ""
+    # Bucket notifications pushed over HTTP (a Ceph RGW topic's push-endpoint) to
+    # POST /api/s3-events, authenticated by this secret as the HTTP Basic password. "": off.
+    s3_events_secret: str = field(default="", repr=False)
     # Live status: open /api/media/<id>/events streams per worker process.
     max_event_streams: int = positive(100)
 
@@ -297,6 +308,11 @@ class Settings:
                 fail("webhook_url", "must be an http(s) URL")
             if not self.webhook_secret.startswith("whsec_"):
                 fail("webhook_secret", "required with a webhook URL: whsec_<base64 secret>")
+        if self.sns_topic_arn and not _SNS_ARN_RE.fullmatch(self.sns_topic_arn):
+            fail("sns_topic_arn", "must be a topic ARN: arn:aws:sns:<region>:<account>:<name>")
+        if self.s3_events_secret and not _EVENTS_SECRET_RE.fullmatch(self.s3_events_secret):
+            # never the value: it is a secret
+            fail("s3_events_secret", "at least 32 of A-Z a-z 0-9 . _ ~ - (it goes in a URL)")
         for name in ("quota_project_bytes", "quota_project_files", "quota_tenant_bytes",
                      "quota_tenant_files"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -414,8 +430,21 @@ class Settings:
         return str(root.parent / "quarantine")
 
     @property
+    def sns_region(self) -> str:
+        """The SNS topic's region (from its ARN), else the S3 region."""
+        region = self.sns_topic_arn.split(":")[3] if self.sns_topic_arn else ""
+        return region or self.s3_region
+
+    @property
+    def delivers(self) -> bool:
+        """Whether events are delivered anywhere (a webhook, an SNS topic): the deliveries'
+        queue and lane exist."""
+        return bool(self.webhook_url or self.sns_topic_arn)
+
+    @property
     def effective_webhook_queue_url(self) -> str:
-        """Where webhook deliveries wait: the setting, else next to the processing queue."""
+        """Where deliveries (webhooks, SNS publications) wait: the setting, else next to the
+        processing queue."""
         if self.webhook_queue_url:
             return self.webhook_queue_url
         if self.queue_url.startswith("sqs://"):

@@ -97,6 +97,8 @@ _FAIL = (
     "ticket_field",
     "ticket_used",
     "tickets_unavailable",
+    "invalid_event",  # (bucket notifications are the object store's, never the outbox's)
+    "event_secret_invalid",
 )
 
 CODE_OUTCOMES: dict[str, Outcome] = {

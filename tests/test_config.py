@@ -73,6 +73,11 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_CDN_BASE_URL": "cdn.example.com"}, "GATEWAY_CDN_BASE_URL"),
         ({"GATEWAY_CLOUDFRONT_KEY_ID": "K1"}, "GATEWAY_CLOUDFRONT_KEY_ID"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_SNS_TOPIC_ARN": "media-events"}, "GATEWAY_SNS_TOPIC_ARN"),
+        ({"GATEWAY_SNS_TOPIC_ARN": "arn:aws:sqs:us-east-1:1:q"}, "GATEWAY_SNS_TOPIC_ARN"),
+        ({"GATEWAY_S3_EVENTS_SECRET": "x" * 31}, "GATEWAY_S3_EVENTS_SECRET"),
+        ({"GATEWAY_S3_EVENTS_SECRET": "x" * 31 + "@"}, "GATEWAY_S3_EVENTS_SECRET"),
+        ({"GATEWAY_S3_EVENTS_SECRET": "x" * 31 + ":"}, "GATEWAY_S3_EVENTS_SECRET"),
         ({"GATEWAY_SESSION_COOKIE_SAMESITE": "lax"}, "GATEWAY_SESSION_COOKIE_SAMESITE"),
         ({"GATEWAY_SESSION_COOKIE_SECURE": "no"}, "GATEWAY_SESSION_COOKIE_SECURE"),
         ({"GATEWAY_SESSION_COOKIE_SECURE": "off"}, "GATEWAY_SESSION_COOKIE_SECURE"),  # __Host-
@@ -320,3 +325,27 @@ def test_audio_settings_at_their_bounds_are_accepted():
     assert (settings.audio_waveform_points, settings.audio_opus_min_bytes) == (16, 0)
     assert Settings.from_env({**BASE, "GATEWAY_AUDIO_WAVEFORM_POINTS": "100000"})
     assert Settings.from_env(BASE).audio_opus_stereo_bit_rate == 96_000
+
+
+@pytest.mark.parametrize(
+    "arn, region",
+    [
+        ("arn:aws:sns:eu-west-1:123456789012:media", "eu-west-1"),
+        ("arn:aws:sns:eu-west-1:123456789012:media.fifo", "eu-west-1"),
+        ("arn:aws:sns:default::media", "default"),  # Ceph RGW: the zonegroup, no account
+        ("", "us-east-1"),
+    ],
+)
+def test_sns_is_called_in_the_topics_region(arn, region):
+    settings = Settings.from_env({**BASE, "GATEWAY_SNS_TOPIC_ARN": arn})
+    assert settings.sns_region == region
+    assert settings.delivers is bool(arn)
+
+
+def test_the_events_secret_is_never_in_an_error_nor_the_settings_repr():
+    secret = "s" * 40
+    settings = Settings.from_env({**BASE, "GATEWAY_S3_EVENTS_SECRET": secret})
+    assert settings.s3_events_secret == secret and secret not in repr(settings)
+    with pytest.raises(ConfigError) as failed:
+        Settings.from_env({**BASE, "GATEWAY_S3_EVENTS_SECRET": secret + "@"})
+    assert secret not in str(failed.value)
