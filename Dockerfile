@@ -24,7 +24,7 @@ RUN pip install --no-cache-dir -r requirements.txt \
 
 COPY --chown=root:root wsgi.py gunicorn.conf.py ./
 COPY --chown=root:root gateway ./gateway
-COPY --from=bundle --chown=root:root /static/upload.js /static/upload.manifest.json ./gateway/static/
+COPY --from=bundle --chown=root:root /static/upload.js /static/upload-sw.js /static/upload.manifest.json ./gateway/static/
 
 USER gateway
 EXPOSE 8000

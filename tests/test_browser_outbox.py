@@ -1,0 +1,175 @@
+"""The browser outbox (gateway/web/outbox) through the upload page, in a real Chromium with a
+persistent profile (IndexedDB and the service worker kept across a browser restart), against
+gunicorn. The browser reaches gunicorn through a TCP relay (tcpproxy.py) that can cut the
+network for real (the service worker's requests too) and throttle uploads. (Not through nginx: it
+names its own port in the URLs it forwards, so tus's Location would skip the relay.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import pytest
+import requests
+
+from e2e_harness import MiB, ensure_chromium, gateway_stack, poll
+from support import png_bytes, record_ids
+from tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+ARGS = ["--no-sandbox", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with gateway_stack(tmp_path_factory.mktemp("outbox-browser"), GATEWAY_PROCESSING="off") as s:
+        yield s
+
+
+@pytest.fixture
+def proxy(stack):
+    relay = TcpProxy(stack.gateway_url).start()
+    yield relay
+    relay.stop()
+
+
+@contextlib.contextmanager
+def browser(playwright, profile: Path, *, offline: bool = False):
+    """Chromium on ``profile``: closing it ends the browser (as a user quitting it)."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=ensure_chromium(), headless=True, args=ARGS
+    )
+    context.set_offline(offline)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def sign_in(context, stack, url: str):
+    page = context.pages[0] if context.pages else context.new_page()
+    page.goto(url + "/upload")
+    page.fill("#token", stack.token)
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("html[data-enhanced=true]")
+    return page
+
+
+SHELL_CACHED = """async () => {
+  for (const name of await caches.keys()) {
+    if (!name.startsWith('upload-pages-')) continue
+    if (await (await caches.open(name)).match('/upload', { ignoreSearch: true })) return true
+  }
+  return false
+}"""
+
+
+def install_app_shell(page) -> None:
+    # (page.evaluate, not wait_for_function: the page's CSP forbids the eval that one uses)
+    assert poll(lambda: page.evaluate("() => navigator.serviceWorker.controller !== null"), 30)
+    assert poll(lambda: page.evaluate(SHELL_CACHED), timeout=30)
+
+
+def row(name: str) -> str:
+    return f'#uploads li[data-file-name="{name}"]'
+
+
+def choose_and_send(page, *paths: Path, project: str = "p1") -> None:
+    page.fill("#project-id", project)
+    page.set_input_files("#files", [str(p) for p in paths])
+    page.click("#upload-form button[type=submit]")
+
+
+def sample(path: Path, size: int, seed: int) -> Path:
+    """A PNG (sniffed as an image) padded with filler to ``size`` bytes."""
+    head = png_bytes(4096)
+    filler = hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1)
+    path.write_bytes(head + filler[: size - len(head)])
+    return path
+
+
+QUEUE = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open('gateway-outbox')
+  open.onerror = () => reject(open.error)
+  open.onsuccess = () => {
+    const all = open.result.transaction('items').objectStore('items').getAll()
+    all.onsuccess = () => resolve(all.result.map((i) => [i.state, i.files[0].transport]))
+  }
+})"""
+
+
+def all_done(page) -> list | None:
+    """The queue's (state, transport) pairs once every item is done."""
+    items = page.evaluate(QUEUE)
+    return items if items and all(state == "done" for state, _ in items) else None
+
+
+def records_named(stack, name: str) -> list:
+    records = [stack.svc.records.get(media_id) for media_id in record_ids(stack.svc.records)]
+    return [r for r in records if r.original_name == name]
+
+
+def stored_content(stack, record) -> bytes:
+    answer = requests.get(
+        f"{stack.url}/api/media/{record.media_id}", headers=stack.auth, timeout=30
+    )
+    answer.raise_for_status()
+    url = answer.json()["url"]
+    path = url.split("://", 1)[-1].split("/", 1)[1]
+    content = requests.get(f"{stack.url}/{path}", timeout=30)
+    content.raise_for_status()
+    return content.content
+
+
+def test_files_queued_offline_survive_a_reload_and_a_browser_restart_and_are_stored_once(
+    playwright, stack, proxy, tmp_path
+):
+    profile = tmp_path / "profile"
+    # Small files go in a form post each, the two of 3 MiB over tus.
+    sizes = [20_000, 300_000, 900_000, 3 * MiB, 3 * MiB + 7]
+    paths = [sample(tmp_path / f"queued-{i}.png", size, seed=i) for i, size in enumerate(sizes)]
+
+    with browser(playwright, profile) as context:  # a first visit installs the app shell
+        page = sign_in(context, stack, proxy.url)
+        install_app_shell(page)
+
+    proxy.cut()  # no network at all, for the page and for its service worker
+    sent = proxy.sent
+    with browser(playwright, profile, offline=True) as context:
+        page = context.pages[0]
+        page.goto(proxy.url + "/upload")  # from the app-shell cache
+        page.wait_for_selector("html[data-enhanced=true]")
+        choose_and_send(page, *paths)
+        for path in paths:
+            page.wait_for_selector(f"{row(path.name)}[data-state=queued]", timeout=30_000)
+        assert "waiting for connection" in page.inner_text(row(paths[0].name))
+        page.reload()  # the queue is in IndexedDB, not in the page
+        page.wait_for_selector("html[data-enhanced=true]")
+        for path in paths:
+            page.wait_for_selector(row(path.name), timeout=10_000)
+        assert page.locator("#uploads li").count() == len(paths)
+        assert page.get_attribute("#storage", "data-persisted") in ("true", "false")
+        assert "used of" in page.inner_text("#storage")
+    assert proxy.sent == sent  # nothing reached the gateway
+    assert all(not records_named(stack, p.name) for p in paths)
+
+    proxy.restore()
+    with browser(playwright, profile) as context:  # the browser started again, online
+        page = context.pages[0]
+        page.goto(proxy.url + "/upload")  # (Background Sync may have begun before it opened)
+        items = poll(lambda: all_done(page), timeout=90)
+    assert sorted(items) == sorted([["done", "form"]] * 3 + [["done", "tus"]] * 2)
+    for path in paths:
+        (record,) = records_named(stack, path.name)  # stored exactly once
+        assert record.size == path.stat().st_size
+        assert stored_content(stack, record) == path.read_bytes()
