@@ -173,3 +173,37 @@ def test_files_queued_offline_survive_a_reload_and_a_browser_restart_and_are_sto
         (record,) = records_named(stack, path.name)  # stored exactly once
         assert record.size == path.stat().st_size
         assert stored_content(stack, record) == path.read_bytes()
+
+
+def progress_of(page, name: str) -> float:
+    bar = page.query_selector(f"{row(name)} progress")
+    return bar.evaluate("p => p.value") if bar else 0
+
+
+def test_a_large_file_dropped_mid_upload_resumes_from_the_gateways_offset_and_is_stored_once(
+    playwright, stack, proxy, tmp_path
+):
+    path = sample(tmp_path / "large.png", 24 * MiB, seed=99)
+    size = path.stat().st_size
+    proxy.rate = 2 * MiB  # about 12 s for the file
+    patches: list[int] = []  # the Upload-Offset of each PATCH the page sent
+    with browser(playwright, tmp_path / "profile") as context:
+        page = sign_in(context, stack, proxy.url)
+        page.on(
+            "request",
+            lambda r: r.method == "PATCH" and patches.append(int(r.headers["upload-offset"])),
+        )
+        started = proxy.sent
+        choose_and_send(page, path)
+        assert poll(lambda: progress_of(page, path.name) >= 40, timeout=60)
+        proxy.drop()  # the connection lost mid-body, as a network drop loses it
+        dropped_at = proxy.sent - started
+        page.wait_for_selector(f"{row(path.name)}[data-state=stored]", timeout=90_000)
+    (record,) = records_named(stack, path.name)  # stored once
+    assert record.size == size
+    assert stored_content(stack, record) == path.read_bytes()
+    # The last PATCH starts where the gateway stood (part of what reached it before the drop),
+    # not at 0; what went over the wire is the file once plus what the drop lost.
+    assert patches[0] == 0
+    assert 0 < patches[-1] <= dropped_at
+    assert size < proxy.sent - started < 1.3 * size

@@ -33,6 +33,7 @@ const LOCK = 'gateway-outbox-runner'
 const CHANNEL = 'gateway-outbox'
 const HELD = ['stored', 'processing', 'ready']
 const MiB = 1024 * 1024
+const TERMINATE_RETRIES = [0, 500, 1000, 2000, 4000]
 
 /** @param {import('../index.js').OutboxOptions} [options] */
 export function createOutbox(options = {}) {
@@ -105,7 +106,6 @@ export class Outbox {
     }
     await insert(await this.db, item, blobs)
     this._changed(item)
-    await this.requestBackgroundSync()
     return item
   }
 
@@ -146,20 +146,26 @@ export class Outbox {
     return item
   }
 
-  /** Remove an item that is not done: its running attempt is stopped, its tus uploads ended. */
+  /** Remove an item that is not done: its running attempt is stopped, its tus uploads ended
+   * at the gateway (tus termination, retried while a cut PATCH still holds the upload). */
   async cancel(/** @type {string} */ id) {
-    this.running.get(id)?.abort()
+    const local = this.running.get(id)
+    local?.abort() // the runner here terminates its own upload
     this.channel?.postMessage({ type: 'cancel', id })
     const item = await remove(await this.db, id)
     if (!item) return null
+    const headers = await this.gatewayHeaders()
     for (const file of item.files) {
-      if (file.tusUrl && !file.record) {
-        const headers = { 'Tus-Resumable': '1.0.0', ...(await this.gatewayHeaders()) }
-        fetch(file.tusUrl, { method: 'DELETE', headers, credentials: 'same-origin' }).catch(() => {})
+      if (file.tusUrl && !file.record && !local) {
+        tus.Upload.terminate(file.tusUrl, { headers, retryDelays: TERMINATE_RETRIES, ...this._stack() }).catch(() => {})
       }
     }
     this._changed({ ...item, state: 'cancelled' })
     return item
+  }
+
+  _stack() {
+    return this.httpStack ? { httpStack: this.httpStack } : {}
   }
 
   // -- storage ----------------------------------------------------------------------------------
@@ -216,7 +222,13 @@ export class Outbox {
   /** Send everything now (the page has just opened), then on every `online` event and whenever
    * a waiting item is due. */
   start() {
-    if (typeof window !== 'undefined') window.addEventListener('online', () => this.sync({ now: true }))
+    if (typeof window !== 'undefined') {
+      window.addEventListener('online', () => this.sync({ now: true }))
+      // A tab closed mid-upload: the service worker carries on (its lock is free now).
+      window.addEventListener('pagehide', () => {
+        if (this.running.size) this.requestBackgroundSync()
+      })
+    }
     return this.sync({ now: true })
   }
 
@@ -245,6 +257,10 @@ export class Outbox {
     const locks = typeof navigator !== 'undefined' ? navigator.locks : undefined
     const result = locks ? await locks.request(LOCK, { ifAvailable: true }, run) : await this._run(now)
     const next = await this._nextDue()
+    // Items left waiting (offline, or a failed attempt): the service worker's Background Sync
+    // sends them when the network is back, even with the page closed. Not registered while a
+    // page sends: a registration made online fires at once, and the worker would take over.
+    if (next !== null && result !== 'busy' && typeof window !== 'undefined') this.requestBackgroundSync()
     const online = typeof navigator === 'undefined' || navigator.onLine !== false
     if (next !== null && online && typeof window !== 'undefined') {
       this.timer = Number(setTimeout(() => this.sync(), Math.max(250, next - Date.now())))
@@ -539,7 +555,7 @@ export class Outbox {
         removeFingerprintOnSuccess: false,
         urlStorage,
         fingerprint: async () => `${item.id}/${file.position}`,
-        ...(this.httpStack ? { httpStack: this.httpStack } : {}),
+        ...this._stack(),
         onBeforeRequest: (request) => {
           if (request.getMethod() === 'POST') {
             // A new upload: its own creation key; after a gone one (the URL we had), the next.
@@ -551,7 +567,12 @@ export class Outbox {
         onSuccess: () => resolve(upload.url),
         onError: (error) => reject(error),
       })
-      signal.addEventListener('abort', () => { upload.abort(false).catch(() => {}); reject(new DOMException('cancelled', 'AbortError')) })
+      signal.addEventListener('abort', () => {
+        // Cancelled: stop, and end the upload at the gateway (retried as a PATCH lets go of it).
+        if (upload.url) tus.Upload.terminate(upload.url, { headers, retryDelays: TERMINATE_RETRIES, ...this._stack() }).catch(() => {})
+        upload.abort(false).catch(() => {})
+        reject(new DOMException('cancelled', 'AbortError'))
+      })
       upload.start()
     }).catch((error) => {
       if (error?.name === 'AbortError') throw error
