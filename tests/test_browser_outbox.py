@@ -7,8 +7,12 @@ names its own port in the URLs it forwards, so tus's Location would skip the rel
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import http.server
+import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,10 +48,10 @@ def proxy(stack):
 
 
 @contextlib.contextmanager
-def browser(playwright, profile: Path, *, offline: bool = False):
+def browser(playwright, profile: Path, *, offline: bool = False, **options):
     """Chromium on ``profile``: closing it ends the browser (as a user quitting it)."""
     context = playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=ensure_chromium(), headless=True, args=ARGS
+        str(profile), executable_path=ensure_chromium(), headless=True, args=ARGS, **options
     )
     context.set_offline(offline)
     try:
@@ -207,3 +211,127 @@ def test_a_large_file_dropped_mid_upload_resumes_from_the_gateways_offset_and_is
     assert patches[0] == 0
     assert 0 < patches[-1] <= dropped_at
     assert size < proxy.sent - started < 1.3 * size
+
+
+# -- a chain: a step before the upload, whose answer feeds the upload and the step after it -------
+class AppApi:
+    """The app's own API: POST /attachments answers a new {"AttachID"}; PATCH /attachments/<id>
+    answers {}; CORS for any origin. Every request is recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.next_id = 123
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict | None = None) -> None:
+                data = json.dumps(body or {}).encode()
+                self.send_response(status)
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Access-Control-Allow-Methods", "POST, PATCH")
+                self.send_header("Access-Control-Allow-Headers", "content-type, idempotency-key")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_OPTIONS(self) -> None:
+                self._answer(204)
+
+            def _record(self) -> dict:
+                length = int(self.headers.get("Content-Length") or 0)
+                seen = {
+                    "method": self.command,
+                    "path": self.path,
+                    "key": self.headers.get("Idempotency-Key"),
+                    "authorization": self.headers.get("Authorization"),
+                    "body": json.loads(self.rfile.read(length) or b"null"),
+                }
+                api.requests.append(seen)
+                return seen
+
+            def do_POST(self) -> None:
+                self._record()
+                api.next_id += 1
+                self._answer(201, {"AttachID": api.next_id - 1})
+
+            def do_PATCH(self) -> None:
+                self._record()
+                self._answer(200, {})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+QUEUE_CHAIN = """async ([app, name, data]) => {
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0))
+  const item = await window.uploadOutbox.add({
+    before: [{ name: 'create', method: 'POST', url: `${app}/attachments`,
+               body: '{"title": "north wall"}', capture: { attachId: '/AttachID' } }],
+    upload: { project: 'p1', fields: { attachId: '{{steps.create.attachId}}' },
+              files: [{ name, type: 'image/png', blob: new Blob([bytes], { type: 'image/png' }) }] },
+    after: [{ name: 'update', method: 'PATCH', url: `${app}/attachments/{{steps.create.attachId}}`,
+              body: '{"key": "{{s3Key}}", "mediaId": "{{mediaId}}", "sha256": "{{sha256}}"}' }],
+  })
+  return item.key
+}"""
+
+
+def test_a_chain_queued_offline_runs_each_step_once_after_a_restart_with_its_captures(
+    playwright, stack, proxy, tmp_path
+):
+    app = AppApi()
+    content = sample(tmp_path / "scan.png", 50_000, seed=7).read_bytes()
+    profile = tmp_path / "profile"
+    # bypass_csp: the page's CSP lets its script reach the gateway only; an app queueing chains
+    # does so from its own pages. The library and the browser are the real ones.
+    try:
+        with browser(playwright, profile, bypass_csp=True) as context:
+            install_app_shell(sign_in(context, stack, proxy.url))
+        proxy.cut()
+        with browser(playwright, profile, offline=True, bypass_csp=True) as context:
+            page = context.pages[0]
+            page.goto(proxy.url + "/upload")
+            page.wait_for_selector("html[data-enhanced=true]")
+            data = base64.b64encode(content).decode()
+            # An unknown placeholder is refused when queued: nothing is queued.
+            refused = page.evaluate(
+                """async () => { try { await window.uploadOutbox.add({ upload: { project: 'p1',
+                   fields: { a: '{{steps.nope.id}}' }, files: [{ name: 'x', blob: new Blob(['x']) }] } })
+                   } catch (e) { return e.message } }"""
+            )
+            assert "no step is named" in refused
+            key = page.evaluate(QUEUE_CHAIN, [app.url, "scan.png", data])
+            page.wait_for_selector(f"{row('scan.png')}[data-state=queued]")
+        assert app.requests == []
+        proxy.restore()
+        with browser(playwright, profile, bypass_csp=True) as context:
+            page = context.pages[0]
+            page.goto(proxy.url + "/upload")
+            poll(lambda: all_done(page), timeout=60)
+        (record,) = records_named(stack, "scan.png")
+        assert stored_content(stack, record) == content
+        assert record.metadata["attachId"] == "123"  # step 1's answer, in the upload's fields
+        media = requests.get(
+            f"{stack.url}/api/media/{record.media_id}", headers=stack.auth, timeout=30
+        ).json()
+        create, update = app.requests  # each step once
+        assert (create["method"], create["path"], create["key"]) == (
+            "POST", "/attachments", f"{key}.step0")  # fmt: skip
+        assert create["body"] == {"title": "north wall"}
+        assert (update["method"], update["path"], update["key"]) == (
+            "PATCH", "/attachments/123", f"{key}.step1")  # fmt: skip
+        assert update["body"] == {
+            "key": media["s3Key"], "mediaId": record.media_id, "sha256": media["sha256"]
+        }  # fmt: skip
+        assert create["authorization"] is None and update["authorization"] is None
+    finally:
+        app.close()

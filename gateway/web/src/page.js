@@ -248,6 +248,8 @@ outbox.on('change', (item) => {
   if (rows.has(item.id) || item.state !== 'done') outboxRow(item)
 })
 outbox.saveCsrfToken(csrfToken()).catch(() => {})
+// The page's outbox, for scripts that queue more than files (a chain: docs/chain.schema.json).
+window.uploadOutbox = outbox
 
 const partSizes = new Map() // file size -> the part size initiate chose for it
 const viaS3 = config.direct.enabled
