@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from tcpproxy import TcpProxy
 
 from e2e_harness import MiB, ensure_chromium, gateway_stack, poll
 from support import png_bytes, record_ids
-from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 ARGS = ["--no-sandbox", "--disable-dev-shm-usage"]
