@@ -2,10 +2,11 @@
 // SHA-256 over one "path<TAB>sha256-hex<LF>" line per file (package.json, package-lock.json,
 // build.mjs, every file under src/ and outbox/), paths relative to gateway/web with '/', lines sorted.
 import { createHash } from 'node:crypto'
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join, relative, sep } from 'node:path'
 
 function filesUnder(dir) {
+  if (!existsSync(dir)) return []
   return readdirSync(dir).flatMap((name) => {
     const path = join(dir, name)
     return statSync(path).isDirectory() ? filesUnder(path) : [path]
