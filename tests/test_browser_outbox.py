@@ -335,3 +335,38 @@ def test_a_chain_queued_offline_runs_each_step_once_after_a_restart_with_its_cap
         assert create["authorization"] is None and update["authorization"] is None
     finally:
         app.close()
+
+
+# -- the result view ----------------------------------------------------------------------------------
+def test_the_result_view_polls_with_script_and_says_offline_instead_of_an_error_page(
+    playwright, stack, proxy, tmp_path
+):
+    upload = requests.post(
+        stack.url + "/api/upload",
+        headers=stack.auth,
+        data={"projectId": "p1"},
+        files={"file": ("result.png", png_bytes(4096), "image/png")},
+        timeout=30,
+    )
+    media_id = upload.json()["files"][0]["mediaId"]  # processing is off: it stays "stored"
+    result = f"{proxy.url}/upload/result?mediaId={media_id}"
+    with browser(playwright, tmp_path / "profile") as context:
+        page = sign_in(context, stack, proxy.url)
+        install_app_shell(page)
+        page.goto(result)
+        page.wait_for_selector("html[data-enhanced=true]")
+        # With script the refresh is inert (inside <noscript>): the script polls instead.
+        assert page.evaluate("() => document.querySelector('meta[http-equiv=refresh]')") is None
+        assert page.is_hidden("#connection")
+        proxy.cut()
+        context.set_offline(True)
+        page.wait_for_selector("#connection:not([hidden])")
+        assert "Offline, will update" in page.inner_text("#connection")
+        page.reload()  # offline: the copy of the last visit, not the browser's error page
+        page.wait_for_selector("html[data-enhanced=true]")
+        assert page.get_attribute(f'#results li[data-media-id="{media_id}"]', "data-state")
+        page.wait_for_selector("#connection:not([hidden])", timeout=15_000)
+        proxy.restore()
+        context.set_offline(False)
+        page.wait_for_selector("#connection", state="hidden", timeout=15_000)
+        assert page.get_attribute("body", "data-connection") == "online"
