@@ -29,7 +29,7 @@ RUN pip install --no-cache-dir -r requirements.txt \
 
 COPY --chown=root:root wsgi.py gunicorn.conf.py ./
 COPY --chown=root:root gateway ./gateway
-COPY --from=bundle --chown=root:root /static/upload.js /static/upload.manifest.json ./gateway/static/
+COPY --from=bundle --chown=root:root /static/upload.js /static/upload-sw.js /static/upload.manifest.json ./gateway/static/
 
 # SQLite, the queue, local media and the orphan journal (the defaults under var/): the only place
 # the gateway writes, besides a tmpfs on /tmp (docker run --read-only --tmpfs /tmp).

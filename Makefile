@@ -37,7 +37,7 @@ node:
 # committed. Rebuilt whenever its sources change; the gateway refuses a stale one (web_bundle.py).
 BUNDLE := gateway/static/upload.js
 WEB_SOURCES := gateway/web/package.json gateway/web/package-lock.json gateway/web/build.mjs \
-	gateway/web/sources.mjs $(shell find gateway/web/src -type f 2>/dev/null)
+	gateway/web/sources.mjs $(shell find gateway/web/src gateway/web/outbox -type f 2>/dev/null)
 $(BUNDLE): $(WEB_SOURCES) | node
 	cd gateway/web && npm ci --no-audit --no-fund --loglevel=error && npm run build
 	touch $@
