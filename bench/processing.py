@@ -69,13 +69,31 @@ def self_cpu() -> float:
 
 
 def measured(cmd: list[str]) -> tuple[float, int]:
-    """Run a command: (its CPU seconds, its peak RSS in bytes), from wait4's rusage."""
+    """Run a command: (its CPU seconds from wait4's rusage, its peak RSS in bytes). The peak is
+    the last VmHWM read while it ran (every 5 ms): wait4's ru_maxrss keeps the high-water mark
+    of the forking process (this one, hundreds of MiB) across exec."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            try:
+                with open(f"/proc/{proc.pid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+            except OSError:
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}")
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+    return usage.ru_utime + usage.ru_stime, peak[0]
 
 
 # -- inputs ----------------------------------------------------------------------------------------
