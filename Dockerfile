@@ -11,6 +11,8 @@ WORKDIR /web
 COPY gateway/web/package.json gateway/web/package-lock.json ./
 RUN npm ci --no-audit --no-fund --loglevel=error
 COPY gateway/web ./
+# The service worker's precache list names the stylesheet with its digest.
+COPY gateway/static/upload.css /static/upload.css
 RUN npm run build
 
 FROM ${PYTHON_IMAGE} AS base
