@@ -1,11 +1,15 @@
 """The Docker image, built and run: a private dockerd (tests/docker_harness.py) builds it once for
 this file, and its containers run with the flags docs/deployment.md gives (``--network host``,
-``--read-only --tmpfs /tmp``, a volume on /app/var, ``--stop-timeout``) against the moto server.
+``--read-only --tmpfs /tmp``, a volume on /app/var, ``--stop-timeout``) against the moto server
+and a Ceph RGW.
 
 - gunicorn in the image on S3 + DynamoDB + SQS (moto): healthy on its own GATEWAY_BIND, a curl
   upload stored with its exact bytes, a worker container of the same image processing it to
   ready; both run as uid 10001 on a read-only root and write nothing outside their volume; both
   stop on SIGTERM with exit code 0.
+- the same on Ceph's S3 (tests/ceph_harness.py; records and queue in SQLite on the volume), in
+  one container: healthy, a curl upload stored in the Ceph bucket with its exact bytes, its record
+  (size, SHA-256, key), the worker (an exec in that container) taking it to ready, exit code 0.
 - local storage on the volume: ``docker stop`` during two uploads ends them as the docs say (the
   one that finishes within the grace 201, the one still arriving 503 ``shutting_down``), the
   master exits 0, and the volume holds the stored file and its record, nothing else (no
@@ -14,6 +18,7 @@ this file, and its containers run with the flags docs/deployment.md gives (``--n
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import resource
@@ -240,6 +245,71 @@ def test_gateway_and_worker_containers_on_s3(containers: Containers, moto_url: s
     for name in (gateway, worker):
         assert_confined(docker, name)
     assert stop_exit_code(docker, worker) == 0  # the worker's own SIGTERM handler, as PID 1
+    assert stop_exit_code(docker, gateway) == 0
+
+
+def test_gateway_container_on_ceph(containers: Containers, ceph_url: str, tmp_path):
+    """The image on Ceph's S3 (docs/deployment.md "Ceph RGW"), records and queue in SQLite on
+    the volume: one container; init, the token and the worker are execs in it."""
+    docker = containers.docker
+    port = free_port()
+    bucket = unique("img-ceph")
+    env = {
+        **env_for_aws(),  # the keys of the cluster's S3 user
+        "GATEWAY_BIND": f"127.0.0.1:{port}",
+        "GATEWAY_WORKERS": "1",
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "GATEWAY_STORAGE_URL": f"s3://{bucket}/uploads",
+        "GATEWAY_S3_ENDPOINT_URL": ceph_url,
+        "GATEWAY_S3_VERIFIES_SHA256": "off",
+        "GATEWAY_SHUTDOWN_DELAY": "1",
+    }
+    gateway = containers.start(env, containers.volume())
+    init = docker("exec", gateway, "flask", "--app", "wsgi", "init").stdout
+    assert "ready" in init
+    bearer = docker(
+        "exec", gateway, "flask", "--app", "wsgi", "token", "--sub", "alice", "--projects", "p1"
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    wait_healthy(containers, gateway)
+    url = f"http://127.0.0.1:{port}"
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(samples.photo(1200, 900))
+    sent = photo.read_bytes()
+    done = subprocess.run(
+        [ensure_curl(), "-sS", "-H", f"Authorization: Bearer {bearer}", "-F", "projectId=p1",
+         "-F", f"file=@{photo};type=image/jpeg", url + "/api/upload"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    answer = json.loads(done.stdout)
+    assert answer["success"] is True, answer
+    media_id = answer["mediaId"]
+
+    def record() -> dict:
+        got = requests.get(
+            f"{url}/api/media/{media_id}", headers={"Authorization": f"Bearer {bearer}"}, timeout=5
+        )
+        assert got.status_code == 200, got.text
+        return got.json()
+
+    stored = record()
+    assert stored["status"] == "stored"  # no worker yet
+    assert (stored["size"], stored["sha256"]) == (len(sent), hashlib.sha256(sent).hexdigest())
+    s3 = boto3.client("s3", endpoint_url=ceph_url, region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [stored["s3Key"]]
+    assert s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read() == sent
+
+    # The worker of the same image, beside gunicorn in the container (its PID 1 stays gunicorn).
+    docker("exec", "-d", gateway, "flask", "--app", "wsgi", "worker")
+    assert poll(lambda: record()["status"] == "ready", timeout=120, interval=0.5), containers.logs(
+        gateway
+    )
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert record()["variants"] and len(listed) > 1  # the derived images, beside it on Ceph
+    assert s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read() == sent
+    assert_confined(docker, gateway)
     assert stop_exit_code(docker, gateway) == 0
 
 
