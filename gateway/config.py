@@ -68,6 +68,10 @@ class Settings:
     # upload's promised SHA-256 is then taken from S3 instead of read back
     # (gateway/uploads/direct_verify.py).
     s3_verifies_sha256: bool = False
+    # What makes every object the gateway writes exactly the bytes it sent, whatever the store
+    # verifies (gateway/storage/integrity.py): "md5" (Content-MD5 sent, each ETag compared),
+    # "crc32c" (only for a store that refuses a wrong x-amz-checksum-crc32c: AWS S3).
+    s3_integrity: str = "md5"
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
     dynamodb_endpoint_url: str = ""
@@ -232,6 +236,8 @@ class Settings:
                 fail(f.name, "must be a positive number of seconds")
             elif f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 fail(f.name, "must be on or off")
+        if self.s3_integrity not in ("md5", "crc32c"):
+            fail("s3_integrity", "must be md5 or crc32c")
         if self.s3_part_size < S3_MIN_PART_SIZE:
             fail("s3_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
         if self.direct_single_put_max > 5 * 1024 * MiB:

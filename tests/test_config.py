@@ -253,6 +253,7 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
             read_timeout=1,
             max_pool_connections=1,
         ),
+        integrity="md5",
     )
     settings = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com"})
     key = "projects/p/media/x.png"
