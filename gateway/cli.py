@@ -77,8 +77,8 @@ def register(app: Flask) -> None:
                 click.echo(line)
             return
         probed = storage.probe()
-        mode = svc.settings.s3_integrity
-        for line in report(probed, mode):
+        mode, setting = svc.settings.effective_s3_integrity, svc.settings.s3_integrity
+        for line in report(probed, mode, setting if setting == mode else f"{setting} ({mode})"):
             click.echo(line)
         if not holds(probed, mode):
             raise SystemExit(1)

@@ -147,6 +147,13 @@ def test_report_of_a_store_that_verifies_nothing():
     ]
 
 
+def test_report_names_how_the_mode_was_set():
+    assert report(probe(), MD5, "auto (md5)")[-1].startswith(
+        "GATEWAY_S3_INTEGRITY=auto (md5): integrity holds:"
+    )
+    assert report(probe(), CRC32C)[-1].startswith("GATEWAY_S3_INTEGRITY=crc32c: integrity is NOT")
+
+
 def test_report_lists_cors_rules_and_notifications():
     lines = report(probe(cors=("GET from *", "PUT from x"), notifications=("a", "b")), MD5)
     assert lines[4:8] == ["CORS: GET from *", "CORS: PUT from x", "notifications: a",

@@ -290,8 +290,8 @@ def test_check_says_what_the_store_verifies_and_that_the_md5_mode_holds(gw, veri
             "CORS: none on the bucket (browsers cannot send direct uploads themselves)",
             "notifications: none configured on the bucket",
             "the store verifies no checksum it is sent",
-            "GATEWAY_S3_INTEGRITY=md5: integrity holds: the store refuses nothing; the gateway"
-            " compares each write's ETag with the MD5 it sent",
+            "GATEWAY_S3_INTEGRITY=auto (md5): integrity holds: the store refuses nothing; the"
+            " gateway compares each write's ETag with the MD5 it sent",
         ]
     assert gw.objects() == [] and gw.uploads() == []  # the scratch object is gone
 

@@ -6,16 +6,20 @@ Stores differ (measured, docs/design.md "What each store verifies"): AWS S3 refu
 ``Content-MD5`` or ``x-amz-checksum-crc32c`` does not match it (400 BadDigest); Ceph RGW 16
 refuses a wrong ``Content-MD5`` but stores a wrong CRC32C; moto refuses neither. What every one
 of them answers is an ETag, which for a PutObject or an UploadPart is the MD5 of the bytes it
-stored (not on AWS with SSE-KMS or SSE-C encryption). Hence two modes
-(``GATEWAY_S3_INTEGRITY``):
+stored (not on AWS with SSE-KMS or SSE-C encryption). Hence the modes of
+``GATEWAY_S3_INTEGRITY``:
 
-- ``md5`` (the default): every PutObject and UploadPart carries ``Content-MD5`` (a store that
+- ``md5``: every PutObject and UploadPart carries ``Content-MD5`` (a store that
   verifies it refuses the body) and the ETag answered must be that MD5 (a store that verifies
-  nothing is caught after the fact). Costs MD5 over every byte, about 1.4 CPU s/GiB here.
+  nothing is caught after the fact). Costs MD5 over every byte: 1.43 CPU s/GiB here.
 - ``crc32c``: only ``x-amz-checksum-crc32c`` (0.04 CPU s/GiB), for a store that verifies it
   (AWS S3, also where its ETags are not MD5s); the ETag is not looked at.
+- ``auto`` (the default): ``crc32c`` on AWS S3 itself, ``md5`` on any other endpoint
+  (``Settings.effective_s3_integrity``). Measured, ``md5`` adds 1.5-1.7 CPU s/GiB to the form
+  path (docs/benchmarks.md): not worth paying where the store checks the CRC32C itself.
 
-Both send the CRC32C (AWS keeps it as the object's checksum)."""
+Both send the CRC32C with every UploadPart (AWS keeps them as the object's checksum); a single
+PutObject of the form path carries the file's SHA-256 instead (S3 takes one such header)."""
 
 from __future__ import annotations
 
@@ -93,8 +97,9 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "NO"
 
 
-def report(probe: Probe, mode: str) -> list[str]:
-    """``flask check``'s lines, in plain words, the verdict last."""
+def report(probe: Probe, mode: str, setting: str = "") -> list[str]:
+    """``flask check``'s lines, in plain words, the verdict last (``setting``: how the mode was
+    set, when not by its own name, e.g. "auto (md5)")."""
     lines = [
         f"addressing: {probe.addressing} ({probe.bucket_url})",
         f"refuses a wrong Content-MD5: {_yes(probe.verifies_md5)}",
@@ -111,7 +116,7 @@ def report(probe: Probe, mode: str) -> list[str]:
         lines.append("notifications: none configured on the bucket")
     if not (probe.verifies_md5 or probe.verifies_crc32c):
         lines.append("the store verifies no checksum it is sent")
-    lines.append(f"GATEWAY_S3_INTEGRITY={mode}: " + _verdict(probe, mode))
+    lines.append(f"GATEWAY_S3_INTEGRITY={setting or mode}: " + _verdict(probe, mode))
     return lines
 
 

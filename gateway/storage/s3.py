@@ -341,7 +341,7 @@ class S3ObjectStore:
                 read_timeout=settings.s3_read_timeout,
                 max_pool_connections=settings.s3_max_pool_connections,
             ),
-            integrity=settings.s3_integrity,
+            integrity=settings.effective_s3_integrity,
         )
 
     def full_key(self, key: str) -> str:
