@@ -658,6 +658,13 @@ def main() -> int:
         "with the others in the same run (CPU and throughput of this code against that one)",
     )
     parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the gateway under test (repeatable), e.g. GATEWAY_S3_INTEGRITY=crc32c",
+    )
+    parser.add_argument(
         "--baseline-env",
         action="append",
         default=[],
@@ -751,6 +758,9 @@ def main() -> int:
             baseline = prepare_baseline(args.baseline_rev, env, tmp_root, extra)
             out["environment"]["baseline_commit"] = baseline.commit
             out["environment"]["baseline_env"] = extra
+        own = dict(item.split("=", 1) for item in args.gateway_env)
+        env.update(own)  # after the baseline took its copy: for this gateway only
+        out["environment"]["gateway_env"] = own
         out["gateway_settings"] = {
             "part_size": settings.effective_part_size,
             "parts_in_flight": settings.s3_parts_in_flight,
