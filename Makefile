@@ -7,9 +7,9 @@ BIND   ?= 127.0.0.1:8000
 DEV_SECRET := var/dev-jwt-secret
 DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
-LINTED := gateway outbox tests bench .ci wsgi.py gunicorn.conf.py
+LINTED := gateway outbox tests bench .ci docker wsgi.py gunicorn.conf.py
 
-.PHONY: run token lint test test-fast mutation bench clean bundle node
+.PHONY: run token lint test test-fast mutation bench clean bundle node docker-tools image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,10 +69,23 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# What the tests drive: Debian's nginx, curl, clamd, chromium and ffmpeg (the audio tests'
-# independent encoder), Node's tus clients and reference server (tests/node, lockfile-pinned);
-# the gate, then the suite in two processes.
-test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
+# Debian's docker.io (dockerd 20.10 and its client) and debootstrap (base images where no registry
+# serves them): tests/docker_harness.py starts a private dockerd with them.
+docker-tools:
+	@[ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ] || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		docker.io debootstrap)
+
+# The image (upload-gateway:local) built by a private dockerd as the tests build it
+# (docs/deployment.md); with a registry and Docker of your own, `docker build .` is the same.
+image: $(VENV)/.dev docker-tools node
+	$(BIN)/python tests/docker_harness.py build
+
+# What the tests drive: Debian's nginx, curl, clamd, chromium, ffmpeg (the audio tests'
+# independent encoder) and Ceph (mon, OSD, radosgw: the second S3, tests/ceph_harness.py), Node's
+# tus clients and reference server (tests/node, lockfile-pinned), Docker (tests/test_image.py
+# builds and runs the image); the gate, then the suite in two processes.
+test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint docker-tools
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \
@@ -84,6 +97,10 @@ test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v ffmpeg >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
+	@[ -x /usr/bin/ceph-mon ] && [ -x /usr/bin/ceph-osd ] && [ -x /usr/bin/radosgw ] || \
+		($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends \
+		ceph-mon ceph-osd radosgw ceph-common)
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
@@ -113,3 +130,4 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+	$(SUDO) rm -rf build
