@@ -8,10 +8,9 @@ the form and tus paths (where the gateway writes the bytes) both must end in 502
 gateway copies server-side) are caught by the SHA-256 read back at ``complete``. What is left is
 read from the store directly, not through the proxy.
 
-Every test runs once per store in ``STORES``: moto now. Ceph RGW joins by adding its session
-fixture's name there with what it verifies (measured: Content-MD5 yes, CRC32C no, ETags are
-MD5s); the gateway and ``truth`` sign with the AWS_* credentials of the environment, so that
-fixture's S3 user must have them (or export its own).
+Every test runs once per store in ``STORES``: moto and Ceph RGW (tests/ceph_harness.py, whose
+user has the suite's AWS_* credentials, which the gateway and ``truth`` sign with). Another
+store joins by adding its session fixture's name there with what it verifies.
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ from support import MiB, assert_stored, form_body, mp4_bytes, png_bytes, record_
 pytestmark = pytest.mark.timeout(120)
 
 # The session fixture giving each store's URL -> (refuses a wrong Content-MD5, refuses a wrong
-# x-amz-checksum-crc32c, its ETags are MD5s). Ceph RGW 16: "ceph_url": (True, False, True).
-STORES = {"moto_url": (False, False, True)}
+# x-amz-checksum-crc32c, its ETags are MD5s), as `flask check` finds them.
+STORES = {"moto_url": (False, False, True), "ceph_url": (True, False, True)}
 BIG = 13 * MiB + 123  # three parts of 6 MiB (the default part size): two whole, one tail
 SMALL = 60_000  # one PutObject
 
