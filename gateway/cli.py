@@ -1,4 +1,5 @@
-"""flask commands: ``token`` (a dev token), ``init`` (schema, table, bucket), ``sweep``."""
+"""flask commands: ``token`` (a dev token), ``init`` (schema, table, bucket), ``check`` (what
+the store verifies), ``sweep``, ``worker``, ``queue``, ``quota``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gateway.http.auth import mint_token
 from gateway.media.records.quota import QuotaLimits
 from gateway.processing.worker import Worker, WorkerOptions, run_lanes
 from gateway.queue import Queue
+from gateway.storage.integrity import LOCAL_REPORT, holds, report
 
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -60,6 +62,26 @@ def register(app: Flask) -> None:
         """Create the record schema (SQLite or the DynamoDB table) and the S3 bucket."""
         services().provision()
         click.echo("records and object store ready")
+
+    @app.cli.command("check")
+    def check() -> None:
+        """Probe the object store: which checksums it verifies (a wrong one sent to a scratch
+        key, deleted again), its addressing, CORS and notifications. Exits 1 when the store
+        would keep other bytes than the gateway sent under GATEWAY_S3_INTEGRITY (or refuse
+        every upload)."""
+        svc = services()
+        storage = svc.storage
+        click.echo(f"store: {svc.settings.storage_url}")
+        if storage.probe is None:
+            for line in LOCAL_REPORT:
+                click.echo(line)
+            return
+        probed = storage.probe()
+        mode, setting = svc.settings.effective_s3_integrity, svc.settings.s3_integrity
+        for line in report(probed, mode, setting if setting == mode else f"{setting} ({mode})"):
+            click.echo(line)
+        if not holds(probed, mode):
+            raise SystemExit(1)
 
     @app.cli.command("worker")
     @click.option(

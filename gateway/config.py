@@ -72,6 +72,11 @@ class Settings:
     # upload's promised SHA-256 is then taken from S3 instead of read back
     # (gateway/uploads/direct_verify.py).
     s3_verifies_sha256: bool = False
+    # What makes every object the gateway writes exactly the bytes it sent, whatever the store
+    # verifies (gateway/storage/integrity.py): "md5" (Content-MD5 sent, each ETag compared),
+    # "crc32c" (only for a store that refuses a wrong x-amz-checksum-crc32c: AWS S3), "auto"
+    # (crc32c on AWS S3, md5 on any other endpoint: ``effective_s3_integrity``).
+    s3_integrity: str = "auto"
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
     dynamodb_endpoint_url: str = ""
@@ -243,6 +248,8 @@ class Settings:
                 fail(f.name, "must be a positive number of seconds")
             elif f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 fail(f.name, "must be on or off")
+        if self.s3_integrity not in ("auto", "md5", "crc32c"):
+            fail("s3_integrity", "must be auto, md5 or crc32c")
         if self.s3_part_size < S3_MIN_PART_SIZE:
             fail("s3_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
         if self.direct_single_put_max > 5 * 1024 * MiB:
@@ -488,6 +495,17 @@ class Settings:
         """The configured part size, raised so that a max-size file fits in 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
+
+    @property
+    def effective_s3_integrity(self) -> str:
+        """``auto``: crc32c on AWS S3 itself (no endpoint, or one under amazonaws.com), which
+        refuses a wrong CRC32C; md5 on any other endpoint, whose checks are not known (Ceph
+        RGW stores a wrong CRC32C, moto any checksum)."""
+        if self.s3_integrity != "auto":
+            return self.s3_integrity
+        host = (urlparse(self.s3_endpoint_url).hostname or "") if self.s3_endpoint_url else ""
+        aws = not self.s3_endpoint_url or host == "amazonaws.com" or host.endswith(".amazonaws.com")
+        return "crc32c" if aws else "md5"
 
     def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)

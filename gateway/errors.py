@@ -491,6 +491,18 @@ class StorageError(GatewayError):
     status, code, message = 502, "storage_error", "The object store failed; nothing was kept."
 
 
+class StorageCorrupted(StorageError):
+    """The store refused a body as not matching its checksum (BadDigest), or answered an ETag
+    that is not the MD5 the gateway sent (gateway/storage/integrity.py): the bytes were changed
+    between the gateway and the store. Retrying the upload may succeed."""
+
+    status, code, message = (
+        502,
+        "storage_corrupted",
+        "The object store did not receive the bytes sent; nothing was kept. Retry the upload.",
+    )
+
+
 class StorageUnavailable(StorageError, _Retryable):
     """Throttling or unavailability, once retries are spent: worth retrying later."""
 

@@ -34,6 +34,7 @@ _RETRY = (
     "too_many_pending",
     "internal_error",
     "storage_error",
+    "storage_corrupted",  # our bytes were changed on the way to the store: nothing was kept
     "upstream_unavailable",
     "records_unavailable",
     "shutting_down",

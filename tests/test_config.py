@@ -47,6 +47,27 @@ def test_any_type_is_a_valid_allowed_type(value, parsed):
     assert Settings.from_env({**BASE, "GATEWAY_ALLOWED_TYPES": value}).allowed_types == parsed
 
 
+@pytest.mark.parametrize(
+    "setting,endpoint,mode",
+    [
+        ("auto", "", "crc32c"),  # AWS S3: it refuses a wrong CRC32C
+        ("auto", "https://s3.eu-west-1.amazonaws.com", "crc32c"),
+        ("auto", "https://bucket.vpce-0a1b.s3.us-east-1.vpce.amazonaws.com", "crc32c"),
+        ("auto", "http://127.0.0.1:9000", "md5"),  # moto, Ceph, MinIO...: not known
+        ("auto", "https://rgw.example.com", "md5"),
+        ("auto", "https://notamazonaws.com", "md5"),
+        ("auto", "https://amazonaws.com.example.net", "md5"),
+        ("md5", "", "md5"),
+        ("crc32c", "http://127.0.0.1:9000", "crc32c"),
+    ],
+)
+def test_s3_integrity_mode(setting, endpoint, mode):
+    env = {**BASE, "GATEWAY_S3_INTEGRITY": setting, "GATEWAY_S3_ENDPOINT_URL": endpoint}
+    settings = Settings.from_env(env)
+    assert settings.s3_integrity == setting
+    assert settings.effective_s3_integrity == mode
+
+
 def test_part_size_grows_so_the_cap_fits_in_10000_parts():
     settings = Settings.from_env({**BASE, "GATEWAY_MAX_UPLOAD_BYTES": str(200 * 1024 * MiB)})
     assert settings.effective_part_size * 10_000 >= settings.max_upload_bytes
@@ -62,6 +83,8 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_MAX_UPLOAD_BYTES": "lots"}, "GATEWAY_MAX_UPLOAD_BYTES"),
         ({"GATEWAY_MAX_UPLOAD_BYTES": "0"}, "GATEWAY_MAX_UPLOAD_BYTES"),
         ({"GATEWAY_S3_PART_SIZE": "1024"}, "GATEWAY_S3_PART_SIZE"),
+        ({"GATEWAY_S3_INTEGRITY": "sha256"}, "GATEWAY_S3_INTEGRITY"),
+        ({"GATEWAY_S3_INTEGRITY": "MD5"}, "GATEWAY_S3_INTEGRITY"),
         ({"GATEWAY_STORAGE_URL": "s3://"}, "GATEWAY_STORAGE_URL"),
         ({"GATEWAY_STORAGE_URL": "gs://bucket"}, "GATEWAY_STORAGE_URL"),
         ({"GATEWAY_RECORDS_URL": "postgres://x"}, "GATEWAY_RECORDS_URL"),
@@ -258,6 +281,7 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
             read_timeout=1,
             max_pool_connections=1,
         ),
+        integrity="md5",
     )
     settings = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com"})
     key = "projects/p/media/x.png"

@@ -70,6 +70,7 @@ def s3_store_for(client) -> S3ObjectStore:
             read_timeout=60,
             max_pool_connections=8,
         ),
+        integrity="md5",
     )
     s3.create_bucket()
     return s3

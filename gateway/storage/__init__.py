@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.storage.chunks import ChunkStore
+    from gateway.storage.integrity import Probe
     from gateway.storage.presign import DirectStore
 
 
@@ -162,6 +163,8 @@ class Storage:
     # GATEWAY_QUARANTINE_URL, also while scanning is off): out of reach of every public URL.
     holding: Quarantine | None = None
     chunks: ChunkStore | None = None  # resumable uploads' chunks and parts (in the landing store)
+    # What the store verifies, its addressing, CORS and notifications (``flask check``; S3).
+    probe: Callable[[], Probe] | None = None
 
     @property
     def landing(self) -> ObjectStore:
@@ -190,6 +193,7 @@ def open_storage(settings: Settings) -> Storage:
             ),
         )
         s3_quarantine = s3_holding if settings.clamd_url else None
+        from gateway.storage.s3_check import probe
         from gateway.storage.s3_chunks import S3Chunks
 
         landing = s3_quarantine.store if s3_quarantine is not None else s3
@@ -202,6 +206,7 @@ def open_storage(settings: Settings) -> Storage:
             quarantine=s3_quarantine,
             holding=s3_holding,
             chunks=S3Chunks(landing),
+            probe=lambda: probe(landing),
         )
     from gateway.storage.chunks import LocalChunks
     from gateway.storage.local import LocalObjectStore, LocalQuarantine

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from crc32c import crc32c
 
-from gateway.errors import StorageError, StorageUnavailable
+from gateway.errors import StorageCorrupted, StorageError, StorageUnavailable
 from gateway.metrics import instrument_s3_client
 from gateway.storage import ObjectInfo, PendingUpload, StoredObject
 from gateway.storage.buffers import PartBuffers
+from gateway.storage.integrity import DIGEST_ERRORS, Sums, etag_holds, sums
 from gateway.storage.s3_requests import S3Requests
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ def make_s3_client(settings: Settings) -> Any:
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=settings.s3_max_pool_connections,
-        # Parts carry a CRC32C checksum (computed here) that S3 verifies, so the payload need not
-        # be SHA-256 signed as well (boto3 skips it on https; this makes plain http match).
+        # Bodies carry checksums (computed here, gateway/storage/integrity.py) that S3 verifies or
+        # the gateway checks, so the payload need not be SHA-256 signed as well (boto3 skips it
+        # on https; this makes plain http match).
         s3={
             "payload_signing_enabled": False,
             "addressing_style": "path" if settings.s3_endpoint_url else "auto",
@@ -82,6 +83,11 @@ def translate(exc: Exception, action: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in DIGEST_ERRORS:
+            return StorageCorrupted(
+                f"The object store refused a body as not matching its checksum while {action}"
+                " (changed on the way); nothing was kept. Retry the upload."
+            )
         if code in RETRYABLE_CODES or status == 503:
             return StorageUnavailable(f"Object store unavailable while {action}: {code or status}.")
         return StorageError(f"Object store error while {action}: {code or status}.")
@@ -95,6 +101,16 @@ def _call(action: str, fn: Callable[..., T], **kwargs: Any) -> T:
         return fn(**kwargs)
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, action) from exc
+
+
+def require_etag(etag: str, sent: Sums, action: str) -> None:
+    """StorageCorrupted unless the store's ETag is the MD5 of what was sent (md5 mode)."""
+    if not etag_holds(etag, sent):
+        log.error("ETag %s is not the MD5 %s sent while %s", etag, sent.md5, action)
+        raise StorageCorrupted(
+            f"The object store holds other bytes than were sent while {action}"
+            " (changed on the way); nothing was kept. Retry the upload."
+        )
 
 
 class S3ObjectWriter:
@@ -171,12 +187,12 @@ class S3ObjectWriter:
         self._in_flight.append(self._store.executor.submit(self._upload_part, part, data))
 
     def _upload_part(self, part: dict[str, Any], data: bytes | bytearray) -> None:
-        # The checksum is computed here and sent as a header: left to botocore, an https request
-        # would carry it as a trailer, for which botocore copies the body into a BytesIO.
-        # CRC32C: the CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32).
-        crc = base64.b64encode(crc32c(data).to_bytes(4, "big")).decode()
+        # The checksums are computed here and sent as headers: left to botocore, an https
+        # request would carry them as a trailer, for which botocore copies the body into a
+        # BytesIO. CRC32C: the CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32).
         assert self._upload_id is not None
         try:
+            sent = sums(data, self._store.integrity)
             etag = _call(
                 "uploading a part",
                 self._store.requests.upload_part,
@@ -184,13 +200,14 @@ class S3ObjectWriter:
                 upload_id=self._upload_id,
                 number=part["PartNumber"],
                 body=data,
-                crc32c=crc,
+                headers=sent.headers,
             )
         finally:
             if isinstance(data, bytearray):
                 self._store.buffers.give(data)
+        require_etag(etag, sent, "uploading a part")
         part["ETag"] = etag
-        part["ChecksumCRC32C"] = crc
+        part["ChecksumCRC32C"] = sent.crc32c
 
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
@@ -213,24 +230,18 @@ class S3ObjectWriter:
         return StoredObject(self.key, self.bytes_written)
 
     def _put_whole(self, sha256: str) -> None:
-        headers = {
-            "Content-Type": self._headers["ContentType"],
+        headers: dict[str, str] = {
+            "Content-Type": str(self._headers["ContentType"]),
             "x-amz-checksum-sha256": base64.b64encode(binascii.unhexlify(sha256)).decode(),
         }
         if "ContentDisposition" in self._headers:
-            headers["Content-Disposition"] = self._headers["ContentDisposition"]
+            headers["Content-Disposition"] = str(self._headers["ContentDisposition"])
         for name, value in {**self._metadata, "sha256": sha256}.items():
             headers[f"x-amz-meta-{name}"] = value
-        _call(
-            "storing the object",
-            self._store.requests.put_object,
-            key=self._object_key,
-            # A copy, so that the part buffer (a whole part, for a file of any size) goes back
-            # at once: sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of
-            # them, 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU (bench (c)).
-            body=self._take_tail(),
-            headers=headers,
-        )
+        # A copy, so that the part buffer (a whole part, for a file of any size) goes back at
+        # once: sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of them,
+        # 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU (bench (c)).
+        self._store.put_checked(self._object_key, self._take_tail(), headers, with_crc32c=False)
 
     def _complete(self, sha256: str) -> None:
         tail = self._take_tail()
@@ -297,8 +308,10 @@ class S3ObjectStore:
         region: str,
         executor: ThreadPoolExecutor,
         requests: S3Requests,
+        integrity: str,
     ) -> None:
         self.client = client
+        self.integrity = integrity  # GATEWAY_S3_INTEGRITY (gateway/storage/integrity.py)
         self.requests = requests  # PutObject and UploadPart, without the client's pipeline
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -332,10 +345,40 @@ class S3ObjectStore:
                 read_timeout=settings.s3_read_timeout,
                 max_pool_connections=settings.s3_max_pool_connections,
             ),
+            integrity=settings.effective_s3_integrity,
         )
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_checked(
+        self,
+        full_key: str,
+        body: bytes | bytearray,
+        headers: dict[str, str],
+        *,
+        with_crc32c: bool = True,
+    ) -> None:
+        """PutObject with the integrity mode's checksums; an object whose ETag says the store
+        holds other bytes is deleted (best effort: a caller that may have committed it deletes
+        or journals it too) and StorageCorrupted raised."""
+        sent = sums(body, self.integrity, with_crc32c=with_crc32c)
+        etag = _call(
+            "storing the object",
+            self.requests.put_object,
+            key=full_key,
+            body=body,
+            headers={**headers, **sent.headers},
+        )
+        if not etag_holds(etag, sent):
+            self.discard_corrupt(full_key)
+            require_etag(etag, sent, "storing the object")
+
+    def discard_corrupt(self, full_key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full_key)
+        except (ClientError, BotoCoreError):
+            log.warning("could not delete %s, stored with other bytes than sent", full_key)
 
     def _store_key(self, full_key: str) -> str:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
