@@ -7,7 +7,7 @@ BIND   ?= 127.0.0.1:8000
 DEV_SECRET := var/dev-jwt-secret
 DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
-LINTED := gateway outbox tests bench .ci docker wsgi.py gunicorn.conf.py
+LINTED := gateway outbox tests bench .ci wsgi.py gunicorn.conf.py
 
 .PHONY: run token lint test test-fast mutation bench clean bundle node docker-tools image
 
