@@ -101,7 +101,7 @@ test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint docker-tools
 		($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends \
 		ceph-mon ceph-osd radosgw ceph-common)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=25
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
 test-fast: $(VENV)/.dev $(BUNDLE)
