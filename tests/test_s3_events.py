@@ -21,6 +21,7 @@ from gateway.uploads.s3_events import (
     MalformedEvent,
     arrived_uploads,
     created_keys,
+    is_s3_event,
     relative_key,
     store_prefixes,
 )
@@ -127,6 +128,9 @@ def test_arrivals_are_staging_keys_under_the_gateways_prefixes_once_each():
         ]
     }
     assert arrived_uploads(body, prefixes) == [ID, other]
+    # Each alone: only a staging key with a media id is an arrival.
+    arrivals = [arrived_uploads({"Records": [record]}, prefixes) for record in body["Records"]]
+    assert arrivals == [[ID], [ID], [other], [], [], [], [], []]
     assert arrived_uploads({"Event": "s3:TestEvent", "Bucket": "b"}, prefixes) == []
     # At the bucket's root (no prefix), every key is the gateway's to read.
     assert arrived_uploads({"Records": [ceph_record(f"{KEY}.upload")]}, ("",)) == [ID]
@@ -139,22 +143,66 @@ def test_the_empty_prefix_is_tried_last():
     assert relative_key("mediax/y", ("media",)) is None
 
 
+NOT_AN_OBJECT = "^The body is not a JSON object.$"
+NOT_A_LIST = "^Records must be a list.$"
+NOT_A_RECORD = "^Each record must be an object.$"
+NO_NAME_OR_KEY = "^Each record needs an eventName and an s3.object.key.$"
+
+
 @pytest.mark.parametrize(
-    "body",
+    "body, reason",
     [
-        [],
-        "Records",
-        {"Records": {}},
-        {"Records": [1]},
-        {"Records": [{"s3": {"object": {"key": "k"}}}]},
-        {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"object": {"key": 5}}}]},
-        {"Records": [{"eventName": "ObjectCreated:Put", "s3": []}]},
-        {"nothing": "here"},
+        ([], NOT_AN_OBJECT),
+        ("Records", NOT_AN_OBJECT),
+        ({"Records": {}}, NOT_A_LIST),
+        ({"nothing": "here"}, NOT_A_LIST),
+        ({"Event": "s3:OtherEvent"}, NOT_A_LIST),
+        ({"Records": [1]}, NOT_A_RECORD),
+        ({"Records": [aws_record("k"), "record"]}, NOT_A_RECORD),
+        ({"Records": [{"s3": {"object": {"key": "k"}}}]}, NO_NAME_OR_KEY),
+        ({"Records": [{"eventName": 5, "s3": {"object": {"key": "k"}}}]}, NO_NAME_OR_KEY),
+        (
+            {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"object": {"key": 5}}}]},
+            NO_NAME_OR_KEY,
+        ),
+        ({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"object": []}}]}, NO_NAME_OR_KEY),
+        ({"Records": [{"eventName": "ObjectCreated:Put", "s3": []}]}, NO_NAME_OR_KEY),
+        ({"Records": [{"eventName": "ObjectCreated:Put"}]}, NO_NAME_OR_KEY),
     ],
 )
-def test_a_body_not_shaped_as_an_event_is_malformed(body):
-    with pytest.raises(MalformedEvent):
+def test_a_body_not_shaped_as_an_event_is_malformed(body, reason):
+    with pytest.raises(MalformedEvent, match=reason):
         created_keys(body)
+
+
+@pytest.mark.parametrize(
+    "body, event",
+    [
+        ({"Records": []}, True),
+        ({"Event": "s3:TestEvent", "Bucket": "b"}, True),
+        ({"Event": "s3:ObjectCreated:Put"}, False),
+        ({"type": "media.ready", "id": "m"}, False),  # a job of the gateway's own
+        ({}, False),
+    ],
+)
+def test_what_the_queue_reads_as_an_s3_event(body, event):
+    assert is_s3_event(body) is event
+
+
+def test_every_record_is_read_whatever_comes_before_it():
+    """A record that is not a creation is skipped, not the end of the event."""
+    body = {
+        "Records": [
+            aws_record("a", name="ObjectRemoved:Delete"),
+            aws_record("b"),
+            ceph_record("c", name="ObjectRemoved:DeleteMarkerCreated"),
+            ceph_record("d+e"),
+        ]
+    }
+    assert created_keys(body) == ["b", "d+e"]
+    # Only the test event's own name is the test event: other fields are an event's records.
+    assert created_keys({"Event": "s3:TestEvent", "Records": [aws_record("x")]}) == []
+    assert created_keys({"Event": "other", "Records": [aws_record("x")]}) == ["x"]
 
 
 class FakeQueue:

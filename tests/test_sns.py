@@ -6,6 +6,7 @@ never lost."""
 from __future__ import annotations
 
 import json
+import logging
 
 import media_samples as samples
 import pytest
@@ -179,6 +180,41 @@ def test_the_deliveries_lane_sends_each_job_to_its_own_target_only():
     assert (webhook.sent, topic.sent) == (["m.webhook"], ["m.sns"])
 
 
+def test_a_dead_delivery_is_logged_with_its_kind_id_and_reason(caplog):
+    from gateway.processing.deliveries import Deliveries
+    from gateway.queue import Message
+
+    sns_job = Message(
+        id="q1",
+        body={"type": "sns", "id": "m.media.ready"},
+        receipt="r",
+        receive_count=5,
+        sent_at=0.0,
+    )
+    untyped = Message(id="q2", body={}, receipt="r", receive_count=2, sent_at=0.0)
+    lane = Deliveries(None, None)
+    with caplog.at_level(logging.ERROR, logger="gateway.processing.deliveries"):
+        lane.on_last_failure(sns_job, PublishFailed("SNS is unreachable: ReadTimeoutError"))
+        lane.on_last_failure(untyped, RuntimeError("boom"))
+    assert [(r.name, r.levelno, r.msg) for r in caplog.records] == [
+        (
+            "gateway.processing.deliveries",
+            logging.ERROR,
+            {
+                "event": "sns.dead",
+                "deliveryId": "m.media.ready",
+                "receiveCount": 5,
+                "reason": "SNS is unreachable: ReadTimeoutError",
+            },
+        ),
+        (
+            "gateway.processing.deliveries",
+            logging.ERROR,
+            {"event": "delivery.dead", "deliveryId": None, "receiveCount": 2, "reason": "boom"},
+        ),
+    ]
+
+
 class FakeSns:
     def __init__(self, fail=None):
         self.fail = fail
@@ -199,6 +235,10 @@ def test_a_publication_is_the_webhook_body_with_its_id_and_attributes():
     [call] = client.calls
     assert call["TopicArn"] == topic
     assert json.loads(call["Message"]) == {"id": "m.media.ready", **payload}
+    assert call["Message"] == (  # compact: SNS bills and limits messages by their size
+        '{"id":"m.media.ready","type":"media.ready","timestamp":"t",'
+        '"data":{"projectId":"p1","tenant":null}}'
+    )
     assert call["MessageAttributes"] == message_attributes("m.media.ready", payload)
     assert set(call["MessageAttributes"]) == {"event", "eventId", "projectId"}
 
@@ -209,6 +249,9 @@ def test_every_sns_failure_is_a_publish_failure():
     refused = ClientError({"Error": {"Code": "AuthorizationError"}}, "Publish")
     with pytest.raises(PublishFailed, match=r"^SNS refused the message: AuthorizationError$"):
         SnsPublisher(FakeSns(refused), "arn").publish("m", {"type": "media.ready"})
+    no_code = ClientError({}, "Publish")
+    with pytest.raises(PublishFailed, match=r"^SNS refused the message: \?$"):
+        SnsPublisher(FakeSns(no_code), "arn").publish("m", {"type": "media.ready"})
     down = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
     with pytest.raises(PublishFailed, match=r"^SNS is unreachable: EndpointConnectionError$"):
         SnsPublisher(FakeSns(down), "arn").publish("m", {"type": "media.ready"})
@@ -224,8 +267,14 @@ def test_the_sns_client_is_the_topics_regions_and_endpoints(tmp_path):
         sns_topic_arn="arn:aws:sns:eu-west-3:123456789012:media",
         sns_endpoint_url="http://127.0.0.1:9",
         s3_max_attempts=3,
+        s3_connect_timeout=2.5,
+        s3_read_timeout=7.0,
     )
     client = make_sns_client(settings)
     assert client.meta.region_name == "eu-west-3"
     assert client.meta.endpoint_url == "http://127.0.0.1:9"
-    assert client.meta.config.retries["total_max_attempts"] == 3
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (2.5, 7.0)
+    # No endpoint setting: AWS's own endpoint for the topic's region.
+    aws_settings = make_settings(tmp_path, sns_topic_arn="arn:aws:sns:eu-west-3:123456789012:m")
+    assert make_sns_client(aws_settings).meta.endpoint_url == "https://sns.eu-west-3.amazonaws.com"
