@@ -109,9 +109,7 @@ def test_an_upload_in_chunks_spanning_parts_is_stored_exactly(client, auth, svc)
     assert leftovers(svc)["pending_uploads"] == []
 
 
-def test_a_recording_sent_in_small_chunks_is_typed_once_its_first_bytes_are_in(
-    client, auth, svc
-):
+def test_a_recording_sent_in_small_chunks_is_typed_once_its_first_bytes_are_in(client, auth, svc):
     """As a browser's MediaRecorder sends it: an audio-only WebM, a few KiB a request."""
     data = samples.audio("webm", 2.0)
     location = upload_in_chunks(client, auth, data, 3000)
