@@ -416,6 +416,20 @@ def sqs_gateway(tmp_path, moto_url, **overrides):
     )
 
 
+def initiate_one(client, auth, content: bytes) -> dict:
+    """A direct upload of one PNG ``a.png`` in project p1: its item (upload id, presigned PUT)."""
+    answer = client.post(
+        "/api/uploads/initiate",
+        headers=auth,
+        json={
+            "projectId": "p1",
+            "files": [{"filename": "a.png", "contentType": "image/png", "size": len(content)}],
+        },
+    )
+    [item] = answer.get_json()["uploads"]
+    return item
+
+
 def test_on_s3_and_sqs_a_form_upload_becomes_ready(tmp_path, moto_url):
     app, svc, auth = sqs_gateway(tmp_path, moto_url)
     client = app.test_client()
@@ -438,15 +452,7 @@ def test_a_direct_upload_whose_client_never_completes_is_stored_by_its_s3_event(
     app, svc, auth = sqs_gateway(tmp_path, moto_url, **more)
     client = app.test_client()
     content = samples.png(600, 400)
-    answer = client.post(
-        "/api/uploads/initiate",
-        headers=auth,
-        json={
-            "projectId": "p1",
-            "files": [{"filename": "a.png", "contentType": "image/png", "size": len(content)}],
-        },
-    )
-    [item] = answer.get_json()["uploads"]
+    item = initiate_one(client, auth, content)
     put = requests.put(item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30)
     assert put.status_code == 200
     # No complete: S3's notification (after its s3:TestEvent) reaches the queue, the worker
@@ -475,15 +481,7 @@ def test_a_presigned_put_is_processed_once_when_its_client_completes_too(tmp_pat
     recorder = Recorder(svc)
     client = app.test_client()
     content = samples.png(600, 400)
-    answer = client.post(
-        "/api/uploads/initiate",
-        headers=auth,
-        json={
-            "projectId": "p1",
-            "files": [{"filename": "a.png", "contentType": "image/png", "size": len(content)}],
-        },
-    )
-    [item] = answer.get_json()["uploads"]
+    item = initiate_one(client, auth, content)
     media_id = item["uploadId"]
     put = requests.put(item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30)
     assert put.status_code == 200
