@@ -232,6 +232,9 @@ def test_tus_errors_are_classified_with_their_retry_after():
     assert isinstance(text, Permanent) and text.code == "x"
     token = GatewayClient._tus_error(TusCommunicationError("", 401, b""), None)
     assert isinstance(token, TokenRefused)
+    odd = GatewayClient._tus_error(TusCommunicationError("an answer of 204", 204, b""), None)
+    assert isinstance(odd, Transient) and str(odd) == "tus: an answer of 204"
+    assert not odd.unreachable
 
 
 def test_healthy_means_a_200_from_healthz(gateway):
@@ -320,6 +323,24 @@ def test_reading_records_fails_as_the_listings_answer_says(tmp_path, box):
             GatewayClient(silent.url, "tok", timeout=0.2).records_of_item(item, since=0)
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "size_offset", "held"),
+    [("stored", 0, True), ("ready", 0, True), ("pending", 0, False), ("stored", 1, False)],
+)
+def test_a_tus_uploads_record_is_held_only_when_stored_whole(
+    tmp_path, box, status, size_offset, held
+):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    box.set_tus_url(item, entry, "http://gw/api/tus/abc123")
+    client = GatewayClient("http://gw", "tok")
+    asked = []
+    answer = {"status": status, "size": entry.size + size_offset, "sha256": entry.sha256}
+    client.media = lambda media_id: asked.append(media_id) or answer  # type: ignore[method-assign]
+    assert client._held_record(box.get(item.id).files[0]) == (answer if held else None)
+    assert asked == ["abc123"]
 
 
 def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway):
