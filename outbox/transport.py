@@ -35,6 +35,7 @@ ITEM_FIELD = "outboxItem"
 HELD_STATUSES = frozenset({"stored", "processing", "ready"})
 MAX_RESTARTS = 2  # new tus uploads for one file in one attempt before waiting for the next
 LISTING_PAGE = 100
+HEALTH_TIMEOUT = 5.0  # seconds: a /healthz that takes longer counts as down
 
 OnProgress = Callable[[FileEntry, int], None]
 
@@ -128,7 +129,10 @@ class GatewayClient:
 
     def healthy(self) -> bool:
         try:
-            return self.session.get(self.base_url + "/healthz", timeout=5).status_code == 200
+            return (
+                self.session.get(self.base_url + "/healthz", timeout=HEALTH_TIMEOUT).status_code
+                == 200
+            )
         except requests.RequestException:
             return False
 

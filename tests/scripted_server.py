@@ -44,7 +44,7 @@ class ScriptedServer:
                 if self.command != "HEAD":
                     self.wfile.write(payload)
 
-            do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _answer
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _answer
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

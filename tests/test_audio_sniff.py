@@ -257,6 +257,14 @@ def test_an_id3_tag_of_any_size_is_skipped_to_the_frames_after_it(size):
             + box(b"moov", box(b"trak", box(b"mdia", box(b"hdlr", b"\0" * 8 + b"sou")))),
             None,
         ),
+        (  # the window ends inside the second track's code: it may be video
+            box(b"ftyp", b"isom")
+            + box(
+                b"moov",
+                trak(b"soun") + box(b"trak", box(b"mdia", box(b"hdlr", b"\0" * 8 + b"vid"))),
+            ),
+            None,
+        ),
         # boxes follow one another: a box's size is no position
         (
             box(b"ftyp", b"isom" + b"\0" * 100)

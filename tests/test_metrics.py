@@ -703,6 +703,8 @@ def test_serve_exposes_this_process_and_the_given_collectors():
         REGISTRY.unregister(collector)
     assert value(got, "gateway_queue_messages") == 4
     assert ("python_gc_objects_collected_total", frozenset({("generation", "0")})) in got
+    with pytest.raises(requests.ConnectionError):  # bound to the address given, not to all
+        requests.get(f"http://127.0.0.2:{port}/metrics", timeout=5)
 
 
 def test_a_dead_workers_live_gauge_stops_counting(tmp_path, monkeypatch):

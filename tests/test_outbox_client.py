@@ -4,11 +4,13 @@ through gunicorn and nginx in test_outbox_sync.py."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
 import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -230,6 +232,9 @@ def test_tus_errors_are_classified_with_their_retry_after():
     assert isinstance(text, Permanent) and text.code == "x"
     token = GatewayClient._tus_error(TusCommunicationError("", 401, b""), None)
     assert isinstance(token, TokenRefused)
+    odd = GatewayClient._tus_error(TusCommunicationError("an answer of 204", 204, b""), None)
+    assert isinstance(odd, Transient) and str(odd) == "tus: an answer of 204"
+    assert not odd.unreachable
 
 
 def test_healthy_means_a_200_from_healthz(gateway):
@@ -237,6 +242,105 @@ def test_healthy_means_a_200_from_healthz(gateway):
     assert GatewayClient(url, token).healthy()
     assert not GatewayClient(f"http://127.0.0.1:{free_port()}", token).healthy()
     assert not GatewayClient(url + "/nothing-here", token).healthy()
+
+
+def test_healthy_gives_up_on_a_gateway_that_does_not_answer(monkeypatch):
+    silent = SilentServer()
+    try:
+        monkeypatch.setattr("outbox.transport.HEALTH_TIMEOUT", 0.2)
+        assert not GatewayClient(silent.url, "tok").healthy()
+    finally:
+        silent.close()
+
+
+class SilentServer:
+    """Accepts connections and never answers: where only a timeout ends a request."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_records_of_an_item_are_read_page_by_page_back_to_since(
+    tmp_path, box, gateway, monkeypatch
+):
+    url, token, _ = gateway
+    monkeypatch.setattr("outbox.transport.LISTING_PAGE", 2)
+    item = push(box, tmp_path, ("a.png", png_bytes(seed=1)), ("b.png", png_bytes(seed=2)))
+    sync(box, url, token)
+    for seed in (3, 4, 5):  # newer records of other items: the item's are on the third page
+        push(box, tmp_path, (f"{seed}.png", png_bytes(seed=seed)))
+        sync(box, url, token)
+    mine = sorted(f.record["mediaId"] for f in box.get(item.id).files)
+    created = min(f.record["createdAt"] for f in box.get(item.id).files)
+    since = datetime.datetime.fromisoformat(created).timestamp()
+
+    client = GatewayClient(url, token)
+    asked: list[dict] = []
+    get = client.session.get
+
+    def recording_get(address, **kwargs):
+        asked.append(dict(kwargs["params"]))
+        return get(address, **kwargs)
+
+    client.session.get = recording_get  # type: ignore[method-assign]
+    found = client.records_of_item(box.get(item.id), since=since)  # the oldest one is kept
+    assert sorted(r["mediaId"] for r in found) == mine
+    assert [a.get("limit") for a in asked] == ["2", "2", "2"]
+    assert [a["projectId"] for a in asked] == ["p1"] * 3
+    assert (
+        "cursor" not in asked[0] and asked[1]["cursor"] and asked[2]["cursor"] != asked[1]["cursor"]
+    )
+
+    asked.clear()  # a later since ends the reading at the first older record
+    assert client.records_of_item(box.get(item.id), since=since + 3600) == []
+    assert len(asked) == 1
+
+
+def test_reading_records_fails_as_the_listings_answer_says(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()))
+    app = ScriptedServer((503, {"Retry-After": "7"}), (400, {}),
+                         body_for=lambda status, count: b'{"error": {"code": "bad_cursor"}}')  # fmt: skip
+    try:
+        client = GatewayClient(app.url, "tok")
+        with pytest.raises(Transient) as busy:
+            client.records_of_item(item, since=0)
+        assert str(busy.value).startswith("listing: 503 bad_cursor")
+        assert busy.value.retry_after == 7.0
+        with pytest.raises(Permanent, match=r"^listing: 400 bad_cursor"):
+            client.records_of_item(item, since=0)
+    finally:
+        app.close()
+    with pytest.raises(Transient) as down:
+        GatewayClient(f"http://127.0.0.1:{free_port()}", "tok").records_of_item(item, since=0)
+    assert str(down.value) == "listing: ConnectionError" and down.value.unreachable
+    silent = SilentServer()
+    try:
+        with pytest.raises(Transient, match=r"^listing: ReadTimeout$"):
+            GatewayClient(silent.url, "tok", timeout=0.2).records_of_item(item, since=0)
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "size_offset", "held"),
+    [("stored", 0, True), ("ready", 0, True), ("pending", 0, False), ("stored", 1, False)],
+)
+def test_a_tus_uploads_record_is_held_only_when_stored_whole(
+    tmp_path, box, status, size_offset, held
+):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    box.set_tus_url(item, entry, "http://gw/api/tus/abc123")
+    client = GatewayClient("http://gw", "tok")
+    asked = []
+    answer = {"status": status, "size": entry.size + size_offset, "sha256": entry.sha256}
+    client.media = lambda media_id: asked.append(media_id) or answer  # type: ignore[method-assign]
+    assert client._held_record(box.get(item.id).files[0]) == (answer if held else None)
+    assert asked == ["abc123"]
 
 
 def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway):

@@ -176,6 +176,13 @@ def test_a_record_stored_before_the_sha256_state_existed_gets_it_from_what_it_sa
     assert MediaRecord.from_dict(data).sha256_state is state
 
 
+def test_a_record_stored_before_its_properties_existed_is_a_streamed_form():
+    data = record().to_dict()
+    del data["sha256_state"], data["properties"]
+    again = MediaRecord.from_dict(data)
+    assert again.sha256_state is Sha256State.RECEIVED and again.properties == {}
+
+
 def test_from_dict_does_not_change_its_argument():
     data = record(status=Status.PENDING, upload=UPLOAD).to_dict()
     snapshot = json.loads(json.dumps(data))
