@@ -5,6 +5,7 @@ through gunicorn and nginx in test_outbox_sync.py."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -195,6 +196,80 @@ def test_an_upload_url_the_gateway_no_longer_knows_starts_a_new_upload(tmp_path,
     assert stored(svc, entry.record) == data
 
 
+def test_an_upload_gone_every_time_is_started_again_twice_then_waits(tmp_path, box):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    new = {"Location": "/api/tus/" + "e" * 32}
+    gone = ScriptedServer(
+        (404, {}), (404, {}),  # HEAD of the stored URL; the record under it: none
+        (201, new), (404, {}), (404, {}),  # a new upload: creation, PATCH, record
+        (201, new), (404, {}), (404, {}),  # and once more
+        (201, new),  # never reached
+        body_for=lambda status, count: b"" if status != 404
+        else b'{"error": {"code": "%s"}}' % (b"media_not_found" if count % 3 == 2 else b"upload_not_found"),
+    )  # fmt: skip
+    restarts = []
+
+    def restart():
+        restarts.append(entry.tus_url)
+        entry.tus_url = None
+
+    entry.tus_url = gone.url + "/api/tus/" + "d" * 32
+    try:
+        with pytest.raises(Transient) as caught:
+            GatewayClient(gone.url, "tok", chunk_size=128 * KiB).upload_tus(
+                item, entry, on_url=lambda u: setattr(entry, "tus_url", u), on_restart=restart,
+                on_progress=lambda e, s: None,
+            )  # fmt: skip
+    finally:
+        gone.close()
+    assert str(caught.value).endswith("(a new upload was started 2 times)")
+    assert str(caught.value).startswith("tus: 404 upload_not_found")
+    assert len(restarts) == 2
+    assert [g["method"] for g in gone.got] == [
+        "HEAD",
+        "GET",
+        "POST",
+        "PATCH",
+        "GET",
+        "POST",
+        "PATCH",
+        "GET",
+    ]
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_an_upload_the_gateway_says_is_stored_is_read_not_sent(tmp_path, box, readable):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    record = {"mediaId": "d" * 32, "status": "stored", "size": entry.size, "sha256": entry.sha256}
+
+    def body(status, count):
+        if status == 409:
+            return b'{"error": {"code": "upload_stored"}}'
+        return json.dumps(record).encode() if status == 200 else b""
+
+    stored_already = ScriptedServer(
+        (200, {"Upload-Offset": "0", "Upload-Length": str(entry.size), "Tus-Resumable": "1.0.0"}),
+        (409, {}), (200, {}) if readable else (404, {}), body_for=body,
+    )  # fmt: skip
+    entry.tus_url = stored_already.url + "/api/tus/" + "d" * 32
+    try:
+        client = GatewayClient(stored_already.url, "tok", chunk_size=128 * KiB)
+        send = functools.partial(client.upload_tus, item, entry, on_url=lambda u: None,
+                                 on_restart=no_restart, on_progress=lambda e, s: None)  # fmt: skip
+        if readable:
+            assert send() == record
+        else:
+            with pytest.raises(Transient) as caught:
+                send()
+            assert str(caught.value) == "tus: 409 upload_stored; but its record is not readable yet"
+    finally:
+        stored_already.close()
+    assert [g["method"] for g in stored_already.got] == ["HEAD", "PATCH", "GET"]
+    assert stored_already.got[2]["path"] == "/api/media/" + "d" * 32
+
+
 def test_a_stored_upload_url_the_gateway_cannot_answer_for_now_is_retried(tmp_path, box, target):
     down = target()
     down.script = [(503, {"Retry-After": "4"})]
@@ -341,6 +416,13 @@ def test_a_tus_uploads_record_is_held_only_when_stored_whole(
     client.media = lambda media_id: asked.append(media_id) or answer  # type: ignore[method-assign]
     assert client._held_record(box.get(item.id).files[0]) == (answer if held else None)
     assert asked == ["abc123"]
+
+
+def test_a_media_id_is_the_last_piece_of_its_upload_url():
+    from outbox.transport import _media_id
+
+    assert _media_id("http://gw:8080/api/tus/" + "ab" * 16) == "ab" * 16
+    assert _media_id("http://gw:8080/api/tus/" + "ab" * 16 + "/") == "ab" * 16
 
 
 def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway):
