@@ -543,8 +543,9 @@ def test_a_placeholder_with_a_dotted_capture_name_names_the_capture():
 def test_a_steps_json_body_carries_captured_text_escaped_and_a_refusal_its_status():
     from outbox.steps import StepRefused, run_step
 
-    bodies = {1: b"", 2: b"not json", 3: b"\xffrefused"}
-    app = ScriptedServer((201, {}), (201, {}), (422, {}), body_for=lambda st, n: bodies[n])
+    bodies = {1: b"", 2: b"not json", 3: b"\xffrefused", 4: b'{"other": 1}', 5: b""}
+    app = ScriptedServer((201, {}), (201, {}), (422, {}), (200, {}), (201, {}),
+                         body_for=lambda st, n: bodies[n])  # fmt: skip
     try:
         spec = StepSpec("POST", app.url + "/x?k={{steps.c.s}}", '{"t": "{{steps.c.s}}"}', name="u")
         context = chain.Context(captured={"c": {"s": 'a "quoted"\\ value'}})
@@ -563,6 +564,13 @@ def test_a_steps_json_body_carries_captured_text_escaped_and_a_refusal_its_statu
             run_step(requests.Session(), spec, context, idempotency_key="k")
         assert (caught.value.status, caught.value.answer) == (422, "\ufffdrefused")
         assert caught.value.step is None  # (the sync sets it)
+        with pytest.raises(StepRefused) as caught:
+            run_step(requests.Session(), capturing, context, idempotency_key="k")
+        assert (caught.value.status, caught.value.answer) == (200, '{"other": 1}')
+        assert ": 200, an answer without '/id' to capture" in str(caught.value)
+        text = dataclasses.replace(spec, body='t="{{steps.c.s}}"')  # not JSON: nothing escaped
+        run_step(requests.Session(), text, context, idempotency_key="k")
+        assert app.got[4]["body"] == b't="a "quoted"\\ value"'
     finally:
         app.close()
 

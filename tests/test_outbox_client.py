@@ -436,7 +436,18 @@ def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway)
         client.media("0" * 32)
     with pytest.raises(Transient) as caught:
         GatewayClient(f"http://127.0.0.1:{free_port()}", token).media(media_id)
-    assert caught.value.unreachable
+    assert caught.value.unreachable and str(caught.value) == "status: ConnectionError"
+    busy = ScriptedServer((503, {"Retry-After": "9"}))
+    silent = SilentServer()
+    try:
+        with pytest.raises(Transient) as caught:
+            GatewayClient(busy.url, token).media(media_id)
+        assert str(caught.value) == "status: 503" and caught.value.retry_after == 9.0
+        with pytest.raises(Transient, match=r"^status: ReadTimeout$"):
+            GatewayClient(silent.url, token, timeout=0.2).media(media_id)
+    finally:
+        busy.close()
+        silent.close()
 
 
 # -- steps ----------------------------------------------------------------------------------------------
