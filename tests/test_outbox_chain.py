@@ -444,6 +444,7 @@ def test_a_step_that_would_carry_the_gateways_token_is_refused_not_sent(
     assert result.failed == [item.id]
     failed = box.get(item.id)
     assert failed.last_error.endswith("it would carry the gateway's token; not sent")
+    assert failed.steps[0].answer is None  # nothing was sent, so there is no answer
     assert token not in failed.last_error and token not in reporter.stream.getvalue()
     assert api.got == [] and posts == []
     # The same step with another value goes (the check is on the value, not on the template).

@@ -25,7 +25,7 @@ from gateway import create_app
 from outbox.chain import Context
 from outbox.errors import Permanent, TokenRefused, Transient
 from outbox.report import JsonLines
-from outbox.steps import run_step
+from outbox.steps import StepRefused, run_step
 from outbox.store import Incoming, Outbox, State, StepSpec
 from outbox.sync import Syncer
 from outbox.transport import GatewayClient
@@ -284,6 +284,26 @@ def test_a_stored_upload_url_the_gateway_cannot_answer_for_now_is_retried(tmp_pa
     assert box.get(item.id).files[0].tus_url == down.url + "/api/tus/abc"  # kept for next time
 
 
+def test_a_patch_the_gateway_cannot_take_for_now_is_retried_when_it_says(tmp_path, box):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    busy = ScriptedServer(
+        (200, {"Upload-Offset": "0", "Upload-Length": str(entry.size), "Tus-Resumable": "1.0.0"}),
+        (503, {"Retry-After": "6"}),
+    )
+    entry.tus_url = busy.url + "/api/tus/" + "d" * 32
+    try:
+        with pytest.raises(Transient) as caught:
+            GatewayClient(busy.url, "tok", chunk_size=128 * KiB).upload_tus(
+                item, entry, on_url=lambda u: None, on_restart=no_restart,
+                on_progress=lambda e, s: None,
+            )  # fmt: skip
+    finally:
+        busy.close()
+    assert [g["method"] for g in busy.got] == ["HEAD", "PATCH"]
+    assert str(caught.value) == "tus: 503" and caught.value.retry_after == 6.0
+
+
 def test_tus_errors_are_classified_with_their_retry_after():
     class Answer:
         response_headers = {"retry-after": "3"}
@@ -529,6 +549,27 @@ def test_a_step_whose_target_is_down_is_transient_but_the_gateway_is_not_unreach
         run_step(requests.Session(), StepSpec("POST", f"http://127.0.0.1:{free_port()}/x"),
                  Context(RECORDS), idempotency_key="k")  # fmt: skip
     assert not caught.value.unreachable
+    assert str(caught.value).startswith("step  POST http://127.0.0.1:")  # (a step without a name)
+
+
+def test_a_step_whose_target_does_not_answer_times_out(monkeypatch):
+    silent = SilentServer()
+    monkeypatch.setattr("outbox.steps.STEP_TIMEOUT", 0.2)
+    try:
+        with pytest.raises(Transient, match=r": ReadTimeout$") as caught:
+            run_step(requests.Session(), StepSpec("POST", silent.url + "/x"), Context(RECORDS),
+                     idempotency_key="k")  # fmt: skip
+    finally:
+        silent.close()
+    assert not caught.value.unreachable
+
+
+def test_a_step_refused_before_it_is_sent_has_no_status_and_no_answer():
+    spec = StepSpec("POST", "http://127.0.0.1:9/x", '{"t": "{{env.GW}}"}', name="create")
+    with pytest.raises(StepRefused) as caught:
+        run_step(requests.Session(), spec, Context(RECORDS, env={"GW": "secret-token"}),
+                 idempotency_key="k", withheld=["secret-token"])  # fmt: skip
+    assert (caught.value.status, caught.value.answer) == (None, None)
 
 
 def test_a_claim_on_an_item_changed_since_it_was_read_is_refused(tmp_path, box):
