@@ -531,6 +531,9 @@ def test_steps_before_the_upload_come_first_and_every_capture_kind_is_checked(tm
     assert [(s.spec.name, s.spec.before) for s in item.steps] == [
         ("create", True), ("update", False), ("update0", False)]  # fmt: skip
     assert item.steps[0].spec.capture == (("id", "/id"),)
+    flagged = chain.assemble([StepSpec("POST", "http://a/", before=False)],
+                             [StepSpec("POST", "http://a/", before=True)])  # fmt: skip
+    assert [s.before for s in flagged] == [True, False]  # the list a step is given in decides
 
 
 def test_a_placeholder_with_a_dotted_capture_name_names_the_capture():

@@ -27,7 +27,7 @@ from outbox.errors import Permanent, TokenRefused, Transient
 from outbox.report import JsonLines
 from outbox.steps import StepRefused, run_step
 from outbox.store import Incoming, Outbox, State, StepSpec
-from outbox.sync import Syncer
+from outbox.sync import CLOCK_SLACK, KEY_TTL, Syncer
 from outbox.transport import GatewayClient
 
 from conftest import init_stores, make_settings
@@ -861,6 +861,28 @@ def test_after_the_keys_lifetime_stored_records_are_found_not_stored_again(tmp_p
         box._conn.execute("UPDATE items SET first_sent_at = ? WHERE id = ?", (start, never.id))
         assert sync_at_clock().done == [never.id]
         assert svc.upload_posts == [*posts, item.idempotency_key, never.idempotency_key]
+
+
+@pytest.mark.parametrize(("since_first", "looked_up"), [(KEY_TTL - CLOCK_SLACK, True),
+                                                          (KEY_TTL - CLOCK_SLACK - 1, False)])  # fmt: skip
+def test_records_are_looked_up_from_an_hour_before_the_keys_lifetime_ends(
+    tmp_path, gateway, since_first, looked_up
+):
+    url, token, svc = gateway
+    start = time.time()
+    clock = Clock(start)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        client = GatewayClient(url, token)
+        item = push(box, tmp_path, ("a.png", png_bytes(30_000)))
+        assert Syncer(box, client, JsonLines(io.StringIO()), clock=clock).run(max_wait=0).done
+        first = box.get(item.id).files[0].record["mediaId"]
+        box._conn.execute("UPDATE files SET record = NULL WHERE item_id = ?", (item.id,))
+        box._conn.execute("UPDATE items SET state = 'waiting' WHERE id = ?", (item.id,))
+        clock.now = start + since_first
+        posts = list(svc.upload_posts)
+        assert Syncer(box, client, JsonLines(io.StringIO()), clock=clock).run(max_wait=0).done
+        assert svc.upload_posts == (posts if looked_up else [*posts, item.idempotency_key])
+        assert box.get(item.id).files[0].record["mediaId"] == first  # stored once either way
 
 
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
