@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -883,6 +884,33 @@ def test_records_are_looked_up_from_an_hour_before_the_keys_lifetime_ends(
         assert Syncer(box, client, JsonLines(io.StringIO()), clock=clock).run(max_wait=0).done
         assert svc.upload_posts == (posts if looked_up else [*posts, item.idempotency_key])
         assert box.get(item.id).files[0].record["mediaId"] == first  # stored once either way
+
+
+def test_records_found_late_are_matched_by_bytes_then_by_name_and_must_all_be_there(tmp_path, box):
+    same = png_bytes(30_000)
+    item = push(box, tmp_path, ("a.png", same), ("b.png", same))
+    box.claim(item)
+    item = box.get(item.id)
+    box._conn.execute("UPDATE items SET first_sent_at = 0 WHERE id = ?", (item.id,))
+    item.first_sent_at = 0.0
+    a, b = item.files
+
+    def record(entry, media_id):
+        return {"mediaId": media_id, "originalName": entry.name, "sha256": entry.sha256,
+                "size": entry.size, "status": "stored"}  # fmt: skip
+
+    listing = [record(b, "m-b")]  # a's record was deleted since
+    listed = types.SimpleNamespace(records_of_item=lambda item, since: list(listing))
+    syncer = Syncer(box, listed, JsonLines(io.StringIO()), clock=lambda: 10 * KEY_TTL)
+    with pytest.raises(Permanent) as caught:
+        syncer._adopt_records(item, [a, b])
+    assert str(caught.value) == (
+        "the gateway holds 1 of this item's 2 form files (a POST stores all or none: some were "
+        "deleted since); nothing is sent again"
+    )
+    listing.append(record(a, "m-a"))  # newest first: b's before a's, the same bytes
+    assert syncer._adopt_records(item, [a, b])
+    assert [f.record["mediaId"] for f in box.get(item.id).files] == ["m-a", "m-b"]
 
 
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
