@@ -16,7 +16,7 @@ from gateway.media.naming import (
     display_name,
     new_media_id,
 )
-from gateway.storage.keys import media_id_of_key, object_key
+from gateway.storage.keys import media_id_of_key, object_key, parse_key
 
 MEDIA_ID = "0123456789abcdef0123456789abcdef"
 
@@ -113,6 +113,20 @@ def test_new_media_ids_are_32_lowercase_hex_and_unique():
 )
 def test_media_id_of_key_accepts_only_whole_gateway_keys(key, media_id):
     assert media_id_of_key(key) == media_id
+
+
+@pytest.mark.parametrize(
+    ("key", "parsed"),
+    [
+        (f"projects/p1/media/{MEDIA_ID}.png", (MEDIA_ID, False)),
+        (f"projects/p1/media/{MEDIA_ID}.png.upload", (MEDIA_ID, True)),  # a direct upload's staging
+        ("projects/p1/media/not-a-media-id.png.upload", (None, False)),
+        ("other/thing.txt.upload", (None, False)),
+        ("other/thing.txt", (None, False)),
+    ],
+)
+def test_parse_key_tells_a_staging_key_only_of_a_gateway_key(key, parsed):
+    assert parse_key(key) == parsed
 
 
 def test_media_id_of_key_reads_what_object_key_writes():

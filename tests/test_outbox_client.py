@@ -128,6 +128,71 @@ def test_small_files_go_as_one_form_post_and_a_lost_answer_is_replayed_safely(
     assert len(page.items) == 2
 
 
+def test_the_form_post_declares_types_and_fails_as_the_gateway_answers(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes(seed=1)), ("notes.zzq", b"plain words"))
+    a, notes = item.files
+
+    def record(entry, sha256=None):
+        return {"mediaId": entry.name, "sha256": sha256 or entry.sha256, "size": entry.size,
+                "status": "stored"}  # fmt: skip
+
+    bodies = {
+        1: {"files": [record(a), record(notes)]},
+        2: {"files": [record(a)]},
+        4: {"files": [record(a), record(notes, sha256="0" * 64)]},
+    }
+    app = ScriptedServer((200, {}), (200, {}), (503, {"Retry-After": "3"}), (200, {}),
+                         body_for=lambda status, n: json.dumps(bodies[n]).encode() if n in bodies else b"")  # fmt: skip
+    client = GatewayClient(app.url, "tok")
+    progress = lambda entry, sent: None  # noqa: E731
+    try:
+        assert client.upload_form(item, item.files, progress) == bodies[1]["files"]
+        body = app.got[0]["body"]
+        assert b'filename="a.png"\r\nContent-Type: image/png\r\n' in body
+        assert b'filename="notes.zzq"\r\nContent-Type: application/octet-stream\r\n' in body
+        with pytest.raises(Permanent, match=r"^upload: 1 records for 2 files$"):
+            client.upload_form(item, item.files, progress)
+        with pytest.raises(Transient) as busy:
+            client.upload_form(item, item.files, progress)
+        assert str(busy.value) == "upload: 503" and busy.value.retry_after == 3.0
+        with pytest.raises(Permanent) as differs:
+            client.upload_form(item, item.files, progress)
+        assert differs.value.code == "sha256_mismatch"
+        assert str(differs.value) == (
+            f"the gateway holds SHA-256 {'0' * 64} for notes.zzq (status stored), the outbox "
+            f"holds {notes.sha256}: stopped, nothing more is sent for this item"
+        )
+    finally:
+        app.close()
+    with pytest.raises(Transient) as down:
+        GatewayClient(f"http://127.0.0.1:{free_port()}", "tok").upload_form(
+            item, item.files, progress
+        )
+    assert str(down.value) == "upload: ConnectionError" and down.value.unreachable
+    silent = SilentServer()
+    try:
+        with pytest.raises(Transient, match=r"^upload: ReadTimeout$"):
+            GatewayClient(silent.url, "tok", timeout=0.2).upload_form(item, item.files, progress)
+    finally:
+        silent.close()
+
+
+def test_a_form_bodys_progress_is_told_per_file_with_the_part_headers_counted_first():
+    from outbox.transport import _ProgressSpread
+
+    entries = [types.SimpleNamespace(name=n, size=s) for n, s in (("a", 10), ("b", 20), ("c", 5))]
+    told: list[tuple[str, int]] = []
+    spread = _ProgressSpread(entries, 45, lambda entry, sent: told.append((entry.name, sent)))
+    for body_read in (11, 11, 25, 41, 45):  # 10 bytes of part headers and fields
+        spread(body_read)
+    assert told == [("a", 1), ("b", 0), ("c", 0), ("a", 10), ("b", 5), ("b", 20), ("c", 1),
+                    ("c", 5)]  # fmt: skip
+    told.clear()
+    whole = _ProgressSpread(entries, 35, lambda entry, sent: told.append((entry.name, sent)))
+    whole(35)  # no overhead at all
+    assert told == [("a", 10), ("b", 20), ("c", 5)]
+
+
 def test_a_file_the_gateway_refuses_fails_its_item_with_the_gateways_code(tmp_path, box, gateway):
     url, token, _ = gateway
     item = push(box, tmp_path, ("notes.txt", b"plain text is not an allowed type"))
@@ -635,6 +700,19 @@ def test_an_unreachable_gateway_wakes_what_waited_for_it(tmp_path, box):
     assert [i.id for i in box.due(box.clock())] == [item.id]
     box.schedule_retry(item, delay=300, error="503", unreachable=False)
     assert not box.has_unreachable() and box.wake_unreachable() == 0
+
+
+def test_an_item_done_is_no_longer_waiting_for_the_gateway(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()))
+    box.claim(item)
+    box.mark_stored(item)
+    box.schedule_retry(item, delay=0, error="ConnectionError", unreachable=True)  # a step after
+    box.release(item)
+    assert box.has_unreachable()
+    item = box.get(item.id)
+    box.claim(item)
+    box.mark_done(item)
+    assert not box.has_unreachable() and not box.get(item.id).unreachable
 
 
 def test_progress_and_urls_are_kept_per_file(tmp_path, box):
