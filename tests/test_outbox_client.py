@@ -144,7 +144,7 @@ def test_the_form_post_declares_types_and_fails_as_the_gateway_answers(tmp_path,
     app = ScriptedServer((200, {}), (200, {}), (503, {"Retry-After": "3"}), (200, {}),
                          body_for=lambda status, n: json.dumps(bodies[n]).encode() if n in bodies else b"")  # fmt: skip
     client = GatewayClient(app.url, "tok")
-    progress = lambda entry, sent: None  # noqa: E731
+    progress = lambda entry, sent: None
     try:
         assert client.upload_form(item, item.files, progress) == bodies[1]["files"]
         body = app.got[0]["body"]
