@@ -363,6 +363,35 @@ def test_every_answer_is_classified(status, error):
 def test_a_success_is_not_an_error():
     for status in (200, 201, 204, 299):
         raise_for_answer(status, {}, b"", what="x")
+    for status in (199, 300):
+        with pytest.raises((Permanent, Transient)):
+            raise_for_answer(status, {}, b"", what="x")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [(404, "upload_not_found", UploadGone), (409, "upload_stored", AlreadyStored)],
+)
+def test_a_tus_upload_gone_or_stored_says_so_with_the_answer(status, code, error):
+    body = json.dumps({"error": {"code": code, "message": "why"}}).encode()
+    with pytest.raises(error) as caught:
+        raise_for_answer(status, {}, body, what="tus", tus=True)
+    assert str(caught.value) == f"tus: {status} {code} why"
+
+
+@pytest.mark.parametrize(
+    ("exc", "no_space"),
+    [
+        (OSError(errno.ENOSPC, "full"), True),
+        (OSError(errno.EDQUOT, "quota"), True),
+        (OSError(errno.EACCES, "denied"), False),
+        (ValueError("other"), False),
+    ],
+)
+def test_only_a_full_disk_or_quota_counts_as_no_space(exc, no_space):
+    from outbox.store import _no_space
+
+    assert _no_space(exc) is no_space
 
 
 def test_permanent_errors_keep_the_gateways_code():

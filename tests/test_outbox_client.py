@@ -991,6 +991,32 @@ def test_records_found_late_are_matched_by_bytes_then_by_name_and_must_all_be_th
     assert [f.record["mediaId"] for f in box.get(item.id).files] == ["m-a", "m-b"]
 
 
+@pytest.mark.parametrize("persist", [False, True])
+def test_progress_renews_the_lease_each_quarter_of_its_life_and_saves_only_tus_offsets(
+    tmp_path, persist
+):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock, lease_ttl=120.0) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        box.claim(item)
+        entry = item.files[0]
+        renewals, saved = [], []
+        box.renew = lambda ids: renewals.append((clock.now, list(ids)))  # type: ignore[method-assign]
+        set_sent = box.set_sent
+        box.set_sent = lambda i, e, sent: saved.append(sent) or set_sent(i, e, sent)  # type: ignore[method-assign]
+        syncer = Syncer(
+            box, GatewayClient("http://gw", "tok"), JsonLines(io.StringIO()), clock=clock
+        )
+        report = syncer._progress(item, persist=persist) if persist else syncer._progress(item)
+        item.lease_renewed_at = None
+        for now, sent in [(1000.0, 0), (1029.0, 10), (1030.0, 20), (1059.9, 20), (1060.0, 20)]:
+            clock.now = now
+            report(entry, sent)
+        assert renewals == [(1000.0, [item.id]), (1030.0, [item.id]), (1060.0, [item.id])]
+        assert item.lease_renewed_at == 1060.0
+        assert saved == ([10, 20] if persist else [])  # only a change is saved
+
+
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
     """Each chunk here takes 50 s of the outbox's clock; the lease (120 s) never goes stale, so
     a process in another container sharing the outbox never takes the item over meanwhile."""
