@@ -1017,6 +1017,30 @@ def test_progress_renews_the_lease_each_quarter_of_its_life_and_saves_only_tus_o
         assert saved == ([10, 20] if persist else [])  # only a change is saved
 
 
+def test_a_syncer_runs_at_most_its_concurrency_and_reads_the_environment_by_default(tmp_path, box):
+    with pytest.raises(ValueError, match="^concurrency must be at least 1$"):
+        Syncer(box, GatewayClient("http://gw", "tok"), JsonLines(io.StringIO()), concurrency=0)
+    items = [push(box, tmp_path, (f"{n}.png", png_bytes(seed=n))) for n in range(3)]
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    class OneAtATime:
+        def upload_form(self, item, entries, on_progress, should_stop):
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.05)  # long enough for a second worker to overlap, if there were one
+            with lock:
+                active[0] -= 1
+            return [{"mediaId": e.name, "sha256": e.sha256, "size": e.size, "status": "stored"}
+                    for e in entries]  # fmt: skip
+
+    syncer = Syncer(box, OneAtATime(), JsonLines(io.StringIO()), concurrency=1)  # type: ignore[arg-type]
+    assert syncer.env is os.environ
+    assert sorted(syncer.run(max_wait=0).done) == sorted(i.id for i in items)
+    assert most[0] == 1
+
+
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
     """Each chunk here takes 50 s of the outbox's clock; the lease (120 s) never goes stale, so
     a process in another container sharing the outbox never takes the item over meanwhile."""
