@@ -1041,6 +1041,15 @@ def test_a_syncer_runs_at_most_its_concurrency_and_reads_the_environment_by_defa
     assert most[0] == 1
 
 
+def test_a_run_without_watch_ends_at_once_when_the_gateway_cannot_be_reached(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()))
+    down = GatewayClient(f"http://127.0.0.1:{free_port()}", "tok")
+    result = Syncer(box, down, JsonLines(io.StringIO())).run(max_wait=3600)  # would wait an hour
+    assert result.done == [] and result.failed == []
+    waiting = box.get(item.id)
+    assert waiting.state == State.WAITING and waiting.unreachable
+
+
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
     """Each chunk here takes 50 s of the outbox's clock; the lease (120 s) never goes stale, so
     a process in another container sharing the outbox never takes the item over meanwhile."""
