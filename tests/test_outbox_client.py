@@ -1018,7 +1018,7 @@ def test_progress_renews_the_lease_each_quarter_of_its_life_and_saves_only_tus_o
 
 
 def test_a_syncer_runs_at_most_its_concurrency_and_reads_the_environment_by_default(tmp_path, box):
-    with pytest.raises(ValueError, match="^concurrency must be at least 1$"):
+    with pytest.raises(ValueError, match=r"^concurrency must be at least 1$"):
         Syncer(box, GatewayClient("http://gw", "tok"), JsonLines(io.StringIO()), concurrency=0)
     items = [push(box, tmp_path, (f"{n}.png", png_bytes(seed=n))) for n in range(3)]
     active, most = [0], [0]
