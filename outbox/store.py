@@ -639,12 +639,6 @@ class Outbox:
             free = [r for r in rows if not self._running(r[12], r[13])]
             return self._load(conn, free)
 
-    def running(self, item: Item) -> bool:
-        """Whether a live process is working on ``item`` (as last read)."""
-        return item.holder is not None and item.holder.running(
-            renewed_at=item.lease_renewed_at or 0.0, now=self.clock(), ttl=self.lease_ttl
-        )
-
     def next_attempt_at(self) -> float | None:
         marks = ", ".join("?" for _ in UNFINISHED)
         with self._read() as conn:
