@@ -173,7 +173,7 @@ def test_s3_single_put_stores_headers_and_sha256_metadata(s3_store):
         store, key, metadata={"media-id": "m1", "project-id": "p1"}, content_disposition=disposition
     )
     writer.write(data)
-    buffer = writer._part
+    buffer = writer._filler.current.buffer
     writer.commit(sha256=sha(data))
     head = store.client.head_object(Bucket=store.bucket, Key=store.full_key(key))
     assert head["ContentType"] == "image/png"
@@ -188,7 +188,7 @@ def test_s3_single_put_that_fails_gives_its_buffer_back_and_stores_nothing(s3_st
     key, data = make_key(), png_bytes(40_000)
     writer = open_writer(store, key)
     writer.write(data)
-    buffer = writer._part
+    buffer = writer._filler.current.buffer
     requests = store.requests
     store.requests = S3Requests(
         store.client,

@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from crc32c import crc32c
 
 from gateway.errors import StorageError, StorageUnavailable
 from gateway.metrics import instrument_s3_client
 from gateway.storage import ObjectInfo, PendingUpload, StoredObject
-from gateway.storage.buffers import PartBuffers
 from gateway.storage.s3_requests import S3Requests
+from gateway.storage.staging import Part, PartFiller, PartSpace, unlimited
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -112,86 +111,72 @@ class S3ObjectWriter:
         self._store = store
         self._client = store.client
         self._metadata = metadata
-        self._part: bytearray | None = None  # the part being filled, from store.buffers
-        self._fill = 0
+        # The part being filled: in a part buffer or staged on disk (gateway/storage/staging.py).
+        self._filler = PartFiller(store.space, store.buffers)
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._in_flight: deque[Future[None]] = deque()
+        self._in_flight: deque[tuple[Future[None], Part]] = deque()
         self._closed = False
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        self.bytes_written += len(view)
-        size = self._store.part_size
-        while view:
-            if self._part is None:
-                self._part, self._fill = self._store.buffers.take(), 0
-            taken = min(size - self._fill, len(view))
-            self._part[self._fill : self._fill + taken] = view[:taken]
-            self._fill += taken
-            view = view[taken:]
-            if self._fill == size:
-                part, self._part = self._part, None
-                self._send_part(part)
-
-    def _take_tail(self) -> bytes:
-        """The bytes of the part being filled (shorter than a part); its buffer goes back."""
-        if self._part is None:
-            return b""
-        tail = bytes(memoryview(self._part)[: self._fill])
-        self._store.buffers.give(self._part)
-        self._part = None
-        return tail
+        self.bytes_written += len(data)
+        for part in self._filler.write(data):
+            self._send_part(part)
 
     def spill(self) -> None:
-        tail = self._take_tail()
-        if tail:
+        tail = self._filler.take()
+        if tail is not None:
             self._send_part(tail)
         self._drain(0)
 
-    def _send_part(self, data: bytes | bytearray) -> None:
-        if self._upload_id is None:
-            self._upload_id = _call(
-                "starting a multipart upload",
-                self._client.create_multipart_upload,
-                Bucket=self._store.bucket,
-                Key=self._object_key,
-                ChecksumAlgorithm="CRC32C",
-                **self._headers,
-            )["UploadId"]
-        self._drain(self._store.parts_in_flight - 1)
+    def _send_part(self, data: Part) -> None:
+        try:
+            if self._upload_id is None:
+                self._upload_id = _call(
+                    "starting a multipart upload",
+                    self._client.create_multipart_upload,
+                    Bucket=self._store.bucket,
+                    Key=self._object_key,
+                    ChecksumAlgorithm="CRC32C",
+                    **self._headers,
+                )["UploadId"]
+            self._drain(self._store.parts_in_flight - 1)
+        except BaseException:
+            data.release()
+            raise
         number = len(self._parts) + 1
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
-        self._in_flight.append(self._store.executor.submit(self._upload_part, part, data))
+        future = self._store.executor.submit(self._upload_part, part, data)
+        self._in_flight.append((future, data))
 
-    def _upload_part(self, part: dict[str, Any], data: bytes | bytearray) -> None:
-        # The checksum is computed here and sent as a header: left to botocore, an https request
-        # would carry it as a trailer, for which botocore copies the body into a BytesIO.
-        # CRC32C: the CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32).
-        crc = base64.b64encode(crc32c(data).to_bytes(4, "big")).decode()
+    def _upload_part(self, part: dict[str, Any], data: Part) -> None:
+        # The checksum is sent as a header: left to botocore, an https request would carry it
+        # as a trailer, for which botocore copies the body into a BytesIO. CRC32C: the CPU's
+        # own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32); a staged part's was
+        # computed as its bytes arrived.
         assert self._upload_id is not None
         try:
+            crc = base64.b64encode(data.crc32c().to_bytes(4, "big")).decode()
             etag = _call(
                 "uploading a part",
                 self._store.requests.upload_part,
                 key=self._object_key,
                 upload_id=self._upload_id,
                 number=part["PartNumber"],
-                body=data,
+                body=data.body(),
                 crc32c=crc,
             )
         finally:
-            if isinstance(data, bytearray):
-                self._store.buffers.give(data)
+            data.release()
         part["ETag"] = etag
         part["ChecksumCRC32C"] = crc
 
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
         while len(self._in_flight) > keep:
-            self._in_flight.popleft().result()
+            self._in_flight.popleft()[0].result()
 
     # -- ending ----------------------------------------------------------------------------
     def commit(self, *, sha256: str) -> StoredObject:
@@ -217,20 +202,29 @@ class S3ObjectWriter:
             headers["Content-Disposition"] = self._headers["ContentDisposition"]
         for name, value in {**self._metadata, "sha256": sha256}.items():
             headers[f"x-amz-meta-{name}"] = value
-        _call(
-            "storing the object",
-            self._store.requests.put_object,
-            key=self._object_key,
-            # A copy, so that the part buffer (a whole part, for a file of any size) goes back
-            # at once: sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of
-            # them, 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU (bench (c)).
-            body=self._take_tail(),
-            headers=headers,
-        )
+        tail = self._filler.take()
+        try:
+            body = tail.body() if tail is not None else b""
+            if tail is not None and isinstance(body, bytes):
+                # A copy: the part buffer (a whole part, for a file of any size) goes back at
+                # once. Sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of
+                # them, 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU
+                # (bench (c)).
+                tail.release()
+            _call(
+                "storing the object",
+                self._store.requests.put_object,
+                key=self._object_key,
+                body=body,
+                headers=headers,
+            )
+        finally:
+            if tail is not None:
+                tail.release()
 
     def _complete(self, sha256: str) -> None:
-        tail = self._take_tail()
-        if tail:
+        tail = self._filler.take()
+        if tail is not None:
             self._send_part(tail)
         self._drain(0)
         _call(
@@ -257,12 +251,13 @@ class S3ObjectWriter:
         if self._closed:
             return
         self._closed = True
-        self._take_tail()
-        for future in self._in_flight:
+        self._filler.discard()
+        for future, _ in self._in_flight:
             future.cancel()
-        for future in self._in_flight:
+        for future, data in self._in_flight:
             if not future.cancelled():
                 future.exception()  # wait; its error no longer matters
+            data.release()  # a cancelled part's never ran
         self._in_flight.clear()
         if self._upload_id is not None:
             try:
@@ -293,6 +288,7 @@ class S3ObjectStore:
         region: str,
         executor: ThreadPoolExecutor,
         requests: S3Requests,
+        space: PartSpace | None = None,
     ) -> None:
         self.client = client
         self.requests = requests  # PutObject and UploadPart, without the client's pipeline
@@ -303,11 +299,19 @@ class S3ObjectStore:
         self.endpoint_url = endpoint_url
         self.region = region
         self.executor = executor
-        self.buffers = PartBuffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
+        # Where parts fill: memory within the budget, slow ones staged (gateway/storage/staging.py).
+        self.space = space or PartSpace(unlimited(), None, fast_rate=0)
+        self.buffers = self.space.buffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
 
     @classmethod
     def from_settings(
-        cls, client: Any, *, bucket: str, prefix: str, settings: Settings
+        cls,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str,
+        settings: Settings,
+        space: PartSpace | None = None,
     ) -> S3ObjectStore:
         return cls(
             client,
@@ -328,6 +332,7 @@ class S3ObjectStore:
                 read_timeout=settings.s3_read_timeout,
                 max_pool_connections=settings.s3_max_pool_connections,
             ),
+            space=space,
         )
 
     def full_key(self, key: str) -> str:

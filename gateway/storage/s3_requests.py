@@ -38,6 +38,7 @@ from botocore.retries.standard import (
 from botocore.utils import check_dns_name, get_environ_proxies, percent_encode
 
 from gateway.metrics import S3_CALL_DURATION, S3_CALL_ERRORS
+from gateway.storage.staging import Body, FileBody
 
 # What botocore's HTTP session raises when no answer came (retried as the client retries them).
 TRANSPORT_ERRORS = (HTTPClientError, BotoConnectionError)
@@ -73,12 +74,10 @@ class S3Requests:
         )
         self._parser = create_parser("rest-xml")
 
-    def put_object(self, key: str, body: bytes | bytearray, headers: dict[str, str]) -> None:
+    def put_object(self, key: str, body: Body, headers: dict[str, str]) -> None:
         self._send("PutObject", key, "", body, headers)
 
-    def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes | bytearray, crc32c: str
-    ) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: Body, crc32c: str) -> str:
         query = f"partNumber={number}&uploadId={percent_encode(upload_id)}"
         answer = self._send("UploadPart", key, query, body, {"x-amz-checksum-crc32c": crc32c})
         return str(answer.headers["ETag"])
@@ -88,7 +87,7 @@ class S3Requests:
         operation: str,
         key: str,
         query: str,
-        body: bytes | bytearray,
+        body: Body,
         headers: dict[str, str],
     ) -> AWSResponse:
         url = f"{self.bucket_url}/{percent_encode(key, safe='/~')}"
@@ -109,27 +108,19 @@ class S3Requests:
         return answer
 
     def _attempts(
-        self, operation: str, url: str, body: bytes | bytearray, headers: dict[str, str]
+        self, operation: str, url: str, body: Body, headers: dict[str, str]
     ) -> AWSResponse:
         attempt = 1
         while True:
-            request = AWSRequest("PUT", url, data=body, headers=dict(headers))
-            request.headers["Content-Length"] = str(len(body))
-            request.context.update(self._context)
-            S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
-                request
-            )
-            answer: AWSResponse | None = None
-            parsed: dict[str, Any] | None = None
-            failure: Exception | None = None
+            # a staged part is streamed from its file, opened again for each attempt
+            data = body.open() if isinstance(body, FileBody) else body
             try:
-                answer = self._http.send(request.prepare())
-            except TRANSPORT_ERRORS as exc:
-                failure = exc
+                answer, parsed, failure = self._attempt(url, data, len(body), headers, operation)
+            finally:
+                if isinstance(body, FileBody):
+                    data.close()  # type: ignore[union-attr]
             if answer is not None and answer.status_code < 300:
                 return answer
-            if answer is not None:
-                parsed = self._error_of(operation, answer)
             context = RetryContext(
                 attempt_number=attempt,
                 operation_model=self._model.operation_model(operation),
@@ -143,6 +134,24 @@ class S3Requests:
                 raise ClientError(parsed or {}, operation)  # type: ignore[arg-type]
             time.sleep(self._retry.compute_retry_delay(context))
             attempt += 1
+
+    def _attempt(
+        self, url: str, data: Any, size: int, headers: dict[str, str], operation: str
+    ) -> tuple[AWSResponse | None, dict[str, Any] | None, Exception | None]:
+        """One attempt: the answer (or None), its parsed error, the transport failure."""
+        request = AWSRequest("PUT", url, data=data, headers=dict(headers))
+        request.headers["Content-Length"] = str(size)
+        request.context.update(self._context)
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
+            request
+        )
+        try:
+            answer = self._http.send(request.prepare())
+        except TRANSPORT_ERRORS as exc:
+            return None, None, exc
+        if answer.status_code < 300:
+            return answer, None, None
+        return answer, self._error_of(operation, answer), None
 
     def _error_of(self, operation: str, answer: AWSResponse) -> dict[str, Any]:
         shape = self._model.operation_model(operation).output_shape
