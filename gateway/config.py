@@ -102,7 +102,7 @@ class Settings:
     # worker processes, GATEWAY_WORKERS); when reads would pass it they wait (back-pressure).
     # Parts of uploads slower than stage_below_rate bytes/s (0: none) wait in files under
     # staging_dir, up to staging_max_bytes per node (a soft limit; a full disk answers 507).
-    memory_budget: int = positive(1024 * MiB)
+    memory_budget: int = positive(512 * MiB)
     stage_below_rate: int = 4 * MiB
     staging_dir: str = "var/staging"
     staging_max_bytes: int = positive(16 * 1024 * MiB)

@@ -8,6 +8,7 @@ object and no pending upload; a writer is never committed implicitly.
 from __future__ import annotations
 
 import gc
+import itertools
 import hashlib
 import uuid
 
@@ -17,6 +18,7 @@ from gateway.errors import StorageError
 from gateway.storage.local import LocalObjectStore
 from gateway.storage.s3 import S3ObjectStore, make_s3_client
 from gateway.storage.s3_requests import S3Requests
+from gateway.storage.staging import MemoryBudget, PartSpace, Staging
 
 from conftest import make_settings
 from support import MiB, mp4_bytes, png_bytes, read_object, unique
@@ -39,7 +41,7 @@ def s3_client(moto_url, tmp_path_factory):
     return make_s3_client(settings)
 
 
-def s3_store_for(client) -> S3ObjectStore:
+def s3_store_for(client, space=None) -> S3ObjectStore:
     from concurrent.futures import ThreadPoolExecutor
 
     bucket = unique("contract")
@@ -60,19 +62,30 @@ def s3_store_for(client) -> S3ObjectStore:
             read_timeout=60,
             max_pool_connections=8,
         ),
+        space=space,
     )
     s3.create_bucket()
     return s3
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-staged"])
 def store(request, tmp_path):
+    """``s3-staged``: every part counts as slow and waits in a staged file (storage/staging.py);
+    after each test the staging directory must be empty again, whatever the test did."""
     if request.param == "local":
         yield LocalObjectStore(tmp_path / "media")
         return
-    s3 = s3_store_for(request.getfixturevalue("s3_client"))
+    staging = Staging(tmp_path / "staging", 1 << 40)
+    ticks = itertools.count()  # a second passes between any two looks at the clock: all slow
+    space = PartSpace(
+        MemoryBudget(1 << 30), staging, fast_rate=1 << 20, clock=lambda: float(next(ticks))
+    )
+    s3 = s3_store_for(
+        request.getfixturevalue("s3_client"), space if "staged" in request.param else None
+    )
     yield s3
     s3.executor.shutdown(wait=True)
+    assert list(staging.files()) == []
 
 
 @pytest.fixture

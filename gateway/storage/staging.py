@@ -9,11 +9,11 @@ memory pressure can write them out instead of killing the worker. A fast upload 
 a second or less: writing it to disk and reading it back would only cost CPU, so it keeps the
 in-memory path measured before (docs/design.md, "Slow uploads").
 
-``PartFiller`` decides per part. A writer's first bytes go into a small probe
+``PartFiller`` decides per part. A writer's first bytes go into a probe
 (``PROBE_BYTES``); when they come at least as fast as ``fast_rate`` the part is filled in a
 part buffer, else in a staged file. Each next part is decided by how fast the part before it
-filled, and a part in memory that stalls (it has been filling longer than a part at
-``fast_rate`` would take, twice over) moves to disk. A part buffer is only taken while the
+filled, and a part in memory that falls behind that pace (``BEHIND`` bytes short of it) moves
+to disk. A part buffer is only taken while the
 ``MemoryBudget`` has room for it; otherwise the part is staged whatever its pace.
 
 The staging budget (``Staging.max_bytes``) is soft: past it, new slow parts stay in memory if the
@@ -41,12 +41,18 @@ from typing import IO, Protocol
 from crc32c import crc32c
 
 from gateway import errors
+from gateway.metrics import BODY_MEMORY_PEAK, BODY_READ_WAITS, STAGED_BYTES
 from gateway.storage.buffers import PartBuffers
 
 log = logging.getLogger(__name__)
 KiB = 1024
-PROBE_BYTES = 256 * KiB  # a writer's first bytes, held to learn its pace
-STALL_FACTOR = 2  # a part in memory moves to disk after this many times its expected fill time
+UNLIMITED = 1 << 62
+# A writer's first bytes, held to learn its pace. A slow client's backlog in the socket (the
+# gateway's own lag under load) can make it look fast; the pace rule below corrects that within
+# a fraction of a second, so the probe stays small (a 1 MiB probe held 1 MiB per upload on a
+# saturated node and did not tell them apart any better).
+PROBE_BYTES = 256 * KiB
+BEHIND = 1024 * KiB  # a part in memory this far behind the fast pace moves to disk
 SUFFIX = ".part"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -84,6 +90,7 @@ class MemoryBudget:
         with self._room:
             if self.held + size > self.limit:
                 self.waits += 1
+                BODY_READ_WAITS.inc()
             while self.held + size > self.limit:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -104,7 +111,10 @@ class MemoryBudget:
 
     def _take(self, size: int) -> None:
         self.held += size
-        self.peak = max(self.peak, self.held)
+        if self.held > self.peak:
+            self.peak = self.held
+            if self.limit < UNLIMITED:
+                BODY_MEMORY_PEAK.set(self.peak)
 
     def release(self, size: int, *, part: bool = False) -> None:
         if size <= 0:
@@ -114,9 +124,6 @@ class MemoryBudget:
             if part:
                 self.parts -= size
             self._room.notify_all()
-
-
-UNLIMITED = 1 << 62
 
 
 def unlimited() -> MemoryBudget:
@@ -348,6 +355,7 @@ class Staging:
     def add(self, size: int) -> None:
         with self._lock:
             self.bytes += size
+        STAGED_BYTES.inc(size)
 
     @property
     def over_budget(self) -> bool:
@@ -456,9 +464,12 @@ class PartFiller:
         return full
 
     def _stalled(self) -> bool:
-        if self.space.staging is None or not self.space.fast_rate:
+        """The part in memory fills slower than ``fast_rate``: ``BEHIND`` bytes short of that
+        pace (a slow client taken for fast by its backlog is found within about 0.3 s)."""
+        if self.space.staging is None or not self.space.fast_rate or self.current is None:
             return False
-        return self.space.clock() - self._started > STALL_FACTOR * self._fill_time()
+        elapsed = self.space.clock() - self._started
+        return elapsed * self.space.fast_rate > self.current.size + BEHIND
 
     def _probing(self, view: memoryview) -> memoryview:
         """Hold the first bytes until their pace is known; the bytes not held."""
