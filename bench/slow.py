@@ -43,6 +43,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from run import BUCKET, JWT_SECRET, empty_bucket, log, prepare_baseline, warm_up  # noqa: E402
+
 from client import BOUNDARY, MiB, Payload, form_parts  # noqa: E402
 from procs import (  # noqa: E402
     SOURCE,
@@ -51,13 +53,13 @@ from procs import (  # noqa: E402
     children,
     flask_cmd,
     gateway_env,
+    proc_cpu,
     proc_rss,
     snapshot_source,
     start_gunicorn,
     start_moto,
     start_multer,
 )
-from run import BUCKET, JWT_SECRET, empty_bucket, log, prepare_baseline, warm_up  # noqa: E402
 
 PIECE = 4096
 TARGET_PER_UPLOAD = 0.25 * MiB  # issue 26: at 1,000 x 32 KiB/s
@@ -87,6 +89,10 @@ class TreeRss:
     def sample(self) -> int:
         return sum(proc_rss(p) or 0 for p in tree(self.pid))
 
+    def cpu(self) -> float:
+        """user+sys CPU seconds of the tree's live processes."""
+        return sum(proc_cpu(p) or 0.0 for p in tree(self.pid))
+
     def breakdown(self) -> dict[str, int]:
         """RssAnon / RssFile / RssShmem summed over the tree (kB -> bytes), and the resident
         anonymous memory by kind of mapping: the heap (small allocations: Python objects,
@@ -107,8 +113,10 @@ class TreeRss:
                             elif name:
                                 kind = ""
                             else:
-                                kind = "anon<1M" if size < MiB else (
-                                    "anon1-4M" if size <= 4 * MiB + 8192 else "anon>4M"
+                                kind = (
+                                    "anon<1M"
+                                    if size < MiB
+                                    else ("anon1-4M" if size <= 4 * MiB + 8192 else "anon>4M")
                                 )
                         elif line.startswith("Rss:") and kind:
                             out[kind] = out.get(kind, 0) + int(line.split()[1]) * 1024
@@ -251,12 +259,12 @@ def stored_ok(s3, n: int, size: int) -> list[str]:
     return errors
 
 
-def run_one(
-    server: str, n: int, args, ctx: dict, procs: Procs, payload: Payload
-) -> dict:
+def run_one(server: str, n: int, args, ctx: dict, procs: Procs, payload: Payload) -> dict:
     staging: Path | None = None
     if server == "multer":
-        proc, url = start_multer(procs, ctx["moto_url"], BUCKET, "multer", ctx["tmp"] / "multer.log")
+        proc, url = start_multer(
+            procs, ctx["moto_url"], BUCKET, "multer", ctx["tmp"] / "multer.log"
+        )
         token = ctx["token"]
     else:
         env, token = ctx["env"], ctx["token"]
@@ -272,8 +280,9 @@ def run_one(
         empty_bucket(ctx["s3"], BUCKET)
         time.sleep(0.5)
         with TreeRss(proc.pid, staging) as rss:
-            idle = rss.sample()
+            idle, cpu0 = rss.sample(), rss.cpu()
             outcome = asyncio.run(load(port, token, payload, n, args.size, args.rate))
+            cpu = rss.cpu() - cpu0
     finally:
         procs.stop(proc)
     errors = outcome.errors + stored_ok(ctx["s3"], n, args.size)
@@ -294,6 +303,7 @@ def run_one(
         "statuses": outcome.statuses,
         "errors": errors[:10],
         "error_count": len(errors),
+        "cpu_s_per_gib": cpu / (n * args.size / 1024**3),
         "median_s": statistics.median(outcome.seconds) if outcome.seconds else None,
         "healthz_p99_ms": p99,
         "healthz_polls": len(health),
@@ -333,7 +343,7 @@ def main() -> int:
         from gateway.config import Settings
         from gateway.storage.s3 import make_s3_client
 
-        moto, moto_url = start_moto(procs, tmp / "moto.log")
+        _moto, moto_url = start_moto(procs, tmp / "moto.log")
         log(f"moto at {moto_url}; scratch {tmp}")
         gw = tmp / "gw"
         gw.mkdir()
@@ -382,11 +392,15 @@ def main() -> int:
 
 
 def print_table(results: list[dict], args) -> None:
-    print(f"\n{args.size // MiB} MiB uploads at {args.rate // 1024} KiB/s each, moto, "
-          f"{args.workers} gunicorn workers")
-    print("| server | N | tree RSS idle → peak (MiB) | per upload in flight (MiB) | staged peak "
-          "(MiB) | 201s | errors | /healthz p99 (ms) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n{args.size // MiB} MiB uploads at {args.rate // 1024} KiB/s each, moto, "
+        f"{args.workers} gunicorn workers"
+    )
+    print(
+        "| server | N | tree RSS idle → peak (MiB) | per upload in flight (MiB) | staged peak "
+        "(MiB) | 201s | errors | median upload (s) | CPU s/GiB | /healthz p99 (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         verdict = ""
         if r["server"] == "gateway" and r["n"] >= 1000:
@@ -394,7 +408,8 @@ def print_table(results: list[dict], args) -> None:
         print(
             f"| {r['server']} | {r['n']} | {r['idle_mib']:.0f} → {r['peak_mib']:.0f} | "
             f"{r['per_upload_mib']:.2f}{verdict} | {r['peak_staged_mib']:.0f} | "
-            f"{r['statuses'].get('201', 0)} | {r['error_count']} | "
+            f"{r['statuses'].get('201', 0)} | {r['error_count']} | {r['median_s'] or 0:.0f} | "
+            f"{r['cpu_s_per_gib']:.1f} | "
             f"{r['healthz_p99_ms'] if r['healthz_p99_ms'] is None else round(r['healthz_p99_ms'])} |"
         )
 

@@ -193,9 +193,9 @@ class _LengthBody:
     client's backlog, which on a busy gateway is ``size`` and more, so the fast path keeps its
     few large reads) or, when that is less than ``SLOW_READ``, fills ``SLOW_READ`` (a slow
     client's bytes: 64 KiB held, not 1 MiB, and still one pass through the parser per 64 KiB,
-    not per few KiB received: 200 clients at 256 KiB/s answered every few KiB took two cores). The buffer's bytes are taken from the memory budget
-    (waiting for room there is the back-pressure: the socket is not read meanwhile) and given
-    back at the next read."""
+    not per few KiB received: 200 clients at 256 KiB/s answered every few KiB took two cores).
+    The buffer's bytes are taken from the memory budget (waiting for room there is the
+    back-pressure: the socket is not read meanwhile) and given back at the next read."""
 
     SLOW_READ = 64 * 1024
 
