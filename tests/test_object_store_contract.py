@@ -8,8 +8,8 @@ object and no pending upload; a writer is never committed implicitly.
 from __future__ import annotations
 
 import gc
-import itertools
 import hashlib
+import itertools
 import uuid
 
 import pytest
