@@ -666,7 +666,6 @@ def test_a_body_cut_short_ends_its_reads_and_one_that_stalls_is_a_408():
         environ = {"gunicorn.socket": left, "wsgi.input": server_body}
         right.sendall(b"x" * 100)
         with guarded_body(environ, server_body, limits) as body:
-            assert body.read(800) == b"x" * 100  # what has arrived, not a wait for 800
             with pytest.raises(errors.BodyTimeout) as stalled:
                 body.read(800)
             assert stalled.value.status == 408 and body.guard.received == 100
@@ -710,3 +709,28 @@ def test_an_upload_routes_body_is_guarded_and_counted_in_flight_until_it_ends(tm
             assert body.read(10) == b"abc"
             raise errors.ClientDisconnected()
         assert gauge._value.get() == before
+
+
+def test_a_read_takes_what_has_arrived_or_fills_64_kib_and_holds_it_in_the_budget():
+    """Reads sized to what has arrived (gateway/http/bodies.py ``_LengthBody``): a backlog of
+    100 KiB comes back as one read of exactly that, without waiting for the 1 MiB asked; a
+    trickle fills 64 KiB, not 1 MiB. Each read's bytes are held in the budget until the next."""
+    from gateway.http.bodies import guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    budget = MemoryBudget(64 * 1024 * 1024)
+    limits = BodyLimits(idle=0.5, min_rate=0, grace=10.0)
+    content = os.urandom(200 * 1024)
+    left, right = socket.socketpair()
+    with left, right:
+        server_body, _ = gunicorn_body(left, len(content))
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        right.sendall(content[: 100 * 1024])
+        with guarded_body(environ, server_body, limits, budget) as body:
+            assert body.read(1024 * 1024) == content[: 100 * 1024]  # no wait for the rest
+            assert budget.held == 100 * 1024
+            right.sendall(content[100 * 1024 : 100 * 1024 + 100])  # then a trickle
+            with pytest.raises(errors.BodyTimeout):
+                body.read(1024 * 1024)  # fills 64 KiB: 100 bytes are not enough
+            assert body.guard.received == 100 * 1024 + 100
+        assert budget.held == 0  # given back when the body ends
