@@ -69,9 +69,10 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# What the tests drive: Debian's nginx, curl, clamd, chromium and ffmpeg (the audio tests'
-# independent encoder), Node's tus clients and reference server (tests/node, lockfile-pinned);
-# the gate, then the suite in two processes.
+# What the tests drive: Debian's nginx, curl, clamd, chromium, ffmpeg (the audio tests'
+# independent encoder) and Ceph (mon, OSD, radosgw: the second S3, tests/ceph_harness.py), Node's
+# tus clients and reference server (tests/node, lockfile-pinned); the gate, then the suite in two
+# processes.
 test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
@@ -84,6 +85,10 @@ test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v ffmpeg >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
+	@[ -x /usr/bin/ceph-mon ] && [ -x /usr/bin/ceph-osd ] && [ -x /usr/bin/radosgw ] || \
+		($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends \
+		ceph-mon ceph-osd radosgw ceph-common)
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.

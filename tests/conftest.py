@@ -1,4 +1,5 @@
-"""Shared fixtures: a moto server process, settings per backend, an app and its client."""
+"""Shared fixtures: a moto server process, a Ceph cluster, settings per backend, an app and its
+client."""
 
 from __future__ import annotations
 
@@ -29,14 +30,31 @@ from support import JWT_SECRET, env_for_aws, start_moto_server, stop, unique  # 
 os.environ.update(env_for_aws())
 
 
-SLOW_FIXTURES = {"moto_url", "serial_moto_url", "embedded_stack", "s3_stack", "clamd_url"}
+SLOW_FIXTURES = {
+    "moto_url",
+    "serial_moto_url",
+    "ceph_url",
+    "ceph_cluster",
+    "embedded_stack",
+    "s3_stack",
+    "clamd_url",
+}
+
+
+# Parameter values that name a server-backed store: a test parametrised with one of them (under
+# any parameter name: backend, store, records, queue, stack) fetches its server at run time.
+REMOTE_PARAMS = {"s3", "s3+dynamodb", "ceph", "dynamodb", "sqs"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark what needs real servers (moto, gunicorn, nginx) as slow: `make test-fast` skips it."""
+    """Mark what needs real servers (moto, Ceph, gunicorn, nginx) as slow: `make test-fast` skips
+    it."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        remote = callspec is not None and callspec.params.get("backend", "local") != "local"
+        params = callspec.params if callspec is not None else {}
+        remote = params.get("backend", "local") != "local" or any(
+            isinstance(value, str) and value in REMOTE_PARAMS for value in params.values()
+        )
         if remote or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
@@ -59,6 +77,27 @@ def serial_moto_url():
 
 
 @pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory):
+    """A throwaway single-node Ceph cluster with its S3 gateway (radosgw), shared by the session:
+    the second S3 the store suites run on (tests/ceph_harness.py). Its user has the suite's AWS
+    keys; ``url`` is plain HTTP, ``https_url`` the same gateway over TLS (CA: ``ca_file``)."""
+    from ceph_harness import remove, start_ceph
+
+    folder = tmp_path_factory.mktemp("ceph")
+    cluster = start_ceph(folder)
+    yield cluster
+    cluster.stop()
+    remove(folder)
+
+
+@pytest.fixture(scope="session")
+def ceph_url(ceph_cluster):
+    """Ceph's S3 endpoint: ``make_settings(tmp_path, backend="ceph", ceph_url=ceph_url)`` is a
+    gateway on Ceph (``Services(settings)`` and ``provision()`` as ``app`` below)."""
+    return ceph_cluster.url
+
+
+@pytest.fixture(scope="session")
 def clamd_url(tmp_path_factory):
     """A real clamd on a free loopback port with the tests' own signatures, for the session."""
     from clamd_harness import start_clamd
@@ -69,8 +108,15 @@ def clamd_url(tmp_path_factory):
 
 
 def make_settings(
-    tmp_path: Path, *, backend: str = "local", moto_url: str | None = None, **overrides
+    tmp_path: Path,
+    *,
+    backend: str = "local",
+    moto_url: str | None = None,
+    ceph_url: str | None = None,
+    **overrides,
 ) -> Settings:
+    """Settings for ``backend``: "local" (files, SQLite), "s3" (moto's S3), "s3+dynamodb" (moto's
+    S3 and DynamoDB) or "ceph" (Ceph's S3, records in SQLite)."""
     values = {
         "jwt_secret": JWT_SECRET,
         "orphan_journal": str(tmp_path / "orphans.jsonl"),
@@ -82,6 +128,8 @@ def make_settings(
         values.update(storage_url=f"s3://{unique('bucket')}/uploads", s3_endpoint_url=moto_url)
     if backend == "s3+dynamodb":
         values.update(records_url=f"dynamodb://{unique('media')}", dynamodb_endpoint_url=moto_url)
+    if backend == "ceph":
+        values.update(storage_url=f"s3://{unique('bucket')}/uploads", s3_endpoint_url=ceph_url)
     values.update(overrides)
     return Settings(**values).replace()
 
@@ -95,10 +143,24 @@ def backend(request):
     return request.param
 
 
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, **overrides):
+    """make_settings for ``backend``, starting the server it needs (moto or Ceph) if not yet up."""
+    if backend == "ceph":
+        ceph = request.getfixturevalue("ceph_url")
+        return make_settings(tmp_path, backend=backend, ceph_url=ceph, **overrides)
+    moto = request.getfixturevalue("moto_url") if backend != "local" else None
+    return make_settings(tmp_path, backend=backend, moto_url=moto, **overrides)
+
+
+def also_on_ceph(*backends: str) -> pytest.MarkDecorator:
+    """Run a test on ``backends`` and on Ceph: for the tests that exercise what the store does
+    (the others stay on moto alone, for the suite's time)."""
+    return pytest.mark.parametrize("backend", [*backends, "ceph"])
+
+
 @pytest.fixture
 def settings(tmp_path, backend, request):
-    moto = request.getfixturevalue("moto_url") if backend != "local" else None
-    return make_settings(tmp_path, backend=backend, moto_url=moto)
+    return backend_settings(request, tmp_path, backend)
 
 
 @pytest.fixture

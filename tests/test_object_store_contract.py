@@ -1,4 +1,5 @@
-"""One contract for every ObjectStore backend: a local directory and S3 (moto server over HTTP).
+"""One contract for every ObjectStore backend: a local directory, and S3 on two implementations
+over HTTP: a moto server and Ceph's radosgw (tests/ceph_harness.py).
 
 The contract (gateway/storage/__init__.py): nothing written through a writer is visible under
 its key until commit(); commit makes the exact bytes visible; abort() leaves nothing behind, no
@@ -41,6 +42,15 @@ def s3_client(moto_url, tmp_path_factory):
     return make_s3_client(settings)
 
 
+@pytest.fixture(scope="module")
+def ceph_client(ceph_url, tmp_path_factory):
+    """The same, pointed at Ceph's S3."""
+    settings = make_settings(
+        tmp_path_factory.mktemp("ceph"), backend="ceph", ceph_url=ceph_url, s3_max_attempts=2
+    )
+    return make_s3_client(settings)
+
+
 def s3_store_for(client, space=None) -> S3ObjectStore:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -68,7 +78,10 @@ def s3_store_for(client, space=None) -> S3ObjectStore:
     return s3
 
 
-@pytest.fixture(params=["local", "s3", "s3-staged"])
+CLIENTS = {"s3": "s3_client", "s3-staged": "s3_client", "ceph": "ceph_client"}
+
+
+@pytest.fixture(params=["local", "s3", "s3-staged", "ceph"])
 def store(request, tmp_path):
     """``s3-staged``: every part counts as slow and waits in a staged file (storage/staging.py);
     after each test the staging directory must be empty again, whatever the test did."""
@@ -81,17 +94,18 @@ def store(request, tmp_path):
         MemoryBudget(1 << 30), staging, fast_rate=1 << 20, clock=lambda: float(next(ticks))
     )
     s3 = s3_store_for(
-        request.getfixturevalue("s3_client"), space if "staged" in request.param else None
+        request.getfixturevalue(CLIENTS[request.param]),
+        space if "staged" in request.param else None,
     )
     yield s3
     s3.executor.shutdown(wait=True)
     assert list(staging.files()) == []
 
 
-@pytest.fixture
-def s3_store(s3_client):
+@pytest.fixture(params=["s3", "ceph"])
+def s3_store(request):
     """S3 only, for what only S3 has: parts, object metadata, tags."""
-    s3 = s3_store_for(s3_client)
+    s3 = s3_store_for(request.getfixturevalue(CLIENTS[request.param]))
     yield s3
     s3.executor.shutdown(wait=True)
 

@@ -20,8 +20,10 @@ from gateway.media.records import MediaRecord, Status
 from gateway.media.records.dynamodb import RECOUNT_ATTEMPTS, TRANSACTION_ATTEMPTS
 from gateway.media.records.quota import Held
 
-from conftest import init_stores, make_settings
+from conftest import also_on_ceph, backend_settings, init_stores, make_settings
 from support import MiB, assert_nothing_left, form_body, leftovers, mp4_bytes, png_bytes
+
+ON_CEPH = also_on_ceph("local", "s3", "s3+dynamodb")  # the rollback of objects: Ceph too
 
 
 @pytest.fixture
@@ -29,10 +31,12 @@ def quota_app(tmp_path, backend, request):
     """``quota_app(**quota settings)``: (app, svc, auth headers) with those limits."""
 
     def make(serial=False, **limits):
-        moto = None
-        if backend != "local":  # serial: tests/serial_moto.py
-            moto = request.getfixturevalue("serial_moto_url" if serial else "moto_url")
-        app = create_app(make_settings(tmp_path, backend=backend, moto_url=moto, **limits))
+        if serial and backend != "local":  # tests/serial_moto.py
+            moto = request.getfixturevalue("serial_moto_url")
+            settings = make_settings(tmp_path, backend=backend, moto_url=moto, **limits)
+        else:
+            settings = backend_settings(request, tmp_path, backend, **limits)
+        app = create_app(settings)
         app.config["TESTING"] = True
         svc = app.extensions["gateway"]
         init_stores(svc)
@@ -54,6 +58,7 @@ def code_of(answer) -> str:
     return answer.get_json()["error"]["code"]
 
 
+@ON_CEPH
 def test_a_project_stores_exactly_its_file_quota_then_413(quota_app):
     app, svc, auth = quota_app(quota_project_files=2)
     client = app.test_client()
@@ -75,6 +80,7 @@ def test_a_body_longer_than_the_bytes_left_is_refused_before_its_file_is_written
     assert ok.status_code == 201  # what the first reserved was given back
 
 
+@ON_CEPH
 def test_a_request_whose_later_file_is_over_the_quota_keeps_none_of_its_files(quota_app):
     app, svc, auth = quota_app(quota_project_files=2)
     refused = upload(app.test_client(), auth, [("files", f"{n}.png", png_bytes(seed=n))
@@ -83,6 +89,7 @@ def test_a_request_whose_later_file_is_over_the_quota_keeps_none_of_its_files(qu
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_a_chunked_body_is_reserved_as_it_arrives(quota_app):
     app, svc, auth = quota_app(quota_project_bytes=3 * MiB)
     body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", mp4_bytes(12 * MiB))])
@@ -99,6 +106,7 @@ def test_a_chunked_body_is_reserved_as_it_arrives(quota_app):
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_delete_gives_the_space_back(quota_app):
     app, _, auth = quota_app(quota_project_files=1, quota_project_bytes=50_000)
     client = app.test_client()
@@ -137,6 +145,7 @@ def test_concurrent_uploads_cannot_overshoot_the_quota(quota_app):
     assert (len(left["objects"]), len(left["records"]), left["pending_uploads"]) == (3, 3, [])
 
 
+@ON_CEPH
 def test_tus_creation_holds_its_length_and_termination_gives_it_back(quota_app):
     app, svc, auth = quota_app(quota_project_bytes=1_000_000)
     client = app.test_client()
@@ -151,7 +160,7 @@ def test_tus_creation_holds_its_length_and_termination_gives_it_back(quota_app):
     assert tus_create(client, auth, 300_000).status_code == 201
 
 
-@pytest.mark.parametrize("backend", ["s3", "s3+dynamodb"])
+@pytest.mark.parametrize("backend", ["s3", "s3+dynamodb", "ceph"])
 def test_direct_initiate_holds_the_promise_and_abort_gives_it_back(quota_app):
     app, svc, auth = quota_app(quota_project_bytes=10 * MiB)
     client = app.test_client()
@@ -255,6 +264,7 @@ def tus_final(client, auth, locations, project="p1"):
         "Upload-Concat": "final;" + " ".join(locations)})  # fmt: skip
 
 
+@ON_CEPH
 def test_concatenation_near_the_quota_swaps_the_partials_for_the_final_in_one_write(quota_app):
     """Two partials hold 20,000 of 30,000 bytes and 2 of 2 files: the final is stored (what
     the project holds is the same after the join), the partials are gone with it."""

@@ -11,7 +11,7 @@ import zipfile
 import filetype
 import filetype.utils
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gateway.uploads.sniff import (
@@ -284,9 +284,12 @@ TEXT_MIMES = {
 )
 def test_any_text_without_controls_sniffs_as_a_text_kind_cut_or_whole(text):
     data = text.encode()
+    # Text that begins with a signature is typed by it (bytes decide: "MZ..." is an executable's
+    # header, "%PDF-" a PDF's); every other text is a text kind or nothing.
+    assume(not filetype.guess(data))
     kinds = {sniff(data), sniff((data * (SNIFF_BYTES // max(len(data), 1) + 2))[:SNIFF_BYTES])}
     assert all(kind is None or kind.mime in TEXT_MIMES for kind in kinds)
-    if data and not filetype.guess(data):
+    if data:
         assert sniff(data) is not None and sniff(data).mime in TEXT_MIMES
 
 

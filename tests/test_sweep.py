@@ -20,9 +20,11 @@ from gateway.media.naming import new_media_id
 from gateway.storage.keys import object_key
 from gateway.storage.local import LocalObjectStore
 
+from conftest import also_on_ceph
 from support import assert_stored, form_body, png_bytes, read_object, record_ids
 
 pytestmark = pytest.mark.timeout(60)
+ON_CEPH = also_on_ceph("local", "s3")  # listing, ages and deletes of a real store: Ceph too
 
 HOUR = timedelta(hours=1)
 FOREIGN = "other/thing.txt"
@@ -93,6 +95,7 @@ def key_of(svc, media: dict) -> str:
 
 
 # -- what is removed, what stays ------------------------------------------------------------------
+@ON_CEPH
 def test_sweep_removes_stale_uploads_and_unrecorded_objects_only(client, auth, svc):
     content = png_bytes(20_000)
     recorded = upload(client, auth, content)
@@ -121,6 +124,7 @@ def test_sweep_with_nothing_to_do(client, auth, svc):
     assert objects(svc) == {key_of(svc, recorded)}
 
 
+@ON_CEPH
 def test_unrecorded_objects_newer_than_the_threshold_stay(svc):
     key = put(svc, orphan_key())
     modified = next(o.modified for o in svc.store.objects() if o.key == key)
@@ -132,6 +136,7 @@ def test_unrecorded_objects_newer_than_the_threshold_stay(svc):
     assert objects(svc) == set()
 
 
+@ON_CEPH
 def test_pending_uploads_newer_than_the_threshold_stay(svc):
     key = orphan_key()
     writer = start_pending(svc, key)
@@ -169,7 +174,7 @@ def test_local_sweep_splits_old_from_new_by_age(svc):
     assert pending(svc) == []
 
 
-@pytest.mark.parametrize("backend", ["s3"])
+@pytest.mark.parametrize("backend", ["s3", "ceph"])
 def test_s3_sweep_stays_inside_its_prefix(svc):
     outside = "elsewhere/" + orphan_key()  # gateway-shaped, but not under this store's prefix
     svc.store.client.put_object(Bucket=svc.store.bucket, Key=outside, Body=b"keep")
@@ -181,6 +186,7 @@ def test_s3_sweep_stays_inside_its_prefix(svc):
 
 
 # -- the orphan journal ---------------------------------------------------------------------------
+@ON_CEPH
 def test_journaled_orphans_are_deleted_and_forgotten(client, auth, svc):
     recorded = upload(client, auth, png_bytes(8_000))
     orphan = put(svc, orphan_key())
@@ -201,6 +207,7 @@ def test_journaled_orphans_are_deleted_and_forgotten(client, auth, svc):
 
 
 # -- dry run --------------------------------------------------------------------------------------
+@ON_CEPH
 def test_dry_run_reports_but_removes_nothing(client, auth, svc):
     recorded = upload(client, auth, png_bytes(8_000))
     orphan = put(svc, orphan_key())
@@ -226,6 +233,7 @@ def test_dry_run_reports_but_removes_nothing(client, auth, svc):
 
 
 # -- the flask command ----------------------------------------------------------------------------
+@ON_CEPH
 def test_cli_sweep(app, client, auth, svc):
     recorded = upload(client, auth, png_bytes(8_000))
     orphan = put(svc, orphan_key())

@@ -13,7 +13,10 @@ import pytest
 
 from gateway.media.lifecycle import Status
 
+from conftest import also_on_ceph
 from support import MiB, assert_nothing_left, leftovers, read_object
+
+ON_CEPH = also_on_ceph("local", "s3", "s3+dynamodb")  # what the store does: on Ceph as well
 
 V = {"Tus-Resumable": "1.0.0"}
 
@@ -94,6 +97,7 @@ def test_options_advertises_the_protocol(client):
     assert int(answer.headers["Tus-Max-Size"]) == 5 * 1024 * MiB
 
 
+@ON_CEPH
 def test_an_upload_in_chunks_spanning_parts_is_stored_exactly(client, auth, svc):
     data = samples.photo(1600, 1200) + bytes(range(256)) * (80 * 1024)  # ~21 MiB: 3 parts of 8
     location = upload_in_chunks(client, auth, data, 3 * MiB + 17)
@@ -119,6 +123,7 @@ def test_a_recording_sent_in_small_chunks_is_typed_once_its_first_bytes_are_in(c
     assert record.status is Status.STORED and record.s3_key.endswith(".webm")
 
 
+@ON_CEPH
 def test_an_upload_in_one_request_gets_its_sha256(client, auth, svc):
     data = samples.png(300, 200)
     created = create(client, auth, len(data), data=data)
@@ -145,6 +150,7 @@ def test_head_reports_progress_and_metadata(client, auth, svc):
     assert record.status is Status.PENDING and record.metadata == {"caption": "a cat"}
 
 
+@ON_CEPH
 def test_a_deferred_length_is_given_later(client, auth, svc):
     data = samples.photo(1600, 1200)
     created = create(client, auth, None)
@@ -188,6 +194,7 @@ def test_an_unknown_checksum_algorithm_is_400(client, auth):
     assert answer.status_code == 400 and error(answer) == "unsupported_checksum"
 
 
+@ON_CEPH
 def test_a_wrong_offset_is_409_and_changes_nothing(client, auth, svc):
     data = samples.photo(1600, 1200)
     location = path_of(create(client, auth, len(data)))
@@ -237,6 +244,7 @@ def test_no_token_is_401_before_anything(client, svc):
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_a_disallowed_type_ends_the_upload_and_leaves_nothing(client, auth, svc):
     data = b"MZ" + b"\0" * 20_000
     location = path_of(create(client, auth, len(data)))
@@ -247,6 +255,7 @@ def test_a_disallowed_type_ends_the_upload_and_leaves_nothing(client, auth, svc)
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_termination_removes_everything(client, auth, svc):
     data = samples.photo(1600, 1200) + b"\0" * (9 * MiB)
     location = path_of(create(client, auth, len(data)))
@@ -308,6 +317,7 @@ def test_the_sweeper_expires_overdue_uploads(client, auth, svc):
     assert leftovers(svc)["objects"] == []
 
 
+@ON_CEPH
 def test_the_sweeper_keeps_a_live_uploads_chunks_and_removes_strays_once_it_ends(client, auth, svc):
     """A node killed mid-PATCH leaves a chunk object and parts (or a multipart upload) no record
     names: kept while the upload goes on, swept once it has ended."""
@@ -382,6 +392,7 @@ def test_a_patch_while_another_holds_the_upload_is_423(client, auth, svc):
     assert patch(client, auth, location, 0, samples.photo(1600, 1200)[:500]).status_code == 204
 
 
+@ON_CEPH
 def test_concatenation_of_partial_uploads(client, auth, svc):
     data = samples.photo(600, 400) + bytes(range(256)) * 4000
     pieces = [data[:5000], data[5000:700_000], data[700_000:]]
@@ -414,6 +425,7 @@ def test_concatenation_of_partial_uploads(client, auth, svc):
     assert patch(client, auth, path_of(final), len(data), b"x").status_code == 403
 
 
+@ON_CEPH
 def test_a_client_gone_mid_chunk_keeps_what_arrived(client, auth, svc):
     """No checksum: what arrived before the connection dropped counts, and the client resumes
     from the offset HEAD reports."""
@@ -488,6 +500,7 @@ def test_a_refused_creation_frees_its_idempotency_key(client, auth, svc):
     assert create(client, auth, 1000, headers=keyed).status_code == 201
 
 
+@ON_CEPH
 def test_an_upload_across_gateway_restarts_gets_the_sha256_of_its_bytes(settings, auth):
     """Each PATCH on a new gateway (the hash state travels in the record), one of them
     interrupted: the stored record's SHA-256 is that of exactly the bytes stored."""

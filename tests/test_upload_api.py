@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from conftest import also_on_ceph
 from support import (
     MiB,
     assert_nothing_left,
@@ -17,6 +18,8 @@ from support import (
     png_bytes,
 )
 
+ON_CEPH = also_on_ceph("local", "s3", "s3+dynamodb")  # what the store does: on Ceph as well
+
 
 def post(client, body_and_type, headers=None, query=""):
     body, content_type = body_and_type
@@ -25,6 +28,7 @@ def post(client, body_and_type, headers=None, query=""):
     )
 
 
+@ON_CEPH
 def test_one_small_file_is_stored_with_its_record(client, auth, svc):
     content = png_bytes(30_000)
     response = post(
@@ -40,6 +44,7 @@ def test_one_small_file_is_stored_with_its_record(client, auth, svc):
     assert_stored(svc, body, content)
 
 
+@ON_CEPH
 def test_file_larger_than_several_parts_is_exact(client, auth, svc):
     content = mp4_bytes(21 * MiB + 12345)
     response = post(client, form_body([("projectId", "p1")], [("file", "clip.mp4", content)]), auth)
@@ -50,6 +55,7 @@ def test_file_larger_than_several_parts_is_exact(client, auth, svc):
     assert leftovers(svc)["pending_uploads"] == []
 
 
+@ON_CEPH
 def test_several_files_in_one_request(client, auth, svc):
     contents = [png_bytes(10_000), mp4_bytes(9 * MiB), jpeg_bytes(50_000)]
     files = [("files", f"f{i}.bin", c) for i, c in enumerate(contents)]
@@ -62,6 +68,7 @@ def test_several_files_in_one_request(client, auth, svc):
     assert leftovers(svc)["pending_uploads"] == []
 
 
+@ON_CEPH
 def test_disallowed_second_file_leaves_nothing_of_the_first(client, auth, svc):
     files = [("files", "ok.png", png_bytes(9 * MiB)), ("files", "evil.png", b"MZ" + b"\0" * 9000)]
     response = post(client, form_body([("projectId", "p1")], files), auth)
@@ -70,6 +77,7 @@ def test_disallowed_second_file_leaves_nothing_of_the_first(client, auth, svc):
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_declared_sha256_is_verified(client, auth, svc):
     content = png_bytes(12 * MiB)
     good = hashlib.sha256(content).hexdigest()
@@ -138,6 +146,7 @@ def test_declared_length_over_the_cap_is_refused_before_reading(tmp_path, backen
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_chunked_body_is_accepted(client, auth, svc):
     import io
 
@@ -180,6 +189,7 @@ def test_no_length_and_not_chunked_is_411(client, auth, svc):
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_short_body_is_never_committed(client, auth, svc):
     """A client that stops sending halfway: fewer bytes than its Content-Length."""
     body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", mp4_bytes(20 * MiB))])
@@ -192,6 +202,7 @@ def test_short_body_is_never_committed(client, auth, svc):
         assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_body_without_closing_boundary_is_never_committed(client, auth, svc):
     body, content_type = form_body([("projectId", "p1")], [("file", "v.mp4", mp4_bytes(9 * MiB))])
     truncated = body[: body.rindex(b"\r\n--")]  # the whole file, but the form never ends
@@ -219,6 +230,7 @@ def test_content_is_sniffed_not_trusted(client, auth, svc, content, code, status
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_type_refused_after_the_first_part_of_a_big_file_leaves_nothing(client, auth, svc):
     """Sniffing happens on the first bytes: a big disallowed file is refused before any S3 call."""
     body, content_type = form_body(
@@ -632,6 +644,7 @@ def test_project_ids_are_matched_whole(client, auth, svc, value, status, code):
 
 
 # -- media endpoints ------------------------------------------------------------------------------
+@ON_CEPH
 def test_get_list_and_delete_media(client, auth, svc):
     ids = []
     for i in range(5):
@@ -940,6 +953,7 @@ def test_the_short_body_message_counts_the_bytes(client, auth, svc):
     assert_nothing_left(svc)
 
 
+@ON_CEPH
 def test_a_body_longer_than_its_length_is_never_committed(client, auth, svc):
     """A server that hands over more than Content-Length: the count must match exactly."""
     body, content_type = form_body([("projectId", "p1")], [("file", "a.png", png_bytes())])
@@ -1276,6 +1290,7 @@ def test_a_record_exists_that_is_not_ours_is_a_failure(client, auth, svc, monkey
     assert leftovers(svc) == before
 
 
+@ON_CEPH
 def test_a_commit_failure_deletes_the_objects_committed_before_it(client, auth, svc, monkeypatch):
     """The second file's commit fails: the first (committed) is deleted, the second's writer
     aborted, the third never committed; nothing is left."""
@@ -1560,6 +1575,7 @@ def test_the_service_answers_201_with_its_records_without_a_plan(svc, auth):
     assert svc.records.get(record.media_id) == record
 
 
+@ON_CEPH
 def test_only_files_followed_by_more_are_spilled(client, auth, svc, monkeypatch):
     """A file that is not the last is spilled (its buffers freed, on S3 its part sent) as soon as
     it ends; the last one goes straight to commit."""
@@ -1682,6 +1698,7 @@ def test_the_service_marks_records_of_a_quarantined_landing(svc, quarantined):
     assert svc.records.get(record.media_id).quarantined is quarantined
 
 
+@ON_CEPH
 def test_a_body_broken_after_several_files_aborts_every_writer(client, auth, svc):
     files = [("files", f"{i}.png", png_bytes(20_000, i)) for i in range(3)]
     body, content_type = form_body([("projectId", "p1")], files)

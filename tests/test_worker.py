@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -74,16 +75,19 @@ def test_a_job_that_fails_once_succeeds_on_redelivery(tmp_path):
 def test_the_heartbeat_keeps_a_long_job_from_a_second_delivery(tmp_path):
     queue = queue_at(tmp_path)
     runs = []
+    # A 3 s lease renewed every 1.5 s: a heartbeat late by a loaded machine's scheduling (a 1 s
+    # lease was lost under a load of 8) still renews it in time.
+    options = dataclasses.replace(FAST, visibility=3.0)
 
     def slow(message):
         runs.append(message.receive_count)
-        time.sleep(2.5)  # 2.5 leases of 1 s
+        time.sleep(7.5)  # 2.5 leases
 
-    worker = Worker(queue, slow, on_last_failure=lambda m, e: None, options=FAST)
-    other = Worker(queue, slow, on_last_failure=lambda m, e: None, options=FAST)
+    worker = Worker(queue, slow, on_last_failure=lambda m, e: None, options=options)
+    other = Worker(queue, slow, on_last_failure=lambda m, e: None, options=options)
     queue.send({"n": 1})
     worker.run_once()
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
         other.run_once()  # a second worker polls all along
     worker.drain()

@@ -63,6 +63,10 @@ def make_s3_client(settings: Settings) -> Any:
             "payload_signing_enabled": False,
             "addressing_style": "path" if settings.s3_endpoint_url else "auto",
         },
+        # botocore (>= 1.36) would add a checksum of its own to every streamed body, over TLS as
+        # an aws-chunked trailer, which S3-compatible stores such as Ceph RGW refuse (411). The
+        # checksums the gateway means to send it sends itself, as headers (s3_requests.py).
+        request_checksum_calculation="when_required",
     )
     client = boto3.session.Session().client(
         "s3", endpoint_url=settings.s3_endpoint_url or None, config=config
