@@ -28,6 +28,10 @@ COPY --from=bundle --chown=root:root /static/upload.js /static/upload.manifest.j
 
 USER gateway
 EXPOSE 8000
+# Open files: gunicorn.conf.py raises its soft limit to what GATEWAY_WORKER_CONNECTIONS needs
+# (2 per connection + 256: 20,256 for the default 10,000 per worker) within the hard limit the
+# container gets, and takes fewer connections if that is lower. An image cannot set it: run
+# with --ulimit nofile=65536:65536 (docs/deployment.md, "Many connections").
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 # SIGTERM starts the graceful stop (docs/deployment.md): give it time, e.g. docker stop -t 90.

@@ -62,7 +62,7 @@ workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # client sends, a slow one for minutes; an idle connection costs a greenlet, no buffer. 10,000:
 # one worker can hold a whole node's target (10,000 slow uploads, docs/deployment.md) however
 # unevenly the workers' accepts fall, so /healthz always finds a free connection.
-worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
+asked_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
 # Open files per worker: a connection's socket, and for a slow upload the file its part waits in
 # (gateway/storage/staging.py); a reserve for the listeners, logs, the S3 connection pool,
 # SQLite and gevent's own.
@@ -89,17 +89,16 @@ def raise_open_files_limit(connections: int) -> int:
     return min(connections, max(1, (soft - FILES_RESERVED) // FILES_PER_CONNECTION))
 
 
-_allowed = raise_open_files_limit(worker_connections)
-if _allowed < worker_connections:
+worker_connections = raise_open_files_limit(asked_connections)
+if worker_connections < asked_connections:
     # Fewer connections than asked, rather than "Too many open files" in the middle of uploads.
     print(
         f"upload-gateway: the open files limit (RLIMIT_NOFILE, hard "
-        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}) allows {_allowed} connections per "
-        f"worker, not GATEWAY_WORKER_CONNECTIONS={worker_connections}: raise the limit "
-        f"(LimitNOFILE=, docker run --ulimit nofile=; docs/deployment.md)",
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}) allows {worker_connections} "
+        f"connections per worker, not GATEWAY_WORKER_CONNECTIONS={asked_connections}: raise "
+        f"the limit (LimitNOFILE=, docker run --ulimit nofile=; docs/deployment.md)",
         file=sys.stderr,
     )
-    worker_connections = _allowed
 # gthread only: concurrent requests per worker; each in-flight upload holds one thread.
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
 # The worker heartbeat, not a request limit: long uploads are fine.

@@ -250,6 +250,33 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def breakdown(pids: list[int]) -> dict[str, int]:
+    """Resident bytes of ``pids`` by kind of mapping: the heap (glibc's brk arena), anonymous
+    mappings under 1 MiB (greenlet stacks, thread arenas' small blocks), larger anonymous ones
+    (big buffers), and file-backed pages (code, libraries)."""
+    out = {"heap": 0, "anon<1M": 0, "anon>=1M": 0, "file": 0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps") as f:
+                kind = "file"
+                for line in f:
+                    first = line.split(None, 6)
+                    if "-" in first[0] and ":" not in first[0] and len(first) >= 5:
+                        lo, hi = (int(x, 16) for x in first[0].split("-"))
+                        name = first[5].strip() if len(first) > 5 else ""
+                        if name == "[heap]":
+                            kind = "heap"
+                        elif name and not name.startswith("["):
+                            kind = "file"
+                        else:
+                            kind = "anon<1M" if hi - lo < MiB else "anon>=1M"
+                    elif line.startswith("Rss:"):
+                        out[kind] += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return out
+
+
 class Memory:
     """VmRSS summed over nginx's and gunicorn's process trees, every 0.5 s; the peak kept."""
 
@@ -338,7 +365,9 @@ def in_flight(metrics_url: str) -> float | None:
     )
 
 
-def start_nginx(procs: Procs, tmp: Path, upstream: str, workers: int, reuseport: bool):
+def start_nginx(
+    procs: Procs, tmp: Path, upstream: str, workers: int, reuseport: bool, body_buffer: str
+):
     sys.path.insert(0, str(ROOT / "tests"))
     from e2e_harness import ensure_nginx, nginx_check, write_test_nginx_conf
 
@@ -354,6 +383,12 @@ def start_nginx(procs: Procs, tmp: Path, upstream: str, workers: int, reuseport:
         media_root=tmp / "media",
         worker_processes=workers,
     )
+    if body_buffer:  # a comparison: another relay buffer than the shipped one
+        server = run_dir / "gateway.conf"
+        text = server.read_text().replace(
+            "client_body_buffer_size 16k;", f"client_body_buffer_size {body_buffer};"
+        )
+        server.write_text(text)
     nginx_check(nginx, conf, run_dir)
     out = open(run_dir / "nginx.out", "ab")
     proc = procs.popen(
@@ -463,7 +498,12 @@ def run(args, procs: Procs, tmp: Path) -> dict:
     with sqlite3.connect(records_db) as db:
         base_records = db.execute("SELECT count(*) FROM media").fetchone()[0]
     nginx, port, nginx_dir = start_nginx(
-        procs, tmp, url.removeprefix("http://"), args.nginx_workers, not args.no_reuseport
+        procs,
+        tmp,
+        url.removeprefix("http://"),
+        args.nginx_workers,
+        not args.no_reuseport,
+        args.nginx_body_buffer,
     )
     log(f"moto {moto_url}, gunicorn {url}, nginx :{port}; scratch {tmp}")
 
@@ -536,6 +576,10 @@ def run(args, procs: Procs, tmp: Path) -> dict:
         while time.monotonic() < all_open + args.hold:
             time.sleep(1.0)
         held = mem.sample()
+        result["held_breakdown_mib"] = {
+            name: {k: round(v / MiB, 1) for k, v in breakdown(tree(pid)).items()}
+            for name, pid in roots.items()
+        }
         result["in_flight_at_hold"] = in_flight(f"http://127.0.0.1:{metrics_port}/metrics")
         result["staged_files_at_hold"] = len(list(staging.iterdir())) if staging.is_dir() else 0
         result["open_at_hold"] = total("opened") - total("early") - total("failed")
@@ -556,6 +600,7 @@ def run(args, procs: Procs, tmp: Path) -> dict:
         for t in readers:
             t.join(args.answer_timeout + 120)
         result["finish_s"] = time.monotonic() - finish_started
+        result["finish_mib_s"] = args.finish * args.size / MiB / result["finish_s"]
     for c in clients:
         procs.stop(c)
     result["idle_mib"] = idle["total"] / MiB
@@ -661,6 +706,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--nginx-workers", type=int, default=2)
     parser.add_argument("--no-reuseport", action="store_true")
+    parser.add_argument("--nginx-body-buffer", default="", help="e.g. 256k, for a comparison")
     parser.add_argument("--set", action="append", default=[], help="GATEWAY_X=v")
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -691,6 +737,10 @@ def main() -> int:
         f"workers; ramp {result['ramp_s']:.0f} s; client CPU {result['client_cpu_s']:.0f} s, "
         f"writes at most {result['client_max_late_s'] or 0:.2f} s late; idle tree "
         f"{result['idle_mib']:.0f} MiB, +{result['per_upload_kib']:.1f} KiB per upload"
+    )
+    print(
+        f"at the hold, by kind of mapping (MiB): {result['held_breakdown_mib']}; "
+        f"the {args.finish} finished at {result['finish_mib_s']:.1f} MiB/s together"
     )
     if result["client_errors"]:
         print(f"client errors: {result['client_errors']}: {result['client_error_samples']}")
