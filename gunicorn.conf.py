@@ -89,16 +89,6 @@ def raise_open_files_limit(connections: int) -> int:
     return min(connections, max(1, (soft - FILES_RESERVED) // FILES_PER_CONNECTION))
 
 
-worker_connections = raise_open_files_limit(asked_connections)
-if worker_connections < asked_connections:
-    # Fewer connections than asked, rather than "Too many open files" in the middle of uploads.
-    print(
-        f"upload-gateway: the open files limit (RLIMIT_NOFILE, hard "
-        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}) allows {worker_connections} "
-        f"connections per worker, not GATEWAY_WORKER_CONNECTIONS={asked_connections}: raise "
-        f"the limit (LimitNOFILE=, docker run --ulimit nofile=; docs/deployment.md)",
-        file=sys.stderr,
-    )
 # gthread only: concurrent requests per worker; each in-flight upload holds one thread.
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
 # The worker heartbeat, not a request limit: long uploads are fine.
@@ -115,6 +105,18 @@ if graceful_timeout < _settings.shutdown_upload_grace + ROLLBACK_MARGIN:
         file=sys.stderr,
     )
     sys.exit(2)
+
+# After the checks above: a configuration error is the only line it prints.
+worker_connections = raise_open_files_limit(asked_connections)
+if worker_connections < asked_connections:
+    # Fewer connections than asked, rather than "Too many open files" in the middle of uploads.
+    print(
+        f"upload-gateway: the open files limit (RLIMIT_NOFILE, hard "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}) allows {worker_connections} "
+        f"connections per worker, not GATEWAY_WORKER_CONNECTIONS={asked_connections}: raise "
+        f"the limit (LimitNOFILE=, docker run --ulimit nofile=; docs/deployment.md)",
+        file=sys.stderr,
+    )
 
 
 def when_ready(server):
