@@ -154,7 +154,7 @@ def test_upload_part_answers_the_etag_that_completes_the_upload(client, settings
     first, second = png_bytes(5 * MiB, seed=1), png_bytes(1000, seed=2)
     sender = requests_for(client, bucket)
     etags = [
-        sender.upload_part(key, upload, number, part, crc32c="AAAAAA==")
+        sender.upload_part(key, upload, number, part, {"x-amz-checksum-crc32c": "AAAAAA=="})
         for number, part in ((1, bytearray(first)), (2, second))  # the writer sends bytearrays
     ]
     listed = client.list_parts(Bucket=bucket, Key=key, UploadId=upload)["Parts"]
@@ -215,7 +215,7 @@ def test_successful_calls_are_timed_by_operation(client, settings):
     sender = requests_for(client, bucket)
     sender.put_object("uploads/a.png", b"a", {})
     upload = client.create_multipart_upload(Bucket=bucket, Key="uploads/b.png")["UploadId"]
-    sender.upload_part("uploads/b.png", upload, 1, b"b", crc32c="AAAAAA==")
+    sender.upload_part("uploads/b.png", upload, 1, b"b", {"x-amz-checksum-crc32c": "AAAAAA=="})
     after = parse(metrics.scrape().decode())
 
     def delta(name: str, **labels: str) -> float:

@@ -74,12 +74,21 @@ class S3Requests:
         )
         self._parser = create_parser("rest-xml")
 
-    def put_object(self, key: str, body: Body, headers: dict[str, str]) -> None:
-        self._send("PutObject", key, "", body, headers)
+    def put_object(self, key: str, body: Body, headers: dict[str, str]) -> str:
+        """Its ETag (what gateway/storage/integrity.py checks)."""
+        answer = self._send("PutObject", key, "", body, headers)
+        return str(answer.headers.get("ETag", ""))
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: Body, crc32c: str) -> str:
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: Body,
+        headers: dict[str, str],
+    ) -> str:
         query = f"partNumber={number}&uploadId={percent_encode(upload_id)}"
-        answer = self._send("UploadPart", key, query, body, {"x-amz-checksum-crc32c": crc32c})
+        answer = self._send("UploadPart", key, query, body, headers)
         return str(answer.headers["ETag"])
 
     def _send(

@@ -29,6 +29,7 @@ leaves them), and never a live process's, even one whose PID was reused.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ from crc32c import crc32c
 from gateway import errors
 from gateway.metrics import BODY_MEMORY_PEAK, BODY_READ_WAITS, STAGED_BYTES
 from gateway.storage.buffers import PartBuffers
+from gateway.storage.integrity import MD5, Sums, sums, sums_of
 
 log = logging.getLogger(__name__)
 KiB = 1024
@@ -188,7 +190,8 @@ class Part(Protocol):
     def body(self) -> Body:
         """Its bytes to send (a full buffer as it is, a staged file, a short part copied)."""
 
-    def crc32c(self) -> int: ...
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
+        """The checksums its request carries (gateway/storage/integrity.py)."""
 
     def read(self) -> bytes:
         """All its bytes, in memory (small files, tus tails and sniffing only)."""
@@ -219,9 +222,9 @@ class MemoryPart:
             return self.buffer  # sent as it is (botocore does not copy a bytearray)
         return self.read()
 
-    def crc32c(self) -> int:
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
         with memoryview(self.buffer)[: self.size] as view:
-            return int(crc32c(view))
+            return sums(view, mode, with_crc32c=with_crc32c)
 
     def read(self) -> bytes:
         return bytes(memoryview(self.buffer)[: self.size])
@@ -248,8 +251,8 @@ class BytesPart:
     def body(self) -> Body:
         return self._data
 
-    def crc32c(self) -> int:
-        return int(crc32c(self._data))
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
+        return sums(self._data, mode, with_crc32c=with_crc32c)
 
     def read(self) -> bytes:
         return self._data
@@ -259,13 +262,15 @@ class BytesPart:
 
 
 class StagedPart:
-    """A part in a file of the staging directory; its CRC32C computed as the bytes arrive."""
+    """A part in a file of the staging directory; its checksums computed as the bytes arrive
+    (its CRC32C, and its MD5 when the store's integrity mode sends Content-MD5)."""
 
     def __init__(self, staging: Staging) -> None:
         self._staging = staging
         self.path = staging.new_path()
         self.size = 0
         self._crc = 0
+        self._md5 = hashlib.md5(usedforsecurity=False) if staging.integrity == MD5 else None
         self._file: IO[bytes] | None = None
         self._released = False
         try:
@@ -281,6 +286,8 @@ class StagedPart:
         except OSError as exc:
             raise _translate(exc) from None
         self._crc = crc32c(data, self._crc)
+        if self._md5 is not None:
+            self._md5.update(data)
         self.size += len(data)
         self._staging.add(len(data))
 
@@ -296,8 +303,14 @@ class StagedPart:
         self._closed()
         return FileBody(self.path, self.size)
 
-    def crc32c(self) -> int:
-        return int(self._crc)
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
+        if mode == MD5 and self._md5 is None:
+            # staged for another mode than the store's (not how open_storage builds them)
+            return sums(self.read(), mode, with_crc32c=with_crc32c)
+        return sums_of(
+            int(self._crc) if with_crc32c else None,
+            self._md5.digest() if mode == MD5 and self._md5 is not None else None,
+        )
 
     def read(self) -> bytes:
         self._closed()
@@ -338,9 +351,12 @@ class Staging:
         max_bytes: int,
         *,
         opener: Callable[[Path], IO[bytes]] = _open_exclusive,
+        integrity: str = MD5,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        # the S3 stores' GATEWAY_S3_INTEGRITY: with md5, each staged part's MD5 is kept as it fills
+        self.integrity = integrity
         self.opener = opener
         self.bytes = 0
         self._lock = threading.Lock()
