@@ -24,6 +24,13 @@ memory is an OOM kill). A write that fails for lack of space raises ``Insufficie
 Staged files are named ``<pid>-<process start time>-<random>.part``: the sweeper
 (gateway/uploads/sweeper.py) removes those whose process is gone (a worker killed with SIGKILL
 leaves them), and never a live process's, even one whose PID was reused.
+
+Every call that may block on the disk (creating, writing, reading back a staged file; the
+checksums of the bytes written go along) runs through ``Staging.blocking`` (``OffLoop``): in
+the gevent worker, where every upload of a worker process is a greenlet of one thread, a write
+the kernel holds (dirty-page throttling once a gigabyte or so is staged: 0.5-0.6 s measured)
+otherwise stopped every upload of that worker, and the part uploads' socket timeouts then
+fired late, all at once (docs/design.md, "Slow uploads").
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, TypeVar, cast
 
 from crc32c import crc32c
 
@@ -47,6 +54,7 @@ from gateway.storage.buffers import PartBuffers
 from gateway.storage.integrity import MD5, Sums, sums, sums_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 KiB = 1024
 UNLIMITED = 1 << 62
 # A writer's first bytes, held to learn its pace. A slow client's backlog in the socket (the
@@ -55,6 +63,7 @@ UNLIMITED = 1 << 62
 # saturated node and did not tell them apart any better).
 PROBE_BYTES = 256 * KiB
 BEHIND = 1024 * KiB  # a part in memory this far behind the fast pace moves to disk
+READ_BLOCK = 256 * KiB  # a staged part is read back for its upload in blocks of this size
 SUFFIX = ".part"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -164,19 +173,84 @@ def owner_alive(name: str) -> bool | None:
     return now is not None and now in ("?", started)
 
 
+# -- blocking calls -------------------------------------------------------------------------------
+class Blocking(Protocol):
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> T: ...
+
+
+class OffLoop:
+    """Runs a call that may block (file I/O) where it stops no one else: on one of gevent's
+    native threads (its hub's thread pool) when this process's threads are greenlets, i.e. in
+    gunicorn's gevent worker; in place anywhere else (a thread of its own already, as under
+    gthread or in the tests). The caller's greenlet waits for the result; the others run.
+
+    ``native``: None decides by whether gevent has patched ``threading`` (checked at the first
+    call, after gunicorn's worker has patched it); True or False forces the choice (tests)."""
+
+    def __init__(self, native: bool | None = None) -> None:
+        self._native = native
+
+    @property
+    def native(self) -> bool:
+        if self._native is None:
+            self._native = _gevent_threads()
+        return self._native
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> T:
+        if not self.native:
+            return fn(*args)
+        import gevent
+
+        return cast(T, gevent.get_hub().threadpool.apply(fn, args))
+
+
+def _gevent_threads() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
 # -- parts -----------------------------------------------------------------------------------------
+class StagedReader:
+    """A staged file read back for its upload: blocks of ``READ_BLOCK`` read through
+    ``blocking``, handed out in the sizes asked for (the HTTP client asks 16 KiB at a time:
+    one thread handoff per block, not per 16 KiB)."""
+
+    def __init__(self, file: IO[bytes], blocking: Blocking) -> None:
+        self._file = file
+        self._blocking = blocking
+        self._block = b""
+        self._at = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._at >= len(self._block):
+            self._block, self._at = self._blocking(self._file.read, max(size, READ_BLOCK)), 0
+        if size < 0:
+            size = len(self._block) - self._at
+        data = self._block[self._at : self._at + size]
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        self._block = b""
+        self._file.close()
+
+
 class FileBody:
     """A staged part as a request body: opened again for each attempt (a retry starts over)."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, blocking: Blocking | None = None) -> None:
         self.path = path
         self.size = size
+        self._blocking = blocking or OffLoop(native=False)
 
     def __len__(self) -> int:
         return self.size
 
-    def open(self) -> IO[bytes]:
-        return open(self.path, "rb")
+    def open(self) -> StagedReader:
+        return StagedReader(self._blocking(open, self.path, "rb", 0), self._blocking)
 
 
 Body = bytes | bytearray | FileBody
@@ -274,7 +348,7 @@ class StagedPart:
         self._file: IO[bytes] | None = None
         self._released = False
         try:
-            self._file = staging.opener(self.path)
+            self._file = staging.blocking(staging.opener, self.path)
         except OSError as exc:
             self.release()
             raise _translate(exc) from None
@@ -282,14 +356,21 @@ class StagedPart:
     def write(self, data: memoryview) -> None:
         assert self._file is not None and not self._released
         try:
-            self._file.write(data)
+            self._staging.blocking(self._write, self._file, data)
         except OSError as exc:
             raise _translate(exc) from None
+        self.size += len(data)
+        self._staging.add(len(data))
+
+    def _write(self, file: IO[bytes], data: memoryview) -> None:
+        """Off the loop (``Staging.blocking``): the bytes to the file, and their checksums."""
+        written = 0
+        while written < len(data):
+            # a raw file may take fewer bytes than it is given
+            written += file.write(data[written:]) or 0
         self._crc = crc32c(data, self._crc)
         if self._md5 is not None:
             self._md5.update(data)
-        self.size += len(data)
-        self._staging.add(len(data))
 
     def _closed(self) -> None:
         if self._file is not None:
@@ -301,7 +382,7 @@ class StagedPart:
 
     def body(self) -> Body:
         self._closed()
-        return FileBody(self.path, self.size)
+        return FileBody(self.path, self.size, self._staging.blocking)
 
     def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
         if mode == MD5 and self._md5 is None:
@@ -314,7 +395,7 @@ class StagedPart:
 
     def read(self) -> bytes:
         self._closed()
-        return self.path.read_bytes()
+        return self._staging.blocking(self.path.read_bytes)
 
     def release(self) -> None:
         if self._released:
@@ -352,11 +433,13 @@ class Staging:
         *,
         opener: Callable[[Path], IO[bytes]] = _open_exclusive,
         integrity: str = MD5,
+        blocking: Blocking | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         # the S3 stores' GATEWAY_S3_INTEGRITY: with md5, each staged part's MD5 is kept as it fills
         self.integrity = integrity
+        self.blocking: Blocking = blocking or OffLoop()  # where the file calls run
         self.opener = opener
         self.bytes = 0
         self._lock = threading.Lock()
