@@ -9,7 +9,7 @@ DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
 LINTED := gateway outbox tests bench .ci wsgi.py gunicorn.conf.py
 
-.PHONY: run token lint test test-fast mutation bench clean bundle node
+.PHONY: run token lint test test-fast mutation bench clean bundle node docker-tools image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ node:
 # committed. Rebuilt whenever its sources change; the gateway refuses a stale one (web_bundle.py).
 BUNDLE := gateway/static/upload.js
 WEB_SOURCES := gateway/web/package.json gateway/web/package-lock.json gateway/web/build.mjs \
-	gateway/web/sources.mjs $(shell find gateway/web/src -type f 2>/dev/null)
+	gateway/web/sources.mjs $(shell find gateway/web/src gateway/web/outbox -type f 2>/dev/null)
 $(BUNDLE): $(WEB_SOURCES) | node
 	cd gateway/web && npm ci --no-audit --no-fund --loglevel=error && npm run build
 	touch $@
@@ -69,11 +69,23 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
+# Debian's docker.io (dockerd 20.10 and its client) and debootstrap (base images where no registry
+# serves them): tests/docker_harness.py starts a private dockerd with them.
+docker-tools:
+	@[ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ] || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		docker.io debootstrap)
+
+# The image (upload-gateway:local) built by a private dockerd as the tests build it
+# (docs/deployment.md); with a registry and Docker of your own, `docker build .` is the same.
+image: $(VENV)/.dev docker-tools node
+	$(BIN)/python tests/docker_harness.py build
+
 # What the tests drive: Debian's nginx, curl, clamd, chromium, ffmpeg (the audio tests'
 # independent encoder) and Ceph (mon, OSD, radosgw: the second S3, tests/ceph_harness.py), Node's
-# tus clients and reference server (tests/node, lockfile-pinned); the gate, then the suite in two
-# processes.
-test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
+# tus clients and reference server (tests/node, lockfile-pinned), Docker (tests/test_image.py
+# builds and runs the image); the gate, then the suite in two processes.
+test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint docker-tools
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light)
 	@command -v curl >/dev/null 2>&1 || \
@@ -89,7 +101,7 @@ test: $(VENV)/.dev $(BIN)/outbox $(BUNDLE) lint
 		($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends \
 		ceph-mon ceph-osd radosgw ceph-common)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=25
 
 # The fast lane: no servers (moto, gunicorn, nginx), about half a minute.
 test-fast: $(VENV)/.dev $(BUNDLE)
@@ -118,3 +130,4 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+	$(SUDO) rm -rf build

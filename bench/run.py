@@ -117,8 +117,11 @@ class Baseline:
         return running_from(self.source)
 
 
-def prepare_baseline(rev: str, env: dict[str, str], tmp_root: Path) -> Baseline:
-    """Check ``rev`` out (git archive, beside the snapshot of this code) and initialise it."""
+def prepare_baseline(
+    rev: str, env: dict[str, str], tmp_root: Path, extra: dict[str, str] | None = None
+) -> Baseline:
+    """Check ``rev`` out (git archive, beside the snapshot of this code) and initialise it;
+    ``extra``: settings of its own (``--baseline-env``, e.g. another GATEWAY_S3_INTEGRITY)."""
     source, commit = snapshot_rev(rev, tmp_root / "baseline-src")
     state = tmp_root / "baseline-state"
     state.mkdir()
@@ -127,6 +130,7 @@ def prepare_baseline(rev: str, env: dict[str, str], tmp_root: Path) -> Baseline:
         "GATEWAY_RECORDS_URL": f"sqlite:///{state / 'records.db'}",
         "GATEWAY_ORPHAN_JOURNAL": str(state / "orphans.jsonl"),
         "GATEWAY_QUEUE_URL": f"sqlite:///{state / 'queue.db'}",
+        **(extra or {}),
     }
     with running_from(source):
         flask_cmd(base_env, "init")
@@ -654,6 +658,22 @@ def main() -> int:
         "with the others in the same run (CPU and throughput of this code against that one)",
     )
     parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the gateway under test (repeatable), e.g. GATEWAY_S3_INTEGRITY=crc32c",
+    )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the --baseline-rev gateway only (repeatable): e.g. "
+        "--baseline-rev HEAD --baseline-env GATEWAY_S3_INTEGRITY=crc32c compares two modes "
+        "of this code",
+    )
+    parser.add_argument(
         "--skip-multer",
         action="store_true",
         help="skip express + multer + multer-s3 (bench/multer, needs node and `npm ci` there)",
@@ -734,8 +754,13 @@ def main() -> int:
         client = make_s3_client(settings)
         baseline = None
         if args.baseline_rev:
-            baseline = prepare_baseline(args.baseline_rev, env, tmp_root)
+            extra = dict(item.split("=", 1) for item in args.baseline_env)
+            baseline = prepare_baseline(args.baseline_rev, env, tmp_root, extra)
             out["environment"]["baseline_commit"] = baseline.commit
+            out["environment"]["baseline_env"] = extra
+        own = dict(item.split("=", 1) for item in args.gateway_env)
+        env.update(own)  # after the baseline took its copy: for this gateway only
+        out["environment"]["gateway_env"] = own
         out["gateway_settings"] = {
             "part_size": settings.effective_part_size,
             "parts_in_flight": settings.s3_parts_in_flight,

@@ -36,6 +36,7 @@ def create_app(
         media,
         openapi,
         pages,
+        s3_events,
         session,
         stats,
         tickets,
@@ -52,6 +53,7 @@ def create_app(
     app.register_blueprint(session.bp)
     app.register_blueprint(tickets.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(s3_events.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(openapi.docs_blueprint())
     if svc.storage.local is not None:

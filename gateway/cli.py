@@ -1,4 +1,5 @@
-"""flask commands: ``token`` (a dev token), ``init`` (schema, table, bucket), ``sweep``."""
+"""flask commands: ``token`` (a dev token), ``init`` (schema, table, bucket), ``check`` (what
+the store verifies), ``sweep``, ``worker``, ``queue``, ``quota``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gateway.http.auth import mint_token
 from gateway.media.records.quota import QuotaLimits
 from gateway.processing.worker import Worker, WorkerOptions, run_lanes
 from gateway.queue import Queue
+from gateway.storage.integrity import LOCAL_REPORT, holds, report
 
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -61,6 +63,26 @@ def register(app: Flask) -> None:
         services().provision()
         click.echo("records and object store ready")
 
+    @app.cli.command("check")
+    def check() -> None:
+        """Probe the object store: which checksums it verifies (a wrong one sent to a scratch
+        key, deleted again), its addressing, CORS and notifications. Exits 1 when the store
+        would keep other bytes than the gateway sent under GATEWAY_S3_INTEGRITY (or refuse
+        every upload)."""
+        svc = services()
+        storage = svc.storage
+        click.echo(f"store: {svc.settings.storage_url}")
+        if storage.probe is None:
+            for line in LOCAL_REPORT:
+                click.echo(line)
+            return
+        probed = storage.probe()
+        mode, setting = svc.settings.effective_s3_integrity, svc.settings.s3_integrity
+        for line in report(probed, mode, setting if setting == mode else f"{setting} ({mode})"):
+            click.echo(line)
+        if not holds(probed, mode):
+            raise SystemExit(1)
+
     @app.cli.command("worker")
     @click.option(
         "--concurrency",
@@ -100,7 +122,8 @@ def register(app: Flask) -> None:
             )
         if not lanes:
             raise click.ClickException(
-                "GATEWAY_PROCESSING is off and no GATEWAY_WEBHOOK_URL is set: nothing to do."
+                "GATEWAY_PROCESSING is off and neither GATEWAY_WEBHOOK_URL nor"
+                " GATEWAY_SNS_TOPIC_ARN is set: nothing to do."
             )
 
         def on_signal(signum: int, frame: object) -> None:
@@ -203,5 +226,7 @@ def _lane_queue(lane: str) -> Queue:
     if lane == "processing":
         return svc.queue
     if svc.webhook_queue is None:
-        raise click.ClickException("No GATEWAY_WEBHOOK_URL is set: there is no webhook queue.")
+        raise click.ClickException(
+            "No GATEWAY_WEBHOOK_URL nor GATEWAY_SNS_TOPIC_ARN is set: there is no deliveries queue."
+        )
     return svc.webhook_queue

@@ -25,6 +25,10 @@ S3_MAX_PARTS = 10_000
 TICKET_AUDIENCE = "upload-gateway:ticket"
 TICKET_MAX_SECONDS = 3600
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # media/naming.py's IDENTIFIER_RE
+# arn:<partition>:sns:<region>:<account>:<topic> (Ceph RGW's have no account)
+_SNS_ARN_RE = re.compile(r"arn:[a-z-]+:sns:[a-z0-9-]*:[0-9]*:[A-Za-z0-9_-]{1,256}(?:\.fifo)?")
+# URL-unreserved characters: the secret is the password of a push endpoint's URL, unencoded
+_EVENTS_SECRET_RE = re.compile(r"[A-Za-z0-9._~-]{32,256}")
 
 
 class ConfigError(ValueError):
@@ -68,6 +72,11 @@ class Settings:
     # upload's promised SHA-256 is then taken from S3 instead of read back
     # (gateway/uploads/direct_verify.py).
     s3_verifies_sha256: bool = False
+    # What makes every object the gateway writes exactly the bytes it sent, whatever the store
+    # verifies (gateway/storage/integrity.py): "md5" (Content-MD5 sent, each ETag compared),
+    # "crc32c" (only for a store that refuses a wrong x-amz-checksum-crc32c: AWS S3), "auto"
+    # (crc32c on AWS S3, md5 on any other endpoint: ``effective_s3_integrity``).
+    s3_integrity: str = "auto"
     # Where media records go: "sqlite:///path" (default) or "dynamodb://table".
     records_url: str = "sqlite:///var/gateway.db"
     dynamodb_endpoint_url: str = ""
@@ -195,6 +204,13 @@ class Settings:
     # webhooks). webhook_concurrency: deliveries at once to the endpoint, per worker process.
     webhook_queue_url: str = ""
     webhook_concurrency: int = positive(4)
+    # SNS fan-out: every media event published to this topic (attributes event, projectId,
+    # tenant, eventId), from the deliveries' queue and lane as webhooks are. "": none.
+    sns_topic_arn: str = ""
+    sns_endpoint_url: str = ""
+    # Bucket notifications pushed over HTTP (a Ceph RGW topic's push-endpoint) to
+    # POST /api/s3-events, authenticated by this secret as the HTTP Basic password. "": off.
+    s3_events_secret: str = field(default="", repr=False)
     # Live status: open /api/media/<id>/events streams per worker process.
     max_event_streams: int = positive(100)
 
@@ -241,6 +257,8 @@ class Settings:
                 fail(f.name, "must be a positive number of seconds")
             elif f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 fail(f.name, "must be on or off")
+        if self.s3_integrity not in ("auto", "md5", "crc32c"):
+            fail("s3_integrity", "must be auto, md5 or crc32c")
         if self.s3_part_size < S3_MIN_PART_SIZE:
             fail("s3_part_size", f"must be at least {S3_MIN_PART_SIZE} (S3's minimum part size)")
         if self.direct_single_put_max > 5 * 1024 * MiB:
@@ -310,6 +328,11 @@ class Settings:
                 fail("webhook_url", "must be an http(s) URL")
             if not self.webhook_secret.startswith("whsec_"):
                 fail("webhook_secret", "required with a webhook URL: whsec_<base64 secret>")
+        if self.sns_topic_arn and not _SNS_ARN_RE.fullmatch(self.sns_topic_arn):
+            fail("sns_topic_arn", "must be a topic ARN: arn:aws:sns:<region>:<account>:<name>")
+        if self.s3_events_secret and not _EVENTS_SECRET_RE.fullmatch(self.s3_events_secret):
+            # never the value: it is a secret
+            fail("s3_events_secret", "at least 32 of A-Z a-z 0-9 . _ ~ - (it goes in a URL)")
         for name in ("quota_project_bytes", "quota_project_files", "quota_tenant_bytes",
                      "quota_tenant_files"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -427,8 +450,21 @@ class Settings:
         return str(root.parent / "quarantine")
 
     @property
+    def sns_region(self) -> str:
+        """The SNS topic's region (from its ARN), else the S3 region."""
+        region = self.sns_topic_arn.split(":")[3] if self.sns_topic_arn else ""
+        return region or self.s3_region
+
+    @property
+    def delivers(self) -> bool:
+        """Whether events are delivered anywhere (a webhook, an SNS topic): the deliveries'
+        queue and lane exist."""
+        return bool(self.webhook_url or self.sns_topic_arn)
+
+    @property
     def effective_webhook_queue_url(self) -> str:
-        """Where webhook deliveries wait: the setting, else next to the processing queue."""
+        """Where deliveries (webhooks, SNS publications) wait: the setting, else next to the
+        processing queue."""
         if self.webhook_queue_url:
             return self.webhook_queue_url
         if self.queue_url.startswith("sqs://"):
@@ -472,6 +508,17 @@ class Settings:
         """The configured part size, raised so that a max-size file fits in 10,000 parts."""
         needed = -(-self.max_upload_bytes // S3_MAX_PARTS)
         return max(self.s3_part_size, needed)
+
+    @property
+    def effective_s3_integrity(self) -> str:
+        """``auto``: crc32c on AWS S3 itself (no endpoint, or one under amazonaws.com), which
+        refuses a wrong CRC32C; md5 on any other endpoint, whose checks are not known (Ceph
+        RGW stores a wrong CRC32C, moto any checksum)."""
+        if self.s3_integrity != "auto":
+            return self.s3_integrity
+        host = (urlparse(self.s3_endpoint_url).hostname or "") if self.s3_endpoint_url else ""
+        aws = not self.s3_endpoint_url or host == "amazonaws.com" or host.endswith(".amazonaws.com")
+        return "crc32c" if aws else "md5"
 
     def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)

@@ -150,6 +150,10 @@ class UnsupportedChecksum(BadRequest):
     code, message = "unsupported_checksum", "Upload-Checksum supports md5, sha1 and sha256."
 
 
+class InvalidEvent(BadRequest):
+    code, message = "invalid_event", "The body is not an S3 event notification."
+
+
 class InvalidTicketRequest(BadRequest):
     code, message = "invalid_ticket_request", "The ticket request is not valid."
 
@@ -194,6 +198,16 @@ class TicketExpired(Unauthorized):
         "ticket_expired",
         "The upload ticket has expired: reload the form for a new one.",
     )
+
+
+class EventSecretInvalid(Unauthorized):
+    code, message = (
+        "event_secret_invalid",
+        "Bucket notifications need the events secret as the HTTP Basic password.",
+    )
+
+    def default_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="upload-gateway s3-events"'}
 
 
 class Forbidden(GatewayError):
@@ -475,6 +489,18 @@ class UpstreamUnavailable(GatewayError):
 
 class StorageError(GatewayError):
     status, code, message = 502, "storage_error", "The object store failed; nothing was kept."
+
+
+class StorageCorrupted(StorageError):
+    """The store refused a body as not matching its checksum (BadDigest), or answered an ETag
+    that is not the MD5 the gateway sent (gateway/storage/integrity.py): the bytes were changed
+    between the gateway and the store. Retrying the upload may succeed."""
+
+    status, code, message = (
+        502,
+        "storage_corrupted",
+        "The object store did not receive the bytes sent; nothing was kept. Retry the upload.",
+    )
 
 
 class StorageUnavailable(StorageError, _Retryable):

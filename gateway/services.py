@@ -23,13 +23,14 @@ from gateway.uploads.form import FormOptions, UploadService
 from gateway.uploads.formdata import FormLimits
 from gateway.uploads.idempotency import Idempotency
 from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
+from gateway.uploads.s3_events import EventReceiver, store_prefixes
 from gateway.uploads.sweeper import Sweeper
 from gateway.uploads.tickets import TicketKeys, TicketPolicy, Tickets
 from gateway.uploads.tus import TusOptions, TusService
 
 if TYPE_CHECKING:  # the processing worker's libraries (Pillow, webhooks): not in web workers
+    from gateway.processing.deliveries import Deliveries
     from gateway.processing.pipeline import Pipeline
-    from gateway.processing.webhooks import WebhookDeliveries
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Services:
     urls: PublicUrls
     sweeper: Sweeper
     tus: TusService | None = None
-    webhook_queue: Queue | None = None  # deliveries' own queue (None: no webhook configured)
+    # the deliveries' own queue (None: no webhook nor SNS topic configured)
+    webhook_queue: Queue | None = None
 
     @property
     def store(self) -> ObjectStore:
@@ -65,7 +67,7 @@ class Services:
         storage = storage or open_storage(settings)
         records = records or open_records(settings)
         queue = queue or open_queue(settings)
-        if settings.webhook_url and webhook_queue is None:
+        if settings.delivers and webhook_queue is None:
             webhook_queue = open_queue(settings, settings.effective_webhook_queue_url)
         journal = OrphanJournal(settings.orphan_journal)
         announcer = Announcer(
@@ -73,7 +75,8 @@ class Services:
             or QueuePublisher(
                 queue,
                 processing=settings.processing,
-                webhooks=webhook_queue,
+                webhooks=webhook_queue if settings.webhook_url else None,
+                sns=webhook_queue if settings.sns_topic_arn else None,
                 then=LogPublisher(),
             )
         )
@@ -200,7 +203,6 @@ class Services:
         from gateway.processing.pipeline import Pipeline, PipelineOptions
 
         s = self.settings
-        storage_url = urlparse(s.storage_url)
         return Pipeline(
             records=self.records,
             store=self.storage.objects,
@@ -230,24 +232,42 @@ class Services:
             ),
             webhook_queue=self.webhook_queue,
             direct=self.direct,
-            storage_prefixes=(
-                (storage_url.path, urlparse(s.effective_quarantine_url).path)
-                if storage_url.scheme == "s3"
-                else ("",)
-            ),
+            storage_prefixes=self.event_prefixes,
         )
+
+    @property
+    def event_prefixes(self) -> tuple[str, ...]:
+        """Where the gateway's keys live in the bucket, as bucket notifications name them: the
+        media prefix and the quarantine's."""
+        s = self.settings
+        storage_url = urlparse(s.storage_url)
+        if storage_url.scheme != "s3":
+            return ("",)
+        return store_prefixes(storage_url.path, urlparse(s.effective_quarantine_url).path)
 
     @cached_property
-    def deliveries(self) -> WebhookDeliveries | None:
-        """The webhook lane's handler (None: no webhook configured)."""
-        from gateway.processing.webhooks import WebhookDeliveries, WebhookSender
+    def events(self) -> EventReceiver:
+        """Bucket notifications pushed to POST /api/s3-events (a Ceph RGW topic)."""
+        queue = self.queue if self.settings.processing else None
+        return EventReceiver(self.direct, queue, self.event_prefixes)
+
+    @cached_property
+    def deliveries(self) -> Deliveries | None:
+        """The deliveries lane's handler (None: no webhook nor SNS topic configured)."""
+        from gateway.processing.deliveries import Deliveries
+        from gateway.processing.sns import SnsPublisher, make_sns_client
+        from gateway.processing.webhooks import WebhookSender
 
         s = self.settings
-        if not s.webhook_url:
+        if not s.delivers:
             return None
-        return WebhookDeliveries(
+        webhook = (
             WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
+            if s.webhook_url
+            else None
         )
+        topic = SnsPublisher(make_sns_client(s), s.sns_topic_arn) if s.sns_topic_arn else None
+        return Deliveries(webhook, topic)
 
     def provision(self) -> None:
         """Create what the backends need: the record schema, the bucket, the queues."""

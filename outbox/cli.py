@@ -28,9 +28,9 @@ from typing import Any, NoReturn
 import click
 
 from outbox import advise as advice
+from outbox.chain import assemble, document, parse_capture, parse_header, parse_step
 from outbox.errors import InvalidItem, OutboxError, TokenRefused
 from outbox.report import JsonLines, Reporter, Terminal
-from outbox.steps import parse_then
 from outbox.store import Incoming, Item, Outbox, State
 from outbox.sync import KEY_TTL, Syncer
 from outbox.transport import GatewayClient
@@ -151,8 +151,20 @@ def audio_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--project", "-p", required=True, envvar="OUTBOX_PROJECT", help="The projectId.")
 @click.option("--field", "-f", "raw_fields", multiple=True, help="NAME=VALUE, kept as metadata.")
 @click.option(
+    "--before", "before", multiple=True,
+    help="A request before the upload: '[NAME:] METHOD URL [BODY]' (see --capture).",
+)  # fmt: skip
+@click.option(
     "--then", "then", multiple=True,
-    help="A follow-up request once stored: 'METHOD URL [BODY]' with {{url}}, {{s3Key}}, ...",
+    help="A request once stored: '[NAME:] METHOD URL [BODY]' with {{url}}, {{s3Key}}, ...",
+)  # fmt: skip
+@click.option(
+    "--capture", "captures", multiple=True,
+    help="STEP.NAME=/json/pointer: a value of the step's JSON answer, as {{steps.STEP.NAME}}.",
+)  # fmt: skip
+@click.option(
+    "--header", "-H", "headers", multiple=True,
+    help="'STEP: Header-Name: value': a header of a step (placeholders allowed).",
 )  # fmt: skip
 @click.option(
     "--tus-threshold", envvar="OUTBOX_TUS_THRESHOLD", show_envvar=True, type=SIZE,
@@ -171,7 +183,10 @@ def push(
     files: tuple[str, ...],
     project: str,
     raw_fields: tuple[str, ...],
+    before: tuple[str, ...],
     then: tuple[str, ...],
+    captures: tuple[str, ...],
+    headers: tuple[str, ...],
     tus_threshold: int,
     optimize: bool,
     opus_bitrate: int | None,
@@ -181,7 +196,12 @@ def push(
     """Queue FILE... as one item (copied now: later edits to the originals are not sent)."""
     fields = _fields(raw_fields)
     try:
-        steps = [parse_then(spec, files=len(files)) for spec in then]
+        steps = assemble(
+            [parse_step(spec, before=True) for spec in before],
+            [parse_step(spec, before=False) for spec in then],
+            captures=[parse_capture(c) for c in captures],
+            headers=[parse_header(h) for h in headers],
+        )
     except InvalidItem as exc:
         _fail(exc, exc.exit_status)
     audio = advice.AudioOptions(bitrate=opus_bitrate, min_size=audio_min_size)
@@ -242,9 +262,17 @@ def item_json(item: Item) -> dict[str, Any]:
             for f in item.files
         ],
         "steps": [
-            {"method": s.spec.method, "url": s.spec.url, "done": s.done, "status": s.answer_status}
+            {
+                "name": s.spec.name, "before": s.spec.before, "method": s.spec.method,
+                "url": s.spec.url, "done": s.done, "status": s.answer_status,
+                "captured": s.captured, "answer": s.answer,
+            }
             for s in item.steps
         ],
+        "chain": document(
+            [s.spec for s in item.steps], project=item.project, fields=item.fields,
+            files=[{"name": f.name, "size": f.size, "sha256": f.sha256} for f in item.files],
+        ),
     }  # fmt: skip
 
 

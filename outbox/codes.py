@@ -34,6 +34,7 @@ _RETRY = (
     "too_many_pending",
     "internal_error",
     "storage_error",
+    "storage_corrupted",  # our bytes were changed on the way to the store: nothing was kept
     "upstream_unavailable",
     "records_unavailable",
     "shutting_down",
@@ -98,6 +99,8 @@ _FAIL = (
     "ticket_field",
     "ticket_used",
     "tickets_unavailable",
+    "invalid_event",  # (bucket notifications are the object store's, never the outbox's)
+    "event_secret_invalid",
 )
 
 CODE_OUTCOMES: dict[str, Outcome] = {

@@ -26,13 +26,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from outbox.store import FileEntry, Item
+from outbox.store import FileEntry, Item, StepEntry
 
 
 class Reporter(Protocol):
     def item_started(self, item: Item) -> None: ...
     def progress(self, item: Item, entry: FileEntry, sent: int) -> None: ...
     def item_stored(self, item: Item) -> None: ...
+    def step_done(self, item: Item, step: StepEntry) -> None: ...
     def item_done(self, item: Item) -> None: ...
     def retry(self, item: Item, delay: float, error: str) -> None: ...
     def interrupted(self, item: Item, error: str) -> None: ...
@@ -69,6 +70,10 @@ class JsonLines:
 
     def item_stored(self, item: Item) -> None:
         self._emit("stored", item=item.id, files=[f.record for f in item.files])
+
+    def step_done(self, item: Item, step: StepEntry) -> None:
+        self._emit("step", item=item.id, step=step.spec.name, status=step.answer_status,
+                   captured=step.captured)  # fmt: skip
 
     def item_done(self, item: Item) -> None:
         self._emit("done", item=item.id)
@@ -141,6 +146,9 @@ class Terminal:
     def item_stored(self, item: Item) -> None:
         urls = ", ".join(str((f.record or {}).get("url")) for f in item.files)
         self._say(f"stored {item.id[:8]}: {urls}")
+
+    def step_done(self, item: Item, step: StepEntry) -> None:
+        self._say(f"step   {item.id[:8]} {step.spec.name}: {step.answer_status}")
 
     def item_done(self, item: Item) -> None:
         self._say(f"done   {item.id[:8]}")

@@ -1,133 +1,115 @@
-"""Linked steps: follow-up requests that need the upload's results, queued with the upload.
+"""Running a chain's steps: requests to the user's own API before and after the upload.
 
-``--then 'PATCH https://app.example/records/7 {"photo": "{{url}}", "key": "{{s3Key}}"}'``
-is a method, a URL and an optional body; ``{{name}}`` is filled in when the step runs:
-``mediaId``, ``s3Key``, ``url``, ``sha256``, ``size``, ``originalName`` of the item's first
-file, ``files.N.<name>`` of file N (from 0), and ``env.NAME`` from the environment of the sync
-(so a secret for the target is never stored in the outbox). Values are JSON-escaped in a body
-that is JSON and percent-encoded in the URL.
+A step (``chain.StepSpec``) is rendered from what is known when it runs (``chain.Context``: the
+captures of the steps before it, the upload's records, the sync's environment), sent with its own
+Idempotency-Key (the item's key and the step's position), and judged by its status alone (its
+target's error codes are not the gateway's): a 2xx is done, and its ``capture`` rules take values
+out of its JSON answer; 401, 408, 409, 423, 425, 429 and 5xx are retried (``Retry-After``
+honoured), as are network errors; any other answer fails the item with the answer kept
+(``StepRefused``), as does a 2xx whose answer lacks a value to capture. The sync records a step
+done, with its captures, in one transaction the moment it succeeds: a step that succeeded is
+never sent again, and a retry resumes at the first step not done.
 
-Each step is sent with its own Idempotency-Key (the item's key and the step's position), and is
-marked done in the outbox the moment it succeeds: a retry resumes at the first step not done,
-and never repeats the upload. A 2xx is done; 401, 408, 409, 423, 425, 429 and 5xx are retried
-(``Retry-After`` honoured); any other answer fails the item (``retry`` puts it back).
+Steps go out on their own session: the gateway's token never goes to a step's target.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from outbox.errors import InvalidItem, Permanent, Transient
-from outbox.store import StepSpec
+from outbox.chain import (
+    Context,
+    StepSpec,
+    capture,
+    is_json_template,
+    json_escape,
+    render,
+    url_escape,
+)
+from outbox.errors import Permanent, Transient
+from outbox.store import StepEntry
 from outbox.transport import network_errors, retry_after_seconds
 
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
-FILE_FIELDS = ("mediaId", "s3Key", "url", "sha256", "size", "originalName")
-METHODS = ("POST", "PUT", "PATCH", "DELETE")
 STEP_TIMEOUT = 30.0
-# A step's target is the user's own API: judged by status alone (its error codes are not ours).
 RETRYABLE_STATUSES = frozenset({408, 409, 423, 425, 429})
+ANSWER_KEPT = 64 * 1024  # of a refusing answer, kept in the outbox (status shows it)
+ANSWER_SHOWN = 300  # of it, in the item's last error
 
 
-def parse_then(spec: str, *, files: int) -> StepSpec:
-    """``METHOD URL [BODY]`` from the command line, its placeholders checked now, not at sync."""
-    parts = spec.strip().split(None, 2)
-    if len(parts) < 2 or parts[0].upper() not in METHODS:
-        raise InvalidItem(f"--then {spec!r}: expected 'METHOD URL [BODY]', METHOD one of {METHODS}")
-    method, url = parts[0].upper(), parts[1]
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise InvalidItem(f"--then {spec!r}: the URL must be http or https")
-    body = parts[2] if len(parts) == 3 else None
-    for template in (url, body or ""):
-        for name in PLACEHOLDER.findall(template):
-            _check_name(name, files=files, spec=spec)
-    return StepSpec(method=method, url=url, body=body)
+class StepRefused(Permanent):
+    """The step's target refused it for good (or answered without a value to capture)."""
+
+    def __init__(self, message: str, *, status: int, answer: str) -> None:
+        super().__init__(f"{message}: {answer[:ANSWER_SHOWN]}" if answer else message)
+        self.status = status
+        self.answer = answer
+        self.step: StepEntry | None = None  # set by the sync
 
 
-def _check_name(name: str, *, files: int, spec: str) -> None:
-    head, _, rest = name.partition(".")
-    if name in FILE_FIELDS or (head == "env" and rest):
-        return
-    if head == "files":
-        index, _, field = rest.partition(".")
-        if index.isdigit() and int(index) < files and field in FILE_FIELDS:
-            return
-    raise InvalidItem(f"--then {spec!r}: unknown placeholder {{{{{name}}}}}")
-
-
-def _value(name: str, records: Sequence[Mapping[str, Any]], env: Mapping[str, str]) -> str:
-    head, _, rest = name.partition(".")
-    if head == "env":
-        if rest not in env:
-            raise Transient(f"step: the environment has no {rest} (for {{{{{name}}}}})")
-        return env[rest]
-    if head == "files":
-        index, _, field = rest.partition(".")
-        record, key = records[int(index)], field
-    else:
-        record, key = records[0], name
-    value = record.get(key)
-    return "" if value is None else str(value)
-
-
-def render(
-    template: str,
-    records: Sequence[Mapping[str, Any]],
-    *,
-    quote: Callable[[str], str],
-    env: Mapping[str, str],
-) -> str:
-    return PLACEHOLDER.sub(lambda m: quote(_value(m.group(1), records, env)), template)
-
-
-def _json_escape(value: str) -> str:
-    return json.dumps(value)[1:-1]
-
-
-def _url_escape(value: str) -> str:
-    return urllib.parse.quote(value, safe="/:")
+@dataclass(frozen=True)
+class StepResult:
+    status: int
+    captured: dict[str, Any]
 
 
 def run_step(
     session: requests.Session,
     spec: StepSpec,
-    records: Sequence[Mapping[str, Any]],
+    context: Context,
     *,
     idempotency_key: str,
-    env: Mapping[str, str] | None = None,
-) -> int:
-    """Send one step; its status on success, else ``Transient`` or ``Permanent``."""
-    env = os.environ if env is None else env
-    url = render(spec.url, records, quote=_url_escape, env=env)
+    withheld: Sequence[str] = (),
+) -> StepResult:
+    """Send one step: its status and captures on success, else ``Transient`` or
+    ``StepRefused``. ``withheld``: secrets no step may carry (the gateway's token), whatever
+    its placeholders filled in: such a step is refused, not sent."""
+    url = render(spec.url, context, quote=url_escape)
     headers = {"Idempotency-Key": idempotency_key}
     data = None
     if spec.body is not None:
-        is_json = _is_json_template(spec.body)
-        data = render(spec.body, records, quote=_json_escape if is_json else str, env=env)
+        is_json = is_json_template(spec.body)
+        data = render(spec.body, context, quote=json_escape if is_json else str).encode()
         headers["Content-Type"] = "application/json" if is_json else "text/plain; charset=utf-8"
     for name, value in spec.headers:
-        headers[name] = render(value, records, quote=str, env=env)
-    with network_errors(f"step {spec.method} {spec.url}", gateway=False):
+        headers[name] = render(value, context)
+    what = f"step {spec.name} {spec.method} {url}"
+    sent = "\n".join([url, data.decode() if data else "", *headers.values()])
+    if any(secret and secret in sent for secret in withheld):
+        raise StepRefused(  # (named by its template: the URL may hold the token)
+            f"step {spec.name} {spec.method} {spec.url}: it would carry the gateway's token; "
+            "not sent", status=0, answer="",
+        )  # fmt: skip
+    with network_errors(what, gateway=False):
         answer = session.request(spec.method, url, data=data, headers=headers, timeout=STEP_TIMEOUT)
     status = answer.status_code
+    text = answer.content[:ANSWER_KEPT].decode("utf-8", "replace")
     if 200 <= status < 300:
-        return status
-    text = f"step {spec.method} {url}: {status}"
+        return StepResult(status, _captured(spec, answer, what=f"{what}: {status}", text=text))
     if status == 401 or status in RETRYABLE_STATUSES or status >= 500:
-        raise Transient(text, retry_after=retry_after_seconds(answer.headers.get("Retry-After")))
-    raise Permanent(text)
+        raise Transient(
+            f"{what}: {status}", retry_after=retry_after_seconds(answer.headers.get("Retry-After"))
+        )
+    raise StepRefused(f"{what}: {status}", status=status, answer=text)
 
 
-def _is_json_template(body: str) -> bool:
+def _captured(spec: StepSpec, answer: requests.Response, *, what: str, text: str) -> dict[str, Any]:
+    if not spec.capture:
+        return {}
     try:
-        json.loads(PLACEHOLDER.sub("0", body))
+        document = answer.json()
     except ValueError:
-        return False
-    return True
+        raise StepRefused(
+            f"{what}, an answer that is not JSON (nothing to capture)", status=answer.status_code,
+            answer=text,
+        ) from None  # fmt: skip
+    try:
+        return capture(spec, document)
+    except KeyError as missing:
+        raise StepRefused(
+            f"{what}, an answer without {missing.args[0]!r} to capture", status=answer.status_code,
+            answer=text,
+        ) from None  # fmt: skip

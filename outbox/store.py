@@ -32,6 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from outbox.chain import StepSpec, check, named
 from outbox.errors import (
     DiskFull,
     InvalidItem,
@@ -43,7 +44,7 @@ from outbox.errors import (
 )
 from outbox.lease import LEASE_TTL, Holder, current
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 COPY_BLOCK = 1024 * 1024
 MAX_SAFE_NAME = 80
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -77,16 +78,6 @@ class Transport(StrEnum):
     TUS = "tus"  # each big file resumably over /api/tus/
 
 
-@dataclass(frozen=True)
-class StepSpec:
-    """A follow-up request, with ``{{placeholders}}`` for the upload's results (see ``steps``)."""
-
-    method: str
-    url: str
-    body: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-
-
 @dataclass
 class FileEntry:
     position: int
@@ -106,6 +97,8 @@ class StepEntry:
     position: int
     spec: StepSpec
     answer_status: int | None = None
+    captured: dict[str, Any] | None = None  # what its answer gave (``spec.capture``)
+    answer: str | None = None  # the answer that failed the item, kept
 
     @property
     def done(self) -> bool:
@@ -134,6 +127,11 @@ class Item:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def captured(self) -> dict[str, dict[str, Any]]:
+        """What its done steps captured, by step name."""
+        return {s.spec.name: s.captured or {} for s in self.steps if s.done}
 
 
 @dataclass(frozen=True)
@@ -197,6 +195,8 @@ CREATE TABLE steps (
     position INTEGER NOT NULL,
     spec TEXT NOT NULL,
     answer_status INTEGER,
+    captured TEXT,
+    answer TEXT,
     PRIMARY KEY (item_id, position)
 );
 """
@@ -209,6 +209,12 @@ ALTER TABLE files ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
 UPDATE items SET state = 'waiting' WHERE state = 'uploading';
 ALTER TABLE items DROP COLUMN worker_pid
 """
+# Version 2 had steps after the upload only, without captures.
+_MIGRATE_FROM_2 = """
+ALTER TABLE steps ADD COLUMN captured TEXT;
+ALTER TABLE steps ADD COLUMN answer TEXT
+"""
+_MIGRATIONS = {1: _MIGRATE_FROM_1, 2: _MIGRATE_FROM_2}
 
 
 def _no_space(exc: BaseException) -> bool:
@@ -249,17 +255,22 @@ def _fsync_dir(path: Path) -> None:
 
 def _step_json(spec: StepSpec) -> str:
     return json.dumps(
-        {"method": spec.method, "url": spec.url, "body": spec.body, "headers": spec.headers}
-    )
+        {"method": spec.method, "url": spec.url, "body": spec.body, "headers": spec.headers,
+         "name": spec.name, "capture": spec.capture, "before": spec.before}
+    )  # fmt: skip
 
 
-def _step_from_json(text: str) -> StepSpec:
+def _step_from_json(text: str, position: int) -> StepSpec:
     raw = json.loads(text)
     return StepSpec(
         method=raw["method"],
         url=raw["url"],
         body=raw["body"],
         headers=tuple((k, v) for k, v in raw["headers"]),
+        # (a version 2 outbox's steps: unnamed, after the upload, capturing nothing)
+        name=raw.get("name") or f"step{position}",
+        capture=tuple((k, v) for k, v in raw.get("capture", ())),
+        before=bool(raw.get("before", False)),
     )
 
 
@@ -316,12 +327,14 @@ class Outbox:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version == 1:
+        elif version in _MIGRATIONS:
             with self._transaction():
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 1:
-                    for statement in _MIGRATE_FROM_1.split(";"):
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                while version in _MIGRATIONS:
+                    for statement in _MIGRATIONS[version].split(";"):
                         conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    version += 1
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise OutboxDamaged(str(self.db_path), f"unknown schema version {version}")
         conn.execute("PRAGMA synchronous=FULL")
@@ -426,9 +439,14 @@ class Outbox:
         steps: Sequence[StepSpec] = (),
         tus_threshold: int,
     ) -> Item:
-        """Copy ``files`` in and queue them as one item; the item exists only once it is whole."""
+        """Copy ``files`` in and queue them as one item; the item exists only once it is whole.
+
+        ``steps`` run in their order, those marked ``before`` first; ``fields`` may name their
+        captures. A chain that could not run (``chain.check``) is refused before anything."""
         if not files:
             raise InvalidItem("nothing to push: give at least one file")
+        steps = named(steps)
+        check(steps, files=len(files), fields=fields)
         sizes = []
         for incoming in files:
             if not incoming.path.is_file():
@@ -552,11 +570,16 @@ class Outbox:
                     )
                 )
             for s in conn.execute(
-                "SELECT position, spec, answer_status FROM steps WHERE item_id = ?"
-                " ORDER BY position",
+                "SELECT position, spec, answer_status, captured, answer FROM steps"
+                " WHERE item_id = ? ORDER BY position",
                 (item.id,),
             ):
-                item.steps.append(StepEntry(s[0], _step_from_json(s[1]), s[2]))
+                item.steps.append(
+                    StepEntry(
+                        s[0], _step_from_json(s[1], s[0]), s[2],
+                        json.loads(s[3]) if s[3] is not None else None, s[4],
+                    )
+                )  # fmt: skip
             items.append(item)
         return items
 
@@ -757,13 +780,18 @@ class Outbox:
             self._set_state(conn, item.id, State.UPLOADING, State.STORED)
         item.state = State.STORED
 
-    def step_done(self, item: Item, step: StepEntry, status: int) -> None:
+    def step_done(
+        self, item: Item, step: StepEntry, status: int, captured: dict[str, Any] | None = None
+    ) -> None:
+        """The step succeeded: its status and its captures, in one transaction (a step done
+        is never sent again, so what it captured must never be missing)."""
         with self._write() as conn:
             conn.execute(
-                "UPDATE steps SET answer_status = ? WHERE item_id = ? AND position = ?",
-                (status, item.id, step.position),
+                "UPDATE steps SET answer_status = ?, captured = ?, answer = NULL"
+                " WHERE item_id = ? AND position = ?",
+                (status, json.dumps(captured or {}), item.id, step.position),
             )
-        step.answer_status = status
+        step.answer_status, step.captured, step.answer = status, captured or {}, None
 
     def mark_done(self, item: Item) -> None:
         with self._write() as conn:
@@ -791,8 +819,16 @@ class Outbox:
         item.next_attempt_at = now + delay
         item.last_error = error
 
-    def mark_failed(self, item: Item, error: str) -> None:
+    def mark_failed(
+        self, item: Item, error: str, *, step: StepEntry | None = None, answer: str | None = None
+    ) -> None:
+        """Failed for good; ``step``: the step whose ``answer`` refused it (kept with it)."""
         with self._write() as conn:
+            if step is not None:
+                conn.execute(
+                    "UPDATE steps SET answer = ? WHERE item_id = ? AND position = ?",
+                    (answer, item.id, step.position),
+                )
             self._set_state(
                 conn,
                 item.id,
@@ -803,6 +839,8 @@ class Outbox:
                 attempts=item.attempts + 1,
             )
         item.state = State.FAILED
+        if step is not None:
+            step.answer = answer
 
     def wake_unreachable(self) -> int:
         """The gateway answers again: what waited for it is due now."""

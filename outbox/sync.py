@@ -1,8 +1,10 @@
 """Sync: send what is due, resume what was cut, retry what failed, as often as it takes.
 
 An item is worked on by one process at a time (``Outbox.claim``, a lease renewed while it
-works); its files go up first (one form POST for the small ones, tus for each big one), then its
-steps, each marked in the outbox the moment the gateway or the target confirms it. A failure
+works); its steps before the upload run first, then its files go up (one form POST for the
+small ones, tus for each big one, their fields filled in with those steps' captures), then its
+steps after the upload, each marked in the outbox the moment the gateway or the target confirms
+it. A failure
 schedules the next attempt: ``Retry-After`` when the answer had one, otherwise exponential backoff
 with equal jitter (half the ceiling plus a random half: never hammering, never synchronised with
 other clients). A 401 stops the whole sync (no item can go on with that token); a permanent
@@ -18,6 +20,7 @@ would no longer recognise the key).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import random
@@ -30,10 +33,11 @@ from typing import Any
 
 import requests
 
+from outbox.chain import Context, render
 from outbox.errors import Interrupted, OutboxError, Permanent, TokenRefused, Transient
 from outbox.report import Reporter
-from outbox.steps import run_step
-from outbox.store import FileEntry, Item, Outbox, State, Transport
+from outbox.steps import StepRefused, run_step
+from outbox.store import FileEntry, Item, Outbox, State, StepEntry, Transport
 from outbox.transport import GatewayClient, verify_record
 
 KEY_TTL = 24 * 3600.0  # the gateway's GATEWAY_IDEMPOTENCY_TTL
@@ -184,11 +188,12 @@ class Syncer:
         try:
             self.reporter.item_started(item)
             if item.state == State.UPLOADING:
+                self._run_steps(item, before=True)
                 self._upload(item)
                 self.outbox.mark_stored(item)
                 self.reporter.item_stored(item)
             if item.state == State.STORED:
-                self._run_steps(item)
+                self._run_steps(item, before=False)
                 self.outbox.mark_done(item)
                 self.reporter.item_done(item)
         except Transient as exc:
@@ -204,6 +209,9 @@ class Syncer:
             error = f"interrupted: {exc}"
             self.outbox.schedule_retry(item, delay=0, error=error, unreachable=False, counts=False)
             self.reporter.interrupted(item, error)
+        except StepRefused as exc:  # the app's answer is kept with its step
+            self.outbox.mark_failed(item, str(exc), step=exc.step, answer=exc.answer)
+            self.reporter.failed(item, str(exc))
         except Permanent as exc:
             self.outbox.mark_failed(item, str(exc))
             self.reporter.failed(item, str(exc))
@@ -224,12 +232,16 @@ class Syncer:
         return item.state
 
     def _upload(self, item: Item) -> None:
+        # The fields as sent: the captures of the steps before the upload filled in (the same
+        # on every attempt, those steps being done once).
+        context = Context(captured=item.captured)
+        sent = dataclasses.replace(item, fields=[(k, render(v, context)) for k, v in item.fields])
         form = [f for f in item.files if f.transport == Transport.FORM]
         if any(f.record is None for f in form) and not self._adopt_records(item, form):
             # Always the same files in one POST: the key's fingerprint covers all of them.
             self.outbox.sending(item)
             records = self.gateway.upload_form(
-                item, form, self._progress(item), should_stop=self.stopping
+                sent, form, self._progress(item), should_stop=self.stopping
             )
             self.outbox.file_stored(item, list(zip(form, records, strict=True)))
         for entry in item.files:
@@ -237,7 +249,7 @@ class Syncer:
                 if self.stopping():
                     raise Interrupted(f"stopped before {entry.name}")
                 record = self.gateway.upload_tus(
-                    item,
+                    sent,
                     entry,
                     on_url=functools.partial(self.outbox.set_tus_url, item, entry),
                     on_restart=functools.partial(self.outbox.restart_file, item, entry),
@@ -289,18 +301,30 @@ class Syncer:
 
         return report
 
-    def _run_steps(self, item: Item) -> None:
+    def _run_steps(self, item: Item, *, before: bool) -> None:
+        """The steps before the upload (``before``) or after it, from the first not done."""
         records: list[dict[str, Any]] = [f.record or {} for f in item.files]
         for step in item.steps:
-            if step.done:
+            if step.done or step.spec.before != before:
                 continue
             if self.stopping():
-                raise Interrupted(f"stopped before step {step.position}")
-            status = run_step(
-                self.step_session,
-                step.spec,
-                records,
-                idempotency_key=f"{item.idempotency_key}.step{step.position}",
-                env=self.env,
-            )
-            self.outbox.step_done(item, step, status)
+                raise Interrupted(f"stopped before step {step.spec.name}")
+            context = Context(records=records, captured=item.captured, env=self.env)
+            try:
+                result = run_step(
+                    self.step_session,
+                    step.spec,
+                    context,
+                    idempotency_key=step_key(item, step),
+                    withheld=[self.gateway.token],
+                )
+            except StepRefused as refused:
+                refused.step = step
+                raise
+            self.outbox.step_done(item, step, result.status, result.captured)
+            self.reporter.step_done(item, step)
+
+
+def step_key(item: Item, step: StepEntry) -> str:
+    """The step's own Idempotency-Key, derived from the item's."""
+    return f"{item.idempotency_key}.step{step.position}"

@@ -121,6 +121,7 @@ class GatewayClient:
         self.base_url = base_url.rstrip("/")
         self.chunk_size = chunk_size
         self.timeout = timeout
+        self.token = token  # for the gateway only: steps refuse to carry it
         self._auth = {"Authorization": f"Bearer {token}"}
         self.session = requests.Session()
         self.session.headers.update(self._auth)

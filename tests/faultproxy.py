@@ -10,6 +10,10 @@ Actions:
   "500"              answer 500 InternalError (an S3 XML error body), request not forwarded
   "503"              answer 503 SlowDown, request not forwarded
   "403"              answer 403 AccessDenied, request not forwarded
+  "bad_digest"       answer 400 BadDigest, as AWS S3 (and Ceph) answer a body that does not
+                     match its Content-MD5 or x-amz-checksum-*; request not forwarded
+  "flip"             forward the request with one byte of its body changed (the middle one,
+                     XOR 0x01), headers untouched: corruption in flight that TCP missed
   "reset"            read the whole request, then reset the connection (SO_LINGER 0 + close)
   "forward_reset"    forward the request (it takes effect upstream), then reset the connection:
                      the answer is lost, as after a timeout or a dropped connection
@@ -48,6 +52,11 @@ S3_ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "SlowDown", "Please reduce your request rate."),
     "403": (403, "AccessDenied", "Access Denied"),
+    "bad_digest": (
+        400,
+        "BadDigest",
+        "The Content-MD5 you specified did not match what we received.",
+    ),
 }
 
 
@@ -137,6 +146,15 @@ class _State:
     connections: set = field(default_factory=set)
 
 
+def flipped(body: bytes) -> bytes:
+    """``body`` with its middle byte changed (an empty body stays empty)."""
+    if not body:
+        return body
+    changed = bytearray(body)
+    changed[len(body) // 2] ^= 0x01
+    return bytes(changed)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and "Expect: 100-continue" is answered for us
     timeout = 60
@@ -183,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         elif action == "busy":
             self._busy()
+        elif action == "flip":
+            self._forward(flipped(body))
         elif action in S3_ERRORS:
             self._s3_error(*S3_ERRORS[action])
         else:
@@ -330,7 +350,7 @@ class FaultProxy:
 
     def add(self, match: Matcher, action: str, *, times: int | None = None) -> Rule:
         """Fault the first ``times`` matching requests (every one when None)."""
-        if action not in S3_ERRORS and action not in ("reset", "forward_reset", "busy"):
+        if action not in S3_ERRORS and action not in ("reset", "forward_reset", "busy", "flip"):
             raise ValueError(f"unknown action {action!r}")
         rule = Rule(match, action, times)
         with self._state.lock:

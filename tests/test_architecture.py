@@ -16,9 +16,9 @@ from support import ROOT
 
 # The layers, lowest first: a module may import its own folder and any folder before it. The root
 # holds the base every layer uses (errors, settings, metrics, the SQLite helper) and, on top, the
-# composition root (services), the app factory and the commands.
+# composition root (services), the app factory, the commands and the image's health check.
 BASE = {"gateway.errors", "gateway.config", "gateway.metrics", "gateway.sqlite_db"}
-TOP = {"gateway", "gateway.app", "gateway.cli", "gateway.services"}
+TOP = {"gateway", "gateway.app", "gateway.cli", "gateway.services", "gateway.healthcheck"}
 LAYERS = ["base", "storage", "queue", "media", "uploads", "processing", "http", "top"]
 # Beyond the order: the views reach the services through the composition root's ``Services``.
 ALSO_ALLOWED = {("http", "gateway.services")}

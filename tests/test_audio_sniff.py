@@ -245,6 +245,24 @@ def test_an_id3_tag_of_any_size_is_skipped_to_the_frames_after_it(size):
         (mp4(b"soun", b"text"), "audio"),  # chapters or captions: no video
         (mp4(b"text"), None),  # neither
         (mp4(None), None),  # a track without a handler
+        (mp4(None, b"vide"), "video"),  # what it cannot tell, a video track after it can
+        # a handler box with nothing after its code, the window's end right there
+        (
+            box(b"ftyp", b"isom")
+            + box(b"moov", box(b"trak", box(b"mdia", box(b"hdlr", b"\0" * 8 + b"soun")))),
+            "audio",
+        ),
+        (
+            box(b"ftyp", b"isom")
+            + box(b"moov", box(b"trak", box(b"mdia", box(b"hdlr", b"\0" * 8 + b"sou")))),
+            None,
+        ),
+        # boxes follow one another: a box's size is no position
+        (
+            box(b"ftyp", b"isom" + b"\0" * 100)
+            + box(b"moov", box(b"mvhd", b"\0" * 20) + trak(b"vide")),
+            "video",
+        ),
         (mp4(), None),  # no track
         (mp4(b"soun", moov_first=False), None),  # the track list at the end
         (mp4(b"soun")[:60], None),  # the window ends inside it
@@ -287,10 +305,26 @@ def test_an_mp4_holds_what_its_track_handlers_say(head, holds):
         (b"\x1a\x45\xdf\xa3\x00", None),  # not an EBML size
         (b"\x1a\x45\xdf\xa3" + UNKNOWN_SIZE, None),  # a header of unknown size
         (element(0x1A45DFA3, b"") + element(0x1F43B675, b""), None),  # no Segment
+        # Tracks after the Segment's end count for nothing
+        (
+            element(0x1A45DFA3, element(0x4282, b"webm"))
+            + element(0x18538067, element(0x1549A966, b"\x2a\xd7\xb1\x81\x01"))
+            + element(0x1654AE6B, track(2)),
+            None,
+        ),
+        # a track without a type: a TrackType outside any track says nothing of it
+        (ebml(track(None) + element(0x83, b"\x01")), None),
     ],
 )
 def test_a_webm_holds_what_its_track_types_say(head, holds):
     assert container_holds(head) == holds
+
+
+def test_a_webm_whose_window_ends_right_after_the_track_type_is_decided():
+    head = ebml(track(2))
+    end = head.index(b"\x83\x81\x02") + 3
+    assert container_holds(head[:end]) == "audio"
+    assert container_holds(head[: end - 1]) is None
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,7 @@ def test_the_picture_draws_each_point_between_its_lowest_and_highest_level():
     assert [y for y in range(height) if column[1][y]] == [100]  # a line at the middle
     drawn = [y for y in range(height) if column[2][y]]
     assert drawn == list(range(50, 125))
-    assert image.getpixel((0, 0)) == PNG_COLOUR
+    assert image.getpixel((0, 0)) == PNG_COLOUR == (37, 99, 235, 255)
     assert image.getpixel((1, 0))[3] == 0  # transparent around
 
 
@@ -151,3 +151,9 @@ def test_the_picture_is_at_most_its_width_and_points_share_columns():
     assert width == 1334  # 3 points per column (4001 / 2000, rounded up): 1334 columns
     assert [x for x in range(width) if image.getpixel((x, 0))[3]] == [1333]  # the loud one
     assert all(image.getpixel((x, height // 2))[3] for x in range(width))
+
+
+def test_no_points_is_a_picture_one_column_wide():
+    image, width, height = _png(Peaks(channels=1, samples_per_bucket=1, max_points=4))
+    assert (width, height) == (1, 200) and image.getpixel((0, 100))[3] == 0
+    assert PNG_HEIGHT == 200 and PNG_MAX_WIDTH == 2000

@@ -47,6 +47,27 @@ def test_any_type_is_a_valid_allowed_type(value, parsed):
     assert Settings.from_env({**BASE, "GATEWAY_ALLOWED_TYPES": value}).allowed_types == parsed
 
 
+@pytest.mark.parametrize(
+    "setting,endpoint,mode",
+    [
+        ("auto", "", "crc32c"),  # AWS S3: it refuses a wrong CRC32C
+        ("auto", "https://s3.eu-west-1.amazonaws.com", "crc32c"),
+        ("auto", "https://bucket.vpce-0a1b.s3.us-east-1.vpce.amazonaws.com", "crc32c"),
+        ("auto", "http://127.0.0.1:9000", "md5"),  # moto, Ceph, MinIO...: not known
+        ("auto", "https://rgw.example.com", "md5"),
+        ("auto", "https://notamazonaws.com", "md5"),
+        ("auto", "https://amazonaws.com.example.net", "md5"),
+        ("md5", "", "md5"),
+        ("crc32c", "http://127.0.0.1:9000", "crc32c"),
+    ],
+)
+def test_s3_integrity_mode(setting, endpoint, mode):
+    env = {**BASE, "GATEWAY_S3_INTEGRITY": setting, "GATEWAY_S3_ENDPOINT_URL": endpoint}
+    settings = Settings.from_env(env)
+    assert settings.s3_integrity == setting
+    assert settings.effective_s3_integrity == mode
+
+
 def test_part_size_grows_so_the_cap_fits_in_10000_parts():
     settings = Settings.from_env({**BASE, "GATEWAY_MAX_UPLOAD_BYTES": str(200 * 1024 * MiB)})
     assert settings.effective_part_size * 10_000 >= settings.max_upload_bytes
@@ -62,6 +83,8 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_MAX_UPLOAD_BYTES": "lots"}, "GATEWAY_MAX_UPLOAD_BYTES"),
         ({"GATEWAY_MAX_UPLOAD_BYTES": "0"}, "GATEWAY_MAX_UPLOAD_BYTES"),
         ({"GATEWAY_S3_PART_SIZE": "1024"}, "GATEWAY_S3_PART_SIZE"),
+        ({"GATEWAY_S3_INTEGRITY": "sha256"}, "GATEWAY_S3_INTEGRITY"),
+        ({"GATEWAY_S3_INTEGRITY": "MD5"}, "GATEWAY_S3_INTEGRITY"),
         ({"GATEWAY_STORAGE_URL": "s3://"}, "GATEWAY_STORAGE_URL"),
         ({"GATEWAY_STORAGE_URL": "gs://bucket"}, "GATEWAY_STORAGE_URL"),
         ({"GATEWAY_RECORDS_URL": "postgres://x"}, "GATEWAY_RECORDS_URL"),
@@ -73,6 +96,11 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_CDN_BASE_URL": "cdn.example.com"}, "GATEWAY_CDN_BASE_URL"),
         ({"GATEWAY_CLOUDFRONT_KEY_ID": "K1"}, "GATEWAY_CLOUDFRONT_KEY_ID"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_SNS_TOPIC_ARN": "media-events"}, "GATEWAY_SNS_TOPIC_ARN"),
+        ({"GATEWAY_SNS_TOPIC_ARN": "arn:aws:sqs:us-east-1:1:q"}, "GATEWAY_SNS_TOPIC_ARN"),
+        ({"GATEWAY_S3_EVENTS_SECRET": "x" * 31}, "GATEWAY_S3_EVENTS_SECRET"),
+        ({"GATEWAY_S3_EVENTS_SECRET": "x" * 31 + "@"}, "GATEWAY_S3_EVENTS_SECRET"),
+        ({"GATEWAY_S3_EVENTS_SECRET": "x" * 31 + ":"}, "GATEWAY_S3_EVENTS_SECRET"),
         ({"GATEWAY_SESSION_COOKIE_SAMESITE": "lax"}, "GATEWAY_SESSION_COOKIE_SAMESITE"),
         ({"GATEWAY_SESSION_COOKIE_SECURE": "no"}, "GATEWAY_SESSION_COOKIE_SECURE"),
         ({"GATEWAY_SESSION_COOKIE_SECURE": "off"}, "GATEWAY_SESSION_COOKIE_SECURE"),  # __Host-
@@ -253,6 +281,7 @@ def test_cdn_urls_are_relative_to_the_storage_prefix():
             read_timeout=1,
             max_pool_connections=1,
         ),
+        integrity="md5",
     )
     settings = Settings.from_env({**BASE, "GATEWAY_CDN_BASE_URL": "https://cdn.example.com"})
     key = "projects/p/media/x.png"
@@ -320,3 +349,27 @@ def test_audio_settings_at_their_bounds_are_accepted():
     assert (settings.audio_waveform_points, settings.audio_opus_min_bytes) == (16, 0)
     assert Settings.from_env({**BASE, "GATEWAY_AUDIO_WAVEFORM_POINTS": "100000"})
     assert Settings.from_env(BASE).audio_opus_stereo_bit_rate == 96_000
+
+
+@pytest.mark.parametrize(
+    "arn, region",
+    [
+        ("arn:aws:sns:eu-west-1:123456789012:media", "eu-west-1"),
+        ("arn:aws:sns:eu-west-1:123456789012:media.fifo", "eu-west-1"),
+        ("arn:aws:sns:default::media", "default"),  # Ceph RGW: the zonegroup, no account
+        ("", "us-east-1"),
+    ],
+)
+def test_sns_is_called_in_the_topics_region(arn, region):
+    settings = Settings.from_env({**BASE, "GATEWAY_SNS_TOPIC_ARN": arn})
+    assert settings.sns_region == region
+    assert settings.delivers is bool(arn)
+
+
+def test_the_events_secret_is_never_in_an_error_nor_the_settings_repr():
+    secret = "s" * 40
+    settings = Settings.from_env({**BASE, "GATEWAY_S3_EVENTS_SECRET": secret})
+    assert settings.s3_events_secret == secret and secret not in repr(settings)
+    with pytest.raises(ConfigError) as failed:
+        Settings.from_env({**BASE, "GATEWAY_S3_EVENTS_SECRET": secret + "@"})
+    assert secret not in str(failed.value)

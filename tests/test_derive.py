@@ -218,3 +218,22 @@ def test_the_sandbox_reports_its_childs_cpu_time():
     run(_spin, 1.0, memory_bytes=512 << 20, timeout=30)
     busy = Peak.cpu
     assert busy >= 1.0 and 0.7 <= busy - idle <= 1.3
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_thumbnails_are_the_pixels_of_pillows_own_transpose_and_thumbnail(tmp_path, orientation):
+    """The thumbnails are transposed in place (no copy of the decoded pixels): the same WebP
+    bytes as Pillow's ``exif_transpose`` returning a copy, for an upright and turned photos."""
+    from PIL import ImageOps
+
+    path = write(tmp_path, samples.photo(1600, 1200, orientation=orientation))
+    derived = derive(path, "image/jpeg", DeriveOptions(thumbnail_sizes=(320, 1280)))
+    for variant, size in zip(derived.variants, (320, 1280), strict=True):
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))
+            expected = ImageOps.exif_transpose(image)
+        expected.thumbnail((size, size))
+        out = io.BytesIO()
+        expected.save(out, "WEBP", quality=80)
+        assert variant.data == out.getvalue()
+        assert (variant.width, variant.height) == expected.size

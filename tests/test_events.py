@@ -200,13 +200,18 @@ def _events():
 
 @pytest.mark.parametrize("processing", [False, True])
 @pytest.mark.parametrize("webhooks", [False, True])
-def test_the_queue_publisher_turns_events_into_jobs(processing, webhooks):
+@pytest.mark.parametrize("sns", [False, True])
+def test_the_queue_publisher_turns_events_into_jobs(processing, webhooks, sns):
     from gateway.media.events import QueuePublisher
 
-    queue, hooks, then = FakeQueue(), FakeQueue(), Collect()
+    queue, hooks, topic, then = FakeQueue(), FakeQueue(), FakeQueue(), Collect()
     events = _events()
     QueuePublisher(
-        queue, processing=processing, webhooks=hooks if webhooks else None, then=then
+        queue,
+        processing=processing,
+        webhooks=hooks if webhooks else None,
+        sns=topic if sns else None,
+        then=then,
     ).publish(events)
     expected = [
         {"type": "media.process", "mediaId": event.media_id}
@@ -218,8 +223,12 @@ def test_the_queue_publisher_turns_events_into_jobs(processing, webhooks):
         for event in events
         if webhooks
     ]
+    publications = [
+        {"type": "sns", "id": event.id, "event": event.payload()} for event in events if sns
+    ]
     assert queue.sent == expected
     assert hooks.sent == deliveries  # their own queue: never beside the processing jobs
+    assert topic.sent == publications  # one job per target: each retried alone
     assert then.calls == [events]
 
 

@@ -562,7 +562,11 @@ def forms(draw, *, plain: bool = False) -> Form:
         is_file = draw(st.booleans())
         content = draw(_content(boundary, text=not is_file))
         transfer_encoding = None if plain else draw(transfer_encodings)
-        if line_break + b"--" + boundary in encoded(content, transfer_encoding, line_break):
+        # The boundary must not begin a line of the encoded part, its first line included (which
+        # follows the headers' blank line): "--\r" quoted-printable is "--=0D", a delimiter
+        # for the boundary "=" (RFC 2046 compares the boundary with the start of each line).
+        on_the_wire = line_break + encoded(content, transfer_encoding, line_break)
+        if line_break + b"--" + boundary in on_the_wire:
             transfer_encoding = "base64"  # its alphabet has no "-": never a delimiter
         parts.append(
             Part(

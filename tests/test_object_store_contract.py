@@ -73,6 +73,7 @@ def s3_store_for(client, space=None) -> S3ObjectStore:
             max_pool_connections=8,
         ),
         space=space,
+        integrity="md5",
     )
     s3.create_bucket()
     return s3

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from outbox import advise, lease, steps
+from outbox import advise, chain, lease
 from outbox.codes import CODE_OUTCOMES, Outcome, outcome
 from outbox.errors import (
     AlreadyStored,
@@ -119,7 +119,7 @@ def test_fields_and_steps_come_back_as_they_went_in(tmp_path, box):
     )
     again = box.get(item.id)
     assert again.fields == [("caption", "two words"), ("caption", "again")]
-    assert again.steps[0].spec == spec
+    assert again.steps[0].spec == dataclasses.replace(spec, name="step0")  # named at push
     assert not again.steps[0].done
 
 
@@ -398,26 +398,36 @@ def test_backoff_doubles_with_equal_jitter_up_to_its_cap():
 
 # -- steps -------------------------------------------------------------------------------------------
 def test_then_is_parsed_and_its_placeholders_checked_at_push():
-    spec = steps.parse_then('patch https://app/r/{{mediaId}} {"u": "{{url}}"}', files=2)
-    assert (spec.method, spec.url, spec.body) == ("PATCH", "https://app/r/{{mediaId}}",
-                                                  '{"u": "{{url}}"}')  # fmt: skip
-    assert steps.parse_then("POST http://x/{{files.1.s3Key}}", files=2).body is None
-    for bad in ("GET http://x/", "POST", "POST ftp://x/", "POST http://x/{{files.2.url}}",
-                "POST http://x/{{nope}}", "POST http://x/{{files.0.secret}}"):  # fmt: skip
+    spec = chain.parse_step('patch https://app/r/{{mediaId}} {"u": "{{url}}"}', before=False)
+    assert (spec.method, spec.url, spec.body, spec.name, spec.before) == (
+        "PATCH", "https://app/r/{{mediaId}}", '{"u": "{{url}}"}', "", False)  # fmt: skip
+    assert chain.parse_step("POST http://x/{{files.1.s3Key}}", before=False).body is None
+    named = chain.parse_step("create: post http://x/ {}", before=True)
+    assert (named.name, named.method, named.body, named.before) == ("create", "POST", "{}", True)
+    for bad in ("GET http://x/", "POST", "POST ftp://x/", "create: GET http://x/", "create:"):
         with pytest.raises(InvalidItem):
-            steps.parse_then(bad, files=2)
+            chain.parse_step(bad, before=False)
+    for bad in ("POST http://x/{{files.2.url}}", "POST http://x/{{nope}}",
+                "POST http://x/{{files.0.secret}}"):  # fmt: skip
+        with pytest.raises(InvalidItem):
+            chain.check(chain.named([chain.parse_step(bad, before=False)]), files=2, fields=[])
+    chain.check(chain.named([spec]), files=2, fields=[])
+
+
+def ctx(records, env=None, captured=None):
+    return chain.Context(records=records, env=env or {}, captured=captured)
 
 
 def test_placeholders_are_escaped_for_where_they_stand():
     records = [{"url": 'http://g/a b"c', "s3Key": "p/k 1.png", "size": 5}, {"mediaId": "m2"}]
-    body = steps.render('{"u": "{{url}}", "n": {{size}}, "m": "{{files.1.mediaId}}"}', records,
-                        quote=steps._json_escape, env={})  # fmt: skip
+    body = chain.render('{"u": "{{url}}", "n": {{size}}, "m": "{{files.1.mediaId}}"}', ctx(records),
+                        quote=chain.json_escape)  # fmt: skip
     assert json.loads(body) == {"u": 'http://g/a b"c', "n": 5, "m": "m2"}
-    url = steps.render("http://app/{{s3Key}}", records, quote=steps._url_escape, env={})
+    url = chain.render("http://app/{{s3Key}}", ctx(records), quote=chain.url_escape)
     assert url == "http://app/p/k%201.png"
-    assert steps.render("{{env.TOKEN}}", records, quote=str, env={"TOKEN": "t"}) == "t"
+    assert chain.render("{{env.TOKEN}}", ctx(records, {"TOKEN": "t"})) == "t"
     with pytest.raises(Transient, match="no MISSING"):
-        steps.render("{{env.MISSING}}", records, quote=str, env={})
+        chain.render("{{env.MISSING}}", ctx(records))
 
 
 # -- sync against a stand-in gateway ----------------------------------------------------------------
@@ -710,22 +720,24 @@ def test_error_texts_say_what_and_why():
 
 
 def test_then_errors_name_the_spec():
-    with pytest.raises(InvalidItem, match=r"^--then 'GET http://x/': expected 'METHOD URL"):
-        steps.parse_then("GET http://x/", files=1)
-    with pytest.raises(InvalidItem, match=r"^--then 'POST ftp://x/': the URL must be http"):
-        steps.parse_then("POST ftp://x/", files=1)
     with pytest.raises(
-        InvalidItem,
-        match=r"^--then 'POST http://x/\{\{nope\}\}': unknown placeholder \{\{nope\}\}$",
+        InvalidItem, match=r"^--then 'GET http://x/': expected '\[NAME:\] METHOD URL"
     ):
-        steps.parse_then("POST http://x/{{nope}}", files=1)
-    assert steps.parse_then("POST http://x/ {{env.TOKEN}}", files=1).body == "{{env.TOKEN}}"
+        chain.parse_step("GET http://x/", before=False)
+    with pytest.raises(InvalidItem, match=r"^--before 'POST ftp://x/': the URL must be http"):
+        chain.parse_step("POST ftp://x/", before=True)
+    with pytest.raises(InvalidItem, match=r"^step 'step0': unknown placeholder \{\{nope\}\}$"):
+        chain.check(chain.named([chain.parse_step("POST http://x/{{nope}}", before=False)]),
+                    files=1, fields=[])  # fmt: skip
+    env_body = chain.parse_step("POST http://x/ {{env.TOKEN}}", before=False)
+    assert env_body.body == "{{env.TOKEN}}"
+    chain.check(chain.named([env_body]), files=1, fields=[])
 
 
 def test_placeholder_values_missing_or_with_url_characters():
     records = [{"url": None, "s3Key": "a:b/c d"}]
-    assert steps.render("[{{url}}][{{mediaId}}]", records, quote=str, env={}) == "[][]"
-    assert steps.render("{{s3Key}}", records, quote=steps._url_escape, env={}) == "a:b/c%20d"
+    assert chain.render("[{{url}}][{{mediaId}}]", ctx(records)) == "[][]"
+    assert chain.render("{{s3Key}}", ctx(records), quote=chain.url_escape) == "a:b/c%20d"
 
 
 # -- errors by the gateway's code ---------------------------------------------------------------------
@@ -937,9 +949,19 @@ def test_a_version_1_outbox_is_migrated_and_its_pid_claims_dropped(tmp_path):
         conn.execute("INSERT INTO files (item_id, position, name, path, size, sha256, transport,"
                      " tus_url, sent) VALUES ('i1', 0, 'a.mp4', 'files/i1/0-a.mp4', 9, 'h', 'tus',"
                      " 'http://g/api/tus/u', 4)")  # fmt: skip
+        conn.execute("INSERT INTO steps (item_id, position, spec, answer_status) VALUES ('i1', 0,"
+                     " '{\"method\": \"POST\", \"url\": \"http://x/\", \"body\": null,"
+                     " \"headers\": []}', 200), ('i1', 1, '{\"method\": \"PUT\", \"url\":"
+                     " \"http://y/\", \"body\": \"b\", \"headers\": [[\"X-A\", \"1\"]]}', NULL)")  # fmt: skip
     conn.close()
     with Outbox(root, disk_reserve=0) as box:
-        assert box._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert box._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        # (through version 2: steps after the upload, unnamed, capturing nothing)
+        done, todo = box.get("i1").steps
+        assert done.spec == StepSpec("POST", "http://x/", None, (), "step0", (), before=False)
+        assert (done.answer_status, done.captured, done.answer) == (200, None, None)
+        assert todo.spec == StepSpec("PUT", "http://y/", "b", (("X-A", "1"),), "step1")
+        assert not todo.done and box.get("i1").captured == {"step0": {}}
         item = box.get("i1")
         assert (item.state, item.holder) == (State.WAITING, None)
         assert (item.files[0].tus_url, item.files[0].sent, item.files[0].generation) == (

@@ -416,6 +416,20 @@ def sqs_gateway(tmp_path, moto_url, **overrides):
     )
 
 
+def initiate_one(client, auth, content: bytes) -> dict:
+    """A direct upload of one PNG ``a.png`` in project p1: its item (upload id, presigned PUT)."""
+    answer = client.post(
+        "/api/uploads/initiate",
+        headers=auth,
+        json={
+            "projectId": "p1",
+            "files": [{"filename": "a.png", "contentType": "image/png", "size": len(content)}],
+        },
+    )
+    [item] = answer.get_json()["uploads"]
+    return item
+
+
 def test_on_s3_and_sqs_a_form_upload_becomes_ready(tmp_path, moto_url):
     app, svc, auth = sqs_gateway(tmp_path, moto_url)
     client = app.test_client()
@@ -438,15 +452,7 @@ def test_a_direct_upload_whose_client_never_completes_is_stored_by_its_s3_event(
     app, svc, auth = sqs_gateway(tmp_path, moto_url, **more)
     client = app.test_client()
     content = samples.png(600, 400)
-    answer = client.post(
-        "/api/uploads/initiate",
-        headers=auth,
-        json={
-            "projectId": "p1",
-            "files": [{"filename": "a.png", "contentType": "image/png", "size": len(content)}],
-        },
-    )
-    [item] = answer.get_json()["uploads"]
+    item = initiate_one(client, auth, content)
     put = requests.put(item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30)
     assert put.status_code == 200
     # No complete: S3's notification (after its s3:TestEvent) reaches the queue, the worker
@@ -458,6 +464,50 @@ def test_a_direct_upload_whose_client_never_completes_is_stored_by_its_s3_event(
     # The client's late complete gets the same answer as if it had called it first.
     late = client.post(f"/api/uploads/{item['uploadId']}/complete", headers=auth)
     assert late.status_code == 200 and late.get_json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("when", ["before-the-event", "with-the-event"])
+def test_a_presigned_put_is_processed_once_when_its_client_completes_too(tmp_path, moto_url, when):
+    """S3's notification (through SQS) and the client's complete both try to store the upload:
+    one stores it (compare-and-set), the other finds it stored. One media.stored, one job, one
+    media.ready, whichever comes first."""
+    import requests
+    from test_s3_events import Recorder
+
+    from gateway.media.events import EventType
+    from gateway.storage.keys import staging_key
+
+    app, svc, auth = sqs_gateway(tmp_path, moto_url)
+    recorder = Recorder(svc)
+    client = app.test_client()
+    content = samples.png(600, 400)
+    item = initiate_one(client, auth, content)
+    media_id = item["uploadId"]
+    put = requests.put(item["put"]["url"], data=content, headers=item["put"]["headers"], timeout=30)
+    assert put.status_code == 200
+    completed = []
+
+    def complete():
+        completed.append(client.post(f"/api/uploads/{media_id}/complete", headers=auth))
+
+    if when == "before-the-event":
+        complete()
+        work(svc, settled(svc, media_id))
+    else:  # the worker takes the event while the client completes
+        racer = threading.Thread(target=complete)
+        racer.start()
+        work(svc, settled(svc, media_id))
+        racer.join()
+    [answer] = completed
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["status"] in ("stored", "processing", "ready")
+    # Whatever is still on the queue (the event, when complete won) is worked off: no-ops.
+    work(svc, lambda: svc.queue.stats().visible == 0 and svc.queue.stats().in_flight == 0)
+    record = svc.records.get(media_id)
+    assert record.status is Status.READY and read_object(svc.store, record.s3_key) == content
+    assert svc.store.head(staging_key(record.s3_key)) is None
+    assert recorder.of(media_id) == [EventType.STORED, EventType.READY]
+    assert svc.queue.stats().dead == 0
 
 
 def test_foreign_and_duplicate_s3_events_are_no_ops(tmp_path, moto_url):

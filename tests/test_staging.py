@@ -27,9 +27,11 @@ import pytest
 
 from gateway import errors
 from gateway.storage.buffers import PartBuffers
+from gateway.storage.integrity import sums
 from gateway.storage.staging import (
     PROBE_BYTES,
     BytesPart,
+    FileBody,
     MemoryBudget,
     MemoryPart,
     PartFiller,
@@ -216,6 +218,164 @@ def test_a_full_disk_is_a_507_and_the_part_file_is_removed(tmp_path):
     with pytest.raises(errors.InsufficientStorage) as full:
         part.write(memoryview(b"y"))
     assert full.value.status == 507 and full.value.code == "insufficient_storage"
+    part.release()
+    assert list(staging.files()) == [] and staging.bytes == 0
+
+
+class HeldFile(io.RawIOBase):
+    """A staged file whose first write the disk holds (as dirty-page throttling does) until
+    ``release`` is set: a plain ``threading`` wait, which blocks whatever thread calls it."""
+
+    def __init__(self, path: Path, entered: threading.Event) -> None:
+        self._file = open(path, "xb", buffering=0)
+        self.entered = entered
+        self.release = threading.Event()
+        self.outcomes: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        if not self.outcomes:
+            self.entered.set()
+            # the guard only ends a hang: the loop was blocked, and the test fails
+            self.outcomes.append("released" if self.release.wait(10) else "held the loop")
+        return self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def test_a_staged_write_the_disk_holds_stops_no_other_request(tmp_path):
+    """In the gevent worker each upload is a greenlet of one thread: a staged write that the
+    kernel holds runs on a native thread (OffLoop), and meanwhile another request is answered.
+    (Run in place, the write held the only thread: the other request was answered only after
+    the hold ended; in the bench, part uploads' timeouts fired and clients got 502s.)"""
+    gevent = pytest.importorskip("gevent")
+    from gevent import pywsgi
+    from gevent import socket as gsocket
+
+    from gateway.storage.staging import OffLoop
+
+    held: list[HeldFile] = []
+    entered = threading.Event()
+
+    def opener(path: Path) -> HeldFile:
+        held.append(HeldFile(path, entered))
+        return held[0]
+
+    staging = Staging(tmp_path / "staging", 1 << 40, opener=opener, blocking=OffLoop(native=True))
+    events: list[str] = []
+
+    def app(environ, start_response):
+        events.append("answered")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    try:
+
+        def fill() -> StagedPart:
+            part = StagedPart(staging)
+            part.write(memoryview(b"slow bytes"))
+            events.append("written")
+            return part
+
+        filling = gevent.spawn(fill)
+        # until the write is held (waited for on a native thread: the loop keeps running)
+        assert gevent.get_hub().threadpool.apply(entered.wait, (10,))
+        conn = gsocket.create_connection(("127.0.0.1", server.server_port))
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+        conn.close()
+        held[0].release.set()
+        part = filling.get()
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+    assert events == ["answered", "written"] and held[0].outcomes == ["released"]
+    assert part.size == 10 and part.read() == b"slow bytes"
+    assert part.sums("crc32c").headers == sums(b"slow bytes", "crc32c").headers
+    part.release()
+    assert list(staging.files()) == []
+
+
+def test_off_the_loop_only_where_threads_are_greenlets(tmp_path):
+    """OffLoop hands calls to native threads in a process gevent has patched (the gevent
+    worker), and runs them in place elsewhere (gthread, the tests' own process)."""
+    from gateway.storage.staging import OffLoop
+
+    assert OffLoop().native is False
+    probe = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import threading\n"
+        "from gateway.storage.staging import OffLoop\n"
+        "run = OffLoop()\n"
+        "print(run.native, run(threading.get_native_id) != threading.get_native_id())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["True", "True"]
+
+
+class Recording:
+    """A ``Blocking`` that runs each call in place and records what was called."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, fn, /, *args):
+        self.calls.append(getattr(fn, "__name__", repr(fn)))
+        return fn(*args)
+
+
+class Trickle(io.RawIOBase):
+    """A file that takes at most 3 bytes per write, as a raw file may."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "xb", buffering=0)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self._file.write(bytes(data[:3]))
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def test_every_file_call_of_a_staged_part_goes_through_blocking(tmp_path):
+    """Creating, writing and reading back a staged part: each through ``Staging.blocking``;
+    a write the file takes only in part is finished; the body is read back exactly, in
+    blocks of READ_BLOCK however little the HTTP client asks for."""
+    from gateway.storage.staging import READ_BLOCK
+
+    run = Recording()
+    staging = Staging(tmp_path / "staging", 1 << 40, opener=Trickle, blocking=run)
+    part = StagedPart(staging)
+    data = bytes(range(256)) * (READ_BLOCK // 128 + 3)  # two blocks and a bit
+    part.write(memoryview(data[:1000]))
+    part.write(memoryview(data[1000:]))
+    assert run.calls == ["Trickle", "_write", "_write"]
+    assert part.size == len(data) and part.sums("md5").md5 == sums(data, "md5").md5
+    body = part.body()
+    assert isinstance(body, FileBody) and len(body) == len(data)
+    run.calls.clear()
+    reader = body.open()
+    got = b""
+    while chunk := reader.read(16 * KiB):
+        assert len(chunk) <= 16 * KiB
+        got += chunk
+    reader.close()
+    assert got == data
+    assert run.calls == ["open", "read", "read", "read", "read"]  # three blocks, then the end
     part.release()
     assert list(staging.files()) == [] and staging.bytes == 0
 

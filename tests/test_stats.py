@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
+from gateway import create_app
+from gateway.http.auth import mint_token
+
+from conftest import init_stores, make_settings
 from support import form_body, mp4_bytes, png_bytes
 
 
@@ -61,7 +67,25 @@ def test_stats_are_the_callers_tenant_and_projects_only(client, token):
     assert client.get("/api/stats?projectId=p1").status_code == 401
 
 
-def test_concurrent_uploads_are_all_counted(app, auth):
+@pytest.fixture
+def serial_app(tmp_path, backend, request):
+    """The gateway on ``backend``, its moto serving one request at a time: DynamoDB's
+    transactions are serializable, moto's are not (tests/serial_moto.py); a lost ADD here would
+    be moto's race, not the gateway's."""
+    if backend == "local":
+        return request.getfixturevalue("app")
+    moto = request.getfixturevalue("serial_moto_url")
+    app = create_app(make_settings(tmp_path, backend=backend, moto_url=moto))
+    app.config["TESTING"] = True
+    init_stores(app.extensions["gateway"])
+    return app
+
+
+def test_concurrent_uploads_are_all_counted(serial_app):
+    app = serial_app
+    with app.app_context():
+        auth = {"Authorization": f"Bearer {mint_token('alice')}"}
+
     def one(n):
         upload(app.test_client(), auth, [("file", f"{n}.png", png_bytes(1_000 + n, seed=n))])
 

@@ -73,6 +73,10 @@ EDITED = "upload.js is not the file the manifest describes"
         (lambda web, m, b: (web / "src" / "new.js").write_text(""), CHANGED),
         (lambda web, m, b: (web / "package-lock.json").write_text('{"v": 2}'), CHANGED),
         (lambda web, m, b: (web / "build.mjs").write_text("build({minify: false})"), CHANGED),
+        (
+            lambda web, m, b: (web / "outbox").mkdir() or (web / "outbox" / "a.js").write_text(""),
+            CHANGED,
+        ),
         (lambda web, m, b: b.write_text("edited by hand"), EDITED),
         (lambda web, m, b: b.unlink(), NOT_BUILT),
         (lambda web, m, b: m.unlink(), NOT_BUILT),
@@ -96,3 +100,29 @@ def test_the_bundle_in_this_work_tree_is_fresh():
     """`make test` builds it first; a forgotten rebuild fails here, not in a user's browser."""
     state = web_bundle.check()
     assert state.fresh, state.why
+
+
+def test_the_service_worker_is_served_only_as_the_manifest_describes_it(built):
+    _, manifest, bundle = built
+    worker = bundle.parent / "upload-sw.js"
+    worker.write_text("self.addEventListener('sync', () => {})")
+    described = json.loads(manifest.read_text())
+    assert web_bundle.service_worker(manifest, worker) is None  # not in the manifest
+    described["serviceWorker"] = hashlib.sha256(worker.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(described))
+    assert web_bundle.service_worker(manifest, worker) == worker.read_bytes()
+    worker.write_text("edited by hand")
+    assert web_bundle.service_worker(manifest, worker) is None
+    worker.unlink()
+    assert web_bundle.service_worker(manifest, worker) is None
+
+
+@pytest.mark.parametrize("backend", ["local"])
+def test_the_worker_is_served_under_upload_with_that_scope_allowed(client):
+    """/upload/sw.js: scope /upload allowed, revalidated on every check (a deploy replaces it)."""
+    answer = client.get("/upload/sw.js")
+    assert answer.status_code == 200
+    assert answer.headers["Service-Worker-Allowed"] == "/upload"
+    assert answer.headers["Cache-Control"] == "no-cache"
+    assert answer.mimetype == "text/javascript"
+    assert answer.data == web_bundle.SERVICE_WORKER.read_bytes()

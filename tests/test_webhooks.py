@@ -295,6 +295,20 @@ def test_without_a_webhook_there_is_no_webhook_lane(tmp_path):
     assert (svc.webhook_queue, svc.deliveries) == (None, None)
     cli = app.test_cli_runner()
     stats = cli.invoke(args=["queue", "stats", "--lane", "webhooks"])
-    assert stats.exit_code == 1 and "No GATEWAY_WEBHOOK_URL is set" in stats.output
+    assert (
+        stats.exit_code == 1 and "No GATEWAY_WEBHOOK_URL nor GATEWAY_SNS_TOPIC_ARN" in stats.output
+    )
     worker = cli.invoke(args=["worker"])
     assert worker.exit_code == 1 and "nothing to do" in worker.output
+
+
+def test_an_sns_topic_alone_has_the_deliveries_lane(tmp_path):
+    """No webhook, processing off: SNS publications still have their queue and lane."""
+    topic = "arn:aws:sns:us-east-1:123456789012:media"
+    app = create_app(make_settings(tmp_path, processing=False, sns_topic_arn=topic))
+    svc = app.extensions["gateway"]
+    assert svc.webhook_queue is not None and svc.deliveries is not None
+    assert (svc.deliveries.webhook, svc.deliveries.topic.topic_arn) == (None, topic)
+    init_stores(svc)
+    stats = app.test_cli_runner().invoke(args=["queue", "stats", "--lane", "webhooks"])
+    assert stats.exit_code == 0 and json.loads(stats.output)["visible"] == 0

@@ -21,6 +21,7 @@ SOURCES = PACKAGE / "web"
 STATIC = PACKAGE / "static"
 MANIFEST = STATIC / "upload.manifest.json"
 BUNDLE = STATIC / "upload.js"
+SERVICE_WORKER = STATIC / "upload-sw.js"  # served as /upload/sw.js (pages.py)
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,11 @@ class Bundle:
 
 def sources_digest(root: Path = SOURCES) -> str:
     """The digest gateway/web/sources.mjs computes: SHA-256 over "path<TAB>sha256<LF>" lines of
-    package.json, package-lock.json, build.mjs and every file under src/, sorted by path."""
+    package.json, package-lock.json, build.mjs and every file under src/ and outbox/ (the
+    browser outbox library), sorted by path."""
     files = [root / "package.json", root / "package-lock.json", root / "build.mjs"]
-    files += [p for p in (root / "src").rglob("*") if p.is_file()]
+    for folder in ("src", "outbox"):
+        files += [p for p in (root / folder).rglob("*") if p.is_file()]
     lines = sorted(
         f"{p.relative_to(root).as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n"
         for p in files
@@ -54,6 +57,19 @@ def check(root: Path = SOURCES, manifest: Path = MANIFEST, bundle_file: Path = B
     if root.is_dir() and built.get("sources") != sources_digest(root):
         return Bundle(False, "", "gateway/web changed since the bundle was built: `make bundle`")
     return Bundle(True, f"/static/upload.js?v={digest[:16]}")
+
+
+def service_worker(manifest: Path = MANIFEST, worker: Path = SERVICE_WORKER) -> bytes | None:
+    """The page's service worker when it is the one the manifest describes (built with the
+    bundle, so fresh when the bundle is), else None."""
+    try:
+        built = json.loads(manifest.read_text())
+        content = worker.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if built.get("serviceWorker") != hashlib.sha256(content).hexdigest():
+        return None
+    return content
 
 
 @functools.cache

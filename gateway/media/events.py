@@ -2,7 +2,7 @@
 
 Every commit point publishes here: a streaming upload's records written (``media.stored``), a
 direct upload's ``complete`` (``media.stored``), a media item deleted (``media.deleted``). The
-processing pipeline and webhooks subscribe by being a ``Publisher``; the default only logs.
+processing pipeline, webhooks and SNS subscribe by being a ``Publisher``; the default only logs.
 
 Publishing happens after the state change is durable and must never undo it: a publisher that
 fails is logged, and the record's status stays the source of truth for anything that missed it.
@@ -101,15 +101,23 @@ class LogPublisher:
 
 class QueuePublisher:
     """Turns events into jobs: ``media.stored`` into a processing job on ``queue``, and every
-    event into a webhook delivery on ``webhooks`` (its own queue, when webhooks are configured);
-    then hands them to ``then`` (the log)."""
+    event into a webhook delivery on ``webhooks`` and an SNS publication on ``sns`` (the
+    deliveries' queue, when a webhook or a topic is configured: one job per target); then hands
+    them to ``then`` (the log)."""
 
     def __init__(
-        self, queue: Queue, *, processing: bool, webhooks: Queue | None, then: Publisher
+        self,
+        queue: Queue,
+        *,
+        processing: bool,
+        webhooks: Queue | None,
+        then: Publisher,
+        sns: Queue | None = None,
     ) -> None:
         self.queue = queue
         self.processing = processing
         self.webhooks = webhooks
+        self.sns = sns
         self.then = then
 
     def publish(self, events: Sequence[MediaEvent]) -> None:
@@ -118,6 +126,8 @@ class QueuePublisher:
                 self.queue.send({"type": "media.process", "mediaId": event.media_id})
             if self.webhooks is not None:
                 self.webhooks.send({"type": "webhook", "id": event.id, "event": event.payload()})
+            if self.sns is not None:
+                self.sns.send({"type": "sns", "id": event.id, "event": event.payload()})
         self.then.publish(events)
 
 

@@ -74,7 +74,7 @@ def derive_audio(
     if claimed is not None:
         _check_claim(claimed, rate, channels, options)
     estimate = claimed if claimed is not None else _demuxed_seconds(path)
-    lossless = codec.lossless and not codec.lossy
+    lossless = codec.lossless  # PCM, FLAC, ALAC, WavPack (FFmpeg's codec descriptors)
     size = path.stat().st_size
     bit_rate = options.opus_mono_bit_rate if channels == 1 else options.opus_stereo_bit_rate
     skipped = _no_opus_because(codec.canonical_name, lossless, size, estimate, bit_rate, options)
@@ -259,7 +259,7 @@ class _Levels:
             except (av.error.BlockingIOError, av.error.EOFError):
                 return
             metadata = out.metadata
-            scale = _SCALES[out.format.name.rstrip("p")]
+            scale = _SCALES[out.format.name.removesuffix("p")]  # planar or not, the same
             levels = []
             for channel in range(1, self.channels + 1):
                 for which in ("Min_level", "Max_level"):
@@ -399,11 +399,13 @@ def wav_claim(path: Path) -> float | None:
                 return None
             kind, size = header[:4], struct.unpack("<I", header[4:])[0]
             if kind == b"data":
-                if head[:4] != b"RIFF" and size == 0xFFFFFFFF:
-                    size = ds64_size or 0
+                if head[:4] != b"RIFF" and size == 0xFFFFFFFF:  # RF64: the size is in ds64
+                    if ds64_size is None:
+                        return None
+                    size = ds64_size
                 elif size in _RIFF_UNKNOWN:
                     return None
-                return size // block / rate if rate and block and size else None
+                return size // block / rate if rate and block else None
             body = f.read(min(size, 64)) if kind in (b"fmt ", b"ds64") else b""
             if kind == b"fmt " and len(body) >= 14:
                 rate, block = struct.unpack("<I", body[4:8])[0], struct.unpack("<H", body[12:14])[0]

@@ -114,7 +114,7 @@ class Peaks:
             bottom = round(middle - low / FULL_SCALE * middle)
             draw.line([(x, top), (x, bottom)], fill=PNG_COLOUR)
         out = io.BytesIO()
-        image.save(out, "PNG", optimize=True)
+        image.save(out, "PNG")
         return out.getvalue(), width, height
 
 

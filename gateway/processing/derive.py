@@ -154,7 +154,9 @@ def _image(path: Path, options: DeriveOptions) -> Derived:
 def _thumbnail(path: Path, options: DeriveOptions, size: int) -> Variant:
     image = _open_image(path, options)
     image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that suffices
-    image = ImageOps.exif_transpose(image)
+    # In place: an upright photo (most of them) is not copied (bench/processing.py: a copy of
+    # the decoded pixels per thumbnail, and the fresh pages a job's new process fills with it).
+    ImageOps.exif_transpose(image, in_place=True)
     icc = image.info.get("icc_profile")
     if icc:
         try:

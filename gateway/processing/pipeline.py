@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_plus
 
 from gateway import errors, metrics
 from gateway.media.events import Announcer, EventType
@@ -36,8 +35,8 @@ from gateway.processing.sandbox import SandboxError, run
 from gateway.processing.scanner import ScanError, Scanner
 from gateway.queue import Message, Queue
 from gateway.storage import ObjectStore, Quarantine
-from gateway.storage.keys import parse_key
 from gateway.uploads.direct import DirectUploadService
+from gateway.uploads.s3_events import MalformedEvent, arrived_uploads, is_s3_event, store_prefixes
 from gateway.uploads.sniff import SniffedType, is_allowed
 from gateway.uploads.sniff_audio import extension_of, twin
 
@@ -149,8 +148,7 @@ class Pipeline:
         self.webhook_queue = webhook_queue
         self.direct = direct
         # where staging keys of direct uploads live: the media prefix, or the quarantine's
-        stripped = [prefix.strip("/") for prefix in storage_prefixes]
-        self.storage_prefixes = tuple(sorted(stripped, key=lambda prefix: not prefix))
+        self.storage_prefixes = store_prefixes(*storage_prefixes)
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, message: Message) -> None:
@@ -160,7 +158,7 @@ class Pipeline:
             self.process(str(body["mediaId"]))
         elif kind == WEBHOOK:
             self.forward_webhook(body)
-        elif "Records" in body or body.get("Event") == "s3:TestEvent":
+        elif is_s3_event(body):
             self.s3_event(body)
         else:
             log.warning("dropping a message the pipeline does not know: %.200s", body)
@@ -357,25 +355,12 @@ class Pipeline:
 
     # -- S3 notifications ------------------------------------------------------------------------
     def s3_event(self, body: dict[str, Any]) -> None:
-        if body.get("Event") == "s3:TestEvent":
+        if self.direct is None:
             return
-        for event in body.get("Records", []):
-            name = str(event.get("eventName", ""))
-            if not name.startswith("ObjectCreated:"):
-                continue
-            full = unquote_plus(str(event.get("s3", {}).get("object", {}).get("key", "")))
-            key = self._store_key(full)
-            if key is None:
-                continue
-            media_id, staging = parse_key(key)
-            if media_id is None or not staging or self.direct is None:
-                continue  # the gateway's own writes (completed uploads, variants): no news
+        try:
+            arrived = arrived_uploads(body, self.storage_prefixes)
+        except MalformedEvent as exc:
+            log.warning("dropping a malformed S3 event (%s): %.200s", exc, body)
+            return
+        for media_id in arrived:
             self.direct.complete_from_event(media_id)
-
-    def _store_key(self, full: str) -> str | None:
-        for prefix in self.storage_prefixes:
-            if not prefix:
-                return full
-            if full.startswith(prefix + "/"):
-                return full[len(prefix) + 1 :]
-        return None

@@ -3,12 +3,12 @@ reference library: headers ``webhook-id``, ``webhook-timestamp``, ``webhook-sign
 (HMAC-SHA256 with the ``whsec_`` secret). The id is stable per event (``<mediaId>.<event>``),
 so a receiver deduplicates a redelivery by it.
 
-Delivery is a job on its own queue (``GATEWAY_WEBHOOK_QUEUE_URL``), run by the worker's webhook
-lane (``GATEWAY_WEBHOOK_CONCURRENCY`` at once): a slow receiver fills that lane only, never a
-processing slot. One job is one attempt is one POST: while it runs the worker's heartbeat keeps
-its lease, so no other worker sends it meanwhile. A failure (no answer within
-``GATEWAY_WEBHOOK_TIMEOUT``, a non-2xx status) is retried with backoff by the worker and ends as
-a dead letter of the webhook queue.
+Delivery is a job on its own queue (``GATEWAY_WEBHOOK_QUEUE_URL``), run by the worker's
+deliveries lane (gateway/processing/deliveries.py; ``GATEWAY_WEBHOOK_CONCURRENCY`` at once): a
+slow receiver fills that lane only, never a processing slot. One job is one attempt is one POST:
+while it runs the worker's heartbeat keeps its lease, so no other worker sends it meanwhile. A
+failure (no answer within ``GATEWAY_WEBHOOK_TIMEOUT``, a non-2xx status) is retried with backoff
+by the worker and ends as a dead letter of the webhook queue.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from standardwebhooks import Webhook
-
-from gateway.queue import Message
 
 log = logging.getLogger(__name__)
 USER_AGENT = "upload-gateway-webhooks/1"
@@ -74,29 +72,3 @@ class WebhookSender:
         if not 200 <= status < 300:
             raise DeliveryFailed(f"the receiver answered {status}")
         return status
-
-
-class WebhookDeliveries:
-    """The webhook lane's handler: each message is one attempt, one signed POST."""
-
-    def __init__(self, sender: WebhookSender) -> None:
-        self.sender = sender
-
-    def handle(self, message: Message) -> None:
-        body = message.body
-        if body.get("type") != JOB_TYPE:
-            log.warning("dropping a message that is not a webhook delivery: %.200s", body)
-            return
-        self.sender.deliver(str(body["id"]), body["event"])
-
-    def on_last_failure(self, message: Message, exc: BaseException) -> None:
-        """Nothing to undo: the delivery becomes a dead letter (``flask queue redrive --lane
-        webhooks`` sends it again)."""
-        log.error(
-            {
-                "event": "webhook.dead",
-                "webhookId": message.body.get("id"),
-                "receiveCount": message.receive_count,
-                "reason": str(exc),
-            }
-        )

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.storage.chunks import ChunkStore
+    from gateway.storage.integrity import Probe
     from gateway.storage.presign import DirectStore
     from gateway.storage.staging import PartSpace
 
@@ -165,6 +166,8 @@ class Storage:
     chunks: ChunkStore | None = None  # resumable uploads' chunks and parts (in the landing store)
     # The memory budget of bodies in flight and where slow parts are staged (storage/staging.py).
     space: PartSpace | None = None
+    # What the store verifies, its addressing, CORS and notifications (``flask check``; S3).
+    probe: Callable[[], Probe] | None = None
 
     @property
     def landing(self) -> ObjectStore:
@@ -198,6 +201,7 @@ def open_storage(settings: Settings) -> Storage:
             ),
         )
         s3_quarantine = s3_holding if settings.clamd_url else None
+        from gateway.storage.s3_check import probe
         from gateway.storage.s3_chunks import S3Chunks
 
         landing = s3_quarantine.store if s3_quarantine is not None else s3
@@ -211,6 +215,7 @@ def open_storage(settings: Settings) -> Storage:
             holding=s3_holding,
             chunks=S3Chunks(landing),
             space=space,
+            probe=lambda: probe(landing),
         )
     from gateway.storage.chunks import LocalChunks
     from gateway.storage.local import LocalObjectStore, LocalQuarantine
@@ -240,7 +245,11 @@ def part_space(settings: Settings, *, staged: bool) -> PartSpace:
 
     workers = worker_processes()
     staging = (
-        Staging(settings.staging_dir, settings.staging_max_bytes // workers)
+        Staging(
+            settings.staging_dir,
+            settings.staging_max_bytes // workers,
+            integrity=settings.effective_s3_integrity,
+        )
         if staged and settings.stage_below_rate
         else None
     )

@@ -22,11 +22,12 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gateway.errors import StorageError, StorageUnavailable
+from gateway.errors import StorageCorrupted, StorageError, StorageUnavailable
 from gateway.metrics import instrument_s3_client
 from gateway.storage import ObjectInfo, PendingUpload, StoredObject
+from gateway.storage.integrity import DIGEST_ERRORS, Sums, etag_holds, sums
 from gateway.storage.s3_requests import S3Requests
-from gateway.storage.staging import Part, PartFiller, PartSpace, unlimited
+from gateway.storage.staging import Body, FileBody, Part, PartFiller, PartSpace, unlimited
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -57,8 +58,9 @@ def make_s3_client(settings: Settings) -> Any:
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=settings.s3_max_pool_connections,
-        # Parts carry a CRC32C checksum (computed here) that S3 verifies, so the payload need not
-        # be SHA-256 signed as well (boto3 skips it on https; this makes plain http match).
+        # Bodies carry checksums (computed here, gateway/storage/integrity.py) that S3 verifies or
+        # the gateway checks, so the payload need not be SHA-256 signed as well (boto3 skips it
+        # on https; this makes plain http match).
         s3={
             "payload_signing_enabled": False,
             "addressing_style": "path" if settings.s3_endpoint_url else "auto",
@@ -81,6 +83,11 @@ def translate(exc: Exception, action: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in DIGEST_ERRORS:
+            return StorageCorrupted(
+                f"The object store refused a body as not matching its checksum while {action}"
+                " (changed on the way); nothing was kept. Retry the upload."
+            )
         if code in RETRYABLE_CODES or status == 503:
             return StorageUnavailable(f"Object store unavailable while {action}: {code or status}.")
         return StorageError(f"Object store error while {action}: {code or status}.")
@@ -94,6 +101,16 @@ def _call(action: str, fn: Callable[..., T], **kwargs: Any) -> T:
         return fn(**kwargs)
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, action) from exc
+
+
+def require_etag(etag: str, sent: Sums, action: str) -> None:
+    """StorageCorrupted unless the store's ETag is the MD5 of what was sent (md5 mode)."""
+    if not etag_holds(etag, sent):
+        log.error("ETag %s is not the MD5 %s sent while %s", etag, sent.md5, action)
+        raise StorageCorrupted(
+            f"The object store holds other bytes than were sent while {action}"
+            " (changed on the way); nothing was kept. Retry the upload."
+        )
 
 
 class S3ObjectWriter:
@@ -156,13 +173,13 @@ class S3ObjectWriter:
         self._in_flight.append((future, data))
 
     def _upload_part(self, part: dict[str, Any], data: Part) -> None:
-        # The checksum is sent as a header: left to botocore, an https request would carry it
-        # as a trailer, for which botocore copies the body into a BytesIO. CRC32C: the CPU's
-        # own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32); a staged part's was
-        # computed as its bytes arrived.
+        # The checksums are sent as headers: left to botocore, an https request would carry
+        # them as a trailer, for which botocore copies the body into a BytesIO. CRC32C: the
+        # CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32). A part in memory's
+        # are computed here, on the part's thread; a staged part's as its bytes arrived.
         assert self._upload_id is not None
         try:
-            crc = base64.b64encode(data.crc32c().to_bytes(4, "big")).decode()
+            sent = data.sums(self._store.integrity)
             etag = _call(
                 "uploading a part",
                 self._store.requests.upload_part,
@@ -170,12 +187,13 @@ class S3ObjectWriter:
                 upload_id=self._upload_id,
                 number=part["PartNumber"],
                 body=data.body(),
-                crc32c=crc,
+                headers=sent.headers,
             )
         finally:
             data.release()
+        require_etag(etag, sent, "uploading a part")
         part["ETag"] = etag
-        part["ChecksumCRC32C"] = crc
+        part["ChecksumCRC32C"] = sent.crc32c
 
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
@@ -198,16 +216,17 @@ class S3ObjectWriter:
         return StoredObject(self.key, self.bytes_written)
 
     def _put_whole(self, sha256: str) -> None:
-        headers = {
-            "Content-Type": self._headers["ContentType"],
+        headers: dict[str, str] = {
+            "Content-Type": str(self._headers["ContentType"]),
             "x-amz-checksum-sha256": base64.b64encode(binascii.unhexlify(sha256)).decode(),
         }
         if "ContentDisposition" in self._headers:
-            headers["Content-Disposition"] = self._headers["ContentDisposition"]
+            headers["Content-Disposition"] = str(self._headers["ContentDisposition"])
         for name, value in {**self._metadata, "sha256": sha256}.items():
             headers[f"x-amz-meta-{name}"] = value
         tail = self._filler.take()
         try:
+            sent = tail.sums(self._store.integrity, with_crc32c=False) if tail is not None else None
             body = tail.body() if tail is not None else b""
             if tail is not None and isinstance(body, bytes):
                 # A copy: the part buffer (a whole part, for a file of any size) goes back at
@@ -215,13 +234,7 @@ class S3ObjectWriter:
                 # them, 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU
                 # (bench (c)).
                 tail.release()
-            _call(
-                "storing the object",
-                self._store.requests.put_object,
-                key=self._object_key,
-                body=body,
-                headers=headers,
-            )
+            self._store.put_checked(self._object_key, body, headers, with_crc32c=False, sent=sent)
         finally:
             if tail is not None:
                 tail.release()
@@ -293,8 +306,10 @@ class S3ObjectStore:
         executor: ThreadPoolExecutor,
         requests: S3Requests,
         space: PartSpace | None = None,
+        integrity: str,
     ) -> None:
         self.client = client
+        self.integrity = integrity  # GATEWAY_S3_INTEGRITY (gateway/storage/integrity.py)
         self.requests = requests  # PutObject and UploadPart, without the client's pipeline
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -337,10 +352,45 @@ class S3ObjectStore:
                 max_pool_connections=settings.s3_max_pool_connections,
             ),
             space=space,
+            integrity=settings.effective_s3_integrity,
         )
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_checked(
+        self,
+        full_key: str,
+        body: Body,
+        headers: dict[str, str],
+        *,
+        with_crc32c: bool = True,
+        sent: Sums | None = None,
+    ) -> None:
+        """PutObject with the integrity mode's checksums (``sent``: computed already, as a
+        staged file's are; else of ``body``, in memory); an object whose ETag says the store
+        holds other bytes is deleted (best effort: a caller that may have committed it deletes
+        or journals it too) and StorageCorrupted raised."""
+        if sent is None:
+            if isinstance(body, FileBody):
+                raise TypeError("a staged body's checksums come with it")
+            sent = sums(body, self.integrity, with_crc32c=with_crc32c)
+        etag = _call(
+            "storing the object",
+            self.requests.put_object,
+            key=full_key,
+            body=body,
+            headers={**headers, **sent.headers},
+        )
+        if not etag_holds(etag, sent):
+            self.discard_corrupt(full_key)
+            require_etag(etag, sent, "storing the object")
+
+    def discard_corrupt(self, full_key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full_key)
+        except (ClientError, BotoCoreError):
+            log.warning("could not delete %s, stored with other bytes than sent", full_key)
 
     def _store_key(self, full_key: str) -> str:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key

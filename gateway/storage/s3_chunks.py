@@ -1,13 +1,20 @@
 """tus parts and chunks on S3 (see ``chunks``): the upload is an S3 multipart upload to its final
 key; bytes past the last whole part wait in one small object until the next chunk completes a
-part. Its own module so that the embedded mode never imports boto3."""
+part. Its own module so that the embedded mode never imports boto3.
+
+Every body written here carries the integrity mode's checksums and its ETag is checked
+(gateway/storage/integrity.py), as the form writer's: through the client (botocore adds its own
+CRC32 as well), since a tus request writes at most a few parts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from gateway.storage import PartInfo
-from gateway.storage.s3 import S3ObjectStore, _call
+from gateway.storage.integrity import Sums, etag_holds, sums
+from gateway.storage.s3 import S3ObjectStore, _call, require_etag
 from gateway.storage.s3_direct import S3DirectUploads
 
 
@@ -21,14 +28,28 @@ class S3Chunks:
     def _key(self, key: str) -> str:
         return self.store.full_key(key)
 
-    def put(self, key: str, data: bytes | bytearray) -> None:
-        _call(
-            "storing a chunk",
+    def _sums(self, data: bytes | bytearray) -> tuple[Sums, dict[str, Any]]:
+        """The checksums for ``data`` and the client's parameters that carry them."""
+        sent = sums(data, self.store.integrity, with_crc32c=False)
+        return sent, ({"ContentMD5": sent.headers["Content-MD5"]} if sent.md5 else {})
+
+    def _put(self, action: str, key: str, data: bytes | bytearray, **params: Any) -> None:
+        sent, checksum = self._sums(data)
+        answer = _call(
+            action,
             self.client.put_object,
             Bucket=self.bucket,
             Key=self._key(key),
             Body=data,
+            **checksum,
+            **params,
         )
+        if not etag_holds(str(answer.get("ETag", "")), sent):
+            self.store.discard_corrupt(self._key(key))
+            require_etag(str(answer.get("ETag", "")), sent, action)
+
+    def put(self, key: str, data: bytes | bytearray) -> None:
+        self._put("storing a chunk", key, data)
 
     def get(self, key: str) -> bytes:
         return b"".join(self.read(key))
@@ -50,6 +71,7 @@ class S3Chunks:
         )
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
+        sent, checksum = self._sums(data)
         answer = _call(
             "uploading a part",
             self.client.upload_part,
@@ -58,7 +80,9 @@ class S3Chunks:
             UploadId=upload_id,
             PartNumber=number,
             Body=data,
+            **checksum,
         )
+        require_etag(str(answer["ETag"]), sent, "uploading a part")
         return str(answer["ETag"])
 
     def copy_part(self, key: str, upload_id: str, number: int, source: str) -> str:
@@ -90,12 +114,10 @@ class S3Chunks:
         metadata: dict[str, str],
         content_disposition: str,
     ) -> None:
-        _call(
+        self._put(
             "storing the object",
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            Body=data,
+            key,
+            data,
             ContentType=content_type,
             ContentDisposition=content_disposition,
             Metadata=metadata,

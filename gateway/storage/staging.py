@@ -24,11 +24,19 @@ memory is an OOM kill). A write that fails for lack of space raises ``Insufficie
 Staged files are named ``<pid>-<process start time>-<random>.part``: the sweeper
 (gateway/uploads/sweeper.py) removes those whose process is gone (a worker killed with SIGKILL
 leaves them), and never a live process's, even one whose PID was reused.
+
+Every call that may block on the disk (creating, writing, reading back a staged file; the
+checksums of the bytes written go along) runs through ``Staging.blocking`` (``OffLoop``): in
+the gevent worker, where every upload of a worker process is a greenlet of one thread, a write
+the kernel holds (dirty-page throttling once a gigabyte or so is staged: 0.5-0.6 s measured)
+otherwise stopped every upload of that worker, and the part uploads' socket timeouts then
+fired late, all at once (docs/design.md, "Slow uploads").
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -36,15 +44,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, TypeVar, cast
 
 from crc32c import crc32c
 
 from gateway import errors
 from gateway.metrics import BODY_MEMORY_PEAK, BODY_READ_WAITS, STAGED_BYTES
 from gateway.storage.buffers import PartBuffers
+from gateway.storage.integrity import MD5, Sums, sums, sums_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 KiB = 1024
 UNLIMITED = 1 << 62
 # A writer's first bytes, held to learn its pace. A slow client's backlog in the socket (the
@@ -53,6 +63,7 @@ UNLIMITED = 1 << 62
 # saturated node and did not tell them apart any better).
 PROBE_BYTES = 256 * KiB
 BEHIND = 1024 * KiB  # a part in memory this far behind the fast pace moves to disk
+READ_BLOCK = 256 * KiB  # a staged part is read back for its upload in blocks of this size
 SUFFIX = ".part"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -162,19 +173,84 @@ def owner_alive(name: str) -> bool | None:
     return now is not None and now in ("?", started)
 
 
+# -- blocking calls -------------------------------------------------------------------------------
+class Blocking(Protocol):
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> T: ...
+
+
+class OffLoop:
+    """Runs a call that may block (file I/O) where it stops no one else: on one of gevent's
+    native threads (its hub's thread pool) when this process's threads are greenlets, i.e. in
+    gunicorn's gevent worker; in place anywhere else (a thread of its own already, as under
+    gthread or in the tests). The caller's greenlet waits for the result; the others run.
+
+    ``native``: None decides by whether gevent has patched ``threading`` (checked at the first
+    call, after gunicorn's worker has patched it); True or False forces the choice (tests)."""
+
+    def __init__(self, native: bool | None = None) -> None:
+        self._native = native
+
+    @property
+    def native(self) -> bool:
+        if self._native is None:
+            self._native = _gevent_threads()
+        return self._native
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> T:
+        if not self.native:
+            return fn(*args)
+        import gevent
+
+        return cast(T, gevent.get_hub().threadpool.apply(fn, args))
+
+
+def _gevent_threads() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
 # -- parts -----------------------------------------------------------------------------------------
+class StagedReader:
+    """A staged file read back for its upload: blocks of ``READ_BLOCK`` read through
+    ``blocking``, handed out in the sizes asked for (the HTTP client asks 16 KiB at a time:
+    one thread handoff per block, not per 16 KiB)."""
+
+    def __init__(self, file: IO[bytes], blocking: Blocking) -> None:
+        self._file = file
+        self._blocking = blocking
+        self._block = b""
+        self._at = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._at >= len(self._block):
+            self._block, self._at = self._blocking(self._file.read, max(size, READ_BLOCK)), 0
+        if size < 0:
+            size = len(self._block) - self._at
+        data = self._block[self._at : self._at + size]
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        self._block = b""
+        self._file.close()
+
+
 class FileBody:
     """A staged part as a request body: opened again for each attempt (a retry starts over)."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, blocking: Blocking | None = None) -> None:
         self.path = path
         self.size = size
+        self._blocking = blocking or OffLoop(native=False)
 
     def __len__(self) -> int:
         return self.size
 
-    def open(self) -> IO[bytes]:
-        return open(self.path, "rb")
+    def open(self) -> StagedReader:
+        return StagedReader(self._blocking(open, self.path, "rb", 0), self._blocking)
 
 
 Body = bytes | bytearray | FileBody
@@ -188,7 +264,8 @@ class Part(Protocol):
     def body(self) -> Body:
         """Its bytes to send (a full buffer as it is, a staged file, a short part copied)."""
 
-    def crc32c(self) -> int: ...
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
+        """The checksums its request carries (gateway/storage/integrity.py)."""
 
     def read(self) -> bytes:
         """All its bytes, in memory (small files, tus tails and sniffing only)."""
@@ -219,9 +296,9 @@ class MemoryPart:
             return self.buffer  # sent as it is (botocore does not copy a bytearray)
         return self.read()
 
-    def crc32c(self) -> int:
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
         with memoryview(self.buffer)[: self.size] as view:
-            return int(crc32c(view))
+            return sums(view, mode, with_crc32c=with_crc32c)
 
     def read(self) -> bytes:
         return bytes(memoryview(self.buffer)[: self.size])
@@ -248,8 +325,8 @@ class BytesPart:
     def body(self) -> Body:
         return self._data
 
-    def crc32c(self) -> int:
-        return int(crc32c(self._data))
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
+        return sums(self._data, mode, with_crc32c=with_crc32c)
 
     def read(self) -> bytes:
         return self._data
@@ -259,17 +336,19 @@ class BytesPart:
 
 
 class StagedPart:
-    """A part in a file of the staging directory; its CRC32C computed as the bytes arrive."""
+    """A part in a file of the staging directory; its checksums computed as the bytes arrive
+    (its CRC32C, and its MD5 when the store's integrity mode sends Content-MD5)."""
 
     def __init__(self, staging: Staging) -> None:
         self._staging = staging
         self.path = staging.new_path()
         self.size = 0
         self._crc = 0
+        self._md5 = hashlib.md5(usedforsecurity=False) if staging.integrity == MD5 else None
         self._file: IO[bytes] | None = None
         self._released = False
         try:
-            self._file = staging.opener(self.path)
+            self._file = staging.blocking(staging.opener, self.path)
         except OSError as exc:
             self.release()
             raise _translate(exc) from None
@@ -277,12 +356,21 @@ class StagedPart:
     def write(self, data: memoryview) -> None:
         assert self._file is not None and not self._released
         try:
-            self._file.write(data)
+            self._staging.blocking(self._write, self._file, data)
         except OSError as exc:
             raise _translate(exc) from None
-        self._crc = crc32c(data, self._crc)
         self.size += len(data)
         self._staging.add(len(data))
+
+    def _write(self, file: IO[bytes], data: memoryview) -> None:
+        """Off the loop (``Staging.blocking``): the bytes to the file, and their checksums."""
+        written = 0
+        while written < len(data):
+            # a raw file may take fewer bytes than it is given
+            written += file.write(data[written:]) or 0
+        self._crc = crc32c(data, self._crc)
+        if self._md5 is not None:
+            self._md5.update(data)
 
     def _closed(self) -> None:
         if self._file is not None:
@@ -294,14 +382,20 @@ class StagedPart:
 
     def body(self) -> Body:
         self._closed()
-        return FileBody(self.path, self.size)
+        return FileBody(self.path, self.size, self._staging.blocking)
 
-    def crc32c(self) -> int:
-        return int(self._crc)
+    def sums(self, mode: str, *, with_crc32c: bool = True) -> Sums:
+        if mode == MD5 and self._md5 is None:
+            # staged for another mode than the store's (not how open_storage builds them)
+            return sums(self.read(), mode, with_crc32c=with_crc32c)
+        return sums_of(
+            int(self._crc) if with_crc32c else None,
+            self._md5.digest() if mode == MD5 and self._md5 is not None else None,
+        )
 
     def read(self) -> bytes:
         self._closed()
-        return self.path.read_bytes()
+        return self._staging.blocking(self.path.read_bytes)
 
     def release(self) -> None:
         if self._released:
@@ -338,9 +432,14 @@ class Staging:
         max_bytes: int,
         *,
         opener: Callable[[Path], IO[bytes]] = _open_exclusive,
+        integrity: str = MD5,
+        blocking: Blocking | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        # the S3 stores' GATEWAY_S3_INTEGRITY: with md5, each staged part's MD5 is kept as it fills
+        self.integrity = integrity
+        self.blocking: Blocking = blocking or OffLoop()  # where the file calls run
         self.opener = opener
         self.bytes = 0
         self._lock = threading.Lock()

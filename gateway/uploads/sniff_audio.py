@@ -195,6 +195,10 @@ class _OutOfSight(Exception):
     """The window ends before the answer."""
 
 
+def _big(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
 def container_holds(head: bytes) -> Holds | None:
     """Whether an MP4/3GP, WebM/Matroska or Ogg file holds video, audio only, or (None) the
     first bytes cannot tell."""
@@ -229,14 +233,14 @@ def _boxes(head: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
         if at + 8 > len(head):
             raise _OutOfSight
         size, kind, payload = (
-            int.from_bytes(head[at : at + 4], "big"),
+            _big(head[at : at + 4]),
             head[at + 4 : at + 8],
             at + 8,
         )
         if size == 1:
             if at + 16 > len(head):
                 raise _OutOfSight
-            size, payload = int.from_bytes(head[at + 8 : at + 16], "big"), at + 16
+            size, payload = _big(head[at + 8 : at + 16]), at + 16
         elif size == 0:
             size = end - at  # to the end of its parent (the file)
         if size < payload - at:
@@ -300,61 +304,56 @@ _TRACK_TYPES = {1: "video", 2: "audio"}
 class _Element:
     id: int
     payload: int
-    end: int | None  # None: an unknown size (a live stream's Segment or Cluster)
+    end: int  # an unknown size (all ones: a live stream's Segment or Cluster) reads as huge
 
 
-def _vint(head: bytes, at: int, *, keep_marker: bool) -> tuple[int, int, bool]:
-    """(value, length, all ones) of the variable-length integer at ``at``."""
+class _Malformed(Exception):
+    """Bytes that are no EBML element."""
+
+
+def _vint(head: bytes, at: int) -> tuple[int, int]:
+    """(the bytes, length) of the variable-length integer at ``at``: its length is the
+    position of the first set bit of its first byte (a 0 byte begins none)."""
     if at >= len(head):
         raise _OutOfSight
-    first = head[at]
-    length = 9 - first.bit_length() if first else 9
-    if length > 8:
-        raise ValueError("not an EBML integer")
+    if not head[at]:
+        raise _Malformed
+    length = 9 - head[at].bit_length()
     if at + length > len(head):
         raise _OutOfSight
-    value = int.from_bytes(head[at : at + length], "big")
-    data_bits = 7 * length
-    data = value & ((1 << data_bits) - 1)
-    return (value if keep_marker else data), length, data == (1 << data_bits) - 1
+    return _big(head[at : at + length]), length
 
 
 def _element(head: bytes, at: int) -> _Element:
-    ident, id_length, _ = _vint(head, at, keep_marker=True)
-    size, size_length, unknown = _vint(head, at + id_length, keep_marker=False)
+    """An element: its ID keeps its length marker, its size drops it."""
+    ident, id_length = _vint(head, at)
+    size, size_length = _vint(head, at + id_length)
     payload = at + id_length + size_length
-    return _Element(ident, payload, None if unknown else payload + size)
+    return _Element(ident, payload, payload + (size & ((1 << 7 * size_length) - 1)))
 
 
 def _ebml_holds(head: bytes) -> Holds | None:
     try:
-        header = _element(head, 0)
-        if header.end is None:
-            return None
-        segment = _element(head, header.end)
+        segment = _element(head, _element(head, 0).end)  # after the EBML header
         if segment.id != _SEGMENT:
             return None
         at = segment.payload
-        while segment.end is None or at < segment.end:
+        while at < segment.end:
             child = _element(head, at)
             if child.id == _TRACKS:
                 return _decide(_track_kinds(head, child))
-            if child.id == _CLUSTER or child.end is None:
-                return None  # media before the track list, or an element we cannot skip
+            if child.id == _CLUSTER:
+                return None  # media before the track list
             at = child.end
-    except ValueError:
+    except _Malformed:
         return None
     return None
 
 
 def _track_kinds(head: bytes, tracks: _Element) -> Iterator[str | None]:
-    if tracks.end is None:
-        raise _OutOfSight
     at = tracks.payload
     while at < tracks.end:
         entry = _element(head, at)
-        if entry.end is None:
-            raise _OutOfSight
         if entry.id == _TRACK_ENTRY:
             number = _track_type(head, entry)
             if number is None:
@@ -365,17 +364,14 @@ def _track_kinds(head: bytes, tracks: _Element) -> Iterator[str | None]:
 
 
 def _track_type(head: bytes, entry: _Element) -> int | None:
-    """A TrackEntry's TrackType, or None when it has none we can read."""
-    assert entry.end is not None
+    """A TrackEntry's TrackType, or None when it has none."""
     at = entry.payload
     while at < entry.end:
         field = _element(head, at)
-        if field.end is None:
-            return None
         if field.id == _TRACK_TYPE:
             if field.end > len(head):
                 raise _OutOfSight
-            return int.from_bytes(head[field.payload : field.end], "big")
+            return _big(head[field.payload : field.end])
         at = field.end
     return None
 

@@ -1,11 +1,12 @@
 // The digest of the sources a bundle is built from (gateway/web_bundle.py computes the same):
 // SHA-256 over one "path<TAB>sha256-hex<LF>" line per file (package.json, package-lock.json,
-// build.mjs, every file under src/), paths relative to gateway/web with '/', lines sorted.
+// build.mjs, every file under src/ and outbox/), paths relative to gateway/web with '/', lines sorted.
 import { createHash } from 'node:crypto'
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join, relative, sep } from 'node:path'
 
 function filesUnder(dir) {
+  if (!existsSync(dir)) return []
   return readdirSync(dir).flatMap((name) => {
     const path = join(dir, name)
     return statSync(path).isDirectory() ? filesUnder(path) : [path]
@@ -18,6 +19,7 @@ export function sourcesDigest(root) {
     join(root, 'package-lock.json'),
     join(root, 'build.mjs'),
     ...filesUnder(join(root, 'src')),
+    ...filesUnder(join(root, 'outbox')),
   ]
   const lines = files
     .map((path) => {

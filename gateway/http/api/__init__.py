@@ -39,8 +39,9 @@ def upload_body(protocol: Literal["form", "tus"]) -> Iterator[GuardedBody]:
 MAX_JSON_BYTES = 256 * 1024
 
 
-def json_body(*, required: bool) -> Any:
-    """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows)."""
+def json_body(*, required: bool, any_type: bool = False) -> Any:
+    """The JSON body, at most MAX_JSON_BYTES whether sized or chunked (cut as it grows).
+    ``any_type``: whatever the Content-Type says (a pusher's, not a client's, body)."""
     if (request.content_length or 0) > MAX_JSON_BYTES:
         raise errors.TooLarge("The JSON body is too large.")
     # werkzeug limits a chunked stream to this (a sized one to its Content-Length) but ends
@@ -60,7 +61,7 @@ def json_body(*, required: bool) -> Any:
     if not data and not required:
         return {}  # no body (none sent, or an empty chunked one)
     try:  # bad JSON is answered, never ignored
-        body = json.loads(data) if request.is_json else None
+        body = json.loads(data) if request.is_json or any_type else None
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         body = None
     if body is None:

@@ -21,6 +21,7 @@ from gateway.http.api import (
     health,
     media,
     pages,
+    s3_events,
     session,
     spec,
     stats,
@@ -33,7 +34,7 @@ from gateway.http.api.spec import Described, json_response
 bp = Blueprint("openapi", __name__)
 
 DOCS_PATH = "/docs"
-RESOURCES = (upload, tickets, media, stats, direct, tus, health, session, pages)
+RESOURCES = (upload, tickets, media, stats, direct, tus, health, session, pages, s3_events)
 
 
 def descriptions() -> dict[str, Described]:
@@ -67,7 +68,8 @@ def assemble(described: Mapping[str, Described]) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "s3Events": {"type": "http", "scheme": "basic"},
             },
             "schemas": schemas,
         },

@@ -32,7 +32,7 @@ from gateway.http.api import services
 from gateway.http.api.present import media_json
 from gateway.http.api.spec import Described, query_param
 from gateway.http.auth import authenticate, session_cookie, session_csrf_token
-from gateway.http.web_bundle import bundle
+from gateway.http.web_bundle import bundle, service_worker
 from gateway.media.lifecycle import SETTLED
 from gateway.media.naming import IDENTIFIER_RE
 from gateway.media.principal import Principal
@@ -45,6 +45,7 @@ bp = Blueprint("pages", __name__)
 MAX_RESULT_ITEMS = 100
 SIGN_IN_MAX_BYTES = 16 * 1024
 REFRESH_SECONDS = 3  # the result page reloads itself while processing runs (no script needed)
+SERVICE_WORKER_URL = "/upload/sw.js"
 
 
 def wants_html() -> bool:
@@ -122,6 +123,8 @@ def upload_page() -> Response:
         "csrfToken": token,
         "api": "/api",
         "tusEndpoint": "/api/tus/",
+        "csrfCookie": csrf_cookie_name(),
+        "serviceWorker": SERVICE_WORKER_URL,
         "direct": {
             "enabled": direct,
             "minBytes": settings.page_direct_min_bytes,
@@ -163,8 +166,29 @@ def result() -> Response:
             continue
         media.append(media_json(record))
         settling |= record.status not in SETTLED
-    html = render_template("result.html", media=media, refresh=REFRESH_SECONDS if settling else 0)
+    script = bundle()
+    html = render_template(
+        "result.html",
+        media=media,
+        refresh=REFRESH_SECONDS if settling else 0,
+        script=script.url if script.fresh else None,
+    )
     return _page(html)
+
+
+@bp.get(SERVICE_WORKER_URL)
+def upload_service_worker() -> Response:
+    """The upload page's service worker (gateway/web/src/sw.js): its app shell and the outbox's
+    Background Sync. Served under /upload so its scope may be /upload; revalidated on every
+    registration check, so a deploy replaces it."""
+    content = service_worker() if bundle().fresh else None
+    if content is None:
+        raise errors.NotFound()
+    response = Response(content, mimetype="text/javascript")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Service-Worker-Allowed"] = "/upload"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.post("/upload/sign-in")
@@ -324,6 +348,18 @@ def api_description() -> Described:
                         },
                     },
                     "responses": {"303": see_other, "default": html_page},
+                }
+            },
+            SERVICE_WORKER_URL: {
+                "get": {
+                    "summary": "The upload page's service worker (app shell, Background Sync)",
+                    "responses": {
+                        "200": {
+                            "description": "The script.",
+                            "content": {"text/javascript": {"schema": {"type": "string"}}},
+                        },
+                        "404": {"description": "The page's script is not built."},
+                    },
                 }
             },
             "/upload/sign-out": {
