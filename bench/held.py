@@ -291,8 +291,13 @@ class Memory:
         out["total"] = sum(out.values())
         return out
 
-    def cpu(self) -> float:
-        return sum(proc_cpu(p) or 0.0 for pid in self.roots.values() for p in tree(pid))
+    def cpu(self, only: str | None = None) -> float:
+        return sum(
+            proc_cpu(p) or 0.0
+            for name, pid in self.roots.items()
+            if only in (None, name)
+            for p in tree(pid)
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
@@ -490,7 +495,7 @@ def run(args, procs: Procs, tmp: Path) -> dict:
     flask_cmd(env, "init")
     token = flask_cmd(env, "token", "--sub", "bench", "--ttl", "4h").splitlines()[-1]
     s3 = make_s3_client(Settings.from_env(env))
-    gunicorn, url = start_gunicorn(procs, env, tmp / "gunicorn.log")
+    gunicorn, url = start_gunicorn(procs, env, tmp / "gunicorn.log", config=args.gunicorn_config)
     payload = Payload()
     warm_up(url, token, payload, 4)
     empty_bucket(s3, BUCKET)
@@ -593,6 +598,7 @@ def run(args, procs: Procs, tmp: Path) -> dict:
             f"{result['staged_files_at_hold']} staged files"
         )
         finish_started = time.monotonic()
+        nginx_cpu = mem.cpu("nginx")
         for c in clients:
             assert c.stdin is not None
             c.stdin.write("finish\n")
@@ -601,6 +607,8 @@ def run(args, procs: Procs, tmp: Path) -> dict:
             t.join(args.answer_timeout + 120)
         result["finish_s"] = time.monotonic() - finish_started
         result["finish_mib_s"] = args.finish * args.size / MiB / result["finish_s"]
+        gib = args.finish * args.size / (1 << 30)
+        result["finish_nginx_cpu_s_per_gib"] = (mem.cpu("nginx") - nginx_cpu) / gib
     for c in clients:
         procs.stop(c)
     result["idle_mib"] = idle["total"] / MiB
@@ -708,6 +716,9 @@ def main() -> int:
     parser.add_argument("--no-reuseport", action="store_true")
     parser.add_argument("--nginx-body-buffer", default="", help="e.g. 256k, for a comparison")
     parser.add_argument("--set", action="append", default=[], help="GATEWAY_X=v")
+    parser.add_argument(
+        "--gunicorn-config", default="gunicorn.conf.py", help="another one, e.g. with hooks"
+    )
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
@@ -740,7 +751,8 @@ def main() -> int:
     )
     print(
         f"at the hold, by kind of mapping (MiB): {result['held_breakdown_mib']}; "
-        f"the {args.finish} finished at {result['finish_mib_s']:.1f} MiB/s together"
+        f"the {args.finish} finished at {result['finish_mib_s']:.1f} MiB/s together, nginx "
+        f"{result['finish_nginx_cpu_s_per_gib']:.2f} CPU s/GiB meanwhile"
     )
     if result["client_errors"]:
         print(f"client errors: {result['client_errors']}: {result['client_error_samples']}")
