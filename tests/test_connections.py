@@ -182,6 +182,18 @@ def _in_flight(metrics_url: str) -> float:
     )
 
 
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _open_files(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError(f"no open files limit for {pid}")
+
+
 class HeldUploads:
     """``HELD`` form uploads to nginx, opened over a few seconds, each sending ``PIECE`` bytes
     every 0.5 s until ``finish``: then the first ``FINISHED`` send the rest and read their
@@ -266,10 +278,15 @@ def test_two_thousand_slow_uploads_are_all_held_while_healthz_answers(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < HELD + 500:
         pytest.skip(f"the hard limit of open files here ({hard}) is below {HELD + 500}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     metrics = f"127.0.0.1:{free_port()}"
     try:
         with gateway_stack(tmp_path, mode="embedded", GATEWAY_METRICS_BIND=metrics) as stack:
+            # gunicorn started with this process's soft limit and raised its own
+            workers = _children(stack.procs["gunicorn"].pid)
+            assert len(workers) == 2
+            for pid in workers:
+                assert _open_files(pid) == (min(hard, 2 * 10_000 + 256), hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for the client's sockets
             with HeldUploads(stack.nginx_port, stack.token) as held:
                 in_flight = poll(
                     lambda: _in_flight(f"http://{metrics}/metrics") == HELD or held.early,
