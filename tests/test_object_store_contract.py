@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import itertools
+import threading
 import uuid
 
 import pytest
@@ -255,6 +256,64 @@ def test_s3_multipart_stores_headers_and_sha256_tag(s3_store):
     assert head["Metadata"] == {"media-id": "m2", "original-name": "clip.mp4"}
     tags = store.client.get_object_tagging(Bucket=store.bucket, Key=full)["TagSet"]
     assert tags == [{"Key": "sha256", "Value": sha(data)}]
+    assert raw_pending(store) == []
+
+
+class SlotChecked:
+    """The S3 client, whose multipart calls record whether a client slot was free then."""
+
+    CHECKED = (
+        "create_multipart_upload",
+        "complete_multipart_upload",
+        "put_object_tagging",
+        "abort_multipart_upload",
+    )
+
+    def __init__(self, client, slots) -> None:
+        self._client = client
+        self._slots = slots
+        self.calls: list[tuple[str, bool]] = []
+
+    def __getattr__(self, name):
+        call = getattr(self._client, name)
+        if name not in self.CHECKED:
+            return call
+
+        def checked(**kwargs):
+            free = self._slots.acquire(blocking=False)
+            if free:
+                self._slots.release()
+            self.calls.append((name, free))
+            return call(**kwargs)
+
+        return checked
+
+
+def test_s3_writers_call_the_client_holding_one_of_its_slots(s3_client):
+    """Each multipart call a writer makes through the client holds one of the store's client
+    slots (its pool's size; one here), so that many uploads starting or completing at once
+    wait for a pooled connection instead of opening connections past the pool."""
+    store = s3_store_for(s3_client)
+    store.client_slots = slots = threading.BoundedSemaphore(1)
+    store.client = checked = SlotChecked(s3_client, slots)
+    try:
+        data = mp4_bytes(PART + 10)
+        writer = open_writer(store, make_key(".mp4"), content_type="video/mp4")
+        writer.write(data)
+        writer.commit(sha256=sha(data))
+        aborted = open_writer(store, make_key(".mp4"), content_type="video/mp4")
+        aborted.write(data)
+        aborted.abort()
+    finally:
+        store.executor.shutdown(wait=True)
+    assert checked.calls == [
+        ("create_multipart_upload", False),
+        ("complete_multipart_upload", False),
+        ("put_object_tagging", False),
+        ("create_multipart_upload", False),
+        ("abort_multipart_upload", False),
+    ]
+    assert slots.acquire(blocking=False)  # every slot given back
     assert raw_pending(store) == []
 
 
