@@ -593,6 +593,27 @@ def test_without_gunicorn_nothing_is_wrapped():
         assert body._per_recv is False and body.read(10) == b""
 
 
+def test_a_body_read_through_the_servers_reader_is_counted_in_the_budget():
+    """A chunked body (gunicorn's own reader fills each read's buffer as the bytes come), or
+    any body not received directly: each read's size is taken from the memory budget before
+    the read, at most the reads' share, and given back at the next read and at the end."""
+    import io
+
+    from gateway.http.bodies import guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    budget = MemoryBudget(1 << 20)  # the reads' share: 256 KiB
+    data = os.urandom(600 * 1024)
+    stream = io.BytesIO(data)
+    with guarded_body({"wsgi.input": stream}, stream, LIMITS, budget) as body:  # type: ignore[arg-type]
+        first = body.read(100 * 1024)
+        assert len(first) == budget.held == 100 * 1024
+        second = body.read(1 << 20)
+        assert len(second) == budget.held == budget.read_cap == 256 * 1024
+    assert budget.held == 0
+    assert first + second == data[: len(first) + len(second)]
+
+
 # -- Content-Length bodies under gunicorn: received straight into what each read returns ----------
 def gunicorn_body(sock, length: int, read_ahead: bytes = b""):
     """gunicorn's own body objects for a request with a Content-Length on ``sock``, holding

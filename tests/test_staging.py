@@ -375,7 +375,7 @@ def test_every_file_call_of_a_staged_part_goes_through_blocking(tmp_path):
         got += chunk
     reader.close()
     assert got == data
-    assert run.calls == ["open", "read", "read", "read", "read"]  # three blocks, then the end
+    assert run.calls == ["FileIO", "readinto", "readinto", "readinto", "readinto"]  # 3 blocks, end
     part.release()
     assert list(staging.files()) == [] and staging.bytes == 0
 

@@ -296,6 +296,29 @@ def _caused_by_timeout(exc: BaseException | None) -> bool:
     return False
 
 
+class _CountedBody:
+    """A body read through the server's own reader (chunked, or one whose first bytes gunicorn
+    had buffered): each read's size is taken from the memory budget before reading, since the
+    reader fills a buffer of that size as the bytes come, and given back at the next read."""
+
+    def __init__(self, stream: Readable, budget: MemoryBudget, wait: float) -> None:
+        self._stream = stream
+        self._budget = budget
+        self._wait = wait
+        self.held = 0
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        self._budget.release(held)
+
+    def read(self, size: int) -> bytes | bytearray:
+        self.release()
+        if size <= 0:
+            return b""
+        size = self.held = self._budget.reserve_read(size, timeout=self._wait)
+        return self._stream.read(size)
+
+
 def _unreader_of(body: Any) -> Any:
     """gunicorn's SocketUnreader behind ``wsgi.input`` (LengthReader, ChunkedReader, EOFReader)."""
     reader = getattr(body, "reader", None)
@@ -319,7 +342,7 @@ def guarded_body(
     unreader = _unreader_of(server_body)
     per_recv = isinstance(sock, socket.socket) and getattr(unreader, "sock", None) is sock
     previous = sock.gettimeout() if isinstance(sock, socket.socket) else None
-    direct: _LengthBody | None = None
+    direct: _LengthBody | _CountedBody | None = None
     if per_recv and isinstance(sock, socket.socket):
         guarded = _GuardedSocket(sock, guard)
         if (
@@ -333,13 +356,18 @@ def guarded_body(
     elif isinstance(sock, socket.socket):
         sock.settimeout(limits.idle)
         log.debug("body guard: gunicorn's reader not found; the idle limit applies per read")
+    if direct is None and budget is not None:
+        direct = _CountedBody(stream, budget, limits.idle)
     try:
         yield GuardedBody(direct or stream, guard, per_recv=per_recv)
     finally:
-        if direct is not None:
+        if isinstance(direct, _LengthBody):
             direct.close()
-        elif per_recv:
-            unreader.sock = sock
+        else:
+            if direct is not None:
+                direct.release()
+            if per_recv:
+                unreader.sock = sock
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.settimeout(previous)

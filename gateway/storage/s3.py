@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -154,7 +156,7 @@ class S3ObjectWriter:
     def _send_part(self, data: Part) -> None:
         try:
             if self._upload_id is None:
-                self._upload_id = _call(
+                self._upload_id = self._client_call(
                     "starting a multipart upload",
                     self._client.create_multipart_upload,
                     Bucket=self._store.bucket,
@@ -194,6 +196,10 @@ class S3ObjectWriter:
         require_etag(etag, sent, "uploading a part")
         part["ETag"] = etag
         part["ChecksumCRC32C"] = sent.crc32c
+
+    def _client_call(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        with self._store.client_slots:
+            return _call(action, fn, **kwargs)
 
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
@@ -244,7 +250,7 @@ class S3ObjectWriter:
         if tail is not None:
             self._send_part(tail)
         self._drain(0)
-        _call(
+        self._client_call(
             "completing the multipart upload",
             self._client.complete_multipart_upload,
             Bucket=self._store.bucket,
@@ -256,7 +262,7 @@ class S3ObjectWriter:
         if self._metadata.get("sha256") != sha256:
             # Metadata is fixed when a multipart upload starts, before the hash is known;
             # a tag carries it instead.
-            _call(
+            self._client_call(
                 "tagging the object",
                 self._client.put_object_tagging,
                 Bucket=self._store.bucket,
@@ -278,9 +284,10 @@ class S3ObjectWriter:
         self._in_flight.clear()
         if self._upload_id is not None:
             try:
-                self._client.abort_multipart_upload(
-                    Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id
-                )
+                with self._store.client_slots:
+                    self._client.abort_multipart_upload(
+                        Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id
+                    )
             except (ClientError, BotoCoreError):
                 log.warning(
                     "abort of multipart upload %s for %s failed; the sweeper will abort it",
@@ -307,8 +314,17 @@ class S3ObjectStore:
         requests: S3Requests,
         space: PartSpace | None = None,
         integrity: str,
+        client_slots: int | None = None,
     ) -> None:
         self.client = client
+        # The writers' calls through the client (start, complete, tag, abort a multipart
+        # upload) wait for one of ``client_slots`` (its connection pool's size) rather than
+        # open connections past the pool: 1,000 uploads starting their multipart uploads at
+        # once opened ~900 connections beyond it, which a store's listen queue dropped
+        # (connect timeouts on every attempt: 61 of 1,000 answered 502 on moto).
+        self.client_slots: contextlib.AbstractContextManager[Any] = (
+            threading.BoundedSemaphore(client_slots) if client_slots else contextlib.nullcontext()
+        )
         self.integrity = integrity  # GATEWAY_S3_INTEGRITY (gateway/storage/integrity.py)
         self.requests = requests  # PutObject and UploadPart, without the client's pipeline
         self.bucket = bucket
@@ -353,6 +369,7 @@ class S3ObjectStore:
             ),
             space=space,
             integrity=settings.effective_s3_integrity,
+            client_slots=settings.s3_max_pool_connections,
         )
 
     def full_key(self, key: str) -> str:
