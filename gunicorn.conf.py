@@ -89,6 +89,9 @@ def raise_open_files_limit(connections: int) -> int:
     return min(connections, max(1, (soft - FILES_RESERVED) // FILES_PER_CONNECTION))
 
 
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn, 4096 by default):
+# a burst of new uploads waits here while the workers set up the ones before.
+backlog = 4096
 # gthread only: concurrent requests per worker; each in-flight upload holds one thread.
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
 # The worker heartbeat, not a request limit: long uploads are fine.
