@@ -61,7 +61,8 @@ workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
 # connection waits in the listen backlog. An upload holds its connection for as long as the
 # client sends, a slow one for minutes; an idle connection costs a greenlet, no buffer. 10,000:
 # one worker can hold a whole node's target (10,000 slow uploads, docs/deployment.md) however
-# unevenly the workers' accepts fall, so /healthz always finds a free connection.
+# unevenly the workers' accepts fall, so /healthz never waits for a free one (it can still wait
+# in the accept queue behind a burst of new uploads: docs/benchmarks.md, "Slow uploads, held").
 asked_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
 # Open files per worker: a connection's socket, and for a slow upload the file its part waits in
 # (gateway/storage/staging.py); a reserve for the listeners, logs, the S3 connection pool,
