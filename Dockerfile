@@ -39,6 +39,10 @@ VOLUME /app/var
 
 USER gateway
 EXPOSE 8000
+# Open files: gunicorn.conf.py raises its soft limit to what GATEWAY_WORKER_CONNECTIONS needs
+# (2 per connection + 256: 20,256 for the default 10,000 per worker) within the hard limit the
+# container gets, and takes fewer connections if that is lower. An image cannot set it: run
+# with --ulimit nofile=65536:65536 (docs/deployment.md, "Many connections").
 # gunicorn: /healthz on GATEWAY_BIND; the worker: /metrics on GATEWAY_WORKER_METRICS_BIND if set
 # (otherwise healthy while it runs); other commands: healthy (gateway/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

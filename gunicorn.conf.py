@@ -12,6 +12,7 @@ GATEWAY_WORKER_CLASS=gthread still works (then GATEWAY_THREADS is the concurrenc
 
 import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -56,8 +57,42 @@ worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gevent")
 # workers.
 os.environ.setdefault("GEVENT_RESOLVER", "gateway.http.dns.Resolver")
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
-# Concurrent connections per worker (gevent); beyond it a worker stops accepting.
-worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
+# Concurrent connections per worker (gevent); beyond it a worker stops accepting and the
+# connection waits in the listen backlog. An upload holds its connection for as long as the
+# client sends, a slow one for minutes; an idle connection costs a greenlet, no buffer. 10,000:
+# one worker can hold a whole node's target (10,000 slow uploads, docs/deployment.md) however
+# unevenly the workers' accepts fall, so /healthz never waits for a free one (it can still wait
+# in the accept queue behind a burst of new uploads: docs/benchmarks.md, "Slow uploads, held").
+asked_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
+# Open files per worker: a connection's socket, and for a slow upload the file its part waits in
+# (gateway/storage/staging.py); a reserve for the listeners, logs, the S3 connection pool,
+# SQLite and gevent's own.
+FILES_PER_CONNECTION = 2
+FILES_RESERVED = 256
+
+
+def open_files_needed(connections: int) -> int:
+    return connections * FILES_PER_CONNECTION + FILES_RESERVED
+
+
+def raise_open_files_limit(connections: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE (the workers inherit it) to what ``connections``
+    need, within the hard limit; the connections per worker that limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = open_files_needed(connections)
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    if soft == resource.RLIM_INFINITY:
+        return connections
+    return min(connections, max(1, (soft - FILES_RESERVED) // FILES_PER_CONNECTION))
+
+
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn, 4096 by default):
+# a burst of new uploads waits here while the workers set up the ones before.
+backlog = 4096
 # gthread only: concurrent requests per worker; each in-flight upload holds one thread.
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
 # The worker heartbeat, not a request limit: long uploads are fine.
@@ -74,6 +109,18 @@ if graceful_timeout < _settings.shutdown_upload_grace + ROLLBACK_MARGIN:
         file=sys.stderr,
     )
     sys.exit(2)
+
+# After the checks above: a configuration error is the only line it prints.
+worker_connections = raise_open_files_limit(asked_connections)
+if worker_connections < asked_connections:
+    # Fewer connections than asked, rather than "Too many open files" in the middle of uploads.
+    print(
+        f"upload-gateway: the open files limit (RLIMIT_NOFILE, hard "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}) allows {worker_connections} "
+        f"connections per worker, not GATEWAY_WORKER_CONNECTIONS={asked_connections}: raise "
+        f"the limit (LimitNOFILE=, docker run --ulimit nofile=; docs/deployment.md)",
+        file=sys.stderr,
+    )
 
 
 def when_ready(server):

@@ -105,7 +105,16 @@ class Settings:
     max_field_bytes: int = positive(4096)
     max_part_header_bytes: int = positive(8192)
     max_filename_chars: int = positive(255)
-    read_size: int = positive(1 * MiB)
+    read_size: int = positive(1 * MiB)  # the most one read takes (a slow client's are smaller)
+    # Bodies in flight (gateway/storage/staging.py, docs/design.md "Slow uploads"): the bytes a
+    # node holds in memory for them (read buffers and S3 part buffers; split evenly among the
+    # worker processes, GATEWAY_WORKERS); when reads would pass it they wait (back-pressure).
+    # Parts of uploads slower than stage_below_rate bytes/s (0: none) wait in files under
+    # staging_dir, up to staging_max_bytes per node (a soft limit; a full disk answers 507).
+    memory_budget: int = positive(512 * MiB)
+    stage_below_rate: int = 4 * MiB
+    staging_dir: str = "var/staging"
+    staging_max_bytes: int = positive(16 * 1024 * MiB)
     # A slow body holds a worker connection: end it with 408 when no byte comes for
     # body_idle_timeout seconds, or when it falls behind body_min_rate bytes per second of
     # waiting (0: no rate check), with body_rate_grace seconds of credit at the start and at
@@ -267,6 +276,10 @@ class Settings:
                 "shutdown_delay" if self.shutdown_delay < 0 else "shutdown_upload_grace",
                 "must not be negative",
             )
+        if self.stage_below_rate < 0:
+            fail("stage_below_rate", "must not be negative (0: parts always in memory)")
+        if self.memory_budget < 64 * 1024:
+            fail("memory_budget", "must be at least 65536 bytes")
         if self.body_min_rate < 0:
             fail("body_min_rate", "must not be negative (0: no rate check)")
         if self.body_min_rate and self.body_rate_grace <= 0:
@@ -514,6 +527,13 @@ class Settings:
         settings = dataclasses.replace(self, **changes)
         settings.validate()
         return settings
+
+
+def worker_processes() -> int:
+    """gunicorn's worker processes (GATEWAY_WORKERS, read by gunicorn.conf.py; CPU count): the
+    node-wide budgets are split among them."""
+    raw = os.environ.get("GATEWAY_WORKERS", "").strip()
+    return max(1, int(raw)) if raw.isdigit() else max(1, os.cpu_count() or 1)
 
 
 def origin_of(url: str) -> str | None:

@@ -513,6 +513,17 @@ class StorageUnavailable(StorageError, _Retryable):
     )
 
 
+class InsufficientStorage(StorageError, _Retryable):
+    """The node's staging directory (gateway/storage/staging.py) had no room for a slow upload's
+    part: the upload is rolled back (its staged files removed, its multipart upload aborted)."""
+
+    status, code, message = (
+        507,
+        "insufficient_storage",
+        "The gateway has no room to stage the upload; nothing was kept. Retry later.",
+    )
+
+
 class ShuttingDown(_Retryable):
     """A graceful stop ended the body (gateway/http/shutdown.py); another instance will take it."""
 

@@ -80,6 +80,21 @@ UPLOADS_IN_FLIGHT = Gauge(
     ["protocol"],
     multiprocess_mode="livesum",
 )
+BODY_READ_WAITS = Counter(
+    "gateway_body_read_waits_total",
+    "Body reads that waited for room in the memory budget (GATEWAY_MEMORY_BUDGET): back-pressure.",
+)
+BODY_MEMORY_PEAK = Gauge(
+    "gateway_body_memory_peak_bytes",
+    "The most bytes a worker held at once for bodies in flight (read and part buffers), of its "
+    "share of GATEWAY_MEMORY_BUDGET.",
+    multiprocess_mode="max",
+)
+STAGED_BYTES = Gauge(
+    "gateway_staged_bytes",
+    "Bytes of slow uploads' parts waiting in the staging directory (GATEWAY_STAGING_DIR).",
+    multiprocess_mode="livesum",
+)
 S3_CALL_DURATION = Histogram(
     "gateway_s3_call_duration_seconds",
     "S3 API calls by operation, retries included.",

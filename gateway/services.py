@@ -161,6 +161,7 @@ class Services:
                 quarantine=storage.holding,  # the quarantine, or where failed media wait
                 queue=queue if settings.processing else None,
                 keep_infected=settings.keep_infected,
+                staging=storage.space.staging if storage.space is not None else None,
             ),
         )
 

@@ -39,6 +39,7 @@ _RETRY = (
     "records_unavailable",
     "shutting_down",
     "storage_unavailable",
+    "insufficient_storage",  # the gateway's staging disk was full: nothing was kept
     "too_many_streams",
 )
 _RESTART = ("upload_not_found", "upload_gone", "upload_expired", "upload_aborted")

@@ -5,7 +5,8 @@
   2. gunicorn (``gunicorn -c gunicorn.conf.py wsgi:app``, 2 gevent workers) on 127.0.0.1:<port>,
   3. nginx on 127.0.0.1:<port>, configured by the production template ``nginx/gateway.conf``
      rendered into the tmp dir (never a copy) and included from a small test nginx.conf whose
-     pid, logs and temp paths all live in the tmp dir,
+     pid, logs and temp paths all live in the tmp dir, and whose connection limits
+     (``worker_rlimit_nofile``, the ``events`` block) are the shipped ``nginx/nginx.conf``'s,
 and stops what it started, by PID, on exit. The in-process ``Services`` built from the very
 same env (``Settings.from_env``) lets tests inspect the object store and the record store.
 
@@ -35,6 +36,7 @@ from support import JWT_SECRET, env_for_aws, free_port, stop, unique, wait_for_h
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "nginx" / "gateway.conf"
+NGINX_MAIN = ROOT / "nginx" / "nginx.conf"
 BIN = Path(sys.executable).parent  # the virtualenv's bin: gunicorn, flask
 PLACEHOLDER_RE = re.compile(r"\{\{[A-Z_]+\}\}")
 MiB = 1024 * 1024
@@ -128,7 +130,21 @@ def _mime_types_include() -> str:
     return "types { image/png png; image/jpeg jpg jpeg; video/mp4 mp4; }"
 
 
-def write_test_nginx_conf(run_dir: Path, *, listen: str, upstream: str, media_root: Path) -> Path:
+def nginx_connection_limits() -> str:
+    """The shipped main config's ``worker_rlimit_nofile`` line and ``events`` block, as they are
+    (the test config's own paths and one worker process otherwise)."""
+    text = re.sub(r"#[^\n]*", "", NGINX_MAIN.read_text())
+    rlimit = re.search(r"^\s*worker_rlimit_nofile\s+\d+;", text, re.M)
+    events = re.search(r"^\s*events\s*\{[^{}]*\}", text, re.M)
+    if rlimit is None or events is None:
+        raise ValueError(f"{NGINX_MAIN}: no worker_rlimit_nofile or events block")
+    lines = [rlimit.group(0), *events.group(0).splitlines()]
+    return "\n".join(line.strip() for line in lines if line.strip())
+
+
+def write_test_nginx_conf(
+    run_dir: Path, *, listen: str, upstream: str, media_root: Path, worker_processes: int = 1
+) -> Path:
     """A main nginx.conf for an unprivileged-path instance: everything under ``run_dir``."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (run_dir / "temp" / sub).mkdir(parents=True, exist_ok=True)
@@ -149,11 +165,11 @@ def write_test_nginx_conf(run_dir: Path, *, listen: str, upstream: str, media_ro
     conf.write_text(f"""\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {worker_processes};
 {user}
 pid {run_dir / "nginx.pid"};
 error_log {run_dir / "error.log"} info;
-events {{ worker_connections 1024; }}
+{nginx_connection_limits()}
 http {{
     {_mime_types_include()}
     default_type application/octet-stream;

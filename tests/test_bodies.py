@@ -593,6 +593,27 @@ def test_without_gunicorn_nothing_is_wrapped():
         assert body._per_recv is False and body.read(10) == b""
 
 
+def test_a_body_read_through_the_servers_reader_is_counted_in_the_budget():
+    """A chunked body (gunicorn's own reader fills each read's buffer as the bytes come), or
+    any body not received directly: each read's size is taken from the memory budget before
+    the read, at most the reads' share, and given back at the next read and at the end."""
+    import io
+
+    from gateway.http.bodies import guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    budget = MemoryBudget(1 << 20)  # the reads' share: 256 KiB
+    data = os.urandom(600 * 1024)
+    stream = io.BytesIO(data)
+    with guarded_body({"wsgi.input": stream}, stream, LIMITS, budget) as body:  # type: ignore[arg-type]
+        first = body.read(100 * 1024)
+        assert len(first) == budget.held == 100 * 1024
+        second = body.read(1 << 20)
+        assert len(second) == budget.held == budget.read_cap == 256 * 1024
+    assert budget.held == 0
+    assert first + second == data[: len(first) + len(second)]
+
+
 # -- Content-Length bodies under gunicorn: received straight into what each read returns ----------
 def gunicorn_body(sock, length: int, read_ahead: bytes = b""):
     """gunicorn's own body objects for a request with a Content-Length on ``sock``, holding
@@ -709,3 +730,28 @@ def test_an_upload_routes_body_is_guarded_and_counted_in_flight_until_it_ends(tm
             assert body.read(10) == b"abc"
             raise errors.ClientDisconnected()
         assert gauge._value.get() == before
+
+
+def test_a_read_takes_what_has_arrived_or_fills_64_kib_and_holds_it_in_the_budget():
+    """Reads sized to what has arrived (gateway/http/bodies.py ``_LengthBody``): a backlog of
+    100 KiB comes back as one read of exactly that, without waiting for the 1 MiB asked; a
+    trickle fills 64 KiB, not 1 MiB. Each read's bytes are held in the budget until the next."""
+    from gateway.http.bodies import guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    budget = MemoryBudget(64 * 1024 * 1024)
+    limits = BodyLimits(idle=0.5, min_rate=0, grace=10.0)
+    content = os.urandom(200 * 1024)
+    left, right = socket.socketpair()
+    with left, right:
+        server_body, _ = gunicorn_body(left, len(content))
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        right.sendall(content[: 100 * 1024])
+        with guarded_body(environ, server_body, limits, budget) as body:
+            assert body.read(1024 * 1024) == content[: 100 * 1024]  # no wait for the rest
+            assert budget.held == 100 * 1024
+            right.sendall(content[100 * 1024 : 100 * 1024 + 100])  # then a trickle
+            with pytest.raises(errors.BodyTimeout):
+                body.read(1024 * 1024)  # fills 64 KiB: 100 bytes are not enough
+            assert body.guard.received == 100 * 1024 + 100
+        assert budget.held == 0  # given back when the body ends

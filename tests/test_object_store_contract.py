@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
+import threading
 import uuid
 
 import pytest
 
 from gateway.errors import StorageError
+from gateway.storage import integrity
 from gateway.storage.local import LocalObjectStore
 from gateway.storage.s3 import S3ObjectStore, make_s3_client
 from gateway.storage.s3_requests import S3Requests
+from gateway.storage.staging import MemoryBudget, PartSpace, Staging
 
 from conftest import make_settings
 from support import MiB, mp4_bytes, png_bytes, read_object, unique
@@ -49,7 +53,7 @@ def ceph_client(ceph_url, tmp_path_factory):
     return make_s3_client(settings)
 
 
-def s3_store_for(client) -> S3ObjectStore:
+def s3_store_for(client, space=None) -> S3ObjectStore:
     from concurrent.futures import ThreadPoolExecutor
 
     bucket = unique("contract")
@@ -70,23 +74,35 @@ def s3_store_for(client) -> S3ObjectStore:
             read_timeout=60,
             max_pool_connections=8,
         ),
+        space=space,
         integrity="md5",
     )
     s3.create_bucket()
     return s3
 
 
-CLIENTS = {"s3": "s3_client", "ceph": "ceph_client"}
+CLIENTS = {"s3": "s3_client", "s3-staged": "s3_client", "ceph": "ceph_client"}
 
 
-@pytest.fixture(params=["local", "s3", "ceph"])
+@pytest.fixture(params=["local", "s3", "s3-staged", "ceph"])
 def store(request, tmp_path):
+    """``s3-staged``: every part counts as slow and waits in a staged file (storage/staging.py);
+    after each test the staging directory must be empty again, whatever the test did."""
     if request.param == "local":
         yield LocalObjectStore(tmp_path / "media")
         return
-    s3 = s3_store_for(request.getfixturevalue(CLIENTS[request.param]))
+    staging = Staging(tmp_path / "staging", 1 << 40)
+    ticks = itertools.count()  # a second passes between any two looks at the clock: all slow
+    space = PartSpace(
+        MemoryBudget(1 << 30), staging, fast_rate=1 << 20, clock=lambda: float(next(ticks))
+    )
+    s3 = s3_store_for(
+        request.getfixturevalue(CLIENTS[request.param]),
+        space if "staged" in request.param else None,
+    )
     yield s3
     s3.executor.shutdown(wait=True)
+    assert list(staging.files()) == []
 
 
 @pytest.fixture(params=["s3", "ceph"])
@@ -187,7 +203,7 @@ def test_s3_single_put_stores_headers_and_sha256_metadata(s3_store):
         store, key, metadata={"media-id": "m1", "project-id": "p1"}, content_disposition=disposition
     )
     writer.write(data)
-    buffer = writer._part
+    buffer = writer._filler.current.buffer
     writer.commit(sha256=sha(data))
     head = store.client.head_object(Bucket=store.bucket, Key=store.full_key(key))
     assert head["ContentType"] == "image/png"
@@ -202,7 +218,7 @@ def test_s3_single_put_that_fails_gives_its_buffer_back_and_stores_nothing(s3_st
     key, data = make_key(), png_bytes(40_000)
     writer = open_writer(store, key)
     writer.write(data)
-    buffer = writer._part
+    buffer = writer._filler.current.buffer
     requests = store.requests
     store.requests = S3Requests(
         store.client,
@@ -241,6 +257,101 @@ def test_s3_multipart_stores_headers_and_sha256_tag(s3_store):
     assert head["Metadata"] == {"media-id": "m2", "original-name": "clip.mp4"}
     tags = store.client.get_object_tagging(Bucket=store.bucket, Key=full)["TagSet"]
     assert tags == [{"Key": "sha256", "Value": sha(data)}]
+    assert raw_pending(store) == []
+
+
+def test_s3_staged_parts_carry_content_md5_and_crc32c_of_their_bytes(s3_client, tmp_path):
+    """A part staged on disk is sent with the integrity mode's checksums as a part from memory
+    is (md5 mode: Content-MD5, computed as its bytes arrived, and the CRC32C), and the ETag
+    check passes: the stored object is exact."""
+    staging = Staging(tmp_path / "staging", 1 << 40)
+    ticks = itertools.count()
+    space = PartSpace(
+        MemoryBudget(1 << 30), staging, fast_rate=1 << 20, clock=lambda: float(next(ticks))
+    )
+    store = s3_store_for(s3_client, space)
+    sent = []
+    upload_part = store.requests.upload_part
+
+    def recorded(key, upload_id, number, body, headers):
+        sent.append((number, type(body).__name__, dict(headers)))
+        return upload_part(key, upload_id, number, body, headers)
+
+    store.requests.upload_part = recorded
+    key, data = make_key(".mp4"), mp4_bytes(2 * PART + 10)
+    try:
+        writer = open_writer(store, key, content_type="video/mp4")
+        for i in range(0, len(data), 64 * 1024):
+            writer.write(data[i : i + 64 * 1024])
+        writer.commit(sha256=sha(data))
+    finally:
+        store.executor.shutdown(wait=True)
+    parts = [data[:PART], data[PART : 2 * PART], data[2 * PART :]]
+    # the first two from their files (the third, the 10-byte tail, from memory: the clock's
+    # ticks made the second part's pace look fast)
+    assert [(n, kind) for n, kind, _ in sent] == [(1, "FileBody"), (2, "FileBody"), (3, "bytes")]
+    for (_, _, headers), part in zip(sent, parts, strict=True):
+        assert headers == integrity.sums(part, "md5").headers
+        assert set(headers) == {"Content-MD5", "x-amz-checksum-crc32c"}
+    assert read_object(store, key) == data
+    assert list(staging.files()) == []
+
+
+class SlotChecked:
+    """The S3 client, whose multipart calls record whether a client slot was free then."""
+
+    CHECKED = (
+        "create_multipart_upload",
+        "complete_multipart_upload",
+        "put_object_tagging",
+        "abort_multipart_upload",
+    )
+
+    def __init__(self, client, slots) -> None:
+        self._client = client
+        self._slots = slots
+        self.calls: list[tuple[str, bool]] = []
+
+    def __getattr__(self, name):
+        call = getattr(self._client, name)
+        if name not in self.CHECKED:
+            return call
+
+        def checked(**kwargs):
+            free = self._slots.acquire(blocking=False)
+            if free:
+                self._slots.release()
+            self.calls.append((name, free))
+            return call(**kwargs)
+
+        return checked
+
+
+def test_s3_writers_call_the_client_holding_one_of_its_slots(s3_client):
+    """Each multipart call a writer makes through the client holds one of the store's client
+    slots (its pool's size; one here), so that many uploads starting or completing at once
+    wait for a pooled connection instead of opening connections past the pool."""
+    store = s3_store_for(s3_client)
+    store.client_slots = slots = threading.BoundedSemaphore(1)
+    store.client = checked = SlotChecked(s3_client, slots)
+    try:
+        data = mp4_bytes(PART + 10)
+        writer = open_writer(store, make_key(".mp4"), content_type="video/mp4")
+        writer.write(data)
+        writer.commit(sha256=sha(data))
+        aborted = open_writer(store, make_key(".mp4"), content_type="video/mp4")
+        aborted.write(data)
+        aborted.abort()
+    finally:
+        store.executor.shutdown(wait=True)
+    assert checked.calls == [
+        ("create_multipart_upload", False),
+        ("complete_multipart_upload", False),
+        ("put_object_tagging", False),
+        ("create_multipart_upload", False),
+        ("abort_multipart_upload", False),
+    ]
+    assert slots.acquire(blocking=False)  # every slot given back
     assert raw_pending(store) == []
 
 

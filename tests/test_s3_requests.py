@@ -13,8 +13,11 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import boto3
 import pytest
@@ -284,3 +287,74 @@ def test_requests_are_signed_for_the_clients_region_without_hashing_the_body(che
     assert "/eu-central-1/s3/aws4_request" in headers["Authorization"]
     assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
     assert headers["Content-Length"] == "4"
+
+
+class StallingStore:
+    """A stand-in for S3 on 127.0.0.1 that reads each request's headers, then stops reading
+    for ``stall`` seconds (a store that is behind: the body's send blocks, the socket's
+    buffers full), then takes the body and answers 200, on one kept-alive connection."""
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+        self.bodies: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn, conn.makefile("rb") as stream:
+                while head := self._head(stream):
+                    length = int(head[b"content-length"])
+                    time.sleep(self.stall)  # the store is behind: nothing read meanwhile
+                    self.bodies.append(stream.read(length))
+                    conn.sendall(b'HTTP/1.1 200 OK\r\nETag: "e"\r\nContent-Length: 0\r\n\r\n')
+
+    @staticmethod
+    def _head(stream) -> dict[bytes, bytes]:
+        """A request's headers; empty once the client has closed."""
+        if not stream.readline():  # the request line
+            return {}
+        headers = {}
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        return headers
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_store_that_takes_a_body_slower_than_the_connect_timeout_is_not_timed_out():
+    """Sending is timed by the read timeout, not the connect timeout (which only bounds making
+    the connection): a store that stops reading a part's body for longer than the connect
+    timeout gets the part, on a new connection and on a kept-alive one. urllib3 alone sends
+    under the connect timeout: the send timed out (bench/slow.py, 1,000 uploads on moto)."""
+    store = StallingStore(stall=0.6)
+    try:
+        client = s3_client_with(store.url, "k", "s")
+        sender = S3Requests(
+            client,
+            bucket="b",
+            max_attempts=1,
+            connect_timeout=0.1,
+            read_timeout=30,
+            max_pool_connections=1,
+        )
+        bodies = [os.urandom(16 * MiB), os.urandom(16 * MiB)]
+        for number, body in enumerate(bodies, 1):
+            assert sender.upload_part("k", "u", number, body, {}) == '"e"'
+    finally:
+        store.close()
+    assert store.connections == 1  # the second part went on the kept-alive connection
+    assert [hashlib.sha256(b).digest() for b in store.bodies] == [
+        hashlib.sha256(b).digest() for b in bodies
+    ]

@@ -31,8 +31,11 @@ No Flask here: the route hands in the WSGI environ and ``request.stream``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from gunicorn.http.body import LengthReader
 from gateway import errors
 from gateway.config import Settings
 from gateway.http import shutdown
+from gateway.storage.staging import MemoryBudget, unlimited
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,6 +145,18 @@ class _GuardedSocket:
     def recv_into(self, buffer: memoryview, size: int) -> int:
         return self._within_limits(lambda: self._sock.recv_into(buffer, size), int)
 
+    def wait_readable(self) -> int:
+        """Wait, within the limits and holding no buffer, until bytes (or the end) arrive; how
+        many the socket holds now (0: the client closed)."""
+        peeked = self._within_limits(lambda: self._sock.recv(1, socket.MSG_PEEK), lambda _: 0)
+        if not peeked:
+            return 0
+        try:
+            held = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            return max(1, int(struct.unpack("i", held)[0]))
+        except OSError:
+            return 1
+
     def _within_limits(self, receive: Callable[[], T], count: Callable[[T], int]) -> T:
         guard = self._guard
         wait, reason = guard.budget()
@@ -170,23 +186,50 @@ class _LengthBody:
     are never overwritten). What gunicorn received along with the headers is handed out first,
     and its reader's remaining length is kept exact, so that whatever reads the body afterwards
     (the lingering drain of a refused upload) reads only what is left; read-ahead not handed out
-    goes back to gunicorn when the body is closed."""
+    goes back to gunicorn when the body is closed.
 
-    def __init__(self, body: Any, unreader: Any, sock: _GuardedSocket) -> None:
+    Each read's buffer is sized to what has arrived: it is allocated once the socket holds
+    bytes, never while waiting for them, and takes what the socket holds (up to ``size``: a fast
+    client's backlog, which on a busy gateway is ``size`` and more, so the fast path keeps its
+    few large reads) or, when that is less than ``SLOW_READ``, fills ``SLOW_READ`` (a slow
+    client's bytes: 64 KiB held, not 1 MiB, and still one pass through the parser per 64 KiB,
+    not per few KiB received: 200 clients at 256 KiB/s answered every few KiB took two cores).
+    The buffer's bytes are taken from the memory budget (waiting for room there is the
+    back-pressure: the socket is not read meanwhile) and given back at the next read."""
+
+    SLOW_READ = 64 * 1024
+
+    def __init__(
+        self, body: Any, unreader: Any, sock: _GuardedSocket, budget: MemoryBudget, wait: float
+    ) -> None:
         self._reader = body.reader
         self._unreader = unreader
         self._sock = sock
         self._ahead: bytes = unreader.take_buffered()
+        self._budget = budget
+        self._wait = wait  # at most this long for room in the budget
+        self.held = 0  # bytes of the budget this body's last read holds
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        self._budget.release(held)
 
     def read(self, size: int) -> bytes | bytearray:
         reader = self._reader
         size = min(size, reader.length)
+        self.release()
         if size <= 0:
             return b""
         if self._ahead:
             data, self._ahead = self._ahead[:size], self._ahead[size:]
             reader.length -= len(data)
             return data
+        arrived = self._sock.wait_readable()
+        if not arrived:
+            return b""  # the client closed: a short body, which the protocols notice
+        # what has arrived (none of it waited for), or a slow client's next SLOW_READ bytes
+        size = min(size, max(arrived, self.SLOW_READ))
+        size = self.held = self._budget.reserve_read(size, timeout=self._wait)
         buffer = bytearray(size)
         filled = 0
         with memoryview(buffer) as view:
@@ -202,6 +245,7 @@ class _LengthBody:
         return buffer
 
     def close(self) -> None:
+        self.release()
         if self._ahead:
             self._unreader.unread(self._ahead)
             self._ahead = b""
@@ -252,6 +296,29 @@ def _caused_by_timeout(exc: BaseException | None) -> bool:
     return False
 
 
+class _CountedBody:
+    """A body read through the server's own reader (chunked, or one whose first bytes gunicorn
+    had buffered): each read's size is taken from the memory budget before reading, since the
+    reader fills a buffer of that size as the bytes come, and given back at the next read."""
+
+    def __init__(self, stream: Readable, budget: MemoryBudget, wait: float) -> None:
+        self._stream = stream
+        self._budget = budget
+        self._wait = wait
+        self.held = 0
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        self._budget.release(held)
+
+    def read(self, size: int) -> bytes | bytearray:
+        self.release()
+        if size <= 0:
+            return b""
+        size = self.held = self._budget.reserve_read(size, timeout=self._wait)
+        return self._stream.read(size)
+
+
 def _unreader_of(body: Any) -> Any:
     """gunicorn's SocketUnreader behind ``wsgi.input`` (LengthReader, ChunkedReader, EOFReader)."""
     reader = getattr(body, "reader", None)
@@ -262,16 +329,20 @@ def _unreader_of(body: Any) -> Any:
 
 @contextlib.contextmanager
 def guarded_body(
-    environ: dict[str, Any], stream: IO[bytes], limits: BodyLimits
+    environ: dict[str, Any],
+    stream: IO[bytes],
+    limits: BodyLimits,
+    budget: MemoryBudget | None = None,
 ) -> Iterator[GuardedBody]:
-    """The request's body with the deadlines applied; the socket is restored afterwards."""
+    """The request's body with the deadlines applied, its reads within the memory ``budget``;
+    the socket is restored afterwards."""
     guard = BodyGuard(limits)
     sock = environ.get("gunicorn.socket")
     server_body = environ.get("wsgi.input")
     unreader = _unreader_of(server_body)
     per_recv = isinstance(sock, socket.socket) and getattr(unreader, "sock", None) is sock
     previous = sock.gettimeout() if isinstance(sock, socket.socket) else None
-    direct: _LengthBody | None = None
+    direct: _LengthBody | _CountedBody | None = None
     if per_recv and isinstance(sock, socket.socket):
         guarded = _GuardedSocket(sock, guard)
         if (
@@ -279,19 +350,24 @@ def guarded_body(
             and isinstance(getattr(server_body, "reader", None), LengthReader)
             and not server_body.buf.tell()  # type: ignore[attr-defined]
         ):
-            direct = _LengthBody(server_body, unreader, guarded)
+            direct = _LengthBody(server_body, unreader, guarded, budget or unlimited(), limits.idle)
         else:
             unreader.sock = guarded
     elif isinstance(sock, socket.socket):
         sock.settimeout(limits.idle)
         log.debug("body guard: gunicorn's reader not found; the idle limit applies per read")
+    if direct is None and budget is not None:
+        direct = _CountedBody(stream, budget, limits.idle)
     try:
         yield GuardedBody(direct or stream, guard, per_recv=per_recv)
     finally:
-        if direct is not None:
+        if isinstance(direct, _LengthBody):
             direct.close()
-        elif per_recv:
-            unreader.sock = sock
+        else:
+            if direct is not None:
+                direct.release()
+            if per_recv:
+                unreader.sock = sock
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.settimeout(previous)

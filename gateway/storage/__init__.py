@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gateway.storage.chunks import ChunkStore
     from gateway.storage.integrity import Probe
     from gateway.storage.presign import DirectStore
+    from gateway.storage.staging import PartSpace
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class Storage:
     # GATEWAY_QUARANTINE_URL, also while scanning is off): out of reach of every public URL.
     holding: Quarantine | None = None
     chunks: ChunkStore | None = None  # resumable uploads' chunks and parts (in the landing store)
+    # The memory budget of bodies in flight and where slow parts are staged (storage/staging.py).
+    space: PartSpace | None = None
     # What the store verifies, its addressing, CORS and notifications (``flask check``; S3).
     probe: Callable[[], Probe] | None = None
 
@@ -177,19 +180,24 @@ def open_storage(settings: Settings) -> Storage:
     place of ``GATEWAY_QUARANTINE_URL``: where failed media are withheld and, with scanning on
     (``GATEWAY_CLAMD_URL``), where uploads land first (the quarantine)."""
     url = urlparse(settings.storage_url)
+    space = part_space(settings, staged=url.scheme == "s3")
     if url.scheme == "s3":
         from gateway.storage.s3 import S3ObjectStore, S3Quarantine, make_s3_client
         from gateway.storage.s3_direct import S3DirectUploads
 
         client = make_s3_client(settings)
         s3 = S3ObjectStore.from_settings(
-            client, bucket=url.netloc, prefix=url.path.strip("/"), settings=settings
+            client, bucket=url.netloc, prefix=url.path.strip("/"), settings=settings, space=space
         )
         held = urlparse(settings.effective_quarantine_url)
         s3_holding = S3Quarantine(
             s3,
             S3ObjectStore.from_settings(
-                client, bucket=held.netloc, prefix=held.path.strip("/"), settings=settings
+                client,
+                bucket=held.netloc,
+                prefix=held.path.strip("/"),
+                settings=settings,
+                space=space,
             ),
         )
         s3_quarantine = s3_holding if settings.clamd_url else None
@@ -206,6 +214,7 @@ def open_storage(settings: Settings) -> Storage:
             quarantine=s3_quarantine,
             holding=s3_holding,
             chunks=S3Chunks(landing),
+            space=space,
             probe=lambda: probe(landing),
         )
     from gateway.storage.chunks import LocalChunks
@@ -224,4 +233,28 @@ def open_storage(settings: Settings) -> Storage:
         quarantine=local_quarantine,
         holding=local_holding,
         chunks=LocalChunks(landing_dir),
+        space=space,
+    )
+
+
+def part_space(settings: Settings, *, staged: bool) -> PartSpace:
+    """The node's budgets (GATEWAY_MEMORY_BUDGET, GATEWAY_STAGING_MAX_BYTES), this worker
+    process's share; staging only where parts are S3's (``staged``)."""
+    from gateway.config import worker_processes
+    from gateway.storage.staging import MemoryBudget, PartSpace, Staging
+
+    workers = worker_processes()
+    staging = (
+        Staging(
+            settings.staging_dir,
+            settings.staging_max_bytes // workers,
+            integrity=settings.effective_s3_integrity,
+        )
+        if staged and settings.stage_below_rate
+        else None
+    )
+    return PartSpace(
+        MemoryBudget(settings.memory_budget // workers),
+        staging,
+        fast_rate=settings.stage_below_rate,
     )

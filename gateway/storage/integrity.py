@@ -50,20 +50,26 @@ class Sums:
         return self.headers["x-amz-checksum-crc32c"]
 
 
-def sums(data: bytes | bytearray, mode: str, *, with_crc32c: bool = True) -> Sums:
+def sums(data: bytes | bytearray | memoryview, mode: str, *, with_crc32c: bool = True) -> Sums:
     """The checksum headers of a PutObject or UploadPart body: its CRC32C (the CPU's own
     instruction) unless the request carries another ``x-amz-checksum-*`` (S3 takes one), and
     in ``md5`` mode its Content-MD5 (the one that costs)."""
+    return sums_of(
+        crc32c(data) if with_crc32c else None,
+        hashlib.md5(data, usedforsecurity=False).digest() if mode == MD5 else None,
+    )
+
+
+def sums_of(crc: int | None, md5: bytes | None) -> Sums:
+    """The ``Sums`` of checksums computed already (a staged part's, as its bytes arrived):
+    ``crc`` None leaves the CRC32C out, ``md5`` None the Content-MD5 (``crc32c`` mode)."""
     headers = {}
-    if with_crc32c:
-        headers["x-amz-checksum-crc32c"] = base64.b64encode(
-            crc32c(data).to_bytes(4, "big")
-        ).decode()
-    if mode != MD5:
+    if crc is not None:
+        headers["x-amz-checksum-crc32c"] = base64.b64encode(crc.to_bytes(4, "big")).decode()
+    if md5 is None:
         return Sums(headers, "")
-    digest = hashlib.md5(data, usedforsecurity=False).digest()
-    headers["Content-MD5"] = base64.b64encode(digest).decode()
-    return Sums(headers, digest.hex())
+    headers["Content-MD5"] = base64.b64encode(md5).decode()
+    return Sums(headers, md5.hex())
 
 
 def etag_holds(etag: str, sums: Sums) -> bool:

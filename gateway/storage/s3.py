@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,9 +27,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from gateway.errors import StorageCorrupted, StorageError, StorageUnavailable
 from gateway.metrics import instrument_s3_client
 from gateway.storage import ObjectInfo, PendingUpload, StoredObject
-from gateway.storage.buffers import PartBuffers
 from gateway.storage.integrity import DIGEST_ERRORS, Sums, etag_holds, sums
 from gateway.storage.s3_requests import S3Requests
+from gateway.storage.staging import Body, FileBody, Part, PartFiller, PartSpace, unlimited
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -132,87 +134,77 @@ class S3ObjectWriter:
         self._store = store
         self._client = store.client
         self._metadata = metadata
-        self._part: bytearray | None = None  # the part being filled, from store.buffers
-        self._fill = 0
+        # The part being filled: in a part buffer or staged on disk (gateway/storage/staging.py).
+        self._filler = PartFiller(store.space, store.buffers)
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._in_flight: deque[Future[None]] = deque()
+        self._in_flight: deque[tuple[Future[None], Part]] = deque()
         self._closed = False
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        self.bytes_written += len(view)
-        size = self._store.part_size
-        while view:
-            if self._part is None:
-                self._part, self._fill = self._store.buffers.take(), 0
-            taken = min(size - self._fill, len(view))
-            self._part[self._fill : self._fill + taken] = view[:taken]
-            self._fill += taken
-            view = view[taken:]
-            if self._fill == size:
-                part, self._part = self._part, None
-                self._send_part(part)
-
-    def _take_tail(self) -> bytes:
-        """The bytes of the part being filled (shorter than a part); its buffer goes back."""
-        if self._part is None:
-            return b""
-        tail = bytes(memoryview(self._part)[: self._fill])
-        self._store.buffers.give(self._part)
-        self._part = None
-        return tail
+        self.bytes_written += len(data)
+        for part in self._filler.write(data):
+            self._send_part(part)
 
     def spill(self) -> None:
-        tail = self._take_tail()
-        if tail:
+        tail = self._filler.take()
+        if tail is not None:
             self._send_part(tail)
         self._drain(0)
 
-    def _send_part(self, data: bytes | bytearray) -> None:
-        if self._upload_id is None:
-            self._upload_id = _call(
-                "starting a multipart upload",
-                self._client.create_multipart_upload,
-                Bucket=self._store.bucket,
-                Key=self._object_key,
-                ChecksumAlgorithm="CRC32C",
-                **self._headers,
-            )["UploadId"]
-        self._drain(self._store.parts_in_flight - 1)
+    def _send_part(self, data: Part) -> None:
+        try:
+            if self._upload_id is None:
+                self._upload_id = self._client_call(
+                    "starting a multipart upload",
+                    self._client.create_multipart_upload,
+                    Bucket=self._store.bucket,
+                    Key=self._object_key,
+                    ChecksumAlgorithm="CRC32C",
+                    **self._headers,
+                )["UploadId"]
+            self._drain(self._store.parts_in_flight - 1)
+        except BaseException:
+            data.release()
+            raise
         number = len(self._parts) + 1
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
-        self._in_flight.append(self._store.executor.submit(self._upload_part, part, data))
+        future = self._store.executor.submit(self._upload_part, part, data)
+        self._in_flight.append((future, data))
 
-    def _upload_part(self, part: dict[str, Any], data: bytes | bytearray) -> None:
-        # The checksums are computed here and sent as headers: left to botocore, an https
-        # request would carry them as a trailer, for which botocore copies the body into a
-        # BytesIO. CRC32C: the CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32).
+    def _upload_part(self, part: dict[str, Any], data: Part) -> None:
+        # The checksums are sent as headers: left to botocore, an https request would carry
+        # them as a trailer, for which botocore copies the body into a BytesIO. CRC32C: the
+        # CPU's own instruction (0.05 CPU s/GiB here; zlib's CRC32 0.32). A part in memory's
+        # are computed here, on the part's thread; a staged part's as its bytes arrived.
         assert self._upload_id is not None
         try:
-            sent = sums(data, self._store.integrity)
+            sent = data.sums(self._store.integrity)
             etag = _call(
                 "uploading a part",
                 self._store.requests.upload_part,
                 key=self._object_key,
                 upload_id=self._upload_id,
                 number=part["PartNumber"],
-                body=data,
+                body=data.body(),
                 headers=sent.headers,
             )
         finally:
-            if isinstance(data, bytearray):
-                self._store.buffers.give(data)
+            data.release()
         require_etag(etag, sent, "uploading a part")
         part["ETag"] = etag
         part["ChecksumCRC32C"] = sent.crc32c
 
+    def _client_call(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        with self._store.client_slots:
+            return _call(action, fn, **kwargs)
+
     def _drain(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; re-raise the first failure."""
         while len(self._in_flight) > keep:
-            self._in_flight.popleft().result()
+            self._in_flight.popleft()[0].result()
 
     # -- ending ----------------------------------------------------------------------------
     def commit(self, *, sha256: str) -> StoredObject:
@@ -238,17 +230,27 @@ class S3ObjectWriter:
             headers["Content-Disposition"] = str(self._headers["ContentDisposition"])
         for name, value in {**self._metadata, "sha256": sha256}.items():
             headers[f"x-amz-meta-{name}"] = value
-        # A copy, so that the part buffer (a whole part, for a file of any size) goes back at
-        # once: sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of them,
-        # 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU (bench (c)).
-        self._store.put_checked(self._object_key, self._take_tail(), headers, with_crc32c=False)
+        tail = self._filler.take()
+        try:
+            sent = tail.sums(self._store.integrity, with_crc32c=False) if tail is not None else None
+            body = tail.body() if tail is not None else b""
+            if tail is not None and isinstance(body, bytes):
+                # A copy: the part buffer (a whole part, for a file of any size) goes back at
+                # once. Sent from the buffer itself, 64 concurrent 1 MiB uploads held 64 of
+                # them, 6.9 MiB of RSS per upload in flight instead of 1.3, and more CPU
+                # (bench (c)).
+                tail.release()
+            self._store.put_checked(self._object_key, body, headers, with_crc32c=False, sent=sent)
+        finally:
+            if tail is not None:
+                tail.release()
 
     def _complete(self, sha256: str) -> None:
-        tail = self._take_tail()
-        if tail:
+        tail = self._filler.take()
+        if tail is not None:
             self._send_part(tail)
         self._drain(0)
-        _call(
+        self._client_call(
             "completing the multipart upload",
             self._client.complete_multipart_upload,
             Bucket=self._store.bucket,
@@ -260,7 +262,7 @@ class S3ObjectWriter:
         if self._metadata.get("sha256") != sha256:
             # Metadata is fixed when a multipart upload starts, before the hash is known;
             # a tag carries it instead.
-            _call(
+            self._client_call(
                 "tagging the object",
                 self._client.put_object_tagging,
                 Bucket=self._store.bucket,
@@ -272,18 +274,20 @@ class S3ObjectWriter:
         if self._closed:
             return
         self._closed = True
-        self._take_tail()
-        for future in self._in_flight:
+        self._filler.discard()
+        for future, _ in self._in_flight:
             future.cancel()
-        for future in self._in_flight:
+        for future, data in self._in_flight:
             if not future.cancelled():
                 future.exception()  # wait; its error no longer matters
+            data.release()  # a cancelled part's never ran
         self._in_flight.clear()
         if self._upload_id is not None:
             try:
-                self._client.abort_multipart_upload(
-                    Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id
-                )
+                with self._store.client_slots:
+                    self._client.abort_multipart_upload(
+                        Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id
+                    )
             except (ClientError, BotoCoreError):
                 log.warning(
                     "abort of multipart upload %s for %s failed; the sweeper will abort it",
@@ -308,9 +312,19 @@ class S3ObjectStore:
         region: str,
         executor: ThreadPoolExecutor,
         requests: S3Requests,
+        space: PartSpace | None = None,
         integrity: str,
+        client_slots: int | None = None,
     ) -> None:
         self.client = client
+        # The writers' calls through the client (start, complete, tag, abort a multipart
+        # upload) wait for one of ``client_slots`` (its connection pool's size) rather than
+        # open connections past the pool: 1,000 uploads starting their multipart uploads at
+        # once opened ~900 connections beyond it, which a store's listen queue dropped
+        # (connect timeouts on every attempt: 61 of 1,000 answered 502 on moto).
+        self.client_slots: contextlib.AbstractContextManager[Any] = (
+            threading.BoundedSemaphore(client_slots) if client_slots else contextlib.nullcontext()
+        )
         self.integrity = integrity  # GATEWAY_S3_INTEGRITY (gateway/storage/integrity.py)
         self.requests = requests  # PutObject and UploadPart, without the client's pipeline
         self.bucket = bucket
@@ -320,11 +334,19 @@ class S3ObjectStore:
         self.endpoint_url = endpoint_url
         self.region = region
         self.executor = executor
-        self.buffers = PartBuffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
+        # Where parts fill: memory within the budget, slow ones staged (gateway/storage/staging.py).
+        self.space = space or PartSpace(unlimited(), None, fast_rate=0)
+        self.buffers = self.space.buffers(self.part_size, keep=4 * (self.parts_in_flight + 1))
 
     @classmethod
     def from_settings(
-        cls, client: Any, *, bucket: str, prefix: str, settings: Settings
+        cls,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str,
+        settings: Settings,
+        space: PartSpace | None = None,
     ) -> S3ObjectStore:
         return cls(
             client,
@@ -345,7 +367,9 @@ class S3ObjectStore:
                 read_timeout=settings.s3_read_timeout,
                 max_pool_connections=settings.s3_max_pool_connections,
             ),
+            space=space,
             integrity=settings.effective_s3_integrity,
+            client_slots=settings.s3_max_pool_connections,
         )
 
     def full_key(self, key: str) -> str:
@@ -354,15 +378,20 @@ class S3ObjectStore:
     def put_checked(
         self,
         full_key: str,
-        body: bytes | bytearray,
+        body: Body,
         headers: dict[str, str],
         *,
         with_crc32c: bool = True,
+        sent: Sums | None = None,
     ) -> None:
-        """PutObject with the integrity mode's checksums; an object whose ETag says the store
+        """PutObject with the integrity mode's checksums (``sent``: computed already, as a
+        staged file's are; else of ``body``, in memory); an object whose ETag says the store
         holds other bytes is deleted (best effort: a caller that may have committed it deletes
         or journals it too) and StorageCorrupted raised."""
-        sent = sums(body, self.integrity, with_crc32c=with_crc32c)
+        if sent is None:
+            if isinstance(body, FileBody):
+                raise TypeError("a staged body's checksums come with it")
+            sent = sums(body, self.integrity, with_crc32c=with_crc32c)
         etag = _call(
             "storing the object",
             self.requests.put_object,

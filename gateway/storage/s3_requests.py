@@ -24,7 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest, AWSResponse
+from botocore.awsrequest import (
+    AWSHTTPConnection,
+    AWSHTTPConnectionPool,
+    AWSHTTPSConnection,
+    AWSHTTPSConnectionPool,
+    AWSRequest,
+    AWSResponse,
+)
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.httpsession import URLLib3Session
@@ -38,6 +45,7 @@ from botocore.retries.standard import (
 from botocore.utils import check_dns_name, get_environ_proxies, percent_encode
 
 from gateway.metrics import S3_CALL_DURATION, S3_CALL_ERRORS
+from gateway.storage.staging import Body, FileBody
 
 # What botocore's HTTP session raises when no answer came (retried as the client retries them).
 TRANSPORT_ERRORS = (HTTPClientError, BotoConnectionError)
@@ -61,11 +69,12 @@ class S3Requests:
         self._context = {"client_config": client.meta.config}  # its payload-signing choice
         self._model = client.meta.service_model
         self.bucket_url = bucket_url(client, bucket)
-        self._http = URLLib3Session(
+        self._http = SendTimeoutSession(
+            send_timeout=read_timeout,
             # the client's own TLS verification (AWS_CA_BUNDLE, ca_bundle), not certifi's
             verify=client._endpoint.http_session._verify,
             proxies=get_environ_proxies(self.bucket_url),
-            timeout=(connect_timeout, read_timeout),  # type: ignore[arg-type]  # as the client's
+            timeout=(connect_timeout, read_timeout),  # as the client's
             max_pool_connections=max_pool_connections,
         )
         self._retry = RetryPolicy(
@@ -73,7 +82,7 @@ class S3Requests:
         )
         self._parser = create_parser("rest-xml")
 
-    def put_object(self, key: str, body: bytes | bytearray, headers: dict[str, str]) -> str:
+    def put_object(self, key: str, body: Body, headers: dict[str, str]) -> str:
         """Its ETag (what gateway/storage/integrity.py checks)."""
         answer = self._send("PutObject", key, "", body, headers)
         return str(answer.headers.get("ETag", ""))
@@ -83,7 +92,7 @@ class S3Requests:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes | bytearray,
+        body: Body,
         headers: dict[str, str],
     ) -> str:
         query = f"partNumber={number}&uploadId={percent_encode(upload_id)}"
@@ -95,7 +104,7 @@ class S3Requests:
         operation: str,
         key: str,
         query: str,
-        body: bytes | bytearray,
+        body: Body,
         headers: dict[str, str],
     ) -> AWSResponse:
         url = f"{self.bucket_url}/{percent_encode(key, safe='/~')}"
@@ -116,27 +125,19 @@ class S3Requests:
         return answer
 
     def _attempts(
-        self, operation: str, url: str, body: bytes | bytearray, headers: dict[str, str]
+        self, operation: str, url: str, body: Body, headers: dict[str, str]
     ) -> AWSResponse:
         attempt = 1
         while True:
-            request = AWSRequest("PUT", url, data=body, headers=dict(headers))
-            request.headers["Content-Length"] = str(len(body))
-            request.context.update(self._context)
-            S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
-                request
-            )
-            answer: AWSResponse | None = None
-            parsed: dict[str, Any] | None = None
-            failure: Exception | None = None
+            # a staged part is streamed from its file, opened again for each attempt
+            data = body.open() if isinstance(body, FileBody) else body
             try:
-                answer = self._http.send(request.prepare())
-            except TRANSPORT_ERRORS as exc:
-                failure = exc
+                answer, parsed, failure = self._attempt(url, data, len(body), headers, operation)
+            finally:
+                if isinstance(body, FileBody):
+                    data.close()  # type: ignore[union-attr]
             if answer is not None and answer.status_code < 300:
                 return answer
-            if answer is not None:
-                parsed = self._error_of(operation, answer)
             context = RetryContext(
                 attempt_number=attempt,
                 operation_model=self._model.operation_model(operation),
@@ -150,6 +151,24 @@ class S3Requests:
                 raise ClientError(parsed or {}, operation)  # type: ignore[arg-type]
             time.sleep(self._retry.compute_retry_delay(context))
             attempt += 1
+
+    def _attempt(
+        self, url: str, data: Any, size: int, headers: dict[str, str], operation: str
+    ) -> tuple[AWSResponse | None, dict[str, Any] | None, Exception | None]:
+        """One attempt: the answer (or None), its parsed error, the transport failure."""
+        request = AWSRequest("PUT", url, data=data, headers=dict(headers))
+        request.headers["Content-Length"] = str(size)
+        request.context.update(self._context)
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
+            request
+        )
+        try:
+            answer = self._http.send(request.prepare())
+        except TRANSPORT_ERRORS as exc:
+            return None, None, exc
+        if answer.status_code < 300:
+            return answer, None, None
+        return answer, self._error_of(operation, answer), None
 
     def _error_of(self, operation: str, answer: AWSResponse) -> dict[str, Any]:
         shape = self._model.operation_model(operation).output_shape
@@ -179,3 +198,41 @@ def _is_ip_literal(host: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+class SendTimeoutSession(URLLib3Session):
+    """botocore's HTTP session, whose requests are sent within ``send_timeout`` per socket
+    operation (the read timeout, ``GATEWAY_S3_READ_TIMEOUT``) instead of the connect timeout.
+
+    Why: urllib3 sends a request (headers and body) under the *connect* timeout, 5 s here
+    (``GATEWAY_S3_CONNECT_TIMEOUT``, short so that an unreachable store fails fast; botocore's
+    own default is 60 s). A store that takes a part's bytes more slowly than that, for 5 s at one
+    moment, had the send time out: 1,000 slow uploads finishing their parts together on moto
+    timed out 657 part sends (``ProtocolError('Connection aborted.', TimeoutError)``), and every
+    retry sent the whole part again, to a store that was already behind. A store that accepts
+    bytes is reachable; only a connection that is not made yet is timed by the connect timeout.
+    """
+
+    def __init__(self, *, send_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        classes = {
+            "http": _pool_class(AWSHTTPConnectionPool, AWSHTTPConnection, send_timeout),
+            "https": _pool_class(AWSHTTPSConnectionPool, AWSHTTPSConnection, send_timeout),
+        }
+        # botocore builds its pools from this mapping (its own and each proxy manager's)
+        self._pool_classes_by_scheme = classes
+        self._manager.pool_classes_by_scheme = classes  # type: ignore[attr-defined]  # no stub
+
+
+def _pool_class(pool: type[Any], connection: type[Any], send_timeout: float) -> type[Any]:
+    class Connection(connection):  # type: ignore[misc]
+        def connect(self) -> None:
+            super().connect()  # within the connect timeout
+            self.sock.settimeout(send_timeout)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            if self.sock is not None:  # a pooled connection: urllib3 sets self.timeout on it
+                self.timeout = send_timeout
+            super().request(*args, **kwargs)
+
+    return type(f"SendTimeout{pool.__name__}", (pool,), {"ConnectionCls": Connection})

@@ -1,6 +1,7 @@
 """The sweeper: removes what failed requests, killed workers and abandoned clients left behind.
 
-One run: expire overdue direct and tus uploads (the pending-upload lifecycle's one pass, in
+One run: remove the staged parts (gateway/storage/staging.py) of worker processes that are gone;
+expire overdue direct and tus uploads (the pending-upload lifecycle's one pass, in
 gateway/uploads/pending.py); abort stale multipart (or local temporary) uploads that no pending
 upload owns; delete journaled orphans, gateway-made objects that no record owns and the chunks
 of tus uploads no longer going on (a node killed mid-PATCH leaves some).
@@ -24,6 +25,7 @@ from gateway.queue import Queue
 from gateway.storage import ObjectListing, ObjectStore, PendingUpload, Quarantine
 from gateway.storage.chunks import chunk_owner
 from gateway.storage.keys import parse_key, staging_key
+from gateway.storage.staging import Staging
 from gateway.uploads.pending import PartsRemover, PendingUploads, UploadKind
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,10 @@ class Sweeper:
         quarantine: Quarantine | None = None,
         queue: Queue | None = None,
         keep_infected: bool = False,
+        staging: Staging | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.staging = staging  # this node's staged parts
         self.store = store
         self.listing = listing
         self.quarantine = quarantine
@@ -70,6 +74,15 @@ class Sweeper:
         now = now or self.clock()
         cutoff = now - older_than
         report = SweepReport()
+        if self.staging is not None:
+            self._each(
+                report,
+                "remove staged part",
+                self.staging.orphans(),
+                dry_run,
+                lambda path: path.unlink(missing_ok=True),
+                lambda path: path.name,
+            )
         self._expire_pending_uploads(now, dry_run, report)
         self._end_expired_reservations(now, dry_run, report)
         self._requeue_stalled(now, dry_run, report)

@@ -22,9 +22,16 @@ def services() -> Services:
 @contextmanager
 def upload_body(protocol: Literal["form", "tus"]) -> Iterator[GuardedBody]:
     """This request's body for an upload route: counted in flight, read within the deadlines."""
+    gateway = services()
+    space = gateway.storage.space
     with (
         metrics.upload_in_flight(protocol),
-        guarded_body(request.environ, request.stream, BodyLimits.of(services().settings)) as body,
+        guarded_body(
+            request.environ,
+            request.stream,
+            BodyLimits.of(gateway.settings),
+            space.budget if space is not None else None,
+        ) as body,
     ):
         yield body
 
