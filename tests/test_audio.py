@@ -892,7 +892,17 @@ def _caf(*chunks: tuple[bytes, bytes]) -> bytes:
     )
 
 
-DESC = struct.pack(">dIIIIII", 8000.0, 0x6C70636D, 0, 2, 1, 1, 16)  # lpcm, 2 bytes a frame
+def _chunk(name: bytes, size: int) -> bytes:
+    """A chunk's header alone, declaring ``size`` bytes that the file does not hold."""
+    return name + struct.pack(">q", size)
+
+
+def _desc(packet_bytes: int, packet_frames: int) -> bytes:
+    """An lpcm desc at 8 kHz, mono, with packets of these bytes and frames."""
+    return struct.pack(">dIIIIII", 8000.0, 0x6C70636D, 0, packet_bytes, packet_frames, 1, 16)
+
+
+DESC = _desc(2, 1)  # 2 bytes a frame
 
 
 @pytest.mark.parametrize(
@@ -912,9 +922,41 @@ DESC = struct.pack(">dIIIIII", 8000.0, 0x6C70636D, 0, 2, 1, 1, 16)  # lpcm, 2 by
         (_caf((b"desc", DESC[:31]), (b"data", b"\0" * 20)), None),
         (_caf((b"data", b"\0" * 20)), None),
         (b"RIFF\0\0\0\0", None),
+        (_caf((b"pakt", struct.pack(">qq", 1, 24_000)), (b"data", b"\0" * 4)), None),  # no rate
+        (_caf((b"desc", DESC)), None),  # no data chunk
+        (_caf((b"desc", DESC), (b"free", b""), (b"data", b"\0" * 16004)), 1.0),  # an empty chunk
+        (_caf((b"desc", DESC), (b"data", b"\0" * 16005)), 1.0),  # whole packets only
+        (_caf((b"desc", _desc(4, 2)), (b"data", b"\0" * 16004)), 1.0),  # 4000 packets of 2 frames
+        (_caf((b"desc", _desc(0, 1024)), (b"data", b"\0" * 16004)), None),  # packets of any size
+        (_caf((b"desc", _desc(2, 0)), (b"data", b"\0" * 16004)), None),  # of any length
+        # sizes and counts that need every byte of their field
+        (_caf((b"desc", DESC)) + _chunk(b"data", 2**56 + 4), 2**55 / 8000),
+        (_caf((b"desc", _desc(2**24 + 2, 1))) + _chunk(b"data", 4 + 2 * (2**24 + 2)), 2 / 8000),
+        (_caf((b"desc", _desc(2, 2**24 + 1)), (b"data", b"\0" * 6)), (2**24 + 1) / 8000),
+        (_caf((b"desc", DESC), (b"pakt", struct.pack(">qq", 1, 2**56))), 2**56 / 8000),
+        # a chunk past what a file system can address ends the search, as does a partial header
+        (_caf((b"desc", DESC), (b"data", b"\0" * 16004)) + _chunk(b"free", 2**60), 1.0),
+        (_caf((b"desc", DESC), (b"data", b"\0" * 16004)) + _chunk(b"data", 16)[:11], 1.0),
+        # a count of valid frames is signed: below zero it is none
+        (_caf((b"desc", DESC), (b"pakt", struct.pack(">qq", 1, 0)), (b"data", b"\0" * 8)), 0.0),
+        (_caf((b"desc", DESC), (b"pakt", struct.pack(">qq", 1, -1)), (b"data", b"\0" * 8)), None),
     ],
 )
 def test_caf_headers(tmp_path, data, expected):
+    path = tmp_path / "c.caf"
+    path.write_bytes(data)
+    assert caf_claim(path) == expected
+
+
+def test_a_caf_with_a_chunk_claiming_exabytes_after_its_audio_is_described(tmp_path):
+    data = samples.audio("caf", 0.5) + _chunk(b"free", 2**60)
+    assert derived(tmp_path, data).properties["duration"] == 0.5
+
+
+@pytest.mark.parametrize("free, expected", [(62, 1.0), (63, None)])
+def test_a_cafs_chunks_are_read_to_the_64th(tmp_path, free, expected):
+    """The data chunk as the 64th chunk is read; as the 65th, it is beyond the search."""
+    data = _caf((b"desc", DESC), *[(b"free", b"")] * free, (b"data", b"\0" * 16004))
     path = tmp_path / "c.caf"
     path.write_bytes(data)
     assert caf_claim(path) == expected

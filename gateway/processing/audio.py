@@ -418,17 +418,23 @@ def wav_claim(path: Path) -> float | None:
 def caf_claim(path: Path) -> float | None:
     """The duration a CAF's header declares: its ``pakt`` chunk's valid frames (compressed
     audio; the chunk may follow the data), else its ``data`` chunk's size in packets of
-    ``desc``'s size (PCM); None for a data chunk of unknown size (-1: written live)."""
+    ``desc``'s size (PCM); None for a data chunk of unknown size (-1: written live) and for a
+    ``pakt`` whose count of valid frames is negative (the field is signed: below zero, no count)."""
     rate, packet_bytes, packet_frames = 0.0, 0, 0
     valid_frames: int | None = None
     data_size: int | None = None
+    end = path.stat().st_size
     with open(path, "rb") as f:
         if f.read(8)[:4] != b"caff":
             return None
+        # Each chunk is read at its offset, never sought past the file's end: a chunk's size may
+        # claim more than a file system can address (a seek there fails with EINVAL).
+        at = 8
         for _ in range(64):
-            header = f.read(12)
-            if len(header) < 12:
+            if at + 12 > end:
                 break
+            f.seek(at)
+            header = f.read(12)
             kind, size = header[:4], int.from_bytes(header[4:], "big", signed=True)
             if size < 0:
                 return None  # a data chunk that runs to the end of the file
@@ -441,11 +447,11 @@ def caf_claim(path: Path) -> float | None:
                 valid_frames = int.from_bytes(body[8:16], "big", signed=True)
             elif kind == b"data":
                 data_size = size
-            f.seek(size - len(body), 1)
+            at += 12 + size
     if not rate:
         return None
     if valid_frames is not None:
-        return valid_frames / rate
+        return valid_frames / rate if valid_frames >= 0 else None
     if data_size is None or data_size < 4 or not (packet_bytes and packet_frames):
         return None
     return (data_size - 4) // packet_bytes * packet_frames / rate
