@@ -425,7 +425,7 @@ def caf_claim(path: Path) -> float | None:
     data_size: int | None = None
     end = path.stat().st_size
     with open(path, "rb") as f:
-        if f.read(8)[:4] != b"caff":
+        if f.read(4) != b"caff":
             return None
         # Each chunk is read at its offset, never sought past the file's end: a chunk's size may
         # claim more than a file system can address (a seek there fails with EINVAL).
@@ -438,7 +438,7 @@ def caf_claim(path: Path) -> float | None:
             kind, size = header[:4], int.from_bytes(header[4:], "big", signed=True)
             if size < 0:
                 return None  # a data chunk that runs to the end of the file
-            body = f.read(min(size, 32)) if kind in (b"desc", b"pakt") else b""
+            body = f.read(min(size, 32))
             if kind == b"desc" and len(body) >= 32:
                 rate = float(struct.unpack(">d", body[:8])[0])
                 packet_bytes = int.from_bytes(body[16:20], "big")
