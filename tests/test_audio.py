@@ -12,6 +12,7 @@ import random
 import re
 import struct
 import subprocess
+from fractions import Fraction
 
 import av
 import media_samples as samples
@@ -611,6 +612,19 @@ def test_limits_are_inclusive(tmp_path, flac_without_a_length):
     assert result.properties["duration"] == 2.0
 
 
+def test_at_the_duration_limit_and_one_sample_over_the_samples_limit_the_samples_refuse(
+    tmp_path, flac_without_a_length
+):
+    """2 s of stereo decode to 96000 samples a channel: exactly the duration limit, and one
+    sample over 191999 samples; the refusal names the limit that was passed."""
+    options = DeriveOptions(audio=AudioOptions(max_duration=2.0, max_samples=191_999))
+    with pytest.raises(Undecodable) as refused:
+        derived(tmp_path, flac_without_a_length, options=options)
+    assert str(refused.value) == (
+        "The audio decodes to more than the limit of 191999 samples: refused as an audio bomb."
+    )
+
+
 def test_without_a_declared_length_the_points_come_from_the_timestamps(
     tmp_path, flac_without_a_length
 ):
@@ -832,6 +846,62 @@ def test_the_bit_rate_is_the_streams_else_the_containers_else_the_files_average(
     assert _bit_rate(stream, container, 25_000, 2.0) == expected
 
 
+def test_the_demuxed_length_is_the_first_streams_alone(tmp_path, ffmpeg):
+    """A second, longer audio stream is not the first one's length."""
+    from gateway.processing.audio import _demuxed_seconds
+
+    source = tmp_path / "source.wav"
+    source.write_bytes(samples.wav(1.0))
+    path = tmp_path / "two.mka"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(source), "-i", str(source), "-filter_complex",
+         "[1]apad=pad_dur=2[b]", "-map", "0", "-map", "[b]", "-c:a", "pcm_s16le",
+         "-f", "matroska", str(path)],
+        check=True,
+    )  # fmt: skip
+    assert _demuxed_seconds(path) == pytest.approx(1.0, abs=0.025)
+
+
+@pytest.mark.parametrize(
+    "packets, time_base, expected",
+    [
+        ([(None, 7), (10, None), (4, 2)], Fraction(1, 1000), Fraction(6, 1000)),
+        ([(-5, 5)], Fraction(1, 1000), Fraction(5, 1000)),  # ends at 0
+        ([(0, 0), (3, 0)], Fraction(1, 1000), Fraction(3, 1000)),
+        ([(None, 7)], Fraction(1, 1000), None),
+        ([(0, 5)], None, None),
+    ],
+)
+def test_the_demuxed_length_runs_from_the_first_timestamp_to_the_last_packets_end(
+    monkeypatch, tmp_path, packets, time_base, expected
+):
+    """Packets without a timestamp are skipped, one without a duration ends where it starts,
+    and a stream that starts before 0 counts from there. A fake container: no demuxer FFmpeg
+    has leaves a duration or the time base unset."""
+    from types import SimpleNamespace
+
+    from gateway.processing import audio
+
+    stream = SimpleNamespace(time_base=time_base)
+
+    class Container:
+        streams = SimpleNamespace(audio=[stream])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+        def demux(self, which):
+            assert which is stream
+            return iter(SimpleNamespace(pts=pts, duration=duration) for pts, duration in packets)
+
+    monkeypatch.setattr(av, "open", lambda _: Container())
+    seconds = audio._demuxed_seconds(tmp_path / "unread")
+    assert seconds == (None if expected is None else float(expected))
+
+
 def test_a_flac_streams_bit_rate_is_the_containers(tmp_path):
     result = derived(tmp_path, samples.audio("flac", 1.0))
     assert 0 < result.properties["bitRate"] < 1_536_000
@@ -966,4 +1036,31 @@ def test_a_cafs_chunks_are_read_to_the_64th(tmp_path, free, expected):
 def test_the_length_frame_is_looked_for_in_the_first_frames_192_bytes(tmp_path, at, found):
     path = tmp_path / "a.mp3"
     path.write_bytes(b"\xff\xfb\x90\x44" + b"\0" * (at - 4) + b"Xing" + b"\0" * 100)
+    assert mp3_has_length_frame(path) is found
+
+
+def _id3(flags: int, size: bytes) -> bytes:
+    """An ID3v2.4 tag of ``size`` (four syncsafe bytes), with its footer if ``flags`` say so."""
+    body = size[0] << 21 | size[1] << 14 | size[2] << 7 | size[3]
+    footer = b"3DI\x04\x00" + bytes([flags]) + size if flags & 0x10 else b""
+    return b"ID3\x04\x00" + bytes([flags]) + size + b"\0" * body + footer
+
+
+@pytest.mark.parametrize(
+    "flags, size",
+    [
+        (0x00, b"\x01\x02\x03\x04"),  # 2130308 bytes: every byte of the size counts
+        (0x10, b"\x00\x00\x01\x00"),  # a footer after the tag
+        (0xEF, b"\x00\x00\x01\x00"),  # every flag but the footer's
+    ],
+)
+@pytest.mark.parametrize("at, found", [(0, True), (188, True), (189, False), (-4, False)])
+def test_the_length_frame_is_looked_for_right_after_the_tag(tmp_path, flags, size, at, found):
+    """The 192 bytes after the tag (and its footer) exactly: not one before, not one after."""
+    tag = _id3(flags, size)
+    frame = b"\xff\xfb\x90\x44" + b"\0" * 300
+    data = bytearray(tag + frame)
+    data[len(tag) + at : len(tag) + at + 4] = b"Xing"
+    path = tmp_path / "a.mp3"
+    path.write_bytes(bytes(data))
     assert mp3_has_length_frame(path) is found
