@@ -335,6 +335,36 @@ def test_a_webm_whose_window_ends_right_after_the_track_type_is_decided():
     assert container_holds(head[: end - 1]) is None
 
 
+def test_a_window_that_ends_with_the_track_list_decides():
+    """The last element read ends exactly where the window does: it is in sight."""
+    head = ebml(track(1), element(0xAE, element(0xD7, b"\x02") + element(0xEC, b"")))
+    head = head.removesuffix(b"\x1f\x43\xb6\x75")  # no Cluster after the Tracks
+    assert head.endswith(b"\xec\x80")
+    assert container_holds(head) == "video"
+    assert container_holds(head[:-1]) is None
+
+
+@pytest.mark.parametrize(
+    "head, at, read",
+    [
+        (b"\x81", 0, (0x81, 1)),
+        (b"\x00\x40\x05", 1, (0x4005, 2)),  # ends at the window's end
+        (b"\x01" + b"\xff" * 7, 0, (0x01FFFFFFFFFFFFFF, 8)),
+        (b"\x40", 0, None),  # its second byte out of sight
+        (b"\x01" + b"\xff" * 6, 0, None),
+        (b"\x81", 1, None),
+    ],
+)
+def test_a_variable_length_integer_is_read_whole_or_is_out_of_sight(head, at, read):
+    from gateway.uploads.sniff_audio import _OutOfSight, _vint
+
+    if read is None:
+        with pytest.raises(_OutOfSight):
+            _vint(head, at)
+    else:
+        assert _vint(head, at) == read
+
+
 @pytest.mark.parametrize(
     "head, holds, extension",
     [
