@@ -956,6 +956,44 @@ def test_wav_headers_of_every_vintage(tmp_path, data, expected):
     assert wav_claim(path) == expected
 
 
+def _fmt(rate: int = 8000, block: int = 2) -> tuple[bytes, bytes]:
+    return b"fmt ", struct.pack("<HHIIHH", 1, 1, rate, rate * block % 2**32, block, 16)
+
+
+def _data(size: int) -> bytes:
+    """A data chunk's header alone, declaring ``size`` bytes."""
+    return b"data" + struct.pack("<I", size)
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (_riff(_fmt()) + _data(16001), 1.0),  # whole frames only
+        (_riff(_fmt(block=0)) + _data(16000), None),
+        (_riff(_fmt(rate=0)) + _data(16000), None),
+        # every field read whole, unsigned
+        (_riff(_fmt(rate=2**31)) + _data(4), 2 / 2**31),
+        (_riff(_fmt(block=0x8000)) + _data(0x10000), 2 / 8000),
+        (
+            _riff((b"ds64", struct.pack("<QQ", 0, 2**63)), _fmt(), kind=b"RF64")
+            + b"data\xff\xff\xff\xff",
+            2**62 / 8000,
+        ),
+        # an RF64 data chunk that gives its size is read for it, not for the ds64's
+        (_riff((b"ds64", struct.pack("<QQ", 0, 48_000)), _fmt(), kind=b"RF64") + _data(16000), 1.0),
+        # a ds64 counts in RF64 and BW64 only: a RIFF's data of unknown size stays unknown
+        (_riff((b"ds64", struct.pack("<QQ", 0, 48_000)), _fmt()) + b"data\xff\xff\xff\xff", None),
+        # the data chunk as the 64th chunk is found; as the 65th, it is beyond the search
+        (_riff(_fmt(), *[(b"junk", b"")] * 62) + _data(16000), 1.0),
+        (_riff(_fmt(), *[(b"junk", b"")] * 63) + _data(16000), None),
+    ],
+)
+def test_wav_header_fields_and_edges(tmp_path, data, expected):
+    path = tmp_path / "w.wav"
+    path.write_bytes(data)
+    assert wav_claim(path) == expected
+
+
 def _caf(*chunks: tuple[bytes, bytes]) -> bytes:
     return b"caff\x00\x01\x00\x00" + b"".join(
         name + struct.pack(">q", len(data)) + data for name, data in chunks
