@@ -969,6 +969,9 @@ def _data(size: int) -> bytes:
     "data, expected",
     [
         (_riff(_fmt()) + _data(16001), 1.0),  # whole frames only
+        # chunks that would declare a second, after a head that is not a WAV's
+        (b"RIFX" + _riff(_fmt())[4:] + _data(16000), None),
+        (_riff(_fmt())[:8] + b"AVI " + _riff(_fmt())[12:] + _data(16000), None),
         (_riff(_fmt(block=0)) + _data(16000), None),
         (_riff(_fmt(rate=0)) + _data(16000), None),
         # every field read whole, unsigned
