@@ -580,6 +580,30 @@ def test_headers_declare_durations_only_where_they_are_the_headers(tmp_path):
         assert claims[kind] == pytest.approx(1.0, abs=0.05), kind
 
 
+def _claim(path, data: bytes) -> float | None:
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        return claimed_seconds(container, container.streams.audio[0], path)
+
+
+def test_an_mp3_without_a_length_frame_claims_nothing(tmp_path):
+    live = {"write_xing": "0", "id3v2_version": "0"}
+    data = samples.encode(samples.wav(1.0), "mp3", "libmp3lame", container_options=live)
+    assert _claim(tmp_path / "a.mp3", data) is None
+    assert _claim(tmp_path / "b.mp3", samples.audio("mp3", 1.0)) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_matroska_whose_stream_has_no_duration_claims_its_segments(tmp_path):
+    """PyAV's Matroska muxer writes the Segment's duration (1014 ms: up to the last packet's
+    end), not the track's."""
+    path = tmp_path / "a.webm"
+    path.write_bytes(samples.audio("webm", 1.0))
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert stream.duration is None and container.duration == 1_014_000
+        assert claimed_seconds(container, stream, path) == 1.014
+
+
 # -- edges ----------------------------------------------------------------------------------------
 def ogg_crc(page: bytes) -> int:
     """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, unreflected, over the page with the
