@@ -649,6 +649,36 @@ def test_at_the_duration_limit_and_one_sample_over_the_samples_limit_the_samples
     )
 
 
+@pytest.mark.parametrize("short", [0, 1])
+def test_audio_that_holds_its_claim_less_the_slack_is_whole_one_sample_less_is_truncated(
+    tmp_path, short
+):
+    """A header saying 1.1 s over 1.0 s of samples: exactly the slack of 0.1 s short is whole,
+    and its points are planned from the header's length (1.1 s: 52800 samples over 196
+    points), not from the timestamps; one sample more missing is truncation."""
+    data = wav_claiming(52_800 * 4, body=samples.pcm(1.0)[: 192_000 - 4 * short])
+    if short:
+        with pytest.raises(Undecodable) as refused:
+            derived(tmp_path, data)
+        assert str(refused.value) == (
+            "The audio is truncated: its header says 1.100 s, the file holds 1.000 s."
+        )
+    else:
+        result = derived(tmp_path, data)
+        assert result.properties["duration"] == 1.0
+        assert peaks(result)["samples_per_pixel"] == 270
+
+
+def test_the_duration_is_rounded_to_the_microsecond(tmp_path):
+    body = samples.pcm(1.0) + b"\0" * 4  # 48001 samples: 1.0000208333 s
+    assert derived(tmp_path, wav_claiming(len(body), body=body)).properties["duration"] == 1.000021
+
+
+def test_without_a_declared_bit_rate_it_is_the_files_average(tmp_path, flac_without_a_length):
+    result = derived(tmp_path, flac_without_a_length)
+    assert result.properties["bitRate"] == round(len(flac_without_a_length) * 8 / 2.0)
+
+
 def test_without_a_declared_length_the_points_come_from_the_timestamps(
     tmp_path, flac_without_a_length
 ):
