@@ -900,10 +900,8 @@ def test_the_bit_rate_is_the_streams_else_the_containers_else_the_files_average(
     assert _bit_rate(stream, container, 25_000, 2.0) == expected
 
 
-def test_the_demuxed_length_is_the_first_streams_alone(tmp_path, ffmpeg):
-    """A second, longer audio stream is not the first one's length."""
-    from gateway.processing.audio import _demuxed_seconds
-
+def _two_streams(ffmpeg: str, tmp_path) -> bytes:
+    """A Matroska file of two audio streams: 1 s, then 3 s (its Segment's duration)."""
     source = tmp_path / "source.wav"
     source.write_bytes(samples.wav(1.0))
     path = tmp_path / "two.mka"
@@ -913,7 +911,25 @@ def test_the_demuxed_length_is_the_first_streams_alone(tmp_path, ffmpeg):
          "-f", "matroska", str(path)],
         check=True,
     )  # fmt: skip
+    return path.read_bytes()
+
+
+def test_the_demuxed_length_is_the_first_streams_alone(tmp_path, ffmpeg):
+    """A second, longer audio stream is not the first one's length."""
+    from gateway.processing.audio import _demuxed_seconds
+
+    path = tmp_path / "a.mka"
+    path.write_bytes(_two_streams(ffmpeg, tmp_path))
     assert _demuxed_seconds(path) == pytest.approx(1.0, abs=0.025)
+
+
+def test_a_matroska_of_two_streams_is_the_first_stream_and_claims_nothing(tmp_path, ffmpeg):
+    """Its Segment's 3 s are the longer stream's: no claim for the first, which is decoded
+    alone (not refused as truncated, not counted with the second)."""
+    data = _two_streams(ffmpeg, tmp_path)
+    assert _claim(tmp_path / "a.mka", data) is None
+    result = derived(tmp_path, data, "audio/x-matroska")
+    assert result.properties["duration"] == 1.0 and result.properties["channels"] == 2
 
 
 @pytest.mark.parametrize(

@@ -376,7 +376,8 @@ def claimed_seconds(
     if name in _DECLARING or (name == "mp3" and mp3_has_length_frame(path)):
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
-        if name == "matroska,webm" and container.duration:
+        # The Segment's duration is its longest track's: the audio's only when it is alone.
+        if name == "matroska,webm" and container.duration and len(container.streams) == 1:
             return container.duration / 1_000_000
     return None
 
