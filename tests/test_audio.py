@@ -509,6 +509,26 @@ def test_decoding_is_stopped_at_its_deadline(tmp_path):
     )
 
 
+@pytest.mark.parametrize("budget, refused", [(1.0, False), (0.999, True)])
+def test_decoding_that_uses_exactly_its_cpu_budget_is_not_stopped(
+    tmp_path, monkeypatch, budget, refused
+):
+    """A CPU clock that reads 0 s when decoding starts and 1 s at every check after."""
+    from gateway.processing import audio
+
+    readings = iter([0.0])
+    monkeypatch.setattr(audio.time, "process_time", lambda: next(readings, 1.0))
+    options = DeriveOptions(audio=AudioOptions(max_decode_seconds=budget))
+    if refused:
+        with pytest.raises(Undecodable) as stopped:
+            derived(tmp_path, samples.wav(1.0), options=options)
+        assert str(stopped.value) == (
+            "Decoding the audio took more than 0.999 s of CPU time (at 0.085 s of it)."
+        )
+    else:
+        assert derived(tmp_path, samples.wav(1.0), options=options).properties["duration"] == 1.0
+
+
 def _random(size: int) -> bytes:
     return random.Random(7).randbytes(size)
 
@@ -738,6 +758,14 @@ def test_32_bit_integer_audio_is_measured_in_16_bit_units(tmp_path):
     data = samples.encode(samples.wav(1.0), "wav", "pcm_s32le")
     result = derived(tmp_path, data)
     assert result.properties["codec"] == "pcm_s32le"
+    check_sine_peaks(result, tolerance=1)
+
+
+def test_64_bit_integer_audio_is_measured_in_16_bit_units(tmp_path):
+    """astats takes 64-bit integers too: they are converted first, to a format with a scale."""
+    data = samples.encode(samples.wav(1.0), "wav", "pcm_s64le")
+    result = derived(tmp_path, data)
+    assert result.properties["codec"] == "pcm_s64le"
     check_sine_peaks(result, tolerance=1)
 
 
