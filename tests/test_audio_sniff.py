@@ -183,6 +183,15 @@ def test_audio_only_formats_by_signature(head, expected):
         (adts_frame(length=6)[:7] * 2, None),
         (id3(10) + adts_frame() * 2, ("audio/aac", ".aac")),
         (b"\xff\xfb\x90", None),  # shorter than a header
+        # a window that ends exactly with the second header checks it; one byte less cannot
+        (mp3_frame() + b"\0" * 4, None),
+        (mp3_frame() + b"\0" * 3, ("audio/mpeg", ".mp3")),
+        (adts_frame() + b"\0" * 7, None),
+        (adts_frame() + b"\0" * 6, ("audio/aac", ".aac")),
+        # the same for what follows a tag: FLAC's magic ending with the window is read
+        (id3(20) + b"fLaC", ("audio/flac", ".flac")),
+        (id3(20) + b"fLa", ("audio/mpeg", ".mp3")),
+        (id3(0), ("audio/mpeg", ".mp3")),  # a whole tag header, then nothing in sight
     ],
 )
 def test_mp3_and_adts_frames_are_checked_past_their_sync_word(head, expected):
