@@ -302,6 +302,38 @@ def test_an_mp4_holds_what_its_track_handlers_say(head, holds):
     assert container_holds(head) == holds
 
 
+def _moov_ending_the_window(*boxes: bytes) -> bytes:
+    """An MP4 whose track list is the last thing in the window (no mdat after it)."""
+    ftyp = box(b"ftyp", b"isom\0\0\2\0isomiso2mp41")
+    return ftyp + box(b"moov", box(b"mvhd", b"\0" * 100) + b"".join(boxes))
+
+
+EMPTY_64 = struct.pack(">I", 1) + b"free" + struct.pack(">Q", 16)  # a 64-bit size, no payload
+
+
+@pytest.mark.parametrize(
+    "head, holds",
+    [
+        # a box header that ends exactly with the window is read
+        (_moov_ending_the_window(trak(b"soun"), box(b"free")), "audio"),
+        (_moov_ending_the_window(trak(b"soun"), box(b"free"))[:-1], None),
+        (_moov_ending_the_window(trak(b"soun"), EMPTY_64), "audio"),
+        (_moov_ending_the_window(trak(b"soun"), EMPTY_64)[:-1], None),
+        # an empty box is a box: the tracks after it count
+        (_moov_ending_the_window(trak(b"soun"), box(b"free"), trak(b"vide")), "video"),
+    ],
+)
+def test_an_mp4s_boxes_are_read_to_the_windows_last_byte(head, holds):
+    assert container_holds(head) == holds
+
+
+@pytest.mark.parametrize("cut, holds", [(0, "audio"), (1, None)])
+def test_an_ogg_page_header_ending_with_the_window_is_read(cut, holds):
+    """After the streams' first pages, the next page's 27-byte header says none begins there."""
+    head = ogg(OPUS, then=False) + ogg_page(b"data", first=False)[:27]
+    assert container_holds(head[: len(head) - cut]) == holds
+
+
 @pytest.mark.parametrize(
     "head, holds",
     [
