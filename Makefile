@@ -9,7 +9,7 @@ DEV_ENV = GATEWAY_JWT_SECRET="$$(cat $(DEV_SECRET))"
 
 LINTED := gateway outbox tests bench .ci wsgi.py gunicorn.conf.py
 
-.PHONY: run token lint test test-fast mutation bench clean bundle node docker-tools image
+.PHONY: run token lint lint-js test test-fast mutation bench clean bundle node docker-tools image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ $(BUNDLE): $(WEB_SOURCES) | node
 
 bundle: $(BUNDLE)
 
+# The browser outbox's JSDoc types, and its declared API (outbox/index.d.ts) against its code,
+# checked by TypeScript (gateway/web/tsconfig.json; installed by the bundle's npm ci).
+lint-js: $(BUNDLE)
+	cd gateway/web && npm run --silent typecheck
+
 $(DEV_SECRET):
 	mkdir -p var
 	$(BIN)/python -c "import secrets; print(secrets.token_urlsafe(48))" > $@
@@ -63,8 +68,8 @@ run: $(VENV)/.runtime $(BIN)/outbox $(BUNDLE) $(DEV_SECRET)
 token: $(VENV)/.runtime $(DEV_SECRET)
 	@$(DEV_ENV) $(BIN)/flask --app wsgi token --sub dev
 
-# The gate: lint, format, types.
-lint: $(VENV)/.dev
+# The gate: lint, format, types (Python's, and the browser outbox's below).
+lint: $(VENV)/.dev lint-js
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy

@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import errors
 from gateway.config import Settings
-from gateway.http import auth, weblog
+from gateway.http import auth, cors, weblog
 from gateway.services import Services
 
 
@@ -29,6 +29,7 @@ def create_app(
     svc = services or Services.from_settings(settings)
     app.extensions["gateway"] = svc
     weblog.init_app(app, settings)
+    cors.init_app(app, settings)
 
     from gateway.http.api import (
         direct,

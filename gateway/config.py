@@ -166,7 +166,7 @@ class Settings:
     tus_expiry_seconds: int = positive(24 * 3600)  # an unfinished upload ends after this
     tus_lock_seconds: int = positive(60)  # a PATCH's lease on its upload (renewed while it runs)
     tus_max_checksum_chunk: int = positive(64 * MiB)  # a checksummed chunk is held until verified
-    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
+    cors_origins: tuple[str, ...] = ()  # other origins whose pages may call the API ("*": any)
 
     # Browsers (gateway/http/api/pages.py): the JWT may also come in this cookie, and then only with
     # its CSRF token (gateway/uploads/csrf.py). The __Host- prefix needs session_cookie_secure on.
@@ -283,6 +283,9 @@ class Settings:
         for origin in self.redirect_origins:
             if origin_of(origin) != origin.lower():
                 fail("redirect_origins", f"{origin!r} is not an origin (scheme://host[:port])")
+        for origin in self.cors_origins:
+            if origin != "*" and ("*" in origin or origin_of(origin) != origin.lower()):
+                fail("cors_origins", f"{origin!r}: an origin (scheme://host[:port]), or * alone")
         self._validate_tickets(fail)
         if not self.thumbnail_sizes or any(s < 16 or s > 4096 for s in self.thumbnail_sizes):
             fail("thumbnail_sizes", "one or more sizes in pixels, 16-4096 each")

@@ -43,7 +43,8 @@ ANSWER_SHOWN = 300  # of it, in the item's last error
 class StepRefused(Permanent):
     """The step's target refused it for good (or answered without a value to capture)."""
 
-    def __init__(self, message: str, *, status: int, answer: str) -> None:
+    def __init__(self, message: str, *, status: int | None, answer: str | None) -> None:
+        """``status`` and ``answer`` are None for a step refused before it was sent."""
         super().__init__(f"{message}: {answer[:ANSWER_SHOWN]}" if answer else message)
         self.status = status
         self.answer = answer
@@ -81,7 +82,7 @@ def run_step(
     if any(secret and secret in sent for secret in withheld):
         raise StepRefused(  # (named by its template: the URL may hold the token)
             f"step {spec.name} {spec.method} {spec.url}: it would carry the gateway's token; "
-            "not sent", status=0, answer="",
+            "not sent", status=None, answer=None,
         )  # fmt: skip
     with network_errors(what, gateway=False):
         answer = session.request(spec.method, url, data=data, headers=headers, timeout=STEP_TIMEOUT)

@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import http.server
 import json
+import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 import requests
 from tcpproxy import TcpProxy
 
-from e2e_harness import MiB, ensure_chromium, gateway_stack, poll
+from e2e_harness import ROOT, MiB, ensure_chromium, gateway_stack, poll
 from support import png_bytes, record_ids
 
 pytestmark = pytest.mark.slow
@@ -35,8 +37,12 @@ def playwright():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with gateway_stack(tmp_path_factory.mktemp("outbox-browser"), GATEWAY_PROCESSING="off") as s:
+def stack(tmp_path_factory, app_server):
+    with gateway_stack(
+        tmp_path_factory.mktemp("outbox-browser"),
+        GATEWAY_PROCESSING="off",
+        GATEWAY_CORS_ORIGINS=app_server.url,  # the app's page, on its own origin
+    ) as s:
         yield s
 
 
@@ -50,8 +56,9 @@ def proxy(stack):
 @contextlib.contextmanager
 def browser(playwright, profile: Path, *, offline: bool = False, **options):
     """Chromium on ``profile``: closing it ends the browser (as a user quitting it)."""
+    options.setdefault("args", ARGS)
     context = playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=ensure_chromium(), headless=True, args=ARGS, **options
+        str(profile), executable_path=ensure_chromium(), headless=True, **options
     )
     context.set_offline(offline)
     try:
@@ -214,34 +221,63 @@ def test_a_large_file_dropped_mid_upload_resumes_from_the_gateways_offset_and_is
 
 
 # -- a chain: a step before the upload, whose answer feeds the upload and the step after it -------
-class AppApi:
-    """The app's own API: POST /attachments answers a new {"AttachID"}; PATCH /attachments/<id>
-    answers {}; CORS for any origin. Every request is recorded."""
+# The chains run in the app's own page, on another origin than the gateway (the gateway's page
+# lets its script reach the gateway only): the app bundles the outbox library as it would from
+# npm, and the gateway answers CORS for the app's origin (GATEWAY_CORS_ORIGINS).
+APP_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>The app</title>
+<script type="application/json" id="config">%s</script>
+<script type="module">
+import { createOutbox } from '/outbox.js'
+const config = JSON.parse(document.getElementById('config').textContent)
+const outbox = createOutbox({ gateway: config.gateway, token: () => config.token,
+                              backoffSeconds: 0.5, maxBackoffSeconds: 1 })
+window.appOutbox = outbox
+outbox.start()
+document.documentElement.dataset.ready = 'true'
+</script></head><body><h1>The app</h1></body></html>"""
 
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.next_id = 123
+
+class AppApi:
+    """The app on its own origin: its page (/app) with the outbox library (/outbox.js), and its
+    API: POST /attachments answers a new {"AttachID"}, PATCH /attachments/<id> answers {}; CORS
+    for any origin. Every API request is recorded, also one it does not answer: ``refuse_create``
+    (status, body) refuses step 1; a method in ``down`` is dropped unanswered (the API down)."""
+
+    def __init__(self, library: bytes) -> None:
+        self.library = library
+        self.page_config: dict = {}
+        self.reset()
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
                 pass
 
-            def _answer(self, status: int, body: dict | None = None) -> None:
-                data = json.dumps(body or {}).encode()
+            def _send(self, status: int, data: bytes, content_type: str) -> None:
                 self.send_response(status)
                 self.send_header("Access-Control-Allow-Origin", "*")
                 self.send_header("Access-Control-Allow-Methods", "POST, PATCH")
                 self.send_header("Access-Control-Allow-Headers", "content-type, idempotency-key")
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _answer(self, status: int, body: dict | None = None) -> None:
+                self._send(status, json.dumps(body or {}).encode(), "application/json")
+
             def do_OPTIONS(self) -> None:
                 self._answer(204)
 
-            def _record(self) -> dict:
+            def do_GET(self) -> None:
+                if self.path == "/outbox.js":
+                    self._send(200, api.library, "text/javascript")
+                else:
+                    page = APP_PAGE % json.dumps(api.page_config).replace("<", "\\u003c")
+                    self._send(200, page.encode(), "text/html; charset=utf-8")
+
+            def _record(self) -> dict | None:
+                """The request, recorded; None when the API is down for it (no answer)."""
                 length = int(self.headers.get("Content-Length") or 0)
                 seen = {
                     "method": self.command,
@@ -249,31 +285,59 @@ class AppApi:
                     "key": self.headers.get("Idempotency-Key"),
                     "authorization": self.headers.get("Authorization"),
                     "body": json.loads(self.rfile.read(length) or b"null"),
+                    "answered": self.command not in api.down,
                 }
                 api.requests.append(seen)
-                return seen
+                if seen["answered"]:
+                    return seen
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return None
 
             def do_POST(self) -> None:
-                self._record()
+                if self._record() is None:
+                    return
+                if api.refuse_create is not None:
+                    self._answer(*api.refuse_create)
+                    return
                 api.next_id += 1
                 self._answer(201, {"AttachID": api.next_id - 1})
 
             def do_PATCH(self) -> None:
-                self._record()
-                self._answer(200, {})
+                if self._record() is not None:
+                    self._answer(200, {})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def reset(self) -> None:
+        self.requests: list[dict] = []
+        self.next_id = 123
+        self.refuse_create: tuple[int, dict] | None = None
+        self.down: set[str] = set()
+
+    def answered(self, method: str) -> list[dict]:
+        return [r for r in self.requests if r["method"] == method and r["answered"]]
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
+def open_app(context, app: AppApi, gateway_url: str, token: str):
+    """The app's page, its outbox started (``window.appOutbox``)."""
+    app.page_config = {"gateway": gateway_url, "token": token}
+    page = context.pages[0] if context.pages else context.new_page()
+    page.goto(app.url + "/app")
+    page.wait_for_selector("html[data-ready=true]")
+    return page
+
+
 QUEUE_CHAIN = """async ([app, name, data]) => {
   const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0))
-  const item = await window.uploadOutbox.add({
+  const item = await window.appOutbox.add({
     before: [{ name: 'create', method: 'POST', url: `${app}/attachments`,
                body: '{"title": "north wall"}', capture: { attachId: '/AttachID' } }],
     upload: { project: 'p1', fields: { attachId: '{{steps.create.attachId}}' },
@@ -281,60 +345,208 @@ QUEUE_CHAIN = """async ([app, name, data]) => {
     after: [{ name: 'update', method: 'PATCH', url: `${app}/attachments/{{steps.create.attachId}}`,
               body: '{"key": "{{s3Key}}", "mediaId": "{{mediaId}}", "sha256": "{{sha256}}"}' }],
   })
-  return item.key
+  window.appOutbox.sync()
+  return item.id
 }"""
+ITEM = "async (id) => await window.appOutbox.get(id)"
+
+
+def queue_chain(page, app: AppApi, content: bytes, name: str) -> str:
+    return page.evaluate(QUEUE_CHAIN, [app.url, name, base64.b64encode(content).decode()])
+
+
+def item_in(page, item_id: str, *states: str) -> dict | None:
+    item = page.evaluate(ITEM, item_id)
+    return item if item and item["state"] in states else None
+
+
+def gateway_requests(page, gateway_url: str, path: str) -> list:
+    """The requests (not preflights) the page sends to ``path`` on the gateway, from now on."""
+    seen: list = []
+    page.on(
+        "request",
+        lambda r: r.url.startswith(gateway_url + path) and r.method != "OPTIONS" and seen.append(r),
+    )
+    return seen
+
+
+def media_files(stack) -> list[Path]:
+    return [p for p in stack.media_root.rglob("*") if p.is_file()]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> bytes:
+    """The outbox library as an app bundles it (one ES module with idb and tus-js-client)."""
+    web = ROOT / "gateway" / "web"
+    out = tmp_path_factory.mktemp("app") / "outbox.js"
+    subprocess.run(
+        [web / "node_modules" / ".bin" / "esbuild", web / "outbox" / "src" / "index.js",
+         "--bundle", "--format=esm", "--target=es2020", f"--outfile={out}", "--log-level=warning"],
+        check=True, cwd=web,
+    )  # fmt: skip
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def app_server(library):
+    server = AppApi(library)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app(app_server):
+    app_server.reset()
+    return app_server
 
 
 def test_a_chain_queued_offline_runs_each_step_once_after_a_restart_with_its_captures(
-    playwright, stack, proxy, tmp_path
+    playwright, stack, proxy, app, tmp_path
 ):
-    app = AppApi()
     content = sample(tmp_path / "scan.png", 50_000, seed=7).read_bytes()
     profile = tmp_path / "profile"
-    # bypass_csp: the page's CSP lets its script reach the gateway only; an app queueing chains
-    # does so from its own pages. The library and the browser are the real ones.
-    try:
-        with browser(playwright, profile, bypass_csp=True) as context:
-            install_app_shell(sign_in(context, stack, proxy.url))
+    with browser(playwright, profile) as context:
+        page = open_app(context, app, proxy.url, stack.token)
         proxy.cut()
-        with browser(playwright, profile, offline=True, bypass_csp=True) as context:
-            page = context.pages[0]
-            page.goto(proxy.url + "/upload")
-            page.wait_for_selector("html[data-enhanced=true]")
-            data = base64.b64encode(content).decode()
-            # An unknown placeholder is refused when queued: nothing is queued.
-            refused = page.evaluate(
-                """async () => { try { await window.uploadOutbox.add({ upload: { project: 'p1',
-                   fields: { a: '{{steps.nope.id}}' }, files: [{ name: 'x', blob: new Blob(['x']) }] } })
-                   } catch (e) { return e.message } }"""
-            )
-            assert "no step is named" in refused
-            key = page.evaluate(QUEUE_CHAIN, [app.url, "scan.png", data])
-            page.wait_for_selector(f"{row('scan.png')}[data-state=queued]")
-        assert app.requests == []
-        proxy.restore()
-        with browser(playwright, profile, bypass_csp=True) as context:
-            page = context.pages[0]
-            page.goto(proxy.url + "/upload")
-            poll(lambda: all_done(page), timeout=60)
-        (record,) = records_named(stack, "scan.png")
-        assert stored_content(stack, record) == content
-        assert record.metadata["attachId"] == "123"  # step 1's answer, in the upload's fields
-        media = requests.get(
-            f"{stack.url}/api/media/{record.media_id}", headers=stack.auth, timeout=30
-        ).json()
-        create, update = app.requests  # each step once
-        assert (create["method"], create["path"], create["key"]) == (
-            "POST", "/attachments", f"{key}.step0")  # fmt: skip
-        assert create["body"] == {"title": "north wall"}
-        assert (update["method"], update["path"], update["key"]) == (
-            "PATCH", "/attachments/123", f"{key}.step1")  # fmt: skip
-        assert update["body"] == {
-            "key": media["s3Key"], "mediaId": record.media_id, "sha256": media["sha256"]
-        }  # fmt: skip
-        assert create["authorization"] is None and update["authorization"] is None
-    finally:
-        app.close()
+        context.set_offline(True)
+        # An unknown placeholder is refused when queued: nothing is queued.
+        refused = page.evaluate(
+            """async () => { try { await window.appOutbox.add({ upload: { project: 'p1',
+               fields: { a: '{{steps.nope.id}}' }, files: [{ name: 'x', blob: new Blob(['x']) }] } })
+               } catch (e) { return e.message } }"""
+        )
+        assert "no step is named" in refused
+        item_id = queue_chain(page, app, content, "scan.png")
+        queued = page.evaluate("async () => (await window.appOutbox.list()).map((i) => i.state)")
+        assert queued == ["queued"]
+        key = page.evaluate(ITEM, item_id)["key"]
+    assert app.requests == []
+    assert records_named(stack, "scan.png") == []
+    proxy.restore()
+    with browser(playwright, profile) as context:  # the browser started again, online
+        page = open_app(context, app, proxy.url, stack.token)
+        assert poll(lambda: item_in(page, item_id, "done"), timeout=60)
+    (record,) = records_named(stack, "scan.png")
+    assert stored_content(stack, record) == content
+    assert record.metadata["attachId"] == "123"  # step 1's answer, in the upload's fields
+    media = requests.get(
+        f"{stack.url}/api/media/{record.media_id}", headers=stack.auth, timeout=30
+    ).json()
+    create, update = app.requests  # each step once
+    assert (create["method"], create["path"], create["key"]) == (
+        "POST", "/attachments", f"{key}.step0")  # fmt: skip
+    assert create["body"] == {"title": "north wall"}
+    assert (update["method"], update["path"], update["key"]) == (
+        "PATCH", "/attachments/123", f"{key}.step1")  # fmt: skip
+    assert update["body"] == {
+        "key": media["s3Key"], "mediaId": record.media_id, "sha256": media["sha256"]
+    }  # fmt: skip
+    assert create["authorization"] is None and update["authorization"] is None
+
+
+def test_the_app_api_down_for_the_step_after_the_upload_repeats_the_step_not_the_upload(
+    playwright, stack, proxy, app, tmp_path
+):
+    content = sample(tmp_path / "down.png", 40_000, seed=11).read_bytes()
+    app.down = {"PATCH"}
+    with browser(playwright, tmp_path / "profile") as context:
+        page = open_app(context, app, proxy.url, stack.token)
+        uploads = gateway_requests(page, proxy.url, "/api/upload")
+        item_id = queue_chain(page, app, content, "down.png")
+        # Step 3 tried and unanswered, again and again: the item waits, stored.
+        assert poll(lambda: len(app.requests) >= 4, timeout=60)  # create and 3 tries of update
+        waiting = page.evaluate(ITEM, item_id)
+        assert waiting["state"] == "stored"
+        assert [s["done"] for s in waiting["steps"]] == [True, False]
+        assert "step update PATCH" in waiting["lastError"]
+        assert len(records_named(stack, "down.png")) == 1
+        app.down = set()  # the API is back
+        done = poll(lambda: item_in(page, item_id, "done"), timeout=30)
+        assert done
+    assert len(uploads) == 1  # the upload was sent once
+    (record,) = records_named(stack, "down.png")
+    assert stored_content(stack, record) == content
+    assert [r["method"] for r in app.requests if r["answered"]] == ["POST", "PATCH"]
+    (update,) = app.answered("PATCH")
+    tries = [r for r in app.requests if r["method"] == "PATCH"]
+    assert len(tries) >= 4
+    assert {r["key"] for r in tries} == {f"{done['key']}.step1"}  # the same key every time
+    assert update["path"] == "/attachments/123"
+    assert update["body"]["key"] == record.s3_key
+
+
+def test_a_permanent_refusal_at_the_first_step_fails_the_item_with_the_apps_answer_and_uploads_nothing(
+    playwright, stack, proxy, app, tmp_path
+):
+    content = sample(tmp_path / "refused.png", 30_000, seed=12).read_bytes()
+    app.refuse_create = (422, {"error": "title is required"})
+    before = media_files(stack)
+    with browser(playwright, tmp_path / "profile") as context:
+        page = open_app(context, app, proxy.url, stack.token)
+        sent = gateway_requests(page, proxy.url, "/api/")
+        item_id = queue_chain(page, app, content, "refused.png")
+        failed = poll(lambda: item_in(page, item_id, "failed"), timeout=30)
+        assert failed
+        assert failed["failedStep"] == "create"
+        assert json.loads(failed["answer"]) == {"error": "title is required"}  # the app's answer
+        assert failed["lastError"].startswith(f"step create POST {app.url}/attachments: 422: ")
+        assert [s["done"] for s in failed["steps"]] == [False, False]
+        # Failed is final: no later attempt (a second sync sends nothing).
+        assert page.evaluate("async () => await window.appOutbox.sync({ now: true })") == 0
+    assert [(r["method"], r["path"]) for r in app.requests] == [("POST", "/attachments")]
+    assert sent == []  # nothing went to the gateway
+    assert records_named(stack, "refused.png") == []
+    assert media_files(stack) == before
+
+
+# -- a recording made offline ---------------------------------------------------------------------
+MIC = [*ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+QUEUED_BYTES = """async () => {
+  const [item] = await window.uploadOutbox.list()
+  const blob = await window.uploadOutbox.blob(item.id, 0)
+  const bytes = new Uint8Array(await blob.arrayBuffer())
+  let text = ''
+  for (const b of bytes) text += String.fromCharCode(b)
+  return [item.files[0].name, item.files[0].type, btoa(text)]
+}"""
+
+
+def test_a_recording_made_offline_survives_a_restart_and_is_uploaded_once_online(
+    playwright, stack, proxy, tmp_path
+):
+    profile = tmp_path / "profile"
+    mic = {"args": MIC, "permissions": ["microphone"]}
+    with browser(playwright, profile, **mic) as context:  # a first visit installs the app shell
+        install_app_shell(sign_in(context, stack, proxy.url))
+    proxy.cut()
+    sent = proxy.sent
+    with browser(playwright, profile, offline=True, **mic) as context:
+        page = context.pages[0]
+        page.goto(proxy.url + "/upload")  # from the app-shell cache
+        page.wait_for_selector("#recorder:not([hidden])")
+        page.fill("#project-id", "p1")
+        page.click("#record")
+        page.wait_for_selector("#recorder[data-state=recording]")
+        page.wait_for_function(
+            "() => document.querySelector('#record-time').textContent === '0:02'"
+        )
+        page.click("#record")
+        page.wait_for_selector("#recorder[data-state=idle]")
+        name = page.get_attribute("#uploads li", "data-file-name")
+        page.wait_for_selector(f"{row(name)}[data-state=queued]", timeout=30_000)
+        queued_name, queued_type, data = page.evaluate(QUEUED_BYTES)
+    queued = base64.b64decode(data)
+    assert queued_name == name and queued_type.startswith("audio/webm")
+    assert queued[:4] == b"\x1a\x45\xdf\xa3" and len(queued) > 1000  # WebM (EBML), not empty
+    assert proxy.sent == sent and records_named(stack, name) == []
+    proxy.restore()
+    with browser(playwright, profile, **mic) as context:  # the browser started again, online
+        page = context.pages[0]
+        page.goto(proxy.url + "/upload")
+        assert poll(lambda: all_done(page), timeout=60)
+    (record,) = records_named(stack, name)  # uploaded once
+    assert stored_content(stack, record) == queued  # the bytes the page kept in IndexedDB
+    assert (record.mime_type, record.file_type) == ("audio/webm", "audio")
 
 
 # -- the result view ----------------------------------------------------------------------------------

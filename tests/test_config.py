@@ -116,6 +116,9 @@ def test_part_size_grows_so_the_cap_fits_in_10000_parts():
         ({"GATEWAY_SESSION_COOKIE": "__Host-"}, "GATEWAY_SESSION_COOKIE"),
         ({"GATEWAY_REDIRECT_ORIGINS": "https://a.example/"}, "GATEWAY_REDIRECT_ORIGINS"),
         ({"GATEWAY_REDIRECT_ORIGINS": "ftp://a.example"}, "GATEWAY_REDIRECT_ORIGINS"),
+        ({"GATEWAY_CORS_ORIGINS": "https://app.example/"}, "GATEWAY_CORS_ORIGINS"),
+        ({"GATEWAY_CORS_ORIGINS": "https://*.example"}, "GATEWAY_CORS_ORIGINS"),
+        ({"GATEWAY_CORS_ORIGINS": "null"}, "GATEWAY_CORS_ORIGINS"),
         ({"GATEWAY_PAGE_DIRECT_MIN_BYTES": "0"}, "GATEWAY_PAGE_DIRECT_MIN_BYTES"),
         ({"GATEWAY_WEBHOOK_CONCURRENCY": "0"}, "GATEWAY_WEBHOOK_CONCURRENCY"),
         ({"GATEWAY_WEBHOOK_CONCURRENCY": "two"}, "GATEWAY_WEBHOOK_CONCURRENCY"),
@@ -176,9 +179,11 @@ def test_browser_session_settings_that_go_together_are_accepted():
             "GATEWAY_SESSION_COOKIE_SECURE": "off",
             "GATEWAY_SESSION_COOKIE_SAMESITE": "Strict",
             "GATEWAY_REDIRECT_ORIGINS": "https://Forms.example.org, http://localhost:8080",
+            "GATEWAY_CORS_ORIGINS": "https://App.example.org, http://localhost:3000, *",
         }
     )
     assert plain.redirect_origins == ("https://Forms.example.org", "http://localhost:8080")
+    assert plain.cors_origins == ("https://App.example.org", "http://localhost:3000", "*")
     assert Settings.from_env({**BASE, "GATEWAY_SESSION_COOKIE_SAMESITE": "None"})
 
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -443,6 +444,7 @@ def test_a_step_that_would_carry_the_gateways_token_is_refused_not_sent(
     assert result.failed == [item.id]
     failed = box.get(item.id)
     assert failed.last_error.endswith("it would carry the gateway's token; not sent")
+    assert failed.steps[0].answer is None  # nothing was sent, so there is no answer
     assert token not in failed.last_error and token not in reporter.stream.getvalue()
     assert api.got == [] and posts == []
     # The same step with another value goes (the check is on the value, not on the template).
@@ -529,6 +531,9 @@ def test_steps_before_the_upload_come_first_and_every_capture_kind_is_checked(tm
     assert [(s.spec.name, s.spec.before) for s in item.steps] == [
         ("create", True), ("update", False), ("update0", False)]  # fmt: skip
     assert item.steps[0].spec.capture == (("id", "/id"),)
+    flagged = chain.assemble([StepSpec("POST", "http://a/", before=False)],
+                             [StepSpec("POST", "http://a/", before=True)])  # fmt: skip
+    assert [s.before for s in flagged] == [True, False]  # the list a step is given in decides
 
 
 def test_a_placeholder_with_a_dotted_capture_name_names_the_capture():
@@ -542,8 +547,9 @@ def test_a_placeholder_with_a_dotted_capture_name_names_the_capture():
 def test_a_steps_json_body_carries_captured_text_escaped_and_a_refusal_its_status():
     from outbox.steps import StepRefused, run_step
 
-    bodies = {1: b"", 2: b"not json", 3: b"\xffrefused"}
-    app = ScriptedServer((201, {}), (201, {}), (422, {}), body_for=lambda st, n: bodies[n])
+    bodies = {1: b"", 2: b"not json", 3: b"\xffrefused", 4: b'{"other": 1}', 5: b""}
+    app = ScriptedServer((201, {}), (201, {}), (422, {}), (200, {}), (201, {}),
+                         body_for=lambda st, n: bodies[n])  # fmt: skip
     try:
         spec = StepSpec("POST", app.url + "/x?k={{steps.c.s}}", '{"t": "{{steps.c.s}}"}', name="u")
         context = chain.Context(captured={"c": {"s": 'a "quoted"\\ value'}})
@@ -562,6 +568,13 @@ def test_a_steps_json_body_carries_captured_text_escaped_and_a_refusal_its_statu
             run_step(requests.Session(), spec, context, idempotency_key="k")
         assert (caught.value.status, caught.value.answer) == (422, "\ufffdrefused")
         assert caught.value.step is None  # (the sync sets it)
+        with pytest.raises(StepRefused) as caught:
+            run_step(requests.Session(), capturing, context, idempotency_key="k")
+        assert (caught.value.status, caught.value.answer) == (200, '{"other": 1}')
+        assert ": 200, an answer without '/id' to capture" in str(caught.value)
+        text = dataclasses.replace(spec, body='t="{{steps.c.s}}"')  # not JSON: nothing escaped
+        run_step(requests.Session(), text, context, idempotency_key="k")
+        assert app.got[4]["body"] == b't="a "quoted"\\ value"'
     finally:
         app.close()
 
@@ -660,13 +673,8 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
-def test_the_docs_chain_queued_and_sent_by_the_command_survives_a_sigkill_between_every_step(
-    tmp_path, gateway, app_api
-):
-    url, token, _, posts, holder = gateway
-    gate = Gate()
-    api = app_api(gate=gate)
-    holder["gate"] = gate
+def push_docs_chain(tmp_path: Path, url: str, token: str, api: AppApi) -> tuple[dict, dict]:
+    """The docs' three-step chain queued by ``outbox push`` against ``api``: (env, item)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")},
            "OUTBOX_DIR": str(tmp_path / "outbox"), "OUTBOX_GATEWAY": url, "OUTBOX_TOKEN": token,
            "APP_TOKEN": "app-secret"}  # fmt: skip
@@ -677,6 +685,17 @@ def test_the_docs_chain_queued_and_sent_by_the_command_survives_a_sigkill_betwee
     assert pushed.returncode == 0, pushed.stderr
     item = json.loads(pushed.stdout)
     assert [s["name"] for s in item["steps"]] == ["create", "update"]
+    return env, item
+
+
+def test_the_docs_chain_queued_and_sent_by_the_command_survives_a_sigkill_between_every_step(
+    tmp_path, gateway, app_api
+):
+    url, token, _, posts, holder = gateway
+    gate = Gate()
+    api = app_api(gate=gate)
+    holder["gate"] = gate
+    env, item = push_docs_chain(tmp_path, url, token, api)
 
     # Each round lets one request through, then kills the process once the next is held at its
     # target (so it is never handled): between create and the upload, the upload and update.
@@ -710,6 +729,51 @@ def test_the_docs_chain_queued_and_sent_by_the_command_survives_a_sigkill_betwee
     assert api.requests("PATCH")[0]["path"] == f"/api/attachments/{FIRST_ID}"
     assert api.records[FIRST_ID]["updated"] == {"key": stored["s3Key"], "url": stored["url"]}
     assert_token_only_to_the_gateway(api, token)
+    assert [(s["name"], s["status"], s["captured"]) for s in done["steps"]] == [
+        ("create", 201, {"attachId": FIRST_ID}), ("update", 200, {})]  # fmt: skip
+
+
+@pytest.mark.parametrize("held", ["create", "update"])
+def test_a_step_the_app_handled_while_the_command_was_killed_is_sent_again_with_its_key(
+    tmp_path, gateway, app_api, held
+):
+    """The worst moment for a step: the app has done it, its answer never reached the outbox
+    (SIGKILLed while the request was in flight). The step goes again with the same
+    Idempotency-Key, the app answers it as the first time, and the chain ends once."""
+    url, token, _, posts, _ = gateway
+    gate = Gate()
+    api = app_api(gate=gate)
+    env, item = push_docs_chain(tmp_path, url, token, api)
+    method = {"create": "POST", "update": "PATCH"}[held]
+    gate.allow(0 if held == "create" else 1)  # the step held at the app, before it is handled
+    proc = subprocess.Popen([sys.executable, "-m", "outbox", "sync", "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        gate.wait_held()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert api.requests(method) == []
+    gate.allow(100)  # the app handles it now; its answer goes to a closed connection
+    deadline = time.monotonic() + 10
+    while not api.requests(method) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    state = json.loads(cli(env, "status", item["id"], "--json").stdout)
+    assert [s["status"] for s in state["steps"]] == (
+        [None, None] if held == "create" else [201, None])  # fmt: skip
+    final = cli(env, "sync", "--json")
+    assert final.returncode == 0, final.stderr
+    first, again = api.requests(method)  # sent again, with the same key
+    assert first["headers"]["Idempotency-Key"] == again["headers"]["Idempotency-Key"]
+    assert first["headers"]["Idempotency-Key"].endswith(".step0" if held == "create" else ".step1")
+    assert len(api.requests("POST" if held == "update" else "PATCH")) == 1
+    assert list(api.records) == [FIRST_ID]  # one attachment, not two
+    assert posts == [item["idempotencyKey"]]  # the upload once
+    done = json.loads(cli(env, "status", item["id"], "--json").stdout)
+    assert done["state"] == "done"
+    stored = media(url, token, done["files"][0]["record"]["mediaId"])
+    assert stored["metadata"]["attachId"] == str(FIRST_ID)
+    assert api.records[FIRST_ID]["updated"] == {"key": stored["s3Key"], "url": stored["url"]}
     assert [(s["name"], s["status"], s["captured"]) for s in done["steps"]] == [
         ("create", 201, {"attachId": FIRST_ID}), ("update", 200, {})]  # fmt: skip
 

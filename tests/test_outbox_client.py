@@ -5,6 +5,7 @@ through gunicorn and nginx in test_outbox_sync.py."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import re
 import socket
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,9 @@ from gateway import create_app
 from outbox.chain import Context
 from outbox.errors import Permanent, TokenRefused, Transient
 from outbox.report import JsonLines
-from outbox.steps import run_step
+from outbox.steps import StepRefused, run_step
 from outbox.store import Incoming, Outbox, State, StepSpec
-from outbox.sync import Syncer
+from outbox.sync import CLOCK_SLACK, KEY_TTL, Syncer
 from outbox.transport import GatewayClient
 
 from conftest import init_stores, make_settings
@@ -195,6 +197,80 @@ def test_an_upload_url_the_gateway_no_longer_knows_starts_a_new_upload(tmp_path,
     assert stored(svc, entry.record) == data
 
 
+def test_an_upload_gone_every_time_is_started_again_twice_then_waits(tmp_path, box):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    new = {"Location": "/api/tus/" + "e" * 32}
+    gone = ScriptedServer(
+        (404, {}), (404, {}),  # HEAD of the stored URL; the record under it: none
+        (201, new), (404, {}), (404, {}),  # a new upload: creation, PATCH, record
+        (201, new), (404, {}), (404, {}),  # and once more
+        (201, new),  # never reached
+        body_for=lambda status, count: b"" if status != 404
+        else b'{"error": {"code": "%s"}}' % (b"media_not_found" if count % 3 == 2 else b"upload_not_found"),
+    )  # fmt: skip
+    restarts = []
+
+    def restart():
+        restarts.append(entry.tus_url)
+        entry.tus_url = None
+
+    entry.tus_url = gone.url + "/api/tus/" + "d" * 32
+    try:
+        with pytest.raises(Transient) as caught:
+            GatewayClient(gone.url, "tok", chunk_size=128 * KiB).upload_tus(
+                item, entry, on_url=lambda u: setattr(entry, "tus_url", u), on_restart=restart,
+                on_progress=lambda e, s: None,
+            )  # fmt: skip
+    finally:
+        gone.close()
+    assert str(caught.value).endswith("(a new upload was started 2 times)")
+    assert str(caught.value).startswith("tus: 404 upload_not_found")
+    assert len(restarts) == 2
+    assert [g["method"] for g in gone.got] == [
+        "HEAD",
+        "GET",
+        "POST",
+        "PATCH",
+        "GET",
+        "POST",
+        "PATCH",
+        "GET",
+    ]
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_an_upload_the_gateway_says_is_stored_is_read_not_sent(tmp_path, box, readable):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    record = {"mediaId": "d" * 32, "status": "stored", "size": entry.size, "sha256": entry.sha256}
+
+    def body(status, count):
+        if status == 409:
+            return b'{"error": {"code": "upload_stored"}}'
+        return json.dumps(record).encode() if status == 200 else b""
+
+    stored_already = ScriptedServer(
+        (200, {"Upload-Offset": "0", "Upload-Length": str(entry.size), "Tus-Resumable": "1.0.0"}),
+        (409, {}), (200, {}) if readable else (404, {}), body_for=body,
+    )  # fmt: skip
+    entry.tus_url = stored_already.url + "/api/tus/" + "d" * 32
+    try:
+        client = GatewayClient(stored_already.url, "tok", chunk_size=128 * KiB)
+        send = functools.partial(client.upload_tus, item, entry, on_url=lambda u: None,
+                                 on_restart=no_restart, on_progress=lambda e, s: None)  # fmt: skip
+        if readable:
+            assert send() == record
+        else:
+            with pytest.raises(Transient) as caught:
+                send()
+            assert str(caught.value) == "tus: 409 upload_stored; but its record is not readable yet"
+    finally:
+        stored_already.close()
+    assert [g["method"] for g in stored_already.got] == ["HEAD", "PATCH", "GET"]
+    assert stored_already.got[2]["path"] == "/api/media/" + "d" * 32
+
+
 def test_a_stored_upload_url_the_gateway_cannot_answer_for_now_is_retried(tmp_path, box, target):
     down = target()
     down.script = [(503, {"Retry-After": "4"})]
@@ -207,6 +283,26 @@ def test_a_stored_upload_url_the_gateway_cannot_answer_for_now_is_retried(tmp_pa
         )  # fmt: skip
     assert str(caught.value).startswith("tus: 503")
     assert box.get(item.id).files[0].tus_url == down.url + "/api/tus/abc"  # kept for next time
+
+
+def test_a_patch_the_gateway_cannot_take_for_now_is_retried_when_it_says(tmp_path, box):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    busy = ScriptedServer(
+        (200, {"Upload-Offset": "0", "Upload-Length": str(entry.size), "Tus-Resumable": "1.0.0"}),
+        (503, {"Retry-After": "6"}),
+    )
+    entry.tus_url = busy.url + "/api/tus/" + "d" * 32
+    try:
+        with pytest.raises(Transient) as caught:
+            GatewayClient(busy.url, "tok", chunk_size=128 * KiB).upload_tus(
+                item, entry, on_url=lambda u: None, on_restart=no_restart,
+                on_progress=lambda e, s: None,
+            )  # fmt: skip
+    finally:
+        busy.close()
+    assert [g["method"] for g in busy.got] == ["HEAD", "PATCH"]
+    assert str(caught.value) == "tus: 503" and caught.value.retry_after == 6.0
 
 
 def test_tus_errors_are_classified_with_their_retry_after():
@@ -232,6 +328,9 @@ def test_tus_errors_are_classified_with_their_retry_after():
     assert isinstance(text, Permanent) and text.code == "x"
     token = GatewayClient._tus_error(TusCommunicationError("", 401, b""), None)
     assert isinstance(token, TokenRefused)
+    odd = GatewayClient._tus_error(TusCommunicationError("an answer of 204", 204, b""), None)
+    assert isinstance(odd, Transient) and str(odd) == "tus: an answer of 204"
+    assert not odd.unreachable
 
 
 def test_healthy_means_a_200_from_healthz(gateway):
@@ -322,6 +421,31 @@ def test_reading_records_fails_as_the_listings_answer_says(tmp_path, box):
         silent.close()
 
 
+@pytest.mark.parametrize(
+    ("status", "size_offset", "held"),
+    [("stored", 0, True), ("ready", 0, True), ("pending", 0, False), ("stored", 1, False)],
+)
+def test_a_tus_uploads_record_is_held_only_when_stored_whole(
+    tmp_path, box, status, size_offset, held
+):
+    item = push(box, tmp_path, ("clip.mp4", mp4_bytes(300 * KiB)), threshold=100 * KiB)
+    entry = item.files[0]
+    box.set_tus_url(item, entry, "http://gw/api/tus/abc123")
+    client = GatewayClient("http://gw", "tok")
+    asked = []
+    answer = {"status": status, "size": entry.size + size_offset, "sha256": entry.sha256}
+    client.media = lambda media_id: asked.append(media_id) or answer  # type: ignore[method-assign]
+    assert client._held_record(box.get(item.id).files[0]) == (answer if held else None)
+    assert asked == ["abc123"]
+
+
+def test_a_media_id_is_the_last_piece_of_its_upload_url():
+    from outbox.transport import _media_id
+
+    assert _media_id("http://gw:8080/api/tus/" + "ab" * 16) == "ab" * 16
+    assert _media_id("http://gw:8080/api/tus/" + "ab" * 16 + "/") == "ab" * 16
+
+
 def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway):
     url, token, _ = gateway
     item = push(box, tmp_path, ("a.png", png_bytes()))
@@ -333,7 +457,18 @@ def test_media_reads_a_record_and_refuses_an_unknown_one(tmp_path, box, gateway)
         client.media("0" * 32)
     with pytest.raises(Transient) as caught:
         GatewayClient(f"http://127.0.0.1:{free_port()}", token).media(media_id)
-    assert caught.value.unreachable
+    assert caught.value.unreachable and str(caught.value) == "status: ConnectionError"
+    busy = ScriptedServer((503, {"Retry-After": "9"}))
+    silent = SilentServer()
+    try:
+        with pytest.raises(Transient) as caught:
+            GatewayClient(busy.url, token).media(media_id)
+        assert str(caught.value) == "status: 503" and caught.value.retry_after == 9.0
+        with pytest.raises(Transient, match=r"^status: ReadTimeout$"):
+            GatewayClient(silent.url, token, timeout=0.2).media(media_id)
+    finally:
+        busy.close()
+        silent.close()
 
 
 # -- steps ----------------------------------------------------------------------------------------------
@@ -415,6 +550,27 @@ def test_a_step_whose_target_is_down_is_transient_but_the_gateway_is_not_unreach
         run_step(requests.Session(), StepSpec("POST", f"http://127.0.0.1:{free_port()}/x"),
                  Context(RECORDS), idempotency_key="k")  # fmt: skip
     assert not caught.value.unreachable
+    assert str(caught.value).startswith("step  POST http://127.0.0.1:")  # (a step without a name)
+
+
+def test_a_step_whose_target_does_not_answer_times_out(monkeypatch):
+    silent = SilentServer()
+    monkeypatch.setattr("outbox.steps.STEP_TIMEOUT", 0.2)
+    try:
+        with pytest.raises(Transient, match=r": ReadTimeout$") as caught:
+            run_step(requests.Session(), StepSpec("POST", silent.url + "/x"), Context(RECORDS),
+                     idempotency_key="k")  # fmt: skip
+    finally:
+        silent.close()
+    assert not caught.value.unreachable
+
+
+def test_a_step_refused_before_it_is_sent_has_no_status_and_no_answer():
+    spec = StepSpec("POST", "http://127.0.0.1:9/x", '{"t": "{{env.GW}}"}', name="create")
+    with pytest.raises(StepRefused) as caught:
+        run_step(requests.Session(), spec, Context(RECORDS, env={"GW": "secret-token"}),
+                 idempotency_key="k", withheld=["secret-token"])  # fmt: skip
+    assert (caught.value.status, caught.value.answer) == (None, None)
 
 
 def test_a_claim_on_an_item_changed_since_it_was_read_is_refused(tmp_path, box):
@@ -706,6 +862,55 @@ def test_after_the_keys_lifetime_stored_records_are_found_not_stored_again(tmp_p
         box._conn.execute("UPDATE items SET first_sent_at = ? WHERE id = ?", (start, never.id))
         assert sync_at_clock().done == [never.id]
         assert svc.upload_posts == [*posts, item.idempotency_key, never.idempotency_key]
+
+
+@pytest.mark.parametrize(("since_first", "looked_up"), [(KEY_TTL - CLOCK_SLACK, True),
+                                                          (KEY_TTL - CLOCK_SLACK - 1, False)])  # fmt: skip
+def test_records_are_looked_up_from_an_hour_before_the_keys_lifetime_ends(
+    tmp_path, gateway, since_first, looked_up
+):
+    url, token, svc = gateway
+    start = time.time()
+    clock = Clock(start)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        client = GatewayClient(url, token)
+        item = push(box, tmp_path, ("a.png", png_bytes(30_000)))
+        assert Syncer(box, client, JsonLines(io.StringIO()), clock=clock).run(max_wait=0).done
+        first = box.get(item.id).files[0].record["mediaId"]
+        box._conn.execute("UPDATE files SET record = NULL WHERE item_id = ?", (item.id,))
+        box._conn.execute("UPDATE items SET state = 'waiting' WHERE id = ?", (item.id,))
+        clock.now = start + since_first
+        posts = list(svc.upload_posts)
+        assert Syncer(box, client, JsonLines(io.StringIO()), clock=clock).run(max_wait=0).done
+        assert svc.upload_posts == (posts if looked_up else [*posts, item.idempotency_key])
+        assert box.get(item.id).files[0].record["mediaId"] == first  # stored once either way
+
+
+def test_records_found_late_are_matched_by_bytes_then_by_name_and_must_all_be_there(tmp_path, box):
+    same = png_bytes(30_000)
+    item = push(box, tmp_path, ("a.png", same), ("b.png", same))
+    box.claim(item)
+    item = box.get(item.id)
+    box._conn.execute("UPDATE items SET first_sent_at = 0 WHERE id = ?", (item.id,))
+    item.first_sent_at = 0.0
+    a, b = item.files
+
+    def record(entry, media_id):
+        return {"mediaId": media_id, "originalName": entry.name, "sha256": entry.sha256,
+                "size": entry.size, "status": "stored"}  # fmt: skip
+
+    listing = [record(b, "m-b")]  # a's record was deleted since
+    listed = types.SimpleNamespace(records_of_item=lambda item, since: list(listing))
+    syncer = Syncer(box, listed, JsonLines(io.StringIO()), clock=lambda: 10 * KEY_TTL)
+    with pytest.raises(Permanent) as caught:
+        syncer._adopt_records(item, [a, b])
+    assert str(caught.value) == (
+        "the gateway holds 1 of this item's 2 form files (a POST stores all or none: some were "
+        "deleted since); nothing is sent again"
+    )
+    listing.append(record(a, "m-a"))  # newest first: b's before a's, the same bytes
+    assert syncer._adopt_records(item, [a, b])
+    assert [f.record["mediaId"] for f in box.get(item.id).files] == ["m-a", "m-b"]
 
 
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):

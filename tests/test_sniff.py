@@ -121,6 +121,12 @@ SVG_NS = b"xmlns='http://www.w3.org/2000/svg'"
         (b"\n<HTML>", "text/html", ".html"),
         (b"<script>alert(1)</script>", "text/html", ".html"),
         (b"<!-- c --><svg " + SVG_NS + b"/>", "text/html", ".html"),  # as browsers sniff it
+        (b"<?xml version='1.0'?>\n", "application/xml", ".xml"),  # declared, no root yet
+        (b"<?XML version='1.0'?>\n", "text/plain", ".txt"),  # no declaration: "xml" is lower case
+        (b"X<html>", "text/plain", ".txt"),  # only whitespace may come before the markup
+        ("\u00a0<html>".encode(), "text/plain", ".txt"),  # a no-break space is no such whitespace
+        (b"a,b\n1,2", "text/csv", ".csv"),  # a whole file: its last record needs no newline
+        (b'"a,b";"x\ry"\n"1";"2"\n', "text/csv", ".csv"),  # not by commas (a bare CR): by ";"
     ],
 )
 def test_text_kinds(head, mime, extension):
@@ -136,6 +142,8 @@ def test_a_window_cut_inside_a_file_still_reads_as_its_kind():
     table = b"".join(b"%d,%d,x\n" % (i, i * i) for i in range(2000))[:SNIFF_BYTES]
     assert not table.endswith(b"\n")  # the last record is cut: only whole ones count
     assert sniff(table) == SniffedType("text/csv", ".csv")
+    trailing = (b"a,b,\n" * SNIFF_BYTES)[:SNIFF_BYTES]  # each record ends in an empty field
+    assert not trailing.endswith(b"\n") and sniff(trailing) == SniffedType("text/csv", ".csv")
 
 
 # -- office documents and archives: filetype's signatures ---------------------------------------------

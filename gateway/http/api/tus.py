@@ -1,5 +1,5 @@
 """tus 1.0 at /api/tus/ (creation URL) and /api/tus/<id>: the wire format only
-(gateway/uploads/tus.py holds the protocol). CORS for browsers: GATEWAY_CORS_ORIGINS."""
+(gateway/uploads/tus.py holds the protocol). CORS for browsers: gateway/http/cors.py."""
 
 from __future__ import annotations
 
@@ -38,16 +38,6 @@ EXTENSIONS = (
     "concatenation",
 )
 PATCH_TYPE = "application/offset+octet-stream"
-EXPOSED = (
-    "Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Concat, "
-    "Upload-Expires, Location, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, "
-    "Tus-Checksum-Algorithm, X-Request-ID"
-)
-ALLOWED_HEADERS = (
-    "Authorization, Content-Type, Tus-Resumable, Upload-Offset, Upload-Length, "
-    "Upload-Defer-Length, Upload-Metadata, Upload-Concat, Upload-Checksum, "
-    "X-HTTP-Method-Override, X-Request-ID, Idempotency-Key"
-)
 
 
 def _service() -> TusService:
@@ -69,12 +59,6 @@ def tus_headers(response: Response) -> Response:
     response.headers["Tus-Resumable"] = TUS_VERSION
     if response.status_code < 300 and not response.is_streamed and not response.get_data():
         response.headers.pop("Content-Type", None)  # an empty answer has no type (Flask adds one)
-    origin = request.headers.get("Origin")
-    allowed = services().settings.cors_origins
-    if origin and ("*" in allowed or origin in allowed):
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED
     if response.status_code >= 400:
         drain_after_response(response, request.environ)
     return response
@@ -90,9 +74,6 @@ def options(upload_id: str | None = None) -> Response:
             "Tus-Extension": ",".join(EXTENSIONS),
             "Tus-Max-Size": str(_service().max_size),
             "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
-            "Access-Control-Allow-Methods": "POST, HEAD, PATCH, DELETE, OPTIONS",
-            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
-            "Access-Control-Max-Age": "86400",
         }
     )
     return response

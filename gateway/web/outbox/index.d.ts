@@ -97,9 +97,22 @@ export declare const SYNC_TAG: string
 export declare const DB_NAME: string
 export declare const State: Readonly<Record<string, ItemState>>
 export declare const TRANSITIONS: Readonly<Record<ItemState, ItemState[]>>
-export declare class InvalidItem extends Error {}
-export declare class Transient extends Error { retryAfter: number | null }
-export declare class Permanent extends Error { status: number | null; answer: string | null; step: string | null }
+/** A chain that could not run: refused when queued (nothing is queued). */
+export declare class InvalidItem extends Error {
+  constructor(message: string)
+}
+/** An attempt that may succeed later: the item waits (retryAfter in seconds, from the answer). */
+export declare class Transient extends Error {
+  constructor(message: string, retryAfter?: number | null)
+  retryAfter: number | null
+}
+/** Refused for good: the item fails, with the answer kept. */
+export declare class Permanent extends Error {
+  constructor(message: string, detail?: { status?: number; answer?: string; step?: string })
+  status: number | null
+  answer: string | null
+  step: string | null
+}
 export declare function checkChain(chain: Chain): (StepSpec & { before: boolean })[]
 export declare function createOutbox(options?: OutboxOptions): Outbox
 

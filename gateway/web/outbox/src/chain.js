@@ -31,7 +31,7 @@ const placeholders = (template) => [...template.matchAll(PLACEHOLDER)].map((m) =
 /**
  * Refuse a chain that could not run (InvalidItem); the steps in running order otherwise.
  * @param {import('../index.js').Chain} chain
- * @returns {import('../index.js').StepSpec[]}
+ * @returns {(import('../index.js').StepSpec & {before: boolean})[]}
  */
 export function checkChain(chain) {
   const before = chain.before ?? []

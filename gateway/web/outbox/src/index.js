@@ -79,6 +79,7 @@ export class Outbox {
     })
     const id = crypto.randomUUID()
     const now = Date.now()
+    /** @type {import('../index.js').Item} */
     const item = {
       id,
       key: `browser-${id}`,
@@ -140,6 +141,7 @@ export class Outbox {
       const next = it.files.every((/** @type {any} */ f) => f.record) ? State.STORED : State.QUEUED
       checkTransition(it.state, next)
       Object.assign(it, { state: next, attempts: 0, nextAttemptAt: 0, lastError: null, answer: null, failedStep: null })
+      return true
     })
     if (item) this._changed(item)
     this.sync()
@@ -424,6 +426,8 @@ export class Outbox {
   }
 
   // -- the upload -------------------------------------------------------------------------------
+  /** The gateway's credentials: a bearer token, else the session's CSRF token (with its cookie).
+   * @returns {Promise<Record<string, string>>} */
   async gatewayHeaders() {
     if (this.options.token) return { Authorization: `Bearer ${await this.options.token()}` }
     const csrf = (await this.options.csrfToken?.()) ?? (await (await this.db).get('meta', 'csrfToken'))
@@ -485,7 +489,7 @@ export class Outbox {
     const refused = gatewayError('upload', answer.status, text, (n) => answer.headers.get(n))
     if (refused) throw refused
     const total = files.reduce((n, f) => n + f.size, 0)
-    for (const file of files) this._progress(item.id, total, total)
+    this._progress(item.id, total, total)
     const records = JSON.parse(text).files
     if (records?.length !== files.length) throw new Permanent(`upload: ${records?.length} records for ${files.length} files`)
     records.forEach((/** @type {any} */ record, /** @type {number} */ i) => verify(files[i], record))
