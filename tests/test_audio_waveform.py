@@ -144,6 +144,14 @@ def test_the_picture_draws_each_point_between_its_lowest_and_highest_level():
     assert image.getpixel((1, 0)) == (0, 0, 0, 0)  # transparent black around
 
 
+def test_a_column_reaches_the_lowest_minimum_of_any_channel():
+    peaks = Peaks(channels=2, samples_per_bucket=1, max_points=10)
+    peaks.add([0, 0, -32768, 0])  # silence on the first channel, full scale down on the second
+    image, width, height = _png(peaks)
+    assert width == 1
+    assert [y for y in range(height) if image.getpixel((0, y))[3]] == list(range(100, 200))
+
+
 def test_the_picture_is_at_most_its_width_and_points_share_columns():
     peaks = Peaks(channels=1, samples_per_bucket=1, max_points=PNG_MAX_WIDTH * 3)
     for i in range(PNG_MAX_WIDTH * 2 + 1):

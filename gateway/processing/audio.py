@@ -302,7 +302,7 @@ def _decode(
             assert isinstance(frame, av.AudioFrame)
             decoded += frame.samples
             if decoded > most_samples:
-                _over_limit(decoded, rate, channels, options)
+                _over_limit(decoded, rate, options)
             if levels is None:
                 levels = _Levels(frame, peaks.samples_per_bucket)
             for bucket in levels.push(frame):
@@ -322,7 +322,7 @@ def _decode(
     return decoded
 
 
-def _over_limit(decoded: int, rate: int, channels: int, options: AudioOptions) -> None:
+def _over_limit(decoded: int, rate: int, options: AudioOptions) -> None:
     if decoded > options.max_duration * rate:
         raise Undecodable(
             f"The audio lasts longer than the limit of {options.max_duration:.0f} s: refused "
