@@ -12,6 +12,7 @@ import random
 import re
 import struct
 import subprocess
+from fractions import Fraction
 
 import av
 import media_samples as samples
@@ -508,6 +509,26 @@ def test_decoding_is_stopped_at_its_deadline(tmp_path):
     )
 
 
+@pytest.mark.parametrize("budget, refused", [(1.0, False), (0.999, True)])
+def test_decoding_that_uses_exactly_its_cpu_budget_is_not_stopped(
+    tmp_path, monkeypatch, budget, refused
+):
+    """A CPU clock that reads 0 s when decoding starts and 1 s at every check after."""
+    from gateway.processing import audio
+
+    readings = iter([0.0])
+    monkeypatch.setattr(audio.time, "process_time", lambda: next(readings, 1.0))
+    options = DeriveOptions(audio=AudioOptions(max_decode_seconds=budget))
+    if refused:
+        with pytest.raises(Undecodable) as stopped:
+            derived(tmp_path, samples.wav(1.0), options=options)
+        assert str(stopped.value) == (
+            "Decoding the audio took more than 0.999 s of CPU time (at 0.085 s of it)."
+        )
+    else:
+        assert derived(tmp_path, samples.wav(1.0), options=options).properties["duration"] == 1.0
+
+
 def _random(size: int) -> bytes:
     return random.Random(7).randbytes(size)
 
@@ -579,6 +600,30 @@ def test_headers_declare_durations_only_where_they_are_the_headers(tmp_path):
         assert claims[kind] == pytest.approx(1.0, abs=0.05), kind
 
 
+def _claim(path, data: bytes) -> float | None:
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        return claimed_seconds(container, container.streams.audio[0], path)
+
+
+def test_an_mp3_without_a_length_frame_claims_nothing(tmp_path):
+    live = {"write_xing": "0", "id3v2_version": "0"}
+    data = samples.encode(samples.wav(1.0), "mp3", "libmp3lame", container_options=live)
+    assert _claim(tmp_path / "a.mp3", data) is None
+    assert _claim(tmp_path / "b.mp3", samples.audio("mp3", 1.0)) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_matroska_whose_stream_has_no_duration_claims_its_segments(tmp_path):
+    """PyAV's Matroska muxer writes the Segment's duration (1014 ms: up to the last packet's
+    end), not the track's."""
+    path = tmp_path / "a.webm"
+    path.write_bytes(samples.audio("webm", 1.0))
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert stream.duration is None and container.duration == 1_014_000
+        assert claimed_seconds(container, stream, path) == 1.014
+
+
 # -- edges ----------------------------------------------------------------------------------------
 def ogg_crc(page: bytes) -> int:
     """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, unreflected, over the page with the
@@ -609,6 +654,49 @@ def test_limits_are_inclusive(tmp_path, flac_without_a_length):
     decoded = DeriveOptions(audio=AudioOptions(max_duration=2.0, max_samples=192_000))
     result = derived(tmp_path, flac_without_a_length, options=decoded)
     assert result.properties["duration"] == 2.0
+
+
+def test_at_the_duration_limit_and_one_sample_over_the_samples_limit_the_samples_refuse(
+    tmp_path, flac_without_a_length
+):
+    """2 s of stereo decode to 96000 samples a channel: exactly the duration limit, and one
+    sample over 191999 samples; the refusal names the limit that was passed."""
+    options = DeriveOptions(audio=AudioOptions(max_duration=2.0, max_samples=191_999))
+    with pytest.raises(Undecodable) as refused:
+        derived(tmp_path, flac_without_a_length, options=options)
+    assert str(refused.value) == (
+        "The audio decodes to more than the limit of 191999 samples: refused as an audio bomb."
+    )
+
+
+@pytest.mark.parametrize("short", [0, 1])
+def test_audio_that_holds_its_claim_less_the_slack_is_whole_one_sample_less_is_truncated(
+    tmp_path, short
+):
+    """A header saying 1.1 s over 1.0 s of samples: exactly the slack of 0.1 s short is whole,
+    and its points are planned from the header's length (1.1 s: 52800 samples over 196
+    points), not from the timestamps; one sample more missing is truncation."""
+    data = wav_claiming(52_800 * 4, body=samples.pcm(1.0)[: 192_000 - 4 * short])
+    if short:
+        with pytest.raises(Undecodable) as refused:
+            derived(tmp_path, data)
+        assert str(refused.value) == (
+            "The audio is truncated: its header says 1.100 s, the file holds 1.000 s."
+        )
+    else:
+        result = derived(tmp_path, data)
+        assert result.properties["duration"] == 1.0
+        assert peaks(result)["samples_per_pixel"] == 270
+
+
+def test_the_duration_is_rounded_to_the_microsecond(tmp_path):
+    body = samples.pcm(1.0) + b"\0" * 4  # 48001 samples: 1.0000208333 s
+    assert derived(tmp_path, wav_claiming(len(body), body=body)).properties["duration"] == 1.000021
+
+
+def test_without_a_declared_bit_rate_it_is_the_files_average(tmp_path, flac_without_a_length):
+    result = derived(tmp_path, flac_without_a_length)
+    assert result.properties["bitRate"] == round(len(flac_without_a_length) * 8 / 2.0)
 
 
 def test_without_a_declared_length_the_points_come_from_the_timestamps(
@@ -670,6 +758,14 @@ def test_32_bit_integer_audio_is_measured_in_16_bit_units(tmp_path):
     data = samples.encode(samples.wav(1.0), "wav", "pcm_s32le")
     result = derived(tmp_path, data)
     assert result.properties["codec"] == "pcm_s32le"
+    check_sine_peaks(result, tolerance=1)
+
+
+def test_64_bit_integer_audio_is_measured_in_16_bit_units(tmp_path):
+    """astats takes 64-bit integers too: they are converted first, to a format with a scale."""
+    data = samples.encode(samples.wav(1.0), "wav", "pcm_s64le")
+    result = derived(tmp_path, data)
+    assert result.properties["codec"] == "pcm_s64le"
     check_sine_peaks(result, tolerance=1)
 
 
@@ -832,6 +928,78 @@ def test_the_bit_rate_is_the_streams_else_the_containers_else_the_files_average(
     assert _bit_rate(stream, container, 25_000, 2.0) == expected
 
 
+def _two_streams(ffmpeg: str, tmp_path) -> bytes:
+    """A Matroska file of two audio streams: 1 s, then 3 s (its Segment's duration)."""
+    source = tmp_path / "source.wav"
+    source.write_bytes(samples.wav(1.0))
+    path = tmp_path / "two.mka"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(source), "-i", str(source), "-filter_complex",
+         "[1]apad=pad_dur=2[b]", "-map", "0", "-map", "[b]", "-c:a", "pcm_s16le",
+         "-f", "matroska", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+def test_the_demuxed_length_is_the_first_streams_alone(tmp_path, ffmpeg):
+    """A second, longer audio stream is not the first one's length."""
+    from gateway.processing.audio import _demuxed_seconds
+
+    path = tmp_path / "a.mka"
+    path.write_bytes(_two_streams(ffmpeg, tmp_path))
+    assert _demuxed_seconds(path) == pytest.approx(1.0, abs=0.025)
+
+
+def test_a_matroska_of_two_streams_is_the_first_stream_and_claims_nothing(tmp_path, ffmpeg):
+    """Its Segment's 3 s are the longer stream's: no claim for the first, which is decoded
+    alone (not refused as truncated, not counted with the second)."""
+    data = _two_streams(ffmpeg, tmp_path)
+    assert _claim(tmp_path / "a.mka", data) is None
+    result = derived(tmp_path, data, "audio/x-matroska")
+    assert result.properties["duration"] == 1.0 and result.properties["channels"] == 2
+
+
+@pytest.mark.parametrize(
+    "packets, time_base, expected",
+    [
+        ([(None, 7), (10, None), (4, 2)], Fraction(1, 1000), Fraction(6, 1000)),
+        ([(-5, 5)], Fraction(1, 1000), Fraction(5, 1000)),  # ends at 0
+        ([(0, 0), (3, 0)], Fraction(1, 1000), Fraction(3, 1000)),
+        ([(None, 7)], Fraction(1, 1000), None),
+        ([(0, 5)], None, None),
+    ],
+)
+def test_the_demuxed_length_runs_from_the_first_timestamp_to_the_last_packets_end(
+    monkeypatch, tmp_path, packets, time_base, expected
+):
+    """Packets without a timestamp are skipped, one without a duration ends where it starts,
+    and a stream that starts before 0 counts from there. A fake container: no demuxer FFmpeg
+    has leaves a duration or the time base unset."""
+    from types import SimpleNamespace
+
+    from gateway.processing import audio
+
+    stream = SimpleNamespace(time_base=time_base)
+
+    class Container:
+        streams = SimpleNamespace(audio=[stream])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+        def demux(self, which):
+            assert which is stream
+            return iter(SimpleNamespace(pts=pts, duration=duration) for pts, duration in packets)
+
+    monkeypatch.setattr(av, "open", lambda _: Container())
+    seconds = audio._demuxed_seconds(tmp_path / "unread")
+    assert seconds == (None if expected is None else float(expected))
+
+
 def test_a_flac_streams_bit_rate_is_the_containers(tmp_path):
     result = derived(tmp_path, samples.audio("flac", 1.0))
     assert 0 < result.properties["bitRate"] < 1_536_000
@@ -886,13 +1054,64 @@ def test_wav_headers_of_every_vintage(tmp_path, data, expected):
     assert wav_claim(path) == expected
 
 
+def _fmt(rate: int = 8000, block: int = 2) -> tuple[bytes, bytes]:
+    return b"fmt ", struct.pack("<HHIIHH", 1, 1, rate, rate * block % 2**32, block, 16)
+
+
+def _data(size: int) -> bytes:
+    """A data chunk's header alone, declaring ``size`` bytes."""
+    return b"data" + struct.pack("<I", size)
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (_riff(_fmt()) + _data(16001), 1.0),  # whole frames only
+        # chunks that would declare a second, after a head that is not a WAV's
+        (b"RIFX" + _riff(_fmt())[4:] + _data(16000), None),
+        (_riff(_fmt())[:8] + b"AVI " + _riff(_fmt())[12:] + _data(16000), None),
+        (_riff(_fmt(block=0)) + _data(16000), None),
+        (_riff(_fmt(rate=0)) + _data(16000), None),
+        # every field read whole, unsigned
+        (_riff(_fmt(rate=2**31)) + _data(4), 2 / 2**31),
+        (_riff(_fmt(block=0x8000)) + _data(0x10000), 2 / 8000),
+        (
+            _riff((b"ds64", struct.pack("<QQ", 0, 2**63)), _fmt(), kind=b"RF64")
+            + b"data\xff\xff\xff\xff",
+            2**62 / 8000,
+        ),
+        # an RF64 data chunk that gives its size is read for it, not for the ds64's
+        (_riff((b"ds64", struct.pack("<QQ", 0, 48_000)), _fmt(), kind=b"RF64") + _data(16000), 1.0),
+        # a ds64 counts in RF64 and BW64 only: a RIFF's data of unknown size stays unknown
+        (_riff((b"ds64", struct.pack("<QQ", 0, 48_000)), _fmt()) + b"data\xff\xff\xff\xff", None),
+        # the data chunk as the 64th chunk is found; as the 65th, it is beyond the search
+        (_riff(_fmt(), *[(b"junk", b"")] * 62) + _data(16000), 1.0),
+        (_riff(_fmt(), *[(b"junk", b"")] * 63) + _data(16000), None),
+    ],
+)
+def test_wav_header_fields_and_edges(tmp_path, data, expected):
+    path = tmp_path / "w.wav"
+    path.write_bytes(data)
+    assert wav_claim(path) == expected
+
+
 def _caf(*chunks: tuple[bytes, bytes]) -> bytes:
     return b"caff\x00\x01\x00\x00" + b"".join(
         name + struct.pack(">q", len(data)) + data for name, data in chunks
     )
 
 
-DESC = struct.pack(">dIIIIII", 8000.0, 0x6C70636D, 0, 2, 1, 1, 16)  # lpcm, 2 bytes a frame
+def _chunk(name: bytes, size: int) -> bytes:
+    """A chunk's header alone, declaring ``size`` bytes that the file does not hold."""
+    return name + struct.pack(">q", size)
+
+
+def _desc(packet_bytes: int, packet_frames: int) -> bytes:
+    """An lpcm desc at 8 kHz, mono, with packets of these bytes and frames."""
+    return struct.pack(">dIIIIII", 8000.0, 0x6C70636D, 0, packet_bytes, packet_frames, 1, 16)
+
+
+DESC = _desc(2, 1)  # 2 bytes a frame
 
 
 @pytest.mark.parametrize(
@@ -912,9 +1131,41 @@ DESC = struct.pack(">dIIIIII", 8000.0, 0x6C70636D, 0, 2, 1, 1, 16)  # lpcm, 2 by
         (_caf((b"desc", DESC[:31]), (b"data", b"\0" * 20)), None),
         (_caf((b"data", b"\0" * 20)), None),
         (b"RIFF\0\0\0\0", None),
+        (_caf((b"pakt", struct.pack(">qq", 1, 24_000)), (b"data", b"\0" * 4)), None),  # no rate
+        (_caf((b"desc", DESC)), None),  # no data chunk
+        (_caf((b"desc", DESC), (b"free", b""), (b"data", b"\0" * 16004)), 1.0),  # an empty chunk
+        (_caf((b"desc", DESC), (b"data", b"\0" * 16005)), 1.0),  # whole packets only
+        (_caf((b"desc", _desc(4, 2)), (b"data", b"\0" * 16004)), 1.0),  # 4000 packets of 2 frames
+        (_caf((b"desc", _desc(0, 1024)), (b"data", b"\0" * 16004)), None),  # packets of any size
+        (_caf((b"desc", _desc(2, 0)), (b"data", b"\0" * 16004)), None),  # of any length
+        # sizes and counts that need every byte of their field
+        (_caf((b"desc", DESC)) + _chunk(b"data", 2**56 + 4), 2**55 / 8000),
+        (_caf((b"desc", _desc(2**24 + 2, 1))) + _chunk(b"data", 4 + 2 * (2**24 + 2)), 2 / 8000),
+        (_caf((b"desc", _desc(2, 2**24 + 1)), (b"data", b"\0" * 6)), (2**24 + 1) / 8000),
+        (_caf((b"desc", DESC), (b"pakt", struct.pack(">qq", 1, 2**56))), 2**56 / 8000),
+        # a chunk past what a file system can address ends the search, as does a partial header
+        (_caf((b"desc", DESC), (b"data", b"\0" * 16004)) + _chunk(b"free", 2**60), 1.0),
+        (_caf((b"desc", DESC), (b"data", b"\0" * 16004)) + _chunk(b"data", 16)[:11], 1.0),
+        # a count of valid frames is signed: below zero it is none
+        (_caf((b"desc", DESC), (b"pakt", struct.pack(">qq", 1, 0)), (b"data", b"\0" * 8)), 0.0),
+        (_caf((b"desc", DESC), (b"pakt", struct.pack(">qq", 1, -1)), (b"data", b"\0" * 8)), None),
     ],
 )
 def test_caf_headers(tmp_path, data, expected):
+    path = tmp_path / "c.caf"
+    path.write_bytes(data)
+    assert caf_claim(path) == expected
+
+
+def test_a_caf_with_a_chunk_claiming_exabytes_after_its_audio_is_described(tmp_path):
+    data = samples.audio("caf", 0.5) + _chunk(b"free", 2**60)
+    assert derived(tmp_path, data).properties["duration"] == 0.5
+
+
+@pytest.mark.parametrize("free, expected", [(62, 1.0), (63, None)])
+def test_a_cafs_chunks_are_read_to_the_64th(tmp_path, free, expected):
+    """The data chunk as the 64th chunk is read; as the 65th, it is beyond the search."""
+    data = _caf((b"desc", DESC), *[(b"free", b"")] * free, (b"data", b"\0" * 16004))
     path = tmp_path / "c.caf"
     path.write_bytes(data)
     assert caf_claim(path) == expected
@@ -924,4 +1175,31 @@ def test_caf_headers(tmp_path, data, expected):
 def test_the_length_frame_is_looked_for_in_the_first_frames_192_bytes(tmp_path, at, found):
     path = tmp_path / "a.mp3"
     path.write_bytes(b"\xff\xfb\x90\x44" + b"\0" * (at - 4) + b"Xing" + b"\0" * 100)
+    assert mp3_has_length_frame(path) is found
+
+
+def _id3(flags: int, size: bytes) -> bytes:
+    """An ID3v2.4 tag of ``size`` (four syncsafe bytes), with its footer if ``flags`` say so."""
+    body = size[0] << 21 | size[1] << 14 | size[2] << 7 | size[3]
+    footer = b"3DI\x04\x00" + bytes([flags]) + size if flags & 0x10 else b""
+    return b"ID3\x04\x00" + bytes([flags]) + size + b"\0" * body + footer
+
+
+@pytest.mark.parametrize(
+    "flags, size",
+    [
+        (0x00, b"\x01\x02\x03\x04"),  # 2130308 bytes: every byte of the size counts
+        (0x10, b"\x00\x00\x01\x00"),  # a footer after the tag
+        (0xEF, b"\x00\x00\x01\x00"),  # every flag but the footer's
+    ],
+)
+@pytest.mark.parametrize("at, found", [(0, True), (188, True), (189, False), (-4, False)])
+def test_the_length_frame_is_looked_for_right_after_the_tag(tmp_path, flags, size, at, found):
+    """The 192 bytes after the tag (and its footer) exactly: not one before, not one after."""
+    tag = _id3(flags, size)
+    frame = b"\xff\xfb\x90\x44" + b"\0" * 300
+    data = bytearray(tag + frame)
+    data[len(tag) + at : len(tag) + at + 4] = b"Xing"
+    path = tmp_path / "a.mp3"
+    path.write_bytes(bytes(data))
     assert mp3_has_length_frame(path) is found

@@ -183,6 +183,15 @@ def test_audio_only_formats_by_signature(head, expected):
         (adts_frame(length=6)[:7] * 2, None),
         (id3(10) + adts_frame() * 2, ("audio/aac", ".aac")),
         (b"\xff\xfb\x90", None),  # shorter than a header
+        # a window that ends exactly with the second header checks it; one byte less cannot
+        (mp3_frame() + b"\0" * 4, None),
+        (mp3_frame() + b"\0" * 3, ("audio/mpeg", ".mp3")),
+        (adts_frame() + b"\0" * 7, None),
+        (adts_frame() + b"\0" * 6, ("audio/aac", ".aac")),
+        # the same for what follows a tag: FLAC's magic ending with the window is read
+        (id3(20) + b"fLaC", ("audio/flac", ".flac")),
+        (id3(20) + b"fLa", ("audio/mpeg", ".mp3")),
+        (id3(0), ("audio/mpeg", ".mp3")),  # a whole tag header, then nothing in sight
     ],
 )
 def test_mp3_and_adts_frames_are_checked_past_their_sync_word(head, expected):
@@ -293,6 +302,38 @@ def test_an_mp4_holds_what_its_track_handlers_say(head, holds):
     assert container_holds(head) == holds
 
 
+def _moov_ending_the_window(*boxes: bytes) -> bytes:
+    """An MP4 whose track list is the last thing in the window (no mdat after it)."""
+    ftyp = box(b"ftyp", b"isom\0\0\2\0isomiso2mp41")
+    return ftyp + box(b"moov", box(b"mvhd", b"\0" * 100) + b"".join(boxes))
+
+
+EMPTY_64 = struct.pack(">I", 1) + b"free" + struct.pack(">Q", 16)  # a 64-bit size, no payload
+
+
+@pytest.mark.parametrize(
+    "head, holds",
+    [
+        # a box header that ends exactly with the window is read
+        (_moov_ending_the_window(trak(b"soun"), box(b"free")), "audio"),
+        (_moov_ending_the_window(trak(b"soun"), box(b"free"))[:-1], None),
+        (_moov_ending_the_window(trak(b"soun"), EMPTY_64), "audio"),
+        (_moov_ending_the_window(trak(b"soun"), EMPTY_64)[:-1], None),
+        # an empty box is a box: the tracks after it count
+        (_moov_ending_the_window(trak(b"soun"), box(b"free"), trak(b"vide")), "video"),
+    ],
+)
+def test_an_mp4s_boxes_are_read_to_the_windows_last_byte(head, holds):
+    assert container_holds(head) == holds
+
+
+@pytest.mark.parametrize("cut, holds", [(0, "audio"), (1, None)])
+def test_an_ogg_page_header_ending_with_the_window_is_read(cut, holds):
+    """After the streams' first pages, the next page's 27-byte header says none begins there."""
+    head = ogg(OPUS, then=False) + ogg_page(b"data", first=False)[:27]
+    assert container_holds(head[: len(head) - cut]) == holds
+
+
 @pytest.mark.parametrize(
     "head, holds",
     [
@@ -333,6 +374,36 @@ def test_a_webm_whose_window_ends_right_after_the_track_type_is_decided():
     end = head.index(b"\x83\x81\x02") + 3
     assert container_holds(head[:end]) == "audio"
     assert container_holds(head[: end - 1]) is None
+
+
+def test_a_window_that_ends_with_the_track_list_decides():
+    """The last element read ends exactly where the window does: it is in sight."""
+    head = ebml(track(1), element(0xAE, element(0xD7, b"\x02") + element(0xEC, b"")))
+    head = head.removesuffix(b"\x1f\x43\xb6\x75")  # no Cluster after the Tracks
+    assert head.endswith(b"\xec\x80")
+    assert container_holds(head) == "video"
+    assert container_holds(head[:-1]) is None
+
+
+@pytest.mark.parametrize(
+    "head, at, read",
+    [
+        (b"\x81", 0, (0x81, 1)),
+        (b"\x00\x40\x05", 1, (0x4005, 2)),  # ends at the window's end
+        (b"\x01" + b"\xff" * 7, 0, (0x01FFFFFFFFFFFFFF, 8)),
+        (b"\x40", 0, None),  # its second byte out of sight
+        (b"\x01" + b"\xff" * 6, 0, None),
+        (b"\x81", 1, None),
+    ],
+)
+def test_a_variable_length_integer_is_read_whole_or_is_out_of_sight(head, at, read):
+    from gateway.uploads.sniff_audio import _OutOfSight, _vint
+
+    if read is None:
+        with pytest.raises(_OutOfSight):
+            _vint(head, at)
+    else:
+        assert _vint(head, at) == read
 
 
 @pytest.mark.parametrize(

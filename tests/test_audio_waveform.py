@@ -92,6 +92,7 @@ def test_points_never_outnumber_the_limit_and_cover_every_bucket(buckets, most):
         (1960, 2000, 1),
         (1961, 2000, 2),
         (10, 2000, 1),
+        (1, 2000, 1),  # one sample is a length, not an unknown one
         (28_800_000, 2000, 14_694),
         (100, 1, 100),
     ],
@@ -140,7 +141,15 @@ def test_the_picture_draws_each_point_between_its_lowest_and_highest_level():
     drawn = [y for y in range(height) if column[2][y]]
     assert drawn == list(range(50, 125))
     assert image.getpixel((0, 0)) == PNG_COLOUR == (37, 99, 235, 255)
-    assert image.getpixel((1, 0))[3] == 0  # transparent around
+    assert image.getpixel((1, 0)) == (0, 0, 0, 0)  # transparent black around
+
+
+def test_a_column_reaches_the_lowest_minimum_of_any_channel():
+    peaks = Peaks(channels=2, samples_per_bucket=1, max_points=10)
+    peaks.add([0, 0, -32768, 0])  # silence on the first channel, full scale down on the second
+    image, width, height = _png(peaks)
+    assert width == 1
+    assert [y for y in range(height) if image.getpixel((0, y))[3]] == list(range(100, 200))
 
 
 def test_the_picture_is_at_most_its_width_and_points_share_columns():

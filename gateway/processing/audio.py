@@ -302,7 +302,7 @@ def _decode(
             assert isinstance(frame, av.AudioFrame)
             decoded += frame.samples
             if decoded > most_samples:
-                _over_limit(decoded, rate, channels, options)
+                _over_limit(decoded, rate, options)
             if levels is None:
                 levels = _Levels(frame, peaks.samples_per_bucket)
             for bucket in levels.push(frame):
@@ -322,7 +322,7 @@ def _decode(
     return decoded
 
 
-def _over_limit(decoded: int, rate: int, channels: int, options: AudioOptions) -> None:
+def _over_limit(decoded: int, rate: int, options: AudioOptions) -> None:
     if decoded > options.max_duration * rate:
         raise Undecodable(
             f"The audio lasts longer than the limit of {options.max_duration:.0f} s: refused "
@@ -376,7 +376,8 @@ def claimed_seconds(
     if name in _DECLARING or (name == "mp3" and mp3_has_length_frame(path)):
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
-        if name == "matroska,webm" and container.duration:
+        # The Segment's duration is its longest track's: the audio's only when it is alone.
+        if name == "matroska,webm" and container.duration and len(container.streams) == 1:
             return container.duration / 1_000_000
     return None
 
@@ -418,21 +419,27 @@ def wav_claim(path: Path) -> float | None:
 def caf_claim(path: Path) -> float | None:
     """The duration a CAF's header declares: its ``pakt`` chunk's valid frames (compressed
     audio; the chunk may follow the data), else its ``data`` chunk's size in packets of
-    ``desc``'s size (PCM); None for a data chunk of unknown size (-1: written live)."""
+    ``desc``'s size (PCM); None for a data chunk of unknown size (-1: written live) and for a
+    ``pakt`` whose count of valid frames is negative (the field is signed: below zero, no count)."""
     rate, packet_bytes, packet_frames = 0.0, 0, 0
     valid_frames: int | None = None
     data_size: int | None = None
+    end = path.stat().st_size
     with open(path, "rb") as f:
-        if f.read(8)[:4] != b"caff":
+        if f.read(4) != b"caff":
             return None
+        # Each chunk is read at its offset, never sought past the file's end: a chunk's size may
+        # claim more than a file system can address (a seek there fails with EINVAL).
+        at = 8
         for _ in range(64):
-            header = f.read(12)
-            if len(header) < 12:
+            if at + 12 > end:
                 break
+            f.seek(at)
+            header = f.read(12)
             kind, size = header[:4], int.from_bytes(header[4:], "big", signed=True)
             if size < 0:
                 return None  # a data chunk that runs to the end of the file
-            body = f.read(min(size, 32)) if kind in (b"desc", b"pakt") else b""
+            body = f.read(min(size, 32))
             if kind == b"desc" and len(body) >= 32:
                 rate = float(struct.unpack(">d", body[:8])[0])
                 packet_bytes = int.from_bytes(body[16:20], "big")
@@ -441,11 +448,11 @@ def caf_claim(path: Path) -> float | None:
                 valid_frames = int.from_bytes(body[8:16], "big", signed=True)
             elif kind == b"data":
                 data_size = size
-            f.seek(size - len(body), 1)
+            at += 12 + size
     if not rate:
         return None
     if valid_frames is not None:
-        return valid_frames / rate
+        return valid_frames / rate if valid_frames >= 0 else None
     if data_size is None or data_size < 4 or not (packet_bytes and packet_frames):
         return None
     return (data_size - 4) // packet_bytes * packet_frames / rate

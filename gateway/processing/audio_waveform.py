@@ -40,7 +40,7 @@ def samples_per_bucket(samples: float | None, max_points: int) -> int:
     """The bucket size that spreads ``samples`` (as declared, or None when unknown) over at
     most ``max_points`` points (``samples_per_pixel``), with 2 % to spare (an encoder's priming
     and padding decode to more samples than the header counts)."""
-    if not samples or samples <= 0:
+    if samples is None or samples <= 0:
         return 1024  # unknown: points merge as the audio goes on
     return max(1, math.ceil(samples / max(1, int(max_points * HEADROOM))))
 
