@@ -69,7 +69,6 @@ from procs import (  # noqa: E402
     SOURCE,
     Procs,
     aws_env,
-    children,
     flask_cmd,
     free_port,
     gateway_env,
@@ -78,6 +77,7 @@ from procs import (  # noqa: E402
     snapshot_source,
     start_gunicorn,
     start_moto,
+    tree,
 )
 
 PIECE = 4096  # bytes per trickled write
@@ -243,15 +243,6 @@ def client_main(raw: str) -> int:
 
 
 # -- the run ----------------------------------------------------------------------------------------
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children(p))
-    return out
-
-
 def breakdown(pids: list[int]) -> dict[str, int]:
     """Resident bytes of ``pids`` by kind of mapping: the heap (glibc's brk arena), anonymous
     mappings under 1 MiB (greenlet stacks, thread arenas' small blocks), larger anonymous ones

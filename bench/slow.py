@@ -50,7 +50,6 @@ from procs import (  # noqa: E402
     SOURCE,
     Procs,
     aws_env,
-    children,
     flask_cmd,
     gateway_env,
     proc_cpu,
@@ -59,19 +58,11 @@ from procs import (  # noqa: E402
     start_gunicorn,
     start_moto,
     start_multer,
+    tree,
 )
 
 PIECE = 16 * 1024  # per write; 4 KiB pieces made the client (one process) the bottleneck at 200
 TARGET_PER_UPLOAD = 0.25 * MiB  # issue 26: at 1,000 x 32 KiB/s
-
-
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children(p))
-    return out
 
 
 class TreeRss:
