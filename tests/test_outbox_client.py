@@ -91,6 +91,11 @@ def stored(svc, record: dict) -> bytes:
     return (Path(svc.settings.storage_url) / record["s3Key"]).read_bytes()
 
 
+def stored_answer(entries) -> list[dict]:
+    return [{"mediaId": e.name, "sha256": e.sha256, "size": e.size, "status": "stored"}
+            for e in entries]  # fmt: skip
+
+
 def no_restart() -> None:
     raise AssertionError("no upload is gone here")
 
@@ -1032,8 +1037,7 @@ def test_a_syncer_runs_at_most_its_concurrency_and_reads_the_environment_by_defa
             time.sleep(0.05)  # long enough for a second worker to overlap, if there were one
             with lock:
                 active[0] -= 1
-            return [{"mediaId": e.name, "sha256": e.sha256, "size": e.size, "status": "stored"}
-                    for e in entries]  # fmt: skip
+            return stored_answer(entries)
 
     syncer = Syncer(box, OneAtATime(), JsonLines(io.StringIO()), concurrency=1)  # type: ignore[arg-type]
     assert syncer.env is os.environ
@@ -1048,6 +1052,66 @@ def test_a_run_without_watch_ends_at_once_when_the_gateway_cannot_be_reached(tmp
     assert result.done == [] and result.failed == []
     waiting = box.get(item.id)
     assert waiting.state == State.WAITING and waiting.unreachable
+    assert (result.offline, result.interrupted) == (True, False)
+
+
+def test_an_item_still_sending_when_the_gateway_is_unreachable_and_stop_comes_is_waited_for(
+    tmp_path, box
+):
+    unreachable = push(box, tmp_path, ("a.png", png_bytes(seed=1)))
+    sending = push(box, tmp_path, ("b.png", png_bytes(seed=2)))
+
+    class Gateway:
+        def upload_form(self, item, entries, on_progress, should_stop):
+            if item.id == unreachable.id:
+                raise Transient("connection refused", unreachable=True)
+            # Still sending when the other item finds the gateway unreachable: the run waits
+            # for this one (it may still be stored) and then sees the stop.
+            assert poll(lambda: box.get(unreachable.id).holder is None, timeout=10)
+            time.sleep(0.2)  # the run's loop is waiting for this item by now
+            syncer.stop()
+            return stored_answer(entries)
+
+    syncer = Syncer(box, Gateway(), JsonLines(io.StringIO()), concurrency=2)  # type: ignore[arg-type]
+    result = syncer.run(max_wait=0, poll=0.01)
+    assert (result.done, result.failed, result.unfinished) == ([sending.id], [], 1)
+    assert (result.interrupted, result.offline) == (True, False)  # stopped, whatever else
+    assert box.get(sending.id).state == State.DONE
+    assert box.get(unreachable.id).state == State.WAITING
+
+
+def test_an_item_running_without_progress_has_its_lease_renewed_each_quarter_of_its_life(
+    tmp_path,
+):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock, lease_ttl=120.0) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        renewals: list[tuple[float, list[str]]] = []
+        renew = box.renew
+        box.renew = lambda ids: renewals.append((clock.now, list(ids))) or renew(ids)  # type: ignore[method-assign]
+
+        def looked_at_for_a_while() -> None:
+            time.sleep(0.3)  # many turns of the run's loop (poll 0.01 s)
+
+        class Gateway:  # a form post that sends for two quarters of the lease, reporting nothing
+            def upload_form(self, item, entries, on_progress, should_stop):
+                clock.now = 1029.999
+                looked_at_for_a_while()
+                assert renewals == []
+                clock.now = 1030.0
+                assert poll(lambda: renewals, timeout=10)
+                clock.now = 1059.999
+                looked_at_for_a_while()
+                assert renewals == [(1030.0, [item.id])]
+                clock.now = 1060.0
+                assert poll(lambda: len(renewals) == 2, timeout=10)
+                looked_at_for_a_while()
+                return stored_answer(entries)
+
+        syncer = Syncer(box, Gateway(), JsonLines(io.StringIO()), clock=clock)  # type: ignore[arg-type]
+        assert syncer.run(max_wait=0, poll=0.01).done == [item.id]
+        assert renewals == [(1030.0, [item.id]), (1060.0, [item.id])]
+        assert box.get(item.id).state == State.DONE
 
 
 def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
