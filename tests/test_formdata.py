@@ -1012,6 +1012,8 @@ BAD_QP = "A quoted-printable part is not valid quoted-printable (RFC 2045)."
     "encoding, data, decoded, message",
     [
         ("base64", b"QUJDRA!=", b"ABC", BAD_BASE64),  # a byte outside the alphabet
+        ("base64", b"QUJD!QUJD", b"ABC", BAD_BASE64),  # ... after whole quanta
+        ("base64", b"QUJDRA=!=", b"ABC", BAD_BASE64),  # ... inside the padding
         ("base64", b"QUJD\r\nRE-F", b"ABC", BAD_BASE64),
         ("base64", b"QUJDRA", b"ABC", BAD_BASE64),  # the part ends inside a quantum
         ("base64", b"QUJDRA=", b"ABC", BAD_BASE64),  # padding cut short
