@@ -893,19 +893,34 @@ def test_an_attempt_held_by_a_reused_pid_is_waiting_and_taken_over(tmp_path):
         assert box.claim(again)
 
 
-def test_a_lease_from_another_container_is_respected_until_it_is_not_renewed(tmp_path):
+@pytest.mark.parametrize("ttl", [lease.LEASE_TTL, 40.0])
+def test_a_lease_from_another_container_is_respected_until_it_is_not_renewed(tmp_path, ttl):
     fake = FakeTime()
-    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock, lease_ttl=ttl) as box:
         item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
                         project="p1", tus_threshold=MiB)  # fmt: skip
         elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
         box._conn.execute("UPDATE items SET lease = ?, lease_renewed_at = ?",
                           (elsewhere.text(), fake.now))  # fmt: skip
-        fake.now += lease.LEASE_TTL - 1
+        fake.now += ttl - 1
         assert box.due(fake.now) == [] and not box.claim(box.get(item.id))
         fake.now += 1
         assert [i.id for i in box.due(fake.now)] == [item.id]
         assert box.claim(box.get(item.id))
+
+
+@pytest.mark.parametrize("after, taken", [(-0.5, False), (0.5, True)])
+def test_a_lease_without_a_renewal_time_counts_from_the_clocks_zero(tmp_path, after, taken):
+    fake = FakeTime()
+    fake.now = lease.LEASE_TTL + after
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+        item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                        project="p1", tus_threshold=MiB)  # fmt: skip
+        elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+        box._conn.execute(
+            "UPDATE items SET lease = ?, lease_renewed_at = NULL", (elsewhere.text(),)
+        )
+        assert box.claim(box.get(item.id)) is taken
 
 
 def test_a_working_sync_renews_its_leases(tmp_path):
