@@ -4,6 +4,7 @@ through gunicorn and nginx in test_outbox_sync.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -23,12 +24,13 @@ from tusclient.exceptions import TusCommunicationError
 from werkzeug.serving import make_server
 
 from gateway import create_app
+from outbox import lease
 from outbox.chain import Context
 from outbox.errors import Permanent, TokenRefused, Transient
 from outbox.report import JsonLines
 from outbox.steps import StepRefused, run_step
 from outbox.store import Incoming, Outbox, State, StepSpec
-from outbox.sync import CLOCK_SLACK, KEY_TTL, Syncer
+from outbox.sync import CLOCK_SLACK, KEY_TTL, Syncer, SyncResult
 from outbox.transport import GatewayClient
 
 from conftest import init_stores, make_settings
@@ -1136,3 +1138,103 @@ def test_a_long_upload_renews_its_lease_as_it_goes(tmp_path, gateway):
     # Renewed whenever 30 s (a quarter of the lease) had passed: never older than that plus
     # one chunk. (Without renewal the ages would be 0, 50, 100, ... 350.)
     assert max(ages) < 120 / 4 + 50
+
+
+class StoresAll:
+    """A gateway that stores every form post, after ``refusals`` (raised in turn) for the first."""
+
+    def __init__(self, *refusals: Exception) -> None:
+        self.refusals = list(refusals)
+        self.posts = 0
+
+    def upload_form(self, item, entries, on_progress, should_stop):
+        self.posts += 1
+        if self.refusals:
+            raise self.refusals.pop(0)
+        return stored_answer(entries)
+
+    def healthy(self) -> bool:
+        return True
+
+
+def watched(box: Outbox, gateway: StoresAll, clock: Clock, until) -> tuple[SyncResult, list]:
+    """``run(watch=True, poll=2)`` on a fake clock that each sleep moves on; stopped once
+    ``until(sleeps)`` holds after a sleep (or by a guard after 20 s, if the loop never sleeps)."""
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.now += seconds
+        if until(sleeps):
+            syncer.stop()
+
+    syncer = Syncer(box, gateway, JsonLines(io.StringIO()), clock=clock, sleep=sleep)  # type: ignore[arg-type]
+    guard = threading.Timer(20, syncer.stop)
+    guard.start()
+    try:
+        return syncer.run(watch=True, poll=2.0), sleeps
+    finally:
+        guard.cancel()
+
+
+def test_watch_looks_again_each_poll_and_sends_what_arrives_until_stopped(tmp_path):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        arrived: list = []
+
+        def until(sleeps) -> bool:
+            if len(sleeps) == 1:  # nothing was queued: an item arrives while the run waits
+                arrived.append(push(box, tmp_path, ("a.png", png_bytes())))
+            return box.get(arrived[0].id).state == State.DONE
+
+        result, sleeps = watched(box, StoresAll(), clock, until)
+        assert (result.done, result.interrupted) == ([arrived[0].id], True)
+        assert sleeps == [2.0, 2.0]  # nothing to do, then done: a poll each
+
+
+def test_watch_waits_for_a_retry_a_poll_at_a_time(tmp_path):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        gateway = StoresAll(Transient("503 busy", retry_after=5.0))
+        result, sleeps = watched(
+            box, gateway, clock, lambda _: box.get(item.id).state == State.DONE
+        )
+        assert result.done == [item.id] and gateway.posts == 2
+        assert sleeps == [2.0, 2.0, 1.0, 2.0]  # 5 s to the retry, a poll at most each time
+
+
+def test_watch_wakes_what_waits_for_an_unreachable_gateway_once_it_is_healthy(tmp_path):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        gateway = StoresAll(Transient("connection refused", unreachable=True))
+        result, sleeps = watched(
+            box, gateway, clock, lambda _: box.get(item.id).state == State.DONE
+        )
+        # not after its backoff: at once, the gateway being healthy again
+        assert result.done == [item.id] and gateway.posts == 2
+        assert sleeps == [2.0]
+
+
+def test_a_run_looks_again_each_poll_at_an_item_another_process_holds_until_max_wait(tmp_path):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+        box._conn.execute(
+            "UPDATE items SET lease = ?, lease_renewed_at = ?", (elsewhere.text(), clock.now)
+        )
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            clock.now += seconds
+
+        gateway = StoresAll()
+        syncer = Syncer(box, gateway, JsonLines(io.StringIO()), clock=clock, sleep=sleep)  # type: ignore[arg-type]
+        result = syncer.run(max_wait=4.0, poll=2.0)
+        # a look after 2 s and after 4 s (still within max_wait), none that would end past it
+        assert sleeps == [2.0, 2.0]
+        assert (result.done, result.unfinished, gateway.posts) == ([], 1, 0)
+        assert box.get(item.id).state == State.QUEUED
