@@ -75,6 +75,11 @@ def check_described(result, *, seconds, rate, channels, frame):
     props = result.properties
     assert abs(props["duration"] - seconds) <= frame / rate + 1e-9, props["duration"]
     assert (props["sampleRate"], props["channels"]) == (rate, channels)
+    # the file's layout, or "N channels" where it names none (a plain WAV or AIFF)
+    assert props["channelLayout"] in ({1: "mono", 2: "stereo"}[channels], f"{channels} channels")
+    json_variant = variants(result)["peaks"]
+    assert (json_variant.content_type, json_variant.extension) == ("application/json", ".json")
+    assert (json_variant.width, json_variant.height) == (None, None)
     document = peaks(result)
     assert (document["version"], document["bits"]) == (2, 16)
     assert (document["sample_rate"], document["channels"]) == (rate, channels)
@@ -83,7 +88,7 @@ def check_described(result, *, seconds, rate, channels, frame):
     png = variants(result)["waveform"]
     image = Image.open(io.BytesIO(png.data))
     assert image.format == "PNG" and image.size == (png.width, png.height)
-    assert png.height == PNG_HEIGHT and png.content_type == "image/png"
+    assert png.height == PNG_HEIGHT and (png.content_type, png.extension) == ("image/png", ".png")
 
 
 def check_sine_peaks(result, *, tolerance):

@@ -40,13 +40,15 @@ def test_the_json_is_audiowaveforms_version_2_with_channels_interleaved():
 
 def test_a_bucket_must_have_a_min_and_a_max_per_channel():
     peaks = Peaks(channels=2, samples_per_bucket=1, max_points=4)
-    with pytest.raises(ValueError, match="a bucket has 4 levels, not 2"):
+    with pytest.raises(ValueError, match=r"^a bucket has 4 levels, not 2$"):
         peaks.add([1, 2])
 
 
 @pytest.mark.parametrize("channels, samples, points", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (-1, 5, 5)])
 def test_peaks_need_positive_sizes(channels, samples, points):
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(
+        ValueError, match=r"^channels, samples per bucket and points must be positive$"
+    ):
         Peaks(channels=channels, samples_per_bucket=samples, max_points=points)
 
 

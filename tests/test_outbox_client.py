@@ -1238,3 +1238,15 @@ def test_a_run_looks_again_each_poll_at_an_item_another_process_holds_until_max_
         assert sleeps == [2.0, 2.0]
         assert (result.done, result.unfinished, gateway.posts) == ([], 1, 0)
         assert box.get(item.id).state == State.QUEUED
+
+
+@pytest.mark.parametrize(
+    "given, base",
+    [
+        ("http://127.0.0.1:9000/PREFIX/", "http://127.0.0.1:9000/PREFIX"),
+        ("http://127.0.0.1:9000/PREFIX//", "http://127.0.0.1:9000/PREFIX"),
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+    ],
+)
+def test_the_gateways_url_is_kept_without_its_trailing_slashes(given, base):
+    assert GatewayClient(given, "tok").base_url == base
