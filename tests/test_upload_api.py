@@ -1627,6 +1627,7 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     import logging
 
     from gateway import errors
+    from gateway.uploads import form
     from gateway.uploads.ingest import IncomingFile
 
     real_create = svc.records.create_many
@@ -1650,6 +1651,7 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     monkeypatch.setattr(svc.records, "delete", fail)
     monkeypatch.setattr(IncomingFile, "abort", abort)
     monkeypatch.setattr(svc.journal, "add", journal_down)
+    monkeypatch.setattr(form._Reservation, "end", fail)
     with caplog.at_level(logging.ERROR, logger="gateway.uploads.form"):
         response = post(
             client, form_body([("projectId", "p1")], [("file", "a.png", png_bytes())]), auth
@@ -1658,6 +1660,7 @@ def test_rollback_failures_are_logged_with_what_they_leave(client, auth, svc, mo
     [media_id] = ids
     key = svc.records.get(media_id).s3_key
     assert _logged(caplog, "gateway.uploads.form") == [
+        (logging.ERROR, "rollback could not end quota reservation", True),
         (logging.ERROR, f"rollback could not delete record {media_id}", True),
         (logging.ERROR, f"rollback could not abort {media_id}", True),
         (logging.CRITICAL, f"could not journal {key} for the sweeper", True),
