@@ -11,8 +11,10 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import socket
+import sqlite3
 import threading
 import time
 import types
@@ -26,11 +28,11 @@ from werkzeug.serving import make_server
 from gateway import create_app
 from outbox import lease
 from outbox.chain import Context
-from outbox.errors import Permanent, TokenRefused, Transient
+from outbox.errors import Interrupted, Permanent, TokenRefused, Transient
 from outbox.report import JsonLines
 from outbox.steps import StepRefused, run_step
 from outbox.store import Incoming, Outbox, State, StepSpec
-from outbox.sync import CLOCK_SLACK, KEY_TTL, Syncer, SyncResult
+from outbox.sync import CLOCK_SLACK, KEY_TTL, Backoff, Syncer, SyncResult
 from outbox.transport import GatewayClient
 
 from conftest import init_stores, make_settings
@@ -1250,3 +1252,105 @@ def test_a_run_looks_again_each_poll_at_an_item_another_process_holds_until_max_
 )
 def test_the_gateways_url_is_kept_without_its_trailing_slashes(given, base):
     assert GatewayClient(given, "tok").base_url == base
+
+
+def backoff_after(failures: int, seed: int) -> float:
+    return Backoff().delay(failures, random.Random(seed))
+
+
+@pytest.mark.parametrize(
+    "raised, state, error, attempts, unreachable, event",
+    [
+        (ValueError("bad answer"), State.WAITING, "ValueError: bad answer", 1, False, "retry"),
+        (Transient("503 busy"), State.WAITING, "503 busy", 1, False, "retry"),
+        (Transient("refused", unreachable=True), State.WAITING, "refused", 1, True, "retry"),
+        (Interrupted("stopped at byte 5"), State.WAITING, "interrupted: stopped at byte 5", 0,
+         False, "interrupted"),
+        (Permanent("415 unsupported_type"), State.FAILED, "415 unsupported_type", 1, False,
+         "failed"),
+        (StepRefused("step create: 422", status=422, answer="no"), State.FAILED,
+         "step create: 422: no", 1, False, "failed"),
+    ],
+)  # fmt: skip
+def test_each_outcome_of_an_attempt_is_kept_and_told_as_it_is(
+    tmp_path, raised, state, error, attempts, unreachable, event
+):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        lines = io.StringIO()
+        syncer = Syncer(box, StoresAll(raised), JsonLines(lines), clock=clock, rng=random.Random(7))  # type: ignore[arg-type]
+        assert syncer.sync_item(box.get(item.id)) == state
+        kept = box.get(item.id)
+        assert (kept.state, kept.last_error, kept.attempts) == (state, error, attempts)
+        assert (kept.unreachable, kept.holder) == (unreachable, None)
+        told = [json.loads(line) for line in lines.getvalue().splitlines()][-1]
+        if event == "retry":
+            delay = backoff_after(1, 7)
+            assert kept.next_attempt_at == 1000.0 + delay
+            assert told == {"event": "retry", "item": item.id, "waitSeconds": round(delay, 3),
+                            "error": error}  # fmt: skip
+        else:
+            assert told == {"event": event, "item": item.id, "error": error}
+            if event == "interrupted":
+                assert kept.next_attempt_at == 1000.0  # due again at once
+
+
+def test_a_transients_retry_after_is_its_delay(tmp_path):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        syncer = Syncer(box, StoresAll(Transient("429", retry_after=42.5)), JsonLines(io.StringIO()),
+                        clock=clock)  # type: ignore[arg-type]  # fmt: skip
+        syncer.sync_item(box.get(item.id))
+        assert box.get(item.id).next_attempt_at == 1042.5
+
+
+@pytest.mark.parametrize("error", [ValueError, Transient])
+def test_the_backoff_counts_the_failures_so_far(tmp_path, error):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        gateway = StoresAll(*(error(f"bad {n}") for n in range(3)))
+        syncer = Syncer(box, gateway, JsonLines(io.StringIO()), clock=clock, rng=random.Random(3))  # type: ignore[arg-type]
+        expected = random.Random(3)
+        for failures in (1, 2, 3):
+            syncer.sync_item(box.get(item.id))
+            waiting = box.get(item.id)
+            assert waiting.attempts == failures
+            assert waiting.next_attempt_at == clock.now + Backoff().delay(failures, expected)
+
+
+def test_a_refused_token_leaves_the_item_due_at_once_and_ends_the_run(tmp_path):
+    clock = Clock(1000.0)
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=clock) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+        syncer = Syncer(box, StoresAll(TokenRefused("401 token_expired")), JsonLines(io.StringIO()),
+                        clock=clock)  # type: ignore[arg-type]  # fmt: skip
+        with pytest.raises(TokenRefused):
+            syncer.run(max_wait=0)
+        kept = box.get(item.id)
+        assert (kept.state, kept.attempts, kept.unreachable) == (State.WAITING, 0, False)
+        assert (kept.next_attempt_at, kept.last_error) == (1000.0, "401 token_expired")
+
+
+def test_an_item_whose_lease_cannot_be_given_back_still_ends_its_attempt(tmp_path, monkeypatch):
+    with Outbox(tmp_path / "o", disk_reserve=0) as box:
+        item = push(box, tmp_path, ("a.png", png_bytes()))
+
+        def release(item):
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(box, "release", release)
+        syncer = Syncer(box, StoresAll(), JsonLines(io.StringIO()))  # type: ignore[arg-type]
+        assert syncer.sync_item(box.get(item.id)) == State.DONE
+
+
+def test_a_stopped_sync_does_not_begin_a_step(tmp_path, box):
+    item = push(box, tmp_path, ("a.png", png_bytes()),
+                steps=[StepSpec("POST", "http://127.0.0.1:9/create", "{}", name="create",
+                                before=True)])  # fmt: skip
+    syncer = Syncer(box, StoresAll(), JsonLines(io.StringIO()))  # type: ignore[arg-type]
+    syncer.stop()
+    assert syncer.sync_item(box.get(item.id)) == State.WAITING
+    assert box.get(item.id).last_error == "interrupted: stopped before step create"
