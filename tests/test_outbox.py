@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -124,10 +125,11 @@ def test_fields_and_steps_come_back_as_they_went_in(tmp_path, box):
 
 
 def test_a_push_of_nothing_or_of_a_missing_file_queues_nothing(tmp_path, box):
-    with pytest.raises(InvalidItem):
+    with pytest.raises(InvalidItem, match=r"^nothing to push: give at least one file$"):
         box.push([], project="p1", tus_threshold=MiB)
-    with pytest.raises(InvalidItem):
-        box.push([Incoming(tmp_path / "nope.png", "nope.png")], project="p1", tus_threshold=MiB)
+    missing = tmp_path / "nope.png"
+    with pytest.raises(InvalidItem, match=f"^{re.escape(str(missing))} is not a readable file$"):
+        box.push([Incoming(missing, "nope.png")], project="p1", tus_threshold=MiB)
     assert box.items() == []
     assert list(box.files_dir.iterdir()) == []
 
@@ -137,7 +139,9 @@ def test_the_outbox_limit_is_exact(tmp_path):
     with Outbox(tmp_path / "o", max_bytes=2000, disk_reserve=0) as box:
         box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
         box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)  # 2000: at the limit
-        with pytest.raises(OutboxFull, match="2000"):
+        full = (r"^the outbox would hold 3000 bytes, over its limit of 2000 \(2000 queued now\); "
+                r"sync or purge first, or raise OUTBOX_MAX_BYTES$")  # fmt: skip
+        with pytest.raises(OutboxFull, match=full):
             box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
         assert len(box.items()) == 2
         assert box.used_bytes() == 2000
@@ -1184,3 +1188,136 @@ def test_a_second_ctrl_c_quits_at_once_and_the_item_is_resumed_later(tmp_path):
     assert status["lastError"] in ("interrupted: stopped while sending the form",) or status[
         "lastError"
     ].startswith(f"interrupted: process {proc.pid} on ")
+
+
+@pytest.mark.parametrize("reserve, refused", [(9000, False), (9001, True)])
+def test_the_disk_reserve_is_exact(tmp_path, monkeypatch, reserve, refused):
+    path = sample(tmp_path, "a.png", png_bytes(1000))
+    size = path.stat().st_size
+    import shutil
+
+    with Outbox(tmp_path / "o", disk_reserve=reserve) as box:
+        monkeypatch.setattr(shutil, "disk_usage", lambda _: types.SimpleNamespace(free=9000 + size))
+        if not refused:  # what stays free is the reserve, exactly
+            box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+            return
+        message = (f"^copying {size} bytes into the outbox would leave less than 9001 bytes free "
+                   f"on its disk \\({9000 + size} free now\\)$")  # fmt: skip
+        with pytest.raises(DiskFull, match=message):
+            box.push([Incoming(path, "a.png")], project="p1", tus_threshold=MiB)
+        assert box.items() == []
+
+
+def test_an_unknown_item_is_named_in_the_error(box):
+    from outbox.errors import NoSuchItem
+
+    with pytest.raises(NoSuchItem, match=r"^no item f00d in the outbox$"):
+        box.get("f00d")
+
+
+@pytest.mark.parametrize(
+    "name, stored",
+    [("../é x.png", "0-x.png"), ("X b.png", "0-X_b.png"), ("...", "0-file"), ("", "0-file"),
+     ("a" * 100 + ".png", "0-" + ("a" * 100 + ".png")[-80:])],
+)  # fmt: skip
+def test_a_files_copy_is_named_safely_after_it(tmp_path, box, name, stored):
+    item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), name)], project="p1",
+                    tus_threshold=MiB)  # fmt: skip
+    assert item.files[0].name == name
+    assert (box.root / item.files[0].path).name == stored
+
+
+class _Slowly(io.RawIOBase):
+    """A file whose every read takes ``seconds`` on the outbox's clock."""
+
+    def __init__(self, raw, clock, seconds: float) -> None:
+        self.raw, self.clock, self.seconds = raw, clock, seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self.clock.now += self.seconds
+        return self.raw.read(size)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class SlowPath(type(Path())):  # type: ignore[misc]
+    clock: FakeTime
+    seconds = 15.0
+
+    def open(self, mode="r", *args, **kwargs):  # type: ignore[override]
+        raw = super().open(mode, *args, **kwargs)
+        return _Slowly(raw, self.clock, self.seconds) if "r" in mode else raw
+
+
+def test_a_long_copy_renews_its_push_lease_each_quarter_of_its_life(tmp_path, monkeypatch):
+    """Each 1,000-byte block takes 15 s: renewed once more than 30 s (a quarter of 120) passed."""
+    from outbox import store
+
+    monkeypatch.setattr(store, "COPY_BLOCK", 1000)
+    fake = FakeTime()
+    start = fake.now
+    data = bytes(range(256)) * 24  # 6,144 bytes: 7 reads and the empty one
+    path = SlowPath(sample(tmp_path, "a.bin", data))
+    path.clock = fake
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock, lease_ttl=120.0) as box:
+        renewals: list[float] = []
+        renew = box.renew
+        box.renew = lambda ids: renewals.append(fake.now - start) or renew(ids)  # type: ignore[method-assign]
+        item = box.push([Incoming(path, "a.bin")], project="p1", tus_threshold=MiB)
+        assert renewals == [45.0, 90.0]
+        stored = box.get(item.id)
+        assert (stored.files[0].size, stored.files[0].sha256) == (
+            len(data), hashlib.sha256(data).hexdigest())  # fmt: skip
+        assert (stored.state, stored.holder, stored.lease_renewed_at) == (State.QUEUED, None, None)
+
+
+def test_a_push_that_cannot_make_its_directory_raises_that_and_leaves_nothing(
+    tmp_path, box, monkeypatch
+):
+    import uuid
+
+    fixed = uuid.UUID(int=7)
+    monkeypatch.setattr(uuid, "uuid4", lambda: fixed)
+    (box.files_dir / fixed.hex).write_bytes(b"in the way")  # a file where the directory goes
+    with pytest.raises(FileExistsError):
+        box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")], project="p1",
+                 tus_threshold=MiB)  # fmt: skip
+    assert box.items() == []
+
+
+@pytest.mark.parametrize(
+    "cleanup_error",
+    [OutboxLocked("o.db"), OutboxDamaged("o.db", "malformed"), NoSpaceLeft("o", "full")],
+)
+def test_a_failed_push_raises_its_own_error_even_when_its_row_cannot_be_deleted(
+    tmp_path, box, monkeypatch, cleanup_error
+):
+    import contextlib
+
+    from outbox import store
+
+    def broken_copy(source, target, on_block):
+        raise OSError(errno.EIO, "read error")
+
+    monkeypatch.setattr(store, "_copy_and_hash", broken_copy)
+    write = box._write
+    calls = [0]
+
+    @contextlib.contextmanager
+    def write_then_fail():
+        calls[0] += 1
+        if calls[0] > 1:  # the insert went through; the cleanup's delete cannot
+            raise cleanup_error
+        with write() as conn:
+            yield conn
+
+    monkeypatch.setattr(box, "_write", write_then_fail)
+    with pytest.raises(OSError, match="read error"):
+        box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")], project="p1",
+                 tus_threshold=MiB)  # fmt: skip
+    assert calls[0] == 2
