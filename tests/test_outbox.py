@@ -1321,3 +1321,32 @@ def test_a_failed_push_raises_its_own_error_even_when_its_row_cannot_be_deleted(
         box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")], project="p1",
                  tus_threshold=MiB)  # fmt: skip
     assert calls[0] == 2
+
+
+def test_the_lock_timeout_is_sqlites_busy_timeout_in_milliseconds(tmp_path):
+    with Outbox(tmp_path / "o", disk_reserve=0, lock_timeout=2.5) as box:
+        assert box._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+
+
+def test_a_damaged_database_names_itself_and_what_the_check_found(tmp_path):
+    root = tmp_path / "o"
+    with Outbox(root, disk_reserve=0) as box:
+        for _ in range(30):
+            box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")], project="p1",
+                     tus_threshold=MiB)  # fmt: skip
+        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = root / "outbox.db"
+    data = bytearray(db.read_bytes())
+    data[4096 : 4096 + 8] = b"\x0d\xff\xff\xff\xff\xff\xff\xff"  # page 2's b-tree header
+    db.write_bytes(bytes(data))
+    with pytest.raises(OutboxDamaged) as caught:
+        Outbox(root)
+    found = re.fullmatch(
+        rf"the outbox database {re.escape(str(db))} is damaged \((.+)\); nothing was changed: "
+        r"the queued files are still in its files/ directory\. Move the database aside to start "
+        r"a new one\.",
+        str(caught.value),
+        re.DOTALL,
+    )
+    assert found is not None, str(caught.value)
+    assert found.group(1) not in ("ok", "None")
