@@ -50,6 +50,7 @@ from gateway.storage.staging import MemoryBudget, unlimited
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNKNOWN_HELD = 64 * 1024  # a read's size when the socket cannot say how much it holds
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class _GuardedSocket:
 
     def wait_readable(self) -> int:
         """Wait, within the limits and holding no buffer, until bytes (or the end) arrive; how
-        many the socket holds now (0: the client closed)."""
+        many the socket holds now (0: the client closed; ``UNKNOWN_HELD`` when the socket
+        cannot tell, and a receive then takes what is there, up to that)."""
         peeked = self._within_limits(lambda: self._sock.recv(1, socket.MSG_PEEK), lambda _: 0)
         if not peeked:
             return 0
@@ -155,7 +157,7 @@ class _GuardedSocket:
             held = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
             return max(1, int(struct.unpack("i", held)[0]))
         except OSError:
-            return 1
+            return UNKNOWN_HELD
 
     def _within_limits(self, receive: Callable[[], T], count: Callable[[T], int]) -> T:
         guard = self._guard
@@ -188,16 +190,15 @@ class _LengthBody:
     (the lingering drain of a refused upload) reads only what is left; read-ahead not handed out
     goes back to gunicorn when the body is closed.
 
-    Each read's buffer is sized to what has arrived: it is allocated once the socket holds
-    bytes, never while waiting for them, and takes what the socket holds (up to ``size``: a fast
-    client's backlog, which on a busy gateway is ``size`` and more, so the fast path keeps its
-    few large reads) or, when that is less than ``SLOW_READ``, fills ``SLOW_READ`` (a slow
-    client's bytes: 64 KiB held, not 1 MiB, and still one pass through the parser per 64 KiB,
-    not per few KiB received: 200 clients at 256 KiB/s answered every few KiB took two cores).
-    The buffer's bytes are taken from the memory budget (waiting for room there is the
+    Each read is sized to what has arrived: it waits until the socket holds bytes (or the end)
+    holding no buffer and none of the budget, then allocates one buffer of what the socket holds
+    (at most ``size``) and fills it with one receive, so it never waits for more. A fast
+    client's backlog, which on a busy gateway is ``size`` and more, still comes in few large
+    reads; a slow client's read takes the few KiB that came, and its connection holds nothing
+    between reads (a 64 KiB read buffer filled at 4 KiB/s was held for 16 s: with thousands of
+    slow uploads, most of the worker's heap; docs/benchmarks.md, "Slow uploads, held"). The
+    buffer's bytes are taken from the memory budget (waiting for room there is the
     back-pressure: the socket is not read meanwhile) and given back at the next read."""
-
-    SLOW_READ = 64 * 1024
 
     def __init__(
         self, body: Any, unreader: Any, sock: _GuardedSocket, budget: MemoryBudget, wait: float
@@ -227,21 +228,15 @@ class _LengthBody:
         arrived = self._sock.wait_readable()
         if not arrived:
             return b""  # the client closed: a short body, which the protocols notice
-        # what has arrived (none of it waited for), or a slow client's next SLOW_READ bytes
-        size = min(size, max(arrived, self.SLOW_READ))
-        size = self.held = self._budget.reserve_read(size, timeout=self._wait)
+        size = self.held = self._budget.reserve_read(min(size, arrived), timeout=self._wait)
         buffer = bytearray(size)
-        filled = 0
         with memoryview(buffer) as view:
-            try:
-                while filled < size:
-                    received = self._sock.recv_into(view[filled:], size - filled)
-                    if not received:
-                        break  # the client closed: a short body, which the protocols notice
-                    filled += received
-            finally:
-                reader.length -= filled
-        del buffer[filled:]
+            filled = self._sock.recv_into(view, size)
+        reader.length -= filled
+        if filled < size:  # the client closed, or the socket held less than it said
+            self._budget.release(size - filled)
+            self.held = filled
+            del buffer[filled:]
         return buffer
 
     def close(self) -> None:
