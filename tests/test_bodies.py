@@ -808,3 +808,43 @@ def test_a_slow_body_holds_no_buffer_and_none_of_the_budget_between_its_reads():
                 assert budget.held == direct.held == 3072
         assert budget.held == 0
     assert b"".join(got) == content
+
+
+def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_what_came(
+    monkeypatch,
+):
+    """Over TCP, when less than 64 KiB has arrived, a read first waits (``SO_RCVLOWAT``, at most
+    ``GATHER_WAIT``) for 64 KiB, holding no buffer and none of the budget: a fast client's bytes
+    still come in 64 KiB reads. When no more comes, it takes what there is, and the socket's
+    low-water mark is put back."""
+    from gateway.http.bodies import _LengthBody, guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    def lowat(sock: socket.socket) -> int:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+    content = os.urandom(64 * 1024 + 1024)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as right:
+        left, _ = listener.accept()
+        with left:
+            budget = MemoryBudget(64 * 1024 * 1024)
+            server_body, _ = gunicorn_body(left, len(content))
+            environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+            monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
+            with guarded_body(environ, server_body, LIMITS, budget) as body:
+                right.sendall(content[:1024])
+                got: list[bytes | bytearray] = []
+                reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
+                reader.start()
+                poll(lambda: lowat(left) == 64 * 1024)  # gathering
+                assert budget.held == 0 and reader.is_alive()
+                right.sendall(content[1024 : 64 * 1024])
+                reader.join(10)
+                assert got == [content[: 64 * 1024]] and lowat(left) == 1
+                assert budget.held == 64 * 1024
+            monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 0.05)
+            with guarded_body(environ, server_body, LIMITS, budget) as body:
+                right.sendall(content[64 * 1024 : 64 * 1024 + 100])
+                assert body.read(1024 * 1024) == content[64 * 1024 : 64 * 1024 + 100]
+                assert lowat(left) == 1 and budget.held == 100
