@@ -815,8 +815,8 @@ def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_wh
 ):
     """Over TCP, when less than 64 KiB has arrived, a read first waits (``SO_RCVLOWAT``, at most
     ``GATHER_WAIT``) for 64 KiB, holding no buffer and none of the budget: a fast client's bytes
-    still come in 64 KiB reads. When no more comes, it takes what there is, and the socket's
-    low-water mark is put back."""
+    still come in 64 KiB reads. When no more comes, it takes what there is, the socket's
+    low-water mark is put back, and the next reads do not wait (a slow client)."""
     from gateway.http.bodies import _LengthBody, guarded_body
     from gateway.storage.staging import MemoryBudget
 
@@ -824,6 +824,7 @@ def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_wh
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
 
     content = os.urandom(64 * 1024 + 1024)
+    limits = BodyLimits(idle=60.0, min_rate=0, grace=10.0)
     listener = socket.create_server(("127.0.0.1", 0))
     with listener, socket.create_connection(listener.getsockname()) as right:
         left, _ = listener.accept()
@@ -832,7 +833,7 @@ def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_wh
             server_body, _ = gunicorn_body(left, len(content))
             environ = {"gunicorn.socket": left, "wsgi.input": server_body}
             monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
-            with guarded_body(environ, server_body, LIMITS, budget) as body:
+            with guarded_body(environ, server_body, limits, budget) as body:
                 right.sendall(content[:1024])
                 got: list[bytes | bytearray] = []
                 reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
@@ -844,7 +845,15 @@ def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_wh
                 assert got == [content[: 64 * 1024]] and lowat(left) == 1
                 assert budget.held == 64 * 1024
             monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 0.05)
-            with guarded_body(environ, server_body, LIMITS, budget) as body:
+            with guarded_body(environ, server_body, limits, budget) as body:
                 right.sendall(content[64 * 1024 : 64 * 1024 + 100])
                 assert body.read(1024 * 1024) == content[64 * 1024 : 64 * 1024 + 100]
                 assert lowat(left) == 1 and budget.held == 100
+                # A slow client, then: its next reads take what came without waiting.
+                monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
+                right.sendall(content[64 * 1024 + 100 : 64 * 1024 + 200])
+                reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
+                reader.daemon = True
+                reader.start()
+                reader.join(10)
+                assert got[-1] == content[64 * 1024 + 100 : 64 * 1024 + 200]
