@@ -810,20 +810,19 @@ def test_a_slow_body_holds_no_buffer_and_none_of_the_budget_between_its_reads():
     assert b"".join(got) == content
 
 
-def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_what_came(
-    monkeypatch,
-):
-    """Over TCP, when less than 64 KiB has arrived, a read first waits (``SO_RCVLOWAT``, at most
-    ``GATHER_WAIT``) for 64 KiB, holding no buffer and none of the budget: a fast client's bytes
-    still come in 64 KiB reads. When no more comes, it takes what there is, the socket's
-    low-water mark is put back, and the next reads do not wait (a slow client)."""
+def test_a_fast_clients_read_of_a_little_waits_briefly_for_more_holding_nothing(monkeypatch):
+    """Over TCP, when less than 64 KiB has arrived from a client whose pace so far would bring
+    the rest within ``GATHER_WAIT``, the read first waits (``SO_RCVLOWAT``) for 64 KiB, holding
+    no buffer and none of the budget: a fast client's bytes still come in 64 KiB reads. When no
+    more comes, it takes what there is; the socket's low-water mark is put back. A slow
+    client's read (4 KiB in 10 s so far) takes what came without waiting."""
     from gateway.http.bodies import _LengthBody, guarded_body
     from gateway.storage.staging import MemoryBudget
 
     def lowat(sock: socket.socket) -> int:
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
 
-    content = os.urandom(64 * 1024 + 1024)
+    content = os.urandom(320 * 1024)  # each body below reads less: its reads ask 64 KiB
     limits = BodyLimits(idle=60.0, min_rate=0, grace=10.0)
     listener = socket.create_server(("127.0.0.1", 0))
     with listener, socket.create_connection(listener.getsockname()) as right:
@@ -833,9 +832,10 @@ def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_wh
             server_body, _ = gunicorn_body(left, len(content))
             environ = {"gunicorn.socket": left, "wsgi.input": server_body}
             monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
+            got: list[bytes | bytearray] = []
             with guarded_body(environ, server_body, limits, budget) as body:
+                body.guard.account(0.01, 1 << 20)  # so far 1 MiB in 10 ms: a fast client
                 right.sendall(content[:1024])
-                got: list[bytes | bytearray] = []
                 reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
                 reader.start()
                 poll(lambda: lowat(left) == 64 * 1024)  # gathering
@@ -844,16 +844,17 @@ def test_a_read_of_a_little_waits_briefly_for_more_holding_nothing_then_takes_wh
                 reader.join(10)
                 assert got == [content[: 64 * 1024]] and lowat(left) == 1
                 assert budget.held == 64 * 1024
-            monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 0.05)
             with guarded_body(environ, server_body, limits, budget) as body:
+                body.guard.account(10.0, 4096)  # so far 4 KiB in 10 s: a slow client
                 right.sendall(content[64 * 1024 : 64 * 1024 + 100])
-                assert body.read(1024 * 1024) == content[64 * 1024 : 64 * 1024 + 100]
-                assert lowat(left) == 1 and budget.held == 100
-                # A slow client, then: its next reads take what came without waiting.
-                monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
-                right.sendall(content[64 * 1024 + 100 : 64 * 1024 + 200])
                 reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
                 reader.daemon = True
                 reader.start()
-                reader.join(10)
-                assert got[-1] == content[64 * 1024 + 100 : 64 * 1024 + 200]
+                reader.join(10)  # not the 30 s a wait would take
+                assert got[-1] == content[64 * 1024 : 64 * 1024 + 100] and lowat(left) == 1
+            monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 0.05)
+            with guarded_body(environ, server_body, limits, budget) as body:
+                body.guard.account(0.01, 1 << 20)
+                right.sendall(content[64 * 1024 + 100 : 64 * 1024 + 200])
+                assert body.read(1024 * 1024) == content[64 * 1024 + 100 : 64 * 1024 + 200]
+                assert lowat(left) == 1 and budget.held == 100
