@@ -815,7 +815,7 @@ def test_a_fast_clients_read_of_a_little_waits_briefly_for_more_holding_nothing(
     the rest within ``GATHER_WAIT``, the read first waits (``SO_RCVLOWAT``) for 64 KiB, holding
     no buffer and none of the budget: a fast client's bytes still come in 64 KiB reads. When no
     more comes, it takes what there is; the socket's low-water mark is put back. A slow
-    client's read (4 KiB in 10 s so far) takes what came without waiting."""
+    client's read (256 KiB in 1,000 s so far) takes what came without waiting."""
     from gateway.http.bodies import _LengthBody, guarded_body
     from gateway.storage.staging import MemoryBudget
 
@@ -845,7 +845,7 @@ def test_a_fast_clients_read_of_a_little_waits_briefly_for_more_holding_nothing(
                 assert got == [content[: 64 * 1024]] and lowat(left) == 1
                 assert budget.held == 64 * 1024
             with guarded_body(environ, server_body, limits, budget) as body:
-                body.guard.account(10.0, 4096)  # so far 4 KiB in 10 s: a slow client
+                body.guard.account(1000.0, 256 * 1024)  # 256 KiB in 1,000 s so far: a slow client
                 right.sendall(content[64 * 1024 : 64 * 1024 + 100])
                 reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
                 reader.daemon = True

@@ -179,6 +179,9 @@ class _GuardedSocket:
             guard.account(guard.clock() - started, 0)
         return self._held()
 
+    def received(self) -> int:
+        return self._guard.received
+
     def pace(self) -> float:
         """Bytes per second of waiting that the client has sent so far (0 before any)."""
         guard = self._guard
@@ -236,9 +239,10 @@ class _LengthBody:
     that much, still holding nothing (the bytes wait in the kernel's socket buffer): a fast
     client whose bytes the gateway keeps up with still comes in 64 KiB reads (every read goes
     through the parser, the hash and the writer: 256 uploads of 1 MiB took 12% more CPU per
-    GiB with reads of what had arrived). Only a client whose pace so far would bring the rest
-    within the wait waits (64 KiB in 20 ms: 3.2 MiB/s); a slower one's read takes what came at
-    once (the wait, a poll of the socket, would cost CPU on every read and bring nothing)."""
+    GiB with reads of what had arrived). Once its first ``GATHER_BYTES`` have come, only a client
+    whose pace so far would bring the rest within the wait waits (64 KiB in 20 ms: 3.2 MiB/s); a
+    slower one's read takes what came at once (the wait, a poll of the socket, would cost CPU on
+    every read and bring nothing)."""
 
     GATHER_BYTES = 64 * 1024
     GATHER_WAIT = 0.02
@@ -272,7 +276,7 @@ class _LengthBody:
         if not arrived:
             return b""  # the client closed: a short body, which the protocols notice
         want = min(size, self.GATHER_BYTES)
-        if arrived < want and self._sock.pace() * self.GATHER_WAIT >= want - arrived:
+        if arrived < want and self._may_gather(want - arrived):
             arrived = max(arrived, self._sock.gather(want, self.GATHER_WAIT))
         size = self.held = self._budget.reserve_read(min(size, arrived), timeout=self._wait)
         buffer = bytearray(size)
@@ -284,6 +288,12 @@ class _LengthBody:
             self.held = filled
             del buffer[filled:]
         return buffer
+
+    def _may_gather(self, short: int) -> bool:
+        """Whether the client may send ``short`` bytes more within ``GATHER_WAIT``: its pace is
+        not known yet (under ``GATHER_BYTES`` received), or is fast enough."""
+        sock = self._sock
+        return sock.received() < self.GATHER_BYTES or sock.pace() * self.GATHER_WAIT >= short
 
     def close(self) -> None:
         self.release()
