@@ -811,8 +811,8 @@ def test_a_slow_body_holds_no_buffer_and_none_of_the_budget_between_its_reads():
 
 
 def test_a_fast_clients_read_of_a_little_waits_briefly_for_more_holding_nothing(monkeypatch):
-    """Over TCP, when less than 64 KiB has arrived from a client whose pace so far would bring
-    the rest within ``GATHER_WAIT``, the read first waits (``SO_RCVLOWAT``) for 64 KiB, holding
+    """Over TCP, when less than 64 KiB has arrived for a body's first read, or from a client whose
+    pace so far would bring the rest within ``GATHER_WAIT``, the read first waits (``SO_RCVLOWAT``) for 64 KiB, holding
     no buffer and none of the budget: a fast client's bytes still come in 64 KiB reads. When no
     more comes, it takes what there is; the socket's low-water mark is put back. A slow
     client's read (256 KiB in 1,000 s so far) takes what came without waiting."""
@@ -834,7 +834,7 @@ def test_a_fast_clients_read_of_a_little_waits_briefly_for_more_holding_nothing(
             monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
             got: list[bytes | bytearray] = []
             with guarded_body(environ, server_body, limits, budget) as body:
-                body.guard.account(0.01, 1 << 20)  # so far 1 MiB in 10 ms: a fast client
+                # the body's first read: its pace is not known yet, so it waits as a fast one
                 right.sendall(content[:1024])
                 reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
                 reader.start()

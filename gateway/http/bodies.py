@@ -239,10 +239,10 @@ class _LengthBody:
     that much, still holding nothing (the bytes wait in the kernel's socket buffer): a fast
     client whose bytes the gateway keeps up with still comes in 64 KiB reads (every read goes
     through the parser, the hash and the writer: 256 uploads of 1 MiB took 12% more CPU per
-    GiB with reads of what had arrived). Once its first ``GATHER_BYTES`` have come, only a client
-    whose pace so far would bring the rest within the wait waits (64 KiB in 20 ms: 3.2 MiB/s); a
-    slower one's read takes what came at once (the wait, a poll of the socket, would cost CPU on
-    every read and bring nothing)."""
+    GiB with reads of what had arrived). After a body's first read, only a client whose pace so
+    far would bring the rest within the wait waits (64 KiB in 20 ms: 3.2 MiB/s); a slower one's
+    read takes what came at once (the wait, a poll of the socket, would cost CPU on every read
+    and bring nothing)."""
 
     GATHER_BYTES = 64 * 1024
     GATHER_WAIT = 0.02
@@ -291,9 +291,9 @@ class _LengthBody:
 
     def _may_gather(self, short: int) -> bool:
         """Whether the client may send ``short`` bytes more within ``GATHER_WAIT``: its pace is
-        not known yet (under ``GATHER_BYTES`` received), or is fast enough."""
+        not known yet (the body's first read), or is fast enough."""
         sock = self._sock
-        return sock.received() < self.GATHER_BYTES or sock.pace() * self.GATHER_WAIT >= short
+        return sock.received() == 0 or sock.pace() * self.GATHER_WAIT >= short
 
     def close(self) -> None:
         self.release()
