@@ -687,6 +687,7 @@ def test_a_body_cut_short_ends_its_reads_and_one_that_stalls_is_a_408():
         environ = {"gunicorn.socket": left, "wsgi.input": server_body}
         right.sendall(b"x" * 100)
         with guarded_body(environ, server_body, limits) as body:
+            assert body.read(800) == b"x" * 100  # what has arrived, at once
             with pytest.raises(errors.BodyTimeout) as stalled:
                 body.read(800)
             assert stalled.value.status == 408 and body.guard.received == 100
@@ -732,10 +733,11 @@ def test_an_upload_routes_body_is_guarded_and_counted_in_flight_until_it_ends(tm
         assert gauge._value.get() == before
 
 
-def test_a_read_takes_what_has_arrived_or_fills_64_kib_and_holds_it_in_the_budget():
+def test_a_read_takes_what_has_arrived_and_holds_exactly_that_in_the_budget():
     """Reads sized to what has arrived (gateway/http/bodies.py ``_LengthBody``): a backlog of
     100 KiB comes back as one read of exactly that, without waiting for the 1 MiB asked; a
-    trickle fills 64 KiB, not 1 MiB. Each read's bytes are held in the budget until the next."""
+    backlog larger than asked gives what was asked; a trickle of 100 bytes comes back as those
+    100 bytes at once. Each read's bytes are held in the budget until the next."""
     from gateway.http.bodies import guarded_body
     from gateway.storage.staging import MemoryBudget
 
@@ -750,8 +752,109 @@ def test_a_read_takes_what_has_arrived_or_fills_64_kib_and_holds_it_in_the_budge
         with guarded_body(environ, server_body, limits, budget) as body:
             assert body.read(1024 * 1024) == content[: 100 * 1024]  # no wait for the rest
             assert budget.held == 100 * 1024
-            right.sendall(content[100 * 1024 : 100 * 1024 + 100])  # then a trickle
+            right.sendall(content[100 * 1024 : 190 * 1024])
+            poll(lambda: _held_by(left) == 90 * 1024)
+            assert body.read(50 * 1024) == content[100 * 1024 : 150 * 1024]  # as asked
+            assert budget.held == 50 * 1024
+            assert body.read(1024 * 1024) == content[150 * 1024 : 190 * 1024]
+            right.sendall(content[190 * 1024 : 190 * 1024 + 100])  # then a trickle
+            assert body.read(1024 * 1024) == content[190 * 1024 : 190 * 1024 + 100]
+            assert budget.held == 100 and body.guard.received == 190 * 1024 + 100
             with pytest.raises(errors.BodyTimeout):
-                body.read(1024 * 1024)  # fills 64 KiB: 100 bytes are not enough
-            assert body.guard.received == 100 * 1024 + 100
+                body.read(1024 * 1024)  # nothing more came
         assert budget.held == 0  # given back when the body ends
+
+
+def _held_by(sock: socket.socket) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+def test_a_slow_body_holds_no_buffer_and_none_of_the_budget_between_its_reads():
+    """A client that sends a few bytes at a time: each read returns as soon as bytes are there,
+    and while the body waits for the next ones it holds nothing (gunicorn's heap held a 64 KiB
+    buffer per slow upload when a read waited to fill it; docs/benchmarks.md)."""
+    from gateway.http.bodies import _LengthBody, guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    budget = MemoryBudget(64 * 1024 * 1024)
+    limits = BodyLimits(idle=10.0, min_rate=0, grace=10.0)
+    content = os.urandom(3 * 4096)
+    left, right = socket.socketpair()
+    with left, right:
+        server_body, _ = gunicorn_body(left, len(content))
+        environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+        with guarded_body(environ, server_body, limits, budget) as body:
+            direct = body._stream
+            assert isinstance(direct, _LengthBody)
+            got: list[bytes | bytearray] = []
+            for start in range(0, len(content), 4096):
+                reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
+                reader.start()
+                poll(lambda: budget.held == 0 and body.guard.received == start)
+                assert reader.is_alive() and direct.held == 0  # waiting, holding nothing
+                right.sendall(content[start : start + 1024])
+                reader.join(5)
+                assert not reader.is_alive()  # what came, at once: not waiting to fill a buffer
+                assert got[-1] == content[start : start + 1024]
+                assert budget.held == direct.held == 1024  # exactly the bytes handed out
+                right.sendall(content[start + 1024 : start + 4096])
+                poll(lambda: _held_by(left) == 3072)
+                got.append(body.read(1024 * 1024))
+                assert got[-1] == content[start + 1024 : start + 4096]
+                assert budget.held == direct.held == 3072
+        assert budget.held == 0
+    assert b"".join(got) == content
+
+
+def test_a_fast_clients_read_of_a_little_waits_briefly_for_more_holding_nothing(monkeypatch):
+    """Over TCP, when less than 64 KiB has arrived for a body's first read, or from a client whose
+    pace so far would bring the rest within ``GATHER_WAIT``, the read first waits (``SO_RCVLOWAT``) for 64 KiB, holding
+    no buffer and none of the budget: a fast client's bytes still come in 64 KiB reads. When no
+    more comes, it takes what there is; the socket's low-water mark is put back. A slow
+    client's read (256 KiB in 1,000 s so far) takes what came without waiting."""
+    from gateway.http.bodies import _LengthBody, guarded_body
+    from gateway.storage.staging import MemoryBudget
+
+    def lowat(sock: socket.socket) -> int:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+    content = os.urandom(320 * 1024)  # each body below reads less: its reads ask 64 KiB
+    limits = BodyLimits(idle=60.0, min_rate=0, grace=10.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as right:
+        left, _ = listener.accept()
+        with left:
+            budget = MemoryBudget(64 * 1024 * 1024)
+            server_body, _ = gunicorn_body(left, len(content))
+            environ = {"gunicorn.socket": left, "wsgi.input": server_body}
+            monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 30.0)
+            got: list[bytes | bytearray] = []
+            with guarded_body(environ, server_body, limits, budget) as body:
+                # the body's first read: its pace is not known yet, so it waits as a fast one
+                right.sendall(content[:1024])
+                reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
+                reader.start()
+                poll(lambda: lowat(left) == 64 * 1024)  # gathering
+                assert budget.held == 0 and reader.is_alive()
+                right.sendall(content[1024 : 64 * 1024])
+                reader.join(10)
+                assert got == [content[: 64 * 1024]] and lowat(left) == 1
+                assert budget.held == 64 * 1024
+            with guarded_body(environ, server_body, limits, budget) as body:
+                body.guard.account(1000.0, 256 * 1024)  # 256 KiB in 1,000 s so far: a slow client
+                right.sendall(content[64 * 1024 : 64 * 1024 + 100])
+                reader = threading.Thread(target=lambda: got.append(body.read(1024 * 1024)))
+                reader.daemon = True
+                reader.start()
+                reader.join(10)  # not the 30 s a wait would take
+                assert got[-1] == content[64 * 1024 : 64 * 1024 + 100] and lowat(left) == 1
+            monkeypatch.setattr(_LengthBody, "GATHER_WAIT", 0.05)
+            with guarded_body(environ, server_body, limits, budget) as body:
+                body.guard.account(0.01, 1 << 20)
+                right.sendall(content[64 * 1024 + 100 : 64 * 1024 + 200])
+                assert body.read(1024 * 1024) == content[64 * 1024 + 100 : 64 * 1024 + 200]
+                assert lowat(left) == 1 and budget.held == 100

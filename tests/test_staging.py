@@ -34,6 +34,7 @@ from gateway.storage.staging import (
     FileBody,
     MemoryBudget,
     MemoryPart,
+    OffLoop,
     PartFiller,
     PartSpace,
     StagedPart,
@@ -124,6 +125,53 @@ def test_an_upload_whose_first_bytes_come_slowly_is_staged_and_its_file_goes_whe
     assert len(list(staging.files())) == 1  # the part sent: its file gone
     filler.discard()
     assert list(staging.files()) == [] and staging.bytes == 0
+
+
+def test_the_probe_is_decided_by_its_window_and_a_late_write_is_never_held_in_it(tmp_path):
+    """The window is PROBE_BYTES at the fast rate (256 KiB at 4 MiB/s: 62.5 ms). Bytes within
+    it wait in the probe; the first write after it finds the upload slow before holding any of
+    its bytes: the probe's bytes go to a staged file, the write's go after them, and the probe
+    and its place in the budget are given back. (The probe used to take the late write's bytes
+    first, up to 256 KiB copied for an upload already known to be slow.)"""
+    import tracemalloc
+
+    clock = Clock()
+    staging = Staging(tmp_path / "staging", 1 << 40, blocking=OffLoop(native=False))
+    space = PartSpace(MemoryBudget(1 << 30), staging, fast_rate=4 * MiB, clock=clock)
+    filler = PartFiller(space, PartBuffers(PART, keep=2))
+    data = os.urandom(16 * KiB + 200 * KiB)
+    filler.write(data[: 4 * KiB])
+    clock.now = PROBE_BYTES / (4 * MiB)  # the window's last instant: still probing
+    filler.write(data[4 * KiB : 16 * KiB])
+    assert filler.current is None and filler.filled == 16 * KiB
+    assert space.budget.parts == PROBE_BYTES and list(staging.files()) == []
+    clock.now += 0.001  # past the window
+    late = memoryview(data)[16 * KiB :]
+    tracemalloc.start()
+    try:
+        filler.write(late)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * KiB  # the late 200 KiB written to the file as they are, never copied
+    assert isinstance(filler.current, StagedPart) and filler.current.read() == data
+    assert filler._probe is None and space.budget.parts == space.budget.held == 0
+    filler.discard()
+    assert list(staging.files()) == []
+
+
+def test_a_probe_filled_within_its_window_is_fast(tmp_path):
+    clock = Clock()
+    space, staging = space_for(tmp_path, clock=clock)
+    filler = PartFiller(space, PartBuffers(PART, keep=2))
+    data = os.urandom(PROBE_BYTES + KiB)
+    filler.write(data[: PROBE_BYTES // 2])
+    clock.now = PROBE_BYTES / (4 * MiB)
+    filler.write(data[PROBE_BYTES // 2 :])
+    assert isinstance(filler.current, MemoryPart) and filler.current.read() == data
+    assert space.budget.parts == PART and list(staging.files()) == []
+    filler.discard()
+    assert space.budget.parts == 0
 
 
 def test_a_part_in_memory_that_stalls_moves_to_disk(tmp_path):

@@ -16,6 +16,7 @@ from support import (
     leftovers,
     mp4_bytes,
     png_bytes,
+    read_object,
 )
 
 ON_CEPH = also_on_ceph("local", "s3", "s3+dynamodb")  # what the store does: on Ceph as well
@@ -1710,3 +1711,40 @@ def test_a_body_broken_after_several_files_aborts_every_writer(client, auth, svc
     assert response.status_code == 400 and error_code(response) == "malformed_body"
     assert _message(response) == "The body ended before the closing boundary."
     assert_nothing_left(svc)
+
+
+def test_a_form_upload_keeps_no_read_buffer_while_it_waits_for_the_next_read(svc):
+    """Each read's buffer is let go before the next read waits for the client: a slow upload
+    holds nothing between its reads (4 KiB each at 1,000 slow uploads, docs/benchmarks.md)."""
+    import weakref
+
+    from gateway.media.principal import Principal
+    from gateway.uploads.form import UploadRequest
+
+    class Read(bytearray):  # a bytearray that can be watched
+        pass
+
+    class Trickle:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.at, self.given = data, 0, []
+
+        def read(self, size: int) -> bytearray:
+            alive = [ref for ref in self.given if ref() is not None]
+            assert alive == [], "an earlier read's buffer is still held"
+            chunk = Read(self.data[self.at : self.at + min(size, 1000)])
+            self.at += len(chunk)
+            self.given.append(weakref.ref(chunk))
+            return chunk
+
+    content = png_bytes(50_000)
+    body, content_type = form_body([("caption", "c")], [("file", "a.png", content)])
+    request = UploadRequest(
+        Principal("alice", "", None), content_type, len(body), query_project_id="q1"
+    )
+    trickle = Trickle(body)
+    stored = svc.uploads.ingest(trickle, request, boundary=svc.uploads.precheck(request))
+    assert stored.status == 201 and len(trickle.given) > 50
+    [record] = stored.records
+    assert record.size == len(content)
+    assert record.sha256 == hashlib.sha256(content).hexdigest()
+    assert read_object(svc.store, record.s3_key) == content

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import select
 import socket
 import struct
 import termios
@@ -50,6 +51,7 @@ from gateway.storage.staging import MemoryBudget, unlimited
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNKNOWN_HELD = 64 * 1024  # a read's size when the socket cannot say how much it holds
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,50 @@ class _GuardedSocket:
 
     def wait_readable(self) -> int:
         """Wait, within the limits and holding no buffer, until bytes (or the end) arrive; how
-        many the socket holds now (0: the client closed)."""
+        many the socket holds now (0: the client closed; ``UNKNOWN_HELD`` when the socket
+        cannot tell, and a receive then takes what is there, up to that)."""
         peeked = self._within_limits(lambda: self._sock.recv(1, socket.MSG_PEEK), lambda _: 0)
         if not peeked:
             return 0
+        return max(1, self._held())
+
+    def gather(self, want: int, most: float) -> int:
+        """Wait up to ``most`` seconds (within the limits, holding no buffer) until the socket
+        holds ``want`` bytes (``SO_RCVLOWAT``: the kernel wakes the wait then, not at every
+        segment; a socket that ignores it, as a Unix socket's poll does, wakes at once); how
+        many it holds then."""
+        guard = self._guard
+        wait = min(guard.budget()[0], most)
+        if wait > 0:
+            sock = self._sock
+            started = guard.clock()
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                waiter = select.poll()  # gevent's under its worker: this greenlet waits
+                waiter.register(sock.fileno(), select.POLLIN)
+                waiter.poll(wait * 1000)
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            guard.account(guard.clock() - started, 0)
+        return self._held()
+
+    def received(self) -> int:
+        return self._guard.received
+
+    def pace(self) -> float:
+        """Bytes per second of waiting that the client has sent so far (0 before any)."""
+        guard = self._guard
+        return guard.received / guard.waited if guard.waited > 0 else 0.0
+
+    def _held(self) -> int:
         try:
             held = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-            return max(1, int(struct.unpack("i", held)[0]))
+            return int(struct.unpack("i", held)[0])
         except OSError:
-            return 1
+            return UNKNOWN_HELD
 
     def _within_limits(self, receive: Callable[[], T], count: Callable[[T], int]) -> T:
         guard = self._guard
@@ -188,16 +225,27 @@ class _LengthBody:
     (the lingering drain of a refused upload) reads only what is left; read-ahead not handed out
     goes back to gunicorn when the body is closed.
 
-    Each read's buffer is sized to what has arrived: it is allocated once the socket holds
-    bytes, never while waiting for them, and takes what the socket holds (up to ``size``: a fast
-    client's backlog, which on a busy gateway is ``size`` and more, so the fast path keeps its
-    few large reads) or, when that is less than ``SLOW_READ``, fills ``SLOW_READ`` (a slow
-    client's bytes: 64 KiB held, not 1 MiB, and still one pass through the parser per 64 KiB,
-    not per few KiB received: 200 clients at 256 KiB/s answered every few KiB took two cores).
-    The buffer's bytes are taken from the memory budget (waiting for room there is the
-    back-pressure: the socket is not read meanwhile) and given back at the next read."""
+    Each read is sized to what has arrived: it waits until the socket holds bytes (or the end)
+    holding no buffer and none of the budget, then allocates one buffer of what the socket holds
+    (at most ``size``) and fills it with one receive, so it never waits for more. A fast
+    client's backlog, which on a busy gateway is ``size`` and more, still comes in few large
+    reads; a slow client's read takes the few KiB that came, and its connection holds nothing
+    between reads (a 64 KiB read buffer filled at 4 KiB/s was held for 16 s: with thousands of
+    slow uploads, most of the worker's heap; docs/benchmarks.md, "Slow uploads, held"). The
+    buffer's bytes are taken from the memory budget (waiting for room there is the
+    back-pressure: the socket is not read meanwhile) and given back at the next read.
 
-    SLOW_READ = 64 * 1024
+    When less than ``GATHER_BYTES`` has arrived, the read first waits up to ``GATHER_WAIT`` for
+    that much, still holding nothing (the bytes wait in the kernel's socket buffer): a fast
+    client whose bytes the gateway keeps up with still comes in 64 KiB reads (every read goes
+    through the parser, the hash and the writer: 256 uploads of 1 MiB took 12% more CPU per
+    GiB with reads of what had arrived). After a body's first read, only a client whose pace so
+    far would bring the rest within the wait waits (64 KiB in 20 ms: 3.2 MiB/s); a slower one's
+    read takes what came at once (the wait, a poll of the socket, would cost CPU on every read
+    and bring nothing)."""
+
+    GATHER_BYTES = 64 * 1024
+    GATHER_WAIT = 0.02
 
     def __init__(
         self, body: Any, unreader: Any, sock: _GuardedSocket, budget: MemoryBudget, wait: float
@@ -227,22 +275,25 @@ class _LengthBody:
         arrived = self._sock.wait_readable()
         if not arrived:
             return b""  # the client closed: a short body, which the protocols notice
-        # what has arrived (none of it waited for), or a slow client's next SLOW_READ bytes
-        size = min(size, max(arrived, self.SLOW_READ))
-        size = self.held = self._budget.reserve_read(size, timeout=self._wait)
+        want = min(size, self.GATHER_BYTES)
+        if arrived < want and self._may_gather(want - arrived):
+            arrived = max(arrived, self._sock.gather(want, self.GATHER_WAIT))
+        size = self.held = self._budget.reserve_read(min(size, arrived), timeout=self._wait)
         buffer = bytearray(size)
-        filled = 0
         with memoryview(buffer) as view:
-            try:
-                while filled < size:
-                    received = self._sock.recv_into(view[filled:], size - filled)
-                    if not received:
-                        break  # the client closed: a short body, which the protocols notice
-                    filled += received
-            finally:
-                reader.length -= filled
-        del buffer[filled:]
+            filled = self._sock.recv_into(view, size)
+        reader.length -= filled
+        if filled < size:  # the client closed, or the socket held less than it said
+            self._budget.release(size - filled)
+            self.held = filled
+            del buffer[filled:]
         return buffer
+
+    def _may_gather(self, short: int) -> bool:
+        """Whether the client may send ``short`` bytes more within ``GATHER_WAIT``: its pace is
+        not known yet (the body's first read), or is fast enough."""
+        sock = self._sock
+        return sock.received() == 0 or sock.pace() * self.GATHER_WAIT >= short
 
     def close(self) -> None:
         self.release()

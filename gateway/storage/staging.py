@@ -577,7 +577,12 @@ class PartFiller:
         return elapsed * self.space.fast_rate > self.current.size + BEHIND
 
     def _probing(self, view: memoryview) -> memoryview:
-        """Hold the first bytes until their pace is known; the bytes not held."""
+        """Hold the first bytes until their pace is known; the bytes not held.
+
+        Decided by time: a write that comes once the window (``PROBE_BYTES`` at ``fast_rate``)
+        has passed finds the upload slow before any of its bytes are held, so a slow upload's
+        probe holds at most what arrived within the window, and only until its next write.
+        ``PROBE_BYTES`` arriving within the window make it fast."""
         now = self.space.clock()
         if self._probe is None:
             self._probe, self._started = bytearray(), now
@@ -586,18 +591,24 @@ class PartFiller:
                 self._fast = False  # no room in memory even for the probe: to disk
                 self._probe = None
                 return view
+        elif now - self._started > PROBE_BYTES / self.space.fast_rate:
+            self._decide(fast=False)
+            return view
         probe = self._probe
-        window = PROBE_BYTES / self.space.fast_rate
         taken = min(PROBE_BYTES - len(probe), len(view))
         probe += view[:taken]
-        if len(probe) < PROBE_BYTES and now - self._started <= window:
+        if len(probe) < PROBE_BYTES:
             return view[taken:]  # all of it taken
-        self._fast = len(probe) >= PROBE_BYTES and now - self._started <= window
-        # the probe's bytes become the first part's first bytes
-        self.current = self.space.part(self.pool, fast=self._fast)
-        self.current.write(memoryview(probe))
-        self._release_probe()
+        self._decide(fast=True)
         return view[taken:]
+
+    def _decide(self, *, fast: bool) -> None:
+        """The probe's bytes become the first part's first bytes, in memory or on disk."""
+        assert self._probe is not None
+        self._fast = fast
+        self.current = self.space.part(self.pool, fast=fast)  # its pace counted from the probe's
+        self.current.write(memoryview(self._probe))
+        self._release_probe()
 
     def _release_probe(self) -> None:
         self._probe = None

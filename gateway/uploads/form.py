@@ -193,6 +193,7 @@ class UploadService:
         try:
             for event in self._events(body, request, boundary, batch.stats):
                 batch.handle(event)
+                del event  # its bytes are a view of the last read: not kept while the next waits
             return batch.commit(answer)
         except BaseException:
             batch.rollback()
@@ -251,7 +252,11 @@ class UploadService:
                 if received > cap:
                     raise errors.TooLarge(f"The body grew past the limit of {cap} bytes.")
                 events = parser.feed(chunk)
+                del chunk
                 yield from events if owed is None else checked(events)
+                # The read's buffer is free before the next read waits for the client: a slow
+                # upload holds none between its reads (docs/benchmarks.md, "Slow uploads, held").
+                del events
                 if owed is not None and received >= csrf.FORM_WINDOW_BYTES:
                     raise errors.CsrfMissing()
             expected = request.content_length
