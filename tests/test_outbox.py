@@ -1350,3 +1350,26 @@ def test_a_damaged_database_names_itself_and_what_the_check_found(tmp_path):
     )
     assert found is not None, str(caught.value)
     assert found.group(1) not in ("ok", "None")
+
+
+def test_an_unknown_schema_version_is_damage_named_with_its_version(tmp_path):
+    root = tmp_path / "o"
+    with Outbox(root, disk_reserve=0) as box:
+        box._conn.execute("PRAGMA user_version=99")
+    with pytest.raises(OutboxDamaged) as caught:
+        Outbox(root)
+    assert str(caught.value).startswith(
+        f"the outbox database {root / 'outbox.db'} is damaged (unknown schema version 99); "
+    )
+
+
+def test_a_push_in_progress_in_another_container_is_kept_while_its_lease_is_renewed(tmp_path):
+    root = tmp_path / "o"
+    Outbox(root, disk_reserve=0).close()
+    elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+    insert_raw_item(root, "pushing", "queuing", elsewhere, renewed=time.time())
+    insert_raw_item(root, "abandoned", "queuing", elsewhere, renewed=time.time() - 3600)
+    with Outbox(root, disk_reserve=0) as box:
+        ids = {row[0] for row in box._conn.execute("SELECT id FROM items")}
+    assert ids == {"pushing"}
+    assert (root / "files" / "pushing").exists() and not (root / "files" / "abandoned").exists()
