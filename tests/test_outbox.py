@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -1373,3 +1374,12 @@ def test_a_push_in_progress_in_another_container_is_kept_while_its_lease_is_rene
         ids = {row[0] for row in box._conn.execute("SELECT id FROM items")}
     assert ids == {"pushing"}
     assert (root / "files" / "pushing").exists() and not (root / "files" / "abandoned").exists()
+
+
+def test_a_push_killed_before_its_directory_was_made_is_forgotten_on_open(tmp_path):
+    root = tmp_path / "o"
+    Outbox(root, disk_reserve=0).close()
+    insert_raw_item(root, "early", "queuing", dead_holder())
+    shutil.rmtree(root / "files" / "early")  # killed between its row and its directory
+    with Outbox(root, disk_reserve=0) as box:
+        assert box._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
