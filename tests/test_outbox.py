@@ -1383,3 +1383,28 @@ def test_a_push_killed_before_its_directory_was_made_is_forgotten_on_open(tmp_pa
     shutil.rmtree(root / "files" / "early")  # killed between its row and its directory
     with Outbox(root, disk_reserve=0) as box:
         assert box._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+
+
+def test_an_attempt_without_a_lease_is_recovered_as_by_a_process_unknown(tmp_path):
+    root = tmp_path / "o"
+    Outbox(root, disk_reserve=0).close()
+    insert_raw_item(root, "orphan", "uploading", None)
+    fake = FakeTime()
+    with Outbox(root, disk_reserve=0, clock=fake.clock) as box:
+        item = box.get("orphan")
+        assert (item.state, item.holder, item.updated_at) == (State.WAITING, None, fake.now)
+        assert item.last_error == "interrupted: a process stopped during an attempt"
+
+
+def test_an_item_read_back_has_its_holder_and_its_last_change(tmp_path):
+    fake = FakeTime()
+    with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
+        item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
+                        project="p1", tus_threshold=MiB)  # fmt: skip
+        assert box.get(item.id).updated_at == fake.now
+        fake.now += 10
+        elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+        box._conn.execute("UPDATE items SET lease = ?, lease_renewed_at = NULL, updated_at = ?",
+                          (elsewhere.text(), fake.now))  # fmt: skip
+        read = box.get(item.id)
+        assert (read.holder, read.lease_renewed_at, read.updated_at) == (elsewhere, None, fake.now)
