@@ -172,6 +172,11 @@ def dead_holder() -> Holder:
     return holder
 
 
+def in_another_container() -> Holder:
+    """A holder in another PID namespace: alive for as long as its lease is renewed."""
+    return dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+
+
 def reused_pid_holder() -> Holder:
     """A holder whose PID runs now, as another process: this one, started at another tick."""
     me = lease.current()
@@ -904,7 +909,7 @@ def test_a_lease_from_another_container_is_respected_until_it_is_not_renewed(tmp
     with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock, lease_ttl=ttl) as box:
         item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
                         project="p1", tus_threshold=MiB)  # fmt: skip
-        elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+        elsewhere = in_another_container()
         box._conn.execute("UPDATE items SET lease = ?, lease_renewed_at = ?",
                           (elsewhere.text(), fake.now))  # fmt: skip
         fake.now += ttl - 1
@@ -921,7 +926,7 @@ def test_a_lease_without_a_renewal_time_counts_from_the_clocks_zero(tmp_path, af
     with Outbox(tmp_path / "o", disk_reserve=0, clock=fake.clock) as box:
         item = box.push([Incoming(sample(tmp_path, "a.png", png_bytes()), "a.png")],
                         project="p1", tus_threshold=MiB)  # fmt: skip
-        elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+        elsewhere = in_another_container()
         box._conn.execute(
             "UPDATE items SET lease = ?, lease_renewed_at = NULL", (elsewhere.text(),)
         )
@@ -1367,7 +1372,7 @@ def test_an_unknown_schema_version_is_damage_named_with_its_version(tmp_path):
 def test_a_push_in_progress_in_another_container_is_kept_while_its_lease_is_renewed(tmp_path):
     root = tmp_path / "o"
     Outbox(root, disk_reserve=0).close()
-    elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+    elsewhere = in_another_container()
     insert_raw_item(root, "pushing", "queuing", elsewhere, renewed=time.time())
     insert_raw_item(root, "abandoned", "queuing", elsewhere, renewed=time.time() - 3600)
     with Outbox(root, disk_reserve=0) as box:
@@ -1403,7 +1408,7 @@ def test_an_item_read_back_has_its_holder_and_its_last_change(tmp_path):
                         project="p1", tus_threshold=MiB)  # fmt: skip
         assert box.get(item.id).updated_at == fake.now
         fake.now += 10
-        elsewhere = dataclasses.replace(lease.current(), pid_ns="pid:[1]", pid=1)
+        elsewhere = in_another_container()
         box._conn.execute("UPDATE items SET lease = ?, lease_renewed_at = NULL, updated_at = ?",
                           (elsewhere.text(), fake.now))  # fmt: skip
         read = box.get(item.id)
