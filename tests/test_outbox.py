@@ -150,7 +150,6 @@ def test_the_outbox_limit_is_exact(tmp_path):
 
 def test_a_push_that_would_leave_the_disk_below_its_reserve_is_refused(tmp_path):
     path = sample(tmp_path, "a.png", png_bytes(1000))
-    import shutil
 
     # More than is free: any copy goes below it, whatever the machine's other users write or
     # delete meanwhile (the disk is shared).
@@ -1200,7 +1199,6 @@ def test_a_second_ctrl_c_quits_at_once_and_the_item_is_resumed_later(tmp_path):
 def test_the_disk_reserve_is_exact(tmp_path, monkeypatch, reserve, refused):
     path = sample(tmp_path, "a.png", png_bytes(1000))
     size = path.stat().st_size
-    import shutil
 
     with Outbox(tmp_path / "o", disk_reserve=reserve) as box:
         monkeypatch.setattr(shutil, "disk_usage", lambda _: types.SimpleNamespace(free=9000 + size))
